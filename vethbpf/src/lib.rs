@@ -1,0 +1,19 @@
+//! vethbpf: connects network namespaces on one node with veth pairs and tc eBPF
+//! programs (ARP responder, LPM routes, `bpf_redirect_peer`), with no bridge, no
+//! iptables and no addresses on host-side veths.
+//!
+//! Modules, one responsibility each:
+//! - [`netlink`]: link/address/route operations (trait + rtnetlink + fake)
+//! - [`netns`]: named network namespaces and running code inside one
+//! - [`bpf`]: loading, pinning and attaching the embedded eBPF object
+//! - [`maps`]: typed access to the pinned maps
+//! - [`state`]: the state directory (node config, endpoints), locked and atomic
+//! - [`ipam`]: address allocation from the pod CIDR
+//! - [`endpoint`]: `endpoint add/del/list`, each step undone on failure
+//! - [`node`]: `up`, `down`, `status`
+
+pub mod netlink;
+pub mod netns;
+
+/// The eBPF object built by `cargo xtask build-ebpf`, embedded at compile time.
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/vethbpf.bpf.o"));

@@ -1,0 +1,92 @@
+//! A small netlink client: the link, address and route operations vethbpf needs,
+//! behind a trait so that endpoint logic can be unit-tested with [`FakeNetlink`]
+//! without root (youki's approach).
+//!
+//! A netlink socket belongs to the network namespace of the thread that opened it.
+//! [`RtNetlink::connect`] therefore opens the socket in the *calling thread's*
+//! namespace; to configure a pod, call it on a dedicated thread that has entered the
+//! pod's namespace (see [`crate::netns::run_in`]). The client is synchronous: it owns
+//! a current-thread tokio runtime, so no tokio worker ever calls `setns`.
+
+use std::net::Ipv4Addr;
+use std::os::fd::BorrowedFd;
+
+use ipnet::Ipv4Net;
+
+mod fake;
+mod rt;
+
+pub use fake::FakeNetlink;
+pub use rt::RtNetlink;
+
+/// A link as vethbpf sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinkInfo {
+    pub index: u32,
+    pub name: String,
+    pub mac: Option<[u8; 6]>,
+    /// `IFLA_INFO_KIND`, e.g. `"veth"`; `None` for links without one (lo).
+    pub kind: Option<String>,
+    /// Administratively up (`IFF_UP`).
+    pub up: bool,
+}
+
+/// An IPv4 route in the main table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RouteSpec {
+    pub dst: Ipv4Net,
+    /// Output interface index.
+    pub oif: u32,
+    pub gateway: Option<Ipv4Addr>,
+    /// `scope link` (a directly reachable destination) rather than `scope global`.
+    pub scope_link: bool,
+    /// `onlink`: the gateway is reachable on `oif` even without a matching prefix.
+    pub onlink: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetlinkError {
+    #[error("cannot open a netlink socket: {0}")]
+    Connect(#[source] std::io::Error),
+    #[error("{op}: {what} already exists")]
+    Exists { op: &'static str, what: String },
+    #[error("{op}: {what} does not exist")]
+    NotFound { op: &'static str, what: String },
+    #[error("{op} ({what}) failed: {source}")]
+    Kernel {
+        op: &'static str,
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{op}: unexpected reply from the kernel: {detail}")]
+    Protocol { op: &'static str, detail: String },
+}
+
+/// The operations vethbpf performs through rtnetlink, in one network namespace.
+pub trait Netlink {
+    fn link_by_name(&mut self, name: &str) -> Result<Option<LinkInfo>, NetlinkError>;
+    fn link_by_index(&mut self, index: u32) -> Result<Option<LinkInfo>, NetlinkError>;
+    fn links(&mut self) -> Result<Vec<LinkInfo>, NetlinkError>;
+    /// Creates a veth pair `name` <-> `peer`, both in this namespace and down.
+    /// Returns the new link `name`'s index.
+    fn add_veth(&mut self, name: &str, peer: &str) -> Result<u32, NetlinkError>;
+    fn del_link(&mut self, index: u32) -> Result<(), NetlinkError>;
+    /// Moves a link into the namespace behind `netns` (an open `/run/netns/..` or
+    /// `/proc/../ns/net` file).
+    fn move_link_to_netns(&mut self, index: u32, netns: BorrowedFd<'_>)
+    -> Result<(), NetlinkError>;
+    fn rename_link(&mut self, index: u32, name: &str) -> Result<(), NetlinkError>;
+    fn set_link_mac(&mut self, index: u32, mac: [u8; 6]) -> Result<(), NetlinkError>;
+    fn set_link_up(&mut self, index: u32) -> Result<(), NetlinkError>;
+    /// Stops the kernel from generating IPv6 link-local addresses on the link
+    /// (`IFLA_INET6_ADDR_GEN_MODE` = none), so host-side veths carry no address at all.
+    fn disable_ipv6_addr_gen(&mut self, index: u32) -> Result<(), NetlinkError>;
+    fn add_address(&mut self, index: u32, addr: Ipv4Net) -> Result<(), NetlinkError>;
+    /// IPv4 addresses, of one link or of all links: `(ifindex, address/prefix)`.
+    fn addresses(&mut self, index: Option<u32>) -> Result<Vec<(u32, Ipv4Net)>, NetlinkError>;
+    fn add_route(&mut self, route: &RouteSpec) -> Result<(), NetlinkError>;
+    fn del_route(&mut self, route: &RouteSpec) -> Result<(), NetlinkError>;
+    /// IPv4 unicast routes of the main table.
+    fn routes(&mut self) -> Result<Vec<RouteSpec>, NetlinkError>;
+}
