@@ -1,0 +1,71 @@
+//! ARP from a pod: the pod resolves its gateway (and, with an on-link route, anything
+//! else) to the gateway MAC, answered right here, so the node needs no proxy ARP and no
+//! address on the host-side veth.
+
+use aya_ebpf::{helpers::bpf_redirect, programs::TcContext};
+use vethbpf_common::{Config, EndpointInfo, Verdict};
+
+use crate::{
+    hdr::{
+        ARP_HTYPE_ETHER, ARP_OP_REPLY, ARP_OP_REQUEST, ARP_PTYPE_IPV4, ArpHdr, ETH_HLEN, EthHdr,
+        MacWords, ipv4_of_words, linear, mac_words, ptr_at,
+    },
+    stats::Decision,
+};
+
+/// Handles an ARP frame sent by the endpoint `ep` on the host veth `ifindex`.
+#[inline(always)]
+pub fn handle(ctx: &TcContext, ifindex: u32, ep: &EndpointInfo, cfg: &Config) -> Decision {
+    let Some((data, data_end)) = linear(ctx, ETH_HLEN + size_of::<ArpHdr>()) else {
+        return Decision::drop(Verdict::DropMalformed);
+    };
+    let (Some(eth), Some(arp)) = (
+        ptr_at::<EthHdr>(data, data_end, 0),
+        ptr_at::<ArpHdr>(data, data_end, ETH_HLEN),
+    ) else {
+        return Decision::drop(Verdict::DropMalformed);
+    };
+    // SAFETY: both pointers were bounds-checked against data_end just above, and no
+    // helper that changes packet data runs while they are in use.
+    let (eth, arp) = unsafe { (&mut *eth, &mut *arp) };
+
+    // Only Ethernet/IPv4 ARP has the layout of ArpHdr; anything else is not something a
+    // pod on a veth has a reason to send.
+    if arp.htype != ARP_HTYPE_ETHER || arp.ptype != ARP_PTYPE_IPV4 || arp.hlen != 6 || arp.plen != 4
+    {
+        return Decision::drop(Verdict::DropMalformed);
+    }
+
+    // A pod may only speak for its own address: this stops it from poisoning caches
+    // with gratuitous ARP for the gateway or another pod.
+    if ipv4_of_words(arp.spa) != ep.ip {
+        return Decision::drop(Verdict::DropArpSpoof);
+    }
+
+    // Requests for the pod's own address (duplicate address detection, gratuitous ARP),
+    // replies and other operations go to the node stack, which answers none of them for
+    // a pod address.
+    if arp.op != ARP_OP_REQUEST || ipv4_of_words(arp.tpa) == ep.ip {
+        return Decision::pass();
+    }
+
+    reply_in_place(eth, arp, mac_words(&cfg.gateway_mac));
+    // Egress out of the same veth: straight back to the pod.
+    // SAFETY: a plain helper call with valid arguments.
+    let action = unsafe { bpf_redirect(ifindex, 0) };
+    Decision::redirect(Verdict::ArpReply, action)
+}
+
+/// Turns the request into the reply "requested address is at `gateway_mac`", addressed
+/// to the requester.
+#[inline(always)]
+fn reply_in_place(eth: &mut EthHdr, arp: &mut ArpHdr, gateway_mac: MacWords) {
+    let requested = arp.tpa;
+    arp.op = ARP_OP_REPLY;
+    arp.tha = arp.sha;
+    arp.tpa = arp.spa;
+    arp.sha = gateway_mac;
+    arp.spa = requested;
+    eth.dst = eth.src;
+    eth.src = gateway_mac;
+}

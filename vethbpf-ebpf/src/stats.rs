@@ -1,0 +1,66 @@
+//! Per-endpoint, per-verdict counters, and the pairing of a verdict with the tc action
+//! that carries it out.
+
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    programs::TcContext,
+};
+use vethbpf_common::{Verdict, stats_index};
+
+use crate::STATS;
+
+/// What the program decided for one frame: the verdict it counts and the tc action it
+/// returns. Keeping them together is what makes every return value the one counted.
+#[derive(Clone, Copy)]
+pub struct Decision {
+    pub verdict: Verdict,
+    pub action: i32,
+}
+
+impl Decision {
+    /// Hand the frame to the node's stack.
+    #[inline(always)]
+    pub const fn pass() -> Self {
+        Self {
+            verdict: Verdict::Pass,
+            action: TC_ACT_OK as i32,
+        }
+    }
+
+    /// Drop the frame, counted under `verdict`.
+    #[inline(always)]
+    pub const fn drop(verdict: Verdict) -> Self {
+        Self {
+            verdict,
+            action: TC_ACT_SHOT as i32,
+        }
+    }
+
+    /// A redirect: `action` is what `bpf_redirect` / `bpf_redirect_peer` returned
+    /// (`TC_ACT_REDIRECT`, or `TC_ACT_SHOT` had the flags been invalid).
+    #[inline(always)]
+    pub const fn redirect(verdict: Verdict, action: i64) -> Self {
+        Self {
+            verdict,
+            action: action as i32,
+        }
+    }
+}
+
+/// Adds the frame to the counter of (`endpoint_id`, verdict) on this CPU and returns
+/// the decision's tc action.
+///
+/// The array is per CPU, so plain additions are race-free. An endpoint id beyond the
+/// array (a bad map entry) finds no counter; the frame is still handled.
+#[inline(always)]
+pub fn count(ctx: &TcContext, endpoint_id: u32, decision: Decision) -> i32 {
+    if let Some(counter) = STATS.get_ptr_mut(stats_index(endpoint_id, decision.verdict)) {
+        // SAFETY: the pointer comes from a successful map lookup and stays valid for
+        // the whole program run; nothing else on this CPU touches it meanwhile.
+        unsafe {
+            (*counter).packets += 1;
+            (*counter).bytes += u64::from(ctx.len());
+        }
+    }
+    decision.action
+}
