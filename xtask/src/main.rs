@@ -1,0 +1,92 @@
+//! `cargo xtask <task>`: the project's build, bootstrap and test entry points. See
+//! `cargo xtask --help`.
+
+mod deps;
+mod ebpf;
+mod test;
+mod util;
+
+use std::{ffi::OsString, process::Command};
+
+use anyhow::{Context as _, Result};
+use clap::{Parser, Subcommand};
+
+use crate::util::run;
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    about = "vethbpf build, bootstrap and test tasks"
+)]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install rust-src and bpf-linker if needed, then build the eBPF object.
+    BuildEbpf,
+    /// Install the Debian packages the tests and benchmarks use (root).
+    InstallDeps,
+    /// install-deps, build-ebpf, `cargo test --workspace [ARGS]`, then check that the
+    /// tests left no namespaces, links or bpffs entries behind (root).
+    Test {
+        /// Passed to `cargo test --workspace` (e.g. `-- --nocapture`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+    /// build-ebpf, then `cargo run --release -p vethbpf -- demo [ARGS]`.
+    Demo {
+        /// Passed to `vethbpf demo`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+    /// rustfmt and clippy for the workspace, rustfmt for vethbpf-ebpf.
+    Lint,
+    // The benchmark harness (xtask/src/bench/) adds its `Bench` task here.
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().task {
+        Task::BuildEbpf => ebpf::build_ebpf().map(drop),
+        Task::InstallDeps => deps::install_deps(),
+        Task::Test { args } => test::test(&args),
+        Task::Demo { args } => demo(&args),
+        Task::Lint => lint(),
+    }
+}
+
+fn demo(args: &[OsString]) -> Result<()> {
+    ebpf::build_ebpf()?;
+    run(Command::new(util::cargo())
+        .current_dir(util::workspace_root()?)
+        .args(["run", "--release", "-p", "vethbpf", "--", "demo"])
+        .args(args))
+    .context("running the demo")
+}
+
+fn lint() -> Result<()> {
+    let root = util::workspace_root()?;
+    let cargo = || {
+        let mut cmd = Command::new(util::cargo());
+        cmd.current_dir(&root);
+        cmd
+    };
+    run(cargo().args(["fmt", "--all", "--check"])).context("rustfmt (workspace)")?;
+    run(cargo()
+        .current_dir(root.join("vethbpf-ebpf"))
+        .args(["fmt", "--check"]))
+    .context("rustfmt (vethbpf-ebpf)")?;
+    // vethbpf embeds the eBPF object at build time: clippy needs it too.
+    ebpf::build_ebpf()?;
+    run(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))
+    .context("clippy (workspace)")
+}

@@ -1,0 +1,104 @@
+//! `test`: dependencies, the eBPF object, `cargo test --workspace`, and a check that
+//! the tests left no namespaces, links or bpffs entries behind.
+
+use std::{collections::BTreeSet, ffi::OsString, fs, path::Path, process::Command};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::{
+    deps, ebpf,
+    util::{self, capture, run, step},
+};
+
+pub fn test(extra: &[OsString]) -> Result<()> {
+    deps::install_deps()?;
+    ebpf::build_ebpf()?;
+
+    let before = Snapshot::take().context("recording the system state before the tests")?;
+    let mut cmd = Command::new(util::cargo());
+    cmd.current_dir(util::workspace_root()?)
+        .args(["test", "--workspace"])
+        .args(extra);
+    let tests = run(&mut cmd);
+    let after = Snapshot::take().context("recording the system state after the tests")?;
+
+    // Report leftovers even when tests failed: a failing test must clean up too.
+    let leftovers = before.new_in(&after);
+    for l in &leftovers {
+        eprintln!("xtask: LEFTOVER after the tests: {l}");
+    }
+    tests.context("the tests failed")?;
+    if !leftovers.is_empty() {
+        bail!(
+            "the tests left {} thing(s) behind: {}",
+            leftovers.len(),
+            leftovers.join(", ")
+        );
+    }
+    step("tests passed, nothing left behind");
+    Ok(())
+}
+
+/// What tests must leave as they found it.
+struct Snapshot {
+    netns: BTreeSet<String>,
+    links: BTreeSet<String>,
+    bpffs: BTreeSet<String>,
+}
+
+const BPFFS: &str = "/sys/fs/bpf";
+
+impl Snapshot {
+    fn take() -> Result<Self> {
+        let netns = capture(Command::new("ip").args(["netns", "list"]))?
+            .lines()
+            // "name (id: 3)" -> "name"
+            .filter_map(|l| l.split_whitespace().next())
+            .map(str::to_owned)
+            .collect();
+        let links = capture(Command::new("ip").args(["-o", "link"]))?
+            .lines()
+            // "7: vb-1@if6: <BROADCAST,...> ..." -> "vb-1"
+            .filter_map(|l| l.split(": ").nth(1))
+            .map(|name| name.split('@').next().unwrap_or(name).to_owned())
+            .collect();
+        let bpffs = if Path::new(BPFFS).is_dir() {
+            fs::read_dir(BPFFS)
+                .with_context(|| format!("listing {BPFFS}"))?
+                .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+                .collect::<std::io::Result<_>>()
+                .with_context(|| format!("listing {BPFFS}"))?
+        } else {
+            BTreeSet::new()
+        };
+        Ok(Self {
+            netns,
+            links,
+            bpffs,
+        })
+    }
+
+    /// Everything in `after` that was not in `self`, named for a human.
+    fn new_in(&self, after: &Self) -> Vec<String> {
+        let mut out = Vec::new();
+        out.extend(
+            after
+                .netns
+                .difference(&self.netns)
+                .map(|n| format!("network namespace {n}")),
+        );
+        out.extend(
+            after
+                .links
+                .difference(&self.links)
+                .map(|n| format!("link {n}")),
+        );
+        out.extend(
+            after
+                .bpffs
+                .difference(&self.bpffs)
+                .map(|n| format!("{BPFFS}/{n}")),
+        );
+        out
+    }
+}
