@@ -9,11 +9,26 @@
 //! - [`maps`]: typed access to the pinned maps
 //! - [`state`]: the state directory (node config, endpoints), locked and atomic
 //! - [`ipam`]: address allocation from the pod CIDR
+//! - [`ident`]: names and MAC addresses, validated
 //! - [`endpoint`]: `endpoint add/del/list`, each step undone on failure
 //! - [`node`]: `up`, `down`, `status`
+//! - [`probe`]: ICMP and TCP probes run from inside a namespace (for `demo`)
+//! - [`demo`], [`cli`], [`output`]: the command line
 
+pub mod bpf;
+pub mod cli;
+pub mod demo;
+pub mod endpoint;
+pub mod ident;
+pub mod ipam;
+pub mod maps;
 pub mod netlink;
 pub mod netns;
+pub mod node;
+pub mod output;
+pub mod probe;
+pub mod state;
 
 /// The eBPF object built by `cargo xtask build-ebpf`, embedded at compile time.
-pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/vethbpf.bpf.o"));
+pub static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/vethbpf.bpf.o"));

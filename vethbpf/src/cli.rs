@@ -1,0 +1,304 @@
+//! The command line: argument parsing (clap) and the glue from commands to the
+//! library modules. Errors here are `anyhow` with context; the modules below return
+//! typed errors.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
+use ipnet::Ipv4Net;
+
+use crate::endpoint::{self, AddRequest, EndpointView, Env, KernelNamespaces, PinnedDatapath};
+use crate::netlink::RtNetlink;
+use crate::node::{self, UpRequest};
+use crate::output;
+use crate::state::{Locked, NodeConfig, StateDir};
+
+pub const DEFAULT_BPFFS_DIR: &str = "/sys/fs/bpf/vethbpf";
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/vethbpf";
+pub const DEFAULT_POD_CIDR: &str = "10.244.0.0/24";
+pub const DEFAULT_GATEWAY: &str = "169.254.1.1";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "vethbpf",
+    version,
+    about = "Connect network namespaces with veth pairs and eBPF: no bridge, no iptables",
+    long_about = "vethbpf connects network namespaces (\"pods\") on this node through veth pairs \
+and a tc ingress eBPF program on each host-side veth. The program answers ARP for the pods' \
+gateway, looks destinations up in an LPM map and hands packets straight into the destination \
+pod with bpf_redirect_peer. Programs, maps and links are pinned in bpffs, so the datapath keeps \
+running when vethbpf exits.\n\nStart with `vethbpf demo` to see it work in a throwaway namespace.\n\
+All commands act on the network namespace vethbpf runs in (the node) and need root."
+)]
+pub struct Cli {
+    /// Where programs, maps and links are pinned (a bpffs is mounted there if needed).
+    #[arg(
+        long,
+        global = true,
+        env = "VETHBPF_BPFFS_DIR",
+        default_value = DEFAULT_BPFFS_DIR,
+        value_name = "DIR"
+    )]
+    pub bpffs_dir: PathBuf,
+    /// Where node config and endpoint records are kept.
+    #[arg(
+        long,
+        global = true,
+        env = "VETHBPF_STATE_DIR",
+        default_value = DEFAULT_STATE_DIR,
+        value_name = "DIR"
+    )]
+    pub state_dir: PathBuf,
+    /// Output format: a table for people, JSON for scripts.
+    #[arg(long, short = 'o', global = true, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+    /// More logging on stderr (-v debug, -vv trace). RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Load and pin the datapath on this node (idempotent).
+    Up(UpArgs),
+    /// Add, delete or list endpoints (pods).
+    #[command(subcommand)]
+    Endpoint(EndpointCommand),
+    /// Show node config, programs, maps and attachments.
+    Status,
+    /// Delete every endpoint and every pinned object: the node as before `up`.
+    Down,
+    /// Run the three-pod scenario in a throwaway node namespace and show a
+    /// connectivity matrix with the counters that prove the eBPF path carried it.
+    Demo(DemoArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct UpArgs {
+    /// IPv4 range the pods' addresses come from.
+    #[arg(long, default_value = DEFAULT_POD_CIDR, value_name = "CIDR")]
+    pub pod_cidr: Ipv4Net,
+    /// The pods' gateway: a link-local address nobody owns; the eBPF program answers
+    /// ARP for it with the gateway MAC.
+    #[arg(long, default_value = DEFAULT_GATEWAY, value_name = "IP")]
+    pub gateway: Ipv4Addr,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum EndpointCommand {
+    /// Create a pod: namespace, veth pair, addresses, routes, program, map entries.
+    Add(AddArgs),
+    /// Remove everything `endpoint add` made for NAME.
+    Del {
+        /// The endpoint's name.
+        name: String,
+    },
+    /// Every endpoint with its counters (forwarded, ARP replies, passed, drops).
+    List,
+}
+
+#[derive(Args, Debug)]
+pub struct AddArgs {
+    /// Endpoint name (1-63 of [A-Za-z0-9_.-]); also the name of the namespace made
+    /// for it under /run/netns.
+    pub name: String,
+    /// The pod's address (default: the next free one of the pod CIDR).
+    #[arg(long, value_name = "IP")]
+    pub ip: Option<Ipv4Addr>,
+    /// Use this existing namespace (a name under /run/netns, or a path) instead of
+    /// making one.
+    #[arg(long, value_name = "NAME|PATH")]
+    pub netns: Option<String>,
+    /// Interface name inside the pod.
+    #[arg(long, default_value = "eth0", value_name = "IFNAME")]
+    pub ifname: String,
+}
+
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    /// Leave the demo's namespaces and datapath in place (prints how to remove them).
+    #[arg(long)]
+    pub keep: bool,
+}
+
+/// Parses the command line; also reports whether --bpffs-dir was given explicitly
+/// (flag or environment) rather than defaulted.
+pub fn parse() -> (Cli, bool) {
+    let matches: ArgMatches = Cli::command().get_matches();
+    let explicit = matches
+        .value_source("bpffs_dir")
+        .is_some_and(|s| s != clap::parser::ValueSource::DefaultValue);
+    match Cli::from_arg_matches(&matches) {
+        Ok(cli) => (cli, explicit),
+        Err(e) => e.exit(),
+    }
+}
+
+fn require_root() -> Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("vethbpf must run as root: it creates namespaces, links and eBPF objects (try sudo)");
+    }
+    Ok(())
+}
+
+/// The bpffs dir a command should use: the one the node was brought up with,
+/// unless the user names another explicitly, which is an error.
+fn check_bpffs(locked: &Locked, cli: &Cli, explicit: bool) -> Result<()> {
+    if let Some(node) = &locked.state.node
+        && explicit
+        && node.bpffs_dir != cli.bpffs_dir
+    {
+        bail!(
+            "the node was brought up with --bpffs-dir {}, not {}",
+            node.bpffs_dir.display(),
+            cli.bpffs_dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// Every command but `up` works on a node that is up; before `up` there is no
+/// state file, and such a command must not create the state dir either.
+fn lock_up_node(state_dir: &StateDir) -> Result<Locked> {
+    if !state_dir.path().join(crate::state::STATE_FILE).exists() {
+        bail!(
+            "the node is not up (no state in {}): run `vethbpf up` first",
+            state_dir.path().display()
+        );
+    }
+    lock(state_dir)
+}
+
+fn lock(state_dir: &StateDir) -> Result<Locked> {
+    state_dir
+        .lock()
+        .with_context(|| format!("state directory {}", state_dir.path().display()))
+}
+
+fn node_config(locked: &Locked) -> Result<NodeConfig> {
+    locked
+        .state
+        .node
+        .clone()
+        .context("the node is not up: run `vethbpf up` first")
+}
+
+/// Runs `f` with the real kernel behind the endpoint traits.
+fn with_env<T>(node: &NodeConfig, f: impl FnOnce(&mut Env<'_>) -> Result<T>) -> Result<T> {
+    let mut nl = RtNetlink::connect().context("netlink in the node namespace")?;
+    let mut ns = KernelNamespaces;
+    let mut dp = PinnedDatapath::open(node).context("opening the pinned datapath")?;
+    let mut env = Env {
+        node: &mut nl,
+        ns: &mut ns,
+        dp: &mut dp,
+    };
+    f(&mut env)
+}
+
+pub fn run(cli: Cli, bpffs_explicit: bool) -> Result<()> {
+    let state_dir = StateDir::new(&cli.state_dir);
+    let out = cli.output;
+    match &cli.command {
+        Command::Up(args) => {
+            require_root()?;
+            let mut locked = lock(&state_dir)?;
+            let report = node::up(
+                &mut locked,
+                &UpRequest {
+                    pod_cidr: args.pod_cidr.trunc(),
+                    gateway: args.gateway,
+                    bpffs_dir: cli.bpffs_dir.clone(),
+                },
+                crate::EBPF_OBJECT,
+            )
+            .context("vethbpf up")?;
+            output::up(out, &report)
+        }
+        Command::Endpoint(EndpointCommand::Add(args)) => {
+            require_root()?;
+            let mut locked = lock_up_node(&state_dir)?;
+            check_bpffs(&locked, &cli, bpffs_explicit)?;
+            let req = AddRequest {
+                name: args.name.clone(),
+                ip: args.ip,
+                netns: args.netns.clone(),
+                ifname: args.ifname.clone(),
+            };
+            // Validate what needs no kernel first, so that bad input on a node that
+            // is not up names the input, not the node.
+            crate::ident::validate_endpoint_name(&req.name)?;
+            crate::ident::validate_ifname(&req.ifname)?;
+            let node = node_config(&locked)?;
+            let rec = with_env(&node, |env| {
+                endpoint::add(env, &mut locked, &req)
+                    .with_context(|| format!("endpoint add {}", req.name))
+            })?;
+            output::endpoint(out, &EndpointView::new(&rec, None))
+        }
+        Command::Endpoint(EndpointCommand::Del { name }) => {
+            require_root()?;
+            let mut locked = lock_up_node(&state_dir)?;
+            check_bpffs(&locked, &cli, bpffs_explicit)?;
+            let node = node_config(&locked)?;
+            let rec = with_env(&node, |env| {
+                endpoint::del(env, &mut locked, name)
+                    .with_context(|| format!("endpoint del {name}"))
+            })?;
+            output::deleted(out, &rec.name)
+        }
+        Command::Endpoint(EndpointCommand::List) => {
+            let locked = lock_up_node(&state_dir)?;
+            check_bpffs(&locked, &cli, bpffs_explicit)?;
+            let views = match &locked.state.node {
+                Some(node) => {
+                    let dp = PinnedDatapath::open(node).context("opening the pinned datapath")?;
+                    endpoint::list(&dp, &locked)?
+                }
+                None => bail!("the node is not up: run `vethbpf up` first"),
+            };
+            output::endpoints(out, &views)
+        }
+        Command::Status if !state_dir.path().join(crate::state::STATE_FILE).exists() => {
+            output::status(out, &node::Status::not_up())
+        }
+        Command::Status => {
+            let locked = lock_up_node(&state_dir)?;
+            check_bpffs(&locked, &cli, bpffs_explicit)?;
+            output::status(out, &node::status(&locked)?)
+        }
+        Command::Down if !state_dir.path().join(crate::state::STATE_FILE).exists() => output::down(
+            out,
+            &node::DownReport {
+                was_up: false,
+                endpoints_removed: vec![],
+            },
+        ),
+        Command::Down => {
+            require_root()?;
+            let locked = lock_up_node(&state_dir)?;
+            check_bpffs(&locked, &cli, bpffs_explicit)?;
+            let report = match locked.state.node.clone() {
+                Some(node) => with_env(&node, |env| {
+                    node::down(env, &state_dir, locked).context("vethbpf down")
+                })?,
+                None => node::down_not_up(&state_dir, locked)?,
+            };
+            output::down(out, &report)
+        }
+        Command::Demo(args) => {
+            require_root()?;
+            crate::demo::run(args, out)
+        }
+    }
+}

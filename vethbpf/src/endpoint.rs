@@ -1,0 +1,630 @@
+//! `endpoint add`, `endpoint del` and `endpoint list`.
+//!
+//! `add` is a sequence of kernel changes; each one that succeeds pushes its undo
+//! step, and any failure runs the undo steps in reverse, so a failed add leaves the
+//! node as it found it. Everything that can be checked without changing anything is
+//! checked first. The state file is written last: it is the commit point.
+//!
+//! The kernel is reached through three small traits ([`Netlink`] for the node
+//! namespace, [`Namespaces`] for pod namespaces, [`Datapath`] for the pinned eBPF
+//! objects) so that the logic, rollback included, is unit-tested with fakes.
+
+use std::fs::File;
+use std::net::Ipv4Addr;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+
+use ipnet::Ipv4Net;
+use serde::Serialize;
+use tracing::{debug, warn};
+use vethbpf_common::{
+    Counter, EndpointInfo, MAX_ENDPOINTS, ROUTE_KIND_LOCAL, Route, Verdict, ipv4_to_map,
+};
+
+use crate::bpf::{self, BpfError, Pins};
+use crate::ident::{self, MacAddr, NameError};
+use crate::ipam::{self, IpamError};
+use crate::maps::{EndpointCounters, Maps, MapsError};
+use crate::netlink::{Netlink, NetlinkError, RouteSpec};
+use crate::netns::{self, NetnsError};
+use crate::state::{AttachMode, EndpointRecord, Locked, NodeConfig, StateError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum EndpointError {
+    #[error("the node is not up: run `vethbpf up` first")]
+    NotUp,
+    #[error(transparent)]
+    Name(#[from] NameError),
+    #[error(transparent)]
+    Ipam(#[from] IpamError),
+    #[error("endpoint {name} already exists")]
+    Duplicate { name: String },
+    #[error("no endpoint named {name}")]
+    NotFound { name: String },
+    #[error(
+        "the interface {ifname} already exists in the node namespace (left over from an earlier run?); delete it or choose another endpoint name"
+    )]
+    HostVethExists { ifname: String },
+    #[error(
+        "the network namespace {name} already exists; pass `--netns {name}` to put the endpoint in it"
+    )]
+    NetnsExists { name: String },
+    #[error("the interface {ifname} already exists in the namespace {netns}")]
+    IfnameExists { ifname: String, netns: PathBuf },
+    #[error("the node has {max} endpoints, the most it supports", max = MAX_ENDPOINTS - 1)]
+    TooMany,
+    #[error("the veth peer {ifname} vanished while it was being set up")]
+    PeerVanished { ifname: String },
+    #[error("cannot open the network namespace {path}: {source}")]
+    OpenNetns {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
+    #[error(transparent)]
+    Bpf(#[from] BpfError),
+    #[error(transparent)]
+    Maps(#[from] MapsError),
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
+/// Pod namespaces: creating, deleting, resolving, and configuring the inside.
+pub trait Namespaces {
+    /// Whether a named namespace exists under /run/netns.
+    fn named_exists(&self, name: &str) -> bool;
+    fn create(&mut self, name: &str) -> Result<PathBuf, EndpointError>;
+    fn delete(&mut self, name: &str) -> Result<(), EndpointError>;
+    /// `NAME` (under /run/netns) or a path; must exist and be a network namespace.
+    fn resolve(&self, spec: &str) -> Result<PathBuf, EndpointError>;
+    /// Moves a node-side link into the namespace at `netns`.
+    fn move_link(
+        &mut self,
+        node: &mut dyn Netlink,
+        index: u32,
+        netns: &Path,
+    ) -> Result<(), EndpointError>;
+    /// Whether `ifname` exists inside the namespace.
+    fn link_exists(&mut self, netns: &Path, ifname: &str) -> Result<bool, EndpointError>;
+    /// Runs [`configure_pod_side`] inside the namespace.
+    fn configure(&mut self, netns: &Path, cfg: &PodConfig) -> Result<MacAddr, EndpointError>;
+}
+
+/// The pinned eBPF objects, as endpoint changes use them.
+pub trait Datapath {
+    fn attach(&mut self, host_veth: &str) -> Result<(), EndpointError>;
+    fn detach(&mut self, host_veth: &str) -> Result<(), EndpointError>;
+    fn put_endpoint(&mut self, ifindex: u32, info: &EndpointInfo) -> Result<(), EndpointError>;
+    fn del_endpoint(&mut self, ifindex: u32) -> Result<(), EndpointError>;
+    fn put_route(&mut self, net: Ipv4Net, route: &Route) -> Result<(), EndpointError>;
+    fn del_route(&mut self, net: Ipv4Net) -> Result<(), EndpointError>;
+    fn reset_counters(&mut self, id: u32) -> Result<(), EndpointError>;
+    fn counters(&self, id: u32) -> Result<EndpointCounters, EndpointError>;
+}
+
+/// What the pod side gets.
+#[derive(Clone, Debug)]
+pub struct PodConfig {
+    /// Name of the peer when it arrives in the namespace.
+    pub temp_name: String,
+    pub ifname: String,
+    pub ip: Ipv4Addr,
+    pub gateway: Ipv4Addr,
+}
+
+/// Inside the pod: rename the peer, bring `lo` and it up, `IP/32`, a link route to
+/// the gateway and a default route through it. Returns the pod interface's MAC.
+pub fn configure_pod_side(nl: &mut dyn Netlink, cfg: &PodConfig) -> Result<MacAddr, EndpointError> {
+    let link = nl
+        .link_by_name(&cfg.temp_name)?
+        .ok_or_else(|| EndpointError::PeerVanished {
+            ifname: cfg.temp_name.clone(),
+        })?;
+    nl.rename_link(link.index, &cfg.ifname)?;
+    if let Some(lo) = nl.link_by_name("lo")? {
+        nl.set_link_up(lo.index)?;
+    }
+    nl.set_link_up(link.index)?;
+    nl.add_address(link.index, Ipv4Net::from(cfg.ip))?;
+    nl.add_route(&RouteSpec {
+        dst: Ipv4Net::from(cfg.gateway),
+        oif: link.index,
+        gateway: None,
+        scope_link: true,
+        onlink: false,
+    })?;
+    nl.add_route(&RouteSpec {
+        dst: Ipv4Net::default(),
+        oif: link.index,
+        gateway: Some(cfg.gateway),
+        scope_link: false,
+        onlink: true,
+    })?;
+    let mac = nl
+        .link_by_index(link.index)?
+        .and_then(|l| l.mac)
+        .ok_or_else(|| EndpointError::PeerVanished {
+            ifname: cfg.ifname.clone(),
+        })?;
+    Ok(MacAddr(mac))
+}
+
+/// The kernel as `endpoint` commands see it.
+pub struct Env<'a> {
+    pub node: &'a mut dyn Netlink,
+    pub ns: &'a mut dyn Namespaces,
+    pub dp: &'a mut dyn Datapath,
+}
+
+#[derive(Clone, Debug)]
+pub struct AddRequest {
+    pub name: String,
+    pub ip: Option<Ipv4Addr>,
+    /// An existing namespace (name under /run/netns or path); `None` makes one
+    /// named after the endpoint.
+    pub netns: Option<String>,
+    pub ifname: String,
+}
+
+/// One step of `add` that has happened and how to take it back.
+#[derive(Debug)]
+enum Undo {
+    DeleteNetns(String),
+    DeleteLink(u32),
+    Detach(String),
+    DelEndpointEntry(u32),
+    DelRouteEntry(Ipv4Net),
+}
+
+fn run_undo(env: &mut Env<'_>, steps: Vec<Undo>) {
+    for step in steps.into_iter().rev() {
+        debug!(?step, "rolling back");
+        let r = match &step {
+            Undo::DeleteNetns(name) => env.ns.delete(name),
+            Undo::DeleteLink(index) => env.node.del_link(*index).map_err(Into::into),
+            Undo::Detach(host) => env.dp.detach(host),
+            Undo::DelEndpointEntry(ifindex) => env.dp.del_endpoint(*ifindex),
+            Undo::DelRouteEntry(net) => env.dp.del_route(*net),
+        };
+        if let Err(e) = r {
+            warn!(?step, error = %e, "rollback step failed");
+        }
+    }
+}
+
+fn free_id(locked: &Locked) -> Result<u32, EndpointError> {
+    let used: std::collections::BTreeSet<u32> =
+        locked.state.endpoints.values().map(|e| e.id).collect();
+    (1..MAX_ENDPOINTS)
+        .find(|id| !used.contains(id))
+        .ok_or(EndpointError::TooMany)
+}
+
+fn node_config(locked: &Locked) -> Result<NodeConfig, EndpointError> {
+    locked.state.node.clone().ok_or(EndpointError::NotUp)
+}
+
+/// Adds an endpoint; on failure nothing of it remains.
+pub fn add(
+    env: &mut Env<'_>,
+    locked: &mut Locked,
+    req: &AddRequest,
+) -> Result<EndpointRecord, EndpointError> {
+    // Checks that change nothing.
+    ident::validate_endpoint_name(&req.name)?;
+    ident::validate_ifname(&req.ifname)?;
+    let node = node_config(locked)?;
+    if locked.state.endpoints.contains_key(&req.name) {
+        return Err(EndpointError::Duplicate {
+            name: req.name.clone(),
+        });
+    }
+    let used = || {
+        locked
+            .state
+            .endpoints
+            .values()
+            .map(|e| (e.ip, e.name.as_str()))
+    };
+    let ip = match req.ip {
+        Some(ip) => {
+            ipam::validate(node.pod_cidr, node.gateway, ip, used())?;
+            ip
+        }
+        None => ipam::allocate(node.pod_cidr, node.gateway, used().map(|(ip, _)| ip))?,
+    };
+    let id = free_id(locked)?;
+    let host = ident::host_veth_name(&req.name);
+    let peer = ident::temp_peer_name(&req.name);
+    for name in [&host, &peer] {
+        if env.node.link_by_name(name)?.is_some() {
+            return Err(EndpointError::HostVethExists {
+                ifname: name.clone(),
+            });
+        }
+    }
+    let existing_netns = match &req.netns {
+        Some(spec) => {
+            let path = env.ns.resolve(spec)?;
+            if env.ns.link_exists(&path, &req.ifname)? {
+                return Err(EndpointError::IfnameExists {
+                    ifname: req.ifname.clone(),
+                    netns: path,
+                });
+            }
+            Some(path)
+        }
+        None if env.ns.named_exists(&req.name) => {
+            return Err(EndpointError::NetnsExists {
+                name: req.name.clone(),
+            });
+        }
+        None => None,
+    };
+
+    let mut undo = Vec::new();
+    let result = add_steps(
+        env,
+        locked,
+        &node,
+        req,
+        AddPlan {
+            ip,
+            id,
+            host,
+            peer,
+            existing_netns,
+        },
+        &mut undo,
+    );
+    if result.is_err() {
+        run_undo(env, undo);
+    }
+    result
+}
+
+struct AddPlan {
+    ip: Ipv4Addr,
+    id: u32,
+    host: String,
+    peer: String,
+    existing_netns: Option<PathBuf>,
+}
+
+fn add_steps(
+    env: &mut Env<'_>,
+    locked: &mut Locked,
+    node: &NodeConfig,
+    req: &AddRequest,
+    plan: AddPlan,
+    undo: &mut Vec<Undo>,
+) -> Result<EndpointRecord, EndpointError> {
+    let AddPlan {
+        ip,
+        id,
+        host,
+        peer,
+        existing_netns,
+    } = plan;
+    let (netns, netns_created) = match existing_netns {
+        Some(path) => (path, false),
+        None => {
+            let path = env.ns.create(&req.name)?;
+            undo.push(Undo::DeleteNetns(req.name.clone()));
+            (path, true)
+        }
+    };
+
+    // The pair is made in the node namespace; deleting the host side later takes
+    // the pod side with it, wherever it is.
+    let host_index = env.node.add_veth(&host, &peer)?;
+    undo.push(Undo::DeleteLink(host_index));
+    env.node.disable_ipv6_addr_gen(host_index)?;
+    env.node.set_link_mac(host_index, node.gateway_mac.0)?;
+    let peer_index = env
+        .node
+        .link_by_name(&peer)?
+        .ok_or_else(|| EndpointError::PeerVanished {
+            ifname: peer.clone(),
+        })?
+        .index;
+    env.ns.move_link(env.node, peer_index, &netns)?;
+    let pod_mac = env.ns.configure(
+        &netns,
+        &PodConfig {
+            temp_name: peer,
+            ifname: req.ifname.clone(),
+            ip,
+            gateway: node.gateway,
+        },
+    )?;
+
+    // Datapath: the endpoint entry must exist before the program sees the first
+    // frame (else it drops as no-endpoint); the route entry comes last because it
+    // makes the pod reachable from the others.
+    env.dp.reset_counters(id)?;
+    env.dp.put_endpoint(
+        host_index,
+        &EndpointInfo {
+            ip: ipv4_to_map(ip.octets()),
+            id,
+            mac: pod_mac.0,
+            _pad: [0; 2],
+        },
+    )?;
+    undo.push(Undo::DelEndpointEntry(host_index));
+    env.dp.attach(&host)?;
+    undo.push(Undo::Detach(host.clone()));
+    env.node.set_link_up(host_index)?;
+    // Node -> pod goes through the kernel: `IP/32 dev HOST scope link` (removed
+    // with the link, so no undo step of its own).
+    env.node.add_route(&RouteSpec {
+        dst: Ipv4Net::from(ip),
+        oif: host_index,
+        gateway: None,
+        scope_link: true,
+        onlink: false,
+    })?;
+    let net = Ipv4Net::from(ip);
+    env.dp.put_route(
+        net,
+        &Route {
+            kind: ROUTE_KIND_LOCAL,
+            ifindex: host_index,
+            endpoint_id: id,
+            mac: pod_mac.0,
+            _pad: [0; 2],
+        },
+    )?;
+    undo.push(Undo::DelRouteEntry(net));
+
+    let record = EndpointRecord {
+        name: req.name.clone(),
+        id,
+        ip,
+        pod_mac,
+        host_veth: host,
+        host_ifindex: host_index,
+        netns,
+        netns_created,
+        ifname: req.ifname.clone(),
+    };
+    locked
+        .state
+        .endpoints
+        .insert(record.name.clone(), record.clone());
+    if let Err(e) = locked.save() {
+        locked.state.endpoints.remove(&record.name);
+        return Err(e.into());
+    }
+    Ok(record)
+}
+
+/// Deletes an endpoint: route entry first (nobody is sent to it any more), then the
+/// veth (the pod loses its interface and the program its hook), then the pins, map
+/// entries, the namespace if vethbpf made it, and the record. Parts already gone
+/// are fine, so a `del` interrupted halfway can be run again.
+pub fn del(
+    env: &mut Env<'_>,
+    locked: &mut Locked,
+    name: &str,
+) -> Result<EndpointRecord, EndpointError> {
+    let rec = locked
+        .state
+        .endpoints
+        .get(name)
+        .cloned()
+        .ok_or_else(|| EndpointError::NotFound {
+            name: name.to_string(),
+        })?;
+    remove_endpoint(env, &rec)?;
+    locked.state.endpoints.remove(name);
+    locked.save()?;
+    Ok(rec)
+}
+
+/// The kernel side of `del`, without the state record.
+pub fn remove_endpoint(env: &mut Env<'_>, rec: &EndpointRecord) -> Result<(), EndpointError> {
+    env.dp.del_route(Ipv4Net::from(rec.ip))?;
+    // Look the link up by name: after a crash the recorded index may belong to
+    // something else.
+    if let Some(link) = env.node.link_by_name(&rec.host_veth)? {
+        match env.node.del_link(link.index) {
+            Ok(()) | Err(NetlinkError::NotFound { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    env.dp.detach(&rec.host_veth)?;
+    env.dp.del_endpoint(rec.host_ifindex)?;
+    if rec.netns_created {
+        match env.ns.delete(&rec.name) {
+            Ok(()) | Err(EndpointError::Netns(NetnsError::NotFound(_))) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    env.dp.reset_counters(rec.id)?;
+    Ok(())
+}
+
+/// An endpoint as `endpoint list` and `endpoint add` show it.
+#[derive(Clone, Debug, Serialize)]
+pub struct EndpointView {
+    pub name: String,
+    pub id: u32,
+    pub ip: Ipv4Addr,
+    pub pod_mac: MacAddr,
+    pub host_veth: String,
+    pub host_ifindex: u32,
+    pub netns: PathBuf,
+    pub ifname: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub counters: Option<CounterView>,
+}
+
+/// Packets and bytes of one counter.
+#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct Count {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+impl From<Counter> for Count {
+    fn from(c: Counter) -> Self {
+        Count {
+            packets: c.packets,
+            bytes: c.bytes,
+        }
+    }
+}
+
+/// Counters of one endpoint, by verdict.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct CounterView {
+    pub forwarded: Count,
+    pub arp_replies: Count,
+    pub passed: Count,
+    /// Total of all drop reasons.
+    pub dropped: Count,
+    /// Drops by reason, keyed by the verdict's name.
+    pub drops: std::collections::BTreeMap<&'static str, Count>,
+}
+
+impl CounterView {
+    pub fn from_counters(c: &EndpointCounters) -> Self {
+        let mut v = CounterView {
+            forwarded: c[Verdict::Forward as usize].into(),
+            arp_replies: c[Verdict::ArpReply as usize].into(),
+            passed: c[Verdict::Pass as usize].into(),
+            ..Default::default()
+        };
+        for verdict in Verdict::ALL.into_iter().filter(|v| v.is_drop()) {
+            let n = c[verdict as usize];
+            v.dropped.packets += n.packets;
+            v.dropped.bytes += n.bytes;
+            v.drops.insert(verdict.name(), n.into());
+        }
+        v
+    }
+}
+
+impl EndpointView {
+    pub fn new(rec: &EndpointRecord, counters: Option<&EndpointCounters>) -> Self {
+        EndpointView {
+            name: rec.name.clone(),
+            id: rec.id,
+            ip: rec.ip,
+            pod_mac: rec.pod_mac,
+            host_veth: rec.host_veth.clone(),
+            host_ifindex: rec.host_ifindex,
+            netns: rec.netns.clone(),
+            ifname: rec.ifname.clone(),
+            counters: counters.map(CounterView::from_counters),
+        }
+    }
+}
+
+/// Every endpoint with its counters.
+pub fn list(dp: &dyn Datapath, locked: &Locked) -> Result<Vec<EndpointView>, EndpointError> {
+    locked
+        .state
+        .endpoints
+        .values()
+        .map(|rec| Ok(EndpointView::new(rec, Some(&dp.counters(rec.id)?))))
+        .collect()
+}
+
+// ---- the real kernel ----
+
+/// Pod namespaces through [`crate::netns`].
+pub struct KernelNamespaces;
+
+impl Namespaces for KernelNamespaces {
+    fn named_exists(&self, name: &str) -> bool {
+        netns::named_path(name).exists()
+    }
+    fn create(&mut self, name: &str) -> Result<PathBuf, EndpointError> {
+        Ok(netns::create_named(name)?)
+    }
+    fn delete(&mut self, name: &str) -> Result<(), EndpointError> {
+        Ok(netns::delete_named(name)?)
+    }
+    fn resolve(&self, spec: &str) -> Result<PathBuf, EndpointError> {
+        Ok(netns::resolve(spec)?)
+    }
+    fn move_link(
+        &mut self,
+        node: &mut dyn Netlink,
+        index: u32,
+        netns: &Path,
+    ) -> Result<(), EndpointError> {
+        let f = File::open(netns).map_err(|source| EndpointError::OpenNetns {
+            path: netns.to_path_buf(),
+            source,
+        })?;
+        Ok(node.move_link_to_netns(index, f.as_fd())?)
+    }
+    fn link_exists(&mut self, netns: &Path, ifname: &str) -> Result<bool, EndpointError> {
+        let ifname = ifname.to_string();
+        netns::with_netlink_in(netns, move |nl| {
+            Ok::<_, EndpointError>(nl.link_by_name(&ifname)?.is_some())
+        })
+    }
+    fn configure(&mut self, netns: &Path, cfg: &PodConfig) -> Result<MacAddr, EndpointError> {
+        let cfg = cfg.clone();
+        netns::with_netlink_in(netns, move |nl| configure_pod_side(nl, &cfg))
+    }
+}
+
+/// The pinned program and maps of a node that is up.
+pub struct PinnedDatapath {
+    pins: Pins,
+    maps: Maps,
+    mode: AttachMode,
+}
+
+impl PinnedDatapath {
+    pub fn open(node: &NodeConfig) -> Result<Self, EndpointError> {
+        let pins = Pins::new(&node.bpffs_dir);
+        let maps = Maps::open(&pins)?;
+        Ok(PinnedDatapath {
+            pins,
+            maps,
+            mode: node.attach_mode,
+        })
+    }
+    pub fn maps(&self) -> &Maps {
+        &self.maps
+    }
+}
+
+impl Datapath for PinnedDatapath {
+    fn attach(&mut self, host_veth: &str) -> Result<(), EndpointError> {
+        bpf::attach(&self.pins, host_veth, self.mode)?;
+        Ok(())
+    }
+    fn detach(&mut self, host_veth: &str) -> Result<(), EndpointError> {
+        Ok(bpf::detach(&self.pins, host_veth)?)
+    }
+    fn put_endpoint(&mut self, ifindex: u32, info: &EndpointInfo) -> Result<(), EndpointError> {
+        Ok(self.maps.put_endpoint(ifindex, info)?)
+    }
+    fn del_endpoint(&mut self, ifindex: u32) -> Result<(), EndpointError> {
+        Ok(self.maps.del_endpoint(ifindex)?)
+    }
+    fn put_route(&mut self, net: Ipv4Net, route: &Route) -> Result<(), EndpointError> {
+        Ok(self.maps.put_route(net, route)?)
+    }
+    fn del_route(&mut self, net: Ipv4Net) -> Result<(), EndpointError> {
+        Ok(self.maps.del_route(net)?)
+    }
+    fn reset_counters(&mut self, id: u32) -> Result<(), EndpointError> {
+        Ok(self.maps.reset_counters(id)?)
+    }
+    fn counters(&self, id: u32) -> Result<EndpointCounters, EndpointError> {
+        Ok(self.maps.counters(id)?)
+    }
+}

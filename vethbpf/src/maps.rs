@@ -1,0 +1,227 @@
+//! Typed access to the pinned maps: the routes the datapath forwards by, the
+//! endpoints it validates sources against, the node config, and the counters.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use aya::maps::lpm_trie::{Key, LpmTrie};
+use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuValues};
+use ipnet::Ipv4Net;
+use vethbpf_common::{
+    Config, Counter, EndpointInfo, MAP_CONFIG, MAP_ENDPOINTS, MAP_ROUTES, MAP_STATS, Route,
+    Verdict, ipv4_to_map, stats_index,
+};
+
+use crate::bpf::Pins;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MapsError {
+    #[error("cannot open the pinned map {path} ({source}); is the node up?")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: MapError,
+    },
+    #[error("map {map}: {op} failed: {source}")]
+    Op {
+        map: &'static str,
+        op: &'static str,
+        #[source]
+        source: MapError,
+    },
+}
+
+/// Counters of one endpoint, summed over CPUs, indexed by `Verdict as usize`.
+pub type EndpointCounters = [Counter; Verdict::COUNT as usize];
+
+pub struct Maps {
+    routes: LpmTrie<MapData, u32, Route>,
+    endpoints: HashMap<MapData, u32, EndpointInfo>,
+    config: Array<MapData, Config>,
+    stats: PerCpuArray<MapData, Counter>,
+}
+
+fn open<T>(pins: &Pins, name: &'static str) -> Result<T, MapsError>
+where
+    T: TryFrom<aya::maps::Map, Error = MapError>,
+{
+    let path = pins.map(name);
+    let data = MapData::from_pin(&path).map_err(|source| MapsError::Open {
+        path: path.clone(),
+        source,
+    })?;
+    let map = aya::maps::Map::from_map_data(data).map_err(|source| MapsError::Open {
+        path: path.clone(),
+        source,
+    })?;
+    T::try_from(map).map_err(|source| MapsError::Open { path, source })
+}
+
+fn route_key(net: Ipv4Net) -> Key<u32> {
+    Key::new(
+        u32::from(net.prefix_len()),
+        ipv4_to_map(net.network().octets()),
+    )
+}
+
+impl Maps {
+    pub fn open(pins: &Pins) -> Result<Self, MapsError> {
+        Ok(Maps {
+            routes: open(pins, MAP_ROUTES)?,
+            endpoints: open(pins, MAP_ENDPOINTS)?,
+            config: open(pins, MAP_CONFIG)?,
+            stats: open(pins, MAP_STATS)?,
+        })
+    }
+
+    pub fn set_config(&mut self, config: &Config) -> Result<(), MapsError> {
+        self.config
+            .set(0, config, 0)
+            .map_err(|source| MapsError::Op {
+                map: MAP_CONFIG,
+                op: "set",
+                source,
+            })
+    }
+
+    pub fn config(&self) -> Result<Config, MapsError> {
+        self.config.get(&0, 0).map_err(|source| MapsError::Op {
+            map: MAP_CONFIG,
+            op: "get",
+            source,
+        })
+    }
+
+    pub fn put_route(&mut self, net: Ipv4Net, route: &Route) -> Result<(), MapsError> {
+        self.routes
+            .insert(&route_key(net), route, 0)
+            .map_err(|source| MapsError::Op {
+                map: MAP_ROUTES,
+                op: "insert",
+                source,
+            })
+    }
+
+    pub fn route(&self, net: Ipv4Net) -> Option<Route> {
+        self.routes.get(&route_key(net), 0).ok()
+    }
+
+    /// Deletes a route; one that is not there is fine.
+    pub fn del_route(&mut self, net: Ipv4Net) -> Result<(), MapsError> {
+        match self.routes.remove(&route_key(net)) {
+            Err(MapError::KeyNotFound) | Ok(()) => Ok(()),
+            Err(source) => Err(MapsError::Op {
+                map: MAP_ROUTES,
+                op: "remove",
+                source,
+            }),
+        }
+    }
+
+    pub fn put_endpoint(&mut self, ifindex: u32, info: &EndpointInfo) -> Result<(), MapsError> {
+        self.endpoints
+            .insert(ifindex, info, 0)
+            .map_err(|source| MapsError::Op {
+                map: MAP_ENDPOINTS,
+                op: "insert",
+                source,
+            })
+    }
+
+    pub fn endpoint(&self, ifindex: u32) -> Option<EndpointInfo> {
+        self.endpoints.get(&ifindex, 0).ok()
+    }
+
+    /// Deletes an endpoint entry; one that is not there is fine.
+    pub fn del_endpoint(&mut self, ifindex: u32) -> Result<(), MapsError> {
+        match self.endpoints.remove(&ifindex) {
+            Err(MapError::KeyNotFound) | Ok(()) => Ok(()),
+            Err(source) => Err(MapsError::Op {
+                map: MAP_ENDPOINTS,
+                op: "remove",
+                source,
+            }),
+        }
+    }
+
+    /// Zeroes every counter of an endpoint id (before the id is given out again).
+    pub fn reset_counters(&mut self, id: u32) -> Result<(), MapsError> {
+        let ncpus = self.stats_cpus()?;
+        for v in Verdict::ALL {
+            let zeros =
+                PerCpuValues::try_from(vec![Counter::default(); ncpus]).map_err(|source| {
+                    MapsError::Op {
+                        map: MAP_STATS,
+                        op: "zero",
+                        source: MapError::IoError(source),
+                    }
+                })?;
+            self.stats
+                .set(stats_index(id, v), zeros, 0)
+                .map_err(|source| MapsError::Op {
+                    map: MAP_STATS,
+                    op: "set",
+                    source,
+                })?;
+        }
+        Ok(())
+    }
+
+    fn stats_cpus(&self) -> Result<usize, MapsError> {
+        aya::util::nr_cpus().map_err(|(_, e)| MapsError::Op {
+            map: MAP_STATS,
+            op: "count possible cpus",
+            source: MapError::IoError(e),
+        })
+    }
+
+    /// An endpoint's counters, summed over CPUs.
+    pub fn counters(&self, id: u32) -> Result<EndpointCounters, MapsError> {
+        let mut out = [Counter::default(); Verdict::COUNT as usize];
+        for v in Verdict::ALL {
+            let per_cpu =
+                self.stats
+                    .get(&stats_index(id, v), 0)
+                    .map_err(|source| MapsError::Op {
+                        map: MAP_STATS,
+                        op: "get",
+                        source,
+                    })?;
+            for c in per_cpu.iter() {
+                out[v as usize].packets += c.packets;
+                out[v as usize].bytes += c.bytes;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Number of entries in each map (ROUTES, ENDPOINTS, CONFIG, STATS).
+    pub fn entry_counts(&self) -> [(&'static str, usize); 4] {
+        [
+            (MAP_ROUTES, self.routes.keys().filter(|k| k.is_ok()).count()),
+            (
+                MAP_ENDPOINTS,
+                self.endpoints.keys().filter(|k| k.is_ok()).count(),
+            ),
+            (MAP_CONFIG, 1),
+            (MAP_STATS, vethbpf_common::STATS_ENTRIES as usize),
+        ]
+    }
+
+    /// Every route entry: (prefix, route).
+    pub fn routes(&self) -> Vec<(Ipv4Net, Route)> {
+        self.routes
+            .iter()
+            .filter_map(|r| r.ok())
+            .filter_map(|(k, v)| {
+                let ip = Ipv4Addr::from(vethbpf_common::ipv4_from_map(k.data()));
+                Ipv4Net::new(ip, k.prefix_len() as u8).ok().map(|n| (n, v))
+            })
+            .collect()
+    }
+
+    /// Every endpoint entry: (ifindex, info).
+    pub fn endpoints(&self) -> Vec<(u32, EndpointInfo)> {
+        self.endpoints.iter().filter_map(|r| r.ok()).collect()
+    }
+}

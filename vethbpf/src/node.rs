@@ -1,0 +1,318 @@
+//! `up`, `down` and `status`: the node-wide lifecycle of the pinned datapath.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use ipnet::Ipv4Net;
+use serde::Serialize;
+use tracing::info;
+use vethbpf_common::{ALL_MAPS, Config, ipv4_to_map};
+
+use crate::bpf::{self, BpfError, Pins};
+use crate::endpoint::{self, EndpointError, Env};
+use crate::ident::MacAddr;
+use crate::maps::{Maps, MapsError};
+use crate::state::{Locked, NodeConfig, StateDir, StateError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("the gateway {gateway} lies inside the pod CIDR {cidr}; choose a gateway outside it")]
+    GatewayInCidr { gateway: Ipv4Addr, cidr: Ipv4Net },
+    #[error(
+        "the node is up with pod CIDR {current} and has {endpoints} endpoint(s); delete them (or `vethbpf down`) before changing it to {requested}"
+    )]
+    CidrChange {
+        current: Ipv4Net,
+        requested: Ipv4Net,
+        endpoints: usize,
+    },
+    #[error(
+        "the node is up with gateway {current} and has {endpoints} endpoint(s); delete them (or `vethbpf down`) before changing it to {requested}"
+    )]
+    GatewayChange {
+        current: Ipv4Addr,
+        requested: Ipv4Addr,
+        endpoints: usize,
+    },
+    #[error(
+        "the node was brought up with --bpffs-dir {recorded}, not {requested}; use the same directory or `vethbpf down` first"
+    )]
+    BpffsMismatch {
+        recorded: PathBuf,
+        requested: PathBuf,
+    },
+    #[error("the node is not up: run `vethbpf up` first")]
+    NotUp,
+    #[error(transparent)]
+    Bpf(#[from] BpfError),
+    #[error(transparent)]
+    Maps(#[from] MapsError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Endpoint(#[from] EndpointError),
+}
+
+#[derive(Clone, Debug)]
+pub struct UpRequest {
+    pub pod_cidr: Ipv4Net,
+    pub gateway: Ipv4Addr,
+    pub bpffs_dir: PathBuf,
+}
+
+/// What `up` did.
+#[derive(Clone, Debug, Serialize)]
+pub struct UpReport {
+    /// `loaded` (fresh), `reloaded` (pins were missing), `reconfigured`, or
+    /// `unchanged`.
+    pub action: &'static str,
+    pub config: NodeConfig,
+    pub program_id: Option<u32>,
+}
+
+fn kernel_config(node: &NodeConfig) -> Config {
+    Config {
+        gateway_ip: ipv4_to_map(node.gateway.octets()),
+        flags: 0,
+        gateway_mac: node.gateway_mac.0,
+        _pad: [0; 2],
+    }
+}
+
+/// Loads and pins the datapath (or checks that it is there). Running it again with
+/// the same settings changes nothing.
+pub fn up(locked: &mut Locked, req: &UpRequest, object: &[u8]) -> Result<UpReport, NodeError> {
+    if req.pod_cidr.contains(&req.gateway) {
+        return Err(NodeError::GatewayInCidr {
+            gateway: req.gateway,
+            cidr: req.pod_cidr,
+        });
+    }
+    let endpoints = locked.state.endpoints.len();
+    if let Some(current) = locked.state.node.clone() {
+        if current.bpffs_dir != req.bpffs_dir {
+            return Err(NodeError::BpffsMismatch {
+                recorded: current.bpffs_dir,
+                requested: req.bpffs_dir.clone(),
+            });
+        }
+        if current.pod_cidr != req.pod_cidr && endpoints > 0 {
+            return Err(NodeError::CidrChange {
+                current: current.pod_cidr,
+                requested: req.pod_cidr,
+                endpoints,
+            });
+        }
+        if current.gateway != req.gateway && endpoints > 0 {
+            return Err(NodeError::GatewayChange {
+                current: current.gateway,
+                requested: req.gateway,
+                endpoints,
+            });
+        }
+        let pins = Pins::new(&current.bpffs_dir);
+        let mut action = "unchanged";
+        if !pins.is_loaded() {
+            // The bpffs lost our pins (a reboot, a manual rm): load again.
+            bpf::ensure_bpffs(pins.root())?;
+            bpf::load_and_pin(&pins, object)?;
+            action = "reloaded";
+        }
+        let config = NodeConfig {
+            pod_cidr: req.pod_cidr,
+            gateway: req.gateway,
+            ..current.clone()
+        };
+        let mut maps = Maps::open(&pins)?;
+        if config != current || action == "reloaded" {
+            maps.set_config(&kernel_config(&config))?;
+            locked.state.node = Some(config.clone());
+            locked.save()?;
+            if action == "unchanged" {
+                action = "reconfigured";
+            }
+        }
+        let program_id = bpf::program_info(&pins).ok().map(|p| p.id());
+        return Ok(UpReport {
+            action,
+            config,
+            program_id,
+        });
+    }
+
+    let pins = Pins::new(&req.bpffs_dir);
+    let mounted = bpf::ensure_bpffs(pins.root())?;
+    let config = NodeConfig {
+        pod_cidr: req.pod_cidr,
+        gateway: req.gateway,
+        gateway_mac: MacAddr::GATEWAY,
+        bpffs_dir: req.bpffs_dir.clone(),
+        bpffs_mounted: mounted,
+        attach_mode: bpf::attach_mode(),
+    };
+    let loaded = (|| {
+        let info = bpf::load_and_pin(&pins, object)?;
+        Maps::open(&pins)?.set_config(&kernel_config(&config))?;
+        locked.state.node = Some(config.clone());
+        locked.save()?;
+        Ok::<_, NodeError>(info)
+    })();
+    match loaded {
+        Ok(info) => {
+            info!(program_id = info.id(), dir = %pins.root().display(), "datapath loaded");
+            Ok(UpReport {
+                action: "loaded",
+                config,
+                program_id: Some(info.id()),
+            })
+        }
+        Err(e) => {
+            locked.state.node = None;
+            let _ = bpf::remove_all(&pins, mounted);
+            Err(e)
+        }
+    }
+}
+
+/// What `down` removed.
+#[derive(Clone, Debug, Serialize)]
+pub struct DownReport {
+    pub was_up: bool,
+    pub endpoints_removed: Vec<String>,
+}
+
+/// Deletes every endpoint and every pinned object; removes the state.
+pub fn down(
+    env: &mut Env<'_>,
+    state_dir: &StateDir,
+    mut locked: Locked,
+) -> Result<DownReport, NodeError> {
+    let Some(node) = locked.state.node.clone() else {
+        return down_not_up(state_dir, locked);
+    };
+    let mut removed = Vec::new();
+    let names: Vec<String> = locked.state.endpoints.keys().cloned().collect();
+    for name in names {
+        endpoint::del(env, &mut locked, &name)?;
+        removed.push(name);
+    }
+    bpf::remove_all(&Pins::new(&node.bpffs_dir), node.bpffs_mounted)?;
+    state_dir.remove(locked)?;
+    Ok(DownReport {
+        was_up: true,
+        endpoints_removed: removed,
+    })
+}
+
+/// `down` on a node that is not up: nothing pinned, no endpoints; only a leftover
+/// state file, if any, to remove.
+pub fn down_not_up(state_dir: &StateDir, locked: Locked) -> Result<DownReport, NodeError> {
+    state_dir.remove(locked)?;
+    Ok(DownReport {
+        was_up: false,
+        endpoints_removed: vec![],
+    })
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ProgramStatus {
+    pub id: u32,
+    pub name: String,
+    pub tag: String,
+    pub verified_instructions: Option<u32>,
+    pub pinned: PathBuf,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct MapStatus {
+    pub name: &'static str,
+    pub entries: usize,
+    pub pinned: PathBuf,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct AttachmentStatus {
+    pub endpoint: String,
+    pub host_veth: String,
+    pub mode: &'static str,
+    pub link_id: Option<u32>,
+    pub program_id: Option<u32>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Status {
+    pub up: bool,
+    pub node: Option<NodeConfig>,
+    pub endpoints: usize,
+    pub programs: Vec<ProgramStatus>,
+    pub maps: Vec<MapStatus>,
+    pub attachments: Vec<AttachmentStatus>,
+}
+
+impl Status {
+    pub fn not_up() -> Self {
+        Status {
+            up: false,
+            node: None,
+            endpoints: 0,
+            programs: vec![],
+            maps: vec![],
+            attachments: vec![],
+        }
+    }
+}
+
+pub fn status(locked: &Locked) -> Result<Status, NodeError> {
+    let Some(node) = locked.state.node.clone() else {
+        return Ok(Status::not_up());
+    };
+    let pins = Pins::new(&node.bpffs_dir);
+    let info = bpf::program_info(&pins)?;
+    let programs = vec![ProgramStatus {
+        id: info.id(),
+        name: info.name_as_str().unwrap_or_default().to_string(),
+        tag: format!("{:016x}", info.tag()),
+        verified_instructions: info.verified_instruction_count(),
+        pinned: pins.program(),
+    }];
+    let maps = Maps::open(&pins)?;
+    let counts = maps.entry_counts();
+    let maps = ALL_MAPS
+        .iter()
+        .map(|name| MapStatus {
+            name,
+            entries: counts
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, c)| *c)
+                .unwrap_or(0),
+            pinned: pins.map(name),
+        })
+        .collect();
+    let attachments = locked
+        .state
+        .endpoints
+        .values()
+        .map(|e| {
+            let ids = bpf::link_ids(&pins, &e.host_veth);
+            AttachmentStatus {
+                endpoint: e.name.clone(),
+                host_veth: e.host_veth.clone(),
+                mode: match node.attach_mode {
+                    crate::state::AttachMode::Tcx => "tcx",
+                    crate::state::AttachMode::Netlink => "netlink",
+                },
+                link_id: ids.map(|(l, _)| l),
+                program_id: ids.map(|(_, p)| p),
+            }
+        })
+        .collect();
+    Ok(Status {
+        up: true,
+        endpoints: locked.state.endpoints.len(),
+        node: Some(node),
+        programs,
+        maps,
+        attachments,
+    })
+}

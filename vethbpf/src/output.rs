@@ -1,0 +1,207 @@
+//! Printing results: aligned tables for people, JSON (one document on stdout) for
+//! scripts. Progress and logs go to stderr, never here.
+
+use anyhow::Result;
+use serde::Serialize;
+
+use crate::cli::Output;
+use crate::endpoint::EndpointView;
+use crate::node::{DownReport, Status, UpReport};
+
+fn json<T: Serialize + ?Sized>(v: &T) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+/// Prints rows under a header with columns padded to their widest cell.
+pub fn table(header: &[&str], rows: &[Vec<String>]) {
+    let mut width: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in width.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let s: Vec<String> = cells
+            .iter()
+            .zip(&width)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("{}", s.join("  ").trim_end());
+    };
+    line(header.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+}
+
+pub fn up(out: Output, r: &UpReport) -> Result<()> {
+    if out == Output::Json {
+        return json(r);
+    }
+    let what = match r.action {
+        "loaded" => "datapath loaded",
+        "reloaded" => "datapath pins were missing: loaded again",
+        "reconfigured" => "node config updated",
+        _ => "node is already up; nothing changed",
+    };
+    println!("{what}");
+    table(
+        &["POD CIDR", "GATEWAY", "GATEWAY MAC", "BPFFS", "PROGRAM ID"],
+        &[vec![
+            r.config.pod_cidr.to_string(),
+            r.config.gateway.to_string(),
+            r.config.gateway_mac.to_string(),
+            r.config.bpffs_dir.display().to_string(),
+            r.program_id.map(|i| i.to_string()).unwrap_or_default(),
+        ]],
+    );
+    Ok(())
+}
+
+pub fn endpoint(out: Output, e: &EndpointView) -> Result<()> {
+    if out == Output::Json {
+        return json(e);
+    }
+    endpoint_table(std::slice::from_ref(e), false);
+    Ok(())
+}
+
+pub fn endpoints(out: Output, list: &[EndpointView]) -> Result<()> {
+    if out == Output::Json {
+        return json(list);
+    }
+    endpoint_table(list, true);
+    Ok(())
+}
+
+fn endpoint_table(list: &[EndpointView], counters: bool) {
+    let mut header = vec!["NAME", "IP", "POD MAC", "HOST VETH", "NETNS"];
+    if counters {
+        header.extend(["FORWARDED", "ARP", "PASSED", "DROPPED"]);
+    }
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|e| {
+            let mut row = vec![
+                e.name.clone(),
+                e.ip.to_string(),
+                e.pod_mac.to_string(),
+                e.host_veth.clone(),
+                e.netns.display().to_string(),
+            ];
+            if let Some(c) = e.counters.as_ref().filter(|_| counters) {
+                let drops: Vec<String> = c
+                    .drops
+                    .iter()
+                    .filter(|(_, n)| n.packets > 0)
+                    .map(|(k, n)| format!("{k}={}", n.packets))
+                    .collect();
+                row.extend([
+                    format!("{}p/{}B", c.forwarded.packets, c.forwarded.bytes),
+                    c.arp_replies.packets.to_string(),
+                    format!("{}p/{}B", c.passed.packets, c.passed.bytes),
+                    if drops.is_empty() {
+                        "0".into()
+                    } else {
+                        drops.join(",")
+                    },
+                ]);
+            }
+            row
+        })
+        .collect();
+    table(&header, &rows);
+}
+
+pub fn deleted(out: Output, name: &str) -> Result<()> {
+    if out == Output::Json {
+        return json(&serde_json::json!({ "deleted": name }));
+    }
+    println!("endpoint {name} deleted");
+    Ok(())
+}
+
+pub fn down(out: Output, r: &DownReport) -> Result<()> {
+    if out == Output::Json {
+        return json(r);
+    }
+    if r.was_up {
+        println!(
+            "node is down: removed {} endpoint(s) and every pinned object",
+            r.endpoints_removed.len()
+        );
+    } else {
+        println!("node was not up; nothing to do");
+    }
+    Ok(())
+}
+
+pub fn status(out: Output, s: &Status) -> Result<()> {
+    if out == Output::Json {
+        return json(s);
+    }
+    let Some(node) = &s.node else {
+        println!("node is not up (run `vethbpf up`)");
+        return Ok(());
+    };
+    println!(
+        "node: up  pod CIDR {}  gateway {} ({})  bpffs {}  attach {:?}  endpoints {}",
+        node.pod_cidr,
+        node.gateway,
+        node.gateway_mac,
+        node.bpffs_dir.display(),
+        node.attach_mode,
+        s.endpoints
+    );
+    println!();
+    table(
+        &["PROGRAM", "ID", "TAG", "INSNS", "PINNED"],
+        &s.programs
+            .iter()
+            .map(|p| {
+                vec![
+                    p.name.clone(),
+                    p.id.to_string(),
+                    p.tag.clone(),
+                    p.verified_instructions
+                        .map(|i| i.to_string())
+                        .unwrap_or_default(),
+                    p.pinned.display().to_string(),
+                ]
+            })
+            .collect::<Vec<_>>(),
+    );
+    println!();
+    table(
+        &["MAP", "ENTRIES", "PINNED"],
+        &s.maps
+            .iter()
+            .map(|m| {
+                vec![
+                    m.name.to_string(),
+                    m.entries.to_string(),
+                    m.pinned.display().to_string(),
+                ]
+            })
+            .collect::<Vec<_>>(),
+    );
+    println!();
+    table(
+        &["ENDPOINT", "HOST VETH", "MODE", "LINK ID", "PROGRAM ID"],
+        &s.attachments
+            .iter()
+            .map(|a| {
+                let id = |v: Option<u32>| v.map(|i| i.to_string()).unwrap_or("-".into());
+                vec![
+                    a.endpoint.clone(),
+                    a.host_veth.clone(),
+                    a.mode.to_string(),
+                    id(a.link_id),
+                    id(a.program_id),
+                ]
+            })
+            .collect::<Vec<_>>(),
+    );
+    Ok(())
+}

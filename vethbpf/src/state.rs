@@ -1,0 +1,327 @@
+//! The state directory: what the kernel does not hold for us (node config, endpoint
+//! names, namespaces, allocated addresses). One JSON file, replaced atomically
+//! (temp file + fsync + rename) while an exclusive `flock` on a lock file is held, so
+//! concurrent commands serialise instead of losing each other's updates.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::net::Ipv4Addr;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+
+use ipnet::Ipv4Net;
+use nix::fcntl::{Flock, FlockArg};
+use serde::{Deserialize, Serialize};
+
+use crate::ident::MacAddr;
+
+pub const STATE_FILE: &str = "state.json";
+pub const LOCK_FILE: &str = "lock";
+const STATE_VERSION: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("cannot create the state directory {path}: {source}")]
+    CreateDir {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot lock {path}: {source}")]
+    Lock {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "the state file {path} is corrupt ({source}); move it away and run `vethbpf down` to clean up"
+    )]
+    Corrupt {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("the state file {path} has version {found}; this vethbpf understands {STATE_VERSION}")]
+    Version { path: PathBuf, found: u32 },
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// How programs are attached to host-side veths.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachMode {
+    /// TCX link (kernel >= 6.6), pinned under the bpffs dir.
+    Tcx,
+    /// Legacy clsact qdisc + cls_bpf filter through netlink (older kernels).
+    Netlink,
+}
+
+/// Written by `up`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeConfig {
+    pub pod_cidr: Ipv4Net,
+    pub gateway: Ipv4Addr,
+    pub gateway_mac: MacAddr,
+    pub bpffs_dir: PathBuf,
+    /// `up` mounted a bpffs at `bpffs_dir` (so `down` unmounts it).
+    pub bpffs_mounted: bool,
+    pub attach_mode: AttachMode,
+}
+
+/// One endpoint ("pod").
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointRecord {
+    pub name: String,
+    /// Index of the endpoint's counters (1..MAX_ENDPOINTS).
+    pub id: u32,
+    pub ip: Ipv4Addr,
+    pub pod_mac: MacAddr,
+    pub host_veth: String,
+    pub host_ifindex: u32,
+    /// Path of the pod's network namespace file.
+    pub netns: PathBuf,
+    /// vethbpf created the namespace (so `endpoint del` deletes it).
+    pub netns_created: bool,
+    /// Interface name inside the pod.
+    pub ifname: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    pub version: u32,
+    pub node: Option<NodeConfig>,
+    pub endpoints: BTreeMap<String, EndpointRecord>,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        State {
+            version: STATE_VERSION,
+            node: None,
+            endpoints: BTreeMap::new(),
+        }
+    }
+}
+
+/// A state directory (default /var/lib/vethbpf).
+#[derive(Clone, Debug)]
+pub struct StateDir {
+    dir: PathBuf,
+}
+
+/// The state, read under an exclusive lock that lasts as long as this value.
+pub struct Locked {
+    _lock: Flock<File>,
+    path: PathBuf,
+    pub state: State,
+}
+
+impl StateDir {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        StateDir { dir: dir.into() }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Takes the exclusive lock (waiting for other vethbpf commands) and reads the
+    /// state; a missing file is an empty state.
+    pub fn lock(&self) -> Result<Locked, StateError> {
+        fs::create_dir_all(&self.dir).map_err(|source| StateError::CreateDir {
+            path: self.dir.clone(),
+            source,
+        })?;
+        let lock_path = self.dir.join(LOCK_FILE);
+        let lock_err = |source| StateError::Lock {
+            path: lock_path.clone(),
+            source,
+        };
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(lock_err)?;
+        let lock = Flock::lock(file, FlockArg::LockExclusive)
+            .map_err(|(_, errno)| lock_err(io::Error::from(errno)))?;
+        let path = self.dir.join(STATE_FILE);
+        let state = read_state(&path)?;
+        Ok(Locked {
+            _lock: lock,
+            path,
+            state,
+        })
+    }
+
+    /// Removes the state file, the lock file and the directory if it is then empty
+    /// (used by `down`, while the caller still holds the lock).
+    pub fn remove(&self, locked: Locked) -> Result<(), StateError> {
+        let rm = |p: &Path| match fs::remove_file(p) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(StateError::Write {
+                path: p.to_path_buf(),
+                source: e,
+            }),
+            _ => Ok(()),
+        };
+        rm(&locked.path)?;
+        rm(&self.dir.join(LOCK_FILE))?;
+        drop(locked);
+        // Not empty (a user's own files) is fine: leave it.
+        let _ = fs::remove_dir(&self.dir);
+        Ok(())
+    }
+}
+
+fn read_state(path: &Path) -> Result<State, StateError> {
+    let text = match fs::read(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(State::default()),
+        Err(source) => {
+            return Err(StateError::Read {
+                path: path.to_path_buf(),
+                source,
+            });
+        }
+    };
+    let state: State = serde_json::from_slice(&text).map_err(|source| StateError::Corrupt {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if state.version != STATE_VERSION {
+        return Err(StateError::Version {
+            path: path.to_path_buf(),
+            found: state.version,
+        });
+    }
+    Ok(state)
+}
+
+impl Locked {
+    /// Writes the state atomically: a reader sees the old or the new file, never a
+    /// mix, even if vethbpf is killed halfway.
+    pub fn save(&self) -> Result<(), StateError> {
+        let tmp = self.path.with_extension("json.tmp");
+        let werr = |source| StateError::Write {
+            path: tmp.clone(),
+            source,
+        };
+        let mut text = serde_json::to_vec_pretty(&self.state).map_err(|e| werr(e.into()))?;
+        text.push(b'\n');
+        let mut f = File::create(&tmp).map_err(werr)?;
+        f.write_all(&text).map_err(werr)?;
+        f.sync_all().map_err(werr)?;
+        drop(f);
+        fs::rename(&tmp, &self.path).map_err(|source| StateError::Write {
+            path: self.path.clone(),
+            source,
+        })?;
+        // Make the rename itself durable.
+        if let Some(dir) = self.path.parent()
+            && let Ok(d) = File::open(dir)
+        {
+            let _ = nix::unistd::fsync(d.as_fd());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tempdir() -> PathBuf {
+        let d = std::env::temp_dir().join(format!(
+            "vethbpf-state-test-{}-{}",
+            std::process::id(),
+            rand_suffix()
+        ));
+        d
+    }
+
+    fn rand_suffix() -> u64 {
+        use std::time::{SystemTime, UNIX_EPOCH};
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0)
+    }
+
+    fn record(name: &str, ip: [u8; 4]) -> EndpointRecord {
+        EndpointRecord {
+            name: name.into(),
+            id: 1,
+            ip: Ipv4Addr::from(ip),
+            pod_mac: MacAddr([2, 0, 0, 0, 0, 1]),
+            host_veth: "vb0".into(),
+            host_ifindex: 7,
+            netns: "/run/netns/x".into(),
+            netns_created: true,
+            ifname: "eth0".into(),
+        }
+    }
+
+    #[test]
+    fn save_and_reload_round_trip_then_remove_leaves_nothing() {
+        let dir = tempdir();
+        let sd = StateDir::new(&dir);
+        let mut l = sd.lock().unwrap();
+        assert_eq!(l.state, State::default());
+        l.state
+            .endpoints
+            .insert("a".into(), record("a", [10, 244, 0, 2]));
+        l.save().unwrap();
+        drop(l);
+        let l = sd.lock().unwrap();
+        assert_eq!(l.state.endpoints["a"].ip, Ipv4Addr::new(10, 244, 0, 2));
+        sd.remove(l).unwrap();
+        assert!(!dir.exists());
+    }
+
+    #[test]
+    fn corrupt_file_is_a_clear_error() {
+        let dir = tempdir();
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join(STATE_FILE), b"{ truncated").unwrap();
+        let err = StateDir::new(&dir).lock().err().unwrap();
+        assert!(matches!(err, StateError::Corrupt { .. }), "{err}");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn lock_serialises_concurrent_writers() {
+        let dir = tempdir();
+        let threads: Vec<_> = (0..8)
+            .map(|i| {
+                let sd = StateDir::new(&dir);
+                std::thread::spawn(move || {
+                    let mut l = sd.lock().unwrap();
+                    let name = format!("e{i}");
+                    l.state
+                        .endpoints
+                        .insert(name.clone(), record(&name, [10, 0, 0, i as u8]));
+                    l.save().unwrap();
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let sd = StateDir::new(&dir);
+        let l = sd.lock().unwrap();
+        assert_eq!(l.state.endpoints.len(), 8, "no update may be lost");
+        sd.remove(l).unwrap();
+    }
+}
