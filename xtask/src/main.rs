@@ -1,6 +1,7 @@
 //! `cargo xtask <task>`: the project's build, bootstrap and test entry points. See
 //! `cargo xtask --help`.
 
+mod bench;
 mod deps;
 mod ebpf;
 mod test;
@@ -44,7 +45,9 @@ enum Task {
     },
     /// rustfmt and clippy for the workspace, rustfmt for vethbpf-ebpf.
     Lint,
-    // The benchmark harness (xtask/src/bench/) adds its `Bench` task here.
+    /// Performance benchmark: vethbpf vs bridge, kernel routing, CNI ptp, veth pair
+    /// and loopback, round-robin; program cost (TEST_RUN); control-plane latency (root).
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> Result<()> {
@@ -54,6 +57,7 @@ fn main() -> Result<()> {
         Task::Test { args } => test::test(&args),
         Task::Demo { args } => demo(&args),
         Task::Lint => lint(),
+        Task::Bench(args) => bench::run(args),
     }
 }
 

@@ -1,0 +1,312 @@
+//! Datapath measurements between pod A (client) and pod B (server) of one contender:
+//! sockperf TCP ping-pong latency, iperf3 throughput with CPU accounting, and a TCP
+//! connect/accept rate from a Rust client and server on namespace threads.
+
+use std::{
+    fs,
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, anyhow, bail};
+use serde::Serialize;
+
+use super::{
+    sys::{self, in_ns},
+    topo::{CONNECT_PORT, Contender, IPERF_PORT, SOCKPERF_PORT},
+};
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Latency {
+    /// Round-trip time percentiles of one sockperf run, microseconds.
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub avg_us: f64,
+    pub observations: u64,
+}
+
+/// sockperf TCP ping-pong (14-byte messages, one outstanding) for `secs` seconds,
+/// round-trip times (`--full-rtt`). sockperf spends its first 400 ms warming up.
+pub fn latency(c: &Contender, secs: u32) -> Result<Latency> {
+    let mut cmd = in_ns(&c.client_ns, "sockperf");
+    cmd.args([
+        "pp",
+        "--tcp",
+        "-i",
+        &c.server_ip.to_string(),
+        "-p",
+        &SOCKPERF_PORT.to_string(),
+    ])
+    .args(["-t", &secs.to_string(), "--full-rtt"]);
+    let out = sys::run_limited(&mut cmd, Duration::from_secs(u64::from(secs) + 20))?;
+    parse_sockperf(&out).with_context(|| format!("parsing sockperf output:\n{out}"))
+}
+
+fn parse_sockperf(out: &str) -> Result<Latency> {
+    let clean = strip_ansi(out);
+    let after_eq = |line: &str| -> Option<f64> { line.rsplit('=').next()?.trim().parse().ok() };
+    let (mut p50, mut p99, mut avg, mut obs) = (None, None, None, None);
+    for line in clean.lines() {
+        if line.contains("percentile 50.000") {
+            p50 = after_eq(line);
+        } else if line.contains("percentile 99.000") {
+            p99 = after_eq(line);
+        } else if let Some(rest) = line.split("avg-rtt=").nth(1) {
+            avg = rest.split_whitespace().next().and_then(|v| v.parse().ok());
+        } else if let Some(rest) = line.split("Total ").nth(1) {
+            obs = rest.split_whitespace().next().and_then(|v| v.parse().ok());
+        }
+    }
+    Ok(Latency {
+        p50_us: p50.context("no 50th percentile")?,
+        p99_us: p99.context("no 99th percentile")?,
+        avg_us: avg.context("no avg-rtt")?,
+        observations: obs.unwrap_or(0),
+    })
+}
+
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(ch) = chars.next() {
+        if ch == '\u{1b}' {
+            // Skip to the end of the CSI sequence (a letter).
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(ch);
+        }
+    }
+    out
+}
+
+/// Machine-wide CPU time from /proc/stat, seconds.
+#[derive(Clone, Copy, Debug, Default)]
+struct CpuTimes {
+    busy: f64,
+    softirq: f64,
+}
+
+fn cpu_times() -> Result<CpuTimes> {
+    let stat = fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+    let line = stat.lines().next().context("empty /proc/stat")?;
+    let v: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    if v.len() < 7 {
+        bail!("short cpu line in /proc/stat: {line}");
+    }
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    // user nice system idle iowait irq softirq [steal ...]: busy is everything the
+    // CPUs did for this machine except idle and iowait (steal is another guest's).
+    let busy = v[0] + v[1] + v[2] + v[5] + v[6];
+    Ok(CpuTimes {
+        busy: busy / hz,
+        softirq: v[6] / hz,
+    })
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Throughput {
+    pub streams: u32,
+    /// Receiver-side goodput, Gbit/s.
+    pub gbps: f64,
+    pub retransmits: u64,
+    /// Machine-wide busy CPU seconds (all cores, /proc/stat user+nice+system+irq+
+    /// softirq) per gigabit received, over the iperf3 client's lifetime.
+    pub cpu_s_per_gbit: f64,
+    /// The softirq part of `cpu_s_per_gbit`.
+    pub softirq_s_per_gbit: f64,
+    /// iperf3's own getrusage figures (user+system of its processes), percent of one CPU.
+    pub iperf_cpu_sender_pct: f64,
+    pub iperf_cpu_receiver_pct: f64,
+}
+
+/// iperf3 TCP for `secs` seconds (after a 1 s omitted warm-up) with `streams`
+/// parallel streams.
+pub fn throughput(c: &Contender, secs: u32, streams: u32) -> Result<Throughput> {
+    let mut cmd = in_ns(&c.client_ns, "iperf3");
+    cmd.args([
+        "-c",
+        &c.server_ip.to_string(),
+        "-p",
+        &IPERF_PORT.to_string(),
+        "-J",
+        "-O",
+        "1",
+    ])
+    .args(["-t", &secs.to_string(), "-P", &streams.to_string()]);
+    let before = cpu_times()?;
+    let out = sys::run_limited(&mut cmd, Duration::from_secs(u64::from(secs) + 30))?;
+    let after = cpu_times()?;
+    let v: serde_json::Value =
+        serde_json::from_str(&out).with_context(|| format!("iperf3 JSON: {out}"))?;
+    if let Some(err) = v["error"].as_str() {
+        bail!("iperf3: {err}");
+    }
+    let end = &v["end"];
+    let recv = &end["sum_received"];
+    let bytes = recv["bytes"]
+        .as_f64()
+        .context("no end.sum_received.bytes")?;
+    let seconds = recv["seconds"]
+        .as_f64()
+        .context("no end.sum_received.seconds")?;
+    if seconds <= 0.0 || bytes <= 0.0 {
+        bail!("iperf3 moved no data");
+    }
+    let gbps = bytes * 8.0 / seconds / 1e9;
+    // CPU is measured over the whole client lifetime (warm-up, omitted second,
+    // teardown) and divided by all bits sent in it, so the omitted second counts.
+    let started = &v["start"]["test_start"];
+    let omit = started["omit"].as_f64().unwrap_or(1.0);
+    let total_gbit = gbps * (seconds + omit);
+    let cpu = &end["cpu_utilization_percent"];
+    Ok(Throughput {
+        streams,
+        gbps,
+        retransmits: end["sum_sent"]["retransmits"].as_u64().unwrap_or(0),
+        cpu_s_per_gbit: (after.busy - before.busy) / total_gbit,
+        softirq_s_per_gbit: (after.softirq - before.softirq) / total_gbit,
+        iperf_cpu_sender_pct: cpu["host_total"].as_f64().unwrap_or(f64::NAN),
+        iperf_cpu_receiver_pct: cpu["remote_total"].as_f64().unwrap_or(f64::NAN),
+    })
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ConnectRate {
+    /// Completed transactions per second: connect, accept, 1-byte reply, close.
+    pub per_sec: f64,
+    pub completed: u64,
+    pub accepted: u64,
+    pub errors: u64,
+}
+
+/// TCP connect/accept rate: one client thread in pod A, one server thread in pod B,
+/// each `setns`'d into its pod. The client connects, the server accepts, writes one
+/// byte and closes first (so TIME_WAIT lands on the server and the client never runs
+/// out of ephemeral ports), the client reads the byte and the FIN and closes.
+pub fn connect_rate(c: &Contender, secs: u32) -> Result<ConnectRate> {
+    let addr = SocketAddr::from((c.server_ip, CONNECT_PORT));
+    let stop = Arc::new(AtomicBool::new(false));
+    let accepted = Arc::new(AtomicU64::new(0));
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
+    let server = {
+        let (stop, accepted) = (stop.clone(), accepted.clone());
+        sys::in_netns_thread(&c.server_ns, move || {
+            let listener = TcpListener::bind(addr).with_context(|| format!("binding {addr}"))?;
+            let _ = ready_tx.send(());
+            while !stop.load(Ordering::Relaxed) {
+                // Block in poll (not a sleep loop, whose wake-up delay would be
+                // measured) with a timeout, so the stop flag is seen with no client.
+                if !readable(&listener, 100)? {
+                    continue;
+                }
+                let (mut s, _) = listener.accept().context("accept")?;
+                // A reset connection is the client's problem, counted there.
+                let _ = s.write_all(b"x");
+                accepted.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(())
+        })?
+    };
+    // The client must not start before the listener exists.
+    ready_rx.recv_timeout(Duration::from_secs(5)).map_err(|_| {
+        stop.store(true, Ordering::Relaxed);
+        anyhow!("connect-rate server did not start")
+    })?;
+    let client = sys::in_netns_thread(&c.client_ns, move || {
+        let (mut done, mut errors) = (0u64, 0u64);
+        let start = Instant::now();
+        let limit = Duration::from_secs(u64::from(secs));
+        let mut buf = [0u8; 8];
+        while start.elapsed() < limit && !sys::interrupted() {
+            let ok = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).and_then(|mut s| {
+                s.set_read_timeout(Some(Duration::from_secs(1)))?;
+                s.set_nodelay(true)?;
+                let n = s.read(&mut buf)?;
+                let eof = s.read(&mut buf)?;
+                if n == 1 && eof == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::other("unexpected reply"))
+                }
+            });
+            match ok {
+                Ok(()) => done += 1,
+                Err(_) => errors += 1,
+            }
+            if errors > 1000 {
+                break;
+            }
+        }
+        Ok((done, errors, start.elapsed()))
+    });
+    let client_res =
+        client.and_then(|h| h.join().map_err(|_| anyhow!("client thread panicked"))?);
+    stop.store(true, Ordering::Relaxed);
+    let server_res = server
+        .join()
+        .map_err(|_| anyhow!("server thread panicked"))?;
+    let (done, errors, elapsed) = client_res?;
+    server_res?;
+    sys::check_interrupt()?;
+    if done == 0 {
+        bail!("no connection completed ({errors} errors)");
+    }
+    Ok(ConnectRate {
+        per_sec: done as f64 / elapsed.as_secs_f64(),
+        completed: done,
+        accepted: accepted.load(Ordering::Relaxed),
+        errors,
+    })
+}
+
+/// poll(2) for readability with a timeout in milliseconds.
+fn readable(l: &TcpListener, timeout_ms: i32) -> Result<bool> {
+    use std::os::fd::AsRawFd;
+    let mut pfd = libc::pollfd {
+        fd: l.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd that lives across the call.
+    let n = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
+    if n < 0 {
+        let e = std::io::Error::last_os_error();
+        if e.kind() == std::io::ErrorKind::Interrupted {
+            return Ok(false);
+        }
+        return Err(e).context("poll");
+    }
+    Ok(n > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_sockperf_percentiles() {
+        let out = "sockperf: \u{1b}[2;35m====> avg-rtt=31.543 (std-dev=15.257)\u{1b}[0m\n\
+                   sockperf: \u{1b}[2;35mTotal 17409 observations\u{1b}[0m; each percentile contains 174.09 observations\n\
+                   sockperf: ---> percentile 99.000 =   59.952\n\
+                   sockperf: ---> percentile 50.000 =   29.485\n";
+        let l = parse_sockperf(out).unwrap();
+        assert_eq!(l.p50_us, 29.485);
+        assert_eq!(l.p99_us, 59.952);
+        assert_eq!(l.avg_us, 31.543);
+        assert_eq!(l.observations, 17409);
+    }
+}

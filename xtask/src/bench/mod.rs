@@ -1,0 +1,470 @@
+//! `cargo xtask bench`: vethbpf measured side by side with a Linux bridge, kernel
+//! routing (proxy ARP + /32 routes), the CNI ptp plugin, a bare veth pair (floor) and
+//! loopback (ceiling), each built in namespaces of its own, all measured round-robin
+//! in one run so that the machine's drift hits every contender alike. Then the
+//! program's cost under BPF_PROG_TEST_RUN and the control plane's add/del latency.
+//!
+//! Files: `sys` (processes, namespaces, teardown guards, Ctrl-C), `topo` (the
+//! contenders), `measure` (sockperf, iperf3, connect rate, CPU), `progcost`
+//! (TEST_RUN), `controlplane`, `stats`, `report` (tables, JSON, SVG).
+
+mod controlplane;
+mod measure;
+mod progcost;
+mod report;
+mod stats;
+mod sys;
+mod topo;
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+    time::Instant,
+};
+
+use anyhow::{Context, Result, bail};
+use report::{DpSample, Results, target};
+use sys::Teardown;
+use topo::Kind;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// Short run (about 2 minutes): 2 rounds of 1 s measurements, control plane up
+    /// to 100 endpoints.
+    #[arg(long)]
+    pub quick: bool,
+    /// Rounds of the datapath round-robin (default 5, quick 2).
+    #[arg(long)]
+    pub rounds: Option<u32>,
+    /// Seconds per latency/throughput measurement (default 4, quick 1).
+    #[arg(long)]
+    pub seconds: Option<u32>,
+    /// Contenders to run, comma separated (default: all of
+    /// vethbpf,bridge,routing,ptp,veth,loopback).
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
+    /// Control-plane stage sizes (default 10,100,1000; quick 10,100).
+    #[arg(long, value_delimiter = ',')]
+    pub cp_sizes: Vec<usize>,
+    /// Skip parts of the run.
+    #[arg(long)]
+    pub skip_datapath: bool,
+    #[arg(long)]
+    pub skip_progcost: bool,
+    #[arg(long)]
+    pub skip_controlplane: bool,
+    /// Do not build the eBPF object and the vethbpf binary first; use what is there.
+    #[arg(long)]
+    pub no_build: bool,
+    /// JSON output with every sample (the SVG chart goes next to it).
+    #[arg(long, default_value = "target/bench/results.json")]
+    pub out: PathBuf,
+}
+
+struct Plan {
+    rounds: u32,
+    secs: u32,
+    connect_secs: u32,
+    kinds: Vec<Kind>,
+    cp_sizes: Vec<usize>,
+    cp_probes: usize,
+    tc_repeat: u32,
+    tc_calls: usize,
+}
+
+impl Plan {
+    fn new(a: &BenchArgs) -> Result<Self> {
+        let kinds = if a.only.is_empty() {
+            Kind::ALL.to_vec()
+        } else {
+            a.only
+                .iter()
+                .map(|s| Kind::parse(s).with_context(|| format!("unknown contender {s}")))
+                .collect::<Result<_>>()?
+        };
+        let q = a.quick;
+        Ok(Self {
+            rounds: a.rounds.unwrap_or(if q { 2 } else { 5 }).max(1),
+            secs: a.seconds.unwrap_or(if q { 1 } else { 4 }).max(1),
+            connect_secs: if q { 1 } else { 2 },
+            kinds,
+            cp_sizes: if !a.cp_sizes.is_empty() {
+                a.cp_sizes.clone()
+            } else if q {
+                vec![10, 100]
+            } else {
+                vec![10, 100, 1000]
+            },
+            cp_probes: if q { 10 } else { 40 },
+            tc_repeat: if q { 200_000 } else { 2_000_000 },
+            tc_calls: if q { 3 } else { 7 },
+        })
+    }
+}
+
+fn progress(msg: &str) {
+    eprintln!("{msg}");
+}
+
+/// The workspace root (xtask's parent).
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+pub fn run(args: BenchArgs) -> Result<()> {
+    let started = Instant::now();
+    if !nix::unistd::geteuid().is_root() {
+        bail!("the benchmark builds namespaces, veths and bpffs mounts: run it as root");
+    }
+    sys::install_signal_handlers()?;
+    sys::sweep_stale();
+    sys::ensure_packages(&[
+        "iproute2",
+        "iperf3",
+        "sockperf",
+        "iputils-ping",
+        "bpftool",
+        "containernetworking-plugins",
+        "util-linux",
+    ])?;
+    let plan = Plan::new(&args)?;
+    let root = root();
+    let object = root.join("target/ebpf/bpfel-unknown-none/release/vethbpf-ebpf");
+    let bin = root.join("target/release/vethbpf");
+    if !args.no_build {
+        build(&root)?;
+    }
+    let vethbpf = bin.exists().then_some(bin);
+
+    // Private temp dir for bpffs mounts, state and IPAM dirs; removed last.
+    let tmp = std::env::temp_dir().join(format!("{}bench", sys::prefix()));
+    fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let mut guard = Teardown::new("bench");
+    {
+        let t = tmp.clone();
+        guard.push(format!("remove {}", tmp.display()), move || remove_tmp(&t));
+    }
+    let env = topo::Env {
+        tmp: tmp.clone(),
+        vethbpf: vethbpf.clone(),
+    };
+
+    let mut results = Results {
+        command: std::env::args()
+            .skip(1)
+            .fold("cargo xtask".to_string(), |a, b| a + " " + &b),
+        machine: report::Machine::probe(),
+        settings: serde_json::json!({
+            "rounds": plan.rounds, "seconds": plan.secs, "connect_seconds": plan.connect_secs,
+            "cp_sizes": plan.cp_sizes, "cp_probes": plan.cp_probes,
+            "testrun_repeat": plan.tc_repeat, "testrun_calls": plan.tc_calls, "quick": args.quick,
+        }),
+        elapsed_s: 0.0,
+        contenders: Vec::new(),
+        datapath_samples: Vec::new(),
+        datapath_summary: Vec::new(),
+        ratios: Vec::new(),
+        progcost: None,
+        progcost_error: None,
+        controlplane: None,
+        controlplane_error: None,
+        targets: Vec::new(),
+    };
+    progress(&format!(
+        "machine: {} CPUs, kernel {}, load {}",
+        results.machine.cpus, results.machine.kernel, results.machine.loadavg_at_start
+    ));
+
+    if !args.skip_progcost {
+        progress("== program cost (BPF_PROG_TEST_RUN)");
+        match progcost::run(&object, plan.tc_repeat, plan.tc_calls, &mut |m| progress(m)) {
+            Ok(pc) => results.progcost = Some(pc),
+            Err(e) => {
+                sys::check_interrupt()?;
+                progress(&format!("  program cost not measured: {e:#}"));
+                results.progcost_error = Some(format!("{e:#}"));
+            }
+        }
+    }
+
+    if !args.skip_datapath {
+        datapath(&plan, &env, &mut results)?;
+    }
+
+    if !args.skip_controlplane {
+        progress(&format!(
+            "== control plane: endpoint add/del at {:?} endpoints",
+            plan.cp_sizes
+        ));
+        let mut td = Teardown::new("control plane");
+        let cp_plan = controlplane::CpPlan {
+            sizes: &plan.cp_sizes,
+            probes: plan.cp_probes,
+            vethbpf: vethbpf.as_deref(),
+            tmp: &tmp,
+        };
+        match controlplane::run(&cp_plan, &mut td, &mut |m| progress(m)) {
+            Ok(cp) => results.controlplane = Some(cp),
+            Err(e) => {
+                sys::check_interrupt()?;
+                progress(&format!("  control plane not measured: {e:#}"));
+                results.controlplane_error = Some(format!("{e:#}"));
+            }
+        }
+        progress("  removing the control-plane namespaces");
+        td.run();
+    }
+
+    results.targets = targets(&results);
+    results.elapsed_s = started.elapsed().as_secs_f64();
+    let out = if args.out.is_absolute() {
+        args.out.clone()
+    } else {
+        root.join(&args.out)
+    };
+    report::write_json(&results, &out)?;
+    let svg = out.with_extension("svg");
+    fs::write(&svg, report::svg(&results)).with_context(|| format!("writing {}", svg.display()))?;
+    println!("\n{}", report::render(&results));
+    println!("samples: {}\nchart:   {}", out.display(), svg.display());
+    drop(guard);
+    Ok(())
+}
+
+/// `cargo xtask build-ebpf` (through this very binary) and a release build of the CLI.
+fn build(root: &Path) -> Result<()> {
+    progress("== building the eBPF object and target/release/vethbpf");
+    let me = std::env::current_exe().context("locating the xtask binary")?;
+    sys::run(Command::new(me).arg("build-ebpf").current_dir(root))
+        .context("cargo xtask build-ebpf")?;
+    sys::run(
+        Command::new("cargo")
+            .args(["build", "--release", "-p", "vethbpf"])
+            .current_dir(root),
+    )
+    .context("cargo build --release -p vethbpf")?;
+    Ok(())
+}
+
+/// Remove the temp dir, but never through a bpffs that is still mounted in it.
+fn remove_tmp(tmp: &Path) -> Result<()> {
+    let mounts = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let prefix = tmp.display().to_string();
+    for m in mounts
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .filter(|m| m.starts_with(&prefix))
+    {
+        sys::run(Command::new("umount").arg(m))?;
+    }
+    fs::remove_dir_all(tmp).with_context(|| format!("removing {}", tmp.display()))
+}
+
+fn datapath(plan: &Plan, env: &topo::Env, results: &mut Results) -> Result<()> {
+    progress(&format!(
+        "== datapath: building {} contenders",
+        plan.kinds.len()
+    ));
+    let mut built = Vec::new();
+    for &kind in &plan.kinds {
+        sys::check_interrupt()?;
+        let r = topo::build(kind, env).and_then(|mut c| c.start_servers().map(|_| c));
+        match r {
+            Ok(c) => {
+                progress(&format!(
+                    "  {:<9} ready: {} -> {} {}",
+                    kind.name(),
+                    c.client_ns,
+                    c.server_ns,
+                    c.server_ip
+                ));
+                results
+                    .contenders
+                    .push((kind.name().into(), kind.describe().into(), "ok".into()));
+                built.push(c);
+            }
+            Err(e) => {
+                sys::check_interrupt()?;
+                progress(&format!("  {:<9} SKIPPED: {e:#}", kind.name()));
+                results.contenders.push((
+                    kind.name().into(),
+                    kind.describe().into(),
+                    format!("{e:#}"),
+                ));
+            }
+        }
+    }
+    let per = plan.secs + 2 * (plan.secs + 2) + plan.connect_secs;
+    progress(&format!(
+        "== datapath: {} rounds x {} contenders, about {} s per contender and round",
+        plan.rounds,
+        built.len(),
+        per
+    ));
+    for round in 1..=plan.rounds {
+        for c in &built {
+            sys::check_interrupt()?;
+            let mut s = DpSample {
+                round,
+                contender: c.kind.name(),
+                latency: None,
+                tput_1: None,
+                tput_4: None,
+                connect: None,
+                errors: Vec::new(),
+            };
+            // A failed measurement is recorded and the round goes on: one flaky
+            // figure should not cost the whole run.
+            let mut note = |what: &str, e: anyhow::Error| s_err(&mut s.errors, what, e);
+            let lat = measure::latency(c, plan.secs)
+                .map_err(|e| note("latency", e))
+                .ok();
+            let t1 = measure::throughput(c, plan.secs, 1)
+                .map_err(|e| note("1-stream", e))
+                .ok();
+            let t4 = measure::throughput(c, plan.secs, 4)
+                .map_err(|e| note("4-stream", e))
+                .ok();
+            let cr = measure::connect_rate(c, plan.connect_secs)
+                .map_err(|e| note("connect", e))
+                .ok();
+            sys::check_interrupt()?;
+            s.latency = lat;
+            s.tput_1 = t1;
+            s.tput_4 = t4;
+            s.connect = cr;
+            let f = |v: Option<f64>, p: usize| {
+                v.map(|x| format!("{x:.p$}")).unwrap_or_else(|| "-".into())
+            };
+            progress(&format!(
+                "  [round {round}/{}] {:<9} RTT p50 {:>6} us p99 {:>7} us | 1-stream {:>6} Gbit/s | 4-stream {:>6} Gbit/s | {:>6} conn/s | {:>5} CPU ms/Gbit{}",
+                plan.rounds,
+                c.kind.name(),
+                f(s.latency.as_ref().map(|l| l.p50_us), 1),
+                f(s.latency.as_ref().map(|l| l.p99_us), 1),
+                f(s.tput_1.as_ref().map(|t| t.gbps), 2),
+                f(s.tput_4.as_ref().map(|t| t.gbps), 2),
+                f(s.connect.as_ref().map(|x| x.per_sec), 0),
+                f(s.tput_1.as_ref().map(|t| t.cpu_s_per_gbit * 1e3), 1),
+                if s.errors.is_empty() {
+                    String::new()
+                } else {
+                    format!("  errors: {}", s.errors.join("; "))
+                }
+            ));
+            results.datapath_samples.push(s);
+        }
+    }
+    progress("  tearing the datapath contenders down");
+    drop(built);
+    let names: Vec<&'static str> = results
+        .contenders
+        .iter()
+        .filter(|c| c.2 == "ok")
+        .filter_map(|c| Kind::parse(&c.0).map(Kind::name))
+        .collect();
+    results.datapath_summary = names
+        .iter()
+        .map(|n| report::summarize(n, &results.datapath_samples))
+        .collect();
+    results.ratios = report::ratios(&results.datapath_summary, &["veth", "bridge"]);
+    Ok(())
+}
+
+fn s_err(errors: &mut Vec<String>, what: &str, e: anyhow::Error) {
+    errors.push(format!("{what}: {e:#}"));
+}
+
+/// Issue 3's targets, each with the measured value and pass/short.
+fn targets(r: &Results) -> Vec<report::Target> {
+    let mut t = Vec::new();
+    let ratio = |reference: &str, metric: &str| {
+        r.ratios
+            .iter()
+            .find(|x| x.contender == "vethbpf" && x.reference == reference && x.metric == metric)
+            .map(|x| x.ratio)
+            .unwrap_or(f64::NAN)
+    };
+    let x = |v: f64| format!("{v:.2}x");
+    for (reference, limit) in [("veth", 1.0), ("bridge", 0.8), ("routing", 0.8)] {
+        let v = if reference == "routing" {
+            let get = |n: &str| {
+                r.datapath_summary
+                    .iter()
+                    .find(|s| s.contender == n)
+                    .map(|s| s.p50_us)
+                    .unwrap_or(f64::NAN)
+            };
+            get("vethbpf") / get("routing")
+        } else {
+            ratio(reference, "p50 RTT")
+        };
+        t.push(target(
+            &format!("p50 RTT vs {reference}"),
+            format!("<= {limit:.1}x"),
+            v,
+            limit,
+            true,
+            x(v),
+        ));
+    }
+    for (reference, limit) in [("bridge", 1.1), ("veth", 0.95)] {
+        let v = ratio(reference, "1-stream");
+        t.push(target(
+            &format!("1-stream throughput vs {reference}"),
+            format!(">= {limit:.2}x"),
+            v,
+            limit,
+            false,
+            x(v),
+        ));
+    }
+    let fwd = r
+        .progcost
+        .as_ref()
+        .and_then(|p| p.paths.iter().find(|p| p.path == "local_forward"))
+        .map(|p| p.median_ns)
+        .unwrap_or(f64::NAN);
+    t.push(target(
+        "from_pod local forward (TEST_RUN)",
+        "< 100 ns".into(),
+        fwd,
+        100.0,
+        true,
+        format!("{fwd:.1} ns"),
+    ));
+    let stage = |name: &str| {
+        r.controlplane.as_ref().and_then(|cp| {
+            let top = cp.stages.iter().map(|s| s.endpoints).max()?;
+            cp.stages
+                .iter()
+                .find(|s| s.contender == name && s.endpoints == top)
+                .cloned()
+        })
+    };
+    let (vb, ptp) = (stage("vethbpf"), stage("ptp"));
+    let n = vb.as_ref().map(|s| s.endpoints).unwrap_or(1000);
+    let add = vb.as_ref().map(|s| s.add_p50_ms).unwrap_or(f64::NAN);
+    t.push(target(
+        &format!("endpoint add p50 at {n} endpoints"),
+        "< 5 ms".into(),
+        add,
+        5.0,
+        true,
+        format!("{add:.2} ms"),
+    ));
+    let speedup = ptp.map(|s| s.add_p50_ms).unwrap_or(f64::NAN) / add;
+    t.push(target(
+        &format!("endpoint add vs ptp ADD at {n} (speed-up)"),
+        ">= 3x faster".into(),
+        speedup,
+        3.0,
+        false,
+        format!("{speedup:.2}x faster"),
+    ));
+    t
+}
