@@ -2,3 +2,335 @@
 //!
 //! The tests need root: they load eBPF programs and, except `testrun`, build network
 //! namespaces and veth pairs of their own, which they remove even when they fail.
+//!
+//! [`TestNode`] is one test's world: a node namespace of its own (`vbt-<pid>-<n>-node`,
+//! with `lo` up and 192.0.2.1/32 on it as the node's address), its own bpffs and state
+//! dirs under a temp dir, and a name prefix for its pods. Its `Drop` runs `vethbpf
+//! down`, deletes every namespace with its prefix, unmounts the bpffs and removes the
+//! temp dir, so a failing test leaves nothing behind and tests can run in parallel.
+
+use std::collections::BTreeSet;
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// The node namespace's own address (TEST-NET-1, on its `lo`).
+pub const NODE_IP: &str = "192.0.2.1";
+
+/// Path of the `vethbpf` binary: `$VETHBPF_BIN`, or the one next to the test
+/// executable's target dir (built once with `cargo build -p vethbpf` if missing, since
+/// `cargo test` of this crate does not build another package's binary).
+pub fn vethbpf_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(p) = std::env::var_os("VETHBPF_BIN") {
+            return PathBuf::from(p);
+        }
+        let exe = std::env::current_exe().expect("test executable path");
+        // target/<profile>/deps/<test> -> target/<profile>/vethbpf
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("target/<profile>");
+        let bin = profile_dir.join("vethbpf");
+        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(["build", "--quiet", "-p", "vethbpf"])
+            .status()
+            .expect("run cargo build -p vethbpf");
+        assert!(status.success(), "cargo build -p vethbpf failed");
+        assert!(bin.exists(), "{} missing after build", bin.display());
+        bin
+    })
+}
+
+/// Runs a command and returns its output (never panics on a non-zero exit).
+pub fn run<I, S>(program: &str, args: I) -> Output
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"))
+}
+
+/// Runs a command and panics with its stderr unless it succeeds; returns stdout.
+pub fn must<I, S>(program: &str, args: I) -> String
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let args: Vec<_> = args
+        .into_iter()
+        .map(|a| a.as_ref().to_os_string())
+        .collect();
+    let out = run(program, &args);
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Names of the namespaces under /run/netns.
+pub fn netns_list() -> BTreeSet<String> {
+    std::fs::read_dir("/run/netns")
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .filter_map(|e| e.file_name().into_string().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn is_mountpoint(path: &Path) -> bool {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .map(|m| {
+            m.lines()
+                .any(|l| l.split(' ').nth(4) == Some(path.to_str().unwrap_or("")))
+        })
+        .unwrap_or(false)
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+pub struct TestNode {
+    /// Prefix of every namespace this test makes.
+    pub prefix: String,
+    /// The node namespace's name.
+    pub netns: String,
+    pub dir: PathBuf,
+    pub bpffs: PathBuf,
+    pub state: PathBuf,
+}
+
+impl TestNode {
+    /// A fresh node namespace with `lo` up and [`NODE_IP`] on it; not yet `up`.
+    pub fn new() -> TestNode {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let prefix = format!("vbt-{}-{n}-", std::process::id());
+        let dir = std::env::temp_dir().join(format!("{prefix}dir"));
+        let node = TestNode {
+            netns: format!("{prefix}node"),
+            bpffs: dir.join("bpffs"),
+            state: dir.join("state"),
+            dir,
+            prefix,
+        };
+        std::fs::create_dir_all(&node.dir).expect("temp dir");
+        must("ip", ["netns", "add", &node.netns]);
+        node.node_must("ip", &["link", "set", "lo", "up"]);
+        node.node_must(
+            "ip",
+            &["addr", "add", &format!("{NODE_IP}/32"), "dev", "lo"],
+        );
+        node
+    }
+
+    /// A node that is `up` with the default pod CIDR.
+    pub fn up() -> TestNode {
+        let node = TestNode::new();
+        node.ok(&["up"]);
+        node
+    }
+
+    /// A pod (endpoint) name unique to this test.
+    pub fn pod(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix)
+    }
+
+    /// Runs vethbpf inside the node namespace with this test's dirs.
+    pub fn vethbpf(&self, args: &[&str]) -> Output {
+        let mut full: Vec<std::ffi::OsString> = vec![
+            format!("--net=/run/netns/{}", self.netns).into(),
+            "--".into(),
+            vethbpf_bin().into(),
+            "--bpffs-dir".into(),
+            self.bpffs.clone().into(),
+            "--state-dir".into(),
+            self.state.clone().into(),
+        ];
+        full.extend(args.iter().map(Into::into));
+        run("nsenter", full)
+    }
+
+    /// Runs vethbpf and panics unless it succeeds; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.vethbpf(args);
+        assert!(
+            out.status.success(),
+            "vethbpf {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs vethbpf with `-o json` and parses stdout.
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut a = vec!["-o", "json"];
+        a.extend_from_slice(args);
+        let out = self.ok(&a);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("bad JSON from {args:?}: {e}\n{out}"))
+    }
+
+    /// Adds an endpoint and returns its JSON.
+    pub fn add(&self, pod: &str, extra: &[&str]) -> serde_json::Value {
+        let name = self.pod(pod);
+        let mut a = vec!["endpoint", "add", name.as_str()];
+        a.extend_from_slice(extra);
+        self.json(&a)
+    }
+
+    /// Runs a command inside a namespace (by name under /run/netns).
+    pub fn in_ns(netns: &str, program: &str, args: &[&str]) -> Output {
+        let net = format!("--net=/run/netns/{netns}");
+        let mut full = vec![net.as_str(), "--", program];
+        full.extend_from_slice(args);
+        run("nsenter", full)
+    }
+
+    /// Runs a command in the node namespace.
+    pub fn in_node(&self, program: &str, args: &[&str]) -> Output {
+        Self::in_ns(&self.netns, program, args)
+    }
+
+    pub fn node_must(&self, program: &str, args: &[&str]) -> String {
+        let out = self.in_node(program, args);
+        assert!(
+            out.status.success(),
+            "{program} {args:?} in the node failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs a command in this test's pod `pod` (short name).
+    pub fn in_pod(&self, pod: &str, program: &str, args: &[&str]) -> Output {
+        Self::in_ns(&self.pod(pod), program, args)
+    }
+
+    /// Pings `dst` from pod `pod` once or more; returns the TTL of the replies if all
+    /// of them came back.
+    pub fn ping_from_pod(&self, pod: &str, dst: &str, count: u32) -> Option<u8> {
+        ping_ttl(&self.in_pod(
+            pod,
+            "ping",
+            &["-c", &count.to_string(), "-i", "0.2", "-W", "2", dst],
+        ))
+    }
+
+    /// Pings `dst` from the node namespace.
+    pub fn ping_from_node(&self, dst: &str) -> Option<u8> {
+        ping_ttl(&self.in_node("ping", &["-c", "1", "-W", "2", dst]))
+    }
+
+    /// A snapshot of what vethbpf may change in the node namespace: links, IPv4
+    /// addresses, IPv4 routes, plus the namespaces under /run/netns and the state file.
+    pub fn snapshot(&self) -> Snapshot {
+        let strip = |s: String| -> Vec<String> {
+            s.lines()
+                // Counters and timers are not state.
+                .map(|l| l.split(" qlen").next().unwrap_or(l).to_string())
+                .collect()
+        };
+        Snapshot {
+            links: strip(self.node_must("ip", &["-o", "link", "show"])),
+            addrs: strip(self.node_must("ip", &["-o", "-4", "addr", "show"])),
+            routes: strip(self.node_must("ip", &["-4", "route", "show", "table", "all"])),
+            netns: netns_list()
+                .into_iter()
+                .filter(|n| n.starts_with(&self.prefix))
+                .collect(),
+            state: std::fs::read_to_string(self.state.join("state.json")).ok(),
+            pins: list_tree(&self.bpffs),
+        }
+    }
+
+    /// Counters of endpoint `pod` from `endpoint list -o json`.
+    pub fn counters(&self, pod: &str) -> serde_json::Value {
+        let name = self.pod(pod);
+        let list = self.json(&["endpoint", "list"]);
+        list.as_array()
+            .and_then(|a| a.iter().find(|e| e["name"] == name.as_str()))
+            .map(|e| e["counters"].clone())
+            .unwrap_or_else(|| panic!("endpoint {name} not listed: {list}"))
+    }
+}
+
+impl Default for TestNode {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Packets of a counter path like `["forwarded"]` or `["drops", "drop_spoof"]`.
+pub fn packets(counters: &serde_json::Value, path: &[&str]) -> u64 {
+    let mut v = counters;
+    for p in path {
+        v = &v[*p];
+    }
+    v["packets"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no counter {path:?} in {counters}"))
+}
+
+fn ping_ttl(out: &Output) -> Option<u8> {
+    if !out.status.success() {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split_whitespace()
+        .find_map(|w| w.strip_prefix("ttl="))
+        .and_then(|t| t.parse().ok())
+}
+
+fn list_tree(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        if let Ok(rd) = std::fs::read_dir(&d) {
+            for e in rd.flatten() {
+                let p = e.path();
+                out.push(p.display().to_string());
+                if p.is_dir() {
+                    stack.push(p);
+                }
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct Snapshot {
+    pub links: Vec<String>,
+    pub addrs: Vec<String>,
+    pub routes: Vec<String>,
+    pub netns: BTreeSet<String>,
+    pub state: Option<String>,
+    pub pins: Vec<String>,
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        // Best effort, in an order that works even if the test died halfway.
+        let _ = self.vethbpf(&["down"]);
+        for ns in netns_list() {
+            if ns.starts_with(&self.prefix) && ns != self.netns {
+                let _ = run("ip", ["netns", "del", &ns]);
+            }
+        }
+        let _ = run("ip", ["netns", "del", &self.netns]);
+        if is_mountpoint(&self.bpffs) {
+            let _ = run("umount", ["-l", self.bpffs.to_str().unwrap_or_default()]);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

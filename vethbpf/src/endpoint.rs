@@ -628,3 +628,336 @@ impl Datapath for PinnedDatapath {
         Ok(self.maps.counters(id)?)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! `add`/`del` against fakes: every step of `add` is made to fail in turn, and
+    //! each time the node must hold exactly what it held before.
+
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::fs;
+
+    use super::*;
+    use crate::netlink::FakeNetlink;
+    use crate::state::{State, StateDir};
+
+    /// Namespaces as plain files in a temp dir; the fake netlink world tells them
+    /// apart by file identity.
+    struct FakeNamespaces {
+        dir: PathBuf,
+        node: FakeNetlink,
+        fail_create: bool,
+    }
+
+    impl FakeNamespaces {
+        fn handle(&self, netns: &Path) -> FakeNetlink {
+            let f = File::open(netns).unwrap();
+            self.node.namespace_for_fd(f.as_fd()).unwrap()
+        }
+    }
+
+    impl Namespaces for FakeNamespaces {
+        fn named_exists(&self, name: &str) -> bool {
+            self.dir.join(name).exists()
+        }
+        fn create(&mut self, name: &str) -> Result<PathBuf, EndpointError> {
+            if self.fail_create {
+                return Err(NetnsError::AlreadyExists(self.dir.join(name)).into());
+            }
+            let p = self.dir.join(name);
+            fs::write(&p, b"").unwrap();
+            Ok(p)
+        }
+        fn delete(&mut self, name: &str) -> Result<(), EndpointError> {
+            let p = self.dir.join(name);
+            fs::remove_file(&p).map_err(|_| NetnsError::NotFound(p))?;
+            Ok(())
+        }
+        fn resolve(&self, spec: &str) -> Result<PathBuf, EndpointError> {
+            let p = self.dir.join(spec);
+            if p.exists() {
+                Ok(p)
+            } else {
+                Err(NetnsError::NotFound(p).into())
+            }
+        }
+        fn move_link(
+            &mut self,
+            node: &mut dyn Netlink,
+            index: u32,
+            netns: &Path,
+        ) -> Result<(), EndpointError> {
+            let f = File::open(netns).unwrap();
+            Ok(node.move_link_to_netns(index, f.as_fd())?)
+        }
+        fn link_exists(&mut self, netns: &Path, ifname: &str) -> Result<bool, EndpointError> {
+            Ok(self.handle(netns).link_by_name(ifname)?.is_some())
+        }
+        fn configure(&mut self, netns: &Path, cfg: &PodConfig) -> Result<MacAddr, EndpointError> {
+            configure_pod_side(&mut self.handle(netns), cfg)
+        }
+    }
+
+    #[derive(Default, Debug, PartialEq, Eq, Clone)]
+    struct FakeDatapath {
+        attached: BTreeSet<String>,
+        endpoints: BTreeMap<u32, EndpointInfo>,
+        routes: BTreeMap<Ipv4Net, Route>,
+        /// Datapath op that fails (name) on its first call.
+        fail: Option<&'static str>,
+    }
+
+    impl FakeDatapath {
+        fn check(&self, op: &'static str) -> Result<(), EndpointError> {
+            if self.fail == Some(op) {
+                return Err(MapsError::Op {
+                    map: "FAKE",
+                    op,
+                    source: aya::maps::MapError::KeyNotFound,
+                }
+                .into());
+            }
+            Ok(())
+        }
+    }
+
+    impl Datapath for FakeDatapath {
+        fn attach(&mut self, host_veth: &str) -> Result<(), EndpointError> {
+            self.check("attach")?;
+            self.attached.insert(host_veth.into());
+            Ok(())
+        }
+        fn detach(&mut self, host_veth: &str) -> Result<(), EndpointError> {
+            self.attached.remove(host_veth);
+            Ok(())
+        }
+        fn put_endpoint(&mut self, i: u32, info: &EndpointInfo) -> Result<(), EndpointError> {
+            self.check("put_endpoint")?;
+            self.endpoints.insert(i, *info);
+            Ok(())
+        }
+        fn del_endpoint(&mut self, i: u32) -> Result<(), EndpointError> {
+            self.endpoints.remove(&i);
+            Ok(())
+        }
+        fn put_route(&mut self, net: Ipv4Net, r: &Route) -> Result<(), EndpointError> {
+            self.check("put_route")?;
+            self.routes.insert(net, *r);
+            Ok(())
+        }
+        fn del_route(&mut self, net: Ipv4Net) -> Result<(), EndpointError> {
+            self.routes.remove(&net);
+            Ok(())
+        }
+        fn reset_counters(&mut self, _id: u32) -> Result<(), EndpointError> {
+            self.check("reset_counters")
+        }
+        fn counters(&self, _id: u32) -> Result<EndpointCounters, EndpointError> {
+            Ok([Counter::default(); Verdict::COUNT as usize])
+        }
+    }
+
+    struct World {
+        dir: PathBuf,
+        node: FakeNetlink,
+        ns: FakeNamespaces,
+        dp: FakeDatapath,
+        state: StateDir,
+    }
+
+    impl World {
+        fn new(tag: &str) -> World {
+            let dir = std::env::temp_dir().join(format!(
+                "vethbpf-endpoint-test-{}-{tag}",
+                std::process::id()
+            ));
+            let _ = fs::remove_dir_all(&dir);
+            fs::create_dir_all(dir.join("netns")).unwrap();
+            let node = FakeNetlink::new();
+            let state = StateDir::new(dir.join("state"));
+            let mut l = state.lock().unwrap();
+            l.state.node = Some(NodeConfig {
+                pod_cidr: "10.244.0.0/24".parse().unwrap(),
+                gateway: Ipv4Addr::new(169, 254, 1, 1),
+                gateway_mac: MacAddr::GATEWAY,
+                bpffs_dir: dir.join("bpffs"),
+                bpffs_mounted: false,
+                attach_mode: AttachMode::Tcx,
+            });
+            l.save().unwrap();
+            World {
+                ns: FakeNamespaces {
+                    dir: dir.join("netns"),
+                    node: node.clone(),
+                    fail_create: false,
+                },
+                dir,
+                node,
+                dp: FakeDatapath::default(),
+                state,
+            }
+        }
+
+        fn add(&mut self, name: &str) -> Result<EndpointRecord, EndpointError> {
+            let mut locked = self.state.lock().unwrap();
+            let mut env = Env {
+                node: &mut self.node,
+                ns: &mut self.ns,
+                dp: &mut self.dp,
+            };
+            add(
+                &mut env,
+                &mut locked,
+                &AddRequest {
+                    name: name.into(),
+                    ip: None,
+                    netns: None,
+                    ifname: "eth0".into(),
+                },
+            )
+        }
+
+        fn del(&mut self, name: &str) -> Result<EndpointRecord, EndpointError> {
+            let mut locked = self.state.lock().unwrap();
+            let mut env = Env {
+                node: &mut self.node,
+                ns: &mut self.ns,
+                dp: &mut self.dp,
+            };
+            del(&mut env, &mut locked, name)
+        }
+
+        /// Everything the node holds: links, namespaces, datapath, state.
+        fn snapshot(&mut self) -> (Vec<String>, Vec<String>, FakeDatapath, State) {
+            let links = self
+                .node
+                .links()
+                .unwrap()
+                .into_iter()
+                .map(|l| l.name)
+                .collect();
+            let mut netns: Vec<String> = fs::read_dir(&self.ns.dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect();
+            netns.sort();
+            let state = self.state.lock().unwrap().state.clone();
+            let mut dp = self.dp.clone();
+            dp.fail = None;
+            (links, netns, dp, state)
+        }
+    }
+
+    impl Drop for World {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    #[test]
+    fn add_then_del_round_trip() {
+        let mut w = World::new("roundtrip");
+        let empty = w.snapshot();
+        let rec = w.add("web").unwrap();
+        assert_eq!(rec.ip, Ipv4Addr::new(10, 244, 0, 1));
+        assert_eq!(rec.id, 1);
+        assert!(rec.netns_created);
+        // Pod side: eth0 up with IP/32 and the two routes.
+        let pod = w.ns.handle(&rec.netns);
+        let mut pod2 = pod.clone();
+        let eth0 = pod2.link_by_name("eth0").unwrap().unwrap();
+        assert!(eth0.up);
+        assert_eq!(
+            pod2.addresses(Some(eth0.index)).unwrap(),
+            vec![(eth0.index, "10.244.0.1/32".parse().unwrap())]
+        );
+        let routes = pod2.routes().unwrap();
+        assert!(routes.iter().any(|r| r.dst == Ipv4Net::default()
+            && r.gateway == Some(Ipv4Addr::new(169, 254, 1, 1))
+            && r.onlink));
+        // Node side: the host veth carries the gateway MAC and the /32 route.
+        let host = w.node.link_by_name(&rec.host_veth).unwrap().unwrap();
+        assert_eq!(host.mac, Some(MacAddr::GATEWAY.0));
+        assert!(host.up);
+        assert!(w.dp.attached.contains(&rec.host_veth));
+        assert_eq!(w.dp.routes.len(), 1);
+        assert_eq!(w.dp.endpoints[&host.index].id, 1);
+        // A second endpoint gets the next address and id.
+        let rec2 = w.add("db").unwrap();
+        assert_eq!((rec2.ip, rec2.id), (Ipv4Addr::new(10, 244, 0, 2), 2));
+        w.del("db").unwrap();
+        w.del("web").unwrap();
+        assert_eq!(w.snapshot(), empty);
+    }
+
+    #[test]
+    fn every_failing_step_of_add_is_rolled_back() {
+        let netlink_steps = [
+            ("add_veth", 1),
+            ("disable_ipv6_addr_gen", 1),
+            ("set_link_mac", 1),
+            ("move_link_to_netns", 1),
+            ("rename_link", 1),
+            ("set_link_up", 1), // lo in the pod
+            ("set_link_up", 2), // eth0 in the pod
+            ("add_address", 1),
+            ("add_route", 1), // gateway link route in the pod
+            ("add_route", 2), // default route in the pod
+            ("set_link_up", 3), // host side
+            ("add_route", 3),   // node /32 route
+        ];
+        for (op, nth) in netlink_steps {
+            let mut w = World::new(&format!("nl-{op}-{nth}"));
+            w.add("keep").unwrap();
+            let before = w.snapshot();
+            w.node.fail_at(op, nth);
+            let err = w.add("web").expect_err(op);
+            assert_eq!(w.snapshot(), before, "after {op} #{nth} failed: {err}");
+        }
+        for op in ["reset_counters", "put_endpoint", "attach", "put_route"] {
+            let mut w = World::new(&format!("dp-{op}"));
+            w.add("keep").unwrap();
+            let before = w.snapshot();
+            w.dp.fail = Some(op);
+            let err = w.add("web").expect_err(op);
+            assert_eq!(w.snapshot(), before, "after {op} failed: {err}");
+        }
+        let mut w = World::new("netns-create");
+        let before = w.snapshot();
+        w.ns.fail_create = true;
+        assert!(w.add("web").is_err());
+        assert_eq!(w.snapshot(), before);
+    }
+
+    #[test]
+    fn bad_input_changes_nothing() {
+        let mut w = World::new("bad");
+        w.add("web").unwrap();
+        let before = w.snapshot();
+        for name in ["web", "", "a/b", &"x".repeat(64)] {
+            assert!(w.add(name).is_err(), "{name:?}");
+        }
+        assert!(matches!(
+            w.del("nope"),
+            Err(EndpointError::NotFound { .. })
+        ));
+        assert_eq!(w.snapshot(), before);
+    }
+
+    #[test]
+    fn del_tolerates_parts_already_gone() {
+        let mut w = World::new("gone");
+        let rec = w.add("web").unwrap();
+        let empty_links = vec!["lo".to_string()];
+        // The veth and the namespace vanish behind vethbpf's back.
+        let host = w.node.link_by_name(&rec.host_veth).unwrap().unwrap();
+        w.node.del_link(host.index).unwrap();
+        fs::remove_file(&rec.netns).unwrap();
+        w.del("web").unwrap();
+        let (links, netns, dp, state) = w.snapshot();
+        assert_eq!(links, empty_links);
+        assert!(netns.is_empty());
+        assert!(dp.routes.is_empty() && dp.endpoints.is_empty() && dp.attached.is_empty());
+        assert!(state.endpoints.is_empty());
+    }
+}
