@@ -1,0 +1,912 @@
+//! `from_pod` alone under BPF_PROG_TEST_RUN: frames in, verdict, frame out and counters
+//! checked. No namespaces, links or pins: every test loads its own copy of the object
+//! (its own maps) and fills CONFIG/ENDPOINTS/ROUTES in-process, so tests run in
+//! parallel. Needs root (CAP_BPF + CAP_NET_ADMIN).
+//!
+//! Without a context, test_run runs the skb on `lo` of the current namespace: the
+//! program sees ifindex 1, so the sending endpoint is stored under key 1.
+
+use std::collections::BTreeMap;
+
+use aya::{
+    Ebpf, TestRunOptions,
+    maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, lpm_trie::Key},
+    programs::{SchedClassifier, TestRun as _},
+};
+use vethbpf_common::{
+    ALL_MAPS, Config, Counter, EndpointInfo, MAP_CONFIG, MAP_ENDPOINTS, MAP_ROUTES, MAP_STATS,
+    MAX_ENDPOINTS, MAX_ROUTES, PROG_FROM_POD, ROUTE_KIND_LOCAL, Route, STATS_ENTRIES, Verdict,
+    ipv4_to_map, stats_index,
+};
+
+// tc actions (linux/pkt_cls.h).
+const TC_ACT_OK: u32 = 0;
+const TC_ACT_SHOT: u32 = 2;
+const TC_ACT_REDIRECT: u32 = 7;
+
+const GW_IP: [u8; 4] = [169, 254, 1, 1];
+const GW_MAC: [u8; 6] = [0xee; 6];
+
+/// The sender: the endpoint behind `lo` (see the module comment).
+const SRC_IFINDEX: u32 = 1;
+const SRC_ID: u32 = 5;
+const SRC_IP: [u8; 4] = [10, 244, 0, 2];
+const SRC_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
+
+/// A second endpoint on the node, the fast path's destination. test_run never performs
+/// the redirect, so its ifindex need not exist.
+const DST_IFINDEX: u32 = 42;
+const DST_ID: u32 = 6;
+const DST_IP: [u8; 4] = [10, 244, 0, 3];
+const DST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x03];
+
+/// Covered by a route of another kind (e.g. a remote node's pod CIDR).
+const REMOTE_IP: [u8; 4] = [10, 244, 7, 9];
+const ROUTE_KIND_OTHER: u32 = ROUTE_KIND_LOCAL + 1;
+/// Covered by no route at all.
+const OUTSIDE_IP: [u8; 4] = [192, 0, 2, 10];
+
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_ARP: u16 = 0x0806;
+const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_8021Q: u16 = 0x8100;
+
+// ---------------------------------------------------------------------------------
+// Frame builders.
+
+fn eth(dst: [u8; 6], src: [u8; 6], ether_type: u16, payload: &[u8]) -> Vec<u8> {
+    let mut f = Vec::with_capacity(14 + payload.len());
+    f.extend_from_slice(&dst);
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&ether_type.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// An Ethernet/IPv4 ARP body (28 bytes).
+fn arp_body(op: u16, sha: [u8; 6], spa: [u8; 4], tha: [u8; 6], tpa: [u8; 4]) -> Vec<u8> {
+    let mut a = Vec::with_capacity(28);
+    a.extend_from_slice(&1u16.to_be_bytes()); // htype Ethernet
+    a.extend_from_slice(&ETH_P_IP.to_be_bytes()); // ptype IPv4
+    a.push(6); // hlen
+    a.push(4); // plen
+    a.extend_from_slice(&op.to_be_bytes());
+    a.extend_from_slice(&sha);
+    a.extend_from_slice(&spa);
+    a.extend_from_slice(&tha);
+    a.extend_from_slice(&tpa);
+    a
+}
+
+/// What a pod sends to resolve `target`: broadcast request from its own addresses.
+fn arp_request(spa: [u8; 4], target: [u8; 4]) -> Vec<u8> {
+    eth(
+        [0xff; 6],
+        SRC_MAC,
+        ETH_P_ARP,
+        &arp_body(1, SRC_MAC, spa, [0; 6], target),
+    )
+}
+
+/// One's complement sum of 16-bit big-endian words, folded, not complemented.
+fn ones_sum(bytes: &[u8]) -> u16 {
+    let mut sum: u32 = bytes
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum as u16
+}
+
+/// The IPv4 header checksum computed from scratch (check field taken as zero).
+fn ipv4_checksum(header: &[u8]) -> u16 {
+    let mut h = header.to_vec();
+    h[10] = 0;
+    h[11] = 0;
+    !ones_sum(&h)
+}
+
+/// An IPv4 packet (header with a correct checksum + payload). Knobs for malformed ones.
+#[derive(Clone)]
+struct Ipv4 {
+    src: [u8; 4],
+    dst: [u8; 4],
+    ttl: u8,
+    id: u16,
+    /// MF flag and fragment offset (in 8-byte units).
+    frag: u16,
+    /// Options; IHL follows their length unless `ihl` is set.
+    options: Vec<u8>,
+    payload: Vec<u8>,
+    ihl: Option<u8>,
+    tot_len: Option<u16>,
+}
+
+impl Ipv4 {
+    fn new(src: [u8; 4], dst: [u8; 4]) -> Self {
+        Self {
+            src,
+            dst,
+            ttl: 64,
+            id: 0x1234,
+            frag: 0,
+            options: Vec::new(),
+            payload: b"payload that the fast path must leave untouched".to_vec(),
+            ihl: None,
+            tot_len: None,
+        }
+    }
+
+    fn header(&self) -> Vec<u8> {
+        assert_eq!(self.options.len() % 4, 0, "options must fill whole words");
+        let ihl = self.ihl.unwrap_or(5 + (self.options.len() / 4) as u8);
+        let hdr_len = 20 + self.options.len();
+        let tot_len = self
+            .tot_len
+            .unwrap_or((hdr_len + self.payload.len()) as u16);
+        let mut h = Vec::with_capacity(hdr_len);
+        h.push(0x40 | ihl);
+        h.push(0); // tos
+        h.extend_from_slice(&tot_len.to_be_bytes());
+        h.extend_from_slice(&self.id.to_be_bytes());
+        h.extend_from_slice(&self.frag.to_be_bytes());
+        h.push(self.ttl);
+        h.push(17); // UDP
+        h.extend_from_slice(&[0, 0]);
+        h.extend_from_slice(&self.src);
+        h.extend_from_slice(&self.dst);
+        h.extend_from_slice(&self.options);
+        let check = ipv4_checksum(&h);
+        h[10..12].copy_from_slice(&check.to_be_bytes());
+        h
+    }
+
+    /// The frame a pod sends to its gateway.
+    fn frame(&self) -> Vec<u8> {
+        let mut body = self.header();
+        body.extend_from_slice(&self.payload);
+        eth(GW_MAC, SRC_MAC, ETH_P_IP, &body)
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// The program under test.
+
+struct Fixture {
+    ebpf: Ebpf,
+}
+
+/// (endpoint id, verdict name): readable in assertion failures.
+type CounterKey = (u32, &'static str);
+
+fn key(id: u32, v: Verdict) -> CounterKey {
+    (id, v.name())
+}
+
+/// One program run.
+struct Run {
+    ret: u32,
+    out: Vec<u8>,
+    duration_ns: u128,
+    /// Counter changes.
+    delta: BTreeMap<CounterKey, Counter>,
+}
+
+impl Fixture {
+    /// The object loaded, with node config, both endpoints and routes.
+    fn new() -> Self {
+        let mut f = Self::bare();
+        f.set_config();
+        f.add_endpoint(SRC_IFINDEX, SRC_ID, SRC_IP, SRC_MAC);
+        f.add_endpoint(DST_IFINDEX, DST_ID, DST_IP, DST_MAC);
+        f.add_route(DST_IP, 32, ROUTE_KIND_LOCAL, DST_IFINDEX, DST_ID, DST_MAC);
+        f.add_route([10, 244, 7, 0], 24, ROUTE_KIND_OTHER, 0, 0, [0; 6]);
+        f
+    }
+
+    /// The object loaded, maps empty.
+    fn bare() -> Self {
+        let mut ebpf = Ebpf::load(vethbpf::EBPF_OBJECT).expect("load the eBPF object");
+        let prog: &mut SchedClassifier = ebpf
+            .program_mut(PROG_FROM_POD)
+            .expect("program from_pod")
+            .try_into()
+            .expect("from_pod is a classifier");
+        prog.load().expect("the verifier accepts from_pod");
+        Self { ebpf }
+    }
+
+    fn map_mut(&mut self, name: &str) -> &mut Map {
+        self.ebpf
+            .map_mut(name)
+            .unwrap_or_else(|| panic!("map {name}"))
+    }
+
+    fn set_config(&mut self) {
+        let mut config: Array<&mut MapData, Config> = self.map_mut(MAP_CONFIG).try_into().unwrap();
+        config
+            .set(
+                0,
+                Config {
+                    gateway_ip: ipv4_to_map(GW_IP),
+                    flags: 0,
+                    gateway_mac: GW_MAC,
+                    _pad: [0; 2],
+                },
+                0,
+            )
+            .unwrap();
+    }
+
+    fn add_endpoint(&mut self, ifindex: u32, id: u32, ip: [u8; 4], mac: [u8; 6]) {
+        let mut eps: HashMap<&mut MapData, u32, EndpointInfo> =
+            self.map_mut(MAP_ENDPOINTS).try_into().unwrap();
+        eps.insert(
+            ifindex,
+            EndpointInfo {
+                ip: ipv4_to_map(ip),
+                id,
+                mac,
+                _pad: [0; 2],
+            },
+            0,
+        )
+        .unwrap();
+    }
+
+    fn add_route(
+        &mut self,
+        prefix: [u8; 4],
+        len: u32,
+        kind: u32,
+        ifindex: u32,
+        endpoint_id: u32,
+        mac: [u8; 6],
+    ) {
+        let mut routes: LpmTrie<&mut MapData, u32, Route> =
+            self.map_mut(MAP_ROUTES).try_into().unwrap();
+        routes
+            .insert(
+                &Key::new(len, ipv4_to_map(prefix)),
+                Route {
+                    kind,
+                    ifindex,
+                    endpoint_id,
+                    mac,
+                    _pad: [0; 2],
+                },
+                0,
+            )
+            .unwrap();
+    }
+
+    fn prog(&self) -> &SchedClassifier {
+        self.ebpf
+            .program(PROG_FROM_POD)
+            .unwrap()
+            .try_into()
+            .unwrap()
+    }
+
+    /// Nonzero counters of the endpoint ids the tests use, summed over CPUs.
+    fn counters(&self) -> BTreeMap<CounterKey, Counter> {
+        let stats: PerCpuArray<&MapData, Counter> =
+            self.ebpf.map(MAP_STATS).unwrap().try_into().unwrap();
+        let mut out = BTreeMap::new();
+        for id in [0, SRC_ID, DST_ID] {
+            for v in Verdict::ALL {
+                let per_cpu = stats.get(&stats_index(id, v), 0).unwrap();
+                let total = per_cpu.iter().fold(Counter::default(), |a, c| Counter {
+                    packets: a.packets + c.packets,
+                    bytes: a.bytes + c.bytes,
+                });
+                if total != Counter::default() {
+                    out.insert(key(id, v), total);
+                }
+            }
+        }
+        out
+    }
+
+    fn try_run(&self, frame: &[u8], repeat: u32) -> Result<Run, aya::programs::ProgramError> {
+        let before = self.counters();
+        // Room for a larger output, so a length change would show.
+        let mut out = vec![0u8; frame.len() + 64];
+        let result = self.prog().test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            repeat,
+            ..TestRunOptions::default()
+        });
+        let after = self.counters();
+        let mut delta = BTreeMap::new();
+        for (k, a) in &after {
+            let b = before.get(k).copied().unwrap_or_default();
+            if *a != b {
+                delta.insert(
+                    *k,
+                    Counter {
+                        packets: a.packets - b.packets,
+                        bytes: a.bytes - b.bytes,
+                    },
+                );
+            }
+        }
+        let result = match result {
+            Ok(r) => r,
+            Err(e) => {
+                assert!(delta.is_empty(), "a rejected run moved counters: {delta:?}");
+                return Err(e);
+            }
+        };
+        out.truncate(result.data_size_out as usize);
+        Ok(Run {
+            ret: result.return_value,
+            out,
+            duration_ns: result.duration.as_nanos(),
+            delta,
+        })
+    }
+
+    fn run(&self, frame: &[u8]) -> Run {
+        self.try_run(frame, 1).expect("BPF_PROG_TEST_RUN")
+    }
+}
+
+/// The tc action each verdict must come with.
+fn action_of(v: Verdict) -> u32 {
+    match v {
+        Verdict::Forward | Verdict::ArpReply => TC_ACT_REDIRECT,
+        Verdict::Pass => TC_ACT_OK,
+        _ => {
+            assert!(v.is_drop());
+            TC_ACT_SHOT
+        }
+    }
+}
+
+/// Runs `frame` once and checks: the return value is the verdict's action, and exactly
+/// one counter moved, (endpoint `id`, verdict), by one packet of the frame's length.
+fn expect(f: &Fixture, frame: &[u8], id: u32, verdict: Verdict) -> Run {
+    let run = f.run(frame);
+    assert_eq!(
+        run.ret,
+        action_of(verdict),
+        "return value for expected verdict {verdict:?}"
+    );
+    let expected = BTreeMap::from([(
+        key(id, verdict),
+        Counter {
+            packets: 1,
+            bytes: frame.len() as u64,
+        },
+    )]);
+    assert_eq!(run.delta, expected, "counters after one {verdict:?} frame");
+    run
+}
+
+/// Like [`expect`], and the frame came out byte for byte as it went in.
+fn expect_untouched(f: &Fixture, frame: &[u8], id: u32, verdict: Verdict) {
+    let run = expect(f, frame, id, verdict);
+    assert_eq!(run.out, frame, "{verdict:?} must not modify the frame");
+}
+
+// ---------------------------------------------------------------------------------
+// The object's shape.
+
+#[test]
+fn object_defines_the_shared_names_and_layouts() {
+    let ebpf = Ebpf::load(vethbpf::EBPF_OBJECT).expect("load the eBPF object");
+
+    let mut maps: Vec<&str> = ebpf.maps().map(|(name, _)| name).collect();
+    maps.sort_unstable();
+    let mut expected = ALL_MAPS.to_vec();
+    expected.sort_unstable();
+    assert_eq!(maps, expected, "map names in the object");
+
+    let programs: Vec<&str> = ebpf.programs().map(|(name, _)| name).collect();
+    assert_eq!(programs, [PROG_FROM_POD]);
+    let _: &SchedClassifier = ebpf.program(PROG_FROM_POD).unwrap().try_into().unwrap();
+
+    // The typed views check key and value sizes against vethbpf-common's types.
+    let _: LpmTrie<&MapData, u32, Route> = ebpf.map(MAP_ROUTES).unwrap().try_into().unwrap();
+    let _: HashMap<&MapData, u32, EndpointInfo> =
+        ebpf.map(MAP_ENDPOINTS).unwrap().try_into().unwrap();
+    let _: Array<&MapData, Config> = ebpf.map(MAP_CONFIG).unwrap().try_into().unwrap();
+    let _: PerCpuArray<&MapData, Counter> = ebpf.map(MAP_STATS).unwrap().try_into().unwrap();
+}
+
+#[test]
+fn maps_have_the_shared_capacities() {
+    let f = Fixture::bare();
+    let info = |name: &str| match f.ebpf.map(name).unwrap() {
+        Map::LpmTrie(d) | Map::HashMap(d) | Map::Array(d) | Map::PerCpuArray(d) => {
+            d.info().unwrap()
+        }
+        other => panic!("{name}: unexpected map kind {other:?}"),
+    };
+    assert_eq!(info(MAP_ROUTES).max_entries(), MAX_ROUTES);
+    const BPF_F_NO_PREALLOC: u32 = 1;
+    assert_ne!(info(MAP_ROUTES).map_flags() & BPF_F_NO_PREALLOC, 0);
+    assert_eq!(info(MAP_ENDPOINTS).max_entries(), MAX_ENDPOINTS);
+    assert_eq!(info(MAP_CONFIG).max_entries(), 1);
+    assert_eq!(info(MAP_STATS).max_entries(), STATS_ENTRIES);
+}
+
+#[test]
+fn program_size_and_verifier_cost() {
+    let f = Fixture::bare();
+    let info = f.prog().info().unwrap();
+    let xlated = info.size_translated().unwrap_or(0) / 8;
+    let verified = info.verified_instruction_count().unwrap_or(0);
+    eprintln!("from_pod: {xlated} instructions loaded, {verified} verified");
+    assert!(xlated > 0);
+    // A guard against a parser that balloons (e.g. memcpy loops, unrolled options).
+    assert!(xlated < 1000, "from_pod grew to {xlated} instructions");
+}
+
+// ---------------------------------------------------------------------------------
+// ARP.
+
+#[test]
+fn arp_request_for_the_gateway_is_answered_with_the_gateway_mac() {
+    let f = Fixture::new();
+    let frame = arp_request(SRC_IP, GW_IP);
+    let run = expect(&f, &frame, SRC_ID, Verdict::ArpReply);
+
+    let out = &run.out;
+    assert_eq!(out.len(), frame.len());
+    assert_eq!(&out[0..6], &SRC_MAC, "eth dst = the requester");
+    assert_eq!(&out[6..12], &GW_MAC, "eth src = the gateway");
+    assert_eq!(&out[12..14], &ETH_P_ARP.to_be_bytes());
+    assert_eq!(&out[14..16], &1u16.to_be_bytes(), "htype");
+    assert_eq!(&out[16..18], &ETH_P_IP.to_be_bytes(), "ptype");
+    assert_eq!(out[18], 6, "hlen");
+    assert_eq!(out[19], 4, "plen");
+    assert_eq!(&out[20..22], &2u16.to_be_bytes(), "op = reply");
+    assert_eq!(&out[22..28], &GW_MAC, "sender hw = gateway MAC");
+    assert_eq!(&out[28..32], &GW_IP, "sender ip = the requested address");
+    assert_eq!(&out[32..38], &SRC_MAC, "target hw = requester");
+    assert_eq!(&out[38..42], &SRC_IP, "target ip = requester");
+}
+
+#[test]
+fn arp_request_for_any_other_address_is_answered_too() {
+    // With `default via 169.254.1.1 onlink` a pod only asks for the gateway, but a
+    // pod with on-link routes asks for its peers directly: same answer.
+    let f = Fixture::new();
+    let frame = arp_request(SRC_IP, DST_IP);
+    let run = expect(&f, &frame, SRC_ID, Verdict::ArpReply);
+    assert_eq!(&run.out[22..28], &GW_MAC);
+    assert_eq!(&run.out[28..32], &DST_IP);
+    assert_eq!(&run.out[38..42], &SRC_IP);
+}
+
+#[test]
+fn arp_reply_keeps_trailing_padding() {
+    // Ethernet pads short frames to 60 bytes; the reply keeps the frame's length.
+    let f = Fixture::new();
+    let mut frame = arp_request(SRC_IP, GW_IP);
+    frame.resize(60, 0);
+    let run = expect(&f, &frame, SRC_ID, Verdict::ArpReply);
+    assert_eq!(run.out.len(), 60);
+    assert_eq!(&run.out[42..], &frame[42..]);
+}
+
+#[test]
+fn arp_for_the_pods_own_address_passes() {
+    let f = Fixture::new();
+    expect_untouched(&f, &arp_request(SRC_IP, SRC_IP), SRC_ID, Verdict::Pass);
+}
+
+#[test]
+fn arp_reply_from_the_pod_passes() {
+    let f = Fixture::new();
+    let frame = eth(
+        GW_MAC,
+        SRC_MAC,
+        ETH_P_ARP,
+        &arp_body(2, SRC_MAC, SRC_IP, GW_MAC, GW_IP),
+    );
+    expect_untouched(&f, &frame, SRC_ID, Verdict::Pass);
+}
+
+#[test]
+fn arp_with_a_spoofed_sender_drops() {
+    let f = Fixture::new();
+    // Claiming another pod's address.
+    expect_untouched(
+        &f,
+        &arp_request(DST_IP, GW_IP),
+        SRC_ID,
+        Verdict::DropArpSpoof,
+    );
+    // Gratuitous ARP claiming the gateway.
+    expect_untouched(
+        &f,
+        &arp_request(GW_IP, GW_IP),
+        SRC_ID,
+        Verdict::DropArpSpoof,
+    );
+    // A spoofed reply.
+    let reply = eth(
+        GW_MAC,
+        SRC_MAC,
+        ETH_P_ARP,
+        &arp_body(2, SRC_MAC, DST_IP, GW_MAC, GW_IP),
+    );
+    expect_untouched(&f, &reply, SRC_ID, Verdict::DropArpSpoof);
+}
+
+#[test]
+fn arp_that_is_not_ethernet_ipv4_is_malformed() {
+    let f = Fixture::new();
+    let good = arp_request(SRC_IP, GW_IP);
+    // (offset in the frame, value) that each break one field.
+    for (offset, value) in [(15, 6u8), (16, 0x86), (18, 8), (19, 16)] {
+        let mut frame = good.clone();
+        frame[offset] = value;
+        expect_untouched(&f, &frame, SRC_ID, Verdict::DropMalformed);
+    }
+}
+
+#[test]
+fn truncated_arp_is_malformed_and_untouched() {
+    let f = Fixture::new();
+    let good = arp_request(SRC_IP, GW_IP);
+    for len in [14, 15, 22, 41] {
+        expect_untouched(&f, &good[..len], SRC_ID, Verdict::DropMalformed);
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// IPv4.
+
+fn assert_header_checksum_valid(header: &[u8]) {
+    assert_eq!(
+        ones_sum(header),
+        0xffff,
+        "IPv4 header checksum does not verify: {header:02x?}"
+    );
+}
+
+#[test]
+fn ipv4_to_a_local_endpoint_is_forwarded() {
+    let f = Fixture::new();
+    let pkt = Ipv4::new(SRC_IP, DST_IP);
+    let frame = pkt.frame();
+    let run = expect(&f, &frame, SRC_ID, Verdict::Forward);
+
+    let out = &run.out;
+    assert_eq!(out.len(), frame.len());
+    assert_eq!(&out[0..6], &DST_MAC, "eth dst = the destination pod");
+    assert_eq!(&out[6..12], &GW_MAC, "eth src = the gateway");
+    assert_eq!(&out[12..14], &frame[12..14]);
+
+    let hdr = &out[14..34];
+    assert_eq!(hdr[8], pkt.ttl - 1, "TTL decremented");
+    let expected = Ipv4 {
+        ttl: pkt.ttl - 1,
+        ..pkt.clone()
+    }
+    .header();
+    assert_eq!(
+        hdr,
+        &expected[..],
+        "header = original with TTL-1, checksum redone"
+    );
+    assert_eq!(
+        u16::from_be_bytes([hdr[10], hdr[11]]),
+        ipv4_checksum(hdr),
+        "checksum equals an independent recomputation"
+    );
+    assert_header_checksum_valid(hdr);
+    assert_eq!(&out[34..], &frame[34..], "payload untouched");
+}
+
+#[test]
+fn ttl_decrement_keeps_the_checksum_valid_for_many_headers() {
+    // The incremental update has an end-around carry; walk header values whose
+    // checksums cover the whole 16-bit range, carries included.
+    let f = Fixture::new();
+    for i in 0..512u32 {
+        let pkt = Ipv4 {
+            id: (i.wrapping_mul(0x9e37) & 0xffff) as u16,
+            ttl: 2 + (i % 254) as u8,
+            payload: vec![i as u8; 8],
+            ..Ipv4::new(SRC_IP, DST_IP)
+        };
+        let run = f.run(&pkt.frame());
+        assert_eq!(run.ret, TC_ACT_REDIRECT, "id {:#x} ttl {}", pkt.id, pkt.ttl);
+        let hdr = &run.out[14..34];
+        assert_eq!(hdr[8], pkt.ttl - 1);
+        assert_header_checksum_valid(hdr);
+    }
+}
+
+#[test]
+fn ttl_decrement_matches_a_recomputed_checksum_at_the_carries() {
+    // Adding 0x0100 to the checksum carries out of its high byte when that byte is
+    // 0xff, and out of the whole word (end-around carry) when the checksum is 0xfeff:
+    // there, only a correct carry gives 0x0000, what a from-scratch computation gives
+    // (0xffff also verifies but is not what ip_decrease_ttl produces).
+    let f = Fixture::new();
+    let with_check = |wanted: fn(&[u8]) -> bool| {
+        (0..=u16::MAX)
+            .map(|id| Ipv4 {
+                id,
+                ..Ipv4::new(SRC_IP, DST_IP)
+            })
+            .find(|p| wanted(&p.header()[10..12]))
+            .expect("some id gives the wanted checksum")
+    };
+    for pkt in [
+        with_check(|c| c[0] == 0xff),
+        with_check(|c| c == [0xfe, 0xff]),
+    ] {
+        let run = expect(&f, &pkt.frame(), SRC_ID, Verdict::Forward);
+        let hdr = &run.out[14..34];
+        assert_header_checksum_valid(hdr);
+        assert_eq!(
+            u16::from_be_bytes([hdr[10], hdr[11]]),
+            ipv4_checksum(hdr),
+            "checksum after TTL-1, original {:02x?}",
+            &pkt.header()[10..12]
+        );
+    }
+}
+
+#[test]
+fn fragments_are_forwarded_like_any_ipv4_packet() {
+    let f = Fixture::new();
+    for frag in [
+        0x2000, /* MF */
+        0x0010, /* offset 128 */
+        0x4000, /* DF */
+    ] {
+        let pkt = Ipv4 {
+            frag,
+            ..Ipv4::new(SRC_IP, DST_IP)
+        };
+        let run = expect(&f, &pkt.frame(), SRC_ID, Verdict::Forward);
+        assert_header_checksum_valid(&run.out[14..34]);
+    }
+}
+
+#[test]
+fn ipv4_with_ttl_1_or_0_drops() {
+    let f = Fixture::new();
+    for ttl in [1, 0] {
+        let pkt = Ipv4 {
+            ttl,
+            ..Ipv4::new(SRC_IP, DST_IP)
+        };
+        expect_untouched(&f, &pkt.frame(), SRC_ID, Verdict::DropTtl);
+    }
+}
+
+#[test]
+fn ipv4_with_a_spoofed_source_drops() {
+    let f = Fixture::new();
+    for src in [DST_IP, GW_IP, [0, 0, 0, 0], OUTSIDE_IP] {
+        for dst in [DST_IP, OUTSIDE_IP] {
+            let pkt = Ipv4::new(src, dst);
+            expect_untouched(&f, &pkt.frame(), SRC_ID, Verdict::DropSpoof);
+        }
+    }
+    // Options do not exempt a packet from source validation.
+    let pkt = Ipv4 {
+        options: vec![1, 1, 1, 0],
+        ..Ipv4::new(DST_IP, OUTSIDE_IP)
+    };
+    expect_untouched(&f, &pkt.frame(), SRC_ID, Verdict::DropSpoof);
+}
+
+#[test]
+fn ipv4_to_anything_but_a_local_endpoint_passes_unchanged() {
+    let f = Fixture::new();
+    // No route at all; a route of another kind; the gateway itself.
+    for dst in [OUTSIDE_IP, REMOTE_IP, GW_IP] {
+        let pkt = Ipv4::new(SRC_IP, dst);
+        expect_untouched(&f, &pkt.frame(), SRC_ID, Verdict::Pass);
+    }
+}
+
+#[test]
+fn ipv4_with_options_passes_unchanged_even_to_a_local_endpoint() {
+    let f = Fixture::new();
+    let pkt = Ipv4 {
+        // Two NOPs and an end-of-options list, padded to a word; then a second word.
+        options: vec![1, 1, 0, 0, 1, 1, 1, 0],
+        ..Ipv4::new(SRC_IP, DST_IP)
+    };
+    expect_untouched(&f, &pkt.frame(), SRC_ID, Verdict::Pass);
+}
+
+#[test]
+fn truncated_or_lying_ipv4_is_malformed_and_untouched() {
+    let f = Fixture::new();
+    let good = Ipv4::new(SRC_IP, DST_IP);
+    let frame = good.frame();
+
+    // Shorter than a minimal header. BPF_PROG_TEST_RUN (6.18) refuses IPv4 frames that
+    // cannot hold an IPv4 header (EINVAL) before the program runs; if a kernel lets
+    // one through, the program must call it malformed.
+    for len in [14, 15, 20, 33] {
+        match f.try_run(&frame[..len], 1) {
+            Err(_) => {}
+            Ok(_) => expect_untouched(&f, &frame[..len], SRC_ID, Verdict::DropMalformed),
+        }
+    }
+    // IHL below 5.
+    for ihl in [0, 1, 4] {
+        let pkt = Ipv4 {
+            ihl: Some(ihl),
+            ..good.clone()
+        };
+        expect_untouched(&f, &pkt.frame(), SRC_ID, Verdict::DropMalformed);
+    }
+    // IHL claims options that the frame does not hold.
+    let pkt = Ipv4 {
+        ihl: Some(15),
+        payload: vec![0; 4],
+        ..good.clone()
+    };
+    expect_untouched(&f, &pkt.frame(), SRC_ID, Verdict::DropMalformed);
+    // Total length shorter than the header, or longer than the frame.
+    let hdr_plus_payload = (20 + good.payload.len()) as u16;
+    for tot_len in [0, 19, hdr_plus_payload + 1, u16::MAX] {
+        let pkt = Ipv4 {
+            tot_len: Some(tot_len),
+            ..good.clone()
+        };
+        expect_untouched(&f, &pkt.frame(), SRC_ID, Verdict::DropMalformed);
+    }
+    // Not version 4.
+    let mut v6_in_v4 = frame.clone();
+    v6_in_v4[14] = 0x65;
+    expect_untouched(&f, &v6_in_v4, SRC_ID, Verdict::DropMalformed);
+}
+
+#[test]
+fn ipv4_with_trailing_padding_is_forwarded() {
+    // Total length shorter than the frame is Ethernet padding, not a lie.
+    let f = Fixture::new();
+    let pkt = Ipv4 {
+        payload: vec![7; 2],
+        ..Ipv4::new(SRC_IP, DST_IP)
+    };
+    let mut frame = pkt.frame();
+    frame.resize(60, 0);
+    let run = expect(&f, &frame, SRC_ID, Verdict::Forward);
+    assert_eq!(&run.out[36..], &frame[36..]);
+}
+
+// ---------------------------------------------------------------------------------
+// Everything else.
+
+#[test]
+fn frames_shorter_than_ethernet_are_rejected_by_the_kernel() {
+    // BPF_PROG_TEST_RUN refuses skb data under ETH_HLEN (EINVAL) before the program
+    // runs; `try_run` also checks that no counter moved.
+    let f = Fixture::new();
+    let frame = Ipv4::new(SRC_IP, DST_IP).frame();
+    for len in [0, 1, 13] {
+        assert!(
+            f.try_run(&frame[..len], 1).is_err(),
+            "the kernel accepted a {len}-byte frame"
+        );
+    }
+}
+
+#[test]
+fn non_ipv4_non_arp_passes_unchanged() {
+    let f = Fixture::new();
+    let ipv6 = eth([0x33, 0x33, 0, 0, 0, 1], SRC_MAC, ETH_P_IPV6, &[0x60; 40]);
+    expect_untouched(&f, &ipv6, SRC_ID, Verdict::Pass);
+    // A VLAN tag in front of IPv4 to a local endpoint: not the fast path's business.
+    let mut vlan_body = vec![0x00, 0x05];
+    vlan_body.extend_from_slice(&ETH_P_IP.to_be_bytes());
+    vlan_body.extend_from_slice(&Ipv4::new(SRC_IP, DST_IP).frame()[14..]);
+    let vlan = eth(GW_MAC, SRC_MAC, ETH_P_8021Q, &vlan_body);
+    expect_untouched(&f, &vlan, SRC_ID, Verdict::Pass);
+    // Just an Ethernet header.
+    let bare = eth(GW_MAC, SRC_MAC, 0x88b5, &[]);
+    expect_untouched(&f, &bare, SRC_ID, Verdict::Pass);
+}
+
+#[test]
+fn frames_on_an_interface_without_endpoint_drop() {
+    let mut f = Fixture::bare();
+    f.set_config();
+    // Only the destination is known; the sender (ifindex 1) is not.
+    f.add_endpoint(DST_IFINDEX, DST_ID, DST_IP, DST_MAC);
+    f.add_route(DST_IP, 32, ROUTE_KIND_LOCAL, DST_IFINDEX, DST_ID, DST_MAC);
+    expect_untouched(
+        &f,
+        &Ipv4::new(SRC_IP, DST_IP).frame(),
+        0,
+        Verdict::DropNoEndpoint,
+    );
+    expect_untouched(&f, &arp_request(SRC_IP, GW_IP), 0, Verdict::DropNoEndpoint);
+}
+
+#[test]
+fn frames_before_the_node_config_is_written_drop() {
+    let mut f = Fixture::bare();
+    f.add_endpoint(SRC_IFINDEX, SRC_ID, SRC_IP, SRC_MAC);
+    f.add_endpoint(DST_IFINDEX, DST_ID, DST_IP, DST_MAC);
+    f.add_route(DST_IP, 32, ROUTE_KIND_LOCAL, DST_IFINDEX, DST_ID, DST_MAC);
+    expect_untouched(
+        &f,
+        &Ipv4::new(SRC_IP, DST_IP).frame(),
+        0,
+        Verdict::DropNoEndpoint,
+    );
+}
+
+#[test]
+fn counters_accumulate_per_verdict() {
+    let f = Fixture::new();
+    let fwd = Ipv4::new(SRC_IP, DST_IP).frame();
+    let pass = Ipv4::new(SRC_IP, OUTSIDE_IP).frame();
+    let spoof = Ipv4::new(DST_IP, OUTSIDE_IP).frame();
+    let arp = arp_request(SRC_IP, GW_IP);
+    for _ in 0..3 {
+        f.run(&fwd);
+    }
+    f.run(&pass);
+    f.run(&pass);
+    f.run(&spoof);
+    f.run(&arp);
+    let n = |p: u64, frame: &[u8]| Counter {
+        packets: p,
+        bytes: p * frame.len() as u64,
+    };
+    assert_eq!(
+        f.counters(),
+        BTreeMap::from([
+            (key(SRC_ID, Verdict::Forward), n(3, &fwd)),
+            (key(SRC_ID, Verdict::Pass), n(2, &pass)),
+            (key(SRC_ID, Verdict::DropSpoof), n(1, &spoof)),
+            (key(SRC_ID, Verdict::ArpReply), n(1, &arp)),
+        ])
+    );
+}
+
+#[test]
+fn repeated_forwarding_counts_every_run_and_keeps_the_checksum_valid() {
+    // test_run with `repeat` runs the program again on the same skb: the TTL goes down
+    // once per run, which makes this a test of many successive incremental updates.
+    // It is also the ns/packet figure of the fast path (printed, not asserted: tests
+    // run in parallel).
+    const REPEAT: u32 = 250;
+    let f = Fixture::new();
+    let pkt = Ipv4 {
+        ttl: 255,
+        ..Ipv4::new(SRC_IP, DST_IP)
+    };
+    let frame = pkt.frame();
+    let run = f.try_run(&frame, REPEAT).expect("BPF_PROG_TEST_RUN");
+    eprintln!(
+        "from_pod local forward: {} ns/packet (average of {REPEAT})",
+        run.duration_ns
+    );
+    assert_eq!(run.ret, TC_ACT_REDIRECT);
+    assert_eq!(
+        run.delta,
+        BTreeMap::from([(
+            key(SRC_ID, Verdict::Forward),
+            Counter {
+                packets: REPEAT.into(),
+                bytes: u64::from(REPEAT) * frame.len() as u64,
+            }
+        )])
+    );
+    let hdr = &run.out[14..34];
+    assert_eq!(hdr[8], 255 - REPEAT as u8);
+    assert_header_checksum_valid(hdr);
+    assert_eq!(u16::from_be_bytes([hdr[10], hdr[11]]), ipv4_checksum(hdr));
+}
