@@ -69,8 +69,8 @@ struct Plan {
     kinds: Vec<Kind>,
     cp_sizes: Vec<usize>,
     cp_probes: usize,
-    tc_repeat: u32,
-    tc_calls: usize,
+    /// Total TEST_RUN repetitions per path (batched paths).
+    tc_runs: u32,
 }
 
 impl Plan {
@@ -97,8 +97,7 @@ impl Plan {
                 vec![10, 100, 1000]
             },
             cp_probes: if q { 10 } else { 40 },
-            tc_repeat: if q { 200_000 } else { 2_000_000 },
-            tc_calls: if q { 3 } else { 7 },
+            tc_runs: if q { 250_000 } else { 2_500_000 },
         })
     }
 }
@@ -161,7 +160,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         settings: serde_json::json!({
             "rounds": plan.rounds, "seconds": plan.secs, "connect_seconds": plan.connect_secs,
             "cp_sizes": plan.cp_sizes, "cp_probes": plan.cp_probes,
-            "testrun_repeat": plan.tc_repeat, "testrun_calls": plan.tc_calls, "quick": args.quick,
+            "testrun_runs_per_path": plan.tc_runs, "testrun_batch": progcost::BATCH, "quick": args.quick,
         }),
         elapsed_s: 0.0,
         contenders: Vec::new(),
@@ -181,7 +180,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
 
     if !args.skip_progcost {
         progress("== program cost (BPF_PROG_TEST_RUN)");
-        match progcost::run(&object, plan.tc_repeat, plan.tc_calls, &mut |m| progress(m)) {
+        match progcost::run(&object, plan.tc_runs, &mut |m| progress(m)) {
             Ok(pc) => results.progcost = Some(pc),
             Err(e) => {
                 sys::check_interrupt()?;

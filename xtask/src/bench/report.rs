@@ -390,16 +390,37 @@ pub fn render(r: &Results) -> String {
     if let Some(pc) = &r.progcost {
         let _ = writeln!(
             out,
-            "\nProgram cost (BPF_PROG_TEST_RUN, median of per-call means)"
+            "\nProgram cost of from_pod (BPF_PROG_TEST_RUN; median over calls of the kernel's per-call mean)"
         );
-        let mut t = Table::new(&["path", "verdict", "expected", "ns/packet", "repeat x calls"]);
+        let mut t = Table::new(&[
+            "path",
+            "verdicts",
+            "expected",
+            "ns/packet",
+            "raw ns",
+            "overhead ns",
+            "calls x repetitions",
+        ]);
         for p in &pc.paths {
             t.row(vec![
                 p.path.into(),
-                p.verdict.to_string(),
+                format!("{:?}", p.verdicts),
                 p.expected_verdict.to_string(),
                 num(p.median_ns, 1),
-                format!("{} x {}", p.repeat, p.ns_per_packet.len()),
+                num(p.raw_median_ns, 1),
+                num(p.overhead_ns, 1),
+                format!("{} x {}", p.ns_per_packet.len(), p.repeat),
+            ]);
+        }
+        if let Some(e) = pc.empty_program_ns {
+            t.row(vec![
+                "(empty program)".into(),
+                "[0]".into(),
+                "0".into(),
+                num(e, 1),
+                num(e, 1),
+                "0.0".into(),
+                "harness floor".into(),
             ]);
         }
         out.push_str(&t.render());
