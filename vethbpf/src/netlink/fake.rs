@@ -454,7 +454,13 @@ impl Link {
 
 impl Netlink for FakeNetlink {
     fn link_by_name(&mut self, name: &str) -> Result<Option<LinkInfo>, NetlinkError> {
-        self.call("link_by_name", format!("{name:?}"), |w, ns| {
+        let op = "link_by_name";
+        self.call(op, format!("{name:?}"), |w, ns| {
+            // The kernel validates IFLA_IFNAME's length even for a lookup (ERANGE);
+            // other invalid names are simply not found.
+            if name.len() > MAX_IFNAME_LEN {
+                return Err(errno_error(op, format!("link name {name:?}"), libc::ERANGE));
+            }
             Ok(w.ns(ns).by_name(name).map(Link::info))
         })
     }

@@ -44,6 +44,10 @@ impl std::fmt::Debug for RtNetlink {
 
 impl RtNetlink {
     /// Opens a NETLINK_ROUTE socket in the calling thread's network namespace.
+    ///
+    /// Every call blocks the calling thread on the client's own runtime, so the
+    /// client must be used from plain threads, not from async code running on
+    /// another tokio runtime (tokio refuses to nest `block_on` and panics).
     pub fn connect() -> Result<Self, NetlinkError> {
         let rt = tokio::runtime::Builder::new_current_thread()
             // netlink-proto's tokio socket is an `AsyncFd`: it needs the IO driver.
@@ -676,6 +680,11 @@ mod tests {
         log(
             "get unknown",
             format!("{:?}", nl.link_by_name("nope").map(|l| l.is_some())),
+        );
+        log("get too long", outcome(nl.link_by_name("a123456789012345")));
+        log(
+            "get invalid",
+            format!("{:?}", nl.link_by_name("a/b").map(|l| l.is_some())),
         );
         log(
             "get unknown idx",
