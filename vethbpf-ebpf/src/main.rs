@@ -53,7 +53,7 @@ pub fn from_pod(ctx: TcContext) -> i32 {
     // SAFETY: `ctx.skb.skb` is the program's context pointer, valid for the whole run.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     // SAFETY: map values are only read, and stay valid for the whole run.
-    let ep = unsafe { ENDPOINTS.get(&ifindex) };
+    let ep = unsafe { ENDPOINTS.get(ifindex) };
     let cfg = CONFIG.get(0);
     match (ep, cfg) {
         // An array entry always exists; a zero gateway address means `up` has not

@@ -23,7 +23,7 @@ impl Decision {
     pub const fn pass() -> Self {
         Self {
             verdict: Verdict::Pass,
-            action: TC_ACT_OK as i32,
+            action: TC_ACT_OK,
         }
     }
 
@@ -32,7 +32,7 @@ impl Decision {
     pub const fn drop(verdict: Verdict) -> Self {
         Self {
             verdict,
-            action: TC_ACT_SHOT as i32,
+            action: TC_ACT_SHOT,
         }
     }
 

@@ -32,12 +32,37 @@ pub fn build_ebpf() -> Result<PathBuf> {
     let root = util::workspace_root()?;
     bootstrap()?;
 
-    let target_dir = root.join("target").join("ebpf");
+    let target_dir = target_dir(&root);
     step(format!("building vethbpf-ebpf for {TARGET}"));
+    run(&mut ebpf_cargo(&root, "build")?).context("building the eBPF object")?;
+
+    let object = target_dir.join(TARGET).join("release").join("vethbpf-ebpf");
+    if !object.is_file() {
+        bail!("the build succeeded but {} is missing", object.display());
+    }
+    step(format!("eBPF object: {}", object.display()));
+    Ok(object)
+}
+
+/// clippy on the eBPF crate, as it is built (`-D warnings`).
+pub fn clippy_ebpf() -> Result<()> {
+    let root = util::workspace_root()?;
+    bootstrap()?;
+    let mut cmd = ebpf_cargo(&root, "clippy")?;
+    cmd.args(["--", "-D", "warnings"]);
+    run(&mut cmd).context("clippy (vethbpf-ebpf)")
+}
+
+fn target_dir(root: &Path) -> PathBuf {
+    root.join("target").join("ebpf")
+}
+
+/// `cargo <subcommand>` for the eBPF crate, with the flags and environment of its build.
+fn ebpf_cargo(root: &Path, subcommand: &str) -> Result<Command> {
     let mut cmd = Command::new(util::cargo());
     cmd.current_dir(root.join("vethbpf-ebpf"))
         .args([
-            "build",
+            subcommand,
             "--release",
             "--target",
             TARGET,
@@ -46,7 +71,7 @@ pub fn build_ebpf() -> Result<PathBuf> {
         ])
         // Stable rustc with unstable flags (build-std): TOOLCHAIN.md.
         .env("RUSTC_BOOTSTRAP", "1")
-        .env("CARGO_TARGET_DIR", &target_dir)
+        .env("CARGO_TARGET_DIR", target_dir(root))
         // rustc finds bpf-linker on PATH; make sure a fresh install is on it.
         .env("PATH", path_with(&util::cargo_bin_dir()?)?);
     // Wrappers and an outer rustc meant for host builds must not leak into this one
@@ -54,14 +79,7 @@ pub fn build_ebpf() -> Result<PathBuf> {
     for key in ["RUSTC", "RUSTC_WORKSPACE_WRAPPER"] {
         cmd.env_remove(key);
     }
-    run(&mut cmd).context("building the eBPF object")?;
-
-    let object = target_dir.join(TARGET).join("release").join("vethbpf-ebpf");
-    if !object.is_file() {
-        bail!("the build succeeded but {} is missing", object.display());
-    }
-    step(format!("eBPF object: {}", object.display()));
-    Ok(object)
+    Ok(cmd)
 }
 
 /// rust-src for `-Z build-std=core`, then bpf-linker.

@@ -43,7 +43,7 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
-    /// rustfmt and clippy for the workspace, rustfmt for vethbpf-ebpf.
+    /// rustfmt and clippy (`-D warnings`) for the workspace and for vethbpf-ebpf.
     Lint,
     /// Performance benchmark: vethbpf vs bridge, kernel routing, CNI ptp, veth pair
     /// and loopback, round-robin; program cost (TEST_RUN); control-plane latency (root).
@@ -92,5 +92,6 @@ fn lint() -> Result<()> {
         "-D",
         "warnings",
     ]))
-    .context("clippy (workspace)")
+    .context("clippy (workspace)")?;
+    ebpf::clippy_ebpf()
 }
