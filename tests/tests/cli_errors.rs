@@ -41,7 +41,10 @@ fn bad_input_is_named_and_changes_nothing() {
     let long = "x".repeat(64);
     let missing = node.pod("no-such-netns");
     let cases: Vec<(Vec<&str>, &str)> = vec![
-        (vec!["endpoint", "add", &long], "is 64 bytes long; the limit is 63"),
+        (
+            vec!["endpoint", "add", &long],
+            "is 64 bytes long; the limit is 63",
+        ),
         (vec!["endpoint", "add", "a/b"], "has the character '/'"),
         (vec!["endpoint", "add", "-x"], "unexpected argument"),
         (
@@ -101,7 +104,9 @@ fn existing_interface_in_a_given_namespace_is_refused() {
     let out = TestNode::in_ns(
         &ns,
         "ip",
-        &["link", "add", "eth0", "type", "veth", "peer", "name", "other0"],
+        &[
+            "link", "add", "eth0", "type", "veth", "peer", "name", "other0",
+        ],
     );
     assert!(out.status.success());
     let pod = node.pod("p");
@@ -138,7 +143,11 @@ fn failure_halfway_through_add_undoes_everything() {
     let ns_links_before = links_in_ns();
     let pod = node.pod("p");
     assert_rejected(&node, &["endpoint", "add", &pod, "--netns", &ns], "exists");
-    assert_eq!(links_in_ns(), ns_links_before, "nothing left in the pod netns");
+    assert_eq!(
+        links_in_ns(),
+        ns_links_before,
+        "nothing left in the pod netns"
+    );
     // And the same endpoint works in a clean namespace afterwards.
     node.add("p", &[]);
 }

@@ -25,7 +25,7 @@ use vethbpf_common::{ALL_MAPS, PROG_FROM_POD};
 use crate::state::AttachMode;
 
 /// `statfs` magic of a bpf file system.
-const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+const BPF_FS_MAGIC: nix::sys::statfs::FsType = nix::sys::statfs::FsType(0xcafe_4a11);
 
 #[derive(Debug, thiserror::Error)]
 pub enum BpfError {
@@ -118,7 +118,7 @@ impl Pins {
 
 fn is_bpffs(path: &Path) -> bool {
     nix::sys::statfs::statfs(path)
-        .map(|s| s.filesystem_type().0 as i64 == BPF_FS_MAGIC)
+        .map(|s| s.filesystem_type() == BPF_FS_MAGIC)
         .unwrap_or(false)
 }
 

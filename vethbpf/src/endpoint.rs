@@ -9,7 +9,6 @@
 //! namespace, [`Namespaces`] for pod namespaces, [`Datapath`] for the pinned eBPF
 //! objects) so that the logic, rollback included, is unit-tested with fakes.
 
-use std::fs::File;
 use std::net::Ipv4Addr;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
@@ -55,12 +54,6 @@ pub enum EndpointError {
     TooMany,
     #[error("the veth peer {ifname} vanished while it was being set up")]
     PeerVanished { ifname: String },
-    #[error("cannot open the network namespace {path}: {source}")]
-    OpenNetns {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
     #[error(transparent)]
     Netlink(#[from] NetlinkError),
     #[error(transparent)]
@@ -561,11 +554,8 @@ impl Namespaces for KernelNamespaces {
         index: u32,
         netns: &Path,
     ) -> Result<(), EndpointError> {
-        let f = File::open(netns).map_err(|source| EndpointError::OpenNetns {
-            path: netns.to_path_buf(),
-            source,
-        })?;
-        Ok(node.move_link_to_netns(index, f.as_fd())?)
+        let fd = netns::open(netns)?;
+        Ok(node.move_link_to_netns(index, fd.as_fd())?)
     }
     fn link_exists(&mut self, netns: &Path, ifname: &str) -> Result<bool, EndpointError> {
         let ifname = ifname.to_string();
@@ -635,7 +625,7 @@ mod tests {
     //! each time the node must hold exactly what it held before.
 
     use std::collections::{BTreeMap, BTreeSet};
-    use std::fs;
+    use std::fs::{self, File};
 
     use super::*;
     use crate::netlink::FakeNetlink;

@@ -243,12 +243,11 @@ mod tests {
     use super::*;
 
     fn tempdir() -> PathBuf {
-        let d = std::env::temp_dir().join(format!(
+        std::env::temp_dir().join(format!(
             "vethbpf-state-test-{}-{}",
             std::process::id(),
             rand_suffix()
-        ));
-        d
+        ))
     }
 
     fn rand_suffix() -> u64 {
