@@ -33,7 +33,7 @@ use crate::cli::{DemoArgs, Output};
 use crate::netlink::{Netlink, RtNetlink};
 use crate::netns;
 use crate::output::table;
-use crate::probe::{self, EchoReply, ProbeError, TcpReport};
+use crate::probe::{self, EchoReply, TcpReport};
 
 /// The node's own address, on `lo` of the node namespace: the source of node -> pod
 /// traffic and the target of pod -> node traffic. From TEST-NET-1 (RFC 5737), so
@@ -208,6 +208,9 @@ struct Report {
     matrix: Vec<Cell>,
     /// `endpoint list -o json`, as printed.
     counters: serde_json::Value,
+    /// The same, parsed, for the table.
+    #[serde(skip)]
+    list: Vec<EndpointJson>,
     checks: Vec<Check>,
     cleanup: CleanupInfo,
 }
@@ -533,7 +536,7 @@ fn probe_cell(from: &Peer, to: &Peer) -> Cell {
             ok: false,
             bytes: TCP_BYTES,
             elapsed_ms: None,
-            error: Some(tcp_error(&e)),
+            error: Some(e.to_string()),
         },
     };
     Cell {
@@ -546,16 +549,6 @@ fn probe_cell(from: &Peer, to: &Peer) -> Cell {
         icmp,
         tcp,
     }
-}
-
-fn tcp_error(e: &ProbeError) -> String {
-    let mut s = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(inner) = source {
-        s.push_str(&format!(": {inner}"));
-        source = inner.source();
-    }
-    s
 }
 
 fn cell_text(c: &Cell) -> String {
@@ -804,6 +797,7 @@ fn scenario(demo: &mut Demo) -> Result<Report> {
         pods,
         matrix,
         counters,
+        list,
         checks,
         cleanup: CleanupInfo::default(),
     })
@@ -867,10 +861,9 @@ fn print_table(r: &Report) {
     }
 
     println!("\ncounters of from_pod (packets), per host veth:");
-    let list: Vec<EndpointJson> = serde_json::from_value(r.counters.clone()).unwrap_or_default();
     table(
         &["POD", "FORWARDED", "ARP REPLIES", "PASSED", "DROPPED"],
-        &list
+        &r.list
             .iter()
             .map(|e| {
                 let label = r
