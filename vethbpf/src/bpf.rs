@@ -122,28 +122,48 @@ fn is_bpffs(path: &Path) -> bool {
         .unwrap_or(false)
 }
 
-/// Makes `dir` exist on a bpf file system, mounting one on it if it is not on one
-/// already. Returns whether it mounted.
-pub fn ensure_bpffs(dir: &Path) -> Result<bool, BpfError> {
-    fs::create_dir_all(dir).map_err(|source| BpfError::CreateDir {
-        path: dir.to_path_buf(),
-        source,
-    })?;
-    if is_bpffs(dir) {
-        return Ok(false);
-    }
+/// The conventional bpffs mount point; a bpffs dir below it (the default,
+/// /sys/fs/bpf/vethbpf) cannot be made on sysfs, so the bpffs is mounted here first.
+const SYS_FS_BPF: &str = "/sys/fs/bpf";
+
+fn mount_bpffs(at: &Path) -> Result<(), BpfError> {
     nix::mount::mount(
         Some("bpf"),
-        dir,
+        at,
         Some("bpf"),
         nix::mount::MsFlags::empty(),
         Some("mode=0700"),
     )
     .map_err(|source| BpfError::Mount {
-        path: dir.to_path_buf(),
+        path: at.to_path_buf(),
         source,
-    })?;
-    Ok(true)
+    })
+}
+
+/// Makes `dir` exist on a bpf file system, mounting one if needed: on /sys/fs/bpf
+/// when `dir` is below it and nothing is mounted there, else on `dir` itself.
+/// Returns the mount point it made, for `down` to unmount.
+pub fn ensure_bpffs(dir: &Path) -> Result<Option<PathBuf>, BpfError> {
+    let sys = Path::new(SYS_FS_BPF);
+    let mut mounted = None;
+    if !dir.exists() && dir.starts_with(sys) && sys.is_dir() && !is_bpffs(sys) {
+        mount_bpffs(sys)?;
+        mounted = Some(sys.to_path_buf());
+    }
+    if let Err(source) = fs::create_dir_all(dir) {
+        if let Some(m) = &mounted {
+            let _ = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH);
+        }
+        return Err(BpfError::CreateDir {
+            path: dir.to_path_buf(),
+            source,
+        });
+    }
+    if mounted.is_none() && !is_bpffs(dir) {
+        mount_bpffs(dir)?;
+        mounted = Some(dir.to_path_buf());
+    }
+    Ok(mounted)
 }
 
 /// Chooses TCX where the kernel has it (6.6+), the netlink clsact filter before.
@@ -286,9 +306,9 @@ pub fn link_ids(pins: &Pins, host_veth: &str) -> Option<(u32, u32)> {
     Some((info.id(), info.program_id()))
 }
 
-/// Removes every pin and the directories `up` made; unmounts the bpffs if `up`
-/// mounted it. Links must have been detached first (their pins go with `links/`).
-pub fn remove_all(pins: &Pins, unmount: bool) -> Result<(), BpfError> {
+/// Removes every pin and the directories `up` made, and unmounts the bpffs `up`
+/// mounted (`mount`), unless other pins live on it.
+pub fn remove_all(pins: &Pins, mount: Option<&Path>) -> Result<(), BpfError> {
     for host in pinned_links(pins) {
         detach(pins, &host)?;
     }
@@ -309,15 +329,37 @@ pub fn remove_all(pins: &Pins, unmount: bool) -> Result<(), BpfError> {
     ] {
         let _ = fs::remove_dir(d);
     }
-    if unmount {
-        nix::mount::umount2(&pins.root, nix::mount::MntFlags::MNT_DETACH).map_err(|source| {
+    let unmount = |at: &Path| {
+        nix::mount::umount2(at, nix::mount::MntFlags::MNT_DETACH).map_err(|source| {
             BpfError::Unmount {
-                path: pins.root.clone(),
+                path: at.to_path_buf(),
                 source,
             }
-        })?;
+        })
+    };
+    if mount == Some(pins.root.as_path()) {
+        if is_empty_dir(&pins.root) {
+            unmount(&pins.root)?;
+        }
+        let _ = fs::remove_dir(&pins.root);
+    } else {
+        // Only removes an empty dir: a user's own pins stay.
+        let _ = fs::remove_dir(&pins.root);
+        if let Some(m) = mount
+            && is_empty_dir(m)
+        {
+            unmount(m)?;
+        }
     }
-    // Only removes an empty dir: a user's own pins stay.
-    let _ = fs::remove_dir(&pins.root);
     Ok(())
+}
+
+/// Empty but for the iterator files the kernel preloads into every new bpffs.
+fn is_empty_dir(p: &Path) -> bool {
+    fs::read_dir(p)
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .all(|e| matches!(e.file_name().to_str(), Some("maps.debug" | "progs.debug")))
+        })
+        .unwrap_or(false)
 }

@@ -771,7 +771,7 @@ mod tests {
                 gateway: Ipv4Addr::new(169, 254, 1, 1),
                 gateway_mac: MacAddr::GATEWAY,
                 bpffs_dir: dir.join("bpffs"),
-                bpffs_mounted: false,
+                bpffs_mount: None,
                 attach_mode: AttachMode::Tcx,
             });
             l.save().unwrap();
@@ -891,8 +891,8 @@ mod tests {
             ("set_link_up", 1), // lo in the pod
             ("set_link_up", 2), // eth0 in the pod
             ("add_address", 1),
-            ("add_route", 1), // gateway link route in the pod
-            ("add_route", 2), // default route in the pod
+            ("add_route", 1),   // gateway link route in the pod
+            ("add_route", 2),   // default route in the pod
             ("set_link_up", 3), // host side
             ("add_route", 3),   // node /32 route
         ];
@@ -927,10 +927,7 @@ mod tests {
         for name in ["web", "", "a/b", &"x".repeat(64)] {
             assert!(w.add(name).is_err(), "{name:?}");
         }
-        assert!(matches!(
-            w.del("nope"),
-            Err(EndpointError::NotFound { .. })
-        ));
+        assert!(matches!(w.del("nope"), Err(EndpointError::NotFound { .. })));
         assert_eq!(w.snapshot(), before);
     }
 

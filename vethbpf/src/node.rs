@@ -112,15 +112,19 @@ pub fn up(locked: &mut Locked, req: &UpRequest, object: &[u8]) -> Result<UpRepor
         }
         let pins = Pins::new(&current.bpffs_dir);
         let mut action = "unchanged";
+        let mut bpffs_mount = current.bpffs_mount.clone();
         if !pins.is_loaded() {
             // The bpffs lost our pins (a reboot, a manual rm): load again.
-            bpf::ensure_bpffs(pins.root())?;
+            if let Some(m) = bpf::ensure_bpffs(pins.root())? {
+                bpffs_mount = Some(m);
+            }
             bpf::load_and_pin(&pins, object)?;
             action = "reloaded";
         }
         let config = NodeConfig {
             pod_cidr: req.pod_cidr,
             gateway: req.gateway,
+            bpffs_mount,
             ..current.clone()
         };
         let mut maps = Maps::open(&pins)?;
@@ -147,7 +151,7 @@ pub fn up(locked: &mut Locked, req: &UpRequest, object: &[u8]) -> Result<UpRepor
         gateway: req.gateway,
         gateway_mac: MacAddr::GATEWAY,
         bpffs_dir: req.bpffs_dir.clone(),
-        bpffs_mounted: mounted,
+        bpffs_mount: mounted.clone(),
         attach_mode: bpf::attach_mode(),
     };
     let loaded = (|| {
@@ -168,7 +172,7 @@ pub fn up(locked: &mut Locked, req: &UpRequest, object: &[u8]) -> Result<UpRepor
         }
         Err(e) => {
             locked.state.node = None;
-            let _ = bpf::remove_all(&pins, mounted);
+            let _ = bpf::remove_all(&pins, mounted.as_deref());
             Err(e)
         }
     }
@@ -196,7 +200,7 @@ pub fn down(
         endpoint::del(env, &mut locked, &name)?;
         removed.push(name);
     }
-    bpf::remove_all(&Pins::new(&node.bpffs_dir), node.bpffs_mounted)?;
+    bpf::remove_all(&Pins::new(&node.bpffs_dir), node.bpffs_mount.as_deref())?;
     state_dir.remove(locked)?;
     Ok(DownReport {
         was_up: true,

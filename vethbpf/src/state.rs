@@ -75,8 +75,9 @@ pub struct NodeConfig {
     pub gateway: Ipv4Addr,
     pub gateway_mac: MacAddr,
     pub bpffs_dir: PathBuf,
-    /// `up` mounted a bpffs at `bpffs_dir` (so `down` unmounts it).
-    pub bpffs_mounted: bool,
+    /// Where `up` mounted a bpffs (`bpffs_dir` or /sys/fs/bpf), so that `down`
+    /// unmounts it; `None` if one was there already.
+    pub bpffs_mount: Option<PathBuf>,
     pub attach_mode: AttachMode,
 }
 
