@@ -302,10 +302,7 @@ pub fn status(locked: &Locked) -> Result<Status, NodeError> {
             AttachmentStatus {
                 endpoint: e.name.clone(),
                 host_veth: e.host_veth.clone(),
-                mode: match node.attach_mode {
-                    crate::state::AttachMode::Tcx => "tcx",
-                    crate::state::AttachMode::Netlink => "netlink",
-                },
+                mode: node.attach_mode.name(),
                 link_id: ids.map(|(l, _)| l),
                 program_id: ids.map(|(_, p)| p),
             }

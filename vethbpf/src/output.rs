@@ -146,12 +146,12 @@ pub fn status(out: Output, s: &Status) -> Result<()> {
         return Ok(());
     };
     println!(
-        "node: up  pod CIDR {}  gateway {} ({})  bpffs {}  attach {:?}  endpoints {}",
+        "node: up  pod CIDR {}  gateway {} ({})  bpffs {}  attach {}  endpoints {}",
         node.pod_cidr,
         node.gateway,
         node.gateway_mac,
         node.bpffs_dir.display(),
-        node.attach_mode,
+        node.attach_mode.name(),
         s.endpoints
     );
     println!();
