@@ -16,7 +16,9 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use aya::programs::links::{FdLink, PinnedLink};
-use aya::programs::tc::{self, SchedClassifier, TcAttachOptions, TcAttachType};
+use aya::programs::tc::{
+    self, SchedClassifier, SchedClassifierLink, TcAttachOptions, TcAttachType,
+};
 use aya::programs::{LinkOrder, ProgramError, ProgramInfo};
 use aya::util::KernelVersion;
 use aya::{EbpfLoader, pin::PinError};
@@ -211,6 +213,69 @@ pub fn load_and_pin(pins: &Pins, object: &[u8]) -> Result<ProgramInfo, BpfError>
     prog.pin(&path)
         .map_err(|source| BpfError::Pin { path, source })?;
     prog.info().map_err(BpfError::Program)
+}
+
+/// Upgrades the datapath in place: loads the embedded object (reusing the pinned
+/// maps, so no entry or counter is lost), swaps the program of every pinned TCX link
+/// atomically with `BPF_LINK_UPDATE` (traffic never sees a moment without a
+/// program), then replaces the program pin. Returns the new program and how many
+/// links now run it.
+pub fn replace(pins: &Pins, object: &[u8]) -> Result<(ProgramInfo, usize), BpfError> {
+    let map_paths: Vec<(&str, PathBuf)> = ALL_MAPS.iter().map(|m| (*m, pins.map(m))).collect();
+    let mut loader = EbpfLoader::new();
+    for (name, path) in &map_paths {
+        loader.map_pin_path(name, path.as_path());
+    }
+    let mut ebpf = loader.load(object).map_err(BpfError::Load)?;
+    let prog: &mut SchedClassifier = ebpf
+        .program_mut(PROG_FROM_POD)
+        .ok_or(BpfError::MissingProgram)?
+        .try_into()
+        .map_err(BpfError::Program)?;
+    prog.load().map_err(BpfError::Program)?;
+    // Pin under a temporary name first (bpffs reserves '.' in names), so a failure
+    // there changes nothing; renamed over the old pin at the end: a reader sees the
+    // old or the new program, never none.
+    let path = pins.program();
+    let tmp = pins.root.join("progs").join(format!("{PROG_FROM_POD}_new"));
+    let _ = fs::remove_file(&tmp);
+    prog.pin(&tmp).map_err(|source| BpfError::Pin {
+        path: tmp.clone(),
+        source,
+    })?;
+    let mut updated = 0;
+    for host in pinned_links(pins) {
+        let path = pins.link(&host);
+        let link_err = |source| BpfError::Link {
+            path: path.clone(),
+            source,
+        };
+        let swapped = (|| {
+            let pinned = PinnedLink::from_pin(&path).map_err(link_err)?;
+            let link = SchedClassifierLink::try_from(FdLink::from(pinned)).map_err(link_err)?;
+            let id = prog
+                .attach_to_link(link)
+                .map_err(|source| BpfError::Attach {
+                    ifname: host.clone(),
+                    source,
+                })?;
+            // The pin keeps the link; our handle to it can go.
+            let taken = prog.take_link(id).map_err(BpfError::Program)?;
+            let _fd: FdLink = taken.try_into().map_err(link_err)?;
+            Ok::<_, BpfError>(())
+        })();
+        if let Err(e) = swapped {
+            // Links swapped so far run the new (valid) program; the old pin stays.
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
+        updated += 1;
+    }
+    fs::rename(&tmp, &path).map_err(|source| BpfError::Remove {
+        path: tmp.clone(),
+        source,
+    })?;
+    Ok((prog.info().map_err(BpfError::Program)?, updated))
 }
 
 /// Information about the pinned program.

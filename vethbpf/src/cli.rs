@@ -92,6 +92,11 @@ pub struct UpArgs {
     /// ARP for it with the gateway MAC.
     #[arg(long, default_value = DEFAULT_GATEWAY, value_name = "IP")]
     pub gateway: Ipv4Addr,
+    /// On a node that is up, upgrade the loaded program to this binary's: maps and
+    /// their entries are kept, every TCX link switches atomically (no packet sees a
+    /// moment without a program).
+    #[arg(long)]
+    pub replace: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -219,6 +224,7 @@ pub fn run(cli: Cli, bpffs_explicit: bool) -> Result<()> {
                     pod_cidr: args.pod_cidr.trunc(),
                     gateway: args.gateway,
                     bpffs_dir: cli.bpffs_dir.clone(),
+                    replace: args.replace,
                 },
                 crate::EBPF_OBJECT,
             )

@@ -58,13 +58,15 @@ pub struct UpRequest {
     pub pod_cidr: Ipv4Net,
     pub gateway: Ipv4Addr,
     pub bpffs_dir: PathBuf,
+    /// Upgrade the loaded program to this build's, atomically on every link.
+    pub replace: bool,
 }
 
 /// What `up` did.
 #[derive(Clone, Debug, Serialize)]
 pub struct UpReport {
-    /// `loaded` (fresh), `reloaded` (pins were missing), `reconfigured`, or
-    /// `unchanged`.
+    /// `loaded` (fresh), `reloaded` (pins were missing), `replaced` (program
+    /// upgraded in place), `reconfigured`, or `unchanged`.
     pub action: &'static str,
     pub config: NodeConfig,
     pub program_id: Option<u32>,
@@ -120,6 +122,10 @@ pub fn up(locked: &mut Locked, req: &UpRequest, object: &[u8]) -> Result<UpRepor
             }
             bpf::load_and_pin(&pins, object)?;
             action = "reloaded";
+        } else if req.replace {
+            let (info, links) = bpf::replace(&pins, object)?;
+            info!(program_id = info.id(), links, "program replaced");
+            action = "replaced";
         }
         let config = NodeConfig {
             pod_cidr: req.pod_cidr,
@@ -128,7 +134,7 @@ pub fn up(locked: &mut Locked, req: &UpRequest, object: &[u8]) -> Result<UpRepor
             ..current.clone()
         };
         let mut maps = Maps::open(&pins)?;
-        if config != current || action == "reloaded" {
+        if config != current || action != "unchanged" {
             maps.set_config(&kernel_config(&config))?;
             locked.state.node = Some(config.clone());
             locked.save()?;

@@ -42,6 +42,7 @@ pub fn up(out: Output, r: &UpReport) -> Result<()> {
     let what = match r.action {
         "loaded" => "datapath loaded",
         "reloaded" => "datapath pins were missing: loaded again",
+        "replaced" => "program replaced on every link; maps kept",
         "reconfigured" => "node config updated",
         _ => "node is already up; nothing changed",
     };
