@@ -10,7 +10,7 @@ use std::{
     net::Ipv4Addr,
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
-    sync::atomic::{AtomicBool, Ordering},
+    sync::atomic::{AtomicBool, AtomicUsize, Ordering},
     thread,
     time::{Duration, Instant},
 };
@@ -50,8 +50,12 @@ pub fn install_signal_handlers() -> Result<()> {
     Ok(())
 }
 
+/// Teardowns in progress. While one runs, Ctrl-C no longer aborts commands: the
+/// undo steps (`vethbpf down`, CNI DEL, ...) must finish.
+static TEARING_DOWN: AtomicUsize = AtomicUsize::new(0);
+
 pub fn interrupted() -> bool {
-    INTERRUPTED.load(Ordering::SeqCst)
+    INTERRUPTED.load(Ordering::SeqCst) && TEARING_DOWN.load(Ordering::SeqCst) == 0
 }
 
 /// Fails once Ctrl-C was pressed; called between steps so the run stops promptly.
@@ -100,11 +104,13 @@ impl Teardown {
 
     /// Run all steps now, newest first, reporting (not stopping at) failures.
     pub fn run(&mut self) {
+        TEARING_DOWN.fetch_add(1, Ordering::SeqCst);
         while let Some((what, step)) = self.steps.pop() {
             if let Err(e) = step() {
                 eprintln!("  teardown {}: {what}: {e:#}", self.label);
             }
         }
+        TEARING_DOWN.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
