@@ -163,6 +163,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             "testrun_runs_per_path": plan.tc_runs, "testrun_batch": progcost::BATCH, "quick": args.quick,
         }),
         elapsed_s: 0.0,
+        loadavg_at_end: String::new(),
         contenders: Vec::new(),
         datapath_samples: Vec::new(),
         datapath_summary: Vec::new(),
@@ -220,6 +221,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
 
     results.targets = targets(&results);
     results.elapsed_s = started.elapsed().as_secs_f64();
+    results.loadavg_at_end = fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
     let out = if args.out.is_absolute() {
         args.out.clone()
     } else {

@@ -229,6 +229,9 @@ pub struct Results {
     pub machine: Machine,
     pub settings: serde_json::Value,
     pub elapsed_s: f64,
+    /// Load average when the run ended: with `machine.loadavg_at_start`, shows whether
+    /// the machine was quiet.
+    pub loadavg_at_end: String,
     /// Contender name -> "ok" or why it was skipped.
     pub contenders: Vec<(String, String, String)>,
     pub datapath_samples: Vec<DpSample>,
@@ -315,7 +318,11 @@ pub fn render(r: &Results) -> String {
         "machine: {} ({} CPUs, {:.1} GiB), kernel {}, {}; load at start {}",
         m.cpu, m.cpus, m.memory_gib, m.kernel, m.os, m.loadavg_at_start
     );
-    let _ = writeln!(out, "command: {}   ({:.0} s)", r.command, r.elapsed_s);
+    let _ = writeln!(
+        out,
+        "command: {}   ({:.0} s; load at end {})",
+        r.command, r.elapsed_s, r.loadavg_at_end
+    );
     for (name, desc, status) in &r.contenders {
         let _ = writeln!(
             out,
