@@ -11,6 +11,15 @@ use crate::{
 };
 
 pub fn test(extra: &[OsString]) -> Result<()> {
+    // Loading programs, making namespaces and installing packages all need root; say
+    // so once instead of through dozens of EPERMs.
+    let uid = capture(Command::new("id").arg("-u")).context("asking `id -u` who we are")?;
+    if uid.trim() != "0" {
+        bail!(
+            "`cargo xtask test` must run as root (uid 0), not uid {}",
+            uid.trim()
+        );
+    }
     deps::install_deps()?;
     ebpf::build_ebpf()?;
 
