@@ -26,7 +26,7 @@ use crate::ipam::{self, IpamError};
 use crate::maps::{EndpointCounters, Maps, MapsError};
 use crate::netlink::{Netlink, NetlinkError, RouteSpec};
 use crate::netns::{self, NetnsError};
-use crate::state::{AttachMode, EndpointRecord, Locked, NodeConfig, StateError};
+use crate::state::{AttachMode, CniAttachment, EndpointRecord, Locked, NodeConfig, StateError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EndpointError {
@@ -207,6 +207,17 @@ pub fn add(
     locked: &mut Locked,
     req: &AddRequest,
 ) -> Result<EndpointRecord, EndpointError> {
+    add_tagged(env, locked, req, None)
+}
+
+/// [`add`], recording the CNI attachment the endpoint belongs to (the CNI plugin's
+/// ADD), in the same state write as the endpoint itself.
+pub fn add_tagged(
+    env: &mut Env<'_>,
+    locked: &mut Locked,
+    req: &AddRequest,
+    cni: Option<CniAttachment>,
+) -> Result<EndpointRecord, EndpointError> {
     // Checks that change nothing.
     ident::validate_endpoint_name(&req.name)?;
     ident::validate_ifname(&req.ifname)?;
@@ -271,6 +282,7 @@ pub fn add(
             host,
             peer,
             existing_netns,
+            cni,
         },
         &mut undo,
     );
@@ -286,6 +298,7 @@ struct AddPlan {
     host: String,
     peer: String,
     existing_netns: Option<PathBuf>,
+    cni: Option<CniAttachment>,
 }
 
 fn add_steps(
@@ -302,6 +315,7 @@ fn add_steps(
         host,
         peer,
         existing_netns,
+        cni,
     } = plan;
     let (netns, netns_created) = match existing_netns {
         Some(path) => (path, false),
@@ -385,6 +399,7 @@ fn add_steps(
         netns,
         netns_created,
         ifname: req.ifname.clone(),
+        cni,
     };
     locked
         .state

@@ -17,6 +17,7 @@
 
 pub mod bpf;
 pub mod cli;
+pub mod cni;
 pub mod demo;
 pub mod endpoint;
 pub mod ident;

@@ -9,6 +9,10 @@ fn main() -> ExitCode {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+    // A container runtime runs plugins with CNI_COMMAND set (and no arguments).
+    if vethbpf::cni::invoked_as_plugin() {
+        return vethbpf::cni::main();
+    }
     let (cli, bpffs_explicit) = vethbpf::cli::parse();
     let default = match cli.verbose {
         0 => "warn",

@@ -50,6 +50,8 @@ pub enum StateError {
     },
     #[error("the state file {path} has version {found}; this vethbpf understands {STATE_VERSION}")]
     Version { path: PathBuf, found: u32 },
+    #[error("{path} stayed locked by another vethbpf command for {secs} s")]
+    Busy { path: PathBuf, secs: u64 },
     #[error("cannot write {path}: {source}")]
     Write {
         path: PathBuf,
@@ -106,6 +108,23 @@ pub struct EndpointRecord {
     pub netns_created: bool,
     /// Interface name inside the pod.
     pub ifname: String,
+    /// Set when the endpoint was made by the CNI plugin (`vethbpf` run with
+    /// `CNI_COMMAND`): which attachment it is, so that DEL and GC find it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cni: Option<CniAttachment>,
+}
+
+/// The CNI attachment an endpoint belongs to: `(CNI_CONTAINERID, CNI_IFNAME)` on the
+/// network `network`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CniAttachment {
+    pub container_id: String,
+    pub ifname: String,
+    /// The network configuration's `name`.
+    pub network: String,
+    /// The delegated IPAM plugin (`ipam.type`) that gave the address, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipam: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -150,6 +169,17 @@ impl StateDir {
     /// Takes the exclusive lock (waiting for other vethbpf commands) and reads the
     /// state; a missing file is an empty state.
     pub fn lock(&self) -> Result<Locked, StateError> {
+        self.lock_within(None)
+    }
+
+    /// Like [`StateDir::lock`], but gives up with [`StateError::Busy`] when the
+    /// lock is still held by someone else after `timeout` (CNI calls answer "try
+    /// again later" rather than hang a runtime).
+    pub fn lock_timeout(&self, timeout: std::time::Duration) -> Result<Locked, StateError> {
+        self.lock_within(Some(timeout))
+    }
+
+    fn lock_within(&self, timeout: Option<std::time::Duration>) -> Result<Locked, StateError> {
         fs::create_dir_all(&self.dir).map_err(|source| StateError::CreateDir {
             path: self.dir.clone(),
             source,
@@ -165,8 +195,30 @@ impl StateDir {
             .write(true)
             .open(&lock_path)
             .map_err(lock_err)?;
-        let lock = Flock::lock(file, FlockArg::LockExclusive)
-            .map_err(|(_, errno)| lock_err(io::Error::from(errno)))?;
+        let lock = match timeout {
+            None => Flock::lock(file, FlockArg::LockExclusive)
+                .map_err(|(_, errno)| lock_err(io::Error::from(errno)))?,
+            Some(timeout) => {
+                let start = std::time::Instant::now();
+                let mut file = file;
+                loop {
+                    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+                        Ok(lock) => break lock,
+                        Err((f, nix::errno::Errno::EWOULDBLOCK)) => {
+                            if start.elapsed() >= timeout {
+                                return Err(StateError::Busy {
+                                    path: lock_path.clone(),
+                                    secs: timeout.as_secs(),
+                                });
+                            }
+                            file = f;
+                            std::thread::sleep(std::time::Duration::from_millis(20));
+                        }
+                        Err((_, errno)) => return Err(lock_err(io::Error::from(errno))),
+                    }
+                }
+            }
+        };
         let path = self.dir.join(STATE_FILE);
         let state = read_state(&path)?;
         Ok(Locked {
@@ -279,6 +331,7 @@ mod tests {
             netns: "/run/netns/x".into(),
             netns_created: true,
             ifname: "eth0".into(),
+            cni: None,
         }
     }
 
@@ -297,6 +350,23 @@ mod tests {
         assert_eq!(l.state.endpoints["a"].ip, Ipv4Addr::new(10, 244, 0, 2));
         sd.remove(l).unwrap();
         assert!(!dir.exists());
+    }
+
+    #[test]
+    fn lock_timeout_gives_up_while_another_holds_the_lock() {
+        let dir = tempdir();
+        let sd = StateDir::new(&dir);
+        let held = sd.lock().unwrap();
+        let err = sd
+            .lock_timeout(std::time::Duration::from_millis(100))
+            .err()
+            .unwrap();
+        assert!(matches!(err, StateError::Busy { .. }), "{err}");
+        drop(held);
+        let l = sd
+            .lock_timeout(std::time::Duration::from_millis(100))
+            .unwrap();
+        sd.remove(l).unwrap();
     }
 
     #[test]

@@ -1,0 +1,744 @@
+//! The CNI commands on top of the library: `up` on first use, `endpoint::add_tagged`
+//! and `endpoint::del` under the state lock, CHECK against `prevResult` and the
+//! kernel, STATUS, GC, and IPAM delegation.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::Ipv4Net;
+use serde_json::{Map, Value};
+use vethbpf_common::{ROUTE_KIND_LOCAL, ipv4_to_map};
+
+use super::delegate::{CallEnv, Delegate};
+use super::types::{
+    CniResult, Dns, Interface, IpConfig, LATEST_VERSION, RouteEntry, SUPPORTED_VERSIONS,
+};
+use super::{CniError, NetConf, Params};
+use crate::bpf::{self, Pins};
+use crate::cli::{DEFAULT_BPFFS_DIR, DEFAULT_GATEWAY, DEFAULT_POD_CIDR, DEFAULT_STATE_DIR};
+use crate::endpoint::{self, AddRequest, EndpointError, Env, KernelNamespaces, PinnedDatapath};
+use crate::ident::{self, MacAddr};
+use crate::maps::Maps;
+use crate::netlink::{Netlink, RouteSpec, RtNetlink};
+use crate::node::{self, UpRequest};
+use crate::state::{
+    AttachMode, CniAttachment, EndpointRecord, Locked, NodeConfig, STATE_FILE, StateDir,
+};
+
+/// How long a call waits for another vethbpf command to release the state lock
+/// before answering "try again later" (code 11).
+pub const LOCK_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Logging goes to stderr (stdout is the protocol's): warnings by default,
+/// `RUST_LOG` for more.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter)
+        .try_init();
+}
+
+/// VERSION: stdin may be empty or `{"cniVersion": ...}`.
+pub fn version(stdin: &[u8]) -> Result<Value, CniError> {
+    let requested = if stdin.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        let v: Value =
+            serde_json::from_slice(stdin).map_err(|e| CniError::Decode(e.to_string()))?;
+        v.get("cniVersion")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    };
+    Ok(serde_json::json!({
+        "cniVersion": requested.unwrap_or_else(|| LATEST_VERSION.to_string()),
+        "supportedVersions": SUPPORTED_VERSIONS,
+    }))
+}
+
+/// The endpoint name of an attachment: `CONTAINERID-IFNAME` when that is a valid
+/// endpoint name (1-63 of `[A-Za-z0-9_.-]`), else the first 12 characters of the
+/// container ID, the interface name's allowed characters and a 64-bit hash of both
+/// (container IDs of podman, containerd and CRI-O are 64 hex digits).
+pub fn endpoint_name(container_id: &str, ifname: &str) -> String {
+    let plain = format!("{container_id}-{ifname}");
+    if ident::validate_endpoint_name(&plain).is_ok() {
+        return plain;
+    }
+    let allowed = |c: &char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    let cid: String = container_id.chars().filter(allowed).take(12).collect();
+    let ifn: String = ifname.chars().filter(allowed).take(15).collect();
+    // FNV-1a over both, separated by a byte neither can contain.
+    let hash = container_id
+        .bytes()
+        .chain([0])
+        .chain(ifname.bytes())
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+    format!("{cid}-{ifn}-{hash:016x}")
+}
+
+fn state_dir(conf: &NetConf) -> PathBuf {
+    conf.state_dir
+        .clone()
+        .or_else(|| std::env::var_os("VETHBPF_STATE_DIR").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR))
+}
+
+fn default_bpffs_dir() -> PathBuf {
+    std::env::var_os("VETHBPF_BPFFS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_BPFFS_DIR))
+}
+
+fn is_up(dir: &Path) -> bool {
+    dir.join(STATE_FILE).exists()
+}
+
+fn lock(dir: &Path) -> Result<Locked, CniError> {
+    Ok(StateDir::new(dir).lock_timeout(LOCK_TIMEOUT)?)
+}
+
+fn required<'a>(v: &'a Option<String>, name: &str) -> Result<&'a str, CniError> {
+    v.as_deref().ok_or_else(|| CniError::Env {
+        msg: format!("required environment variable {name} is missing"),
+    })
+}
+
+/// `up` with the configuration's settings (the node's own where the configuration
+/// names none), unless the node is up with them already.
+fn ensure_up(locked: &mut Locked, conf: &NetConf) -> Result<NodeConfig, CniError> {
+    let current = locked.state.node.clone();
+    let default_cidr: Ipv4Net = DEFAULT_POD_CIDR
+        .parse()
+        .map_err(|_| CniError::Config(format!("bad default pod CIDR {DEFAULT_POD_CIDR}")))?;
+    let default_gw: Ipv4Addr = DEFAULT_GATEWAY
+        .parse()
+        .map_err(|_| CniError::Config(format!("bad default gateway {DEFAULT_GATEWAY}")))?;
+    let req = UpRequest {
+        pod_cidr: conf
+            .pod_cidr
+            .or(current.as_ref().map(|n| n.pod_cidr))
+            .unwrap_or(default_cidr),
+        gateway: conf
+            .gateway
+            .or(current.as_ref().map(|n| n.gateway))
+            .unwrap_or(default_gw),
+        bpffs_dir: conf
+            .bpffs_dir
+            .clone()
+            .or(current.as_ref().map(|n| n.bpffs_dir.clone()))
+            .unwrap_or_else(default_bpffs_dir),
+        replace: false,
+    };
+    if let Some(n) = &current
+        && n.pod_cidr == req.pod_cidr
+        && n.gateway == req.gateway
+        && n.bpffs_dir == req.bpffs_dir
+        && Pins::new(&n.bpffs_dir).is_loaded()
+    {
+        return Ok(n.clone());
+    }
+    let report = node::up(locked, &req, crate::EBPF_OBJECT)?;
+    tracing::info!(
+        action = report.action,
+        "vethbpf up (first use by the CNI plugin)"
+    );
+    Ok(report.config)
+}
+
+/// The node's config with its datapath loaded (reloaded if the pins are gone),
+/// without applying the configuration's settings: DEL and GC must work even if the
+/// configuration changed since ADD.
+fn loaded_node(locked: &mut Locked) -> Result<Option<NodeConfig>, CniError> {
+    let Some(n) = locked.state.node.clone() else {
+        return Ok(None);
+    };
+    if Pins::new(&n.bpffs_dir).is_loaded() {
+        return Ok(Some(n));
+    }
+    let req = UpRequest {
+        pod_cidr: n.pod_cidr,
+        gateway: n.gateway,
+        bpffs_dir: n.bpffs_dir.clone(),
+        replace: false,
+    };
+    Ok(Some(node::up(locked, &req, crate::EBPF_OBJECT)?.config))
+}
+
+/// Runs `f` with the real kernel behind the endpoint traits.
+fn with_env<T>(
+    node: &NodeConfig,
+    f: impl FnOnce(&mut Env<'_>) -> Result<T, CniError>,
+) -> Result<T, CniError> {
+    let mut nl = RtNetlink::connect()?;
+    let mut ns = KernelNamespaces;
+    let mut dp = PinnedDatapath::open(node)?;
+    let mut env = Env {
+        node: &mut nl,
+        ns: &mut ns,
+        dp: &mut dp,
+    };
+    f(&mut env)
+}
+
+/// The endpoint of attachment `(container_id, ifname)`, if vethbpf has one.
+fn attachment(locked: &Locked, container_id: &str, ifname: &str) -> Option<EndpointRecord> {
+    locked
+        .state
+        .endpoints
+        .get(&endpoint_name(container_id, ifname))
+        .filter(|r| {
+            r.cni
+                .as_ref()
+                .is_some_and(|c| c.container_id == container_id && c.ifname == ifname)
+        })
+        .cloned()
+}
+
+fn delegate(p: &Params, conf: &NetConf) -> Result<Option<Delegate>, CniError> {
+    conf.ipam_type
+        .as_deref()
+        .map(|t| Delegate::new(t, &p.path, &conf.raw, &conf.cni_version))
+        .transpose()
+}
+
+/// ADD: the endpoint, and the result.
+pub fn add(p: &Params, conf: &NetConf) -> Result<Value, CniError> {
+    let cid = required(&p.container_id, "CNI_CONTAINERID")?;
+    let ifname = required(&p.ifname, "CNI_IFNAME")?;
+    let netns = required(&p.netns, "CNI_NETNS")?;
+    let prev = conf
+        .prev_result
+        .as_ref()
+        .map(CniResult::from_value)
+        .transpose()?;
+    let requested_ip = p.requested_ip()?.or(conf.runtime_ips.first().copied());
+
+    let mut locked = lock(&state_dir(conf))?;
+    let node = ensure_up(&mut locked, conf)?;
+    let name = endpoint_name(cid, ifname);
+    if locked.state.endpoints.contains_key(&name) {
+        return Err(EndpointError::Duplicate { name }.into());
+    }
+    let delegate = delegate(p, conf)?;
+    let (ip, ipam_dns) = match &delegate {
+        Some(d) => {
+            let (ip, result) = d.add()?;
+            (Some(ip), result.dns)
+        }
+        None => (requested_ip, Dns::default()),
+    };
+    let req = AddRequest {
+        name,
+        ip,
+        netns: Some(netns.to_string()),
+        ifname: ifname.to_string(),
+    };
+    let tag = CniAttachment {
+        container_id: cid.to_string(),
+        ifname: ifname.to_string(),
+        network: conf.name.clone(),
+        ipam: conf.ipam_type.clone(),
+    };
+    let added = with_env(&node, |env| {
+        Ok(endpoint::add_tagged(env, &mut locked, &req, Some(tag))?)
+    });
+    let rec = match added {
+        Ok(rec) => rec,
+        Err(e) => {
+            // The delegated allocation must not outlive the failed ADD.
+            if let Some(d) = &delegate
+                && let Err(del) = d.call("DEL", &CallEnv::default())
+            {
+                tracing::warn!(error = %del, "IPAM DEL after a failed ADD failed");
+            }
+            return Err(e);
+        }
+    };
+    let dns = if ipam_dns.is_empty() {
+        conf.dns.clone()
+    } else {
+        ipam_dns
+    };
+    let result = build_result(prev, &rec, &node, netns, dns).for_version(&conf.cni_version);
+    serde_json::to_value(result).map_err(|e| CniError::Decode(e.to_string()))
+}
+
+fn build_result(
+    prev: Option<CniResult>,
+    rec: &EndpointRecord,
+    node: &NodeConfig,
+    netns: &str,
+    dns: Dns,
+) -> CniResult {
+    let mut r = prev.unwrap_or(CniResult {
+        cni_version: String::new(),
+        interfaces: vec![],
+        ips: vec![],
+        routes: vec![],
+        dns: Dns::default(),
+        extra: Map::new(),
+    });
+    let base = r.interfaces.len();
+    r.interfaces.push(Interface {
+        name: rec.host_veth.clone(),
+        mac: Some(node.gateway_mac.to_string()),
+        sandbox: None,
+        extra: Map::new(),
+    });
+    r.interfaces.push(Interface {
+        name: rec.ifname.clone(),
+        mac: Some(rec.pod_mac.to_string()),
+        sandbox: Some(netns.to_string()),
+        extra: Map::new(),
+    });
+    r.ips.push(IpConfig {
+        version: None,
+        address: format!("{}/32", rec.ip),
+        gateway: Some(node.gateway.to_string()),
+        interface: Some(base + 1),
+        extra: Map::new(),
+    });
+    r.routes.push(RouteEntry {
+        dst: "0.0.0.0/0".into(),
+        gw: Some(node.gateway.to_string()),
+        extra: Map::new(),
+    });
+    if !dns.is_empty() {
+        r.dns = dns;
+    }
+    r
+}
+
+/// DEL: idempotent; an unknown attachment, a namespace or link already gone, or a
+/// node that was never up are all success. The IPAM plugin gets its DEL in every
+/// case.
+pub fn del(p: &Params, conf: &NetConf) -> Result<(), CniError> {
+    let cid = required(&p.container_id, "CNI_CONTAINERID")?;
+    let ifname = required(&p.ifname, "CNI_IFNAME")?;
+    let dir = state_dir(conf);
+    // Before the first ADD there is no state dir, and DEL must not make one.
+    if is_up(&dir) {
+        let mut locked = lock(&dir)?;
+        if let Some(rec) = attachment(&locked, cid, ifname)
+            && let Some(node) = loaded_node(&mut locked)?
+        {
+            with_env(&node, |env| {
+                endpoint::del(env, &mut locked, &rec.name)?;
+                Ok(())
+            })?;
+        }
+    }
+    if let Some(d) = delegate(p, conf)? {
+        d.call("DEL", &CallEnv::default())?;
+    }
+    Ok(())
+}
+
+/// What CHECK reads inside the pod.
+struct PodView {
+    link: Option<crate::netlink::LinkInfo>,
+    addrs: Vec<Ipv4Net>,
+    routes: Vec<RouteSpec>,
+}
+
+fn parse_mac(s: Option<&str>) -> Option<MacAddr> {
+    s.and_then(|m| m.to_ascii_lowercase().parse().ok())
+}
+
+/// CHECK: `prevResult` against the endpoint record, then the pod side, the host
+/// side, the attachment and the map entries against both. Every difference is
+/// reported, not only the first.
+pub fn check(p: &Params, conf: &NetConf) -> Result<(), CniError> {
+    let cid = required(&p.container_id, "CNI_CONTAINERID")?;
+    let ifname = required(&p.ifname, "CNI_IFNAME")?;
+    let netns = required(&p.netns, "CNI_NETNS")?;
+    let prev = conf
+        .prev_result
+        .as_ref()
+        .ok_or_else(|| CniError::Config("CHECK needs prevResult (the result of ADD)".into()))?;
+    let prev = CniResult::from_value(prev)?;
+    let dir = state_dir(conf);
+    if !is_up(&dir) {
+        return Err(CniError::Check(vec![format!(
+            "the node is not up (no state in {})",
+            dir.display()
+        )]));
+    }
+    let locked = lock(&dir)?;
+    let node = locked
+        .state
+        .node
+        .clone()
+        .ok_or_else(|| CniError::Check(vec!["the node is not up".into()]))?;
+    let rec = attachment(&locked, cid, ifname).ok_or_else(|| {
+        CniError::Check(vec![format!(
+            "vethbpf has no endpoint for container {cid} interface {ifname}"
+        )])
+    })?;
+    let mut bad = Vec::new();
+
+    // prevResult against the record.
+    let expected_ip = Ipv4Net::from(rec.ip);
+    match prev
+        .interfaces
+        .iter()
+        .position(|i| i.name == ifname && i.sandbox.as_deref() == Some(netns))
+    {
+        None => bad.push(format!(
+            "prevResult has no interface {ifname} with sandbox {netns}"
+        )),
+        Some(index) => {
+            if parse_mac(prev.interfaces[index].mac.as_deref()) != Some(rec.pod_mac) {
+                bad.push(format!(
+                    "prevResult gives {ifname} the MAC {:?}, the endpoint has {}",
+                    prev.interfaces[index].mac, rec.pod_mac
+                ));
+            }
+            let ips: Vec<&IpConfig> = prev
+                .ips
+                .iter()
+                .filter(|ip| ip.interface == Some(index))
+                .collect();
+            if ips.is_empty() {
+                bad.push(format!("prevResult has no address on {ifname}"));
+            }
+            for ip in ips {
+                if ip.address.parse::<Ipv4Net>().ok() != Some(expected_ip) {
+                    bad.push(format!(
+                        "prevResult address {} is not the endpoint's {expected_ip}",
+                        ip.address
+                    ));
+                }
+            }
+        }
+    }
+    if !prev
+        .interfaces
+        .iter()
+        .any(|i| i.name == rec.host_veth && i.sandbox.as_deref().unwrap_or("").is_empty())
+    {
+        bad.push(format!(
+            "prevResult has no host interface {}",
+            rec.host_veth
+        ));
+    }
+    if rec.netns != Path::new(netns) {
+        bad.push(format!(
+            "the endpoint is in {}, not in CNI_NETNS {netns}",
+            rec.netns.display()
+        ));
+    }
+
+    // Inside the pod.
+    let want_ifname = rec.ifname.clone();
+    let pod = crate::netns::with_netlink_in(&rec.netns, move |nl| {
+        let link = nl.link_by_name(&want_ifname)?;
+        let (addrs, routes) = match &link {
+            Some(l) => (
+                nl.addresses(Some(l.index))?
+                    .into_iter()
+                    .map(|(_, a)| a)
+                    .collect(),
+                nl.routes()?,
+            ),
+            None => (vec![], vec![]),
+        };
+        Ok::<_, CniError>(PodView {
+            link,
+            addrs,
+            routes,
+        })
+    });
+    match pod {
+        Err(e) => bad.push(format!("cannot look into {}: {e}", rec.netns.display())),
+        Ok(PodView { link: None, .. }) => bad.push(format!(
+            "there is no interface {} in {}",
+            rec.ifname,
+            rec.netns.display()
+        )),
+        Ok(PodView {
+            link: Some(link),
+            addrs,
+            routes,
+        }) => {
+            if !link.up {
+                bad.push(format!("{} is down in the pod", rec.ifname));
+            }
+            if link.mac != Some(rec.pod_mac.0) {
+                bad.push(format!(
+                    "{} has the MAC {:?}, expected {}",
+                    rec.ifname,
+                    link.mac.map(MacAddr),
+                    rec.pod_mac
+                ));
+            }
+            if !addrs.contains(&expected_ip) {
+                bad.push(format!("{} lacks the address {expected_ip}", rec.ifname));
+            }
+            let gw = Ipv4Net::from(node.gateway);
+            if !routes
+                .iter()
+                .any(|r| r.dst == gw && r.oif == link.index && r.gateway.is_none())
+            {
+                bad.push(format!(
+                    "the pod has no route to the gateway {}",
+                    node.gateway
+                ));
+            }
+            let has = |dst: Ipv4Net, via: Option<Ipv4Addr>| {
+                routes.iter().any(|r| {
+                    r.dst == dst && r.oif == link.index && (via.is_none() || r.gateway == via)
+                })
+            };
+            if !has(Ipv4Net::default(), Some(node.gateway)) {
+                bad.push(format!("the pod has no default route via {}", node.gateway));
+            }
+            for route in &prev.routes {
+                let (Ok(dst), via) = (
+                    route.dst.parse::<Ipv4Net>(),
+                    route.gw.as_deref().and_then(|g| g.parse().ok()),
+                ) else {
+                    continue; // IPv6: not ours
+                };
+                if !has(dst, via) {
+                    bad.push(format!(
+                        "the pod lacks the route {} of prevResult",
+                        route.dst
+                    ));
+                }
+            }
+        }
+    }
+
+    // The node side.
+    let mut nl = RtNetlink::connect()?;
+    match nl.link_by_name(&rec.host_veth)? {
+        None => bad.push(format!("the host veth {} is gone", rec.host_veth)),
+        Some(host) => {
+            if host.index != rec.host_ifindex {
+                bad.push(format!(
+                    "the host veth {} has index {}, the datapath knows {}",
+                    rec.host_veth, host.index, rec.host_ifindex
+                ));
+            }
+            if host.mac != Some(node.gateway_mac.0) {
+                bad.push(format!(
+                    "the host veth {} lost the gateway MAC",
+                    rec.host_veth
+                ));
+            }
+            if !host.up {
+                bad.push(format!("the host veth {} is down", rec.host_veth));
+            }
+            let to_pod = nl
+                .routes()?
+                .into_iter()
+                .any(|r| r.dst == expected_ip && r.oif == host.index && r.gateway.is_none());
+            if !to_pod {
+                bad.push(format!(
+                    "the node has no route {expected_ip} dev {}",
+                    rec.host_veth
+                ));
+            }
+        }
+    }
+
+    // The datapath: program, attachment, map entries.
+    let pins = Pins::new(&node.bpffs_dir);
+    if !pins.is_loaded() {
+        bad.push(format!(
+            "the datapath is not loaded in {}",
+            node.bpffs_dir.display()
+        ));
+    } else {
+        if node.attach_mode == AttachMode::Tcx {
+            let prog = bpf::program_info(&pins).ok().map(|i| i.id());
+            match bpf::link_ids(&pins, &rec.host_veth) {
+                None => bad.push(format!("no pinned TCX link on {}", rec.host_veth)),
+                Some((_, attached)) if Some(attached) != prog => bad.push(format!(
+                    "{} runs program {attached}, not the pinned {prog:?}",
+                    rec.host_veth
+                )),
+                Some(_) => {}
+            }
+        }
+        match Maps::open(&pins) {
+            Err(e) => bad.push(format!("cannot open the maps: {e}")),
+            Ok(maps) => {
+                let ip = ipv4_to_map(rec.ip.octets());
+                match maps.endpoint(rec.host_ifindex) {
+                    Some(e) if e.ip == ip && e.id == rec.id && e.mac == rec.pod_mac.0 => {}
+                    other => bad.push(format!(
+                        "ENDPOINTS[{}] is {other:?}, expected ip {}, id {}, mac {}",
+                        rec.host_ifindex, rec.ip, rec.id, rec.pod_mac
+                    )),
+                }
+                match maps.route(expected_ip) {
+                    Some(r)
+                        if r.kind == ROUTE_KIND_LOCAL
+                            && r.ifindex == rec.host_ifindex
+                            && r.endpoint_id == rec.id
+                            && r.mac == rec.pod_mac.0 => {}
+                    other => bad.push(format!(
+                        "ROUTES[{expected_ip}] is {other:?}, expected the local endpoint {} on ifindex {}",
+                        rec.id, rec.host_ifindex
+                    )),
+                }
+            }
+        }
+    }
+    drop(locked);
+
+    if let Some(d) = delegate(p, conf)? {
+        d.call("CHECK", &CallEnv::default())?;
+    }
+    if bad.is_empty() {
+        Ok(())
+    } else {
+        Err(CniError::Check(bad))
+    }
+}
+
+/// STATUS (1.1.0): ready when the node is up (or can be brought up: root) and the
+/// built-in allocator has a free address; the IPAM plugin's STATUS when it speaks
+/// 1.1.0.
+pub fn status(p: &Params, conf: &NetConf) -> Result<(), CniError> {
+    if let Some(d) = delegate(p, conf)?
+        && d.speaks(&conf.cni_version)
+    {
+        d.call("STATUS", &CallEnv::default())?;
+    }
+    let dir = state_dir(conf);
+    if is_up(&dir) {
+        let locked = lock(&dir)?;
+        if let Some(node) = &locked.state.node {
+            let endpoints = locked.state.endpoints.len();
+            if let Some(cidr) = conf.pod_cidr
+                && cidr != node.pod_cidr
+                && endpoints > 0
+            {
+                return Err(CniError::NotAvailable(format!(
+                    "the node is up with pod CIDR {} and {endpoints} endpoint(s); this network wants {cidr}",
+                    node.pod_cidr
+                )));
+            }
+            if conf.ipam_type.is_none() {
+                let used = locked.state.endpoints.values().map(|e| e.ip);
+                crate::ipam::allocate(node.pod_cidr, node.gateway, used)
+                    .map_err(|e| CniError::NotAvailable(e.to_string()))?;
+            }
+            // Lost pins (a reboot) are reloaded by the next ADD.
+            return Ok(());
+        }
+    }
+    if !nix::unistd::geteuid().is_root() {
+        return Err(CniError::NotAvailable(
+            "the node is not up and bringing it up needs root".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// GC (1.1.0): removes the endpoints this network's attachments made that are not
+/// in `cni.dev/valid-attachments` (and their delegated allocations), then passes GC
+/// on to the IPAM plugin if it speaks 1.1.0. Goes on past errors and reports them
+/// all.
+pub fn gc(p: &Params, conf: &NetConf) -> Result<(), CniError> {
+    let valid = conf
+        .valid_attachments
+        .as_ref()
+        .ok_or_else(|| CniError::Config("GC needs \"cni.dev/valid-attachments\"".into()))?;
+    let mut errors = Vec::new();
+    let delegate = delegate(p, conf)?;
+    let dir = state_dir(conf);
+    if is_up(&dir) {
+        let mut locked = lock(&dir)?;
+        let stale: Vec<EndpointRecord> = locked
+            .state
+            .endpoints
+            .values()
+            .filter(|r| {
+                r.cni.as_ref().is_some_and(|c| {
+                    c.network == conf.name
+                        && !valid
+                            .iter()
+                            .any(|v| v.container_id == c.container_id && v.ifname == c.ifname)
+                })
+            })
+            .cloned()
+            .collect();
+        if !stale.is_empty()
+            && let Some(node) = loaded_node(&mut locked)?
+        {
+            with_env(&node, |env| {
+                for rec in &stale {
+                    tracing::info!(endpoint = %rec.name, "GC: removing a stale attachment");
+                    if let Err(e) = endpoint::del(env, &mut locked, &rec.name) {
+                        errors.push(format!("endpoint {}: {e}", rec.name));
+                    }
+                    if let (Some(d), Some(c)) = (&delegate, &rec.cni)
+                        && c.ipam.is_some()
+                    {
+                        let call = CallEnv {
+                            container_id: Some(&c.container_id),
+                            ifname: Some(&c.ifname),
+                            netns: None,
+                        };
+                        if let Err(e) = d.call("DEL", &call) {
+                            errors.push(format!("IPAM DEL of {}: {e}", rec.name));
+                        }
+                    }
+                }
+                Ok(())
+            })?;
+        }
+    }
+    if let Some(d) = &delegate
+        && d.speaks(&conf.cni_version)
+        && let Err(e) = d.call("GC", &CallEnv::default())
+    {
+        errors.push(format!("IPAM GC: {e}"));
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(CniError::Gc(errors))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_names_are_valid_and_distinct() {
+        assert_eq!(endpoint_name("ctr1", "eth0"), "ctr1-eth0");
+        let long = "a".repeat(64);
+        let n = endpoint_name(&long, "eth0");
+        assert!(ident::validate_endpoint_name(&n).is_ok(), "{n}");
+        assert!(n.starts_with("aaaaaaaaaaaa-eth0-"), "{n}");
+        assert_ne!(n, endpoint_name(&long, "eth1"));
+        assert_ne!(n, endpoint_name(&"a".repeat(63), "eth0"));
+        // An interface name with characters an endpoint name cannot have.
+        let odd = endpoint_name("ctr1", "e@th0");
+        assert!(ident::validate_endpoint_name(&odd).is_ok(), "{odd}");
+        assert_ne!(odd, endpoint_name("ctr1", "eth0"));
+    }
+
+    #[test]
+    fn version_answers_with_the_requested_version() {
+        let v = version(br#"{"cniVersion":"1.0.0"}"#).unwrap();
+        assert_eq!(v["cniVersion"], "1.0.0");
+        assert_eq!(
+            v["supportedVersions"],
+            serde_json::json!(["0.4.0", "1.0.0", "1.1.0"])
+        );
+        assert_eq!(version(b"").unwrap()["cniVersion"], "1.1.0");
+        assert_eq!(version(b"{").unwrap_err().code(), 6);
+    }
+}
