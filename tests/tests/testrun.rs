@@ -986,7 +986,7 @@ fn random_frame(rng: &mut Rng) -> Vec<u8> {
 #[test]
 fn random_frames_are_never_redirected_anywhere_they_were_not_addressed() {
     let f = Fixture::new();
-    let seed = 0x5eed_0f_f00d_u64;
+    let seed = 0x005e_ed0f_f00d_u64;
     let mut rng = Rng(seed);
     let (mut redirected, mut rejected) = (0, 0);
     for n in 0..20_000 {
