@@ -3,15 +3,17 @@ use std::process::ExitCode;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
+    // A container runtime runs plugins with CNI_COMMAND set (and no arguments).
+    // Before the SIGPIPE change below: a delegated plugin that exits without
+    // reading its stdin must not kill the plugin.
+    if vethbpf::cni::invoked_as_plugin() {
+        return vethbpf::cni::main();
+    }
     // Die quietly on a closed stdout (`vethbpf endpoint list | head`) like other
     // command-line tools, instead of panicking in println!.
     // SAFETY: resetting a signal disposition before any thread exists.
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
-    // A container runtime runs plugins with CNI_COMMAND set (and no arguments).
-    if vethbpf::cni::invoked_as_plugin() {
-        return vethbpf::cni::main();
     }
     let (cli, bpffs_explicit) = vethbpf::cli::parse();
     let default = match cli.verbose {

@@ -16,7 +16,7 @@ pub mod ops;
 pub mod types;
 
 use std::ffi::OsStr;
-use std::io::{Read, Write};
+use std::io::{IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -326,18 +326,20 @@ pub fn run(params: &Params, stdin: &[u8]) -> Result<Option<serde_json::Value>, C
 /// the result or the error object on stdout.
 pub fn main() -> ExitCode {
     crate::cni::ops::init_logging();
-    let outcome = Params::from_env(|k| std::env::var(k).ok()).and_then(|params| {
-        let mut stdin = Vec::new();
+    // Read stdin first (unless a person runs us at a terminal), so that even an
+    // error about the environment carries the request's cniVersion.
+    let mut stdin = Vec::new();
+    let read = if std::io::stdin().is_terminal() {
+        Ok(())
+    } else {
         std::io::stdin()
             .read_to_end(&mut stdin)
-            .map_err(CniError::Io)?;
-        let r = run(&params, &stdin);
-        Ok((stdin, r))
-    });
-    let (stdin, result) = match outcome {
-        Ok((stdin, r)) => (stdin, r),
-        Err(e) => (Vec::new(), Err(e)),
+            .map(drop)
+            .map_err(CniError::Io)
     };
+    let result = read
+        .and_then(|()| Params::from_env(|k| std::env::var(k).ok()))
+        .and_then(|params| run(&params, &stdin));
     let mut out = std::io::stdout().lock();
     match result {
         Ok(Some(json)) => {

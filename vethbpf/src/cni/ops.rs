@@ -37,6 +37,7 @@ pub fn init_logging() {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(false)
         .with_env_filter(filter)
         .try_init();
 }
@@ -217,6 +218,14 @@ pub fn add(p: &Params, conf: &NetConf) -> Result<Value, CniError> {
         .map(CniResult::from_value)
         .transpose()?;
     let requested_ip = p.requested_ip()?.or(conf.runtime_ips.first().copied());
+    // Refused before anything is made (the state dir included).
+    if let (Some(cidr), Some(gw)) = (conf.pod_cidr, conf.gateway)
+        && cidr.contains(&gw)
+    {
+        return Err(CniError::Config(format!(
+            "the gateway {gw} lies inside podCidr {cidr}; choose a gateway outside it"
+        )));
+    }
 
     let mut locked = lock(&state_dir(conf))?;
     let node = ensure_up(&mut locked, conf)?;
