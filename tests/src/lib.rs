@@ -269,6 +269,15 @@ impl Default for TestNode {
     }
 }
 
+/// Entries of map `name` in `status -o json` output.
+pub fn map_entries(status: &serde_json::Value, name: &str) -> u64 {
+    status["maps"]
+        .as_array()
+        .and_then(|m| m.iter().find(|m| m["name"] == name))
+        .and_then(|m| m["entries"].as_u64())
+        .unwrap_or_else(|| panic!("no map {name} in {status}"))
+}
+
 /// Packets of a counter path like `["forwarded"]` or `["drops", "drop_spoof"]`.
 pub fn packets(counters: &serde_json::Value, path: &[&str]) -> u64 {
     let mut v = counters;

@@ -206,13 +206,7 @@ fn deleting_an_endpoint_stops_it_and_leaves_nothing_of_it() {
     assert!(!routes.contains(&b), "b's route is gone: {routes}");
     assert!(!node.bpffs.join("links").join(&b_host).exists());
     let status = node.json(&["status"]);
-    let entries = |name: &str| {
-        status["maps"]
-            .as_array()
-            .and_then(|m| m.iter().find(|m| m["name"] == name))
-            .and_then(|m| m["entries"].as_u64())
-            .expect("map entries")
-    };
+    let entries = |name: &str| vethbpf_tests::map_entries(&status, name);
     assert_eq!(entries("ROUTES"), 2);
     assert_eq!(entries("ENDPOINTS"), 2);
     let list = node.json(&["endpoint", "list"]);

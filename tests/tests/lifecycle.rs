@@ -150,13 +150,7 @@ fn concurrent_adds_and_dels_all_succeed_with_distinct_addresses() {
     }
     assert_eq!(ips.len(), N, "every endpoint got its own address");
     let status = node.json(&["status"]);
-    let entries = |name: &str| {
-        status["maps"]
-            .as_array()
-            .and_then(|m| m.iter().find(|m| m["name"] == name))
-            .and_then(|m| m["entries"].as_u64())
-            .expect("entries")
-    };
+    let entries = |name: &str| vethbpf_tests::map_entries(&status, name);
     assert_eq!(entries("ROUTES"), N as u64);
     assert_eq!(entries("ENDPOINTS"), N as u64);
     assert_eq!(status["attachments"].as_array().map(Vec::len), Some(N));

@@ -187,22 +187,32 @@ fn mkdirs(pins: &Pins) -> Result<(), BpfError> {
     Ok(())
 }
 
-/// Loads the embedded object and pins its program and maps. Maps already pinned
-/// (a previous `up`) are reused, so their entries survive.
-pub fn load_and_pin(pins: &Pins, object: &[u8]) -> Result<ProgramInfo, BpfError> {
-    mkdirs(pins)?;
+/// Loads `object` with its maps bound to the pins under `pins` (created and pinned
+/// if missing, reused if there), and its program through the verifier.
+fn load_object(pins: &Pins, object: &[u8]) -> Result<aya::Ebpf, BpfError> {
     let map_paths: Vec<(&str, PathBuf)> = ALL_MAPS.iter().map(|m| (*m, pins.map(m))).collect();
     let mut loader = EbpfLoader::new();
     for (name, path) in &map_paths {
         loader.map_pin_path(name, path.as_path());
     }
     let mut ebpf = loader.load(object).map_err(BpfError::Load)?;
-    let prog: &mut SchedClassifier = ebpf
-        .program_mut(PROG_FROM_POD)
+    from_pod(&mut ebpf)?.load().map_err(BpfError::Program)?;
+    Ok(ebpf)
+}
+
+fn from_pod(ebpf: &mut aya::Ebpf) -> Result<&mut SchedClassifier, BpfError> {
+    ebpf.program_mut(PROG_FROM_POD)
         .ok_or(BpfError::MissingProgram)?
         .try_into()
-        .map_err(BpfError::Program)?;
-    prog.load().map_err(BpfError::Program)?;
+        .map_err(BpfError::Program)
+}
+
+/// Loads the embedded object and pins its program and maps. Maps already pinned
+/// (a previous `up`) are reused, so their entries survive.
+pub fn load_and_pin(pins: &Pins, object: &[u8]) -> Result<ProgramInfo, BpfError> {
+    mkdirs(pins)?;
+    let mut ebpf = load_object(pins, object)?;
+    let prog = from_pod(&mut ebpf)?;
     let path = pins.program();
     if path.exists() {
         fs::remove_file(&path).map_err(|source| BpfError::Remove {
@@ -221,18 +231,8 @@ pub fn load_and_pin(pins: &Pins, object: &[u8]) -> Result<ProgramInfo, BpfError>
 /// program), then replaces the program pin. Returns the new program and how many
 /// links now run it.
 pub fn replace(pins: &Pins, object: &[u8]) -> Result<(ProgramInfo, usize), BpfError> {
-    let map_paths: Vec<(&str, PathBuf)> = ALL_MAPS.iter().map(|m| (*m, pins.map(m))).collect();
-    let mut loader = EbpfLoader::new();
-    for (name, path) in &map_paths {
-        loader.map_pin_path(name, path.as_path());
-    }
-    let mut ebpf = loader.load(object).map_err(BpfError::Load)?;
-    let prog: &mut SchedClassifier = ebpf
-        .program_mut(PROG_FROM_POD)
-        .ok_or(BpfError::MissingProgram)?
-        .try_into()
-        .map_err(BpfError::Program)?;
-    prog.load().map_err(BpfError::Program)?;
+    let mut ebpf = load_object(pins, object)?;
+    let prog = from_pod(&mut ebpf)?;
     // Pin under a temporary name first (bpffs reserves '.' in names), so a failure
     // there changes nothing; renamed over the old pin at the end: a reader sees the
     // old or the new program, never none.
