@@ -20,6 +20,18 @@ const PACKAGES: &[(&str, &str)] = &[
         "containernetworking-plugins",
         "CNI reference plugins for comparisons",
     ),
+    (
+        "podman",
+        "the CNI end-to-end test (a real container runtime)",
+    ),
+    (
+        "runc",
+        "podman's OCI runtime where crun refuses hybrid cgroups",
+    ),
+    (
+        "busybox-static",
+        "the root file system of the podman test's image",
+    ),
 ];
 
 /// Installs the missing packages; does nothing (and needs no network) when all are

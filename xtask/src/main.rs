@@ -4,6 +4,7 @@
 mod bench;
 mod deps;
 mod ebpf;
+mod install;
 mod test;
 mod util;
 
@@ -48,6 +49,9 @@ enum Task {
     /// Performance benchmark: vethbpf vs bridge, kernel routing, CNI ptp, veth pair
     /// and loopback, round-robin; program cost (TEST_RUN); control-plane latency (root).
     Bench(bench::BenchArgs),
+    /// Build vethbpf and install it as a CNI plugin (/opt/cni/bin, /usr/lib/cni),
+    /// with an example network configuration in /etc/cni/net.d (root).
+    Install(install::InstallArgs),
 }
 
 fn main() -> Result<()> {
@@ -58,6 +62,7 @@ fn main() -> Result<()> {
         Task::Demo { args } => demo(&args),
         Task::Lint => lint(),
         Task::Bench(args) => bench::run(args),
+        Task::Install(args) => install::install(&args),
     }
 }
 
