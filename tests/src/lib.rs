@@ -22,8 +22,9 @@ pub const NODE_IP: &str = "192.0.2.1";
 /// Path of the `vethbpf` binary: `$VETHBPF_BIN`, or the one next to the test
 /// executable's target dir (built once with `cargo build -p vethbpf` if missing, since
 /// `cargo test` of this crate does not build another package's binary).
+static BIN: OnceLock<PathBuf> = OnceLock::new();
+
 pub fn vethbpf_bin() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
         if let Some(p) = std::env::var_os("VETHBPF_BIN") {
             return PathBuf::from(p);
@@ -329,8 +330,12 @@ pub struct Snapshot {
 
 impl Drop for TestNode {
     fn drop(&mut self) {
-        // Best effort, in an order that works even if the test died halfway.
-        let _ = self.vethbpf(&["down"]);
+        // Best effort, in an order that works even if the test died halfway. Only a
+        // binary that was found already: building it here could panic again while
+        // unwinding and abort before the namespaces are removed.
+        if BIN.get().is_some() {
+            let _ = self.vethbpf(&["down"]);
+        }
         for ns in netns_list() {
             if ns.starts_with(&self.prefix) && ns != self.netns {
                 let _ = run("ip", ["netns", "del", &ns]);
