@@ -41,8 +41,6 @@ pub enum NodeError {
         recorded: PathBuf,
         requested: PathBuf,
     },
-    #[error("the node is not up: run `vethbpf up` first")]
-    NotUp,
     #[error(transparent)]
     Bpf(#[from] BpfError),
     #[error(transparent)]
