@@ -241,10 +241,6 @@ pub fn run(cli: Cli, bpffs_explicit: bool) -> Result<()> {
                 netns: args.netns.clone(),
                 ifname: args.ifname.clone(),
             };
-            // Validate what needs no kernel first, so that bad input on a node that
-            // is not up names the input, not the node.
-            crate::ident::validate_endpoint_name(&req.name)?;
-            crate::ident::validate_ifname(&req.ifname)?;
             let node = node_config(&locked)?;
             let rec = with_env(&node, |env| {
                 endpoint::add(env, &mut locked, &req)

@@ -589,13 +589,13 @@ fn checks(
         ),
     });
 
-    let forwarded: Vec<(String, u64)> = list
-        .iter()
-        .map(|e| {
-            let n = e.counters.as_ref().map_or(0, |c| c.forwarded.packets);
-            (label(&e.name), n)
-        })
-        .collect();
+    // One counter of every endpoint, labelled by pod.
+    let per_pod = |count: fn(&Counters) -> u64| -> Vec<(String, u64)> {
+        list.iter()
+            .map(|e| (label(&e.name), e.counters.as_ref().map_or(0, count)))
+            .collect()
+    };
+    let forwarded: Vec<(String, u64)> = per_pod(|c| c.forwarded.packets);
     checks.push(Check {
         name: "forwarded by from_pod",
         ok: forwarded.len() == report_pods.len() && forwarded.iter().all(|(_, n)| *n > 0),
@@ -621,13 +621,7 @@ fn checks(
         ),
     });
 
-    let arp: Vec<(String, u64)> = list
-        .iter()
-        .map(|e| {
-            let n = e.counters.as_ref().map_or(0, |c| c.arp_replies.packets);
-            (label(&e.name), n)
-        })
-        .collect();
+    let arp: Vec<(String, u64)> = per_pod(|c| c.arp_replies.packets);
     checks.push(Check {
         name: "gateway ARP",
         ok: !arp.is_empty() && arp.iter().all(|(_, n)| *n > 0),

@@ -109,6 +109,15 @@ fn required<'a>(v: &'a Option<String>, name: &str) -> Result<&'a str, CniError> 
     })
 }
 
+/// The attachment ADD and CHECK act on: container id, interface name, namespace.
+fn required_attachment(p: &Params) -> Result<(&str, &str, &str), CniError> {
+    Ok((
+        required(&p.container_id, "CNI_CONTAINERID")?,
+        required(&p.ifname, "CNI_IFNAME")?,
+        required(&p.netns, "CNI_NETNS")?,
+    ))
+}
+
 /// `up` with the configuration's settings (the node's own where the configuration
 /// names none), unless the node is up with them already.
 fn ensure_up(locked: &mut Locked, conf: &NetConf) -> Result<NodeConfig, CniError> {
@@ -209,9 +218,7 @@ fn delegate(p: &Params, conf: &NetConf) -> Result<Option<Delegate>, CniError> {
 
 /// ADD: the endpoint, and the result.
 pub fn add(p: &Params, conf: &NetConf) -> Result<Value, CniError> {
-    let cid = required(&p.container_id, "CNI_CONTAINERID")?;
-    let ifname = required(&p.ifname, "CNI_IFNAME")?;
-    let netns = required(&p.netns, "CNI_NETNS")?;
+    let (cid, ifname, netns) = required_attachment(p)?;
     let prev = conf
         .prev_result
         .as_ref()
@@ -363,9 +370,7 @@ fn parse_mac(s: Option<&str>) -> Option<MacAddr> {
 /// side, the attachment and the map entries against both. Every difference is
 /// reported, not only the first.
 pub fn check(p: &Params, conf: &NetConf) -> Result<(), CniError> {
-    let cid = required(&p.container_id, "CNI_CONTAINERID")?;
-    let ifname = required(&p.ifname, "CNI_IFNAME")?;
-    let netns = required(&p.netns, "CNI_NETNS")?;
+    let (cid, ifname, netns) = required_attachment(p)?;
     let prev = conf
         .prev_result
         .as_ref()
