@@ -20,8 +20,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 pub const NODE_IP: &str = "192.0.2.1";
 
 /// Path of the `vethbpf` binary: `$VETHBPF_BIN`, or the one next to the test
-/// executable's target dir (built once with `cargo build -p vethbpf` if missing, since
-/// `cargo test` of this crate does not build another package's binary).
+/// executable's target dir (built once with `cargo build -p vethbpf --features
+/// fault-injection`, since `cargo test` of this crate does not build another
+/// package's binary).
 static BIN: OnceLock<PathBuf> = OnceLock::new();
 
 pub fn vethbpf_bin() -> &'static Path {
@@ -37,7 +38,16 @@ pub fn vethbpf_bin() -> &'static Path {
             .expect("target/<profile>");
         let bin = profile_dir.join("vethbpf");
         let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args(["build", "--quiet", "-p", "vethbpf"])
+            // With the test-only hook (VETHBPF_FAULT), as the library this crate
+            // links is built, so both share one build.
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "vethbpf",
+                "--features",
+                "fault-injection",
+            ])
             .status()
             .expect("run cargo build -p vethbpf");
         assert!(status.success(), "cargo build -p vethbpf failed");
@@ -147,17 +157,24 @@ impl TestNode {
 
     /// Runs vethbpf inside the node namespace with this test's dirs.
     pub fn vethbpf(&self, args: &[&str]) -> Output {
-        let mut full: Vec<std::ffi::OsString> = vec![
-            format!("--net=/run/netns/{}", self.netns).into(),
-            "--".into(),
-            vethbpf_bin().into(),
-            "--bpffs-dir".into(),
-            self.bpffs.clone().into(),
-            "--state-dir".into(),
-            self.state.clone().into(),
-        ];
-        full.extend(args.iter().map(Into::into));
-        run("nsenter", full)
+        self.command(args)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run vethbpf: {e}"))
+    }
+
+    /// The command that runs vethbpf inside the node namespace with this test's
+    /// dirs, to add environment variables or spawn it.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net=/run/netns/{}", self.netns))
+            .arg("--")
+            .arg(vethbpf_bin())
+            .arg("--bpffs-dir")
+            .arg(&self.bpffs)
+            .arg("--state-dir")
+            .arg(&self.state)
+            .args(args);
+        c
     }
 
     /// Runs vethbpf and panics unless it succeeds; returns stdout.
@@ -249,8 +266,33 @@ impl TestNode {
                 .filter(|n| n.starts_with(&self.prefix))
                 .collect(),
             state: std::fs::read_to_string(self.state.join("state.json")).ok(),
+            journal: self.state.join("intent.json").exists(),
             pins: list_tree(&self.bpffs),
+            routes_map: self.map_dump("ROUTES"),
+            endpoints_map: self.map_dump("ENDPOINTS"),
         }
+    }
+
+    /// The entries of a pinned map, as bpftool prints them (sorted; empty if the
+    /// node is not up).
+    pub fn map_dump(&self, map: &str) -> Vec<String> {
+        let path = self.bpffs.join("maps").join(map);
+        if !path.exists() {
+            return Vec::new();
+        }
+        let out = must(
+            "bpftool",
+            ["-j", "map", "dump", "pinned", path.to_str().unwrap_or("")],
+        );
+        let v: serde_json::Value = serde_json::from_str(&out).expect("bpftool JSON");
+        let mut entries: Vec<String> = v
+            .as_array()
+            .expect("bpftool map dump is an array")
+            .iter()
+            .map(|e| e.to_string())
+            .collect();
+        entries.sort();
+        entries
     }
 
     /// Counters of endpoint `pod` from `endpoint list -o json`.
@@ -325,7 +367,11 @@ pub struct Snapshot {
     pub routes: Vec<String>,
     pub netns: BTreeSet<String>,
     pub state: Option<String>,
+    /// The journal of an interrupted command is there.
+    pub journal: bool,
     pub pins: Vec<String>,
+    pub routes_map: Vec<String>,
+    pub endpoints_map: Vec<String>,
 }
 
 impl Drop for TestNode {

@@ -168,6 +168,13 @@ pub fn ensure_bpffs(dir: &Path) -> Result<Option<PathBuf>, BpfError> {
     Ok(mounted)
 }
 
+/// `dir` if a bpffs is mounted right on it (not on a parent): what `up` records as
+/// its mount when it mounted one there. Used to rebuild a lost state file.
+pub fn mounted_on(dir: &Path) -> Option<PathBuf> {
+    let on_parent = dir.parent().is_some_and(is_bpffs);
+    (is_bpffs(dir) && !on_parent).then(|| dir.to_path_buf())
+}
+
 /// Chooses TCX where the kernel has it (6.6+), the netlink clsact filter before.
 pub fn attach_mode() -> AttachMode {
     match KernelVersion::current() {

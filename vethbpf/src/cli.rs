@@ -9,11 +9,17 @@ use anyhow::{Context, Result, bail};
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use ipnet::Ipv4Net;
 
+use vethbpf_common::ipv4_from_map;
+
+use crate::bpf::Pins;
 use crate::endpoint::{self, AddRequest, EndpointView, Env, KernelNamespaces, PinnedDatapath};
+use crate::ident::MacAddr;
+use crate::maps::Maps;
 use crate::netlink::RtNetlink;
 use crate::node::{self, UpRequest};
 use crate::output;
-use crate::state::{Locked, NodeConfig, StateDir};
+use crate::reconcile;
+use crate::state::{Locked, NodeConfig, STATE_FILE, StateDir};
 
 pub const DEFAULT_BPFFS_DIR: &str = "/sys/fs/bpf/vethbpf";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/vethbpf";
@@ -78,6 +84,15 @@ pub enum Command {
     Status,
     /// Delete every endpoint and every pinned object: the node as before `up`.
     Down,
+    /// Make state, maps, pinned links, links and routes agree again after a crash.
+    ///
+    /// Settles a command that died halfway (an `endpoint add` is rolled back, an
+    /// `endpoint del` finished), repairs each endpoint's map entries, attachment and
+    /// node route from its record, removes endpoints whose veth or namespace is gone,
+    /// and removes links, map entries and pins with vethbpf's names that no endpoint
+    /// owns. Every command settles an interrupted one by itself; this does the full
+    /// check.
+    Reconcile(ReconcileArgs),
     /// Run the three-pod scenario in a throwaway node namespace and show a
     /// connectivity matrix with the counters that prove the eBPF path carried it.
     Demo(DemoArgs),
@@ -127,6 +142,18 @@ pub struct AddArgs {
     /// Interface name inside the pod.
     #[arg(long, default_value = "eth0", value_name = "IFNAME")]
     pub ifname: String,
+}
+
+#[derive(Args, Debug)]
+pub struct ReconcileArgs {
+    /// Rebuild a lost or corrupt state file from the kernel: the host veths' aliases
+    /// and the pinned maps (the unreadable file is kept as state.json.corrupt).
+    #[arg(long)]
+    pub from_kernel: bool,
+    /// With --from-kernel: the pod CIDR the node was brought up with (the kernel does
+    /// not hold it).
+    #[arg(long, value_name = "CIDR", default_value = DEFAULT_POD_CIDR, requires = "from_kernel")]
+    pub pod_cidr: Ipv4Net,
 }
 
 #[derive(Args, Debug)]
@@ -181,7 +208,16 @@ fn lock_up_node(state_dir: &StateDir) -> Result<Locked> {
             state_dir.path().display()
         );
     }
-    lock(state_dir)
+    let locked = lock(state_dir)?;
+    if locked.state.node.is_none() && locked.state.endpoints.is_empty() {
+        // `down` ran while this command waited for the lock; taking the lock made
+        // the state dir again, which must not outlive this command.
+        state_dir
+            .remove(locked)
+            .with_context(|| format!("state directory {}", state_dir.path().display()))?;
+        bail!("the node is not up: run `vethbpf up` first");
+    }
+    Ok(locked)
 }
 
 fn lock(state_dir: &StateDir) -> Result<Locked> {
@@ -196,6 +232,66 @@ fn node_config(locked: &Locked) -> Result<NodeConfig> {
         .node
         .clone()
         .context("the node is not up: run `vethbpf up` first")
+}
+
+/// Settles the journal of a command that died halfway (for commands that do not
+/// change endpoints themselves; `add`, `del` and `down` do it on their own).
+fn settle(locked: &mut Locked) -> Result<()> {
+    if locked.pending()?.is_none() {
+        return Ok(());
+    }
+    require_root()?;
+    let node = node_config(locked)?;
+    with_env(&node, |env| {
+        endpoint::finish_pending(env, locked).context("settling an interrupted command")
+    })?;
+    Ok(())
+}
+
+/// `reconcile --from-kernel`: a new state file from what is pinned at the bpffs dir.
+fn rebuild_from_kernel(
+    cli: &Cli,
+    state_dir: &StateDir,
+    args: &ReconcileArgs,
+) -> Result<reconcile::Report> {
+    let pins = Pins::new(&cli.bpffs_dir);
+    if !pins.is_loaded() {
+        bail!(
+            "nothing is pinned at {} (no {}): give the --bpffs-dir the node was brought up with, or run `vethbpf up`",
+            cli.bpffs_dir.display(),
+            pins.program().display()
+        );
+    }
+    let mut locked = state_dir
+        .lock_to_rebuild()
+        .with_context(|| format!("state directory {}", state_dir.path().display()))?;
+    let file = state_dir.path().join(STATE_FILE);
+    if file.exists() {
+        match state_dir.read() {
+            Ok(_) => bail!(
+                "the state file {} is readable; run `vethbpf reconcile` without --from-kernel",
+                file.display()
+            ),
+            Err(e) => tracing::warn!(error = %e, "rebuilding the state file"),
+        }
+        let keep = file.with_extension("json.corrupt");
+        std::fs::rename(&file, &keep)
+            .with_context(|| format!("moving {} to {}", file.display(), keep.display()))?;
+        eprintln!("kept the unreadable state file as {}", keep.display());
+    }
+    let maps = Maps::open(&pins).context("opening the pinned maps")?;
+    let config = maps.config().context("reading the node config map")?;
+    let node = NodeConfig {
+        pod_cidr: args.pod_cidr.trunc(),
+        gateway: Ipv4Addr::from(ipv4_from_map(config.gateway_ip)),
+        gateway_mac: MacAddr(config.gateway_mac),
+        bpffs_dir: cli.bpffs_dir.clone(),
+        bpffs_mount: crate::bpf::mounted_on(&cli.bpffs_dir),
+        attach_mode: crate::bpf::attach_mode(),
+    };
+    with_env(&node, |env| {
+        reconcile::from_kernel(env, &mut locked, node.clone()).context("reconcile --from-kernel")
+    })
 }
 
 /// Runs `f` with the real kernel behind the endpoint traits.
@@ -229,6 +325,7 @@ pub fn run(cli: Cli, bpffs_explicit: bool) -> Result<()> {
                 crate::EBPF_OBJECT,
             )
             .context("vethbpf up")?;
+            settle(&mut locked)?;
             output::up(out, &report)
         }
         Command::Endpoint(EndpointCommand::Add(args)) => {
@@ -260,8 +357,9 @@ pub fn run(cli: Cli, bpffs_explicit: bool) -> Result<()> {
             output::deleted(out, &rec.name)
         }
         Command::Endpoint(EndpointCommand::List) => {
-            let locked = lock_up_node(&state_dir)?;
+            let mut locked = lock_up_node(&state_dir)?;
             check_bpffs(&locked, &cli, bpffs_explicit)?;
+            settle(&mut locked)?;
             let views = match &locked.state.node {
                 Some(node) => {
                     let dp = PinnedDatapath::open(node).context("opening the pinned datapath")?;
@@ -275,8 +373,9 @@ pub fn run(cli: Cli, bpffs_explicit: bool) -> Result<()> {
             output::status(out, &node::Status::not_up())
         }
         Command::Status => {
-            let locked = lock_up_node(&state_dir)?;
+            let mut locked = lock_up_node(&state_dir)?;
             check_bpffs(&locked, &cli, bpffs_explicit)?;
+            settle(&mut locked)?;
             output::status(out, &node::status(&locked)?)
         }
         Command::Down if !state_dir.path().join(crate::state::STATE_FILE).exists() => output::down(
@@ -297,6 +396,21 @@ pub fn run(cli: Cli, bpffs_explicit: bool) -> Result<()> {
                 None => node::down_not_up(&state_dir, locked)?,
             };
             output::down(out, &report)
+        }
+        Command::Reconcile(args) if args.from_kernel => {
+            require_root()?;
+            let report = rebuild_from_kernel(&cli, &state_dir, args)?;
+            output::reconcile(out, &report)
+        }
+        Command::Reconcile(_) => {
+            require_root()?;
+            let mut locked = lock_up_node(&state_dir)?;
+            check_bpffs(&locked, &cli, bpffs_explicit)?;
+            let node = node_config(&locked)?;
+            let report = with_env(&node, |env| {
+                reconcile::reconcile(env, &mut locked).context("vethbpf reconcile")
+            })?;
+            output::reconcile(out, &report)
         }
         Command::Demo(args) => {
             require_root()?;

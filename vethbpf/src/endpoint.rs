@@ -21,12 +21,17 @@ use vethbpf_common::{
 };
 
 use crate::bpf::{self, BpfError, Pins};
+use crate::fault::{self, Injected};
 use crate::ident::{self, MacAddr, NameError};
 use crate::ipam::{self, IpamError};
 use crate::maps::{EndpointCounters, Maps, MapsError};
 use crate::netlink::{Netlink, NetlinkError, RouteSpec};
 use crate::netns::{self, NetnsError};
-use crate::state::{AttachMode, CniAttachment, EndpointRecord, Locked, NodeConfig, StateError};
+use crate::reconcile::KernelTag;
+use crate::state::{
+    AttachMode, CniAttachment, EndpointRecord, Intent, Locked, NodeConfig, PlannedEndpoint,
+    StateError,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EndpointError {
@@ -64,6 +69,16 @@ pub enum EndpointError {
     Maps(#[from] MapsError),
     #[error(transparent)]
     State(#[from] StateError),
+    #[error(transparent)]
+    Injected(#[from] Injected),
+    #[error(
+        "endpoint del {name} stopped after the pod's interface was removed ({source}); the next vethbpf command, or `vethbpf reconcile`, finishes it"
+    )]
+    DelInterrupted {
+        name: String,
+        #[source]
+        source: Box<EndpointError>,
+    },
 }
 
 /// Pod namespaces: creating, deleting, resolving, and configuring the inside.
@@ -97,6 +112,13 @@ pub trait Datapath {
     fn del_route(&mut self, net: Ipv4Net) -> Result<(), EndpointError>;
     fn reset_counters(&mut self, id: u32) -> Result<(), EndpointError>;
     fn counters(&self, id: u32) -> Result<EndpointCounters, EndpointError>;
+    /// Every ROUTES entry (for `reconcile`).
+    fn route_entries(&self) -> Result<Vec<(Ipv4Net, Route)>, EndpointError>;
+    /// Every ENDPOINTS entry, by host ifindex (for `reconcile`).
+    fn endpoint_entries(&self) -> Result<Vec<(u32, EndpointInfo)>, EndpointError>;
+    /// The host veths with a pinned attachment; `None` when attachments are not
+    /// pinned (netlink mode), so there is nothing to compare.
+    fn attached(&self) -> Option<Vec<String>>;
 }
 
 /// What the pod side gets.
@@ -220,6 +242,7 @@ pub fn add_tagged(
 ) -> Result<EndpointRecord, EndpointError> {
     // Checks that change nothing.
     ident::validate_endpoint_name(&req.name)?;
+    finish_pending(env, locked)?;
     ident::validate_ifname(&req.ifname)?;
     let node = node_config(locked)?;
     if locked.state.endpoints.contains_key(&req.name) {
@@ -270,6 +293,17 @@ pub fn add_tagged(
         None => None,
     };
 
+    // The journal goes first: if vethbpf dies from here on, the next command
+    // rolls back whatever of this add exists (see `finish_pending`).
+    fault::point("add.intent")?;
+    locked.begin(&Intent::Add(PlannedEndpoint {
+        name: req.name.clone(),
+        ip,
+        id,
+        host_veth: host.clone(),
+        temp_peer: peer.clone(),
+        create_netns: existing_netns.is_none(),
+    }))?;
     let mut undo = Vec::new();
     let result = add_steps(
         env,
@@ -288,6 +322,15 @@ pub fn add_tagged(
     );
     if result.is_err() {
         run_undo(env, undo);
+    }
+    // After a commit or a complete rollback the journal has nothing left to say. If
+    // removing it fails, the next command finds the add done or undone and only
+    // removes it then.
+    if let Err(e) = fault::point("add.done")
+        .map_err(EndpointError::from)
+        .and_then(|()| Ok(locked.end()?))
+    {
+        warn!(error = %e, "cannot clear the journal; the next command will");
     }
     result
 }
@@ -320,6 +363,7 @@ fn add_steps(
     let (netns, netns_created) = match existing_netns {
         Some(path) => (path, false),
         None => {
+            fault::point("add.netns")?;
             let path = env.ns.create(&req.name)?;
             undo.push(Undo::DeleteNetns(req.name.clone()));
             (path, true)
@@ -328,10 +372,22 @@ fn add_steps(
 
     // The pair is made in the node namespace; deleting the host side later takes
     // the pod side with it, wherever it is.
+    fault::point("add.veth")?;
     let host_index = env.node.add_veth(&host, &peer)?;
     undo.push(Undo::DeleteLink(host_index));
+    fault::point("add.ipv6")?;
     env.node.disable_ipv6_addr_gen(host_index)?;
+    fault::point("add.mac")?;
     env.node.set_link_mac(host_index, node.gateway_mac.0)?;
+    // Who this veth belongs to, for `reconcile --from-kernel`.
+    let tag = KernelTag {
+        name: req.name.clone(),
+        ifname: req.ifname.clone(),
+        netns: Some(netns.clone()),
+        netns_created,
+        cni: cni.clone(),
+    };
+    env.node.set_link_alias(host_index, &tag.encode())?;
     let peer_index = env
         .node
         .link_by_name(&peer)?
@@ -339,7 +395,9 @@ fn add_steps(
             ifname: peer.clone(),
         })?
         .index;
+    fault::point("add.move")?;
     env.ns.move_link(env.node, peer_index, &netns)?;
+    fault::point("add.pod")?;
     let pod_mac = env.ns.configure(
         &netns,
         &PodConfig {
@@ -353,7 +411,9 @@ fn add_steps(
     // Datapath: the endpoint entry must exist before the program sees the first
     // frame (else it drops as no-endpoint); the route entry comes last because it
     // makes the pod reachable from the others.
+    fault::point("add.counters")?;
     env.dp.reset_counters(id)?;
+    fault::point("add.endpoint-map")?;
     env.dp.put_endpoint(
         host_index,
         &EndpointInfo {
@@ -364,11 +424,14 @@ fn add_steps(
         },
     )?;
     undo.push(Undo::DelEndpointEntry(host_index));
+    fault::point("add.attach")?;
     env.dp.attach(&host)?;
     undo.push(Undo::Detach(host.clone()));
+    fault::point("add.link-up")?;
     env.node.set_link_up(host_index)?;
     // Node -> pod goes through the kernel: `IP/32 dev HOST scope link` (removed
     // with the link, so no undo step of its own).
+    fault::point("add.node-route")?;
     env.node.add_route(&RouteSpec {
         dst: Ipv4Net::from(ip),
         oif: host_index,
@@ -377,6 +440,7 @@ fn add_steps(
         onlink: false,
     })?;
     let net = Ipv4Net::from(ip);
+    fault::point("add.route-map")?;
     env.dp.put_route(
         net,
         &Route {
@@ -405,22 +469,37 @@ fn add_steps(
         .state
         .endpoints
         .insert(record.name.clone(), record.clone());
-    if let Err(e) = locked.save() {
+    if let Err(e) = fault::point("add.commit")
+        .map_err(EndpointError::from)
+        .and_then(|()| Ok(locked.save()?))
+    {
         locked.state.endpoints.remove(&record.name);
-        return Err(e.into());
+        return Err(e);
     }
     Ok(record)
 }
 
 /// Deletes an endpoint: route entry first (nobody is sent to it any more), then the
 /// veth (the pod loses its interface and the program its hook), then the pins, map
-/// entries, the namespace if vethbpf made it, and the record. Parts already gone
-/// are fine, so a `del` interrupted halfway can be run again.
+/// entries, the namespace if vethbpf made it, and the record.
+///
+/// A failure before the veth is deleted puts the route entry back: the endpoint is
+/// as it was. From the veth's deletion on there is no going back, so a failure
+/// leaves the journal and the next command (or `reconcile`) finishes the delete.
 pub fn del(
     env: &mut Env<'_>,
     locked: &mut Locked,
     name: &str,
 ) -> Result<EndpointRecord, EndpointError> {
+    // `endpoint del NAME` run again after a del of NAME died: finishing that one is
+    // the answer.
+    if let Some(Intent::Del(rec)) = locked.pending()?
+        && rec.name == name
+    {
+        finish_pending(env, locked)?;
+        return Ok(rec);
+    }
+    finish_pending(env, locked)?;
     let rec = locked
         .state
         .endpoints
@@ -429,15 +508,61 @@ pub fn del(
         .ok_or_else(|| EndpointError::NotFound {
             name: name.to_string(),
         })?;
-    remove_endpoint(env, &rec)?;
+    fault::point("del.intent")?;
+    locked.begin(&Intent::Del(rec.clone()))?;
+
+    let reversible = (|| {
+        fault::point("del.route-map")?;
+        env.dp.del_route(Ipv4Net::from(rec.ip))?;
+        if let Err(e) = delete_host_veth(env, &rec) {
+            if let Err(undo) = env.dp.put_route(Ipv4Net::from(rec.ip), &route_of(&rec)) {
+                warn!(error = %undo, "cannot restore the route entry");
+            }
+            return Err(e);
+        }
+        Ok(())
+    })();
+    if let Err(e) = reversible {
+        if let Err(end) = locked.end() {
+            warn!(error = %end, "cannot clear the journal");
+        }
+        return Err(e);
+    }
+    let interrupted = |source| EndpointError::DelInterrupted {
+        name: name.to_string(),
+        source: Box::new(source),
+    };
+    remove_after_veth(env, &rec).map_err(interrupted)?;
+    fault::point("del.commit").map_err(|e| interrupted(e.into()))?;
     locked.state.endpoints.remove(name);
-    locked.save()?;
+    if let Err(e) = locked.save() {
+        // The kernel side is gone; the record stays until the journal is replayed.
+        locked.state.endpoints.insert(rec.name.clone(), rec.clone());
+        return Err(interrupted(e.into()));
+    }
+    if let Err(e) = fault::point("del.done")
+        .map_err(EndpointError::from)
+        .and_then(|()| Ok(locked.end()?))
+    {
+        warn!(error = %e, "cannot clear the journal; the next command will");
+    }
     Ok(rec)
 }
 
-/// The kernel side of `del`, without the state record.
-pub fn remove_endpoint(env: &mut Env<'_>, rec: &EndpointRecord) -> Result<(), EndpointError> {
-    env.dp.del_route(Ipv4Net::from(rec.ip))?;
+/// The route entry that sends traffic to `rec`.
+pub(crate) fn route_of(rec: &EndpointRecord) -> Route {
+    Route {
+        kind: ROUTE_KIND_LOCAL,
+        ifindex: rec.host_ifindex,
+        endpoint_id: rec.id,
+        mac: rec.pod_mac.0,
+        _pad: [0; 2],
+    }
+}
+
+/// Deletes the host veth (and with it the pod side and the node's /32 route).
+fn delete_host_veth(env: &mut Env<'_>, rec: &EndpointRecord) -> Result<(), EndpointError> {
+    fault::point("del.link")?;
     // Look the link up by name: after a crash the recorded index may belong to
     // something else.
     if let Some(link) = env.node.link_by_name(&rec.host_veth)? {
@@ -446,15 +571,135 @@ pub fn remove_endpoint(env: &mut Env<'_>, rec: &EndpointRecord) -> Result<(), En
             Err(e) => return Err(e.into()),
         }
     }
+    Ok(())
+}
+
+/// What `del` removes once the veth is gone; each part already gone is fine.
+fn remove_after_veth(env: &mut Env<'_>, rec: &EndpointRecord) -> Result<(), EndpointError> {
+    fault::point("del.detach")?;
     env.dp.detach(&rec.host_veth)?;
+    fault::point("del.endpoint-map")?;
     env.dp.del_endpoint(rec.host_ifindex)?;
     if rec.netns_created {
+        fault::point("del.netns")?;
         match env.ns.delete(&rec.name) {
             Ok(()) | Err(EndpointError::Netns(NetnsError::NotFound(_))) => {}
             Err(e) => return Err(e),
         }
     }
+    fault::point("del.counters")?;
     env.dp.reset_counters(rec.id)?;
+    Ok(())
+}
+
+/// The kernel side of `del`, without the state record. Idempotent: parts already
+/// gone are fine, so it also finishes a `del` that was interrupted.
+pub fn remove_endpoint(env: &mut Env<'_>, rec: &EndpointRecord) -> Result<(), EndpointError> {
+    env.dp.del_route(Ipv4Net::from(rec.ip))?;
+    delete_host_veth(env, rec)?;
+    remove_after_veth(env, rec)
+}
+
+/// How the journal of an interrupted command was settled.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Recovered {
+    /// `add` or `del`.
+    pub op: &'static str,
+    pub name: String,
+    /// `rolled back` (an add that had not committed), `completed` (a del, or an
+    /// add that had committed before it died).
+    pub outcome: &'static str,
+}
+
+/// Settles the journal a command that died halfway left behind: an add that did
+/// not commit is rolled back, a del is finished. Cheap when there is none (one
+/// failed `open`), so every command that changes endpoints calls it first.
+pub fn finish_pending(
+    env: &mut Env<'_>,
+    locked: &mut Locked,
+) -> Result<Option<Recovered>, EndpointError> {
+    let Some(intent) = locked.pending()? else {
+        return Ok(None);
+    };
+    let recovered = match intent {
+        Intent::Add(plan) => {
+            let committed = locked
+                .state
+                .endpoints
+                .get(&plan.name)
+                .is_some_and(|r| r.host_veth == plan.host_veth && r.ip == plan.ip);
+            if !committed {
+                roll_back_add(env, locked, &plan)?;
+            }
+            Recovered {
+                op: "add",
+                name: plan.name,
+                outcome: if committed {
+                    "completed"
+                } else {
+                    "rolled back"
+                },
+            }
+        }
+        Intent::Del(rec) => {
+            remove_endpoint(env, &rec)?;
+            if locked.state.endpoints.get(&rec.name) == Some(&rec) {
+                locked.state.endpoints.remove(&rec.name);
+                if let Err(e) = locked.save() {
+                    locked.state.endpoints.insert(rec.name.clone(), rec.clone());
+                    return Err(e.into());
+                }
+            }
+            Recovered {
+                op: "del",
+                name: rec.name,
+                outcome: "completed",
+            }
+        }
+    };
+    locked.end()?;
+    warn!(
+        op = recovered.op,
+        endpoint = %recovered.name,
+        outcome = recovered.outcome,
+        "settled a command that was interrupted"
+    );
+    Ok(Some(recovered))
+}
+
+/// Removes whatever an uncommitted add made, found by the names it planned.
+fn roll_back_add(
+    env: &mut Env<'_>,
+    locked: &Locked,
+    plan: &PlannedEndpoint,
+) -> Result<(), EndpointError> {
+    let owned = |pred: &dyn Fn(&EndpointRecord) -> bool| locked.state.endpoints.values().any(pred);
+    // The address was free when the add began, under the lock; an entry for it is
+    // the add's.
+    if !owned(&|r| r.ip == plan.ip) {
+        env.dp.del_route(Ipv4Net::from(plan.ip))?;
+    }
+    for ifname in [&plan.host_veth, &plan.temp_peer] {
+        if owned(&|r| &r.host_veth == ifname) {
+            continue;
+        }
+        if let Some(link) = env.node.link_by_name(ifname)? {
+            env.dp.del_endpoint(link.index)?;
+            match env.node.del_link(link.index) {
+                Ok(()) | Err(NetlinkError::NotFound { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    if !owned(&|r| r.host_veth == plan.host_veth) {
+        env.dp.detach(&plan.host_veth)?;
+    }
+    if plan.create_netns && env.ns.named_exists(&plan.name) && !owned(&|r| r.name == plan.name) {
+        match env.ns.delete(&plan.name) {
+            Ok(()) | Err(EndpointError::Netns(NetnsError::NotFound(_))) => {}
+            Err(e) => return Err(e),
+        }
+    }
     Ok(())
 }
 
@@ -632,6 +877,15 @@ impl Datapath for PinnedDatapath {
     fn counters(&self, id: u32) -> Result<EndpointCounters, EndpointError> {
         Ok(self.maps.counters(id)?)
     }
+    fn route_entries(&self) -> Result<Vec<(Ipv4Net, Route)>, EndpointError> {
+        Ok(self.maps.routes())
+    }
+    fn endpoint_entries(&self) -> Result<Vec<(u32, EndpointInfo)>, EndpointError> {
+        Ok(self.maps.endpoints())
+    }
+    fn attached(&self) -> Option<Vec<String>> {
+        (self.mode == AttachMode::Tcx).then(|| bpf::pinned_links(&self.pins))
+    }
 }
 
 #[cfg(test)]
@@ -759,6 +1013,15 @@ mod tests {
         }
         fn counters(&self, _id: u32) -> Result<EndpointCounters, EndpointError> {
             Ok([Counter::default(); Verdict::COUNT as usize])
+        }
+        fn route_entries(&self) -> Result<Vec<(Ipv4Net, Route)>, EndpointError> {
+            Ok(self.routes.iter().map(|(k, v)| (*k, *v)).collect())
+        }
+        fn endpoint_entries(&self) -> Result<Vec<(u32, EndpointInfo)>, EndpointError> {
+            Ok(self.endpoints.iter().map(|(k, v)| (*k, *v)).collect())
+        }
+        fn attached(&self) -> Option<Vec<String>> {
+            Some(self.attached.iter().cloned().collect())
         }
     }
 

@@ -111,6 +111,18 @@ pub fn temp_peer_name(endpoint: &str) -> String {
     derived_name(TEMP_PEER_PREFIX, endpoint)
 }
 
+/// Whether `ifname` has the shape of a name vethbpf derives (`vb`/`vp` + 13 hex
+/// digits): `reconcile` considers only such links its own.
+pub fn is_derived_name(ifname: &str) -> bool {
+    [HOST_VETH_PREFIX, TEMP_PEER_PREFIX].iter().any(|p| {
+        ifname.len() == IFNAME_MAX
+            && ifname.strip_prefix(p).is_some_and(|rest| {
+                rest.bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            })
+    })
+}
+
 /// A MAC address, written `aa:bb:cc:dd:ee:ff` in output and state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct MacAddr(pub [u8; 6]);
@@ -217,6 +229,21 @@ mod tests {
         assert_eq!(peer.len(), IFNAME_MAX);
         assert_ne!(peer, a);
         assert!(validate_ifname(&host_veth_name(&"x".repeat(63))).is_ok());
+    }
+
+    #[test]
+    fn derived_names_are_recognised_and_others_not() {
+        assert!(is_derived_name(&host_veth_name("p1")));
+        assert!(is_derived_name(&temp_peer_name("p1")));
+        for other in [
+            "eth0",
+            "vb",
+            "vbABCDEF0123456",
+            "vb0123456789abcd",
+            "vx0123456789abc",
+        ] {
+            assert!(!is_derived_name(other), "{other}");
+        }
     }
 
     #[test]

@@ -12,6 +12,8 @@
 //! - [`ident`]: names and MAC addresses, validated
 //! - [`endpoint`]: `endpoint add/del/list`, each step undone on failure
 //! - [`node`]: `up`, `down`, `status`
+//! - [`reconcile`]: finding and repairing what a crash or an outside hand left behind
+//! - [`fault`]: test-only fault injection (the `fault-injection` feature)
 //! - [`probe`]: ICMP and TCP probes run from inside a namespace (for `demo`)
 //! - [`demo`], [`cli`], [`output`]: the command line
 
@@ -20,6 +22,7 @@ pub mod cli;
 pub mod cni;
 pub mod demo;
 pub mod endpoint;
+pub mod fault;
 pub mod ident;
 pub mod ipam;
 pub mod maps;
@@ -28,6 +31,7 @@ pub mod netns;
 pub mod node;
 pub mod output;
 pub mod probe;
+pub mod reconcile;
 pub mod state;
 
 /// The eBPF object built by `cargo xtask build-ebpf`, embedded at compile time.

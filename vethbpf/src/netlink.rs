@@ -29,6 +29,9 @@ pub struct LinkInfo {
     pub kind: Option<String>,
     /// Administratively up (`IFF_UP`).
     pub up: bool,
+    /// `IFLA_IFALIAS`: vethbpf writes an endpoint's identity there (see
+    /// [`crate::reconcile`]), so that it can be rebuilt from the kernel alone.
+    pub alias: Option<String>,
 }
 
 /// An IPv4 route in the main table.
@@ -78,6 +81,8 @@ pub trait Netlink {
     -> Result<(), NetlinkError>;
     fn rename_link(&mut self, index: u32, name: &str) -> Result<(), NetlinkError>;
     fn set_link_mac(&mut self, index: u32, mac: [u8; 6]) -> Result<(), NetlinkError>;
+    /// Sets `IFLA_IFALIAS` (at most 255 bytes).
+    fn set_link_alias(&mut self, index: u32, alias: &str) -> Result<(), NetlinkError>;
     fn set_link_up(&mut self, index: u32) -> Result<(), NetlinkError>;
     /// Stops the kernel from generating IPv6 link-local addresses on the link
     /// (`IFLA_INET6_ADDR_GEN_MODE` = none), so host-side veths carry no address at all.

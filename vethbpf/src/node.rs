@@ -198,6 +198,8 @@ pub fn down(
     let Some(node) = locked.state.node.clone() else {
         return down_not_up(state_dir, locked);
     };
+    // An add that died halfway has no record, so the loop below would miss it.
+    endpoint::finish_pending(env, &mut locked)?;
     let mut removed = Vec::new();
     let names: Vec<String> = locked.state.endpoints.keys().cloned().collect();
     for name in names {

@@ -7,6 +7,7 @@ use serde::Serialize;
 use crate::cli::Output;
 use crate::endpoint::EndpointView;
 use crate::node::{DownReport, Status, UpReport};
+use crate::reconcile::Report;
 
 fn json<T: Serialize + ?Sized>(v: &T) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
@@ -204,5 +205,76 @@ pub fn status(out: Output, s: &Status) -> Result<()> {
             })
             .collect::<Vec<_>>(),
     );
+    Ok(())
+}
+
+pub fn reconcile(out: Output, r: &Report) -> Result<()> {
+    if out == Output::Json {
+        return json(r);
+    }
+    if !r.changed() {
+        println!("state, maps, links and routes agree; nothing to do");
+        return Ok(());
+    }
+    let mut rows = Vec::new();
+    if let Some(p) = &r.pending {
+        rows.push(vec![
+            format!("interrupted {}", p.op),
+            p.name.clone(),
+            p.outcome.to_string(),
+        ]);
+    }
+    if r.discarded_journal {
+        rows.push(vec![
+            "unreadable journal".into(),
+            String::new(),
+            "removed".into(),
+        ]);
+    }
+    for name in &r.rebuilt {
+        rows.push(vec![
+            "endpoint".into(),
+            name.clone(),
+            "rebuilt from the kernel".into(),
+        ]);
+    }
+    for f in &r.repaired {
+        rows.push(vec![f.what.clone(), f.endpoint.clone(), "put back".into()]);
+    }
+    for f in &r.removed_endpoints {
+        rows.push(vec![
+            "endpoint".into(),
+            f.endpoint.clone(),
+            format!("removed: {}", f.what),
+        ]);
+    }
+    let orphans: [(&str, Vec<String>); 4] = [
+        ("link", r.removed_links.clone()),
+        (
+            "route map entry",
+            r.removed_route_entries
+                .iter()
+                .map(|n| n.to_string())
+                .collect(),
+        ),
+        (
+            "endpoint map entry",
+            r.removed_endpoint_entries
+                .iter()
+                .map(|i| format!("ifindex {i}"))
+                .collect(),
+        ),
+        ("pinned link", r.removed_pins.clone()),
+    ];
+    for (what, names) in orphans {
+        for name in names {
+            rows.push(vec![
+                what.into(),
+                name,
+                "removed: no endpoint owns it".into(),
+            ]);
+        }
+    }
+    table(&["WHAT", "NAME", "ACTION"], &rows);
     Ok(())
 }

@@ -18,6 +18,8 @@ use crate::ident::MacAddr;
 
 pub const STATE_FILE: &str = "state.json";
 pub const LOCK_FILE: &str = "lock";
+/// The journal of the endpoint change in progress (see [`Intent`]).
+pub const INTENT_FILE: &str = "intent.json";
 const STATE_VERSION: u32 = 1;
 
 #[derive(Debug, thiserror::Error)]
@@ -41,7 +43,7 @@ pub enum StateError {
         source: io::Error,
     },
     #[error(
-        "the state file {path} is corrupt ({source}); move it away and run `vethbpf down` to clean up"
+        "the state file {path} is corrupt ({source}); run `vethbpf reconcile --from-kernel` to rebuild it from the pinned maps and links"
     )]
     Corrupt {
         path: PathBuf,
@@ -52,6 +54,14 @@ pub enum StateError {
     Version { path: PathBuf, found: u32 },
     #[error("{path} stayed locked by another vethbpf command for {secs} s")]
     Busy { path: PathBuf, secs: u64 },
+    #[error(
+        "the journal {path} is corrupt ({source}); run `vethbpf reconcile` to clean up after the interrupted command"
+    )]
+    CorruptIntent {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
     #[error("cannot write {path}: {source}")]
     Write {
         path: PathBuf,
@@ -144,6 +154,31 @@ impl Default for State {
     }
 }
 
+/// The endpoint change in progress, written before its first kernel change and
+/// removed after its commit. Whoever takes the lock next and finds it knows that a
+/// command died halfway, and what it was doing: an `add` is rolled back (nothing of
+/// it was committed), a `del` is finished (the pod may already have lost its
+/// interface, so there is no going back).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase")]
+pub enum Intent {
+    Add(PlannedEndpoint),
+    Del(EndpointRecord),
+}
+
+/// What an `add` in progress may have made: everything is found by these names.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlannedEndpoint {
+    pub name: String,
+    pub ip: Ipv4Addr,
+    pub id: u32,
+    pub host_veth: String,
+    pub temp_peer: String,
+    /// The add creates the namespace `name` (it did not exist when the add began,
+    /// under the lock), so a rollback deletes it.
+    pub create_netns: bool,
+}
+
 /// A state directory (default /var/lib/vethbpf).
 #[derive(Clone, Debug)]
 pub struct StateDir {
@@ -179,53 +214,83 @@ impl StateDir {
         self.lock_within(Some(timeout))
     }
 
+    /// Reads the state file without the lock (to tell a corrupt file from a good one).
+    pub fn read(&self) -> Result<State, StateError> {
+        read_state(&self.dir.join(STATE_FILE))
+    }
+
+    /// Takes the lock without reading the state file (which may be corrupt): for
+    /// `reconcile --from-kernel`, which writes a new one.
+    pub fn lock_to_rebuild(&self) -> Result<Locked, StateError> {
+        let (lock, path) = self.take_lock(None)?;
+        Ok(Locked {
+            _lock: lock,
+            path,
+            state: State::default(),
+        })
+    }
+
     fn lock_within(&self, timeout: Option<std::time::Duration>) -> Result<Locked, StateError> {
-        fs::create_dir_all(&self.dir).map_err(|source| StateError::CreateDir {
-            path: self.dir.clone(),
-            source,
-        })?;
-        let lock_path = self.dir.join(LOCK_FILE);
-        let lock_err = |source| StateError::Lock {
-            path: lock_path.clone(),
-            source,
-        };
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(lock_err)?;
-        let lock = match timeout {
-            None => Flock::lock(file, FlockArg::LockExclusive)
-                .map_err(|(_, errno)| lock_err(io::Error::from(errno)))?,
-            Some(timeout) => {
-                let start = std::time::Instant::now();
-                let mut file = file;
-                loop {
-                    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-                        Ok(lock) => break lock,
-                        Err((f, nix::errno::Errno::EWOULDBLOCK)) => {
-                            if start.elapsed() >= timeout {
-                                return Err(StateError::Busy {
-                                    path: lock_path.clone(),
-                                    secs: timeout.as_secs(),
-                                });
-                            }
-                            file = f;
-                            std::thread::sleep(std::time::Duration::from_millis(20));
-                        }
-                        Err((_, errno)) => return Err(lock_err(io::Error::from(errno))),
-                    }
-                }
-            }
-        };
-        let path = self.dir.join(STATE_FILE);
+        let (lock, path) = self.take_lock(timeout)?;
         let state = read_state(&path)?;
         Ok(Locked {
             _lock: lock,
             path,
             state,
         })
+    }
+
+    fn take_lock(
+        &self,
+        timeout: Option<std::time::Duration>,
+    ) -> Result<(Flock<File>, PathBuf), StateError> {
+        let start = std::time::Instant::now();
+        let lock_path = self.dir.join(LOCK_FILE);
+        let lock_err = |source| StateError::Lock {
+            path: lock_path.clone(),
+            source,
+        };
+        loop {
+            fs::create_dir_all(&self.dir).map_err(|source| StateError::CreateDir {
+                path: self.dir.clone(),
+                source,
+            })?;
+            let file = OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&lock_path)
+                .map_err(lock_err)?;
+            let lock = match timeout {
+                None => Flock::lock(file, FlockArg::LockExclusive)
+                    .map_err(|(_, errno)| lock_err(io::Error::from(errno)))?,
+                Some(timeout) => {
+                    let mut file = file;
+                    loop {
+                        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+                            Ok(lock) => break lock,
+                            Err((f, nix::errno::Errno::EWOULDBLOCK)) => {
+                                if start.elapsed() >= timeout {
+                                    return Err(StateError::Busy {
+                                        path: lock_path.clone(),
+                                        secs: timeout.as_secs(),
+                                    });
+                                }
+                                file = f;
+                                std::thread::sleep(std::time::Duration::from_millis(20));
+                            }
+                            Err((_, errno)) => return Err(lock_err(io::Error::from(errno))),
+                        }
+                    }
+                }
+            };
+            // `down` deletes the lock file while holding it. Whoever was waiting
+            // then holds a lock on a deleted file while a newcomer locks a new
+            // one: only a lock on the file that is at the path now counts.
+            if same_file(&lock, &lock_path) {
+                return Ok((lock, self.dir.join(STATE_FILE)));
+            }
+        }
     }
 
     /// Removes the state file, the lock file and the directory if it is then empty
@@ -239,11 +304,20 @@ impl StateDir {
             _ => Ok(()),
         };
         rm(&locked.path)?;
+        rm(&locked.intent_path())?;
         rm(&self.dir.join(LOCK_FILE))?;
         drop(locked);
         // Not empty (a user's own files) is fine: leave it.
         let _ = fs::remove_dir(&self.dir);
         Ok(())
+    }
+}
+
+fn same_file(file: &File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (file.metadata(), fs::metadata(path)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
     }
 }
 
@@ -272,6 +346,48 @@ fn read_state(path: &Path) -> Result<State, StateError> {
 }
 
 impl Locked {
+    fn intent_path(&self) -> PathBuf {
+        self.path.with_file_name(INTENT_FILE)
+    }
+
+    /// The journal left by a command that died halfway, if any.
+    pub fn pending(&self) -> Result<Option<Intent>, StateError> {
+        let path = self.intent_path();
+        match fs::read(&path) {
+            Ok(text) => serde_json::from_slice(&text)
+                .map(Some)
+                .map_err(|source| StateError::CorruptIntent { path, source }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(StateError::Read { path, source }),
+        }
+    }
+
+    /// Journals `intent` before its first kernel change. Written atomically but not
+    /// fsynced: it only has to survive the death of the process (the page cache
+    /// does); a power loss takes the kernel objects it describes with it.
+    pub fn begin(&self, intent: &Intent) -> Result<(), StateError> {
+        let path = self.intent_path();
+        let tmp = path.with_extension("json.tmp");
+        let werr = |source| StateError::Write {
+            path: tmp.clone(),
+            source,
+        };
+        let text = serde_json::to_vec(intent).map_err(|e| werr(e.into()))?;
+        fs::write(&tmp, text).map_err(werr)?;
+        fs::rename(&tmp, &path).map_err(|source| StateError::Write { path, source })
+    }
+
+    /// Clears the journal once the change is committed or undone.
+    pub fn end(&self) -> Result<(), StateError> {
+        let path = self.intent_path();
+        match fs::remove_file(&path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                Err(StateError::Write { path, source: e })
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Writes the state atomically: a reader sees the old or the new file, never a
     /// mix, even if vethbpf is killed halfway.
     pub fn save(&self) -> Result<(), StateError> {

@@ -34,6 +34,7 @@ pub const FAKE_OPS: &[&str] = &[
     "move_link_to_netns",
     "rename_link",
     "set_link_mac",
+    "set_link_alias",
     "set_link_up",
     "disable_ipv6_addr_gen",
     "add_address",
@@ -82,6 +83,7 @@ struct Link {
     mac: [u8; 6],
     kind: Option<String>,
     up: bool,
+    alias: Option<String>,
     peer: Option<u64>,
     /// IFF_LOOPBACK: its addresses' prefix routes go to the local table, not main.
     loopback: bool,
@@ -380,6 +382,7 @@ impl Namespace {
             mac,
             kind,
             up: false,
+            alias: None,
             peer: None,
             loopback: false,
             addr_gen_disabled: false,
@@ -448,6 +451,7 @@ impl Link {
             mac: Some(self.mac),
             kind: self.kind.clone(),
             up: self.up,
+            alias: self.alias.clone(),
         }
     }
 }
@@ -614,6 +618,26 @@ impl Netlink for FakeNetlink {
             }
             if let Some(link) = n.by_index_mut(index) {
                 link.mac = mac;
+            }
+            Ok(())
+        })
+    }
+
+    fn set_link_alias(&mut self, index: u32, alias: &str) -> Result<(), NetlinkError> {
+        let op = "set_link_alias";
+        self.call(op, format!("{index}, {alias:?}"), |w, ns| {
+            let n = w.ns_mut(ns);
+            n.link_exists(op, index)?;
+            // IFALIASZ is 256 with the NUL.
+            if alias.len() > 255 {
+                return Err(errno_error(
+                    op,
+                    format!("alias of {} bytes", alias.len()),
+                    libc::EINVAL,
+                ));
+            }
+            if let Some(link) = n.by_index_mut(index) {
+                link.alias = (!alias.is_empty()).then(|| alias.to_owned());
             }
             Ok(())
         })

@@ -211,6 +211,17 @@ impl Netlink for RtNetlink {
         )
     }
 
+    fn set_link_alias(&mut self, index: u32, alias: &str) -> Result<(), NetlinkError> {
+        let message = LinkUnspec::new_with_index(index)
+            .append_extra_attribute(LinkAttribute::IfAlias(alias.to_string()))
+            .build();
+        self.change_link(
+            "set link alias",
+            || format!("link index {index} alias {alias:?}"),
+            message,
+        )
+    }
+
     fn set_link_up(&mut self, index: u32) -> Result<(), NetlinkError> {
         let message = LinkUnspec::new_with_index(index).up().build();
         self.change_link("set link up", || format!("link index {index}"), message)
@@ -392,9 +403,11 @@ fn link_info(op: &'static str, m: &LinkMessage) -> Result<LinkInfo, NetlinkError
     let mut name = None;
     let mut mac = None;
     let mut kind = None;
+    let mut alias = None;
     for attr in &m.attributes {
         match attr {
             LinkAttribute::IfName(n) => name = Some(n.clone()),
+            LinkAttribute::IfAlias(a) if !a.is_empty() => alias = Some(a.clone()),
             // Only Ethernet-like addresses are of interest; lo has a 6-byte zero
             // address, tunnels may have 4- or 16-byte ones (left as None).
             LinkAttribute::Address(a) => mac = <[u8; 6]>::try_from(a.as_slice()).ok(),
@@ -417,6 +430,7 @@ fn link_info(op: &'static str, m: &LinkMessage) -> Result<LinkInfo, NetlinkError
         mac,
         kind,
         up: m.header.flags.contains(LinkFlags::Up),
+        alias,
     })
 }
 

@@ -1,0 +1,74 @@
+//! Fault injection for tests: `VETHBPF_FAULT=<point>` makes the step at `<point>`
+//! fail as if the kernel had refused it, and `VETHBPF_FAULT=<point>:crash` kills the
+//! process there with SIGKILL (a crash at an exact point of an operation).
+//!
+//! The hook exists only in builds with the `fault-injection` feature, which the
+//! integration tests enable; in every other build [`point`] is an empty inline
+//! function and the variable is ignored.
+
+/// Every fault point, in the order `endpoint add` and `endpoint del` reach them.
+/// The tests iterate over these, so a new step gets tested by being listed here.
+pub const ADD_POINTS: &[&str] = &[
+    "add.intent",
+    "add.netns",
+    "add.veth",
+    "add.ipv6",
+    "add.mac",
+    "add.move",
+    "add.pod",
+    "add.counters",
+    "add.endpoint-map",
+    "add.attach",
+    "add.link-up",
+    "add.node-route",
+    "add.route-map",
+    "add.commit",
+    "add.done",
+];
+
+pub const DEL_POINTS: &[&str] = &[
+    "del.intent",
+    "del.route-map",
+    "del.link",
+    "del.detach",
+    "del.endpoint-map",
+    "del.netns",
+    "del.counters",
+    "del.commit",
+    "del.done",
+];
+
+/// A step refused by `VETHBPF_FAULT`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("injected fault at {point} (VETHBPF_FAULT)")]
+pub struct Injected {
+    pub point: &'static str,
+}
+
+#[cfg(feature = "fault-injection")]
+pub fn point(name: &'static str) -> Result<(), Injected> {
+    let Some(spec) = std::env::var_os("VETHBPF_FAULT") else {
+        return Ok(());
+    };
+    let spec = spec.to_string_lossy();
+    let (target, action) = spec.split_once(':').unwrap_or((&spec, "fail"));
+    if target != name {
+        return Ok(());
+    }
+    if action == "crash" {
+        tracing::warn!(point = name, "injected crash");
+        // SIGKILL, not abort or exit: nothing runs after it, as with the OOM killer
+        // or a runtime's kill -9.
+        // SAFETY: kill(2) on our own pid has no memory-safety preconditions.
+        unsafe {
+            libc::kill(libc::getpid(), libc::SIGKILL);
+        }
+    }
+    Err(Injected { point: name })
+}
+
+#[cfg(not(feature = "fault-injection"))]
+#[inline(always)]
+pub fn point(_name: &'static str) -> Result<(), Injected> {
+    Ok(())
+}

@@ -1,0 +1,397 @@
+//! `vethbpf reconcile`: bring the state file, the maps, the pinned links and the
+//! node's links and routes back into agreement after a crash or an outside hand.
+//!
+//! The state file says which endpoints exist. For each of them, what can be
+//! re-made from the record is repaired (map entries, attachment, node route, link
+//! up); an endpoint whose veth or namespace is gone is removed. What vethbpf made
+//! but no record owns (links with vethbpf's names, map entries, pinned links) is
+//! removed. The journal of a command that died halfway is settled first (see
+//! [`endpoint::finish_pending`]).
+//!
+//! `--from-kernel` rebuilds a lost or corrupt state file: each host veth carries its
+//! endpoint's identity in its alias ([`KernelTag`]), and the ENDPOINTS map has its
+//! address, counter id and pod MAC.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+use tracing::info;
+use vethbpf_common::{EndpointInfo, ipv4_from_map, ipv4_to_map};
+
+use crate::endpoint::{self, EndpointError, Env, Recovered};
+use crate::ident::{self, MacAddr};
+use crate::netlink::RouteSpec;
+use crate::state::{CniAttachment, EndpointRecord, Locked, NodeConfig, StateError};
+
+/// Alias prefix that marks a link as a vethbpf endpoint's host veth.
+const TAG_PREFIX: &str = "vethbpf:";
+/// `IFALIASZ` - 1.
+const ALIAS_MAX: usize = 255;
+
+/// What an endpoint's host veth says about it (its `IFLA_IFALIAS`, as
+/// `vethbpf:` + compact JSON): the part of its record that the maps do not hold.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KernelTag {
+    pub name: String,
+    pub ifname: String,
+    /// Left out when the alias would be too long (a very long namespace path).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<PathBuf>,
+    pub netns_created: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cni: Option<CniAttachment>,
+}
+
+impl KernelTag {
+    /// The alias; parts are left out, least needed first, until it fits in 255
+    /// bytes (a name and an interface name always fit).
+    pub fn encode(&self) -> String {
+        let mut tag = self.clone();
+        loop {
+            let alias = format!(
+                "{TAG_PREFIX}{}",
+                serde_json::to_string(&tag).unwrap_or_default()
+            );
+            if alias.len() <= ALIAS_MAX {
+                return alias;
+            }
+            if let Some(cni) = tag.cni.as_mut().filter(|c| c.ipam.is_some()) {
+                cni.ipam = None;
+            } else if tag.cni.is_some() {
+                tag.cni = None;
+            } else if tag.netns.is_some() {
+                tag.netns = None;
+            } else {
+                return alias;
+            }
+        }
+    }
+
+    pub fn decode(alias: &str) -> Option<KernelTag> {
+        serde_json::from_str(alias.strip_prefix(TAG_PREFIX)?).ok()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error(transparent)]
+    Endpoint(#[from] EndpointError),
+    #[error(
+        "endpoint {name} has the address {ip}, outside --pod-cidr {cidr}; pass the pod CIDR the node was brought up with"
+    )]
+    OutsideCidr {
+        name: String,
+        ip: Ipv4Addr,
+        cidr: Ipv4Net,
+    },
+}
+
+impl From<StateError> for ReconcileError {
+    fn from(e: StateError) -> Self {
+        ReconcileError::Endpoint(e.into())
+    }
+}
+
+impl From<crate::netlink::NetlinkError> for ReconcileError {
+    fn from(e: crate::netlink::NetlinkError) -> Self {
+        ReconcileError::Endpoint(e.into())
+    }
+}
+
+/// One change `reconcile` made to an endpoint.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Fix {
+    pub endpoint: String,
+    pub what: String,
+}
+
+/// What `reconcile` found and did.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Report {
+    /// The journal of an interrupted command, settled.
+    pub pending: Option<Recovered>,
+    /// A journal that could not be read was removed (the scan below cleans up).
+    pub discarded_journal: bool,
+    /// Endpoints rebuilt from the kernel (`--from-kernel`).
+    pub rebuilt: Vec<String>,
+    /// Parts of endpoints put back from their records.
+    pub repaired: Vec<Fix>,
+    /// Endpoints removed because their veth or namespace was gone.
+    pub removed_endpoints: Vec<Fix>,
+    /// Links with vethbpf's names that no endpoint owns.
+    pub removed_links: Vec<String>,
+    pub removed_route_entries: Vec<Ipv4Net>,
+    /// ENDPOINTS entries (host ifindex) that no endpoint owns.
+    pub removed_endpoint_entries: Vec<u32>,
+    /// Pinned attachments that no endpoint owns.
+    pub removed_pins: Vec<String>,
+}
+
+impl Report {
+    /// Whether anything was out of agreement.
+    pub fn changed(&self) -> bool {
+        self.pending.is_some()
+            || self.discarded_journal
+            || !self.rebuilt.is_empty()
+            || !self.repaired.is_empty()
+            || !self.removed_endpoints.is_empty()
+            || !self.removed_links.is_empty()
+            || !self.removed_route_entries.is_empty()
+            || !self.removed_endpoint_entries.is_empty()
+            || !self.removed_pins.is_empty()
+    }
+}
+
+/// Settles the journal, then makes kernel and state agree (see the module docs).
+pub fn reconcile(env: &mut Env<'_>, locked: &mut Locked) -> Result<Report, ReconcileError> {
+    let mut report = Report::default();
+    match endpoint::finish_pending(env, locked) {
+        Ok(p) => report.pending = p,
+        Err(EndpointError::State(StateError::CorruptIntent { .. })) => {
+            // Only a power loss or a full disk makes one; the scan below finds
+            // whatever the interrupted command left, except a namespace it made.
+            locked.end()?;
+            report.discarded_journal = true;
+        }
+        Err(e) => return Err(e.into()),
+    }
+    check_records(env, locked, &mut report)?;
+    remove_orphans(env, locked, &mut report)?;
+    if report.changed() {
+        info!(?report, "reconciled");
+    }
+    Ok(report)
+}
+
+/// Repairs or removes each recorded endpoint.
+fn check_records(
+    env: &mut Env<'_>,
+    locked: &mut Locked,
+    report: &mut Report,
+) -> Result<(), ReconcileError> {
+    let endpoint_entries: BTreeMap<u32, EndpointInfo> =
+        env.dp.endpoint_entries()?.into_iter().collect();
+    let route_entries: BTreeMap<Ipv4Net, vethbpf_common::Route> =
+        env.dp.route_entries()?.into_iter().collect();
+    let attached = env.dp.attached();
+    let node_routes = env.node.routes()?;
+    let records: Vec<EndpointRecord> = locked.state.endpoints.values().cloned().collect();
+    for rec in records {
+        let fix = |what: &str| Fix {
+            endpoint: rec.name.clone(),
+            what: what.to_string(),
+        };
+        let link = env.node.link_by_name(&rec.host_veth)?;
+        let gone = match &link {
+            None => Some("its host veth is gone"),
+            Some(l) if l.index != rec.host_ifindex => Some("its host veth was re-created"),
+            Some(_) if env.ns.resolve(&rec.netns.to_string_lossy()).is_err() => {
+                Some("its namespace is gone")
+            }
+            Some(_) => None,
+        };
+        if let Some(why) = gone {
+            endpoint::remove_endpoint(env, &rec)?;
+            locked.state.endpoints.remove(&rec.name);
+            locked.save()?;
+            report.removed_endpoints.push(fix(why));
+            continue;
+        }
+        let expected = EndpointInfo {
+            ip: ipv4_to_map(rec.ip.octets()),
+            id: rec.id,
+            mac: rec.pod_mac.0,
+            _pad: [0; 2],
+        };
+        if endpoint_entries.get(&rec.host_ifindex) != Some(&expected) {
+            env.dp.put_endpoint(rec.host_ifindex, &expected)?;
+            report.repaired.push(fix("endpoint map entry"));
+        }
+        if let Some(attached) = &attached
+            && !attached.contains(&rec.host_veth)
+        {
+            env.dp.attach(&rec.host_veth)?;
+            report.repaired.push(fix("program attachment"));
+        }
+        if link.is_some_and(|l| !l.up) {
+            env.node.set_link_up(rec.host_ifindex)?;
+            report.repaired.push(fix("host veth up"));
+        }
+        let node_route = RouteSpec {
+            dst: Ipv4Net::from(rec.ip),
+            oif: rec.host_ifindex,
+            gateway: None,
+            scope_link: true,
+            onlink: false,
+        };
+        if !node_routes
+            .iter()
+            .any(|r| r.dst == node_route.dst && r.oif == node_route.oif)
+        {
+            env.node.add_route(&node_route)?;
+            report.repaired.push(fix("node route"));
+        }
+        let route = endpoint::route_of(&rec);
+        if route_entries.get(&Ipv4Net::from(rec.ip)) != Some(&route) {
+            env.dp.put_route(Ipv4Net::from(rec.ip), &route)?;
+            report.repaired.push(fix("route map entry"));
+        }
+    }
+    Ok(())
+}
+
+/// Removes links, map entries and pins that have vethbpf's shape but no record.
+fn remove_orphans(
+    env: &mut Env<'_>,
+    locked: &Locked,
+    report: &mut Report,
+) -> Result<(), ReconcileError> {
+    let records = &locked.state.endpoints;
+    let hosts: BTreeSet<&str> = records.values().map(|r| r.host_veth.as_str()).collect();
+    let ips: BTreeSet<Ipv4Net> = records.values().map(|r| Ipv4Net::from(r.ip)).collect();
+    let indexes: BTreeSet<u32> = records.values().map(|r| r.host_ifindex).collect();
+
+    for net in env.dp.route_entries()?.into_iter().map(|(n, _)| n) {
+        if !ips.contains(&net) {
+            env.dp.del_route(net)?;
+            report.removed_route_entries.push(net);
+        }
+    }
+    for link in env.node.links()? {
+        if ident::is_derived_name(&link.name)
+            && link.kind.as_deref() == Some("veth")
+            && !hosts.contains(link.name.as_str())
+        {
+            match env.node.del_link(link.index) {
+                Ok(()) | Err(crate::netlink::NetlinkError::NotFound { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+            report.removed_links.push(link.name);
+        }
+    }
+    for (index, _) in env.dp.endpoint_entries()? {
+        if !indexes.contains(&index) {
+            env.dp.del_endpoint(index)?;
+            report.removed_endpoint_entries.push(index);
+        }
+    }
+    for host in env.dp.attached().unwrap_or_default() {
+        if !hosts.contains(host.as_str()) {
+            env.dp.detach(&host)?;
+            report.removed_pins.push(host);
+        }
+    }
+    Ok(())
+}
+
+/// Rebuilds the endpoint records from the kernel into `locked` (whose state is
+/// empty: the file was lost or corrupt), then reconciles. A host veth whose tag or
+/// map entry is missing was never committed, and is removed as an orphan.
+pub fn from_kernel(
+    env: &mut Env<'_>,
+    locked: &mut Locked,
+    node: NodeConfig,
+) -> Result<Report, ReconcileError> {
+    let entries: BTreeMap<u32, EndpointInfo> = env.dp.endpoint_entries()?.into_iter().collect();
+    let mut rebuilt = Vec::new();
+    for link in env.node.links()? {
+        if !link.name.starts_with(ident::HOST_VETH_PREFIX) || !ident::is_derived_name(&link.name) {
+            continue;
+        }
+        let (Some(tag), Some(info)) = (
+            link.alias.as_deref().and_then(KernelTag::decode),
+            entries.get(&link.index),
+        ) else {
+            continue;
+        };
+        // The name must still hash to this veth, or the alias is not ours.
+        if ident::host_veth_name(&tag.name) != link.name {
+            continue;
+        }
+        let Some(netns) = tag.netns.clone().or_else(|| {
+            tag.netns_created
+                .then(|| crate::netns::named_path(&tag.name))
+        }) else {
+            continue;
+        };
+        let ip = Ipv4Addr::from(ipv4_from_map(info.ip));
+        if !node.pod_cidr.contains(&ip) {
+            return Err(ReconcileError::OutsideCidr {
+                name: tag.name,
+                ip,
+                cidr: node.pod_cidr,
+            });
+        }
+        rebuilt.push(EndpointRecord {
+            name: tag.name,
+            id: info.id,
+            ip,
+            pod_mac: MacAddr(info.mac),
+            host_veth: link.name,
+            host_ifindex: link.index,
+            netns,
+            netns_created: tag.netns_created,
+            ifname: tag.ifname,
+            cni: tag.cni,
+        });
+    }
+    locked.state.node = Some(node.clone());
+    locked.state.endpoints = rebuilt
+        .iter()
+        .map(|r| (r.name.clone(), r.clone()))
+        .collect();
+    locked.save()?;
+    let mut report = reconcile(env, locked)?;
+    report.rebuilt = rebuilt.into_iter().map(|r| r.name).collect();
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tag(netns: &str, cni: bool) -> KernelTag {
+        KernelTag {
+            name: "pod-a".into(),
+            ifname: "eth0".into(),
+            netns: Some(PathBuf::from(netns)),
+            netns_created: false,
+            cni: cni.then(|| CniAttachment {
+                container_id: "c".repeat(64),
+                ifname: "eth0".into(),
+                network: "vethbpf-network".into(),
+                ipam: Some("host-local".into()),
+            }),
+        }
+    }
+
+    #[test]
+    fn tag_round_trips_through_the_alias() {
+        let t = tag("/run/netns/cni-1234", true);
+        let alias = t.encode();
+        assert!(alias.len() <= ALIAS_MAX, "{}", alias.len());
+        assert_eq!(KernelTag::decode(&alias), Some(t));
+        assert_eq!(KernelTag::decode("some admin's alias"), None);
+        assert_eq!(KernelTag::decode("vethbpf:{broken"), None);
+    }
+
+    #[test]
+    fn long_tags_drop_the_least_needed_parts_first() {
+        let long = format!("/run/netns/{}", "n".repeat(150));
+        let alias = tag(&long, true).encode();
+        assert!(alias.len() <= ALIAS_MAX);
+        let back = KernelTag::decode(&alias).unwrap();
+        assert_eq!(back.netns, Some(PathBuf::from(&long)));
+        assert!(back.cni.is_none() || back.cni.as_ref().unwrap().ipam.is_none());
+
+        let longer = format!("/run/netns/{}", "n".repeat(250));
+        let back = KernelTag::decode(&tag(&longer, true).encode()).unwrap();
+        assert_eq!(
+            (back.name.as_str(), back.netns, back.cni),
+            ("pod-a", None, None)
+        );
+    }
+}
