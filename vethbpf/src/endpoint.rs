@@ -129,9 +129,11 @@ pub struct PodConfig {
     pub ifname: String,
     pub ip: Ipv4Addr,
     pub gateway: Ipv4Addr,
+    /// Bring `lo` up too (the namespace is vethbpf's own).
+    pub lo_up: bool,
 }
 
-/// Inside the pod: rename the peer, bring `lo` and it up, `IP/32`, a link route to
+/// Inside the pod: rename the peer, bring it (and `lo` if asked) up, `IP/32`, a link route to
 /// the gateway and a default route through it. Returns the pod interface's MAC.
 pub fn configure_pod_side(nl: &mut dyn Netlink, cfg: &PodConfig) -> Result<MacAddr, EndpointError> {
     let link = nl
@@ -140,7 +142,11 @@ pub fn configure_pod_side(nl: &mut dyn Netlink, cfg: &PodConfig) -> Result<MacAd
             ifname: cfg.temp_name.clone(),
         })?;
     nl.rename_link(link.index, &cfg.ifname)?;
-    if let Some(lo) = nl.link_by_name("lo")? {
+    // Only in a namespace vethbpf made: an existing one is its owner's, and a
+    // rollback could not tell whether lo was up before.
+    if cfg.lo_up
+        && let Some(lo) = nl.link_by_name("lo")?
+    {
         nl.set_link_up(lo.index)?;
     }
     nl.set_link_up(link.index)?;
@@ -405,6 +411,7 @@ fn add_steps(
             ifname: req.ifname.clone(),
             ip,
             gateway: node.gateway,
+            lo_up: netns_created,
         },
     )?;
 

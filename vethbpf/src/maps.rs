@@ -57,6 +57,16 @@ where
     T::try_from(map).map_err(|source| MapsError::Open { path, source })
 }
 
+/// A delete of a key that is not there: aya reports it as `KeyNotFound` for some
+/// map types and as the syscall's ENOENT for others (LPM tries).
+fn is_missing(e: &MapError) -> bool {
+    match e {
+        MapError::KeyNotFound => true,
+        MapError::SyscallError(s) => s.io_error.raw_os_error() == Some(libc::ENOENT),
+        _ => false,
+    }
+}
+
 fn route_key(net: Ipv4Net) -> Key<u32> {
     Key::new(
         u32::from(net.prefix_len()),
@@ -109,7 +119,8 @@ impl Maps {
     /// Deletes a route; one that is not there is fine.
     pub fn del_route(&mut self, net: Ipv4Net) -> Result<(), MapsError> {
         match self.routes.remove(&route_key(net)) {
-            Err(MapError::KeyNotFound) | Ok(()) => Ok(()),
+            Ok(()) => Ok(()),
+            Err(e) if is_missing(&e) => Ok(()),
             Err(source) => Err(MapsError::Op {
                 map: MAP_ROUTES,
                 op: "remove",
@@ -135,7 +146,8 @@ impl Maps {
     /// Deletes an endpoint entry; one that is not there is fine.
     pub fn del_endpoint(&mut self, ifindex: u32) -> Result<(), MapsError> {
         match self.endpoints.remove(&ifindex) {
-            Err(MapError::KeyNotFound) | Ok(()) => Ok(()),
+            Ok(()) => Ok(()),
+            Err(e) if is_missing(&e) => Ok(()),
             Err(source) => Err(MapsError::Op {
                 map: MAP_ENDPOINTS,
                 op: "remove",

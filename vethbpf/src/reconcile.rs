@@ -266,10 +266,11 @@ fn remove_orphans(
             && !hosts.contains(link.name.as_str())
         {
             match env.node.del_link(link.index) {
-                Ok(()) | Err(crate::netlink::NetlinkError::NotFound { .. }) => {}
+                Ok(()) => report.removed_links.push(link.name),
+                // The other end of a pair deleted just before.
+                Err(crate::netlink::NetlinkError::NotFound { .. }) => {}
                 Err(e) => return Err(e.into()),
             }
-            report.removed_links.push(link.name);
         }
     }
     for (index, _) in env.dp.endpoint_entries()? {

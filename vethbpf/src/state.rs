@@ -305,6 +305,9 @@ impl StateDir {
         };
         rm(&locked.path)?;
         rm(&locked.intent_path())?;
+        // Temp files of a write that a kill interrupted.
+        rm(&locked.path.with_extension("json.tmp"))?;
+        rm(&locked.intent_path().with_extension("json.tmp"))?;
         rm(&self.dir.join(LOCK_FILE))?;
         drop(locked);
         // Not empty (a user's own files) is fine: leave it.
