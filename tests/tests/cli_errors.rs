@@ -151,3 +151,330 @@ fn failure_halfway_through_add_undoes_everything() {
     // And the same endpoint works in a clean namespace afterwards.
     node.add("p", &[]);
 }
+
+/// Every command, with each kind of wrong argument it can get: a specific message,
+/// exit code 1 (2 for what clap rejects before vethbpf runs) and an unchanged node.
+#[test]
+fn every_command_names_what_is_wrong_and_changes_nothing() {
+    let node = TestNode::up();
+    let web = node.add("web", &[]);
+    let web_name = web["name"].as_str().expect("name").to_string();
+    let fresh = node.pod("fresh");
+    let other_bpffs = node.dir.join("other-bpffs");
+    let other = other_bpffs.to_str().expect("utf-8 path");
+    let file = node.dir.join("a-file");
+    std::fs::write(&file, b"x").expect("write");
+    let file = file.to_str().expect("utf-8 path");
+    // (arguments, exit code, message)
+    let cases: Vec<(Vec<&str>, i32, &str)> = vec![
+        // No or unknown command, unknown options, bad global options.
+        (vec![], 2, "Usage:"),
+        (
+            vec!["frobnicate"],
+            2,
+            "unrecognized subcommand 'frobnicate'",
+        ),
+        (vec!["endpoint"], 2, "Usage:"),
+        (
+            vec!["endpoint", "rename"],
+            2,
+            "unrecognized subcommand 'rename'",
+        ),
+        (vec!["-o", "xml", "status"], 2, "invalid value 'xml'"),
+        (
+            vec!["status", "--bogus"],
+            2,
+            "unexpected argument '--bogus'",
+        ),
+        (vec!["down", "--force"], 2, "unexpected argument '--force'"),
+        (
+            vec!["demo", "--count", "3"],
+            2,
+            "unexpected argument '--count'",
+        ),
+        // A bpffs dir other than the node's.
+        (
+            vec!["--bpffs-dir", other, "endpoint", "list"],
+            1,
+            "the node was brought up with --bpffs-dir",
+        ),
+        (
+            vec!["--bpffs-dir", other, "endpoint", "add", &fresh],
+            1,
+            "the node was brought up with --bpffs-dir",
+        ),
+        (
+            vec!["--bpffs-dir", other, "down"],
+            1,
+            "the node was brought up with --bpffs-dir",
+        ),
+        (
+            vec!["--bpffs-dir", other, "reconcile"],
+            1,
+            "the node was brought up with --bpffs-dir",
+        ),
+        // A state dir that cannot be one.
+        (
+            vec!["--state-dir", file, "up"],
+            1,
+            "cannot create the state directory",
+        ),
+        (
+            vec!["--state-dir", file, "endpoint", "list"],
+            1,
+            "the node is not up",
+        ),
+        // up: CIDRs and gateways.
+        (
+            vec!["up", "--pod-cidr", "10.244.0.0"],
+            2,
+            "invalid value '10.244.0.0'",
+        ),
+        (vec!["up", "--pod-cidr", "300.1.0.0/24"], 2, "invalid value"),
+        (
+            vec!["up", "--gateway", "169.254.1"],
+            2,
+            "invalid value '169.254.1'",
+        ),
+        (
+            vec!["up", "--gateway", "fe80::1"],
+            2,
+            "invalid value 'fe80::1'",
+        ),
+        (
+            vec!["up", "--pod-cidr", "10.1.0.0/24"],
+            1,
+            "before changing it to 10.1.0.0/24",
+        ),
+        (
+            vec!["up", "--gateway", "10.244.0.9"],
+            1,
+            "lies inside the pod CIDR",
+        ),
+        // endpoint add: names, addresses, namespaces, interface names.
+        (
+            vec!["endpoint", "add"],
+            2,
+            "required arguments were not provided",
+        ),
+        (vec!["endpoint", "add", ""], 1, "endpoint name is empty"),
+        (
+            vec!["endpoint", "add", ".hidden"],
+            1,
+            "starting with a letter or digit",
+        ),
+        (vec!["endpoint", "add", "a b"], 1, "has the character ' '"),
+        (vec!["endpoint", "add", &web_name], 1, "already exists"),
+        (
+            vec!["endpoint", "add", &fresh, "--ip", "10.244.0.0"],
+            1,
+            "network or broadcast address",
+        ),
+        (
+            vec!["endpoint", "add", &fresh, "--ip", "169.254.1.1"],
+            1,
+            "outside the pod CIDR",
+        ),
+        (
+            vec!["endpoint", "add", &fresh, "--ip", "10.244.0.1/32"],
+            2,
+            "invalid value",
+        ),
+        (
+            vec!["endpoint", "add", &fresh, "--ifname", "eth/0"],
+            1,
+            "may not contain '/'",
+        ),
+        (
+            vec!["endpoint", "add", &fresh, "--ifname", ""],
+            1,
+            "interface name \"\"",
+        ),
+        (
+            vec!["endpoint", "add", &fresh, "--netns", "../etc"],
+            1,
+            "does not exist",
+        ),
+        (
+            vec!["endpoint", "add", &fresh, "--netns", file],
+            1,
+            "is not a network namespace",
+        ),
+        // endpoint del.
+        (
+            vec!["endpoint", "del"],
+            2,
+            "required arguments were not provided",
+        ),
+        (vec!["endpoint", "del", &fresh], 1, "no endpoint named"),
+        (vec!["endpoint", "del", "a/b"], 1, "no endpoint named a/b"),
+        // reconcile.
+        (
+            vec!["reconcile", "--pod-cidr", "10.0.0.0/8"],
+            2,
+            "--from-kernel",
+        ),
+        (
+            vec!["reconcile", "--from-kernel"],
+            1,
+            "is readable; run `vethbpf reconcile` without",
+        ),
+        (
+            vec!["--bpffs-dir", other, "reconcile", "--from-kernel"],
+            1,
+            "nothing is pinned at",
+        ),
+    ];
+    for (args, code, expect) in &cases {
+        let before = node.snapshot();
+        let out = own_dirs(&node, args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(*code), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(expect),
+            "{args:?}: expected {expect:?} in the error, got: {stderr}"
+        );
+        assert_eq!(node.snapshot(), before, "{args:?} changed the node");
+        assert!(!other_bpffs.exists(), "{args:?} made {other}");
+    }
+}
+
+/// Runs vethbpf in the node namespace with the test's --bpffs-dir and --state-dir,
+/// unless the arguments bring their own.
+fn own_dirs(node: &TestNode, args: &[&str]) -> std::process::Output {
+    let mut cmd = std::process::Command::new("nsenter");
+    cmd.arg(format!("--net=/run/netns/{}", node.netns))
+        .arg("--")
+        .arg(vethbpf_tests::vethbpf_bin());
+    if !args.contains(&"--bpffs-dir") {
+        cmd.arg("--bpffs-dir").arg(&node.bpffs);
+    }
+    if !args.contains(&"--state-dir") {
+        cmd.arg("--state-dir").arg(&node.state);
+    }
+    cmd.args(args).output().expect("run vethbpf")
+}
+
+/// Runs vethbpf as `nobody` inside the node namespace.
+fn as_nobody(node: &TestNode, args: &[&str]) -> std::process::Output {
+    let net = format!("--net=/run/netns/{}", node.netns);
+    let bin = vethbpf_tests::vethbpf_bin()
+        .to_str()
+        .expect("utf-8 path")
+        .to_string();
+    let bpffs = node.bpffs.to_str().expect("utf-8").to_string();
+    let state = node.state.to_str().expect("utf-8").to_string();
+    let mut full = vec![
+        net.as_str(),
+        "--",
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "--",
+        bin.as_str(),
+        "--bpffs-dir",
+        bpffs.as_str(),
+        "--state-dir",
+        state.as_str(),
+    ];
+    full.extend_from_slice(args);
+    vethbpf_tests::run("nsenter", full)
+}
+
+#[test]
+fn every_command_refuses_to_run_without_root() {
+    let node = TestNode::up();
+    let pod = node.pod("p");
+    node.add("p", &[]);
+    for args in [
+        &["up"][..],
+        &["endpoint", "add", "x"],
+        &["endpoint", "del", &pod],
+        &["endpoint", "list"],
+        &["status"],
+        &["reconcile"],
+        &["reconcile", "--from-kernel"],
+        &["down"],
+        &["demo"],
+    ] {
+        let before = node.snapshot();
+        let out = as_nobody(&node, args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("vethbpf must run as root"),
+            "{args:?}: {stderr}"
+        );
+        assert_eq!(node.snapshot(), before, "{args:?} changed the node");
+    }
+}
+
+#[test]
+fn a_missing_bpffs_is_named_and_up_then_reconcile_bring_the_datapath_back() {
+    let node = TestNode::up();
+    let a = node.add("a", &[]);
+    let b = node.add("b", &[]);
+    let ip = |e: &serde_json::Value| e["ip"].as_str().expect("ip").to_string();
+    // Someone unmounts the bpffs: the pins, and with them the maps, the program
+    // and its attachments, are gone.
+    must("umount", [node.bpffs.to_str().expect("utf-8")]);
+    // The kernel releases the detached links asynchronously.
+    let gone = (0..20).any(|_| node.ping_from_pod("a", &ip(&b), 1).is_none());
+    assert!(gone, "the datapath went with the bpffs");
+    for args in [
+        &["endpoint", "add", &node.pod("c")][..],
+        &["endpoint", "list"],
+        &["status"],
+        &["reconcile"],
+    ] {
+        assert_rejected(
+            &node,
+            args,
+            "is the bpffs still mounted? `vethbpf up` loads the datapath again",
+        );
+    }
+    // `up` loads the datapath again; `reconcile` puts every endpoint back into it.
+    let up = node.ok(&["up"]);
+    assert!(up.contains("loaded again"), "{up}");
+    let r = node.json(&["reconcile"]);
+    let repaired: Vec<String> = r["repaired"]
+        .as_array()
+        .expect("repaired")
+        .iter()
+        .map(|f| f["what"].as_str().unwrap_or("").to_string())
+        .collect();
+    for what in [
+        "endpoint map entry",
+        "program attachment",
+        "route map entry",
+    ] {
+        assert_eq!(
+            repaired.iter().filter(|w| *w == what).count(),
+            2,
+            "{what}: {r}"
+        );
+    }
+    // Traffic resumes. A pod whose gateway neighbour entry failed while the
+    // datapath was gone resolves it again first, which can cost a packet.
+    let resumes = |from: &str, to: &str| (0..3).find_map(|_| node.ping_from_pod(from, to, 2));
+    assert_eq!(resumes("a", &ip(&b)), Some(63));
+    assert_eq!(resumes("b", &ip(&a)), Some(63));
+}
+
+#[test]
+fn down_cleans_up_even_when_the_bpffs_is_gone() {
+    let node = TestNode::new();
+    let clean = node.snapshot();
+    node.ok(&["up"]);
+    node.add("a", &[]);
+    node.add("b", &[]);
+    must("umount", [node.bpffs.to_str().expect("utf-8")]);
+    node.ok(&["down"]);
+    let after = node.snapshot();
+    assert_eq!(
+        after, clean,
+        "links, namespaces, routes and state as before up"
+    );
+    assert!(!node.state.exists(), "state dir removed");
+}

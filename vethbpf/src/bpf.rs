@@ -61,7 +61,9 @@ pub enum BpfError {
         #[source]
         source: PinError,
     },
-    #[error("the pinned program {path} cannot be opened ({source}); is the node up?")]
+    #[error(
+        "the pinned program {path} cannot be opened ({source}); is the bpffs still mounted? `vethbpf up` loads the datapath again"
+    )]
     OpenProgram {
         path: PathBuf,
         #[source]
@@ -401,13 +403,13 @@ pub fn remove_all(pins: &Pins, mount: Option<&Path>) -> Result<(), BpfError> {
     ] {
         let _ = fs::remove_dir(d);
     }
-    let unmount = |at: &Path| {
-        nix::mount::umount2(at, nix::mount::MntFlags::MNT_DETACH).map_err(|source| {
-            BpfError::Unmount {
-                path: at.to_path_buf(),
-                source,
-            }
-        })
+    let unmount = |at: &Path| match nix::mount::umount2(at, nix::mount::MntFlags::MNT_DETACH) {
+        // EINVAL: nothing mounted there any more (someone unmounted it).
+        Ok(()) | Err(nix::errno::Errno::EINVAL) => Ok(()),
+        Err(source) => Err(BpfError::Unmount {
+            path: at.to_path_buf(),
+            source,
+        }),
     };
     if mount == Some(pins.root.as_path()) {
         if is_empty_dir(&pins.root) {

@@ -240,7 +240,6 @@ fn settle(locked: &mut Locked) -> Result<()> {
     if locked.pending()?.is_none() {
         return Ok(());
     }
-    require_root()?;
     let node = node_config(locked)?;
     with_env(&node, |env| {
         endpoint::finish_pending(env, locked).context("settling an interrupted command")
@@ -296,23 +295,32 @@ fn rebuild_from_kernel(
 
 /// Runs `f` with the real kernel behind the endpoint traits.
 fn with_env<T>(node: &NodeConfig, f: impl FnOnce(&mut Env<'_>) -> Result<T>) -> Result<T> {
+    let mut dp = PinnedDatapath::open(node).context("opening the pinned datapath")?;
+    with_datapath(&mut dp, f)
+}
+
+fn with_datapath<T>(
+    dp: &mut dyn endpoint::Datapath,
+    f: impl FnOnce(&mut Env<'_>) -> Result<T>,
+) -> Result<T> {
     let mut nl = RtNetlink::connect().context("netlink in the node namespace")?;
     let mut ns = KernelNamespaces;
-    let mut dp = PinnedDatapath::open(node).context("opening the pinned datapath")?;
     let mut env = Env {
         node: &mut nl,
         ns: &mut ns,
-        dp: &mut dp,
+        dp,
     };
     f(&mut env)
 }
 
 pub fn run(cli: Cli, bpffs_explicit: bool) -> Result<()> {
+    // Every command reads pinned eBPF objects or a root-owned state dir; say so
+    // up front rather than fail on a permission somewhere inside.
+    require_root()?;
     let state_dir = StateDir::new(&cli.state_dir);
     let out = cli.output;
     match &cli.command {
         Command::Up(args) => {
-            require_root()?;
             let mut locked = lock(&state_dir)?;
             let report = node::up(
                 &mut locked,
@@ -329,7 +337,6 @@ pub fn run(cli: Cli, bpffs_explicit: bool) -> Result<()> {
             output::up(out, &report)
         }
         Command::Endpoint(EndpointCommand::Add(args)) => {
-            require_root()?;
             let mut locked = lock_up_node(&state_dir)?;
             check_bpffs(&locked, &cli, bpffs_explicit)?;
             let req = AddRequest {
@@ -346,7 +353,6 @@ pub fn run(cli: Cli, bpffs_explicit: bool) -> Result<()> {
             output::endpoint(out, &EndpointView::new(&rec, None))
         }
         Command::Endpoint(EndpointCommand::Del { name }) => {
-            require_root()?;
             let mut locked = lock_up_node(&state_dir)?;
             check_bpffs(&locked, &cli, bpffs_explicit)?;
             let node = node_config(&locked)?;
@@ -386,10 +392,18 @@ pub fn run(cli: Cli, bpffs_explicit: bool) -> Result<()> {
             },
         ),
         Command::Down => {
-            require_root()?;
             let locked = lock_up_node(&state_dir)?;
             check_bpffs(&locked, &cli, bpffs_explicit)?;
             let report = match locked.state.node.clone() {
+                // The pins are gone (someone unmounted the bpffs): so are the
+                // maps and attachments; `down` still removes links, namespaces
+                // and state.
+                Some(node) if !Pins::new(&node.bpffs_dir).is_loaded() => {
+                    tracing::warn!(bpffs = %node.bpffs_dir.display(), "nothing pinned; removing endpoints without the datapath");
+                    with_datapath(&mut endpoint::GoneDatapath, |env| {
+                        node::down(env, &state_dir, locked).context("vethbpf down")
+                    })?
+                }
                 Some(node) => with_env(&node, |env| {
                     node::down(env, &state_dir, locked).context("vethbpf down")
                 })?,
@@ -398,12 +412,10 @@ pub fn run(cli: Cli, bpffs_explicit: bool) -> Result<()> {
             output::down(out, &report)
         }
         Command::Reconcile(args) if args.from_kernel => {
-            require_root()?;
             let report = rebuild_from_kernel(&cli, &state_dir, args)?;
             output::reconcile(out, &report)
         }
         Command::Reconcile(_) => {
-            require_root()?;
             let mut locked = lock_up_node(&state_dir)?;
             check_bpffs(&locked, &cli, bpffs_explicit)?;
             let node = node_config(&locked)?;
@@ -412,9 +424,6 @@ pub fn run(cli: Cli, bpffs_explicit: bool) -> Result<()> {
             })?;
             output::reconcile(out, &report)
         }
-        Command::Demo(args) => {
-            require_root()?;
-            crate::demo::run(args, out)
-        }
+        Command::Demo(args) => crate::demo::run(args, out),
     }
 }

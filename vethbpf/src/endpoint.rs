@@ -895,6 +895,47 @@ impl Datapath for PinnedDatapath {
     }
 }
 
+/// The datapath of a node whose pins are gone (its bpffs was unmounted): every map
+/// entry and attachment went with them, so removing one is done already. Lets
+/// `down` clean up links, namespaces and state all the same.
+pub struct GoneDatapath;
+
+impl Datapath for GoneDatapath {
+    fn attach(&mut self, _host_veth: &str) -> Result<(), EndpointError> {
+        Err(EndpointError::NotUp)
+    }
+    fn detach(&mut self, _host_veth: &str) -> Result<(), EndpointError> {
+        Ok(())
+    }
+    fn put_endpoint(&mut self, _ifindex: u32, _info: &EndpointInfo) -> Result<(), EndpointError> {
+        Err(EndpointError::NotUp)
+    }
+    fn del_endpoint(&mut self, _ifindex: u32) -> Result<(), EndpointError> {
+        Ok(())
+    }
+    fn put_route(&mut self, _net: Ipv4Net, _route: &Route) -> Result<(), EndpointError> {
+        Err(EndpointError::NotUp)
+    }
+    fn del_route(&mut self, _net: Ipv4Net) -> Result<(), EndpointError> {
+        Ok(())
+    }
+    fn reset_counters(&mut self, _id: u32) -> Result<(), EndpointError> {
+        Ok(())
+    }
+    fn counters(&self, _id: u32) -> Result<EndpointCounters, EndpointError> {
+        Err(EndpointError::NotUp)
+    }
+    fn route_entries(&self) -> Result<Vec<(Ipv4Net, Route)>, EndpointError> {
+        Ok(Vec::new())
+    }
+    fn endpoint_entries(&self) -> Result<Vec<(u32, EndpointInfo)>, EndpointError> {
+        Ok(Vec::new())
+    }
+    fn attached(&self) -> Option<Vec<String>> {
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     //! `add`/`del` against fakes: every step of `add` is made to fail in turn, and

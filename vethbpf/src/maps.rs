@@ -16,7 +16,9 @@ use crate::bpf::Pins;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MapsError {
-    #[error("cannot open the pinned map {path} ({source}); is the node up?")]
+    #[error(
+        "cannot open the pinned map {path} ({source}); is the bpffs still mounted? `vethbpf up` loads the datapath again"
+    )]
     Open {
         path: PathBuf,
         #[source]
