@@ -175,3 +175,100 @@ fn concurrent_adds_and_dels_all_succeed_with_distinct_addresses() {
         "every pod namespace removed"
     );
 }
+
+/// Spawns every command at once and waits for all of them.
+fn spawn_together(node: &TestNode, commands: &[Vec<String>]) -> Vec<std::process::Output> {
+    let children: Vec<_> = commands
+        .iter()
+        .map(|args| {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            node.command(&args)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("spawn vethbpf")
+        })
+        .collect();
+    children
+        .into_iter()
+        .map(|c| c.wait_with_output().expect("wait"))
+        .collect()
+}
+
+#[test]
+fn up_and_down_racing_endpoint_changes_are_serialized() {
+    let node = TestNode::new();
+    let clean = node.snapshot();
+    node.ok(&["up"]);
+    let cmd = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+
+    // Round 1: 20 adds with `up` and `up --replace` in between: all succeed.
+    let mut round: Vec<Vec<String>> = (0..20)
+        .map(|i| cmd(&["endpoint", "add", &node.pod(&format!("u{i}"))]))
+        .collect();
+    for i in 0..6 {
+        let up: &[&str] = if i % 2 == 0 {
+            &["up"]
+        } else {
+            &["up", "--replace"]
+        };
+        round.insert(i * 4, cmd(up));
+    }
+    for (args, out) in round.iter().zip(spawn_together(&node, &round)) {
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let status = node.json(&["status"]);
+    assert_eq!(status["endpoints"], 20);
+    assert_eq!(vethbpf_tests::map_entries(&status, "ROUTES"), 20);
+    assert_eq!(vethbpf_tests::map_entries(&status, "ENDPOINTS"), 20);
+    let program = status_program_id(&node);
+    let attachments = status["attachments"].as_array().expect("attachments");
+    assert_eq!(attachments.len(), 20);
+    for a in attachments {
+        assert_eq!(
+            a["program_id"].as_u64(),
+            Some(program),
+            "every link runs the newest program: {a}"
+        );
+    }
+    let first = node.pod("u0");
+    let second = node.pod("u1");
+    let ip_of = |name: &str| {
+        node.json(&["endpoint", "list"])
+            .as_array()
+            .and_then(|l| l.iter().find(|e| e["name"] == name).cloned())
+            .and_then(|e| e["ip"].as_str().map(str::to_string))
+            .expect("listed")
+    };
+    assert_eq!(node.ping_from_pod("u0", &ip_of(&second), 1), Some(63));
+
+    // Round 2: dels, new adds and one `down`, at once. Each command either ran
+    // before `down` (and `down` removed what it made) or after it (and says the
+    // node is not up); none fails otherwise and nothing is left.
+    let mut round: Vec<Vec<String>> = (0..10)
+        .flat_map(|i| {
+            [
+                cmd(&["endpoint", "del", &node.pod(&format!("u{i}"))]),
+                cmd(&["endpoint", "add", &node.pod(&format!("v{i}"))]),
+            ]
+        })
+        .collect();
+    round.insert(10, cmd(&["down"]));
+    for (args, out) in round.iter().zip(spawn_together(&node, &round)) {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() || stderr.contains("the node is not up"),
+            "{args:?}: {stderr}"
+        );
+    }
+    // If an add slipped in after `down` it failed; the node is down.
+    let status = node.json(&["status"]);
+    assert_eq!(status["up"], false, "{status}");
+    assert_eq!(node.snapshot(), clean, "everything gone, as before up");
+    assert!(!node.state.exists(), "state dir gone");
+    let _ = first;
+}

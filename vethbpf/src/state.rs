@@ -255,12 +255,17 @@ impl StateDir {
                 path: self.dir.clone(),
                 source,
             })?;
-            let file = OpenOptions::new()
+            let file = match OpenOptions::new()
                 .create(true)
                 .truncate(false)
                 .write(true)
                 .open(&lock_path)
-                .map_err(lock_err)?;
+            {
+                Ok(f) => f,
+                // `down` removed the directory between the two calls: make it again.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(lock_err(e)),
+            };
             let lock = match timeout {
                 None => Flock::lock(file, FlockArg::LockExclusive)
                     .map_err(|(_, errno)| lock_err(io::Error::from(errno)))?,
