@@ -394,3 +394,93 @@ impl Drop for TestNode {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// xorshift64*: a small deterministic generator, so that a failing run can be
+/// replayed from the seed it prints.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
+    }
+    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.next_u64() as u8).collect()
+    }
+}
+
+/// One's complement sum of 16-bit big-endian words, folded, not complemented (the
+/// Internet checksum is its complement).
+pub fn ones_sum(bytes: &[u8]) -> u16 {
+    let mut sum: u32 = bytes
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum as u16
+}
+
+/// Sends `len` bytes over TCP from a socket in the namespace `client` to a listener
+/// on `server_ip` in the namespace `server`, which echoes them; asserts they come
+/// back intact and returns how long it took.
+pub fn tcp_echo(
+    server: &Path,
+    server_ip: std::net::Ipv4Addr,
+    client: &Path,
+    len: usize,
+) -> std::time::Duration {
+    use std::io::{Read, Write};
+    use std::net::{SocketAddr, TcpListener, TcpStream};
+    use std::time::{Duration, Instant};
+
+    let listener = vethbpf::netns::run_in(server, move || {
+        TcpListener::bind(SocketAddr::from((server_ip, 0)))
+    })
+    .expect("enter server netns")
+    .expect("bind in server netns");
+    let port = listener.local_addr().expect("local addr").port();
+    let server_thread = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().expect("accept");
+        s.set_read_timeout(Some(Duration::from_secs(20))).ok();
+        let mut buf = vec![0u8; 65536];
+        loop {
+            let n = s.read(&mut buf).expect("server read");
+            if n == 0 {
+                break;
+            }
+            s.write_all(&buf[..n]).expect("server write");
+        }
+    });
+    let start = Instant::now();
+    let mut stream = vethbpf::netns::run_in(client, move || {
+        TcpStream::connect_timeout(&SocketAddr::from((server_ip, port)), Duration::from_secs(5))
+    })
+    .expect("enter client netns")
+    .expect("connect from client netns");
+    stream.set_read_timeout(Some(Duration::from_secs(20))).ok();
+    let data: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+    let writer = {
+        let mut w = stream.try_clone().expect("clone stream");
+        let data = data.clone();
+        std::thread::spawn(move || {
+            w.write_all(&data).expect("client write");
+            w.shutdown(std::net::Shutdown::Write).expect("shutdown");
+        })
+    };
+    let mut back = Vec::with_capacity(len);
+    stream.read_to_end(&mut back).expect("client read");
+    writer.join().expect("writer");
+    server_thread.join().expect("server");
+    let took = start.elapsed();
+    let what = format!("{} -> {}", client.display(), server.display());
+    assert_eq!(back.len(), len, "echoed length {what}");
+    assert!(back == data, "echoed bytes differ {what}");
+    took
+}

@@ -2,10 +2,8 @@
 //! through from_pod and bpf_redirect_peer with `ip_forward=0`, no bridge, no proxy
 //! ARP, no iptables rules and no address on any host-side veth.
 
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use vethbpf_tests::{NODE_IP, TestNode, netns_list, packets};
 
@@ -13,50 +11,11 @@ fn ip_of(ep: &serde_json::Value) -> String {
     ep["ip"].as_str().expect("ip in endpoint JSON").to_string()
 }
 
-/// Sends `len` bytes from pod `client` to pod `server` over TCP and reads them back
-/// (echo), with each socket created inside its pod's namespace.
+/// [`vethbpf_tests::tcp_echo`] between two of the node's pods.
 fn tcp_echo(node: &TestNode, server: &str, server_ip: &str, client: &str, len: usize) {
     let ns = |p: &str| PathBuf::from(format!("/run/netns/{}", node.pod(p)));
     let ip: Ipv4Addr = server_ip.parse().expect("server ip");
-    let listener = vethbpf::netns::run_in(&ns(server), move || {
-        TcpListener::bind(SocketAddr::from((ip, 0)))
-    })
-    .expect("enter server netns")
-    .expect("bind in server pod");
-    let port = listener.local_addr().expect("local addr").port();
-    let server_thread = std::thread::spawn(move || {
-        let (mut s, _) = listener.accept().expect("accept");
-        s.set_read_timeout(Some(Duration::from_secs(10))).ok();
-        let mut buf = vec![0u8; 65536];
-        loop {
-            let n = s.read(&mut buf).expect("server read");
-            if n == 0 {
-                break;
-            }
-            s.write_all(&buf[..n]).expect("server write");
-        }
-    });
-    let mut stream = vethbpf::netns::run_in(&ns(client), move || {
-        TcpStream::connect_timeout(&SocketAddr::from((ip, port)), Duration::from_secs(5))
-    })
-    .expect("enter client netns")
-    .expect("connect from client pod");
-    stream.set_read_timeout(Some(Duration::from_secs(10))).ok();
-    let data: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
-    let writer = {
-        let mut w = stream.try_clone().expect("clone stream");
-        let data = data.clone();
-        std::thread::spawn(move || {
-            w.write_all(&data).expect("client write");
-            w.shutdown(std::net::Shutdown::Write).expect("shutdown");
-        })
-    };
-    let mut back = Vec::with_capacity(len);
-    stream.read_to_end(&mut back).expect("client read");
-    writer.join().expect("writer");
-    server_thread.join().expect("server");
-    assert_eq!(back.len(), len, "echoed length {client} -> {server}");
-    assert!(back == data, "echoed bytes differ {client} -> {server}");
+    vethbpf_tests::tcp_echo(&ns(server), ip, &ns(client), len);
 }
 
 #[test]

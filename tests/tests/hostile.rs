@@ -12,8 +12,8 @@
 //! address. Run with `--nocapture` to see the measured figures.
 
 use std::collections::BTreeMap;
-use std::io::{self, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::io;
+use std::net::{Ipv4Addr, UdpSocket};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use vethbpf_tests::TestNode;
+use vethbpf_tests::{Rng, TestNode, ones_sum};
 
 const GW_IP: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
 const GW_MAC: [u8; 6] = [0xee; 6];
@@ -235,65 +235,6 @@ fn ping20(node: &TestNode, from: &str, dst: Ipv4Addr) -> PingStats {
     }
 }
 
-/// Sends `len` bytes from pod `client` to pod `server` over TCP and reads them back
-/// (echo), each socket created inside its pod's namespace. Returns the time it took.
-fn tcp_echo(server: &Pod, client: &Pod, len: usize) -> Duration {
-    let ip = server.ip;
-    let listener = vethbpf::netns::run_in(&server.netns, move || {
-        TcpListener::bind(SocketAddr::from((ip, 0)))
-    })
-    .expect("enter server netns")
-    .expect("bind in server pod");
-    let port = listener.local_addr().expect("local addr").port();
-    let server_thread = std::thread::spawn(move || {
-        let (mut s, _) = listener.accept().expect("accept");
-        s.set_read_timeout(Some(Duration::from_secs(20))).ok();
-        let mut buf = vec![0u8; 65536];
-        loop {
-            let n = s.read(&mut buf).expect("server read");
-            if n == 0 {
-                break;
-            }
-            s.write_all(&buf[..n]).expect("server write");
-        }
-    });
-    let start = Instant::now();
-    let mut stream = vethbpf::netns::run_in(&client.netns, move || {
-        TcpStream::connect_timeout(&SocketAddr::from((ip, port)), Duration::from_secs(5))
-    })
-    .expect("enter client netns")
-    .expect("connect from client pod");
-    stream.set_read_timeout(Some(Duration::from_secs(20))).ok();
-    let data: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
-    let writer = {
-        let mut w = stream.try_clone().expect("clone stream");
-        let data = data.clone();
-        std::thread::spawn(move || {
-            w.write_all(&data).expect("client write");
-            w.shutdown(std::net::Shutdown::Write).expect("shutdown");
-        })
-    };
-    let mut back = Vec::with_capacity(len);
-    stream.read_to_end(&mut back).expect("client read");
-    writer.join().expect("writer");
-    server_thread.join().expect("server");
-    let took = start.elapsed();
-    assert_eq!(
-        back.len(),
-        len,
-        "echoed length {} -> {}",
-        client.short,
-        server.short
-    );
-    assert!(
-        back == data,
-        "echoed bytes differ {} -> {}",
-        client.short,
-        server.short
-    );
-    took
-}
-
 /// What B and C measured while A flooded.
 struct Measured {
     b_to_c: PingStats,
@@ -304,7 +245,7 @@ struct Measured {
 /// Ping B -> C, a TCP echo B -> C of [`ECHO_BYTES`], ping C -> B; asserts no loss.
 fn measure_b_c(node: &TestNode, b: &Pod, c: &Pod) -> Measured {
     let b_to_c = ping20(node, b.short, c.ip);
-    let echo = tcp_echo(c, b, ECHO_BYTES);
+    let echo = vethbpf_tests::tcp_echo(&c.netns, c.ip, &b.netns, ECHO_BYTES);
     let c_to_b = ping20(node, c.short, b.ip);
     for (what, p) in [("b -> c", &b_to_c), ("c -> b", &c_to_b)] {
         assert_eq!(
@@ -555,17 +496,6 @@ fn arp(
     eth(eth_dst, eth_src, ETH_P_ARP, &a)
 }
 
-fn ones_sum(bytes: &[u8]) -> u16 {
-    let mut sum: u32 = bytes
-        .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    sum as u16
-}
-
 /// An IPv4 packet with knobs for the malformed ones; the header checksum is always
 /// right (a wrong one is the receiving stack's business, not the program's).
 #[derive(Clone)]
@@ -628,18 +558,6 @@ impl Ipv4 {
         h[10..12].copy_from_slice(&check.to_be_bytes());
         h.extend_from_slice(&self.payload);
         eth(GW_MAC, eth_src, ETH_P_IP, &h)
-    }
-}
-
-/// xorshift64: reproducible "random" addresses.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
     }
 }
 
@@ -843,7 +761,7 @@ fn arp_flood_does_not_disturb_other_pods_or_poison_caches() {
     for round in 0..512 {
         let req = |tpa| arp(BROADCAST, a.mac, 1, a.mac, a.ip, [0; 6], tpa);
         let random = loop {
-            let ip = Ipv4Addr::from(rng.next() as u32);
+            let ip = Ipv4Addr::from(rng.next_u64() as u32);
             if ip != a.ip {
                 break ip;
             }

@@ -4,12 +4,11 @@
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use vethbpf_tests::{TestNode, packets, vethbpf_bin};
+use vethbpf_tests::{TestNode, packets};
 
 fn status_program_id(node: &TestNode) -> u64 {
     node.json(&["status"])["programs"][0]["id"]
@@ -114,27 +113,14 @@ fn concurrent_adds_and_dels_all_succeed_with_distinct_addresses() {
     const N: usize = 50;
     let node = TestNode::up();
     let spawn_all = |verb: &str| {
-        let children: Vec<_> = (0..N)
+        let commands: Vec<Vec<String>> = (0..N)
             .map(|i| {
-                Command::new("nsenter")
-                    .arg(format!("--net=/run/netns/{}", node.netns))
-                    .arg("--")
-                    .arg(vethbpf_bin())
-                    .arg("--bpffs-dir")
-                    .arg(&node.bpffs)
-                    .arg("--state-dir")
-                    .arg(&node.state)
-                    .args(["-o", "json", "endpoint", verb, &node.pod(&format!("c{i}"))])
-                    .stdout(std::process::Stdio::piped())
-                    .stderr(std::process::Stdio::piped())
-                    .spawn()
-                    .expect("spawn vethbpf")
+                ["-o", "json", "endpoint", verb, &node.pod(&format!("c{i}"))]
+                    .map(String::from)
+                    .to_vec()
             })
             .collect();
-        children
-            .into_iter()
-            .map(|c| c.wait_with_output().expect("wait"))
-            .collect::<Vec<_>>()
+        spawn_together(&node, &commands)
     };
 
     let outs = spawn_all("add");

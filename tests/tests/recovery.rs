@@ -9,7 +9,7 @@ use std::process::Output;
 use std::time::Instant;
 
 use vethbpf::fault::{ADD_POINTS, DEL_POINTS};
-use vethbpf_tests::{Snapshot, TestNode};
+use vethbpf_tests::{Rng, Snapshot, TestNode};
 
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
@@ -195,18 +195,6 @@ fn a_crash_at_every_point_is_settled_by_the_next_command() {
     assert_eq!(node.ping_from_node(&a_ip), Some(64));
 }
 
-/// xorshift64*: reproducible randomness without a dependency; the seed is printed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-}
-
 /// Checks, from the kernel and the files alone (not through vethbpf), that state,
 /// maps, pins, links, routes and namespaces describe the same endpoints.
 fn assert_consistent(node: &TestNode, context: &str) -> Vec<serde_json::Value> {
@@ -308,7 +296,7 @@ fn sigkill_at_random_moments_never_leaves_the_node_broken() {
     let names: Vec<String> = (0..4).map(|i| node.pod(&format!("r{i}"))).collect();
     let (mut killed, mut settled, mut finished) = (0, 0, 0);
     for run in 0..RUNS {
-        let name = &names[(rng.next() % names.len() as u64) as usize];
+        let name = &names[rng.below(names.len())];
         let exists = node
             .snapshot()
             .state
@@ -318,7 +306,7 @@ fn sigkill_at_random_moments_never_leaves_the_node_broken() {
         } else {
             ("add", add_time)
         };
-        let delay = span.mul_f64((rng.next() % 1000) as f64 / 1000.0 * 1.2);
+        let delay = span.mul_f64((rng.next_u64() % 1000) as f64 / 1000.0 * 1.2);
         let mut child = node
             .command(&["endpoint", verb, name])
             .stdout(std::process::Stdio::null())

@@ -18,6 +18,7 @@ use vethbpf_common::{
     MAX_ENDPOINTS, MAX_ROUTES, PROG_FROM_POD, ROUTE_KIND_LOCAL, Route, STATS_ENTRIES, Verdict,
     ipv4_to_map, stats_index,
 };
+use vethbpf_tests::{Rng, ones_sum};
 
 // tc actions (linux/pkt_cls.h).
 const TC_ACT_OK: u32 = 0;
@@ -86,18 +87,6 @@ fn arp_request(spa: [u8; 4], target: [u8; 4]) -> Vec<u8> {
         ETH_P_ARP,
         &arp_body(1, SRC_MAC, spa, [0; 6], target),
     )
-}
-
-/// One's complement sum of 16-bit big-endian words, folded, not complemented.
-fn ones_sum(bytes: &[u8]) -> u16 {
-    let mut sum: u32 = bytes
-        .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    sum as u16
 }
 
 /// The IPv4 header checksum computed from scratch (check field taken as zero).
@@ -911,25 +900,6 @@ fn repeated_forwarding_counts_every_run_and_keeps_the_checksum_valid() {
     assert_eq!(u16::from_be_bytes([hdr[10], hdr[11]]), ipv4_checksum(hdr));
 }
 
-/// xorshift64*: a small deterministic generator, so a failing frame can be replayed
-/// from the seed printed in the assertion.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next() as u8).collect()
-    }
-}
-
 /// A frame built to stress the parser: random bytes, or a valid ARP/IPv4 frame with
 /// random bytes overwritten, random truncation or random header fields.
 fn random_frame(rng: &mut Rng) -> Vec<u8> {
@@ -958,12 +928,12 @@ fn random_frame(rng: &mut Rng) -> Vec<u8> {
                 SRC_IP
             };
             let mut p = Ipv4::new(src, dst);
-            p.ttl = rng.next() as u8;
+            p.ttl = rng.next_u64() as u8;
             if rng.below(4) == 0 {
                 p.ihl = Some(rng.below(16) as u8);
             }
             if rng.below(4) == 0 {
-                p.tot_len = Some(rng.next() as u16);
+                p.tot_len = Some(rng.next_u64() as u16);
             }
             p.frame()
         }
@@ -971,7 +941,7 @@ fn random_frame(rng: &mut Rng) -> Vec<u8> {
     // Overwrite a few bytes, sometimes in the headers.
     for _ in 0..rng.below(4) {
         let i = rng.below(frame.len().min(60));
-        frame[i] = rng.next() as u8;
+        frame[i] = rng.next_u64() as u8;
     }
     if rng.below(4) == 0 {
         frame.truncate(14 + rng.below(frame.len() - 13));
