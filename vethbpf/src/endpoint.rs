@@ -1273,4 +1273,117 @@ mod tests {
         assert!(dp.routes.is_empty() && dp.endpoints.is_empty() && dp.attached.is_empty());
         assert!(state.endpoints.is_empty());
     }
+
+    impl World {
+        /// Runs `f` with the world's kernel and the locked state.
+        fn with<T>(&mut self, f: impl FnOnce(&mut Env<'_>, &mut Locked) -> T) -> T {
+            let mut locked = self.state.lock().unwrap();
+            let mut env = Env {
+                node: &mut self.node,
+                ns: &mut self.ns,
+                dp: &mut self.dp,
+            };
+            f(&mut env, &mut locked)
+        }
+    }
+
+    #[test]
+    fn an_add_that_died_before_its_commit_is_rolled_back_by_the_next_command() {
+        let mut w = World::new("died-add");
+        w.add("keep").unwrap();
+        let before = w.snapshot();
+        // Everything made, then the process died before the state write: the
+        // record is not there, the journal is.
+        let rec = w.add("web").unwrap();
+        w.with(|_, locked| {
+            locked.state.endpoints.remove("web");
+            locked.save().unwrap();
+            locked
+                .begin(&Intent::Add(PlannedEndpoint {
+                    name: "web".into(),
+                    ip: rec.ip,
+                    id: rec.id,
+                    host_veth: rec.host_veth.clone(),
+                    temp_peer: ident::temp_peer_name("web"),
+                    create_netns: true,
+                }))
+                .unwrap();
+        });
+        let recovered = w.with(finish_pending).unwrap();
+        assert_eq!(
+            recovered.map(|r| (r.op, r.outcome)),
+            Some(("add", "rolled back"))
+        );
+        assert_eq!(w.snapshot(), before);
+        assert!(w.with(|_, l| l.pending()).unwrap().is_none());
+        // Nothing left to settle the second time.
+        assert_eq!(w.with(finish_pending).unwrap(), None);
+    }
+
+    #[test]
+    fn a_del_that_died_after_the_veth_is_finished_by_the_next_command() {
+        let mut w = World::new("died-del");
+        let empty = w.snapshot();
+        let rec = w.add("web").unwrap();
+        // The del journaled itself, removed the route entry and the veth, and died.
+        w.with(|env, locked| {
+            locked.begin(&Intent::Del(rec.clone())).unwrap();
+            env.dp.del_route(Ipv4Net::from(rec.ip)).unwrap();
+            delete_host_veth(env, &rec).unwrap();
+        });
+        // Running `del web` again is the natural next command: it succeeds.
+        assert_eq!(w.del("web").unwrap(), rec);
+        assert_eq!(w.snapshot(), empty);
+        assert!(matches!(w.del("web"), Err(EndpointError::NotFound { .. })));
+    }
+
+    #[test]
+    fn reconcile_repairs_records_and_removes_what_no_record_owns() {
+        let mut w = World::new("reconcile");
+        let a = w.add("a").unwrap();
+        let b = w.add("b").unwrap();
+        let healthy = w.snapshot();
+        // Damage: a's attachment and route entry gone, an orphan map entry and an
+        // orphan vethbpf-named veth pair, b's namespace deleted from under it.
+        w.dp.attached.remove(&a.host_veth);
+        w.dp.routes.remove(&Ipv4Net::from(a.ip));
+        w.dp.routes
+            .insert("10.244.0.99/32".parse().unwrap(), route_of(&a));
+        w.node
+            .add_veth("vb0123456789abc", "vp0123456789abc")
+            .unwrap();
+        fs::remove_file(&b.netns).unwrap();
+
+        let report = w.with(crate::reconcile::reconcile).unwrap();
+        let fixes = |v: &[crate::reconcile::Fix]| {
+            v.iter()
+                .map(|f| format!("{} {}", f.endpoint, f.what))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            fixes(&report.repaired),
+            ["a program attachment", "a route map entry"]
+        );
+        assert_eq!(
+            fixes(&report.removed_endpoints),
+            ["b its namespace is gone"]
+        );
+        assert_eq!(
+            report.removed_route_entries,
+            ["10.244.0.99/32".parse::<Ipv4Net>().unwrap()]
+        );
+        assert_eq!(report.removed_links.len(), 1, "{report:?}");
+        // What is left is exactly a healthy node without b.
+        let (links, netns, dp, state) = w.snapshot();
+        assert_eq!(links, ["lo", a.host_veth.as_str()]);
+        assert_eq!(netns, ["a"]);
+        assert_eq!(dp.attached, BTreeSet::from([a.host_veth.clone()]));
+        assert_eq!(dp.routes.len(), 1);
+        assert_eq!(dp.endpoints.len(), 1);
+        assert_eq!(state.endpoints.keys().collect::<Vec<_>>(), ["a"]);
+        let _ = healthy;
+        // A second run finds nothing to do.
+        let again = w.with(crate::reconcile::reconcile).unwrap();
+        assert!(!again.changed(), "{again:?}");
+    }
 }
