@@ -484,3 +484,13 @@ pub fn tcp_echo(
     assert!(back == data, "echoed bytes differ {what}");
     took
 }
+
+/// An Ethernet II frame: destination, source, EtherType, payload.
+pub fn eth(dst: [u8; 6], src: [u8; 6], ether_type: u16, payload: &[u8]) -> Vec<u8> {
+    let mut f = Vec::with_capacity(14 + payload.len());
+    f.extend_from_slice(&dst);
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&ether_type.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}

@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use vethbpf_tests::{Rng, TestNode, ones_sum};
+use vethbpf_tests::{Rng, TestNode, eth, ones_sum};
 
 const GW_IP: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
 const GW_MAC: [u8; 6] = [0xee; 6];
@@ -465,15 +465,6 @@ impl Sniffer {
 
 // ---------------------------------------------------------------------------------
 // Frames.
-
-fn eth(dst: [u8; 6], src: [u8; 6], ether_type: u16, payload: &[u8]) -> Vec<u8> {
-    let mut f = Vec::with_capacity(14 + payload.len());
-    f.extend_from_slice(&dst);
-    f.extend_from_slice(&src);
-    f.extend_from_slice(&ether_type.to_be_bytes());
-    f.extend_from_slice(payload);
-    f
-}
 
 fn arp(
     eth_dst: [u8; 6],

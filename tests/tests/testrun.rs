@@ -18,7 +18,7 @@ use vethbpf_common::{
     MAX_ENDPOINTS, MAX_ROUTES, PROG_FROM_POD, ROUTE_KIND_LOCAL, Route, STATS_ENTRIES, Verdict,
     ipv4_to_map, stats_index,
 };
-use vethbpf_tests::{Rng, ones_sum};
+use vethbpf_tests::{Rng, eth, ones_sum};
 
 // tc actions (linux/pkt_cls.h).
 const TC_ACT_OK: u32 = 0;
@@ -54,15 +54,6 @@ const ETH_P_8021Q: u16 = 0x8100;
 
 // ---------------------------------------------------------------------------------
 // Frame builders.
-
-fn eth(dst: [u8; 6], src: [u8; 6], ether_type: u16, payload: &[u8]) -> Vec<u8> {
-    let mut f = Vec::with_capacity(14 + payload.len());
-    f.extend_from_slice(&dst);
-    f.extend_from_slice(&src);
-    f.extend_from_slice(&ether_type.to_be_bytes());
-    f.extend_from_slice(payload);
-    f
-}
 
 /// An Ethernet/IPv4 ARP body (28 bytes).
 fn arp_body(op: u16, sha: [u8; 6], spa: [u8; 4], tha: [u8; 6], tpa: [u8; 4]) -> Vec<u8> {

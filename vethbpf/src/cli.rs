@@ -9,12 +9,8 @@ use anyhow::{Context, Result, bail};
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use ipnet::Ipv4Net;
 
-use vethbpf_common::ipv4_from_map;
-
 use crate::bpf::Pins;
 use crate::endpoint::{self, AddRequest, EndpointView, Env, KernelNamespaces, PinnedDatapath};
-use crate::ident::MacAddr;
-use crate::maps::Maps;
 use crate::netlink::RtNetlink;
 use crate::node::{self, UpRequest};
 use crate::output;
@@ -278,16 +274,8 @@ fn rebuild_from_kernel(
             .with_context(|| format!("moving {} to {}", file.display(), keep.display()))?;
         eprintln!("kept the unreadable state file as {}", keep.display());
     }
-    let maps = Maps::open(&pins).context("opening the pinned maps")?;
-    let config = maps.config().context("reading the node config map")?;
-    let node = NodeConfig {
-        pod_cidr: args.pod_cidr.trunc(),
-        gateway: Ipv4Addr::from(ipv4_from_map(config.gateway_ip)),
-        gateway_mac: MacAddr(config.gateway_mac),
-        bpffs_dir: cli.bpffs_dir.clone(),
-        bpffs_mount: crate::bpf::mounted_on(&cli.bpffs_dir),
-        attach_mode: crate::bpf::attach_mode(),
-    };
+    let node = reconcile::node_from_pins(&pins, args.pod_cidr.trunc())
+        .context("reading the node config from the pinned maps")?;
     with_env(&node, |env| {
         reconcile::from_kernel(env, &mut locked, node.clone()).context("reconcile --from-kernel")
     })

@@ -500,13 +500,16 @@ pub fn del(
 ) -> Result<EndpointRecord, EndpointError> {
     // `endpoint del NAME` run again after a del of NAME died: finishing that one is
     // the answer.
-    if let Some(Intent::Del(rec)) = locked.pending()?
-        && rec.name == name
-    {
-        finish_pending(env, locked)?;
-        return Ok(rec);
+    match locked.pending()? {
+        Some(Intent::Del(rec)) if rec.name == name => {
+            settle(env, locked, Intent::Del(rec.clone()))?;
+            return Ok(rec);
+        }
+        Some(intent) => {
+            settle(env, locked, intent)?;
+        }
+        None => {}
     }
-    finish_pending(env, locked)?;
     let rec = locked
         .state
         .endpoints
@@ -625,9 +628,18 @@ pub fn finish_pending(
     env: &mut Env<'_>,
     locked: &mut Locked,
 ) -> Result<Option<Recovered>, EndpointError> {
-    let Some(intent) = locked.pending()? else {
-        return Ok(None);
-    };
+    match locked.pending()? {
+        Some(intent) => settle(env, locked, intent).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Settles one journaled intent (see [`finish_pending`]) and clears the journal.
+fn settle(
+    env: &mut Env<'_>,
+    locked: &mut Locked,
+    intent: Intent,
+) -> Result<Recovered, EndpointError> {
     let recovered = match intent {
         Intent::Add(plan) => {
             let committed = locked
@@ -671,7 +683,7 @@ pub fn finish_pending(
         outcome = recovered.outcome,
         "settled a command that was interrupted"
     );
-    Ok(Some(recovered))
+    Ok(recovered)
 }
 
 /// Removes whatever an uncommitted add made, found by the names it planned.

@@ -21,8 +21,10 @@ use serde::{Deserialize, Serialize};
 use tracing::info;
 use vethbpf_common::{EndpointInfo, ipv4_from_map, ipv4_to_map};
 
+use crate::bpf::{self, Pins};
 use crate::endpoint::{self, EndpointError, Env, Recovered};
 use crate::ident::{self, MacAddr};
+use crate::maps::Maps;
 use crate::netlink::RouteSpec;
 use crate::state::{CniAttachment, EndpointRecord, Locked, NodeConfig, StateError};
 
@@ -178,13 +180,20 @@ fn check_records(
         env.dp.route_entries()?.into_iter().collect();
     let attached = env.dp.attached();
     let node_routes = env.node.routes()?;
+    // One dump instead of a lookup per record.
+    let links: BTreeMap<String, crate::netlink::LinkInfo> = env
+        .node
+        .links()?
+        .into_iter()
+        .map(|l| (l.name.clone(), l))
+        .collect();
     let records: Vec<EndpointRecord> = locked.state.endpoints.values().cloned().collect();
     for rec in records {
         let fix = |what: &str| Fix {
             endpoint: rec.name.clone(),
             what: what.to_string(),
         };
-        let link = env.node.link_by_name(&rec.host_veth)?;
+        let link = links.get(&rec.host_veth);
         let gone = match &link {
             None => Some("its host veth is gone"),
             Some(l) if l.index != rec.host_ifindex => Some("its host veth was re-created"),
@@ -288,6 +297,21 @@ fn remove_orphans(
     Ok(())
 }
 
+/// The node config of a node whose state file is lost: gateway and its MAC from
+/// the CONFIG map, the bpffs mount if one sits right on the dir, the attach mode of
+/// this kernel, and the pod CIDR the user gives (the kernel does not hold it).
+pub fn node_from_pins(pins: &Pins, pod_cidr: Ipv4Net) -> Result<NodeConfig, EndpointError> {
+    let config = Maps::open(pins)?.config()?;
+    Ok(NodeConfig {
+        pod_cidr,
+        gateway: Ipv4Addr::from(ipv4_from_map(config.gateway_ip)),
+        gateway_mac: MacAddr(config.gateway_mac),
+        bpffs_dir: pins.root().to_path_buf(),
+        bpffs_mount: bpf::mounted_on(pins.root()),
+        attach_mode: bpf::attach_mode(),
+    })
+}
+
 /// Rebuilds the endpoint records from the kernel into `locked` (whose state is
 /// empty: the file was lost or corrupt), then reconciles. A host veth whose tag or
 /// map entry is missing was never committed, and is removed as an orphan.
@@ -299,16 +323,14 @@ pub fn from_kernel(
     let entries: BTreeMap<u32, EndpointInfo> = env.dp.endpoint_entries()?.into_iter().collect();
     let mut rebuilt = Vec::new();
     for link in env.node.links()? {
-        if !link.name.starts_with(ident::HOST_VETH_PREFIX) || !ident::is_derived_name(&link.name) {
-            continue;
-        }
         let (Some(tag), Some(info)) = (
             link.alias.as_deref().and_then(KernelTag::decode),
             entries.get(&link.index),
         ) else {
             continue;
         };
-        // The name must still hash to this veth, or the alias is not ours.
+        // The tag's name must hash to this link's name, or the alias is not ours
+        // (and the link is no host veth).
         if ident::host_veth_name(&tag.name) != link.name {
             continue;
         }
