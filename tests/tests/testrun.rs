@@ -49,7 +49,6 @@ const OUTSIDE_IP: [u8; 4] = [192, 0, 2, 10];
 
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_ARP: u16 = 0x0806;
-const ETH_P_IPV6: u16 = 0x86dd;
 const ETH_P_8021Q: u16 = 0x8100;
 
 // ---------------------------------------------------------------------------------
@@ -423,8 +422,10 @@ fn program_size_and_verifier_cost() {
     let verified = info.verified_instruction_count().unwrap_or(0);
     eprintln!("from_pod: {xlated} instructions loaded, {verified} verified");
     assert!(xlated > 0);
-    // A guard against a parser that balloons (e.g. memcpy loops, unrolled options).
-    assert!(xlated < 1000, "from_pod grew to {xlated} instructions");
+    // A guard against a parser that balloons (e.g. memcpy loops, unrolled options):
+    // about 330 for IPv4 and ARP, 800 more for IPv6 (the four-header walk unrolled,
+    // NDP answers with their checksum).
+    assert!(xlated < 1500, "from_pod grew to {xlated} instructions");
 }
 
 // ---------------------------------------------------------------------------------
@@ -782,10 +783,9 @@ fn frames_shorter_than_ethernet_are_rejected_by_the_kernel() {
 }
 
 #[test]
-fn non_ipv4_non_arp_passes_unchanged() {
+fn non_ip_non_arp_passes_unchanged() {
     let f = Fixture::new();
-    let ipv6 = eth([0x33, 0x33, 0, 0, 0, 1], SRC_MAC, ETH_P_IPV6, &[0x60; 40]);
-    expect_untouched(&f, &ipv6, SRC_ID, Verdict::Pass);
+    // (IPv6 has its own tests: testrun_ipv6.rs.)
     // A VLAN tag in front of IPv4 to a local endpoint: not the fast path's business.
     let mut vlan_body = vec![0x00, 0x05];
     vlan_body.extend_from_slice(&ETH_P_IP.to_be_bytes());

@@ -10,6 +10,8 @@ use crate::{
     stats::Decision,
 };
 
+use crate::ipv6::{self, Ipv6Hdr};
+
 /// Routes the IPv4 frame to the local endpoint `route`.
 #[inline(always)]
 pub fn local_delivery(eth: &mut EthHdr, ip: &mut Ipv4Hdr, route: &Route, cfg: &Config) -> Decision {
@@ -22,6 +24,25 @@ pub fn local_delivery(eth: &mut EthHdr, ip: &mut Ipv4Hdr, route: &Route, cfg: &C
 
     // bpf_redirect_peer does not touch L2: address the frame to the destination pod,
     // from the gateway it believes it is talking to.
+    eth.dst = mac_words(&route.mac);
+    eth.src = mac_words(&cfg.gateway_mac);
+    // SAFETY: a plain helper call with valid arguments.
+    let action = unsafe { bpf_redirect_peer(route.ifindex, 0) };
+    Decision::redirect(Verdict::Forward, action)
+}
+
+/// Routes the IPv6 frame to the local endpoint `route`: the same as IPv4 with the hop
+/// limit (no header checksum to patch).
+#[inline(always)]
+pub fn local_delivery6(
+    eth: &mut EthHdr,
+    ip: &mut Ipv6Hdr,
+    route: &Route,
+    cfg: &Config,
+) -> Decision {
+    if !ipv6::decrease_hop_limit(ip) {
+        return Decision::drop(Verdict::DropTtl);
+    }
     eth.dst = mac_words(&route.mac);
     eth.src = mac_words(&cfg.gateway_mac);
     // SAFETY: a plain helper call with valid arguments.

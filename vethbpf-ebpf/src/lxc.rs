@@ -8,7 +8,9 @@ use vethbpf_common::{Config, EndpointInfo, ROUTE_KIND_LOCAL, Verdict};
 use crate::{
     arp,
     hdr::{ETH_HLEN, ETH_P_ARP, ETH_P_IP, EthHdr, Ipv4Hdr, linear, ptr_at},
-    ipv4, l3,
+    ipv4,
+    ipv6::ETH_P_IPV6,
+    l3, lxc6,
     maps::{CONFIG, ENDPOINTS, ROUTES},
     stats::{self, Decision},
 };
@@ -46,9 +48,13 @@ fn handle(ctx: &TcContext, ifindex: u32, ep: &EndpointInfo, cfg: &Config) -> Dec
     // SAFETY: bounds-checked just above.
     let ether_type = unsafe { (*eth).ether_type };
     match ether_type {
+        // An endpoint without IPv4 (ip 0) owns no IPv4 source and no ARP sender.
+        ETH_P_IP if ep.ip == 0 => Decision::drop(Verdict::DropSpoof),
+        ETH_P_ARP if ep.ip == 0 => Decision::drop(Verdict::DropArpSpoof),
         ETH_P_IP => handle_ipv4(ctx, ep, cfg),
         ETH_P_ARP => arp::handle(ctx, ifindex, ep, cfg),
-        // IPv6, VLAN-tagged and everything else: the node stack's business.
+        ETH_P_IPV6 => lxc6::handle(ctx, ifindex, cfg),
+        // VLAN-tagged and everything else: the node stack's business.
         _ => Decision::pass(),
     }
 }

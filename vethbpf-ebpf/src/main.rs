@@ -9,6 +9,10 @@
 //! - [`arp`]: answers the pod's ARP requests with the gateway MAC
 //! - [`ipv4`]: IPv4 header checks and the TTL decrement
 //! - [`l3`]: local delivery to another endpoint with `bpf_redirect_peer`
+//! - [`lxc6`]: the pod side for IPv6: NDP dispatch, source check, routing
+//! - [`ipv6`]: IPv6 header checks, extension headers, the hop limit
+//! - [`ndp`]: neighbour discovery: answers solicitations, drops what only routers
+//!   and owners may send
 //! - [`stats`]: the verdict/action pair and per-CPU counters
 //! - [`hdr`]: header layouts and bounds-checked packet access
 #![no_std]
@@ -17,9 +21,12 @@
 mod arp;
 mod hdr;
 mod ipv4;
+mod ipv6;
 mod l3;
 mod lxc;
+mod lxc6;
 mod maps;
+mod ndp;
 mod stats;
 
 use aya_ebpf::{macros::classifier, programs::TcContext};
