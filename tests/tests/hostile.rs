@@ -104,7 +104,7 @@ fn counters(node: &TestNode, pod: &str) -> Counters {
     for (k, v) in c["drops"].as_object().expect("drops") {
         m.insert(k.clone(), pb(v));
     }
-    assert_eq!(m.len(), 8, "every verdict is listed: {c}");
+    assert_eq!(m.len(), 10, "every verdict is listed: {c}");
     m
 }
 
