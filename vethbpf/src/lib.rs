@@ -17,20 +17,13 @@
 //! - [`probe`]: ICMP and TCP probes run from inside a namespace (for `demo`)
 //! - [`demo`], [`cli`], [`output`]: the command line
 
-pub mod bpf;
-pub mod cli;
 pub mod cni;
-pub mod demo;
+pub mod datapath;
+pub mod defaults;
 pub mod endpoint;
 pub mod fault;
-pub mod ident;
-pub mod ipam;
-pub mod maps;
-pub mod netlink;
-pub mod netns;
+pub mod kernel;
 pub mod node;
-pub mod output;
-pub mod probe;
 pub mod reconcile;
 pub mod state;
 

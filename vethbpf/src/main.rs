@@ -2,6 +2,8 @@ use std::process::ExitCode;
 
 use tracing_subscriber::EnvFilter;
 
+mod cli;
+
 fn main() -> ExitCode {
     // A container runtime runs plugins with CNI_COMMAND set (and no arguments).
     // Before the SIGPIPE change below: a delegated plugin that exits without
@@ -15,7 +17,7 @@ fn main() -> ExitCode {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
-    let (cli, bpffs_explicit) = vethbpf::cli::parse();
+    let (cli, bpffs_explicit) = cli::parse();
     let default = match cli.verbose {
         0 => "warn",
         1 => "debug",
@@ -27,7 +29,7 @@ fn main() -> ExitCode {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default)),
         )
         .init();
-    match vethbpf::cli::run(cli, bpffs_explicit) {
+    match cli::run(cli, bpffs_explicit) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

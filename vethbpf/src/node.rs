@@ -8,10 +8,10 @@ use serde::Serialize;
 use tracing::info;
 use vethbpf_common::{ALL_MAPS, Config, ipv4_to_map};
 
-use crate::bpf::{self, BpfError, Pins};
+use crate::datapath::maps::{Maps, MapsError};
+use crate::datapath::{self, BpfError, Pins};
 use crate::endpoint::{self, EndpointError, Env};
-use crate::ident::MacAddr;
-use crate::maps::{Maps, MapsError};
+use crate::state::ident::MacAddr;
 use crate::state::{Locked, NodeConfig, StateDir, StateError};
 
 #[derive(Debug, thiserror::Error)]
@@ -115,13 +115,13 @@ pub fn up(locked: &mut Locked, req: &UpRequest, object: &[u8]) -> Result<UpRepor
         let mut bpffs_mount = current.bpffs_mount.clone();
         if !pins.is_loaded() {
             // The bpffs lost our pins (a reboot, a manual rm): load again.
-            if let Some(m) = bpf::ensure_bpffs(pins.root())? {
+            if let Some(m) = datapath::ensure_bpffs(pins.root())? {
                 bpffs_mount = Some(m);
             }
-            bpf::load_and_pin(&pins, object)?;
+            datapath::load_and_pin(&pins, object)?;
             action = "reloaded";
         } else if req.replace {
-            let (info, links) = bpf::replace(&pins, object)?;
+            let (info, links) = datapath::replace(&pins, object)?;
             info!(program_id = info.id(), links, "program replaced");
             action = "replaced";
         }
@@ -140,7 +140,7 @@ pub fn up(locked: &mut Locked, req: &UpRequest, object: &[u8]) -> Result<UpRepor
                 action = "reconfigured";
             }
         }
-        let program_id = bpf::program_info(&pins).ok().map(|p| p.id());
+        let program_id = datapath::program_info(&pins).ok().map(|p| p.id());
         return Ok(UpReport {
             action,
             config,
@@ -149,17 +149,17 @@ pub fn up(locked: &mut Locked, req: &UpRequest, object: &[u8]) -> Result<UpRepor
     }
 
     let pins = Pins::new(&req.bpffs_dir);
-    let mounted = bpf::ensure_bpffs(pins.root())?;
+    let mounted = datapath::ensure_bpffs(pins.root())?;
     let config = NodeConfig {
         pod_cidr: req.pod_cidr,
         gateway: req.gateway,
         gateway_mac: MacAddr::GATEWAY,
         bpffs_dir: req.bpffs_dir.clone(),
         bpffs_mount: mounted.clone(),
-        attach_mode: bpf::attach_mode(),
+        attach_mode: datapath::attach_mode(),
     };
     let loaded = (|| {
-        let info = bpf::load_and_pin(&pins, object)?;
+        let info = datapath::load_and_pin(&pins, object)?;
         Maps::open(&pins)?.set_config(&kernel_config(&config))?;
         locked.state.node = Some(config.clone());
         locked.save()?;
@@ -176,7 +176,7 @@ pub fn up(locked: &mut Locked, req: &UpRequest, object: &[u8]) -> Result<UpRepor
         }
         Err(e) => {
             locked.state.node = None;
-            let _ = bpf::remove_all(&pins, mounted.as_deref());
+            let _ = datapath::remove_all(&pins, mounted.as_deref());
             Err(e)
         }
     }
@@ -206,7 +206,7 @@ pub fn down(
         endpoint::del(env, &mut locked, &name)?;
         removed.push(name);
     }
-    bpf::remove_all(&Pins::new(&node.bpffs_dir), node.bpffs_mount.as_deref())?;
+    datapath::remove_all(&Pins::new(&node.bpffs_dir), node.bpffs_mount.as_deref())?;
     state_dir.remove(locked)?;
     Ok(DownReport {
         was_up: true,
@@ -277,7 +277,7 @@ pub fn status(locked: &Locked) -> Result<Status, NodeError> {
         return Ok(Status::not_up());
     };
     let pins = Pins::new(&node.bpffs_dir);
-    let info = bpf::program_info(&pins)?;
+    let info = datapath::program_info(&pins)?;
     let programs = vec![ProgramStatus {
         id: info.id(),
         name: info.name_as_str().unwrap_or_default().to_string(),
@@ -304,7 +304,7 @@ pub fn status(locked: &Locked) -> Result<Status, NodeError> {
         .endpoints
         .values()
         .map(|e| {
-            let ids = bpf::link_ids(&pins, &e.host_veth);
+            let ids = datapath::link_ids(&pins, &e.host_veth);
             AttachmentStatus {
                 endpoint: e.name.clone(),
                 host_veth: e.host_veth.clone(),

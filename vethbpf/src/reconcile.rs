@@ -21,11 +21,11 @@ use serde::{Deserialize, Serialize};
 use tracing::info;
 use vethbpf_common::{EndpointInfo, ipv4_from_map, ipv4_to_map};
 
-use crate::bpf::{self, Pins};
+use crate::datapath::maps::Maps;
+use crate::datapath::{self, Pins};
 use crate::endpoint::{self, EndpointError, Env, Recovered};
-use crate::ident::{self, MacAddr};
-use crate::maps::Maps;
-use crate::netlink::RouteSpec;
+use crate::kernel::netlink::RouteSpec;
+use crate::state::ident::{self, MacAddr};
 use crate::state::{CniAttachment, EndpointRecord, Locked, NodeConfig, StateError};
 
 /// Alias prefix that marks a link as a vethbpf endpoint's host veth.
@@ -97,8 +97,8 @@ impl From<StateError> for ReconcileError {
     }
 }
 
-impl From<crate::netlink::NetlinkError> for ReconcileError {
-    fn from(e: crate::netlink::NetlinkError) -> Self {
+impl From<crate::kernel::netlink::NetlinkError> for ReconcileError {
+    fn from(e: crate::kernel::netlink::NetlinkError) -> Self {
         ReconcileError::Endpoint(e.into())
     }
 }
@@ -181,7 +181,7 @@ fn check_records(
     let attached = env.dp.attached();
     let node_routes = env.node.routes()?;
     // One dump instead of a lookup per record.
-    let links: BTreeMap<String, crate::netlink::LinkInfo> = env
+    let links: BTreeMap<String, crate::kernel::netlink::LinkInfo> = env
         .node
         .links()?
         .into_iter()
@@ -277,7 +277,7 @@ fn remove_orphans(
             match env.node.del_link(link.index) {
                 Ok(()) => report.removed_links.push(link.name),
                 // The other end of a pair deleted just before.
-                Err(crate::netlink::NetlinkError::NotFound { .. }) => {}
+                Err(crate::kernel::netlink::NetlinkError::NotFound { .. }) => {}
                 Err(e) => return Err(e.into()),
             }
         }
@@ -307,8 +307,8 @@ pub fn node_from_pins(pins: &Pins, pod_cidr: Ipv4Net) -> Result<NodeConfig, Endp
         gateway: Ipv4Addr::from(ipv4_from_map(config.gateway_ip)),
         gateway_mac: MacAddr(config.gateway_mac),
         bpffs_dir: pins.root().to_path_buf(),
-        bpffs_mount: bpf::mounted_on(pins.root()),
-        attach_mode: bpf::attach_mode(),
+        bpffs_mount: datapath::mounted_on(pins.root()),
+        attach_mode: datapath::attach_mode(),
     })
 }
 
@@ -336,7 +336,7 @@ pub fn from_kernel(
         }
         let Some(netns) = tag.netns.clone().or_else(|| {
             tag.netns_created
-                .then(|| crate::netns::named_path(&tag.name))
+                .then(|| crate::kernel::netns::named_path(&tag.name))
         }) else {
             continue;
         };

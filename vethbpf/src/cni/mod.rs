@@ -21,8 +21,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use crate::endpoint::EndpointError;
-use crate::netlink::NetlinkError;
-use crate::netns::NetnsError;
+use crate::kernel::netlink::NetlinkError;
+use crate::kernel::netns::NetnsError;
 use crate::node::NodeError;
 use crate::state::StateError;
 
@@ -267,7 +267,7 @@ impl Params {
             });
         }
         if let Some(ifname) = &p.ifname {
-            crate::ident::validate_ifname(ifname).map_err(|e| CniError::Env {
+            crate::state::ident::validate_ifname(ifname).map_err(|e| CniError::Env {
                 msg: format!("CNI_IFNAME is invalid: {e}"),
             })?;
         }

@@ -15,13 +15,13 @@ use super::types::{
     CniResult, Dns, Interface, IpConfig, LATEST_VERSION, RouteEntry, SUPPORTED_VERSIONS,
 };
 use super::{CniError, NetConf, Params};
-use crate::bpf::{self, Pins};
-use crate::cli::{DEFAULT_BPFFS_DIR, DEFAULT_GATEWAY, DEFAULT_POD_CIDR, DEFAULT_STATE_DIR};
+use crate::datapath::maps::Maps;
+use crate::datapath::{self, Pins};
+use crate::defaults;
 use crate::endpoint::{self, AddRequest, EndpointError, Env, KernelNamespaces, PinnedDatapath};
-use crate::ident::{self, MacAddr};
-use crate::maps::Maps;
-use crate::netlink::{Netlink, RouteSpec, RtNetlink};
+use crate::kernel::netlink::{Netlink, RouteSpec, RtNetlink};
 use crate::node::{self, UpRequest};
+use crate::state::ident::{self, MacAddr};
 use crate::state::{
     AttachMode, CniAttachment, EndpointRecord, Locked, NodeConfig, STATE_FILE, StateDir,
 };
@@ -86,13 +86,13 @@ fn state_dir(conf: &NetConf) -> PathBuf {
     conf.state_dir
         .clone()
         .or_else(|| std::env::var_os("VETHBPF_STATE_DIR").map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR))
+        .unwrap_or_else(|| PathBuf::from(defaults::STATE_DIR))
 }
 
 fn default_bpffs_dir() -> PathBuf {
     std::env::var_os("VETHBPF_BPFFS_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_BPFFS_DIR))
+        .unwrap_or_else(|| PathBuf::from(defaults::BPFFS_DIR))
 }
 
 fn is_up(dir: &Path) -> bool {
@@ -122,12 +122,12 @@ fn required_attachment(p: &Params) -> Result<(&str, &str, &str), CniError> {
 /// names none), unless the node is up with them already.
 fn ensure_up(locked: &mut Locked, conf: &NetConf) -> Result<NodeConfig, CniError> {
     let current = locked.state.node.clone();
-    let default_cidr: Ipv4Net = DEFAULT_POD_CIDR
+    let default_cidr: Ipv4Net = defaults::POD_CIDR
         .parse()
-        .map_err(|_| CniError::Config(format!("bad default pod CIDR {DEFAULT_POD_CIDR}")))?;
-    let default_gw: Ipv4Addr = DEFAULT_GATEWAY
+        .map_err(|_| CniError::Config(format!("bad default pod CIDR {}", defaults::POD_CIDR)))?;
+    let default_gw: Ipv4Addr = defaults::GATEWAY
         .parse()
-        .map_err(|_| CniError::Config(format!("bad default gateway {DEFAULT_GATEWAY}")))?;
+        .map_err(|_| CniError::Config(format!("bad default gateway {}", defaults::GATEWAY)))?;
     let req = UpRequest {
         pod_cidr: conf
             .pod_cidr
@@ -357,7 +357,7 @@ pub fn del(p: &Params, conf: &NetConf) -> Result<(), CniError> {
 
 /// What CHECK reads inside the pod.
 struct PodView {
-    link: Option<crate::netlink::LinkInfo>,
+    link: Option<crate::kernel::netlink::LinkInfo>,
     addrs: Vec<Ipv4Net>,
     routes: Vec<RouteSpec>,
 }
@@ -450,7 +450,7 @@ pub fn check(p: &Params, conf: &NetConf) -> Result<(), CniError> {
 
     // Inside the pod.
     let want_ifname = rec.ifname.clone();
-    let pod = crate::netns::with_netlink_in(&rec.netns, move |nl| {
+    let pod = crate::kernel::netns::with_netlink_in(&rec.netns, move |nl| {
         let link = nl.link_by_name(&want_ifname)?;
         let (addrs, routes) = match &link {
             Some(l) => (
@@ -571,8 +571,8 @@ pub fn check(p: &Params, conf: &NetConf) -> Result<(), CniError> {
         ));
     } else {
         if node.attach_mode == AttachMode::Tcx {
-            let prog = bpf::program_info(&pins).ok().map(|i| i.id());
-            match bpf::link_ids(&pins, &rec.host_veth) {
+            let prog = datapath::program_info(&pins).ok().map(|i| i.id());
+            match datapath::link_ids(&pins, &rec.host_veth) {
                 None => bad.push(format!("no pinned TCX link on {}", rec.host_veth)),
                 Some((_, attached)) if Some(attached) != prog => bad.push(format!(
                     "{} runs program {attached}, not the pinned {prog:?}",
@@ -643,7 +643,7 @@ pub fn status(p: &Params, conf: &NetConf) -> Result<(), CniError> {
             }
             if conf.ipam_type.is_none() {
                 let used = locked.state.endpoints.values().map(|e| e.ip);
-                crate::ipam::allocate(node.pod_cidr, node.gateway, used)
+                crate::state::ipam::allocate(node.pod_cidr, node.gateway, used)
                     .map_err(|e| CniError::NotAvailable(e.to_string()))?;
             }
             // Lost pins (a reboot) are reloaded by the next ADD.

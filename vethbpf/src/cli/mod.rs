@@ -9,18 +9,22 @@ use anyhow::{Context, Result, bail};
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use ipnet::Ipv4Net;
 
-use crate::bpf::Pins;
-use crate::endpoint::{self, AddRequest, EndpointView, Env, KernelNamespaces, PinnedDatapath};
-use crate::netlink::RtNetlink;
-use crate::node::{self, UpRequest};
-use crate::output;
-use crate::reconcile;
-use crate::state::{Locked, NodeConfig, STATE_FILE, StateDir};
+use vethbpf::datapath::Pins;
+use vethbpf::endpoint::{self, AddRequest, EndpointView, Env, KernelNamespaces, PinnedDatapath};
+use vethbpf::kernel::netlink::RtNetlink;
+use vethbpf::node::{self, UpRequest};
+use vethbpf::reconcile;
+use vethbpf::state::{Locked, NodeConfig, STATE_FILE, StateDir};
 
-pub const DEFAULT_BPFFS_DIR: &str = "/sys/fs/bpf/vethbpf";
-pub const DEFAULT_STATE_DIR: &str = "/var/lib/vethbpf";
-pub const DEFAULT_POD_CIDR: &str = "10.244.0.0/24";
-pub const DEFAULT_GATEWAY: &str = "169.254.1.1";
+use vethbpf::defaults::{
+    BPFFS_DIR as DEFAULT_BPFFS_DIR, GATEWAY as DEFAULT_GATEWAY, POD_CIDR as DEFAULT_POD_CIDR,
+    STATE_DIR as DEFAULT_STATE_DIR,
+};
+
+pub mod demo;
+pub mod output;
+#[cfg(test)]
+mod testing;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -198,7 +202,7 @@ fn check_bpffs(locked: &Locked, cli: &Cli, explicit: bool) -> Result<()> {
 /// Every command but `up` works on a node that is up; before `up` there is no
 /// state file, and such a command must not create the state dir either.
 fn lock_up_node(state_dir: &StateDir) -> Result<Locked> {
-    if !state_dir.path().join(crate::state::STATE_FILE).exists() {
+    if !state_dir.path().join(vethbpf::state::STATE_FILE).exists() {
         bail!(
             "the node is not up (no state in {}): run `vethbpf up` first",
             state_dir.path().display()
@@ -318,7 +322,7 @@ pub fn run(cli: Cli, bpffs_explicit: bool) -> Result<()> {
                     bpffs_dir: cli.bpffs_dir.clone(),
                     replace: args.replace,
                 },
-                crate::EBPF_OBJECT,
+                vethbpf::EBPF_OBJECT,
             )
             .context("vethbpf up")?;
             settle(&mut locked)?;
@@ -363,7 +367,7 @@ pub fn run(cli: Cli, bpffs_explicit: bool) -> Result<()> {
             };
             output::endpoints(out, &views)
         }
-        Command::Status if !state_dir.path().join(crate::state::STATE_FILE).exists() => {
+        Command::Status if !state_dir.path().join(vethbpf::state::STATE_FILE).exists() => {
             output::status(out, &node::Status::not_up())
         }
         Command::Status => {
@@ -372,13 +376,15 @@ pub fn run(cli: Cli, bpffs_explicit: bool) -> Result<()> {
             settle(&mut locked)?;
             output::status(out, &node::status(&locked)?)
         }
-        Command::Down if !state_dir.path().join(crate::state::STATE_FILE).exists() => output::down(
-            out,
-            &node::DownReport {
-                was_up: false,
-                endpoints_removed: vec![],
-            },
-        ),
+        Command::Down if !state_dir.path().join(vethbpf::state::STATE_FILE).exists() => {
+            output::down(
+                out,
+                &node::DownReport {
+                    was_up: false,
+                    endpoints_removed: vec![],
+                },
+            )
+        }
         Command::Down => {
             let locked = lock_up_node(&state_dir)?;
             check_bpffs(&locked, &cli, bpffs_explicit)?;
@@ -412,6 +418,6 @@ pub fn run(cli: Cli, bpffs_explicit: bool) -> Result<()> {
             })?;
             output::reconcile(out, &report)
         }
-        Command::Demo(args) => crate::demo::run(args, out),
+        Command::Demo(args) => crate::cli::demo::run(args, out),
     }
 }

@@ -26,6 +26,8 @@ use vethbpf_common::{ALL_MAPS, PROG_FROM_POD};
 
 use crate::state::AttachMode;
 
+pub mod maps;
+
 /// `statfs` magic of a bpf file system.
 const BPF_FS_MAGIC: nix::sys::statfs::FsType = nix::sys::statfs::FsType(0xcafe_4a11);
 

@@ -29,11 +29,13 @@ use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 use tracing::{debug, warn};
 
+use crate::cli::output::table;
 use crate::cli::{DemoArgs, Output};
-use crate::netlink::{Netlink, RtNetlink};
-use crate::netns;
-use crate::output::table;
-use crate::probe::{self, EchoReply, TcpReport};
+use prober::{EchoReply, TcpReport};
+use vethbpf::kernel::netlink::{Netlink, RtNetlink};
+use vethbpf::kernel::netns;
+
+mod prober;
 
 /// The node's own address, on `lo` of the node namespace: the source of node -> pod
 /// traffic and the target of pod -> node traffic. From TEST-NET-1 (RFC 5737), so
@@ -509,7 +511,7 @@ fn probe_cell(from: &Peer, to: &Peer) -> Cell {
     } else {
         INITIAL_TTL
     };
-    let icmp = match probe::icmp_echo(&from.netns, to.ip, ICMP_TIMEOUT) {
+    let icmp = match prober::icmp_echo(&from.netns, to.ip, ICMP_TIMEOUT) {
         Ok(EchoReply { rtt, ttl }) => IcmpCell {
             ok: true,
             rtt_ms: Some(ms(rtt)),
@@ -525,7 +527,7 @@ fn probe_cell(from: &Peer, to: &Peer) -> Cell {
             error: Some(e.to_string()),
         },
     };
-    let tcp = match probe::tcp_exchange(&to.netns, to.ip, &from.netns, TCP_BYTES, TCP_TIMEOUT) {
+    let tcp = match prober::tcp_exchange(&to.netns, to.ip, &from.netns, TCP_BYTES, TCP_TIMEOUT) {
         Ok(TcpReport { bytes, elapsed, .. }) => TcpCell {
             ok: true,
             bytes,
@@ -969,7 +971,7 @@ pub fn run(args: &DemoArgs, out: Output) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::netns::tests::is_root;
+    use crate::cli::testing::is_root;
 
     #[test]
     fn cell_text_and_ms() {
@@ -1020,7 +1022,7 @@ mod tests {
         assert!(addrs.iter().any(|(_, a)| a.addr() == NODE_ADDR));
         // The node answers on its address from inside its namespace.
         assert_eq!(
-            probe::icmp_echo(&node, NODE_ADDR, ICMP_TIMEOUT)
+            prober::icmp_echo(&node, NODE_ADDR, ICMP_TIMEOUT)
                 .unwrap()
                 .ttl,
             INITIAL_TTL
@@ -1028,7 +1030,7 @@ mod tests {
 
         // As if `up` had mounted the bpffs and an endpoint had been added, and
         // then `down` could not run.
-        crate::bpf::ensure_bpffs(&demo.bpffs).unwrap();
+        vethbpf::datapath::ensure_bpffs(&demo.bpffs).unwrap();
         assert!(is_bpffs(&demo.bpffs));
         let pod = format!("{}-a", demo.name);
         netns::create_named(&pod).unwrap();

@@ -12,7 +12,7 @@ use vethbpf_common::{
     Verdict, ipv4_to_map, stats_index,
 };
 
-use crate::bpf::Pins;
+use crate::datapath::Pins;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MapsError {

@@ -5,7 +5,7 @@
 //! A netlink socket belongs to the network namespace of the thread that opened it.
 //! [`RtNetlink::connect`] therefore opens the socket in the *calling thread's*
 //! namespace; to configure a pod, call it on a dedicated thread that has entered the
-//! pod's namespace (see [`crate::netns::run_in`]). The client is synchronous: it owns
+//! pod's namespace (see [`crate::kernel::netns::run_in`]). The client is synchronous: it owns
 //! a current-thread tokio runtime, so no tokio worker ever calls `setns`.
 
 use std::net::Ipv4Addr;

@@ -20,7 +20,7 @@ use nix::mount::{MntFlags, MsFlags};
 use nix::sched::CloneFlags;
 use nix::sys::stat::Mode;
 
-use crate::netlink::{NetlinkError, RtNetlink};
+use crate::kernel::netlink::{NetlinkError, RtNetlink};
 
 /// Where named network namespaces are bind-mounted, as iproute2 does.
 pub const NETNS_RUN_DIR: &str = "/run/netns";
@@ -230,7 +230,7 @@ pub fn resolve(name_or_path: &str) -> Result<PathBuf, NetnsError> {
 }
 
 /// Opens a network namespace file, checking that it is one: the descriptor can be
-/// given to `setns` or [`crate::netlink::Netlink::move_link_to_netns`].
+/// given to `setns` or [`crate::kernel::netlink::Netlink::move_link_to_netns`].
 pub fn open(path: &Path) -> Result<OwnedFd, NetnsError> {
     let file = File::open(path).map_err(|e| match e.kind() {
         io::ErrorKind::NotFound => NetnsError::NotFound(path.to_owned()),
@@ -457,7 +457,7 @@ pub(crate) mod tests {
 
         // A fresh namespace has only lo, down.
         let links = with_netlink_in(&ns.path, |nl| {
-            crate::netlink::Netlink::links(nl).map_err(anyhow::Error::from)
+            crate::kernel::netlink::Netlink::links(nl).map_err(anyhow::Error::from)
         })
         .unwrap();
         assert_eq!(links.len(), 1);

@@ -5,9 +5,9 @@ use anyhow::Result;
 use serde::Serialize;
 
 use crate::cli::Output;
-use crate::endpoint::EndpointView;
-use crate::node::{DownReport, Status, UpReport};
-use crate::reconcile::Report;
+use vethbpf::endpoint::EndpointView;
+use vethbpf::node::{DownReport, Status, UpReport};
+use vethbpf::reconcile::Report;
 
 fn json<T: Serialize + ?Sized>(v: &T) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);

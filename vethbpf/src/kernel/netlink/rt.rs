@@ -515,9 +515,9 @@ mod tests {
     use std::time::{Duration, Instant};
 
     use super::*;
-    use crate::netlink::FakeNetlink;
-    use crate::netns::tests::{TestNetns, is_root};
-    use crate::netns::{self, with_netlink_in};
+    use crate::kernel::netlink::FakeNetlink;
+    use crate::kernel::netns::tests::{TestNetns, is_root};
+    use crate::kernel::netns::{self, with_netlink_in};
 
     type TestResult<T> = Result<T, anyhow::Error>;
 

@@ -20,14 +20,14 @@ use vethbpf_common::{
     Counter, EndpointInfo, MAX_ENDPOINTS, ROUTE_KIND_LOCAL, Route, Verdict, ipv4_to_map,
 };
 
-use crate::bpf::{self, BpfError, Pins};
+use crate::datapath::maps::{EndpointCounters, Maps, MapsError};
+use crate::datapath::{self, BpfError, Pins};
 use crate::fault::{self, Injected};
-use crate::ident::{self, MacAddr, NameError};
-use crate::ipam::{self, IpamError};
-use crate::maps::{EndpointCounters, Maps, MapsError};
-use crate::netlink::{Netlink, NetlinkError, RouteSpec};
-use crate::netns::{self, NetnsError};
+use crate::kernel::netlink::{Netlink, NetlinkError, RouteSpec};
+use crate::kernel::netns::{self, NetnsError};
 use crate::reconcile::KernelTag;
+use crate::state::ident::{self, MacAddr, NameError};
+use crate::state::ipam::{self, IpamError};
 use crate::state::{
     AttachMode, CniAttachment, EndpointRecord, Intent, Locked, NodeConfig, PlannedEndpoint,
     StateError,
@@ -811,7 +811,7 @@ pub fn list(dp: &dyn Datapath, locked: &Locked) -> Result<Vec<EndpointView>, End
 
 // ---- the real kernel ----
 
-/// Pod namespaces through [`crate::netns`].
+/// Pod namespaces through [`crate::kernel::netns`].
 pub struct KernelNamespaces;
 
 impl Namespaces for KernelNamespaces {
@@ -872,11 +872,11 @@ impl PinnedDatapath {
 
 impl Datapath for PinnedDatapath {
     fn attach(&mut self, host_veth: &str) -> Result<(), EndpointError> {
-        bpf::attach(&self.pins, host_veth, self.mode)?;
+        datapath::attach(&self.pins, host_veth, self.mode)?;
         Ok(())
     }
     fn detach(&mut self, host_veth: &str) -> Result<(), EndpointError> {
-        Ok(bpf::detach(&self.pins, host_veth)?)
+        Ok(datapath::detach(&self.pins, host_veth)?)
     }
     fn put_endpoint(&mut self, ifindex: u32, info: &EndpointInfo) -> Result<(), EndpointError> {
         Ok(self.maps.put_endpoint(ifindex, info)?)
@@ -903,7 +903,7 @@ impl Datapath for PinnedDatapath {
         Ok(self.maps.endpoints())
     }
     fn attached(&self) -> Option<Vec<String>> {
-        (self.mode == AttachMode::Tcx).then(|| bpf::pinned_links(&self.pins))
+        (self.mode == AttachMode::Tcx).then(|| datapath::pinned_links(&self.pins))
     }
 }
 
@@ -957,7 +957,7 @@ mod tests {
     use std::fs::{self, File};
 
     use super::*;
-    use crate::netlink::FakeNetlink;
+    use crate::kernel::netlink::FakeNetlink;
     use crate::state::{State, StateDir};
 
     /// Namespaces as plain files in a temp dir; the fake netlink world tells them

@@ -14,7 +14,10 @@ use ipnet::Ipv4Net;
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
-use crate::ident::MacAddr;
+pub mod ident;
+pub mod ipam;
+
+use ident::MacAddr;
 
 pub const STATE_FILE: &str = "state.json";
 pub const LOCK_FILE: &str = "lock";

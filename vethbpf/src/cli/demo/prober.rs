@@ -22,7 +22,7 @@ use nix::sys::socket::{
 use nix::sys::time::{TimeVal, TimeValLike};
 use serde::Serialize;
 
-use crate::netns::{self, NetnsError};
+use vethbpf::kernel::netns::{self, NetnsError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
@@ -445,10 +445,10 @@ pub fn tcp_exchange(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::netlink::{Netlink, RtNetlink};
-    use crate::netns::tests::{TestNetns, is_root};
+    use crate::cli::testing::{TestNetns, is_root};
     use ipnet::Ipv4Net;
     use std::os::fd::AsFd;
+    use vethbpf::kernel::netlink::{Netlink, RtNetlink};
 
     #[test]
     fn checksum_matches_rfc1071_example() {

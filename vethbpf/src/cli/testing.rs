@@ -1,0 +1,43 @@
+//! Test helpers of the binary's own unit tests (the demo and its prober).
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use vethbpf::kernel::netns::{create_named, delete_named};
+
+/// A named namespace for one test, removed on drop (also when the test panics).
+pub(crate) struct TestNetns {
+    pub name: String,
+    pub path: PathBuf,
+}
+
+impl TestNetns {
+    /// `vbt-<tag>-<pid>-<n>`: unique across parallel tests and concurrent runs.
+    pub fn new(tag: &str) -> Self {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let name = format!(
+            "vbt-{tag}-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let path = create_named(&name).unwrap();
+        Self { name, path }
+    }
+}
+
+impl Drop for TestNetns {
+    fn drop(&mut self) {
+        if let Err(e) = delete_named(&self.name) {
+            eprintln!("cannot delete test netns {}: {e}", self.name);
+        }
+    }
+}
+
+/// Root tests skip (loudly) when not run as root.
+pub(crate) fn is_root() -> bool {
+    let root = nix::unistd::geteuid().is_root();
+    if !root {
+        eprintln!("skipping: needs root");
+    }
+    root
+}

@@ -1,0 +1,4 @@
+//! Kernel access below everything else: rtnetlink, network namespaces.
+
+pub mod netlink;
+pub mod netns;
