@@ -6,11 +6,12 @@ use std::path::PathBuf;
 use ipnet::Ipv4Net;
 use serde::Serialize;
 use tracing::info;
-use vethbpf_common::{ALL_MAPS, Config, ipv4_to_map};
+use vethbpf_common::{ALL_MAPS, Config, PROG_FROM_POD, ipv4_to_map};
 
 use crate::datapath::maps::{Maps, MapsError};
 use crate::datapath::{self, BpfError, Pins};
 use crate::endpoint::{self, EndpointError, Env};
+use crate::kernel::bpffs::{self, BpffsError};
 use crate::state::ident::MacAddr;
 use crate::state::{Locked, NodeConfig, StateDir, StateError};
 
@@ -41,6 +42,8 @@ pub enum NodeError {
         recorded: PathBuf,
         requested: PathBuf,
     },
+    #[error(transparent)]
+    Bpffs(#[from] BpffsError),
     #[error(transparent)]
     Bpf(#[from] BpfError),
     #[error(transparent)]
@@ -115,7 +118,7 @@ pub fn up(locked: &mut Locked, req: &UpRequest, object: &[u8]) -> Result<UpRepor
         let mut bpffs_mount = current.bpffs_mount.clone();
         if !pins.is_loaded() {
             // The bpffs lost our pins (a reboot, a manual rm): load again.
-            if let Some(m) = datapath::ensure_bpffs(pins.root())? {
+            if let Some(m) = bpffs::ensure(pins.root())? {
                 bpffs_mount = Some(m);
             }
             datapath::load_and_pin(&pins, object)?;
@@ -149,7 +152,7 @@ pub fn up(locked: &mut Locked, req: &UpRequest, object: &[u8]) -> Result<UpRepor
     }
 
     let pins = Pins::new(&req.bpffs_dir);
-    let mounted = datapath::ensure_bpffs(pins.root())?;
+    let mounted = bpffs::ensure(pins.root())?;
     let config = NodeConfig {
         pod_cidr: req.pod_cidr,
         gateway: req.gateway,
@@ -283,7 +286,7 @@ pub fn status(locked: &Locked) -> Result<Status, NodeError> {
         name: info.name_as_str().unwrap_or_default().to_string(),
         tag: format!("{:016x}", info.tag()),
         verified_instructions: info.verified_instruction_count(),
-        pinned: pins.program(),
+        pinned: pins.program(PROG_FROM_POD),
     }];
     let maps = Maps::open(&pins)?;
     let counts = maps.entry_counts();
@@ -304,7 +307,7 @@ pub fn status(locked: &Locked) -> Result<Status, NodeError> {
         .endpoints
         .values()
         .map(|e| {
-            let ids = datapath::link_ids(&pins, &e.host_veth);
+            let ids = datapath::link_ids(&pins, PROG_FROM_POD, &e.host_veth);
             AttachmentStatus {
                 endpoint: e.name.clone(),
                 host_veth: e.host_veth.clone(),

@@ -2,12 +2,19 @@
 //! scripts. Progress and logs go to stderr, never here.
 
 use anyhow::Result;
+use clap::ValueEnum;
 use serde::Serialize;
 
-use crate::cli::Output;
 use vethbpf::endpoint::EndpointView;
 use vethbpf::node::{DownReport, Status, UpReport};
 use vethbpf::reconcile::Report;
+
+/// How results are printed (`--output`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
 
 fn json<T: Serialize + ?Sized>(v: &T) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use ipnet::Ipv4Net;
 use serde_json::{Map, Value};
-use vethbpf_common::{ROUTE_KIND_LOCAL, ipv4_to_map};
+use vethbpf_common::{PROG_FROM_POD, ROUTE_KIND_LOCAL, ipv4_to_map};
 
 use super::delegate::{CallEnv, Delegate};
 use super::types::{
@@ -16,15 +16,13 @@ use super::types::{
 };
 use super::{CniError, NetConf, Params};
 use crate::datapath::maps::Maps;
-use crate::datapath::{self, Pins};
+use crate::datapath::{self, AttachMode, Pins};
 use crate::defaults;
 use crate::endpoint::{self, AddRequest, EndpointError, Env, KernelNamespaces, PinnedDatapath};
 use crate::kernel::netlink::{Netlink, RouteSpec, RtNetlink};
 use crate::node::{self, UpRequest};
 use crate::state::ident::{self, MacAddr};
-use crate::state::{
-    AttachMode, CniAttachment, EndpointRecord, Locked, NodeConfig, STATE_FILE, StateDir,
-};
+use crate::state::{CniAttachment, EndpointRecord, Locked, NodeConfig, STATE_FILE, StateDir};
 
 /// How long a call waits for another vethbpf command to release the state lock
 /// before answering "try again later" (code 11).
@@ -572,7 +570,7 @@ pub fn check(p: &Params, conf: &NetConf) -> Result<(), CniError> {
     } else {
         if node.attach_mode == AttachMode::Tcx {
             let prog = datapath::program_info(&pins).ok().map(|i| i.id());
-            match datapath::link_ids(&pins, &rec.host_veth) {
+            match datapath::link_ids(&pins, PROG_FROM_POD, &rec.host_veth) {
                 None => bad.push(format!("no pinned TCX link on {}", rec.host_veth)),
                 Some((_, attached)) if Some(attached) != prog => bad.push(format!(
                     "{} runs program {attached}, not the pinned {prog:?}",

@@ -1,4 +1,6 @@
-//! Kernel access below everything else: rtnetlink, network namespaces.
+//! Kernel access below everything else: rtnetlink, network namespaces, and the
+//! bpf file system.
 
+pub mod bpffs;
 pub mod netlink;
 pub mod netns;

@@ -29,8 +29,7 @@ use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 use tracing::{debug, warn};
 
-use crate::cli::output::table;
-use crate::cli::{DemoArgs, Output};
+use crate::cli::output::{Output, table};
 use prober::{EchoReply, TcpReport};
 use vethbpf::kernel::netlink::{Netlink, RtNetlink};
 use vethbpf::kernel::netns;
@@ -887,13 +886,13 @@ fn print_table(r: &Report) {
 }
 
 /// `vethbpf demo [--keep]`.
-pub fn run(args: &DemoArgs, out: Output) -> Result<()> {
+pub fn run(keep: bool, out: Output) -> Result<()> {
     install_interrupt_handler()?;
-    let mut demo = Demo::new(args.keep);
+    let mut demo = Demo::new(keep);
     // On an error here, dropping `demo` cleans up (or, with --keep, says how).
     let mut report = scenario(&mut demo)?;
 
-    if args.keep {
+    if keep {
         demo.finished = true;
         let (inspect, remove) = demo.kept_commands();
         report.cleanup = CleanupInfo {
@@ -919,13 +918,13 @@ pub fn run(args: &DemoArgs, out: Output) -> Result<()> {
                 "{}",
                 serde_json::to_string_pretty(&report).context("serializing the report")?
             );
-            if args.keep {
+            if keep {
                 demo.print_kept(false);
             }
         }
         Output::Table => {
             print_table(&report);
-            if args.keep {
+            if keep {
                 demo.print_kept(true);
             } else if report.cleanup.done {
                 println!(
@@ -1030,7 +1029,7 @@ mod tests {
 
         // As if `up` had mounted the bpffs and an endpoint had been added, and
         // then `down` could not run.
-        vethbpf::datapath::ensure_bpffs(&demo.bpffs).unwrap();
+        vethbpf::kernel::bpffs::ensure(&demo.bpffs).unwrap();
         assert!(is_bpffs(&demo.bpffs));
         let pod = format!("{}-a", demo.name);
         netns::create_named(&pod).unwrap();

@@ -1,0 +1,62 @@
+//! What can go wrong with an endpoint change.
+
+use std::path::PathBuf;
+
+use vethbpf_common::MAX_ENDPOINTS;
+
+use crate::datapath::BpfError;
+use crate::datapath::maps::MapsError;
+use crate::fault::Injected;
+use crate::kernel::netlink::NetlinkError;
+use crate::kernel::netns::NetnsError;
+use crate::state::StateError;
+use crate::state::ident::NameError;
+use crate::state::ipam::IpamError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EndpointError {
+    #[error("the node is not up: run `vethbpf up` first")]
+    NotUp,
+    #[error(transparent)]
+    Name(#[from] NameError),
+    #[error(transparent)]
+    Ipam(#[from] IpamError),
+    #[error("endpoint {name} already exists")]
+    Duplicate { name: String },
+    #[error("no endpoint named {name}")]
+    NotFound { name: String },
+    #[error(
+        "the interface {ifname} already exists in the node namespace (left over from an earlier run?); delete it or choose another endpoint name"
+    )]
+    HostVethExists { ifname: String },
+    #[error(
+        "the network namespace {name} already exists; pass `--netns {name}` to put the endpoint in it"
+    )]
+    NetnsExists { name: String },
+    #[error("the interface {ifname} already exists in the namespace {netns}")]
+    IfnameExists { ifname: String, netns: PathBuf },
+    #[error("the node has {max} endpoints, the most it supports", max = MAX_ENDPOINTS - 1)]
+    TooMany,
+    #[error("the veth peer {ifname} vanished while it was being set up")]
+    PeerVanished { ifname: String },
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
+    #[error(transparent)]
+    Bpf(#[from] BpfError),
+    #[error(transparent)]
+    Maps(#[from] MapsError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Injected(#[from] Injected),
+    #[error(
+        "endpoint del {name} stopped after the pod's interface was removed ({source}); the next vethbpf command, or `vethbpf reconcile`, finishes it"
+    )]
+    DelInterrupted {
+        name: String,
+        #[source]
+        source: Box<EndpointError>,
+    },
+}
