@@ -26,6 +26,7 @@ pub const ADD_POINTS: &[&str] = &[
     "add.done",
 ];
 
+/// Every fault point of `endpoint del`, in the order it reaches them.
 pub const DEL_POINTS: &[&str] = &[
     "del.intent",
     "del.route-map",
@@ -46,7 +47,7 @@ pub struct Injected {
 }
 
 #[cfg(feature = "fault-injection")]
-pub fn point(name: &'static str) -> Result<(), Injected> {
+pub(crate) fn point(name: &'static str) -> Result<(), Injected> {
     let Some(spec) = std::env::var_os("VETHBPF_FAULT") else {
         return Ok(());
     };
@@ -69,6 +70,6 @@ pub fn point(name: &'static str) -> Result<(), Injected> {
 
 #[cfg(not(feature = "fault-injection"))]
 #[inline(always)]
-pub fn point(_name: &'static str) -> Result<(), Injected> {
+pub(crate) fn point(_name: &'static str) -> Result<(), Injected> {
     Ok(())
 }

@@ -2,20 +2,20 @@
 //! programs (ARP responder, LPM routes, `bpf_redirect_peer`), with no bridge, no
 //! iptables and no addresses on host-side veths.
 //!
-//! Modules, one responsibility each:
-//! - [`netlink`]: link/address/route operations (trait + rtnetlink + fake)
-//! - [`netns`]: named network namespaces and running code inside one
-//! - [`bpf`]: loading, pinning and attaching the embedded eBPF object
-//! - [`maps`]: typed access to the pinned maps
-//! - [`state`]: the state directory (node config, endpoints), locked and atomic
-//! - [`ipam`]: address allocation from the pod CIDR
-//! - [`ident`]: names and MAC addresses, validated
-//! - [`endpoint`]: `endpoint add/del/list`, each step undone on failure
-//! - [`node`]: `up`, `down`, `status`
-//! - [`reconcile`]: finding and repairing what a crash or an outside hand left behind
-//! - [`fault`]: test-only fault injection (the `fault-injection` feature)
-//! - [`probe`]: ICMP and TCP probes run from inside a namespace (for `demo`)
-//! - [`demo`], [`cli`], [`output`]: the command line
+//! The layers, each using only those below it (the `vethbpf` binary's command line,
+//! `src/cli/`, sits on top and nothing here imports it):
+//!
+//! - [`cni`]: the CNI plugin (ADD, DEL, CHECK, STATUS, GC) over the same calls as
+//!   the command line
+//! - [`node`] (`up`, `down`, `status`) and [`reconcile`]: the node's lifecycle
+//! - [`endpoint`]: `endpoint add/del/list`, journalled, each step undone on failure
+//! - [`state`]: the state directory (lock, atomic writes, journal), IPAM, names
+//! - [`datapath`]: the embedded eBPF object: load, pin, replace, attach, maps
+//! - [`kernel`]: rtnetlink, network namespaces, the bpf file system
+//! - [`defaults`] and [`fault`] (test-only fault points) are leaves any layer uses
+//!
+//! The library's API is what the binary and the integration tests use; the rest is
+//! crate-private, and the fakes the unit tests run on exist only in test builds.
 
 pub mod cni;
 pub mod datapath;

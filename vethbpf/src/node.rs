@@ -15,6 +15,7 @@ use crate::kernel::bpffs::{self, BpffsError};
 use crate::state::ident::MacAddr;
 use crate::state::{Locked, NodeConfig, StateDir, StateError};
 
+/// Why `up`, `down` or `status` was refused or failed.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
     #[error("the gateway {gateway} lies inside the pod CIDR {cidr}; choose a gateway outside it")]
@@ -54,6 +55,7 @@ pub enum NodeError {
     Endpoint(#[from] EndpointError),
 }
 
+/// What `up` is asked for.
 #[derive(Clone, Debug)]
 pub struct UpRequest {
     pub pod_cidr: Ipv4Net,
@@ -227,6 +229,7 @@ pub fn down_not_up(state_dir: &StateDir, locked: Locked) -> Result<DownReport, N
     })
 }
 
+/// The pinned program, as `status` shows it.
 #[derive(Clone, Debug, Serialize)]
 pub struct ProgramStatus {
     pub id: u32,
@@ -236,6 +239,7 @@ pub struct ProgramStatus {
     pub pinned: PathBuf,
 }
 
+/// A pinned map and its number of entries, as `status` shows it.
 #[derive(Clone, Debug, Serialize)]
 pub struct MapStatus {
     pub name: &'static str,
@@ -243,6 +247,7 @@ pub struct MapStatus {
     pub pinned: PathBuf,
 }
 
+/// An endpoint's attachment, as `status` shows it (ids only for pinned TCX links).
 #[derive(Clone, Debug, Serialize)]
 pub struct AttachmentStatus {
     pub endpoint: String,
@@ -252,6 +257,7 @@ pub struct AttachmentStatus {
     pub program_id: Option<u32>,
 }
 
+/// What `status` shows: the node config, programs, maps and attachments.
 #[derive(Clone, Debug, Serialize)]
 pub struct Status {
     pub up: bool,
@@ -263,6 +269,7 @@ pub struct Status {
 }
 
 impl Status {
+    /// The status of a node that is not up.
     pub fn not_up() -> Self {
         Status {
             up: false,
@@ -275,6 +282,7 @@ impl Status {
     }
 }
 
+/// The node's status, read from the state and the pins.
 pub fn status(locked: &Locked) -> Result<Status, NodeError> {
     let Some(node) = locked.state.node.clone() else {
         return Ok(Status::not_up());

@@ -28,6 +28,7 @@ use crate::kernel::netlink::RouteSpec;
 use crate::state::ident::{self, MacAddr};
 use crate::state::{EndpointRecord, Locked, NodeConfig, StateError};
 
+/// Why `reconcile` could not finish.
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
     #[error(transparent)]

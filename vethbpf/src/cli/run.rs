@@ -4,8 +4,7 @@
 
 use anyhow::{Context, Result, bail};
 use vethbpf::datapath::Pins;
-use vethbpf::endpoint::{self, AddRequest, EndpointView, Env, KernelNamespaces, PinnedDatapath};
-use vethbpf::kernel::netlink::RtNetlink;
+use vethbpf::endpoint::{self, AddRequest, EndpointView};
 use vethbpf::node::{self, UpRequest};
 use vethbpf::reconcile;
 use vethbpf::state::{Locked, NodeConfig, STATE_FILE, StateDir};
@@ -75,13 +74,7 @@ fn node_config(locked: &Locked) -> Result<NodeConfig> {
 /// Settles the journal of a command that died halfway (for commands that do not
 /// change endpoints themselves; `add`, `del` and `down` do it on their own).
 fn settle(locked: &mut Locked) -> Result<()> {
-    if locked.pending()?.is_none() {
-        return Ok(());
-    }
-    let node = node_config(locked)?;
-    with_env(&node, |env| {
-        endpoint::finish_pending(env, locked).context("settling an interrupted command")
-    })?;
+    endpoint::settle_with_kernel(locked).context("settling an interrupted command")?;
     Ok(())
 }
 
@@ -118,29 +111,9 @@ fn rebuild_from_kernel(
     }
     let node = reconcile::node_from_pins(&pins, args.pod_cidr.trunc())
         .context("reading the node config from the pinned maps")?;
-    with_env(&node, |env| {
+    endpoint::with_kernel(&node, |env| {
         reconcile::from_kernel(env, &mut locked, node.clone()).context("reconcile --from-kernel")
     })
-}
-
-/// Runs `f` with the real kernel behind the endpoint traits.
-fn with_env<T>(node: &NodeConfig, f: impl FnOnce(&mut Env<'_>) -> Result<T>) -> Result<T> {
-    let mut dp = PinnedDatapath::open(node).context("opening the pinned datapath")?;
-    with_datapath(&mut dp, f)
-}
-
-fn with_datapath<T>(
-    dp: &mut dyn endpoint::Datapath,
-    f: impl FnOnce(&mut Env<'_>) -> Result<T>,
-) -> Result<T> {
-    let mut nl = RtNetlink::connect().context("netlink in the node namespace")?;
-    let mut ns = KernelNamespaces;
-    let mut env = Env {
-        node: &mut nl,
-        ns: &mut ns,
-        dp,
-    };
-    f(&mut env)
 }
 
 pub fn run(cli: Cli, bpffs_explicit: bool) -> Result<()> {
@@ -176,7 +149,7 @@ pub fn run(cli: Cli, bpffs_explicit: bool) -> Result<()> {
                 ifname: args.ifname.clone(),
             };
             let node = node_config(&locked)?;
-            let rec = with_env(&node, |env| {
+            let rec = endpoint::with_kernel(&node, |env| {
                 endpoint::add(env, &mut locked, &req)
                     .with_context(|| format!("endpoint add {}", req.name))
             })?;
@@ -186,7 +159,7 @@ pub fn run(cli: Cli, bpffs_explicit: bool) -> Result<()> {
             let mut locked = lock_up_node(&state_dir)?;
             check_bpffs(&locked, &cli, bpffs_explicit)?;
             let node = node_config(&locked)?;
-            let rec = with_env(&node, |env| {
+            let rec = endpoint::with_kernel(&node, |env| {
                 endpoint::del(env, &mut locked, name)
                     .with_context(|| format!("endpoint del {name}"))
             })?;
@@ -197,10 +170,7 @@ pub fn run(cli: Cli, bpffs_explicit: bool) -> Result<()> {
             check_bpffs(&locked, &cli, bpffs_explicit)?;
             settle(&mut locked)?;
             let views = match &locked.state.node {
-                Some(node) => {
-                    let dp = PinnedDatapath::open(node).context("opening the pinned datapath")?;
-                    endpoint::list(&dp, &locked)?
-                }
+                Some(node) => endpoint::list(node, &locked)?,
                 None => bail!("the node is not up: run `vethbpf up` first"),
             };
             output::endpoints(out, &views)
@@ -232,11 +202,11 @@ pub fn run(cli: Cli, bpffs_explicit: bool) -> Result<()> {
                 // and state.
                 Some(node) if !Pins::new(&node.bpffs_dir).is_loaded() => {
                     tracing::warn!(bpffs = %node.bpffs_dir.display(), "nothing pinned; removing endpoints without the datapath");
-                    with_datapath(&mut endpoint::GoneDatapath, |env| {
+                    endpoint::with_kernel_without_pins(|env| {
                         node::down(env, &state_dir, locked).context("vethbpf down")
                     })?
                 }
-                Some(node) => with_env(&node, |env| {
+                Some(node) => endpoint::with_kernel(&node, |env| {
                     node::down(env, &state_dir, locked).context("vethbpf down")
                 })?,
                 None => node::down_not_up(&state_dir, locked)?,
@@ -251,7 +221,7 @@ pub fn run(cli: Cli, bpffs_explicit: bool) -> Result<()> {
             let mut locked = lock_up_node(&state_dir)?;
             check_bpffs(&locked, &cli, bpffs_explicit)?;
             let node = node_config(&locked)?;
-            let report = with_env(&node, |env| {
+            let report = endpoint::with_kernel(&node, |env| {
                 reconcile::reconcile(env, &mut locked).context("vethbpf reconcile")
             })?;
             output::reconcile(out, &report)

@@ -11,14 +11,16 @@ use serde_json::{Map, Value};
 use vethbpf_common::{PROG_FROM_POD, ROUTE_KIND_LOCAL, ipv4_to_map};
 
 use super::delegate::{CallEnv, Delegate};
+use super::error::CniError;
+use super::params::Params;
+use super::types::NetConf;
 use super::types::{
     CniResult, Dns, Interface, IpConfig, LATEST_VERSION, RouteEntry, SUPPORTED_VERSIONS,
 };
-use super::{CniError, NetConf, Params};
 use crate::datapath::maps::Maps;
 use crate::datapath::{self, AttachMode, Pins};
 use crate::defaults;
-use crate::endpoint::{self, AddRequest, EndpointError, Env, KernelNamespaces, PinnedDatapath};
+use crate::endpoint::{self, AddRequest, EndpointError};
 use crate::kernel::netlink::{Netlink, RouteSpec, RtNetlink};
 use crate::node::{self, UpRequest};
 use crate::state::ident::{self, MacAddr};
@@ -26,11 +28,11 @@ use crate::state::{CniAttachment, EndpointRecord, Locked, NodeConfig, STATE_FILE
 
 /// How long a call waits for another vethbpf command to release the state lock
 /// before answering "try again later" (code 11).
-pub const LOCK_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const LOCK_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Logging goes to stderr (stdout is the protocol's): warnings by default,
 /// `RUST_LOG` for more.
-pub fn init_logging() {
+pub(crate) fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     let _ = tracing_subscriber::fmt()
@@ -41,7 +43,7 @@ pub fn init_logging() {
 }
 
 /// VERSION: stdin may be empty or `{"cniVersion": ...}`.
-pub fn version(stdin: &[u8]) -> Result<Value, CniError> {
+pub(crate) fn version(stdin: &[u8]) -> Result<Value, CniError> {
     let requested = if stdin.iter().all(u8::is_ascii_whitespace) {
         None
     } else {
@@ -61,7 +63,7 @@ pub fn version(stdin: &[u8]) -> Result<Value, CniError> {
 /// endpoint name (1-63 of `[A-Za-z0-9_.-]`), else the first 12 characters of the
 /// container ID, the interface name's allowed characters and a 64-bit hash of both
 /// (container IDs of podman, containerd and CRI-O are 64 hex digits).
-pub fn endpoint_name(container_id: &str, ifname: &str) -> String {
+pub(crate) fn endpoint_name(container_id: &str, ifname: &str) -> String {
     let plain = format!("{container_id}-{ifname}");
     if ident::validate_endpoint_name(&plain).is_ok() {
         return plain;
@@ -177,22 +179,6 @@ fn loaded_node(locked: &mut Locked) -> Result<Option<NodeConfig>, CniError> {
     Ok(Some(node::up(locked, &req, crate::EBPF_OBJECT)?.config))
 }
 
-/// Runs `f` with the real kernel behind the endpoint traits.
-fn with_env<T>(
-    node: &NodeConfig,
-    f: impl FnOnce(&mut Env<'_>) -> Result<T, CniError>,
-) -> Result<T, CniError> {
-    let mut nl = RtNetlink::connect()?;
-    let mut ns = KernelNamespaces;
-    let mut dp = PinnedDatapath::open(node)?;
-    let mut env = Env {
-        node: &mut nl,
-        ns: &mut ns,
-        dp: &mut dp,
-    };
-    f(&mut env)
-}
-
 /// The endpoint of attachment `(container_id, ifname)`, if vethbpf has one.
 fn attachment(locked: &Locked, container_id: &str, ifname: &str) -> Option<EndpointRecord> {
     locked
@@ -215,7 +201,7 @@ fn delegate(p: &Params, conf: &NetConf) -> Result<Option<Delegate>, CniError> {
 }
 
 /// ADD: the endpoint, and the result.
-pub fn add(p: &Params, conf: &NetConf) -> Result<Value, CniError> {
+pub(crate) fn add(p: &Params, conf: &NetConf) -> Result<Value, CniError> {
     let (cid, ifname, netns) = required_attachment(p)?;
     let prev = conf
         .prev_result
@@ -258,7 +244,7 @@ pub fn add(p: &Params, conf: &NetConf) -> Result<Value, CniError> {
         network: conf.name.clone(),
         ipam: conf.ipam_type.clone(),
     };
-    let added = with_env(&node, |env| {
+    let added = endpoint::with_kernel(&node, |env| {
         Ok(endpoint::add_tagged(env, &mut locked, &req, Some(tag))?)
     });
     let rec = match added {
@@ -331,7 +317,7 @@ fn build_result(
 /// DEL: idempotent; an unknown attachment, a namespace or link already gone, or a
 /// node that was never up are all success. The IPAM plugin gets its DEL in every
 /// case.
-pub fn del(p: &Params, conf: &NetConf) -> Result<(), CniError> {
+pub(crate) fn del(p: &Params, conf: &NetConf) -> Result<(), CniError> {
     let cid = required(&p.container_id, "CNI_CONTAINERID")?;
     let ifname = required(&p.ifname, "CNI_IFNAME")?;
     let dir = state_dir(conf);
@@ -341,9 +327,9 @@ pub fn del(p: &Params, conf: &NetConf) -> Result<(), CniError> {
         if let Some(rec) = attachment(&locked, cid, ifname)
             && let Some(node) = loaded_node(&mut locked)?
         {
-            with_env(&node, |env| {
+            endpoint::with_kernel(&node, |env| {
                 endpoint::del(env, &mut locked, &rec.name)?;
-                Ok(())
+                Ok::<_, CniError>(())
             })?;
         }
     }
@@ -367,7 +353,7 @@ fn parse_mac(s: Option<&str>) -> Option<MacAddr> {
 /// CHECK: `prevResult` against the endpoint record, then the pod side, the host
 /// side, the attachment and the map entries against both. Every difference is
 /// reported, not only the first.
-pub fn check(p: &Params, conf: &NetConf) -> Result<(), CniError> {
+pub(crate) fn check(p: &Params, conf: &NetConf) -> Result<(), CniError> {
     let (cid, ifname, netns) = required_attachment(p)?;
     let prev = conf
         .prev_result
@@ -619,7 +605,7 @@ pub fn check(p: &Params, conf: &NetConf) -> Result<(), CniError> {
 /// STATUS (1.1.0): ready when the node is up (or can be brought up: root) and the
 /// built-in allocator has a free address; the IPAM plugin's STATUS when it speaks
 /// 1.1.0.
-pub fn status(p: &Params, conf: &NetConf) -> Result<(), CniError> {
+pub(crate) fn status(p: &Params, conf: &NetConf) -> Result<(), CniError> {
     if let Some(d) = delegate(p, conf)?
         && d.speaks(&conf.cni_version)
     {
@@ -660,7 +646,7 @@ pub fn status(p: &Params, conf: &NetConf) -> Result<(), CniError> {
 /// in `cni.dev/valid-attachments` (and their delegated allocations), then passes GC
 /// on to the IPAM plugin if it speaks 1.1.0. Goes on past errors and reports them
 /// all.
-pub fn gc(p: &Params, conf: &NetConf) -> Result<(), CniError> {
+pub(crate) fn gc(p: &Params, conf: &NetConf) -> Result<(), CniError> {
     let valid = conf
         .valid_attachments
         .as_ref()
@@ -687,7 +673,7 @@ pub fn gc(p: &Params, conf: &NetConf) -> Result<(), CniError> {
         if !stale.is_empty()
             && let Some(node) = loaded_node(&mut locked)?
         {
-            with_env(&node, |env| {
+            endpoint::with_kernel(&node, |env| {
                 for rec in &stale {
                     tracing::info!(endpoint = %rec.name, "GC: removing a stale attachment");
                     if let Err(e) = endpoint::del(env, &mut locked, &rec.name) {
@@ -706,7 +692,7 @@ pub fn gc(p: &Params, conf: &NetConf) -> Result<(), CniError> {
                         }
                     }
                 }
-                Ok(())
+                Ok::<_, CniError>(())
             })?;
         }
     }

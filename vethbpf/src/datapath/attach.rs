@@ -23,6 +23,7 @@ pub enum AttachMode {
 }
 
 impl AttachMode {
+    /// The name `status` and the state file use.
     pub const fn name(self) -> &'static str {
         match self {
             AttachMode::Tcx => "tcx",
@@ -32,7 +33,7 @@ impl AttachMode {
 }
 
 /// Chooses TCX where the kernel has it (6.6+), the netlink clsact filter before.
-pub fn attach_mode() -> AttachMode {
+pub(crate) fn attach_mode() -> AttachMode {
     match KernelVersion::current() {
         Ok(v) if v < KernelVersion::new(6, 6, 0) => AttachMode::Netlink,
         _ => AttachMode::Tcx,
@@ -41,19 +42,21 @@ pub fn attach_mode() -> AttachMode {
 
 /// Attaches the pinned `program` to tc ingress of `ifname` (in the calling thread's
 /// namespace). With TCX the link is pinned (see [`Pins::link`]) and its id returned.
-pub fn attach(
+pub(crate) fn attach(
     pins: &Pins,
     program: &str,
     ifname: &str,
     mode: AttachMode,
 ) -> Result<Option<u32>, BpfError> {
     let path = pins.program(program);
-    let mut prog = SchedClassifier::from_pin(&path)
-        .map_err(|source| BpfError::OpenProgram { path, source })?;
+    let mut prog = SchedClassifier::from_pin(&path).map_err(|source| BpfError::OpenProgram {
+        path,
+        source: Box::new(source),
+    })?;
     let attach_err = |source| BpfError::Attach {
         program: program.to_string(),
         ifname: ifname.to_string(),
-        source,
+        source: Box::new(source),
     };
     match mode {
         AttachMode::Tcx => {
@@ -100,7 +103,7 @@ pub fn attach(
 /// Removes `program`'s pinned TCX link on `ifname`: the program detaches from the
 /// interface when the last reference goes. Missing pins are fine (already
 /// detached).
-pub fn detach(pins: &Pins, program: &str, ifname: &str) -> Result<(), BpfError> {
+pub(crate) fn detach(pins: &Pins, program: &str, ifname: &str) -> Result<(), BpfError> {
     let path = pins.link(program, ifname);
     if !path.exists() {
         return Ok(());
@@ -117,7 +120,7 @@ pub fn detach(pins: &Pins, program: &str, ifname: &str) -> Result<(), BpfError> 
 }
 
 /// The interfaces that have a pinned link of `program`.
-pub fn pinned_links(pins: &Pins, program: &str) -> Vec<String> {
+pub(crate) fn pinned_links(pins: &Pins, program: &str) -> Vec<String> {
     fs::read_dir(pins.links_dir(program))
         .map(|rd| {
             rd.filter_map(|e| e.ok())
@@ -130,7 +133,7 @@ pub fn pinned_links(pins: &Pins, program: &str) -> Vec<String> {
 }
 
 /// The id of `program`'s pinned link on `ifname`, and of the program behind it.
-pub fn link_ids(pins: &Pins, program: &str, ifname: &str) -> Option<(u32, u32)> {
+pub(crate) fn link_ids(pins: &Pins, program: &str, ifname: &str) -> Option<(u32, u32)> {
     let link = PinnedLink::from_pin(pins.link(program, ifname)).ok()?;
     let fd: FdLink = link.into();
     let info = fd.info().ok()?;

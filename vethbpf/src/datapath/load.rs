@@ -34,13 +34,15 @@ fn load_object(pins: &Pins, object: &[u8]) -> Result<aya::Ebpf, BpfError> {
     for (name, path) in &map_paths {
         loader.map_pin_path(name, path.as_path());
     }
-    let mut ebpf = loader.load(object).map_err(BpfError::Load)?;
+    let mut ebpf = loader
+        .load(object)
+        .map_err(|e| BpfError::Load(Box::new(e)))?;
     for name in PROGRAMS {
         program(&mut ebpf, name)?
             .load()
             .map_err(|source| BpfError::Program {
                 program: name,
-                source,
+                source: Box::new(source),
             })?;
     }
     Ok(ebpf)
@@ -55,14 +57,14 @@ fn program<'a>(
         .try_into()
         .map_err(|source| BpfError::Program {
             program: name,
-            source,
+            source: Box::new(source),
         })
 }
 
 /// Loads the embedded object and pins its programs and maps. Maps already pinned
 /// (a previous `up`) are reused, so their entries survive. Returns the `from_pod`
 /// program.
-pub fn load_and_pin(pins: &Pins, object: &[u8]) -> Result<ProgramInfo, BpfError> {
+pub(crate) fn load_and_pin(pins: &Pins, object: &[u8]) -> Result<ProgramInfo, BpfError> {
     mkdirs(pins)?;
     let mut ebpf = load_object(pins, object)?;
     for name in PROGRAMS {
@@ -81,7 +83,7 @@ pub fn load_and_pin(pins: &Pins, object: &[u8]) -> Result<ProgramInfo, BpfError>
         .info()
         .map_err(|source| BpfError::Program {
             program: PROG_FROM_POD,
-            source,
+            source: Box::new(source),
         })
 }
 
@@ -90,7 +92,7 @@ pub fn load_and_pin(pins: &Pins, object: &[u8]) -> Result<ProgramInfo, BpfError>
 /// atomically with `BPF_LINK_UPDATE` (traffic never sees a moment without a
 /// program), then replaces the program pins. Returns the new `from_pod` program
 /// and how many links now run the new programs.
-pub fn replace(pins: &Pins, object: &[u8]) -> Result<(ProgramInfo, usize), BpfError> {
+pub(crate) fn replace(pins: &Pins, object: &[u8]) -> Result<(ProgramInfo, usize), BpfError> {
     let mut ebpf = load_object(pins, object)?;
     let mut updated = 0;
     for name in PROGRAMS {
@@ -100,7 +102,7 @@ pub fn replace(pins: &Pins, object: &[u8]) -> Result<(ProgramInfo, usize), BpfEr
         .info()
         .map_err(|source| BpfError::Program {
             program: PROG_FROM_POD,
-            source,
+            source: Box::new(source),
         })?;
     Ok((info, updated))
 }
@@ -137,12 +139,12 @@ fn replace_program(
                 .map_err(|source| BpfError::Attach {
                     program: name.to_string(),
                     ifname: ifname.clone(),
-                    source,
+                    source: Box::new(source),
                 })?;
             // The pin keeps the link; our handle to it can go.
             let taken = prog.take_link(id).map_err(|source| BpfError::Program {
                 program: name,
-                source,
+                source: Box::new(source),
             })?;
             let _fd: FdLink = taken.try_into().map_err(link_err)?;
             Ok::<_, BpfError>(())
@@ -162,14 +164,17 @@ fn replace_program(
 }
 
 /// Information about the pinned `from_pod` program.
-pub fn program_info(pins: &Pins) -> Result<ProgramInfo, BpfError> {
+pub(crate) fn program_info(pins: &Pins) -> Result<ProgramInfo, BpfError> {
     let path = pins.program(PROG_FROM_POD);
-    ProgramInfo::from_pin(&path).map_err(|source| BpfError::OpenProgram { path, source })
+    ProgramInfo::from_pin(&path).map_err(|source| BpfError::OpenProgram {
+        path,
+        source: Box::new(source),
+    })
 }
 
 /// Removes every pin and the directories `up` made, and unmounts the bpffs `up`
 /// mounted (`mount`), unless other pins live on it.
-pub fn remove_all(pins: &Pins, mount: Option<&Path>) -> Result<(), BpfError> {
+pub(crate) fn remove_all(pins: &Pins, mount: Option<&Path>) -> Result<(), BpfError> {
     for name in PROGRAMS {
         for ifname in pinned_links(pins, name) {
             detach(pins, name, &ifname)?;

@@ -21,14 +21,16 @@ mod load;
 pub mod maps;
 mod pins;
 
-pub use attach::{AttachMode, attach, attach_mode, detach, link_ids, pinned_links};
-pub use load::{load_and_pin, program_info, remove_all, replace};
+pub use attach::AttachMode;
+pub(crate) use attach::{attach, attach_mode, detach, link_ids, pinned_links};
+pub(crate) use load::{load_and_pin, program_info, remove_all, replace};
 pub use pins::Pins;
 
 /// The object's programs: each is loaded, verified and pinned by `up`, and
 /// upgraded by `up --replace`.
 pub(crate) const PROGRAMS: &[&str] = &[PROG_FROM_POD];
 
+/// Why loading, pinning, attaching or unpinning failed.
 #[derive(Debug, thiserror::Error)]
 pub enum BpfError {
     #[error("cannot create {path}: {source}")]
@@ -40,14 +42,14 @@ pub enum BpfError {
     #[error(transparent)]
     Bpffs(#[from] BpffsError),
     #[error("cannot load the eBPF object: {0}")]
-    Load(#[source] aya::EbpfError),
+    Load(#[source] Box<aya::EbpfError>),
     #[error("the eBPF object has no program {0}")]
     MissingProgram(&'static str),
     #[error("program {program}: {source}")]
     Program {
         program: &'static str,
         #[source]
-        source: ProgramError,
+        source: Box<ProgramError>,
     },
     #[error("cannot pin {path}: {source}")]
     Pin {
@@ -61,14 +63,14 @@ pub enum BpfError {
     OpenProgram {
         path: PathBuf,
         #[source]
-        source: ProgramError,
+        source: Box<ProgramError>,
     },
     #[error("cannot attach {program} to {ifname}: {source}")]
     Attach {
         program: String,
         ifname: String,
         #[source]
-        source: ProgramError,
+        source: Box<ProgramError>,
     },
     #[error("link pin {path}: {source}")]
     Link {

@@ -18,10 +18,11 @@ pub struct Pins {
 }
 
 impl Pins {
+    /// The pins under the bpffs dir `root`.
     pub fn new(root: impl Into<PathBuf>) -> Self {
         Pins { root: root.into() }
     }
-    pub fn root(&self) -> &Path {
+    pub(crate) fn root(&self) -> &Path {
         &self.root
     }
     pub(crate) fn progs_dir(&self) -> PathBuf {
@@ -34,7 +35,7 @@ impl Pins {
     pub fn program(&self, name: &str) -> PathBuf {
         self.progs_dir().join(name)
     }
-    pub fn map(&self, name: &str) -> PathBuf {
+    pub(crate) fn map(&self, name: &str) -> PathBuf {
         self.maps_dir().join(name)
     }
     /// Where `program`'s links are pinned, one file per interface. from_pod's, one
@@ -50,7 +51,7 @@ impl Pins {
         }
     }
     /// The pinned TCX link of `program` on `ifname`.
-    pub fn link(&self, program: &str, ifname: &str) -> PathBuf {
+    pub(crate) fn link(&self, program: &str, ifname: &str) -> PathBuf {
         self.links_dir(program).join(ifname)
     }
     /// Whether `up` has pinned the datapath here.

@@ -19,6 +19,7 @@ use crate::state::ident;
 use crate::state::ipam;
 use crate::state::{CniAttachment, EndpointRecord, Intent, Locked, NodeConfig, PlannedEndpoint};
 
+/// What `endpoint add` is asked to make.
 #[derive(Clone, Debug)]
 pub struct AddRequest {
     pub name: String,
@@ -78,7 +79,7 @@ pub fn add(
 
 /// [`add`], recording the CNI attachment the endpoint belongs to (the CNI plugin's
 /// ADD), in the same state write as the endpoint itself.
-pub fn add_tagged(
+pub(crate) fn add_tagged(
     env: &mut Env<'_>,
     locked: &mut Locked,
     req: &AddRequest,

@@ -12,7 +12,7 @@ use crate::kernel::netlink::Netlink;
 use crate::state::ident::MacAddr;
 
 /// Pod namespaces: creating, deleting, resolving, and configuring the inside.
-pub trait Namespaces {
+pub(crate) trait Namespaces {
     /// Whether a named namespace exists under /run/netns.
     fn named_exists(&self, name: &str) -> bool;
     fn create(&mut self, name: &str) -> Result<PathBuf, EndpointError>;
@@ -33,7 +33,7 @@ pub trait Namespaces {
 }
 
 /// The pinned eBPF objects, as endpoint changes use them.
-pub trait Datapath {
+pub(crate) trait Datapath {
     fn attach(&mut self, host_veth: &str) -> Result<(), EndpointError>;
     fn detach(&mut self, host_veth: &str) -> Result<(), EndpointError>;
     fn put_endpoint(&mut self, ifindex: u32, info: &EndpointInfo) -> Result<(), EndpointError>;
@@ -53,7 +53,7 @@ pub trait Datapath {
 
 /// The kernel as `endpoint` commands see it.
 pub struct Env<'a> {
-    pub node: &'a mut dyn Netlink,
-    pub ns: &'a mut dyn Namespaces,
-    pub dp: &'a mut dyn Datapath,
+    pub(crate) node: &'a mut dyn Netlink,
+    pub(crate) ns: &'a mut dyn Namespaces,
+    pub(crate) dp: &'a mut dyn Datapath,
 }

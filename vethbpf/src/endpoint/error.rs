@@ -13,6 +13,8 @@ use crate::state::StateError;
 use crate::state::ident::NameError;
 use crate::state::ipam::IpamError;
 
+/// Why an endpoint change was refused or failed (and was undone, except where a
+/// variant says otherwise).
 #[derive(Debug, thiserror::Error)]
 pub enum EndpointError {
     #[error("the node is not up: run `vethbpf up` first")]

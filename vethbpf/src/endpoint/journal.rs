@@ -5,7 +5,7 @@ use serde::Serialize;
 use tracing::warn;
 
 use super::remove::remove_endpoint;
-use super::{EndpointError, Env};
+use super::{EndpointError, Env, with_kernel};
 use crate::kernel::netlink::NetlinkError;
 use crate::kernel::netns::NetnsError;
 use crate::state::{EndpointRecord, Intent, Locked, PlannedEndpoint};
@@ -24,7 +24,7 @@ pub struct Recovered {
 /// Settles the journal a command that died halfway left behind: an add that did
 /// not commit is rolled back, a del is finished. Cheap when there is none (one
 /// failed `open`), so every command that changes endpoints calls it first.
-pub fn finish_pending(
+pub(crate) fn finish_pending(
     env: &mut Env<'_>,
     locked: &mut Locked,
 ) -> Result<Option<Recovered>, EndpointError> {
@@ -32,6 +32,16 @@ pub fn finish_pending(
         Some(intent) => settle(env, locked, intent).map(Some),
         None => Ok(None),
     }
+}
+
+/// [`finish_pending`] with the real kernel, opened only when there is a journal
+/// to settle. Commands that do not change endpoints themselves call it first.
+pub fn settle_with_kernel(locked: &mut Locked) -> Result<Option<Recovered>, EndpointError> {
+    if locked.pending()?.is_none() {
+        return Ok(None);
+    }
+    let node = locked.state.node.clone().ok_or(EndpointError::NotUp)?;
+    with_kernel(&node, |env| finish_pending(env, locked))
 }
 
 /// Settles one journaled intent (see [`finish_pending`]) and clears the journal.

@@ -6,16 +6,57 @@ use std::path::{Path, PathBuf};
 use ipnet::Ipv4Net;
 use vethbpf_common::{EndpointInfo, PROG_FROM_POD, Route};
 
-use super::{Datapath, EndpointError, Namespaces, PodConfig, configure_pod_side};
+use super::{Datapath, EndpointError, Env, Namespaces, PodConfig, configure_pod_side};
 use crate::datapath::maps::{EndpointCounters, Maps};
 use crate::datapath::{self, AttachMode, Pins};
-use crate::kernel::netlink::Netlink;
+use crate::kernel::netlink::{Netlink, RtNetlink};
 use crate::kernel::netns;
 use crate::state::NodeConfig;
 use crate::state::ident::MacAddr;
 
+/// Runs `f` with the real kernel behind the endpoint traits: rtnetlink in the
+/// calling thread's network namespace (the node's), named namespaces under
+/// /run/netns, and the node's pinned datapath.
+pub fn with_kernel<T, E>(
+    node: &NodeConfig,
+    f: impl FnOnce(&mut Env<'_>) -> Result<T, E>,
+) -> Result<T, E>
+where
+    E: From<EndpointError>,
+{
+    let mut dp = PinnedDatapath::open(node)?;
+    with_datapath(&mut dp, f)
+}
+
+/// [`with_kernel`] for a node whose pins are gone (someone unmounted its bpffs):
+/// every map entry and attachment went with them, so `down` can still remove
+/// links, namespaces and state.
+pub fn with_kernel_without_pins<T, E>(f: impl FnOnce(&mut Env<'_>) -> Result<T, E>) -> Result<T, E>
+where
+    E: From<EndpointError>,
+{
+    with_datapath(&mut GoneDatapath, f)
+}
+
+fn with_datapath<T, E>(
+    dp: &mut dyn Datapath,
+    f: impl FnOnce(&mut Env<'_>) -> Result<T, E>,
+) -> Result<T, E>
+where
+    E: From<EndpointError>,
+{
+    let mut nl = RtNetlink::connect().map_err(EndpointError::from)?;
+    let mut ns = KernelNamespaces;
+    let mut env = Env {
+        node: &mut nl,
+        ns: &mut ns,
+        dp,
+    };
+    f(&mut env)
+}
+
 /// Pod namespaces through [`crate::kernel::netns`].
-pub struct KernelNamespaces;
+pub(crate) struct KernelNamespaces;
 
 impl Namespaces for KernelNamespaces {
     fn named_exists(&self, name: &str) -> bool {
@@ -52,14 +93,14 @@ impl Namespaces for KernelNamespaces {
 }
 
 /// The pinned program and maps of a node that is up.
-pub struct PinnedDatapath {
+pub(crate) struct PinnedDatapath {
     pins: Pins,
     maps: Maps,
     mode: AttachMode,
 }
 
 impl PinnedDatapath {
-    pub fn open(node: &NodeConfig) -> Result<Self, EndpointError> {
+    pub(crate) fn open(node: &NodeConfig) -> Result<Self, EndpointError> {
         let pins = Pins::new(&node.bpffs_dir);
         let maps = Maps::open(&pins)?;
         Ok(PinnedDatapath {
@@ -67,9 +108,6 @@ impl PinnedDatapath {
             maps,
             mode: node.attach_mode,
         })
-    }
-    pub fn maps(&self) -> &Maps {
-        &self.maps
     }
 }
 
@@ -113,7 +151,7 @@ impl Datapath for PinnedDatapath {
 /// The datapath of a node whose pins are gone (its bpffs was unmounted): every map
 /// entry and attachment went with them, so removing one is done already. Lets
 /// `down` clean up links, namespaces and state all the same.
-pub struct GoneDatapath;
+pub(crate) struct GoneDatapath;
 
 impl Datapath for GoneDatapath {
     fn attach(&mut self, _host_veth: &str) -> Result<(), EndpointError> {

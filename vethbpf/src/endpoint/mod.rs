@@ -23,14 +23,18 @@ pub(crate) mod testing;
 #[cfg(test)]
 mod tests;
 
-pub use add::{AddRequest, add, add_tagged};
+pub(crate) use add::add_tagged;
+pub use add::{AddRequest, add};
 pub use del::del;
 pub(crate) use del::route_of;
-pub use env::{Datapath, Env, Namespaces};
+pub use env::Env;
+pub(crate) use env::{Datapath, Namespaces};
 pub use error::EndpointError;
-pub use journal::{Recovered, finish_pending};
-pub use kernel::{GoneDatapath, KernelNamespaces, PinnedDatapath};
-pub use pod::{PodConfig, configure_pod_side};
-pub use remove::remove_endpoint;
-pub use tag::KernelTag;
+pub(crate) use journal::finish_pending;
+pub use journal::{Recovered, settle_with_kernel};
+pub(crate) use kernel::PinnedDatapath;
+pub use kernel::{with_kernel, with_kernel_without_pins};
+pub(crate) use pod::{PodConfig, configure_pod_side};
+pub(crate) use remove::remove_endpoint;
+pub(crate) use tag::KernelTag;
 pub use view::{Count, CounterView, EndpointView, list};

@@ -10,19 +10,22 @@ use crate::state::ident::MacAddr;
 
 /// What the pod side gets.
 #[derive(Clone, Debug)]
-pub struct PodConfig {
+pub(crate) struct PodConfig {
     /// Name of the peer when it arrives in the namespace.
-    pub temp_name: String,
-    pub ifname: String,
-    pub ip: Ipv4Addr,
-    pub gateway: Ipv4Addr,
+    pub(crate) temp_name: String,
+    pub(crate) ifname: String,
+    pub(crate) ip: Ipv4Addr,
+    pub(crate) gateway: Ipv4Addr,
     /// Bring `lo` up too (the namespace is vethbpf's own).
-    pub lo_up: bool,
+    pub(crate) lo_up: bool,
 }
 
 /// Inside the pod: rename the peer, bring it (and `lo` if asked) up, `IP/32`, a link route to
 /// the gateway and a default route through it. Returns the pod interface's MAC.
-pub fn configure_pod_side(nl: &mut dyn Netlink, cfg: &PodConfig) -> Result<MacAddr, EndpointError> {
+pub(crate) fn configure_pod_side(
+    nl: &mut dyn Netlink,
+    cfg: &PodConfig,
+) -> Result<MacAddr, EndpointError> {
     let link = nl
         .link_by_name(&cfg.temp_name)?
         .ok_or_else(|| EndpointError::PeerVanished {

@@ -49,7 +49,10 @@ pub(super) fn remove_after_veth(
 
 /// The kernel side of `del`, without the state record. Idempotent: parts already
 /// gone are fine, so it also finishes a `del` that was interrupted.
-pub fn remove_endpoint(env: &mut Env<'_>, rec: &EndpointRecord) -> Result<(), EndpointError> {
+pub(crate) fn remove_endpoint(
+    env: &mut Env<'_>,
+    rec: &EndpointRecord,
+) -> Result<(), EndpointError> {
     env.dp.del_route(Ipv4Net::from(rec.ip))?;
     delete_host_veth(env, rec)?;
     remove_after_veth(env, rec)

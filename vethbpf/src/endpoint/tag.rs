@@ -15,21 +15,21 @@ const ALIAS_MAX: usize = 255;
 /// What an endpoint's host veth says about it (its `IFLA_IFALIAS`, as
 /// `vethbpf:` + compact JSON): the part of its record that the maps do not hold.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct KernelTag {
-    pub name: String,
-    pub ifname: String,
+pub(crate) struct KernelTag {
+    pub(crate) name: String,
+    pub(crate) ifname: String,
     /// Left out when the alias would be too long (a very long namespace path).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub netns: Option<PathBuf>,
-    pub netns_created: bool,
+    pub(crate) netns: Option<PathBuf>,
+    pub(crate) netns_created: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cni: Option<CniAttachment>,
+    pub(crate) cni: Option<CniAttachment>,
 }
 
 impl KernelTag {
     /// The alias; parts are left out, least needed first, until it fits in 255
     /// bytes (a name and an interface name always fit).
-    pub fn encode(&self) -> String {
+    pub(crate) fn encode(&self) -> String {
         let mut tag = self.clone();
         loop {
             let alias = format!(
@@ -51,7 +51,7 @@ impl KernelTag {
         }
     }
 
-    pub fn decode(alias: &str) -> Option<KernelTag> {
+    pub(crate) fn decode(alias: &str) -> Option<KernelTag> {
         serde_json::from_str(alias.strip_prefix(TAG_PREFIX)?).ok()
     }
 }

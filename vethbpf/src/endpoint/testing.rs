@@ -89,7 +89,7 @@ impl FakeDatapath {
             return Err(MapsError::Op {
                 map: "FAKE",
                 op,
-                source: aya::maps::MapError::KeyNotFound,
+                source: Box::new(aya::maps::MapError::KeyNotFound),
             }
             .into());
         }

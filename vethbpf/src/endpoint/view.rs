@@ -6,10 +6,10 @@ use std::path::PathBuf;
 use serde::Serialize;
 use vethbpf_common::{Counter, Verdict};
 
-use super::{Datapath, EndpointError};
+use super::{Datapath, EndpointError, PinnedDatapath};
 use crate::datapath::maps::EndpointCounters;
 use crate::state::ident::MacAddr;
-use crate::state::{EndpointRecord, Locked};
+use crate::state::{EndpointRecord, Locked, NodeConfig};
 
 /// An endpoint as `endpoint list` and `endpoint add` show it.
 #[derive(Clone, Debug, Serialize)]
@@ -55,7 +55,7 @@ pub struct CounterView {
 }
 
 impl CounterView {
-    pub fn from_counters(c: &EndpointCounters) -> Self {
+    pub(crate) fn from_counters(c: &EndpointCounters) -> Self {
         let mut v = CounterView {
             forwarded: c[Verdict::Forward as usize].into(),
             arp_replies: c[Verdict::ArpReply as usize].into(),
@@ -73,6 +73,7 @@ impl CounterView {
 }
 
 impl EndpointView {
+    /// The view of a record, with its counters if read.
     pub fn new(rec: &EndpointRecord, counters: Option<&EndpointCounters>) -> Self {
         EndpointView {
             name: rec.name.clone(),
@@ -88,8 +89,9 @@ impl EndpointView {
     }
 }
 
-/// Every endpoint with its counters.
-pub fn list(dp: &dyn Datapath, locked: &Locked) -> Result<Vec<EndpointView>, EndpointError> {
+/// Every endpoint of the node with its counters.
+pub fn list(node: &NodeConfig, locked: &Locked) -> Result<Vec<EndpointView>, EndpointError> {
+    let dp = PinnedDatapath::open(node)?;
     locked
         .state
         .endpoints

@@ -6,14 +6,13 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use nix::mount::{MntFlags, MsFlags};
-
-/// `statfs` magic of a bpf file system.
-const BPF_FS_MAGIC: nix::sys::statfs::FsType = nix::sys::statfs::FsType(0xcafe_4a11);
+use nix::sys::statfs::BPF_FS_MAGIC;
 
 /// The conventional bpffs mount point; a bpffs dir below it (the default,
 /// /sys/fs/bpf/vethbpf) cannot be made on sysfs, so the bpffs is mounted here first.
 const SYS_FS_BPF: &str = "/sys/fs/bpf";
 
+/// Why a bpf file system could not be made ready or removed.
 #[derive(Debug, thiserror::Error)]
 pub enum BpffsError {
     #[error("cannot create {path}: {source}")]
@@ -85,14 +84,14 @@ pub fn ensure(dir: &Path) -> Result<Option<PathBuf>, BpffsError> {
 
 /// `dir` if a bpffs is mounted right on it (not on a parent): what `up` records as
 /// its mount when it mounted one there. Used to rebuild a lost state file.
-pub fn mounted_on(dir: &Path) -> Option<PathBuf> {
+pub(crate) fn mounted_on(dir: &Path) -> Option<PathBuf> {
     let on_parent = dir.parent().is_some_and(is_bpffs);
     (is_bpffs(dir) && !on_parent).then(|| dir.to_path_buf())
 }
 
 /// Unmounts the bpffs on `at` if nothing but the kernel's preloaded files is left
 /// on it (other pins, a user's own, keep it mounted).
-pub fn unmount_if_empty(at: &Path) -> Result<(), BpffsError> {
+pub(crate) fn unmount_if_empty(at: &Path) -> Result<(), BpffsError> {
     if !is_empty_dir(at) {
         return Ok(());
     }

@@ -10,7 +10,7 @@
 use std::any::Any;
 use std::fs::{self, DirBuilder, File};
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
@@ -23,12 +23,13 @@ use nix::sys::stat::Mode;
 use crate::kernel::netlink::{NetlinkError, RtNetlink};
 
 /// Where named network namespaces are bind-mounted, as iproute2 does.
-pub const NETNS_RUN_DIR: &str = "/run/netns";
+pub(crate) const NETNS_RUN_DIR: &str = "/run/netns";
 
 /// The calling thread's network namespace. Not `/proc/self/ns/net`: that is the
 /// main thread's, which is not necessarily ours.
 const THREAD_NETNS: &str = "/proc/thread-self/ns/net";
 
+/// Why a network namespace could not be made, found, opened or entered.
 #[derive(Debug, thiserror::Error)]
 pub enum NetnsError {
     #[error(
@@ -218,7 +219,7 @@ pub fn delete_named(name: &str) -> Result<(), NetnsError> {
 /// Resolves a namespace argument: a bare name means `/run/netns/NAME`; anything
 /// with a '/' is a path used as is (e.g. `/proc/PID/ns/net`, `/var/run/netns/x`).
 /// The result exists and is a network namespace.
-pub fn resolve(name_or_path: &str) -> Result<PathBuf, NetnsError> {
+pub(crate) fn resolve(name_or_path: &str) -> Result<PathBuf, NetnsError> {
     let path = if name_or_path.contains('/') {
         PathBuf::from(name_or_path)
     } else {
@@ -302,23 +303,6 @@ where
     })?
 }
 
-/// The calling thread's network namespace.
-pub fn current_thread_netns() -> Result<OwnedFd, NetnsError> {
-    File::open(THREAD_NETNS)
-        .map(OwnedFd::from)
-        .map_err(|e| NetnsError::io("open", THREAD_NETNS, e))
-}
-
-/// Whether two namespace descriptors refer to the same namespace (same nsfs inode).
-pub fn same_netns(a: impl AsFd, b: impl AsFd) -> Result<bool, NetnsError> {
-    let id = |fd: &dyn AsFd| {
-        nix::sys::stat::fstat(fd.as_fd())
-            .map(|st| (st.st_dev, st.st_ino))
-            .map_err(|e| NetnsError::io("stat", "namespace descriptor", e))
-    };
-    Ok(id(&a)? == id(&b)?)
-}
-
 /// Runs `f` on a fresh, scoped std thread and joins it; a panic becomes an error.
 fn on_thread<T: Send>(netns: &Path, f: impl FnOnce() -> T + Send) -> Result<T, NetnsError> {
     std::thread::scope(|s| {
@@ -350,17 +334,36 @@ fn panic_message(payload: &(dyn Any + Send)) -> String {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use std::os::fd::AsFd;
+
+    /// The calling thread's network namespace.
+    fn current_thread_netns() -> Result<OwnedFd, NetnsError> {
+        File::open(THREAD_NETNS)
+            .map(OwnedFd::from)
+            .map_err(|e| NetnsError::io("open", THREAD_NETNS, e))
+    }
+
+    /// Whether two namespace descriptors refer to the same namespace (same nsfs inode).
+    fn same_netns(a: impl AsFd, b: impl AsFd) -> Result<bool, NetnsError> {
+        let id = |fd: &dyn AsFd| {
+            nix::sys::stat::fstat(fd.as_fd())
+                .map(|st| (st.st_dev, st.st_ino))
+                .map_err(|e| NetnsError::io("stat", "namespace descriptor", e))
+        };
+        Ok(id(&a)? == id(&b)?)
+    }
+
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     /// A named namespace for one test, removed on drop (also when the test panics).
     pub(crate) struct TestNetns {
-        pub name: String,
-        pub path: PathBuf,
+        pub(crate) name: String,
+        pub(crate) path: PathBuf,
     }
 
     impl TestNetns {
         /// `vbt-<tag>-<pid>-<n>`: unique across parallel tests and concurrent runs.
-        pub fn new(tag: &str) -> Self {
+        pub(crate) fn new(tag: &str) -> Self {
             static COUNTER: AtomicUsize = AtomicUsize::new(0);
             let name = format!(
                 "vbt-{tag}-{}-{}",

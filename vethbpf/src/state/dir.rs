@@ -11,8 +11,9 @@ use nix::fcntl::{Flock, FlockArg};
 use super::records::STATE_VERSION;
 use super::{State, StateError};
 
+/// The state file's name in the state directory.
 pub const STATE_FILE: &str = "state.json";
-pub const LOCK_FILE: &str = "lock";
+pub(crate) const LOCK_FILE: &str = "lock";
 
 /// A state directory (default /var/lib/vethbpf).
 #[derive(Clone, Debug)]
@@ -28,10 +29,12 @@ pub struct Locked {
 }
 
 impl StateDir {
+    /// The state directory at `dir` (nothing is created until it is locked).
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         StateDir { dir: dir.into() }
     }
 
+    /// The directory.
     pub fn path(&self) -> &Path {
         &self.dir
     }
@@ -45,7 +48,7 @@ impl StateDir {
     /// Like [`StateDir::lock`], but gives up with [`StateError::Busy`] when the
     /// lock is still held by someone else after `timeout` (CNI calls answer "try
     /// again later" rather than hang a runtime).
-    pub fn lock_timeout(&self, timeout: std::time::Duration) -> Result<Locked, StateError> {
+    pub(crate) fn lock_timeout(&self, timeout: std::time::Duration) -> Result<Locked, StateError> {
         self.lock_within(Some(timeout))
     }
 
@@ -191,7 +194,7 @@ fn read_state(path: &Path) -> Result<State, StateError> {
 impl Locked {
     /// Writes the state atomically: a reader sees the old or the new file, never a
     /// mix, even if vethbpf is killed halfway.
-    pub fn save(&self) -> Result<(), StateError> {
+    pub(crate) fn save(&self) -> Result<(), StateError> {
         let tmp = self.path.with_extension("json.tmp");
         let werr = |source| StateError::Write {
             path: tmp.clone(),

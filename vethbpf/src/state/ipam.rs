@@ -7,6 +7,7 @@ use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 
+/// An address that cannot be given to an endpoint, and why.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum IpamError {
     #[error("{ip} is outside the pod CIDR {cidr}")]
@@ -36,7 +37,7 @@ fn usable(cidr: Ipv4Net) -> impl Iterator<Item = Ipv4Addr> {
 
 /// Checks that `ip` may be given to a new endpoint. `used` maps addresses in use to
 /// the endpoint names that hold them.
-pub fn validate<'a>(
+pub(crate) fn validate<'a>(
     cidr: Ipv4Net,
     gateway: Ipv4Addr,
     ip: Ipv4Addr,
@@ -61,7 +62,7 @@ pub fn validate<'a>(
 }
 
 /// The lowest free address of the CIDR.
-pub fn allocate(
+pub(crate) fn allocate(
     cidr: Ipv4Net,
     gateway: Ipv4Addr,
     used: impl Iterator<Item = Ipv4Addr>,

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::{EndpointRecord, Locked, StateError};
 
 /// The journal of the endpoint change in progress (see [`Intent`]).
-pub const INTENT_FILE: &str = "intent.json";
+pub(crate) const INTENT_FILE: &str = "intent.json";
 
 /// The endpoint change in progress, written before its first kernel change and
 /// removed after its commit. Whoever takes the lock next and finds it knows that a
@@ -19,22 +19,22 @@ pub const INTENT_FILE: &str = "intent.json";
 /// interface, so there is no going back).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "lowercase")]
-pub enum Intent {
+pub(crate) enum Intent {
     Add(PlannedEndpoint),
     Del(EndpointRecord),
 }
 
 /// What an `add` in progress may have made: everything is found by these names.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PlannedEndpoint {
-    pub name: String,
-    pub ip: Ipv4Addr,
-    pub id: u32,
-    pub host_veth: String,
-    pub temp_peer: String,
+pub(crate) struct PlannedEndpoint {
+    pub(crate) name: String,
+    pub(crate) ip: Ipv4Addr,
+    pub(crate) id: u32,
+    pub(crate) host_veth: String,
+    pub(crate) temp_peer: String,
     /// The add creates the namespace `name` (it did not exist when the add began,
     /// under the lock), so a rollback deletes it.
-    pub create_netns: bool,
+    pub(crate) create_netns: bool,
 }
 
 impl Locked {
@@ -43,7 +43,7 @@ impl Locked {
     }
 
     /// The journal left by a command that died halfway, if any.
-    pub fn pending(&self) -> Result<Option<Intent>, StateError> {
+    pub(crate) fn pending(&self) -> Result<Option<Intent>, StateError> {
         let path = self.intent_path();
         match fs::read(&path) {
             Ok(text) => serde_json::from_slice(&text)
@@ -57,7 +57,7 @@ impl Locked {
     /// Journals `intent` before its first kernel change. Written atomically but not
     /// fsynced: it only has to survive the death of the process (the page cache
     /// does); a power loss takes the kernel objects it describes with it.
-    pub fn begin(&self, intent: &Intent) -> Result<(), StateError> {
+    pub(crate) fn begin(&self, intent: &Intent) -> Result<(), StateError> {
         let path = self.intent_path();
         let tmp = path.with_extension("json.tmp");
         let werr = |source| StateError::Write {
@@ -70,7 +70,7 @@ impl Locked {
     }
 
     /// Clears the journal once the change is committed or undone.
-    pub fn end(&self) -> Result<(), StateError> {
+    pub(crate) fn end(&self) -> Result<(), StateError> {
         let path = self.intent_path();
         match fs::remove_file(&path) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => {

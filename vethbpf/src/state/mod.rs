@@ -13,11 +13,13 @@ pub mod ipam;
 mod journal;
 mod records;
 
-pub use dir::{LOCK_FILE, Locked, STATE_FILE, StateDir};
-pub use journal::{INTENT_FILE, Intent, PlannedEndpoint};
+pub use dir::{Locked, STATE_FILE, StateDir};
+pub(crate) use journal::{Intent, PlannedEndpoint};
 use records::STATE_VERSION;
 pub use records::{CniAttachment, EndpointRecord, NodeConfig, State};
 
+/// Why the state directory, its lock, the state file or the journal could not be
+/// used.
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     #[error("cannot create the state directory {path}: {source}")]

@@ -60,6 +60,7 @@ pub struct CniAttachment {
     pub ipam: Option<String>,
 }
 
+/// The whole state file.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct State {
     pub version: u32,

@@ -31,6 +31,7 @@ use tracing::{debug, warn};
 
 use crate::cli::output::{Output, table};
 use prober::{EchoReply, TcpReport};
+use vethbpf::kernel::bpffs::is_bpffs;
 use vethbpf::kernel::netlink::{Netlink, RtNetlink};
 use vethbpf::kernel::netns;
 
@@ -480,12 +481,6 @@ impl Drop for Demo {
             warn!("cleanup: {problem}");
         }
     }
-}
-
-fn is_bpffs(path: &Path) -> bool {
-    nix::sys::statfs::statfs(path)
-        .map(|s| s.filesystem_type() == nix::sys::statfs::BPF_FS_MAGIC)
-        .unwrap_or(false)
 }
 
 /// Reads `/proc/sys/<key>` as the namespace `netns` sees it: /proc/sys/net shows
