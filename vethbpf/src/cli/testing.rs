@@ -28,16 +28,12 @@ impl TestNetns {
 impl Drop for TestNetns {
     fn drop(&mut self) {
         if let Err(e) = delete_named(&self.name) {
-            eprintln!("cannot delete test netns {}: {e}", self.name);
+            // A second panic while unwinding would abort and hide the first.
+            if std::thread::panicking() {
+                eprintln!("cannot delete test netns {}: {e}", self.name);
+            } else {
+                panic!("cannot delete test netns {}: {e}", self.name);
+            }
         }
     }
-}
-
-/// Root tests skip (loudly) when not run as root.
-pub(crate) fn is_root() -> bool {
-    let root = nix::unistd::geteuid().is_root();
-    if !root {
-        eprintln!("skipping: needs root");
-    }
-    root
 }

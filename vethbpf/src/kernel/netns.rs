@@ -378,18 +378,14 @@ pub(crate) mod tests {
     impl Drop for TestNetns {
         fn drop(&mut self) {
             if let Err(e) = delete_named(&self.name) {
-                eprintln!("cannot delete test netns {}: {e}", self.name);
+                // A second panic while unwinding would abort and hide the first.
+                if std::thread::panicking() {
+                    eprintln!("cannot delete test netns {}: {e}", self.name);
+                } else {
+                    panic!("cannot delete test netns {}: {e}", self.name);
+                }
             }
         }
-    }
-
-    /// Root tests skip (loudly) when not run as root.
-    pub(crate) fn is_root() -> bool {
-        let root = nix::unistd::geteuid().is_root();
-        if !root {
-            eprintln!("skipping: needs root");
-        }
-        root
     }
 
     #[test]
@@ -430,10 +426,8 @@ pub(crate) mod tests {
     }
 
     #[test]
+    #[ignore = "needs root: creates and enters network namespaces"]
     fn create_resolve_run_delete() {
-        if !is_root() {
-            return;
-        }
         let ns = TestNetns::new("ns");
         assert_eq!(resolve(&ns.name).unwrap(), ns.path);
         assert_eq!(resolve(ns.path.to_str().unwrap()).unwrap(), ns.path);
@@ -475,12 +469,10 @@ pub(crate) mod tests {
     }
 
     #[test]
+    #[ignore = "needs root: setns needs CAP_SYS_ADMIN, even into its own namespace"]
     fn panic_in_run_in_is_an_error() {
-        // Works without root: our own namespace.
+        // Our own namespace.
         let path = Path::new(THREAD_NETNS);
-        if !is_root() {
-            return; // setns needs CAP_SYS_ADMIN even into one's own namespace
-        }
         match run_in(path, || -> u32 { panic!("boom in netns") }) {
             Err(NetnsError::Panicked { message, .. }) => assert_eq!(message, "boom in netns"),
             other => panic!("expected Panicked, got {other:?}"),
@@ -489,10 +481,8 @@ pub(crate) mod tests {
     }
 
     #[test]
+    #[ignore = "needs root: creates network namespaces and unmounts one"]
     fn stale_file_is_not_a_netns_and_can_be_deleted() {
-        if !is_root() {
-            return;
-        }
         // What an interrupted creation (or a reboot with a persistent /run) leaves:
         // a plain file in /run/netns.
         let ns = TestNetns::new("stale");
@@ -509,10 +499,8 @@ pub(crate) mod tests {
     }
 
     #[test]
+    #[ignore = "needs root: creates network namespaces"]
     fn parallel_creation_is_safe() {
-        if !is_root() {
-            return;
-        }
         let handles: Vec<_> = (0..8)
             .map(|_| std::thread::spawn(|| TestNetns::new("par")))
             .collect();
