@@ -12,7 +12,8 @@
 //! - [`state`]: the state directory (lock, atomic writes, journal), IPAM, names
 //! - [`datapath`]: the embedded eBPF object: load, pin, replace, attach, maps
 //! - [`kernel`]: rtnetlink, network namespaces, the bpf file system
-//! - [`defaults`] and [`fault`] (test-only fault points) are leaves any layer uses
+//! - [`defaults`], [`error`] (what kind of failure an error is) and [`fault`]
+//!   (test-only fault points) are leaves any layer uses
 //!
 //! The library's API is what the binary and the integration tests use; the rest is
 //! crate-private, and the fakes the unit tests run on exist only in test builds.
@@ -21,6 +22,7 @@ pub mod cni;
 pub mod datapath;
 pub mod defaults;
 pub mod endpoint;
+pub mod error;
 pub mod fault;
 pub mod kernel;
 pub mod node;
@@ -30,3 +32,39 @@ pub mod state;
 /// The eBPF object built by `cargo xtask build-ebpf`, embedded at compile time.
 pub static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/vethbpf.bpf.o"));
+
+/// The kind of the first error of the library's in `err`'s chain (outermost
+/// first), or `None` if none of them is the library's.
+pub fn error_kind(err: &(dyn std::error::Error + 'static)) -> Option<error::ErrorKind> {
+    let mut next = Some(err);
+    while let Some(e) = next {
+        let kind = if let Some(e) = e.downcast_ref::<node::NodeError>() {
+            Some(e.kind())
+        } else if let Some(e) = e.downcast_ref::<reconcile::ReconcileError>() {
+            Some(e.kind())
+        } else if let Some(e) = e.downcast_ref::<endpoint::EndpointError>() {
+            Some(e.kind())
+        } else if let Some(e) = e.downcast_ref::<state::ipam::IpamError>() {
+            Some(e.kind())
+        } else if let Some(e) = e.downcast_ref::<state::ident::NameError>() {
+            Some(e.kind())
+        } else if let Some(e) = e.downcast_ref::<datapath::BpfError>() {
+            Some(e.kind())
+        } else if let Some(e) = e.downcast_ref::<datapath::maps::MapsError>() {
+            Some(e.kind())
+        } else if let Some(e) = e.downcast_ref::<kernel::netns::NetnsError>() {
+            Some(e.kind())
+        } else if let Some(e) = e.downcast_ref::<kernel::netlink::NetlinkError>() {
+            Some(e.kind())
+        } else if e.is::<state::StateError>() || e.is::<kernel::bpffs::BpffsError>() {
+            Some(error::ErrorKind::Other)
+        } else {
+            None
+        };
+        if kind.is_some() {
+            return kind;
+        }
+        next = e.source();
+    }
+    None
+}

@@ -1,3 +1,6 @@
+//! The `vethbpf` binary: the command line (`cli/`) on top of the library, or the
+//! CNI plugin when a container runtime runs it as one.
+
 use std::process::ExitCode;
 
 use tracing_subscriber::EnvFilter;
@@ -29,11 +32,9 @@ fn main() -> ExitCode {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default)),
         )
         .init();
+    let out = cli.output;
     match cli::run(cli, bpffs_explicit) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
+        Err(e) => cli::fail(&e, out),
     }
 }

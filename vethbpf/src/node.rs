@@ -11,6 +11,7 @@ use vethbpf_common::{ALL_MAPS, Config, PROG_FROM_POD, ipv4_to_map};
 use crate::datapath::maps::{Maps, MapsError};
 use crate::datapath::{self, BpfError, Pins};
 use crate::endpoint::{self, EndpointError, Env};
+use crate::error::ErrorKind;
 use crate::kernel::bpffs::{self, BpffsError};
 use crate::state::ident::MacAddr;
 use crate::state::{Locked, NodeConfig, StateDir, StateError};
@@ -53,6 +54,22 @@ pub enum NodeError {
     State(#[from] StateError),
     #[error(transparent)]
     Endpoint(#[from] EndpointError),
+}
+
+impl NodeError {
+    /// What kind of failure this is.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            NodeError::GatewayInCidr { .. } => ErrorKind::Usage,
+            NodeError::CidrChange { .. }
+            | NodeError::GatewayChange { .. }
+            | NodeError::BpffsMismatch { .. } => ErrorKind::Conflict,
+            NodeError::Bpf(e) => e.kind(),
+            NodeError::Maps(e) => e.kind(),
+            NodeError::Endpoint(e) => e.kind(),
+            NodeError::Bpffs(_) | NodeError::State(_) => ErrorKind::Other,
+        }
+    }
 }
 
 /// What `up` is asked for.

@@ -23,6 +23,7 @@ use vethbpf_common::{EndpointInfo, ipv4_from_map, ipv4_to_map};
 use crate::datapath::maps::Maps;
 use crate::datapath::{self, Pins};
 use crate::endpoint::{self, EndpointError, Env, KernelTag, Recovered};
+use crate::error::ErrorKind;
 use crate::kernel::bpffs;
 use crate::kernel::netlink::RouteSpec;
 use crate::state::ident::{self, MacAddr};
@@ -41,6 +42,16 @@ pub enum ReconcileError {
         ip: Ipv4Addr,
         cidr: Ipv4Net,
     },
+}
+
+impl ReconcileError {
+    /// What kind of failure this is.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            ReconcileError::Endpoint(e) => e.kind(),
+            ReconcileError::OutsideCidr { .. } => ErrorKind::Usage,
+        }
+    }
 }
 
 impl From<StateError> for ReconcileError {

@@ -15,7 +15,7 @@ const LAYERS: &[&[&str]] = &[
     &["state"],
     &["datapath"],
     &["kernel"],
-    &["defaults", "fault"],
+    &["defaults", "error", "fault"],
 ];
 
 fn layer(module: &str) -> usize {

@@ -10,7 +10,22 @@ use vethbpf::defaults::{
     STATE_DIR as DEFAULT_STATE_DIR,
 };
 
+use super::error::exit_on_parse_error;
 use super::output::Output;
+
+/// The end of `--help`: what scripts can rely on.
+const EXIT_STATUS: &str = "\
+Exit status:
+  0  done
+  1  anything else: the kernel refused, I/O failed, not root, a command interrupted
+  2  the command line is wrong: an unknown command or option, an invalid name or
+     address, an address outside the pod CIDR, a gateway inside it
+  3  what the command names does not exist: an endpoint, a namespace
+  4  the node is not up, or its datapath is gone (the bpffs was unmounted)
+  5  it clashes with what exists: a name or address in use, no free address, a
+     pod CIDR, gateway or bpffs dir other than the node's
+With -o json, a failure prints one JSON object on stderr:
+  {\"error\": MESSAGE, \"code\": STATUS, \"kind\": \"other\"|\"usage\"|\"not_found\"|\"not_up\"|\"conflict\"}";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -22,7 +37,8 @@ and a tc ingress eBPF program on each host-side veth. The program answers ARP fo
 gateway, looks destinations up in an LPM map and hands packets straight into the destination \
 pod with bpf_redirect_peer. Programs, maps and links are pinned in bpffs, so the datapath keeps \
 running when vethbpf exits.\n\nStart with `vethbpf demo` to see it work in a throwaway namespace.\n\
-All commands act on the network namespace vethbpf runs in (the node) and need root."
+All commands act on the network namespace vethbpf runs in (the node) and need root.",
+    after_help = EXIT_STATUS
 )]
 pub struct Cli {
     /// Where programs, maps and links are pinned (a bpffs is mounted there if needed).
@@ -146,12 +162,15 @@ pub struct DemoArgs {
 /// Parses the command line; also reports whether --bpffs-dir was given explicitly
 /// (flag or environment) rather than defaulted.
 pub fn parse() -> (Cli, bool) {
-    let matches: ArgMatches = Cli::command().get_matches();
+    let matches: ArgMatches = match Cli::command().try_get_matches() {
+        Ok(m) => m,
+        Err(e) => exit_on_parse_error(e),
+    };
     let explicit = matches
         .value_source("bpffs_dir")
         .is_some_and(|s| s != clap::parser::ValueSource::DefaultValue);
     match Cli::from_arg_matches(&matches) {
         Ok(cli) => (cli, explicit),
-        Err(e) => e.exit(),
+        Err(e) => exit_on_parse_error(e),
     }
 }

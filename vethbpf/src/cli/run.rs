@@ -2,20 +2,21 @@
 //! printing of what they return. Errors here are `anyhow` with context; the library
 //! returns typed errors.
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use vethbpf::datapath::Pins;
 use vethbpf::endpoint::{self, AddRequest, EndpointView};
-use vethbpf::node::{self, UpRequest};
+use vethbpf::node::{self, NodeError, UpRequest};
 use vethbpf::reconcile;
 use vethbpf::state::{Locked, NodeConfig, STATE_FILE, StateDir};
 use vethbpf_common::PROG_FROM_POD;
 
 use super::args::{Cli, Command, EndpointCommand, ReconcileArgs};
+use super::error::RunError;
 use super::{demo, output};
 
 fn require_root() -> Result<()> {
     if !nix::unistd::geteuid().is_root() {
-        bail!("vethbpf must run as root: it creates namespaces, links and eBPF objects (try sudo)");
+        return Err(RunError::NotRoot.into());
     }
     Ok(())
 }
@@ -27,11 +28,11 @@ fn check_bpffs(locked: &Locked, cli: &Cli, explicit: bool) -> Result<()> {
         && explicit
         && node.bpffs_dir != cli.bpffs_dir
     {
-        bail!(
-            "the node was brought up with --bpffs-dir {}, not {}",
-            node.bpffs_dir.display(),
-            cli.bpffs_dir.display()
-        );
+        return Err(NodeError::BpffsMismatch {
+            recorded: node.bpffs_dir.clone(),
+            requested: cli.bpffs_dir.clone(),
+        }
+        .into());
     }
     Ok(())
 }
@@ -40,10 +41,7 @@ fn check_bpffs(locked: &Locked, cli: &Cli, explicit: bool) -> Result<()> {
 /// state file, and such a command must not create the state dir either.
 fn lock_up_node(state_dir: &StateDir) -> Result<Locked> {
     if !state_dir.path().join(vethbpf::state::STATE_FILE).exists() {
-        bail!(
-            "the node is not up (no state in {}): run `vethbpf up` first",
-            state_dir.path().display()
-        );
+        return Err(RunError::NoState(state_dir.path().to_path_buf()).into());
     }
     let locked = lock(state_dir)?;
     if locked.state.node.is_none() && locked.state.endpoints.is_empty() {
@@ -52,7 +50,7 @@ fn lock_up_node(state_dir: &StateDir) -> Result<Locked> {
         state_dir
             .remove(locked)
             .with_context(|| format!("state directory {}", state_dir.path().display()))?;
-        bail!("the node is not up: run `vethbpf up` first");
+        return Err(RunError::NotUp.into());
     }
     Ok(locked)
 }
@@ -64,11 +62,7 @@ fn lock(state_dir: &StateDir) -> Result<Locked> {
 }
 
 fn node_config(locked: &Locked) -> Result<NodeConfig> {
-    locked
-        .state
-        .node
-        .clone()
-        .context("the node is not up: run `vethbpf up` first")
+    Ok(locked.state.node.clone().ok_or(RunError::NotUp)?)
 }
 
 /// Settles the journal of a command that died halfway (for commands that do not
@@ -86,11 +80,11 @@ fn rebuild_from_kernel(
 ) -> Result<reconcile::Report> {
     let pins = Pins::new(&cli.bpffs_dir);
     if !pins.is_loaded() {
-        bail!(
-            "nothing is pinned at {} (no {}): give the --bpffs-dir the node was brought up with, or run `vethbpf up`",
-            cli.bpffs_dir.display(),
-            pins.program(PROG_FROM_POD).display()
-        );
+        return Err(RunError::NothingPinned {
+            dir: cli.bpffs_dir.clone(),
+            program: pins.program(PROG_FROM_POD),
+        }
+        .into());
     }
     let mut locked = state_dir
         .lock_to_rebuild()
@@ -98,10 +92,7 @@ fn rebuild_from_kernel(
     let file = state_dir.path().join(STATE_FILE);
     if file.exists() {
         match state_dir.read() {
-            Ok(_) => bail!(
-                "the state file {} is readable; run `vethbpf reconcile` without --from-kernel",
-                file.display()
-            ),
+            Ok(_) => return Err(RunError::StateReadable(file).into()),
             Err(e) => tracing::warn!(error = %e, "rebuilding the state file"),
         }
         let keep = file.with_extension("json.corrupt");
@@ -171,7 +162,7 @@ pub fn run(cli: Cli, bpffs_explicit: bool) -> Result<()> {
             settle(&mut locked)?;
             let views = match &locked.state.node {
                 Some(node) => endpoint::list(node, &locked)?,
-                None => bail!("the node is not up: run `vethbpf up` first"),
+                None => return Err(RunError::NotUp.into()),
             };
             output::endpoints(out, &views)
         }

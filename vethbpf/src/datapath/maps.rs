@@ -13,6 +13,7 @@ use vethbpf_common::{
 };
 
 use crate::datapath::Pins;
+use crate::error::ErrorKind;
 
 /// Why a pinned map could not be opened or changed.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +33,17 @@ pub enum MapsError {
         #[source]
         source: Box<MapError>,
     },
+}
+
+impl MapsError {
+    /// What kind of failure this is: a pinned map that cannot be opened means the
+    /// datapath is gone (`up` loads it again).
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            MapsError::Open { .. } => ErrorKind::NotUp,
+            MapsError::Op { .. } => ErrorKind::Other,
+        }
+    }
 }
 
 /// Counters of one endpoint, summed over CPUs, indexed by `Verdict as usize`.

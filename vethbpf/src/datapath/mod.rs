@@ -14,6 +14,7 @@ use aya::pin::PinError;
 use aya::programs::ProgramError;
 use vethbpf_common::PROG_FROM_POD;
 
+use crate::error::ErrorKind;
 use crate::kernel::bpffs::BpffsError;
 
 mod attach;
@@ -84,4 +85,15 @@ pub enum BpfError {
         #[source]
         source: io::Error,
     },
+}
+
+impl BpfError {
+    /// What kind of failure this is: a pinned program that cannot be opened means
+    /// the datapath is gone (`up` loads it again).
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            BpfError::OpenProgram { .. } => ErrorKind::NotUp,
+            _ => ErrorKind::Other,
+        }
+    }
 }

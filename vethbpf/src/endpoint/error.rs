@@ -6,6 +6,7 @@ use vethbpf_common::MAX_ENDPOINTS;
 
 use crate::datapath::BpfError;
 use crate::datapath::maps::MapsError;
+use crate::error::ErrorKind;
 use crate::fault::Injected;
 use crate::kernel::netlink::NetlinkError;
 use crate::kernel::netns::NetnsError;
@@ -61,4 +62,29 @@ pub enum EndpointError {
         #[source]
         source: Box<EndpointError>,
     },
+}
+
+impl EndpointError {
+    /// What kind of failure this is.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            EndpointError::NotUp => ErrorKind::NotUp,
+            EndpointError::Name(e) => e.kind(),
+            EndpointError::Ipam(e) => e.kind(),
+            EndpointError::Duplicate { .. }
+            | EndpointError::HostVethExists { .. }
+            | EndpointError::NetnsExists { .. }
+            | EndpointError::IfnameExists { .. }
+            | EndpointError::TooMany => ErrorKind::Conflict,
+            EndpointError::NotFound { .. } => ErrorKind::NotFound,
+            EndpointError::Netlink(e) => e.kind(),
+            EndpointError::Netns(e) => e.kind(),
+            EndpointError::Bpf(e) => e.kind(),
+            EndpointError::Maps(e) => e.kind(),
+            EndpointError::State(_)
+            | EndpointError::PeerVanished { .. }
+            | EndpointError::Injected(_)
+            | EndpointError::DelInterrupted { .. } => ErrorKind::Other,
+        }
+    }
 }

@@ -20,6 +20,7 @@ use nix::mount::{MntFlags, MsFlags};
 use nix::sched::CloneFlags;
 use nix::sys::stat::Mode;
 
+use crate::error::ErrorKind;
 use crate::kernel::netlink::{NetlinkError, RtNetlink};
 
 /// Where named network namespaces are bind-mounted, as iproute2 does.
@@ -58,6 +59,20 @@ pub enum NetnsError {
     },
     #[error("code running in network namespace {} panicked: {message}", path.display())]
     Panicked { path: PathBuf, message: String },
+}
+
+impl NetnsError {
+    /// What kind of failure this is.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            NetnsError::InvalidName(_) | NetnsError::NotNetns { .. } => ErrorKind::Usage,
+            NetnsError::AlreadyExists(_) => ErrorKind::Conflict,
+            NetnsError::NotFound(_) => ErrorKind::NotFound,
+            NetnsError::Io { .. } | NetnsError::Thread { .. } | NetnsError::Panicked { .. } => {
+                ErrorKind::Other
+            }
+        }
+    }
 }
 
 impl NetnsError {

@@ -4,6 +4,7 @@
 use std::fmt;
 use std::str::FromStr;
 
+use crate::error::ErrorKind;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Linux interface names are at most 15 bytes (`IFNAMSIZ` - 1).
@@ -35,6 +36,13 @@ pub enum NameError {
     BadIfname { name: String, why: &'static str },
     #[error("{text:?} is not a MAC address (expected six hex bytes like ee:ee:ee:ee:ee:ee)")]
     BadMac { text: String },
+}
+
+impl NameError {
+    /// Every bad name is a bad argument.
+    pub fn kind(&self) -> ErrorKind {
+        ErrorKind::Usage
+    }
 }
 
 /// Checks an endpoint name: 1 to 63 bytes of `[A-Za-z0-9_.-]`, starting with a letter

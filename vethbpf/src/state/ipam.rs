@@ -7,6 +7,8 @@ use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 
+use crate::error::ErrorKind;
+
 /// An address that cannot be given to an endpoint, and why.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum IpamError {
@@ -20,6 +22,18 @@ pub enum IpamError {
     Gateway { ip: Ipv4Addr },
     #[error("the pod CIDR {cidr} has no free address left")]
     Exhausted { cidr: Ipv4Net },
+}
+
+impl IpamError {
+    /// What kind of failure this is.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            IpamError::OutsideCidr { .. }
+            | IpamError::Reserved { .. }
+            | IpamError::Gateway { .. } => ErrorKind::Usage,
+            IpamError::InUse { .. } | IpamError::Exhausted { .. } => ErrorKind::Conflict,
+        }
+    }
 }
 
 /// The addresses of a pod CIDR that can be given to endpoints: all of them but the

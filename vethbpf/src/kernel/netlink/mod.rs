@@ -13,6 +13,8 @@ use std::os::fd::BorrowedFd;
 
 use ipnet::Ipv4Net;
 
+use crate::error::ErrorKind;
+
 #[cfg(test)]
 mod fake;
 mod rt;
@@ -68,6 +70,20 @@ pub enum NetlinkError {
     },
     #[error("{op}: unexpected reply from the kernel: {detail}")]
     Protocol { op: &'static str, detail: String },
+}
+
+impl NetlinkError {
+    /// What kind of failure this is: something in the way is a conflict; the rest
+    /// is the kernel's.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            NetlinkError::Exists { .. } => ErrorKind::Conflict,
+            NetlinkError::Connect(_)
+            | NetlinkError::NotFound { .. }
+            | NetlinkError::Kernel { .. }
+            | NetlinkError::Protocol { .. } => ErrorKind::Other,
+        }
+    }
 }
 
 /// The operations vethbpf performs through rtnetlink, in one network namespace.
