@@ -104,6 +104,7 @@ fn kernel_config(node: &NodeConfig) -> Config {
 /// Loads and pins the datapath (or checks that it is there). Running it again with
 /// the same settings changes nothing.
 pub fn up(locked: &mut Locked, req: &UpRequest, object: &[u8]) -> Result<UpReport, NodeError> {
+    bpffs::check_lasting(&req.bpffs_dir)?;
     if req.pod_cidr.contains(&req.gateway) {
         return Err(NodeError::GatewayInCidr {
             gateway: req.gateway,
@@ -220,6 +221,7 @@ pub fn down(
     let Some(node) = locked.state.node.clone() else {
         return down_not_up(state_dir, locked);
     };
+    bpffs::check_lasting(&node.bpffs_dir)?;
     // An add that died halfway has no record, so the loop below would miss it.
     endpoint::finish_pending(env, &mut locked)?;
     let mut removed = Vec::new();

@@ -264,6 +264,7 @@ fn remove_orphans(
 /// the CONFIG map, the bpffs mount if one sits right on the dir, the attach mode of
 /// this kernel, and the pod CIDR the user gives (the kernel does not hold it).
 pub fn node_from_pins(pins: &Pins, pod_cidr: Ipv4Net) -> Result<NodeConfig, EndpointError> {
+    bpffs::check_lasting(pins.root())?;
     let config = Maps::open(pins)?.config()?;
     Ok(NodeConfig {
         pod_cidr,

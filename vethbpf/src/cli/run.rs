@@ -5,6 +5,7 @@
 use anyhow::{Context, Result};
 use vethbpf::datapath::Pins;
 use vethbpf::endpoint::{self, AddRequest, EndpointView};
+use vethbpf::kernel::bpffs;
 use vethbpf::node::{self, NodeError, UpRequest};
 use vethbpf::reconcile;
 use vethbpf::state::{Locked, NodeConfig, STATE_FILE, StateDir};
@@ -44,6 +45,9 @@ fn lock_up_node(state_dir: &StateDir) -> Result<Locked> {
         return Err(RunError::NoState(state_dir.path().to_path_buf()).into());
     }
     let locked = lock(state_dir)?;
+    if let Some(node) = &locked.state.node {
+        bpffs::check_lasting(&node.bpffs_dir)?;
+    }
     if locked.state.node.is_none() && locked.state.endpoints.is_empty() {
         // `down` ran while this command waited for the lock; taking the lock made
         // the state dir again, which must not outlive this command.
@@ -111,6 +115,17 @@ pub fn run(cli: Cli, bpffs_explicit: bool) -> Result<()> {
     // Every command reads pinned eBPF objects or a root-owned state dir; say so
     // up front rather than fail on a permission somewhere inside.
     require_root()?;
+    // Before anything is made: `up` and `reconcile --from-kernel` pin at the given
+    // bpffs dir (the other commands at the node's, checked once it is read).
+    match &cli.command {
+        Command::Up(_)
+        | Command::Reconcile(ReconcileArgs {
+            from_kernel: true, ..
+        }) => {
+            bpffs::check_lasting(&cli.bpffs_dir)?;
+        }
+        _ => {}
+    }
     let state_dir = StateDir::new(&cli.state_dir);
     let out = cli.output;
     match &cli.command {

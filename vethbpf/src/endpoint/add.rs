@@ -135,7 +135,10 @@ pub(crate) fn add_tagged(
                 name: req.name.clone(),
             });
         }
-        None => None,
+        None => {
+            env.ns.check_create(&req.name)?;
+            None
+        }
     };
 
     // The journal goes first: if vethbpf dies from here on, the next command

@@ -15,6 +15,9 @@ use crate::state::ident::MacAddr;
 pub(crate) trait Namespaces {
     /// Whether a named namespace exists under /run/netns.
     fn named_exists(&self, name: &str) -> bool;
+    /// Whether a namespace `name` made now would outlive this process (it would not
+    /// be made from a mount namespace of our own, as under `ip netns exec`).
+    fn check_create(&self, name: &str) -> Result<(), EndpointError>;
     fn create(&mut self, name: &str) -> Result<PathBuf, EndpointError>;
     fn delete(&mut self, name: &str) -> Result<(), EndpointError>;
     /// `NAME` (under /run/netns) or a path; must exist and be a network namespace.

@@ -8,6 +8,7 @@ use crate::datapath::BpfError;
 use crate::datapath::maps::MapsError;
 use crate::error::ErrorKind;
 use crate::fault::Injected;
+use crate::kernel::bpffs::BpffsError;
 use crate::kernel::netlink::NetlinkError;
 use crate::kernel::netns::NetnsError;
 use crate::state::StateError;
@@ -47,6 +48,8 @@ pub enum EndpointError {
     #[error(transparent)]
     Netns(#[from] NetnsError),
     #[error(transparent)]
+    Bpffs(#[from] BpffsError),
+    #[error(transparent)]
     Bpf(#[from] BpfError),
     #[error(transparent)]
     Maps(#[from] MapsError),
@@ -82,6 +85,7 @@ impl EndpointError {
             EndpointError::Bpf(e) => e.kind(),
             EndpointError::Maps(e) => e.kind(),
             EndpointError::State(_)
+            | EndpointError::Bpffs(_)
             | EndpointError::PeerVanished { .. }
             | EndpointError::Injected(_)
             | EndpointError::DelInterrupted { .. } => ErrorKind::Other,

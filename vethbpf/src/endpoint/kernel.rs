@@ -9,6 +9,7 @@ use vethbpf_common::{EndpointInfo, PROG_FROM_POD, Route};
 use super::{Datapath, EndpointError, Env, Namespaces, PodConfig, configure_pod_side};
 use crate::datapath::maps::{EndpointCounters, Maps};
 use crate::datapath::{self, AttachMode, Pins};
+use crate::kernel::bpffs;
 use crate::kernel::netlink::{Netlink, RtNetlink};
 use crate::kernel::netns;
 use crate::state::NodeConfig;
@@ -62,6 +63,9 @@ impl Namespaces for KernelNamespaces {
     fn named_exists(&self, name: &str) -> bool {
         netns::named_path(name).exists()
     }
+    fn check_create(&self, name: &str) -> Result<(), EndpointError> {
+        Ok(netns::check_create_lasting(name)?)
+    }
     fn create(&mut self, name: &str) -> Result<PathBuf, EndpointError> {
         Ok(netns::create_named(name)?)
     }
@@ -101,6 +105,7 @@ pub(crate) struct PinnedDatapath {
 
 impl PinnedDatapath {
     pub(crate) fn open(node: &NodeConfig) -> Result<Self, EndpointError> {
+        bpffs::check_lasting(&node.bpffs_dir)?;
         let pins = Pins::new(&node.bpffs_dir);
         let maps = Maps::open(&pins)?;
         Ok(PinnedDatapath {

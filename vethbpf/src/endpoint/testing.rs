@@ -36,6 +36,9 @@ impl Namespaces for FakeNamespaces {
     fn named_exists(&self, name: &str) -> bool {
         self.dir.join(name).exists()
     }
+    fn check_create(&self, _name: &str) -> Result<(), EndpointError> {
+        Ok(())
+    }
     fn create(&mut self, name: &str) -> Result<PathBuf, EndpointError> {
         if self.fail_create {
             return Err(NetnsError::AlreadyExists(self.dir.join(name)).into());

@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use nix::mount::{MntFlags, MsFlags};
 use nix::sys::statfs::BPF_FS_MAGIC;
 
+use super::{mountns, netns};
+
 /// The conventional bpffs mount point; a bpffs dir below it (the default,
 /// /sys/fs/bpf/vethbpf) cannot be made on sysfs, so the bpffs is mounted here first.
 const SYS_FS_BPF: &str = "/sys/fs/bpf";
@@ -33,6 +35,49 @@ pub enum BpffsError {
         #[source]
         source: nix::Error,
     },
+    #[error(
+        "vethbpf is running in a mount namespace of its own, not the host's (`ip netns exec` makes one, with a /sys of its own): a bpffs mounted or pins made at {} would vanish when this command exits, so it changes nothing. Run vethbpf in the node's network namespace only: `nsenter --net=/run/netns/{} vethbpf ...`; or give --bpffs-dir a directory on a bpffs mounted in the host's mount namespace",
+        dir.display(),
+        netns.as_deref().unwrap_or("NODE")
+    )]
+    PrivateMounts {
+        dir: PathBuf,
+        /// The name of the network namespace vethbpf runs in, if it has one.
+        netns: Option<String>,
+    },
+}
+
+/// Checks that a bpffs mounted, or pins made, at `dir` outlive this process and are
+/// where the next command looks: in the host's mount namespace (see
+/// [`super::mountns`]).
+///
+/// `ip netns exec` runs a command in a mount namespace of its own, with a fresh
+/// /sys: a bpffs mounted there, and the pins on it, vanish when the command exits,
+/// taking the datapath with them. From such a namespace, `dir` is only fine if it
+/// (or, not made yet, its nearest existing parent) is on a bpffs that the host sees
+/// at the same path: pins then land on the host's bpffs.
+pub fn check_lasting(dir: &Path) -> Result<(), BpffsError> {
+    let Some(host) = mountns::host_reference() else {
+        return Ok(());
+    };
+    let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let existing = dir
+        .ancestors()
+        .find(|p| p.exists())
+        .unwrap_or(Path::new("/"));
+    let seen_by_host = mountns::seen_by(host, existing);
+    let shared = is_bpffs(existing)
+        && matches!(
+            (mountns::file_id(existing), mountns::file_id(&seen_by_host)),
+            (Ok(a), Ok(b)) if a == b
+        );
+    if shared {
+        return Ok(());
+    }
+    Err(BpffsError::PrivateMounts {
+        dir,
+        netns: netns::own_name(),
+    })
 }
 
 /// Whether `path` is on a bpf file system.

@@ -20,6 +20,7 @@ use nix::mount::{MntFlags, MsFlags};
 use nix::sched::CloneFlags;
 use nix::sys::stat::Mode;
 
+use super::mountns;
 use crate::error::ErrorKind;
 use crate::kernel::netlink::{NetlinkError, RtNetlink};
 
@@ -59,6 +60,15 @@ pub enum NetnsError {
     },
     #[error("code running in network namespace {} panicked: {message}", path.display())]
     Panicked { path: PathBuf, message: String },
+    #[error(
+        "vethbpf is running in a mount namespace of its own, not the host's (`ip netns exec` makes one): the network namespace {name} it would make under {NETNS_RUN_DIR} would vanish when this command exits, so it changes nothing. Run vethbpf in the node's network namespace only: `nsenter --net=/run/netns/{} vethbpf ...`; or pass --netns an existing namespace",
+        here.as_deref().unwrap_or("NODE")
+    )]
+    PrivateMounts {
+        name: String,
+        /// The name of the network namespace vethbpf runs in, if it has one.
+        here: Option<String>,
+    },
 }
 
 impl NetnsError {
@@ -68,9 +78,10 @@ impl NetnsError {
             NetnsError::InvalidName(_) | NetnsError::NotNetns { .. } => ErrorKind::Usage,
             NetnsError::AlreadyExists(_) => ErrorKind::Conflict,
             NetnsError::NotFound(_) => ErrorKind::NotFound,
-            NetnsError::Io { .. } | NetnsError::Thread { .. } | NetnsError::Panicked { .. } => {
-                ErrorKind::Other
-            }
+            NetnsError::Io { .. }
+            | NetnsError::Thread { .. }
+            | NetnsError::Panicked { .. }
+            | NetnsError::PrivateMounts { .. } => ErrorKind::Other,
         }
     }
 }
@@ -90,6 +101,19 @@ pub fn named_path(name: &str) -> PathBuf {
     Path::new(NETNS_RUN_DIR).join(name)
 }
 
+/// The name under /run/netns of the calling thread's network namespace, if it has
+/// one (for messages that tell the user how to run a command in it).
+pub(crate) fn own_name() -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let id = |m: fs::Metadata| (m.dev(), m.ino());
+    let ours = id(fs::metadata(THREAD_NETNS).ok()?);
+    fs::read_dir(NETNS_RUN_DIR)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .find(|e| fs::metadata(e.path()).is_ok_and(|m| id(m) == ours))
+        .and_then(|e| e.file_name().into_string().ok())
+}
+
 /// iproute2's rule for namespace names: they become a file name in /run/netns.
 fn validate_name(name: &str) -> Result<(), NetnsError> {
     if name.is_empty()
@@ -102,6 +126,22 @@ fn validate_name(name: &str) -> Result<(), NetnsError> {
         return Err(NetnsError::InvalidName(name.to_owned()));
     }
     Ok(())
+}
+
+/// Checks that a namespace `name` made now outlives this process: the bind mount
+/// that keeps it under /run/netns must reach the host's mount namespace (see
+/// [`super::mountns`]), which from `ip netns exec` it does not.
+pub(crate) fn check_create_lasting(name: &str) -> Result<(), NetnsError> {
+    let Some(host) = mountns::host_reference() else {
+        return Ok(());
+    };
+    if mountns::propagates_to(host, Path::new(NETNS_RUN_DIR)) {
+        return Ok(());
+    }
+    Err(NetnsError::PrivateMounts {
+        name: name.to_string(),
+        here: own_name(),
+    })
 }
 
 /// Creates the named network namespace `name`, like `ip netns add NAME`, and returns
