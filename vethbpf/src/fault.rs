@@ -4,7 +4,8 @@
 //!
 //! The hook exists only in builds with the `fault-injection` feature, which the
 //! integration tests enable; in every other build [`point`] is an empty inline
-//! function and the variable is ignored.
+//! function and the variable is ignored. The same feature lets tests force the
+//! attach mode (`VETHBPF_TEST_ATTACH_MODE`).
 
 /// Every fault point, in the order `endpoint add` and `endpoint del` reach them.
 /// The tests iterate over these, so a new step gets tested by being listed here.
@@ -72,4 +73,22 @@ pub(crate) fn point(name: &'static str) -> Result<(), Injected> {
 #[inline(always)]
 pub(crate) fn point(_name: &'static str) -> Result<(), Injected> {
     Ok(())
+}
+
+/// `VETHBPF_TEST_ATTACH_MODE` (`netlink` or `tcx`), which makes `up` attach as
+/// asked instead of as the kernel allows: the clsact fallback is tested on kernels
+/// that have TCX. Only in test builds, like the fault points.
+#[cfg(feature = "fault-injection")]
+pub(crate) fn forced_attach_mode() -> Option<&'static str> {
+    match std::env::var("VETHBPF_TEST_ATTACH_MODE").ok()?.as_str() {
+        "netlink" => Some("netlink"),
+        "tcx" => Some("tcx"),
+        _ => None,
+    }
+}
+
+#[cfg(not(feature = "fault-injection"))]
+#[inline(always)]
+pub(crate) fn forced_attach_mode() -> Option<&'static str> {
+    None
 }

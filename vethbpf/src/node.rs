@@ -90,6 +90,10 @@ pub struct UpReport {
     pub action: &'static str,
     pub config: NodeConfig,
     pub program_id: Option<u32>,
+    /// With `replaced`: how many attachments (TCX links, or netlink filters in
+    /// `config.attach_mode` netlink) were switched to the new program.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replaced: Option<usize>,
 }
 
 fn kernel_config(node: &NodeConfig) -> Config {
@@ -135,6 +139,7 @@ pub fn up(locked: &mut Locked, req: &UpRequest, object: &[u8]) -> Result<UpRepor
         }
         let pins = Pins::new(&current.bpffs_dir);
         let mut action = "unchanged";
+        let mut replaced = None;
         let mut bpffs_mount = current.bpffs_mount.clone();
         if !pins.is_loaded() {
             // The bpffs lost our pins (a reboot, a manual rm): load again.
@@ -144,8 +149,21 @@ pub fn up(locked: &mut Locked, req: &UpRequest, object: &[u8]) -> Result<UpRepor
             datapath::load_and_pin(&pins, object)?;
             action = "reloaded";
         } else if req.replace {
-            let (info, links) = datapath::replace(&pins, object)?;
-            info!(program_id = info.id(), links, "program replaced");
+            let host_veths: Vec<String> = locked
+                .state
+                .endpoints
+                .values()
+                .map(|e| e.host_veth.clone())
+                .collect();
+            let (info, swapped) =
+                datapath::replace(&pins, object, current.attach_mode, &host_veths)?;
+            info!(
+                program_id = info.id(),
+                swapped,
+                mode = current.attach_mode.name(),
+                "program replaced"
+            );
+            replaced = Some(swapped);
             action = "replaced";
         }
         let config = NodeConfig {
@@ -168,6 +186,7 @@ pub fn up(locked: &mut Locked, req: &UpRequest, object: &[u8]) -> Result<UpRepor
             action,
             config,
             program_id,
+            replaced,
         });
     }
 
@@ -195,6 +214,7 @@ pub fn up(locked: &mut Locked, req: &UpRequest, object: &[u8]) -> Result<UpRepor
                 action: "loaded",
                 config,
                 program_id: Some(info.id()),
+                replaced: None,
             })
         }
         Err(e) => {

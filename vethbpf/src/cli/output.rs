@@ -5,6 +5,7 @@ use anyhow::Result;
 use clap::ValueEnum;
 use serde::Serialize;
 
+use vethbpf::datapath::AttachMode;
 use vethbpf::endpoint::EndpointView;
 use vethbpf::node::{DownReport, Status, UpReport};
 use vethbpf::reconcile::Report;
@@ -48,11 +49,18 @@ pub fn up(out: Output, r: &UpReport) -> Result<()> {
         return json(r);
     }
     let what = match r.action {
-        "loaded" => "datapath loaded",
-        "reloaded" => "datapath pins were missing: loaded again",
-        "replaced" => "program replaced on every link; maps kept",
-        "reconfigured" => "node config updated",
-        _ => "node is already up; nothing changed",
+        "loaded" => "datapath loaded".to_string(),
+        "reloaded" => "datapath pins were missing: loaded again".to_string(),
+        "replaced" => format!(
+            "program replaced on {} endpoint attachment(s) ({}); maps kept",
+            r.replaced.unwrap_or_default(),
+            match r.config.attach_mode {
+                AttachMode::Tcx => "TCX links, atomically",
+                AttachMode::Netlink => "cls_bpf filters, in place",
+            }
+        ),
+        "reconfigured" => "node config updated".to_string(),
+        _ => "node is already up; nothing changed".to_string(),
     };
     println!("{what}");
     table(

@@ -6,7 +6,9 @@ use std::fs;
 
 use aya::programs::LinkOrder;
 use aya::programs::links::{FdLink, PinnedLink};
-use aya::programs::tc::{self, SchedClassifier, TcAttachOptions, TcAttachType};
+use aya::programs::tc::{
+    self, NlOptions, SchedClassifier, SchedClassifierLink, TcAttachOptions, TcAttachType, TcHandle,
+};
 use aya::util::KernelVersion;
 use serde::{Deserialize, Serialize};
 
@@ -32,8 +34,20 @@ impl AttachMode {
     }
 }
 
+/// The cls_bpf filter of a netlink attachment: always this priority and handle
+/// (as Cilium's), so that `up --replace` finds it and swaps its program.
+const FILTER_PRIORITY: u16 = 1;
+const FILTER_HANDLE: u32 = 1;
+
 /// Chooses TCX where the kernel has it (6.6+), the netlink clsact filter before.
+/// Test builds (the `fault-injection` feature) take `VETHBPF_TEST_ATTACH_MODE`
+/// (`netlink` or `tcx`) first, so that the fallback is tested on a TCX kernel.
 pub(crate) fn attach_mode() -> AttachMode {
+    match crate::fault::forced_attach_mode() {
+        Some("netlink") => return AttachMode::Netlink,
+        Some("tcx") => return AttachMode::Tcx,
+        _ => {}
+    }
     match KernelVersion::current() {
         Ok(v) if v < KernelVersion::new(6, 6, 0) => AttachMode::Netlink,
         _ => AttachMode::Tcx,
@@ -89,7 +103,11 @@ pub(crate) fn attach(
             // The clsact qdisc may exist already (EEXIST): that is fine.
             let _ = tc::qdisc_add_clsact(ifname);
             let id = prog
-                .attach(ifname, TcAttachType::Ingress)
+                .attach_with_options(
+                    ifname,
+                    TcAttachType::Ingress,
+                    TcAttachOptions::Netlink(filter_options()),
+                )
                 .map_err(attach_err)?;
             let link = prog.take_link(id).map_err(attach_err)?;
             // A netlink filter lives as long as the interface; dropping the link
@@ -98,6 +116,44 @@ pub(crate) fn attach(
             Ok(None)
         }
     }
+}
+
+fn filter_options() -> NlOptions {
+    NlOptions {
+        priority: FILTER_PRIORITY,
+        handle: TcHandle::from(FILTER_HANDLE),
+        classid: None,
+    }
+}
+
+/// Swaps the program of the cls_bpf filter vethbpf put on tc ingress of `ifname`
+/// (a netlink attachment) for `prog`: one RTM_NEWTFILTER without NLM_F_CREATE,
+/// which cls_bpf applies in place, so no packet sees the interface without a
+/// program.
+pub(crate) fn replace_filter(prog: &mut SchedClassifier, ifname: &str) -> Result<(), BpfError> {
+    let program = prog
+        .info()
+        .ok()
+        .and_then(|i| i.name_as_str().map(str::to_string))
+        .unwrap_or_default();
+    let attach_err = |source| BpfError::Attach {
+        program: program.clone(),
+        ifname: ifname.to_string(),
+        source: Box::new(source),
+    };
+    let link = SchedClassifierLink::attached(
+        ifname,
+        TcAttachType::Ingress,
+        FILTER_PRIORITY,
+        TcHandle::from(FILTER_HANDLE),
+        None,
+    )
+    .map_err(|e| attach_err(e.into()))?;
+    let id = prog.attach_to_link(link).map_err(attach_err)?;
+    let link = prog.take_link(id).map_err(attach_err)?;
+    // As in `attach`: the filter lives as long as the interface.
+    std::mem::forget(link);
+    Ok(())
 }
 
 /// Removes `program`'s pinned TCX link on `ifname`: the program detaches from the

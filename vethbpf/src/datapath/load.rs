@@ -11,7 +11,7 @@ use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::tc::{SchedClassifier, SchedClassifierLink};
 use vethbpf_common::{ALL_MAPS, PROG_FROM_POD};
 
-use super::attach::{detach, pinned_links};
+use super::attach::{AttachMode, detach, pinned_links, replace_filter};
 use super::{BpfError, PROGRAMS, Pins};
 use crate::kernel::bpffs;
 
@@ -88,15 +88,27 @@ pub(crate) fn load_and_pin(pins: &Pins, object: &[u8]) -> Result<ProgramInfo, Bp
 }
 
 /// Upgrades the datapath in place: loads the embedded object (reusing the pinned
-/// maps, so no entry or counter is lost), swaps the program of every pinned TCX link
-/// atomically with `BPF_LINK_UPDATE` (traffic never sees a moment without a
-/// program), then replaces the program pins. Returns the new `from_pod` program
-/// and how many links now run the new programs.
-pub(crate) fn replace(pins: &Pins, object: &[u8]) -> Result<(ProgramInfo, usize), BpfError> {
+/// maps, so no entry or counter is lost), swaps the program of every attachment
+/// atomically (traffic never sees a moment without a program): each pinned TCX
+/// link with `BPF_LINK_UPDATE`, or in netlink mode the cls_bpf filter on each of
+/// `endpoints` (host veths) in place; then replaces the program pins. Returns the
+/// new `from_pod` program and how many attachments now run the new programs.
+pub(crate) fn replace(
+    pins: &Pins,
+    object: &[u8],
+    mode: AttachMode,
+    endpoints: &[String],
+) -> Result<(ProgramInfo, usize), BpfError> {
     let mut ebpf = load_object(pins, object)?;
     let mut updated = 0;
     for name in PROGRAMS {
-        updated += replace_program(pins, program(&mut ebpf, name)?, name)?;
+        // Netlink filters leave no pins: from_pod's are on the endpoints' host veths.
+        let attached = match mode {
+            AttachMode::Tcx => Attached::Links,
+            AttachMode::Netlink if *name == PROG_FROM_POD => Attached::Filters(endpoints),
+            AttachMode::Netlink => Attached::Filters(&[]),
+        };
+        updated += replace_program(pins, program(&mut ebpf, name)?, name, attached)?;
     }
     let info = program(&mut ebpf, PROG_FROM_POD)?
         .info()
@@ -107,12 +119,20 @@ pub(crate) fn replace(pins: &Pins, object: &[u8]) -> Result<(ProgramInfo, usize)
     Ok((info, updated))
 }
 
-/// Swaps `prog` (freshly loaded) into every pinned link of the program `name`, then
-/// over its pin. Returns how many links it swapped.
+/// Where a program runs: on its pinned TCX links, or on netlink filters of these
+/// interfaces.
+enum Attached<'a> {
+    Links,
+    Filters(&'a [String]),
+}
+
+/// Swaps `prog` (freshly loaded) into every attachment of the program `name`, then
+/// over its pin. Returns how many attachments it swapped.
 fn replace_program(
     pins: &Pins,
     prog: &mut SchedClassifier,
     name: &'static str,
+    attached: Attached<'_>,
 ) -> Result<usize, BpfError> {
     // Pin under a temporary name first (bpffs reserves '.' in names), so a failure
     // there changes nothing; renamed over the old pin at the end: a reader sees the
@@ -124,6 +144,36 @@ fn replace_program(
         path: tmp.clone(),
         source,
     })?;
+    let swapped = match attached {
+        Attached::Links => swap_links(pins, prog, name),
+        Attached::Filters(ifnames) => ifnames
+            .iter()
+            .try_for_each(|ifname| replace_filter(prog, ifname))
+            .map(|()| ifnames.len()),
+    };
+    match swapped {
+        Ok(updated) => {
+            fs::rename(&tmp, &path).map_err(|source| BpfError::Remove {
+                path: tmp.clone(),
+                source,
+            })?;
+            Ok(updated)
+        }
+        Err(e) => {
+            // Attachments swapped so far run the new (valid) program; the old pin
+            // stays.
+            let _ = fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
+}
+
+/// Swaps `prog` into every pinned TCX link of the program `name`.
+fn swap_links(
+    pins: &Pins,
+    prog: &mut SchedClassifier,
+    name: &'static str,
+) -> Result<usize, BpfError> {
     let mut updated = 0;
     for ifname in pinned_links(pins, name) {
         let path = pins.link(name, &ifname);
@@ -149,17 +199,9 @@ fn replace_program(
             let _fd: FdLink = taken.try_into().map_err(link_err)?;
             Ok::<_, BpfError>(())
         })();
-        if let Err(e) = swapped {
-            // Links swapped so far run the new (valid) program; the old pin stays.
-            let _ = fs::remove_file(&tmp);
-            return Err(e);
-        }
+        swapped?;
         updated += 1;
     }
-    fs::rename(&tmp, &path).map_err(|source| BpfError::Remove {
-        path: tmp.clone(),
-        source,
-    })?;
     Ok(updated)
 }
 
