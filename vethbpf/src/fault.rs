@@ -3,7 +3,7 @@
 //! process there with SIGKILL (a crash at an exact point of an operation).
 //!
 //! The hook exists only in builds with the `fault-injection` feature, which the
-//! integration tests enable; in every other build [`point`] is an empty inline
+//! integration tests enable; in every other build `point` is an empty inline
 //! function and the variable is ignored. The same feature lets tests force the
 //! attach mode (`VETHBPF_TEST_ATTACH_MODE`).
 

@@ -6,10 +6,10 @@
 //! up); an endpoint whose veth or namespace is gone is removed. What vethbpf made
 //! but no record owns (links with vethbpf's names, map entries, pinned links) is
 //! removed. The journal of a command that died halfway is settled first (see
-//! [`endpoint::finish_pending`]).
+//! `endpoint::finish_pending`).
 //!
 //! `--from-kernel` rebuilds a lost or corrupt state file: each host veth carries its
-//! endpoint's identity in its alias ([`KernelTag`]), and the ENDPOINTS map has its
+//! endpoint's identity in its alias (`KernelTag`), and the ENDPOINTS map has its
 //! address, counter id and pod MAC.
 
 use std::collections::{BTreeMap, BTreeSet};

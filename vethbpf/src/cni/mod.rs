@@ -8,9 +8,9 @@
 //! the runtime's namespace CNI_NETNS; the endpoint record carries the attachment so
 //! that DEL and GC find it. The node is brought `up` on first use.
 //!
-//! Modules: [`params`] (the `CNI_*` variables), [`types`] (protocol data),
-//! [`delegate`] (IPAM plugins through `CNI_PATH`), [`ops`] (the commands),
-//! [`error`] (errors and their codes); this file dispatches one call.
+//! Modules: `params` (the `CNI_*` variables), `types` (protocol data),
+//! `delegate` (IPAM plugins through `CNI_PATH`), `ops` (the commands),
+//! `error` (errors and their codes); this file dispatches one call.
 
 mod delegate;
 mod error;

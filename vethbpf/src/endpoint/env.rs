@@ -31,7 +31,7 @@ pub(crate) trait Namespaces {
     ) -> Result<(), EndpointError>;
     /// Whether `ifname` exists inside the namespace.
     fn link_exists(&mut self, netns: &Path, ifname: &str) -> Result<bool, EndpointError>;
-    /// Runs [`configure_pod_side`] inside the namespace.
+    /// Runs [`configure_pod_side`](super::configure_pod_side) inside the namespace.
     fn configure(&mut self, netns: &Path, cfg: &PodConfig) -> Result<MacAddr, EndpointError>;
 }
 

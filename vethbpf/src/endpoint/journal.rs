@@ -34,8 +34,9 @@ pub(crate) fn finish_pending(
     }
 }
 
-/// [`finish_pending`] with the real kernel, opened only when there is a journal
-/// to settle. Commands that do not change endpoints themselves call it first.
+/// Settles the journal (see `finish_pending`) with the real kernel, opened only
+/// when there is a journal to settle. Commands that do not change endpoints
+/// themselves call it first.
 pub fn settle_with_kernel(locked: &mut Locked) -> Result<Option<Recovered>, EndpointError> {
     if locked.pending()?.is_none() {
         return Ok(None);

@@ -2,7 +2,7 @@
 //! journalled, and the settling of one that died halfway.
 //!
 //! The kernel is reached through three small traits ([`Netlink`] for the node
-//! namespace, [`Namespaces`] for pod namespaces, [`Datapath`] for the pinned eBPF
+//! namespace, `Namespaces` for pod namespaces, `Datapath` for the pinned eBPF
 //! objects) so that the logic, rollback included, is unit-tested with fakes.
 //!
 //! [`Netlink`]: crate::kernel::netlink::Netlink

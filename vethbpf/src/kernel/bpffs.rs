@@ -49,7 +49,7 @@ pub enum BpffsError {
 
 /// Checks that a bpffs mounted, or pins made, at `dir` outlive this process and are
 /// where the next command looks: in the host's mount namespace (see
-/// [`super::mountns`]).
+/// `kernel/mountns.rs`).
 ///
 /// `ip netns exec` runs a command in a mount namespace of its own, with a fresh
 /// /sys: a bpffs mounted there, and the pins on it, vanish when the command exits,

@@ -326,7 +326,7 @@ fn check_netns(fd: &OwnedFd, path: &Path) -> Result<(), NetnsError> {
 }
 
 /// Runs `f` on a new thread that has entered the network namespace `netns` (a path
-/// as returned by [`resolve`] or [`create_named`]), and returns its result. The
+/// as `resolve` or [`create_named`] return), and returns its result. The
 /// thread exits afterwards. A panic in `f` is returned as
 /// [`NetnsError::Panicked`], not propagated.
 pub fn run_in<T, F>(netns: &Path, f: F) -> Result<T, NetnsError>
