@@ -104,7 +104,8 @@ fn rebuild_from_kernel(
             .with_context(|| format!("moving {} to {}", file.display(), keep.display()))?;
         eprintln!("kept the unreadable state file as {}", keep.display());
     }
-    let node = reconcile::node_from_pins(&pins, args.pod_cidr.trunc())
+    let (pod_cidr, pod_cidr6) = node::split_cidrs(&args.pod_cidr)?;
+    let node = reconcile::node_from_pins(&pins, pod_cidr, pod_cidr6)
         .context("reading the node config from the pinned maps")?;
     endpoint::with_kernel(&node, |env| {
         reconcile::from_kernel(env, &mut locked, node.clone()).context("reconcile --from-kernel")
@@ -130,11 +131,13 @@ pub fn run(cli: Cli, bpffs_explicit: bool) -> Result<()> {
     let out = cli.output;
     match &cli.command {
         Command::Up(args) => {
+            let (pod_cidr, pod_cidr6) = node::split_cidrs(&args.pod_cidr)?;
             let mut locked = lock(&state_dir)?;
             let report = node::up(
                 &mut locked,
                 &UpRequest {
-                    pod_cidr: args.pod_cidr.trunc(),
+                    pod_cidr,
+                    pod_cidr6,
                     gateway: args.gateway,
                     bpffs_dir: cli.bpffs_dir.clone(),
                     replace: args.replace,
@@ -150,7 +153,7 @@ pub fn run(cli: Cli, bpffs_explicit: bool) -> Result<()> {
             check_bpffs(&locked, &cli, bpffs_explicit)?;
             let req = AddRequest {
                 name: args.name.clone(),
-                ip: args.ip,
+                ips: args.ip.clone(),
                 netns: args.netns.clone(),
                 ifname: args.ifname.clone(),
             };
