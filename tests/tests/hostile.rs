@@ -100,11 +100,12 @@ fn counters(node: &TestNode, pod: &str) -> Counters {
     let mut m = Counters::new();
     m.insert("forward".into(), pb(&c["forwarded"]));
     m.insert("arp_reply".into(), pb(&c["arp_replies"]));
+    m.insert("na_reply".into(), pb(&c["na_replies"]));
     m.insert("pass".into(), pb(&c["passed"]));
     for (k, v) in c["drops"].as_object().expect("drops") {
         m.insert(k.clone(), pb(v));
     }
-    assert_eq!(m.len(), 10, "every verdict is listed: {c}");
+    assert_eq!(m.len(), 11, "every verdict is listed: {c}");
     m
 }
 
