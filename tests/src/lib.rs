@@ -153,7 +153,14 @@ impl TestNode {
         );
         node.node_must(
             "ip",
-            &["addr", "add", &format!("{NODE_IP6}/128"), "dev", "lo", "nodad"],
+            &[
+                "addr",
+                "add",
+                &format!("{NODE_IP6}/128"),
+                "dev",
+                "lo",
+                "nodad",
+            ],
         );
         node
     }

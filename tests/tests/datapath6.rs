@@ -10,7 +10,10 @@ use std::path::PathBuf;
 use vethbpf_tests::{GATEWAY6, NODE_IP6, TestNode, map_entries, netns_list, packets};
 
 fn ip6_of(ep: &serde_json::Value) -> String {
-    ep["ip6"].as_str().expect("ip6 in endpoint JSON").to_string()
+    ep["ip6"]
+        .as_str()
+        .expect("ip6 in endpoint JSON")
+        .to_string()
 }
 
 fn ip_of(ep: &serde_json::Value) -> String {
@@ -170,7 +173,15 @@ fn spoofed_ipv6_source_is_dropped_and_counted_while_real_traffic_flows() {
     // would carry the spoofed source and be dropped before any ping is sent (that
     // path is the NS test's).
     for args in [
-        &["-6", "addr", "add", "fd00:10:244::200/128", "dev", "eth0", "nodad"][..],
+        &[
+            "-6",
+            "addr",
+            "add",
+            "fd00:10:244::200/128",
+            "dev",
+            "eth0",
+            "nodad",
+        ][..],
         &[
             "-6",
             "neigh",
@@ -191,7 +202,17 @@ fn spoofed_ipv6_source_is_dropped_and_counted_while_real_traffic_flows() {
     let spoofed = node.in_pod(
         "a",
         "ping",
-        &["-c", "3", "-i", "0.2", "-W", "1", "-I", "fd00:10:244::200", &b],
+        &[
+            "-c",
+            "3",
+            "-i",
+            "0.2",
+            "-W",
+            "1",
+            "-I",
+            "fd00:10:244::200",
+            &b,
+        ],
     );
     assert!(
         !spoofed.status.success(),
@@ -229,18 +250,40 @@ fn ns_from_an_address_the_pod_does_not_own_is_dropped_and_not_answered() {
     node.in_pod(
         "a",
         "ip",
-        &["-6", "addr", "add", "fd00:10:244::201/128", "dev", "eth0", "nodad"],
+        &[
+            "-6",
+            "addr",
+            "add",
+            "fd00:10:244::201/128",
+            "dev",
+            "eth0",
+            "nodad",
+        ],
     );
     node.in_pod("a", "ip", &["-6", "neigh", "flush", "dev", "eth0"]);
     let spoofed = node.in_pod(
         "a",
         "ping",
-        &["-c", "2", "-i", "0.2", "-W", "1", "-I", "fd00:10:244::201", &b],
+        &[
+            "-c",
+            "2",
+            "-i",
+            "0.2",
+            "-W",
+            "1",
+            "-I",
+            "fd00:10:244::201",
+            &b,
+        ],
     );
     assert!(!spoofed.status.success());
     let c = node.counters("a");
     assert!(packets(&c, &["drops", "drop_spoof"]) >= 1, "{c}");
-    assert_eq!(packets(&c, &["na_replies"]), 0, "no answer to a spoofed NS: {c}");
+    assert_eq!(
+        packets(&c, &["na_replies"]),
+        0,
+        "no answer to a spoofed NS: {c}"
+    );
     // The real address still resolves and reaches b.
     assert_eq!(node.ping_from_pod("a", &b, 1), Some(63));
     assert!(packets(&node.counters("a"), &["na_replies"]) >= 1);
@@ -258,9 +301,21 @@ fn deleting_an_endpoint_leaves_no_ipv6_route_map_entry_or_address() {
 
     node.ok(&["endpoint", "del", &node.pod("b")]);
 
-    assert_eq!(node.ping_from_pod("a", &b, 1), None, "b must be unreachable");
-    assert_eq!(node.ping_from_pod("a", &c, 1), Some(63), "a -> c still works");
-    assert_eq!(node.ping_from_pod("c", &a, 1), Some(63), "c -> a still works");
+    assert_eq!(
+        node.ping_from_pod("a", &b, 1),
+        None,
+        "b must be unreachable"
+    );
+    assert_eq!(
+        node.ping_from_pod("a", &c, 1),
+        Some(63),
+        "a -> c still works"
+    );
+    assert_eq!(
+        node.ping_from_pod("c", &a, 1),
+        Some(63),
+        "c -> a still works"
+    );
     assert!(!netns_list().contains(&node.pod("b")));
     let links = node.node_must("ip", &["-o", "link", "show"]);
     assert!(!links.contains(&b_host), "b's host veth is gone: {links}");

@@ -41,7 +41,8 @@ fn ns_links(ns: &str) -> String {
 
 #[test]
 fn every_failing_add_step_leaves_the_node_as_it_was() {
-    let node = TestNode::up();
+    // Dual stack: every step, the IPv6 ones included, is reached.
+    let node = TestNode::dual();
     let a = node.add("a", &[]);
     let a_ip = a["ip"].as_str().expect("ip").to_string();
     let ext = make_netns(&node, "ext");
@@ -83,7 +84,8 @@ fn every_failing_add_step_leaves_the_node_as_it_was() {
 
 #[test]
 fn every_failing_del_step_is_undone_or_finished_by_the_next_command() {
-    let node = TestNode::up();
+    // Dual stack: every step, the IPv6 ones included, is reached.
+    let node = TestNode::dual();
     let a_ip = node.add("a", &[])["ip"].as_str().expect("ip").to_string();
     let without_b = node.snapshot();
     let b = node.pod("b");
@@ -151,7 +153,8 @@ fn every_failing_del_step_is_undone_or_finished_by_the_next_command() {
 
 #[test]
 fn a_crash_at_every_point_is_settled_by_the_next_command() {
-    let node = TestNode::up();
+    // Dual stack: every step, the IPv6 ones included, is reached.
+    let node = TestNode::dual();
     let a_ip = node.add("a", &[])["ip"].as_str().expect("ip").to_string();
     let without_b = node.snapshot();
     let b = node.pod("b");

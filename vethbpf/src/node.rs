@@ -34,7 +34,7 @@ pub enum NodeError {
     )]
     BadPodCidr6 { cidr: Ipv6Net, what: &'static str },
     #[error(
-        "the node is up with pod CIDR(s) {current} and has {endpoints} endpoint(s); delete them (or `vethbpf down`) before changing to {requested}"
+        "the node is up with pod CIDR {current} and has {endpoints} endpoint(s); delete them (or `vethbpf down`) before changing it to {requested}"
     )]
     CidrChange {
         current: String,

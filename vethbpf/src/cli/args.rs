@@ -97,8 +97,9 @@ pub enum Command {
 #[derive(Args, Debug)]
 pub struct UpArgs {
     /// Range the pods' addresses come from, at most one per family: give it twice
-    /// (an IPv4 and an IPv6 CIDR) for dual stack, or an IPv6 one alone.
-    #[arg(long, default_value = DEFAULT_POD_CIDR, value_name = "CIDR", action = clap::ArgAction::Append)]
+    /// (an IPv4 and an IPv6 CIDR) for dual stack, or an IPv6 one alone. Default: the
+    /// node's CIDRs if it is up, else 10.244.0.0/24.
+    #[arg(long, value_name = "CIDR", action = clap::ArgAction::Append)]
     pub pod_cidr: Vec<IpNet>,
     /// The pods' IPv4 gateway: a link-local address nobody owns; the eBPF program
     /// answers ARP for it with the gateway MAC. (IPv6 pods use the gateway MAC's

@@ -4,6 +4,7 @@
 
 use anyhow::{Context, Result};
 use vethbpf::datapath::Pins;
+use vethbpf::defaults::POD_CIDR as DEFAULT_POD_CIDR;
 use vethbpf::endpoint::{self, AddRequest, EndpointView};
 use vethbpf::kernel::bpffs;
 use vethbpf::node::{self, NodeError, UpRequest};
@@ -131,8 +132,14 @@ pub fn run(cli: Cli, bpffs_explicit: bool) -> Result<()> {
     let out = cli.output;
     match &cli.command {
         Command::Up(args) => {
-            let (pod_cidr, pod_cidr6) = node::split_cidrs(&args.pod_cidr)?;
             let mut locked = lock(&state_dir)?;
+            // Without --pod-cidr, `up` on a node that is up keeps its CIDRs (a reload
+            // after a reboot must not ask for them again).
+            let (pod_cidr, pod_cidr6) = match (&locked.state.node, args.pod_cidr.is_empty()) {
+                (Some(n), true) => (n.pod_cidr, n.pod_cidr6),
+                (None, true) => node::split_cidrs(&[DEFAULT_POD_CIDR.parse()?])?,
+                (_, false) => node::split_cidrs(&args.pod_cidr)?,
+            };
             let report = node::up(
                 &mut locked,
                 &UpRequest {
