@@ -3,7 +3,7 @@
 
 use aya_ebpf::programs::TcContext;
 
-use crate::hdr::{ETH_HLEN, Ipv4Hdr};
+use crate::hdr::{ETH_HLEN, Ipv4Hdr, be16, set_be16};
 
 /// The header length in bytes if the header passes the checks the receiving stack's
 /// ip_rcv would make on it; `None` for a malformed one.
@@ -12,9 +12,9 @@ use crate::hdr::{ETH_HLEN, Ipv4Hdr};
 /// a header nobody validated.
 #[inline(always)]
 pub fn valid_header_len(ctx: &TcContext, ip: &Ipv4Hdr) -> Option<u32> {
-    let version_ihl = ip.version_ihl;
+    let version_ihl = ip.vihl;
     let hdr_len = u32::from(version_ihl & 0x0f) * 4;
-    let tot_len = u32::from(u16::from_be(ip.tot_len));
+    let tot_len = u32::from(u16::from_be(be16(&ip.tot_len)));
     if version_ihl >> 4 != 4
         || hdr_len < 20
         || tot_len < hdr_len
@@ -32,7 +32,7 @@ pub fn valid_header_len(ctx: &TcContext, ip: &Ipv4Hdr) -> Option<u32> {
 /// the field as stored (network order), with 0x0100 converted alike.
 #[inline(always)]
 pub fn decrease_ttl(ip: &mut Ipv4Hdr) {
-    let check = u32::from(ip.check) + u32::from(0x0100u16.to_be());
-    ip.check = (check + u32::from(check >= 0xffff)) as u16;
+    let check = u32::from(be16(&ip.check)) + u32::from(0x0100u16.to_be());
+    set_be16(&mut ip.check, (check + u32::from(check >= 0xffff)) as u16);
     ip.ttl -= 1;
 }

@@ -7,7 +7,7 @@ use vethbpf_common::{Config, EndpointInfo, ROUTE_KIND_LOCAL, Verdict};
 
 use crate::{
     arp,
-    hdr::{ETH_HLEN, ETH_P_ARP, ETH_P_IP, EthHdr, Ipv4Hdr, linear, ptr_at},
+    hdr::{ETH_HLEN, ETH_P_ARP, ETH_P_IP, EthHdr, Ipv4Hdr, ipv4_addr, linear, ptr_at},
     ipv4, l3,
     maps::{CONFIG, ENDPOINTS, ROUTES},
     stats::{self, Decision},
@@ -74,7 +74,7 @@ fn handle_ipv4(ctx: &TcContext, ep: &EndpointInfo, cfg: &Config) -> Decision {
         return Decision::drop(Verdict::DropMalformed);
     };
 
-    if ip.saddr != ep.ip {
+    if ipv4_addr(&ip.src_addr) != ep.ip {
         return Decision::drop(Verdict::DropSpoof);
     }
 
@@ -84,7 +84,7 @@ fn handle_ipv4(ctx: &TcContext, ep: &EndpointInfo, cfg: &Config) -> Decision {
         return Decision::pass();
     }
 
-    let Some(route) = ROUTES.get(Key::new(32, ip.daddr)) else {
+    let Some(route) = ROUTES.get(Key::new(32, ipv4_addr(&ip.dst_addr))) else {
         return Decision::pass();
     };
     if route.kind != ROUTE_KIND_LOCAL {

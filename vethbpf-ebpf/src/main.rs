@@ -10,7 +10,7 @@
 //! - [`ipv4`]: IPv4 header checks and the TTL decrement
 //! - [`l3`]: local delivery to another endpoint with `bpf_redirect_peer`
 //! - [`stats`]: the verdict/action pair and per-CPU counters
-//! - [`hdr`]: header layouts and bounds-checked packet access
+//! - [`hdr`]: network-types header layouts, word accessors, bounds-checked access
 #![no_std]
 #![no_main]
 
