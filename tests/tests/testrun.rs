@@ -3,8 +3,12 @@
 //! (its own maps) and fills CONFIG/ENDPOINTS/ROUTES in-process, so tests run in
 //! parallel. Needs root (CAP_BPF + CAP_NET_ADMIN).
 //!
-//! Without a context, test_run runs the skb on `lo` of the current namespace: the
-//! program sees ifindex 1, so the sending endpoint is stored under key 1.
+//! Each fixture enters a network namespace of its own (aya's `NetNsGuard`, on the
+//! test's thread) holding a veth pair, and every run passes a `__sk_buff` context
+//! naming the sender's veth, as aya's own tests do: the program sees the ifindex it
+//! sees in production, not `lo`'s. The context also carries `gso_segs`/`gso_size`
+//! where a test needs a GSO skb. The kernel takes no VLAN metadata from a context
+//! (checked below), so a tag stripped into the skb is tested with real namespaces.
 
 use std::collections::BTreeMap;
 
@@ -12,13 +16,14 @@ use aya::{
     Ebpf, TestRunOptions,
     maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, lpm_trie::Key},
     programs::{SchedClassifier, TestRun as _},
+    test_helpers::NetNsGuard,
 };
 use vethbpf_common::{
     ALL_MAPS, Config, Counter, EndpointInfo, MAP_CONFIG, MAP_ENDPOINTS, MAP_ROUTES, MAP_STATS,
     MAX_ENDPOINTS, MAX_ROUTES, PROG_FROM_POD, ROUTE_KIND_LOCAL, Route, STATS_ENTRIES, Verdict,
     ipv4_to_map, stats_index,
 };
-use vethbpf_tests::{Rng, eth, ones_sum};
+use vethbpf_tests::{Rng, eth, must, ones_sum};
 
 // tc actions (linux/pkt_cls.h).
 const TC_ACT_OK: u32 = 0;
@@ -28,15 +33,15 @@ const TC_ACT_REDIRECT: u32 = 7;
 const GW_IP: [u8; 4] = [169, 254, 1, 1];
 const GW_MAC: [u8; 6] = [0xee; 6];
 
-/// The sender: the endpoint behind `lo` (see the module comment).
-const SRC_IFINDEX: u32 = 1;
+/// The sender: the endpoint behind the fixture's veth `SRC_VETH` (module comment).
+const SRC_VETH: &str = "vbsrc";
 const SRC_ID: u32 = 5;
 const SRC_IP: [u8; 4] = [10, 244, 0, 2];
 const SRC_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
 
-/// A second endpoint on the node, the fast path's destination. test_run never performs
-/// the redirect, so its ifindex need not exist.
-const DST_IFINDEX: u32 = 42;
+/// A second endpoint on the node, the fast path's destination: the veth's peer.
+/// test_run never performs the redirect.
+const DST_VETH: &str = "vbdst";
 const DST_ID: u32 = 6;
 const DST_IP: [u8; 4] = [10, 244, 0, 3];
 const DST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x03];
@@ -156,6 +161,43 @@ impl Ipv4 {
 
 struct Fixture {
     ebpf: Ebpf,
+    /// ifindex of `SRC_VETH` and `DST_VETH` in the fixture's namespace.
+    src_ifindex: u32,
+    dst_ifindex: u32,
+    /// Left (namespace removed) when the fixture drops, after the object.
+    _netns: NetNsGuard,
+}
+
+/// The `__sk_buff` fields BPF_PROG_TEST_RUN takes from userspace; the kernel refuses a
+/// context with any other field set (EINVAL). Offsets are the UAPI's, checked against
+/// this kernel's BTF by `skb_context_offsets_are_the_kernels`.
+#[derive(Clone, Copy, Debug, Default)]
+struct Skb {
+    ifindex: u32,
+    gso_segs: u32,
+    gso_size: u32,
+}
+
+impl Skb {
+    const SIZE: usize = 192;
+    const IFINDEX: usize = 40;
+    const GSO_SEGS: usize = 164;
+    const GSO_SIZE: usize = 176;
+    /// Not accepted by test_run; only used to show that.
+    const VLAN_PRESENT: usize = 20;
+    const VLAN_TCI: usize = 24;
+
+    fn bytes(&self) -> [u8; Self::SIZE] {
+        let mut b = [0u8; Self::SIZE];
+        for (at, v) in [
+            (Self::IFINDEX, self.ifindex),
+            (Self::GSO_SEGS, self.gso_segs),
+            (Self::GSO_SIZE, self.gso_size),
+        ] {
+            b[at..at + 4].copy_from_slice(&v.to_ne_bytes());
+        }
+        b
+    }
 }
 
 /// (endpoint id, verdict name): readable in assertion failures.
@@ -179,15 +221,32 @@ impl Fixture {
     fn new() -> Self {
         let mut f = Self::bare();
         f.set_config();
-        f.add_endpoint(SRC_IFINDEX, SRC_ID, SRC_IP, SRC_MAC);
-        f.add_endpoint(DST_IFINDEX, DST_ID, DST_IP, DST_MAC);
-        f.add_route(DST_IP, 32, ROUTE_KIND_LOCAL, DST_IFINDEX, DST_ID, DST_MAC);
+        f.add_src_endpoint();
+        f.add_dst_endpoint();
         f.add_route([10, 244, 7, 0], 24, ROUTE_KIND_OTHER, 0, 0, [0; 6]);
         f
     }
 
-    /// The object loaded, maps empty.
+    /// The object loaded, maps empty; the calling thread in a namespace of its own with
+    /// the veth pair `SRC_VETH`/`DST_VETH`.
     fn bare() -> Self {
+        let netns = NetNsGuard::new().expect("enter a network namespace for the test");
+        // Commands inherit the calling thread's namespace.
+        must(
+            "ip",
+            [
+                "link", "add", SRC_VETH, "type", "veth", "peer", "name", DST_VETH,
+            ],
+        );
+        let ifindex = |name: &str| -> u32 {
+            let c = std::ffi::CString::new(name).expect("interface name");
+            // SAFETY: a valid NUL-terminated string; the call asks this thread's
+            // namespace.
+            let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
+            assert_ne!(index, 0, "no interface {name} in the test's namespace");
+            index
+        };
+        let (src_ifindex, dst_ifindex) = (ifindex(SRC_VETH), ifindex(DST_VETH));
         let mut ebpf = Ebpf::load(vethbpf::EBPF_OBJECT).expect("load the eBPF object");
         let prog: &mut SchedClassifier = ebpf
             .program_mut(PROG_FROM_POD)
@@ -195,7 +254,32 @@ impl Fixture {
             .try_into()
             .expect("from_pod is a classifier");
         prog.load().expect("the verifier accepts from_pod");
-        Self { ebpf }
+        Self {
+            ebpf,
+            src_ifindex,
+            dst_ifindex,
+            _netns: netns,
+        }
+    }
+
+    /// The sending endpoint, behind `SRC_VETH`.
+    fn add_src_endpoint(&mut self) {
+        self.add_endpoint(self.src_ifindex, SRC_ID, SRC_IP, SRC_MAC);
+    }
+
+    /// The destination endpoint behind `DST_VETH` and its /32 route.
+    fn add_dst_endpoint(&mut self) {
+        let ifindex = self.dst_ifindex;
+        self.add_endpoint(ifindex, DST_ID, DST_IP, DST_MAC);
+        self.add_route(DST_IP, 32, ROUTE_KIND_LOCAL, ifindex, DST_ID, DST_MAC);
+    }
+
+    /// The context of a frame the sender's pod sends.
+    fn skb(&self) -> Skb {
+        Skb {
+            ifindex: self.src_ifindex,
+            ..Skb::default()
+        }
     }
 
     fn map_mut(&mut self, name: &str) -> &mut Map {
@@ -291,12 +375,23 @@ impl Fixture {
     }
 
     fn try_run(&self, frame: &[u8], repeat: u32) -> Result<Run, aya::programs::ProgramError> {
+        self.try_run_ctx(frame, repeat, Some(&self.skb().bytes()))
+    }
+
+    /// Runs `frame` with the raw `__sk_buff` context `ctx` (`None`: no context).
+    fn try_run_ctx(
+        &self,
+        frame: &[u8],
+        repeat: u32,
+        ctx: Option<&[u8]>,
+    ) -> Result<Run, aya::programs::ProgramError> {
         let before = self.counters();
         // Room for a larger output, so a length change would show.
         let mut out = vec![0u8; frame.len() + 64];
         let result = self.prog().test_run(TestRunOptions {
             data_in: Some(frame),
             data_out: Some(&mut out),
+            ctx_in: ctx,
             repeat,
             ..TestRunOptions::default()
         });
@@ -425,6 +520,96 @@ fn program_size_and_verifier_cost() {
     assert!(xlated > 0);
     // A guard against a parser that balloons (e.g. memcpy loops, unrolled options).
     assert!(xlated < 1000, "from_pod grew to {xlated} instructions");
+}
+
+// ---------------------------------------------------------------------------------
+// The context.
+
+/// Member offsets of `__sk_buff` in this kernel's BTF, as bpftool prints them.
+fn kernel_sk_buff_offsets() -> BTreeMap<String, usize> {
+    let raw = must(
+        "bpftool",
+        [
+            "btf",
+            "dump",
+            "file",
+            "/sys/kernel/btf/vmlinux",
+            "format",
+            "raw",
+        ],
+    );
+    let mut lines = raw
+        .lines()
+        .skip_while(|l| !l.contains("STRUCT '__sk_buff' size=192"));
+    assert!(lines.next().is_some(), "no 192-byte __sk_buff in the BTF");
+    lines
+        .take_while(|l| l.starts_with('\t'))
+        .filter_map(|l| {
+            let name = l.split('\'').nth(1)?;
+            let bits: usize = l.split("bits_offset=").nth(1)?.trim().parse().ok()?;
+            Some((name.to_string(), bits / 8))
+        })
+        .collect()
+}
+
+#[test]
+fn skb_context_offsets_are_the_kernels() {
+    let offsets = kernel_sk_buff_offsets();
+    for (name, at) in [
+        ("ifindex", Skb::IFINDEX),
+        ("gso_segs", Skb::GSO_SEGS),
+        ("gso_size", Skb::GSO_SIZE),
+        ("vlan_present", Skb::VLAN_PRESENT),
+        ("vlan_tci", Skb::VLAN_TCI),
+    ] {
+        assert_eq!(
+            offsets.get(name),
+            Some(&at),
+            "__sk_buff.{name}: {offsets:?}"
+        );
+    }
+}
+
+#[test]
+fn the_endpoint_is_the_one_behind_the_contexts_interface() {
+    let f = Fixture::new();
+    // The destination's veth: the same frame is now from an endpoint whose address is
+    // DST_IP, so SRC_IP is a spoofed source.
+    let frame = Ipv4::new(SRC_IP, OUTSIDE_IP).frame();
+    let on_dst = Skb {
+        ifindex: f.dst_ifindex,
+        ..Skb::default()
+    };
+    let run = f
+        .try_run_ctx(&frame, 1, Some(&on_dst.bytes()))
+        .expect("test_run");
+    assert_eq!(run.ret, TC_ACT_SHOT);
+    assert_eq!(
+        run.delta.keys().collect::<Vec<_>>(),
+        [&key(DST_ID, Verdict::DropSpoof)]
+    );
+    // No context: the skb arrives on `lo`, which is no endpoint.
+    let run = f.try_run_ctx(&frame, 1, None).expect("test_run");
+    assert_eq!(run.ret, TC_ACT_SHOT);
+    assert_eq!(
+        run.delta.keys().collect::<Vec<_>>(),
+        [&key(0, Verdict::DropNoEndpoint)]
+    );
+    // The sender's veth.
+    expect_untouched(&f, &frame, SRC_ID, Verdict::Pass);
+}
+
+#[test]
+fn the_kernel_takes_no_vlan_metadata_from_a_test_run_context() {
+    // Why the stripped-tag case (skb->vlan_present) is tested in real namespaces
+    // (tests/pod_frames.rs): BPF_PROG_TEST_RUN refuses a context that sets it. Should
+    // a kernel accept it, this fails, and a TestRun test of it belongs here.
+    let f = Fixture::new();
+    let frame = Ipv4::new(SRC_IP, DST_IP).frame();
+    let mut ctx = f.skb().bytes();
+    ctx[Skb::VLAN_PRESENT..Skb::VLAN_PRESENT + 4].copy_from_slice(&1u32.to_ne_bytes());
+    ctx[Skb::VLAN_TCI..Skb::VLAN_TCI + 4].copy_from_slice(&100u32.to_ne_bytes());
+    assert!(f.try_run_ctx(&frame, 1, Some(&ctx)).is_err());
 }
 
 // ---------------------------------------------------------------------------------
@@ -801,9 +986,8 @@ fn non_ipv4_non_arp_passes_unchanged() {
 fn frames_on_an_interface_without_endpoint_drop() {
     let mut f = Fixture::bare();
     f.set_config();
-    // Only the destination is known; the sender (ifindex 1) is not.
-    f.add_endpoint(DST_IFINDEX, DST_ID, DST_IP, DST_MAC);
-    f.add_route(DST_IP, 32, ROUTE_KIND_LOCAL, DST_IFINDEX, DST_ID, DST_MAC);
+    // Only the destination is known; the sender's veth is not.
+    f.add_dst_endpoint();
     expect_untouched(
         &f,
         &Ipv4::new(SRC_IP, DST_IP).frame(),
@@ -816,9 +1000,8 @@ fn frames_on_an_interface_without_endpoint_drop() {
 #[test]
 fn frames_before_the_node_config_is_written_drop() {
     let mut f = Fixture::bare();
-    f.add_endpoint(SRC_IFINDEX, SRC_ID, SRC_IP, SRC_MAC);
-    f.add_endpoint(DST_IFINDEX, DST_ID, DST_IP, DST_MAC);
-    f.add_route(DST_IP, 32, ROUTE_KIND_LOCAL, DST_IFINDEX, DST_ID, DST_MAC);
+    f.add_src_endpoint();
+    f.add_dst_endpoint();
     expect_untouched(
         &f,
         &Ipv4::new(SRC_IP, DST_IP).frame(),
