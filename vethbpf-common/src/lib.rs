@@ -90,7 +90,7 @@ pub enum Verdict {
     /// ARP request answered with the gateway MAC.
     ArpReply = 1,
     /// Handed to the node stack (`TC_ACT_OK`): unknown destination, ARP replies,
-    /// ARP for the pod's own address, IPv4 with options, non-IPv4 traffic.
+    /// ARP for the pod's own address, IPv4 with options, untagged non-IPv4 traffic.
     Pass = 2,
     /// IPv4 whose source is not the pod's address.
     DropSpoof = 3,
@@ -102,11 +102,14 @@ pub enum Verdict {
     DropMalformed = 6,
     /// Frame on an interface with no endpoint entry (or no node config).
     DropNoEndpoint = 7,
+    /// VLAN-tagged frame (802.1Q or 802.1ad, tag stripped into the skb or still in the
+    /// frame, QinQ included): a pod must never put a tagged frame onto another pod.
+    DropVlan = 8,
 }
 
 impl Verdict {
     /// Number of verdicts: the stride of the `STATS` array.
-    pub const COUNT: u32 = 8;
+    pub const COUNT: u32 = 9;
     pub const ALL: [Verdict; Self::COUNT as usize] = [
         Verdict::Forward,
         Verdict::ArpReply,
@@ -116,6 +119,7 @@ impl Verdict {
         Verdict::DropTtl,
         Verdict::DropMalformed,
         Verdict::DropNoEndpoint,
+        Verdict::DropVlan,
     ];
 
     /// Stable name used in CLI output and JSON.
@@ -129,6 +133,7 @@ impl Verdict {
             Verdict::DropTtl => "drop_ttl",
             Verdict::DropMalformed => "drop_malformed",
             Verdict::DropNoEndpoint => "drop_no_endpoint",
+            Verdict::DropVlan => "drop_vlan",
         }
     }
 
@@ -140,6 +145,7 @@ impl Verdict {
                 | Verdict::DropTtl
                 | Verdict::DropMalformed
                 | Verdict::DropNoEndpoint
+                | Verdict::DropVlan
         )
     }
 }

@@ -24,6 +24,10 @@ pub const ETH_HLEN: usize = EthHdr::LEN;
 /// EtherTypes, in network byte order as loaded from the packet.
 pub const ETH_P_IP: u16 = network_types::eth::EtherType::Ipv4 as u16;
 pub const ETH_P_ARP: u16 = network_types::eth::EtherType::Arp as u16;
+/// VLAN tag protocol identifiers: 802.1Q (C-tag) and 802.1ad (S-tag, the outer tag
+/// of QinQ), the two the kernel's `eth_type_vlan` knows.
+pub const ETH_P_8021Q: u16 = network_types::eth::EtherType::Ieee8021q as u16;
+pub const ETH_P_8021AD: u16 = network_types::eth::EtherType::Ieee8021ad as u16;
 
 pub const ARP_HTYPE_ETHER: u16 = 1u16.to_be();
 pub const ARP_PTYPE_IPV4: u16 = 0x0800u16.to_be();

@@ -7,7 +7,10 @@ use vethbpf_common::{Config, EndpointInfo, ROUTE_KIND_LOCAL, Verdict};
 
 use crate::{
     arp,
-    hdr::{ETH_HLEN, ETH_P_ARP, ETH_P_IP, EthHdr, Ipv4Hdr, ipv4_addr, linear, ptr_at},
+    hdr::{
+        ETH_HLEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, ETH_P_IP, EthHdr, Ipv4Hdr, ipv4_addr,
+        linear, ptr_at,
+    },
     ipv4, l3,
     maps::{CONFIG, ENDPOINTS, ROUTES},
     stats::{self, Decision},
@@ -37,6 +40,14 @@ pub fn from_pod(ctx: &TcContext) -> i32 {
 /// Dispatches on the EtherType.
 #[inline(always)]
 fn handle(ctx: &TcContext, ifindex: u32, ep: &EndpointInfo, cfg: &Config) -> Decision {
+    // Before tc ingress runs, the kernel strips a VLAN tag into the skb
+    // (`skb_vlan_untag`): the frame then shows the inner EtherType, and a redirect
+    // would carry the tag into the other pod's VLAN sub-interface. Pods are joined
+    // untagged only, so a tagged frame is dropped, whatever it carries.
+    // SAFETY: `ctx.skb.skb` is the program's context pointer, valid for the whole run.
+    if unsafe { (*ctx.skb.skb).vlan_present } != 0 {
+        return Decision::drop(Verdict::DropVlan);
+    }
     let Some((data, data_end)) = linear(ctx, ETH_HLEN) else {
         return Decision::drop(Verdict::DropMalformed);
     };
@@ -48,7 +59,10 @@ fn handle(ctx: &TcContext, ifindex: u32, ep: &EndpointInfo, cfg: &Config) -> Dec
     match ether_type {
         ETH_P_IP => handle_ipv4(ctx, ep, cfg),
         ETH_P_ARP => arp::handle(ctx, ifindex, ep, cfg),
-        // IPv6, VLAN-tagged and everything else: the node stack's business.
+        // A tag still in the frame: the inner tag of QinQ once the outer one is
+        // stripped, or a tag the kernel did not strip.
+        ETH_P_8021Q | ETH_P_8021AD => Decision::drop(Verdict::DropVlan),
+        // IPv6 and everything else untagged: the node stack's business.
         _ => Decision::pass(),
     }
 }
