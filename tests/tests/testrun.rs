@@ -57,6 +57,7 @@ const ETH_P_ARP: u16 = 0x0806;
 const ETH_P_IPV6: u16 = 0x86dd;
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88a8;
+const IPPROTO_TCP: u8 = 6;
 
 // ---------------------------------------------------------------------------------
 // Frame builders.
@@ -108,6 +109,7 @@ struct Ipv4 {
     payload: Vec<u8>,
     ihl: Option<u8>,
     tot_len: Option<u16>,
+    protocol: u8,
 }
 
 impl Ipv4 {
@@ -122,6 +124,7 @@ impl Ipv4 {
             payload: b"payload that the fast path must leave untouched".to_vec(),
             ihl: None,
             tot_len: None,
+            protocol: 17, // UDP
         }
     }
 
@@ -139,7 +142,7 @@ impl Ipv4 {
         h.extend_from_slice(&self.id.to_be_bytes());
         h.extend_from_slice(&self.frag.to_be_bytes());
         h.push(self.ttl);
-        h.push(17); // UDP
+        h.push(self.protocol);
         h.extend_from_slice(&[0, 0]);
         h.extend_from_slice(&self.src);
         h.extend_from_slice(&self.dst);
@@ -446,7 +449,14 @@ fn action_of(v: Verdict) -> u32 {
 /// Runs `frame` once and checks: the return value is the verdict's action, and exactly
 /// one counter moved, (endpoint `id`, verdict), by one packet of the frame's length.
 fn expect(f: &Fixture, frame: &[u8], id: u32, verdict: Verdict) -> Run {
-    let run = f.run(frame);
+    expect_in(f, frame, f.skb(), id, verdict)
+}
+
+/// [`expect`] with the context `skb`.
+fn expect_in(f: &Fixture, frame: &[u8], skb: Skb, id: u32, verdict: Verdict) -> Run {
+    let run = f
+        .try_run_ctx(frame, 1, Some(&skb.bytes()))
+        .expect("BPF_PROG_TEST_RUN");
     assert_eq!(
         run.ret,
         action_of(verdict),
@@ -948,6 +958,61 @@ fn ipv4_with_trailing_padding_is_forwarded() {
     frame.resize(60, 0);
     let run = expect(&f, &frame, SRC_ID, Verdict::Forward);
     assert_eq!(&run.out[36..], &frame[36..]);
+}
+
+#[test]
+fn big_tcp_super_packets_with_total_length_zero_are_accepted() {
+    // BIG TCP: a GSO TCP packet over 64 KiB says tot_len 0, and ip_rcv then takes the
+    // skb's length. The frame here is short (test_run takes one page), the context
+    // makes it a GSO skb, as a pod's TCP stack hands it to its veth.
+    let f = Fixture::new();
+    let big = |dst, protocol| Ipv4 {
+        tot_len: Some(0),
+        protocol,
+        payload: vec![0x5a; 1200],
+        ..Ipv4::new(SRC_IP, dst)
+    };
+    let gso = Skb {
+        gso_size: 400,
+        gso_segs: 3,
+        ..f.skb()
+    };
+    // To a local endpoint: forwarded like any packet, tot_len left at 0.
+    let pkt = big(DST_IP, IPPROTO_TCP);
+    let frame = pkt.frame();
+    let run = expect_in(&f, &frame, gso, SRC_ID, Verdict::Forward);
+    let hdr = &run.out[14..34];
+    assert_eq!(&hdr[2..4], &[0, 0], "tot_len stays 0");
+    assert_eq!(hdr[8], pkt.ttl - 1);
+    assert_header_checksum_valid(hdr);
+    assert_eq!(&run.out[..6], &DST_MAC);
+    // To the node (or anything not local): handed to the stack, untouched.
+    let frame = big(OUTSIDE_IP, IPPROTO_TCP).frame();
+    let run = expect_in(&f, &frame, gso, SRC_ID, Verdict::Pass);
+    assert_eq!(run.out, frame);
+
+    // What ip_rcv drops stays malformed: tot_len 0 without GSO, or with GSO but not
+    // TCP (skb_is_gso_tcp).
+    for (pkt, skb) in [
+        (big(DST_IP, IPPROTO_TCP), f.skb()),
+        (big(OUTSIDE_IP, IPPROTO_TCP), f.skb()),
+        (big(DST_IP, 17), gso),
+        (big(OUTSIDE_IP, 17), gso),
+    ] {
+        let run = expect_in(&f, &pkt.frame(), skb, SRC_ID, Verdict::DropMalformed);
+        assert_eq!(run.out, pkt.frame());
+    }
+    // A GSO skb with a real total length is checked against it as always.
+    let lying = Ipv4 {
+        tot_len: Some(20 + 1200 + 1),
+        ..big(DST_IP, IPPROTO_TCP)
+    };
+    expect_in(&f, &lying.frame(), gso, SRC_ID, Verdict::DropMalformed);
+    let honest = Ipv4 {
+        tot_len: None,
+        ..big(DST_IP, IPPROTO_TCP)
+    };
+    expect_in(&f, &honest.frame(), gso, SRC_ID, Verdict::Forward);
 }
 
 // ---------------------------------------------------------------------------------

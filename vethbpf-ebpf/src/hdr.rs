@@ -29,6 +29,9 @@ pub const ETH_P_ARP: u16 = network_types::eth::EtherType::Arp as u16;
 pub const ETH_P_8021Q: u16 = network_types::eth::EtherType::Ieee8021q as u16;
 pub const ETH_P_8021AD: u16 = network_types::eth::EtherType::Ieee8021ad as u16;
 
+/// IP protocol numbers.
+pub const IPPROTO_TCP: u8 = network_types::ip::IpProto::Tcp as u8;
+
 pub const ARP_HTYPE_ETHER: u16 = 1u16.to_be();
 pub const ARP_PTYPE_IPV4: u16 = 0x0800u16.to_be();
 pub const ARP_OP_REQUEST: u16 = 1u16.to_be();

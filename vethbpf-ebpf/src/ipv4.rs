@@ -3,7 +3,7 @@
 
 use aya_ebpf::programs::TcContext;
 
-use crate::hdr::{ETH_HLEN, Ipv4Hdr, be16, set_be16};
+use crate::hdr::{ETH_HLEN, IPPROTO_TCP, Ipv4Hdr, be16, set_be16};
 
 /// The header length in bytes if the header passes the checks the receiving stack's
 /// ip_rcv would make on it; `None` for a malformed one.
@@ -14,7 +14,14 @@ use crate::hdr::{ETH_HLEN, Ipv4Hdr, be16, set_be16};
 pub fn valid_header_len(ctx: &TcContext, ip: &Ipv4Hdr) -> Option<u32> {
     let version_ihl = ip.vihl;
     let hdr_len = u32::from(version_ihl & 0x0f) * 4;
-    let tot_len = u32::from(u16::from_be(be16(&ip.tot_len)));
+    let mut tot_len = u32::from(u16::from_be(be16(&ip.tot_len)));
+    // BIG TCP (gso_ipv4_max_size above 64 KiB, kernel >= 6.3): a TCP super-packet
+    // longer than the 16-bit field can say carries 0 there, and ip_rcv takes the skb's
+    // length instead (iph_totlen). Its test, skb_is_gso_tcp(), is not visible to BPF:
+    // a nonzero gso_size says GSO, the protocol field says TCP.
+    if tot_len == 0 && gso_size(ctx) != 0 && ip.proto == IPPROTO_TCP {
+        tot_len = ctx.len() - ETH_HLEN as u32;
+    }
     if version_ihl >> 4 != 4
         || hdr_len < 20
         || tot_len < hdr_len
@@ -23,6 +30,13 @@ pub fn valid_header_len(ctx: &TcContext, ip: &Ipv4Hdr) -> Option<u32> {
         return None;
     }
     Some(hdr_len)
+}
+
+/// `skb_shinfo(skb)->gso_size`: nonzero for a GSO skb.
+#[inline(always)]
+fn gso_size(ctx: &TcContext) -> u32 {
+    // SAFETY: `ctx.skb.skb` is the program's context pointer, valid for the whole run.
+    unsafe { (*ctx.skb.skb).gso_size }
 }
 
 /// Decrements the TTL and patches the header checksum incrementally, as the kernel's
