@@ -1,5 +1,5 @@
 //! What pods send besides plain IPv4 and ARP, in real namespaces: VLAN-tagged frames,
-//! BIG TCP super-packets, pings to the gateway.
+//! BIG TCP super-packets, ARP probes, pings to the gateway.
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -23,8 +23,20 @@ struct Pod {
     host_veth: String,
 }
 
+/// Adds an endpoint with IPv6 off in its pod: router solicitations and MLD reports
+/// would be counted as `pass` and blur the exact counter checks.
 fn add_pod(node: &TestNode, short: &str) -> Pod {
     let ep = node.add(short, &[]);
+    let out = node.in_pod(
+        short,
+        "sysctl",
+        &[
+            "-qw",
+            "net.ipv6.conf.all.disable_ipv6=1",
+            "net.ipv6.conf.default.disable_ipv6=1",
+        ],
+    );
+    assert!(out.status.success(), "disable IPv6 in {short}");
     let mac: Vec<u8> = ep["pod_mac"]
         .as_str()
         .expect("pod_mac")
@@ -104,17 +116,13 @@ fn vlan_tagged_frames_from_a_pod_reach_no_other_pod() {
     }
     // ARP behind a tag is no ARP request from the pod either: no answer comes back.
     let arp_watch = Sniffer::start(&a.netns, "eth0");
-    let mut arp = vec![0, 1, 8, 0, 6, 4, 0, 1];
-    arp.extend_from_slice(&a.mac);
-    arp.extend_from_slice(&a.ip.octets());
-    arp.extend_from_slice(&[0; 6]);
-    arp.extend_from_slice(&[169, 254, 1, 1]);
+    let arp = arp_request(a.mac, a.ip, Ipv4Addr::new(169, 254, 1, 1));
     send.send(&tagged(
         [0xff; 6],
         a.mac,
         &[(ETH_P_8021Q, 100)],
         0x0806,
-        &arp,
+        &arp[14..],
     ));
     let untagged = b"control frame, no tag";
     send.send(&ipv4_udp_frame(GW_MAC, a.mac, a.ip, b.ip, untagged));
@@ -288,11 +296,60 @@ fn big_tcp_super_packets_reach_other_pods_and_the_node() {
     tcp_send(&node_ns, node_ip, &a.netns, LEN);
     let (p1, b1) = count(&node, "a", &["passed"]);
     let per_packet = (b1 - b0) / (p1 - p0);
-    eprintln!("a -> node: {} packets, {per_packet} bytes on average", p1 - p0);
+    eprintln!(
+        "a -> node: {} packets, {per_packet} bytes on average",
+        p1 - p0
+    );
     assert!(
         per_packet > LEGACY_GSO_MAX_FRAME,
         "a -> node: {} packets, {per_packet} bytes each on average: no BIG TCP super-packet",
         p1 - p0
     );
     assert_eq!(packets(&node, "a", &["drops", "drop_malformed"]), 0);
+}
+
+// ---------------------------------------------------------------------------------
+// ARP probes.
+
+/// An ARP request from `sha`/`spa` for `tpa`, broadcast.
+fn arp_request(sha: [u8; 6], spa: Ipv4Addr, tpa: Ipv4Addr) -> Vec<u8> {
+    let mut arp = vec![0, 1, 8, 0, 6, 4, 0, 1];
+    arp.extend_from_slice(&sha);
+    arp.extend_from_slice(&spa.octets());
+    arp.extend_from_slice(&[0; 6]);
+    arp.extend_from_slice(&tpa.octets());
+    vethbpf_tests::eth([0xff; 6], sha, 0x0806, &arp)
+}
+
+/// Duplicate address detection as `arping -D` does it: a probe (sender 0.0.0.0) for
+/// an address. No one may answer for the pod's own address (else every pod would see
+/// its address as taken), nor for the gateway's or another pod's; the probes are
+/// passed, not counted as spoofs.
+#[test]
+fn arp_probes_from_a_pod_get_no_answer_and_are_no_spoof() {
+    let node = TestNode::up();
+    let a = add_pod(&node, "a");
+    let b = add_pod(&node, "b");
+    let gateway = Ipv4Addr::new(169, 254, 1, 1);
+    let send = PacketSocket::open(&a.netns, "eth0", false);
+    let (passed, spoofs) = (
+        packets(&node, "a", &["passed"]),
+        packets(&node, "a", &["drops", "drop_arp_spoof"]),
+    );
+    let watch = Sniffer::start(&a.netns, "eth0");
+    for target in [a.ip, gateway, b.ip] {
+        send.send(&arp_request(a.mac, Ipv4Addr::UNSPECIFIED, target));
+    }
+    let answers: Vec<Vec<u8>> = watch
+        .finish()
+        .into_iter()
+        .filter(|f| f.len() >= 42 && f[12..14] == [8, 6])
+        .collect();
+    assert!(answers.is_empty(), "probes answered: {answers:02x?}");
+    assert_eq!(packets(&node, "a", &["passed"]), passed + 3);
+    assert_eq!(
+        packets(&node, "a", &["drops", "drop_arp_spoof"]),
+        spoofs,
+        "a probe is no spoof"
+    );
 }

@@ -717,6 +717,25 @@ fn arp_with_a_spoofed_sender_drops() {
 }
 
 #[test]
+fn arp_probes_for_duplicate_addresses_pass_unanswered() {
+    // RFC 5227 probes (sender 0.0.0.0) for the pod's own address, the gateway's,
+    // another pod's and one nobody has: no answer from the program (an answer means
+    // "taken"), and no spoof either: the node stack gets them.
+    let f = Fixture::new();
+    for target in [SRC_IP, GW_IP, DST_IP, OUTSIDE_IP] {
+        expect_untouched(&f, &arp_request([0; 4], target), SRC_ID, Verdict::Pass);
+    }
+    // A reply from 0.0.0.0 is no probe: it claims to be nobody's answer.
+    let reply = eth(
+        GW_MAC,
+        SRC_MAC,
+        ETH_P_ARP,
+        &arp_body(2, SRC_MAC, [0; 4], GW_MAC, GW_IP),
+    );
+    expect_untouched(&f, &reply, SRC_ID, Verdict::DropArpSpoof);
+}
+
+#[test]
 fn arp_that_is_not_ethernet_ipv4_is_malformed() {
     let f = Fixture::new();
     let good = arp_request(SRC_IP, GW_IP);

@@ -90,11 +90,12 @@ pub enum Verdict {
     /// ARP request answered with the gateway MAC.
     ArpReply = 1,
     /// Handed to the node stack (`TC_ACT_OK`): unknown destination, ARP replies,
-    /// ARP for the pod's own address, IPv4 with options, untagged non-IPv4 traffic.
+    /// ARP for the pod's own address, ARP probes (duplicate address detection, from
+    /// 0.0.0.0), IPv4 with options, untagged non-IPv4 traffic.
     Pass = 2,
     /// IPv4 whose source is not the pod's address.
     DropSpoof = 3,
-    /// ARP whose sender address is not the pod's address.
+    /// ARP whose sender address is not the pod's address (a probe's 0.0.0.0 aside).
     DropArpSpoof = 4,
     /// IPv4 to a local endpoint with TTL <= 1.
     DropTtl = 5,

@@ -39,16 +39,26 @@ pub fn handle(ctx: &TcContext, ifindex: u32, ep: &EndpointInfo, cfg: &Config) ->
         return Decision::drop(Verdict::DropMalformed);
     }
 
+    let (sender, is_request) = (ipv4_addr(&arp.spa), be16(&arp.oper) == ARP_OP_REQUEST);
+
+    // Duplicate address detection (RFC 5227): a probe is a request from 0.0.0.0. It
+    // claims no address and updates no cache, so it is no spoof; and it must get no
+    // answer from us, for an answer means "this address is taken". The node stack
+    // gets it and answers only for the node's own addresses, never a pod's.
+    if sender == 0 && is_request {
+        return Decision::pass();
+    }
+
     // A pod may only speak for its own address: this stops it from poisoning caches
     // with gratuitous ARP for the gateway or another pod.
-    if ipv4_addr(&arp.spa) != ep.ip {
+    if sender != ep.ip {
         return Decision::drop(Verdict::DropArpSpoof);
     }
 
-    // Requests for the pod's own address (duplicate address detection, gratuitous ARP),
-    // replies and other operations go to the node stack, which answers none of them for
-    // a pod address.
-    if be16(&arp.oper) != ARP_OP_REQUEST || ipv4_addr(&arp.tpa) == ep.ip {
+    // Requests for the pod's own address (gratuitous ARP announcements), replies and
+    // other operations go to the node stack, which answers none of them for a pod
+    // address.
+    if !is_request || ipv4_addr(&arp.tpa) == ep.ip {
         return Decision::pass();
     }
 
