@@ -106,11 +106,13 @@ pub enum Verdict {
     /// VLAN-tagged frame (802.1Q or 802.1ad, tag stripped into the skb or still in the
     /// frame, QinQ included): a pod must never put a tagged frame onto another pod.
     DropVlan = 8,
+    /// IPv4 header (without options) whose checksum does not verify.
+    DropCsum = 9,
 }
 
 impl Verdict {
     /// Number of verdicts: the stride of the `STATS` array.
-    pub const COUNT: u32 = 9;
+    pub const COUNT: u32 = 10;
     pub const ALL: [Verdict; Self::COUNT as usize] = [
         Verdict::Forward,
         Verdict::ArpReply,
@@ -121,6 +123,7 @@ impl Verdict {
         Verdict::DropMalformed,
         Verdict::DropNoEndpoint,
         Verdict::DropVlan,
+        Verdict::DropCsum,
     ];
 
     /// Stable name used in CLI output and JSON.
@@ -135,6 +138,7 @@ impl Verdict {
             Verdict::DropMalformed => "drop_malformed",
             Verdict::DropNoEndpoint => "drop_no_endpoint",
             Verdict::DropVlan => "drop_vlan",
+            Verdict::DropCsum => "drop_csum",
         }
     }
 
@@ -147,6 +151,7 @@ impl Verdict {
                 | Verdict::DropMalformed
                 | Verdict::DropNoEndpoint
                 | Verdict::DropVlan
+                | Verdict::DropCsum
         )
     }
 }

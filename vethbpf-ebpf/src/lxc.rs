@@ -87,6 +87,12 @@ fn handle_ipv4(ctx: &TcContext, ep: &EndpointInfo, cfg: &Config) -> Decision {
     let Some(hdr_len) = ipv4::valid_header_len(ctx, ip) else {
         return Decision::drop(Verdict::DropMalformed);
     };
+    // A header that does not verify must not be forwarded, TTL-patched (which keeps it
+    // wrong) or answered. With options, the node stack gets the packet below and its
+    // ip_rcv checks the checksum over them.
+    if hdr_len == 20 && !ipv4::checksum_ok(ip) {
+        return Decision::drop(Verdict::DropCsum);
+    }
 
     if ipv4_addr(&ip.src_addr) != ep.ip {
         return Decision::drop(Verdict::DropSpoof);
