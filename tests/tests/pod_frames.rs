@@ -353,3 +353,33 @@ fn arp_probes_from_a_pod_get_no_answer_and_are_no_spoof() {
         "a probe is no spoof"
     );
 }
+
+// ---------------------------------------------------------------------------------
+// The gateway answers ping.
+
+/// The first thing a person tries in a pod without network: `ping 169.254.1.1`. The
+/// replies come from `from_pod` (nothing on the node owns the address), with a TTL of
+/// 64 and checksums the pod's stack accepts, and are counted.
+#[test]
+fn ping_to_the_gateway_is_answered() {
+    let node = TestNode::up();
+    add_pod(&node, "a");
+    let out = node.in_pod(
+        "a",
+        "ping",
+        &["-c", "3", "-i", "0.2", "-W", "2", "169.254.1.1"],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "ping 169.254.1.1 from a pod: {text}");
+    assert!(text.contains("3 received"), "{text}");
+    assert_eq!(
+        text.matches("ttl=64").count(),
+        3,
+        "every reply with the gateway's fresh TTL: {text}"
+    );
+    assert_eq!(packets(&node, "a", &["echo_replies"]), 3);
+    assert_eq!(packets(&node, "a", &["dropped"]), 0);
+    // Nothing of it went through the node's stack: it has no address to answer for.
+    let addrs = node.node_must("ip", &["-o", "-4", "addr", "show"]);
+    assert!(!addrs.contains("169.254.1.1"), "{addrs}");
+}

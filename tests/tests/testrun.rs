@@ -58,6 +58,7 @@ const ETH_P_IPV6: u16 = 0x86dd;
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88a8;
 const IPPROTO_TCP: u8 = 6;
+const IPPROTO_ICMP: u8 = 1;
 
 // ---------------------------------------------------------------------------------
 // Frame builders.
@@ -437,7 +438,7 @@ impl Fixture {
 /// The tc action each verdict must come with.
 fn action_of(v: Verdict) -> u32 {
     match v {
-        Verdict::Forward | Verdict::ArpReply => TC_ACT_REDIRECT,
+        Verdict::Forward | Verdict::ArpReply | Verdict::EchoReply => TC_ACT_REDIRECT,
         Verdict::Pass => TC_ACT_OK,
         _ => {
             assert!(v.is_drop());
@@ -1115,6 +1116,192 @@ fn big_tcp_super_packets_with_total_length_zero_are_accepted() {
 }
 
 // ---------------------------------------------------------------------------------
+// The gateway's own address.
+
+/// An ICMP echo request with a correct ICMP checksum.
+fn echo_request(src: [u8; 4], dst: [u8; 4], seq: u16, data: &[u8]) -> Ipv4 {
+    let mut icmp = vec![8, 0, 0, 0];
+    icmp.extend_from_slice(&0x4242u16.to_be_bytes()); // identifier
+    icmp.extend_from_slice(&seq.to_be_bytes());
+    icmp.extend_from_slice(data);
+    let check = !ones_sum(&icmp);
+    icmp[2..4].copy_from_slice(&check.to_be_bytes());
+    Ipv4 {
+        protocol: IPPROTO_ICMP,
+        payload: icmp,
+        ..Ipv4::new(src, dst)
+    }
+}
+
+/// Checks `reply` against the request `frame` field by field, with both checksums
+/// recomputed here from scratch (a request whose ICMP checksum is wrong must get a
+/// reply whose checksum is wrong).
+fn assert_echo_reply(frame: &[u8], reply: &[u8]) {
+    assert_eq!(reply.len(), frame.len(), "same length, padding kept");
+    assert_eq!(&reply[0..6], &frame[6..12], "eth dst = the pod");
+    assert_eq!(&reply[6..12], &GW_MAC, "eth src = the gateway");
+    assert_eq!(&reply[12..14], &ETH_P_IP.to_be_bytes());
+    let (req, hdr) = (&frame[14..34], &reply[14..34]);
+    assert_eq!(
+        &hdr[0..8],
+        &req[0..8],
+        "version, TOS, length, id, fragment field kept"
+    );
+    assert_eq!(hdr[8], 64, "a fresh TTL");
+    assert_eq!(hdr[9], IPPROTO_ICMP);
+    assert_eq!(&hdr[12..16], &GW_IP, "from the gateway");
+    assert_eq!(&hdr[16..20], &req[12..16], "to the pod");
+    assert_eq!(
+        u16::from_be_bytes([hdr[10], hdr[11]]),
+        ipv4_checksum(hdr),
+        "IPv4 checksum = a recomputation"
+    );
+    let tot_len = usize::from(u16::from_be_bytes([req[2], req[3]]));
+    let (req_icmp, icmp) = (&frame[34..14 + tot_len], &reply[34..14 + tot_len]);
+    assert_eq!(icmp[0], 0, "echo reply");
+    assert_eq!(icmp[1], req_icmp[1], "code kept");
+    assert_eq!(
+        &icmp[4..],
+        &req_icmp[4..],
+        "identifier, sequence and data kept"
+    );
+    if ones_sum(req_icmp) == 0xffff {
+        let mut zeroed = icmp.to_vec();
+        zeroed[2..4].copy_from_slice(&[0, 0]);
+        assert_eq!(
+            u16::from_be_bytes([icmp[2], icmp[3]]),
+            !ones_sum(&zeroed),
+            "ICMP checksum = a recomputation"
+        );
+    } else {
+        assert_ne!(
+            ones_sum(icmp),
+            0xffff,
+            "a wrong request checksum stays wrong"
+        );
+    }
+    assert_eq!(
+        &reply[14 + tot_len..],
+        &frame[14 + tot_len..],
+        "padding untouched"
+    );
+}
+
+#[test]
+fn ping_to_the_gateway_is_answered_in_place() {
+    let f = Fixture::new();
+    let frame = echo_request(SRC_IP, GW_IP, 1, b"abcdefghijklmnopqrstuvwabcdefghi").frame();
+    let run = expect(&f, &frame, SRC_ID, Verdict::EchoReply);
+    assert_echo_reply(&frame, &run.out);
+}
+
+#[test]
+fn echo_replies_have_right_checksums_for_many_requests() {
+    // Identifiers, sequence numbers, lengths (odd ones too) and TTLs that move both
+    // checksums across their whole range, carries included; Ethernet padding too.
+    let f = Fixture::new();
+    let mut rng = Rng(0xec40_1234_5678_9abc);
+    for i in 0..2000u32 {
+        let len = rng.below(100);
+        let data = rng.bytes(len);
+        let mut pkt = echo_request(SRC_IP, GW_IP, rng.next_u64() as u16, &data);
+        pkt.id = rng.next_u64() as u16;
+        pkt.ttl = 1 + rng.below(255) as u8;
+        pkt.payload[1] = if i % 7 == 0 { rng.next_u64() as u8 } else { 0 };
+        // Recompute the ICMP checksum over the code chosen above.
+        pkt.payload[2..4].copy_from_slice(&[0, 0]);
+        let check = !ones_sum(&pkt.payload);
+        pkt.payload[2..4].copy_from_slice(&check.to_be_bytes());
+        let mut frame = pkt.frame();
+        if frame.len() < 60 {
+            frame.resize(60, 0);
+        }
+        let run = expect(&f, &frame, SRC_ID, Verdict::EchoReply);
+        assert_echo_reply(&frame, &run.out);
+    }
+}
+
+#[test]
+fn a_request_with_a_wrong_icmp_checksum_gets_a_reply_as_wrong() {
+    // The pod's stack drops the reply, as a host would have dropped the request.
+    let f = Fixture::new();
+    let mut pkt = echo_request(SRC_IP, GW_IP, 7, b"data");
+    pkt.payload[2] ^= 0x10;
+    let run = expect(&f, &pkt.frame(), SRC_ID, Verdict::EchoReply);
+    assert_ne!(
+        ones_sum(&run.out[34..]),
+        0xffff,
+        "the reply's checksum must not verify"
+    );
+}
+
+#[test]
+fn only_whole_echo_requests_to_the_gateway_are_answered() {
+    let f = Fixture::new();
+    let echo = echo_request(SRC_IP, GW_IP, 3, b"0123456789");
+    let not_answered = [
+        // Fragments (a ping over the MTU): not reassembled here.
+        (
+            "first fragment",
+            Ipv4 {
+                frag: 0x2000,
+                ..echo.clone()
+            },
+        ),
+        (
+            "later fragment",
+            Ipv4 {
+                frag: 0x0003,
+                ..echo.clone()
+            },
+        ),
+        (
+            "with options",
+            Ipv4 {
+                options: vec![1, 1, 1, 0],
+                ..echo.clone()
+            },
+        ),
+        ("echo reply", {
+            let mut p = echo.clone();
+            p.payload[0] = 0;
+            p
+        }),
+        ("timestamp request", {
+            let mut p = echo.clone();
+            p.payload[0] = 13;
+            p
+        }),
+        ("UDP", Ipv4::new(SRC_IP, GW_IP)),
+        (
+            "ICMP shorter than its header",
+            Ipv4 {
+                payload: vec![8, 0, 0xf7, 0xff],
+                ..echo.clone()
+            },
+        ),
+    ];
+    for (what, pkt) in not_answered {
+        let frame = pkt.frame();
+        let run = expect(&f, &frame, SRC_ID, Verdict::Pass);
+        assert_eq!(run.out, frame, "{what}: untouched");
+    }
+    // The checks before the gateway's apply to pings too.
+    let spoofed = echo_request(DST_IP, GW_IP, 3, b"x").frame();
+    expect_untouched(&f, &spoofed, SRC_ID, Verdict::DropSpoof);
+    let frame = echo.frame();
+    let bad = with_check(&frame, u16::from_be_bytes([frame[24], frame[25]]) ^ 4);
+    expect_untouched(&f, &bad, SRC_ID, Verdict::DropCsum);
+    // A ping to another pod is that pod's to answer.
+    expect(
+        &f,
+        &echo_request(SRC_IP, DST_IP, 3, b"x").frame(),
+        SRC_ID,
+        Verdict::Forward,
+    );
+}
+
+// ---------------------------------------------------------------------------------
 // Everything else.
 
 #[test]
@@ -1290,9 +1477,10 @@ fn random_frame(rng: &mut Rng) -> Vec<u8> {
             rng.bytes(4).try_into().unwrap(),
         ),
         _ => {
-            let dst = match rng.below(3) {
+            let dst = match rng.below(4) {
                 0 => DST_IP,
                 1 => SRC_IP,
+                2 => GW_IP,
                 _ => rng.bytes(4).try_into().unwrap(),
             };
             let src = if rng.below(3) == 0 {
@@ -1301,6 +1489,10 @@ fn random_frame(rng: &mut Rng) -> Vec<u8> {
                 SRC_IP
             };
             let mut p = Ipv4::new(src, dst);
+            if rng.below(2) == 0 {
+                let (seq, len) = (rng.next_u64() as u16, rng.below(64));
+                p = echo_request(src, dst, seq, &rng.bytes(len));
+            }
             p.ttl = rng.next_u64() as u8;
             if rng.below(4) == 0 {
                 p.ihl = Some(rng.below(16) as u8);
@@ -1375,6 +1567,14 @@ fn random_frames_are_never_redirected_anywhere_they_were_not_addressed() {
                 assert_eq!(&run.out[6..12], &GW_MAC, "{ctx}");
                 assert_eq!(&run.out[22..28], &GW_MAC, "{ctx}");
                 assert_eq!(&run.out[28..32], &frame[38..42], "{ctx}");
+            }
+            ETH_P_IP if frame[30..34] == GW_IP => {
+                let ip = &frame[14..];
+                assert_eq!(ip[0], 0x45, "only option-less IPv4 is answered: {ctx}");
+                assert_eq!(&ip[12..16], &SRC_IP, "spoofed source answered: {ctx}");
+                assert_eq!(ip[9], IPPROTO_ICMP, "{ctx}");
+                assert_eq!(ip[20], 8, "only echo requests are answered: {ctx}");
+                assert_echo_reply(&frame, &run.out);
             }
             ETH_P_IP => {
                 let ip = &frame[14..];

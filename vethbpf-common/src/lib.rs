@@ -108,11 +108,13 @@ pub enum Verdict {
     DropVlan = 8,
     /// IPv4 header (without options) whose checksum does not verify.
     DropCsum = 9,
+    /// ICMP echo request to the gateway address answered with an echo reply.
+    EchoReply = 10,
 }
 
 impl Verdict {
     /// Number of verdicts: the stride of the `STATS` array.
-    pub const COUNT: u32 = 10;
+    pub const COUNT: u32 = 11;
     pub const ALL: [Verdict; Self::COUNT as usize] = [
         Verdict::Forward,
         Verdict::ArpReply,
@@ -124,6 +126,7 @@ impl Verdict {
         Verdict::DropNoEndpoint,
         Verdict::DropVlan,
         Verdict::DropCsum,
+        Verdict::EchoReply,
     ];
 
     /// Stable name used in CLI output and JSON.
@@ -139,6 +142,7 @@ impl Verdict {
             Verdict::DropNoEndpoint => "drop_no_endpoint",
             Verdict::DropVlan => "drop_vlan",
             Verdict::DropCsum => "drop_csum",
+            Verdict::EchoReply => "echo_reply",
         }
     }
 

@@ -13,7 +13,7 @@
 //! constants converted by `to_be()` instead of swapping every loaded value.
 
 use aya_ebpf::programs::TcContext;
-pub use network_types::{arp::ArpHdr, eth::EthHdr, ip::Ipv4Hdr};
+pub use network_types::{arp::ArpHdr, eth::EthHdr, icmp::Icmpv4Hdr, ip::Ipv4Hdr};
 
 // The word accessors assemble addresses in memory order as little-endian words.
 #[cfg(not(target_endian = "little"))]
@@ -30,6 +30,7 @@ pub const ETH_P_8021Q: u16 = network_types::eth::EtherType::Ieee8021q as u16;
 pub const ETH_P_8021AD: u16 = network_types::eth::EtherType::Ieee8021ad as u16;
 
 /// IP protocol numbers.
+pub const IPPROTO_ICMP: u8 = network_types::ip::IpProto::Icmp as u8;
 pub const IPPROTO_TCP: u8 = network_types::ip::IpProto::Tcp as u8;
 
 pub const ARP_HTYPE_ETHER: u16 = 1u16.to_be();
@@ -94,6 +95,10 @@ const _: () = assert!(align_of::<vethbpf_common::Config>() >= 2);
 const _: () = assert!(size_of::<EthHdr>() == 14);
 const _: () = assert!(size_of::<ArpHdr>() == 28);
 const _: () = assert!(size_of::<Ipv4Hdr>() == 20);
+const _: () = assert!(size_of::<Icmpv4Hdr>() == 8);
+const _: () = assert!(core::mem::offset_of!(Icmpv4Hdr, check).is_multiple_of(2));
+const _: () = assert!(core::mem::offset_of!(Ipv4Hdr, check).is_multiple_of(2));
+const _: () = assert!(core::mem::offset_of!(Ipv4Hdr, frags).is_multiple_of(2));
 const _: () = assert!(core::mem::offset_of!(ArpHdr, sha).is_multiple_of(2));
 const _: () = assert!(core::mem::offset_of!(ArpHdr, spa).is_multiple_of(2));
 const _: () = assert!(core::mem::offset_of!(ArpHdr, tha).is_multiple_of(2));

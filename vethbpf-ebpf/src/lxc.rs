@@ -1,6 +1,7 @@
 //! What `from_pod` does with a frame a pod sent (Cilium's bpf_lxc side): find the
-//! endpoint behind the veth, dispatch on the EtherType, and for IPv4 the endpoint's
-//! source check and the route lookup that picks a delivery.
+//! endpoint behind the veth, refuse VLAN tags, dispatch on the EtherType, and for IPv4
+//! the endpoint's source check, the gateway's own address and the route lookup that
+//! picks a delivery.
 
 use aya_ebpf::{maps::lpm_trie::Key, programs::TcContext};
 use vethbpf_common::{Config, EndpointInfo, ROUTE_KIND_LOCAL, Verdict};
@@ -11,7 +12,7 @@ use crate::{
         ETH_HLEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, ETH_P_IP, EthHdr, Ipv4Hdr, ipv4_addr,
         linear, ptr_at,
     },
-    ipv4, l3,
+    icmp, ipv4, l3,
     maps::{CONFIG, ENDPOINTS, ROUTES},
     stats::{self, Decision},
 };
@@ -57,7 +58,7 @@ fn handle(ctx: &TcContext, ifindex: u32, ep: &EndpointInfo, cfg: &Config) -> Dec
     // SAFETY: bounds-checked just above.
     let ether_type = unsafe { (*eth).ether_type };
     match ether_type {
-        ETH_P_IP => handle_ipv4(ctx, ep, cfg),
+        ETH_P_IP => handle_ipv4(ctx, ifindex, ep, cfg),
         ETH_P_ARP => arp::handle(ctx, ifindex, ep, cfg),
         // A tag still in the frame: the inner tag of QinQ once the outer one is
         // stripped, or a tag the kernel did not strip.
@@ -67,10 +68,10 @@ fn handle(ctx: &TcContext, ifindex: u32, ep: &EndpointInfo, cfg: &Config) -> Dec
     }
 }
 
-/// IPv4 from the pod: header checks, source validation, and the fast path to endpoints
-/// on this node.
+/// IPv4 from the pod: header checks, source validation, the gateway's own address, and
+/// the fast path to endpoints on this node.
 #[inline(always)]
-fn handle_ipv4(ctx: &TcContext, ep: &EndpointInfo, cfg: &Config) -> Decision {
+fn handle_ipv4(ctx: &TcContext, ifindex: u32, ep: &EndpointInfo, cfg: &Config) -> Decision {
     let Some((data, data_end)) = linear(ctx, ETH_HLEN + size_of::<Ipv4Hdr>()) else {
         return Decision::drop(Verdict::DropMalformed);
     };
@@ -104,7 +105,13 @@ fn handle_ipv4(ctx: &TcContext, ep: &EndpointInfo, cfg: &Config) -> Decision {
         return Decision::pass();
     }
 
-    let Some(route) = ROUTES.get(Key::new(32, ipv4_addr(&ip.dst_addr))) else {
+    let dst = ipv4_addr(&ip.dst_addr);
+    if dst == cfg.gateway_ip {
+        // `eth` and `ip` are not used past this call, which may pull packet data.
+        return icmp::to_gateway(ctx, ifindex, cfg);
+    }
+
+    let Some(route) = ROUTES.get(Key::new(32, dst)) else {
         return Decision::pass();
     };
     if route.kind != ROUTE_KIND_LOCAL {

@@ -7,6 +7,7 @@
 //! - [`maps`]: every map, named as in `vethbpf-common`
 //! - [`lxc`]: the pod side: endpoint lookup, EtherType dispatch, source check, routing
 //! - [`arp`]: answers the pod's ARP requests with the gateway MAC
+//! - [`icmp`]: answers the pod's pings to the gateway address
 //! - [`ipv4`]: IPv4 header checks and the TTL decrement
 //! - [`l3`]: local delivery to another endpoint with `bpf_redirect_peer`
 //! - [`stats`]: the verdict/action pair and per-CPU counters
@@ -16,6 +17,7 @@
 
 mod arp;
 mod hdr;
+mod icmp;
 mod ipv4;
 mod l3;
 mod lxc;
