@@ -98,36 +98,48 @@ pub struct Counter {
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verdict {
-    /// IPv4 to a local endpoint: MACs rewritten, TTL-1, `bpf_redirect_peer`.
+    /// IPv4 or IPv6 to a local endpoint: MACs rewritten, TTL / hop limit - 1,
+    /// `bpf_redirect_peer`.
     Forward = 0,
     /// ARP request answered with the gateway MAC.
     ArpReply = 1,
     /// Handed to the node stack (`TC_ACT_OK`): unknown destination, ARP replies,
-    /// ARP for the pod's own address, IPv4 with options, non-IPv4 traffic.
+    /// ARP for the pod's own address, ARP probes (duplicate address detection, from
+    /// 0.0.0.0), IPv4 with options, IPv6 to an address of no local endpoint, NDP the
+    /// node may see (RS, NS for the pod's own addresses or from `::`, NA for them,
+    /// MLD), untagged non-IP traffic.
     Pass = 2,
-    /// IPv4 whose source is not the pod's address.
+    /// IPv4 or IPv6 whose source is not the pod's address (for IPv6 NDP and MLD its
+    /// link-local address and `::` too).
     DropSpoof = 3,
-    /// ARP whose sender address is not the pod's address.
+    /// ARP whose sender address is not the pod's address (a probe's 0.0.0.0 aside).
     DropArpSpoof = 4,
-    /// IPv4 to a local endpoint with TTL <= 1.
+    /// IPv4 or IPv6 to a local endpoint with TTL / hop limit <= 1.
     DropTtl = 5,
     /// Truncated or malformed frame (short headers, IHL < 5, non-Ethernet/IPv4 ARP).
     DropMalformed = 6,
     /// Frame on an interface with no endpoint entry (or no node config).
     DropNoEndpoint = 7,
+    /// VLAN-tagged frame (802.1Q or 802.1ad, tag stripped into the skb or still in the
+    /// frame, QinQ included): a pod must never put a tagged frame onto another pod.
+    DropVlan = 8,
+    /// IPv4 header (without options) whose checksum does not verify.
+    DropCsum = 9,
+    /// ICMP echo request to the gateway address answered with an echo reply.
+    EchoReply = 10,
     /// IPv6 neighbour solicitation answered with the gateway MAC (the twin of
     /// `ArpReply`).
-    NaReply = 8,
+    NaReply = 11,
     /// Neighbour advertisement for an address that is not the pod's (the twin of
     /// `DropArpSpoof`).
-    DropNaSpoof = 9,
+    DropNaSpoof = 12,
     /// Router advertisement or redirect: only routers send those, and a pod is none.
-    DropNdpRouter = 10,
+    DropNdpRouter = 13,
 }
 
 impl Verdict {
     /// Number of verdicts: the stride of the `STATS` array.
-    pub const COUNT: u32 = 11;
+    pub const COUNT: u32 = 14;
     pub const ALL: [Verdict; Self::COUNT as usize] = [
         Verdict::Forward,
         Verdict::ArpReply,
@@ -137,6 +149,9 @@ impl Verdict {
         Verdict::DropTtl,
         Verdict::DropMalformed,
         Verdict::DropNoEndpoint,
+        Verdict::DropVlan,
+        Verdict::DropCsum,
+        Verdict::EchoReply,
         Verdict::NaReply,
         Verdict::DropNaSpoof,
         Verdict::DropNdpRouter,
@@ -153,6 +168,9 @@ impl Verdict {
             Verdict::DropTtl => "drop_ttl",
             Verdict::DropMalformed => "drop_malformed",
             Verdict::DropNoEndpoint => "drop_no_endpoint",
+            Verdict::DropVlan => "drop_vlan",
+            Verdict::DropCsum => "drop_csum",
+            Verdict::EchoReply => "echo_reply",
             Verdict::NaReply => "na_reply",
             Verdict::DropNaSpoof => "drop_na_spoof",
             Verdict::DropNdpRouter => "drop_ndp_router",
@@ -167,6 +185,8 @@ impl Verdict {
                 | Verdict::DropTtl
                 | Verdict::DropMalformed
                 | Verdict::DropNoEndpoint
+                | Verdict::DropVlan
+                | Verdict::DropCsum
                 | Verdict::DropNaSpoof
                 | Verdict::DropNdpRouter
         )

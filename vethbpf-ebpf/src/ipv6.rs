@@ -19,12 +19,10 @@
 
 use aya_ebpf::programs::TcContext;
 
-use crate::hdr::ETH_HLEN;
+use crate::hdr::{ETH_HLEN, Ipv6Hdr};
 
-/// EtherType IPv6, in network byte order as loaded from the packet.
-pub const ETH_P_IPV6: u16 = 0x86ddu16.to_be();
 /// Fixed header length.
-pub const IPV6_HLEN: usize = 40;
+pub const IPV6_HLEN: usize = Ipv6Hdr::LEN;
 
 /// Next-header values the walk knows (IANA protocol numbers).
 pub const NEXTHDR_HOP: u8 = 0;
@@ -36,19 +34,6 @@ pub const NEXTHDR_DEST: u8 = 60;
 /// Extension headers walked at most (Cilium's `IPV6_MAX_HEADERS` is 4 too).
 pub const MAX_EXT_HDRS: usize = 4;
 
-/// IPv6 fixed header (RFC 8200), field names as network-types' `Ipv6Hdr`.
-#[repr(C)]
-pub struct Ipv6Hdr {
-    /// Version (4 bits), traffic class (8), flow label (20).
-    pub vcf: [u8; 4],
-    pub payload_len: [u8; 2],
-    pub next_hdr: u8,
-    pub hop_limit: u8,
-    pub src_addr: [u8; 16],
-    pub dst_addr: [u8; 16],
-}
-
-const _: () = assert!(size_of::<Ipv6Hdr>() == IPV6_HLEN);
 // Behind Ethernet the addresses sit at frame offsets 22 and 38: even, so word reads
 // are sound; they are not 4-aligned, hence 16-bit words.
 const _: () = assert!((ETH_HLEN + core::mem::offset_of!(Ipv6Hdr, src_addr)).is_multiple_of(2));

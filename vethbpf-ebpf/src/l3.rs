@@ -5,12 +5,10 @@ use aya_ebpf::helpers::bpf_redirect_peer;
 use vethbpf_common::{Config, Route, Verdict};
 
 use crate::{
-    hdr::{EthHdr, Ipv4Hdr, mac_words},
-    ipv4,
+    hdr::{EthHdr, Ipv4Hdr, Ipv6Hdr, copy_mac},
+    ipv4, ipv6,
     stats::Decision,
 };
-
-use crate::ipv6::{self, Ipv6Hdr};
 
 /// Routes the IPv4 frame to the local endpoint `route`.
 #[inline(always)]
@@ -24,8 +22,8 @@ pub fn local_delivery(eth: &mut EthHdr, ip: &mut Ipv4Hdr, route: &Route, cfg: &C
 
     // bpf_redirect_peer does not touch L2: address the frame to the destination pod,
     // from the gateway it believes it is talking to.
-    eth.dst = mac_words(&route.mac);
-    eth.src = mac_words(&cfg.gateway_mac);
+    copy_mac(&mut eth.dst_addr, &route.mac);
+    copy_mac(&mut eth.src_addr, &cfg.gateway_mac);
     // SAFETY: a plain helper call with valid arguments.
     let action = unsafe { bpf_redirect_peer(route.ifindex, 0) };
     Decision::redirect(Verdict::Forward, action)
@@ -43,8 +41,8 @@ pub fn local_delivery6(
     if !ipv6::decrease_hop_limit(ip) {
         return Decision::drop(Verdict::DropTtl);
     }
-    eth.dst = mac_words(&route.mac);
-    eth.src = mac_words(&cfg.gateway_mac);
+    copy_mac(&mut eth.dst_addr, &route.mac);
+    copy_mac(&mut eth.src_addr, &cfg.gateway_mac);
     // SAFETY: a plain helper call with valid arguments.
     let action = unsafe { bpf_redirect_peer(route.ifindex, 0) };
     Decision::redirect(Verdict::Forward, action)

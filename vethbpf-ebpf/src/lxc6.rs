@@ -6,8 +6,8 @@ use aya_ebpf::{maps::lpm_trie::Key, programs::TcContext};
 use vethbpf_common::{Config, ROUTE_KIND_LOCAL, Verdict};
 
 use crate::{
-    hdr::{ETH_HLEN, EthHdr, linear, ptr_at},
-    ipv6::{self, IPV6_HLEN, Ipv6Hdr, NEXTHDR_ICMPV6, load_addr},
+    hdr::{ETH_HLEN, EthHdr, Ipv6Hdr, linear, ptr_at},
+    ipv6::{self, IPV6_HLEN, NEXTHDR_ICMPV6, load_addr},
     l3,
     maps::{ENDPOINTS6, ROUTES6},
     ndp::{self, Source},

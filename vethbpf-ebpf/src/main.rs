@@ -7,6 +7,7 @@
 //! - [`maps`]: every map, named as in `vethbpf-common`
 //! - [`lxc`]: the pod side: endpoint lookup, EtherType dispatch, source check, routing
 //! - [`arp`]: answers the pod's ARP requests with the gateway MAC
+//! - [`icmp`]: answers the pod's pings to the gateway address
 //! - [`ipv4`]: IPv4 header checks and the TTL decrement
 //! - [`l3`]: local delivery to another endpoint with `bpf_redirect_peer`
 //! - [`lxc6`]: the pod side for IPv6: NDP dispatch, source check, routing
@@ -14,12 +15,13 @@
 //! - [`ndp`]: neighbour discovery: answers solicitations, drops what only routers
 //!   and owners may send
 //! - [`stats`]: the verdict/action pair and per-CPU counters
-//! - [`hdr`]: header layouts and bounds-checked packet access
+//! - [`hdr`]: network-types header layouts, word accessors, bounds-checked access
 #![no_std]
 #![no_main]
 
 mod arp;
 mod hdr;
+mod icmp;
 mod ipv4;
 mod ipv6;
 mod l3;

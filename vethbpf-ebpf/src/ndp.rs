@@ -20,10 +20,10 @@ use aya_ebpf::{helpers::bpf_redirect, programs::TcContext};
 use vethbpf_common::{Config, EndpointInfo6, Verdict};
 
 use crate::{
-    hdr::{ETH_HLEN, EthHdr, MacWords, linear, mac_words, ptr_at},
+    hdr::{ETH_HLEN, EthHdr, Ipv6Hdr, copy_mac, linear, ptr_at},
     ipv6::{
-        self, Addr, IPV6_HLEN, Ipv6Hdr, NEXTHDR_ICMPV6, UNSPECIFIED, UpperLayer, is_multicast,
-        load_addr, store_addr,
+        self, Addr, IPV6_HLEN, NEXTHDR_ICMPV6, UNSPECIFIED, UpperLayer, is_multicast, load_addr,
+        store_addr,
     },
     stats::Decision,
 };
@@ -267,9 +267,8 @@ fn advertise(
     // packet data runs while they are in use.
     let (eth, ip, msg, opt) = unsafe { (&mut *eth, &mut *ip, &mut *msg, &mut *opt) };
 
-    let gw = mac_words(gateway_mac);
-    eth.dst = eth.src;
-    eth.src = gw;
+    copy_mac(&mut eth.dst_addr, &eth.src_addr);
+    copy_mac(&mut eth.src_addr, gateway_mac);
 
     // Version 6, traffic class and flow label 0.
     ip.vcf = [0x60, 0, 0, 0];
@@ -285,9 +284,8 @@ fn advertise(
     // msg.target stays: it is the address asked about.
     opt.opt_type = ND_OPT_TARGET_LL_ADDR;
     opt.len = 1;
-    // SAFETY: the option's MAC sits at an even frame offset (checked above); word
-    // stores, as a by-value `[u8; 6]` copy would become a `memcpy` call.
-    unsafe { (&raw mut opt.mac).cast::<MacWords>().write(gw) };
+    // At an even frame offset (checked above), as copy_mac needs.
+    copy_mac(&mut opt.mac, gateway_mac);
     msg.check = checksum(requester, target, gateway_mac).to_ne_bytes();
 
     // Egress out of the same veth: straight back to the pod.

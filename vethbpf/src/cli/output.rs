@@ -114,7 +114,7 @@ fn endpoint_table(list: &[EndpointView], counters: bool) {
         if v6 {
             header.push("NA");
         }
-        header.extend(["PASSED", "DROPPED"]);
+        header.extend(["ECHO", "PASSED", "DROPPED"]);
     }
     let or_dash = |a: Option<String>| a.unwrap_or_else(|| "-".into());
     let rows: Vec<Vec<String>> = list
@@ -144,6 +144,7 @@ fn endpoint_table(list: &[EndpointView], counters: bool) {
                     row.push(c.na_replies.packets.to_string());
                 }
                 row.extend([
+                    c.echo_replies.packets.to_string(),
                     format!("{}p/{}B", c.passed.packets, c.passed.bytes),
                     if drops.is_empty() {
                         "0".into()
