@@ -9,6 +9,7 @@
 //! down`, deletes every namespace with its prefix, unmounts the bpffs and removes the
 //! temp dir, so a failing test leaves nothing behind and tests can run in parallel.
 
+pub mod ipv6;
 pub mod packet;
 pub mod testrun;
 

@@ -4,12 +4,15 @@
 //! frames. Needs root.
 
 use std::collections::BTreeMap;
-use std::net::Ipv6Addr;
 
 use aya::maps::{HashMap, LpmTrie, Map, MapData};
 use vethbpf_common::{
     Counter, EndpointInfo6, MAP_ENDPOINTS6, MAP_ROUTES6, MAX_ENDPOINTS, MAX_ROUTES,
     ROUTE_KIND_LOCAL, Route, Verdict,
+};
+use vethbpf_tests::ipv6::{
+    ECHO_REQUEST, ETH_P_IPV6, MLD2_REPORT, NA, NA_OVERRIDE, NH_ICMPV6, NS, RS, icmp6_checksum, ip6,
+    na_msg, ns_msg, ra_msg, redirect_msg, solicited_node,
 };
 use vethbpf_tests::testrun::{
     DST_ID, DST_MAC, Fixture, GW_MAC, Run, SRC_ID, SRC_MAC, TC_ACT_OK, TC_ACT_REDIRECT,
@@ -19,28 +22,14 @@ use vethbpf_tests::{Rng, eth, ones_sum};
 
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_ARP: u16 = 0x0806;
-const ETH_P_IPV6: u16 = 0x86dd;
 
 const NH_HOP: u8 = 0;
 const NH_TCP: u8 = 6;
 const NH_UDP: u8 = 17;
 const NH_ROUTING: u8 = 43;
 const NH_FRAGMENT: u8 = 44;
-const NH_ICMPV6: u8 = 58;
 const NH_NONE: u8 = 59;
 const NH_DEST: u8 = 60;
-
-const MLD2_REPORT: u8 = 143;
-const RS: u8 = 133;
-const RA: u8 = 134;
-const NS: u8 = 135;
-const NA: u8 = 136;
-const REDIRECT: u8 = 137;
-const ECHO_REQUEST: u8 = 128;
-
-fn ip6(s: &str) -> [u8; 16] {
-    s.parse::<Ipv6Addr>().expect("IPv6 literal").octets()
-}
 
 /// The pod's addresses: its IPv6 address and its link-local one (EUI-64 of SRC_MAC).
 fn src_ip() -> [u8; 16] {
@@ -66,13 +55,6 @@ fn outside_ip() -> [u8; 16] {
 }
 fn unspecified() -> [u8; 16] {
     [0; 16]
-}
-
-/// The solicited-node multicast address of `target` and its MAC (RFC 4291, 2464).
-fn solicited_node(target: [u8; 16]) -> ([u8; 16], [u8; 6]) {
-    let mut a = ip6("ff02::1:ff00:0");
-    a[13..].copy_from_slice(&target[13..]);
-    (a, [0x33, 0x33, a[12], a[13], a[14], a[15]])
 }
 
 /// The fixture with the config, both endpoints (IPv4 and IPv6), their routes, and a
@@ -103,20 +85,6 @@ fn fixture() -> Fixture {
 
 // ---------------------------------------------------------------------------------
 // Frame builders, computed independently of the program.
-
-/// The ICMPv6 checksum over the pseudo-header and `msg` (its checksum field zero).
-fn icmp6_checksum(src: [u8; 16], dst: [u8; 16], msg: &[u8]) -> u16 {
-    let mut data = Vec::with_capacity(40 + msg.len());
-    data.extend_from_slice(&src);
-    data.extend_from_slice(&dst);
-    data.extend_from_slice(&(msg.len() as u32).to_be_bytes());
-    data.extend_from_slice(&[0, 0, 0, NH_ICMPV6]);
-    let mut m = msg.to_vec();
-    m[2] = 0;
-    m[3] = 0;
-    data.extend_from_slice(&m);
-    !ones_sum(&data)
-}
 
 /// An IPv6 packet: fixed header, extension headers, upper-layer bytes. Knobs for
 /// malformed ones.
@@ -230,18 +198,6 @@ fn fragment(offset: u16, more: bool) -> Vec<u8> {
     f
 }
 
-/// A neighbour solicitation for `target`, with the source link-layer address option
-/// (`Some(mac)`) or without.
-fn ns_msg(target: [u8; 16], slla: Option<[u8; 6]>) -> Vec<u8> {
-    let mut m = vec![NS, 0, 0, 0, 0, 0, 0, 0];
-    m.extend_from_slice(&target);
-    if let Some(mac) = slla {
-        m.extend_from_slice(&[1, 1]);
-        m.extend_from_slice(&mac);
-    }
-    m
-}
-
 /// What a pod's stack sends to resolve `target`: multicast to the solicited-node
 /// group, from `src`, with its MAC as the option.
 fn ns(src: [u8; 16], target: [u8; 16]) -> Ipv6 {
@@ -251,31 +207,20 @@ fn ns(src: [u8; 16], target: [u8; 16]) -> Ipv6 {
     p
 }
 
-/// A neighbour advertisement for `target` with flags and the target link-layer option.
+/// A neighbour advertisement (override) for `target` with the target link-layer
+/// option.
 fn na(src: [u8; 16], dst: [u8; 16], target: [u8; 16], mac: [u8; 6]) -> Ipv6 {
-    let mut m = vec![NA, 0, 0, 0, 0x20, 0, 0, 0]; // Override
-    m.extend_from_slice(&target);
-    m.extend_from_slice(&[2, 1]);
-    m.extend_from_slice(&mac);
-    Ipv6::icmp(src, dst, m)
+    Ipv6::icmp(src, dst, na_msg(target, NA_OVERRIDE, mac))
 }
 
 /// A router advertisement with a prefix information option for fd00:bad::/64.
 fn ra(src: [u8; 16]) -> Ipv6 {
-    let mut m = vec![RA, 0, 0, 0, 64, 0, 0x07, 0x08, 0, 0, 0, 0, 0, 0, 0, 0];
-    m.extend_from_slice(&[
-        3, 4, 64, 0xc0, 0, 0, 0x1c, 0x20, 0, 0, 0x1c, 0x20, 0, 0, 0, 0,
-    ]);
-    m.extend_from_slice(&ip6("fd00:bad::"));
-    Ipv6::icmp(src, ip6("ff02::1"), m)
+    Ipv6::icmp(src, ip6("ff02::1"), ra_msg(SRC_MAC, ip6("fd00:bad::")))
 }
 
 /// A redirect: "for `dst_ip()`, use `target`".
 fn redirect(src: [u8; 16], to: [u8; 16], target: [u8; 16]) -> Ipv6 {
-    let mut m = vec![REDIRECT, 0, 0, 0, 0, 0, 0, 0];
-    m.extend_from_slice(&target);
-    m.extend_from_slice(&dst_ip());
-    Ipv6::icmp(src, to, m)
+    Ipv6::icmp(src, to, redirect_msg(target, dst_ip(), SRC_MAC))
 }
 
 /// An MLDv2 report behind a Hop-by-Hop router alert, as every stack sends it.
