@@ -388,3 +388,33 @@ fn up_twice_on_dual_stack_changes_nothing_and_reports_it() {
     assert_eq!(out.status.code(), Some(5), "{out:?}");
     assert_eq!(node.snapshot(), before);
 }
+
+#[test]
+fn a_node_loaded_before_ipv6_is_named_and_upgraded_by_up_replace() {
+    // A node brought up by a vethbpf without the IPv6 maps: their pins are absent.
+    let node = TestNode::up();
+    let a = ip_of(&node.add("a", &[]));
+    for map in ["ROUTES6", "ENDPOINTS6"] {
+        std::fs::remove_file(node.bpffs.join("maps").join(map)).expect("unpin");
+    }
+    for args in [&["endpoint", "list"][..], &["up"][..]] {
+        let out = node.vethbpf(args);
+        assert_eq!(out.status.code(), Some(4), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("ROUTES6 is missing") && err.contains("vethbpf up --replace"),
+            "{args:?}: {err}"
+        );
+    }
+    // The IPv4 datapath kept working all along; --replace pins what is missing.
+    assert_eq!(node.ping_from_node(&a), Some(64));
+    let r = node.json(&["up", "--replace"]);
+    assert_eq!(r["action"], "replaced", "{r}");
+    assert!(node.bpffs.join("maps/ROUTES6").exists());
+    assert_eq!(
+        node.json(&["endpoint", "list"]).as_array().map(Vec::len),
+        Some(1)
+    );
+    node.add("b", &[]);
+    assert_eq!(node.ping_from_pod("b", &a, 1), Some(63));
+}

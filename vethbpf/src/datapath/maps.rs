@@ -26,6 +26,11 @@ pub enum MapsError {
         #[source]
         source: Box<MapError>,
     },
+    #[error(
+        "the pinned map {} is missing while the others are there: the datapath was loaded by an older vethbpf (or the pin was removed); `vethbpf up --replace` loads this version and pins what is missing",
+        path.display()
+    )]
+    MissingPin { path: PathBuf },
     #[error("map {map}: {op} failed: {source}")]
     Op {
         map: &'static str,
@@ -40,7 +45,7 @@ impl MapsError {
     /// datapath is gone (`up` loads it again).
     pub fn kind(&self) -> ErrorKind {
         match self {
-            MapsError::Open { .. } => ErrorKind::NotUp,
+            MapsError::Open { .. } | MapsError::MissingPin { .. } => ErrorKind::NotUp,
             MapsError::Op { .. } => ErrorKind::Other,
         }
     }
@@ -63,6 +68,10 @@ where
     T: TryFrom<aya::maps::Map, Error = MapError>,
 {
     let path = pins.map(name);
+    // One map missing among present ones is an upgrade, not a lost bpffs.
+    if !path.exists() && std::fs::read_dir(pins.maps_dir()).is_ok_and(|mut d| d.next().is_some()) {
+        return Err(MapsError::MissingPin { path });
+    }
     let data = MapData::from_pin(&path).map_err(|source| MapsError::Open {
         path: path.clone(),
         source: Box::new(source),
