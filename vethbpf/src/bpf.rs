@@ -49,6 +49,10 @@ pub enum BpfError {
         #[source]
         source: nix::Error,
     },
+    #[error(
+        "this vethbpf was built without the eBPF object (it was missing when vethbpf was compiled); run `cargo xtask build-ebpf`, then build vethbpf again"
+    )]
+    NoObject,
     #[error("cannot load the eBPF object: {0}")]
     Load(#[source] aya::EbpfError),
     #[error("the eBPF object has no program {PROG_FROM_POD}")]
@@ -199,6 +203,7 @@ fn mkdirs(pins: &Pins) -> Result<(), BpfError> {
 /// Loads `object` with its maps bound to the pins under `pins` (created and pinned
 /// if missing, reused if there), and its program through the verifier.
 fn load_object(pins: &Pins, object: &[u8]) -> Result<aya::Ebpf, BpfError> {
+    check_object(object)?;
     let map_paths: Vec<(&str, PathBuf)> = ALL_MAPS.iter().map(|m| (*m, pins.map(m))).collect();
     let mut loader = EbpfLoader::new();
     for (name, path) in &map_paths {
@@ -207,6 +212,15 @@ fn load_object(pins: &Pins, object: &[u8]) -> Result<aya::Ebpf, BpfError> {
     let mut ebpf = loader.load(object).map_err(BpfError::Load)?;
     from_pod(&mut ebpf)?.load().map_err(BpfError::Program)?;
     Ok(ebpf)
+}
+
+/// Fails with [`BpfError::NoObject`] when `object` is the empty placeholder that
+/// build.rs embeds in a build made before the eBPF object existed.
+pub fn check_object(object: &[u8]) -> Result<(), BpfError> {
+    if object.is_empty() {
+        return Err(BpfError::NoObject);
+    }
+    Ok(())
 }
 
 fn from_pod(ebpf: &mut aya::Ebpf) -> Result<&mut SchedClassifier, BpfError> {

@@ -1,3 +1,6 @@
+// The library (src/lib.rs) uses the package's dependencies; this entry point needs few.
+#![expect(unused_crate_dependencies, reason = "used by the library")]
+
 use std::process::ExitCode;
 
 use tracing_subscriber::EnvFilter;

@@ -1,14 +1,18 @@
-//! `test`: dependencies, the eBPF object, `cargo test --workspace`, and a check that
-//! the tests left no namespaces, links or bpffs entries behind.
+//! `test`, what CI runs (.ci/run): dependencies, the lint, the eBPF object, `cargo
+//! test --workspace`, and a check that the tests left no namespaces, links or bpffs
+//! entries behind.
 
-use std::{collections::BTreeSet, ffi::OsString, fs, path::Path, process::Command};
+use std::{collections::BTreeSet, env, ffi::OsString, fs, path::Path, process::Command};
 
 use anyhow::{Context as _, Result, bail};
 
 use crate::{
-    deps, ebpf,
+    deps, ebpf, lint,
     util::{self, capture, run, step},
 };
+
+/// The opt-out of tests/tests/podman.rs, for machines that cannot have podman.
+const NO_PODMAN: &str = "VETHBPF_TEST_NO_PODMAN";
 
 pub fn test(extra: &[OsString]) -> Result<()> {
     // Loading programs, making namespaces and installing packages all need root; say
@@ -21,11 +25,24 @@ pub fn test(extra: &[OsString]) -> Result<()> {
         );
     }
     deps::install_deps()?;
+    // The full run is CI's and lints first; a run with arguments is someone working on
+    // a few tests, who should not be stopped by a formatting nit elsewhere.
+    if extra.is_empty() {
+        lint::lint().context("the lint failed")?;
+    } else {
+        step("lint: not part of a run with arguments (`cargo xtask test` alone runs it)");
+    }
+    if env::var_os(NO_PODMAN).is_some() {
+        step(format!(
+            "WARNING: {NO_PODMAN} is set: the podman test will not run; CI never sets it"
+        ));
+    }
     ebpf::build_ebpf()?;
 
     let before = Snapshot::take().context("recording the system state before the tests")?;
     let mut cmd = Command::new(util::cargo());
-    cmd.current_dir(util::workspace_root()?)
+    ebpf::require_object(&mut cmd)
+        .current_dir(util::workspace_root()?)
         .args(["test", "--workspace"])
         .args(extra);
     let tests = run(&mut cmd);
