@@ -120,8 +120,10 @@ fn spoofed_source_is_dropped_and_counted_while_real_traffic_flows() {
         !spoofed.status.success(),
         "spoofed ping must not get through"
     );
+    // Each of the 3 echo requests, and nothing else: the ARP path was not involved.
     let c = node.counters("a");
-    assert!(packets(&c, &["drops", "drop_spoof"]) >= 3, "{c}");
+    assert_eq!(packets(&c, &["drops", "drop_spoof"]), 3, "{c}");
+    assert_eq!(packets(&c, &["drops", "drop_arp_spoof"]), 0, "{c}");
     assert_eq!(node.ping_from_pod("a", &b, 2), Some(63));
 }
 
