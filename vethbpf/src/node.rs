@@ -195,6 +195,8 @@ fn check_cidrs(req: &UpRequest) -> Result<(), NodeError> {
 /// Loads and pins the datapath (or checks that it is there). Running it again with
 /// the same settings changes nothing.
 pub fn up(locked: &mut Locked, req: &UpRequest, object: &[u8]) -> Result<UpReport, NodeError> {
+    // Before anything is mounted or read: a binary without the datapath can do no `up`.
+    datapath::check_object(object)?;
     bpffs::check_lasting(&req.bpffs_dir)?;
     check_cidrs(req)?;
     let endpoints = locked.state.endpoints.len();
