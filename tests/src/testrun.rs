@@ -46,20 +46,34 @@ pub fn key(id: u32, v: Verdict) -> CounterKey {
     (id, v.name())
 }
 
-/// The `__sk_buff` fields BPF_PROG_TEST_RUN takes from userspace (the kernel refuses a
-/// context with other fields set). Offsets are the UAPI's.
+/// The `__sk_buff` fields BPF_PROG_TEST_RUN takes from userspace; the kernel refuses a
+/// context with any other field set (EINVAL). Offsets are the UAPI's, checked against
+/// this kernel's BTF by testrun.rs's `skb_context_offsets_are_the_kernels`.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Skb {
     pub ifindex: u32,
+    pub gso_segs: u32,
+    pub gso_size: u32,
 }
 
 impl Skb {
-    const SIZE: usize = 192;
-    const IFINDEX: usize = 40;
+    pub const SIZE: usize = 192;
+    pub const IFINDEX: usize = 40;
+    pub const GSO_SEGS: usize = 164;
+    pub const GSO_SIZE: usize = 176;
+    /// Not accepted by test_run; only used to show that.
+    pub const VLAN_PRESENT: usize = 20;
+    pub const VLAN_TCI: usize = 24;
 
     pub fn bytes(&self) -> [u8; Self::SIZE] {
         let mut b = [0u8; Self::SIZE];
-        b[Self::IFINDEX..Self::IFINDEX + 4].copy_from_slice(&self.ifindex.to_ne_bytes());
+        for (at, v) in [
+            (Self::IFINDEX, self.ifindex),
+            (Self::GSO_SEGS, self.gso_segs),
+            (Self::GSO_SIZE, self.gso_size),
+        ] {
+            b[at..at + 4].copy_from_slice(&v.to_ne_bytes());
+        }
         b
     }
 }
@@ -122,6 +136,7 @@ impl Fixture {
     pub fn skb(&self) -> Skb {
         Skb {
             ifindex: self.src_ifindex,
+            ..Skb::default()
         }
     }
 
@@ -219,13 +234,23 @@ impl Fixture {
     /// Runs `frame` `repeat` times with the sender's context; checks that a run the
     /// kernel refuses moved no counter.
     pub fn try_run(&self, frame: &[u8], repeat: u32) -> Result<Run, aya::programs::ProgramError> {
+        self.try_run_ctx(frame, repeat, Some(&self.skb().bytes()))
+    }
+
+    /// Runs `frame` with the raw `__sk_buff` context `ctx` (`None`: no context).
+    pub fn try_run_ctx(
+        &self,
+        frame: &[u8],
+        repeat: u32,
+        ctx: Option<&[u8]>,
+    ) -> Result<Run, aya::programs::ProgramError> {
         let before = self.counters();
         // Room for a larger output, so a length change would show.
         let mut out = vec![0u8; frame.len() + 64];
         let result = self.prog().test_run(TestRunOptions {
             data_in: Some(frame),
             data_out: Some(&mut out),
-            ctx_in: Some(&self.skb().bytes()),
+            ctx_in: ctx,
             repeat,
             ..TestRunOptions::default()
         });
@@ -262,39 +287,48 @@ impl Fixture {
     pub fn run(&self, frame: &[u8]) -> Run {
         self.try_run(frame, 1).expect("BPF_PROG_TEST_RUN")
     }
+}
 
-    /// Runs `frame` once and checks: the return value is the verdict's action, and
-    /// exactly one counter moved, (endpoint `id`, verdict), by one packet of the
-    /// frame's length (as it came in).
-    pub fn expect(&self, frame: &[u8], id: u32, verdict: Verdict) -> Run {
-        let run = self.run(frame);
-        assert_eq!(
-            run.ret,
-            action_of(verdict),
-            "return value for expected verdict {verdict:?}"
-        );
-        let expected = BTreeMap::from([(
-            key(id, verdict),
-            Counter {
-                packets: 1,
-                bytes: frame.len() as u64,
-            },
-        )]);
-        assert_eq!(run.delta, expected, "counters after one {verdict:?} frame");
-        run
-    }
+/// Runs `frame` once and checks: the return value is the verdict's action, and exactly
+/// one counter moved, (endpoint `id`, verdict), by one packet of the frame's length
+/// (as it came in).
+pub fn expect(f: &Fixture, frame: &[u8], id: u32, verdict: Verdict) -> Run {
+    expect_in(f, frame, f.skb(), id, verdict)
+}
 
-    /// Like [`Fixture::expect`], and the frame came out byte for byte as it went in.
-    pub fn expect_untouched(&self, frame: &[u8], id: u32, verdict: Verdict) {
-        let run = self.expect(frame, id, verdict);
-        assert_eq!(run.out, frame, "{verdict:?} must not modify the frame");
-    }
+/// [`expect`] with the context `skb`.
+pub fn expect_in(f: &Fixture, frame: &[u8], skb: Skb, id: u32, verdict: Verdict) -> Run {
+    let run = f
+        .try_run_ctx(frame, 1, Some(&skb.bytes()))
+        .expect("BPF_PROG_TEST_RUN");
+    assert_eq!(
+        run.ret,
+        action_of(verdict),
+        "return value for expected verdict {verdict:?}"
+    );
+    let expected = BTreeMap::from([(
+        key(id, verdict),
+        Counter {
+            packets: 1,
+            bytes: frame.len() as u64,
+        },
+    )]);
+    assert_eq!(run.delta, expected, "counters after one {verdict:?} frame");
+    run
+}
+
+/// Like [`expect`], and the frame came out byte for byte as it went in.
+pub fn expect_untouched(f: &Fixture, frame: &[u8], id: u32, verdict: Verdict) {
+    let run = expect(f, frame, id, verdict);
+    assert_eq!(run.out, frame, "{verdict:?} must not modify the frame");
 }
 
 /// The tc action each verdict must come with.
 pub fn action_of(v: Verdict) -> u32 {
     match v {
-        Verdict::Forward | Verdict::ArpReply | Verdict::NaReply => TC_ACT_REDIRECT,
+        Verdict::Forward | Verdict::ArpReply | Verdict::EchoReply | Verdict::NaReply => {
+            TC_ACT_REDIRECT
+        }
         Verdict::Pass => TC_ACT_OK,
         _ => {
             assert!(

@@ -16,7 +16,7 @@ use vethbpf_tests::ipv6::{
 };
 use vethbpf_tests::testrun::{
     DST_ID, DST_MAC, Fixture, GW_MAC, Run, SRC_ID, SRC_MAC, TC_ACT_OK, TC_ACT_REDIRECT,
-    TC_ACT_SHOT, key, local_route,
+    TC_ACT_SHOT, expect, expect_untouched, key, local_route,
 };
 use vethbpf_tests::{Rng, eth, ones_sum};
 
@@ -323,7 +323,7 @@ fn ns_for_the_gateway_is_answered_field_by_field() {
             86,
             "a Linux NS with its option is the NA's size"
         );
-        let run = f.expect(&frame, SRC_ID, Verdict::NaReply);
+        let run = expect(&f, &frame, SRC_ID, Verdict::NaReply);
         assert_na(&run.out, asker, gw_lla());
     }
 }
@@ -334,7 +334,7 @@ fn unicast_ns_is_answered_too() {
     let f = fixture();
     let mut p = Ipv6::icmp(src_ip(), gw_lla(), ns_msg(gw_lla(), Some(SRC_MAC)));
     p.eth_dst = GW_MAC;
-    let run = f.expect(&p.frame(), SRC_ID, Verdict::NaReply);
+    let run = expect(&f, &p.frame(), SRC_ID, Verdict::NaReply);
     assert_na(&run.out, src_ip(), gw_lla());
 }
 
@@ -348,7 +348,7 @@ fn ns_for_any_address_but_the_pods_own_is_answered_with_the_gateway_mac() {
         ip6("fe80::1"),
         ip6("fe80::ff:fe00:3"),
     ] {
-        let run = f.expect(&ns(src_lla(), target).frame(), SRC_ID, Verdict::NaReply);
+        let run = expect(&f, &ns(src_lla(), target).frame(), SRC_ID, Verdict::NaReply);
         assert_na(&run.out, src_lla(), target);
     }
 }
@@ -408,7 +408,7 @@ fn ns_for_the_pods_own_addresses_and_dad_are_not_answered() {
         if src == unspecified() {
             p = Ipv6::icmp(src, solicited_node(target).0, ns_msg(target, None));
         }
-        f.expect_untouched(&p.frame(), SRC_ID, Verdict::Pass);
+        expect_untouched(&f, &p.frame(), SRC_ID, Verdict::Pass);
     }
 }
 
@@ -419,31 +419,31 @@ fn invalid_ns_is_dropped_as_malformed() {
     // A hop limit below 255: a router forwarded it (RFC 4861 7.1.1).
     let mut p = good.clone();
     p.hop_limit = 254;
-    f.expect_untouched(&p.frame(), SRC_ID, Verdict::DropMalformed);
+    expect_untouched(&f, &p.frame(), SRC_ID, Verdict::DropMalformed);
     // Code not 0.
     let mut m = ns_msg(gw_lla(), Some(SRC_MAC));
     m[1] = 1;
     let p = Ipv6::icmp(src_lla(), good.dst, m);
-    f.expect_untouched(&p.frame(), SRC_ID, Verdict::DropMalformed);
+    expect_untouched(&f, &p.frame(), SRC_ID, Verdict::DropMalformed);
     // A multicast or unspecified target.
     for target in [ip6("ff02::1"), unspecified()] {
         let p = Ipv6::icmp(src_lla(), good.dst, ns_msg(target, Some(SRC_MAC)));
-        f.expect_untouched(&p.frame(), SRC_ID, Verdict::DropMalformed);
+        expect_untouched(&f, &p.frame(), SRC_ID, Verdict::DropMalformed);
     }
     // Shorter than an NS (the target cut off), the lengths agreeing.
     let mut short = good.clone();
     short.upper.truncate(20);
-    f.expect_untouched(&short.frame(), SRC_ID, Verdict::DropMalformed);
+    expect_untouched(&f, &short.frame(), SRC_ID, Verdict::DropMalformed);
     // Behind an extension header.
     let p = good.clone().with_ext(NH_DEST, padn6());
-    f.expect_untouched(&p.frame(), SRC_ID, Verdict::DropMalformed);
+    expect_untouched(&f, &p.frame(), SRC_ID, Verdict::DropMalformed);
 }
 
 #[test]
 fn ns_from_an_address_the_pod_does_not_own_is_a_spoof() {
     let f = fixture();
     for src in [dst_ip(), gw_lla(), ip6("fe80::ff:fe00:3"), outside_ip()] {
-        f.expect_untouched(&ns(src, gw_lla()).frame(), SRC_ID, Verdict::DropSpoof);
+        expect_untouched(&f, &ns(src, gw_lla()).frame(), SRC_ID, Verdict::DropSpoof);
     }
 }
 
@@ -463,40 +463,40 @@ fn na_may_only_claim_the_pods_own_addresses() {
         (src_ip(), outside_ip()),
     ] {
         let p = na(src, all_nodes, target, SRC_MAC);
-        f.expect_untouched(&p.frame(), SRC_ID, Verdict::DropNaSpoof);
+        expect_untouched(&f, &p.frame(), SRC_ID, Verdict::DropNaSpoof);
     }
     // Its own addresses: the node may learn them.
     for target in [src_ip(), src_lla()] {
         let p = na(src_lla(), all_nodes, target, SRC_MAC);
-        f.expect_untouched(&p.frame(), SRC_ID, Verdict::Pass);
+        expect_untouched(&f, &p.frame(), SRC_ID, Verdict::Pass);
     }
     // From :: (never valid for an NA) or another address: a spoof first.
     for src in [unspecified(), dst_ip()] {
         let p = na(src, all_nodes, src_ip(), SRC_MAC);
-        f.expect_untouched(&p.frame(), SRC_ID, Verdict::DropSpoof);
+        expect_untouched(&f, &p.frame(), SRC_ID, Verdict::DropSpoof);
     }
     // Behind an extension header, even for its own address.
     let p = na(src_lla(), all_nodes, src_ip(), SRC_MAC).with_ext(NH_DEST, padn6());
-    f.expect_untouched(&p.frame(), SRC_ID, Verdict::DropMalformed);
+    expect_untouched(&f, &p.frame(), SRC_ID, Verdict::DropMalformed);
 }
 
 #[test]
 fn router_advertisements_and_redirects_are_dropped_from_any_source_in_any_form() {
     let f = fixture();
     for src in [src_lla(), src_ip(), unspecified(), gw_lla(), dst_ip()] {
-        f.expect_untouched(&ra(src).frame(), SRC_ID, Verdict::DropNdpRouter);
+        expect_untouched(&f, &ra(src).frame(), SRC_ID, Verdict::DropNdpRouter);
         let r = redirect(src, src_ip(), gw_lla());
-        f.expect_untouched(&r.frame(), SRC_ID, Verdict::DropNdpRouter);
+        expect_untouched(&f, &r.frame(), SRC_ID, Verdict::DropNdpRouter);
     }
     // Behind extension headers too (the walk finds them).
     let p = ra(src_lla())
         .with_ext(NH_HOP, router_alert())
         .with_ext(NH_DEST, padn6());
-    f.expect_untouched(&p.frame(), SRC_ID, Verdict::DropNdpRouter);
+    expect_untouched(&f, &p.frame(), SRC_ID, Verdict::DropNdpRouter);
     // Sent to another pod: never forwarded either.
     let mut p = ra(src_ip());
     p.dst = dst_ip();
-    f.expect_untouched(&p.frame(), SRC_ID, Verdict::DropNdpRouter);
+    expect_untouched(&f, &p.frame(), SRC_ID, Verdict::DropNdpRouter);
 }
 
 #[test]
@@ -504,13 +504,13 @@ fn router_solicitations_and_listener_reports_pass_from_link_local_sources() {
     let f = fixture();
     for src in [src_lla(), unspecified(), src_ip()] {
         let rs = Ipv6::icmp(src, ip6("ff02::2"), vec![RS, 0, 0, 0, 0, 0, 0, 0]);
-        f.expect_untouched(&rs.frame(), SRC_ID, Verdict::Pass);
-        f.expect_untouched(&mld_report(src).frame(), SRC_ID, Verdict::Pass);
+        expect_untouched(&f, &rs.frame(), SRC_ID, Verdict::Pass);
+        expect_untouched(&f, &mld_report(src).frame(), SRC_ID, Verdict::Pass);
     }
     for src in [ip6("fe80::ff:fe00:3"), dst_ip()] {
         let rs = Ipv6::icmp(src, ip6("ff02::2"), vec![RS, 0, 0, 0, 0, 0, 0, 0]);
-        f.expect_untouched(&rs.frame(), SRC_ID, Verdict::DropSpoof);
-        f.expect_untouched(&mld_report(src).frame(), SRC_ID, Verdict::DropSpoof);
+        expect_untouched(&f, &rs.frame(), SRC_ID, Verdict::DropSpoof);
+        expect_untouched(&f, &mld_report(src).frame(), SRC_ID, Verdict::DropSpoof);
     }
 }
 
@@ -539,7 +539,7 @@ fn ipv6_to_a_local_pod_is_forwarded_with_the_hop_limit_and_macs() {
     tcp.hop_limit = 2;
     for p in [Ipv6::udp(src_ip(), dst_ip()), echo(src_ip(), dst_ip()), tcp] {
         let frame = p.frame();
-        let run = f.expect(&frame, SRC_ID, Verdict::Forward);
+        let run = expect(&f, &frame, SRC_ID, Verdict::Forward);
         assert_forwarded(&run, &frame);
     }
 }
@@ -550,7 +550,7 @@ fn ipv6_with_hop_limit_1_or_0_drops() {
     for hop_limit in [1, 0] {
         let mut p = Ipv6::udp(src_ip(), dst_ip());
         p.hop_limit = hop_limit;
-        f.expect_untouched(&p.frame(), SRC_ID, Verdict::DropTtl);
+        expect_untouched(&f, &p.frame(), SRC_ID, Verdict::DropTtl);
     }
 }
 
@@ -562,9 +562,9 @@ fn ipv6_with_a_spoofed_source_drops() {
     for src in [dst_ip(), gw_lla(), unspecified(), outside_ip(), src_lla()] {
         for dst in [dst_ip(), outside_ip(), gw_lla()] {
             let p = Ipv6::udp(src, dst);
-            f.expect_untouched(&p.frame(), SRC_ID, Verdict::DropSpoof);
+            expect_untouched(&f, &p.frame(), SRC_ID, Verdict::DropSpoof);
             let p = echo(src, dst);
-            f.expect_untouched(&p.frame(), SRC_ID, Verdict::DropSpoof);
+            expect_untouched(&f, &p.frame(), SRC_ID, Verdict::DropSpoof);
         }
     }
 }
@@ -579,7 +579,7 @@ fn ipv6_to_anything_but_a_local_pod_passes_unchanged() {
         ip6("ff02::1"),
         src_ip(),
     ] {
-        f.expect_untouched(&Ipv6::udp(src_ip(), dst).frame(), SRC_ID, Verdict::Pass);
+        expect_untouched(&f, &Ipv6::udp(src_ip(), dst).frame(), SRC_ID, Verdict::Pass);
     }
 }
 
@@ -610,13 +610,13 @@ fn extension_headers_are_walked_and_forwarded() {
             p = p.with_ext(*k, b.clone());
         }
         let frame = p.frame();
-        let run = f.expect(&frame, SRC_ID, Verdict::Forward);
+        let run = expect(&f, &frame, SRC_ID, Verdict::Forward);
         assert_forwarded(&run, &frame);
     }
     // No upper layer at all.
     let p = Ipv6::new(src_ip(), dst_ip(), NH_NONE, Vec::new());
     let frame = p.frame();
-    let run = f.expect(&frame, SRC_ID, Verdict::Forward);
+    let run = expect(&f, &frame, SRC_ID, Verdict::Forward);
     assert_forwarded(&run, &frame);
 }
 
@@ -629,23 +629,23 @@ fn bad_extension_header_chains_are_malformed() {
     for _ in 0..5 {
         p = p.with_ext(NH_DEST, padn6());
     }
-    f.expect_untouched(&p.frame(), SRC_ID, Verdict::DropMalformed);
+    expect_untouched(&f, &p.frame(), SRC_ID, Verdict::DropMalformed);
     // Hop-by-Hop anywhere but first.
     let p = base
         .clone()
         .with_ext(NH_DEST, padn6())
         .with_ext(NH_HOP, padn6());
-    f.expect_untouched(&p.frame(), SRC_ID, Verdict::DropMalformed);
+    expect_untouched(&f, &p.frame(), SRC_ID, Verdict::DropMalformed);
     // A header whose length runs past the packet.
     let p = Ipv6::new(src_ip(), dst_ip(), NH_UDP, Vec::new()).with_ext(NH_DEST, padn6());
     let mut frame = p.frame();
     frame[14 + 41] = 3; // 32 bytes claimed, 8 there
-    f.expect_untouched(&frame, SRC_ID, Verdict::DropMalformed);
+    expect_untouched(&f, &frame, SRC_ID, Verdict::DropMalformed);
     // A fragment header cut short.
     let mut p =
         Ipv6::new(src_ip(), dst_ip(), NH_UDP, Vec::new()).with_ext(NH_FRAGMENT, fragment(0, true));
     p.ext[0].1.truncate(2);
-    f.expect_untouched(&p.frame(), SRC_ID, Verdict::DropMalformed);
+    expect_untouched(&f, &p.frame(), SRC_ID, Verdict::DropMalformed);
 }
 
 #[test]
@@ -653,13 +653,13 @@ fn fragmented_icmpv6_is_never_taken_for_ndp() {
     let f = fixture();
     // An NS in a fragment from the pod's link-local address: not NDP, so a spoof.
     let p = ns(src_lla(), gw_lla()).with_ext(NH_FRAGMENT, fragment(0, true));
-    f.expect_untouched(&p.frame(), SRC_ID, Verdict::DropSpoof);
+    expect_untouched(&f, &p.frame(), SRC_ID, Verdict::DropSpoof);
     // From its own address to a pod: an ordinary packet, forwarded (the receiver
     // ignores fragmented NDP, and the hop limit no longer says 255).
     let mut p = na(src_ip(), dst_ip(), gw_lla(), SRC_MAC).with_ext(NH_FRAGMENT, fragment(0, true));
     p.hop_limit = 255;
     let frame = p.frame();
-    let run = f.expect(&frame, SRC_ID, Verdict::Forward);
+    let run = expect(&f, &frame, SRC_ID, Verdict::Forward);
     assert_eq!(run.out[21], 254);
 }
 
@@ -673,21 +673,21 @@ fn malformed_ipv6_headers_drop() {
     for version in [0, 4, 7, 15] {
         let mut p = good.clone();
         p.version = version;
-        f.expect_untouched(&p.frame(), SRC_ID, Verdict::DropMalformed);
+        expect_untouched(&f, &p.frame(), SRC_ID, Verdict::DropMalformed);
     }
     // A payload length longer than the frame.
     let real = good.payload().len() as u16;
     for len in [real + 1, u16::MAX] {
         let mut p = good.clone();
         p.payload_len = Some(len);
-        f.expect_untouched(&p.frame(), SRC_ID, Verdict::DropMalformed);
+        expect_untouched(&f, &p.frame(), SRC_ID, Verdict::DropMalformed);
     }
     // Shorter than a fixed header: refused by the kernel or dropped.
     let frame = good.frame();
     for len in [14, 20, 53] {
         match f.try_run(&frame[..len], 1) {
             Err(_) => {}
-            Ok(_) => f.expect_untouched(&frame[..len], SRC_ID, Verdict::DropMalformed),
+            Ok(_) => expect_untouched(&f, &frame[..len], SRC_ID, Verdict::DropMalformed),
         }
     }
 }
@@ -698,13 +698,13 @@ fn ipv6_with_ethernet_padding_or_zero_payload_length_is_forwarded() {
     // A shorter payload length than the frame: the rest is padding.
     let mut frame = Ipv6::new(src_ip(), dst_ip(), NH_NONE, vec![7; 4]).frame();
     frame.resize(80, 0);
-    let run = f.expect(&frame, SRC_ID, Verdict::Forward);
+    let run = expect(&f, &frame, SRC_ID, Verdict::Forward);
     assert_forwarded(&run, &frame);
     // 0: the length comes from the skb (jumbogram, BIG TCP).
     let mut p = Ipv6::udp(src_ip(), dst_ip());
     p.payload_len = Some(0);
     let frame = p.frame();
-    let run = f.expect(&frame, SRC_ID, Verdict::Forward);
+    let run = expect(&f, &frame, SRC_ID, Verdict::Forward);
     assert_forwarded(&run, &frame);
 }
 
@@ -721,7 +721,8 @@ fn an_ipv6_only_endpoint_owns_no_ipv4_source_or_arp_sender() {
     let check = !ones_sum(&v4);
     v4[10..12].copy_from_slice(&check.to_be_bytes());
     v4.extend_from_slice(&[0; 8]);
-    f.expect_untouched(
+    expect_untouched(
+        &f,
         &eth(GW_MAC, SRC_MAC, ETH_P_IP, &v4),
         SRC_ID,
         Verdict::DropSpoof,
@@ -729,15 +730,21 @@ fn an_ipv6_only_endpoint_owns_no_ipv4_source_or_arp_sender() {
     let mut arp = vec![0, 1, 8, 0, 6, 4, 0, 1];
     arp.extend_from_slice(&SRC_MAC);
     arp.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 169, 254, 1, 1]);
-    f.expect_untouched(
+    expect_untouched(
+        &f,
         &eth([0xff; 6], SRC_MAC, ETH_P_ARP, &arp),
         SRC_ID,
         Verdict::DropArpSpoof,
     );
     // IPv6 works as before.
     let frame = Ipv6::udp(src_ip(), dst_ip()).frame();
-    f.expect(&frame, SRC_ID, Verdict::Forward);
-    f.expect(&ns(src_lla(), gw_lla()).frame(), SRC_ID, Verdict::NaReply);
+    expect(&f, &frame, SRC_ID, Verdict::Forward);
+    expect(
+        &f,
+        &ns(src_lla(), gw_lla()).frame(),
+        SRC_ID,
+        Verdict::NaReply,
+    );
 }
 
 #[test]
@@ -754,23 +761,24 @@ fn an_endpoint_without_ipv6_gets_link_local_control_traffic_only() {
     // the node, which ignores it.
     let any_lla = ip6("fe80::1234");
     let rs = Ipv6::icmp(any_lla, ip6("ff02::2"), vec![RS, 0, 0, 0, 0, 0, 0, 0]);
-    f.expect_untouched(&rs.frame(), SRC_ID, Verdict::Pass);
-    f.expect_untouched(&mld_report(any_lla).frame(), SRC_ID, Verdict::Pass);
+    expect_untouched(&f, &rs.frame(), SRC_ID, Verdict::Pass);
+    expect_untouched(&f, &mld_report(any_lla).frame(), SRC_ID, Verdict::Pass);
     let dad = Ipv6::icmp(
         unspecified(),
         solicited_node(any_lla).0,
         ns_msg(any_lla, None),
     );
-    f.expect_untouched(&dad.frame(), SRC_ID, Verdict::Pass);
+    expect_untouched(&f, &dad.frame(), SRC_ID, Verdict::Pass);
     // Nothing to resolve: not answered.
-    f.expect_untouched(&ns(any_lla, gw_lla()).frame(), SRC_ID, Verdict::Pass);
+    expect_untouched(&f, &ns(any_lla, gw_lla()).frame(), SRC_ID, Verdict::Pass);
     // What it may never say.
-    f.expect_untouched(&ra(any_lla).frame(), SRC_ID, Verdict::DropNdpRouter);
+    expect_untouched(&f, &ra(any_lla).frame(), SRC_ID, Verdict::DropNdpRouter);
     let p = na(any_lla, ip6("ff02::1"), any_lla, SRC_MAC);
-    f.expect_untouched(&p.frame(), SRC_ID, Verdict::DropNaSpoof);
+    expect_untouched(&f, &p.frame(), SRC_ID, Verdict::DropNaSpoof);
     // No IPv6 address: any other source is a spoof, whatever the destination.
     for src in [src_ip(), dst_ip(), any_lla] {
-        f.expect_untouched(
+        expect_untouched(
+            &f,
             &Ipv6::udp(src, dst_ip()).frame(),
             SRC_ID,
             Verdict::DropSpoof,
