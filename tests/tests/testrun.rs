@@ -244,9 +244,9 @@ fn program_size_and_verifier_cost() {
     eprintln!("from_pod: {xlated} instructions loaded, {verified} verified");
     assert!(xlated > 0);
     // A guard against a parser that balloons (e.g. memcpy loops, unrolled options):
-    // about 330 for IPv4 and ARP, 800 more for IPv6 (the four-header walk unrolled,
-    // NDP answers with their checksum).
-    assert!(xlated < 1500, "from_pod grew to {xlated} instructions");
+    // 1473 when last raised, with ARP, IPv4 (checksum check, gateway echo) and IPv6
+    // (NDP answers with their checksum, the four-header walk unrolled, gateway echo).
+    assert!(xlated < 1800, "from_pod grew to {xlated} instructions");
 }
 
 // ---------------------------------------------------------------------------------

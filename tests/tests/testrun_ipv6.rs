@@ -448,6 +448,92 @@ fn ns_from_an_address_the_pod_does_not_own_is_a_spoof() {
 }
 
 // ---------------------------------------------------------------------------------
+// Pings of the gateway.
+
+/// Checks `out` is the gateway's echo reply to `request` (a frame from the pod): every
+/// field, the checksum verified from scratch.
+fn assert_echo_reply(out: &[u8], request: &[u8]) {
+    assert_echo_reply_checked(out, request, true);
+}
+
+/// The ICMPv6 message of a frame (as long as the payload length says) and whether
+/// its checksum verifies.
+fn icmp6_message_verifies(frame: &[u8]) -> bool {
+    let len = usize::from(u16::from_be_bytes([frame[18], frame[19]]));
+    let (src, dst): ([u8; 16], [u8; 16]) = (
+        frame[22..38].try_into().unwrap(),
+        frame[38..54].try_into().unwrap(),
+    );
+    let msg = &frame[54..54 + len];
+    u16::from_be_bytes([msg[2], msg[3]]) == icmp6_checksum(src, dst, msg)
+}
+
+/// [`assert_echo_reply`]; the reply's checksum verifies exactly when `verifies` (a
+/// request with a bad checksum gets a reply just as bad, which the pod drops).
+fn assert_echo_reply_checked(out: &[u8], request: &[u8], verifies: bool) {
+    assert_eq!(out.len(), request.len());
+    assert_eq!(&out[0..6], &request[6..12], "eth dst = the asker");
+    assert_eq!(&out[6..12], &GW_MAC, "eth src = the gateway");
+    assert_eq!(
+        &out[12..21],
+        &request[12..21],
+        "EtherType, version, class, flow, length, next header"
+    );
+    assert_eq!(out[21], 64, "hop limit of a fresh reply");
+    assert_eq!(&out[22..38], &request[38..54], "source = the gateway");
+    assert_eq!(&out[38..54], &request[22..38], "destination = the asker");
+    assert_eq!(out[54], 129, "echo reply");
+    assert_eq!(
+        out[55], request[55],
+        "code kept, as Linux's icmpv6_echo_reply does"
+    );
+    assert_eq!(
+        &out[58..],
+        &request[58..],
+        "identifier, sequence and data stay"
+    );
+    assert_eq!(icmp6_message_verifies(out), verifies, "checksum");
+}
+
+#[test]
+fn pings_of_the_gateway_are_answered_in_place() {
+    let f = fixture();
+    // From the pod's link-local address (what `ping GW%eth0` uses) and its address.
+    for src in [src_lla(), src_ip()] {
+        let frame = echo(src, gw_lla()).frame();
+        let run = expect(&f, &frame, SRC_ID, Verdict::EchoReply);
+        assert_echo_reply(&run.out, &frame);
+    }
+    // Odd but valid: a one-byte and a long payload.
+    for len in [1, 1200] {
+        let mut p = echo(src_ip(), gw_lla());
+        p.upper.resize(8 + len, 0x5a);
+        let p = Ipv6::icmp(p.src, p.dst, p.upper.clone());
+        let frame = p.frame();
+        let run = expect(&f, &frame, SRC_ID, Verdict::EchoReply);
+        assert_echo_reply(&run.out, &frame);
+    }
+    // Not from the pod: a spoof. Behind an extension header: not answered here, and
+    // from the link-local address no longer allowed.
+    expect_untouched(
+        &f,
+        &echo(dst_ip(), gw_lla()).frame(),
+        SRC_ID,
+        Verdict::DropSpoof,
+    );
+    let wrapped = |src| echo(src, gw_lla()).with_ext(NH_DEST, padn6()).frame();
+    expect_untouched(&f, &wrapped(src_lla()), SRC_ID, Verdict::DropSpoof);
+    expect_untouched(&f, &wrapped(src_ip()), SRC_ID, Verdict::Pass);
+    // A ping of another link-local address is no ping of the gateway.
+    expect_untouched(
+        &f,
+        &echo(src_lla(), ip6("fe80::1")).frame(),
+        SRC_ID,
+        Verdict::DropSpoof,
+    );
+}
+
+// ---------------------------------------------------------------------------------
 // What only owners and routers may say.
 
 #[test]
@@ -563,8 +649,11 @@ fn ipv6_with_a_spoofed_source_drops() {
         for dst in [dst_ip(), outside_ip(), gw_lla()] {
             let p = Ipv6::udp(src, dst);
             expect_untouched(&f, &p.frame(), SRC_ID, Verdict::DropSpoof);
-            let p = echo(src, dst);
-            expect_untouched(&f, &p.frame(), SRC_ID, Verdict::DropSpoof);
+            // (A ping of the gateway from the link-local address is answered.)
+            if (src, dst) != (src_lla(), gw_lla()) {
+                let p = echo(src, dst);
+                expect_untouched(&f, &p.frame(), SRC_ID, Verdict::DropSpoof);
+            }
         }
     }
 }
@@ -851,6 +940,12 @@ fn random_frame(rng: &mut Rng) -> Vec<u8> {
         } else {
             src_lla()
         };
+        // Pings go to the gateway or the local pod, mostly.
+        let ping_dst = if rng.below(2) == 0 {
+            gw_lla()
+        } else {
+            dst_ip()
+        };
         let (src, dst, target) = (
             biased(rng, own),
             biased(rng, dst_ip()),
@@ -861,7 +956,7 @@ fn random_frame(rng: &mut Rng) -> Vec<u8> {
             2 => na(src, dst, target, SRC_MAC),
             3 => ra(src),
             4 => mld_report(src),
-            5 => echo(biased(rng, src_ip()), dst),
+            5 => echo(biased(rng, own), biased(rng, ping_dst)),
             _ => Ipv6::udp(biased(rng, src_ip()), dst),
         };
         if rng.below(3) == 0 {
@@ -897,15 +992,16 @@ fn random_frame(rng: &mut Rng) -> Vec<u8> {
 
 /// Twenty thousand random and mangled IPv6 frames: the program redirects only (a) a
 /// valid NS from the pod's own or link-local address for a target it does not own,
-/// answered back to the asker with a correct advertisement, or (b) a packet from the
-/// pod's address to the one local pod, with hop limit > 1, rewritten for it. Every
-/// run counts exactly one verdict.
+/// answered back to the asker with a correct advertisement, (b) a packet from the
+/// pod's address to the one local pod, with hop limit > 1, rewritten for it, or (c) a
+/// ping of the gateway from one of the pod's addresses, answered. Every run counts
+/// exactly one verdict.
 #[test]
 fn random_ipv6_frames_are_never_redirected_where_they_were_not_addressed() {
     let f = fixture();
     let seed = 0x1f6_5eed_u64;
     let mut rng = Rng(seed);
-    let (mut answered, mut forwarded, mut rejected) = (0, 0, 0);
+    let (mut answered, mut forwarded, mut echoed, mut rejected) = (0, 0, 0, 0);
     for n in 0..20_000 {
         let frame = random_frame(&mut rng);
         let Ok(run) = f.try_run(&frame, 1) else {
@@ -937,7 +1033,17 @@ fn random_ipv6_frames_are_never_redirected_where_they_were_not_addressed() {
         let ip = &frame[14..];
         let src: [u8; 16] = ip[8..24].try_into().unwrap();
         let dst: [u8; 16] = ip[24..40].try_into().unwrap();
-        if run.delta.contains_key(&key(SRC_ID, Verdict::NaReply)) {
+        if run.delta.contains_key(&key(SRC_ID, Verdict::EchoReply)) {
+            echoed += 1;
+            assert_eq!(ip[6], NH_ICMPV6, "{ctx}");
+            assert_eq!(ip[40], ECHO_REQUEST, "{ctx}");
+            assert!(
+                src == src_ip() || src == src_lla(),
+                "spoofed ping answered: {ctx}"
+            );
+            assert_eq!(dst, gw_lla(), "a ping of someone else answered: {ctx}");
+            assert_echo_reply_checked(&run.out, &frame, icmp6_message_verifies(&frame));
+        } else if run.delta.contains_key(&key(SRC_ID, Verdict::NaReply)) {
             answered += 1;
             assert_eq!(ip[0] >> 4, 6, "{ctx}");
             assert_eq!(ip[6], NH_ICMPV6, "NS behind a header answered: {ctx}");
@@ -967,10 +1073,13 @@ fn random_ipv6_frames_are_never_redirected_where_they_were_not_addressed() {
             assert_forwarded(&run, &frame);
         }
     }
-    eprintln!("{answered} answered, {forwarded} forwarded, {rejected} refused by the kernel");
+    eprintln!(
+        "{answered} answered, {forwarded} forwarded, {echoed} pings answered, {rejected} refused by the kernel"
+    );
     // The generator must reach both redirecting paths, or the test proves little.
     assert!(answered > 300, "only {answered} NS answered");
     assert!(forwarded > 300, "only {forwarded} frames forwarded");
+    assert!(echoed > 30, "only {echoed} pings of the gateway answered");
     assert!(
         rejected < 10_000,
         "{rejected} frames rejected by the kernel"

@@ -7,6 +7,7 @@ use vethbpf_common::{Config, ROUTE_KIND_LOCAL, Verdict};
 
 use crate::{
     hdr::{ETH_HLEN, EthHdr, Ipv6Hdr, linear, ptr_at},
+    icmp6,
     ipv6::{self, IPV6_HLEN, NEXTHDR_ICMPV6, load_addr},
     l3,
     maps::{ENDPOINTS6, ROUTES6},
@@ -51,10 +52,18 @@ pub fn handle(ctx: &TcContext, ifindex: u32, cfg: &Config) -> Decision {
         if ndp::is_link_control(icmp_type) {
             return ndp::handle(ctx, ifindex, ep6, cfg, l4, icmp_type, &src, source);
         }
+        // A ping of the gateway, from the pod's address or its link-local one.
+        if icmp_type == icmp6::ICMPV6_ECHO_REQUEST
+            && l4.plain
+            && matches!(source, Source::Own | Source::LinkLocal)
+            && load_addr(&ip.dst_addr) == icmp6::gateway_addr(cfg)
+        {
+            return icmp6::echo_to_gateway(ctx, ifindex, cfg);
+        }
     }
 
     // Everything else only from the pod's own address: its link-local and `::` are
-    // for neighbour discovery and listener reports alone.
+    // for neighbour discovery, listener reports and pinging the gateway alone.
     if source != Source::Own {
         return Decision::drop(Verdict::DropSpoof);
     }

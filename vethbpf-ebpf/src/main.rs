@@ -14,6 +14,7 @@
 //! - [`ipv6`]: IPv6 header checks, extension headers, the hop limit
 //! - [`ndp`]: neighbour discovery: answers solicitations, drops what only routers
 //!   and owners may send
+//! - [`icmp6`]: answers pings of the gateway's IPv6 address
 //! - [`stats`]: the verdict/action pair and per-CPU counters
 //! - [`hdr`]: network-types header layouts, word accessors, bounds-checked access
 #![no_std]
@@ -22,6 +23,7 @@
 mod arp;
 mod hdr;
 mod icmp;
+mod icmp6;
 mod ipv4;
 mod ipv6;
 mod l3;
