@@ -9,6 +9,7 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LpmTrie, PerCpuArray},
 };
+use vethbpf_common::EndpointInfo6;
 use vethbpf_common::{
     Config, Counter, EndpointInfo, MAX_ENDPOINTS, MAX_ROUTES, Route, STATS_ENTRIES,
 };
@@ -29,3 +30,13 @@ pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 /// Counters, index `stats_index(endpoint_id, verdict)`.
 #[map]
 pub static STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(STATS_ENTRIES, 0);
+
+/// IPv6 destination prefix -> route. The key's data is the address in network order,
+/// read as four words in memory order (userspace writes `[u8; 16]`: same bytes).
+#[map]
+pub static ROUTES6: LpmTrie<[u32; 4], Route> = LpmTrie::with_max_entries(MAX_ROUTES, 0);
+
+/// Host-side veth ifindex -> the IPv6 addresses of the endpoint behind it, for
+/// endpoints that have IPv6.
+#[map]
+pub static ENDPOINTS6: HashMap<u32, EndpointInfo6> = HashMap::with_max_entries(MAX_ENDPOINTS, 0);
