@@ -165,6 +165,21 @@ impl TestNode {
                 "nodad",
             ],
         );
+        // The kernel adds an IPv6 address's local route from its addrconf work
+        // queue, even with nodad: wait for it, or a snapshot taken now differs from
+        // one taken later for no doing of the code under test.
+        let local = format!("local {NODE_IP6} ");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !node
+            .node_must("ip", &["-6", "route", "show", "table", "local"])
+            .contains(&local)
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the local route of {NODE_IP6} never appeared"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
         node
     }
 
