@@ -386,8 +386,9 @@ fn object_defines_the_shared_names_and_layouts() {
     expected.sort_unstable();
     assert_eq!(maps, expected, "map names in the object");
 
-    let programs: Vec<&str> = ebpf.programs().map(|(name, _)| name).collect();
-    assert_eq!(programs, [PROG_FROM_POD]);
+    let mut programs: Vec<&str> = ebpf.programs().map(|(name, _)| name).collect();
+    programs.sort_unstable();
+    assert_eq!(programs, [PROG_FROM_POD, vethbpf_common::PROG_FROM_UPLINK]);
     let _: &SchedClassifier = ebpf.program(PROG_FROM_POD).unwrap().try_into().unwrap();
 
     // The typed views check key and value sizes against vethbpf-common's types.
@@ -424,7 +425,9 @@ fn program_size_and_verifier_cost() {
     eprintln!("from_pod: {xlated} instructions loaded, {verified} verified");
     assert!(xlated > 0);
     // A guard against a parser that balloons (e.g. memcpy loops, unrolled options).
-    assert!(xlated < 1000, "from_pod grew to {xlated} instructions");
+    // Egress (conntrack, NAT, ICMP error translation) is most of it.
+    assert!(xlated < 4000, "from_pod grew to {xlated} instructions");
+    assert!(verified < 200_000, "from_pod costs the verifier {verified}");
 }
 
 // ---------------------------------------------------------------------------------

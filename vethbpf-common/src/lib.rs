@@ -10,6 +10,9 @@
 //! [`ipv4_to_map`] / [`ipv4_from_map`].
 #![no_std]
 
+mod egress;
+pub use egress::*;
+
 /// Name of the tc ingress program attached to every host-side veth.
 pub const PROG_FROM_POD: &str = "from_pod";
 
@@ -20,7 +23,17 @@ pub const MAP_ROUTES: &str = "ROUTES";
 pub const MAP_ENDPOINTS: &str = "ENDPOINTS";
 pub const MAP_CONFIG: &str = "CONFIG";
 pub const MAP_STATS: &str = "STATS";
-pub const ALL_MAPS: [&str; 4] = [MAP_ROUTES, MAP_ENDPOINTS, MAP_CONFIG, MAP_STATS];
+pub const ALL_MAPS: [&str; 9] = [
+    MAP_ROUTES,
+    MAP_ENDPOINTS,
+    MAP_CONFIG,
+    MAP_STATS,
+    MAP_EGRESS,
+    MAP_EGRESS_SKIP,
+    MAP_NAT,
+    MAP_NAT_STATE,
+    MAP_FRAGS,
+];
 
 /// Capacity of the LPM routes map.
 pub const MAX_ROUTES: u32 = 16384;
@@ -102,11 +115,37 @@ pub enum Verdict {
     DropMalformed = 6,
     /// Frame on an interface with no endpoint entry (or no node config).
     DropNoEndpoint = 7,
+    /// IPv4 to the outside: source translated to the node address, sent out of the
+    /// uplink (`from_pod`).
+    Masquerade = 8,
+    /// IPv4 to the outside with `--no-masquerade`: tracked, sent out of the uplink
+    /// with the pod's own source (`from_pod`).
+    Egress = 9,
+    /// A reply of a pod's flow: translated back and delivered into the pod
+    /// (`from_uplink`).
+    RevNat = 10,
+    /// An ICMP error about a pod's flow: translated inside and out (RFC 5508) and
+    /// delivered into the pod (`from_uplink`).
+    RevNatIcmp = 11,
+    /// A new flow while the NAT table is at its flow limit.
+    NatTableFull = 12,
+    /// A new flow for which no free NAT port was found within the retries.
+    DropNatNoPort = 13,
+    /// A non-first fragment of a datagram whose first fragment was not seen.
+    DropFragUnknown = 14,
+    /// Egress larger than the uplink's MTU.
+    DropTooBig = 15,
+    /// `from_uplink`: traffic of the node itself, handed to its stack.
+    UplinkPass = 16,
+    /// `from_uplink`: a packet for a pod address that is no reply to a pod's flow.
+    DropUnsolicited = 17,
+    /// A packet rewrite helper failed (the packet was left half-translated).
+    DropNatError = 18,
 }
 
 impl Verdict {
     /// Number of verdicts: the stride of the `STATS` array.
-    pub const COUNT: u32 = 8;
+    pub const COUNT: u32 = 19;
     pub const ALL: [Verdict; Self::COUNT as usize] = [
         Verdict::Forward,
         Verdict::ArpReply,
@@ -116,6 +155,17 @@ impl Verdict {
         Verdict::DropTtl,
         Verdict::DropMalformed,
         Verdict::DropNoEndpoint,
+        Verdict::Masquerade,
+        Verdict::Egress,
+        Verdict::RevNat,
+        Verdict::RevNatIcmp,
+        Verdict::NatTableFull,
+        Verdict::DropNatNoPort,
+        Verdict::DropFragUnknown,
+        Verdict::DropTooBig,
+        Verdict::UplinkPass,
+        Verdict::DropUnsolicited,
+        Verdict::DropNatError,
     ];
 
     /// Stable name used in CLI output and JSON.
@@ -129,6 +179,17 @@ impl Verdict {
             Verdict::DropTtl => "drop_ttl",
             Verdict::DropMalformed => "drop_malformed",
             Verdict::DropNoEndpoint => "drop_no_endpoint",
+            Verdict::Masquerade => "masquerade",
+            Verdict::Egress => "egress",
+            Verdict::RevNat => "rev_nat",
+            Verdict::RevNatIcmp => "rev_nat_icmp",
+            Verdict::NatTableFull => "nat_table_full",
+            Verdict::DropNatNoPort => "drop_nat_no_port",
+            Verdict::DropFragUnknown => "drop_frag_unknown",
+            Verdict::DropTooBig => "drop_too_big",
+            Verdict::UplinkPass => "uplink_pass",
+            Verdict::DropUnsolicited => "drop_unsolicited",
+            Verdict::DropNatError => "drop_nat_error",
         }
     }
 
@@ -140,6 +201,12 @@ impl Verdict {
                 | Verdict::DropTtl
                 | Verdict::DropMalformed
                 | Verdict::DropNoEndpoint
+                | Verdict::NatTableFull
+                | Verdict::DropNatNoPort
+                | Verdict::DropFragUnknown
+                | Verdict::DropTooBig
+                | Verdict::DropUnsolicited
+                | Verdict::DropNatError
         )
     }
 }
@@ -173,6 +240,13 @@ mod user {
     unsafe impl aya::Pod for super::EndpointInfo {}
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::Counter {}
+    // SAFETY: the egress types are repr(C) integers with explicit padding, too.
+    unsafe impl aya::Pod for super::EgressConfig {}
+    unsafe impl aya::Pod for super::NatKey {}
+    unsafe impl aya::Pod for super::NatEntry {}
+    unsafe impl aya::Pod for super::NatState {}
+    unsafe impl aya::Pod for super::FragKey {}
+    unsafe impl aya::Pod for super::FragEntry {}
 }
 
 #[cfg(test)]

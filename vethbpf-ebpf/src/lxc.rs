@@ -6,7 +6,7 @@ use aya_ebpf::{maps::lpm_trie::Key, programs::TcContext};
 use vethbpf_common::{Config, EndpointInfo, ROUTE_KIND_LOCAL, Verdict};
 
 use crate::{
-    arp,
+    arp, egress,
     hdr::{ETH_HLEN, ETH_P_ARP, ETH_P_IP, EthHdr, Ipv4Hdr, linear, ptr_at},
     ipv4, l3,
     maps::{CONFIG, ENDPOINTS, ROUTES},
@@ -46,7 +46,7 @@ fn handle(ctx: &TcContext, ifindex: u32, ep: &EndpointInfo, cfg: &Config) -> Dec
     // SAFETY: bounds-checked just above.
     let ether_type = unsafe { (*eth).ether_type };
     match ether_type {
-        ETH_P_IP => handle_ipv4(ctx, ep, cfg),
+        ETH_P_IP => handle_ipv4(ctx, ifindex, ep, cfg),
         ETH_P_ARP => arp::handle(ctx, ifindex, ep, cfg),
         // IPv6, VLAN-tagged and everything else: the node stack's business.
         _ => Decision::pass(),
@@ -56,7 +56,7 @@ fn handle(ctx: &TcContext, ifindex: u32, ep: &EndpointInfo, cfg: &Config) -> Dec
 /// IPv4 from the pod: header checks, source validation, and the fast path to endpoints
 /// on this node.
 #[inline(always)]
-fn handle_ipv4(ctx: &TcContext, ep: &EndpointInfo, cfg: &Config) -> Decision {
+fn handle_ipv4(ctx: &TcContext, ifindex: u32, ep: &EndpointInfo, cfg: &Config) -> Decision {
     let Some((data, data_end)) = linear(ctx, ETH_HLEN + size_of::<Ipv4Hdr>()) else {
         return Decision::drop(Verdict::DropMalformed);
     };
@@ -85,7 +85,7 @@ fn handle_ipv4(ctx: &TcContext, ep: &EndpointInfo, cfg: &Config) -> Decision {
     }
 
     let Some(route) = ROUTES.get(Key::new(32, ip.daddr)) else {
-        return Decision::pass();
+        return egress::handle(ctx, ifindex);
     };
     if route.kind != ROUTE_KIND_LOCAL {
         return Decision::pass();
