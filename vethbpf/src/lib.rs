@@ -11,6 +11,7 @@
 //! - [`ipam`]: address allocation from the pod CIDR
 //! - [`ident`]: names and MAC addresses, validated
 //! - [`endpoint`]: `endpoint add/del/list`, each step undone on failure
+//! - [`egress`]: the uplink, NAT settings and table (`nat list/flush`)
 //! - [`node`]: `up`, `down`, `status`
 //! - [`reconcile`]: finding and repairing what a crash or an outside hand left behind
 //! - [`fault`]: test-only fault injection (the `fault-injection` feature)
@@ -21,6 +22,7 @@ pub mod bpf;
 pub mod cli;
 pub mod cni;
 pub mod demo;
+pub mod egress;
 pub mod endpoint;
 pub mod fault;
 pub mod ident;

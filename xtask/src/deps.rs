@@ -32,6 +32,11 @@ const PACKAGES: &[(&str, &str)] = &[
         "busybox-static",
         "the root file system of the podman test's image",
     ),
+    (
+        "iptables",
+        "egress: the kernel-path comparison (MASQUERADE) and the no-rules checks",
+    ),
+    ("nftables", "egress: the empty-ruleset checks"),
 ];
 
 /// Installs the missing packages; does nothing (and needs no network) when all are

@@ -1,0 +1,456 @@
+//! Pod egress: the node's uplink, the masquerade address and NAT settings `up`
+//! chooses and records, the uplink program's attachment, and the NAT table
+//! (`nat list`, `nat flush`, the flows of a deleted endpoint).
+//!
+//! - [`ports`]: NAT ports and the node's own ephemeral ports, kept apart
+//! - [`uplink`]: which interface and address egress uses
+//! - [`table`]: the egress maps: configuration, excluded destinations, NAT entries
+
+use std::io::Read;
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+use vethbpf_common::{EGRESS_F_ENABLED, EGRESS_F_MASQUERADE, EgressConfig, NAT_MAX_FLOWS_DEFAULT};
+
+pub mod ports;
+pub mod table;
+pub mod uplink;
+
+pub use ports::PortRange;
+
+use crate::netlink::{Netlink, NetlinkError};
+
+/// The largest flow limit `--nat-max-flows` takes (the NAT map preallocates two
+/// entries of about 100 bytes per flow).
+pub const MAX_FLOWS_LIMIT: u32 = 1 << 22;
+
+/// What `up` is asked for on the command line. On a fresh node, what is not given
+/// takes its default; on a node that is up, what is given must match what it has.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EgressRequest {
+    /// The uplink (default: the device of the IPv4 default route).
+    pub uplink: Option<String>,
+    /// Destinations never masqueraded (default: the pod CIDR).
+    pub cluster_cidr: Option<Ipv4Net>,
+    /// Route pod traffic out with the pods' own addresses.
+    pub no_masquerade: bool,
+    /// NAT ports (default: those above the node's ephemeral range).
+    pub nat_ports: Option<PortRange>,
+    /// Flow limit of the NAT table.
+    pub max_flows: Option<u32>,
+}
+
+impl EgressRequest {
+    /// Whether any egress option was given.
+    pub fn is_empty(&self) -> bool {
+        *self == EgressRequest::default()
+    }
+}
+
+/// The node's egress, as `up` set it up; kept in the state file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Egress {
+    pub uplink: String,
+    pub uplink_ifindex: u32,
+    /// The uplink's primary IPv4 address: the masquerade source.
+    pub nat_addr: Ipv4Addr,
+    pub cluster_cidr: Ipv4Net,
+    pub masquerade: bool,
+    pub nat_ports: PortRange,
+    pub max_flows: u32,
+    /// Keys the NAT's port choice (see the datapath's `nat` module); random per node.
+    pub hash_seed: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EgressError {
+    #[error("the uplink {0} does not exist in this network namespace")]
+    NoSuchUplink(String),
+    #[error("{0} cannot be the uplink: pod egress leaves through a real interface")]
+    BadUplink(String),
+    #[error(
+        "egress options were given, but this node has no IPv4 default route to find its uplink by; give --uplink IFACE"
+    )]
+    NoUplink,
+    #[error(
+        "the uplink {0} has no IPv4 address to masquerade pods behind; add one, or give --uplink"
+    )]
+    NoAddress(String),
+    #[error("the cluster CIDR {cluster} must contain the pod CIDR {pod}")]
+    ClusterCidr { cluster: Ipv4Net, pod: Ipv4Net },
+    #[error("--nat-max-flows {0}: give 1 to {MAX_FLOWS_LIMIT}")]
+    MaxFlows(u32),
+    #[error(transparent)]
+    Ports(#[from] ports::PortsError),
+    #[error(
+        "the node is up with egress {current}; `up` asked for {requested}. Use the same settings, or `vethbpf down` first"
+    )]
+    Change { current: String, requested: String },
+    #[error(
+        "the node's uplink {uplink} now has address {now}, not {recorded} it masquerades with: `vethbpf down` and `vethbpf up` again"
+    )]
+    AddressChanged {
+        uplink: String,
+        recorded: Ipv4Addr,
+        now: String,
+    },
+    #[error("cannot read random bytes for the NAT's port hash: {0}")]
+    Random(#[source] std::io::Error),
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
+    #[error(transparent)]
+    Table(#[from] table::TableError),
+}
+
+/// A short description of egress settings, for messages and `status`.
+pub fn describe(e: Option<&Egress>) -> String {
+    match e {
+        None => "off".into(),
+        Some(e) => format!(
+            "via {} ({}), {}, cluster CIDR {}, NAT ports {}, max {} flows",
+            e.uplink,
+            e.nat_addr,
+            if e.masquerade {
+                "masquerade"
+            } else {
+                "no masquerade"
+            },
+            e.cluster_cidr,
+            e.nat_ports,
+            e.max_flows
+        ),
+    }
+}
+
+fn random_seed() -> Result<u32, EgressError> {
+    let mut b = [0u8; 4];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .map_err(EgressError::Random)?;
+    Ok(u32::from_ne_bytes(b))
+}
+
+/// The egress a fresh node gets for `req`: `None` when no uplink is given and the
+/// node has no default route (pods then reach the node and each other only).
+pub fn resolve(
+    nl: &mut dyn Netlink,
+    req: &EgressRequest,
+    pod_cidr: Ipv4Net,
+) -> Result<Option<Egress>, EgressError> {
+    let Some(up) = uplink::find(nl, req.uplink.as_deref())? else {
+        if !req.is_empty() {
+            return Err(EgressError::NoUplink);
+        }
+        return Ok(None);
+    };
+    let cluster_cidr = req.cluster_cidr.map_or(pod_cidr, |c| c.trunc());
+    if !cluster_cidr.contains(&pod_cidr) {
+        return Err(EgressError::ClusterCidr {
+            cluster: cluster_cidr,
+            pod: pod_cidr,
+        });
+    }
+    let max_flows = req.max_flows.unwrap_or(NAT_MAX_FLOWS_DEFAULT);
+    if max_flows == 0 || max_flows > MAX_FLOWS_LIMIT {
+        return Err(EgressError::MaxFlows(max_flows));
+    }
+    let nat_ports = ports::nat_range(req.nat_ports, ports::local_range()?)?;
+    Ok(Some(Egress {
+        uplink: up.name,
+        uplink_ifindex: up.index,
+        nat_addr: up.addr,
+        cluster_cidr,
+        masquerade: !req.no_masquerade,
+        nat_ports,
+        max_flows,
+        hash_seed: random_seed()?,
+    }))
+}
+
+/// On a node that is up with `current`: the egress it keeps, if `req` asks for
+/// nothing different; the uplink must still have the address it masquerades with.
+pub fn keep(
+    nl: &mut dyn Netlink,
+    current: Option<&Egress>,
+    req: &EgressRequest,
+) -> Result<Option<Egress>, EgressError> {
+    let change = |requested: String| EgressError::Change {
+        current: describe(current),
+        requested,
+    };
+    let Some(cur) = current else {
+        if req.is_empty() {
+            return Ok(None);
+        }
+        return Err(change(format!("{req:?}")));
+    };
+    let differs = req.uplink.as_ref().is_some_and(|u| *u != cur.uplink)
+        || req
+            .cluster_cidr
+            .is_some_and(|c| c.trunc() != cur.cluster_cidr)
+        || (req.no_masquerade && cur.masquerade)
+        || req.nat_ports.is_some_and(|p| p != cur.nat_ports)
+        || req.max_flows.is_some_and(|m| m != cur.max_flows);
+    if differs {
+        let requested = Egress {
+            uplink: req.uplink.clone().unwrap_or_else(|| cur.uplink.clone()),
+            cluster_cidr: req.cluster_cidr.map_or(cur.cluster_cidr, |c| c.trunc()),
+            masquerade: cur.masquerade && !req.no_masquerade,
+            nat_ports: req.nat_ports.unwrap_or(cur.nat_ports),
+            max_flows: req.max_flows.unwrap_or(cur.max_flows),
+            ..cur.clone()
+        };
+        return Err(change(describe(Some(&requested))));
+    }
+    if cur.masquerade {
+        let now = uplink::addresses(nl, &cur.uplink)?;
+        if !now.contains(&cur.nat_addr) {
+            return Err(EgressError::AddressChanged {
+                uplink: cur.uplink.clone(),
+                recorded: cur.nat_addr,
+                now: if now.is_empty() {
+                    "none".into()
+                } else {
+                    now.iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                },
+            });
+        }
+    }
+    Ok(Some(cur.clone()))
+}
+
+/// What `EGRESS_SKIP` must hold: every address of the node and the broadcast
+/// address of its subnet (the node stack's, never egress), the pod CIDR and the
+/// cluster CIDR (never masqueraded; routed by other means).
+pub fn skip_entries(
+    nl: &mut dyn Netlink,
+    pod_cidr: Ipv4Net,
+    e: Option<&Egress>,
+) -> Result<Vec<(Ipv4Net, u32)>, EgressError> {
+    use vethbpf_common::{SKIP_CLUSTER, SKIP_NODE_ADDRESS};
+    let host = |a: Ipv4Addr| Ipv4Net::new(a, 32).unwrap_or_default();
+    let mut out = Vec::new();
+    for (_, net) in nl.addresses(None)? {
+        out.push((host(net.addr()), SKIP_NODE_ADDRESS));
+        if net.prefix_len() <= 30 {
+            out.push((host(net.broadcast()), SKIP_NODE_ADDRESS));
+        }
+    }
+    out.push((pod_cidr, SKIP_CLUSTER));
+    if let Some(e) = e {
+        out.push((e.cluster_cidr, SKIP_CLUSTER));
+    }
+    out.sort();
+    out.dedup_by_key(|(n, _)| *n);
+    Ok(out)
+}
+
+/// The `EGRESS` map value for a node with pod CIDR `pod_cidr` and egress `e`.
+pub fn kernel_config(e: Option<&Egress>, pod_cidr: Ipv4Net) -> EgressConfig {
+    let map = |a: Ipv4Addr| vethbpf_common::ipv4_to_map(a.octets());
+    let Some(e) = e else {
+        return EgressConfig::default();
+    };
+    EgressConfig {
+        flags: EGRESS_F_ENABLED | if e.masquerade { EGRESS_F_MASQUERADE } else { 0 },
+        nat_addr: map(e.nat_addr),
+        uplink_ifindex: e.uplink_ifindex,
+        max_flows: e.max_flows,
+        port_min: e.nat_ports.first,
+        port_max: e.nat_ports.last,
+        pod_net: map(pod_cidr.network()),
+        pod_mask: map(pod_cidr.netmask()),
+        cluster_net: map(e.cluster_cidr.network()),
+        cluster_mask: map(e.cluster_cidr.netmask()),
+        hash_seed: e.hash_seed,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::netlink::{FakeNetlink, RouteSpec};
+
+    fn node_with_uplink() -> FakeNetlink {
+        let mut nl = FakeNetlink::default();
+        let i = nl.add_veth("up0", "peer0").unwrap();
+        nl.set_link_up(i).unwrap();
+        nl.add_address(i, "172.30.0.2/24".parse().unwrap()).unwrap();
+        nl.add_route(&RouteSpec {
+            dst: "0.0.0.0/0".parse().unwrap(),
+            oif: i,
+            gateway: Some("172.30.0.1".parse().unwrap()),
+            scope_link: false,
+            onlink: false,
+        })
+        .unwrap();
+        nl
+    }
+
+    fn pod() -> Ipv4Net {
+        "10.244.0.0/24".parse().unwrap()
+    }
+
+    #[test]
+    fn the_default_route_gives_the_uplink_and_its_address() {
+        let mut nl = node_with_uplink();
+        let e = resolve(&mut nl, &EgressRequest::default(), pod())
+            .unwrap()
+            .expect("egress on");
+        assert_eq!(e.uplink, "up0");
+        assert_eq!(e.nat_addr, Ipv4Addr::new(172, 30, 0, 2));
+        assert_eq!(e.cluster_cidr, pod());
+        assert!(e.masquerade);
+        assert_eq!(e.max_flows, NAT_MAX_FLOWS_DEFAULT);
+        let local = ports::local_range().unwrap();
+        assert!(!e.nat_ports.overlaps(local));
+        let k = kernel_config(Some(&e), pod());
+        assert_eq!(k.flags, EGRESS_F_ENABLED | EGRESS_F_MASQUERADE);
+        assert_eq!(k.nat_addr, vethbpf_common::ipv4_to_map([172, 30, 0, 2]));
+        assert_eq!(k.pod_mask, vethbpf_common::ipv4_to_map([255, 255, 255, 0]));
+    }
+
+    #[test]
+    fn no_default_route_means_no_egress_unless_asked() {
+        let mut nl = FakeNetlink::default();
+        assert_eq!(
+            resolve(&mut nl, &EgressRequest::default(), pod()).unwrap(),
+            None
+        );
+        let req = EgressRequest {
+            no_masquerade: true,
+            ..Default::default()
+        };
+        assert!(matches!(
+            resolve(&mut nl, &req, pod()),
+            Err(EgressError::NoUplink)
+        ));
+        let req = EgressRequest {
+            uplink: Some("eth9".into()),
+            ..Default::default()
+        };
+        assert!(matches!(
+            resolve(&mut nl, &req, pod()),
+            Err(EgressError::NoSuchUplink(u)) if u == "eth9"
+        ));
+    }
+
+    #[test]
+    fn bad_settings_are_refused() {
+        let mut nl = node_with_uplink();
+        let cases = [
+            EgressRequest {
+                cluster_cidr: Some("10.245.0.0/16".parse().unwrap()),
+                ..Default::default()
+            },
+            EgressRequest {
+                max_flows: Some(0),
+                ..Default::default()
+            },
+            EgressRequest {
+                nat_ports: Some(PortRange {
+                    first: 32768,
+                    last: 40000,
+                }),
+                ..Default::default()
+            },
+        ];
+        for req in cases {
+            assert!(resolve(&mut nl, &req, pod()).is_err(), "{req:?}");
+        }
+        let i = nl.add_veth("bare", "bare-peer").unwrap();
+        let _ = i;
+        let req = EgressRequest {
+            uplink: Some("bare".into()),
+            ..Default::default()
+        };
+        assert!(matches!(
+            resolve(&mut nl, &req, pod()),
+            Err(EgressError::NoAddress(u)) if u == "bare"
+        ));
+    }
+
+    #[test]
+    fn node_addresses_broadcasts_and_cidrs_are_skipped() {
+        use vethbpf_common::{SKIP_CLUSTER, SKIP_NODE_ADDRESS};
+        let mut nl = node_with_uplink();
+        let lo = nl.link_by_name("lo").unwrap().map(|l| l.index);
+        if let Some(lo) = lo {
+            nl.add_address(lo, "192.0.2.1/32".parse().unwrap()).unwrap();
+        }
+        let e = resolve(
+            &mut nl,
+            &EgressRequest {
+                cluster_cidr: Some("10.0.0.0/8".parse().unwrap()),
+                ..Default::default()
+            },
+            pod(),
+        )
+        .unwrap();
+        let skip = skip_entries(&mut nl, pod(), e.as_ref()).unwrap();
+        let has = |n: &str, why| skip.contains(&(n.parse().unwrap(), why));
+        assert!(has("172.30.0.2/32", SKIP_NODE_ADDRESS), "{skip:?}");
+        assert!(has("172.30.0.255/32", SKIP_NODE_ADDRESS), "{skip:?}");
+        assert!(has("10.244.0.0/24", SKIP_CLUSTER), "{skip:?}");
+        assert!(has("10.0.0.0/8", SKIP_CLUSTER), "{skip:?}");
+        if lo.is_some() {
+            assert!(has("192.0.2.1/32", SKIP_NODE_ADDRESS), "{skip:?}");
+        }
+    }
+
+    #[test]
+    fn a_node_keeps_its_egress_and_refuses_other_settings() {
+        let mut nl = node_with_uplink();
+        let e = resolve(&mut nl, &EgressRequest::default(), pod())
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            keep(&mut nl, Some(&e), &EgressRequest::default()).unwrap(),
+            Some(e.clone())
+        );
+        let same = EgressRequest {
+            uplink: Some("up0".into()),
+            nat_ports: Some(e.nat_ports),
+            ..Default::default()
+        };
+        assert_eq!(keep(&mut nl, Some(&e), &same).unwrap(), Some(e.clone()));
+        for other in [
+            EgressRequest {
+                no_masquerade: true,
+                ..Default::default()
+            },
+            EgressRequest {
+                max_flows: Some(7),
+                ..Default::default()
+            },
+            EgressRequest {
+                uplink: Some("eth1".into()),
+                ..Default::default()
+            },
+        ] {
+            let err = keep(&mut nl, Some(&e), &other).unwrap_err();
+            assert!(
+                matches!(err, EgressError::Change { .. }),
+                "{other:?}: {err}"
+            );
+            assert!(err.to_string().contains("vethbpf down"), "{err}");
+        }
+        // Egress off stays off; asking for it on such a node is a change too.
+        assert_eq!(
+            keep(&mut nl, None, &EgressRequest::default()).unwrap(),
+            None
+        );
+        assert!(keep(&mut nl, None, &same).is_err());
+        // The uplink lost the address it masquerades with.
+        let mut moved = e.clone();
+        moved.nat_addr = Ipv4Addr::new(172, 30, 0, 9);
+        assert!(matches!(
+            keep(&mut nl, Some(&moved), &EgressRequest::default()),
+            Err(EgressError::AddressChanged { .. })
+        ));
+    }
+}
