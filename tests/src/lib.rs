@@ -440,7 +440,7 @@ pub fn tcp_echo(
     use std::net::{SocketAddr, TcpListener, TcpStream};
     use std::time::{Duration, Instant};
 
-    let listener = vethbpf::netns::run_in(server, move || {
+    let listener = vethbpf::kernel::netns::run_in(server, move || {
         TcpListener::bind(SocketAddr::from((server_ip, 0)))
     })
     .expect("enter server netns")
@@ -459,7 +459,7 @@ pub fn tcp_echo(
         }
     });
     let start = Instant::now();
-    let mut stream = vethbpf::netns::run_in(client, move || {
+    let mut stream = vethbpf::kernel::netns::run_in(client, move || {
         TcpStream::connect_timeout(&SocketAddr::from((server_ip, port)), Duration::from_secs(5))
     })
     .expect("enter client netns")

@@ -19,7 +19,7 @@ pub mod uplink;
 
 pub use ports::PortRange;
 
-use crate::netlink::{Netlink, NetlinkError};
+use crate::kernel::netlink::{Netlink, NetlinkError};
 
 /// The largest flow limit `--nat-max-flows` takes (the NAT map preallocates two
 /// entries of about 100 bytes per flow).
@@ -273,7 +273,7 @@ pub fn kernel_config(e: Option<&Egress>, pod_cidr: Ipv4Net) -> EgressConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::netlink::{FakeNetlink, RouteSpec};
+    use crate::kernel::netlink::{FakeNetlink, RouteSpec};
 
     fn node_with_uplink() -> FakeNetlink {
         let mut nl = FakeNetlink::default();

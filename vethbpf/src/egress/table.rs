@@ -17,7 +17,7 @@ use vethbpf_common::{
     ipv4_from_map, ipv4_to_map,
 };
 
-use crate::bpf::Pins;
+use crate::datapath::Pins;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TableError {

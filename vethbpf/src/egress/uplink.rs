@@ -3,7 +3,7 @@
 
 use std::net::Ipv4Addr;
 
-use crate::netlink::Netlink;
+use crate::kernel::netlink::Netlink;
 
 use super::EgressError;
 
