@@ -59,6 +59,10 @@ pub fn error_kind(err: &(dyn std::error::Error + 'static)) -> Option<error::Erro
             Some(e.kind())
         } else if let Some(e) = e.downcast_ref::<kernel::netlink::NetlinkError>() {
             Some(e.kind())
+        } else if let Some(e) = e.downcast_ref::<egress::EgressError>() {
+            Some(e.kind())
+        } else if let Some(e) = e.downcast_ref::<egress::table::TableError>() {
+            Some(e.kind())
         } else if e.is::<state::StateError>() || e.is::<kernel::bpffs::BpffsError>() {
             Some(error::ErrorKind::Other)
         } else {

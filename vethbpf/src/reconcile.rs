@@ -22,6 +22,7 @@ use vethbpf_common::{EndpointInfo, ipv4_from_map, ipv4_to_map};
 
 use crate::datapath::maps::Maps;
 use crate::datapath::{self, Pins};
+use crate::egress::{self, EgressError};
 use crate::endpoint::{self, EndpointError, Env, KernelTag, Recovered};
 use crate::error::ErrorKind;
 use crate::kernel::bpffs;
@@ -42,6 +43,8 @@ pub enum ReconcileError {
         ip: Ipv4Addr,
         cidr: Ipv4Net,
     },
+    #[error(transparent)]
+    Egress(#[from] EgressError),
 }
 
 impl ReconcileError {
@@ -50,6 +53,7 @@ impl ReconcileError {
         match self {
             ReconcileError::Endpoint(e) => e.kind(),
             ReconcileError::OutsideCidr { .. } => ErrorKind::Usage,
+            ReconcileError::Egress(e) => e.kind(),
         }
     }
 }
@@ -93,6 +97,9 @@ pub struct Report {
     pub removed_endpoint_entries: Vec<u32>,
     /// Pinned attachments that no endpoint owns.
     pub removed_pins: Vec<String>,
+    /// What was out of order with pod egress (the uplink and its program), fixed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uplink: Option<String>,
 }
 
 impl Report {
@@ -107,6 +114,7 @@ impl Report {
             || !self.removed_route_entries.is_empty()
             || !self.removed_endpoint_entries.is_empty()
             || !self.removed_pins.is_empty()
+            || self.uplink.is_some()
     }
 }
 
@@ -125,10 +133,38 @@ pub fn reconcile(env: &mut Env<'_>, locked: &mut Locked) -> Result<Report, Recon
     }
     check_records(env, locked, &mut report)?;
     remove_orphans(env, locked, &mut report)?;
+    check_uplink(env, locked, &mut report)?;
     if report.changed() {
         info!(?report, "reconciled");
     }
     Ok(report)
+}
+
+/// Pod egress: the uplink's program and configuration (see
+/// [`egress::reconcile_uplink`]).
+fn check_uplink(
+    env: &mut Env<'_>,
+    locked: &mut Locked,
+    report: &mut Report,
+) -> Result<(), ReconcileError> {
+    let Some(mut node) = locked.state.node.clone() else {
+        return Ok(());
+    };
+    let Some(e) = node.egress.clone() else {
+        return Ok(());
+    };
+    let pins = Pins::new(&node.bpffs_dir);
+    if let Some((what, now)) =
+        egress::reconcile_uplink(&pins, env.node, &e, node.pod_cidr, node.attach_mode)?
+    {
+        if now != e {
+            node.egress = Some(now);
+            locked.state.node = Some(node);
+            locked.save()?;
+        }
+        report.uplink = Some(what);
+    }
+    Ok(())
 }
 
 /// Repairs or removes each recorded endpoint.
@@ -273,6 +309,8 @@ pub fn node_from_pins(pins: &Pins, pod_cidr: Ipv4Net) -> Result<NodeConfig, Endp
         bpffs_dir: pins.root().to_path_buf(),
         bpffs_mount: bpffs::mounted_on(pins.root()),
         attach_mode: datapath::attach_mode(),
+        // Needs the uplink's name: filled in by `from_kernel`.
+        egress: None,
     })
 }
 
@@ -325,7 +363,9 @@ pub fn from_kernel(
             cni: tag.cni,
         });
     }
-    locked.state.node = Some(node.clone());
+    // Egress lives in the EGRESS map but for the uplink's name.
+    let egress = egress::from_pins(&Pins::new(&node.bpffs_dir), env.node)?;
+    locked.state.node = Some(NodeConfig { egress, ..node });
     locked.state.endpoints = rebuilt
         .iter()
         .map(|r| (r.name.clone(), r.clone()))

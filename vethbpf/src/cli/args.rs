@@ -78,6 +78,9 @@ pub enum Command {
     Endpoint(EndpointCommand),
     /// Show node config, programs, maps and attachments.
     Status,
+    /// The NAT table of pod egress: list its flows, or flush it.
+    #[command(subcommand)]
+    Nat(NatCommand),
     /// Delete every endpoint and every pinned object: the node as before `up`.
     Down,
     /// Make state, maps, pinned links, links and routes agree again after a crash.
@@ -108,6 +111,37 @@ pub struct UpArgs {
     /// moment without a program).
     #[arg(long)]
     pub replace: bool,
+    /// Pod egress leaves through this interface, masqueraded behind its primary IPv4
+    /// address (default: the device of the node's IPv4 default route; with neither,
+    /// pods reach only the node and each other).
+    #[arg(long, value_name = "IFACE")]
+    pub uplink: Option<String>,
+    /// Destinations pods reach without NAT, never out of the uplink (default: the
+    /// pod CIDR).
+    #[arg(long, value_name = "CIDR")]
+    pub cluster_cidr: Option<Ipv4Net>,
+    /// Send pod egress out with the pods' own addresses (for networks that route the
+    /// pod CIDR to this node): tracked, not translated.
+    #[arg(long)]
+    pub no_masquerade: bool,
+    /// Ports (and ICMP identifiers) the NAT gives pod flows; must not overlap
+    /// net.ipv4.ip_local_port_range, whose ports are the node's own (default: every
+    /// port above that range).
+    #[arg(long, value_name = "FIRST-LAST")]
+    pub nat_ports: Option<vethbpf::egress::PortRange>,
+    /// The most pod flows the NAT tracks at once; a new flow beyond is dropped and
+    /// counted (nat_table_full) until flows expire or `vethbpf nat flush`.
+    #[arg(long, value_name = "N")]
+    pub nat_max_flows: Option<u32>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum NatCommand {
+    /// Every pod flow: protocol, pod address:port, what it was translated to, the
+    /// remote, state, age and idle time.
+    List,
+    /// Delete every flow (open connections of pods lose their mappings).
+    Flush,
 }
 
 #[derive(Subcommand, Debug)]

@@ -18,7 +18,13 @@ pub mod table;
 pub mod uplink;
 
 pub use ports::PortRange;
+use table::Table;
 
+use aya::programs::tc::{SchedClassifier, TcAttachType};
+use vethbpf_common::PROG_FROM_UPLINK;
+
+use crate::datapath::{self, AttachMode, BpfError, Pins};
+use crate::error::ErrorKind;
 use crate::kernel::netlink::{Netlink, NetlinkError};
 
 /// The largest flow limit `--nat-max-flows` takes (the NAT map preallocates two
@@ -101,6 +107,29 @@ pub enum EgressError {
     Netlink(#[from] NetlinkError),
     #[error(transparent)]
     Table(#[from] table::TableError),
+    #[error(transparent)]
+    Bpf(#[from] BpfError),
+}
+
+impl EgressError {
+    /// What kind of failure this is.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            EgressError::NoSuchUplink(_) => ErrorKind::NotFound,
+            EgressError::BadUplink(_)
+            | EgressError::NoUplink
+            | EgressError::ClusterCidr { .. }
+            | EgressError::MaxFlows(_) => ErrorKind::Usage,
+            EgressError::Ports(e) => e.kind(),
+            EgressError::NoAddress(_)
+            | EgressError::Change { .. }
+            | EgressError::AddressChanged { .. } => ErrorKind::Conflict,
+            EgressError::Netlink(e) => e.kind(),
+            EgressError::Table(e) => e.kind(),
+            EgressError::Bpf(e) => e.kind(),
+            EgressError::Random(_) => ErrorKind::Other,
+        }
+    }
 }
 
 /// A short description of egress settings, for messages and `status`.
@@ -221,6 +250,275 @@ pub fn keep(
         }
     }
     Ok(Some(cur.clone()))
+}
+
+/// Puts egress `e` into the kernel: the skip list first (the node's addresses as
+/// they are now: a pod's packet to one must never be masqueraded), then the
+/// `EGRESS` configuration, then `from_uplink` on the uplink if it is not there.
+/// Running it again changes nothing but a changed address list.
+pub(crate) fn apply(
+    pins: &Pins,
+    nl: &mut dyn Netlink,
+    pod_cidr: Ipv4Net,
+    e: Option<&Egress>,
+    mode: AttachMode,
+) -> Result<(), EgressError> {
+    let mut table = Table::open(pins)?;
+    table.sync_skip(&skip_entries(nl, pod_cidr, e)?)?;
+    table.set_config(&kernel_config(e, pod_cidr))?;
+    if let Some(e) = e {
+        attach_uplink(pins, &e.uplink, mode)?;
+    }
+    Ok(())
+}
+
+/// Attaches the pinned `from_uplink` to tc ingress of `uplink`, unless it is: a
+/// pinned TCX link, or in netlink mode vethbpf's filter, whose program is swapped in
+/// place.
+fn attach_uplink(pins: &Pins, uplink: &str, mode: AttachMode) -> Result<(), EgressError> {
+    match mode {
+        AttachMode::Tcx => {
+            if datapath::link_ids(pins, PROG_FROM_UPLINK, uplink).is_none() {
+                // A dead pin (the uplink was recreated) is replaced.
+                datapath::detach(pins, PROG_FROM_UPLINK, uplink)?;
+                datapath::attach(pins, PROG_FROM_UPLINK, uplink, mode)?;
+            }
+        }
+        AttachMode::Netlink => {
+            let path = pins.program(PROG_FROM_UPLINK);
+            let mut prog =
+                SchedClassifier::from_pin(&path).map_err(|source| BpfError::OpenProgram {
+                    path,
+                    source: Box::new(source),
+                })?;
+            if datapath::replace_filter(&mut prog, uplink).is_err() {
+                datapath::attach(pins, PROG_FROM_UPLINK, uplink, mode)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `reconcile`'s check of egress `e`: the uplink still there (its interface index
+/// followed if it was re-created), the `EGRESS` configuration and the skip list as
+/// they should be, `from_uplink` attached to it (TCX: the pinned link's program is
+/// among those the uplink runs). Returns what it fixed, and the egress as it is now
+/// (for the state file); `None` when all was well.
+pub(crate) fn reconcile_uplink(
+    pins: &Pins,
+    nl: &mut dyn Netlink,
+    e: &Egress,
+    pod_cidr: Ipv4Net,
+    mode: AttachMode,
+) -> Result<Option<(String, Egress)>, EgressError> {
+    let Some(link) = nl.link_by_name(&e.uplink)? else {
+        return Ok(Some((
+            format!(
+                "the uplink {} is gone: pod egress stops until it is back (then `vethbpf reconcile`)",
+                e.uplink
+            ),
+            e.clone(),
+        )));
+    };
+    let mut now = e.clone();
+    let mut fixes = Vec::new();
+    if link.index != e.uplink_ifindex {
+        now.uplink_ifindex = link.index;
+        fixes.push("interface index followed (the uplink was re-created)");
+    }
+    let mut table = Table::open(pins)?;
+    if table.sync_skip(&skip_entries(nl, pod_cidr, Some(&now))?)? {
+        fixes.push("node addresses updated in EGRESS_SKIP");
+    }
+    let want = kernel_config(Some(&now), pod_cidr);
+    if table.config()? != want {
+        table.set_config(&want)?;
+        fixes.push("EGRESS configuration written again");
+    }
+    let attached = match mode {
+        AttachMode::Tcx => {
+            datapath::link_ids(pins, PROG_FROM_UPLINK, &e.uplink).is_some_and(|(_, prog)| {
+                SchedClassifier::query_tcx(&e.uplink, TcAttachType::Ingress)
+                    .is_ok_and(|(_, progs)| progs.iter().any(|p| p.id() == prog))
+            })
+        }
+        // A filter has no pin to check against; `attach_uplink` swaps its program
+        // in place, or adds it.
+        AttachMode::Netlink => false,
+    };
+    if !attached {
+        if mode == AttachMode::Tcx {
+            datapath::detach(pins, PROG_FROM_UPLINK, &e.uplink)?;
+            fixes.push("from_uplink attached again");
+        }
+        attach_uplink(pins, &e.uplink, mode)?;
+    }
+    Ok((!fixes.is_empty()).then(|| (format!("uplink {}: {}", e.uplink, fixes.join(", ")), now)))
+}
+
+/// Takes `from_uplink` off the uplink (`down`, and undoing a failed `up`).
+pub(crate) fn detach_uplink(
+    pins: &Pins,
+    uplink: &str,
+    mode: AttachMode,
+) -> Result<(), EgressError> {
+    match mode {
+        AttachMode::Tcx => datapath::detach(pins, PROG_FROM_UPLINK, uplink)?,
+        AttachMode::Netlink => datapath::detach_filter(uplink)?,
+    }
+    Ok(())
+}
+
+/// The egress a node's pins say it has (for `reconcile --from-kernel`): the
+/// `EGRESS` map holds all of it but the uplink's name, which the interface index
+/// gives while the uplink exists.
+pub fn from_pins(pins: &Pins, nl: &mut dyn Netlink) -> Result<Option<Egress>, EgressError> {
+    if !pins.map(vethbpf_common::MAP_EGRESS).exists() {
+        return Ok(None);
+    }
+    let k = Table::open(pins)?.config()?;
+    if k.flags & EGRESS_F_ENABLED == 0 {
+        return Ok(None);
+    }
+    let Some(link) = nl.link_by_index(k.uplink_ifindex)? else {
+        tracing::warn!(
+            ifindex = k.uplink_ifindex,
+            "the uplink is gone: egress left off"
+        );
+        return Ok(None);
+    };
+    let addr = |v: u32| Ipv4Addr::from(vethbpf_common::ipv4_from_map(v));
+    let net = |a: u32, m: u32| Ipv4Net::with_netmask(addr(a), addr(m)).ok();
+    let Some(cluster_cidr) = net(k.cluster_net, k.cluster_mask) else {
+        return Ok(None);
+    };
+    Ok(Some(Egress {
+        uplink: link.name,
+        uplink_ifindex: k.uplink_ifindex,
+        nat_addr: addr(k.nat_addr),
+        cluster_cidr,
+        masquerade: k.flags & EGRESS_F_MASQUERADE != 0,
+        nat_ports: PortRange {
+            first: k.port_min,
+            last: k.port_max,
+        },
+        max_flows: k.max_flows,
+        hash_seed: k.hash_seed,
+    }))
+}
+
+/// `from_uplink` on the uplink, as `status` shows it (ids only for a TCX link).
+#[derive(Clone, Debug, Serialize)]
+pub struct UplinkAttachment {
+    pub uplink: String,
+    pub mode: &'static str,
+    pub link_id: Option<u32>,
+    pub program_id: Option<u32>,
+}
+
+/// Egress as `status` shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct EgressStatus {
+    pub enabled: bool,
+    /// Why it is off, or what needs attention.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub settings: Option<Egress>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attachment: Option<UplinkAttachment>,
+    /// Flows as the datapath last counted them, against the limit.
+    pub flows: u64,
+    pub max_flows: u32,
+    /// At the limit: new flows are dropped (`nat_table_full`) until flows expire or
+    /// `vethbpf nat flush`.
+    pub table_full: bool,
+    /// Entries of the NAT map (two per flow) and its capacity.
+    pub entries: usize,
+    pub capacity: Option<u32>,
+    pub gc_runs: u64,
+    pub gc_deleted: u64,
+    /// New flows dropped because the table was full, and for want of a free port.
+    pub nat_table_full_drops: u64,
+    pub nat_no_port_drops: u64,
+    /// The node's ephemeral ports now (they must stay clear of the NAT's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub local_ports: Option<PortRange>,
+}
+
+/// The egress part of `status`. `drops` are the summed `nat_table_full` and
+/// `drop_nat_no_port` counters.
+pub fn status(
+    pins: &Pins,
+    e: Option<&Egress>,
+    mode: AttachMode,
+    drops: (u64, u64),
+) -> Result<EgressStatus, EgressError> {
+    let local_ports = ports::local_range().ok();
+    let mut st = EgressStatus {
+        enabled: e.is_some(),
+        note: None,
+        settings: e.cloned(),
+        attachment: None,
+        flows: 0,
+        max_flows: e.map_or(0, |e| e.max_flows),
+        table_full: false,
+        entries: 0,
+        capacity: None,
+        gc_runs: 0,
+        gc_deleted: 0,
+        nat_table_full_drops: drops.0,
+        nat_no_port_drops: drops.1,
+        local_ports,
+    };
+    let Some(e) = e else {
+        st.note = Some(
+            "off: the node had no IPv4 default route at `up` and no --uplink was given".into(),
+        );
+        return Ok(st);
+    };
+    let ids = datapath::link_ids(pins, PROG_FROM_UPLINK, &e.uplink);
+    st.attachment = Some(UplinkAttachment {
+        uplink: e.uplink.clone(),
+        mode: mode.name(),
+        link_id: ids.map(|(l, _)| l),
+        program_id: ids.map(|(_, p)| p),
+    });
+    if pins.map(vethbpf_common::MAP_NAT).exists() {
+        let table = Table::open(pins)?;
+        let nat = table.state()?;
+        st.flows = nat.flows;
+        st.gc_runs = nat.gc_runs;
+        st.gc_deleted = nat.gc_deleted;
+        st.entries = table.entry_count();
+        st.capacity = table.capacity();
+    }
+    st.table_full = st.flows >= u64::from(e.max_flows);
+    let mut notes = Vec::new();
+    if st.table_full {
+        notes.push(format!(
+            "the NAT table is full ({} flows): new flows are dropped (nat_table_full) until flows expire or `vethbpf nat flush`",
+            st.flows
+        ));
+    }
+    if mode == AttachMode::Tcx && ids.is_none() {
+        notes.push(format!(
+            "from_uplink is not attached to {}: `vethbpf reconcile` attaches it",
+            e.uplink
+        ));
+    }
+    if let Some(local) = local_ports
+        && local.overlaps(e.nat_ports)
+    {
+        notes.push(format!(
+            "the node's ephemeral ports {local} (net.ipv4.ip_local_port_range) now overlap the NAT ports {}: narrow the sysctl again",
+            e.nat_ports
+        ));
+    }
+    if !notes.is_empty() {
+        st.note = Some(notes.join("; "));
+    }
+    Ok(st)
 }
 
 /// What `EGRESS_SKIP` must hold: every address of the node and the broadcast

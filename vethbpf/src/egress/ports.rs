@@ -66,6 +66,19 @@ pub enum PortsError {
     Read { path: String, reason: String },
 }
 
+impl PortsError {
+    /// What kind of failure this is.
+    pub fn kind(&self) -> crate::error::ErrorKind {
+        match self {
+            PortsError::Read { .. } => crate::error::ErrorKind::Other,
+            PortsError::Overlap { .. } | PortsError::NoDefault(_) => {
+                crate::error::ErrorKind::Conflict
+            }
+            _ => crate::error::ErrorKind::Usage,
+        }
+    }
+}
+
 impl FromStr for PortRange {
     type Err = PortsError;
     fn from_str(s: &str) -> Result<Self, PortsError> {

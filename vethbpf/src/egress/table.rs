@@ -18,6 +18,7 @@ use vethbpf_common::{
 };
 
 use crate::datapath::Pins;
+use crate::error::ErrorKind;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TableError {
@@ -36,6 +37,17 @@ pub enum TableError {
         #[source]
         source: MapError,
     },
+}
+
+impl TableError {
+    /// What kind of failure this is: a map that cannot be opened means the
+    /// datapath is gone (`up` loads it again).
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            TableError::Open { .. } => ErrorKind::NotUp,
+            TableError::Op { .. } => ErrorKind::Other,
+        }
+    }
 }
 
 fn open<T>(pins: &Pins, name: &'static str) -> Result<T, TableError>
@@ -140,10 +152,15 @@ impl Table {
         self.egress.get(&0, 0).map_err(op(MAP_EGRESS, "get"))
     }
 
-    /// Makes `EGRESS_SKIP` hold exactly `entries` (prefix -> `SKIP_*`).
-    pub fn sync_skip(&mut self, entries: &[(Ipv4Net, u32)]) -> Result<(), TableError> {
+    /// Makes `EGRESS_SKIP` hold exactly `entries` (prefix -> `SKIP_*`); whether it
+    /// changed anything.
+    pub fn sync_skip(&mut self, entries: &[(Ipv4Net, u32)]) -> Result<bool, TableError> {
+        let have: BTreeSet<(Ipv4Net, u32)> = self.skip_entries().into_iter().collect();
+        if have == entries.iter().copied().collect() {
+            return Ok(false);
+        }
         let want: BTreeSet<Ipv4Net> = entries.iter().map(|(n, _)| *n).collect();
-        for (net, _) in self.skip_entries() {
+        for (net, _) in have {
             if !want.contains(&net) {
                 match self.skip.remove(&skip_key(net)) {
                     Ok(()) => {}
@@ -157,7 +174,7 @@ impl Table {
                 .insert(&skip_key(*net), why, 0)
                 .map_err(op(MAP_EGRESS_SKIP, "insert"))?;
         }
-        Ok(())
+        Ok(true)
     }
 
     pub fn skip_entries(&self) -> Vec<(Ipv4Net, u32)> {
@@ -230,6 +247,15 @@ impl Table {
         self.remove_where(|_, e| e.ifindex == ifindex)
     }
 
+    /// [`Table::remove_endpoint_flows`] on the pinned table, if there is one (a node
+    /// brought up by a vethbpf without egress has none).
+    pub fn remove_endpoint_flows_at(pins: &Pins, ifindex: u32) -> Result<usize, TableError> {
+        if !pins.map(MAP_NAT).exists() {
+            return Ok(0);
+        }
+        Table::open(pins)?.remove_endpoint_flows(ifindex)
+    }
+
     /// Empties the NAT and fragment tables. Returns how many flows went.
     pub fn flush(&mut self) -> Result<usize, TableError> {
         let n = self.remove_where(|_, _| true)?;
@@ -260,6 +286,11 @@ impl Table {
 
     pub fn state(&self) -> Result<NatState, TableError> {
         self.state.get(&0, 0).map_err(op(MAP_NAT_STATE, "get"))
+    }
+
+    /// How many entries the NAT map has (two per flow).
+    pub fn entry_count(&self) -> usize {
+        self.nat.keys().filter(Result::is_ok).count()
     }
 
     /// The NAT map's capacity (entries; two per flow plus slack).
