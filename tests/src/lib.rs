@@ -554,7 +554,8 @@ impl TestNode {
     }
 
     /// [`TestNode::outside`] plus a far namespace behind the outside router, over a
-    /// link with MTU `far_mtu`; the router forwards between the two.
+    /// link whose router side has MTU `far_mtu` (the far side keeps 1500, so the
+    /// far server offers a full-size MSS); the router forwards between the two.
     pub fn outside_with_far(&self, far_mtu: u32) -> Outside {
         self.build_outside(Some(far_mtu))
     }
@@ -612,7 +613,7 @@ impl TestNode {
                 "ip",
                 [
                     "link", "add", "eth1", "mtu", &mtu, "netns", &out, "type", "veth", "peer",
-                    "name", "eth0", "mtu", &mtu, "netns", &far,
+                    "name", "eth0", "netns", &far,
                 ],
             );
             ns_must(&out, "ip", &["addr", "add", "172.31.0.1/24", "dev", "eth1"]);

@@ -14,7 +14,7 @@ use vethbpf_common::{
 use crate::datapath::maps::{Maps, MapsError};
 use crate::datapath::{self, BpfError, Pins};
 use crate::egress::table::TableError;
-use crate::egress::{self, Egress, EgressError, EgressRequest, EgressStatus};
+use crate::egress::{self, Egress, EgressCounters, EgressError, EgressRequest, EgressStatus};
 use crate::endpoint::{self, EndpointError, Env};
 use crate::error::ErrorKind;
 use crate::kernel::bpffs::{self, BpffsError};
@@ -416,14 +416,16 @@ pub fn status(locked: &Locked) -> Result<Status, NodeError> {
         });
     }
     let maps = Maps::open(&pins)?;
-    // New flows the NAT refused, over the node's own counters and every pod's.
-    let mut drops = (0, 0);
+    // New flows the NAT refused and the node's own packets on the uplink, over the
+    // node's counters (id 0) and every pod's.
+    let mut counters = EgressCounters::default();
     for id in std::iter::once(0).chain(locked.state.endpoints.values().map(|e| e.id)) {
         let c = maps.counters(id)?;
-        drops.0 += c[Verdict::NatTableFull as usize].packets;
-        drops.1 += c[Verdict::DropNatNoPort as usize].packets;
+        counters.nat_table_full += c[Verdict::NatTableFull as usize].packets;
+        counters.nat_no_port += c[Verdict::DropNatNoPort as usize].packets;
+        counters.uplink_passed += c[Verdict::UplinkPass as usize].packets;
     }
-    let egress = egress::status(&pins, node.egress.as_ref(), node.attach_mode, drops)?;
+    let egress = egress::status(&pins, node.egress.as_ref(), node.attach_mode, counters)?;
     let mut counts = maps.entry_counts().to_vec();
     if pins.map(vethbpf_common::MAP_NAT).exists() {
         counts.push((vethbpf_common::MAP_NAT, egress.entries));

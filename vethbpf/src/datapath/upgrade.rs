@@ -171,7 +171,7 @@ pub(crate) fn prepare(pins: &Pins, object: &[u8]) -> Result<(), BpfError> {
 /// array of this build's size and renames it over the pin.
 fn migrate_stats(pins: &Pins, object: &[u8], old_entries: u32) -> Result<(), BpfError> {
     let old_count = old_entries / MAX_ENDPOINTS;
-    if old_entries % MAX_ENDPOINTS != 0 || old_count == 0 || old_count > Verdict::COUNT {
+    if !old_entries.is_multiple_of(MAX_ENDPOINTS) || old_count == 0 || old_count > Verdict::COUNT {
         return Err(incompatible(
             MAP_STATS,
             format!(

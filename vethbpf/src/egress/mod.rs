@@ -441,18 +441,27 @@ pub struct EgressStatus {
     /// New flows dropped because the table was full, and for want of a free port.
     pub nat_table_full_drops: u64,
     pub nat_no_port_drops: u64,
+    /// Packets `from_uplink` handed to the node stack (the node's own traffic).
+    pub uplink_passed: u64,
     /// The node's ephemeral ports now (they must stay clear of the NAT's).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub local_ports: Option<PortRange>,
 }
 
-/// The egress part of `status`. `drops` are the summed `nat_table_full` and
-/// `drop_nat_no_port` counters.
+/// Counters `status` shows with egress, summed over the node and its pods.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct EgressCounters {
+    pub nat_table_full: u64,
+    pub nat_no_port: u64,
+    pub uplink_passed: u64,
+}
+
+/// The egress part of `status`.
 pub fn status(
     pins: &Pins,
     e: Option<&Egress>,
     mode: AttachMode,
-    drops: (u64, u64),
+    counters: EgressCounters,
 ) -> Result<EgressStatus, EgressError> {
     let local_ports = ports::local_range().ok();
     let mut st = EgressStatus {
@@ -467,8 +476,9 @@ pub fn status(
         capacity: None,
         gc_runs: 0,
         gc_deleted: 0,
-        nat_table_full_drops: drops.0,
-        nat_no_port_drops: drops.1,
+        nat_table_full_drops: counters.nat_table_full,
+        nat_no_port_drops: counters.nat_no_port,
+        uplink_passed: counters.uplink_passed,
         local_ports,
     };
     let Some(e) = e else {

@@ -27,7 +27,8 @@ pub struct PortRange {
 }
 
 impl PortRange {
-    pub fn len(self) -> u32 {
+    /// How many ports (never 0: a range has its first port).
+    pub fn count(self) -> u32 {
         u32::from(self.last) - u32::from(self.first) + 1
     }
     pub fn overlaps(self, other: PortRange) -> bool {
@@ -127,13 +128,13 @@ pub fn nat_range(requested: Option<PortRange>, local: PortRange) -> Result<PortR
                 first: local.last.saturating_add(1),
                 last: u16::MAX,
             };
-            if local.last == u16::MAX || r.len() < MIN_NAT_PORTS {
+            if local.last == u16::MAX || r.count() < MIN_NAT_PORTS {
                 return Err(PortsError::NoDefault(local));
             }
             r
         }
     };
-    if nat.first < 1024 || nat.len() < MIN_NAT_PORTS {
+    if nat.first < 1024 || nat.count() < MIN_NAT_PORTS {
         return Err(PortsError::TooSmall(nat));
     }
     if nat.overlaps(local) {
