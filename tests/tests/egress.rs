@@ -1020,3 +1020,95 @@ fn up_replace_migrates_counters_of_an_older_stats_map() {
         "{err}"
     );
 }
+
+#[test]
+fn reconcile_puts_back_a_lost_uplink_attachment() {
+    let w = World::new(&[], &["a"]);
+    assert_eq!(w.node.ping_from_pod("a", SERVER_IP, 1), Some(63));
+    // Someone removes the pinned link: the program leaves the uplink, replies stop.
+    let link = w.node.bpffs.join("links").join("from_uplink").join(UPLINK);
+    std::fs::remove_file(&link).expect("unpin the uplink link");
+    assert_eq!(w.node.ping_from_pod("a", SERVER_IP, 1), None, "replies need from_uplink");
+    let st = w.status();
+    assert!(
+        st["egress"]["note"]
+            .as_str()
+            .is_some_and(|n| n.contains("not attached")),
+        "{st}"
+    );
+    let report = w.node.json(&["reconcile"]);
+    assert!(
+        report["uplink"]
+            .as_str()
+            .is_some_and(|u| u.contains("attached again")),
+        "{report}"
+    );
+    assert!(link.exists());
+    assert_eq!(w.node.ping_from_pod("a", SERVER_IP, 1), Some(63));
+    // All well now: nothing more to do.
+    let again = w.node.json(&["reconcile"]);
+    assert!(again["uplink"].is_null(), "{again}");
+}
+
+/// The cls_bpf filters on tc ingress of the uplink: (pref, program id).
+fn uplink_filters(node: &TestNode) -> Vec<(u64, u64)> {
+    let out = must(
+        "tc",
+        ["-n", node.netns.as_str(), "-j", "filter", "show", "dev", UPLINK, "ingress"],
+    );
+    let v: serde_json::Value = serde_json::from_str(&out).expect("tc JSON");
+    v.as_array()
+        .expect("filters")
+        .iter()
+        .filter_map(|f| {
+            Some((
+                f["pref"].as_u64()?,
+                f.get("options")?["prog"]["id"].as_u64()?,
+            ))
+        })
+        .collect()
+}
+
+#[test]
+fn the_clsact_fallback_carries_egress_too() {
+    // Kernels without TCX get a cls_bpf filter on the uplink; forced here.
+    let node = TestNode::new();
+    let out = node.outside();
+    let run = |args: &[&str]| {
+        let r = node
+            .command(args)
+            .env("VETHBPF_TEST_ATTACH_MODE", "netlink")
+            .output()
+            .expect("run vethbpf");
+        assert!(r.status.success(), "{args:?}: {}", String::from_utf8_lossy(&r.stderr));
+        String::from_utf8_lossy(&r.stdout).into_owned()
+    };
+    run(&["up"]);
+    node.add("a", &[]);
+    let st = node.json(&["status"]);
+    let prog = |st: &serde_json::Value| {
+        st["programs"]
+            .as_array()
+            .and_then(|p| p.iter().find(|p| p["name"] == "from_uplink"))
+            .and_then(|p| p["id"].as_u64())
+            .expect("from_uplink's id")
+    };
+    let first = prog(&st);
+    assert_eq!(uplink_filters(&node), [(1, first)]);
+    assert_eq!(node.ping_from_pod("a", SERVER_IP, 2), Some(63));
+    let (port, server) = tcp_server(&out.path(), ip(SERVER_IP), 1);
+    let dst = SocketAddrV4::new(ip(SERVER_IP), port);
+    tcp_roundtrip(&netns(&node.pod("a")), dst, None, &pattern(1 << 20, 7));
+    server.join().expect("server");
+
+    // --replace swaps the filter's program in place: one filter, the new program.
+    let replaced = run(&["up", "--replace"]);
+    assert!(replaced.contains("program replaced"), "{replaced}");
+    let second = prog(&node.json(&["status"]));
+    assert_ne!(first, second);
+    assert_eq!(uplink_filters(&node), [(1, second)]);
+    assert_eq!(node.ping_from_pod("a", SERVER_IP, 1), Some(63));
+
+    run(&["down"]);
+    assert!(uplink_filters(&node).is_empty(), "down removed the filter");
+}

@@ -8,10 +8,11 @@
 //! - [`cni`]: the CNI plugin (ADD, DEL, CHECK, STATUS, GC) over the same calls as
 //!   the command line
 //! - [`node`] (`up`, `down`, `status`) and [`reconcile`]: the node's lifecycle
-//! - [`egress`]: pod egress: the uplink, NAT settings, the NAT table (`nat list`,
-//!   `nat flush`, the flows of a deleted endpoint)
 //! - [`endpoint`]: `endpoint add/del/list`, journalled, each step undone on failure
 //! - [`state`]: the state directory (lock, atomic writes, journal), IPAM, names
+//! - [`egress`]: pod egress: the uplink and NAT settings (kept in the state), the
+//!   uplink program's attachment, the NAT table (`nat list`, `nat flush`, the flows
+//!   of a deleted endpoint)
 //! - [`datapath`]: the embedded eBPF object: load, pin, replace, attach, maps
 //! - [`kernel`]: rtnetlink, network namespaces, the bpf file system
 //! - [`defaults`], [`error`] (what kind of failure an error is) and [`fault`]
