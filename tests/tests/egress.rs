@@ -1028,7 +1028,11 @@ fn reconcile_puts_back_a_lost_uplink_attachment() {
     // Someone removes the pinned link: the program leaves the uplink, replies stop.
     let link = w.node.bpffs.join("links").join("from_uplink").join(UPLINK);
     std::fs::remove_file(&link).expect("unpin the uplink link");
-    assert_eq!(w.node.ping_from_pod("a", SERVER_IP, 1), None, "replies need from_uplink");
+    assert_eq!(
+        w.node.ping_from_pod("a", SERVER_IP, 1),
+        None,
+        "replies need from_uplink"
+    );
     let st = w.status();
     assert!(
         st["egress"]["note"]
@@ -1054,7 +1058,16 @@ fn reconcile_puts_back_a_lost_uplink_attachment() {
 fn uplink_filters(node: &TestNode) -> Vec<(u64, u64)> {
     let out = must(
         "tc",
-        ["-n", node.netns.as_str(), "-j", "filter", "show", "dev", UPLINK, "ingress"],
+        [
+            "-n",
+            node.netns.as_str(),
+            "-j",
+            "filter",
+            "show",
+            "dev",
+            UPLINK,
+            "ingress",
+        ],
     );
     let v: serde_json::Value = serde_json::from_str(&out).expect("tc JSON");
     v.as_array()
@@ -1080,7 +1093,11 @@ fn the_clsact_fallback_carries_egress_too() {
             .env("VETHBPF_TEST_ATTACH_MODE", "netlink")
             .output()
             .expect("run vethbpf");
-        assert!(r.status.success(), "{args:?}: {}", String::from_utf8_lossy(&r.stderr));
+        assert!(
+            r.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&r.stderr)
+        );
         String::from_utf8_lossy(&r.stdout).into_owned()
     };
     run(&["up"]);

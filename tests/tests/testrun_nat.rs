@@ -802,6 +802,66 @@ fn tcp_replies_and_fins_are_tracked_in_both_entries() {
 }
 
 #[test]
+fn a_new_connection_takes_a_free_port_before_a_finished_ones() {
+    // A finished connection's port may still be in the remote's TIME_WAIT: a new SYN
+    // from it would stall. While ports are free, a new flow does not take it.
+    let mut f = Fixture::new();
+    let syn = Ip::new(
+        POD_A.ip,
+        REMOTE,
+        TCP,
+        tcp(POD_A.ip, REMOTE, 62030, 80, SYN, b""),
+    );
+    assert_eq!(f.pod(&from_pod_frame(POD_A, &syn)).ret, TC_ACT_REDIRECT);
+    assert_eq!(f.nat_port(POD_A, TCP, 62030, REMOTE, 80), 62030);
+    for (frame, prog) in [
+        (
+            uplink_frame(&Ip::new(
+                REMOTE,
+                NAT_IP,
+                TCP,
+                tcp(REMOTE, NAT_IP, 80, 62030, SYN | ACK, b""),
+            )),
+            PROG_FROM_UPLINK,
+        ),
+        (
+            from_pod_frame(
+                POD_A,
+                &Ip::new(
+                    POD_A.ip,
+                    REMOTE,
+                    TCP,
+                    tcp(POD_A.ip, REMOTE, 62030, 80, FIN | ACK, b""),
+                ),
+            ),
+            PROG_FROM_POD,
+        ),
+        (
+            uplink_frame(&Ip::new(
+                REMOTE,
+                NAT_IP,
+                TCP,
+                tcp(REMOTE, NAT_IP, 80, 62030, FIN | ACK, b""),
+            )),
+            PROG_FROM_UPLINK,
+        ),
+    ] {
+        assert_eq!(f.run(prog, &frame).ret, TC_ACT_REDIRECT);
+    }
+    f.become_pod(POD_B);
+    let syn_b = Ip::new(
+        POD_B.ip,
+        REMOTE,
+        TCP,
+        tcp(POD_B.ip, REMOTE, 62030, 80, SYN, b""),
+    );
+    assert_eq!(f.pod(&from_pod_frame(POD_B, &syn_b)).ret, TC_ACT_REDIRECT);
+    let port = f.nat_port(POD_B, TCP, 62030, REMOTE, 80);
+    assert_ne!(port, 62030, "a free port, not the finished connection's");
+    assert!((PORT_MIN..=PORT_MAX).contains(&port));
+}
+
+#[test]
 fn two_pods_with_the_same_source_port_to_the_same_server_get_separate_ports() {
     let mut f = Fixture::new();
     let a = open_udp(&f, POD_A, 62010, 53);

@@ -35,23 +35,14 @@ pub fn handle(ctx: &TcContext, ifindex: u32) -> Decision {
     let Some(ip) = l4::ip(ctx) else {
         return Decision::drop(Verdict::DropMalformed);
     };
-    if !routable(ip.daddr) || EGRESS_SKIP.get(Key::new(32, ip.daddr)).is_some() {
-        return Decision::pass();
-    }
-    if ip.ttl <= 1 {
-        return Decision::drop(Verdict::DropTtl);
-    }
-    match fib::fits(ctx, cfg.uplink_ifindex) {
-        Some(true) => {}
-        Some(false) => return Decision::drop(Verdict::DropTooBig),
-        // The uplink is gone: nothing to send it out of.
-        None => return Decision::pass(),
-    }
     let masq = cfg.flags & EGRESS_F_MASQUERADE != 0;
     let now = ktime();
 
     let (sport, dport, csum, ev) = if ip.is_later_fragment() {
         let Some((sport, dport)) = frag::ports(&ip, NAT_DIR_OUT, now) else {
+            if !is_egress(ip.daddr) {
+                return Decision::pass();
+            }
             return Decision::drop(Verdict::DropFragUnknown);
         };
         let ev = Event { set: 0, syn: false };
@@ -62,7 +53,10 @@ pub fn handle(ctx: &TcContext, ifindex: u32) -> Decision {
             return Decision::pass();
         };
         if ip.proto == IPPROTO_ICMP && l4.icmp_type != ICMP_ECHO {
-            if icmp::is_error(l4.icmp_type) {
+            if icmp::is_error(l4.icmp_type) && is_egress(ip.daddr) {
+                if let Some(refused) = leave_checks(ctx, &ip, cfg) {
+                    return refused;
+                }
                 return icmp_error(ctx, &ip, cfg, masq, now);
             }
             return Decision::pass();
@@ -86,6 +80,14 @@ pub fn handle(ctx: &TcContext, ifindex: u32) -> Decision {
         dir: NAT_DIR_OUT,
         _pad: [0; 2],
     };
+    // A tracked flow was classified when it began: its packets skip the skip list.
+    let found = nat::lookup(&key);
+    if found.is_none() && !is_egress(ip.daddr) {
+        return Decision::pass();
+    }
+    if let Some(refused) = leave_checks(ctx, &ip, cfg) {
+        return refused;
+    }
     let target = Target {
         addr: if masq { cfg.nat_addr } else { ip.saddr },
         min: cfg.port_min,
@@ -94,7 +96,16 @@ pub fn handle(ctx: &TcContext, ifindex: u32) -> Decision {
         seed: cfg.hash_seed,
     };
     let create = !csum.is_none();
-    let to = match nat::egress(&key, &target, ev, create, ifindex, cfg.max_flows, now) {
+    let to = match nat::egress(
+        &key,
+        found,
+        &target,
+        ev,
+        create,
+        ifindex,
+        cfg.max_flows,
+        now,
+    ) {
         Ok(to) => to,
         Err(verdict) => return Decision::drop(verdict),
     };
@@ -109,6 +120,27 @@ pub fn handle(ctx: &TcContext, ifindex: u32) -> Decision {
         return Decision::drop(Verdict::DropNatError);
     }
     send(masq, cfg)
+}
+
+/// Whether `daddr` is egress: routable, and no node address or cluster destination.
+#[inline(always)]
+fn is_egress(daddr: u32) -> bool {
+    routable(daddr) && EGRESS_SKIP.get(Key::new(32, daddr)).is_none()
+}
+
+/// What a router checks before it sends a packet on: the TTL, and the uplink's MTU.
+/// `Some(decision)` if the packet cannot go.
+#[inline(always)]
+fn leave_checks(ctx: &TcContext, ip: &Ip, cfg: &EgressConfig) -> Option<Decision> {
+    if ip.ttl <= 1 {
+        return Some(Decision::drop(Verdict::DropTtl));
+    }
+    match fib::fits(ctx, cfg.uplink_ifindex) {
+        Some(true) => None,
+        Some(false) => Some(Decision::drop(Verdict::DropTooBig)),
+        // The uplink is gone: nothing to send it out of.
+        None => Some(Decision::pass()),
+    }
 }
 
 /// An ICMP error from the pod about a reply it received (port unreachable, ...):

@@ -111,19 +111,18 @@ fn handle(ctx: &TcContext) -> (u32, Decision) {
 /// of a pod flow, or `None`.
 #[inline(always)]
 fn reply(ctx: &TcContext, cfg: &EgressConfig, ip: &Ip, masq: bool) -> Option<(u32, Decision)> {
-    let now = ktime();
     let in_range = |port: u16| {
         let p = u16::from_be(port);
         !masq || (cfg.port_min <= p && p <= cfg.port_max)
     };
     let (sport, dport, csum, tcp_flags) = if ip.is_later_fragment() {
-        let (sport, dport) = frag::ports(ip, NAT_DIR_IN, now)?;
+        let (sport, dport) = frag::ports(ip, NAT_DIR_IN, ktime())?;
         (sport, dport, L4Csum::NONE, 0)
     } else {
         let l4 = l4::l4(ctx, ip.proto)?;
         let (sport, dport) = if ip.proto == IPPROTO_ICMP {
             if icmp::is_error(l4.icmp_type) {
-                return icmp_error(ctx, cfg, ip, masq, now);
+                return icmp_error(ctx, cfg, ip, masq, ktime());
             }
             if l4.icmp_type != ICMP_ECHO_REPLY {
                 return None;
@@ -134,10 +133,12 @@ fn reply(ctx: &TcContext, cfg: &EgressConfig, ip: &Ip, masq: bool) -> Option<(u3
         };
         (sport, dport, l4.csum, l4.tcp_flags)
     };
-    // The NAT uses its range only: other ports are the node's own, without a lookup.
+    // The NAT uses its range only: other ports are the node's own, without a lookup
+    // (or even a clock read).
     if !in_range(dport) {
         return None;
     }
+    let now = ktime();
     let key = NatKey {
         saddr: ip.saddr,
         daddr: ip.daddr,

@@ -99,11 +99,20 @@ fn forward_of(rev: &NatKey, e: &NatEntry) -> (NatKey, NatEntry) {
     )
 }
 
-/// The translation of a packet of the pod flow `key` (forward direction), creating
-/// the flow if it is new (and `create`: later fragments never create one).
+/// The forward entry of the pod flow `key`, if there is one (for [`egress`]).
 #[inline(always)]
+pub fn lookup(key: &NatKey) -> Option<*mut NatEntry> {
+    NAT.get_ptr_mut(key)
+}
+
+/// The translation of a packet of the pod flow `key` (forward direction; `found` is
+/// its entry from [`lookup`]), creating the flow if it is new (and `create`: later
+/// fragments never create one).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
 pub fn egress(
     key: &NatKey,
+    found: Option<*mut NatEntry>,
     target: &Target,
     ev: Event,
     create: bool,
@@ -112,7 +121,7 @@ pub fn egress(
     now: u64,
 ) -> Result<Xlate, Verdict> {
     let mut replace = None;
-    if let Some(e) = NAT.get_ptr_mut(key) {
+    if let Some(e) = found {
         // SAFETY: a NAT map value, valid for the program run.
         let (live, closed) = unsafe {
             (
@@ -254,6 +263,7 @@ struct Search {
     min: u16,
     range: u32,
     start: u32,
+    /// Whether a finished TCP flow's port may be taken over.
     syn: bool,
     /// The port taken (network order), with [`FOUND`] set; 0 while searching.
     found: u32,
@@ -291,15 +301,31 @@ fn allocate(key: &NatKey, target: &Target, syn: bool, ifindex: u32, now: u64) ->
         syn,
         found: 0,
     };
+    // First a port nobody holds: one a finished connection left may still be in the
+    // remote's TIME_WAIT for that tuple, where a new SYN is answered with an ACK and
+    // the connection stalls until a retransmit. Only when no port is free does a new
+    // TCP connection take over a finished one's (`search.syn`, second pass).
+    search.syn = false;
     let own = u16::from_be(key.sport);
     if target.identity || (target.min <= own && own <= target.max) {
-        if claim(&search.rkey, &search.rval, syn, now) {
+        if claim(&search.rkey, &search.rval, target.identity && syn, now) {
             return Some(key.sport);
         }
         if target.identity {
             return None;
         }
     }
+    search_ports(&mut search);
+    if search.found & FOUND == 0 && syn {
+        search.syn = true;
+        search_ports(&mut search);
+    }
+    (search.found & FOUND != 0).then_some(search.found as u16)
+}
+
+/// Up to [`RETRIES`] candidates of `search`.
+#[inline(always)]
+fn search_ports(search: &mut Search) {
     // bpf_loop: the verifier checks the callback once, not once per iteration (a
     // plain loop of this many map operations costs it half a million instructions).
     // SAFETY: a plain helper call; `search` outlives it.
@@ -307,11 +333,10 @@ fn allocate(key: &NatKey, target: &Target, syn: bool, ifindex: u32, now: u64) ->
         bpf_loop(
             RETRIES,
             try_port as *mut c_void,
-            (&raw mut search).cast(),
+            (search as *mut Search).cast(),
             0,
         );
     }
-    (search.found & FOUND != 0).then_some(search.found as u16)
 }
 
 /// One candidate of the port search (a `bpf_loop` callback): 1 stops the loop.

@@ -193,7 +193,7 @@ pub fn run(object: &Path, total_runs: u32, progress: &mut dyn FnMut(&str)) -> Re
     })
 }
 
-fn path_cost(
+pub(super) fn path_cost(
     path: &'static str,
     expected: u32,
     verdicts: Vec<u32>,
@@ -215,7 +215,7 @@ fn path_cost(
 }
 
 /// `calls` TEST_RUN calls of `repeat` repetitions: per-call mean ns, distinct verdicts.
-fn sample(
+pub(super) fn sample(
     prog: &SchedClassifier,
     frame: &[u8],
     repeat: u32,
@@ -244,7 +244,7 @@ fn sample(
 
 /// The harness floor: a two-instruction tc program (`r0 = 0; exit`) loaded with
 /// the raw bpf(2) syscall (aya loads only ELF objects) and test-run like the paths.
-fn empty_program_ns(calls: usize) -> Result<f64> {
+pub(super) fn empty_program_ns(calls: usize) -> Result<f64> {
     // struct bpf_insn: code, dst:4|src:4, off, imm.
     #[repr(C)]
     struct Insn {
