@@ -1129,3 +1129,27 @@ fn the_clsact_fallback_carries_egress_too() {
     run(&["down"]);
     assert!(uplink_filters(&node).is_empty(), "down removed the filter");
 }
+
+#[test]
+fn reconcile_from_kernel_rebuilds_the_egress_settings() {
+    let w = World::new(
+        &["--nat-max-flows", "5000", "--cluster-cidr", "10.0.0.0/8"],
+        &["a"],
+    );
+    let state_path = w.node.state.join("state.json");
+    let good: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&state_path).expect("state")).expect("json");
+    assert_eq!(good["node"]["egress"]["max_flows"], 5000, "{good}");
+    std::fs::write(&state_path, b"lost").expect("corrupt the state");
+    w.node.ok(&["reconcile", "--from-kernel"]);
+    let now: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&state_path).expect("state")).expect("json");
+    assert_eq!(
+        now["node"]["egress"], good["node"]["egress"],
+        "egress rebuilt from EGRESS"
+    );
+    assert_eq!(w.node.ping_from_pod("a", SERVER_IP, 1), Some(63));
+    // And kept by the next up.
+    let again = w.node.ok(&["up"]);
+    assert!(again.contains("max 5000 flows"), "{again}");
+}

@@ -101,10 +101,19 @@ fn counters(node: &TestNode, pod: &str) -> Counters {
     m.insert("forward".into(), pb(&c["forwarded"]));
     m.insert("arp_reply".into(), pb(&c["arp_replies"]));
     m.insert("pass".into(), pb(&c["passed"]));
+    m.insert("masquerade".into(), pb(&c["masqueraded"]));
+    m.insert("egress".into(), pb(&c["egress"]));
+    m.insert("rev_nat".into(), pb(&c["rev_nat"]));
+    m.insert("rev_nat_icmp".into(), pb(&c["rev_nat_icmp"]));
     for (k, v) in c["drops"].as_object().expect("drops") {
         m.insert(k.clone(), pb(v));
     }
-    assert_eq!(m.len(), 8, "every verdict is listed: {c}");
+    // Every verdict but uplink_pass, which is the node's (counted under id 0).
+    assert_eq!(
+        m.len(),
+        vethbpf_common::Verdict::COUNT as usize - 1,
+        "every verdict is listed: {c}"
+    );
     m
 }
 
