@@ -35,8 +35,9 @@ With -o json, a failure prints one JSON object on stderr:
     long_about = "vethbpf connects network namespaces (\"pods\") on this node through veth pairs \
 and a tc ingress eBPF program on each host-side veth. The program answers ARP for the pods' \
 gateway, looks destinations up in an LPM map and hands packets straight into the destination \
-pod with bpf_redirect_peer. Programs, maps and links are pinned in bpffs, so the datapath keeps \
-running when vethbpf exits.\n\nStart with `vethbpf demo` to see it work in a throwaway namespace.\n\
+pod with bpf_redirect_peer; traffic for the outside world leaves through the node's uplink, \
+tracked and masqueraded, and a second program on the uplink translates the replies back. \
+Programs, maps and links are pinned in bpffs, so the datapath keeps running when vethbpf exits.\n\nStart with `vethbpf demo` to see it work in a throwaway namespace.\n\
 All commands act on the network namespace vethbpf runs in (the node) and need root.",
     after_help = EXIT_STATUS
 )]
@@ -76,7 +77,7 @@ pub enum Command {
     /// Add, delete or list endpoints (pods).
     #[command(subcommand)]
     Endpoint(EndpointCommand),
-    /// Show node config, programs, maps and attachments.
+    /// Show node config, programs, maps, attachments and egress (NAT table).
     Status,
     /// The NAT table of pod egress: list its flows, or flush it.
     #[command(subcommand)]
