@@ -993,7 +993,9 @@ fn up_replace_migrates_counters_of_an_older_stats_map() {
 
     // A map whose value layout changed cannot be migrated: refused, named.
     let config = w.node.bpffs.join("maps").join("CONFIG");
-    std::fs::remove_file(&config).expect("unpin CONFIG");
+    // The real one is kept under another name, and put back for `down`.
+    let kept = w.node.bpffs.join("maps").join("CONFIG_kept");
+    std::fs::rename(&config, &kept).expect("move the CONFIG pin aside");
     must(
         "bpftool",
         [
@@ -1019,6 +1021,9 @@ fn up_replace_migrates_counters_of_an_older_stats_map() {
         err.contains("CONFIG") && err.contains("vethbpf down"),
         "{err}"
     );
+    std::fs::remove_file(&config).expect("unpin the impostor");
+    std::fs::rename(&kept, &config).expect("put CONFIG back");
+    w.node.ok(&["status"]);
 }
 
 #[test]

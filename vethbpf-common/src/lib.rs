@@ -103,11 +103,12 @@ pub enum Verdict {
     /// ARP request answered with the gateway MAC.
     ArpReply = 1,
     /// Handed to the node stack (`TC_ACT_OK`): unknown destination, ARP replies,
-    /// ARP for the pod's own address, IPv4 with options, non-IPv4 traffic.
+    /// ARP for the pod's own address, ARP probes (duplicate address detection, from
+    /// 0.0.0.0), IPv4 with options, untagged non-IPv4 traffic.
     Pass = 2,
     /// IPv4 whose source is not the pod's address.
     DropSpoof = 3,
-    /// ARP whose sender address is not the pod's address.
+    /// ARP whose sender address is not the pod's address (a probe's 0.0.0.0 aside).
     DropArpSpoof = 4,
     /// IPv4 to a local endpoint with TTL <= 1.
     DropTtl = 5,
@@ -115,37 +116,44 @@ pub enum Verdict {
     DropMalformed = 6,
     /// Frame on an interface with no endpoint entry (or no node config).
     DropNoEndpoint = 7,
+    /// VLAN-tagged frame (802.1Q or 802.1ad, tag stripped into the skb or still in the
+    /// frame, QinQ included): a pod must never put a tagged frame onto another pod.
+    DropVlan = 8,
+    /// IPv4 header (without options) whose checksum does not verify.
+    DropCsum = 9,
+    /// ICMP echo request to the gateway address answered with an echo reply.
+    EchoReply = 10,
     /// IPv4 to the outside: source translated to the node address, sent out of the
     /// uplink (`from_pod`).
-    Masquerade = 8,
+    Masquerade = 11,
     /// IPv4 to the outside with `--no-masquerade`: tracked, sent out of the uplink
     /// with the pod's own source (`from_pod`).
-    Egress = 9,
+    Egress = 12,
     /// A reply of a pod's flow: translated back and delivered into the pod
     /// (`from_uplink`).
-    RevNat = 10,
+    RevNat = 13,
     /// An ICMP error about a pod's flow: translated inside and out (RFC 5508) and
     /// delivered into the pod (`from_uplink`).
-    RevNatIcmp = 11,
+    RevNatIcmp = 14,
     /// A new flow while the NAT table is at its flow limit.
-    NatTableFull = 12,
+    NatTableFull = 15,
     /// A new flow for which no free NAT port was found within the retries.
-    DropNatNoPort = 13,
+    DropNatNoPort = 16,
     /// A non-first fragment of a datagram whose first fragment was not seen.
-    DropFragUnknown = 14,
+    DropFragUnknown = 17,
     /// Egress larger than the uplink's MTU.
-    DropTooBig = 15,
+    DropTooBig = 18,
     /// `from_uplink`: traffic of the node itself, handed to its stack.
-    UplinkPass = 16,
+    UplinkPass = 19,
     /// `from_uplink`: a packet for a pod address that is no reply to a pod's flow.
-    DropUnsolicited = 17,
+    DropUnsolicited = 20,
     /// A packet rewrite helper failed (the packet was left half-translated).
-    DropNatError = 18,
+    DropNatError = 21,
 }
 
 impl Verdict {
     /// Number of verdicts: the stride of the `STATS` array.
-    pub const COUNT: u32 = 19;
+    pub const COUNT: u32 = 22;
     pub const ALL: [Verdict; Self::COUNT as usize] = [
         Verdict::Forward,
         Verdict::ArpReply,
@@ -155,6 +163,9 @@ impl Verdict {
         Verdict::DropTtl,
         Verdict::DropMalformed,
         Verdict::DropNoEndpoint,
+        Verdict::DropVlan,
+        Verdict::DropCsum,
+        Verdict::EchoReply,
         Verdict::Masquerade,
         Verdict::Egress,
         Verdict::RevNat,
@@ -179,6 +190,9 @@ impl Verdict {
             Verdict::DropTtl => "drop_ttl",
             Verdict::DropMalformed => "drop_malformed",
             Verdict::DropNoEndpoint => "drop_no_endpoint",
+            Verdict::DropVlan => "drop_vlan",
+            Verdict::DropCsum => "drop_csum",
+            Verdict::EchoReply => "echo_reply",
             Verdict::Masquerade => "masquerade",
             Verdict::Egress => "egress",
             Verdict::RevNat => "rev_nat",
@@ -201,6 +215,8 @@ impl Verdict {
                 | Verdict::DropTtl
                 | Verdict::DropMalformed
                 | Verdict::DropNoEndpoint
+                | Verdict::DropVlan
+                | Verdict::DropCsum
                 | Verdict::NatTableFull
                 | Verdict::DropNatNoPort
                 | Verdict::DropFragUnknown

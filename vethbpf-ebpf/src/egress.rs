@@ -14,7 +14,7 @@ use crate::{
     csum::L4Csum,
     fib, frag,
     hdr::{ETH_HLEN, Ipv4Hdr, linear, ptr_at},
-    icmp, ipv4,
+    icmp_error, ipv4,
     l4::{self, ICMP_ECHO, Ip, L4_OFF},
     maps::{EGRESS, EGRESS_SKIP},
     nat::{self, Event, Target, Xlate},
@@ -53,7 +53,7 @@ pub fn handle(ctx: &TcContext, ifindex: u32) -> Decision {
             return Decision::pass();
         };
         if ip.proto == IPPROTO_ICMP && l4.icmp_type != ICMP_ECHO {
-            if icmp::is_error(l4.icmp_type) && is_egress(ip.daddr) {
+            if icmp_error::is_error(l4.icmp_type) && is_egress(ip.daddr) {
                 if let Some(refused) = leave_checks(ctx, &ip, cfg) {
                     return refused;
                 }
@@ -147,7 +147,7 @@ fn leave_checks(ctx: &TcContext, ip: &Ip, cfg: &EgressConfig) -> Option<Decision
 /// translated (RFC 5508) and sent if the reply belongs to one of its flows.
 #[inline(always)]
 fn icmp_error(ctx: &TcContext, ip: &Ip, cfg: &EgressConfig, masq: bool, now: u64) -> Decision {
-    let Some(inner) = icmp::inner(ctx) else {
+    let Some(inner) = icmp_error::inner(ctx) else {
         return Decision::pass();
     };
     let key = NatKey {
@@ -173,7 +173,7 @@ fn icmp_error(ctx: &TcContext, ip: &Ip, cfg: &EgressConfig, masq: bool, now: u64
         addr: inner.daddr,
         port: inner.dport,
     };
-    if masq && icmp::translate(ctx, &inner, false, from, to).is_err() {
+    if masq && icmp_error::translate(ctx, &inner, false, from, to).is_err() {
         return Decision::drop(Verdict::DropNatError);
     }
     send(masq, cfg)

@@ -19,8 +19,8 @@ use crate::{
     csum::L4Csum,
     egress::ktime,
     frag,
-    hdr::{ETH_HLEN, ETH_P_IP, EthHdr, Ipv4Hdr, linear, mac_words, ptr_at},
-    icmp, ipv4,
+    hdr::{ETH_HLEN, ETH_P_IP, EthHdr, Ipv4Hdr, copy_mac, ipv4_addr, linear, ptr_at},
+    icmp_error, ipv4,
     l4::{self, ICMP_ECHO_REPLY, Ip, L4_OFF},
     maps::{CONFIG, EGRESS, ENDPOINTS},
     nat::{self, Event, Xlate},
@@ -74,7 +74,7 @@ fn handle(ctx: &TcContext) -> (u32, Decision) {
         return PASS;
     }
     // SAFETY: bounds-checked above; read only.
-    let daddr = unsafe { core::ptr::addr_of!((*iph).daddr).read_unaligned() };
+    let daddr = ipv4_addr(unsafe { &(*iph).dst_addr });
     let masq = cfg.flags & EGRESS_F_MASQUERADE != 0;
     let for_pod = daddr & cfg.pod_mask == cfg.pod_net;
     if !(for_pod || (masq && daddr == cfg.nat_addr)) {
@@ -121,7 +121,7 @@ fn reply(ctx: &TcContext, cfg: &EgressConfig, ip: &Ip, masq: bool) -> Option<(u3
     } else {
         let l4 = l4::l4(ctx, ip.proto)?;
         let (sport, dport) = if ip.proto == IPPROTO_ICMP {
-            if icmp::is_error(l4.icmp_type) {
+            if icmp_error::is_error(l4.icmp_type) {
                 return icmp_error(ctx, cfg, ip, masq, ktime());
             }
             if l4.icmp_type != ICMP_ECHO_REPLY {
@@ -175,7 +175,7 @@ fn icmp_error(
     masq: bool,
     now: u64,
 ) -> Option<(u32, Decision)> {
-    let inner = icmp::inner(ctx)?;
+    let inner = icmp_error::inner(ctx)?;
     // The embedded packet left this node from the address the error came to.
     if inner.saddr != ip.daddr {
         return None;
@@ -202,7 +202,7 @@ fn icmp_error(
         port: inner.sport,
     };
     Some(deliver(ctx, ip, to, ifindex, Verdict::RevNatIcmp, |ctx| {
-        icmp::translate(ctx, &inner, true, from, to)
+        icmp_error::translate(ctx, &inner, true, from, to)
     }))
 }
 
@@ -242,8 +242,8 @@ fn deliver(
     // SAFETY: bounds-checked just above; no helper runs while they are used.
     unsafe {
         ipv4::decrease_ttl(&mut *iph);
-        (*eth).dst = mac_words(&ep.mac);
-        (*eth).src = mac_words(&cfg.gateway_mac);
+        copy_mac(&mut (*eth).dst_addr, &ep.mac);
+        copy_mac(&mut (*eth).src_addr, &cfg.gateway_mac);
     }
     if xlate(ctx).is_err() {
         return (ep.id, Decision::drop(Verdict::DropNatError));

@@ -9,15 +9,16 @@
 //! - [`maps`]: every map, named as in `vethbpf-common`
 //! - [`lxc`]: the pod side: endpoint lookup, EtherType dispatch, source check, routing
 //! - [`arp`]: answers the pod's ARP requests with the gateway MAC
+//! - [`icmp`]: answers the pod's pings to the gateway address
 //! - [`ipv4`]: IPv4 header checks and the TTL decrement
 //! - [`l3`]: local delivery to another endpoint with `bpf_redirect_peer`
 //! - [`stats`]: the verdict/action pair and per-CPU counters
-//! - [`hdr`]: header layouts and bounds-checked packet access
+//! - [`hdr`]: network-types header layouts, word accessors, bounds-checked access
 //! - [`egress`]: pod traffic to the outside: classification, tracking, NAT, out
 //! - [`host`]: the uplink side: replies and ICMP errors of pod flows into the pod
 //! - [`nat`]: NAT mappings (forward/reverse entries, port allocation), rewrite
 //! - [`conntrack`]: flow state, timeouts, the pair kept in step, garbage collection
-//! - [`icmp`]: ICMP error translation (RFC 5508)
+//! - [`icmp_error`]: ICMP error translation (RFC 5508)
 //! - [`frag`]: ports of fragmented datagrams
 //! - [`fib`]: out of the uplink through the kernel's route and neighbour tables
 //! - [`l4`]: the IPv4/L4 fields tracking works on
@@ -40,6 +41,7 @@ mod frag;
 mod hdr;
 mod host;
 mod icmp;
+mod icmp_error;
 mod ipv4;
 mod l3;
 mod l4;

@@ -138,6 +138,8 @@ pub fn up(
     object: &[u8],
     nl: &mut dyn Netlink,
 ) -> Result<UpReport, NodeError> {
+    // Before anything is mounted or read: a binary without the datapath can do no `up`.
+    datapath::check_object(object)?;
     bpffs::check_lasting(&req.bpffs_dir)?;
     if req.pod_cidr.contains(&req.gateway) {
         return Err(NodeError::GatewayInCidr {

@@ -108,7 +108,15 @@ pub fn endpoints(out: Output, list: &[EndpointView]) -> Result<()> {
 fn endpoint_table(list: &[EndpointView], counters: bool) {
     let mut header = vec!["NAME", "IP", "POD MAC", "HOST VETH", "NETNS"];
     if counters {
-        header.extend(["FORWARDED", "ARP", "PASSED", "EGRESS", "REPLIES", "DROPPED"]);
+        header.extend([
+            "FORWARDED",
+            "ARP",
+            "ECHO",
+            "PASSED",
+            "EGRESS",
+            "REPLIES",
+            "DROPPED",
+        ]);
     }
     let rows: Vec<Vec<String>> = list
         .iter()
@@ -130,6 +138,7 @@ fn endpoint_table(list: &[EndpointView], counters: bool) {
                 row.extend([
                     format!("{}p/{}B", c.forwarded.packets, c.forwarded.bytes),
                     c.arp_replies.packets.to_string(),
+                    c.echo_replies.packets.to_string(),
                     format!("{}p/{}B", c.passed.packets, c.passed.bytes),
                     format!(
                         "{}p/{}B",

@@ -26,11 +26,21 @@ fn mkdirs(pins: &Pins) -> Result<(), BpfError> {
     Ok(())
 }
 
+/// Fails with [`BpfError::NoObject`] when `object` is the empty placeholder that
+/// build.rs embeds in a build made before the eBPF object existed.
+pub(crate) fn check_object(object: &[u8]) -> Result<(), BpfError> {
+    if object.is_empty() {
+        return Err(BpfError::NoObject);
+    }
+    Ok(())
+}
+
 /// Loads `object` with its maps bound to the pins under `pins` (created and pinned
 /// if missing, reused if there: pins of another version are checked and migrated
 /// first), and its programs through the verifier. A NAT map made here holds
 /// `nat_flows` flows.
 fn load_object(pins: &Pins, object: &[u8], nat_flows: u32) -> Result<aya::Ebpf, BpfError> {
+    check_object(object)?;
     super::upgrade::prepare(pins, object)?;
     let map_paths: Vec<(&str, PathBuf)> = ALL_MAPS.iter().map(|m| (*m, pins.map(m))).collect();
     let mut loader = EbpfLoader::new();

@@ -32,7 +32,7 @@ use vethbpf_common::{
 
 use super::{
     measure,
-    progcost::{self, BATCH, PathCost},
+    progcost::{self, BATCH},
     report::{self, DpSample, DpSummary, Table, Target},
     stats,
     sys::{self, Teardown, in_ns, ip, netns_add},
@@ -56,6 +56,46 @@ pub struct PathCheck {
     pub contender: &'static str,
     pub check: String,
     pub ok: bool,
+}
+
+/// One path's cost under BPF_PROG_TEST_RUN.
+#[derive(Clone, Debug, Serialize)]
+pub struct PathCost {
+    pub path: &'static str,
+    pub expected_action: u32,
+    /// tc actions returned over all calls (all must equal `expected_action`).
+    pub actions: Vec<u32>,
+    /// Repetitions per call.
+    pub repeat: u32,
+    /// One sample per call: the kernel's mean ns per repetition.
+    pub ns_per_packet: Vec<f64>,
+    pub raw_median_ns: f64,
+    /// Per-call timer overhead subtracted (single-repetition paths only).
+    pub overhead_ns: f64,
+    /// The figure: raw median minus overhead; NaN if an action was not the path's.
+    pub median_ns: f64,
+}
+
+fn path_cost(
+    path: &'static str,
+    expected_action: u32,
+    actions: Vec<u32>,
+    repeat: u32,
+    ns: Vec<f64>,
+    overhead_ns: f64,
+) -> PathCost {
+    let raw = stats::median(&ns);
+    let right = actions == [expected_action];
+    PathCost {
+        path,
+        expected_action,
+        actions,
+        repeat,
+        ns_per_packet: ns,
+        raw_median_ns: raw,
+        overhead_ns,
+        median_ns: if right { raw - overhead_ns } else { f64::NAN },
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -584,20 +624,20 @@ fn testrun(
     let single = (total_runs / 100).clamp(1000, 20000) as usize;
 
     let (ns, v) = progcost::sample(from_uplink, &node_pkt, BATCH, batched)?;
-    let node_path = progcost::path_cost("uplink_node_packet", TC_ACT_OK, v, BATCH, ns, 0.0);
+    let node_path = path_cost("uplink_node_packet", TC_ACT_OK, v, BATCH, ns, 0.0);
     let (ns1, _) = progcost::sample(from_uplink, &node_pkt, 1, single)?;
     let overhead = (stats::median(&ns1) - node_path.raw_median_ns).max(0.0);
     let (ns, v) = progcost::sample(from_pod, &masq, 1, single)?;
-    let masq_path = progcost::path_cost("masquerade", TC_ACT_REDIRECT, v, 1, ns, overhead);
+    let masq_path = path_cost("masquerade", TC_ACT_REDIRECT, v, 1, ns, overhead);
     let (ns, v) = progcost::sample(from_uplink, &reply, 1, single)?;
-    let rev_path = progcost::path_cost("reverse_nat", TC_ACT_REDIRECT, v, 1, ns, overhead);
+    let rev_path = path_cost("reverse_nat", TC_ACT_REDIRECT, v, 1, ns, overhead);
     let paths = vec![masq_path, rev_path, node_path];
     for p in &paths {
         progress(&format!(
-            "  {:<20} verdicts {:?} (expected {}) {:.1} ns/packet ({} x {} repetitions)",
+            "  {:<20} actions {:?} (expected {}) {:.1} ns/packet ({} x {} repetitions)",
             p.path,
-            p.verdicts,
-            p.expected_verdict,
+            p.actions,
+            p.expected_action,
             p.median_ns,
             p.ns_per_packet.len(),
             p.repeat
@@ -783,7 +823,7 @@ pub fn render(r: &EgressResults) -> String {
         for p in &tr.paths {
             t.row(vec![
                 p.path.into(),
-                format!("{:?}", p.verdicts),
+                format!("{:?}", p.actions),
                 num(p.median_ns, 1),
                 num(p.raw_median_ns, 1),
                 num(p.overhead_ns, 1),
