@@ -641,3 +641,157 @@ pub fn eth(dst: [u8; 6], src: [u8; 6], ether_type: u16, payload: &[u8]) -> Vec<u
     f.extend_from_slice(payload);
     f
 }
+
+/// The node's address on its uplink in [`TestNode::outside`]: the masquerade
+/// address.
+pub const UPLINK_NODE_IP: &str = "172.30.0.2";
+/// The outside router's address on the uplink: the node's default gateway.
+pub const ROUTER_IP: &str = "172.30.0.1";
+/// A server address of the outside namespace (on its `lo`).
+pub const SERVER_IP: &str = "198.51.100.10";
+/// A server one hop behind the outside router (on the far namespace's `lo`).
+pub const FAR_SERVER_IP: &str = "203.0.113.10";
+/// The node's uplink interface in [`TestNode::outside`].
+pub const UPLINK: &str = "up0";
+
+/// The world outside a test node: a namespace `<prefix>out` that plays the router
+/// and hosts servers on its own addresses, joined to the node by a veth (the node's
+/// uplink, [`UPLINK`], with [`UPLINK_NODE_IP`]/24 and a default route via
+/// [`ROUTER_IP`]); optionally a namespace `<prefix>far` behind the router over a
+/// link of its own MTU. The node's guard removes the namespaces (same prefix).
+pub struct Outside {
+    pub netns: String,
+    pub far: Option<String>,
+}
+
+impl Outside {
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from(format!("/run/netns/{}", self.netns))
+    }
+    pub fn far_path(&self) -> PathBuf {
+        PathBuf::from(format!(
+            "/run/netns/{}",
+            self.far
+                .as_deref()
+                .expect("an outside made with a far namespace")
+        ))
+    }
+    /// Runs a command in the outside namespace and panics unless it succeeds.
+    pub fn must(&self, program: &str, args: &[&str]) -> String {
+        ns_must(&self.netns, program, args)
+    }
+}
+
+/// Runs a command in namespace `netns` and panics unless it succeeds; returns stdout.
+pub fn ns_must(netns: &str, program: &str, args: &[&str]) -> String {
+    let out = TestNode::in_ns(netns, program, args);
+    assert!(
+        out.status.success(),
+        "{program} {args:?} in {netns} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+impl TestNode {
+    /// Gives the node an uplink to a new outside namespace (see [`Outside`]).
+    pub fn outside(&self) -> Outside {
+        self.build_outside(None)
+    }
+
+    /// [`TestNode::outside`] plus a far namespace behind the outside router, over a
+    /// link whose router side has MTU `far_mtu` (the far side keeps 1500, so the
+    /// far server offers a full-size MSS); the router forwards between the two.
+    pub fn outside_with_far(&self, far_mtu: u32) -> Outside {
+        self.build_outside(Some(far_mtu))
+    }
+
+    fn build_outside(&self, far_mtu: Option<u32>) -> Outside {
+        let out = format!("{}out", self.prefix);
+        must("ip", ["netns", "add", &out]);
+        // Made right in both namespaces: no name in the test's own namespace.
+        must(
+            "ip",
+            [
+                "link",
+                "add",
+                UPLINK,
+                "netns",
+                &self.netns,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                &out,
+            ],
+        );
+        self.node_must(
+            "ip",
+            &[
+                "addr",
+                "add",
+                &format!("{UPLINK_NODE_IP}/24"),
+                "dev",
+                UPLINK,
+            ],
+        );
+        self.node_must("ip", &["link", "set", UPLINK, "up"]);
+        self.node_must("ip", &["route", "add", "default", "via", ROUTER_IP]);
+        ns_must(&out, "ip", &["link", "set", "lo", "up"]);
+        ns_must(
+            &out,
+            "ip",
+            &["addr", "add", &format!("{ROUTER_IP}/24"), "dev", "eth0"],
+        );
+        ns_must(&out, "ip", &["link", "set", "eth0", "up"]);
+        ns_must(
+            &out,
+            "ip",
+            &["addr", "add", &format!("{SERVER_IP}/32"), "dev", "lo"],
+        );
+        let far = far_mtu.map(|mtu| {
+            let far = format!("{}far", self.prefix);
+            must("ip", ["netns", "add", &far]);
+            let mtu = mtu.to_string();
+            must(
+                "ip",
+                [
+                    "link", "add", "eth1", "mtu", &mtu, "netns", &out, "type", "veth", "peer",
+                    "name", "eth0", "netns", &far,
+                ],
+            );
+            ns_must(&out, "ip", &["addr", "add", "172.31.0.1/24", "dev", "eth1"]);
+            ns_must(&out, "ip", &["link", "set", "eth1", "up"]);
+            ns_must(
+                &out,
+                "ip",
+                &[
+                    "route",
+                    "add",
+                    &format!("{FAR_SERVER_IP}/32"),
+                    "via",
+                    "172.31.0.2",
+                ],
+            );
+            ns_must(&out, "sysctl", &["-qw", "net.ipv4.ip_forward=1"]);
+            ns_must(&far, "ip", &["link", "set", "lo", "up"]);
+            ns_must(&far, "ip", &["addr", "add", "172.31.0.2/24", "dev", "eth0"]);
+            ns_must(&far, "ip", &["link", "set", "eth0", "up"]);
+            ns_must(
+                &far,
+                "ip",
+                &["addr", "add", &format!("{FAR_SERVER_IP}/32"), "dev", "lo"],
+            );
+            ns_must(
+                &far,
+                "ip",
+                &["route", "add", "default", "via", "172.31.0.1"],
+            );
+            far
+        });
+        Outside { netns: out, far }
+    }
+}

@@ -10,6 +10,9 @@
 //! [`ipv4_to_map`] / [`ipv4_from_map`].
 #![no_std]
 
+mod egress;
+pub use egress::*;
+
 /// Name of the tc ingress program attached to every host-side veth.
 pub const PROG_FROM_POD: &str = "from_pod";
 
@@ -22,11 +25,16 @@ pub const MAP_CONFIG: &str = "CONFIG";
 pub const MAP_STATS: &str = "STATS";
 pub const MAP_ROUTES6: &str = "ROUTES6";
 pub const MAP_ENDPOINTS6: &str = "ENDPOINTS6";
-pub const ALL_MAPS: [&str; 6] = [
+pub const ALL_MAPS: [&str; 11] = [
     MAP_ROUTES,
     MAP_ENDPOINTS,
     MAP_CONFIG,
     MAP_STATS,
+    MAP_EGRESS,
+    MAP_EGRESS_SKIP,
+    MAP_NAT,
+    MAP_NAT_STATE,
+    MAP_FRAGS,
     MAP_ROUTES6,
     MAP_ENDPOINTS6,
 ];
@@ -127,19 +135,45 @@ pub enum Verdict {
     DropCsum = 9,
     /// ICMP echo request to the gateway address answered with an echo reply.
     EchoReply = 10,
+    /// IPv4 to the outside: source translated to the node address, sent out of the
+    /// uplink (`from_pod`).
+    Masquerade = 11,
+    /// IPv4 to the outside with `--no-masquerade`: tracked, sent out of the uplink
+    /// with the pod's own source (`from_pod`).
+    Egress = 12,
+    /// A reply of a pod's flow: translated back and delivered into the pod
+    /// (`from_uplink`).
+    RevNat = 13,
+    /// An ICMP error about a pod's flow: translated inside and out (RFC 5508) and
+    /// delivered into the pod (`from_uplink`).
+    RevNatIcmp = 14,
+    /// A new flow while the NAT table is at its flow limit.
+    NatTableFull = 15,
+    /// A new flow for which no free NAT port was found within the retries.
+    DropNatNoPort = 16,
+    /// A non-first fragment of a datagram whose first fragment was not seen.
+    DropFragUnknown = 17,
+    /// Egress larger than the uplink's MTU.
+    DropTooBig = 18,
+    /// `from_uplink`: traffic of the node itself, handed to its stack.
+    UplinkPass = 19,
+    /// `from_uplink`: a packet for a pod address that is no reply to a pod's flow.
+    DropUnsolicited = 20,
+    /// A packet rewrite helper failed (the packet was left half-translated).
+    DropNatError = 21,
     /// IPv6 neighbour solicitation answered with the gateway MAC (the twin of
     /// `ArpReply`).
-    NaReply = 11,
+    NaReply = 22,
     /// Neighbour advertisement for an address that is not the pod's (the twin of
     /// `DropArpSpoof`).
-    DropNaSpoof = 12,
+    DropNaSpoof = 23,
     /// Router advertisement or redirect: only routers send those, and a pod is none.
-    DropNdpRouter = 13,
+    DropNdpRouter = 24,
 }
 
 impl Verdict {
     /// Number of verdicts: the stride of the `STATS` array.
-    pub const COUNT: u32 = 14;
+    pub const COUNT: u32 = 25;
     pub const ALL: [Verdict; Self::COUNT as usize] = [
         Verdict::Forward,
         Verdict::ArpReply,
@@ -152,6 +186,17 @@ impl Verdict {
         Verdict::DropVlan,
         Verdict::DropCsum,
         Verdict::EchoReply,
+        Verdict::Masquerade,
+        Verdict::Egress,
+        Verdict::RevNat,
+        Verdict::RevNatIcmp,
+        Verdict::NatTableFull,
+        Verdict::DropNatNoPort,
+        Verdict::DropFragUnknown,
+        Verdict::DropTooBig,
+        Verdict::UplinkPass,
+        Verdict::DropUnsolicited,
+        Verdict::DropNatError,
         Verdict::NaReply,
         Verdict::DropNaSpoof,
         Verdict::DropNdpRouter,
@@ -171,6 +216,17 @@ impl Verdict {
             Verdict::DropVlan => "drop_vlan",
             Verdict::DropCsum => "drop_csum",
             Verdict::EchoReply => "echo_reply",
+            Verdict::Masquerade => "masquerade",
+            Verdict::Egress => "egress",
+            Verdict::RevNat => "rev_nat",
+            Verdict::RevNatIcmp => "rev_nat_icmp",
+            Verdict::NatTableFull => "nat_table_full",
+            Verdict::DropNatNoPort => "drop_nat_no_port",
+            Verdict::DropFragUnknown => "drop_frag_unknown",
+            Verdict::DropTooBig => "drop_too_big",
+            Verdict::UplinkPass => "uplink_pass",
+            Verdict::DropUnsolicited => "drop_unsolicited",
+            Verdict::DropNatError => "drop_nat_error",
             Verdict::NaReply => "na_reply",
             Verdict::DropNaSpoof => "drop_na_spoof",
             Verdict::DropNdpRouter => "drop_ndp_router",
@@ -187,6 +243,12 @@ impl Verdict {
                 | Verdict::DropNoEndpoint
                 | Verdict::DropVlan
                 | Verdict::DropCsum
+                | Verdict::NatTableFull
+                | Verdict::DropNatNoPort
+                | Verdict::DropFragUnknown
+                | Verdict::DropTooBig
+                | Verdict::DropUnsolicited
+                | Verdict::DropNatError
                 | Verdict::DropNaSpoof
                 | Verdict::DropNdpRouter
         )
@@ -238,6 +300,13 @@ mod user {
     unsafe impl aya::Pod for super::EndpointInfo {}
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::Counter {}
+    // SAFETY: the egress types are repr(C) integers with explicit padding, too.
+    unsafe impl aya::Pod for super::EgressConfig {}
+    unsafe impl aya::Pod for super::NatKey {}
+    unsafe impl aya::Pod for super::NatEntry {}
+    unsafe impl aya::Pod for super::NatState {}
+    unsafe impl aya::Pod for super::FragKey {}
+    unsafe impl aya::Pod for super::FragEntry {}
     // SAFETY: repr(C), two byte arrays whose sizes fill the alignment: no padding.
     unsafe impl aya::Pod for super::EndpointInfo6 {}
 }

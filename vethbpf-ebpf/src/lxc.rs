@@ -7,7 +7,7 @@ use aya_ebpf::{maps::lpm_trie::Key, programs::TcContext};
 use vethbpf_common::{Config, EndpointInfo, ROUTE_KIND_LOCAL, Verdict};
 
 use crate::{
-    arp,
+    arp, egress,
     hdr::{
         ETH_HLEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, EthHdr, Ipv4Hdr,
         ipv4_addr, linear, ptr_at,
@@ -116,7 +116,8 @@ fn handle_ipv4(ctx: &TcContext, ifindex: u32, ep: &EndpointInfo, cfg: &Config) -
     }
 
     let Some(route) = ROUTES.get(Key::new(32, dst)) else {
-        return Decision::pass();
+        // No route of this node: the outside world (or the node stack's business).
+        return egress::handle(ctx, ifindex);
     };
     if route.kind != ROUTE_KIND_LOCAL {
         return Decision::pass();

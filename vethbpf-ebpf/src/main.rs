@@ -2,6 +2,8 @@
 //! bpf_host / bpf_overlay). Each hands its context to the library module of its side.
 //!
 //! - `from_pod` (tc ingress of every host-side veth, sees what the pod sends): [`lxc`]
+//! - `from_uplink` (tc ingress of the node's uplink, sees what arrives at the node):
+//!   [`host`]
 //!
 //! Library modules, one concern each:
 //! - [`maps`]: every map, named as in `vethbpf-common`
@@ -17,19 +19,43 @@
 //! - [`icmp6`]: answers pings of the gateway's IPv6 address
 //! - [`stats`]: the verdict/action pair and per-CPU counters
 //! - [`hdr`]: network-types header layouts, word accessors, bounds-checked access
+//! - [`egress`]: pod traffic to the outside: classification, tracking, NAT, out
+//! - [`host`]: the uplink side: replies and ICMP errors of pod flows into the pod
+//! - [`nat`]: NAT mappings (forward/reverse entries, port allocation), rewrite
+//! - [`conntrack`]: flow state, timeouts, the pair kept in step, garbage collection
+//! - [`icmp_error`]: ICMP error translation (RFC 5508)
+//! - [`frag`]: ports of fragmented datagrams
+//! - [`fib`]: out of the uplink through the kernel's route and neighbour tables
+//! - [`l4`]: the IPv4/L4 fields tracking works on
+//! - [`csum`]: checksum updates
+//! - [`atomic`]: atomic operations on map values
 #![no_std]
 #![no_main]
+// Atomic read-modify-write on map values (see `atomic`): the BPF target spec has no
+// compare-and-swap, so only the intrinsics reach the instructions.
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
 mod arp;
+mod atomic;
+mod conntrack;
+mod csum;
+mod egress;
+mod fib;
+mod frag;
 mod hdr;
+mod host;
 mod icmp;
+mod icmp_error;
 mod icmp6;
 mod ipv4;
 mod ipv6;
 mod l3;
+mod l4;
 mod lxc;
 mod lxc6;
 mod maps;
+mod nat;
 mod ndp;
 mod stats;
 
@@ -38,6 +64,11 @@ use aya_ebpf::{macros::classifier, programs::TcContext};
 #[classifier]
 pub fn from_pod(ctx: TcContext) -> i32 {
     lxc::from_pod(&ctx)
+}
+
+#[classifier]
+pub fn from_uplink(ctx: TcContext) -> i32 {
+    host::from_uplink(&ctx)
 }
 
 #[cfg(not(test))]

@@ -22,6 +22,7 @@ const LAYERS: &[&[&str]] = &[
     &["node", "reconcile"],
     &["endpoint"],
     &["state"],
+    &["egress"],
     &["datapath"],
     &["kernel"],
     &["defaults", "error", "fault"],

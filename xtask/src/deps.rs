@@ -62,6 +62,11 @@ const PACKAGES: &[(&str, &str)] = &[
     ),
     ("tcpdump", "watching a pod's veth by hand when a test fails"),
     ("ethtool", "inspecting veth offloads by hand"),
+    (
+        "iptables",
+        "egress: the kernel-path comparison (MASQUERADE) and the no-rules checks",
+    ),
+    ("nftables", "egress: the empty-ruleset checks"),
 ];
 
 /// Installs the missing packages; does nothing (and needs no network) when all are

@@ -5,14 +5,17 @@
 use anyhow::{Context, Result};
 use vethbpf::datapath::Pins;
 use vethbpf::defaults::POD_CIDR as DEFAULT_POD_CIDR;
+use vethbpf::egress::EgressRequest;
+use vethbpf::egress::table::Table;
 use vethbpf::endpoint::{self, AddRequest, EndpointView};
 use vethbpf::kernel::bpffs;
+use vethbpf::kernel::netlink::RtNetlink;
 use vethbpf::node::{self, NodeError, UpRequest};
 use vethbpf::reconcile;
 use vethbpf::state::{Locked, NodeConfig, STATE_FILE, StateDir};
 use vethbpf_common::PROG_FROM_POD;
 
-use super::args::{Cli, Command, EndpointCommand, ReconcileArgs};
+use super::args::{Cli, Command, EndpointCommand, NatCommand, ReconcileArgs};
 use super::error::RunError;
 use super::{demo, output};
 
@@ -133,6 +136,7 @@ pub fn run(cli: Cli, bpffs_explicit: bool) -> Result<()> {
     match &cli.command {
         Command::Up(args) => {
             let mut locked = lock(&state_dir)?;
+            let mut nl = RtNetlink::connect().context("netlink in the node namespace")?;
             // Without --pod-cidr, `up` on a node that is up keeps its CIDRs (a reload
             // after a reboot must not ask for them again).
             let (pod_cidr, pod_cidr6) = match (&locked.state.node, args.pod_cidr.is_empty()) {
@@ -148,8 +152,16 @@ pub fn run(cli: Cli, bpffs_explicit: bool) -> Result<()> {
                     gateway: args.gateway,
                     bpffs_dir: cli.bpffs_dir.clone(),
                     replace: args.replace,
+                    egress: EgressRequest {
+                        uplink: args.uplink.clone(),
+                        cluster_cidr: args.cluster_cidr,
+                        no_masquerade: args.no_masquerade,
+                        nat_ports: args.nat_ports,
+                        max_flows: args.nat_max_flows,
+                    },
                 },
                 vethbpf::EBPF_OBJECT,
+                &mut nl,
             )
             .context("vethbpf up")?;
             settle(&mut locked)?;
@@ -193,6 +205,34 @@ pub fn run(cli: Cli, bpffs_explicit: bool) -> Result<()> {
         }
         Command::Status if !state_dir.path().join(vethbpf::state::STATE_FILE).exists() => {
             output::status(out, &node::Status::not_up())
+        }
+        Command::Nat(cmd) => {
+            let locked = lock_up_node(&state_dir)?;
+            check_bpffs(&locked, &cli, bpffs_explicit)?;
+            let node = node_config(&locked)?;
+            let mut table = Table::open(&Pins::new(&node.bpffs_dir)).context("the NAT table")?;
+            match cmd {
+                NatCommand::List => {
+                    let flows = table.flows();
+                    let views: Vec<output::FlowView<'_>> = flows
+                        .iter()
+                        .map(|f| output::FlowView {
+                            endpoint: locked
+                                .state
+                                .endpoints
+                                .values()
+                                .find(|e| e.host_ifindex == f.ifindex)
+                                .map(|e| e.name.as_str()),
+                            flow: f,
+                        })
+                        .collect();
+                    output::nat_list(out, &views)
+                }
+                NatCommand::Flush => {
+                    let n = table.flush().context("vethbpf nat flush")?;
+                    output::nat_flushed(out, n)
+                }
+            }
         }
         Command::Status => {
             let mut locked = lock_up_node(&state_dir)?;

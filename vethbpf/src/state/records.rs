@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::ident::MacAddr;
 use crate::datapath::AttachMode;
+use crate::egress::Egress;
 
 pub(crate) const STATE_VERSION: u32 = 1;
 
@@ -31,6 +32,10 @@ pub struct NodeConfig {
     /// unmounts it; `None` if one was there already.
     pub bpffs_mount: Option<PathBuf>,
     pub attach_mode: AttachMode,
+    /// Pod egress, as `up` set it up; `None`: off (no uplink). Absent in the state
+    /// files of versions without egress, which read as off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress: Option<Egress>,
 }
 
 impl NodeConfig {

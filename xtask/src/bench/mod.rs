@@ -9,6 +9,7 @@
 //! (TEST_RUN), `controlplane`, `stats`, `report` (tables, JSON, SVG).
 
 mod controlplane;
+mod egress;
 mod measure;
 mod progcost;
 mod report;
@@ -54,6 +55,9 @@ pub struct BenchArgs {
     pub skip_progcost: bool,
     #[arg(long)]
     pub skip_controlplane: bool,
+    /// Skip the egress section (pod -> outside server: vethbpf, iptables, node).
+    #[arg(long)]
+    pub skip_egress: bool,
     /// Do not build the eBPF object and the vethbpf binary first; use what is there.
     #[arg(long)]
     pub no_build: bool,
@@ -129,6 +133,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "bpftool",
         "containernetworking-plugins",
         "util-linux",
+        "iptables",
     ])?;
     let plan = Plan::new(&args)?;
     let root = root();
@@ -172,6 +177,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
         progcost_error: None,
         controlplane: None,
         controlplane_error: None,
+        egress: None,
+        egress_error: None,
         targets: Vec::new(),
     };
     progress(&format!(
@@ -193,6 +200,27 @@ pub fn run(args: BenchArgs) -> Result<()> {
 
     if !args.skip_datapath {
         datapath(&plan, &env, &mut results)?;
+    }
+
+    if !args.skip_egress {
+        let eplan = egress::EgressPlan {
+            rounds: plan.rounds,
+            secs: plan.secs,
+            connect_secs: plan.connect_secs,
+            tc_runs: plan.tc_runs,
+            env: &env,
+            object: &object,
+            datapath: true,
+            testrun: !args.skip_progcost,
+        };
+        match egress::run(&eplan, &mut |m| progress(m)) {
+            Ok(e) => results.egress = Some(e),
+            Err(e) => {
+                sys::check_interrupt()?;
+                progress(&format!("  egress not measured: {e:#}"));
+                results.egress_error = Some(format!("{e:#}"));
+            }
+        }
     }
 
     if !args.skip_controlplane {
@@ -220,6 +248,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
 
     results.targets = targets(&results);
+    if let Some(e) = &results.egress {
+        results.targets.extend(egress::targets(e));
+    }
     results.elapsed_s = started.elapsed().as_secs_f64();
     results.loadavg_at_end = fs::read_to_string("/proc/loadavg")
         .unwrap_or_default()
@@ -523,6 +554,8 @@ mod tests {
             progcost_error: None,
             controlplane,
             controlplane_error: None,
+            egress: None,
+            egress_error: None,
             targets: Vec::new(),
         }
     }

@@ -241,6 +241,9 @@ pub struct Results {
     pub progcost_error: Option<String>,
     pub controlplane: Option<CpResults>,
     pub controlplane_error: Option<String>,
+    /// Pod egress (issue 10): pod to an outside server, vethbpf / iptables / node.
+    pub egress: Option<super::egress::EgressResults>,
+    pub egress_error: Option<String>,
     pub targets: Vec<Target>,
 }
 
@@ -461,6 +464,11 @@ pub fn render(r: &Results) -> String {
         out.push_str(&t.render());
     } else if let Some(e) = &r.progcost_error {
         let _ = writeln!(out, "\nProgram cost: not measured: {e}");
+    }
+    if let Some(e) = &r.egress {
+        out.push_str(&super::egress::render(e));
+    } else if let Some(e) = &r.egress_error {
+        let _ = writeln!(out, "\nEgress: not measured: {e}");
     }
     if let Some(cp) = &r.controlplane {
         let _ = writeln!(

@@ -32,6 +32,10 @@ pub enum Kind {
     Ptp,
     Veth,
     Loopback,
+    /// The egress section's contenders (`super::egress`), not in [`Kind::ALL`].
+    EgressVethbpf,
+    EgressIptables,
+    EgressNode,
 }
 
 impl Kind {
@@ -52,6 +56,9 @@ impl Kind {
             Kind::Ptp => "ptp",
             Kind::Veth => "veth",
             Kind::Loopback => "loopback",
+            Kind::EgressVethbpf => "egress-vethbpf",
+            Kind::EgressIptables => "egress-iptables",
+            Kind::EgressNode => "egress-node",
         }
     }
 
@@ -67,6 +74,13 @@ impl Kind {
             }
             Kind::Veth => "one veth pair straight between the two pod namespaces (floor)",
             Kind::Loopback => "127.0.0.1 inside one namespace (ceiling)",
+            Kind::EgressVethbpf => {
+                "vethbpf: from_pod masquerades out of the uplink, from_uplink translates back; ip_forward=0, no rules"
+            }
+            Kind::EgressIptables => {
+                "kernel path: proxy-ARP host veth, ip_forward=1, iptables MASQUERADE on the uplink (as CNI ipMasq)"
+            }
+            Kind::EgressNode => "the node itself to the same server (ceiling)",
         }
     }
 
@@ -203,6 +217,9 @@ pub fn build(kind: Kind, env: &Env) -> Result<Contender> {
                 td.push(format!("vethbpf endpoint del {pod}"), move || v.del(&pod2));
             }
             (a, b, POD_B)
+        }
+        Kind::EgressVethbpf | Kind::EgressIptables | Kind::EgressNode => {
+            return super::egress::build(kind, env);
         }
     };
     Ok(Contender {
