@@ -1,15 +1,16 @@
 //! What `from_pod` does with a frame a pod sent (Cilium's bpf_lxc side): find the
 //! endpoint behind the veth, dispatch on the EtherType, and for IPv4 the endpoint's
-//! source check and the route lookup that picks a delivery.
+//! source check and the route lookup that picks a delivery (local, or a remote node).
 
 use aya_ebpf::{maps::lpm_trie::Key, programs::TcContext};
-use vethbpf_common::{Config, EndpointInfo, ROUTE_KIND_LOCAL, Verdict};
+use vethbpf_common::{Config, EndpointInfo, ROUTE_KIND_LOCAL, ROUTE_KIND_REMOTE, Verdict};
 
 use crate::{
     arp,
     hdr::{ETH_HLEN, ETH_P_ARP, ETH_P_IP, EthHdr, Ipv4Hdr, linear, ptr_at},
     ipv4, l3,
     maps::{CONFIG, ENDPOINTS, ROUTES},
+    remote,
     stats::{self, Decision},
 };
 
@@ -87,8 +88,10 @@ fn handle_ipv4(ctx: &TcContext, ep: &EndpointInfo, cfg: &Config) -> Decision {
     let Some(route) = ROUTES.get(Key::new(32, ip.daddr)) else {
         return Decision::pass();
     };
-    if route.kind != ROUTE_KIND_LOCAL {
-        return Decision::pass();
+    match route.kind {
+        ROUTE_KIND_LOCAL => l3::local_delivery(eth, ip, route, cfg),
+        ROUTE_KIND_REMOTE => remote::to_node(ctx, ip, route),
+        // A remote node's own address and anything else: the node stack's.
+        _ => Decision::pass(),
     }
-    l3::local_delivery(eth, ip, route, cfg)
 }

@@ -2,6 +2,8 @@
 //! bpf_host / bpf_overlay). Each hands its context to the library module of its side.
 //!
 //! - `from_pod` (tc ingress of every host-side veth, sees what the pod sends): [`lxc`]
+//! - `from_uplink` (tc ingress of the node's uplink): [`uplink`] (interim, see there)
+//! - `from_tunnel` (tc ingress of the VXLAN device, decapsulated frames): [`overlay`]
 //!
 //! Library modules, one concern each:
 //! - [`maps`]: every map, named as in `vethbpf-common`
@@ -9,24 +11,45 @@
 //! - [`arp`]: answers the pod's ARP requests with the gateway MAC
 //! - [`ipv4`]: IPv4 header checks and the TTL decrement
 //! - [`l3`]: local delivery to another endpoint with `bpf_redirect_peer`
+//! - [`remote`]: other nodes: sending to their pod CIDRs, checking and delivering
+//!   what they send
+//! - [`direct`]: direct routing to a node out of the uplink
+//! - [`encap`]: the VXLAN tunnel key, set and read
 //! - [`stats`]: the verdict/action pair and per-CPU counters
 //! - [`hdr`]: header layouts and bounds-checked packet access
 #![no_std]
 #![no_main]
 
 mod arp;
+mod direct;
+mod encap;
 mod hdr;
 mod ipv4;
 mod l3;
 mod lxc;
 mod maps;
+mod overlay;
+mod remote;
 mod stats;
+mod uplink;
 
 use aya_ebpf::{macros::classifier, programs::TcContext};
 
 #[classifier]
 pub fn from_pod(ctx: TcContext) -> i32 {
     lxc::from_pod(&ctx)
+}
+
+// INTERIM (multinode branch): egress's from_uplink replaces this entry point; see
+// uplink.rs.
+#[classifier]
+pub fn from_uplink(ctx: TcContext) -> i32 {
+    uplink::from_uplink(&ctx)
+}
+
+#[classifier]
+pub fn from_tunnel(ctx: TcContext) -> i32 {
+    overlay::from_tunnel(&ctx)
 }
 
 #[cfg(not(test))]

@@ -10,7 +10,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, PerCpuArray},
 };
 use vethbpf_common::{
-    Config, Counter, EndpointInfo, MAX_ENDPOINTS, MAX_ROUTES, Route, STATS_ENTRIES,
+    ClusterConfig, Config, Counter, EndpointInfo, MAX_ENDPOINTS, MAX_NODES, MAX_ROUTES,
+    NodeCounter, NodeInfo, Route, STATS_ENTRIES,
 };
 
 /// IPv4 destination prefix -> route. aya-ebpf adds BPF_F_NO_PREALLOC, which the kernel
@@ -29,3 +30,15 @@ pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 /// Counters, index `stats_index(endpoint_id, verdict)`.
 #[map]
 pub static STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(STATS_ENTRIES, 0);
+
+/// How this node reaches the others, one entry (all zero: no cluster).
+#[map]
+pub static CLUSTER: Array<ClusterConfig> = Array::with_max_entries(1, 0);
+
+/// Node id -> the remote node's underlay address.
+#[map]
+pub static NODES: Array<NodeInfo> = Array::with_max_entries(MAX_NODES, 0);
+
+/// Node id -> traffic exchanged with that node.
+#[map]
+pub static NODE_STATS: PerCpuArray<NodeCounter> = PerCpuArray::with_max_entries(MAX_NODES, 0);

@@ -92,6 +92,13 @@ pub enum Command {
     /// Run the three-pod scenario in a throwaway node namespace and show a
     /// connectivity matrix with the counters that prove the eBPF path carried it.
     Demo(DemoArgs),
+    /// Add, delete or list remote nodes (their pod CIDRs become reachable).
+    #[command(subcommand)]
+    Node(crate::cluster::cli::NodeCommand),
+    /// Lease this node's pod subnet in etcd, bring the node up with it, and keep
+    /// the remote nodes equal to the other leases (the only long-running process;
+    /// optional, and the datapath keeps forwarding without it).
+    Agent(crate::cluster::cli::AgentArgs),
 }
 
 #[derive(Args, Debug)]
@@ -108,6 +115,8 @@ pub struct UpArgs {
     /// moment without a program).
     #[arg(long)]
     pub replace: bool,
+    #[command(flatten)]
+    pub cluster: crate::cluster::cli::ClusterArgs,
 }
 
 #[derive(Subcommand, Debug)]
@@ -181,7 +190,7 @@ fn require_root() -> Result<()> {
 
 /// The bpffs dir a command should use: the one the node was brought up with,
 /// unless the user names another explicitly, which is an error.
-fn check_bpffs(locked: &Locked, cli: &Cli, explicit: bool) -> Result<()> {
+pub(crate) fn check_bpffs(locked: &Locked, cli: &Cli, explicit: bool) -> Result<()> {
     if let Some(node) = &locked.state.node
         && explicit
         && node.bpffs_dir != cli.bpffs_dir
@@ -197,7 +206,7 @@ fn check_bpffs(locked: &Locked, cli: &Cli, explicit: bool) -> Result<()> {
 
 /// Every command but `up` works on a node that is up; before `up` there is no
 /// state file, and such a command must not create the state dir either.
-fn lock_up_node(state_dir: &StateDir) -> Result<Locked> {
+pub(crate) fn lock_up_node(state_dir: &StateDir) -> Result<Locked> {
     if !state_dir.path().join(crate::state::STATE_FILE).exists() {
         bail!(
             "the node is not up (no state in {}): run `vethbpf up` first",
@@ -310,19 +319,14 @@ pub fn run(cli: Cli, bpffs_explicit: bool) -> Result<()> {
     match &cli.command {
         Command::Up(args) => {
             let mut locked = lock(&state_dir)?;
-            let report = node::up(
-                &mut locked,
-                &UpRequest {
-                    pod_cidr: args.pod_cidr.trunc(),
-                    gateway: args.gateway,
-                    bpffs_dir: cli.bpffs_dir.clone(),
-                    replace: args.replace,
-                },
-                crate::EBPF_OBJECT,
-            )
-            .context("vethbpf up")?;
-            settle(&mut locked)?;
-            output::up(out, &report)
+            let req = UpRequest {
+                pod_cidr: args.pod_cidr.trunc(),
+                gateway: args.gateway,
+                bpffs_dir: cli.bpffs_dir.clone(),
+                replace: args.replace,
+            };
+            crate::cluster::cli::up(out, &mut locked, &req, &args.cluster)?;
+            settle(&mut locked)
         }
         Command::Endpoint(EndpointCommand::Add(args)) => {
             let mut locked = lock_up_node(&state_dir)?;
@@ -370,7 +374,8 @@ pub fn run(cli: Cli, bpffs_explicit: bool) -> Result<()> {
             let mut locked = lock_up_node(&state_dir)?;
             check_bpffs(&locked, &cli, bpffs_explicit)?;
             settle(&mut locked)?;
-            output::status(out, &node::status(&locked)?)
+            let status = node::status(&locked)?;
+            crate::cluster::cli::status(out, &mut locked, &status)
         }
         Command::Down if !state_dir.path().join(crate::state::STATE_FILE).exists() => output::down(
             out,
@@ -380,8 +385,9 @@ pub fn run(cli: Cli, bpffs_explicit: bool) -> Result<()> {
             },
         ),
         Command::Down => {
-            let locked = lock_up_node(&state_dir)?;
+            let mut locked = lock_up_node(&state_dir)?;
             check_bpffs(&locked, &cli, bpffs_explicit)?;
+            crate::cluster::cli::down(&mut locked)?;
             let report = match locked.state.node.clone() {
                 // The pins are gone (someone unmounted the bpffs): so are the
                 // maps and attachments; `down` still removes links, namespaces
@@ -407,11 +413,18 @@ pub fn run(cli: Cli, bpffs_explicit: bool) -> Result<()> {
             let mut locked = lock_up_node(&state_dir)?;
             check_bpffs(&locked, &cli, bpffs_explicit)?;
             let node = node_config(&locked)?;
-            let report = with_env(&node, |env| {
+            let mut report = with_env(&node, |env| {
                 reconcile::reconcile(env, &mut locked).context("vethbpf reconcile")
             })?;
+            report.nodes = crate::cluster::cli::reconcile(&mut locked)?;
             output::reconcile(out, &report)
         }
         Command::Demo(args) => crate::demo::run(args, out),
+        Command::Node(cmd) => {
+            let mut locked = lock_up_node(&state_dir)?;
+            check_bpffs(&locked, &cli, bpffs_explicit)?;
+            crate::cluster::cli::node(&cli, &mut locked, cmd)
+        }
+        Command::Agent(args) => crate::cluster::cli::agent(&cli, args),
     }
 }

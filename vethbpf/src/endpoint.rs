@@ -131,6 +131,9 @@ pub struct PodConfig {
     pub gateway: Ipv4Addr,
     /// Bring `lo` up too (the namespace is vethbpf's own).
     pub lo_up: bool,
+    /// The interface's MTU when the node's cluster sets one (an overlay's headers
+    /// need room); `None` keeps the veth default.
+    pub mtu: Option<u32>,
 }
 
 /// Inside the pod: rename the peer, bring it (and `lo` if asked) up, `IP/32`, a link route to
@@ -142,6 +145,9 @@ pub fn configure_pod_side(nl: &mut dyn Netlink, cfg: &PodConfig) -> Result<MacAd
             ifname: cfg.temp_name.clone(),
         })?;
     nl.rename_link(link.index, &cfg.ifname)?;
+    if let Some(mtu) = cfg.mtu {
+        nl.set_link_mtu(link.index, mtu)?;
+    }
     // Only in a namespace vethbpf made: an existing one is its owner's, and a
     // rollback could not tell whether lo was up before.
     if cfg.lo_up
@@ -385,6 +391,12 @@ fn add_steps(
     env.node.disable_ipv6_addr_gen(host_index)?;
     fault::point("add.mac")?;
     env.node.set_link_mac(host_index, node.gateway_mac.0)?;
+    // Both ends alike: the pod's side limits what it sends, the host's what a
+    // redirect into it may carry.
+    let pod_mtu = locked.state.cluster.as_ref().map(|c| c.pod_mtu);
+    if let Some(mtu) = pod_mtu {
+        env.node.set_link_mtu(host_index, mtu)?;
+    }
     // Who this veth belongs to, for `reconcile --from-kernel`.
     let tag = KernelTag {
         name: req.name.clone(),
@@ -412,6 +424,7 @@ fn add_steps(
             ip,
             gateway: node.gateway,
             lo_up: netns_created,
+            mtu: pod_mtu,
         },
     )?;
 
@@ -759,6 +772,10 @@ pub struct CounterView {
     pub forwarded: Count,
     pub arp_replies: Count,
     pub passed: Count,
+    /// Sent to pods on other nodes.
+    pub to_nodes: Count,
+    /// Delivered from pods (or nodes) elsewhere in the cluster.
+    pub from_nodes: Count,
     /// Total of all drop reasons.
     pub dropped: Count,
     /// Drops by reason, keyed by the verdict's name.
@@ -771,6 +788,8 @@ impl CounterView {
             forwarded: c[Verdict::Forward as usize].into(),
             arp_replies: c[Verdict::ArpReply as usize].into(),
             passed: c[Verdict::Pass as usize].into(),
+            to_nodes: c[Verdict::ToNode as usize].into(),
+            from_nodes: c[Verdict::FromNode as usize].into(),
             ..Default::default()
         };
         for verdict in Verdict::ALL.into_iter().filter(|v| v.is_drop()) {

@@ -13,12 +13,14 @@
 //! - [`endpoint`]: `endpoint add/del/list`, each step undone on failure
 //! - [`node`]: `up`, `down`, `status`
 //! - [`reconcile`]: finding and repairing what a crash or an outside hand left behind
+//! - [`cluster`]: other nodes: remote nodes, the cluster set-up, the etcd agent
 //! - [`fault`]: test-only fault injection (the `fault-injection` feature)
 //! - [`probe`]: ICMP and TCP probes run from inside a namespace (for `demo`)
 //! - [`demo`], [`cli`], [`output`]: the command line
 
 pub mod bpf;
 pub mod cli;
+pub mod cluster;
 pub mod cni;
 pub mod demo;
 pub mod endpoint;

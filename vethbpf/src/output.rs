@@ -80,7 +80,7 @@ pub fn endpoints(out: Output, list: &[EndpointView]) -> Result<()> {
 fn endpoint_table(list: &[EndpointView], counters: bool) {
     let mut header = vec!["NAME", "IP", "POD MAC", "HOST VETH", "NETNS"];
     if counters {
-        header.extend(["FORWARDED", "ARP", "PASSED", "DROPPED"]);
+        header.extend(["FORWARDED", "ARP", "PASSED", "NODES OUT/IN", "DROPPED"]);
     }
     let rows: Vec<Vec<String>> = list
         .iter()
@@ -103,6 +103,7 @@ fn endpoint_table(list: &[EndpointView], counters: bool) {
                     format!("{}p/{}B", c.forwarded.packets, c.forwarded.bytes),
                     c.arp_replies.packets.to_string(),
                     format!("{}p/{}B", c.passed.packets, c.passed.bytes),
+                    format!("{}p/{}p", c.to_nodes.packets, c.from_nodes.packets),
                     if drops.is_empty() {
                         "0".into()
                     } else {
@@ -274,6 +275,9 @@ pub fn reconcile(out: Output, r: &Report) -> Result<()> {
                 "removed: no endpoint owns it".into(),
             ]);
         }
+    }
+    for f in &r.nodes {
+        rows.push(vec![f.what.clone(), f.name.clone(), "done".into()]);
     }
     table(&["WHAT", "NAME", "ACTION"], &rows);
     Ok(())

@@ -130,6 +130,8 @@ pub struct Report {
     pub removed_endpoint_entries: Vec<u32>,
     /// Pinned attachments that no endpoint owns.
     pub removed_pins: Vec<String>,
+    /// Remote nodes' map entries and the cluster set-up put back or removed.
+    pub nodes: Vec<crate::cluster::nodes::NodeFix>,
 }
 
 impl Report {
@@ -144,6 +146,7 @@ impl Report {
             || !self.removed_route_entries.is_empty()
             || !self.removed_endpoint_entries.is_empty()
             || !self.removed_pins.is_empty()
+            || !self.nodes.is_empty()
     }
 }
 
@@ -263,7 +266,14 @@ fn remove_orphans(
     let ips: BTreeSet<Ipv4Net> = records.values().map(|r| Ipv4Net::from(r.ip)).collect();
     let indexes: BTreeSet<u32> = records.values().map(|r| r.host_ifindex).collect();
 
-    for net in env.dp.route_entries()?.into_iter().map(|(n, _)| n) {
+    // Only endpoint routes: remote-node routes are the cluster's (see
+    // cluster::nodes::reconcile).
+    for (net, _) in env
+        .dp
+        .route_entries()?
+        .into_iter()
+        .filter(|(_, r)| r.kind == vethbpf_common::ROUTE_KIND_LOCAL)
+    {
         if !ips.contains(&net) {
             env.dp.del_route(net)?;
             report.removed_route_entries.push(net);

@@ -16,6 +16,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::ident::MacAddr;
 
+mod cluster;
+pub use cluster::{
+    ClusterState, NODE_INTENT_FILE, NodeIntent, NodeOrigin, Overlay, RemoteNode, VxlanDevice,
+};
+
 pub const STATE_FILE: &str = "state.json";
 pub const LOCK_FILE: &str = "lock";
 /// The journal of the endpoint change in progress (see [`Intent`]).
@@ -142,6 +147,9 @@ pub struct State {
     pub version: u32,
     pub node: Option<NodeConfig>,
     pub endpoints: BTreeMap<String, EndpointRecord>,
+    /// Set by `up --cluster-cidr`: other nodes and how to reach them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterState>,
 }
 
 impl Default for State {
@@ -150,6 +158,7 @@ impl Default for State {
             version: STATE_VERSION,
             node: None,
             endpoints: BTreeMap::new(),
+            cluster: None,
         }
     }
 }
@@ -310,6 +319,7 @@ impl StateDir {
         };
         rm(&locked.path)?;
         rm(&locked.intent_path())?;
+        rm(&locked.path.with_file_name(NODE_INTENT_FILE))?;
         // Temp files of a write that a kill interrupted.
         rm(&locked.path.with_extension("json.tmp"))?;
         rm(&locked.intent_path().with_extension("json.tmp"))?;
