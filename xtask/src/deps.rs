@@ -32,6 +32,7 @@ const PACKAGES: &[(&str, &str)] = &[
         "busybox-static",
         "the root file system of the podman test's image",
     ),
+    ("etcd-server", "etcd for the cluster agent tests"),
 ];
 
 /// Installs the missing packages; does nothing (and needs no network) when all are
