@@ -16,6 +16,8 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 
+pub mod cluster;
+
 /// The node namespace's own address (TEST-NET-1, on its `lo`).
 pub const NODE_IP: &str = "192.0.2.1";
 
@@ -436,6 +438,17 @@ pub fn tcp_echo(
     client: &Path,
     len: usize,
 ) -> std::time::Duration {
+    tcp_echo_peer(server, server_ip, client, len).0
+}
+
+/// [`tcp_echo`], also returning the client address the server saw (to check that
+/// nothing rewrote it on the way).
+pub fn tcp_echo_peer(
+    server: &Path,
+    server_ip: std::net::Ipv4Addr,
+    client: &Path,
+    len: usize,
+) -> (std::time::Duration, std::net::SocketAddr) {
     use std::io::{Read, Write};
     use std::net::{SocketAddr, TcpListener, TcpStream};
     use std::time::{Duration, Instant};
@@ -447,7 +460,7 @@ pub fn tcp_echo(
     .expect("bind in server netns");
     let port = listener.local_addr().expect("local addr").port();
     let server_thread = std::thread::spawn(move || {
-        let (mut s, _) = listener.accept().expect("accept");
+        let (mut s, peer) = listener.accept().expect("accept");
         s.set_read_timeout(Some(Duration::from_secs(20))).ok();
         let mut buf = vec![0u8; 65536];
         loop {
@@ -457,6 +470,7 @@ pub fn tcp_echo(
             }
             s.write_all(&buf[..n]).expect("server write");
         }
+        peer
     });
     let start = Instant::now();
     let mut stream = vethbpf::netns::run_in(client, move || {
@@ -477,12 +491,12 @@ pub fn tcp_echo(
     let mut back = Vec::with_capacity(len);
     stream.read_to_end(&mut back).expect("client read");
     writer.join().expect("writer");
-    server_thread.join().expect("server");
+    let peer = server_thread.join().expect("server");
     let took = start.elapsed();
     let what = format!("{} -> {}", client.display(), server.display());
     assert_eq!(back.len(), len, "echoed length {what}");
     assert!(back == data, "echoed bytes differ {what}");
-    took
+    (took, peer)
 }
 
 /// An Ethernet II frame: destination, source, EtherType, payload.

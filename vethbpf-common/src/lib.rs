@@ -185,8 +185,7 @@ pub enum Verdict {
     FromNode = 9,
     /// For a local endpoint but from a source that is neither a known node nor in a
     /// known node's pod CIDR (or tunnelled by a stranger, or routed around the
-    /// tunnel): dropped, counted under that endpoint (0 if the tunnel's sender is
-    /// unknown).
+    /// tunnel): dropped, counted under that endpoint.
     DropUnknownSource = 10,
     /// Tunnelled from a known node but for no endpoint here (counted under 0).
     DropUnknownDestination = 11,

@@ -21,25 +21,10 @@ pub fn from_tunnel(ctx: &TcContext) -> i32 {
     stats::count(ctx, endpoint, decision)
 }
 
-/// The decision and the endpoint id to count it under (0 when the frame is for no
-/// endpoint, or its sender is unknown).
+/// The decision and the endpoint id to count it under: the local endpoint the
+/// frame is for (so a pod's counters show who tried to reach it), else 0.
 #[inline(always)]
 fn handle(ctx: &TcContext) -> (u32, Decision) {
-    let Some((outer_src, vni)) = encap::tunnel_source(ctx) else {
-        return (0, Decision::drop(Verdict::DropMalformed));
-    };
-    let (Some(cluster), Some(cfg)) = (CLUSTER.get(0), CONFIG.get(0)) else {
-        return (0, Decision::drop(Verdict::DropUnknownSource));
-    };
-    if cluster.mode != CLUSTER_MODE_VXLAN || vni != cluster.vni {
-        return (0, Decision::drop(Verdict::DropUnknownSource));
-    }
-    // The outer source must be a known node's own address.
-    let node_id = match ROUTES.get(Key::new(32, outer_src)) {
-        Some(r) if r.kind == ROUTE_KIND_NODE => r.endpoint_id,
-        _ => return (0, Decision::drop(Verdict::DropUnknownSource)),
-    };
-
     let Some((data, data_end)) = linear(ctx, ETH_HLEN + size_of::<Ipv4Hdr>()) else {
         return (0, Decision::drop(Verdict::DropMalformed));
     };
@@ -63,12 +48,28 @@ fn handle(ctx: &TcContext) -> (u32, Decision) {
     let Some(dst) = remote::local_endpoint(ip.daddr) else {
         return (0, Decision::drop(Verdict::DropUnknownDestination));
     };
-    // A node speaks for its own pods (and itself) only.
+    let endpoint = dst.endpoint_id;
+
+    let Some((outer_src, vni)) = encap::tunnel_source(ctx) else {
+        return (endpoint, Decision::drop(Verdict::DropMalformed));
+    };
+    let (Some(cluster), Some(cfg)) = (CLUSTER.get(0), CONFIG.get(0)) else {
+        return (endpoint, Decision::drop(Verdict::DropUnknownSource));
+    };
+    if cluster.mode != CLUSTER_MODE_VXLAN || vni != cluster.vni {
+        return (endpoint, Decision::drop(Verdict::DropUnknownSource));
+    }
+    // The outer source must be a known node's own address ...
+    let node_id = match ROUTES.get(Key::new(32, outer_src)) {
+        Some(r) if r.kind == ROUTE_KIND_NODE => r.endpoint_id,
+        _ => return (endpoint, Decision::drop(Verdict::DropUnknownSource)),
+    };
+    // ... and a node speaks for its own pods (and itself) only.
     if remote::source_node(ip.saddr) != Some(node_id) {
-        return (dst.endpoint_id, Decision::drop(Verdict::DropUnknownSource));
+        return (endpoint, Decision::drop(Verdict::DropUnknownSource));
     }
     (
-        dst.endpoint_id,
+        endpoint,
         remote::deliver_from_node(ctx, eth, ip, dst, node_id, cfg),
     )
 }
