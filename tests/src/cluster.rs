@@ -219,14 +219,16 @@ impl Etcd {
         format!("http://{UNDERLAY_GW}:2379")
     }
 
-    /// Starts etcd (a missing binary fails the test) and waits until it answers.
-    pub fn start(underlay: &Underlay, dir: &Path) -> Etcd {
+    /// Starts etcd with a fresh data dir of its own (a missing binary fails the
+    /// test) and waits until it answers.
+    pub fn start(underlay: &Underlay) -> Etcd {
         let mut e = Etcd {
             child: None,
             underlay: underlay.path(),
             netns: underlay.netns.clone(),
-            dir: dir.to_path_buf(),
+            dir: std::env::temp_dir().join(format!("{}-etcd", underlay.netns)),
         };
+        let _ = std::fs::remove_dir_all(&e.dir);
         e.restart();
         e
     }
@@ -324,6 +326,7 @@ impl Etcd {
 impl Drop for Etcd {
     fn drop(&mut self) {
         self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

@@ -77,6 +77,7 @@ pub fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     info!(node = %cfg.node_name, address = %uplink.address, uplink = %uplink.name, ?prefer, "agent starting");
 
     let (tx, rx) = mpsc::channel();
+    // Lives as long as this function: its thread stops when it is dropped.
     let _registry = etcd::spawn(
         RegistryConfig {
             endpoints: cfg.etcd.clone(),

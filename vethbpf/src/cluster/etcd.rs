@@ -16,6 +16,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 use std::sync::mpsc::Sender;
 use std::time::Duration;
 
@@ -25,6 +26,7 @@ use etcd_client::{
 };
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
 use super::subnets::{self, SubnetError};
@@ -138,10 +140,29 @@ impl RegistryConfig {
     }
 }
 
-/// Starts the registry on its own thread; it runs until the receiver of `tx` is
-/// gone or a fatal error (reported as [`Update::Fatal`]).
-pub fn spawn(cfg: RegistryConfig, tx: Sender<Update>) -> std::thread::JoinHandle<()> {
-    std::thread::spawn(move || {
+/// The registry's thread; dropping it stops the thread (and leaves the lease to
+/// run out, as a killed agent does).
+pub struct Registry {
+    stop: Arc<Notify>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        self.stop.notify_one();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Starts the registry on its own thread (in the caller's network namespace); it
+/// runs until the [`Registry`] is dropped, the receiver of `tx` is gone, or a fatal
+/// error (reported as [`Update::Fatal`]).
+pub fn spawn(cfg: RegistryConfig, tx: Sender<Update>) -> Registry {
+    let stop = Arc::new(Notify::new());
+    let stopped = stop.clone();
+    let thread = std::thread::spawn(move || {
         let rt = match tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -152,8 +173,17 @@ pub fn spawn(cfg: RegistryConfig, tx: Sender<Update>) -> std::thread::JoinHandle
                 return;
             }
         };
-        rt.block_on(run(cfg, tx));
-    })
+        rt.block_on(async {
+            tokio::select! {
+                () = run(cfg, tx) => {}
+                () = stopped.notified() => {}
+            }
+        });
+    });
+    Registry {
+        stop,
+        thread: Some(thread),
+    }
 }
 
 /// Sessions, one per connection, with a growing pause between failed ones.
