@@ -199,9 +199,9 @@ fn etcd_down_stops_no_traffic_and_a_node_added_meanwhile_is_learned() {
         assert_eq!(c.nodes[1].ping_from_pod("a", &a0, 1), Some(62));
         std::thread::sleep(Duration::from_millis(500));
     }
-    for i in 0..2 {
+    for (i, agent) in agents.iter_mut().enumerate() {
         assert_eq!(remote_nodes(&c.nodes[i]).len(), 1, "node {i} lost its peer");
-        agents[i].assert_running();
+        agent.assert_running();
     }
 
     let d = c.add_node();
