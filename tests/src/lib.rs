@@ -269,9 +269,15 @@ impl TestNode {
                 .collect(),
             state: std::fs::read_to_string(self.state.join("state.json")).ok(),
             journal: self.state.join("intent.json").exists(),
+            node_journal: self.state.join("node-intent.json").exists(),
             pins: list_tree(&self.bpffs),
             routes_map: self.map_dump("ROUTES"),
             endpoints_map: self.map_dump("ENDPOINTS"),
+            nodes_map: self
+                .map_dump("NODES")
+                .into_iter()
+                .filter(|e| e.contains("\"value\"") && !e.contains("\"value\":[\"0x00\",\"0x00\",\"0x00\",\"0x00\",\"0x00\",\"0x00\",\"0x00\",\"0x00\"]"))
+                .collect(),
         }
     }
 
@@ -371,9 +377,13 @@ pub struct Snapshot {
     pub state: Option<String>,
     /// The journal of an interrupted command is there.
     pub journal: bool,
+    /// The journal of an interrupted remote-node change is there.
+    pub node_journal: bool,
     pub pins: Vec<String>,
     pub routes_map: Vec<String>,
     pub endpoints_map: Vec<String>,
+    /// NODES entries that are not all zero (remote nodes).
+    pub nodes_map: Vec<String>,
 }
 
 impl Drop for TestNode {

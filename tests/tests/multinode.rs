@@ -593,3 +593,174 @@ fn down_removes_the_cluster_set_up() {
             .success()
     );
 }
+
+/// Every step of `node add` and `node del` made to fail, and made to crash
+/// (SIGKILL), through the test-only `VETHBPF_FAULT` hook: a failed add leaves the
+/// node as it was, a failed del too until its routes are gone, after which the next
+/// command finishes it; after a crash the next command rolls an add back (or keeps
+/// it, once committed) and finishes a del.
+#[test]
+fn every_failing_or_crashing_node_change_is_undone_or_finished() {
+    use std::os::unix::process::ExitStatusExt;
+    use vethbpf::fault::{NODE_ADD_POINTS, NODE_DEL_POINTS};
+
+    let c = Cluster::new(2);
+    c.up(0, "vxlan");
+    c.up(1, "vxlan");
+    c.nodes[0].add("a", &[]);
+    let b = ip_of(&c.nodes[1].add("b", &[])).to_string();
+    let node = &c.nodes[0];
+    let add = [
+        "node",
+        "add",
+        "node1",
+        "--pod-cidr",
+        "10.244.2.0/24",
+        "--address",
+        "192.168.77.2",
+    ];
+    let with_fault = |spec: &str, args: &[&str]| {
+        node.command(args)
+            .env("VETHBPF_FAULT", spec)
+            .output()
+            .expect("run vethbpf")
+    };
+    let settle = || node.ok(&["node", "list"]);
+    let without = node.snapshot();
+    node.ok(&add);
+    let with = node.snapshot();
+    assert_eq!(
+        node.ping_from_pod("a", &b, 1),
+        None,
+        "node1 does not know node0"
+    );
+    node.ok(&["node", "del", "node1"]);
+    assert_eq!(node.snapshot(), without);
+
+    for point in NODE_ADD_POINTS {
+        let out = with_fault(point, &add);
+        if *point == "node-add.done" {
+            // Committed; only the journal's removal failed, and the next command
+            // clears it.
+            assert!(out.status.success(), "{point}: {out:?}");
+            settle();
+            assert_eq!(node.snapshot(), with, "{point}");
+            node.ok(&["node", "del", "node1"]);
+        } else {
+            assert!(!out.status.success(), "{point} must fail");
+            assert!(
+                String::from_utf8_lossy(&out.stderr).contains(point),
+                "{point}: {out:?}"
+            );
+            assert_eq!(
+                node.snapshot(),
+                without,
+                "{point}: a failed add left something"
+            );
+        }
+        let out = with_fault(&format!("{point}:crash"), &add);
+        assert_eq!(out.status.signal(), Some(libc::SIGKILL), "{point}: {out:?}");
+        settle();
+        if *point == "node-add.done" {
+            assert_eq!(
+                node.snapshot(),
+                with,
+                "{point}: the committed add must stay"
+            );
+            node.ok(&["node", "del", "node1"]);
+        } else {
+            assert_eq!(
+                node.snapshot(),
+                without,
+                "{point}: the crashed add was not rolled back"
+            );
+        }
+    }
+
+    for point in NODE_DEL_POINTS {
+        let del = ["node", "del", "node1"];
+        node.ok(&add);
+        let out = with_fault(point, &del);
+        match *point {
+            "node-del.done" => {
+                assert!(out.status.success(), "{point}: {out:?}");
+                settle();
+                assert_eq!(node.snapshot(), without, "{point}");
+            }
+            "node-del.commit" => {
+                assert!(!out.status.success(), "{point} must fail");
+                assert!(String::from_utf8_lossy(&out.stderr).contains("the next vethbpf command"));
+                settle();
+                assert_eq!(
+                    node.snapshot(),
+                    without,
+                    "{point}: the del was not finished"
+                );
+            }
+            _ => {
+                assert!(!out.status.success(), "{point} must fail");
+                assert_eq!(
+                    node.snapshot(),
+                    with,
+                    "{point}: a failed del changed the node"
+                );
+                node.ok(&del);
+            }
+        }
+        node.ok(&add);
+        let out = with_fault(&format!("{point}:crash"), &del);
+        assert_eq!(out.status.signal(), Some(libc::SIGKILL), "{point}: {out:?}");
+        settle();
+        if *point == "node-del.intent" {
+            assert_eq!(node.snapshot(), with, "{point}: nothing was journalled yet");
+            node.ok(&del);
+        } else {
+            assert_eq!(
+                node.snapshot(),
+                without,
+                "{point}: the crashed del was not finished"
+            );
+        }
+    }
+
+    // reconcile puts back entries removed by hand and removes strays.
+    node.ok(&add);
+    let path = node.bpffs.join("maps").join("ROUTES");
+    let key = ["24", "0", "0", "0", "10", "244", "2", "0"];
+    let mut args = vec!["map", "delete", "pinned", path.to_str().unwrap_or("")];
+    args.push("key");
+    args.extend(key);
+    vethbpf_tests::must("bpftool", &args);
+    assert_eq!(node.snapshot().routes_map.len(), with.routes_map.len() - 1);
+    let report = node.json(&["reconcile"]);
+    assert!(
+        report["nodes"]
+            .as_array()
+            .is_some_and(|f| f.iter().any(|f| f["what"] == "route map entry")),
+        "{report}"
+    );
+    assert_eq!(
+        node.snapshot(),
+        with,
+        "reconcile did not put the route back"
+    );
+    // A VXLAN device deleted by hand is made again, its program attached.
+    node.node_must("ip", &["link", "del", "vethbpf.vx"]);
+    let report = node.json(&["reconcile"]);
+    assert!(
+        report["nodes"]
+            .as_array()
+            .is_some_and(|f| f.iter().any(|f| f["what"] == "cluster set-up repaired")),
+        "{report}"
+    );
+    c.nodes[1].ok(&[
+        "node",
+        "add",
+        "node0",
+        "--pod-cidr",
+        "10.244.1.0/24",
+        "--address",
+        "192.168.77.1",
+    ]);
+    assert_eq!(node.ping_from_pod("a", &b, 1), Some(62), "after the repair");
+}

@@ -129,4 +129,14 @@ pub enum ClusterError {
     Bpf(#[from] BpfError),
     #[error(transparent)]
     Programs(#[from] programs::ProgramsError),
+    #[error(transparent)]
+    Injected(#[from] crate::fault::Injected),
+    #[error(
+        "node del {name} stopped after the node's routes were removed ({source}); the next vethbpf command, or `vethbpf reconcile`, finishes it"
+    )]
+    DelInterrupted {
+        name: String,
+        #[source]
+        source: Box<ClusterError>,
+    },
 }

@@ -22,6 +22,7 @@ use vethbpf_common::{
 use super::ClusterError;
 use super::maps::{NO_NODE, NodeMaps, id_range};
 use crate::endpoint::Count;
+use crate::fault;
 use crate::state::{ClusterState, Locked, NodeIntent, NodeOrigin, Overlay, RemoteNode};
 
 /// Longest node name (a host name label, like endpoint names).
@@ -156,10 +157,14 @@ pub fn info_of(node: &RemoteNode) -> NodeInfo {
 
 /// Writes a node's entries, the pod CIDR route last (it makes the node reachable).
 fn install(maps: &mut dyn NodeMaps, node: &RemoteNode) -> Result<(), ClusterError> {
+    fault::point("node-add.counters")?;
     maps.reset_node_counters(node.id)?;
+    fault::point("node-add.node-map")?;
     maps.put_node(node.id, &info_of(node))?;
     let [(cidr, remote), (addr, known)] = routes_of(node);
+    fault::point("node-add.address-route")?;
     maps.put_route(addr, &known)?;
+    fault::point("node-add.cidr-route")?;
     maps.put_route(cidr, &remote)?;
     Ok(())
 }
@@ -177,11 +182,16 @@ fn uninstall(
         .filter(|n| n.name != node.name)
         .flat_map(|n| routes_of(n).map(|(net, _)| net))
         .collect();
-    for (net, _) in routes_of(node) {
+    for ((net, _), point) in routes_of(node)
+        .into_iter()
+        .zip(["node-del.cidr-route", "node-del.address-route"])
+    {
+        fault::point(point)?;
         if !owned_routes.contains(&net) {
             maps.del_route(net)?;
         }
     }
+    fault::point("node-del.node-map")?;
     if !keep
         .nodes
         .values()
@@ -226,8 +236,10 @@ pub fn add(
         address: spec.address,
         origin: spec.origin,
     };
+    fault::point("node-add.intent")?;
     locked.begin_node(&NodeIntent::Add(node.clone()))?;
     let result = install(maps, &node).and_then(|()| {
+        fault::point("node-add.commit")?;
         cluster_mut(locked)?
             .nodes
             .insert(node.name.clone(), node.clone());
@@ -243,7 +255,10 @@ pub fn add(
             warn!(node = %node.name, error = %e, "rolling back node add");
         }
     }
-    if let Err(e) = locked.end_node() {
+    if let Err(e) = fault::point("node-add.done")
+        .map_err(ClusterError::from)
+        .and_then(|()| Ok(locked.end_node()?))
+    {
         warn!(error = %e, "cannot clear the node journal; the next command will");
     }
     result.map(|()| node)
@@ -275,6 +290,7 @@ pub fn del(
         .ok_or_else(|| ClusterError::NotFound {
             name: name.to_string(),
         })?;
+    fault::point("node-del.intent")?;
     locked.begin_node(&NodeIntent::Del(node.clone()))?;
     let keep = cluster.clone();
     if let Err(e) = uninstall(maps, &node, &keep) {
@@ -287,15 +303,24 @@ pub fn del(
         }
         return Err(e);
     }
+    // From here the entries are gone: a failure leaves the journal, and the next
+    // command finishes the del.
+    let interrupted = |source: ClusterError| ClusterError::DelInterrupted {
+        name: name.to_string(),
+        source: Box::new(source),
+    };
+    fault::point("node-del.commit").map_err(|e| interrupted(e.into()))?;
     cluster_mut(locked)?.nodes.remove(name);
     if let Err(e) = locked.save() {
-        // The entries are gone; the record stays until the journal is replayed.
         cluster_mut(locked)?
             .nodes
             .insert(node.name.clone(), node.clone());
-        return Err(e.into());
+        return Err(interrupted(e.into()));
     }
-    if let Err(e) = locked.end_node() {
+    if let Err(e) = fault::point("node-del.done")
+        .map_err(ClusterError::from)
+        .and_then(|()| Ok(locked.end_node()?))
+    {
         warn!(error = %e, "cannot clear the node journal; the next command will");
     }
     Ok(node)

@@ -340,9 +340,21 @@ pub fn apply(
         }
         return Err(e);
     }
+    // Interface indexes change when a device is made again: a repair, not a new
+    // configuration.
+    let settings = |c: &ClusterState| {
+        (
+            c.cluster_cidr,
+            c.overlay,
+            c.uplink.clone(),
+            c.node_ip,
+            c.uplink_mtu,
+            c.pod_mtu,
+        )
+    };
     let action = match &current {
         None => "joined",
-        Some(c) if *c != desired => "reconfigured",
+        Some(c) if settings(c) != settings(&desired) => "reconfigured",
         Some(_) if repaired => "repaired",
         Some(_) => "unchanged",
     };
