@@ -425,7 +425,8 @@ fn placeholder() -> ClusterState {
 /// How long without a packet from a node before `node list` stops calling it
 /// reachable.
 pub const REACHABLE_WINDOW_NS: u64 = 60_000_000_000;
-/// How long sending without an answer before `node list` says so.
+/// How much older than the last send the last answer may be before `node list`
+/// says the node does not reply.
 pub const NO_REPLY_AFTER_NS: u64 = 5_000_000_000;
 
 /// A remote node as `node list` and `status` show it.
@@ -440,8 +441,9 @@ pub struct NodeView {
     pub received: Count,
     /// Seconds since the last packet from the node was delivered; `None`: never.
     pub last_received_secs: Option<f64>,
-    /// `reachable` (a packet came from it within the last minute), `no reply`
-    /// (sent to for 5 s and more without an answer), or `idle`.
+    /// `no reply` (sent to within the last minute, and nothing came from it in the
+    /// 5 s before the last send, or ever), `reachable` (a packet came from it within
+    /// the last minute), or `idle`.
     pub reachability: &'static str,
 }
 
@@ -560,4 +562,301 @@ pub fn reconcile(
         }
     }
     Ok(fixes)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::ident::MacAddr;
+    use crate::maps::MapsError;
+    use crate::state::{AttachMode, NodeConfig, StateDir};
+    use vethbpf_common::ClusterConfig;
+
+    /// The maps in memory; `fail_route` makes the nth put_route fail.
+    #[derive(Default)]
+    struct FakeMaps {
+        routes: BTreeMap<Ipv4Net, Route>,
+        nodes: BTreeMap<u32, NodeInfo>,
+        puts: usize,
+        fail_route: Option<usize>,
+    }
+
+    fn injected() -> MapsError {
+        MapsError::Op {
+            map: "ROUTES",
+            op: "insert",
+            source: aya::maps::MapError::KeyNotFound,
+        }
+    }
+
+    impl NodeMaps for FakeMaps {
+        fn put_route(&mut self, net: Ipv4Net, route: &Route) -> Result<(), MapsError> {
+            self.puts += 1;
+            if self.fail_route == Some(self.puts) {
+                return Err(injected());
+            }
+            self.routes.insert(net, *route);
+            Ok(())
+        }
+        fn del_route(&mut self, net: Ipv4Net) -> Result<(), MapsError> {
+            self.routes.remove(&net);
+            Ok(())
+        }
+        fn route_entries(&self) -> Result<Vec<(Ipv4Net, Route)>, MapsError> {
+            Ok(self.routes.iter().map(|(n, r)| (*n, *r)).collect())
+        }
+        fn put_node(&mut self, id: u32, info: &NodeInfo) -> Result<(), MapsError> {
+            if *info == NO_NODE {
+                self.nodes.remove(&id);
+            } else {
+                self.nodes.insert(id, *info);
+            }
+            Ok(())
+        }
+        fn node(&self, id: u32) -> Result<NodeInfo, MapsError> {
+            Ok(self.nodes.get(&id).copied().unwrap_or(NO_NODE))
+        }
+        fn reset_node_counters(&mut self, _id: u32) -> Result<(), MapsError> {
+            Ok(())
+        }
+        fn node_counters(&self, _id: u32) -> Result<NodeCounter, MapsError> {
+            Ok(NodeCounter::default())
+        }
+        fn set_cluster(&mut self, _config: &ClusterConfig) -> Result<(), MapsError> {
+            Ok(())
+        }
+        fn cluster(&self) -> Result<ClusterConfig, MapsError> {
+            Err(injected())
+        }
+    }
+
+    fn net(s: &str) -> Ipv4Net {
+        s.parse().unwrap()
+    }
+
+    fn cluster(overlay: Overlay) -> ClusterState {
+        ClusterState {
+            cluster_cidr: net("10.244.0.0/16"),
+            overlay,
+            uplink: "eth0".into(),
+            uplink_ifindex: 2,
+            node_ip: Ipv4Addr::new(192, 168, 77, 1),
+            uplink_mtu: 1500,
+            pod_mtu: 1500,
+            vxlan: None,
+            nodes: Default::default(),
+        }
+    }
+
+    fn spec(name: &str, cidr: &str, addr: [u8; 4]) -> NodeSpec {
+        NodeSpec {
+            name: name.into(),
+            pod_cidr: net(cidr),
+            address: Ipv4Addr::from(addr),
+            origin: NodeOrigin::Static,
+        }
+    }
+
+    fn locked_node(dir: &std::path::Path) -> (StateDir, Locked) {
+        let sd = StateDir::new(dir);
+        let mut l = sd.lock().unwrap();
+        l.state.node = Some(NodeConfig {
+            pod_cidr: net("10.244.1.0/24"),
+            gateway: Ipv4Addr::new(169, 254, 1, 1),
+            gateway_mac: MacAddr::GATEWAY,
+            bpffs_dir: "/nonexistent".into(),
+            bpffs_mount: None,
+            attach_mode: AttachMode::Tcx,
+        });
+        l.state.cluster = Some(cluster(Overlay::None));
+        l.save().unwrap();
+        (sd, l)
+    }
+
+    fn tempdir(what: &str) -> std::path::PathBuf {
+        std::env::temp_dir().join(format!("vethbpf-nodes-{what}-{}", std::process::id()))
+    }
+
+    #[test]
+    fn check_names_every_bad_input() {
+        let own = net("10.244.1.0/24");
+        let lan = [net("192.168.77.0/24")];
+        let mut c = cluster(Overlay::None);
+        c.nodes.insert(
+            "b".into(),
+            RemoteNode {
+                name: "b".into(),
+                id: 1,
+                pod_cidr: net("10.244.2.0/24"),
+                address: Ipv4Addr::new(192, 168, 77, 2),
+                origin: NodeOrigin::Static,
+            },
+        );
+        let err = |s: NodeSpec| check(&c, own, &s, &lan).unwrap_err().to_string();
+        assert!(err(spec("", "10.244.9.0/24", [192, 168, 77, 9])).contains("empty"));
+        assert!(err(spec("-x", "10.244.9.0/24", [192, 168, 77, 9])).contains("not valid"));
+        assert!(err(spec("b", "10.244.9.0/24", [192, 168, 77, 9])).contains("already exists"));
+        assert!(err(spec("x", "10.9.0.0/24", [192, 168, 77, 9])).contains("not inside"));
+        assert!(err(spec("x", "10.244.0.0/23", [192, 168, 77, 9])).contains("own pod CIDR"));
+        assert!(err(spec("x", "10.244.2.64/26", [192, 168, 77, 9])).contains("of node b"));
+        assert!(err(spec("x", "10.244.9.0/24", [224, 0, 0, 1])).contains("usable"));
+        assert!(err(spec("x", "10.244.9.0/24", [192, 168, 77, 1])).contains("own address"));
+        assert!(err(spec("x", "10.244.9.0/24", [10, 244, 200, 1])).contains("inside the cluster"));
+        assert!(err(spec("x", "10.244.9.0/24", [192, 168, 77, 2])).contains("of node b"));
+        assert!(err(spec("x", "10.244.9.0/24", [10, 0, 0, 9])).contains("not on the uplink"));
+        // The same address is fine through a tunnel, and the next free id is 2.
+        c.overlay = Overlay::Vxlan;
+        assert_eq!(
+            check(&c, own, &spec("x", "10.244.9.0/24", [10, 0, 0, 9]), &lan).unwrap(),
+            2
+        );
+    }
+
+    #[test]
+    fn add_writes_three_entries_and_del_removes_them() {
+        let dir = tempdir("add-del");
+        let (sd, mut l) = locked_node(&dir);
+        let mut maps = FakeMaps::default();
+        let lan = [net("192.168.77.0/24")];
+        let node = add(
+            &mut maps,
+            &mut l,
+            &spec("b", "10.244.2.0/24", [192, 168, 77, 2]),
+            &lan,
+        )
+        .unwrap();
+        assert_eq!(node.id, 1);
+        assert_eq!(maps.routes.len(), 2);
+        assert_eq!(maps.routes[&net("10.244.2.0/24")].kind, ROUTE_KIND_REMOTE);
+        assert_eq!(maps.routes[&net("192.168.77.2/32")].kind, ROUTE_KIND_NODE);
+        assert_eq!(maps.nodes[&1], info_of(&node));
+        assert!(l.pending_node().unwrap().is_none());
+        assert!(sd.read().unwrap().cluster.unwrap().nodes.contains_key("b"));
+
+        del(&mut maps, &mut l, "b").unwrap();
+        assert!(maps.routes.is_empty() && maps.nodes.is_empty());
+        assert!(sd.read().unwrap().cluster.unwrap().nodes.is_empty());
+        assert!(matches!(
+            del(&mut maps, &mut l, "b"),
+            Err(ClusterError::NotFound { .. })
+        ));
+        sd.remove(l).unwrap();
+    }
+
+    #[test]
+    fn a_failing_add_leaves_nothing() {
+        let dir = tempdir("fail");
+        let (sd, mut l) = locked_node(&dir);
+        let before = sd.read().unwrap();
+        let lan = [net("192.168.77.0/24")];
+        for nth in 1..=2 {
+            let mut maps = FakeMaps {
+                fail_route: Some(nth),
+                ..Default::default()
+            };
+            let r = add(
+                &mut maps,
+                &mut l,
+                &spec("b", "10.244.2.0/24", [192, 168, 77, 2]),
+                &lan,
+            );
+            assert!(r.is_err(), "put_route #{nth}");
+            assert!(maps.routes.is_empty() && maps.nodes.is_empty(), "#{nth}");
+            assert_eq!(sd.read().unwrap(), before);
+            assert!(l.pending_node().unwrap().is_none());
+        }
+        sd.remove(l).unwrap();
+    }
+
+    #[test]
+    fn an_interrupted_add_is_rolled_back_and_a_del_finished() {
+        let dir = tempdir("settle");
+        let (sd, mut l) = locked_node(&dir);
+        let mut maps = FakeMaps::default();
+        let node = RemoteNode {
+            name: "b".into(),
+            id: 1,
+            pod_cidr: net("10.244.2.0/24"),
+            address: Ipv4Addr::new(192, 168, 77, 2),
+            origin: NodeOrigin::Static,
+        };
+        // An add that died after its entries, before its commit.
+        l.begin_node(&NodeIntent::Add(node.clone())).unwrap();
+        install(&mut maps, &node).unwrap();
+        let s = finish_pending(&mut maps, &mut l).unwrap().unwrap();
+        assert_eq!((s.op, s.outcome), ("add", "rolled back"));
+        assert!(maps.routes.is_empty() && maps.nodes.is_empty());
+
+        // A del that died after removing the pod CIDR route.
+        let lan = [net("192.168.77.0/24")];
+        let node = add(
+            &mut maps,
+            &mut l,
+            &spec("b", "10.244.2.0/24", [192, 168, 77, 2]),
+            &lan,
+        )
+        .unwrap();
+        l.begin_node(&NodeIntent::Del(node.clone())).unwrap();
+        maps.del_route(node.pod_cidr).unwrap();
+        let s = finish_pending(&mut maps, &mut l).unwrap().unwrap();
+        assert_eq!((s.op, s.outcome), ("del", "completed"));
+        assert!(maps.routes.is_empty() && maps.nodes.is_empty());
+        assert!(sd.read().unwrap().cluster.unwrap().nodes.is_empty());
+        sd.remove(l).unwrap();
+    }
+
+    #[test]
+    fn reconcile_puts_back_and_removes() {
+        let dir = tempdir("reconcile");
+        let (sd, mut l) = locked_node(&dir);
+        let mut maps = FakeMaps::default();
+        let lan = [net("192.168.77.0/24")];
+        add(
+            &mut maps,
+            &mut l,
+            &spec("b", "10.244.2.0/24", [192, 168, 77, 2]),
+            &lan,
+        )
+        .unwrap();
+        maps.routes.remove(&net("10.244.2.0/24"));
+        let stray = Route {
+            kind: ROUTE_KIND_REMOTE,
+            ifindex: 0,
+            endpoint_id: 7,
+            mac: [0; 6],
+            _pad: [0; 2],
+        };
+        maps.routes.insert(net("10.244.7.0/24"), stray);
+        maps.nodes.insert(7, NodeInfo { ip: 1, _pad: 0 });
+        let fixes = reconcile(&mut maps, &mut l).unwrap();
+        assert_eq!(fixes.len(), 3, "{fixes:?}");
+        assert_eq!(maps.routes.len(), 2);
+        assert!(maps.routes.contains_key(&net("10.244.2.0/24")));
+        assert_eq!(maps.nodes.len(), 1);
+        assert!(reconcile(&mut maps, &mut l).unwrap().is_empty());
+        sd.remove(l).unwrap();
+    }
+
+    #[test]
+    fn reachability_follows_the_last_packets() {
+        let s = 1_000_000_000;
+        let c = |tx: u64, rx: u64| NodeCounter {
+            tx_last_ns: tx,
+            rx_last_ns: rx,
+            ..Default::default()
+        };
+        let now = 1000 * s;
+        assert_eq!(reachability(&c(0, 0), now), "idle");
+        assert_eq!(reachability(&c(now - s, now - s), now), "reachable");
+        assert_eq!(reachability(&c(now - s, 0), now), "no reply");
+        assert_eq!(
+            reachability(&c(now - s, now - 3 * s), now),
+            "reachable",
+            "an answer 2 s before the last send is recent enough"
+        );
+        assert_eq!(reachability(&c(now - s, now - 30 * s), now), "no reply");
+        assert_eq!(reachability(&c(now - 90 * s, now - 90 * s), now), "idle");
+    }
 }
