@@ -764,3 +764,73 @@ fn every_failing_or_crashing_node_change_is_undone_or_finished() {
     ]);
     assert_eq!(node.ping_from_pod("a", &b, 1), Some(62), "after the repair");
 }
+
+/// CNI ADD on a node in a VXLAN cluster: the container gets the overlay's MTU and
+/// reaches pods on other nodes; DEL removes it.
+#[test]
+fn cni_add_in_a_vxlan_cluster_gets_the_overlay_mtu() {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+
+    let c = Cluster::new(2);
+    c.up(0, "vxlan");
+    c.up(1, "vxlan");
+    c.connect_static();
+    let b = ip_of(&c.nodes[1].add("b", &[])).to_string();
+    let node = &c.nodes[0];
+    let netns = node.pod("ctr");
+    vethbpf_tests::must("ip", ["netns", "add", &netns]);
+    let conf = serde_json::json!({
+        "cniVersion": "1.0.0",
+        "name": "vethbpf-test",
+        "type": "vethbpf",
+        "podCidr": Cluster::pod_cidr(0),
+        "stateDir": node.state,
+        "bpffsDir": node.bpffs,
+    });
+    let plugin = |command: &str| {
+        let mut child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", node.netns))
+            .arg("--")
+            .arg(vethbpf_tests::vethbpf_bin())
+            .env("CNI_COMMAND", command)
+            .env("CNI_CONTAINERID", "ctr1")
+            .env("CNI_NETNS", format!("/run/netns/{netns}"))
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_PATH", "/usr/lib/cni")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run the plugin");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(conf.to_string().as_bytes())
+            .expect("write the config");
+        let out = child.wait_with_output().expect("plugin");
+        assert!(out.status.success(), "CNI {command}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let result: serde_json::Value = serde_json::from_str(&plugin("ADD")).expect("ADD result");
+    let ip = result["ips"][0]["address"]
+        .as_str()
+        .and_then(|a| a.split('/').next())
+        .expect("an address")
+        .to_string();
+    let link = TestNode::in_ns(&netns, "ip", &["-o", "link", "show", "eth0"]);
+    assert!(
+        String::from_utf8_lossy(&link.stdout).contains("mtu 1450"),
+        "{link:?}"
+    );
+    let ping = TestNode::in_ns(&netns, "ping", &["-c", "1", "-W", "2", &b]);
+    assert!(ping.status.success(), "container -> pod on node1: {ping:?}");
+    assert_eq!(c.nodes[1].ping_from_pod("b", &ip, 1), Some(62));
+    plugin("DEL");
+    assert!(
+        node.json(&["endpoint", "list"])
+            .as_array()
+            .is_some_and(|l| l.is_empty())
+    );
+}
