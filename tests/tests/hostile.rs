@@ -101,10 +101,16 @@ fn counters(node: &TestNode, pod: &str) -> Counters {
     m.insert("forward".into(), pb(&c["forwarded"]));
     m.insert("arp_reply".into(), pb(&c["arp_replies"]));
     m.insert("pass".into(), pb(&c["passed"]));
+    m.insert("to_node".into(), pb(&c["to_nodes"]));
+    m.insert("from_node".into(), pb(&c["from_nodes"]));
     for (k, v) in c["drops"].as_object().expect("drops") {
         m.insert(k.clone(), pb(v));
     }
-    assert_eq!(m.len(), 8, "every verdict is listed: {c}");
+    assert_eq!(
+        m.len(),
+        vethbpf_common::Verdict::COUNT as usize,
+        "every verdict is listed: {c}"
+    );
     m
 }
 

@@ -41,9 +41,10 @@ const DST_ID: u32 = 6;
 const DST_IP: [u8; 4] = [10, 244, 0, 3];
 const DST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x03];
 
-/// Covered by a route of another kind (e.g. a remote node's pod CIDR).
+/// Covered by a route of a kind `from_pod` leaves to the node stack (a remote node's
+/// own address; remote pod CIDRs are testrun_cluster.rs's).
 const REMOTE_IP: [u8; 4] = [10, 244, 7, 9];
-const ROUTE_KIND_OTHER: u32 = ROUTE_KIND_LOCAL + 1;
+const ROUTE_KIND_OTHER: u32 = vethbpf_common::ROUTE_KIND_NODE;
 /// Covered by no route at all.
 const OUTSIDE_IP: [u8; 4] = [192, 0, 2, 10];
 
@@ -386,8 +387,15 @@ fn object_defines_the_shared_names_and_layouts() {
     expected.sort_unstable();
     assert_eq!(maps, expected, "map names in the object");
 
-    let programs: Vec<&str> = ebpf.programs().map(|(name, _)| name).collect();
-    assert_eq!(programs, [PROG_FROM_POD]);
+    let mut programs: Vec<&str> = ebpf.programs().map(|(name, _)| name).collect();
+    programs.sort_unstable();
+    let mut expected = vec![
+        PROG_FROM_POD,
+        vethbpf_common::PROG_FROM_UPLINK,
+        vethbpf_common::PROG_FROM_TUNNEL,
+    ];
+    expected.sort_unstable();
+    assert_eq!(programs, expected);
     let _: &SchedClassifier = ebpf.program(PROG_FROM_POD).unwrap().try_into().unwrap();
 
     // The typed views check key and value sizes against vethbpf-common's types.

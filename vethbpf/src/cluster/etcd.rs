@@ -190,9 +190,16 @@ pub fn spawn(cfg: RegistryConfig, tx: Sender<Update>) -> Registry {
 async fn run(cfg: RegistryConfig, tx: Sender<Update>) {
     let mut held: Option<Ipv4Net> = cfg.prefer;
     let mut announced: Option<Ipv4Net> = None;
-    let mut pause = Duration::from_millis(200);
+    const FIRST_PAUSE: Duration = Duration::from_millis(200);
+    let mut pause = FIRST_PAUSE;
     loop {
-        match session(&cfg, &tx, &mut held, &mut announced).await {
+        let started = tokio::time::Instant::now();
+        let result = session(&cfg, &tx, &mut held, &mut announced).await;
+        // A session that ran a while was a working connection: start over quickly.
+        if started.elapsed() > Duration::from_secs(10) {
+            pause = FIRST_PAUSE;
+        }
+        match result {
             Ok(()) => return,
             Err(e) if e.is_fatal() => {
                 let _ = tx.send(Update::Fatal(e.to_string()));

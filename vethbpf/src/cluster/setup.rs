@@ -145,7 +145,7 @@ pub fn plan(
             overlay.name()
         )
     };
-    let mut nodes = Default::default();
+    let mut nodes = std::collections::BTreeMap::new();
     if let Some(cur) = current {
         let same = cur.cluster_cidr == req.cluster_cidr
             && cur.overlay == req.overlay
@@ -168,8 +168,7 @@ pub fn plan(
             endpoints,
         });
     }
-    let node_list: &std::collections::BTreeMap<String, crate::state::RemoteNode> = &nodes;
-    if let Some(other) = node_list.values().find(|n| {
+    if let Some(other) = nodes.values().find(|n: &&crate::state::RemoteNode| {
         n.pod_cidr.contains(&pod_cidr.network()) || pod_cidr.contains(&n.pod_cidr.network())
     }) {
         return Err(ClusterError::Overlaps {

@@ -9,6 +9,7 @@
 //! (TEST_RUN), `controlplane`, `stats`, `report` (tables, JSON, SVG).
 
 mod controlplane;
+mod crossnode;
 mod measure;
 mod progcost;
 mod report;
@@ -54,6 +55,10 @@ pub struct BenchArgs {
     pub skip_progcost: bool,
     #[arg(long)]
     pub skip_controlplane: bool,
+    /// Skip the cross-node section (two nodes, five ways, and the cluster's
+    /// control plane).
+    #[arg(long)]
+    pub skip_crossnode: bool,
     /// Do not build the eBPF object and the vethbpf binary first; use what is there.
     #[arg(long)]
     pub no_build: bool,
@@ -129,6 +134,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "bpftool",
         "containernetworking-plugins",
         "util-linux",
+        "etcd-server",
+        "etcd-client",
     ])?;
     let plan = Plan::new(&args)?;
     let root = root();
@@ -172,6 +179,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
         progcost_error: None,
         controlplane: None,
         controlplane_error: None,
+        crossnode: None,
+        crossnode_error: None,
         targets: Vec::new(),
     };
     progress(&format!(
@@ -193,6 +202,21 @@ pub fn run(args: BenchArgs) -> Result<()> {
 
     if !args.skip_datapath {
         datapath(&plan, &env, &mut results)?;
+    }
+
+    if !args.skip_crossnode {
+        let cross = crossnode::CrossPlan {
+            rounds: plan.rounds,
+            secs: plan.secs,
+        };
+        match crossnode::run(&cross, &env, &mut |m| progress(m)) {
+            Ok(c) => results.crossnode = Some(c),
+            Err(e) => {
+                sys::check_interrupt()?;
+                progress(&format!("  cross-node not measured: {e:#}"));
+                results.crossnode_error = Some(format!("{e:#}"));
+            }
+        }
     }
 
     if !args.skip_controlplane {
@@ -314,7 +338,7 @@ fn datapath(plan: &Plan, env: &topo::Env, results: &mut Results) -> Result<()> {
             sys::check_interrupt()?;
             let mut s = DpSample {
                 round,
-                contender: c.kind.name(),
+                contender: c.name,
                 latency: None,
                 tput_1: None,
                 tput_4: None,
@@ -347,7 +371,7 @@ fn datapath(plan: &Plan, env: &topo::Env, results: &mut Results) -> Result<()> {
             progress(&format!(
                 "  [round {round}/{}] {:<9} RTT p50 {:>6} us p99 {:>7} us | 1-stream {:>6} Gbit/s | 4-stream {:>6} Gbit/s | {:>6} conn/s | {:>5} CPU ms/Gbit{}",
                 plan.rounds,
-                c.kind.name(),
+                c.name,
                 f(s.latency.as_ref().map(|l| l.p50_us), 1),
                 f(s.latency.as_ref().map(|l| l.p99_us), 1),
                 f(s.tput_1.as_ref().map(|t| t.gbps), 2),
