@@ -276,7 +276,7 @@ impl Etcd {
                 );
             }
             let ul = ul.clone();
-            let ready = vethbpf::netns::run_in(&ul, || {
+            let ready = vethbpf::kernel::netns::run_in(&ul, || {
                 let out = std::process::Command::new("etcdctl")
                     .env("ETCDCTL_API", "3")
                     .args(["--endpoints", &Self::url(), "endpoint", "health"])
@@ -300,7 +300,7 @@ impl Etcd {
     pub fn get_prefix(&self, key: &str) -> Vec<(String, String)> {
         let ul = self.underlay.clone();
         let key = key.to_string();
-        let out = vethbpf::netns::run_in(&ul, move || {
+        let out = vethbpf::kernel::netns::run_in(&ul, move || {
             std::process::Command::new("etcdctl")
                 .env("ETCDCTL_API", "3")
                 .args(["--endpoints", &Self::url(), "get", "--prefix", &key])
@@ -456,7 +456,7 @@ pub struct TcpStreamJob {
 impl TcpStreamJob {
     /// Connects from `client` to `server_ip` in `server` and starts streaming.
     pub fn start(server: &Path, server_ip: Ipv4Addr, client: &Path) -> TcpStreamJob {
-        let listener = vethbpf::netns::run_in(server, move || {
+        let listener = vethbpf::kernel::netns::run_in(server, move || {
             TcpListener::bind(SocketAddr::from((server_ip, 0)))
         })
         .expect("enter server netns")
@@ -473,7 +473,7 @@ impl TcpStreamJob {
                 }
             }
         });
-        let stream = vethbpf::netns::run_in(client, move || {
+        let stream = vethbpf::kernel::netns::run_in(client, move || {
             TcpStream::connect_timeout(&SocketAddr::from((server_ip, port)), Duration::from_secs(5))
         })
         .expect("enter client netns")

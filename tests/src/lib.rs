@@ -463,7 +463,7 @@ pub fn tcp_echo_peer(
     use std::net::{SocketAddr, TcpListener, TcpStream};
     use std::time::{Duration, Instant};
 
-    let listener = vethbpf::netns::run_in(server, move || {
+    let listener = vethbpf::kernel::netns::run_in(server, move || {
         TcpListener::bind(SocketAddr::from((server_ip, 0)))
     })
     .expect("enter server netns")
@@ -483,7 +483,7 @@ pub fn tcp_echo_peer(
         peer
     });
     let start = Instant::now();
-    let mut stream = vethbpf::netns::run_in(client, move || {
+    let mut stream = vethbpf::kernel::netns::run_in(client, move || {
         TcpStream::connect_timeout(&SocketAddr::from((server_ip, port)), Duration::from_secs(5))
     })
     .expect("enter client netns")

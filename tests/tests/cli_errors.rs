@@ -153,7 +153,8 @@ fn failure_halfway_through_add_undoes_everything() {
 }
 
 /// Every command, with each kind of wrong argument it can get: a specific message,
-/// exit code 1 (2 for what clap rejects before vethbpf runs) and an unchanged node.
+/// the exit status of its kind (2 usage, 3 not found, 4 not up, 5 conflict, 1 the
+/// rest) and an unchanged node.
 #[test]
 fn every_command_names_what_is_wrong_and_changes_nothing() {
     let node = TestNode::up();
@@ -195,22 +196,22 @@ fn every_command_names_what_is_wrong_and_changes_nothing() {
         // A bpffs dir other than the node's.
         (
             vec!["--bpffs-dir", other, "endpoint", "list"],
-            1,
+            5,
             "the node was brought up with --bpffs-dir",
         ),
         (
             vec!["--bpffs-dir", other, "endpoint", "add", &fresh],
-            1,
+            5,
             "the node was brought up with --bpffs-dir",
         ),
         (
             vec!["--bpffs-dir", other, "down"],
-            1,
+            5,
             "the node was brought up with --bpffs-dir",
         ),
         (
             vec!["--bpffs-dir", other, "reconcile"],
-            1,
+            5,
             "the node was brought up with --bpffs-dir",
         ),
         // A state dir that cannot be one.
@@ -221,7 +222,7 @@ fn every_command_names_what_is_wrong_and_changes_nothing() {
         ),
         (
             vec!["--state-dir", file, "endpoint", "list"],
-            1,
+            4,
             "the node is not up",
         ),
         // up: CIDRs and gateways.
@@ -243,12 +244,12 @@ fn every_command_names_what_is_wrong_and_changes_nothing() {
         ),
         (
             vec!["up", "--pod-cidr", "10.1.0.0/24"],
-            1,
+            5,
             "before changing it to 10.1.0.0/24",
         ),
         (
             vec!["up", "--gateway", "10.244.0.9"],
-            1,
+            2,
             "lies inside the pod CIDR",
         ),
         // endpoint add: names, addresses, namespaces, interface names.
@@ -257,22 +258,22 @@ fn every_command_names_what_is_wrong_and_changes_nothing() {
             2,
             "required arguments were not provided",
         ),
-        (vec!["endpoint", "add", ""], 1, "endpoint name is empty"),
+        (vec!["endpoint", "add", ""], 2, "endpoint name is empty"),
         (
             vec!["endpoint", "add", ".hidden"],
-            1,
+            2,
             "starting with a letter or digit",
         ),
-        (vec!["endpoint", "add", "a b"], 1, "has the character ' '"),
-        (vec!["endpoint", "add", &web_name], 1, "already exists"),
+        (vec!["endpoint", "add", "a b"], 2, "has the character ' '"),
+        (vec!["endpoint", "add", &web_name], 5, "already exists"),
         (
             vec!["endpoint", "add", &fresh, "--ip", "10.244.0.0"],
-            1,
+            2,
             "network or broadcast address",
         ),
         (
             vec!["endpoint", "add", &fresh, "--ip", "169.254.1.1"],
-            1,
+            2,
             "outside the pod CIDR",
         ),
         (
@@ -282,22 +283,22 @@ fn every_command_names_what_is_wrong_and_changes_nothing() {
         ),
         (
             vec!["endpoint", "add", &fresh, "--ifname", "eth/0"],
-            1,
+            2,
             "may not contain '/'",
         ),
         (
             vec!["endpoint", "add", &fresh, "--ifname", ""],
-            1,
+            2,
             "interface name \"\"",
         ),
         (
             vec!["endpoint", "add", &fresh, "--netns", "../etc"],
-            1,
+            3,
             "does not exist",
         ),
         (
             vec!["endpoint", "add", &fresh, "--netns", file],
-            1,
+            2,
             "is not a network namespace",
         ),
         // endpoint del.
@@ -306,8 +307,8 @@ fn every_command_names_what_is_wrong_and_changes_nothing() {
             2,
             "required arguments were not provided",
         ),
-        (vec!["endpoint", "del", &fresh], 1, "no endpoint named"),
-        (vec!["endpoint", "del", "a/b"], 1, "no endpoint named a/b"),
+        (vec!["endpoint", "del", &fresh], 3, "no endpoint named"),
+        (vec!["endpoint", "del", "a/b"], 3, "no endpoint named a/b"),
         // reconcile.
         (
             vec!["reconcile", "--pod-cidr", "10.0.0.0/8"],
@@ -316,12 +317,12 @@ fn every_command_names_what_is_wrong_and_changes_nothing() {
         ),
         (
             vec!["reconcile", "--from-kernel"],
-            1,
+            5,
             "is readable; run `vethbpf reconcile` without",
         ),
         (
             vec!["--bpffs-dir", other, "reconcile", "--from-kernel"],
-            1,
+            4,
             "nothing is pinned at",
         ),
     ];
@@ -477,4 +478,63 @@ fn down_cleans_up_even_when_the_bpffs_is_gone() {
         "links, namespaces, routes and state as before up"
     );
     assert!(!node.state.exists(), "state dir removed");
+}
+
+/// With `-o json`, a failure is one JSON object on stderr (nothing on stdout), with
+/// the message, the exit status and its kind; argument errors included.
+#[test]
+fn errors_are_json_objects_with_o_json() {
+    let fresh = TestNode::new();
+    let node = TestNode::up();
+    let web = node.add("web", &[]);
+    let web_name = web["name"].as_str().expect("name").to_string();
+    let cases: [(&TestNode, Vec<&str>, i32, &str, &str); 5] = [
+        (
+            &fresh,
+            vec!["-o", "json", "endpoint", "list"],
+            4,
+            "not_up",
+            "the node is not up",
+        ),
+        (
+            &node,
+            vec!["-o", "json", "endpoint", "del", "nope"],
+            3,
+            "not_found",
+            "no endpoint named nope",
+        ),
+        (
+            &node,
+            vec!["endpoint", "add", &web_name, "--output=json"],
+            5,
+            "conflict",
+            "already exists",
+        ),
+        (
+            &node,
+            vec!["-ojson", "endpoint", "add", "a b"],
+            2,
+            "usage",
+            "has the character ' '",
+        ),
+        (
+            &node,
+            vec!["--output", "json", "up", "--pod-cidr", "10.1.0.0/33"],
+            2,
+            "usage",
+            "invalid value '10.1.0.0/33'",
+        ),
+    ];
+    for (n, args, code, kind, expect) in cases {
+        let out = n.vethbpf(&args);
+        assert_eq!(out.status.code(), Some(code), "{args:?}");
+        assert!(out.stdout.is_empty(), "{args:?} printed on stdout");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let err: serde_json::Value = serde_json::from_str(stderr.trim())
+            .unwrap_or_else(|e| panic!("{args:?}: stderr is not one JSON object ({e}): {stderr}"));
+        assert_eq!(err["code"], code, "{args:?}: {err}");
+        assert_eq!(err["kind"], kind, "{args:?}: {err}");
+        let message = err["error"].as_str().expect("error is a string");
+        assert!(message.contains(expect), "{args:?}: {err}");
+    }
 }

@@ -240,7 +240,7 @@ fn agents_racing_never_share_a_subnet() {
     // cluster prefix of their own.
     let cidr: Ipv4Net = "10.250.0.0/21".parse().expect("cidr");
     let underlay = c.underlay.path();
-    let results = vethbpf::netns::run_in(&underlay, move || {
+    let results = vethbpf::kernel::netns::run_in(&underlay, move || {
         let (tx, rx) = std::sync::mpsc::channel();
         let _threads: Vec<_> = (0..9)
             .map(|k| {

@@ -292,7 +292,7 @@ fn last_err<T>() -> io::Result<T> {
 /// it receives nothing (a sender); with a classic BPF `filter` it receives what the
 /// filter accepts.
 fn packet_socket(netns: &Path, protocol: u16, filter: Option<Vec<libc::sock_filter>>) -> OwnedFd {
-    vethbpf::netns::run_in(netns, move || -> io::Result<OwnedFd> {
+    vethbpf::kernel::netns::run_in(netns, move || -> io::Result<OwnedFd> {
         // SAFETY: plain syscalls with valid arguments; the fd is owned right away.
         unsafe {
             let fd = libc::socket(
@@ -1013,7 +1013,7 @@ fn malformed_frames_from_a_pod_get_their_verdicts_and_never_reach_the_destinatio
     // B listens: a UDP socket (reassembled fragments and the control datagrams land
     // there) and a packet socket for every IPv4 frame from A's address.
     let bip = b.ip;
-    let udp = vethbpf::netns::run_in(&b.netns, move || UdpSocket::bind((bip, PORT)))
+    let udp = vethbpf::kernel::netns::run_in(&b.netns, move || UdpSocket::bind((bip, PORT)))
         .expect("enter b")
         .expect("bind UDP in b");
     udp.set_read_timeout(Some(Duration::from_millis(50)))

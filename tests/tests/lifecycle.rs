@@ -28,7 +28,7 @@ fn replace_and_rerun_up_keep_a_running_tcp_stream_and_the_maps() {
     let ns = |p: &str| PathBuf::from(format!("/run/netns/{}", node.pod(p)));
 
     // An echo server in b and a client in a that keeps a stream going.
-    let listener = vethbpf::netns::run_in(&ns("b"), move || {
+    let listener = vethbpf::kernel::netns::run_in(&ns("b"), move || {
         TcpListener::bind(SocketAddr::from((b, 0)))
     })
     .expect("netns b")
@@ -47,7 +47,7 @@ fn replace_and_rerun_up_keep_a_running_tcp_stream_and_the_maps() {
             s.write_all(&buf[..n])?;
         }
     });
-    let stream = vethbpf::netns::run_in(&ns("a"), move || {
+    let stream = vethbpf::kernel::netns::run_in(&ns("a"), move || {
         TcpStream::connect_timeout(&SocketAddr::from((b, port)), Duration::from_secs(5))
     })
     .expect("netns a")

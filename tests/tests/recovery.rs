@@ -215,7 +215,7 @@ fn assert_consistent(node: &TestNode, context: &str) -> Vec<serde_json::Value> {
         .iter()
         .filter_map(|l| l.split(": ").nth(1))
         .map(|n| n.split('@').next().unwrap_or(n).to_string())
-        .filter(|n| vethbpf::ident::is_derived_name(n))
+        .filter(|n| vethbpf::state::ident::is_derived_name(n))
         .collect();
     assert_eq!(vethbpf_links, hosts, "{context}: links vs records");
     let pins: BTreeSet<String> = snap

@@ -3,8 +3,9 @@
 //! process there with SIGKILL (a crash at an exact point of an operation).
 //!
 //! The hook exists only in builds with the `fault-injection` feature, which the
-//! integration tests enable; in every other build [`point`] is an empty inline
-//! function and the variable is ignored.
+//! integration tests enable; in every other build `point` is an empty inline
+//! function and the variable is ignored. The same feature lets tests force the
+//! attach mode (`VETHBPF_TEST_ATTACH_MODE`).
 
 /// Every fault point, in the order `endpoint add` and `endpoint del` reach them.
 /// The tests iterate over these, so a new step gets tested by being listed here.
@@ -26,6 +27,7 @@ pub const ADD_POINTS: &[&str] = &[
     "add.done",
 ];
 
+/// Every fault point of `endpoint del`, in the order it reaches them.
 pub const DEL_POINTS: &[&str] = &[
     "del.intent",
     "del.route-map",
@@ -66,7 +68,7 @@ pub struct Injected {
 }
 
 #[cfg(feature = "fault-injection")]
-pub fn point(name: &'static str) -> Result<(), Injected> {
+pub(crate) fn point(name: &'static str) -> Result<(), Injected> {
     let Some(spec) = std::env::var_os("VETHBPF_FAULT") else {
         return Ok(());
     };
@@ -89,6 +91,24 @@ pub fn point(name: &'static str) -> Result<(), Injected> {
 
 #[cfg(not(feature = "fault-injection"))]
 #[inline(always)]
-pub fn point(_name: &'static str) -> Result<(), Injected> {
+pub(crate) fn point(_name: &'static str) -> Result<(), Injected> {
     Ok(())
+}
+
+/// `VETHBPF_TEST_ATTACH_MODE` (`netlink` or `tcx`), which makes `up` attach as
+/// asked instead of as the kernel allows: the clsact fallback is tested on kernels
+/// that have TCX. Only in test builds, like the fault points.
+#[cfg(feature = "fault-injection")]
+pub(crate) fn forced_attach_mode() -> Option<&'static str> {
+    match std::env::var("VETHBPF_TEST_ATTACH_MODE").ok()?.as_str() {
+        "netlink" => Some("netlink"),
+        "tcx" => Some("tcx"),
+        _ => None,
+    }
+}
+
+#[cfg(not(feature = "fault-injection"))]
+#[inline(always)]
+pub(crate) fn forced_attach_mode() -> Option<&'static str> {
+    None
 }

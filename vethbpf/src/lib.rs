@@ -2,40 +2,78 @@
 //! programs (ARP responder, LPM routes, `bpf_redirect_peer`), with no bridge, no
 //! iptables and no addresses on host-side veths.
 //!
-//! Modules, one responsibility each:
-//! - [`netlink`]: link/address/route operations (trait + rtnetlink + fake)
-//! - [`netns`]: named network namespaces and running code inside one
-//! - [`bpf`]: loading, pinning and attaching the embedded eBPF object
-//! - [`maps`]: typed access to the pinned maps
-//! - [`state`]: the state directory (node config, endpoints), locked and atomic
-//! - [`ipam`]: address allocation from the pod CIDR
-//! - [`ident`]: names and MAC addresses, validated
-//! - [`endpoint`]: `endpoint add/del/list`, each step undone on failure
-//! - [`node`]: `up`, `down`, `status`
-//! - [`reconcile`]: finding and repairing what a crash or an outside hand left behind
-//! - [`cluster`]: other nodes: remote nodes, the cluster set-up, the etcd agent
-//! - [`fault`]: test-only fault injection (the `fault-injection` feature)
-//! - [`probe`]: ICMP and TCP probes run from inside a namespace (for `demo`)
-//! - [`demo`], [`cli`], [`output`]: the command line
+//! The layers, each using only those below it (the `vethbpf` binary's command line,
+//! `src/cli/`, sits on top and nothing here imports it):
+//!
+//! - [`cni`]: the CNI plugin (ADD, DEL, CHECK, STATUS, GC) over the same calls as
+//!   the command line
+//! - [`cluster`]: several nodes: `up`'s cluster part, remote nodes, etcd leases and
+//!   the agent
+//! - [`node`] (`up`, `down`, `status`) and [`reconcile`]: the node's lifecycle
+//! - [`endpoint`]: `endpoint add/del/list`, journalled, each step undone on failure
+//! - [`state`]: the state directory (lock, atomic writes, journal), IPAM, names
+//! - [`datapath`]: the embedded eBPF object: load, pin, replace, attach, maps
+//! - [`kernel`]: rtnetlink, network namespaces, the bpf file system
+//! - [`defaults`], [`error`] (what kind of failure an error is) and [`fault`]
+//!   (test-only fault points) are leaves any layer uses
+//!
+//! The library's API is what the binary and the integration tests use; the rest is
+//! crate-private, and the fakes the unit tests run on exist only in test builds.
 
-pub mod bpf;
-pub mod cli;
 pub mod cluster;
 pub mod cni;
-pub mod demo;
+pub mod datapath;
+pub mod defaults;
 pub mod endpoint;
+pub mod error;
 pub mod fault;
-pub mod ident;
-pub mod ipam;
-pub mod maps;
-pub mod netlink;
-pub mod netns;
+pub mod kernel;
 pub mod node;
-pub mod output;
-pub mod probe;
 pub mod reconcile;
 pub mod state;
 
 /// The eBPF object built by `cargo xtask build-ebpf`, embedded at compile time.
 pub static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/vethbpf.bpf.o"));
+
+/// The kind of the first error of the library's in `err`'s chain (outermost
+/// first), or `None` if none of them is the library's.
+pub fn error_kind(err: &(dyn std::error::Error + 'static)) -> Option<error::ErrorKind> {
+    let mut next = Some(err);
+    while let Some(e) = next {
+        let kind = if let Some(e) = e.downcast_ref::<cluster::ClusterError>() {
+            Some(e.kind())
+        } else if let Some(e) = e.downcast_ref::<cluster::join::JoinError>() {
+            Some(e.kind())
+        } else if let Some(e) = e.downcast_ref::<cluster::agent::AgentError>() {
+            Some(e.kind())
+        } else if let Some(e) = e.downcast_ref::<node::NodeError>() {
+            Some(e.kind())
+        } else if let Some(e) = e.downcast_ref::<reconcile::ReconcileError>() {
+            Some(e.kind())
+        } else if let Some(e) = e.downcast_ref::<endpoint::EndpointError>() {
+            Some(e.kind())
+        } else if let Some(e) = e.downcast_ref::<state::ipam::IpamError>() {
+            Some(e.kind())
+        } else if let Some(e) = e.downcast_ref::<state::ident::NameError>() {
+            Some(e.kind())
+        } else if let Some(e) = e.downcast_ref::<datapath::BpfError>() {
+            Some(e.kind())
+        } else if let Some(e) = e.downcast_ref::<datapath::maps::MapsError>() {
+            Some(e.kind())
+        } else if let Some(e) = e.downcast_ref::<kernel::netns::NetnsError>() {
+            Some(e.kind())
+        } else if let Some(e) = e.downcast_ref::<kernel::netlink::NetlinkError>() {
+            Some(e.kind())
+        } else if e.is::<state::StateError>() || e.is::<kernel::bpffs::BpffsError>() {
+            Some(error::ErrorKind::Other)
+        } else {
+            None
+        };
+        if kind.is_some() {
+            return kind;
+        }
+        next = e.source();
+    }
+    None
+}

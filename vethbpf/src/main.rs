@@ -1,6 +1,11 @@
+//! The `vethbpf` binary: the command line (`cli/`) on top of the library, or the
+//! CNI plugin when a container runtime runs it as one.
+
 use std::process::ExitCode;
 
 use tracing_subscriber::EnvFilter;
+
+mod cli;
 
 fn main() -> ExitCode {
     // A container runtime runs plugins with CNI_COMMAND set (and no arguments).
@@ -15,7 +20,7 @@ fn main() -> ExitCode {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
-    let (cli, bpffs_explicit) = vethbpf::cli::parse();
+    let (cli, bpffs_explicit) = cli::parse();
     let default = match cli.verbose {
         0 => "warn",
         1 => "debug",
@@ -27,11 +32,9 @@ fn main() -> ExitCode {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default)),
         )
         .init();
-    match vethbpf::cli::run(cli, bpffs_explicit) {
+    let out = cli.output;
+    match cli::run(cli, bpffs_explicit) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
+        Err(e) => cli::fail(&e, out),
     }
 }

@@ -6,14 +6,17 @@ use std::path::PathBuf;
 use ipnet::Ipv4Net;
 use serde::Serialize;
 use tracing::info;
-use vethbpf_common::{ALL_MAPS, Config, ipv4_to_map};
+use vethbpf_common::{ALL_MAPS, Config, PROG_FROM_POD, ipv4_to_map};
 
-use crate::bpf::{self, BpfError, Pins};
+use crate::datapath::maps::{Maps, MapsError};
+use crate::datapath::{self, BpfError, Pins};
 use crate::endpoint::{self, EndpointError, Env};
-use crate::ident::MacAddr;
-use crate::maps::{Maps, MapsError};
+use crate::error::ErrorKind;
+use crate::kernel::bpffs::{self, BpffsError};
+use crate::state::ident::MacAddr;
 use crate::state::{Locked, NodeConfig, StateDir, StateError};
 
+/// Why `up`, `down` or `status` was refused or failed.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
     #[error("the gateway {gateway} lies inside the pod CIDR {cidr}; choose a gateway outside it")]
@@ -42,6 +45,8 @@ pub enum NodeError {
         requested: PathBuf,
     },
     #[error(transparent)]
+    Bpffs(#[from] BpffsError),
+    #[error(transparent)]
     Bpf(#[from] BpfError),
     #[error(transparent)]
     Maps(#[from] MapsError),
@@ -51,6 +56,23 @@ pub enum NodeError {
     Endpoint(#[from] EndpointError),
 }
 
+impl NodeError {
+    /// What kind of failure this is.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            NodeError::GatewayInCidr { .. } => ErrorKind::Usage,
+            NodeError::CidrChange { .. }
+            | NodeError::GatewayChange { .. }
+            | NodeError::BpffsMismatch { .. } => ErrorKind::Conflict,
+            NodeError::Bpf(e) => e.kind(),
+            NodeError::Maps(e) => e.kind(),
+            NodeError::Endpoint(e) => e.kind(),
+            NodeError::Bpffs(_) | NodeError::State(_) => ErrorKind::Other,
+        }
+    }
+}
+
+/// What `up` is asked for.
 #[derive(Clone, Debug)]
 pub struct UpRequest {
     pub pod_cidr: Ipv4Net,
@@ -68,6 +90,10 @@ pub struct UpReport {
     pub action: &'static str,
     pub config: NodeConfig,
     pub program_id: Option<u32>,
+    /// With `replaced`: how many attachments (TCX links, or netlink filters in
+    /// `config.attach_mode` netlink) were switched to the new program.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replaced: Option<usize>,
 }
 
 fn kernel_config(node: &NodeConfig) -> Config {
@@ -82,6 +108,7 @@ fn kernel_config(node: &NodeConfig) -> Config {
 /// Loads and pins the datapath (or checks that it is there). Running it again with
 /// the same settings changes nothing.
 pub fn up(locked: &mut Locked, req: &UpRequest, object: &[u8]) -> Result<UpReport, NodeError> {
+    bpffs::check_lasting(&req.bpffs_dir)?;
     if req.pod_cidr.contains(&req.gateway) {
         return Err(NodeError::GatewayInCidr {
             gateway: req.gateway,
@@ -112,17 +139,31 @@ pub fn up(locked: &mut Locked, req: &UpRequest, object: &[u8]) -> Result<UpRepor
         }
         let pins = Pins::new(&current.bpffs_dir);
         let mut action = "unchanged";
+        let mut replaced = None;
         let mut bpffs_mount = current.bpffs_mount.clone();
         if !pins.is_loaded() {
             // The bpffs lost our pins (a reboot, a manual rm): load again.
-            if let Some(m) = bpf::ensure_bpffs(pins.root())? {
+            if let Some(m) = bpffs::ensure(pins.root())? {
                 bpffs_mount = Some(m);
             }
-            bpf::load_and_pin(&pins, object)?;
+            datapath::load_and_pin(&pins, object)?;
             action = "reloaded";
         } else if req.replace {
-            let (info, links) = bpf::replace(&pins, object)?;
-            info!(program_id = info.id(), links, "program replaced");
+            let host_veths: Vec<String> = locked
+                .state
+                .endpoints
+                .values()
+                .map(|e| e.host_veth.clone())
+                .collect();
+            let (info, swapped) =
+                datapath::replace(&pins, object, current.attach_mode, &host_veths)?;
+            info!(
+                program_id = info.id(),
+                swapped,
+                mode = current.attach_mode.name(),
+                "program replaced"
+            );
+            replaced = Some(swapped);
             action = "replaced";
         }
         let config = NodeConfig {
@@ -140,26 +181,27 @@ pub fn up(locked: &mut Locked, req: &UpRequest, object: &[u8]) -> Result<UpRepor
                 action = "reconfigured";
             }
         }
-        let program_id = bpf::program_info(&pins).ok().map(|p| p.id());
+        let program_id = datapath::program_info(&pins).ok().map(|p| p.id());
         return Ok(UpReport {
             action,
             config,
             program_id,
+            replaced,
         });
     }
 
     let pins = Pins::new(&req.bpffs_dir);
-    let mounted = bpf::ensure_bpffs(pins.root())?;
+    let mounted = bpffs::ensure(pins.root())?;
     let config = NodeConfig {
         pod_cidr: req.pod_cidr,
         gateway: req.gateway,
         gateway_mac: MacAddr::GATEWAY,
         bpffs_dir: req.bpffs_dir.clone(),
         bpffs_mount: mounted.clone(),
-        attach_mode: bpf::attach_mode(),
+        attach_mode: datapath::attach_mode(),
     };
     let loaded = (|| {
-        let info = bpf::load_and_pin(&pins, object)?;
+        let info = datapath::load_and_pin(&pins, object)?;
         Maps::open(&pins)?.set_config(&kernel_config(&config))?;
         locked.state.node = Some(config.clone());
         locked.save()?;
@@ -172,11 +214,12 @@ pub fn up(locked: &mut Locked, req: &UpRequest, object: &[u8]) -> Result<UpRepor
                 action: "loaded",
                 config,
                 program_id: Some(info.id()),
+                replaced: None,
             })
         }
         Err(e) => {
             locked.state.node = None;
-            let _ = bpf::remove_all(&pins, mounted.as_deref());
+            let _ = datapath::remove_all(&pins, mounted.as_deref());
             Err(e)
         }
     }
@@ -198,6 +241,7 @@ pub fn down(
     let Some(node) = locked.state.node.clone() else {
         return down_not_up(state_dir, locked);
     };
+    bpffs::check_lasting(&node.bpffs_dir)?;
     // An add that died halfway has no record, so the loop below would miss it.
     endpoint::finish_pending(env, &mut locked)?;
     let mut removed = Vec::new();
@@ -206,7 +250,7 @@ pub fn down(
         endpoint::del(env, &mut locked, &name)?;
         removed.push(name);
     }
-    bpf::remove_all(&Pins::new(&node.bpffs_dir), node.bpffs_mount.as_deref())?;
+    datapath::remove_all(&Pins::new(&node.bpffs_dir), node.bpffs_mount.as_deref())?;
     state_dir.remove(locked)?;
     Ok(DownReport {
         was_up: true,
@@ -224,6 +268,7 @@ pub fn down_not_up(state_dir: &StateDir, locked: Locked) -> Result<DownReport, N
     })
 }
 
+/// The pinned program, as `status` shows it.
 #[derive(Clone, Debug, Serialize)]
 pub struct ProgramStatus {
     pub id: u32,
@@ -233,6 +278,7 @@ pub struct ProgramStatus {
     pub pinned: PathBuf,
 }
 
+/// A pinned map and its number of entries, as `status` shows it.
 #[derive(Clone, Debug, Serialize)]
 pub struct MapStatus {
     pub name: &'static str,
@@ -240,6 +286,7 @@ pub struct MapStatus {
     pub pinned: PathBuf,
 }
 
+/// An endpoint's attachment, as `status` shows it (ids only for pinned TCX links).
 #[derive(Clone, Debug, Serialize)]
 pub struct AttachmentStatus {
     pub endpoint: String,
@@ -249,6 +296,7 @@ pub struct AttachmentStatus {
     pub program_id: Option<u32>,
 }
 
+/// What `status` shows: the node config, programs, maps and attachments.
 #[derive(Clone, Debug, Serialize)]
 pub struct Status {
     pub up: bool,
@@ -260,6 +308,7 @@ pub struct Status {
 }
 
 impl Status {
+    /// The status of a node that is not up.
     pub fn not_up() -> Self {
         Status {
             up: false,
@@ -272,18 +321,19 @@ impl Status {
     }
 }
 
+/// The node's status, read from the state and the pins.
 pub fn status(locked: &Locked) -> Result<Status, NodeError> {
     let Some(node) = locked.state.node.clone() else {
         return Ok(Status::not_up());
     };
     let pins = Pins::new(&node.bpffs_dir);
-    let info = bpf::program_info(&pins)?;
+    let info = datapath::program_info(&pins)?;
     let programs = vec![ProgramStatus {
         id: info.id(),
         name: info.name_as_str().unwrap_or_default().to_string(),
         tag: format!("{:016x}", info.tag()),
         verified_instructions: info.verified_instruction_count(),
-        pinned: pins.program(),
+        pinned: pins.program(PROG_FROM_POD),
     }];
     let maps = Maps::open(&pins)?;
     let counts = maps.entry_counts();
@@ -304,7 +354,7 @@ pub fn status(locked: &Locked) -> Result<Status, NodeError> {
         .endpoints
         .values()
         .map(|e| {
-            let ids = bpf::link_ids(&pins, &e.host_veth);
+            let ids = datapath::link_ids(&pins, PROG_FROM_POD, &e.host_veth);
             AttachmentStatus {
                 endpoint: e.name.clone(),
                 host_veth: e.host_veth.clone(),

@@ -6,77 +6,30 @@
 //! up); an endpoint whose veth or namespace is gone is removed. What vethbpf made
 //! but no record owns (links with vethbpf's names, map entries, pinned links) is
 //! removed. The journal of a command that died halfway is settled first (see
-//! [`endpoint::finish_pending`]).
+//! `endpoint::finish_pending`).
 //!
 //! `--from-kernel` rebuilds a lost or corrupt state file: each host veth carries its
-//! endpoint's identity in its alias ([`KernelTag`]), and the ENDPOINTS map has its
+//! endpoint's identity in its alias (`KernelTag`), and the ENDPOINTS map has its
 //! address, counter id and pod MAC.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
 
 use ipnet::Ipv4Net;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tracing::info;
 use vethbpf_common::{EndpointInfo, ipv4_from_map, ipv4_to_map};
 
-use crate::bpf::{self, Pins};
-use crate::endpoint::{self, EndpointError, Env, Recovered};
-use crate::ident::{self, MacAddr};
-use crate::maps::Maps;
-use crate::netlink::RouteSpec;
-use crate::state::{CniAttachment, EndpointRecord, Locked, NodeConfig, StateError};
+use crate::datapath::maps::Maps;
+use crate::datapath::{self, Pins};
+use crate::endpoint::{self, EndpointError, Env, KernelTag, Recovered};
+use crate::error::ErrorKind;
+use crate::kernel::bpffs;
+use crate::kernel::netlink::RouteSpec;
+use crate::state::ident::{self, MacAddr};
+use crate::state::{EndpointRecord, Locked, NodeConfig, StateError};
 
-/// Alias prefix that marks a link as a vethbpf endpoint's host veth.
-const TAG_PREFIX: &str = "vethbpf:";
-/// `IFALIASZ` - 1.
-const ALIAS_MAX: usize = 255;
-
-/// What an endpoint's host veth says about it (its `IFLA_IFALIAS`, as
-/// `vethbpf:` + compact JSON): the part of its record that the maps do not hold.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct KernelTag {
-    pub name: String,
-    pub ifname: String,
-    /// Left out when the alias would be too long (a very long namespace path).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub netns: Option<PathBuf>,
-    pub netns_created: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cni: Option<CniAttachment>,
-}
-
-impl KernelTag {
-    /// The alias; parts are left out, least needed first, until it fits in 255
-    /// bytes (a name and an interface name always fit).
-    pub fn encode(&self) -> String {
-        let mut tag = self.clone();
-        loop {
-            let alias = format!(
-                "{TAG_PREFIX}{}",
-                serde_json::to_string(&tag).unwrap_or_default()
-            );
-            if alias.len() <= ALIAS_MAX {
-                return alias;
-            }
-            if let Some(cni) = tag.cni.as_mut().filter(|c| c.ipam.is_some()) {
-                cni.ipam = None;
-            } else if tag.cni.is_some() {
-                tag.cni = None;
-            } else if tag.netns.is_some() {
-                tag.netns = None;
-            } else {
-                return alias;
-            }
-        }
-    }
-
-    pub fn decode(alias: &str) -> Option<KernelTag> {
-        serde_json::from_str(alias.strip_prefix(TAG_PREFIX)?).ok()
-    }
-}
-
+/// Why `reconcile` could not finish.
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
     #[error(transparent)]
@@ -91,14 +44,24 @@ pub enum ReconcileError {
     },
 }
 
+impl ReconcileError {
+    /// What kind of failure this is.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            ReconcileError::Endpoint(e) => e.kind(),
+            ReconcileError::OutsideCidr { .. } => ErrorKind::Usage,
+        }
+    }
+}
+
 impl From<StateError> for ReconcileError {
     fn from(e: StateError) -> Self {
         ReconcileError::Endpoint(e.into())
     }
 }
 
-impl From<crate::netlink::NetlinkError> for ReconcileError {
-    fn from(e: crate::netlink::NetlinkError) -> Self {
+impl From<crate::kernel::netlink::NetlinkError> for ReconcileError {
+    fn from(e: crate::kernel::netlink::NetlinkError) -> Self {
         ReconcileError::Endpoint(e.into())
     }
 }
@@ -130,8 +93,6 @@ pub struct Report {
     pub removed_endpoint_entries: Vec<u32>,
     /// Pinned attachments that no endpoint owns.
     pub removed_pins: Vec<String>,
-    /// Remote nodes' map entries and the cluster set-up put back or removed.
-    pub nodes: Vec<crate::cluster::nodes::NodeFix>,
 }
 
 impl Report {
@@ -146,7 +107,6 @@ impl Report {
             || !self.removed_route_entries.is_empty()
             || !self.removed_endpoint_entries.is_empty()
             || !self.removed_pins.is_empty()
-            || !self.nodes.is_empty()
     }
 }
 
@@ -184,7 +144,7 @@ fn check_records(
     let attached = env.dp.attached();
     let node_routes = env.node.routes()?;
     // One dump instead of a lookup per record.
-    let links: BTreeMap<String, crate::netlink::LinkInfo> = env
+    let links: BTreeMap<String, crate::kernel::netlink::LinkInfo> = env
         .node
         .links()?
         .into_iter()
@@ -287,7 +247,7 @@ fn remove_orphans(
             match env.node.del_link(link.index) {
                 Ok(()) => report.removed_links.push(link.name),
                 // The other end of a pair deleted just before.
-                Err(crate::netlink::NetlinkError::NotFound { .. }) => {}
+                Err(crate::kernel::netlink::NetlinkError::NotFound { .. }) => {}
                 Err(e) => return Err(e.into()),
             }
         }
@@ -311,14 +271,15 @@ fn remove_orphans(
 /// the CONFIG map, the bpffs mount if one sits right on the dir, the attach mode of
 /// this kernel, and the pod CIDR the user gives (the kernel does not hold it).
 pub fn node_from_pins(pins: &Pins, pod_cidr: Ipv4Net) -> Result<NodeConfig, EndpointError> {
+    bpffs::check_lasting(pins.root())?;
     let config = Maps::open(pins)?.config()?;
     Ok(NodeConfig {
         pod_cidr,
         gateway: Ipv4Addr::from(ipv4_from_map(config.gateway_ip)),
         gateway_mac: MacAddr(config.gateway_mac),
         bpffs_dir: pins.root().to_path_buf(),
-        bpffs_mount: bpf::mounted_on(pins.root()),
-        attach_mode: bpf::attach_mode(),
+        bpffs_mount: bpffs::mounted_on(pins.root()),
+        attach_mode: datapath::attach_mode(),
     })
 }
 
@@ -346,7 +307,7 @@ pub fn from_kernel(
         }
         let Some(netns) = tag.netns.clone().or_else(|| {
             tag.netns_created
-                .then(|| crate::netns::named_path(&tag.name))
+                .then(|| crate::kernel::netns::named_path(&tag.name))
         }) else {
             continue;
         };
@@ -384,47 +345,64 @@ pub fn from_kernel(
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    //! `reconcile` against the endpoint fakes.
 
-    fn tag(netns: &str, cni: bool) -> KernelTag {
-        KernelTag {
-            name: "pod-a".into(),
-            ifname: "eth0".into(),
-            netns: Some(PathBuf::from(netns)),
-            netns_created: false,
-            cni: cni.then(|| CniAttachment {
-                container_id: "c".repeat(64),
-                ifname: "eth0".into(),
-                network: "vethbpf-network".into(),
-                ipam: Some("host-local".into()),
-            }),
-        }
-    }
+    use std::collections::BTreeSet;
+    use std::fs;
+
+    use ipnet::Ipv4Net;
+
+    use crate::endpoint::route_of;
+    use crate::endpoint::testing::World;
+    use crate::kernel::netlink::Netlink;
 
     #[test]
-    fn tag_round_trips_through_the_alias() {
-        let t = tag("/run/netns/cni-1234", true);
-        let alias = t.encode();
-        assert!(alias.len() <= ALIAS_MAX, "{}", alias.len());
-        assert_eq!(KernelTag::decode(&alias), Some(t));
-        assert_eq!(KernelTag::decode("some admin's alias"), None);
-        assert_eq!(KernelTag::decode("vethbpf:{broken"), None);
-    }
+    fn reconcile_repairs_records_and_removes_what_no_record_owns() {
+        let mut w = World::new("reconcile");
+        let a = w.add("a").unwrap();
+        let b = w.add("b").unwrap();
+        let healthy = w.snapshot();
+        // Damage: a's attachment and route entry gone, an orphan map entry and an
+        // orphan vethbpf-named veth pair, b's namespace deleted from under it.
+        w.dp.attached.remove(&a.host_veth);
+        w.dp.routes.remove(&Ipv4Net::from(a.ip));
+        w.dp.routes
+            .insert("10.244.0.99/32".parse().unwrap(), route_of(&a));
+        w.node
+            .add_veth("vb0123456789abc", "vp0123456789abc")
+            .unwrap();
+        fs::remove_file(&b.netns).unwrap();
 
-    #[test]
-    fn long_tags_drop_the_least_needed_parts_first() {
-        let long = format!("/run/netns/{}", "n".repeat(150));
-        let alias = tag(&long, true).encode();
-        assert!(alias.len() <= ALIAS_MAX);
-        let back = KernelTag::decode(&alias).unwrap();
-        assert_eq!(back.netns, Some(PathBuf::from(&long)));
-        assert!(back.cni.is_none() || back.cni.as_ref().unwrap().ipam.is_none());
-
-        let longer = format!("/run/netns/{}", "n".repeat(250));
-        let back = KernelTag::decode(&tag(&longer, true).encode()).unwrap();
+        let report = w.with(crate::reconcile::reconcile).unwrap();
+        let fixes = |v: &[crate::reconcile::Fix]| {
+            v.iter()
+                .map(|f| format!("{} {}", f.endpoint, f.what))
+                .collect::<Vec<_>>()
+        };
         assert_eq!(
-            (back.name.as_str(), back.netns, back.cni),
-            ("pod-a", None, None)
+            fixes(&report.repaired),
+            ["a program attachment", "a route map entry"]
         );
+        assert_eq!(
+            fixes(&report.removed_endpoints),
+            ["b its namespace is gone"]
+        );
+        assert_eq!(
+            report.removed_route_entries,
+            ["10.244.0.99/32".parse::<Ipv4Net>().unwrap()]
+        );
+        assert_eq!(report.removed_links.len(), 1, "{report:?}");
+        // What is left is exactly a healthy node without b.
+        let (links, netns, dp, state) = w.snapshot();
+        assert_eq!(links, ["lo", a.host_veth.as_str()]);
+        assert_eq!(netns, ["a"]);
+        assert_eq!(dp.attached, BTreeSet::from([a.host_veth.clone()]));
+        assert_eq!(dp.routes.len(), 1);
+        assert_eq!(dp.endpoints.len(), 1);
+        assert_eq!(state.endpoints.keys().collect::<Vec<_>>(), ["a"]);
+        let _ = healthy;
+        // A second run finds nothing to do.
+        let again = w.with(crate::reconcile::reconcile).unwrap();
+        assert!(!again.changed(), "{again:?}");
     }
 }

@@ -27,7 +27,7 @@ pub fn test(extra: &[OsString]) -> Result<()> {
     let mut cmd = Command::new(util::cargo());
     cmd.current_dir(util::workspace_root()?)
         .args(["test", "--workspace"])
-        .args(extra);
+        .args(with_ignored(extra));
     let tests = run(&mut cmd);
     let after = Snapshot::take().context("recording the system state after the tests")?;
 
@@ -46,6 +46,18 @@ pub fn test(extra: &[OsString]) -> Result<()> {
     }
     step("tests passed, nothing left behind");
     Ok(())
+}
+
+/// `extra` with `--include-ignored` for the test binaries: root-only unit tests are
+/// `#[ignore]`d (so a non-root `cargo test` reports them as such), and this runs as
+/// root, so they run here.
+fn with_ignored(extra: &[OsString]) -> Vec<OsString> {
+    let mut args = extra.to_vec();
+    match args.iter().position(|a| a == "--") {
+        Some(i) => args.insert(i + 1, "--include-ignored".into()),
+        None => args.extend(["--".into(), "--include-ignored".into()]),
+    }
+    args
 }
 
 /// What tests must leave as they found it.

@@ -22,8 +22,8 @@ use super::maps::PinnedNodeMaps;
 use super::nodes::{self, NodeSpec};
 use super::setup::{self, ClusterRequest};
 use super::subnets::{self, SubnetError};
-use crate::bpf::Pins;
-use crate::netlink::{NetlinkError, RtNetlink};
+use crate::datapath::Pins;
+use crate::kernel::netlink::{NetlinkError, RtNetlink};
 use crate::node::UpRequest;
 use crate::state::{Locked, NodeOrigin, StateDir, StateError};
 
@@ -61,6 +61,20 @@ pub enum AgentError {
     Registry(String),
     #[error("--lease-ttl must be at least 2 seconds, not {0}")]
     Ttl(i64),
+}
+
+impl AgentError {
+    /// What kind of failure this is (see [`crate::error`]).
+    pub fn kind(&self) -> crate::error::ErrorKind {
+        use crate::error::ErrorKind;
+        match self {
+            AgentError::Subnet(_) | AgentError::Ttl(_) => ErrorKind::Usage,
+            AgentError::Netlink(e) => e.kind(),
+            AgentError::Cluster(e) => e.kind(),
+            AgentError::Join { source, .. } => source.kind(),
+            AgentError::State(_) | AgentError::Registry(_) => ErrorKind::Other,
+        }
+    }
 }
 
 /// Runs until the registry reports a fatal error (or the process is killed).

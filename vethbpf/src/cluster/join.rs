@@ -6,10 +6,9 @@ use tracing::warn;
 
 use super::ClusterError;
 use super::maps::PinnedNodeMaps;
-use super::programs;
 use super::setup::{self, ClusterReport, ClusterRequest};
-use crate::bpf::{self, Pins};
-use crate::netlink::Netlink;
+use crate::datapath::{self, Pins};
+use crate::kernel::netlink::Netlink;
 use crate::node::{self, NodeError, UpReport, UpRequest};
 use crate::state::Locked;
 
@@ -19,6 +18,16 @@ pub enum JoinError {
     Node(#[from] NodeError),
     #[error(transparent)]
     Cluster(#[from] ClusterError),
+}
+
+impl JoinError {
+    /// What kind of failure this is (see [`crate::error`]).
+    pub fn kind(&self) -> crate::error::ErrorKind {
+        match self {
+            JoinError::Node(e) => e.kind(),
+            JoinError::Cluster(e) => e.kind(),
+        }
+    }
 }
 
 /// What `up` did: the node, and its cluster part if it has one.
@@ -56,10 +65,6 @@ pub fn up(
     let report = node::up(locked, req, object)?;
     let node = locked.state.node.clone().ok_or(ClusterError::NotUp)?;
     let pins = Pins::new(&node.bpffs_dir);
-    if req.replace && programs::is_loaded(&pins) {
-        let links = programs::replace(&pins, object).map_err(ClusterError::from)?;
-        tracing::info!(links, "cluster programs replaced");
-    }
     let Some(desired) = desired else {
         return Ok(JoinReport {
             node: report,
@@ -68,17 +73,7 @@ pub fn up(
     };
     let applied = PinnedNodeMaps::open(&pins)
         .map_err(ClusterError::from)
-        .and_then(|mut maps| {
-            setup::apply(
-                nl,
-                &mut maps,
-                &pins,
-                node.attach_mode,
-                locked,
-                desired,
-                object,
-            )
-        });
+        .and_then(|mut maps| setup::apply(nl, &mut maps, &pins, node.attach_mode, locked, desired));
     match applied {
         Ok(cluster) => Ok(JoinReport {
             node: report,
@@ -87,10 +82,7 @@ pub fn up(
         Err(e) => {
             // A node loaded by this very call goes again: it had nothing before.
             if report.action == "loaded" {
-                if let Err(undo) = programs::remove_all(&pins)
-                    .map_err(ClusterError::from)
-                    .and_then(|()| Ok(bpf::remove_all(&pins, node.bpffs_mount.as_deref())?))
-                {
+                if let Err(undo) = datapath::remove_all(&pins, node.bpffs_mount.as_deref()) {
                     warn!(error = %undo, "undoing up");
                 }
                 locked.state.node = None;

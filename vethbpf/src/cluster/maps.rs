@@ -8,8 +8,8 @@ use vethbpf_common::{
     ClusterConfig, MAP_CLUSTER, MAP_NODE_STATS, MAP_NODES, MAX_NODES, NodeCounter, NodeInfo, Route,
 };
 
-use crate::bpf::Pins;
-use crate::maps::{self, Maps, MapsError};
+use crate::datapath::Pins;
+use crate::datapath::maps::{self, Maps, MapsError};
 
 /// The datapath side of remote nodes.
 pub trait NodeMaps {
@@ -40,7 +40,11 @@ pub struct PinnedNodeMaps {
 }
 
 fn op(map: &'static str, op: &'static str) -> impl FnOnce(MapError) -> MapsError {
-    move |source| MapsError::Op { map, op, source }
+    move |source| MapsError::Op {
+        map,
+        op,
+        source: Box::new(source),
+    }
 }
 
 impl PinnedNodeMaps {
@@ -57,7 +61,7 @@ impl PinnedNodeMaps {
         aya::util::nr_cpus().map_err(|(_, e)| MapsError::Op {
             map: MAP_NODE_STATS,
             op: "count possible cpus",
-            source: MapError::IoError(e),
+            source: Box::new(MapError::IoError(e)),
         })
     }
 }
@@ -84,7 +88,7 @@ impl NodeMaps for PinnedNodeMaps {
                 MapsError::Op {
                     map: MAP_NODE_STATS,
                     op: "zero",
-                    source: MapError::IoError(e),
+                    source: Box::new(MapError::IoError(e)),
                 }
             })?;
         self.stats

@@ -6,20 +6,16 @@
 //!   the cluster view of `status`
 //! - [`nodes`]: remote nodes: checked, journalled, written into the maps
 //! - [`maps`]: the cluster's pinned maps, behind a trait
-//! - [`programs`]: loading, pinning and attaching `from_uplink` and `from_tunnel`
 //! - [`join`]: `up` and the cluster part together, checked before either changes
 //! - [`subnets`]: picking a free pod subnet of the cluster CIDR
 //! - [`etcd`]: subnet leases in etcd (Flannel's model)
 //! - [`agent`]: the optional long-running process that ties etcd to the node
-//! - [`cli`]: the `node` and `agent` commands and `up`'s cluster flags
 
 pub mod agent;
-pub mod cli;
 pub mod etcd;
 pub mod join;
 pub mod maps;
 pub mod nodes;
-pub mod programs;
 pub mod setup;
 pub mod subnets;
 
@@ -27,9 +23,10 @@ use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 
-use crate::bpf::BpfError;
-use crate::maps::MapsError;
-use crate::netlink::NetlinkError;
+use crate::datapath::BpfError;
+use crate::datapath::maps::MapsError;
+use crate::error::ErrorKind;
+use crate::kernel::netlink::NetlinkError;
 use crate::state::StateError;
 
 #[derive(Debug, thiserror::Error)]
@@ -127,8 +124,10 @@ pub enum ClusterError {
     Netlink(#[from] NetlinkError),
     #[error(transparent)]
     Bpf(#[from] BpfError),
-    #[error(transparent)]
-    Programs(#[from] programs::ProgramsError),
+    #[error(
+        "the pinned datapath has no from_uplink/from_tunnel program (loaded by an older vethbpf): run `vethbpf up --replace` first"
+    )]
+    ProgramsMissing,
     #[error(transparent)]
     Injected(#[from] crate::fault::Injected),
     #[error(
@@ -139,4 +138,41 @@ pub enum ClusterError {
         #[source]
         source: Box<ClusterError>,
     },
+}
+
+impl ClusterError {
+    /// What kind of failure this is (see [`crate::error`]).
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            ClusterError::EmptyName
+            | ClusterError::BadName { .. }
+            | ClusterError::OutsideCluster { .. }
+            | ClusterError::BadAddress { .. }
+            | ClusterError::AddressInCluster { .. }
+            | ClusterError::NotOnLink { .. }
+            | ClusterError::MtuTooSmall { .. } => ErrorKind::Usage,
+            ClusterError::NotFound { .. }
+            | ClusterError::NoUplink { .. }
+            | ClusterError::NoDefaultRoute
+            | ClusterError::UplinkWithoutAddress { .. } => ErrorKind::NotFound,
+            ClusterError::NotUp | ClusterError::NoCluster | ClusterError::ProgramsMissing => {
+                ErrorKind::NotUp
+            }
+            ClusterError::Duplicate { .. }
+            | ClusterError::OverlapsOwn { .. }
+            | ClusterError::Overlaps { .. }
+            | ClusterError::OwnAddress { .. }
+            | ClusterError::DuplicateAddress { .. }
+            | ClusterError::TooMany
+            | ClusterError::ClusterChange { .. }
+            | ClusterError::MtuChange { .. }
+            | ClusterError::TunnelNameTaken { .. } => ErrorKind::Conflict,
+            ClusterError::Maps(e) => e.kind(),
+            ClusterError::Netlink(e) => e.kind(),
+            ClusterError::Bpf(e) => e.kind(),
+            ClusterError::State(_)
+            | ClusterError::Injected(_)
+            | ClusterError::DelInterrupted { .. } => ErrorKind::Other,
+        }
+    }
 }

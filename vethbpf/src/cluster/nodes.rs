@@ -569,9 +569,10 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::ident::MacAddr;
-    use crate::maps::MapsError;
-    use crate::state::{AttachMode, NodeConfig, StateDir};
+    use crate::datapath::AttachMode;
+    use crate::datapath::maps::MapsError;
+    use crate::state::ident::MacAddr;
+    use crate::state::{NodeConfig, StateDir};
     use vethbpf_common::ClusterConfig;
 
     /// The maps in memory; `fail_route` makes the nth put_route fail.
@@ -587,7 +588,7 @@ mod tests {
         MapsError::Op {
             map: "ROUTES",
             op: "insert",
-            source: aya::maps::MapError::KeyNotFound,
+            source: Box::new(aya::maps::MapError::KeyNotFound),
         }
     }
 

@@ -1,6 +1,8 @@
 //! `up`'s cluster part: find the uplink, check the request against the node, then
-//! make the kernel match (programs, the VXLAN device, attachments, the CLUSTER
-//! map); `down`'s; and the cluster view of `status`.
+//! make the kernel match (the VXLAN device, the attachments of `from_uplink` and
+//! `from_tunnel`, the CLUSTER map); `down`'s; and the cluster view of `status`.
+//! `up` loads, pins and upgrades the programs with the rest of the datapath; their
+//! links are pinned under `links/from_uplink/` and `links/from_tunnel/`.
 
 use std::net::Ipv4Addr;
 
@@ -9,13 +11,14 @@ use serde::Serialize;
 use tracing::{info, warn};
 use vethbpf_common::{CLUSTER_MODE_DIRECT, CLUSTER_MODE_VXLAN, ClusterConfig, ipv4_to_map};
 
+use vethbpf_common::{PROG_FROM_TUNNEL, PROG_FROM_UPLINK};
+
 use super::ClusterError;
 use super::maps::NodeMaps;
 use super::nodes::{self, NodeView};
-use super::programs::{self, Attachment};
-use crate::bpf::Pins;
-use crate::netlink::{Netlink, NetlinkError, VxlanSpec};
-use crate::state::{AttachMode, ClusterState, Locked, Overlay, VxlanDevice};
+use crate::datapath::{self, AttachMode, Pins};
+use crate::kernel::netlink::{Netlink, NetlinkError, VxlanSpec};
+use crate::state::{ClusterState, Locked, Overlay, VxlanDevice};
 
 /// vethbpf's VXLAN device (at most 15 bytes, like every interface name).
 pub const VXLAN_DEVICE: &str = "vethbpf.vx";
@@ -238,7 +241,8 @@ pub struct ClusterReport {
 #[derive(Debug)]
 enum Undo {
     DeleteLink(u32),
-    Detach(Attachment),
+    /// A program's link on an interface.
+    Detach(&'static str, String),
     ClusterMap(ClusterConfig),
 }
 
@@ -251,15 +255,18 @@ pub fn apply(
     mode: AttachMode,
     locked: &mut Locked,
     mut desired: ClusterState,
-    object: &[u8],
 ) -> Result<ClusterReport, ClusterError> {
     let current = locked.state.cluster.clone();
     let mut undo = Vec::new();
     let mut repaired = false;
     let result = (|| {
-        if !programs::is_loaded(pins) {
-            programs::load_and_pin(pins, object)?;
-            repaired = current.is_some();
+        // `up` pins every program of the object; a datapath loaded by an older
+        // vethbpf has only from_pod.
+        if [PROG_FROM_UPLINK, PROG_FROM_TUNNEL]
+            .iter()
+            .any(|p| !pins.program(p).exists())
+        {
+            return Err(ClusterError::ProgramsMissing);
         }
         // Leaving one overlay for another (only allowed with nothing depending on
         // it): take the old pieces down first.
@@ -273,10 +280,19 @@ pub fn apply(
                 let moved = current
                     .as_ref()
                     .is_some_and(|c| c.uplink_ifindex != desired.uplink_ifindex);
-                if moved || !attached(pins, mode, Attachment::Uplink, current.is_some()) {
-                    programs::detach(pins, Attachment::Uplink)?;
-                    programs::attach(pins, Attachment::Uplink, &desired.uplink, mode)?;
-                    undo.push(Undo::Detach(Attachment::Uplink));
+                if moved
+                    || !attached(
+                        pins,
+                        mode,
+                        PROG_FROM_UPLINK,
+                        &desired.uplink,
+                        current.is_some(),
+                    )
+                {
+                    // A link to an interface that was made again is dead weight.
+                    datapath::detach(pins, PROG_FROM_UPLINK, &desired.uplink)?;
+                    datapath::attach(pins, PROG_FROM_UPLINK, &desired.uplink, mode)?;
+                    undo.push(Undo::Detach(PROG_FROM_UPLINK, desired.uplink.clone()));
                     repaired |= current.is_some();
                 }
             }
@@ -304,11 +320,11 @@ pub fn apply(
                     nl.set_link_up(vx.ifindex)?;
                     repaired = true;
                 }
-                if fresh || !attached(pins, mode, Attachment::Tunnel, current.is_some()) {
+                if fresh || !attached(pins, mode, PROG_FROM_TUNNEL, &vx.name, current.is_some()) {
                     // A link to a device that is gone is dead weight: drop its pin.
-                    programs::detach(pins, Attachment::Tunnel)?;
-                    programs::attach(pins, Attachment::Tunnel, &vx.name, mode)?;
-                    undo.push(Undo::Detach(Attachment::Tunnel));
+                    datapath::detach(pins, PROG_FROM_TUNNEL, &vx.name)?;
+                    datapath::attach(pins, PROG_FROM_TUNNEL, &vx.name, mode)?;
+                    undo.push(Undo::Detach(PROG_FROM_TUNNEL, vx.name.clone()));
                     repaired |= current.is_some();
                 }
             }
@@ -330,7 +346,9 @@ pub fn apply(
         for step in undo.into_iter().rev() {
             let r = match &step {
                 Undo::DeleteLink(index) => nl.del_link(*index).map_err(ClusterError::from),
-                Undo::Detach(a) => programs::detach(pins, *a).map_err(ClusterError::from),
+                Undo::Detach(prog, ifname) => {
+                    datapath::detach(pins, prog, ifname).map_err(ClusterError::from)
+                }
                 Undo::ClusterMap(before) => maps.set_cluster(before).map_err(ClusterError::from),
             };
             if let Err(e) = r {
@@ -366,11 +384,12 @@ pub fn apply(
     })
 }
 
-/// Whether `a` is attached: its pin exists (TCX). Netlink filters leave no trace
-/// to check, so there only a node that was not set up yet (`!known`) attaches.
-fn attached(pins: &Pins, mode: AttachMode, a: Attachment, known: bool) -> bool {
+/// Whether `program` is attached to `ifname`: its link's pin exists (TCX). Netlink
+/// filters leave no trace to check, so there only a node that was not set up yet
+/// (`!known`) attaches.
+fn attached(pins: &Pins, mode: AttachMode, program: &str, ifname: &str, known: bool) -> bool {
     match mode {
-        AttachMode::Tcx => programs::is_attached(pins, a),
+        AttachMode::Tcx => pins.link(program, ifname).exists(),
         AttachMode::Netlink => known,
     }
 }
@@ -381,8 +400,9 @@ fn remove_kernel_parts(
     pins: &Pins,
     cluster: &ClusterState,
 ) -> Result<(), ClusterError> {
-    for a in Attachment::ALL {
-        programs::detach(pins, a)?;
+    datapath::detach(pins, PROG_FROM_UPLINK, &cluster.uplink)?;
+    if let Some(vx) = &cluster.vxlan {
+        datapath::detach(pins, PROG_FROM_TUNNEL, &vx.name)?;
     }
     if let Some(vx) = &cluster.vxlan
         && let Some(link) = nl.link_by_name(&vx.name)?
@@ -396,13 +416,12 @@ fn remove_kernel_parts(
     Ok(())
 }
 
-/// `down`'s cluster part: the VXLAN device, the programs and their pins, and the
-/// record. The maps go with the rest of the datapath.
+/// `down`'s cluster part: the attachments, the VXLAN device and the record. The
+/// programs and maps go with the rest of the datapath.
 pub fn down(nl: &mut dyn Netlink, pins: &Pins, locked: &mut Locked) -> Result<(), ClusterError> {
     if let Some(cluster) = locked.state.cluster.clone() {
         remove_kernel_parts(nl, pins, &cluster)?;
     }
-    programs::remove_all(pins)?;
     if locked.state.cluster.take().is_some() {
         locked.save()?;
     }
@@ -440,24 +459,27 @@ pub fn status(
     let Some(c) = &locked.state.cluster else {
         return Ok(None);
     };
-    let programs = Attachment::ALL
-        .iter()
-        .map(|a| {
-            let link = programs::link_ids(pins, *a);
-            ClusterProgram {
-                name: a.program(),
-                id: programs::program_info(pins, a.program()).map(|p| p.id()),
-                attached_to: link.map(|_| match a {
-                    Attachment::Uplink => c.uplink.clone(),
-                    Attachment::Tunnel => c
-                        .vxlan
-                        .as_ref()
-                        .map_or_else(String::new, |v| v.name.clone()),
-                }),
-                link_id: link.map(|(l, _)| l),
-            }
-        })
-        .collect();
+    let tunnel = c
+        .vxlan
+        .as_ref()
+        .map_or_else(String::new, |v| v.name.clone());
+    let programs = [
+        (PROG_FROM_UPLINK, c.uplink.clone()),
+        (PROG_FROM_TUNNEL, tunnel),
+    ]
+    .into_iter()
+    .map(|(name, ifname)| {
+        let link = datapath::link_ids(pins, name, &ifname);
+        ClusterProgram {
+            name,
+            id: aya::programs::ProgramInfo::from_pin(pins.program(name))
+                .ok()
+                .map(|p| p.id()),
+            attached_to: link.map(|_| ifname),
+            link_id: link.map(|(l, _)| l),
+        }
+    })
+    .collect();
     Ok(Some(ClusterStatus {
         cluster_cidr: c.cluster_cidr,
         overlay: c.overlay,

@@ -11,26 +11,26 @@ use std::process::{Command, Stdio};
 
 use serde_json::Value;
 
-use super::CniError;
+use super::error::CniError;
 use super::types::{CniResult, SUPPORTED_VERSIONS, Version, VersionResult};
 
 /// A delegated plugin, ready to run.
 #[derive(Clone, Debug)]
-pub struct Delegate {
-    pub plugin: String,
-    pub exe: PathBuf,
+pub(crate) struct Delegate {
+    pub(crate) plugin: String,
+    pub(crate) exe: PathBuf,
     /// The configuration it gets: ours, with `cniVersion` lowered to one it speaks
     /// if it does not speak ours.
     stdin: Vec<u8>,
-    pub version: String,
+    pub(crate) version: String,
 }
 
 /// Overrides of the inherited environment for one call.
 #[derive(Clone, Debug, Default)]
-pub struct CallEnv<'a> {
-    pub container_id: Option<&'a str>,
-    pub ifname: Option<&'a str>,
-    pub netns: Option<&'a str>,
+pub(crate) struct CallEnv<'a> {
+    pub(crate) container_id: Option<&'a str>,
+    pub(crate) ifname: Option<&'a str>,
+    pub(crate) netns: Option<&'a str>,
 }
 
 fn delegate_err(plugin: &str, msg: impl Into<String>) -> CniError {
@@ -41,7 +41,7 @@ fn delegate_err(plugin: &str, msg: impl Into<String>) -> CniError {
 }
 
 /// Looks `plugin` up in the `CNI_PATH` directories.
-pub fn find(plugin: &str, cni_path: &[PathBuf]) -> Result<PathBuf, CniError> {
+pub(crate) fn find(plugin: &str, cni_path: &[PathBuf]) -> Result<PathBuf, CniError> {
     cni_path
         .iter()
         .map(|dir| dir.join(plugin))
@@ -62,7 +62,7 @@ impl Delegate {
     /// Finds the plugin and agrees on a version: ours if it speaks it, else the
     /// newest it speaks that is older than ours (0.4.0 at least), so that e.g.
     /// Debian's host-local (spec 1.0.0 at most) serves a 1.1.0 network.
-    pub fn new(
+    pub(crate) fn new(
         plugin: &str,
         cni_path: &[PathBuf],
         conf: &Value,
@@ -108,17 +108,17 @@ impl Delegate {
     }
 
     /// Whether it speaks `version` itself (STATUS and GC are 1.1.0 commands).
-    pub fn speaks(&self, version: &str) -> bool {
+    pub(crate) fn speaks(&self, version: &str) -> bool {
         self.version == version
     }
 
     /// Runs one command; the parsed stdout on success (`None` when empty).
-    pub fn call(&self, command: &str, env: &CallEnv<'_>) -> Result<Option<Value>, CniError> {
+    pub(crate) fn call(&self, command: &str, env: &CallEnv<'_>) -> Result<Option<Value>, CniError> {
         exec(&self.plugin, &self.exe, command, &self.stdin, env)
     }
 
     /// ADD: the first IPv4 address it gives, and its result.
-    pub fn add(&self) -> Result<(Ipv4Addr, CniResult), CniError> {
+    pub(crate) fn add(&self) -> Result<(Ipv4Addr, CniResult), CniError> {
         let out = self
             .call("ADD", &CallEnv::default())?
             .ok_or_else(|| delegate_err(&self.plugin, "ADD printed no result"))?;

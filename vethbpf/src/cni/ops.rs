@@ -8,31 +8,31 @@ use std::time::Duration;
 
 use ipnet::Ipv4Net;
 use serde_json::{Map, Value};
-use vethbpf_common::{ROUTE_KIND_LOCAL, ipv4_to_map};
+use vethbpf_common::{PROG_FROM_POD, ROUTE_KIND_LOCAL, ipv4_to_map};
 
 use super::delegate::{CallEnv, Delegate};
+use super::error::CniError;
+use super::params::Params;
+use super::types::NetConf;
 use super::types::{
     CniResult, Dns, Interface, IpConfig, LATEST_VERSION, RouteEntry, SUPPORTED_VERSIONS,
 };
-use super::{CniError, NetConf, Params};
-use crate::bpf::{self, Pins};
-use crate::cli::{DEFAULT_BPFFS_DIR, DEFAULT_GATEWAY, DEFAULT_POD_CIDR, DEFAULT_STATE_DIR};
-use crate::endpoint::{self, AddRequest, EndpointError, Env, KernelNamespaces, PinnedDatapath};
-use crate::ident::{self, MacAddr};
-use crate::maps::Maps;
-use crate::netlink::{Netlink, RouteSpec, RtNetlink};
+use crate::datapath::maps::Maps;
+use crate::datapath::{self, AttachMode, Pins};
+use crate::defaults;
+use crate::endpoint::{self, AddRequest, EndpointError};
+use crate::kernel::netlink::{Netlink, RouteSpec, RtNetlink};
 use crate::node::{self, UpRequest};
-use crate::state::{
-    AttachMode, CniAttachment, EndpointRecord, Locked, NodeConfig, STATE_FILE, StateDir,
-};
+use crate::state::ident::{self, MacAddr};
+use crate::state::{CniAttachment, EndpointRecord, Locked, NodeConfig, STATE_FILE, StateDir};
 
 /// How long a call waits for another vethbpf command to release the state lock
 /// before answering "try again later" (code 11).
-pub const LOCK_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const LOCK_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Logging goes to stderr (stdout is the protocol's): warnings by default,
 /// `RUST_LOG` for more.
-pub fn init_logging() {
+pub(crate) fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     let _ = tracing_subscriber::fmt()
@@ -43,7 +43,7 @@ pub fn init_logging() {
 }
 
 /// VERSION: stdin may be empty or `{"cniVersion": ...}`.
-pub fn version(stdin: &[u8]) -> Result<Value, CniError> {
+pub(crate) fn version(stdin: &[u8]) -> Result<Value, CniError> {
     let requested = if stdin.iter().all(u8::is_ascii_whitespace) {
         None
     } else {
@@ -63,7 +63,7 @@ pub fn version(stdin: &[u8]) -> Result<Value, CniError> {
 /// endpoint name (1-63 of `[A-Za-z0-9_.-]`), else the first 12 characters of the
 /// container ID, the interface name's allowed characters and a 64-bit hash of both
 /// (container IDs of podman, containerd and CRI-O are 64 hex digits).
-pub fn endpoint_name(container_id: &str, ifname: &str) -> String {
+pub(crate) fn endpoint_name(container_id: &str, ifname: &str) -> String {
     let plain = format!("{container_id}-{ifname}");
     if ident::validate_endpoint_name(&plain).is_ok() {
         return plain;
@@ -86,13 +86,13 @@ fn state_dir(conf: &NetConf) -> PathBuf {
     conf.state_dir
         .clone()
         .or_else(|| std::env::var_os("VETHBPF_STATE_DIR").map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR))
+        .unwrap_or_else(|| PathBuf::from(defaults::STATE_DIR))
 }
 
 fn default_bpffs_dir() -> PathBuf {
     std::env::var_os("VETHBPF_BPFFS_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_BPFFS_DIR))
+        .unwrap_or_else(|| PathBuf::from(defaults::BPFFS_DIR))
 }
 
 fn is_up(dir: &Path) -> bool {
@@ -122,12 +122,12 @@ fn required_attachment(p: &Params) -> Result<(&str, &str, &str), CniError> {
 /// names none), unless the node is up with them already.
 fn ensure_up(locked: &mut Locked, conf: &NetConf) -> Result<NodeConfig, CniError> {
     let current = locked.state.node.clone();
-    let default_cidr: Ipv4Net = DEFAULT_POD_CIDR
+    let default_cidr: Ipv4Net = defaults::POD_CIDR
         .parse()
-        .map_err(|_| CniError::Config(format!("bad default pod CIDR {DEFAULT_POD_CIDR}")))?;
-    let default_gw: Ipv4Addr = DEFAULT_GATEWAY
+        .map_err(|_| CniError::Config(format!("bad default pod CIDR {}", defaults::POD_CIDR)))?;
+    let default_gw: Ipv4Addr = defaults::GATEWAY
         .parse()
-        .map_err(|_| CniError::Config(format!("bad default gateway {DEFAULT_GATEWAY}")))?;
+        .map_err(|_| CniError::Config(format!("bad default gateway {}", defaults::GATEWAY)))?;
     let req = UpRequest {
         pod_cidr: conf
             .pod_cidr
@@ -179,22 +179,6 @@ fn loaded_node(locked: &mut Locked) -> Result<Option<NodeConfig>, CniError> {
     Ok(Some(node::up(locked, &req, crate::EBPF_OBJECT)?.config))
 }
 
-/// Runs `f` with the real kernel behind the endpoint traits.
-fn with_env<T>(
-    node: &NodeConfig,
-    f: impl FnOnce(&mut Env<'_>) -> Result<T, CniError>,
-) -> Result<T, CniError> {
-    let mut nl = RtNetlink::connect()?;
-    let mut ns = KernelNamespaces;
-    let mut dp = PinnedDatapath::open(node)?;
-    let mut env = Env {
-        node: &mut nl,
-        ns: &mut ns,
-        dp: &mut dp,
-    };
-    f(&mut env)
-}
-
 /// The endpoint of attachment `(container_id, ifname)`, if vethbpf has one.
 fn attachment(locked: &Locked, container_id: &str, ifname: &str) -> Option<EndpointRecord> {
     locked
@@ -217,7 +201,7 @@ fn delegate(p: &Params, conf: &NetConf) -> Result<Option<Delegate>, CniError> {
 }
 
 /// ADD: the endpoint, and the result.
-pub fn add(p: &Params, conf: &NetConf) -> Result<Value, CniError> {
+pub(crate) fn add(p: &Params, conf: &NetConf) -> Result<Value, CniError> {
     let (cid, ifname, netns) = required_attachment(p)?;
     let prev = conf
         .prev_result
@@ -260,7 +244,7 @@ pub fn add(p: &Params, conf: &NetConf) -> Result<Value, CniError> {
         network: conf.name.clone(),
         ipam: conf.ipam_type.clone(),
     };
-    let added = with_env(&node, |env| {
+    let added = endpoint::with_kernel(&node, |env| {
         Ok(endpoint::add_tagged(env, &mut locked, &req, Some(tag))?)
     });
     let rec = match added {
@@ -333,7 +317,7 @@ fn build_result(
 /// DEL: idempotent; an unknown attachment, a namespace or link already gone, or a
 /// node that was never up are all success. The IPAM plugin gets its DEL in every
 /// case.
-pub fn del(p: &Params, conf: &NetConf) -> Result<(), CniError> {
+pub(crate) fn del(p: &Params, conf: &NetConf) -> Result<(), CniError> {
     let cid = required(&p.container_id, "CNI_CONTAINERID")?;
     let ifname = required(&p.ifname, "CNI_IFNAME")?;
     let dir = state_dir(conf);
@@ -343,9 +327,9 @@ pub fn del(p: &Params, conf: &NetConf) -> Result<(), CniError> {
         if let Some(rec) = attachment(&locked, cid, ifname)
             && let Some(node) = loaded_node(&mut locked)?
         {
-            with_env(&node, |env| {
+            endpoint::with_kernel(&node, |env| {
                 endpoint::del(env, &mut locked, &rec.name)?;
-                Ok(())
+                Ok::<_, CniError>(())
             })?;
         }
     }
@@ -357,7 +341,7 @@ pub fn del(p: &Params, conf: &NetConf) -> Result<(), CniError> {
 
 /// What CHECK reads inside the pod.
 struct PodView {
-    link: Option<crate::netlink::LinkInfo>,
+    link: Option<crate::kernel::netlink::LinkInfo>,
     addrs: Vec<Ipv4Net>,
     routes: Vec<RouteSpec>,
 }
@@ -369,7 +353,7 @@ fn parse_mac(s: Option<&str>) -> Option<MacAddr> {
 /// CHECK: `prevResult` against the endpoint record, then the pod side, the host
 /// side, the attachment and the map entries against both. Every difference is
 /// reported, not only the first.
-pub fn check(p: &Params, conf: &NetConf) -> Result<(), CniError> {
+pub(crate) fn check(p: &Params, conf: &NetConf) -> Result<(), CniError> {
     let (cid, ifname, netns) = required_attachment(p)?;
     let prev = conf
         .prev_result
@@ -450,7 +434,7 @@ pub fn check(p: &Params, conf: &NetConf) -> Result<(), CniError> {
 
     // Inside the pod.
     let want_ifname = rec.ifname.clone();
-    let pod = crate::netns::with_netlink_in(&rec.netns, move |nl| {
+    let pod = crate::kernel::netns::with_netlink_in(&rec.netns, move |nl| {
         let link = nl.link_by_name(&want_ifname)?;
         let (addrs, routes) = match &link {
             Some(l) => (
@@ -571,8 +555,8 @@ pub fn check(p: &Params, conf: &NetConf) -> Result<(), CniError> {
         ));
     } else {
         if node.attach_mode == AttachMode::Tcx {
-            let prog = bpf::program_info(&pins).ok().map(|i| i.id());
-            match bpf::link_ids(&pins, &rec.host_veth) {
+            let prog = datapath::program_info(&pins).ok().map(|i| i.id());
+            match datapath::link_ids(&pins, PROG_FROM_POD, &rec.host_veth) {
                 None => bad.push(format!("no pinned TCX link on {}", rec.host_veth)),
                 Some((_, attached)) if Some(attached) != prog => bad.push(format!(
                     "{} runs program {attached}, not the pinned {prog:?}",
@@ -621,7 +605,7 @@ pub fn check(p: &Params, conf: &NetConf) -> Result<(), CniError> {
 /// STATUS (1.1.0): ready when the node is up (or can be brought up: root) and the
 /// built-in allocator has a free address; the IPAM plugin's STATUS when it speaks
 /// 1.1.0.
-pub fn status(p: &Params, conf: &NetConf) -> Result<(), CniError> {
+pub(crate) fn status(p: &Params, conf: &NetConf) -> Result<(), CniError> {
     if let Some(d) = delegate(p, conf)?
         && d.speaks(&conf.cni_version)
     {
@@ -643,7 +627,7 @@ pub fn status(p: &Params, conf: &NetConf) -> Result<(), CniError> {
             }
             if conf.ipam_type.is_none() {
                 let used = locked.state.endpoints.values().map(|e| e.ip);
-                crate::ipam::allocate(node.pod_cidr, node.gateway, used)
+                crate::state::ipam::allocate(node.pod_cidr, node.gateway, used)
                     .map_err(|e| CniError::NotAvailable(e.to_string()))?;
             }
             // Lost pins (a reboot) are reloaded by the next ADD.
@@ -662,7 +646,7 @@ pub fn status(p: &Params, conf: &NetConf) -> Result<(), CniError> {
 /// in `cni.dev/valid-attachments` (and their delegated allocations), then passes GC
 /// on to the IPAM plugin if it speaks 1.1.0. Goes on past errors and reports them
 /// all.
-pub fn gc(p: &Params, conf: &NetConf) -> Result<(), CniError> {
+pub(crate) fn gc(p: &Params, conf: &NetConf) -> Result<(), CniError> {
     let valid = conf
         .valid_attachments
         .as_ref()
@@ -689,7 +673,7 @@ pub fn gc(p: &Params, conf: &NetConf) -> Result<(), CniError> {
         if !stale.is_empty()
             && let Some(node) = loaded_node(&mut locked)?
         {
-            with_env(&node, |env| {
+            endpoint::with_kernel(&node, |env| {
                 for rec in &stale {
                     tracing::info!(endpoint = %rec.name, "GC: removing a stale attachment");
                     if let Err(e) = endpoint::del(env, &mut locked, &rec.name) {
@@ -708,7 +692,7 @@ pub fn gc(p: &Params, conf: &NetConf) -> Result<(), CniError> {
                         }
                     }
                 }
-                Ok(())
+                Ok::<_, CniError>(())
             })?;
         }
     }

@@ -9,20 +9,20 @@ use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::CniError;
+use super::error::CniError;
 
 /// The spec versions this plugin speaks, oldest first.
-pub const SUPPORTED_VERSIONS: [&str; 3] = ["0.4.0", "1.0.0", "1.1.0"];
+pub(crate) const SUPPORTED_VERSIONS: [&str; 3] = ["0.4.0", "1.0.0", "1.1.0"];
 
 /// The version used for output when the request names none we can use.
-pub const LATEST_VERSION: &str = "1.1.0";
+pub(crate) const LATEST_VERSION: &str = "1.1.0";
 
 /// A spec version, `MAJOR.MINOR.PATCH`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Version(pub u32, pub u32, pub u32);
+pub(crate) struct Version(pub u32, pub u32, pub u32);
 
 impl Version {
-    pub fn parse(s: &str) -> Option<Version> {
+    pub(crate) fn parse(s: &str) -> Option<Version> {
         let mut it = s.split('.').map(|p| p.parse::<u32>().ok());
         let v = Version(it.next()??, it.next()??, it.next()??);
         it.next().is_none().then_some(v)
@@ -31,7 +31,7 @@ impl Version {
 
 /// Checks a requested `cniVersion`: missing means 0.1.0 (as libcni reads it), which
 /// this plugin does not support.
-pub fn check_version(requested: Option<&str>) -> Result<String, CniError> {
+pub(crate) fn check_version(requested: Option<&str>) -> Result<String, CniError> {
     let requested = requested.unwrap_or("0.1.0");
     if Version::parse(requested).is_none() {
         return Err(CniError::Decode(format!(
@@ -52,39 +52,38 @@ pub fn check_version(requested: Option<&str>) -> Result<String, CniError> {
 
 /// One attachment in a GC request's `cni.dev/valid-attachments`.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-pub struct ValidAttachment {
+pub(crate) struct ValidAttachment {
     #[serde(rename = "containerID")]
-    pub container_id: String,
-    pub ifname: String,
+    pub(crate) container_id: String,
+    pub(crate) ifname: String,
 }
 
 /// The request configuration (one plugin object with `cniVersion`, `name` and the
 /// runtime's additions), validated.
 #[derive(Clone, Debug)]
-pub struct NetConf {
-    pub cni_version: String,
-    pub name: String,
-    pub plugin_type: String,
+pub(crate) struct NetConf {
+    pub(crate) cni_version: String,
+    pub(crate) name: String,
     /// `stateDir`: the state directory shared with the CLI.
-    pub state_dir: Option<PathBuf>,
+    pub(crate) state_dir: Option<PathBuf>,
     /// `bpffsDir`: where the datapath is pinned.
-    pub bpffs_dir: Option<PathBuf>,
+    pub(crate) bpffs_dir: Option<PathBuf>,
     /// `podCidr`: the built-in allocator's range, given to `up`.
-    pub pod_cidr: Option<Ipv4Net>,
+    pub(crate) pod_cidr: Option<Ipv4Net>,
     /// `gateway`: the pods' link-local gateway, given to `up`.
-    pub gateway: Option<Ipv4Addr>,
+    pub(crate) gateway: Option<Ipv4Addr>,
     /// `ipam.type`: a delegated IPAM plugin, found through `CNI_PATH`.
-    pub ipam_type: Option<String>,
+    pub(crate) ipam_type: Option<String>,
     /// `dns`, passed into the result.
-    pub dns: Dns,
+    pub(crate) dns: Dns,
     /// `prevResult` (CHECK, DEL, chained ADD).
-    pub prev_result: Option<Value>,
+    pub(crate) prev_result: Option<Value>,
     /// `runtimeConfig.ips` (the `ips` capability): requested addresses.
-    pub runtime_ips: Vec<Ipv4Addr>,
+    pub(crate) runtime_ips: Vec<Ipv4Addr>,
     /// `cni.dev/valid-attachments` (GC).
-    pub valid_attachments: Option<Vec<ValidAttachment>>,
+    pub(crate) valid_attachments: Option<Vec<ValidAttachment>>,
     /// The configuration exactly as received, for delegated plugins.
-    pub raw: Value,
+    pub(crate) raw: Value,
 }
 
 fn field<'a, T: Deserialize<'a>>(
@@ -115,7 +114,7 @@ fn parsed<T: std::str::FromStr>(
 
 /// Network names: an alphanumeric first character, then alphanumerics, `_`, `.`
 /// and `-` (SPEC.md, section 1).
-pub fn valid_network_name(name: &str) -> bool {
+pub(crate) fn valid_network_name(name: &str) -> bool {
     let mut chars = name.chars();
     chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
         && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
@@ -124,7 +123,7 @@ pub fn valid_network_name(name: &str) -> bool {
 impl NetConf {
     /// Decodes stdin: not JSON (or not an object) is code 6, an unsupported
     /// version code 1, wrong or missing fields code 7.
-    pub fn parse(stdin: &[u8]) -> Result<NetConf, CniError> {
+    pub(crate) fn parse(stdin: &[u8]) -> Result<NetConf, CniError> {
         let raw: Value =
             serde_json::from_slice(stdin).map_err(|e| CniError::Decode(e.to_string()))?;
         let Value::Object(obj) = &raw else {
@@ -149,7 +148,8 @@ impl NetConf {
                 "network name {name:?} must start with a letter or digit and contain only letters, digits, '_', '.' and '-'"
             )));
         }
-        let plugin_type: String = field(obj, "type")?.unwrap_or_default();
+        // The runtime chose this plugin by its `type`; it only has to be a string.
+        field::<String>(obj, "type")?;
         let ipam_type = match obj.get("ipam") {
             None | Some(Value::Null) => None,
             Some(Value::Object(ipam)) => match field::<String>(ipam, "type")? {
@@ -188,7 +188,6 @@ impl NetConf {
         Ok(NetConf {
             cni_version,
             name,
-            plugin_type,
             state_dir: field(obj, "stateDir")?,
             bpffs_dir: field(obj, "bpffsDir")?,
             pod_cidr: pod_cidr.map(|c| c.trunc()),
@@ -202,95 +201,95 @@ impl NetConf {
         })
     }
 
-    pub fn version(&self) -> Version {
+    pub(crate) fn version(&self) -> Version {
         Version::parse(&self.cni_version).unwrap_or(Version(0, 0, 0))
     }
 }
 
 /// `dns` of a configuration or result.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Dns {
+pub(crate) struct Dns {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub nameservers: Vec<String>,
+    pub(crate) nameservers: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub domain: Option<String>,
+    pub(crate) domain: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub search: Vec<String>,
+    pub(crate) search: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub options: Vec<String>,
+    pub(crate) options: Vec<String>,
 }
 
 impl Dns {
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self == &Dns::default()
     }
 }
 
 /// `interfaces[]` of a result.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Interface {
-    pub name: String,
+pub(crate) struct Interface {
+    pub(crate) name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mac: Option<String>,
+    pub(crate) mac: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sandbox: Option<String>,
+    pub(crate) sandbox: Option<String>,
     /// Fields this plugin does not interpret (`mtu`, `socketPath`, `pciID`, ...),
     /// kept when a result passes through.
     #[serde(flatten)]
-    pub extra: Map<String, Value>,
+    pub(crate) extra: Map<String, Value>,
 }
 
 /// `ips[]` of a result.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct IpConfig {
+pub(crate) struct IpConfig {
     /// 0.4.0 only: `"4"` or `"6"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub version: Option<String>,
-    pub address: String,
+    pub(crate) version: Option<String>,
+    pub(crate) address: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub gateway: Option<String>,
+    pub(crate) gateway: Option<String>,
     /// Index into `interfaces` (absent in IPAM results).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub interface: Option<usize>,
+    pub(crate) interface: Option<usize>,
     #[serde(flatten)]
-    pub extra: Map<String, Value>,
+    pub(crate) extra: Map<String, Value>,
 }
 
 /// `routes[]` of a result.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct RouteEntry {
-    pub dst: String,
+pub(crate) struct RouteEntry {
+    pub(crate) dst: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub gw: Option<String>,
+    pub(crate) gw: Option<String>,
     #[serde(flatten)]
-    pub extra: Map<String, Value>,
+    pub(crate) extra: Map<String, Value>,
 }
 
 /// An ADD result (and what CHECK and DEL get back as `prevResult`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct CniResult {
+pub(crate) struct CniResult {
     #[serde(rename = "cniVersion", default)]
-    pub cni_version: String,
+    pub(crate) cni_version: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub interfaces: Vec<Interface>,
+    pub(crate) interfaces: Vec<Interface>,
     #[serde(default)]
-    pub ips: Vec<IpConfig>,
+    pub(crate) ips: Vec<IpConfig>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub routes: Vec<RouteEntry>,
+    pub(crate) routes: Vec<RouteEntry>,
     #[serde(default)]
-    pub dns: Dns,
+    pub(crate) dns: Dns,
     #[serde(flatten)]
-    pub extra: Map<String, Value>,
+    pub(crate) extra: Map<String, Value>,
 }
 
 impl CniResult {
-    pub fn from_value(v: &Value) -> Result<CniResult, CniError> {
+    pub(crate) fn from_value(v: &Value) -> Result<CniResult, CniError> {
         CniResult::deserialize(v).map_err(|e| CniError::Decode(format!("prevResult: {e}")))
     }
 
     /// The result in the shape of `version`: 0.4.0 has `ips[].version`, 1.0.0 and
     /// later do not.
-    pub fn for_version(mut self, version: &str) -> CniResult {
+    pub(crate) fn for_version(mut self, version: &str) -> CniResult {
         let old = Version::parse(version).is_some_and(|v| v < Version(1, 0, 0));
         for ip in &mut self.ips {
             ip.version = if old {
@@ -304,24 +303,13 @@ impl CniResult {
     }
 }
 
-/// The error object printed on stdout with a non-zero exit.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ErrorResult {
-    #[serde(rename = "cniVersion")]
-    pub cni_version: String,
-    pub code: u32,
-    pub msg: String,
-    #[serde(default)]
-    pub details: String,
-}
-
 /// VERSION's answer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct VersionResult {
+pub(crate) struct VersionResult {
     #[serde(rename = "cniVersion")]
-    pub cni_version: String,
+    pub(crate) cni_version: String,
     #[serde(rename = "supportedVersions")]
-    pub supported_versions: Vec<String>,
+    pub(crate) supported_versions: Vec<String>,
 }
 
 #[cfg(test)]

@@ -115,8 +115,8 @@ impl Locked {
         }
     }
 
-    /// Journals `intent` before its first map change (atomically, like
-    /// [`Locked::begin`]).
+    /// Journals `intent` before its first map change (atomically, like the
+    /// endpoints' journal).
     pub fn begin_node(&self, intent: &NodeIntent) -> Result<(), StateError> {
         let path = self.node_intent_path();
         let tmp = path.with_extension("json.tmp");

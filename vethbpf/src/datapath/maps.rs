@@ -12,8 +12,10 @@ use vethbpf_common::{
     Verdict, ipv4_to_map, stats_index,
 };
 
-use crate::bpf::Pins;
+use crate::datapath::Pins;
+use crate::error::ErrorKind;
 
+/// Why a pinned map could not be opened or changed.
 #[derive(Debug, thiserror::Error)]
 pub enum MapsError {
     #[error(
@@ -22,21 +24,32 @@ pub enum MapsError {
     Open {
         path: PathBuf,
         #[source]
-        source: MapError,
+        source: Box<MapError>,
     },
     #[error("map {map}: {op} failed: {source}")]
     Op {
         map: &'static str,
         op: &'static str,
         #[source]
-        source: MapError,
+        source: Box<MapError>,
     },
+}
+
+impl MapsError {
+    /// What kind of failure this is: a pinned map that cannot be opened means the
+    /// datapath is gone (`up` loads it again).
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            MapsError::Open { .. } => ErrorKind::NotUp,
+            MapsError::Op { .. } => ErrorKind::Other,
+        }
+    }
 }
 
 /// Counters of one endpoint, summed over CPUs, indexed by `Verdict as usize`.
 pub type EndpointCounters = [Counter; Verdict::COUNT as usize];
 
-pub struct Maps {
+pub(crate) struct Maps {
     routes: LpmTrie<MapData, u32, Route>,
     endpoints: HashMap<MapData, u32, EndpointInfo>,
     config: Array<MapData, Config>,
@@ -50,13 +63,16 @@ where
     let path = pins.map(name);
     let data = MapData::from_pin(&path).map_err(|source| MapsError::Open {
         path: path.clone(),
-        source,
+        source: Box::new(source),
     })?;
     let map = aya::maps::Map::from_map_data(data).map_err(|source| MapsError::Open {
         path: path.clone(),
-        source,
+        source: Box::new(source),
     })?;
-    T::try_from(map).map_err(|source| MapsError::Open { path, source })
+    T::try_from(map).map_err(|source| MapsError::Open {
+        path,
+        source: Box::new(source),
+    })
 }
 
 /// A delete of a key that is not there: aya reports it as `KeyNotFound` for some
@@ -77,7 +93,7 @@ fn route_key(net: Ipv4Net) -> Key<u32> {
 }
 
 impl Maps {
-    pub fn open(pins: &Pins) -> Result<Self, MapsError> {
+    pub(crate) fn open(pins: &Pins) -> Result<Self, MapsError> {
         Ok(Maps {
             routes: open(pins, MAP_ROUTES)?,
             endpoints: open(pins, MAP_ENDPOINTS)?,
@@ -86,80 +102,84 @@ impl Maps {
         })
     }
 
-    pub fn set_config(&mut self, config: &Config) -> Result<(), MapsError> {
+    pub(crate) fn set_config(&mut self, config: &Config) -> Result<(), MapsError> {
         self.config
             .set(0, config, 0)
             .map_err(|source| MapsError::Op {
                 map: MAP_CONFIG,
                 op: "set",
-                source,
+                source: Box::new(source),
             })
     }
 
-    pub fn config(&self) -> Result<Config, MapsError> {
+    pub(crate) fn config(&self) -> Result<Config, MapsError> {
         self.config.get(&0, 0).map_err(|source| MapsError::Op {
             map: MAP_CONFIG,
             op: "get",
-            source,
+            source: Box::new(source),
         })
     }
 
-    pub fn put_route(&mut self, net: Ipv4Net, route: &Route) -> Result<(), MapsError> {
+    pub(crate) fn put_route(&mut self, net: Ipv4Net, route: &Route) -> Result<(), MapsError> {
         self.routes
             .insert(&route_key(net), route, 0)
             .map_err(|source| MapsError::Op {
                 map: MAP_ROUTES,
                 op: "insert",
-                source,
+                source: Box::new(source),
             })
     }
 
-    pub fn route(&self, net: Ipv4Net) -> Option<Route> {
+    pub(crate) fn route(&self, net: Ipv4Net) -> Option<Route> {
         self.routes.get(&route_key(net), 0).ok()
     }
 
     /// Deletes a route; one that is not there is fine.
-    pub fn del_route(&mut self, net: Ipv4Net) -> Result<(), MapsError> {
+    pub(crate) fn del_route(&mut self, net: Ipv4Net) -> Result<(), MapsError> {
         match self.routes.remove(&route_key(net)) {
             Ok(()) => Ok(()),
             Err(e) if is_missing(&e) => Ok(()),
             Err(source) => Err(MapsError::Op {
                 map: MAP_ROUTES,
                 op: "remove",
-                source,
+                source: Box::new(source),
             }),
         }
     }
 
-    pub fn put_endpoint(&mut self, ifindex: u32, info: &EndpointInfo) -> Result<(), MapsError> {
+    pub(crate) fn put_endpoint(
+        &mut self,
+        ifindex: u32,
+        info: &EndpointInfo,
+    ) -> Result<(), MapsError> {
         self.endpoints
             .insert(ifindex, info, 0)
             .map_err(|source| MapsError::Op {
                 map: MAP_ENDPOINTS,
                 op: "insert",
-                source,
+                source: Box::new(source),
             })
     }
 
-    pub fn endpoint(&self, ifindex: u32) -> Option<EndpointInfo> {
+    pub(crate) fn endpoint(&self, ifindex: u32) -> Option<EndpointInfo> {
         self.endpoints.get(&ifindex, 0).ok()
     }
 
     /// Deletes an endpoint entry; one that is not there is fine.
-    pub fn del_endpoint(&mut self, ifindex: u32) -> Result<(), MapsError> {
+    pub(crate) fn del_endpoint(&mut self, ifindex: u32) -> Result<(), MapsError> {
         match self.endpoints.remove(&ifindex) {
             Ok(()) => Ok(()),
             Err(e) if is_missing(&e) => Ok(()),
             Err(source) => Err(MapsError::Op {
                 map: MAP_ENDPOINTS,
                 op: "remove",
-                source,
+                source: Box::new(source),
             }),
         }
     }
 
     /// Zeroes every counter of an endpoint id (before the id is given out again).
-    pub fn reset_counters(&mut self, id: u32) -> Result<(), MapsError> {
+    pub(crate) fn reset_counters(&mut self, id: u32) -> Result<(), MapsError> {
         let ncpus = self.stats_cpus()?;
         for v in Verdict::ALL {
             let zeros =
@@ -167,7 +187,7 @@ impl Maps {
                     MapsError::Op {
                         map: MAP_STATS,
                         op: "zero",
-                        source: MapError::IoError(source),
+                        source: Box::new(MapError::IoError(source)),
                     }
                 })?;
             self.stats
@@ -175,7 +195,7 @@ impl Maps {
                 .map_err(|source| MapsError::Op {
                     map: MAP_STATS,
                     op: "set",
-                    source,
+                    source: Box::new(source),
                 })?;
         }
         Ok(())
@@ -185,12 +205,12 @@ impl Maps {
         aya::util::nr_cpus().map_err(|(_, e)| MapsError::Op {
             map: MAP_STATS,
             op: "count possible cpus",
-            source: MapError::IoError(e),
+            source: Box::new(MapError::IoError(e)),
         })
     }
 
     /// An endpoint's counters, summed over CPUs.
-    pub fn counters(&self, id: u32) -> Result<EndpointCounters, MapsError> {
+    pub(crate) fn counters(&self, id: u32) -> Result<EndpointCounters, MapsError> {
         let mut out = [Counter::default(); Verdict::COUNT as usize];
         for v in Verdict::ALL {
             let per_cpu =
@@ -199,7 +219,7 @@ impl Maps {
                     .map_err(|source| MapsError::Op {
                         map: MAP_STATS,
                         op: "get",
-                        source,
+                        source: Box::new(source),
                     })?;
             for c in per_cpu.iter() {
                 out[v as usize].packets += c.packets;
@@ -210,7 +230,7 @@ impl Maps {
     }
 
     /// Number of entries in each map (ROUTES, ENDPOINTS, CONFIG, STATS).
-    pub fn entry_counts(&self) -> [(&'static str, usize); 4] {
+    pub(crate) fn entry_counts(&self) -> [(&'static str, usize); 4] {
         [
             (MAP_ROUTES, self.routes.keys().filter(|k| k.is_ok()).count()),
             (
@@ -223,7 +243,7 @@ impl Maps {
     }
 
     /// Every route entry: (prefix, route).
-    pub fn routes(&self) -> Vec<(Ipv4Net, Route)> {
+    pub(crate) fn routes(&self) -> Vec<(Ipv4Net, Route)> {
         self.routes
             .iter()
             .filter_map(|r| r.ok())
@@ -235,7 +255,7 @@ impl Maps {
     }
 
     /// Every endpoint entry: (ifindex, info).
-    pub fn endpoints(&self) -> Vec<(u32, EndpointInfo)> {
+    pub(crate) fn endpoints(&self) -> Vec<(u32, EndpointInfo)> {
         self.endpoints.iter().filter_map(|r| r.ok()).collect()
     }
 }

@@ -29,11 +29,13 @@ use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 use tracing::{debug, warn};
 
-use crate::cli::{DemoArgs, Output};
-use crate::netlink::{Netlink, RtNetlink};
-use crate::netns;
-use crate::output::table;
-use crate::probe::{self, EchoReply, TcpReport};
+use crate::cli::output::{Output, table};
+use prober::{EchoReply, TcpReport};
+use vethbpf::kernel::bpffs::is_bpffs;
+use vethbpf::kernel::netlink::{Netlink, RtNetlink};
+use vethbpf::kernel::netns;
+
+mod prober;
 
 /// The node's own address, on `lo` of the node namespace: the source of node -> pod
 /// traffic and the target of pod -> node traffic. From TEST-NET-1 (RFC 5737), so
@@ -481,12 +483,6 @@ impl Drop for Demo {
     }
 }
 
-fn is_bpffs(path: &Path) -> bool {
-    nix::sys::statfs::statfs(path)
-        .map(|s| s.filesystem_type() == nix::sys::statfs::BPF_FS_MAGIC)
-        .unwrap_or(false)
-}
-
 /// Reads `/proc/sys/<key>` as the namespace `netns` sees it: /proc/sys/net shows
 /// the namespace of the thread that opens the file, so it is opened in there.
 fn read_sysctl(netns: &Path, key: &str) -> Result<String> {
@@ -509,7 +505,7 @@ fn probe_cell(from: &Peer, to: &Peer) -> Cell {
     } else {
         INITIAL_TTL
     };
-    let icmp = match probe::icmp_echo(&from.netns, to.ip, ICMP_TIMEOUT) {
+    let icmp = match prober::icmp_echo(&from.netns, to.ip, ICMP_TIMEOUT) {
         Ok(EchoReply { rtt, ttl }) => IcmpCell {
             ok: true,
             rtt_ms: Some(ms(rtt)),
@@ -525,7 +521,7 @@ fn probe_cell(from: &Peer, to: &Peer) -> Cell {
             error: Some(e.to_string()),
         },
     };
-    let tcp = match probe::tcp_exchange(&to.netns, to.ip, &from.netns, TCP_BYTES, TCP_TIMEOUT) {
+    let tcp = match prober::tcp_exchange(&to.netns, to.ip, &from.netns, TCP_BYTES, TCP_TIMEOUT) {
         Ok(TcpReport { bytes, elapsed, .. }) => TcpCell {
             ok: true,
             bytes,
@@ -885,13 +881,13 @@ fn print_table(r: &Report) {
 }
 
 /// `vethbpf demo [--keep]`.
-pub fn run(args: &DemoArgs, out: Output) -> Result<()> {
+pub fn run(keep: bool, out: Output) -> Result<()> {
     install_interrupt_handler()?;
-    let mut demo = Demo::new(args.keep);
+    let mut demo = Demo::new(keep);
     // On an error here, dropping `demo` cleans up (or, with --keep, says how).
     let mut report = scenario(&mut demo)?;
 
-    if args.keep {
+    if keep {
         demo.finished = true;
         let (inspect, remove) = demo.kept_commands();
         report.cleanup = CleanupInfo {
@@ -917,13 +913,13 @@ pub fn run(args: &DemoArgs, out: Output) -> Result<()> {
                 "{}",
                 serde_json::to_string_pretty(&report).context("serializing the report")?
             );
-            if args.keep {
+            if keep {
                 demo.print_kept(false);
             }
         }
         Output::Table => {
             print_table(&report);
-            if args.keep {
+            if keep {
                 demo.print_kept(true);
             } else if report.cleanup.done {
                 println!(
@@ -969,7 +965,6 @@ pub fn run(args: &DemoArgs, out: Output) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::netns::tests::is_root;
 
     #[test]
     fn cell_text_and_ms() {
@@ -1005,10 +1000,8 @@ mod tests {
     /// What the guard does when `down` could not run: pod namespaces, the node
     /// namespace, a still-mounted bpffs and the directory all go.
     #[test]
+    #[ignore = "needs root: creates network namespaces and mounts a bpffs"]
     fn cleanup_removes_leftovers_without_down() {
-        if !is_root() {
-            return;
-        }
         let mut demo = Demo::named(format!("vbt-demo-{}", std::process::id()), false);
         demo.make_node().unwrap();
         let node = demo.node_netns().unwrap().to_path_buf();
@@ -1020,7 +1013,7 @@ mod tests {
         assert!(addrs.iter().any(|(_, a)| a.addr() == NODE_ADDR));
         // The node answers on its address from inside its namespace.
         assert_eq!(
-            probe::icmp_echo(&node, NODE_ADDR, ICMP_TIMEOUT)
+            prober::icmp_echo(&node, NODE_ADDR, ICMP_TIMEOUT)
                 .unwrap()
                 .ttl,
             INITIAL_TTL
@@ -1028,7 +1021,7 @@ mod tests {
 
         // As if `up` had mounted the bpffs and an endpoint had been added, and
         // then `down` could not run.
-        crate::bpf::ensure_bpffs(&demo.bpffs).unwrap();
+        vethbpf::kernel::bpffs::ensure(&demo.bpffs).unwrap();
         assert!(is_bpffs(&demo.bpffs));
         let pod = format!("{}-a", demo.name);
         netns::create_named(&pod).unwrap();

@@ -1,192 +1,20 @@
-//! The state directory: what the kernel does not hold for us (node config, endpoint
-//! names, namespaces, allocated addresses). One JSON file, replaced atomically
-//! (temp file + fsync + rename) while an exclusive `flock` on a lock file is held, so
-//! concurrent commands serialise instead of losing each other's updates.
+//! The state directory itself: the lock that serialises commands, reading the
+//! state file, and writing it atomically.
 
-use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::net::Ipv4Addr;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
-use ipnet::Ipv4Net;
 use nix::fcntl::{Flock, FlockArg};
-use serde::{Deserialize, Serialize};
 
-use crate::ident::MacAddr;
+use super::cluster::NODE_INTENT_FILE;
+use super::records::STATE_VERSION;
+use super::{State, StateError};
 
-mod cluster;
-pub use cluster::{
-    ClusterState, NODE_INTENT_FILE, NodeIntent, NodeOrigin, Overlay, RemoteNode, VxlanDevice,
-};
-
+/// The state file's name in the state directory.
 pub const STATE_FILE: &str = "state.json";
-pub const LOCK_FILE: &str = "lock";
-/// The journal of the endpoint change in progress (see [`Intent`]).
-pub const INTENT_FILE: &str = "intent.json";
-const STATE_VERSION: u32 = 1;
-
-#[derive(Debug, thiserror::Error)]
-pub enum StateError {
-    #[error("cannot create the state directory {path}: {source}")]
-    CreateDir {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error("cannot lock {path}: {source}")]
-    Lock {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error(
-        "the state file {path} is corrupt ({source}); run `vethbpf reconcile --from-kernel` to rebuild it from the pinned maps and links"
-    )]
-    Corrupt {
-        path: PathBuf,
-        #[source]
-        source: serde_json::Error,
-    },
-    #[error("the state file {path} has version {found}; this vethbpf understands {STATE_VERSION}")]
-    Version { path: PathBuf, found: u32 },
-    #[error("{path} stayed locked by another vethbpf command for {secs} s")]
-    Busy { path: PathBuf, secs: u64 },
-    #[error(
-        "the journal {path} is corrupt ({source}); run `vethbpf reconcile` to clean up after the interrupted command"
-    )]
-    CorruptIntent {
-        path: PathBuf,
-        #[source]
-        source: serde_json::Error,
-    },
-    #[error("cannot write {path}: {source}")]
-    Write {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-}
-
-/// How programs are attached to host-side veths.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AttachMode {
-    /// TCX link (kernel >= 6.6), pinned under the bpffs dir.
-    Tcx,
-    /// Legacy clsact qdisc + cls_bpf filter through netlink (older kernels).
-    Netlink,
-}
-
-impl AttachMode {
-    pub const fn name(self) -> &'static str {
-        match self {
-            AttachMode::Tcx => "tcx",
-            AttachMode::Netlink => "netlink",
-        }
-    }
-}
-
-/// Written by `up`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NodeConfig {
-    pub pod_cidr: Ipv4Net,
-    pub gateway: Ipv4Addr,
-    pub gateway_mac: MacAddr,
-    pub bpffs_dir: PathBuf,
-    /// Where `up` mounted a bpffs (`bpffs_dir` or /sys/fs/bpf), so that `down`
-    /// unmounts it; `None` if one was there already.
-    pub bpffs_mount: Option<PathBuf>,
-    pub attach_mode: AttachMode,
-}
-
-/// One endpoint ("pod").
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EndpointRecord {
-    pub name: String,
-    /// Index of the endpoint's counters (1..MAX_ENDPOINTS).
-    pub id: u32,
-    pub ip: Ipv4Addr,
-    pub pod_mac: MacAddr,
-    pub host_veth: String,
-    pub host_ifindex: u32,
-    /// Path of the pod's network namespace file.
-    pub netns: PathBuf,
-    /// vethbpf created the namespace (so `endpoint del` deletes it).
-    pub netns_created: bool,
-    /// Interface name inside the pod.
-    pub ifname: String,
-    /// Set when the endpoint was made by the CNI plugin (`vethbpf` run with
-    /// `CNI_COMMAND`): which attachment it is, so that DEL and GC find it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cni: Option<CniAttachment>,
-}
-
-/// The CNI attachment an endpoint belongs to: `(CNI_CONTAINERID, CNI_IFNAME)` on the
-/// network `network`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CniAttachment {
-    pub container_id: String,
-    pub ifname: String,
-    /// The network configuration's `name`.
-    pub network: String,
-    /// The delegated IPAM plugin (`ipam.type`) that gave the address, if any.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ipam: Option<String>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct State {
-    pub version: u32,
-    pub node: Option<NodeConfig>,
-    pub endpoints: BTreeMap<String, EndpointRecord>,
-    /// Set by `up --cluster-cidr`: other nodes and how to reach them.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cluster: Option<ClusterState>,
-}
-
-impl Default for State {
-    fn default() -> Self {
-        State {
-            version: STATE_VERSION,
-            node: None,
-            endpoints: BTreeMap::new(),
-            cluster: None,
-        }
-    }
-}
-
-/// The endpoint change in progress, written before its first kernel change and
-/// removed after its commit. Whoever takes the lock next and finds it knows that a
-/// command died halfway, and what it was doing: an `add` is rolled back (nothing of
-/// it was committed), a `del` is finished (the pod may already have lost its
-/// interface, so there is no going back).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "lowercase")]
-pub enum Intent {
-    Add(PlannedEndpoint),
-    Del(EndpointRecord),
-}
-
-/// What an `add` in progress may have made: everything is found by these names.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PlannedEndpoint {
-    pub name: String,
-    pub ip: Ipv4Addr,
-    pub id: u32,
-    pub host_veth: String,
-    pub temp_peer: String,
-    /// The add creates the namespace `name` (it did not exist when the add began,
-    /// under the lock), so a rollback deletes it.
-    pub create_netns: bool,
-}
+pub(crate) const LOCK_FILE: &str = "lock";
 
 /// A state directory (default /var/lib/vethbpf).
 #[derive(Clone, Debug)]
@@ -197,15 +25,17 @@ pub struct StateDir {
 /// The state, read under an exclusive lock that lasts as long as this value.
 pub struct Locked {
     _lock: Flock<File>,
-    path: PathBuf,
+    pub(super) path: PathBuf,
     pub state: State,
 }
 
 impl StateDir {
+    /// The state directory at `dir` (nothing is created until it is locked).
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         StateDir { dir: dir.into() }
     }
 
+    /// The directory.
     pub fn path(&self) -> &Path {
         &self.dir
     }
@@ -219,7 +49,7 @@ impl StateDir {
     /// Like [`StateDir::lock`], but gives up with [`StateError::Busy`] when the
     /// lock is still held by someone else after `timeout` (CNI calls answer "try
     /// again later" rather than hang a runtime).
-    pub fn lock_timeout(&self, timeout: std::time::Duration) -> Result<Locked, StateError> {
+    pub(crate) fn lock_timeout(&self, timeout: std::time::Duration) -> Result<Locked, StateError> {
         self.lock_within(Some(timeout))
     }
 
@@ -364,51 +194,9 @@ fn read_state(path: &Path) -> Result<State, StateError> {
 }
 
 impl Locked {
-    fn intent_path(&self) -> PathBuf {
-        self.path.with_file_name(INTENT_FILE)
-    }
-
-    /// The journal left by a command that died halfway, if any.
-    pub fn pending(&self) -> Result<Option<Intent>, StateError> {
-        let path = self.intent_path();
-        match fs::read(&path) {
-            Ok(text) => serde_json::from_slice(&text)
-                .map(Some)
-                .map_err(|source| StateError::CorruptIntent { path, source }),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(source) => Err(StateError::Read { path, source }),
-        }
-    }
-
-    /// Journals `intent` before its first kernel change. Written atomically but not
-    /// fsynced: it only has to survive the death of the process (the page cache
-    /// does); a power loss takes the kernel objects it describes with it.
-    pub fn begin(&self, intent: &Intent) -> Result<(), StateError> {
-        let path = self.intent_path();
-        let tmp = path.with_extension("json.tmp");
-        let werr = |source| StateError::Write {
-            path: tmp.clone(),
-            source,
-        };
-        let text = serde_json::to_vec(intent).map_err(|e| werr(e.into()))?;
-        fs::write(&tmp, text).map_err(werr)?;
-        fs::rename(&tmp, &path).map_err(|source| StateError::Write { path, source })
-    }
-
-    /// Clears the journal once the change is committed or undone.
-    pub fn end(&self) -> Result<(), StateError> {
-        let path = self.intent_path();
-        match fs::remove_file(&path) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                Err(StateError::Write { path, source: e })
-            }
-            _ => Ok(()),
-        }
-    }
-
     /// Writes the state atomically: a reader sees the old or the new file, never a
     /// mix, even if vethbpf is killed halfway.
-    pub fn save(&self) -> Result<(), StateError> {
+    pub(crate) fn save(&self) -> Result<(), StateError> {
         let tmp = self.path.with_extension("json.tmp");
         let werr = |source| StateError::Write {
             path: tmp.clone(),
@@ -436,7 +224,11 @@ impl Locked {
 
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv4Addr;
+
     use super::*;
+    use crate::state::EndpointRecord;
+    use crate::state::ident::MacAddr;
 
     fn tempdir() -> PathBuf {
         std::env::temp_dir().join(format!(

@@ -4,20 +4,22 @@
 use std::fmt;
 use std::str::FromStr;
 
+use crate::error::ErrorKind;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Linux interface names are at most 15 bytes (`IFNAMSIZ` - 1).
-pub const IFNAME_MAX: usize = 15;
+pub(crate) const IFNAME_MAX: usize = 15;
 /// Endpoint names also name the pod's namespace under /run/netns; keep them short
 /// enough for every tool that prints them and safe as a file name.
-pub const ENDPOINT_NAME_MAX: usize = 63;
+pub(crate) const ENDPOINT_NAME_MAX: usize = 63;
 
 /// Prefix of every host-side veth vethbpf makes; `down` and `reconcile` recognise
 /// their links by it.
-pub const HOST_VETH_PREFIX: &str = "vb";
+pub(crate) const HOST_VETH_PREFIX: &str = "vb";
 /// Prefix of the pod-side veth while it is still in the node namespace.
-pub const TEMP_PEER_PREFIX: &str = "vp";
+pub(crate) const TEMP_PEER_PREFIX: &str = "vp";
 
+/// An endpoint or interface name that cannot be used, and why.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum NameError {
     #[error("endpoint name is empty")]
@@ -36,9 +38,16 @@ pub enum NameError {
     BadMac { text: String },
 }
 
+impl NameError {
+    /// Every bad name is a bad argument.
+    pub fn kind(&self) -> ErrorKind {
+        ErrorKind::Usage
+    }
+}
+
 /// Checks an endpoint name: 1 to 63 bytes of `[A-Za-z0-9_.-]`, starting with a letter
 /// or digit (so it is also a safe file name under /run/netns and never `.`/`..`).
-pub fn validate_endpoint_name(name: &str) -> Result<(), NameError> {
+pub(crate) fn validate_endpoint_name(name: &str) -> Result<(), NameError> {
     let first = name.chars().next().ok_or(NameError::Empty)?;
     if name.len() > ENDPOINT_NAME_MAX {
         return Err(NameError::TooLong {
@@ -61,7 +70,7 @@ pub fn validate_endpoint_name(name: &str) -> Result<(), NameError> {
 }
 
 /// Checks an interface name the way the kernel's `dev_valid_name` does.
-pub fn validate_ifname(name: &str) -> Result<(), NameError> {
+pub(crate) fn validate_ifname(name: &str) -> Result<(), NameError> {
     let bad = |why| NameError::BadIfname {
         name: name.to_string(),
         why,
@@ -102,12 +111,12 @@ fn derived_name(prefix: &str, endpoint: &str) -> String {
 
 /// Host-side veth name of an endpoint: `vb` + 13 hex digits of a hash of its name
 /// (15 bytes, like Calico's `cali` + 11).
-pub fn host_veth_name(endpoint: &str) -> String {
+pub(crate) fn host_veth_name(endpoint: &str) -> String {
     derived_name(HOST_VETH_PREFIX, endpoint)
 }
 
 /// Temporary name of the pod-side veth before it moves into the pod namespace.
-pub fn temp_peer_name(endpoint: &str) -> String {
+pub(crate) fn temp_peer_name(endpoint: &str) -> String {
     derived_name(TEMP_PEER_PREFIX, endpoint)
 }
 
@@ -130,7 +139,7 @@ pub struct MacAddr(pub [u8; 6]);
 impl MacAddr {
     /// The gateway MAC every host-side veth carries (Calico's choice): a locally
     /// administered unicast address that no real NIC uses.
-    pub const GATEWAY: MacAddr = MacAddr([0xee; 6]);
+    pub(crate) const GATEWAY: MacAddr = MacAddr([0xee; 6]);
 }
 
 impl fmt::Display for MacAddr {

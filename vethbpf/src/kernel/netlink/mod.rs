@@ -1,11 +1,11 @@
 //! A small netlink client: the link, address and route operations vethbpf needs,
-//! behind a trait so that endpoint logic can be unit-tested with [`FakeNetlink`]
-//! without root (youki's approach).
+//! behind a trait so that endpoint logic can be unit-tested with a fake (`fake.rs`,
+//! test builds only) without root (youki's approach).
 //!
 //! A netlink socket belongs to the network namespace of the thread that opened it.
 //! [`RtNetlink::connect`] therefore opens the socket in the *calling thread's*
 //! namespace; to configure a pod, call it on a dedicated thread that has entered the
-//! pod's namespace (see [`crate::netns::run_in`]). The client is synchronous: it owns
+//! pod's namespace (see [`crate::kernel::netns::run_in`]). The client is synchronous: it owns
 //! a current-thread tokio runtime, so no tokio worker ever calls `setns`.
 
 use std::net::Ipv4Addr;
@@ -13,10 +13,14 @@ use std::os::fd::BorrowedFd;
 
 use ipnet::Ipv4Net;
 
+use crate::error::ErrorKind;
+
+#[cfg(test)]
 mod fake;
 mod rt;
 
-pub use fake::FakeNetlink;
+#[cfg(test)]
+pub(crate) use fake::FakeNetlink;
 pub use rt::RtNetlink;
 
 /// A link as vethbpf sees it.
@@ -59,6 +63,8 @@ pub struct RouteSpec {
     pub onlink: bool,
 }
 
+/// A failed rtnetlink request; `Exists` and `NotFound` are the errnos callers
+/// tell apart (EEXIST; ENOENT, ENODEV, ESRCH).
 #[derive(Debug, thiserror::Error)]
 pub enum NetlinkError {
     #[error("cannot open a netlink socket: {0}")]
@@ -78,23 +84,44 @@ pub enum NetlinkError {
     Protocol { op: &'static str, detail: String },
 }
 
+impl NetlinkError {
+    /// What kind of failure this is: something in the way is a conflict; the rest
+    /// is the kernel's.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            NetlinkError::Exists { .. } => ErrorKind::Conflict,
+            NetlinkError::Connect(_)
+            | NetlinkError::NotFound { .. }
+            | NetlinkError::Kernel { .. }
+            | NetlinkError::Protocol { .. } => ErrorKind::Other,
+        }
+    }
+}
+
 /// The operations vethbpf performs through rtnetlink, in one network namespace.
 pub trait Netlink {
+    /// The link named `name` in this namespace, if any.
     fn link_by_name(&mut self, name: &str) -> Result<Option<LinkInfo>, NetlinkError>;
+    /// The link with index `index` in this namespace, if any.
     fn link_by_index(&mut self, index: u32) -> Result<Option<LinkInfo>, NetlinkError>;
+    /// Every link in this namespace.
     fn links(&mut self) -> Result<Vec<LinkInfo>, NetlinkError>;
     /// Creates a veth pair `name` <-> `peer`, both in this namespace and down.
     /// Returns the new link `name`'s index.
     fn add_veth(&mut self, name: &str, peer: &str) -> Result<u32, NetlinkError>;
+    /// Deletes a link (a veth takes its peer with it).
     fn del_link(&mut self, index: u32) -> Result<(), NetlinkError>;
     /// Moves a link into the namespace behind `netns` (an open `/run/netns/..` or
     /// `/proc/../ns/net` file).
     fn move_link_to_netns(&mut self, index: u32, netns: BorrowedFd<'_>)
     -> Result<(), NetlinkError>;
+    /// Renames a link (it must be down).
     fn rename_link(&mut self, index: u32, name: &str) -> Result<(), NetlinkError>;
+    /// Sets a link's MAC address.
     fn set_link_mac(&mut self, index: u32, mac: [u8; 6]) -> Result<(), NetlinkError>;
     /// Sets `IFLA_IFALIAS` (at most 255 bytes).
     fn set_link_alias(&mut self, index: u32, alias: &str) -> Result<(), NetlinkError>;
+    /// Sets a link administratively up.
     fn set_link_up(&mut self, index: u32) -> Result<(), NetlinkError>;
     fn set_link_mtu(&mut self, index: u32, mtu: u32) -> Result<(), NetlinkError>;
     /// Creates the VXLAN device of `spec` (down, no FDB learning); returns its index.
@@ -102,10 +129,13 @@ pub trait Netlink {
     /// Stops the kernel from generating IPv6 link-local addresses on the link
     /// (`IFLA_INET6_ADDR_GEN_MODE` = none), so host-side veths carry no address at all.
     fn disable_ipv6_addr_gen(&mut self, index: u32) -> Result<(), NetlinkError>;
+    /// Adds an IPv4 address to a link.
     fn add_address(&mut self, index: u32, addr: Ipv4Net) -> Result<(), NetlinkError>;
     /// IPv4 addresses, of one link or of all links: `(ifindex, address/prefix)`.
     fn addresses(&mut self, index: Option<u32>) -> Result<Vec<(u32, Ipv4Net)>, NetlinkError>;
+    /// Adds an IPv4 route to the main table.
     fn add_route(&mut self, route: &RouteSpec) -> Result<(), NetlinkError>;
+    /// Deletes an IPv4 route from the main table.
     fn del_route(&mut self, route: &RouteSpec) -> Result<(), NetlinkError>;
     /// IPv4 unicast routes of the main table.
     fn routes(&mut self) -> Result<Vec<RouteSpec>, NetlinkError>;

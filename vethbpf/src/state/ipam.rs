@@ -7,6 +7,9 @@ use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 
+use crate::error::ErrorKind;
+
+/// An address that cannot be given to an endpoint, and why.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum IpamError {
     #[error("{ip} is outside the pod CIDR {cidr}")]
@@ -19,6 +22,18 @@ pub enum IpamError {
     Gateway { ip: Ipv4Addr },
     #[error("the pod CIDR {cidr} has no free address left")]
     Exhausted { cidr: Ipv4Net },
+}
+
+impl IpamError {
+    /// What kind of failure this is.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            IpamError::OutsideCidr { .. }
+            | IpamError::Reserved { .. }
+            | IpamError::Gateway { .. } => ErrorKind::Usage,
+            IpamError::InUse { .. } | IpamError::Exhausted { .. } => ErrorKind::Conflict,
+        }
+    }
 }
 
 /// The addresses of a pod CIDR that can be given to endpoints: all of them but the
@@ -36,7 +51,7 @@ fn usable(cidr: Ipv4Net) -> impl Iterator<Item = Ipv4Addr> {
 
 /// Checks that `ip` may be given to a new endpoint. `used` maps addresses in use to
 /// the endpoint names that hold them.
-pub fn validate<'a>(
+pub(crate) fn validate<'a>(
     cidr: Ipv4Net,
     gateway: Ipv4Addr,
     ip: Ipv4Addr,
@@ -61,7 +76,7 @@ pub fn validate<'a>(
 }
 
 /// The lowest free address of the CIDR.
-pub fn allocate(
+pub(crate) fn allocate(
     cidr: Ipv4Net,
     gateway: Ipv4Addr,
     used: impl Iterator<Item = Ipv4Addr>,

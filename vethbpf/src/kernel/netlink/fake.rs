@@ -25,7 +25,7 @@ use super::{LinkInfo, Netlink, NetlinkError, RouteSpec, VxlanSpec};
 
 /// The operation names accepted by [`FakeNetlink::fail_at`] and recorded in the log:
 /// the [`Netlink`] method names.
-pub const FAKE_OPS: &[&str] = &[
+pub(crate) const FAKE_OPS: &[&str] = &[
     "link_by_name",
     "link_by_index",
     "links",
@@ -51,29 +51,29 @@ const MAX_IFNAME_LEN: usize = 15;
 
 /// One recorded call.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct FakeCall {
+pub(crate) struct FakeCall {
     /// Which namespace of the world the call was made in (0 = the one [`FakeNetlink::new`]
     /// made).
-    pub netns: usize,
+    pub(crate) netns: usize,
     /// The [`Netlink`] method name.
-    pub op: &'static str,
+    pub(crate) op: &'static str,
     /// The arguments, human-readable.
-    pub args: String,
+    pub(crate) args: String,
     /// Whether the call succeeded.
-    pub ok: bool,
+    pub(crate) ok: bool,
 }
 
 /// What the fake knows about a link beyond [`LinkInfo`].
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct FakeLinkState {
-    pub info: LinkInfo,
+pub(crate) struct FakeLinkState {
+    pub(crate) info: LinkInfo,
     /// The other end of a veth pair: (namespace, index), if it still exists.
-    pub peer: Option<(usize, u32)>,
+    pub(crate) peer: Option<(usize, u32)>,
     /// [`Netlink::disable_ipv6_addr_gen`] was called on it.
-    pub ipv6_addr_gen_disabled: bool,
+    pub(crate) ipv6_addr_gen_disabled: bool,
     /// The kernel would have given it an IPv6 link-local address: it was brought up
     /// while address generation was still enabled.
-    pub ipv6_link_local: bool,
+    pub(crate) ipv6_link_local: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -122,7 +122,7 @@ struct World {
 /// An in-memory [`Netlink`]: a handle to one namespace of a shared fake world.
 /// Cloning gives another handle to the same namespace.
 #[derive(Clone, Debug)]
-pub struct FakeNetlink {
+pub(crate) struct FakeNetlink {
     world: Arc<Mutex<World>>,
     ns: usize,
 }
@@ -135,7 +135,7 @@ impl Default for FakeNetlink {
 
 impl FakeNetlink {
     /// A world with one namespace holding `lo` (index 1, up), like a node's.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let mut world = World::default();
         let ns = world.new_namespace(true);
         Self {
@@ -145,14 +145,17 @@ impl FakeNetlink {
     }
 
     /// This handle's namespace number (as in [`FakeCall::netns`]).
-    pub fn netns_id(&self) -> usize {
+    pub(crate) fn netns_id(&self) -> usize {
         self.ns
     }
 
     /// The handle of the namespace that `netns` designates: descriptors of the same
     /// file (same `st_dev`/`st_ino`) designate the same namespace. An unknown file
     /// gets a fresh namespace holding only `lo` (down), like a new network namespace.
-    pub fn namespace_for_fd(&self, netns: BorrowedFd<'_>) -> Result<FakeNetlink, NetlinkError> {
+    pub(crate) fn namespace_for_fd(
+        &self,
+        netns: BorrowedFd<'_>,
+    ) -> Result<FakeNetlink, NetlinkError> {
         let key = file_identity(netns).map_err(|source| NetlinkError::Kernel {
             op: "namespace_for_fd",
             what: "netns fd".into(),
@@ -173,14 +176,14 @@ impl FakeNetlink {
     /// # Panics
     /// If `op` is not a [`Netlink`] method name or `nth` is 0: a typo must not make a
     /// rollback test pass vacuously.
-    pub fn fail_at(&self, op: &'static str, nth: usize) {
+    pub(crate) fn fail_at(&self, op: &'static str, nth: usize) {
         self.fail_at_with(op, nth, libc::EIO);
     }
 
     /// Like [`fail_at`](Self::fail_at) with the given errno, mapped like the real
     /// client's (EEXIST -> `Exists`, ENODEV/ENOENT/ESRCH -> `NotFound`, others ->
     /// `Kernel`).
-    pub fn fail_at_with(&self, op: &'static str, nth: usize, errno: i32) {
+    pub(crate) fn fail_at_with(&self, op: &'static str, nth: usize, errno: i32) {
         assert!(FAKE_OPS.contains(&op), "fail_at: unknown netlink op {op:?}");
         assert!(nth >= 1, "fail_at: calls are counted from 1");
         let mut world = self.lock();
@@ -189,13 +192,13 @@ impl FakeNetlink {
     }
 
     /// All calls so far, in order, in every namespace of the world.
-    pub fn calls(&self) -> Vec<FakeCall> {
+    pub(crate) fn calls(&self) -> Vec<FakeCall> {
         self.lock().calls.clone()
     }
 
     /// The names of the calls that changed something (not the lookups), in order:
     /// handy for asserting what a caller did and undid.
-    pub fn mutations(&self) -> Vec<&'static str> {
+    pub(crate) fn mutations(&self) -> Vec<&'static str> {
         const READS: &[&str] = &[
             "link_by_name",
             "link_by_index",
@@ -211,13 +214,13 @@ impl FakeNetlink {
             .collect()
     }
 
-    pub fn clear_calls(&self) {
+    pub(crate) fn clear_calls(&self) {
         self.lock().calls.clear();
     }
 
     /// Seeds a link (not logged, no faults), e.g. a node's `eth0`. It is down and
     /// gets a generated MAC.
-    pub fn seed_link(&self, name: &str, kind: Option<&str>) -> Result<u32, NetlinkError> {
+    pub(crate) fn seed_link(&self, name: &str, kind: Option<&str>) -> Result<u32, NetlinkError> {
         let mut world = self.lock();
         let op = "seed_link";
         validate_name(op, name)?;
@@ -235,7 +238,7 @@ impl FakeNetlink {
     }
 
     /// The full state of a link of this namespace.
-    pub fn link_state(&self, index: u32) -> Option<FakeLinkState> {
+    pub(crate) fn link_state(&self, index: u32) -> Option<FakeLinkState> {
         let world = self.lock();
         let link = world.ns(self.ns).by_index(index)?;
         Some(FakeLinkState {

@@ -1,6 +1,6 @@
 //! The command line of the cluster: `up`'s cluster flags, `node add/del/list`,
-//! `agent`, and the cluster parts of `status`, `down` and `reconcile`. Errors are
-//! `anyhow` with context here, as in [`crate::cli`].
+//! `agent` (grammar, library calls and printing together, one feature), and the
+//! cluster parts of `status`, `down` and `reconcile`.
 
 use std::net::Ipv4Addr;
 
@@ -9,17 +9,19 @@ use clap::{Args, Subcommand, ValueEnum};
 use ipnet::Ipv4Net;
 use serde::Serialize;
 
-use super::agent::{self, AgentConfig};
-use super::join::{self, JoinReport};
-use super::maps::PinnedNodeMaps;
-use super::nodes::{self, NodeSpec, NodeView};
-use super::setup::{self, ClusterRequest, ClusterStatus};
-use crate::bpf::Pins;
-use crate::cli::{Cli, DEFAULT_GATEWAY, Output};
-use crate::netlink::RtNetlink;
-use crate::node::{Status, UpRequest};
-use crate::output::{self, table};
-use crate::state::{Locked, NodeOrigin, Overlay};
+use vethbpf::cluster::agent::{self, AgentConfig};
+use vethbpf::cluster::join::{self, JoinReport};
+use vethbpf::cluster::maps::PinnedNodeMaps;
+use vethbpf::cluster::nodes::{self, NodeFix, NodeSpec, NodeView};
+use vethbpf::cluster::setup::{self, ClusterRequest, ClusterStatus};
+use vethbpf::datapath::Pins;
+use vethbpf::kernel::netlink::RtNetlink;
+use vethbpf::node::{Status, UpRequest};
+use vethbpf::reconcile::Report;
+use vethbpf::state::{Locked, NodeOrigin, Overlay};
+
+use super::args::Cli;
+use super::output::{self, Output, table};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum OverlayArg {
@@ -135,7 +137,7 @@ pub fn up(out: Output, locked: &mut Locked, req: &UpRequest, args: &ClusterArgs)
         locked,
         req,
         args.request().as_ref(),
-        crate::EBPF_OBJECT,
+        vethbpf::EBPF_OBJECT,
     )
     .context("vethbpf up")?;
     print_up(out, &report)
@@ -361,9 +363,9 @@ pub fn down(locked: &mut Locked) -> Result<()> {
     setup::down(&mut nl, &Pins::new(&node.bpffs_dir), locked).context("removing the cluster set-up")
 }
 
-/// `reconcile`'s cluster part: the kernel side again from the record, then the
-/// remote nodes' map entries.
-pub fn reconcile(locked: &mut Locked) -> Result<Vec<nodes::NodeFix>> {
+/// `reconcile`'s cluster part: the remote nodes' map entries, then the kernel side
+/// again from the record.
+pub fn reconcile(locked: &mut Locked) -> Result<Vec<NodeFix>> {
     let Some(node) = locked.state.node.clone() else {
         return Ok(vec![]);
     };
@@ -385,10 +387,9 @@ pub fn reconcile(locked: &mut Locked) -> Result<Vec<nodes::NodeFix>> {
             node.attach_mode,
             locked,
             desired,
-            crate::EBPF_OBJECT,
         )?;
         if report.action != "unchanged" {
-            fixes.push(nodes::NodeFix {
+            fixes.push(NodeFix {
                 what: format!("cluster set-up {}", report.action),
                 name: c.uplink.clone(),
             });
@@ -420,9 +421,43 @@ pub fn agent(cli: &Cli, args: &AgentArgs) -> Result<()> {
         },
         subnet_len: args.subnet_len,
         ttl_secs: args.lease_ttl,
-        gateway: DEFAULT_GATEWAY.parse().context("the default gateway")?,
+        gateway: vethbpf::defaults::GATEWAY
+            .parse()
+            .context("the default gateway")?,
         bpffs_dir: cli.bpffs_dir.clone(),
         state_dir: cli.state_dir.clone(),
     })
     .context("vethbpf agent")
+}
+
+/// Prints `reconcile`'s report with the cluster's fixes: one JSON document, or the
+/// endpoint table followed by the cluster's rows.
+pub fn print_reconcile(out: Output, report: &Report, fixes: &[NodeFix]) -> Result<()> {
+    if out == Output::Json {
+        #[derive(Serialize)]
+        struct WithNodes<'a> {
+            #[serde(flatten)]
+            report: &'a Report,
+            nodes: &'a [NodeFix],
+        }
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&WithNodes {
+                report,
+                nodes: fixes
+            })?
+        );
+        return Ok(());
+    }
+    if report.changed() || fixes.is_empty() {
+        output::reconcile(out, report)?;
+    }
+    if !fixes.is_empty() {
+        let rows: Vec<Vec<String>> = fixes
+            .iter()
+            .map(|f| vec![f.what.clone(), f.name.clone(), "done".into()])
+            .collect();
+        table(&["WHAT", "NAME", "ACTION"], &rows);
+    }
+    Ok(())
 }

@@ -10,7 +10,7 @@
 use std::any::Any;
 use std::fs::{self, DirBuilder, File};
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
@@ -20,15 +20,18 @@ use nix::mount::{MntFlags, MsFlags};
 use nix::sched::CloneFlags;
 use nix::sys::stat::Mode;
 
-use crate::netlink::{NetlinkError, RtNetlink};
+use super::mountns;
+use crate::error::ErrorKind;
+use crate::kernel::netlink::{NetlinkError, RtNetlink};
 
 /// Where named network namespaces are bind-mounted, as iproute2 does.
-pub const NETNS_RUN_DIR: &str = "/run/netns";
+pub(crate) const NETNS_RUN_DIR: &str = "/run/netns";
 
 /// The calling thread's network namespace. Not `/proc/self/ns/net`: that is the
 /// main thread's, which is not necessarily ours.
 const THREAD_NETNS: &str = "/proc/thread-self/ns/net";
 
+/// Why a network namespace could not be made, found, opened or entered.
 #[derive(Debug, thiserror::Error)]
 pub enum NetnsError {
     #[error(
@@ -57,6 +60,30 @@ pub enum NetnsError {
     },
     #[error("code running in network namespace {} panicked: {message}", path.display())]
     Panicked { path: PathBuf, message: String },
+    #[error(
+        "vethbpf is running in a mount namespace of its own, not the host's (`ip netns exec` makes one): the network namespace {name} it would make under {NETNS_RUN_DIR} would vanish when this command exits, so it changes nothing. Run vethbpf in the node's network namespace only: `nsenter --net=/run/netns/{} vethbpf ...`; or pass --netns an existing namespace",
+        here.as_deref().unwrap_or("NODE")
+    )]
+    PrivateMounts {
+        name: String,
+        /// The name of the network namespace vethbpf runs in, if it has one.
+        here: Option<String>,
+    },
+}
+
+impl NetnsError {
+    /// What kind of failure this is.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            NetnsError::InvalidName(_) | NetnsError::NotNetns { .. } => ErrorKind::Usage,
+            NetnsError::AlreadyExists(_) => ErrorKind::Conflict,
+            NetnsError::NotFound(_) => ErrorKind::NotFound,
+            NetnsError::Io { .. }
+            | NetnsError::Thread { .. }
+            | NetnsError::Panicked { .. }
+            | NetnsError::PrivateMounts { .. } => ErrorKind::Other,
+        }
+    }
 }
 
 impl NetnsError {
@@ -74,6 +101,19 @@ pub fn named_path(name: &str) -> PathBuf {
     Path::new(NETNS_RUN_DIR).join(name)
 }
 
+/// The name under /run/netns of the calling thread's network namespace, if it has
+/// one (for messages that tell the user how to run a command in it).
+pub(crate) fn own_name() -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let id = |m: fs::Metadata| (m.dev(), m.ino());
+    let ours = id(fs::metadata(THREAD_NETNS).ok()?);
+    fs::read_dir(NETNS_RUN_DIR)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .find(|e| fs::metadata(e.path()).is_ok_and(|m| id(m) == ours))
+        .and_then(|e| e.file_name().into_string().ok())
+}
+
 /// iproute2's rule for namespace names: they become a file name in /run/netns.
 fn validate_name(name: &str) -> Result<(), NetnsError> {
     if name.is_empty()
@@ -86,6 +126,22 @@ fn validate_name(name: &str) -> Result<(), NetnsError> {
         return Err(NetnsError::InvalidName(name.to_owned()));
     }
     Ok(())
+}
+
+/// Checks that a namespace `name` made now outlives this process: the bind mount
+/// that keeps it under /run/netns must reach the host's mount namespace (see
+/// [`super::mountns`]), which from `ip netns exec` it does not.
+pub(crate) fn check_create_lasting(name: &str) -> Result<(), NetnsError> {
+    let Some(host) = mountns::host_reference() else {
+        return Ok(());
+    };
+    if mountns::propagates_to(host, Path::new(NETNS_RUN_DIR)) {
+        return Ok(());
+    }
+    Err(NetnsError::PrivateMounts {
+        name: name.to_string(),
+        here: own_name(),
+    })
 }
 
 /// Creates the named network namespace `name`, like `ip netns add NAME`, and returns
@@ -218,7 +274,7 @@ pub fn delete_named(name: &str) -> Result<(), NetnsError> {
 /// Resolves a namespace argument: a bare name means `/run/netns/NAME`; anything
 /// with a '/' is a path used as is (e.g. `/proc/PID/ns/net`, `/var/run/netns/x`).
 /// The result exists and is a network namespace.
-pub fn resolve(name_or_path: &str) -> Result<PathBuf, NetnsError> {
+pub(crate) fn resolve(name_or_path: &str) -> Result<PathBuf, NetnsError> {
     let path = if name_or_path.contains('/') {
         PathBuf::from(name_or_path)
     } else {
@@ -230,7 +286,7 @@ pub fn resolve(name_or_path: &str) -> Result<PathBuf, NetnsError> {
 }
 
 /// Opens a network namespace file, checking that it is one: the descriptor can be
-/// given to `setns` or [`crate::netlink::Netlink::move_link_to_netns`].
+/// given to `setns` or [`crate::kernel::netlink::Netlink::move_link_to_netns`].
 pub fn open(path: &Path) -> Result<OwnedFd, NetnsError> {
     let file = File::open(path).map_err(|e| match e.kind() {
         io::ErrorKind::NotFound => NetnsError::NotFound(path.to_owned()),
@@ -270,7 +326,7 @@ fn check_netns(fd: &OwnedFd, path: &Path) -> Result<(), NetnsError> {
 }
 
 /// Runs `f` on a new thread that has entered the network namespace `netns` (a path
-/// as returned by [`resolve`] or [`create_named`]), and returns its result. The
+/// as `resolve` or [`create_named`] return), and returns its result. The
 /// thread exits afterwards. A panic in `f` is returned as
 /// [`NetnsError::Panicked`], not propagated.
 pub fn run_in<T, F>(netns: &Path, f: F) -> Result<T, NetnsError>
@@ -300,23 +356,6 @@ where
         let mut nl = RtNetlink::connect()?;
         f(&mut nl)
     })?
-}
-
-/// The calling thread's network namespace.
-pub fn current_thread_netns() -> Result<OwnedFd, NetnsError> {
-    File::open(THREAD_NETNS)
-        .map(OwnedFd::from)
-        .map_err(|e| NetnsError::io("open", THREAD_NETNS, e))
-}
-
-/// Whether two namespace descriptors refer to the same namespace (same nsfs inode).
-pub fn same_netns(a: impl AsFd, b: impl AsFd) -> Result<bool, NetnsError> {
-    let id = |fd: &dyn AsFd| {
-        nix::sys::stat::fstat(fd.as_fd())
-            .map(|st| (st.st_dev, st.st_ino))
-            .map_err(|e| NetnsError::io("stat", "namespace descriptor", e))
-    };
-    Ok(id(&a)? == id(&b)?)
 }
 
 /// Runs `f` on a fresh, scoped std thread and joins it; a panic becomes an error.
@@ -350,17 +389,36 @@ fn panic_message(payload: &(dyn Any + Send)) -> String {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use std::os::fd::AsFd;
+
+    /// The calling thread's network namespace.
+    fn current_thread_netns() -> Result<OwnedFd, NetnsError> {
+        File::open(THREAD_NETNS)
+            .map(OwnedFd::from)
+            .map_err(|e| NetnsError::io("open", THREAD_NETNS, e))
+    }
+
+    /// Whether two namespace descriptors refer to the same namespace (same nsfs inode).
+    fn same_netns(a: impl AsFd, b: impl AsFd) -> Result<bool, NetnsError> {
+        let id = |fd: &dyn AsFd| {
+            nix::sys::stat::fstat(fd.as_fd())
+                .map(|st| (st.st_dev, st.st_ino))
+                .map_err(|e| NetnsError::io("stat", "namespace descriptor", e))
+        };
+        Ok(id(&a)? == id(&b)?)
+    }
+
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     /// A named namespace for one test, removed on drop (also when the test panics).
     pub(crate) struct TestNetns {
-        pub name: String,
-        pub path: PathBuf,
+        pub(crate) name: String,
+        pub(crate) path: PathBuf,
     }
 
     impl TestNetns {
         /// `vbt-<tag>-<pid>-<n>`: unique across parallel tests and concurrent runs.
-        pub fn new(tag: &str) -> Self {
+        pub(crate) fn new(tag: &str) -> Self {
             static COUNTER: AtomicUsize = AtomicUsize::new(0);
             let name = format!(
                 "vbt-{tag}-{}-{}",
@@ -375,18 +433,14 @@ pub(crate) mod tests {
     impl Drop for TestNetns {
         fn drop(&mut self) {
             if let Err(e) = delete_named(&self.name) {
-                eprintln!("cannot delete test netns {}: {e}", self.name);
+                // A second panic while unwinding would abort and hide the first.
+                if std::thread::panicking() {
+                    eprintln!("cannot delete test netns {}: {e}", self.name);
+                } else {
+                    panic!("cannot delete test netns {}: {e}", self.name);
+                }
             }
         }
-    }
-
-    /// Root tests skip (loudly) when not run as root.
-    pub(crate) fn is_root() -> bool {
-        let root = nix::unistd::geteuid().is_root();
-        if !root {
-            eprintln!("skipping: needs root");
-        }
-        root
     }
 
     #[test]
@@ -427,10 +481,8 @@ pub(crate) mod tests {
     }
 
     #[test]
+    #[ignore = "needs root: creates and enters network namespaces"]
     fn create_resolve_run_delete() {
-        if !is_root() {
-            return;
-        }
         let ns = TestNetns::new("ns");
         assert_eq!(resolve(&ns.name).unwrap(), ns.path);
         assert_eq!(resolve(ns.path.to_str().unwrap()).unwrap(), ns.path);
@@ -457,7 +509,7 @@ pub(crate) mod tests {
 
         // A fresh namespace has only lo, down.
         let links = with_netlink_in(&ns.path, |nl| {
-            crate::netlink::Netlink::links(nl).map_err(anyhow::Error::from)
+            crate::kernel::netlink::Netlink::links(nl).map_err(anyhow::Error::from)
         })
         .unwrap();
         assert_eq!(links.len(), 1);
@@ -472,12 +524,10 @@ pub(crate) mod tests {
     }
 
     #[test]
+    #[ignore = "needs root: setns needs CAP_SYS_ADMIN, even into its own namespace"]
     fn panic_in_run_in_is_an_error() {
-        // Works without root: our own namespace.
+        // Our own namespace.
         let path = Path::new(THREAD_NETNS);
-        if !is_root() {
-            return; // setns needs CAP_SYS_ADMIN even into one's own namespace
-        }
         match run_in(path, || -> u32 { panic!("boom in netns") }) {
             Err(NetnsError::Panicked { message, .. }) => assert_eq!(message, "boom in netns"),
             other => panic!("expected Panicked, got {other:?}"),
@@ -486,10 +536,8 @@ pub(crate) mod tests {
     }
 
     #[test]
+    #[ignore = "needs root: creates network namespaces and unmounts one"]
     fn stale_file_is_not_a_netns_and_can_be_deleted() {
-        if !is_root() {
-            return;
-        }
         // What an interrupted creation (or a reboot with a persistent /run) leaves:
         // a plain file in /run/netns.
         let ns = TestNetns::new("stale");
@@ -506,10 +554,8 @@ pub(crate) mod tests {
     }
 
     #[test]
+    #[ignore = "needs root: creates network namespaces"]
     fn parallel_creation_is_safe() {
-        if !is_root() {
-            return;
-        }
         let handles: Vec<_> = (0..8)
             .map(|_| std::thread::spawn(|| TestNetns::new("par")))
             .collect();

@@ -2,12 +2,20 @@
 //! scripts. Progress and logs go to stderr, never here.
 
 use anyhow::Result;
+use clap::ValueEnum;
 use serde::Serialize;
 
-use crate::cli::Output;
-use crate::endpoint::EndpointView;
-use crate::node::{DownReport, Status, UpReport};
-use crate::reconcile::Report;
+use vethbpf::datapath::AttachMode;
+use vethbpf::endpoint::EndpointView;
+use vethbpf::node::{DownReport, Status, UpReport};
+use vethbpf::reconcile::Report;
+
+/// How results are printed (`--output`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
 
 fn json<T: Serialize + ?Sized>(v: &T) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
@@ -41,11 +49,18 @@ pub fn up(out: Output, r: &UpReport) -> Result<()> {
         return json(r);
     }
     let what = match r.action {
-        "loaded" => "datapath loaded",
-        "reloaded" => "datapath pins were missing: loaded again",
-        "replaced" => "program replaced on every link; maps kept",
-        "reconfigured" => "node config updated",
-        _ => "node is already up; nothing changed",
+        "loaded" => "datapath loaded".to_string(),
+        "reloaded" => "datapath pins were missing: loaded again".to_string(),
+        "replaced" => format!(
+            "program replaced on {} endpoint attachment(s) ({}); maps kept",
+            r.replaced.unwrap_or_default(),
+            match r.config.attach_mode {
+                AttachMode::Tcx => "TCX links, atomically",
+                AttachMode::Netlink => "cls_bpf filters, in place",
+            }
+        ),
+        "reconfigured" => "node config updated".to_string(),
+        _ => "node is already up; nothing changed".to_string(),
     };
     println!("{what}");
     table(
@@ -275,9 +290,6 @@ pub fn reconcile(out: Output, r: &Report) -> Result<()> {
                 "removed: no endpoint owns it".into(),
             ]);
         }
-    }
-    for f in &r.nodes {
-        rows.push(vec![f.what.clone(), f.name.clone(), "done".into()]);
     }
     table(&["WHAT", "NAME", "ACTION"], &rows);
     Ok(())

@@ -1,0 +1,185 @@
+//! The command line's grammar (clap): commands, options, their help.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+use ipnet::Ipv4Net;
+use vethbpf::defaults::{
+    BPFFS_DIR as DEFAULT_BPFFS_DIR, GATEWAY as DEFAULT_GATEWAY, POD_CIDR as DEFAULT_POD_CIDR,
+    STATE_DIR as DEFAULT_STATE_DIR,
+};
+
+use super::error::exit_on_parse_error;
+use super::output::Output;
+
+/// The end of `--help`: what scripts can rely on.
+const EXIT_STATUS: &str = "\
+Exit status:
+  0  done
+  1  anything else: the kernel refused, I/O failed, not root, a command interrupted
+  2  the command line is wrong: an unknown command or option, an invalid name or
+     address, an address outside the pod CIDR, a gateway inside it
+  3  what the command names does not exist: an endpoint, a namespace
+  4  the node is not up, or its datapath is gone (the bpffs was unmounted)
+  5  it clashes with what exists: a name or address in use, no free address, a
+     pod CIDR, gateway or bpffs dir other than the node's
+With -o json, a failure prints one JSON object on stderr:
+  {\"error\": MESSAGE, \"code\": STATUS, \"kind\": \"other\"|\"usage\"|\"not_found\"|\"not_up\"|\"conflict\"}";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "vethbpf",
+    version,
+    about = "Connect network namespaces with veth pairs and eBPF: no bridge, no iptables",
+    long_about = "vethbpf connects network namespaces (\"pods\") on this node through veth pairs \
+and a tc ingress eBPF program on each host-side veth. The program answers ARP for the pods' \
+gateway, looks destinations up in an LPM map and hands packets straight into the destination \
+pod with bpf_redirect_peer. Programs, maps and links are pinned in bpffs, so the datapath keeps \
+running when vethbpf exits.\n\nStart with `vethbpf demo` to see it work in a throwaway namespace.\n\
+All commands act on the network namespace vethbpf runs in (the node) and need root.",
+    after_help = EXIT_STATUS
+)]
+pub struct Cli {
+    /// Where programs, maps and links are pinned (a bpffs is mounted there if needed).
+    #[arg(
+        long,
+        global = true,
+        env = "VETHBPF_BPFFS_DIR",
+        default_value = DEFAULT_BPFFS_DIR,
+        value_name = "DIR"
+    )]
+    pub bpffs_dir: PathBuf,
+    /// Where node config and endpoint records are kept.
+    #[arg(
+        long,
+        global = true,
+        env = "VETHBPF_STATE_DIR",
+        default_value = DEFAULT_STATE_DIR,
+        value_name = "DIR"
+    )]
+    pub state_dir: PathBuf,
+    /// Output format: a table for people, JSON for scripts.
+    #[arg(long, short = 'o', global = true, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+    /// More logging on stderr (-v debug, -vv trace). RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Load and pin the datapath on this node (idempotent).
+    Up(UpArgs),
+    /// Add, delete or list endpoints (pods).
+    #[command(subcommand)]
+    Endpoint(EndpointCommand),
+    /// Show node config, programs, maps and attachments.
+    Status,
+    /// Delete every endpoint and every pinned object: the node as before `up`.
+    Down,
+    /// Make state, maps, pinned links, links and routes agree again after a crash.
+    ///
+    /// Settles a command that died halfway (an `endpoint add` is rolled back, an
+    /// `endpoint del` finished), repairs each endpoint's map entries, attachment and
+    /// node route from its record, removes endpoints whose veth or namespace is gone,
+    /// and removes links, map entries and pins with vethbpf's names that no endpoint
+    /// owns. Every command settles an interrupted one by itself; this does the full
+    /// check.
+    Reconcile(ReconcileArgs),
+    /// Run the three-pod scenario in a throwaway node namespace and show a
+    /// connectivity matrix with the counters that prove the eBPF path carried it.
+    Demo(DemoArgs),
+    /// Add, delete or list remote nodes (their pod CIDRs become reachable).
+    #[command(subcommand)]
+    Node(super::cluster::NodeCommand),
+    /// Lease this node's pod subnet in etcd, bring the node up with it, and keep
+    /// the remote nodes equal to the other leases (the only long-running process;
+    /// optional, and the datapath keeps forwarding without it).
+    Agent(super::cluster::AgentArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct UpArgs {
+    /// IPv4 range the pods' addresses come from.
+    #[arg(long, default_value = DEFAULT_POD_CIDR, value_name = "CIDR")]
+    pub pod_cidr: Ipv4Net,
+    /// The pods' gateway: a link-local address nobody owns; the eBPF program answers
+    /// ARP for it with the gateway MAC.
+    #[arg(long, default_value = DEFAULT_GATEWAY, value_name = "IP")]
+    pub gateway: Ipv4Addr,
+    /// On a node that is up, upgrade the loaded program to this binary's: maps and
+    /// their entries are kept, every TCX link switches atomically (no packet sees a
+    /// moment without a program).
+    #[arg(long)]
+    pub replace: bool,
+    #[command(flatten)]
+    pub cluster: super::cluster::ClusterArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum EndpointCommand {
+    /// Create a pod: namespace, veth pair, addresses, routes, program, map entries.
+    Add(AddArgs),
+    /// Remove everything `endpoint add` made for NAME.
+    Del {
+        /// The endpoint's name.
+        name: String,
+    },
+    /// Every endpoint with its counters (forwarded, ARP replies, passed, drops).
+    List,
+}
+
+#[derive(Args, Debug)]
+pub struct AddArgs {
+    /// Endpoint name (1-63 of [A-Za-z0-9_.-]); also the name of the namespace made
+    /// for it under /run/netns.
+    pub name: String,
+    /// The pod's address (default: the next free one of the pod CIDR).
+    #[arg(long, value_name = "IP")]
+    pub ip: Option<Ipv4Addr>,
+    /// Use this existing namespace (a name under /run/netns, or a path) instead of
+    /// making one.
+    #[arg(long, value_name = "NAME|PATH")]
+    pub netns: Option<String>,
+    /// Interface name inside the pod.
+    #[arg(long, default_value = "eth0", value_name = "IFNAME")]
+    pub ifname: String,
+}
+
+#[derive(Args, Debug)]
+pub struct ReconcileArgs {
+    /// Rebuild a lost or corrupt state file from the kernel: the host veths' aliases
+    /// and the pinned maps (the unreadable file is kept as state.json.corrupt).
+    #[arg(long)]
+    pub from_kernel: bool,
+    /// With --from-kernel: the pod CIDR the node was brought up with (the kernel does
+    /// not hold it).
+    #[arg(long, value_name = "CIDR", default_value = DEFAULT_POD_CIDR, requires = "from_kernel")]
+    pub pod_cidr: Ipv4Net,
+}
+
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    /// Leave the demo's namespaces and datapath in place (prints how to remove them).
+    #[arg(long)]
+    pub keep: bool,
+}
+
+/// Parses the command line; also reports whether --bpffs-dir was given explicitly
+/// (flag or environment) rather than defaulted.
+pub fn parse() -> (Cli, bool) {
+    let matches: ArgMatches = match Cli::command().try_get_matches() {
+        Ok(m) => m,
+        Err(e) => exit_on_parse_error(e),
+    };
+    let explicit = matches
+        .value_source("bpffs_dir")
+        .is_some_and(|s| s != clap::parser::ValueSource::DefaultValue);
+    match Cli::from_arg_matches(&matches) {
+        Ok(cli) => (cli, explicit),
+        Err(e) => exit_on_parse_error(e),
+    }
+}

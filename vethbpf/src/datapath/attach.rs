@@ -1,0 +1,198 @@
+//! Attaching a pinned program to tc ingress of an interface, and finding and
+//! removing those attachments. Generic over (program, interface): `from_pod` on
+//! each endpoint's host veth is one user; a program on the uplink is another.
+
+use std::fs;
+
+use aya::programs::LinkOrder;
+use aya::programs::links::{FdLink, PinnedLink};
+use aya::programs::tc::{
+    self, NlOptions, SchedClassifier, SchedClassifierLink, TcAttachOptions, TcAttachType, TcHandle,
+};
+use aya::util::KernelVersion;
+use serde::{Deserialize, Serialize};
+
+use super::{BpfError, Pins};
+
+/// How programs are attached to interfaces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachMode {
+    /// TCX link (kernel >= 6.6), pinned under the bpffs dir.
+    Tcx,
+    /// Legacy clsact qdisc + cls_bpf filter through netlink (older kernels).
+    Netlink,
+}
+
+impl AttachMode {
+    /// The name `status` and the state file use.
+    pub const fn name(self) -> &'static str {
+        match self {
+            AttachMode::Tcx => "tcx",
+            AttachMode::Netlink => "netlink",
+        }
+    }
+}
+
+/// The cls_bpf filter of a netlink attachment: always this priority and handle
+/// (as Cilium's), so that `up --replace` finds it and swaps its program.
+const FILTER_PRIORITY: u16 = 1;
+const FILTER_HANDLE: u32 = 1;
+
+/// Chooses TCX where the kernel has it (6.6+), the netlink clsact filter before.
+/// Test builds (the `fault-injection` feature) take `VETHBPF_TEST_ATTACH_MODE`
+/// (`netlink` or `tcx`) first, so that the fallback is tested on a TCX kernel.
+pub(crate) fn attach_mode() -> AttachMode {
+    match crate::fault::forced_attach_mode() {
+        Some("netlink") => return AttachMode::Netlink,
+        Some("tcx") => return AttachMode::Tcx,
+        _ => {}
+    }
+    match KernelVersion::current() {
+        Ok(v) if v < KernelVersion::new(6, 6, 0) => AttachMode::Netlink,
+        _ => AttachMode::Tcx,
+    }
+}
+
+/// Attaches the pinned `program` to tc ingress of `ifname` (in the calling thread's
+/// namespace). With TCX the link is pinned (see [`Pins::link`]) and its id returned.
+pub(crate) fn attach(
+    pins: &Pins,
+    program: &str,
+    ifname: &str,
+    mode: AttachMode,
+) -> Result<Option<u32>, BpfError> {
+    let path = pins.program(program);
+    let mut prog = SchedClassifier::from_pin(&path).map_err(|source| BpfError::OpenProgram {
+        path,
+        source: Box::new(source),
+    })?;
+    let attach_err = |source| BpfError::Attach {
+        program: program.to_string(),
+        ifname: ifname.to_string(),
+        source: Box::new(source),
+    };
+    match mode {
+        AttachMode::Tcx => {
+            let id = prog
+                .attach_with_options(
+                    ifname,
+                    TcAttachType::Ingress,
+                    TcAttachOptions::TcxOrder(LinkOrder::default()),
+                )
+                .map_err(attach_err)?;
+            let link = prog.take_link(id).map_err(attach_err)?;
+            let path = pins.link(program, ifname);
+            let fd_link: FdLink = link.try_into().map_err(|source| BpfError::Link {
+                path: path.clone(),
+                source,
+            })?;
+            let link_id = fd_link.info().ok().map(|i| i.id());
+            if let Some(dir) = path.parent() {
+                fs::create_dir_all(dir).map_err(|source| BpfError::CreateDir {
+                    path: dir.to_path_buf(),
+                    source,
+                })?;
+            }
+            fd_link
+                .pin(&path)
+                .map_err(|source| BpfError::Pin { path, source })?;
+            Ok(link_id)
+        }
+        AttachMode::Netlink => {
+            // The clsact qdisc may exist already (EEXIST): that is fine.
+            let _ = tc::qdisc_add_clsact(ifname);
+            let id = prog
+                .attach_with_options(
+                    ifname,
+                    TcAttachType::Ingress,
+                    TcAttachOptions::Netlink(filter_options()),
+                )
+                .map_err(attach_err)?;
+            let link = prog.take_link(id).map_err(attach_err)?;
+            // A netlink filter lives as long as the interface; dropping the link
+            // object would detach it, so let it go without running its Drop.
+            std::mem::forget(link);
+            Ok(None)
+        }
+    }
+}
+
+fn filter_options() -> NlOptions {
+    NlOptions {
+        priority: FILTER_PRIORITY,
+        handle: TcHandle::from(FILTER_HANDLE),
+        classid: None,
+    }
+}
+
+/// Swaps the program of the cls_bpf filter vethbpf put on tc ingress of `ifname`
+/// (a netlink attachment) for `prog`: one RTM_NEWTFILTER without NLM_F_CREATE,
+/// which cls_bpf applies in place, so no packet sees the interface without a
+/// program.
+pub(crate) fn replace_filter(prog: &mut SchedClassifier, ifname: &str) -> Result<(), BpfError> {
+    let program = prog
+        .info()
+        .ok()
+        .and_then(|i| i.name_as_str().map(str::to_string))
+        .unwrap_or_default();
+    let attach_err = |source| BpfError::Attach {
+        program: program.clone(),
+        ifname: ifname.to_string(),
+        source: Box::new(source),
+    };
+    let link = SchedClassifierLink::attached(
+        ifname,
+        TcAttachType::Ingress,
+        FILTER_PRIORITY,
+        TcHandle::from(FILTER_HANDLE),
+        None,
+    )
+    .map_err(|e| attach_err(e.into()))?;
+    let id = prog.attach_to_link(link).map_err(attach_err)?;
+    let link = prog.take_link(id).map_err(attach_err)?;
+    // As in `attach`: the filter lives as long as the interface.
+    std::mem::forget(link);
+    Ok(())
+}
+
+/// Removes `program`'s pinned TCX link on `ifname`: the program detaches from the
+/// interface when the last reference goes. Missing pins are fine (already
+/// detached).
+pub(crate) fn detach(pins: &Pins, program: &str, ifname: &str) -> Result<(), BpfError> {
+    let path = pins.link(program, ifname);
+    if !path.exists() {
+        return Ok(());
+    }
+    let link = PinnedLink::from_pin(&path).map_err(|source| BpfError::Link {
+        path: path.clone(),
+        source,
+    })?;
+    let fd_link = link
+        .unpin()
+        .map_err(|source| BpfError::Remove { path, source })?;
+    drop(fd_link);
+    Ok(())
+}
+
+/// The interfaces that have a pinned link of `program`.
+pub(crate) fn pinned_links(pins: &Pins, program: &str) -> Vec<String> {
+    fs::read_dir(pins.links_dir(program))
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                // Other programs' directories are not links.
+                .filter(|e| e.file_type().is_ok_and(|t| !t.is_dir()))
+                .filter_map(|e| e.file_name().into_string().ok())
+                .map(|pin| super::pins::ifname_of_pin(&pin))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The id of `program`'s pinned link on `ifname`, and of the program behind it.
+pub(crate) fn link_ids(pins: &Pins, program: &str, ifname: &str) -> Option<(u32, u32)> {
+    let link = PinnedLink::from_pin(pins.link(program, ifname)).ok()?;
+    let fd: FdLink = link.into();
+    let info = fd.info().ok()?;
+    Some((info.id(), info.program_id()))
+}

@@ -1,0 +1,258 @@
+//! Loading the embedded object, pinning its programs and maps, upgrading them in
+//! place, and removing every pin again.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use aya::EbpfLoader;
+use aya::programs::ProgramInfo;
+use aya::programs::links::{FdLink, PinnedLink};
+use aya::programs::tc::{SchedClassifier, SchedClassifierLink};
+use vethbpf_common::{ALL_MAPS, PROG_FROM_POD};
+
+use super::attach::{AttachMode, detach, pinned_links, replace_filter};
+use super::{BpfError, PROGRAMS, Pins};
+use crate::kernel::bpffs;
+
+fn mkdirs(pins: &Pins) -> Result<(), BpfError> {
+    for d in [
+        pins.progs_dir(),
+        pins.maps_dir(),
+        pins.links_dir(PROG_FROM_POD),
+    ] {
+        fs::create_dir_all(&d).map_err(|source| BpfError::CreateDir { path: d, source })?;
+    }
+    Ok(())
+}
+
+/// Loads `object` with its maps bound to the pins under `pins` (created and pinned
+/// if missing, reused if there), and its programs through the verifier.
+fn load_object(pins: &Pins, object: &[u8]) -> Result<aya::Ebpf, BpfError> {
+    let map_paths: Vec<(&str, PathBuf)> = ALL_MAPS.iter().map(|m| (*m, pins.map(m))).collect();
+    let mut loader = EbpfLoader::new();
+    for (name, path) in &map_paths {
+        loader.map_pin_path(name, path.as_path());
+    }
+    let mut ebpf = loader
+        .load(object)
+        .map_err(|e| BpfError::Load(Box::new(e)))?;
+    for name in PROGRAMS {
+        program(&mut ebpf, name)?
+            .load()
+            .map_err(|source| BpfError::Program {
+                program: name,
+                source: Box::new(source),
+            })?;
+    }
+    Ok(ebpf)
+}
+
+fn program<'a>(
+    ebpf: &'a mut aya::Ebpf,
+    name: &'static str,
+) -> Result<&'a mut SchedClassifier, BpfError> {
+    ebpf.program_mut(name)
+        .ok_or(BpfError::MissingProgram(name))?
+        .try_into()
+        .map_err(|source| BpfError::Program {
+            program: name,
+            source: Box::new(source),
+        })
+}
+
+/// Loads the embedded object and pins its programs and maps. Maps already pinned
+/// (a previous `up`) are reused, so their entries survive. Returns the `from_pod`
+/// program.
+pub(crate) fn load_and_pin(pins: &Pins, object: &[u8]) -> Result<ProgramInfo, BpfError> {
+    mkdirs(pins)?;
+    let mut ebpf = load_object(pins, object)?;
+    for name in PROGRAMS {
+        let prog = program(&mut ebpf, name)?;
+        let path = pins.program(name);
+        if path.exists() {
+            fs::remove_file(&path).map_err(|source| BpfError::Remove {
+                path: path.clone(),
+                source,
+            })?;
+        }
+        prog.pin(&path)
+            .map_err(|source| BpfError::Pin { path, source })?;
+    }
+    program(&mut ebpf, PROG_FROM_POD)?
+        .info()
+        .map_err(|source| BpfError::Program {
+            program: PROG_FROM_POD,
+            source: Box::new(source),
+        })
+}
+
+/// Upgrades the datapath in place: loads the embedded object (reusing the pinned
+/// maps, so no entry or counter is lost), swaps the program of every attachment
+/// atomically (traffic never sees a moment without a program): each pinned TCX
+/// link with `BPF_LINK_UPDATE`, or in netlink mode the cls_bpf filter on each of
+/// `endpoints` (host veths) in place; then replaces the program pins. Returns the
+/// new `from_pod` program and how many attachments now run the new programs.
+pub(crate) fn replace(
+    pins: &Pins,
+    object: &[u8],
+    mode: AttachMode,
+    endpoints: &[String],
+) -> Result<(ProgramInfo, usize), BpfError> {
+    let mut ebpf = load_object(pins, object)?;
+    let mut updated = 0;
+    for name in PROGRAMS {
+        // Netlink filters leave no pins: from_pod's are on the endpoints' host veths.
+        let attached = match mode {
+            AttachMode::Tcx => Attached::Links,
+            AttachMode::Netlink if *name == PROG_FROM_POD => Attached::Filters(endpoints),
+            AttachMode::Netlink => Attached::Filters(&[]),
+        };
+        updated += replace_program(pins, program(&mut ebpf, name)?, name, attached)?;
+    }
+    let info = program(&mut ebpf, PROG_FROM_POD)?
+        .info()
+        .map_err(|source| BpfError::Program {
+            program: PROG_FROM_POD,
+            source: Box::new(source),
+        })?;
+    Ok((info, updated))
+}
+
+/// Where a program runs: on its pinned TCX links, or on netlink filters of these
+/// interfaces.
+enum Attached<'a> {
+    Links,
+    Filters(&'a [String]),
+}
+
+/// Swaps `prog` (freshly loaded) into every attachment of the program `name`, then
+/// over its pin. Returns how many attachments it swapped.
+fn replace_program(
+    pins: &Pins,
+    prog: &mut SchedClassifier,
+    name: &'static str,
+    attached: Attached<'_>,
+) -> Result<usize, BpfError> {
+    // Pin under a temporary name first (bpffs reserves '.' in names), so a failure
+    // there changes nothing; renamed over the old pin at the end: a reader sees the
+    // old or the new program, never none.
+    let path = pins.program(name);
+    let tmp = pins.progs_dir().join(format!("{name}_new"));
+    let _ = fs::remove_file(&tmp);
+    prog.pin(&tmp).map_err(|source| BpfError::Pin {
+        path: tmp.clone(),
+        source,
+    })?;
+    let swapped = match attached {
+        Attached::Links => swap_links(pins, prog, name),
+        Attached::Filters(ifnames) => ifnames
+            .iter()
+            .try_for_each(|ifname| replace_filter(prog, ifname))
+            .map(|()| ifnames.len()),
+    };
+    match swapped {
+        Ok(updated) => {
+            fs::rename(&tmp, &path).map_err(|source| BpfError::Remove {
+                path: tmp.clone(),
+                source,
+            })?;
+            Ok(updated)
+        }
+        Err(e) => {
+            // Attachments swapped so far run the new (valid) program; the old pin
+            // stays.
+            let _ = fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
+}
+
+/// Swaps `prog` into every pinned TCX link of the program `name`.
+fn swap_links(
+    pins: &Pins,
+    prog: &mut SchedClassifier,
+    name: &'static str,
+) -> Result<usize, BpfError> {
+    let mut updated = 0;
+    for ifname in pinned_links(pins, name) {
+        let path = pins.link(name, &ifname);
+        let link_err = |source| BpfError::Link {
+            path: path.clone(),
+            source,
+        };
+        let swapped = (|| {
+            let pinned = PinnedLink::from_pin(&path).map_err(link_err)?;
+            let link = SchedClassifierLink::try_from(FdLink::from(pinned)).map_err(link_err)?;
+            let id = prog
+                .attach_to_link(link)
+                .map_err(|source| BpfError::Attach {
+                    program: name.to_string(),
+                    ifname: ifname.clone(),
+                    source: Box::new(source),
+                })?;
+            // The pin keeps the link; our handle to it can go.
+            let taken = prog.take_link(id).map_err(|source| BpfError::Program {
+                program: name,
+                source: Box::new(source),
+            })?;
+            let _fd: FdLink = taken.try_into().map_err(link_err)?;
+            Ok::<_, BpfError>(())
+        })();
+        swapped?;
+        updated += 1;
+    }
+    Ok(updated)
+}
+
+/// Information about the pinned `from_pod` program.
+pub(crate) fn program_info(pins: &Pins) -> Result<ProgramInfo, BpfError> {
+    let path = pins.program(PROG_FROM_POD);
+    ProgramInfo::from_pin(&path).map_err(|source| BpfError::OpenProgram {
+        path,
+        source: Box::new(source),
+    })
+}
+
+/// Removes every pin and the directories `up` made, and unmounts the bpffs `up`
+/// mounted (`mount`), unless other pins live on it.
+pub(crate) fn remove_all(pins: &Pins, mount: Option<&Path>) -> Result<(), BpfError> {
+    for name in PROGRAMS {
+        for ifname in pinned_links(pins, name) {
+            detach(pins, name, &ifname)?;
+        }
+        if *name != PROG_FROM_POD {
+            let _ = fs::remove_dir(pins.links_dir(name));
+        }
+    }
+    let rm = |p: PathBuf| match fs::remove_file(&p) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => {
+            Err(BpfError::Remove { path: p, source: e })
+        }
+        _ => Ok(()),
+    };
+    for name in PROGRAMS {
+        rm(pins.program(name))?;
+    }
+    for m in ALL_MAPS {
+        rm(pins.map(m))?;
+    }
+    for d in [
+        pins.progs_dir(),
+        pins.maps_dir(),
+        pins.links_dir(PROG_FROM_POD),
+    ] {
+        let _ = fs::remove_dir(d);
+    }
+    if mount == Some(pins.root()) {
+        bpffs::unmount_if_empty(pins.root())?;
+        let _ = fs::remove_dir(pins.root());
+    } else {
+        // Only removes an empty dir: a user's own pins stay.
+        let _ = fs::remove_dir(pins.root());
+        if let Some(m) = mount {
+            bpffs::unmount_if_empty(m)?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,99 @@
+//! The embedded eBPF object on this node: loading it, pinning its programs and
+//! maps, upgrading it in place, attaching programs to interfaces, and typed access
+//! to the maps.
+//!
+//! vethbpf is a command, not a daemon: `up` loads the programs and pins them and
+//! their maps under the bpffs dir ([`Pins`] has the layout); `endpoint add` opens
+//! the pinned program, attaches it to a host veth with a TCX link and pins the link.
+//! Nothing depends on a vethbpf process staying alive.
+
+use std::io;
+use std::path::PathBuf;
+
+use aya::pin::PinError;
+use aya::programs::ProgramError;
+use vethbpf_common::{PROG_FROM_POD, PROG_FROM_TUNNEL, PROG_FROM_UPLINK};
+
+use crate::error::ErrorKind;
+use crate::kernel::bpffs::BpffsError;
+
+mod attach;
+mod load;
+pub mod maps;
+mod pins;
+
+pub use attach::AttachMode;
+pub(crate) use attach::{attach, attach_mode, detach, link_ids, pinned_links};
+pub(crate) use load::{load_and_pin, program_info, remove_all, replace};
+pub use pins::Pins;
+
+/// The object's programs: each is loaded, verified and pinned by `up`, and
+/// upgraded by `up --replace`.
+pub(crate) const PROGRAMS: &[&str] = &[PROG_FROM_POD, PROG_FROM_UPLINK, PROG_FROM_TUNNEL];
+
+/// Why loading, pinning, attaching or unpinning failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BpfError {
+    #[error("cannot create {path}: {source}")]
+    CreateDir {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(transparent)]
+    Bpffs(#[from] BpffsError),
+    #[error("cannot load the eBPF object: {0}")]
+    Load(#[source] Box<aya::EbpfError>),
+    #[error("the eBPF object has no program {0}")]
+    MissingProgram(&'static str),
+    #[error("program {program}: {source}")]
+    Program {
+        program: &'static str,
+        #[source]
+        source: Box<ProgramError>,
+    },
+    #[error("cannot pin {path}: {source}")]
+    Pin {
+        path: PathBuf,
+        #[source]
+        source: PinError,
+    },
+    #[error(
+        "the pinned program {path} cannot be opened ({source}); is the bpffs still mounted? `vethbpf up` loads the datapath again"
+    )]
+    OpenProgram {
+        path: PathBuf,
+        #[source]
+        source: Box<ProgramError>,
+    },
+    #[error("cannot attach {program} to {ifname}: {source}")]
+    Attach {
+        program: String,
+        ifname: String,
+        #[source]
+        source: Box<ProgramError>,
+    },
+    #[error("link pin {path}: {source}")]
+    Link {
+        path: PathBuf,
+        #[source]
+        source: aya::programs::links::LinkError,
+    },
+    #[error("cannot remove {path}: {source}")]
+    Remove {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl BpfError {
+    /// What kind of failure this is: a pinned program that cannot be opened means
+    /// the datapath is gone (`up` loads it again).
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            BpfError::OpenProgram { .. } => ErrorKind::NotUp,
+            _ => ErrorKind::Other,
+        }
+    }
+}

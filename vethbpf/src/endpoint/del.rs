@@ -1,0 +1,95 @@
+//! `endpoint del`.
+
+use ipnet::Ipv4Net;
+use tracing::warn;
+use vethbpf_common::{ROUTE_KIND_LOCAL, Route};
+
+use super::journal::settle;
+use super::remove::{delete_host_veth, remove_after_veth};
+use super::{EndpointError, Env};
+use crate::fault;
+use crate::state::{EndpointRecord, Intent, Locked};
+
+/// Deletes an endpoint: route entry first (nobody is sent to it any more), then the
+/// veth (the pod loses its interface and the program its hook), then the pins, map
+/// entries, the namespace if vethbpf made it, and the record.
+///
+/// A failure before the veth is deleted puts the route entry back: the endpoint is
+/// as it was. From the veth's deletion on there is no going back, so a failure
+/// leaves the journal and the next command (or `reconcile`) finishes the delete.
+pub fn del(
+    env: &mut Env<'_>,
+    locked: &mut Locked,
+    name: &str,
+) -> Result<EndpointRecord, EndpointError> {
+    // `endpoint del NAME` run again after a del of NAME died: finishing that one is
+    // the answer.
+    match locked.pending()? {
+        Some(Intent::Del(rec)) if rec.name == name => {
+            settle(env, locked, Intent::Del(rec.clone()))?;
+            return Ok(rec);
+        }
+        Some(intent) => {
+            settle(env, locked, intent)?;
+        }
+        None => {}
+    }
+    let rec = locked
+        .state
+        .endpoints
+        .get(name)
+        .cloned()
+        .ok_or_else(|| EndpointError::NotFound {
+            name: name.to_string(),
+        })?;
+    fault::point("del.intent")?;
+    locked.begin(&Intent::Del(rec.clone()))?;
+
+    let reversible = (|| {
+        fault::point("del.route-map")?;
+        env.dp.del_route(Ipv4Net::from(rec.ip))?;
+        if let Err(e) = delete_host_veth(env, &rec) {
+            if let Err(undo) = env.dp.put_route(Ipv4Net::from(rec.ip), &route_of(&rec)) {
+                warn!(error = %undo, "cannot restore the route entry");
+            }
+            return Err(e);
+        }
+        Ok(())
+    })();
+    if let Err(e) = reversible {
+        if let Err(end) = locked.end() {
+            warn!(error = %end, "cannot clear the journal");
+        }
+        return Err(e);
+    }
+    let interrupted = |source| EndpointError::DelInterrupted {
+        name: name.to_string(),
+        source: Box::new(source),
+    };
+    remove_after_veth(env, &rec).map_err(interrupted)?;
+    fault::point("del.commit").map_err(|e| interrupted(e.into()))?;
+    locked.state.endpoints.remove(name);
+    if let Err(e) = locked.save() {
+        // The kernel side is gone; the record stays until the journal is replayed.
+        locked.state.endpoints.insert(rec.name.clone(), rec.clone());
+        return Err(interrupted(e.into()));
+    }
+    if let Err(e) = fault::point("del.done")
+        .map_err(EndpointError::from)
+        .and_then(|()| Ok(locked.end()?))
+    {
+        warn!(error = %e, "cannot clear the journal; the next command will");
+    }
+    Ok(rec)
+}
+
+/// The route entry that sends traffic to `rec`.
+pub(crate) fn route_of(rec: &EndpointRecord) -> Route {
+    Route {
+        kind: ROUTE_KIND_LOCAL,
+        ifindex: rec.host_ifindex,
+        endpoint_id: rec.id,
+        mac: rec.pod_mac.0,
+        _pad: [0; 2],
+    }
+}

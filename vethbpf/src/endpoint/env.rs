@@ -1,0 +1,62 @@
+//! The kernel as endpoint changes see it: three small traits, so that the logic,
+//! rollback included, is unit-tested with fakes.
+
+use std::path::{Path, PathBuf};
+
+use ipnet::Ipv4Net;
+use vethbpf_common::{EndpointInfo, Route};
+
+use super::{EndpointError, PodConfig};
+use crate::datapath::maps::EndpointCounters;
+use crate::kernel::netlink::Netlink;
+use crate::state::ident::MacAddr;
+
+/// Pod namespaces: creating, deleting, resolving, and configuring the inside.
+pub(crate) trait Namespaces {
+    /// Whether a named namespace exists under /run/netns.
+    fn named_exists(&self, name: &str) -> bool;
+    /// Whether a namespace `name` made now would outlive this process (it would not
+    /// be made from a mount namespace of our own, as under `ip netns exec`).
+    fn check_create(&self, name: &str) -> Result<(), EndpointError>;
+    fn create(&mut self, name: &str) -> Result<PathBuf, EndpointError>;
+    fn delete(&mut self, name: &str) -> Result<(), EndpointError>;
+    /// `NAME` (under /run/netns) or a path; must exist and be a network namespace.
+    fn resolve(&self, spec: &str) -> Result<PathBuf, EndpointError>;
+    /// Moves a node-side link into the namespace at `netns`.
+    fn move_link(
+        &mut self,
+        node: &mut dyn Netlink,
+        index: u32,
+        netns: &Path,
+    ) -> Result<(), EndpointError>;
+    /// Whether `ifname` exists inside the namespace.
+    fn link_exists(&mut self, netns: &Path, ifname: &str) -> Result<bool, EndpointError>;
+    /// Runs [`configure_pod_side`](super::configure_pod_side) inside the namespace.
+    fn configure(&mut self, netns: &Path, cfg: &PodConfig) -> Result<MacAddr, EndpointError>;
+}
+
+/// The pinned eBPF objects, as endpoint changes use them.
+pub(crate) trait Datapath {
+    fn attach(&mut self, host_veth: &str) -> Result<(), EndpointError>;
+    fn detach(&mut self, host_veth: &str) -> Result<(), EndpointError>;
+    fn put_endpoint(&mut self, ifindex: u32, info: &EndpointInfo) -> Result<(), EndpointError>;
+    fn del_endpoint(&mut self, ifindex: u32) -> Result<(), EndpointError>;
+    fn put_route(&mut self, net: Ipv4Net, route: &Route) -> Result<(), EndpointError>;
+    fn del_route(&mut self, net: Ipv4Net) -> Result<(), EndpointError>;
+    fn reset_counters(&mut self, id: u32) -> Result<(), EndpointError>;
+    fn counters(&self, id: u32) -> Result<EndpointCounters, EndpointError>;
+    /// Every ROUTES entry (for `reconcile`).
+    fn route_entries(&self) -> Result<Vec<(Ipv4Net, Route)>, EndpointError>;
+    /// Every ENDPOINTS entry, by host ifindex (for `reconcile`).
+    fn endpoint_entries(&self) -> Result<Vec<(u32, EndpointInfo)>, EndpointError>;
+    /// The host veths with a pinned attachment; `None` when attachments are not
+    /// pinned (netlink mode), so there is nothing to compare.
+    fn attached(&self) -> Option<Vec<String>>;
+}
+
+/// The kernel as `endpoint` commands see it.
+pub struct Env<'a> {
+    pub(crate) node: &'a mut dyn Netlink,
+    pub(crate) ns: &'a mut dyn Namespaces,
+    pub(crate) dp: &'a mut dyn Datapath,
+}

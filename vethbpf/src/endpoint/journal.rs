@@ -1,0 +1,134 @@
+//! Settling the journal of an endpoint change that died halfway.
+
+use ipnet::Ipv4Net;
+use serde::Serialize;
+use tracing::warn;
+
+use super::remove::remove_endpoint;
+use super::{EndpointError, Env, with_kernel};
+use crate::kernel::netlink::NetlinkError;
+use crate::kernel::netns::NetnsError;
+use crate::state::{EndpointRecord, Intent, Locked, PlannedEndpoint};
+
+/// How the journal of an interrupted command was settled.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Recovered {
+    /// `add` or `del`.
+    pub op: &'static str,
+    pub name: String,
+    /// `rolled back` (an add that had not committed), `completed` (a del, or an
+    /// add that had committed before it died).
+    pub outcome: &'static str,
+}
+
+/// Settles the journal a command that died halfway left behind: an add that did
+/// not commit is rolled back, a del is finished. Cheap when there is none (one
+/// failed `open`), so every command that changes endpoints calls it first.
+pub(crate) fn finish_pending(
+    env: &mut Env<'_>,
+    locked: &mut Locked,
+) -> Result<Option<Recovered>, EndpointError> {
+    match locked.pending()? {
+        Some(intent) => settle(env, locked, intent).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Settles the journal (see `finish_pending`) with the real kernel, opened only
+/// when there is a journal to settle. Commands that do not change endpoints
+/// themselves call it first.
+pub fn settle_with_kernel(locked: &mut Locked) -> Result<Option<Recovered>, EndpointError> {
+    if locked.pending()?.is_none() {
+        return Ok(None);
+    }
+    let node = locked.state.node.clone().ok_or(EndpointError::NotUp)?;
+    with_kernel(&node, |env| finish_pending(env, locked))
+}
+
+/// Settles one journaled intent (see [`finish_pending`]) and clears the journal.
+pub(super) fn settle(
+    env: &mut Env<'_>,
+    locked: &mut Locked,
+    intent: Intent,
+) -> Result<Recovered, EndpointError> {
+    let recovered = match intent {
+        Intent::Add(plan) => {
+            let committed = locked
+                .state
+                .endpoints
+                .get(&plan.name)
+                .is_some_and(|r| r.host_veth == plan.host_veth && r.ip == plan.ip);
+            if !committed {
+                roll_back_add(env, locked, &plan)?;
+            }
+            Recovered {
+                op: "add",
+                name: plan.name,
+                outcome: if committed {
+                    "completed"
+                } else {
+                    "rolled back"
+                },
+            }
+        }
+        Intent::Del(rec) => {
+            remove_endpoint(env, &rec)?;
+            if locked.state.endpoints.get(&rec.name) == Some(&rec) {
+                locked.state.endpoints.remove(&rec.name);
+                if let Err(e) = locked.save() {
+                    locked.state.endpoints.insert(rec.name.clone(), rec.clone());
+                    return Err(e.into());
+                }
+            }
+            Recovered {
+                op: "del",
+                name: rec.name,
+                outcome: "completed",
+            }
+        }
+    };
+    locked.end()?;
+    warn!(
+        op = recovered.op,
+        endpoint = %recovered.name,
+        outcome = recovered.outcome,
+        "settled a command that was interrupted"
+    );
+    Ok(recovered)
+}
+
+/// Removes whatever an uncommitted add made, found by the names it planned.
+fn roll_back_add(
+    env: &mut Env<'_>,
+    locked: &Locked,
+    plan: &PlannedEndpoint,
+) -> Result<(), EndpointError> {
+    let owned = |pred: &dyn Fn(&EndpointRecord) -> bool| locked.state.endpoints.values().any(pred);
+    // The address was free when the add began, under the lock; an entry for it is
+    // the add's.
+    if !owned(&|r| r.ip == plan.ip) {
+        env.dp.del_route(Ipv4Net::from(plan.ip))?;
+    }
+    for ifname in [&plan.host_veth, &plan.temp_peer] {
+        if owned(&|r| &r.host_veth == ifname) {
+            continue;
+        }
+        if let Some(link) = env.node.link_by_name(ifname)? {
+            env.dp.del_endpoint(link.index)?;
+            match env.node.del_link(link.index) {
+                Ok(()) | Err(NetlinkError::NotFound { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    if !owned(&|r| r.host_veth == plan.host_veth) {
+        env.dp.detach(&plan.host_veth)?;
+    }
+    if plan.create_netns && env.ns.named_exists(&plan.name) && !owned(&|r| r.name == plan.name) {
+        match env.ns.delete(&plan.name) {
+            Ok(()) | Err(EndpointError::Netns(NetnsError::NotFound(_))) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}

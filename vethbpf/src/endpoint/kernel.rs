@@ -1,0 +1,195 @@
+//! The real kernel behind the endpoint traits.
+
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+
+use ipnet::Ipv4Net;
+use vethbpf_common::{EndpointInfo, PROG_FROM_POD, Route};
+
+use super::{Datapath, EndpointError, Env, Namespaces, PodConfig, configure_pod_side};
+use crate::datapath::maps::{EndpointCounters, Maps};
+use crate::datapath::{self, AttachMode, Pins};
+use crate::kernel::bpffs;
+use crate::kernel::netlink::{Netlink, RtNetlink};
+use crate::kernel::netns;
+use crate::state::NodeConfig;
+use crate::state::ident::MacAddr;
+
+/// Runs `f` with the real kernel behind the endpoint traits: rtnetlink in the
+/// calling thread's network namespace (the node's), named namespaces under
+/// /run/netns, and the node's pinned datapath.
+pub fn with_kernel<T, E>(
+    node: &NodeConfig,
+    f: impl FnOnce(&mut Env<'_>) -> Result<T, E>,
+) -> Result<T, E>
+where
+    E: From<EndpointError>,
+{
+    let mut dp = PinnedDatapath::open(node)?;
+    with_datapath(&mut dp, f)
+}
+
+/// [`with_kernel`] for a node whose pins are gone (someone unmounted its bpffs):
+/// every map entry and attachment went with them, so `down` can still remove
+/// links, namespaces and state.
+pub fn with_kernel_without_pins<T, E>(f: impl FnOnce(&mut Env<'_>) -> Result<T, E>) -> Result<T, E>
+where
+    E: From<EndpointError>,
+{
+    with_datapath(&mut GoneDatapath, f)
+}
+
+fn with_datapath<T, E>(
+    dp: &mut dyn Datapath,
+    f: impl FnOnce(&mut Env<'_>) -> Result<T, E>,
+) -> Result<T, E>
+where
+    E: From<EndpointError>,
+{
+    let mut nl = RtNetlink::connect().map_err(EndpointError::from)?;
+    let mut ns = KernelNamespaces;
+    let mut env = Env {
+        node: &mut nl,
+        ns: &mut ns,
+        dp,
+    };
+    f(&mut env)
+}
+
+/// Pod namespaces through [`crate::kernel::netns`].
+pub(crate) struct KernelNamespaces;
+
+impl Namespaces for KernelNamespaces {
+    fn named_exists(&self, name: &str) -> bool {
+        netns::named_path(name).exists()
+    }
+    fn check_create(&self, name: &str) -> Result<(), EndpointError> {
+        Ok(netns::check_create_lasting(name)?)
+    }
+    fn create(&mut self, name: &str) -> Result<PathBuf, EndpointError> {
+        Ok(netns::create_named(name)?)
+    }
+    fn delete(&mut self, name: &str) -> Result<(), EndpointError> {
+        Ok(netns::delete_named(name)?)
+    }
+    fn resolve(&self, spec: &str) -> Result<PathBuf, EndpointError> {
+        Ok(netns::resolve(spec)?)
+    }
+    fn move_link(
+        &mut self,
+        node: &mut dyn Netlink,
+        index: u32,
+        netns: &Path,
+    ) -> Result<(), EndpointError> {
+        let fd = netns::open(netns)?;
+        Ok(node.move_link_to_netns(index, fd.as_fd())?)
+    }
+    fn link_exists(&mut self, netns: &Path, ifname: &str) -> Result<bool, EndpointError> {
+        let ifname = ifname.to_string();
+        netns::with_netlink_in(netns, move |nl| {
+            Ok::<_, EndpointError>(nl.link_by_name(&ifname)?.is_some())
+        })
+    }
+    fn configure(&mut self, netns: &Path, cfg: &PodConfig) -> Result<MacAddr, EndpointError> {
+        let cfg = cfg.clone();
+        netns::with_netlink_in(netns, move |nl| configure_pod_side(nl, &cfg))
+    }
+}
+
+/// The pinned program and maps of a node that is up.
+pub(crate) struct PinnedDatapath {
+    pins: Pins,
+    maps: Maps,
+    mode: AttachMode,
+}
+
+impl PinnedDatapath {
+    pub(crate) fn open(node: &NodeConfig) -> Result<Self, EndpointError> {
+        bpffs::check_lasting(&node.bpffs_dir)?;
+        let pins = Pins::new(&node.bpffs_dir);
+        let maps = Maps::open(&pins)?;
+        Ok(PinnedDatapath {
+            pins,
+            maps,
+            mode: node.attach_mode,
+        })
+    }
+}
+
+impl Datapath for PinnedDatapath {
+    fn attach(&mut self, host_veth: &str) -> Result<(), EndpointError> {
+        datapath::attach(&self.pins, PROG_FROM_POD, host_veth, self.mode)?;
+        Ok(())
+    }
+    fn detach(&mut self, host_veth: &str) -> Result<(), EndpointError> {
+        Ok(datapath::detach(&self.pins, PROG_FROM_POD, host_veth)?)
+    }
+    fn put_endpoint(&mut self, ifindex: u32, info: &EndpointInfo) -> Result<(), EndpointError> {
+        Ok(self.maps.put_endpoint(ifindex, info)?)
+    }
+    fn del_endpoint(&mut self, ifindex: u32) -> Result<(), EndpointError> {
+        Ok(self.maps.del_endpoint(ifindex)?)
+    }
+    fn put_route(&mut self, net: Ipv4Net, route: &Route) -> Result<(), EndpointError> {
+        Ok(self.maps.put_route(net, route)?)
+    }
+    fn del_route(&mut self, net: Ipv4Net) -> Result<(), EndpointError> {
+        Ok(self.maps.del_route(net)?)
+    }
+    fn reset_counters(&mut self, id: u32) -> Result<(), EndpointError> {
+        Ok(self.maps.reset_counters(id)?)
+    }
+    fn counters(&self, id: u32) -> Result<EndpointCounters, EndpointError> {
+        Ok(self.maps.counters(id)?)
+    }
+    fn route_entries(&self) -> Result<Vec<(Ipv4Net, Route)>, EndpointError> {
+        Ok(self.maps.routes())
+    }
+    fn endpoint_entries(&self) -> Result<Vec<(u32, EndpointInfo)>, EndpointError> {
+        Ok(self.maps.endpoints())
+    }
+    fn attached(&self) -> Option<Vec<String>> {
+        (self.mode == AttachMode::Tcx).then(|| datapath::pinned_links(&self.pins, PROG_FROM_POD))
+    }
+}
+
+/// The datapath of a node whose pins are gone (its bpffs was unmounted): every map
+/// entry and attachment went with them, so removing one is done already. Lets
+/// `down` clean up links, namespaces and state all the same.
+pub(crate) struct GoneDatapath;
+
+impl Datapath for GoneDatapath {
+    fn attach(&mut self, _host_veth: &str) -> Result<(), EndpointError> {
+        Err(EndpointError::NotUp)
+    }
+    fn detach(&mut self, _host_veth: &str) -> Result<(), EndpointError> {
+        Ok(())
+    }
+    fn put_endpoint(&mut self, _ifindex: u32, _info: &EndpointInfo) -> Result<(), EndpointError> {
+        Err(EndpointError::NotUp)
+    }
+    fn del_endpoint(&mut self, _ifindex: u32) -> Result<(), EndpointError> {
+        Ok(())
+    }
+    fn put_route(&mut self, _net: Ipv4Net, _route: &Route) -> Result<(), EndpointError> {
+        Err(EndpointError::NotUp)
+    }
+    fn del_route(&mut self, _net: Ipv4Net) -> Result<(), EndpointError> {
+        Ok(())
+    }
+    fn reset_counters(&mut self, _id: u32) -> Result<(), EndpointError> {
+        Ok(())
+    }
+    fn counters(&self, _id: u32) -> Result<EndpointCounters, EndpointError> {
+        Err(EndpointError::NotUp)
+    }
+    fn route_entries(&self) -> Result<Vec<(Ipv4Net, Route)>, EndpointError> {
+        Ok(Vec::new())
+    }
+    fn endpoint_entries(&self) -> Result<Vec<(u32, EndpointInfo)>, EndpointError> {
+        Ok(Vec::new())
+    }
+    fn attached(&self) -> Option<Vec<String>> {
+        None
+    }
+}

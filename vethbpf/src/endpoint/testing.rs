@@ -1,0 +1,256 @@
+//! Fakes of the endpoint traits, and a node made of them, for unit tests.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{self, File};
+use std::net::Ipv4Addr;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+
+use ipnet::Ipv4Net;
+use vethbpf_common::{Counter, EndpointInfo, Route, Verdict};
+
+use super::*;
+use crate::datapath::AttachMode;
+use crate::datapath::maps::{EndpointCounters, MapsError};
+use crate::kernel::netlink::{FakeNetlink, Netlink};
+use crate::kernel::netns::NetnsError;
+use crate::state::ident::MacAddr;
+use crate::state::{EndpointRecord, Locked, NodeConfig, State, StateDir};
+
+/// Namespaces as plain files in a temp dir; the fake netlink world tells them
+/// apart by file identity.
+pub(crate) struct FakeNamespaces {
+    pub(crate) dir: PathBuf,
+    pub(crate) node: FakeNetlink,
+    pub(crate) fail_create: bool,
+}
+
+impl FakeNamespaces {
+    pub(crate) fn handle(&self, netns: &Path) -> FakeNetlink {
+        let f = File::open(netns).unwrap();
+        self.node.namespace_for_fd(f.as_fd()).unwrap()
+    }
+}
+
+impl Namespaces for FakeNamespaces {
+    fn named_exists(&self, name: &str) -> bool {
+        self.dir.join(name).exists()
+    }
+    fn check_create(&self, _name: &str) -> Result<(), EndpointError> {
+        Ok(())
+    }
+    fn create(&mut self, name: &str) -> Result<PathBuf, EndpointError> {
+        if self.fail_create {
+            return Err(NetnsError::AlreadyExists(self.dir.join(name)).into());
+        }
+        let p = self.dir.join(name);
+        fs::write(&p, b"").unwrap();
+        Ok(p)
+    }
+    fn delete(&mut self, name: &str) -> Result<(), EndpointError> {
+        let p = self.dir.join(name);
+        fs::remove_file(&p).map_err(|_| NetnsError::NotFound(p))?;
+        Ok(())
+    }
+    fn resolve(&self, spec: &str) -> Result<PathBuf, EndpointError> {
+        let p = self.dir.join(spec);
+        if p.exists() {
+            Ok(p)
+        } else {
+            Err(NetnsError::NotFound(p).into())
+        }
+    }
+    fn move_link(
+        &mut self,
+        node: &mut dyn Netlink,
+        index: u32,
+        netns: &Path,
+    ) -> Result<(), EndpointError> {
+        let f = File::open(netns).unwrap();
+        Ok(node.move_link_to_netns(index, f.as_fd())?)
+    }
+    fn link_exists(&mut self, netns: &Path, ifname: &str) -> Result<bool, EndpointError> {
+        Ok(self.handle(netns).link_by_name(ifname)?.is_some())
+    }
+    fn configure(&mut self, netns: &Path, cfg: &PodConfig) -> Result<MacAddr, EndpointError> {
+        configure_pod_side(&mut self.handle(netns), cfg)
+    }
+}
+
+#[derive(Default, Debug, PartialEq, Eq, Clone)]
+pub(crate) struct FakeDatapath {
+    pub(crate) attached: BTreeSet<String>,
+    pub(crate) endpoints: BTreeMap<u32, EndpointInfo>,
+    pub(crate) routes: BTreeMap<Ipv4Net, Route>,
+    /// Datapath op that fails (name) on its first call.
+    pub(crate) fail: Option<&'static str>,
+}
+
+impl FakeDatapath {
+    fn check(&self, op: &'static str) -> Result<(), EndpointError> {
+        if self.fail == Some(op) {
+            return Err(MapsError::Op {
+                map: "FAKE",
+                op,
+                source: Box::new(aya::maps::MapError::KeyNotFound),
+            }
+            .into());
+        }
+        Ok(())
+    }
+}
+
+impl Datapath for FakeDatapath {
+    fn attach(&mut self, host_veth: &str) -> Result<(), EndpointError> {
+        self.check("attach")?;
+        self.attached.insert(host_veth.into());
+        Ok(())
+    }
+    fn detach(&mut self, host_veth: &str) -> Result<(), EndpointError> {
+        self.attached.remove(host_veth);
+        Ok(())
+    }
+    fn put_endpoint(&mut self, i: u32, info: &EndpointInfo) -> Result<(), EndpointError> {
+        self.check("put_endpoint")?;
+        self.endpoints.insert(i, *info);
+        Ok(())
+    }
+    fn del_endpoint(&mut self, i: u32) -> Result<(), EndpointError> {
+        self.endpoints.remove(&i);
+        Ok(())
+    }
+    fn put_route(&mut self, net: Ipv4Net, r: &Route) -> Result<(), EndpointError> {
+        self.check("put_route")?;
+        self.routes.insert(net, *r);
+        Ok(())
+    }
+    fn del_route(&mut self, net: Ipv4Net) -> Result<(), EndpointError> {
+        self.routes.remove(&net);
+        Ok(())
+    }
+    fn reset_counters(&mut self, _id: u32) -> Result<(), EndpointError> {
+        self.check("reset_counters")
+    }
+    fn counters(&self, _id: u32) -> Result<EndpointCounters, EndpointError> {
+        Ok([Counter::default(); Verdict::COUNT as usize])
+    }
+    fn route_entries(&self) -> Result<Vec<(Ipv4Net, Route)>, EndpointError> {
+        Ok(self.routes.iter().map(|(k, v)| (*k, *v)).collect())
+    }
+    fn endpoint_entries(&self) -> Result<Vec<(u32, EndpointInfo)>, EndpointError> {
+        Ok(self.endpoints.iter().map(|(k, v)| (*k, *v)).collect())
+    }
+    fn attached(&self) -> Option<Vec<String>> {
+        Some(self.attached.iter().cloned().collect())
+    }
+}
+
+pub(crate) struct World {
+    pub(crate) dir: PathBuf,
+    pub(crate) node: FakeNetlink,
+    pub(crate) ns: FakeNamespaces,
+    pub(crate) dp: FakeDatapath,
+    pub(crate) state: StateDir,
+}
+
+impl World {
+    pub(crate) fn new(tag: &str) -> World {
+        let dir = std::env::temp_dir().join(format!(
+            "vethbpf-endpoint-test-{}-{tag}",
+            std::process::id()
+        ));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(dir.join("netns")).unwrap();
+        let node = FakeNetlink::new();
+        let state = StateDir::new(dir.join("state"));
+        let mut l = state.lock().unwrap();
+        l.state.node = Some(NodeConfig {
+            pod_cidr: "10.244.0.0/24".parse().unwrap(),
+            gateway: Ipv4Addr::new(169, 254, 1, 1),
+            gateway_mac: MacAddr::GATEWAY,
+            bpffs_dir: dir.join("bpffs"),
+            bpffs_mount: None,
+            attach_mode: AttachMode::Tcx,
+        });
+        l.save().unwrap();
+        World {
+            ns: FakeNamespaces {
+                dir: dir.join("netns"),
+                node: node.clone(),
+                fail_create: false,
+            },
+            dir,
+            node,
+            dp: FakeDatapath::default(),
+            state,
+        }
+    }
+
+    pub(crate) fn add(&mut self, name: &str) -> Result<EndpointRecord, EndpointError> {
+        let mut locked = self.state.lock().unwrap();
+        let mut env = Env {
+            node: &mut self.node,
+            ns: &mut self.ns,
+            dp: &mut self.dp,
+        };
+        add(
+            &mut env,
+            &mut locked,
+            &AddRequest {
+                name: name.into(),
+                ip: None,
+                netns: None,
+                ifname: "eth0".into(),
+            },
+        )
+    }
+
+    pub(crate) fn del(&mut self, name: &str) -> Result<EndpointRecord, EndpointError> {
+        let mut locked = self.state.lock().unwrap();
+        let mut env = Env {
+            node: &mut self.node,
+            ns: &mut self.ns,
+            dp: &mut self.dp,
+        };
+        del(&mut env, &mut locked, name)
+    }
+
+    /// Everything the node holds: links, namespaces, datapath, state.
+    pub(crate) fn snapshot(&mut self) -> (Vec<String>, Vec<String>, FakeDatapath, State) {
+        let links = self
+            .node
+            .links()
+            .unwrap()
+            .into_iter()
+            .map(|l| l.name)
+            .collect();
+        let mut netns: Vec<String> = fs::read_dir(&self.ns.dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        netns.sort();
+        let state = self.state.lock().unwrap().state.clone();
+        let mut dp = self.dp.clone();
+        dp.fail = None;
+        (links, netns, dp, state)
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl World {
+    /// Runs `f` with the world's kernel and the locked state.
+    pub(crate) fn with<T>(&mut self, f: impl FnOnce(&mut Env<'_>, &mut Locked) -> T) -> T {
+        let mut locked = self.state.lock().unwrap();
+        let mut env = Env {
+            node: &mut self.node,
+            ns: &mut self.ns,
+            dp: &mut self.dp,
+        };
+        f(&mut env, &mut locked)
+    }
+}

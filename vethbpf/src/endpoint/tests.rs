@@ -1,0 +1,168 @@
+//! `add`/`del` against fakes: every step of `add` is made to fail in turn, and
+//! each time the node must hold exactly what it held before.
+
+use std::fs;
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+
+use super::remove::delete_host_veth;
+use super::testing::World;
+use super::*;
+use crate::kernel::netlink::Netlink;
+use crate::state::ident::{self, MacAddr};
+use crate::state::{Intent, PlannedEndpoint};
+
+#[test]
+fn add_then_del_round_trip() {
+    let mut w = World::new("roundtrip");
+    let empty = w.snapshot();
+    let rec = w.add("web").unwrap();
+    assert_eq!(rec.ip, Ipv4Addr::new(10, 244, 0, 1));
+    assert_eq!(rec.id, 1);
+    assert!(rec.netns_created);
+    // Pod side: eth0 up with IP/32 and the two routes.
+    let pod = w.ns.handle(&rec.netns);
+    let mut pod2 = pod.clone();
+    let eth0 = pod2.link_by_name("eth0").unwrap().unwrap();
+    assert!(eth0.up);
+    assert_eq!(
+        pod2.addresses(Some(eth0.index)).unwrap(),
+        vec![(eth0.index, "10.244.0.1/32".parse().unwrap())]
+    );
+    let routes = pod2.routes().unwrap();
+    assert!(routes.iter().any(|r| r.dst == Ipv4Net::default()
+        && r.gateway == Some(Ipv4Addr::new(169, 254, 1, 1))
+        && r.onlink));
+    // Node side: the host veth carries the gateway MAC and the /32 route.
+    let host = w.node.link_by_name(&rec.host_veth).unwrap().unwrap();
+    assert_eq!(host.mac, Some(MacAddr::GATEWAY.0));
+    assert!(host.up);
+    assert!(w.dp.attached.contains(&rec.host_veth));
+    assert_eq!(w.dp.routes.len(), 1);
+    assert_eq!(w.dp.endpoints[&host.index].id, 1);
+    // A second endpoint gets the next address and id.
+    let rec2 = w.add("db").unwrap();
+    assert_eq!((rec2.ip, rec2.id), (Ipv4Addr::new(10, 244, 0, 2), 2));
+    w.del("db").unwrap();
+    w.del("web").unwrap();
+    assert_eq!(w.snapshot(), empty);
+}
+
+#[test]
+fn every_failing_step_of_add_is_rolled_back() {
+    let netlink_steps = [
+        ("add_veth", 1),
+        ("disable_ipv6_addr_gen", 1),
+        ("set_link_mac", 1),
+        ("move_link_to_netns", 1),
+        ("rename_link", 1),
+        ("set_link_up", 1), // lo in the pod
+        ("set_link_up", 2), // eth0 in the pod
+        ("add_address", 1),
+        ("add_route", 1),   // gateway link route in the pod
+        ("add_route", 2),   // default route in the pod
+        ("set_link_up", 3), // host side
+        ("add_route", 3),   // node /32 route
+    ];
+    for (op, nth) in netlink_steps {
+        let mut w = World::new(&format!("nl-{op}-{nth}"));
+        w.add("keep").unwrap();
+        let before = w.snapshot();
+        w.node.fail_at(op, nth);
+        let err = w.add("web").expect_err(op);
+        assert_eq!(w.snapshot(), before, "after {op} #{nth} failed: {err}");
+    }
+    for op in ["reset_counters", "put_endpoint", "attach", "put_route"] {
+        let mut w = World::new(&format!("dp-{op}"));
+        w.add("keep").unwrap();
+        let before = w.snapshot();
+        w.dp.fail = Some(op);
+        let err = w.add("web").expect_err(op);
+        assert_eq!(w.snapshot(), before, "after {op} failed: {err}");
+    }
+    let mut w = World::new("netns-create");
+    let before = w.snapshot();
+    w.ns.fail_create = true;
+    assert!(w.add("web").is_err());
+    assert_eq!(w.snapshot(), before);
+}
+
+#[test]
+fn bad_input_changes_nothing() {
+    let mut w = World::new("bad");
+    w.add("web").unwrap();
+    let before = w.snapshot();
+    for name in ["web", "", "a/b", &"x".repeat(64)] {
+        assert!(w.add(name).is_err(), "{name:?}");
+    }
+    assert!(matches!(w.del("nope"), Err(EndpointError::NotFound { .. })));
+    assert_eq!(w.snapshot(), before);
+}
+
+#[test]
+fn del_tolerates_parts_already_gone() {
+    let mut w = World::new("gone");
+    let rec = w.add("web").unwrap();
+    let empty_links = vec!["lo".to_string()];
+    // The veth and the namespace vanish behind vethbpf's back.
+    let host = w.node.link_by_name(&rec.host_veth).unwrap().unwrap();
+    w.node.del_link(host.index).unwrap();
+    fs::remove_file(&rec.netns).unwrap();
+    w.del("web").unwrap();
+    let (links, netns, dp, state) = w.snapshot();
+    assert_eq!(links, empty_links);
+    assert!(netns.is_empty());
+    assert!(dp.routes.is_empty() && dp.endpoints.is_empty() && dp.attached.is_empty());
+    assert!(state.endpoints.is_empty());
+}
+
+#[test]
+fn an_add_that_died_before_its_commit_is_rolled_back_by_the_next_command() {
+    let mut w = World::new("died-add");
+    w.add("keep").unwrap();
+    let before = w.snapshot();
+    // Everything made, then the process died before the state write: the
+    // record is not there, the journal is.
+    let rec = w.add("web").unwrap();
+    w.with(|_, locked| {
+        locked.state.endpoints.remove("web");
+        locked.save().unwrap();
+        locked
+            .begin(&Intent::Add(PlannedEndpoint {
+                name: "web".into(),
+                ip: rec.ip,
+                id: rec.id,
+                host_veth: rec.host_veth.clone(),
+                temp_peer: ident::temp_peer_name("web"),
+                create_netns: true,
+            }))
+            .unwrap();
+    });
+    let recovered = w.with(finish_pending).unwrap();
+    assert_eq!(
+        recovered.map(|r| (r.op, r.outcome)),
+        Some(("add", "rolled back"))
+    );
+    assert_eq!(w.snapshot(), before);
+    assert!(w.with(|_, l| l.pending()).unwrap().is_none());
+    // Nothing left to settle the second time.
+    assert_eq!(w.with(finish_pending).unwrap(), None);
+}
+
+#[test]
+fn a_del_that_died_after_the_veth_is_finished_by_the_next_command() {
+    let mut w = World::new("died-del");
+    let empty = w.snapshot();
+    let rec = w.add("web").unwrap();
+    // The del journaled itself, removed the route entry and the veth, and died.
+    w.with(|env, locked| {
+        locked.begin(&Intent::Del(rec.clone())).unwrap();
+        env.dp.del_route(Ipv4Net::from(rec.ip)).unwrap();
+        delete_host_veth(env, &rec).unwrap();
+    });
+    // Running `del web` again is the natural next command: it succeeds.
+    assert_eq!(w.del("web").unwrap(), rec);
+    assert_eq!(w.snapshot(), empty);
+    assert!(matches!(w.del("web"), Err(EndpointError::NotFound { .. })));
+}

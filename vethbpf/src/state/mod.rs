@@ -1,0 +1,73 @@
+//! The state directory: what the kernel does not hold for us (node config, endpoint
+//! names, namespaces, allocated addresses), and the journal of the endpoint change
+//! in progress. One JSON file, replaced atomically (temp file + fsync + rename)
+//! while an exclusive `flock` on a lock file is held, so concurrent commands
+//! serialise instead of losing each other's updates.
+
+use std::io;
+use std::path::PathBuf;
+
+mod cluster;
+mod dir;
+pub mod ident;
+pub mod ipam;
+mod journal;
+mod records;
+
+pub use cluster::{
+    ClusterState, NODE_INTENT_FILE, NodeIntent, NodeOrigin, Overlay, RemoteNode, VxlanDevice,
+};
+pub use dir::{Locked, STATE_FILE, StateDir};
+pub(crate) use journal::{Intent, PlannedEndpoint};
+use records::STATE_VERSION;
+pub use records::{CniAttachment, EndpointRecord, NodeConfig, State};
+
+/// Why the state directory, its lock, the state file or the journal could not be
+/// used.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("cannot create the state directory {path}: {source}")]
+    CreateDir {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot lock {path}: {source}")]
+    Lock {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "the state file {path} is corrupt ({source}); run `vethbpf reconcile --from-kernel` to rebuild it from the pinned maps and links"
+    )]
+    Corrupt {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("the state file {path} has version {found}; this vethbpf understands {STATE_VERSION}")]
+    Version { path: PathBuf, found: u32 },
+    #[error("{path} stayed locked by another vethbpf command for {secs} s")]
+    Busy { path: PathBuf, secs: u64 },
+    #[error(
+        "the journal {path} is corrupt ({source}); run `vethbpf reconcile` to clean up after the interrupted command"
+    )]
+    CorruptIntent {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
