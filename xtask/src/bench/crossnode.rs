@@ -411,10 +411,11 @@ fn flannel(n1: &str, n2: &str, pa: &str, pb: &str) -> Result<()> {
     Ok(())
 }
 
-/// /proc/net/snmp `Ip: ForwDatagrams` of a namespace.
+/// `Ip: ForwDatagrams` of a namespace (/proc/net/snmp).
 fn forwarded(ns: &str) -> Result<u64> {
     sys::in_netns(ns, || {
-        let snmp = std::fs::read_to_string("/proc/net/snmp")?;
+        // /proc/net is the thread group leader's namespace; this thread's is here.
+        let snmp = std::fs::read_to_string("/proc/thread-self/net/snmp")?;
         let mut ip = snmp.lines().filter(|l| l.starts_with("Ip:"));
         let (head, vals) = (
             ip.next().context("no Ip header")?,
