@@ -166,11 +166,12 @@ pub enum Verdict {
     /// ARP request answered with the gateway MAC.
     ArpReply = 1,
     /// Handed to the node stack (`TC_ACT_OK`): unknown destination, ARP replies,
-    /// ARP for the pod's own address, IPv4 with options, non-IPv4 traffic.
+    /// ARP for the pod's own address, ARP probes (duplicate address detection, from
+    /// 0.0.0.0), IPv4 with options, untagged non-IPv4 traffic.
     Pass = 2,
     /// IPv4 whose source is not the pod's address.
     DropSpoof = 3,
-    /// ARP whose sender address is not the pod's address.
+    /// ARP whose sender address is not the pod's address (a probe's 0.0.0.0 aside).
     DropArpSpoof = 4,
     /// IPv4 to a local endpoint with TTL <= 1.
     DropTtl = 5,
@@ -178,25 +179,32 @@ pub enum Verdict {
     DropMalformed = 6,
     /// Frame on an interface with no endpoint entry (or no node config).
     DropNoEndpoint = 7,
+    /// VLAN-tagged frame (802.1Q or 802.1ad, tag stripped into the skb or still in the
+    /// frame, QinQ included): a pod must never put a tagged frame onto another pod.
+    DropVlan = 8,
+    /// IPv4 header (without options) whose checksum does not verify.
+    DropCsum = 9,
+    /// ICMP echo request to the gateway address answered with an echo reply.
+    EchoReply = 10,
     /// Sent to a remote node (routed out of the uplink or tunnelled), counted under
     /// the sending endpoint.
-    ToNode = 8,
+    ToNode = 11,
     /// Delivered from a remote node, counted under the receiving endpoint.
-    FromNode = 9,
+    FromNode = 12,
     /// For a local endpoint but from a source that is neither a known node nor in a
     /// known node's pod CIDR (or tunnelled by a stranger, or routed around the
     /// tunnel): dropped, counted under that endpoint.
-    DropUnknownSource = 10,
+    DropUnknownSource = 13,
     /// Tunnelled from a known node but for no endpoint here (counted under 0).
-    DropUnknownDestination = 11,
+    DropUnknownDestination = 14,
     /// For a remote node that cannot be reached now: no node entry, the cluster is
     /// not configured, no route to the node's address, or the tunnel refused it.
-    DropNodeUnreachable = 12,
+    DropNodeUnreachable = 15,
 }
 
 impl Verdict {
     /// Number of verdicts: the stride of the `STATS` array.
-    pub const COUNT: u32 = 13;
+    pub const COUNT: u32 = 16;
     pub const ALL: [Verdict; Self::COUNT as usize] = [
         Verdict::Forward,
         Verdict::ArpReply,
@@ -206,6 +214,9 @@ impl Verdict {
         Verdict::DropTtl,
         Verdict::DropMalformed,
         Verdict::DropNoEndpoint,
+        Verdict::DropVlan,
+        Verdict::DropCsum,
+        Verdict::EchoReply,
         Verdict::ToNode,
         Verdict::FromNode,
         Verdict::DropUnknownSource,
@@ -224,6 +235,9 @@ impl Verdict {
             Verdict::DropTtl => "drop_ttl",
             Verdict::DropMalformed => "drop_malformed",
             Verdict::DropNoEndpoint => "drop_no_endpoint",
+            Verdict::DropVlan => "drop_vlan",
+            Verdict::DropCsum => "drop_csum",
+            Verdict::EchoReply => "echo_reply",
             Verdict::ToNode => "to_node",
             Verdict::FromNode => "from_node",
             Verdict::DropUnknownSource => "drop_unknown_source",
@@ -240,6 +254,8 @@ impl Verdict {
                 | Verdict::DropTtl
                 | Verdict::DropMalformed
                 | Verdict::DropNoEndpoint
+                | Verdict::DropVlan
+                | Verdict::DropCsum
                 | Verdict::DropUnknownSource
                 | Verdict::DropUnknownDestination
                 | Verdict::DropNodeUnreachable

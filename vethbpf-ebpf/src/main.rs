@@ -9,6 +9,7 @@
 //! - [`maps`]: every map, named as in `vethbpf-common`
 //! - [`lxc`]: the pod side: endpoint lookup, EtherType dispatch, source check, routing
 //! - [`arp`]: answers the pod's ARP requests with the gateway MAC
+//! - [`icmp`]: answers the pod's pings to the gateway address
 //! - [`ipv4`]: IPv4 header checks and the TTL decrement
 //! - [`l3`]: local delivery to another endpoint with `bpf_redirect_peer`
 //! - [`remote`]: other nodes: sending to their pod CIDRs, checking and delivering
@@ -16,7 +17,7 @@
 //! - [`direct`]: direct routing to a node out of the uplink
 //! - [`encap`]: the VXLAN tunnel key, set and read
 //! - [`stats`]: the verdict/action pair and per-CPU counters
-//! - [`hdr`]: header layouts and bounds-checked packet access
+//! - [`hdr`]: network-types header layouts, word accessors, bounds-checked access
 #![no_std]
 #![no_main]
 
@@ -24,6 +25,7 @@ mod arp;
 mod direct;
 mod encap;
 mod hdr;
+mod icmp;
 mod ipv4;
 mod l3;
 mod lxc;

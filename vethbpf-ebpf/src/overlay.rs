@@ -7,7 +7,7 @@ use vethbpf_common::{CLUSTER_MODE_VXLAN, ROUTE_KIND_NODE, Verdict};
 
 use crate::{
     encap,
-    hdr::{ETH_HLEN, ETH_P_IP, EthHdr, Ipv4Hdr, linear, ptr_at},
+    hdr::{ETH_HLEN, ETH_P_IP, EthHdr, Ipv4Hdr, ipv4_addr, linear, ptr_at},
     ipv4,
     maps::{CLUSTER, CONFIG, ROUTES},
     remote,
@@ -42,13 +42,20 @@ fn handle(ctx: &TcContext) -> (u32, Decision) {
     if eth.ether_type != ETH_P_IP {
         return (0, Decision::drop(Verdict::DropUnknownDestination));
     }
-    if ipv4::valid_header_len(ctx, ip).is_none() {
+    let Some(hdr_len) = ipv4::valid_header_len(ctx, ip) else {
         return (0, Decision::drop(Verdict::DropMalformed));
-    }
-    let Some(dst) = remote::local_endpoint(ip.daddr) else {
+    };
+    let Some(dst) = remote::local_endpoint(ipv4_addr(&ip.dst_addr)) else {
         return (0, Decision::drop(Verdict::DropUnknownDestination));
     };
     let endpoint = dst.endpoint_id;
+    // Options need a router that processes them: the node stack's (as from a pod).
+    if hdr_len != 20 {
+        return (endpoint, Decision::pass());
+    }
+    if !ipv4::checksum_ok(ip) {
+        return (endpoint, Decision::drop(Verdict::DropCsum));
+    }
 
     let Some((outer_src, vni)) = encap::tunnel_source(ctx) else {
         return (endpoint, Decision::drop(Verdict::DropMalformed));
@@ -65,7 +72,7 @@ fn handle(ctx: &TcContext) -> (u32, Decision) {
         _ => return (endpoint, Decision::drop(Verdict::DropUnknownSource)),
     };
     // ... and a node speaks for its own pods (and itself) only.
-    if remote::source_node(ip.saddr) != Some(node_id) {
+    if remote::source_node(ipv4_addr(&ip.src_addr)) != Some(node_id) {
         return (endpoint, Decision::drop(Verdict::DropUnknownSource));
     }
     (

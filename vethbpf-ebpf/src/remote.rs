@@ -14,7 +14,7 @@ use vethbpf_common::{
 
 use crate::{
     direct, encap,
-    hdr::{EthHdr, Ipv4Hdr},
+    hdr::{EthHdr, Ipv4Hdr, ipv4_addr},
     ipv4, l3,
     maps::{CLUSTER, CONFIG, NODE_STATS, NODES, ROUTES},
     stats::Decision,
@@ -80,17 +80,30 @@ pub fn deliver_from_node(
     decision
 }
 
-/// The direct-routing part of `from_uplink`: an IPv4 frame for a local endpoint is
-/// delivered if it comes from a known node (its pod CIDR or its address) and the
-/// node routes directly; dropped otherwise (the outside reaches pods only through
-/// replies to their own flows, which egress's reverse NAT handles before this).
-/// `None`: not for a local endpoint, nothing of ours.
+/// The direct-routing part of `from_uplink`: an IPv4 frame (its header checked by
+/// `ipv4::valid_header_len`, `hdr_len` long) for a local endpoint is delivered if it
+/// comes from a known node (its pod CIDR or its address) and the node routes
+/// directly; dropped otherwise (the outside reaches pods only through replies to
+/// their own flows, which egress's reverse NAT handles before this). `None`: not
+/// for a local endpoint, or with options (the node stack's, as from a pod).
 ///
 /// Returns the endpoint id to count under, with the decision.
 #[inline(always)]
-pub fn from_uplink(ctx: &TcContext, eth: &mut EthHdr, ip: &mut Ipv4Hdr) -> Option<(u32, Decision)> {
-    let dst = local_endpoint(ip.daddr)?;
+pub fn from_uplink(
+    ctx: &TcContext,
+    eth: &mut EthHdr,
+    ip: &mut Ipv4Hdr,
+    hdr_len: u32,
+) -> Option<(u32, Decision)> {
+    if hdr_len != 20 {
+        return None;
+    }
+    let dst = local_endpoint(ipv4_addr(&ip.dst_addr))?;
     let endpoint = dst.endpoint_id;
+    // The stack's ip_rcv would have refused it: so does a redirect past it.
+    if !ipv4::checksum_ok(ip) {
+        return Some((endpoint, Decision::drop(Verdict::DropCsum)));
+    }
     let (Some(cluster), Some(cfg)) = (CLUSTER.get(0), CONFIG.get(0)) else {
         return Some((endpoint, Decision::drop(Verdict::DropUnknownSource)));
     };
@@ -98,7 +111,7 @@ pub fn from_uplink(ctx: &TcContext, eth: &mut EthHdr, ip: &mut Ipv4Hdr) -> Optio
     if cluster.mode != CLUSTER_MODE_DIRECT {
         return Some((endpoint, Decision::drop(Verdict::DropUnknownSource)));
     }
-    let Some(node_id) = source_node(ip.saddr) else {
+    let Some(node_id) = source_node(ipv4_addr(&ip.src_addr)) else {
         return Some((endpoint, Decision::drop(Verdict::DropUnknownSource)));
     };
     Some((endpoint, deliver_from_node(ctx, eth, ip, dst, node_id, cfg)))

@@ -28,10 +28,13 @@ pub fn from_uplink(ctx: &TcContext) -> i32 {
     // helper that changes packet data runs while they are in use.
     let (eth, ip) = unsafe { (&mut *eth, &mut *ip) };
     // Malformed IPv4 is the stack's to drop, as any frame that is not ours.
-    if eth.ether_type != ETH_P_IP || ipv4::valid_header_len(ctx, ip).is_none() {
+    if eth.ether_type != ETH_P_IP {
         return TC_ACT_OK;
     }
-    match remote::from_uplink(ctx, eth, ip) {
+    let Some(hdr_len) = ipv4::valid_header_len(ctx, ip) else {
+        return TC_ACT_OK;
+    };
+    match remote::from_uplink(ctx, eth, ip, hdr_len) {
         Some((endpoint, decision)) => stats::count(ctx, endpoint, decision),
         None => TC_ACT_OK,
     }

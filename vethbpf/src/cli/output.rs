@@ -95,7 +95,14 @@ pub fn endpoints(out: Output, list: &[EndpointView]) -> Result<()> {
 fn endpoint_table(list: &[EndpointView], counters: bool) {
     let mut header = vec!["NAME", "IP", "POD MAC", "HOST VETH", "NETNS"];
     if counters {
-        header.extend(["FORWARDED", "ARP", "PASSED", "NODES OUT/IN", "DROPPED"]);
+        header.extend([
+            "FORWARDED",
+            "ARP",
+            "ECHO",
+            "PASSED",
+            "NODES OUT/IN",
+            "DROPPED",
+        ]);
     }
     let rows: Vec<Vec<String>> = list
         .iter()
@@ -117,6 +124,7 @@ fn endpoint_table(list: &[EndpointView], counters: bool) {
                 row.extend([
                     format!("{}p/{}B", c.forwarded.packets, c.forwarded.bytes),
                     c.arp_replies.packets.to_string(),
+                    c.echo_replies.packets.to_string(),
                     format!("{}p/{}B", c.passed.packets, c.passed.bytes),
                     format!("{}p/{}p", c.to_nodes.packets, c.from_nodes.packets),
                     if drops.is_empty() {

@@ -47,6 +47,8 @@ impl From<Counter> for Count {
 pub struct CounterView {
     pub forwarded: Count,
     pub arp_replies: Count,
+    /// Pings to the gateway address answered.
+    pub echo_replies: Count,
     pub passed: Count,
     /// Sent to pods on other nodes.
     pub to_nodes: Count,
@@ -63,6 +65,7 @@ impl CounterView {
         let mut v = CounterView {
             forwarded: c[Verdict::Forward as usize].into(),
             arp_replies: c[Verdict::ArpReply as usize].into(),
+            echo_replies: c[Verdict::EchoReply as usize].into(),
             passed: c[Verdict::Pass as usize].into(),
             to_nodes: c[Verdict::ToNode as usize].into(),
             from_nodes: c[Verdict::FromNode as usize].into(),
