@@ -306,6 +306,13 @@ fn from_uplink_delivers_from_known_nodes_only() {
         assert_eq!((ret, delta.len()), (TC_ACT_OK, 0), "to {dst:?}");
         assert_eq!(out, inp);
     }
+    // A header whose checksum does not verify: ip_rcv would refuse it, so does the
+    // redirect that skips ip_rcv.
+    let mut inp = frame(REMOTE_POD, DST_IP, 63, uplink_mac, node_mac);
+    inp[14 + 10] ^= 0x55;
+    let (ret, out, delta) = f.run(PROG_FROM_UPLINK, &inp);
+    assert_eq!((ret, delta), (TC_ACT_SHOT, one(DST_ID, Verdict::DropCsum)));
+    assert_eq!(out, inp);
     // Arriving on its last TTL: dropped at this hop.
     let inp = frame(REMOTE_POD, DST_IP, 1, uplink_mac, node_mac);
     let (ret, _, delta) = f.run(PROG_FROM_UPLINK, &inp);
