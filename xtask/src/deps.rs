@@ -63,6 +63,10 @@ const PACKAGES: &[(&str, &str)] = &[
     ("tcpdump", "watching a pod's veth by hand when a test fails"),
     ("ethtool", "inspecting veth offloads by hand"),
     ("etcd-server", "etcd for the cluster agent tests"),
+    (
+        "etcd-client",
+        "etcdctl: the agent tests check etcd's health and leases",
+    ),
 ];
 
 /// Installs the missing packages; does nothing (and needs no network) when all are
