@@ -21,6 +21,8 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 
+pub mod cluster;
+
 /// The node namespace's own address (TEST-NET-1, on its `lo`).
 pub const NODE_IP: &str = "192.0.2.1";
 /// The node namespace's own IPv6 address (documentation prefix, on its `lo`).
@@ -324,9 +326,15 @@ impl TestNode {
                 .collect(),
             state: std::fs::read_to_string(self.state.join("state.json")).ok(),
             journal: self.state.join("intent.json").exists(),
+            node_journal: self.state.join("node-intent.json").exists(),
             pins: list_tree(&self.bpffs),
             routes_map: self.map_dump("ROUTES"),
             endpoints_map: self.map_dump("ENDPOINTS"),
+            nodes_map: self
+                .map_dump("NODES")
+                .into_iter()
+                .filter(|e| e.contains("\"value\"") && !e.contains("\"value\":[\"0x00\",\"0x00\",\"0x00\",\"0x00\",\"0x00\",\"0x00\",\"0x00\",\"0x00\"]"))
+                .collect(),
             routes6_map: self.map_dump("ROUTES6"),
             endpoints6_map: self.map_dump("ENDPOINTS6"),
         }
@@ -428,9 +436,13 @@ pub struct Snapshot {
     pub state: Option<String>,
     /// The journal of an interrupted command is there.
     pub journal: bool,
+    /// The journal of an interrupted remote-node change is there.
+    pub node_journal: bool,
     pub pins: Vec<String>,
     pub routes_map: Vec<String>,
     pub endpoints_map: Vec<String>,
+    /// NODES entries that are not all zero (remote nodes).
+    pub nodes_map: Vec<String>,
     pub addrs6: Vec<String>,
     pub routes6: Vec<String>,
     pub routes6_map: Vec<String>,
@@ -582,6 +594,17 @@ pub fn tcp_echo(
     client: &Path,
     len: usize,
 ) -> std::time::Duration {
+    tcp_echo_peer(server, server_ip, client, len).0
+}
+
+/// [`tcp_echo`], also returning the client address the server saw (to check that
+/// nothing rewrote it on the way).
+pub fn tcp_echo_peer(
+    server: &Path,
+    server_ip: impl Into<std::net::IpAddr>,
+    client: &Path,
+    len: usize,
+) -> (std::time::Duration, std::net::SocketAddr) {
     use std::io::{Read, Write};
     use std::net::{SocketAddr, TcpListener, TcpStream};
     use std::time::{Duration, Instant};
@@ -594,7 +617,7 @@ pub fn tcp_echo(
     .expect("bind in server netns");
     let port = listener.local_addr().expect("local addr").port();
     let server_thread = std::thread::spawn(move || {
-        let (mut s, _) = listener.accept().expect("accept");
+        let (mut s, peer) = listener.accept().expect("accept");
         s.set_read_timeout(Some(Duration::from_secs(20))).ok();
         let mut buf = vec![0u8; 65536];
         loop {
@@ -604,6 +627,7 @@ pub fn tcp_echo(
             }
             s.write_all(&buf[..n]).expect("server write");
         }
+        peer
     });
     let start = Instant::now();
     let mut stream = vethbpf::kernel::netns::run_in(client, move || {
@@ -624,12 +648,12 @@ pub fn tcp_echo(
     let mut back = Vec::with_capacity(len);
     stream.read_to_end(&mut back).expect("client read");
     writer.join().expect("writer");
-    server_thread.join().expect("server");
+    let peer = server_thread.join().expect("server");
     let took = start.elapsed();
     let what = format!("{} -> {}", client.display(), server.display());
     assert_eq!(back.len(), len, "echoed length {what}");
     assert!(back == data, "echoed bytes differ {what}");
-    took
+    (took, peer)
 }
 
 /// An Ethernet II frame: destination, source, EtherType, payload.

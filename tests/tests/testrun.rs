@@ -19,7 +19,7 @@ use aya::{
 };
 use vethbpf_common::{
     ALL_MAPS, Config, Counter, EndpointInfo, MAP_CONFIG, MAP_ENDPOINTS, MAP_ROUTES, MAP_STATS,
-    MAX_ENDPOINTS, MAX_ROUTES, PROG_FROM_POD, ROUTE_KIND_LOCAL, Route, STATS_ENTRIES, Verdict,
+    MAX_ENDPOINTS, MAX_ROUTES, PROG_FROM_POD, Route, STATS_ENTRIES, Verdict,
 };
 use vethbpf_tests::testrun::{
     DST_ID, DST_MAC, Fixture, GW_IP, GW_MAC, SRC_ID, SRC_MAC, Skb, TC_ACT_OK, TC_ACT_REDIRECT,
@@ -33,9 +33,10 @@ const SRC_IP: [u8; 4] = [10, 244, 0, 2];
 /// The destination's, behind the veth's peer. test_run never performs the redirect.
 const DST_IP: [u8; 4] = [10, 244, 0, 3];
 
-/// Covered by a route of another kind (e.g. a remote node's pod CIDR).
+/// Covered by a route of a kind `from_pod` leaves to the node stack (a remote node's
+/// own address; remote pod CIDRs are testrun_cluster.rs's).
 const REMOTE_IP: [u8; 4] = [10, 244, 7, 9];
-const ROUTE_KIND_OTHER: u32 = ROUTE_KIND_LOCAL + 1;
+const ROUTE_KIND_OTHER: u32 = vethbpf_common::ROUTE_KIND_NODE;
 /// Covered by no route at all.
 const OUTSIDE_IP: [u8; 4] = [192, 0, 2, 10];
 
@@ -208,7 +209,13 @@ fn object_defines_the_shared_names_and_layouts() {
 
     let mut programs: Vec<&str> = ebpf.programs().map(|(name, _)| name).collect();
     programs.sort_unstable();
-    assert_eq!(programs, [PROG_FROM_POD, vethbpf_common::PROG_FROM_UPLINK]);
+    let mut expected = vec![
+        PROG_FROM_POD,
+        vethbpf_common::PROG_FROM_UPLINK,
+        vethbpf_common::PROG_FROM_TUNNEL,
+    ];
+    expected.sort_unstable();
+    assert_eq!(programs, expected);
     let _: &SchedClassifier = ebpf.program(PROG_FROM_POD).unwrap().try_into().unwrap();
 
     // The typed views check key and value sizes against vethbpf-common's types.

@@ -1,13 +1,15 @@
 //! What `from_uplink` does with a frame arriving on the node's uplink (Cilium's
 //! bpf_host side): replies of pod flows are translated back and handed into their pod
 //! with `bpf_redirect_peer`, ICMP errors about pod flows too (translated inside and
-//! out); everything else is the node's and passes to its stack after a handful of
+//! out); packets for a pod from the cluster (another node's pod CIDR, or a node's
+//! own address) are the cluster's to check and deliver ([`remote::from_uplink`]);
+//! everything else is the node's and passes to its stack after a handful of
 //! comparisons, since the node's own traffic pays for this program on every packet.
 //!
-//! Nothing but a reply to a flow a pod opened reaches a pod from here: a packet for
-//! the NAT address without a matching flow goes to the node stack (which answers it
-//! as the node), and one for a pod address that is no reply (someone routing the pod
-//! CIDR to this node) is dropped.
+//! Nothing but a reply to a flow a pod opened, or a packet a known node routed here
+//! directly, reaches a pod from here: a packet for the NAT address without a matching
+//! flow goes to the node stack (which answers it as the node), and one for a pod
+//! address that is neither (someone routing the pod CIDR to this node) is dropped.
 
 use aya_ebpf::{bindings::TC_ACT_OK, helpers::bpf_redirect_peer, programs::TcContext};
 use vethbpf_common::{
@@ -24,6 +26,7 @@ use crate::{
     l4::{self, ICMP_ECHO_REPLY, Ip, L4_OFF},
     maps::{CONFIG, EGRESS, ENDPOINTS},
     nat::{self, Event, Xlate},
+    remote,
     stats::{self, Decision},
 };
 
@@ -47,13 +50,101 @@ const PASS: (u32, Decision) = (
     },
 );
 
+/// Where [`classify`] sends a frame.
+enum Next {
+    /// Decided (a NAT reply, the node's own traffic, ...).
+    Done((u32, Decision)),
+    /// For a pod from the cluster: [`from_cluster`].
+    Cluster,
+    /// For a pod address, no reply of a pod's flow, from outside the cluster: on a
+    /// cluster node, the cluster's check drops it and counts it under the pod it was
+    /// meant for (`drop_unknown_source`); elsewhere (or for an address no pod has) it
+    /// is dropped as unsolicited, counted as the node's.
+    Unsolicited,
+}
+
 #[inline(always)]
 fn handle(ctx: &TcContext) -> (u32, Decision) {
+    let unsolicited = match classify(ctx) {
+        Next::Done(r) => return r,
+        Next::Cluster => false,
+        Next::Unsolicited if remote::in_cluster() => true,
+        Next::Unsolicited => return (0, Decision::drop(Verdict::DropUnsolicited)),
+    };
+    // One call site: the cluster's checks are inlined once.
+    let r = from_cluster(ctx);
+    if unsolicited && r.1.verdict == Verdict::UplinkPass {
+        return (0, Decision::drop(Verdict::DropUnsolicited));
+    }
+    r
+}
+
+#[inline(always)]
+fn classify(ctx: &TcContext) -> Next {
     // Frames for other hosts (seen in promiscuous mode) are nobody's business here.
     // SAFETY: `ctx.skb.skb` is the program's context pointer.
     if unsafe { (*ctx.skb.skb).pkt_type } != PACKET_HOST {
-        return PASS;
+        return Next::Done(PASS);
     }
+    let Some((data, end)) = linear(ctx, L4_OFF) else {
+        return Next::Done(PASS);
+    };
+    let (Some(eth), Some(iph)) = (
+        ptr_at::<EthHdr>(data, end, 0),
+        ptr_at::<Ipv4Hdr>(data, end, ETH_HLEN),
+    ) else {
+        return Next::Done(PASS);
+    };
+    // SAFETY: bounds-checked just above.
+    if unsafe { (*eth).ether_type } != ETH_P_IP {
+        return Next::Done(PASS);
+    }
+    let Some(cfg) = EGRESS.get(0).filter(|c| c.flags & EGRESS_F_ENABLED != 0) else {
+        // No egress (a node without an uplink attaches no from_uplink; a test may
+        // run it anyway): only other nodes reach pods from here.
+        return Next::Cluster;
+    };
+    // SAFETY: bounds-checked above; read only.
+    let daddr = ipv4_addr(unsafe { &(*iph).dst_addr });
+    let masq = cfg.flags & EGRESS_F_MASQUERADE != 0;
+    let for_pod = daddr & cfg.pod_mask == cfg.pod_net;
+    if !(for_pod || (masq && daddr == cfg.nat_addr)) {
+        return Next::Done(PASS);
+    }
+    // The checks ip_rcv would make: nothing malformed is handed into a pod. Options
+    // and anything odd go to the node stack, which knows what to do with them.
+    // SAFETY: bounds-checked above.
+    if ipv4::valid_header_len(ctx, unsafe { &*iph }) != Some(20) {
+        return Next::Done(PASS);
+    }
+    let Some(ip) = l4::ip(ctx) else {
+        return Next::Done(PASS);
+    };
+    if for_pod {
+        // Other nodes' pods (in the cluster CIDR, which is never translated) and the
+        // nodes themselves route to pods directly: no NAT reply, the cluster's checks.
+        if ip.saddr & cfg.cluster_mask == cfg.cluster_net || remote::source_node(ip.saddr).is_some()
+        {
+            return Next::Cluster;
+        }
+        // With masquerade, nothing from outside is addressed to a pod.
+        if masq {
+            return Next::Unsolicited;
+        }
+    }
+    match reply(ctx, cfg, &ip, masq) {
+        Some(r) => Next::Done(r),
+        // No flow: the node's, unless addressed to a pod.
+        None if for_pod => Next::Unsolicited,
+        None => Next::Done(PASS),
+    }
+}
+
+/// A frame that is no NAT reply, to [`remote::from_uplink`]: delivered into its pod
+/// if a known node sent it directly, dropped if it is for a pod otherwise, and the
+/// node's when it is for no pod (or has options).
+#[inline(always)]
+fn from_cluster(ctx: &TcContext) -> (u32, Decision) {
     let Some((data, end)) = linear(ctx, L4_OFF) else {
         return PASS;
     };
@@ -63,48 +154,13 @@ fn handle(ctx: &TcContext) -> (u32, Decision) {
     ) else {
         return PASS;
     };
-    // SAFETY: bounds-checked just above.
-    if unsafe { (*eth).ether_type } != ETH_P_IP {
-        return PASS;
-    }
-    let Some(cfg) = EGRESS.get(0) else {
-        return PASS;
-    };
-    if cfg.flags & EGRESS_F_ENABLED == 0 {
-        return PASS;
-    }
-    // SAFETY: bounds-checked above; read only.
-    let daddr = ipv4_addr(unsafe { &(*iph).dst_addr });
-    let masq = cfg.flags & EGRESS_F_MASQUERADE != 0;
-    let for_pod = daddr & cfg.pod_mask == cfg.pod_net;
-    if !(for_pod || (masq && daddr == cfg.nat_addr)) {
-        return PASS;
-    }
-    // The checks ip_rcv would make: nothing malformed is handed into a pod. Options
-    // and anything odd go to the node stack, which knows what to do with them.
-    // SAFETY: bounds-checked above.
-    if ipv4::valid_header_len(ctx, unsafe { &*iph }) != Some(20) {
-        return PASS;
-    }
-    let Some(ip) = l4::ip(ctx) else {
+    // SAFETY: bounds-checked just above; no helper that changes packet data runs
+    // before remote::from_uplink takes them.
+    let (eth, iph) = unsafe { (&mut *eth, &mut *iph) };
+    let Some(hdr_len) = ipv4::valid_header_len(ctx, iph) else {
         return PASS;
     };
-    if for_pod {
-        // Pod CIDR traffic from the cluster comes by other ways than the NAT.
-        if ip.saddr & cfg.cluster_mask == cfg.cluster_net {
-            return PASS;
-        }
-        // With masquerade, nothing from outside is addressed to a pod.
-        if masq {
-            return (0, Decision::drop(Verdict::DropUnsolicited));
-        }
-    }
-    match reply(ctx, cfg, &ip, masq) {
-        Some(r) => r,
-        // No flow: the node's, unless addressed to a pod.
-        None if for_pod => (0, Decision::drop(Verdict::DropUnsolicited)),
-        None => PASS,
-    }
+    remote::from_uplink(ctx, eth, iph, hdr_len).unwrap_or(PASS)
 }
 
 /// A packet for the NAT address (or, without masquerade, a pod address): the reply

@@ -1,10 +1,10 @@
 //! What `from_pod` does with a frame a pod sent (Cilium's bpf_lxc side): find the
 //! endpoint behind the veth, refuse VLAN tags, dispatch on the EtherType, and for IPv4
 //! the endpoint's source check, the gateway's own address and the route lookup that
-//! picks a delivery.
+//! picks a delivery (local, or a remote node).
 
 use aya_ebpf::{maps::lpm_trie::Key, programs::TcContext};
-use vethbpf_common::{Config, EndpointInfo, ROUTE_KIND_LOCAL, Verdict};
+use vethbpf_common::{Config, EndpointInfo, ROUTE_KIND_LOCAL, ROUTE_KIND_REMOTE, Verdict};
 
 use crate::{
     arp, egress,
@@ -14,6 +14,7 @@ use crate::{
     },
     icmp, ipv4, l3, lxc6,
     maps::{CONFIG, ENDPOINTS, ROUTES},
+    remote,
     stats::{self, Decision},
 };
 
@@ -119,8 +120,10 @@ fn handle_ipv4(ctx: &TcContext, ifindex: u32, ep: &EndpointInfo, cfg: &Config) -
         // No route of this node: the outside world (or the node stack's business).
         return egress::handle(ctx, ifindex);
     };
-    if route.kind != ROUTE_KIND_LOCAL {
-        return Decision::pass();
+    match route.kind {
+        ROUTE_KIND_LOCAL => l3::local_delivery(eth, ip, route, cfg),
+        ROUTE_KIND_REMOTE => remote::to_node(ctx, ip, route),
+        // A remote node's own address and anything else: the node stack's.
+        _ => Decision::pass(),
     }
-    l3::local_delivery(eth, ip, route, cfg)
 }

@@ -4,6 +4,7 @@
 //! - `from_pod` (tc ingress of every host-side veth, sees what the pod sends): [`lxc`]
 //! - `from_uplink` (tc ingress of the node's uplink, sees what arrives at the node):
 //!   [`host`]
+//! - `from_tunnel` (tc ingress of the VXLAN device, decapsulated frames): [`overlay`]
 //!
 //! Library modules, one concern each:
 //! - [`maps`]: every map, named as in `vethbpf-common`
@@ -12,6 +13,10 @@
 //! - [`icmp`]: answers the pod's pings to the gateway address
 //! - [`ipv4`]: IPv4 header checks and the TTL decrement
 //! - [`l3`]: local delivery to another endpoint with `bpf_redirect_peer`
+//! - [`remote`]: other nodes: sending to their pod CIDRs, checking and delivering
+//!   what they send
+//! - [`direct`]: direct routing to a node out of the uplink
+//! - [`encap`]: the VXLAN tunnel key, set and read
 //! - [`lxc6`]: the pod side for IPv6: NDP dispatch, source check, routing
 //! - [`ipv6`]: IPv6 header checks, extension headers, the hop limit
 //! - [`ndp`]: neighbour discovery: answers solicitations, drops what only routers
@@ -40,7 +45,9 @@ mod arp;
 mod atomic;
 mod conntrack;
 mod csum;
+mod direct;
 mod egress;
+mod encap;
 mod fib;
 mod frag;
 mod hdr;
@@ -57,6 +64,8 @@ mod lxc6;
 mod maps;
 mod nat;
 mod ndp;
+mod overlay;
+mod remote;
 mod stats;
 
 use aya_ebpf::{macros::classifier, programs::TcContext};
@@ -69,6 +78,11 @@ pub fn from_pod(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn from_uplink(ctx: TcContext) -> i32 {
     host::from_uplink(&ctx)
+}
+
+#[classifier]
+pub fn from_tunnel(ctx: TcContext) -> i32 {
+    overlay::from_tunnel(&ctx)
 }
 
 #[cfg(not(test))]

@@ -11,9 +11,9 @@ use aya_ebpf::{
 };
 use vethbpf_common::EndpointInfo6;
 use vethbpf_common::{
-    Config, Counter, EgressConfig, EndpointInfo, FRAG_ENTRIES, FragEntry, FragKey, MAX_EGRESS_SKIP,
-    MAX_ENDPOINTS, MAX_ROUTES, NAT_MAX_FLOWS_DEFAULT, NatEntry, NatKey, NatState, Route,
-    STATS_ENTRIES, nat_map_capacity,
+    ClusterConfig, Config, Counter, EgressConfig, EndpointInfo, FRAG_ENTRIES, FragEntry, FragKey,
+    MAX_EGRESS_SKIP, MAX_ENDPOINTS, MAX_NODES, MAX_ROUTES, NAT_MAX_FLOWS_DEFAULT, NatEntry, NatKey,
+    NatState, NodeCounter, NodeInfo, Route, STATS_ENTRIES, nat_map_capacity,
 };
 
 /// IPv4 destination prefix -> route. aya-ebpf adds BPF_F_NO_PREALLOC, which the kernel
@@ -54,6 +54,19 @@ pub static NAT_STATE: Array<NatState> = Array::with_max_entries(1, 0);
 /// The ports of fragmented datagrams, from their first fragment.
 #[map]
 pub static FRAGS: LruHashMap<FragKey, FragEntry> = LruHashMap::with_max_entries(FRAG_ENTRIES, 0);
+
+/// How this node reaches the others, one entry (all zero: no cluster).
+#[map]
+pub static CLUSTER: Array<ClusterConfig> = Array::with_max_entries(1, 0);
+
+/// Node id -> the remote node's underlay address.
+#[map]
+pub static NODES: Array<NodeInfo> = Array::with_max_entries(MAX_NODES, 0);
+
+/// Node id -> traffic exchanged with that node.
+#[map]
+pub static NODE_STATS: PerCpuArray<NodeCounter> = PerCpuArray::with_max_entries(MAX_NODES, 0);
+
 /// IPv6 destination prefix -> route. The key's data is the address in network order,
 /// read as four words in memory order (userspace writes `[u8; 16]`: same bytes).
 #[map]

@@ -7,6 +7,8 @@
 //!
 //! - [`cni`]: the CNI plugin (ADD, DEL, CHECK, STATUS, GC) over the same calls as
 //!   the command line
+//! - [`cluster`]: several nodes: `up`'s cluster part, remote nodes, etcd leases and
+//!   the agent
 //! - [`node`] (`up`, `down`, `status`) and [`reconcile`]: the node's lifecycle
 //! - [`endpoint`]: `endpoint add/del/list`, journalled, each step undone on failure
 //! - [`state`]: the state directory (lock, atomic writes, journal), IPAM, names
@@ -26,6 +28,7 @@
 use anyhow as _;
 use clap as _;
 
+pub mod cluster;
 pub mod cni;
 pub mod datapath;
 pub mod defaults;
@@ -47,7 +50,13 @@ pub static EBPF_OBJECT: &[u8] =
 pub fn error_kind(err: &(dyn std::error::Error + 'static)) -> Option<error::ErrorKind> {
     let mut next = Some(err);
     while let Some(e) = next {
-        let kind = if let Some(e) = e.downcast_ref::<node::NodeError>() {
+        let kind = if let Some(e) = e.downcast_ref::<cluster::ClusterError>() {
+            Some(e.kind())
+        } else if let Some(e) = e.downcast_ref::<cluster::join::JoinError>() {
+            Some(e.kind())
+        } else if let Some(e) = e.downcast_ref::<cluster::agent::AgentError>() {
+            Some(e.kind())
+        } else if let Some(e) = e.downcast_ref::<node::NodeError>() {
             Some(e.kind())
         } else if let Some(e) = e.downcast_ref::<reconcile::ReconcileError>() {
             Some(e.kind())

@@ -322,7 +322,14 @@ fn remove_orphans(
         .collect();
     let indexes: BTreeSet<u32> = records.values().map(|r| r.host_ifindex).collect();
 
-    for net in env.dp.route_entries()?.into_iter().map(|(n, _)| n) {
+    // Only endpoint routes: remote-node routes are the cluster's (see
+    // cluster::nodes::reconcile).
+    for (net, _) in env
+        .dp
+        .route_entries()?
+        .into_iter()
+        .filter(|(_, r)| r.kind == vethbpf_common::ROUTE_KIND_LOCAL)
+    {
         if !ips.contains(&net) {
             env.dp.del_route(net)?;
             report.removed_route_entries.push(net.into());

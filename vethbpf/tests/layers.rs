@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 /// Top to bottom.
 const LAYERS: &[&[&str]] = &[
     &["cni"],
+    &["cluster"],
     &["node", "reconcile"],
     &["endpoint"],
     &["state"],

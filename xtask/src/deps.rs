@@ -67,6 +67,11 @@ const PACKAGES: &[(&str, &str)] = &[
         "egress: the kernel-path comparison (MASQUERADE) and the no-rules checks",
     ),
     ("nftables", "egress: the empty-ruleset checks"),
+    ("etcd-server", "etcd for the cluster agent tests"),
+    (
+        "etcd-client",
+        "etcdctl: the agent tests check etcd's health and leases",
+    ),
 ];
 
 /// Installs the missing packages; does nothing (and needs no network) when all are

@@ -96,6 +96,13 @@ pub enum Command {
     /// Run the three-pod scenario in a throwaway node namespace and show a
     /// connectivity matrix with the counters that prove the eBPF path carried it.
     Demo(DemoArgs),
+    /// Add, delete or list remote nodes (their pod CIDRs become reachable).
+    #[command(subcommand)]
+    Node(super::cluster::NodeCommand),
+    /// Lease this node's pod subnet in etcd, bring the node up with it, and keep
+    /// the remote nodes equal to the other leases (the only long-running process;
+    /// optional, and the datapath keeps forwarding without it).
+    Agent(super::cluster::AgentArgs),
 }
 
 #[derive(Args, Debug)]
@@ -115,13 +122,17 @@ pub struct UpArgs {
     /// moment without a program).
     #[arg(long)]
     pub replace: bool,
-    /// Pod egress leaves through this interface, masqueraded behind its primary IPv4
-    /// address (default: the device of the node's IPv4 default route; with neither,
-    /// pods reach only the node and each other).
+    /// The node's uplink: pod egress leaves through it, masqueraded behind its
+    /// primary IPv4 address, and other nodes of a cluster are reached through it
+    /// (that address is this node's in the cluster). Default: the device of the
+    /// node's IPv4 default route; with neither, pods reach only the node and each
+    /// other.
     #[arg(long, value_name = "IFACE")]
     pub uplink: Option<String>,
-    /// Destinations pods reach without NAT, never out of the uplink (default: the
-    /// pod CIDR).
+    /// The cluster's pod CIDR, which every node's pod CIDR lies in: never
+    /// masqueraded, and given, the node joins a cluster whose remote nodes' pod
+    /// CIDRs pods reach (`vethbpf node add`, or `vethbpf agent`). Default: the pod
+    /// CIDR, and no cluster.
     #[arg(long, value_name = "CIDR")]
     pub cluster_cidr: Option<Ipv4Net>,
     /// Send pod egress out with the pods' own addresses (for networks that route the
@@ -137,6 +148,8 @@ pub struct UpArgs {
     /// counted (nat_table_full) until flows expire or `vethbpf nat flush`.
     #[arg(long, value_name = "N")]
     pub nat_max_flows: Option<u32>,
+    #[command(flatten)]
+    pub cluster: super::cluster::ClusterArgs,
 }
 
 #[derive(Subcommand, Debug)]

@@ -127,7 +127,14 @@ fn endpoint_table(list: &[EndpointView], counters: bool) {
         if v6 {
             header.push("NA");
         }
-        header.extend(["ECHO", "PASSED", "EGRESS", "REPLIES", "DROPPED"]);
+        header.extend([
+            "ECHO",
+            "PASSED",
+            "EGRESS",
+            "REPLIES",
+            "NODES OUT/IN",
+            "DROPPED",
+        ]);
     }
     let or_dash = |a: Option<String>| a.unwrap_or_else(|| "-".into());
     let rows: Vec<Vec<String>> = list
@@ -169,6 +176,7 @@ fn endpoint_table(list: &[EndpointView], counters: bool) {
                         c.rev_nat.packets + c.rev_nat_icmp.packets,
                         c.rev_nat.bytes + c.rev_nat_icmp.bytes
                     ),
+                    format!("{}p/{}p", c.to_nodes.packets, c.from_nodes.packets),
                     if drops.is_empty() {
                         "0".into()
                     } else {

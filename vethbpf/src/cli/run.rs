@@ -9,7 +9,6 @@ use vethbpf::egress::EgressRequest;
 use vethbpf::egress::table::Table;
 use vethbpf::endpoint::{self, AddRequest, EndpointView};
 use vethbpf::kernel::bpffs;
-use vethbpf::kernel::netlink::RtNetlink;
 use vethbpf::node::{self, NodeError, UpRequest};
 use vethbpf::reconcile;
 use vethbpf::state::{Locked, NodeConfig, STATE_FILE, StateDir};
@@ -17,7 +16,7 @@ use vethbpf_common::PROG_FROM_POD;
 
 use super::args::{Cli, Command, EndpointCommand, NatCommand, ReconcileArgs};
 use super::error::RunError;
-use super::{demo, output};
+use super::{cluster, demo, output};
 
 fn require_root() -> Result<()> {
     if !nix::unistd::geteuid().is_root() {
@@ -136,7 +135,6 @@ pub fn run(cli: Cli, bpffs_explicit: bool) -> Result<()> {
     match &cli.command {
         Command::Up(args) => {
             let mut locked = lock(&state_dir)?;
-            let mut nl = RtNetlink::connect().context("netlink in the node namespace")?;
             // Without --pod-cidr, `up` on a node that is up keeps its CIDRs (a reload
             // after a reboot must not ask for them again).
             let (pod_cidr, pod_cidr6) = match (&locked.state.node, args.pod_cidr.is_empty()) {
@@ -144,28 +142,22 @@ pub fn run(cli: Cli, bpffs_explicit: bool) -> Result<()> {
                 (None, true) => node::split_cidrs(&[DEFAULT_POD_CIDR.parse()?])?,
                 (_, false) => node::split_cidrs(&args.pod_cidr)?,
             };
-            let report = node::up(
-                &mut locked,
-                &UpRequest {
-                    pod_cidr,
-                    pod_cidr6,
-                    gateway: args.gateway,
-                    bpffs_dir: cli.bpffs_dir.clone(),
-                    replace: args.replace,
-                    egress: EgressRequest {
-                        uplink: args.uplink.clone(),
-                        cluster_cidr: args.cluster_cidr,
-                        no_masquerade: args.no_masquerade,
-                        nat_ports: args.nat_ports,
-                        max_flows: args.nat_max_flows,
-                    },
+            let req = UpRequest {
+                pod_cidr,
+                pod_cidr6,
+                gateway: args.gateway,
+                bpffs_dir: cli.bpffs_dir.clone(),
+                replace: args.replace,
+                egress: EgressRequest {
+                    uplink: args.uplink.clone(),
+                    cluster_cidr: args.cluster_cidr,
+                    no_masquerade: args.no_masquerade,
+                    nat_ports: args.nat_ports,
+                    max_flows: args.nat_max_flows,
                 },
-                vethbpf::EBPF_OBJECT,
-                &mut nl,
-            )
-            .context("vethbpf up")?;
-            settle(&mut locked)?;
-            output::up(out, &report)
+            };
+            cluster::up(out, &mut locked, &req, &args.cluster)?;
+            settle(&mut locked)
         }
         Command::Endpoint(EndpointCommand::Add(args)) => {
             let mut locked = lock_up_node(&state_dir)?;
@@ -238,7 +230,8 @@ pub fn run(cli: Cli, bpffs_explicit: bool) -> Result<()> {
             let mut locked = lock_up_node(&state_dir)?;
             check_bpffs(&locked, &cli, bpffs_explicit)?;
             settle(&mut locked)?;
-            output::status(out, &node::status(&locked)?)
+            let status = node::status(&locked)?;
+            cluster::status(out, &mut locked, &status)
         }
         Command::Down if !state_dir.path().join(vethbpf::state::STATE_FILE).exists() => {
             output::down(
@@ -250,8 +243,9 @@ pub fn run(cli: Cli, bpffs_explicit: bool) -> Result<()> {
             )
         }
         Command::Down => {
-            let locked = lock_up_node(&state_dir)?;
+            let mut locked = lock_up_node(&state_dir)?;
             check_bpffs(&locked, &cli, bpffs_explicit)?;
+            cluster::down(&mut locked)?;
             let report = match locked.state.node.clone() {
                 // The pins are gone (someone unmounted the bpffs): so are the
                 // maps and attachments; `down` still removes links, namespaces
@@ -280,8 +274,15 @@ pub fn run(cli: Cli, bpffs_explicit: bool) -> Result<()> {
             let report = endpoint::with_kernel(&node, |env| {
                 reconcile::reconcile(env, &mut locked).context("vethbpf reconcile")
             })?;
-            output::reconcile(out, &report)
+            let fixes = cluster::reconcile(&mut locked)?;
+            cluster::print_reconcile(out, &report, &fixes)
         }
         Command::Demo(args) => demo::run(args.keep, out),
+        Command::Node(cmd) => {
+            let mut locked = lock_up_node(&state_dir)?;
+            check_bpffs(&locked, &cli, bpffs_explicit)?;
+            cluster::node(&cli, &mut locked, cmd)
+        }
+        Command::Agent(args) => cluster::agent(&cli, args),
     }
 }

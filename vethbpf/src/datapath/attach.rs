@@ -211,6 +211,7 @@ pub(crate) fn pinned_links(pins: &Pins, program: &str) -> Vec<String> {
                 // Other programs' directories are not links.
                 .filter(|e| e.file_type().is_ok_and(|t| !t.is_dir()))
                 .filter_map(|e| e.file_name().into_string().ok())
+                .map(|pin| super::pins::ifname_of_pin(&pin))
                 .collect()
         })
         .unwrap_or_default()

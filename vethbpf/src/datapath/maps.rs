@@ -63,7 +63,7 @@ pub(crate) struct Maps {
     endpoints6: HashMap<MapData, u32, EndpointInfo6>,
 }
 
-fn open<T>(pins: &Pins, name: &'static str) -> Result<T, MapsError>
+pub(crate) fn open<T>(pins: &Pins, name: &'static str) -> Result<T, MapsError>
 where
     T: TryFrom<aya::maps::Map, Error = MapError>,
 {
@@ -88,7 +88,7 @@ where
 
 /// A delete of a key that is not there: aya reports it as `KeyNotFound` for some
 /// map types and as the syscall's ENOENT for others (LPM tries).
-fn is_missing(e: &MapError) -> bool {
+pub(crate) fn is_missing(e: &MapError) -> bool {
     match e {
         MapError::KeyNotFound => true,
         MapError::SyscallError(s) => s.io_error.raw_os_error() == Some(libc::ENOENT),

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 
 use aya::pin::PinError;
 use aya::programs::ProgramError;
-use vethbpf_common::{PROG_FROM_POD, PROG_FROM_UPLINK};
+use vethbpf_common::{PROG_FROM_POD, PROG_FROM_TUNNEL, PROG_FROM_UPLINK};
 
 use crate::error::ErrorKind;
 use crate::kernel::bpffs::BpffsError;
@@ -32,7 +32,7 @@ pub use pins::Pins;
 
 /// The object's programs: each is loaded, verified and pinned by `up`, and
 /// upgraded by `up --replace`.
-pub(crate) const PROGRAMS: &[&str] = &[PROG_FROM_POD, PROG_FROM_UPLINK];
+pub(crate) const PROGRAMS: &[&str] = &[PROG_FROM_POD, PROG_FROM_UPLINK, PROG_FROM_TUNNEL];
 
 /// Why loading, pinning, attaching or unpinning failed.
 #[derive(Debug, thiserror::Error)]

@@ -21,9 +21,10 @@ use std::path::Path;
 use aya::EbpfLoader;
 use aya::maps::{MapData, MapInfo, MapType, PerCpuArray, PerCpuValues};
 use vethbpf_common::{
-    Config, Counter, EgressConfig, EndpointInfo, FRAG_ENTRIES, FragEntry, FragKey, MAP_CONFIG,
-    MAP_EGRESS, MAP_EGRESS_SKIP, MAP_ENDPOINTS, MAP_FRAGS, MAP_NAT, MAP_NAT_STATE, MAP_ROUTES,
-    MAP_STATS, MAX_EGRESS_SKIP, MAX_ENDPOINTS, MAX_ROUTES, NatEntry, NatKey, NatState, Route,
+    ClusterConfig, Config, Counter, EgressConfig, EndpointInfo, FRAG_ENTRIES, FragEntry, FragKey,
+    MAP_CLUSTER, MAP_CONFIG, MAP_EGRESS, MAP_EGRESS_SKIP, MAP_ENDPOINTS, MAP_FRAGS, MAP_NAT,
+    MAP_NAT_STATE, MAP_NODE_STATS, MAP_NODES, MAP_ROUTES, MAP_STATS, MAX_EGRESS_SKIP,
+    MAX_ENDPOINTS, MAX_NODES, MAX_ROUTES, NatEntry, NatKey, NatState, NodeCounter, NodeInfo, Route,
     STATS_ENTRIES, Verdict,
 };
 
@@ -56,7 +57,7 @@ const fn expect(
 }
 
 /// Every map of the object. An LPM trie key is the prefix length and the address.
-const EXPECTED: [Expect; 9] = [
+const EXPECTED: [Expect; 12] = [
     expect(
         MAP_ROUTES,
         MapType::LpmTrie,
@@ -113,6 +114,27 @@ const EXPECTED: [Expect; 9] = [
         size_of::<FragKey>(),
         size_of::<FragEntry>(),
         Some(FRAG_ENTRIES),
+    ),
+    expect(
+        MAP_CLUSTER,
+        MapType::Array,
+        4,
+        size_of::<ClusterConfig>(),
+        Some(1),
+    ),
+    expect(
+        MAP_NODES,
+        MapType::Array,
+        4,
+        size_of::<NodeInfo>(),
+        Some(MAX_NODES),
+    ),
+    expect(
+        MAP_NODE_STATS,
+        MapType::PerCpuArray,
+        4,
+        size_of::<NodeCounter>(),
+        Some(MAX_NODES),
     ),
 ];
 

@@ -61,6 +61,10 @@ pub struct CounterView {
     /// Replies (and ICMP errors) of its flows translated back and delivered.
     pub rev_nat: Count,
     pub rev_nat_icmp: Count,
+    /// Sent to pods on other nodes.
+    pub to_nodes: Count,
+    /// Delivered from pods (or nodes) elsewhere in the cluster.
+    pub from_nodes: Count,
     /// Total of all drop reasons.
     pub dropped: Count,
     /// Drops by reason, keyed by the verdict's name.
@@ -79,6 +83,8 @@ impl CounterView {
             egress: c[Verdict::Egress as usize].into(),
             rev_nat: c[Verdict::RevNat as usize].into(),
             rev_nat_icmp: c[Verdict::RevNatIcmp as usize].into(),
+            to_nodes: c[Verdict::ToNode as usize].into(),
+            from_nodes: c[Verdict::FromNode as usize].into(),
             ..Default::default()
         };
         for verdict in Verdict::ALL.into_iter().filter(|v| v.is_drop()) {

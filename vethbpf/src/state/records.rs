@@ -1,4 +1,5 @@
-//! What the state file holds: the node config and one record per endpoint.
+//! What the state file holds: the node config, one record per endpoint, and the
+//! cluster part (see `cluster.rs`).
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -100,6 +101,9 @@ pub struct State {
     pub version: u32,
     pub node: Option<NodeConfig>,
     pub endpoints: BTreeMap<String, EndpointRecord>,
+    /// Set by `up --cluster-cidr`: other nodes and how to reach them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<super::ClusterState>,
 }
 
 impl Default for State {
@@ -108,6 +112,7 @@ impl Default for State {
             version: STATE_VERSION,
             node: None,
             endpoints: BTreeMap::new(),
+            cluster: None,
         }
     }
 }

@@ -227,7 +227,7 @@ pub fn build(kind: Kind, env: &topo::Env) -> Result<Contender> {
         other => bail!("{} is no egress contender", other.name()),
     };
     Ok(Contender {
-        kind,
+        name: kind.name(),
         client_ns: client,
         server_ns: out,
         server_ip: SERVER,
@@ -291,7 +291,7 @@ fn datapath(
             sys::check_interrupt()?;
             let mut s = DpSample {
                 round,
-                contender: c.kind.name(),
+                contender: c.name,
                 latency: None,
                 tput_1: None,
                 tput_4: None,
@@ -322,7 +322,7 @@ fn datapath(
             progress(&format!(
                 "  [round {round}/{}] {:<16} RTT p50 {:>6} us p99 {:>7} us | 1-stream {:>6} Gbit/s | 4-stream {:>6} Gbit/s | {:>6} conn/s{}",
                 plan.rounds,
-                c.kind.name(),
+                c.name,
                 f(s.latency.as_ref().map(|l| l.p50_us), 1),
                 f(s.latency.as_ref().map(|l| l.p99_us), 1),
                 f(s.tput_1.as_ref().map(|t| t.gbps), 2),
@@ -358,18 +358,23 @@ fn datapath(
     Ok(())
 }
 
+/// The egress kind a contender was built as (contenders carry their name only).
+fn egress_kind(c: &Contender) -> Option<Kind> {
+    KINDS.into_iter().find(|k| k.name() == c.name)
+}
+
 /// The packets that show a contender's path was taken: vethbpf's masqueraded +
 /// reverse-translated, or the MASQUERADE rule's count (new connections).
 fn path_packets(c: &Contender, plan: &EgressPlan<'_>) -> Result<u64> {
-    match c.kind {
-        Kind::EgressVethbpf => {
+    match egress_kind(c) {
+        Some(Kind::EgressVethbpf) => {
             let node = c.server_ns.replace("-out", "-node");
             let list = vethbpf_json(plan, &node, &["endpoint", "list"])?;
             let counters = &list[0]["counters"];
             let n = |k: &str| counters[k]["packets"].as_u64().unwrap_or(0);
             Ok(n("masqueraded") + n("rev_nat"))
         }
-        Kind::EgressIptables => {
+        Some(Kind::EgressIptables) => {
             let node = c.server_ns.replace("-out", "-node");
             let out = sys::run(in_ns(&node, "iptables").args([
                 "-t",
@@ -417,7 +422,7 @@ fn sysctl(ns: &str, key: &str) -> Result<String> {
 /// Whether contender `c` took its path: its counters moved over the rounds, and the
 /// node is set up as the path claims.
 fn check_path(c: &Contender, plan: &EgressPlan<'_>, before: Option<u64>) -> Vec<PathCheck> {
-    let name = c.kind.name();
+    let name = c.name;
     let node = c.server_ns.replace("-out", "-node");
     let mut out = Vec::new();
     let mut check = |check: String, ok: bool| {
@@ -431,8 +436,8 @@ fn check_path(c: &Contender, plan: &EgressPlan<'_>, before: Option<u64>) -> Vec<
     let forward = sysctl(&node, "net.ipv4.ip_forward").unwrap_or_default();
     let rules = sys::run(&mut in_ns(&node, "iptables-save")).unwrap_or_default();
     let rule_count = rules.lines().filter(|l| l.starts_with("-A")).count();
-    match c.kind {
-        Kind::EgressVethbpf => {
+    match egress_kind(c) {
+        Some(Kind::EgressVethbpf) => {
             let moved = after.zip(before).map(|(a, b)| a.saturating_sub(b));
             check(
                 format!("masqueraded + rev_nat packets during the rounds: {moved:?} (> 100000)"),
@@ -452,7 +457,7 @@ fn check_path(c: &Contender, plan: &EgressPlan<'_>, before: Option<u64>) -> Vec<
                 st["egress"]["attachment"]["link_id"].is_u64(),
             );
         }
-        Kind::EgressIptables => {
+        Some(Kind::EgressIptables) => {
             let moved = after.zip(before).map(|(a, b)| a.saturating_sub(b));
             check(
                 format!("MASQUERADE rule: {moved:?} new connections during the rounds (> 0)"),

@@ -9,6 +9,7 @@
 //! (TEST_RUN), `controlplane`, `stats`, `report` (tables, JSON, SVG).
 
 mod controlplane;
+mod crossnode;
 mod egress;
 mod measure;
 mod progcost;
@@ -58,6 +59,10 @@ pub struct BenchArgs {
     /// Skip the egress section (pod -> outside server: vethbpf, iptables, node).
     #[arg(long)]
     pub skip_egress: bool,
+    /// Skip the cross-node section (two nodes, five ways, and the cluster's
+    /// control plane).
+    #[arg(long)]
+    pub skip_crossnode: bool,
     /// Do not build the eBPF object and the vethbpf binary first; use what is there.
     #[arg(long)]
     pub no_build: bool,
@@ -134,6 +139,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "containernetworking-plugins",
         "util-linux",
         "iptables",
+        "etcd-server",
+        "etcd-client",
     ])?;
     let plan = Plan::new(&args)?;
     let root = root();
@@ -179,6 +186,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
         controlplane_error: None,
         egress: None,
         egress_error: None,
+        crossnode: None,
+        crossnode_error: None,
         targets: Vec::new(),
     };
     progress(&format!(
@@ -219,6 +228,21 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 sys::check_interrupt()?;
                 progress(&format!("  egress not measured: {e:#}"));
                 results.egress_error = Some(format!("{e:#}"));
+            }
+        }
+    }
+
+    if !args.skip_crossnode {
+        let cross = crossnode::CrossPlan {
+            rounds: plan.rounds,
+            secs: plan.secs,
+        };
+        match crossnode::run(&cross, &env, &mut |m| progress(m)) {
+            Ok(c) => results.crossnode = Some(c),
+            Err(e) => {
+                sys::check_interrupt()?;
+                progress(&format!("  cross-node not measured: {e:#}"));
+                results.crossnode_error = Some(format!("{e:#}"));
             }
         }
     }
@@ -345,7 +369,7 @@ fn datapath(plan: &Plan, env: &topo::Env, results: &mut Results) -> Result<()> {
             sys::check_interrupt()?;
             let mut s = DpSample {
                 round,
-                contender: c.kind.name(),
+                contender: c.name,
                 latency: None,
                 tput_1: None,
                 tput_4: None,
@@ -378,7 +402,7 @@ fn datapath(plan: &Plan, env: &topo::Env, results: &mut Results) -> Result<()> {
             progress(&format!(
                 "  [round {round}/{}] {:<9} RTT p50 {:>6} us p99 {:>7} us | 1-stream {:>6} Gbit/s | 4-stream {:>6} Gbit/s | {:>6} conn/s | {:>5} CPU ms/Gbit{}",
                 plan.rounds,
-                c.kind.name(),
+                c.name,
                 f(s.latency.as_ref().map(|l| l.p50_us), 1),
                 f(s.latency.as_ref().map(|l| l.p99_us), 1),
                 f(s.tput_1.as_ref().map(|t| t.gbps), 2),
@@ -556,6 +580,8 @@ mod tests {
             controlplane_error: None,
             egress: None,
             egress_error: None,
+            crossnode: None,
+            crossnode_error: None,
             targets: Vec::new(),
         }
     }

@@ -244,6 +244,9 @@ pub struct Results {
     /// Pod egress (issue 10): pod to an outside server, vethbpf / iptables / node.
     pub egress: Option<super::egress::EgressResults>,
     pub egress_error: Option<String>,
+    /// Pod to pod across two nodes, and the cluster's control plane.
+    pub crossnode: Option<super::crossnode::CrossResults>,
+    pub crossnode_error: Option<String>,
     pub targets: Vec<Target>,
 }
 
@@ -509,6 +512,11 @@ pub fn render(r: &Results) -> String {
         }
     } else if let Some(e) = &r.controlplane_error {
         let _ = writeln!(out, "\nControl plane: not measured: {e}");
+    }
+    if let Some(c) = &r.crossnode {
+        out.push_str(&super::crossnode::render(c));
+    } else if let Some(e) = &r.crossnode_error {
+        let _ = writeln!(out, "\nCross-node: not measured: {e}");
     }
     if !r.targets.is_empty() {
         let _ = writeln!(out, "\nTargets (issue 3)");

@@ -92,7 +92,8 @@ impl Kind {
 /// A built contender. Dropping it stops its servers and removes its namespaces,
 /// links and mounts.
 pub struct Contender {
-    pub kind: Kind,
+    /// The contender's name in tables and samples.
+    pub name: &'static str,
     pub client_ns: String,
     pub server_ns: String,
     pub server_ip: Ipv4Addr,
@@ -223,7 +224,7 @@ pub fn build(kind: Kind, env: &Env) -> Result<Contender> {
         }
     };
     Ok(Contender {
-        kind,
+        name: kind.name(),
         client_ns,
         server_ns,
         server_ip,
@@ -431,13 +432,18 @@ impl Vethbpf {
     }
 
     pub fn cmd(&self, args: &[&str]) -> Result<String> {
+        sys::run_limited(&mut self.command(args), Duration::from_secs(30))
+    }
+
+    /// The command line of [`Vethbpf::cmd`], to spawn a long-running one (`agent`).
+    pub fn command(&self, args: &[&str]) -> Command {
         let mut c = in_ns(&self.node, &self.bin);
         c.arg("--bpffs-dir")
             .arg(&self.bpffs)
             .arg("--state-dir")
             .arg(&self.state)
             .args(args);
-        sys::run_limited(&mut c, Duration::from_secs(30))
+        c
     }
 
     pub fn up(&self, cidr: &str) -> Result<()> {
