@@ -380,9 +380,16 @@ fn expect_untouched(f: &Fixture, frame: &[u8], id: u32, verdict: Verdict) {
 fn object_defines_the_shared_names_and_layouts() {
     let ebpf = Ebpf::load(vethbpf::EBPF_OBJECT).expect("load the eBPF object");
 
-    let mut maps: Vec<&str> = ebpf.maps().map(|(name, _)| name).collect();
+    // Global data sections (.rodata: aya-log's level) are the loader's business.
+    let mut maps: Vec<&str> = ebpf
+        .maps()
+        .map(|(name, _)| name)
+        .filter(|name| !name.starts_with('.'))
+        .collect();
     maps.sort_unstable();
+    // aya-log's ring buffer of diagnostics: one per loaded object, not pinned.
     let mut expected = ALL_MAPS.to_vec();
+    expected.push("AYA_LOGS");
     expected.sort_unstable();
     assert_eq!(maps, expected, "map names in the object");
 
@@ -424,7 +431,10 @@ fn program_size_and_verifier_cost() {
     eprintln!("from_pod: {xlated} instructions loaded, {verified} verified");
     assert!(xlated > 0);
     // A guard against a parser that balloons (e.g. memcpy loops, unrolled options).
-    assert!(xlated < 1000, "from_pod grew to {xlated} instructions");
+    // About 1,700 of the instructions are aya-log's record writers, one out-of-line
+    // function per diagnostic (vethbpf-ebpf/src/diag.rs), which no packet on a
+    // normal path enters.
+    assert!(xlated < 4000, "from_pod grew to {xlated} instructions");
 }
 
 // ---------------------------------------------------------------------------------

@@ -20,7 +20,16 @@ pub const MAP_ROUTES: &str = "ROUTES";
 pub const MAP_ENDPOINTS: &str = "ENDPOINTS";
 pub const MAP_CONFIG: &str = "CONFIG";
 pub const MAP_STATS: &str = "STATS";
-pub const ALL_MAPS: [&str; 4] = [MAP_ROUTES, MAP_ENDPOINTS, MAP_CONFIG, MAP_STATS];
+pub const ALL_MAPS: [&str; 8] = [
+    MAP_ROUTES,
+    MAP_ENDPOINTS,
+    MAP_CONFIG,
+    MAP_STATS,
+    MAP_EVENTS,
+    MAP_MONITOR,
+    MAP_EVENTS_LOST,
+    MAP_TRACE_FLOWS,
+];
 
 /// Capacity of the LPM routes map.
 pub const MAX_ROUTES: u32 = 16384;
@@ -102,11 +111,14 @@ pub enum Verdict {
     DropMalformed = 6,
     /// Frame on an interface with no endpoint entry (or no node config).
     DropNoEndpoint = 7,
+    /// IPv4 to an address of the node's pod CIDR that no endpoint has (a deleted
+    /// pod's, or one never given out).
+    DropUnknownDestination = 8,
 }
 
 impl Verdict {
     /// Number of verdicts: the stride of the `STATS` array.
-    pub const COUNT: u32 = 8;
+    pub const COUNT: u32 = 9;
     pub const ALL: [Verdict; Self::COUNT as usize] = [
         Verdict::Forward,
         Verdict::ArpReply,
@@ -116,6 +128,7 @@ impl Verdict {
         Verdict::DropTtl,
         Verdict::DropMalformed,
         Verdict::DropNoEndpoint,
+        Verdict::DropUnknownDestination,
     ];
 
     /// Stable name used in CLI output and JSON.
@@ -129,6 +142,7 @@ impl Verdict {
             Verdict::DropTtl => "drop_ttl",
             Verdict::DropMalformed => "drop_malformed",
             Verdict::DropNoEndpoint => "drop_no_endpoint",
+            Verdict::DropUnknownDestination => "drop_unknown_destination",
         }
     }
 
@@ -140,6 +154,7 @@ impl Verdict {
                 | Verdict::DropTtl
                 | Verdict::DropMalformed
                 | Verdict::DropNoEndpoint
+                | Verdict::DropUnknownDestination
         )
     }
 }
@@ -203,3 +218,6 @@ mod tests {
         assert_eq!(ipv4_from_map(v), [10, 244, 0, 2]);
     }
 }
+
+mod observe;
+pub use observe::*;

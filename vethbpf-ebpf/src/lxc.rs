@@ -3,10 +3,11 @@
 //! source check and the route lookup that picks a delivery.
 
 use aya_ebpf::{maps::lpm_trie::Key, programs::TcContext};
-use vethbpf_common::{Config, EndpointInfo, ROUTE_KIND_LOCAL, Verdict};
+use vethbpf_common::{Config, EndpointInfo, ROUTE_KIND_LOCAL, ROUTE_KIND_POD_CIDR, Verdict};
 
 use crate::{
     arp,
+    diag::{self, Diag},
     hdr::{ETH_HLEN, ETH_P_ARP, ETH_P_IP, EthHdr, Ipv4Hdr, linear, ptr_at},
     ipv4, l3,
     maps::{CONFIG, ENDPOINTS, ROUTES},
@@ -30,7 +31,15 @@ pub fn from_pod(ctx: &TcContext) -> i32 {
         }
         // Not ours (or not configured): forwarding it anywhere would skip source
         // validation, so drop and count it under the reserved endpoint id 0.
-        _ => stats::count(ctx, 0, Decision::drop(Verdict::DropNoEndpoint)),
+        (ep, _) => {
+            let what = if ep.is_none() {
+                Diag::NoEndpoint
+            } else {
+                Diag::NoConfig
+            };
+            diag::report(ctx, what, ifindex);
+            stats::count(ctx, 0, Decision::drop(Verdict::DropNoEndpoint))
+        }
     }
 }
 
@@ -87,8 +96,13 @@ fn handle_ipv4(ctx: &TcContext, ep: &EndpointInfo, cfg: &Config) -> Decision {
     let Some(route) = ROUTES.get(Key::new(32, ip.daddr)) else {
         return Decision::pass();
     };
-    if route.kind != ROUTE_KIND_LOCAL {
-        return Decision::pass();
+    match route.kind {
+        ROUTE_KIND_LOCAL => l3::local_delivery(eth, ip, route, cfg),
+        // The pod CIDR's own entry: no endpoint has this address (any has a /32).
+        ROUTE_KIND_POD_CIDR => Decision::drop(Verdict::DropUnknownDestination),
+        kind => {
+            diag::report(ctx, Diag::UnknownRouteKind, kind);
+            Decision::pass()
+        }
     }
-    l3::local_delivery(eth, ip, route, cfg)
 }

@@ -10,11 +10,15 @@
 //! - [`ipv4`]: IPv4 header checks and the TTL decrement
 //! - [`l3`]: local delivery to another endpoint with `bpf_redirect_peer`
 //! - [`stats`]: the verdict/action pair and per-CPU counters
+//! - [`events`]: drop and trace events for `vethbpf monitor`
+//! - [`diag`]: rare diagnostics through aya-log
 //! - [`hdr`]: header layouts and bounds-checked packet access
 #![no_std]
 #![no_main]
 
 mod arp;
+mod diag;
+mod events;
 mod hdr;
 mod ipv4;
 mod l3;

@@ -7,10 +7,11 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use vethbpf_common::{
-    Config, Counter, EndpointInfo, MAX_ENDPOINTS, MAX_ROUTES, Route, STATS_ENTRIES,
+    Config, Counter, EVENTS_RING_BYTES, EndpointInfo, FlowKey, FlowSeen, MAX_ENDPOINTS, MAX_ROUTES,
+    MAX_TRACE_FLOWS, Monitor, Route, STATS_ENTRIES,
 };
 
 /// IPv4 destination prefix -> route. aya-ebpf adds BPF_F_NO_PREALLOC, which the kernel
@@ -29,3 +30,21 @@ pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 /// Counters, index `stats_index(endpoint_id, verdict)`.
 #[map]
 pub static STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(STATS_ENTRIES, 0);
+
+/// Drop and trace events for `vethbpf monitor` (see `events`).
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_RING_BYTES, 0);
+
+/// Whether a monitor listens, for which kinds of event, until when; one entry.
+#[map]
+pub static MONITOR: Array<Monitor> = Array::with_max_entries(1, 0);
+
+/// Events that found the ring full, per CPU; one entry.
+#[map]
+pub static EVENTS_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Flows a monitor session has been told about: trace events only for the first
+/// packet of a flow and the TCP flags it has not shown yet.
+#[map]
+pub static TRACE_FLOWS: LruHashMap<FlowKey, FlowSeen> =
+    LruHashMap::with_max_entries(MAX_TRACE_FLOWS, 0);

@@ -7,7 +7,8 @@
 //!
 //! - [`cni`]: the CNI plugin (ADD, DEL, CHECK, STATUS, GC) over the same calls as
 //!   the command line
-//! - [`node`] (`up`, `down`, `status`) and [`reconcile`]: the node's lifecycle
+//! - [`node`] (`up`, `down`, `status`) and [`reconcile`]: the node's lifecycle;
+//!   [`observe`]: `monitor` and `metrics`
 //! - [`endpoint`]: `endpoint add/del/list`, journalled, each step undone on failure
 //! - [`state`]: the state directory (lock, atomic writes, journal), IPAM, names
 //! - [`datapath`]: the embedded eBPF object: load, pin, replace, attach, maps
@@ -26,6 +27,7 @@ pub mod error;
 pub mod fault;
 pub mod kernel;
 pub mod node;
+pub mod observe;
 pub mod reconcile;
 pub mod state;
 
@@ -39,6 +41,8 @@ pub fn error_kind(err: &(dyn std::error::Error + 'static)) -> Option<error::Erro
     let mut next = Some(err);
     while let Some(e) = next {
         let kind = if let Some(e) = e.downcast_ref::<node::NodeError>() {
+            Some(e.kind())
+        } else if let Some(e) = e.downcast_ref::<observe::ObserveError>() {
             Some(e.kind())
         } else if let Some(e) = e.downcast_ref::<reconcile::ReconcileError>() {
             Some(e.kind())

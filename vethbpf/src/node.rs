@@ -6,8 +6,9 @@ use std::path::PathBuf;
 use ipnet::Ipv4Net;
 use serde::Serialize;
 use tracing::info;
-use vethbpf_common::{ALL_MAPS, Config, PROG_FROM_POD, ipv4_to_map};
+use vethbpf_common::{Config, PROG_FROM_POD, ROUTE_KIND_POD_CIDR, Route, ipv4_to_map};
 
+use crate::datapath::fill::map_fill;
 use crate::datapath::maps::{Maps, MapsError};
 use crate::datapath::{self, BpfError, Pins};
 use crate::endpoint::{self, EndpointError, Env};
@@ -105,6 +106,30 @@ fn kernel_config(node: &NodeConfig) -> Config {
     }
 }
 
+/// The `ROUTES` entry of the pod CIDR itself (kind `ROUTE_KIND_POD_CIDR`): an
+/// address in it that no endpoint's /32 covers is no pod's, and the datapath drops
+/// what a pod sends there (`drop_unknown_destination`) instead of handing it to the
+/// node stack. Replaces the entry of the `old` CIDR.
+fn set_pod_cidr_route(
+    maps: &mut Maps,
+    old: Option<Ipv4Net>,
+    cidr: Ipv4Net,
+) -> Result<(), MapsError> {
+    if let Some(old) = old.filter(|old| *old != cidr) {
+        maps.del_route(old)?;
+    }
+    maps.put_route(
+        cidr,
+        &Route {
+            kind: ROUTE_KIND_POD_CIDR,
+            ifindex: 0,
+            endpoint_id: 0,
+            mac: [0; 6],
+            _pad: [0; 2],
+        },
+    )
+}
+
 /// Loads and pins the datapath (or checks that it is there). Running it again with
 /// the same settings changes nothing.
 pub fn up(locked: &mut Locked, req: &UpRequest, object: &[u8]) -> Result<UpReport, NodeError> {
@@ -175,6 +200,7 @@ pub fn up(locked: &mut Locked, req: &UpRequest, object: &[u8]) -> Result<UpRepor
         let mut maps = Maps::open(&pins)?;
         if config != current || action != "unchanged" {
             maps.set_config(&kernel_config(&config))?;
+            set_pod_cidr_route(&mut maps, Some(current.pod_cidr), config.pod_cidr)?;
             locked.state.node = Some(config.clone());
             locked.save()?;
             if action == "unchanged" {
@@ -202,7 +228,9 @@ pub fn up(locked: &mut Locked, req: &UpRequest, object: &[u8]) -> Result<UpRepor
     };
     let loaded = (|| {
         let info = datapath::load_and_pin(&pins, object)?;
-        Maps::open(&pins)?.set_config(&kernel_config(&config))?;
+        let mut maps = Maps::open(&pins)?;
+        maps.set_config(&kernel_config(&config))?;
+        set_pod_cidr_route(&mut maps, None, config.pod_cidr)?;
         locked.state.node = Some(config.clone());
         locked.save()?;
         Ok::<_, NodeError>(info)
@@ -282,7 +310,12 @@ pub struct ProgramStatus {
 #[derive(Clone, Debug, Serialize)]
 pub struct MapStatus {
     pub name: &'static str,
+    /// The kernel's map type (hash, lpm_trie, array, ...).
+    pub kind: &'static str,
+    /// Entries now (arrays: their size; a ring buffer: 0).
     pub entries: usize,
+    /// Capacity (bytes for a ring buffer).
+    pub max_entries: u32,
     pub pinned: PathBuf,
 }
 
@@ -335,18 +368,14 @@ pub fn status(locked: &Locked) -> Result<Status, NodeError> {
         verified_instructions: info.verified_instruction_count(),
         pinned: pins.program(PROG_FROM_POD),
     }];
-    let maps = Maps::open(&pins)?;
-    let counts = maps.entry_counts();
-    let maps = ALL_MAPS
-        .iter()
-        .map(|name| MapStatus {
-            name,
-            entries: counts
-                .iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, c)| *c)
-                .unwrap_or(0),
-            pinned: pins.map(name),
+    let maps = map_fill(&pins)?
+        .into_iter()
+        .map(|m| MapStatus {
+            name: m.name,
+            kind: m.kind,
+            entries: m.entries.unwrap_or(0) as usize,
+            max_entries: m.max_entries,
+            pinned: pins.map(m.name),
         })
         .collect();
     let attachments = locked

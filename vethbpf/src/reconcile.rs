@@ -226,7 +226,14 @@ fn remove_orphans(
     let ips: BTreeSet<Ipv4Net> = records.values().map(|r| Ipv4Net::from(r.ip)).collect();
     let indexes: BTreeSet<u32> = records.values().map(|r| r.host_ifindex).collect();
 
-    for net in env.dp.route_entries()?.into_iter().map(|(n, _)| n) {
+    // Only endpoint routes can be orphans: the pod CIDR's own entry (and any other
+    // kind) is the node's.
+    for (net, _) in env
+        .dp
+        .route_entries()?
+        .into_iter()
+        .filter(|(_, r)| r.kind == vethbpf_common::ROUTE_KIND_LOCAL)
+    {
         if !ips.contains(&net) {
             env.dp.del_route(net)?;
             report.removed_route_entries.push(net);

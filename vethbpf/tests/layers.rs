@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 /// Top to bottom.
 const LAYERS: &[&[&str]] = &[
     &["cni"],
-    &["node", "reconcile"],
+    &["node", "reconcile", "observe"],
     &["endpoint"],
     &["state"],
     &["datapath"],

@@ -6,12 +6,14 @@
 //! - [`output`]: tables for people, JSON for scripts
 //! - [`error`]: exit statuses, and errors as JSON with `-o json`
 //! - [`demo`]: the three-pod scenario in a throwaway namespace, with its prober
+//! - [`signals`]: stopping `monitor` and `metrics --listen` cleanly
 
 mod args;
 mod demo;
 mod error;
 mod output;
 mod run;
+mod signals;
 #[cfg(test)]
 mod testing;
 

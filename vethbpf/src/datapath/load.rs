@@ -206,7 +206,7 @@ fn swap_links(
 }
 
 /// Information about the pinned `from_pod` program.
-pub(crate) fn program_info(pins: &Pins) -> Result<ProgramInfo, BpfError> {
+pub fn program_info(pins: &Pins) -> Result<ProgramInfo, BpfError> {
     let path = pins.program(PROG_FROM_POD);
     ProgramInfo::from_pin(&path).map_err(|source| BpfError::OpenProgram {
         path,

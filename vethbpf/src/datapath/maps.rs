@@ -56,7 +56,8 @@ pub(crate) struct Maps {
     stats: PerCpuArray<MapData, Counter>,
 }
 
-fn open<T>(pins: &Pins, name: &'static str) -> Result<T, MapsError>
+/// Opens the pinned map `name` as the typed view `T`.
+pub(crate) fn open<T>(pins: &Pins, name: &'static str) -> Result<T, MapsError>
 where
     T: TryFrom<aya::maps::Map, Error = MapError>,
 {
@@ -227,19 +228,6 @@ impl Maps {
             }
         }
         Ok(out)
-    }
-
-    /// Number of entries in each map (ROUTES, ENDPOINTS, CONFIG, STATS).
-    pub(crate) fn entry_counts(&self) -> [(&'static str, usize); 4] {
-        [
-            (MAP_ROUTES, self.routes.keys().filter(|k| k.is_ok()).count()),
-            (
-                MAP_ENDPOINTS,
-                self.endpoints.keys().filter(|k| k.is_ok()).count(),
-            ),
-            (MAP_CONFIG, 1),
-            (MAP_STATS, vethbpf_common::STATS_ENTRIES as usize),
-        ]
     }
 
     /// Every route entry: (prefix, route).

@@ -18,13 +18,16 @@ use crate::error::ErrorKind;
 use crate::kernel::bpffs::BpffsError;
 
 mod attach;
+pub mod events;
+pub mod fill;
 mod load;
 pub mod maps;
 mod pins;
 
 pub use attach::AttachMode;
 pub(crate) use attach::{attach, attach_mode, detach, link_ids, pinned_links};
-pub(crate) use load::{load_and_pin, program_info, remove_all, replace};
+pub use load::program_info;
+pub(crate) use load::{load_and_pin, remove_all, replace};
 pub use pins::Pins;
 
 /// The object's programs: each is loaded, verified and pinned by `up`, and

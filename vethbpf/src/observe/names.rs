@@ -1,0 +1,95 @@
+//! Names for what the datapath knows by number: endpoint ids, pod addresses and
+//! interface indexes, from the state file (read without the lock: it is replaced
+//! atomically) and the kernel's interface names.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::{Duration, Instant};
+
+use crate::state::{StateDir, StateError};
+
+/// How often a name not found makes the state file be read again (a pod added
+/// since): often enough to name new pods at once, rarely enough that a flood of
+/// events for unknown ids does not become a flood of reads.
+const RELOAD_AFTER: Duration = Duration::from_millis(500);
+
+/// Endpoint names by id, address and host ifindex.
+pub struct Names {
+    state_dir: StateDir,
+    by_id: HashMap<u32, String>,
+    by_ip: HashMap<Ipv4Addr, String>,
+    by_ifindex: HashMap<u32, String>,
+    loaded: Option<Instant>,
+}
+
+impl Names {
+    /// Names read from the state in `state_dir`.
+    pub fn load(state_dir: &StateDir) -> Result<Self, StateError> {
+        let mut names = Names {
+            state_dir: state_dir.clone(),
+            by_id: HashMap::new(),
+            by_ip: HashMap::new(),
+            by_ifindex: HashMap::new(),
+            loaded: None,
+        };
+        names.reload()?;
+        Ok(names)
+    }
+
+    fn reload(&mut self) -> Result<(), StateError> {
+        let state = self.state_dir.read()?;
+        self.by_id.clear();
+        self.by_ip.clear();
+        self.by_ifindex.clear();
+        for rec in state.endpoints.values() {
+            self.by_id.insert(rec.id, rec.name.clone());
+            self.by_ip.insert(rec.ip, rec.name.clone());
+            self.by_ifindex.insert(rec.host_ifindex, rec.name.clone());
+        }
+        self.loaded = Some(Instant::now());
+        Ok(())
+    }
+
+    /// Reads the state again if a lookup missed and the last read is not recent.
+    fn refresh_on_miss(&mut self, hit: bool) {
+        if !hit && self.loaded.is_none_or(|t| t.elapsed() >= RELOAD_AFTER) {
+            // An unreadable state file (being replaced, or corrupt) keeps the names
+            // we have: the monitor goes on with numbers.
+            if let Err(e) = self.reload() {
+                tracing::debug!(error = %e, "monitor: names not refreshed");
+                self.loaded = Some(Instant::now());
+            }
+        }
+    }
+
+    /// The endpoint with counter id `id` (0 is nobody's).
+    pub fn endpoint(&mut self, id: u32) -> Option<String> {
+        if id == 0 {
+            return None;
+        }
+        self.refresh_on_miss(self.by_id.contains_key(&id));
+        self.by_id.get(&id).cloned()
+    }
+
+    /// The endpoint that has the address `ip`.
+    pub fn endpoint_of_ip(&mut self, ip: IpAddr) -> Option<String> {
+        let IpAddr::V4(ip) = ip else {
+            return None;
+        };
+        self.refresh_on_miss(self.by_ip.contains_key(&ip));
+        self.by_ip.get(&ip).cloned()
+    }
+
+    /// The endpoint whose host veth has index `ifindex`.
+    pub fn endpoint_of_ifindex(&mut self, ifindex: u32) -> Option<String> {
+        self.refresh_on_miss(self.by_ifindex.contains_key(&ifindex));
+        self.by_ifindex.get(&ifindex).cloned()
+    }
+}
+
+/// The name of interface `ifindex` in this network namespace, if it exists.
+pub fn interface_name(ifindex: u32) -> Option<String> {
+    nix::net::if_::if_indextoname(ifindex)
+        .ok()
+        .and_then(|n| n.into_string().ok())
+}
