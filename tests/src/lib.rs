@@ -9,6 +9,8 @@
 //! down`, deletes every namespace with its prefix, unmounts the bpffs and removes the
 //! temp dir, so a failing test leaves nothing behind and tests can run in parallel.
 
+pub mod packet;
+
 use std::collections::BTreeSet;
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};

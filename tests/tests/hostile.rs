@@ -101,10 +101,15 @@ fn counters(node: &TestNode, pod: &str) -> Counters {
     m.insert("forward".into(), pb(&c["forwarded"]));
     m.insert("arp_reply".into(), pb(&c["arp_replies"]));
     m.insert("pass".into(), pb(&c["passed"]));
+    m.insert("echo_reply".into(), pb(&c["echo_replies"]));
     for (k, v) in c["drops"].as_object().expect("drops") {
         m.insert(k.clone(), pb(v));
     }
-    assert_eq!(m.len(), 8, "every verdict is listed: {c}");
+    assert_eq!(
+        m.len(),
+        vethbpf_common::Verdict::COUNT as usize,
+        "every verdict is listed: {c}"
+    );
     m
 }
 
@@ -488,7 +493,7 @@ fn arp(
 }
 
 /// An IPv4 packet with knobs for the malformed ones; the header checksum is always
-/// right (a wrong one is the receiving stack's business, not the program's).
+/// right (a wrong one is `drop_csum`, tested in testrun.rs).
 #[derive(Clone)]
 struct Ipv4 {
     src: Ipv4Addr,
@@ -832,6 +837,9 @@ fn arp_flood_does_not_disturb_other_pods_or_poison_caches() {
         "drop_ttl",
         "drop_malformed",
         "drop_no_endpoint",
+        "drop_vlan",
+        "drop_csum",
+        "echo_reply",
     ] {
         assert_eq!(pkts(&d, v), 0, "{v}: {d:?}");
     }
@@ -971,6 +979,9 @@ fn unknown_destination_flood_stays_on_the_node_and_disturbs_nobody() {
         "drop_ttl",
         "drop_malformed",
         "drop_no_endpoint",
+        "drop_vlan",
+        "drop_csum",
+        "echo_reply",
     ] {
         assert_eq!(pkts(&d, v), 0, "{v}: {d:?}");
     }

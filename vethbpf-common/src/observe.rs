@@ -161,6 +161,9 @@ impl Verdict {
             Verdict::DropNoEndpoint => {
                 "interface has no endpoint entry (or the node has no config)"
             }
+            Verdict::DropVlan => "VLAN-tagged frame (pods are joined untagged only)",
+            Verdict::DropCsum => "IPv4 header checksum does not verify",
+            Verdict::EchoReply => "ping to the gateway answered",
             Verdict::DropUnknownDestination => {
                 "destination is in the pod CIDR but no endpoint has it (deleted or never created)"
             }
@@ -202,5 +205,6 @@ mod tests {
         assert_eq!(Verdict::Forward.event_kind(), EVENT_TRACE);
         assert_eq!(Verdict::Pass.event_kind(), 0);
         assert_eq!(Verdict::ArpReply.event_kind(), 0);
+        assert_eq!(Verdict::EchoReply.event_kind(), 0);
     }
 }

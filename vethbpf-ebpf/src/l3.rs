@@ -5,7 +5,7 @@ use aya_ebpf::helpers::bpf_redirect_peer;
 use vethbpf_common::{Config, Route, Verdict};
 
 use crate::{
-    hdr::{EthHdr, Ipv4Hdr, mac_words},
+    hdr::{EthHdr, Ipv4Hdr, copy_mac},
     ipv4,
     stats::Decision,
 };
@@ -22,8 +22,8 @@ pub fn local_delivery(eth: &mut EthHdr, ip: &mut Ipv4Hdr, route: &Route, cfg: &C
 
     // bpf_redirect_peer does not touch L2: address the frame to the destination pod,
     // from the gateway it believes it is talking to.
-    eth.dst = mac_words(&route.mac);
-    eth.src = mac_words(&cfg.gateway_mac);
+    copy_mac(&mut eth.dst_addr, &route.mac);
+    copy_mac(&mut eth.src_addr, &cfg.gateway_mac);
     // SAFETY: a plain helper call with valid arguments.
     let action = unsafe { bpf_redirect_peer(route.ifindex, 0) };
     Decision::redirect(Verdict::Forward, action)

@@ -1,6 +1,7 @@
 //! What `from_pod` does with a frame a pod sent (Cilium's bpf_lxc side): find the
-//! endpoint behind the veth, dispatch on the EtherType, and for IPv4 the endpoint's
-//! source check and the route lookup that picks a delivery.
+//! endpoint behind the veth, refuse VLAN tags, dispatch on the EtherType, and for IPv4
+//! the endpoint's source check, the gateway's own address and the route lookup that
+//! picks a delivery.
 
 use aya_ebpf::{maps::lpm_trie::Key, programs::TcContext};
 use vethbpf_common::{Config, EndpointInfo, ROUTE_KIND_LOCAL, ROUTE_KIND_POD_CIDR, Verdict};
@@ -8,8 +9,11 @@ use vethbpf_common::{Config, EndpointInfo, ROUTE_KIND_LOCAL, ROUTE_KIND_POD_CIDR
 use crate::{
     arp,
     diag::{self, Diag},
-    hdr::{ETH_HLEN, ETH_P_ARP, ETH_P_IP, EthHdr, Ipv4Hdr, linear, ptr_at},
-    ipv4, l3,
+    hdr::{
+        ETH_HLEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, ETH_P_IP, EthHdr, Ipv4Hdr, ipv4_addr,
+        linear, ptr_at,
+    },
+    icmp, ipv4, l3,
     maps::{CONFIG, ENDPOINTS, ROUTES},
     stats::{self, Decision},
 };
@@ -46,6 +50,14 @@ pub fn from_pod(ctx: &TcContext) -> i32 {
 /// Dispatches on the EtherType.
 #[inline(always)]
 fn handle(ctx: &TcContext, ifindex: u32, ep: &EndpointInfo, cfg: &Config) -> Decision {
+    // Before tc ingress runs, the kernel strips a VLAN tag into the skb
+    // (`skb_vlan_untag`): the frame then shows the inner EtherType, and a redirect
+    // would carry the tag into the other pod's VLAN sub-interface. Pods are joined
+    // untagged only, so a tagged frame is dropped, whatever it carries.
+    // SAFETY: `ctx.skb.skb` is the program's context pointer, valid for the whole run.
+    if unsafe { (*ctx.skb.skb).vlan_present } != 0 {
+        return Decision::drop(Verdict::DropVlan);
+    }
     let Some((data, data_end)) = linear(ctx, ETH_HLEN) else {
         return Decision::drop(Verdict::DropMalformed);
     };
@@ -55,17 +67,20 @@ fn handle(ctx: &TcContext, ifindex: u32, ep: &EndpointInfo, cfg: &Config) -> Dec
     // SAFETY: bounds-checked just above.
     let ether_type = unsafe { (*eth).ether_type };
     match ether_type {
-        ETH_P_IP => handle_ipv4(ctx, ep, cfg),
+        ETH_P_IP => handle_ipv4(ctx, ifindex, ep, cfg),
         ETH_P_ARP => arp::handle(ctx, ifindex, ep, cfg),
-        // IPv6, VLAN-tagged and everything else: the node stack's business.
+        // A tag still in the frame: the inner tag of QinQ once the outer one is
+        // stripped, or a tag the kernel did not strip.
+        ETH_P_8021Q | ETH_P_8021AD => Decision::drop(Verdict::DropVlan),
+        // IPv6 and everything else untagged: the node stack's business.
         _ => Decision::pass(),
     }
 }
 
-/// IPv4 from the pod: header checks, source validation, and the fast path to endpoints
-/// on this node.
+/// IPv4 from the pod: header checks, source validation, the gateway's own address, and
+/// the fast path to endpoints on this node.
 #[inline(always)]
-fn handle_ipv4(ctx: &TcContext, ep: &EndpointInfo, cfg: &Config) -> Decision {
+fn handle_ipv4(ctx: &TcContext, ifindex: u32, ep: &EndpointInfo, cfg: &Config) -> Decision {
     let Some((data, data_end)) = linear(ctx, ETH_HLEN + size_of::<Ipv4Hdr>()) else {
         return Decision::drop(Verdict::DropMalformed);
     };
@@ -82,8 +97,14 @@ fn handle_ipv4(ctx: &TcContext, ep: &EndpointInfo, cfg: &Config) -> Decision {
     let Some(hdr_len) = ipv4::valid_header_len(ctx, ip) else {
         return Decision::drop(Verdict::DropMalformed);
     };
+    // A header that does not verify must not be forwarded, TTL-patched (which keeps it
+    // wrong) or answered. With options, the node stack gets the packet below and its
+    // ip_rcv checks the checksum over them.
+    if hdr_len == 20 && !ipv4::checksum_ok(ip) {
+        return Decision::drop(Verdict::DropCsum);
+    }
 
-    if ip.saddr != ep.ip {
+    if ipv4_addr(&ip.src_addr) != ep.ip {
         return Decision::drop(Verdict::DropSpoof);
     }
 
@@ -93,7 +114,13 @@ fn handle_ipv4(ctx: &TcContext, ep: &EndpointInfo, cfg: &Config) -> Decision {
         return Decision::pass();
     }
 
-    let Some(route) = ROUTES.get(Key::new(32, ip.daddr)) else {
+    let dst = ipv4_addr(&ip.dst_addr);
+    if dst == cfg.gateway_ip {
+        // `eth` and `ip` are not used past this call, which may pull packet data.
+        return icmp::to_gateway(ctx, ifindex, cfg);
+    }
+
+    let Some(route) = ROUTES.get(Key::new(32, dst)) else {
         return Decision::pass();
     };
     match route.kind {

@@ -7,12 +7,13 @@
 //! - [`maps`]: every map, named as in `vethbpf-common`
 //! - [`lxc`]: the pod side: endpoint lookup, EtherType dispatch, source check, routing
 //! - [`arp`]: answers the pod's ARP requests with the gateway MAC
+//! - [`icmp`]: answers the pod's pings to the gateway address
 //! - [`ipv4`]: IPv4 header checks and the TTL decrement
 //! - [`l3`]: local delivery to another endpoint with `bpf_redirect_peer`
 //! - [`stats`]: the verdict/action pair and per-CPU counters
 //! - [`events`]: drop and trace events for `vethbpf monitor`
 //! - [`diag`]: rare diagnostics through aya-log
-//! - [`hdr`]: header layouts and bounds-checked packet access
+//! - [`hdr`]: network-types header layouts, word accessors, bounds-checked access
 #![no_std]
 #![no_main]
 
@@ -20,6 +21,7 @@ mod arp;
 mod diag;
 mod events;
 mod hdr;
+mod icmp;
 mod ipv4;
 mod l3;
 mod lxc;
