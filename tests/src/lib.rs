@@ -496,3 +496,115 @@ pub fn eth(dst: [u8; 6], src: [u8; 6], ether_type: u16, payload: &[u8]) -> Vec<u
     f.extend_from_slice(payload);
     f
 }
+
+/// Sends raw Ethernet frames out of interface `ifname` inside the namespace at
+/// `netns` (an AF_PACKET socket): what a pod's own (possibly hostile) software can
+/// put on its veth. Returns how many were sent; a send the kernel refuses for lack
+/// of buffer space (a flood outrunning the veth) is retried once, then skipped.
+pub fn send_frames(netns: &Path, ifname: &str, frames: &[Vec<u8>]) -> usize {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let ifname = std::ffi::CString::new(ifname).expect("interface name");
+    let frames = frames.to_vec();
+    vethbpf::kernel::netns::run_in(netns, move || {
+        // SAFETY: plain syscalls with valid arguments; the fd is owned at once.
+        unsafe {
+            let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0);
+            assert!(
+                fd >= 0,
+                "AF_PACKET socket: {}",
+                std::io::Error::last_os_error()
+            );
+            let fd = OwnedFd::from_raw_fd(fd);
+            let ifindex = libc::if_nametoindex(ifname.as_ptr());
+            assert!(
+                ifindex != 0,
+                "no interface {ifname:?} in {}",
+                netns.display()
+            );
+            let mut sll: libc::sockaddr_ll = std::mem::zeroed();
+            sll.sll_family = libc::AF_PACKET as u16;
+            sll.sll_ifindex = ifindex as i32;
+            let bound = libc::bind(
+                fd.as_raw_fd(),
+                (&raw const sll).cast(),
+                size_of::<libc::sockaddr_ll>() as u32,
+            );
+            assert_eq!(bound, 0, "bind: {}", std::io::Error::last_os_error());
+            let mut sent = 0;
+            for f in &frames {
+                for _ in 0..2 {
+                    let n = libc::send(fd.as_raw_fd(), f.as_ptr().cast(), f.len(), 0);
+                    if n == f.len() as isize {
+                        sent += 1;
+                        break;
+                    }
+                    std::thread::sleep(std::time::Duration::from_micros(200));
+                }
+            }
+            sent
+        }
+    })
+    .expect("enter the namespace")
+}
+
+/// An IPv4 packet in an Ethernet frame: header with a valid checksum, then `l4`.
+pub fn ipv4_frame(
+    dst_mac: [u8; 6],
+    src_mac: [u8; 6],
+    src: std::net::Ipv4Addr,
+    dst: std::net::Ipv4Addr,
+    protocol: u8,
+    l4: &[u8],
+) -> Vec<u8> {
+    let mut h = vec![0x45, 0];
+    h.extend_from_slice(&((20 + l4.len()) as u16).to_be_bytes());
+    h.extend_from_slice(&[0x12, 0x34, 0x40, 0, 64, protocol, 0, 0]);
+    h.extend_from_slice(&src.octets());
+    h.extend_from_slice(&dst.octets());
+    let check = !ones_sum(&h);
+    h[10..12].copy_from_slice(&check.to_be_bytes());
+    h.extend_from_slice(l4);
+    eth(dst_mac, src_mac, 0x0800, &h)
+}
+
+/// A UDP datagram (checksum 0: none) from `sport` to `dport`.
+pub fn udp(sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let mut u = Vec::with_capacity(8 + payload.len());
+    u.extend_from_slice(&sport.to_be_bytes());
+    u.extend_from_slice(&dport.to_be_bytes());
+    u.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    u.extend_from_slice(&[0, 0]);
+    u.extend_from_slice(payload);
+    u
+}
+
+/// A MAC address written `aa:bb:cc:dd:ee:ff`.
+pub fn parse_mac(s: &str) -> [u8; 6] {
+    let mut m = [0u8; 6];
+    let parts: Vec<&str> = s.split(':').collect();
+    assert_eq!(parts.len(), 6, "MAC {s}");
+    for (b, p) in m.iter_mut().zip(parts) {
+        *b = u8::from_str_radix(p, 16).unwrap_or_else(|_| panic!("MAC {s}"));
+    }
+    m
+}
+
+/// Turns IPv6 off in the namespace at `netns`, so that a pod sends nothing on its own
+/// (router solicitations, MLD reports, DAD): tests that compare counters read at two
+/// moments need a pod that is quiet between them.
+pub fn no_ipv6(netns: &Path) {
+    for key in [
+        "net.ipv6.conf.all.disable_ipv6=1",
+        "net.ipv6.conf.default.disable_ipv6=1",
+    ] {
+        must(
+            "nsenter",
+            [
+                format!("--net={}", netns.display()).as_str(),
+                "sysctl",
+                "-qw",
+                key,
+            ],
+        );
+    }
+}

@@ -92,7 +92,10 @@ fn monotonic_ns() -> u64 {
         tv_nsec: 0,
     };
     // SAFETY: a valid timespec to fill.
-    assert_eq!(unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) }, 0);
+    assert_eq!(
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) },
+        0
+    );
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
@@ -192,7 +195,12 @@ impl Fixture {
 
     /// Runs `frame` `repeat` times with a context of `gso_segs`; returns the action.
     fn run_ctx(&self, frame: &[u8], repeat: u32, gso_segs: u32) -> u32 {
-        let prog: &SchedClassifier = self.ebpf.program(PROG_FROM_POD).unwrap().try_into().unwrap();
+        let prog: &SchedClassifier = self
+            .ebpf
+            .program(PROG_FROM_POD)
+            .unwrap()
+            .try_into()
+            .unwrap();
         let ctx = skb_ctx(gso_segs, if gso_segs > 1 { 1400 } else { 0 });
         let mut out = vec![0u8; frame.len() + 64];
         prog.test_run(TestRunOptions {
@@ -285,7 +293,10 @@ fn a_drop_event_carries_verdict_endpoint_interface_length_and_the_first_bytes() 
     assert_eq!((e.kind, e.version), (EVENT_DROP, EVENT_VERSION));
     assert_eq!((e.endpoint_id, e.ifindex), (SRC_ID, LO));
     assert_eq!((e.len, e.segs), (spoof.len() as u32, 1));
-    assert_eq!(e.cap_len as usize, EVENT_DATA_LEN, "a long packet: the first 128 bytes");
+    assert_eq!(
+        e.cap_len as usize, EVENT_DATA_LEN,
+        "a long packet: the first 128 bytes"
+    );
     assert_eq!(&e.data[..], &spoof[..EVENT_DATA_LEN]);
     assert!(e.time_ns >= t0 && e.time_ns <= monotonic_ns());
     let e = &events[1];
@@ -293,7 +304,10 @@ fn a_drop_event_carries_verdict_endpoint_interface_length_and_the_first_bytes() 
     assert_eq!(&e.data[..gone.len()], &gone[..]);
     // Counted as ever.
     assert_eq!(f.counter(SRC_ID, Verdict::DropSpoof).packets, 1);
-    assert_eq!(f.counter(SRC_ID, Verdict::DropUnknownDestination).packets, 1);
+    assert_eq!(
+        f.counter(SRC_ID, Verdict::DropUnknownDestination).packets,
+        1
+    );
 }
 
 #[test]
@@ -371,7 +385,10 @@ fn a_full_ring_counts_lost_events_and_the_verdicts_stay() {
     assert!(events > 1000, "the ring holds thousands of events");
     assert!(lost > 0, "a full ring counts what it could not take");
     assert_eq!(events + lost, u64::from(runs));
-    assert_eq!(f.counter(SRC_ID, Verdict::DropSpoof).packets, u64::from(runs));
+    assert_eq!(
+        f.counter(SRC_ID, Verdict::DropSpoof).packets,
+        u64::from(runs)
+    );
     // Drained, the ring takes events again.
     f.run(&spoof);
     assert_eq!(f.events().len(), 1);

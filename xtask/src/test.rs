@@ -21,13 +21,15 @@ pub fn test(extra: &[OsString]) -> Result<()> {
         );
     }
     deps::install_deps()?;
+    let promtool = deps::promtool()?;
     ebpf::build_ebpf()?;
 
     let before = Snapshot::take().context("recording the system state before the tests")?;
     let mut cmd = Command::new(util::cargo());
     cmd.current_dir(util::workspace_root()?)
         .args(["test", "--workspace"])
-        .args(with_ignored(extra));
+        .args(with_ignored(extra))
+        .env("VETHBPF_PROMTOOL", &promtool);
     let tests = run(&mut cmd);
     let after = Snapshot::take().context("recording the system state after the tests")?;
 

@@ -4,84 +4,104 @@
 //!
 //! Everything is read when asked for (a scrape): counters from the pinned maps, names
 //! from the state file (read without the lock, so a scrape never waits for or
-//! blocks a command), so a registry is built per scrape.
+//! blocks a command). The values are the kernel's, not this process's, so they are
+//! handed to prometheus-client as a [`Collector`] of constant metrics, series in a
+//! fixed order (endpoints by name, verdicts by number, maps as the object defines
+//! them): two scrapes of an idle node print the same text.
 
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use std::fmt;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
-use vethbpf_common::{MONITOR_LEASE_NS, PROG_FROM_POD, Verdict};
+use vethbpf_common::{PROG_FROM_POD, Verdict};
 
 use super::ObserveError;
-use super::record::monotonic_ns;
+use super::monitor;
 use crate::datapath::events::Listener;
 use crate::datapath::fill::map_fill;
 use crate::datapath::maps::{EndpointCounters, Maps};
 use crate::datapath::{AttachMode, Pins, link_ids, pinned_links, program_info};
 use crate::state::StateDir;
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct EndpointVerdict {
-    endpoint: String,
-    verdict: String,
+type Labels = Vec<(&'static str, String)>;
+
+/// One metric: its name (without the `vethbpf_` prefix and a counter's `_total`),
+/// help, type, and its series.
+#[derive(Debug)]
+struct Family {
+    name: &'static str,
+    help: &'static str,
+    counter: bool,
+    series: Vec<(Labels, u64)>,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct VerdictLabel {
-    verdict: String,
+impl Family {
+    fn counter(name: &'static str, help: &'static str) -> Self {
+        Family {
+            name,
+            help,
+            counter: true,
+            series: Vec::new(),
+        }
+    }
+    fn gauge(name: &'static str, help: &'static str) -> Self {
+        Family {
+            name,
+            help,
+            counter: false,
+            series: Vec::new(),
+        }
+    }
+    fn add(&mut self, labels: Labels, value: u64) {
+        self.series.push((labels, value));
+    }
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ReasonLabel {
-    reason: String,
+/// What one scrape read.
+#[derive(Debug)]
+struct Scrape(Vec<Family>);
+
+impl Collector for Scrape {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
+        for f in &self.0 {
+            let kind = if f.counter {
+                MetricType::Counter
+            } else {
+                MetricType::Gauge
+            };
+            let mut metric = encoder.encode_descriptor(f.name, f.help, None, kind)?;
+            for (labels, value) in &f.series {
+                let series = metric.encode_family(labels)?;
+                if f.counter {
+                    ConstCounter::new(*value).encode(series)?;
+                } else {
+                    ConstGauge::new(i64::try_from(*value).unwrap_or(i64::MAX)).encode(series)?;
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct MapLabel {
-    map: String,
-    kind: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ProgramLabels {
-    program: String,
-    id: String,
-    tag: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct AttachLabels {
-    program: String,
-    mode: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct NodeLabels {
-    pod_cidr: String,
-    gateway: String,
-    attach_mode: String,
-}
-
-fn family<S, M>(registry: &mut Registry, name: &str, help: &str) -> Family<S, M>
-where
-    Family<S, M>: prometheus_client::registry::Metric + Clone + Default,
-{
-    let f: Family<S, M> = Family::default();
-    registry.register(name, help, f.clone());
-    f
-}
-
-fn count(counter: &Counter, v: u64) {
-    counter.inc_by(v);
-}
-
-fn gauge(g: &Gauge, v: u64) {
-    g.set(i64::try_from(v).unwrap_or(i64::MAX));
+fn labels<const N: usize>(pairs: [(&'static str, &str); N]) -> Labels {
+    pairs.iter().map(|(k, v)| (*k, v.to_string())).collect()
 }
 
 /// The node's metrics, in the Prometheus text format.
 pub fn render(state_dir: &StateDir) -> Result<String, ObserveError> {
+    let mut registry = Registry::with_prefix("vethbpf");
+    registry.register_collector(Box::new(scrape(state_dir)?));
+    let mut text = String::new();
+    prometheus_client::encoding::prometheus_text::encode(&mut text, &registry)
+        .map_err(|_| ObserveError::Encode)?;
+    Ok(text)
+}
+
+fn scrape(state_dir: &StateDir) -> Result<Scrape, ObserveError> {
     let state = state_dir.read()?;
     let node = state.node.clone().ok_or(ObserveError::NotUp)?;
     let pins = Pins::new(&node.bpffs_dir);
@@ -89,163 +109,136 @@ pub fn render(state_dir: &StateDir) -> Result<String, ObserveError> {
         return Err(ObserveError::NotUp);
     }
     let maps = Maps::open(&pins)?;
-    let mut registry = Registry::with_prefix("vethbpf");
 
-    let packets: Family<EndpointVerdict, Counter> = family(
-        &mut registry,
+    let mut packets = Family::counter(
         "packets",
         "Packets the datapath saw from each endpoint, by verdict (a GSO packet counts as its segments)",
     );
-    let bytes: Family<EndpointVerdict, Counter> = family(
-        &mut registry,
+    let mut bytes = Family::counter(
         "bytes",
         "Bytes the datapath saw from each endpoint, by verdict",
     );
-    let unattributed: Family<VerdictLabel, Counter> = family(
-        &mut registry,
+    let mut unattributed = Family::counter(
         "unattributed_packets",
         "Packets counted under no endpoint (an interface without an endpoint entry), by verdict",
     );
-    let drops: Family<ReasonLabel, Counter> = family(
-        &mut registry,
-        "drops",
-        "Packets dropped by the datapath, by reason, over all endpoints",
-    );
-    let add = |c: &EndpointCounters, endpoint: Option<&str>| {
+    let mut drop_totals = [0u64; Verdict::COUNT as usize];
+    let mut add = |c: &EndpointCounters, endpoint: Option<&str>| {
         for v in Verdict::ALL {
             let n = c[v as usize];
             match endpoint {
                 Some(name) => {
-                    let labels = EndpointVerdict {
-                        endpoint: name.to_string(),
-                        verdict: v.name().to_string(),
-                    };
-                    count(&packets.get_or_create(&labels), n.packets);
-                    count(&bytes.get_or_create(&labels), n.bytes);
+                    let l = labels([("endpoint", name), ("verdict", v.name())]);
+                    packets.add(l.clone(), n.packets);
+                    bytes.add(l, n.bytes);
                 }
-                None => count(
-                    &unattributed.get_or_create(&VerdictLabel {
-                        verdict: v.name().to_string(),
-                    }),
-                    n.packets,
-                ),
+                None => unattributed.add(labels([("verdict", v.name())]), n.packets),
             }
-            if v.is_drop() {
-                count(
-                    &drops.get_or_create(&ReasonLabel {
-                        reason: v.name().to_string(),
-                    }),
-                    n.packets,
-                );
-            }
+            drop_totals[v as usize] += n.packets;
         }
     };
     for rec in state.endpoints.values() {
         add(&maps.counters(rec.id)?, Some(&rec.name));
     }
     add(&maps.counters(0)?, None);
+    let mut drops = Family::counter(
+        "drops",
+        "Packets dropped by the datapath, by reason, over all endpoints",
+    );
+    for v in Verdict::ALL.into_iter().filter(|v| v.is_drop()) {
+        drops.add(labels([("reason", v.name())]), drop_totals[v as usize]);
+    }
 
-    let endpoints: Gauge = Gauge::default();
-    registry.register("endpoints", "Endpoints on this node", endpoints.clone());
-    gauge(&endpoints, state.endpoints.len() as u64);
+    let mut endpoints = Family::gauge("endpoints", "Endpoints on this node");
+    endpoints.add(vec![], state.endpoints.len() as u64);
 
-    let entries: Family<MapLabel, Gauge> = family(
-        &mut registry,
+    let mut entries = Family::gauge(
         "map_entries",
         "Entries in each pinned map (arrays are always full)",
     );
-    let max_entries: Family<MapLabel, Gauge> = family(
-        &mut registry,
+    let mut max_entries = Family::gauge(
         "map_max_entries",
         "Capacity of each pinned map (bytes for a ring buffer)",
     );
     for m in map_fill(&pins)? {
-        let labels = MapLabel {
-            map: m.name.to_string(),
-            kind: m.kind.to_string(),
-        };
+        let l = labels([("map", m.name), ("kind", m.kind)]);
         if let Some(n) = m.entries {
-            gauge(&entries.get_or_create(&labels), n);
+            entries.add(l.clone(), n);
         }
-        gauge(
-            &max_entries.get_or_create(&labels),
-            u64::from(m.max_entries),
-        );
+        max_entries.add(l, u64::from(m.max_entries));
     }
 
     let listener = Listener::open(&pins)?;
-    let lost: Counter = Counter::default();
-    registry.register(
+    let mut lost = Family::counter(
         "events_lost",
         "Monitor events the datapath could not put into the full ring buffer",
-        lost.clone(),
     );
-    count(&lost, listener.lost()?);
-    let listening: Gauge = Gauge::default();
-    registry.register(
+    lost.add(vec![], listener.lost()?);
+    let mut listening = Family::gauge(
         "monitor_listening",
         "Whether a vethbpf monitor holds the event stream (1) or not (0)",
-        listening.clone(),
     );
-    let entry = listener.get()?;
-    let now = monotonic_ns();
-    let live =
-        entry.kinds != 0 && entry.deadline_ns > now && entry.deadline_ns - now <= MONITOR_LEASE_NS;
-    gauge(&listening, u64::from(live));
+    listening.add(vec![], u64::from(monitor::listening(&listener.get()?)));
 
-    let program: Family<ProgramLabels, Gauge> = family(
-        &mut registry,
+    let info = program_info(&pins)?;
+    let mut program = Family::gauge(
         "program_info",
         "The pinned programs: id and tag of each (value 1)",
     );
-    let info = program_info(&pins)?;
-    program
-        .get_or_create(&ProgramLabels {
-            program: PROG_FROM_POD.to_string(),
-            id: info.id().to_string(),
-            tag: format!("{:016x}", info.tag()),
-        })
-        .set(1);
+    program.add(
+        labels([
+            ("program", PROG_FROM_POD),
+            ("id", &info.id().to_string()),
+            ("tag", &format!("{:016x}", info.tag())),
+        ]),
+        1,
+    );
+    let mut attached = Family::gauge(
+        "program_attachments",
+        "Interfaces the program runs on: pinned TCX links whose program is the pinned one",
+    );
     if node.attach_mode == AttachMode::Tcx {
-        // Counted from the kernel: pinned TCX links that run the pinned program
-        // (netlink filters leave nothing to count by, so that mode has no series).
-        let attached: Family<AttachLabels, Gauge> = family(
-            &mut registry,
-            "program_attachments",
-            "Interfaces the program runs on: pinned TCX links whose program is the pinned one",
-        );
+        // Counted from the kernel; netlink filters leave nothing to count them by, so
+        // that mode has no series.
         let n = pinned_links(&pins, PROG_FROM_POD)
             .iter()
             .filter(|ifname| {
                 link_ids(&pins, PROG_FROM_POD, ifname).is_some_and(|(_, p)| p == info.id())
             })
             .count();
-        gauge(
-            &attached.get_or_create(&AttachLabels {
-                program: PROG_FROM_POD.to_string(),
-                mode: node.attach_mode.name().to_string(),
-            }),
+        attached.add(
+            labels([
+                ("program", PROG_FROM_POD),
+                ("mode", node.attach_mode.name()),
+            ]),
             n as u64,
         );
     }
 
-    let node_info: Family<NodeLabels, Gauge> = family(
-        &mut registry,
-        "node_info",
-        "This node's configuration (value 1)",
+    let mut node_info = Family::gauge("node_info", "This node's configuration (value 1)");
+    node_info.add(
+        labels([
+            ("pod_cidr", &node.pod_cidr.to_string()),
+            ("gateway", &node.gateway.to_string()),
+            ("attach_mode", node.attach_mode.name()),
+        ]),
+        1,
     );
-    node_info
-        .get_or_create(&NodeLabels {
-            pod_cidr: node.pod_cidr.to_string(),
-            gateway: node.gateway.to_string(),
-            attach_mode: node.attach_mode.name().to_string(),
-        })
-        .set(1);
 
-    let mut text = String::new();
-    prometheus_client::encoding::prometheus_text::encode(&mut text, &registry)
-        .map_err(|_| ObserveError::Encode)?;
-    Ok(text)
+    Ok(Scrape(vec![
+        packets,
+        bytes,
+        unattributed,
+        drops,
+        endpoints,
+        entries,
+        max_entries,
+        lost,
+        listening,
+        program,
+        attached,
+        node_info,
+    ]))
 }
 
 /// The HTTP `Content-Type` of [`render`]'s text.

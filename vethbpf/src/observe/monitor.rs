@@ -42,6 +42,16 @@ const POLL_MS: u16 = 200;
 /// Records handled between two checks of the stop flag.
 const BATCH: usize = 4096;
 
+/// Whether the `MONITOR` entry belongs to a monitor that is listening now: it
+/// wants events, its lease runs, and its process lives (a SIGKILLed monitor's entry
+/// stays until the lease ends, but nobody reads the ring any more).
+pub fn listening(entry: &Monitor) -> bool {
+    entry.kinds != 0
+        && entry.pid != 0
+        && entry.deadline_ns > monotonic_ns()
+        && process_alive(entry.pid)
+}
+
 fn process_alive(pid: u32) -> bool {
     let Ok(pid) = i32::try_from(pid) else {
         return false;
@@ -116,14 +126,10 @@ impl Session {
         let mut listener = Listener::open(&pins)?;
         let current = listener.get()?;
         let pid = std::process::id();
-        let now = monotonic_ns();
-        if current.pid != 0
-            && current.pid != pid
-            && current.deadline_ns > now
-            && process_alive(current.pid)
-        {
+        if current.pid != pid && listening(&current) {
             return Err(ObserveError::Busy { pid: current.pid });
         }
+        let now = monotonic_ns();
         let mut kinds = 0;
         if req.drops {
             kinds |= kind_bit(EVENT_DROP);

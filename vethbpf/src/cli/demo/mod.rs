@@ -833,9 +833,8 @@ fn scenario(demo: &mut Demo) -> Result<Report> {
         serde_json::from_value(counters.clone()).context("reading what `endpoint list` printed")?;
     let checks = checks(&pods, &matrix, &gateway, &list, &node_netns)?;
 
-    let ok = matrix.iter().all(|c| c.ok)
-        && gateway.iter().all(|g| g.ok)
-        && checks.iter().all(|c| c.ok);
+    let ok =
+        matrix.iter().all(|c| c.ok) && gateway.iter().all(|g| g.ok) && checks.iter().all(|c| c.ok);
     Ok(Report {
         ok,
         node: NodeInfo {
