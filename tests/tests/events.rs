@@ -267,8 +267,13 @@ fn nothing_is_emitted_without_a_listener() {
     assert_eq!(f.run(&fwd), TC_ACT_REDIRECT);
     assert!(f.events().is_empty());
     assert_eq!(f.lost(), 0);
-    // A listener whose lease ran out (a monitor that was SIGKILLed) is nobody.
-    f.listen(kind_bit(EVENT_DROP) | kind_bit(EVENT_TRACE), 7, -1);
+    // A listener whose lease ran out a second ago (a monitor that was SIGKILLed) is
+    // nobody. (The datapath reads the coarse clock: a lease ends within a tick.)
+    f.listen(
+        kind_bit(EVENT_DROP) | kind_bit(EVENT_TRACE),
+        7,
+        -1_000_000_000,
+    );
     assert_eq!(f.run(&spoof), TC_ACT_SHOT);
     assert_eq!(f.run(&fwd), TC_ACT_REDIRECT);
     assert!(f.events().is_empty(), "no events after the lease");

@@ -875,11 +875,19 @@ fn arp_flood_does_not_disturb_other_pods_or_poison_caches() {
             "{p}: no ARP reply for the gateway seen"
         );
     }
-    // The node's own entry for B (it pinged B before) still has B's MAC.
+    // The node's own entry for B (it pinged B before the flood; an entry keeps its
+    // address through REACHABLE, STALE, DELAY and PROBE) still has B's MAC.
     let node_neigh = node.node_must("ip", &["-4", "neigh", "show", &b.ip.to_string()]);
-    if node_neigh.contains("lladdr") {
-        assert!(node_neigh.contains(&fmt_mac(&b.mac)), "{node_neigh}");
-    }
+    let words: Vec<&str> = node_neigh.split_whitespace().collect();
+    let lladdr = words
+        .iter()
+        .position(|w| *w == "lladdr")
+        .and_then(|i| words.get(i + 1));
+    assert_eq!(
+        lladdr,
+        Some(&fmt_mac(&b.mac).as_str()),
+        "the node's entry for b: {node_neigh:?}"
+    );
 
     // A still works afterwards, and still believes in the right gateway.
     assert_eq!(node.ping_from_pod("a", &b.ip.to_string(), 3), Some(63));

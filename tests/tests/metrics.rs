@@ -377,16 +377,17 @@ fn a_64k_gso_send_counts_as_the_segments_on_the_wire() {
     let reader = std::thread::spawn(move || {
         let (mut s, _) = listener.accept().expect("accept");
         let mut buf = vec![0u8; 1 << 16];
-        let mut total = 0usize;
+        let (mut total, mut acked) = (0usize, 0usize);
         loop {
             let n = s.read(&mut buf).expect("read");
             if n == 0 {
                 break total;
             }
             total += n;
-            // Tell the sender each 64 KiB arrived.
-            if total % (64 << 10) == 0 {
+            // Tell the sender each 64 KiB that arrived.
+            while total >= (acked + 1) * (64 << 10) {
                 s.write_all(b"k").expect("ack");
+                acked += 1;
             }
         }
     });

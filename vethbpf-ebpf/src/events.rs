@@ -10,7 +10,7 @@
 
 use aya_ebpf::{
     bindings::__sk_buff,
-    helpers::{bpf_ktime_get_ns, bpf_skb_load_bytes},
+    helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, bpf_skb_load_bytes},
     programs::TcContext,
 };
 use vethbpf_common::{
@@ -52,10 +52,12 @@ fn emit(skb: *mut __sk_buff, endpoint_id: u32, verdict: u32, kind: u32, segs: u3
     let Some(monitor) = MONITOR.get(0) else {
         return;
     };
+    // A monitor that stopped renewing its lease (killed) gets nothing more. The
+    // coarse clock (the last tick's time, no clock read) is plenty for a lease of
+    // seconds, and cheap enough for every traced packet of a known flow; events take
+    // the precise time below.
     // SAFETY: a plain helper call.
-    let now = unsafe { bpf_ktime_get_ns() };
-    // A monitor that stopped renewing its lease (killed) gets nothing more.
-    if now >= monitor.deadline_ns {
+    if unsafe { bpf_ktime_get_coarse_ns() } >= monitor.deadline_ns {
         return;
     }
     let ctx = TcContext::new(skb);
@@ -69,6 +71,8 @@ fn emit(skb: *mut __sk_buff, endpoint_id: u32, verdict: u32, kind: u32, segs: u3
         }
         return;
     };
+    // SAFETY: a plain helper call.
+    let now = unsafe { bpf_ktime_get_ns() };
     let ev = entry.as_mut_ptr();
     // SAFETY: `ev` points at the reserved event (size_of::<Event>() bytes), written
     // field by field before it is submitted; `skb` is the program's context.
@@ -117,7 +121,7 @@ fn new_in_flow(ctx: &TcContext, session: u32) -> bool {
         return true;
     };
     let flags = u32::from(tcp_flags & TRACE_TCP_FLAGS);
-    if let Some(seen) = TRACE_FLOWS.get_ptr_mut(&key) {
+    if let Some(seen) = TRACE_FLOWS.get_ptr_mut(key) {
         // SAFETY: a value from a successful lookup, valid for the program run; a
         // concurrent update of the same flow on another CPU at worst repeats a trace.
         unsafe {
@@ -136,7 +140,7 @@ fn new_in_flow(ctx: &TcContext, session: u32) -> bool {
     };
     // A full LRU map evicts the least recently used flow: insert cannot fail for
     // lack of room; if it fails otherwise the event is still sent.
-    let _ = TRACE_FLOWS.insert(&key, &seen, 0);
+    let _ = TRACE_FLOWS.insert(key, seen, 0);
     true
 }
 

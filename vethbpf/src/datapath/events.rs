@@ -35,7 +35,7 @@ impl EventRing {
     }
 
     /// The next record, if the ring holds one (never blocks).
-    pub fn next(&mut self) -> Option<RawEvent> {
+    pub fn next_event(&mut self) -> Option<RawEvent> {
         let item = self.ring.next()?;
         let bytes: &[u8] = &item;
         let version = bytes.get(core::mem::offset_of!(Event, version)).copied();

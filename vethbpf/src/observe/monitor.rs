@@ -213,7 +213,7 @@ impl Session {
         out: &mut dyn FnMut(&Record) -> io::Result<()>,
     ) -> Result<(), ObserveError> {
         for _ in 0..BATCH {
-            let Some(raw) = self.ring.next() else {
+            let Some(raw) = self.ring.next_event() else {
                 return Ok(());
             };
             let ev = match raw {
