@@ -14,7 +14,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use vethbpf_common::{
-    EVENT_DATA_LEN, EVENT_TRACE, EVENT_VERSION, Event, FlowKey, FlowSeen, TRACE_TCP_FLAGS, Verdict,
+    EVENT_DATA_LEN, EVENT_TRACE, EVENT_VERSION, FlowKey, FlowSeen, TRACE_TCP_FLAGS, Verdict,
     kind_bit,
 };
 
@@ -64,7 +64,7 @@ fn emit(skb: *mut __sk_buff, endpoint_id: u32, verdict: u32, kind: u32, segs: u3
     if kind == u32::from(EVENT_TRACE) && !new_in_flow(&ctx, monitor.session) {
         return;
     }
-    let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
+    let Some(mut entry) = EVENTS.reserve(0) else {
         if let Some(lost) = EVENTS_LOST.get_ptr_mut(0) {
             // SAFETY: per-CPU value from a successful lookup; only this CPU writes it.
             unsafe { *lost += 1 };

@@ -3,7 +3,7 @@
 //! the endpoint's source check, the gateway's own address and the route lookup that
 //! picks a delivery.
 
-use aya_ebpf::{maps::lpm_trie::Key, programs::TcContext};
+use aya_ebpf::{btf_maps::lpm_trie::Key, programs::TcContext};
 use vethbpf_common::{Config, EndpointInfo, ROUTE_KIND_LOCAL, ROUTE_KIND_POD_CIDR, Verdict};
 
 use crate::{
@@ -120,7 +120,7 @@ fn handle_ipv4(ctx: &TcContext, ifindex: u32, ep: &EndpointInfo, cfg: &Config) -
         return icmp::to_gateway(ctx, ifindex, cfg);
     }
 
-    let Some(route) = ROUTES.get(Key::new(32, dst)) else {
+    let Some(route) = ROUTES.get(&Key::new(32, dst)) else {
         return Decision::pass();
     };
     match route.kind {

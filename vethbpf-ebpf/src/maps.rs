@@ -6,45 +6,49 @@
 //! attribute cannot take a constant; a userspace test compares them).
 
 use aya_ebpf::{
-    macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    macros::btf_map,
 };
 use vethbpf_common::{
-    Config, Counter, EVENTS_RING_BYTES, EndpointInfo, FlowKey, FlowSeen, MAX_ENDPOINTS, MAX_ROUTES,
-    MAX_TRACE_FLOWS, Monitor, Route, STATS_ENTRIES,
+    Config, Counter, EVENTS_RING_BYTES, EndpointInfo, Event, FlowKey, FlowSeen, MAX_ENDPOINTS,
+    MAX_ROUTES, MAX_TRACE_FLOWS, Monitor, Route, STATS_ENTRIES,
 };
 
-/// IPv4 destination prefix -> route. aya-ebpf adds BPF_F_NO_PREALLOC, which the kernel
-/// requires for LPM tries.
-#[map]
-pub static ROUTES: LpmTrie<u32, Route> = LpmTrie::with_max_entries(MAX_ROUTES, 0);
+// BTF map definitions (the `.maps` section, as libbpf's): the kernel gets the key and
+// value types of each map, so `bpftool map dump` and other BPF tools show field
+// names and values instead of hex.
+
+/// IPv4 destination prefix -> route. LPM tries need BPF_F_NO_PREALLOC (the type's
+/// default flags).
+#[btf_map]
+pub static ROUTES: LpmTrie<u32, Route, { MAX_ROUTES as usize }> = LpmTrie::new();
 
 /// Host-side veth ifindex -> the endpoint behind it.
-#[map]
-pub static ENDPOINTS: HashMap<u32, EndpointInfo> = HashMap::with_max_entries(MAX_ENDPOINTS, 0);
+#[btf_map]
+pub static ENDPOINTS: HashMap<u32, EndpointInfo, { MAX_ENDPOINTS as usize }> = HashMap::new();
 
 /// Node configuration, one entry.
-#[map]
-pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+#[btf_map]
+pub static CONFIG: Array<Config, 1> = Array::new();
 
 /// Counters, index `stats_index(endpoint_id, verdict)`.
-#[map]
-pub static STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(STATS_ENTRIES, 0);
+#[btf_map]
+pub static STATS: PerCpuArray<Counter, { STATS_ENTRIES as usize }> = PerCpuArray::new();
 
 /// Drop and trace events for `vethbpf monitor` (see `events`).
-#[map]
-pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_RING_BYTES, 0);
+#[btf_map]
+pub static EVENTS: RingBuf<Event, { EVENTS_RING_BYTES as usize }> = RingBuf::new();
 
 /// Whether a monitor listens, for which kinds of event, until when; one entry.
-#[map]
-pub static MONITOR: Array<Monitor> = Array::with_max_entries(1, 0);
+#[btf_map]
+pub static MONITOR: Array<Monitor, 1> = Array::new();
 
 /// Events that found the ring full, per CPU; one entry.
-#[map]
-pub static EVENTS_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+#[btf_map]
+pub static EVENTS_LOST: PerCpuArray<u64, 1> = PerCpuArray::new();
 
 /// Flows a monitor session has been told about: trace events only for the first
 /// packet of a flow and the TCP flags it has not shown yet.
-#[map]
-pub static TRACE_FLOWS: LruHashMap<FlowKey, FlowSeen> =
-    LruHashMap::with_max_entries(MAX_TRACE_FLOWS, 0);
+#[btf_map]
+pub static TRACE_FLOWS: LruHashMap<FlowKey, FlowSeen, { MAX_TRACE_FLOWS as usize }> =
+    LruHashMap::new();

@@ -4,7 +4,7 @@
 
 use std::os::fd::{AsFd, BorrowedFd};
 
-use aya::maps::{Array, MapData, MapError, PerCpuArray, RingBuf};
+use aya::maps::{Array, MapData, MapError, MapInfo, PerCpuArray, RingBuf};
 use vethbpf_common::{EVENT_VERSION, Event, MAP_EVENTS, MAP_EVENTS_LOST, MAP_MONITOR, Monitor};
 
 use super::Pins;
@@ -13,6 +13,12 @@ use super::maps::{MapsError, open};
 /// The ring buffer of events, opened from its pin.
 pub struct EventRing {
     ring: RingBuf<MapData>,
+    id: u32,
+}
+
+/// The id of the map pinned as `name` now (0 if it cannot be read).
+fn pinned_id(pins: &Pins, name: &str) -> u32 {
+    MapInfo::from_pin(pins.map(name)).map_or(0, |i| i.id())
 }
 
 /// What one ring buffer record held.
@@ -31,7 +37,13 @@ impl EventRing {
     pub fn open(pins: &Pins) -> Result<Self, MapsError> {
         Ok(EventRing {
             ring: open(pins, MAP_EVENTS)?,
+            id: pinned_id(pins, MAP_EVENTS),
         })
+    }
+
+    /// Whether the ring is still the one pinned (`up --replace` may make it new).
+    pub fn is_pinned(&self, pins: &Pins) -> bool {
+        pinned_id(pins, MAP_EVENTS) == self.id
     }
 
     /// The next record, if the ring holds one (never blocks).
@@ -63,6 +75,7 @@ impl AsFd for EventRing {
 pub struct Listener {
     monitor: Array<MapData, Monitor>,
     lost: PerCpuArray<MapData, u64>,
+    ids: (u32, u32),
 }
 
 fn op(map: &'static str, op: &'static str) -> impl FnOnce(MapError) -> MapsError {
@@ -79,7 +92,19 @@ impl Listener {
         Ok(Listener {
             monitor: open(pins, MAP_MONITOR)?,
             lost: open(pins, MAP_EVENTS_LOST)?,
+            ids: (
+                pinned_id(pins, MAP_MONITOR),
+                pinned_id(pins, MAP_EVENTS_LOST),
+            ),
         })
+    }
+
+    /// Whether both maps are still the ones pinned (`up --replace` may make them new).
+    pub fn is_pinned(&self, pins: &Pins) -> bool {
+        (
+            pinned_id(pins, MAP_MONITOR),
+            pinned_id(pins, MAP_EVENTS_LOST),
+        ) == self.ids
     }
 
     /// The entry as it is now.

@@ -6,7 +6,7 @@
 //! with `BPF_MAP_GET_NEXT_KEY` on raw key bytes (no typed view per map); arrays are
 //! always full by construction and report their size; a ring buffer has no entries.
 
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::AsFd;
 
 use aya::maps::{MapData, MapType};
 use serde::Serialize;
@@ -14,6 +14,7 @@ use vethbpf_common::ALL_MAPS;
 
 use super::Pins;
 use super::maps::MapsError;
+use super::sys;
 
 /// One map's fill.
 #[derive(Clone, Debug, Serialize)]
@@ -76,53 +77,14 @@ pub fn map_fill(pins: &Pins) -> Result<Vec<MapFill>, MapsError> {
         .collect()
 }
 
-/// `union bpf_attr` for BPF_MAP_GET_NEXT_KEY (linux/bpf.h).
-#[repr(C)]
-struct NextKeyAttr {
-    map_fd: u32,
-    _pad: u32,
-    key: u64,
-    next_key: u64,
-}
-
-const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
-
-/// Number of keys in a map of any key size. A key deleted during the walk may
-/// restart it (the kernel then returns the first key): the count is capped at the
-/// map's capacity, as good as any snapshot of a changing map.
+/// Number of keys in a map of any key size (capped at its capacity: see
+/// [`sys::keys`]). A walk that fails counts what it saw.
 fn count_keys(map: &MapData, key_size: u32, max_entries: u32) -> u64 {
-    let fd = map.fd().as_fd().as_raw_fd();
-    let size = key_size as usize;
-    let mut key = vec![0u8; size];
-    let mut next = vec![0u8; size];
-    let mut first = true;
-    let mut n = 0u64;
-    let limit = u64::from(max_entries);
-    while n < limit {
-        let attr = NextKeyAttr {
-            map_fd: fd as u32,
-            _pad: 0,
-            // A null key asks for the first one.
-            key: if first { 0 } else { key.as_ptr() as u64 },
-            next_key: next.as_mut_ptr() as u64,
-        };
-        // SAFETY: the attr is valid for the call; `key` and `next` are `key_size`
-        // bytes each, what the kernel reads and writes.
-        let ret = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_GET_NEXT_KEY,
-                &attr as *const NextKeyAttr,
-                size_of::<NextKeyAttr>() as u32,
-            )
-        };
-        if ret != 0 {
-            // ENOENT: past the last key (any other error ends the walk too).
-            break;
+    match sys::keys(map.fd().as_fd(), key_size, u64::from(max_entries)) {
+        Ok(keys) => keys.len() as u64,
+        Err(e) => {
+            tracing::warn!(error = %e, "counting map entries");
+            0
         }
-        n += 1;
-        first = false;
-        std::mem::swap(&mut key, &mut next);
     }
-    n
 }

@@ -22,7 +22,9 @@ pub mod events;
 pub mod fill;
 mod load;
 pub mod maps;
+mod migrate;
 mod pins;
+mod sys;
 
 pub use attach::AttachMode;
 pub(crate) use attach::{attach, attach_mode, detach, link_ids, pinned_links};
@@ -92,6 +94,39 @@ pub enum BpfError {
         #[source]
         source: io::Error,
     },
+    #[error("the eBPF object cannot be parsed: {0}")]
+    Parse(String),
+    #[error("the eBPF object has no map {0}")]
+    MissingMap(&'static str),
+    #[error("cannot open the pinned map {path}: {source}")]
+    OpenMap {
+        path: PathBuf,
+        #[source]
+        source: Box<aya::maps::MapError>,
+    },
+    #[error("cannot read the pinned map {path}: {source}")]
+    MapInfo {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "the pinned map {map} ({pinned}) cannot be carried over to this build's ({wanted}): nothing was changed; `vethbpf down` and `vethbpf up` make the node anew (its endpoints are deleted)"
+    )]
+    MapIncompatible {
+        map: &'static str,
+        pinned: String,
+        wanted: String,
+    },
+    #[error("cannot count the possible CPUs: {0}")]
+    Cpus(#[source] io::Error),
+    #[error("carrying the entries of {map} over ({op}): {source}")]
+    Migrate {
+        map: &'static str,
+        op: &'static str,
+        #[source]
+        source: io::Error,
+    },
 }
 
 impl BpfError {
@@ -100,6 +135,7 @@ impl BpfError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             BpfError::OpenProgram { .. } => ErrorKind::NotUp,
+            BpfError::MapIncompatible { .. } => ErrorKind::Conflict,
             _ => ErrorKind::Other,
         }
     }

@@ -100,6 +100,8 @@ pub struct Session {
     start_ns: u64,
     lost_base: u64,
     lost_seen: u64,
+    /// Lost in event maps followed before the current ones.
+    lost_earlier: u64,
     /// Records of another build's layout, skipped.
     foreign: u64,
 }
@@ -166,6 +168,7 @@ impl Session {
             start_ns: now,
             lost_base,
             lost_seen: lost_base,
+            lost_earlier: 0,
             foreign: 0,
         })
     }
@@ -259,6 +262,20 @@ impl Session {
         if !self.pins.is_loaded() {
             return Err(ObserveError::Gone);
         }
+        // `up --replace` made the event maps new (an upgrade whose maps differ): the
+        // datapath now writes to those; move over, claim included.
+        if !self.ring.is_pinned(&self.pins) || !self.claim.listener.is_pinned(&self.pins) {
+            tracing::info!("monitor: the event maps were replaced; following them");
+            self.ring = EventRing::open(&self.pins)?;
+            let mut listener = Listener::open(&self.pins)?;
+            listener.set(&self.claim.entry)?;
+            self.lost_earlier += self.lost_seen - self.lost_base;
+            self.lost_base = listener.lost()?;
+            self.lost_seen = self.lost_base;
+            // The old entry's maps are no longer the datapath's: nothing to clear.
+            let old = std::mem::replace(&mut self.claim.listener, listener);
+            drop(old);
+        }
         self.claim.renew()?;
         self.report_lost(out)?;
         if let Some(log) = &mut self.log {
@@ -276,7 +293,10 @@ impl Session {
     ) -> Result<(), ObserveError> {
         let lost = self.claim.listener.lost()?;
         if lost > self.lost_seen {
-            let rec = LostRecord::new(lost - self.lost_seen, lost - self.lost_base);
+            let rec = LostRecord::new(
+                lost - self.lost_seen,
+                self.lost_earlier + lost - self.lost_base,
+            );
             self.lost_seen = lost;
             out(&Record::Lost(rec)).map_err(ObserveError::Output)?;
         }
