@@ -17,7 +17,8 @@ use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Map, MapData};
 use serde_json::Value;
 use vethbpf_common::{ROUTE_KIND_LOCAL, Route, ipv4_to_map};
-use vethbpf_tests::{TestNode, ipv4_frame, must, no_ipv6, parse_mac, send_frames, udp};
+use vethbpf_tests::packet::{PacketSocket, ipv4_udp_frame};
+use vethbpf_tests::{TestNode, must, no_ipv6, parse_mac};
 
 fn promtool() -> PathBuf {
     let p = std::env::var_os("VETHBPF_PROMTOOL")
@@ -91,16 +92,15 @@ fn metrics_pass_promtool_and_equal_endpoint_list_after_traffic() {
     assert_eq!(node.ping_from_pod("b", "169.254.1.1", 2), Some(64));
     // A spoofed packet, so a drop reason has a count.
     let a_mac = parse_mac(a["pod_mac"].as_str().expect("mac"));
-    let spoof = ipv4_frame(
+    let spoof = ipv4_udp_frame(
         [0xee; 6],
         a_mac,
         Ipv4Addr::new(10, 244, 0, 99),
         b_ip.parse().expect("ip"),
-        17,
-        &udp(1, 9, b"x"),
+        b"x",
     );
     let a_netns = PathBuf::from(a["netns"].as_str().expect("netns"));
-    assert_eq!(send_frames(&a_netns, "eth0", &[spoof]), 1);
+    PacketSocket::open(&a_netns, "eth0", false).send(&spoof);
 
     let text = node.ok(&["metrics"]);
     let (ok, said) = promtool_check(&text);

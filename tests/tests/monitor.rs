@@ -14,7 +14,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use vethbpf_tests::{TestNode, eth, ipv4_frame, packets, parse_mac, send_frames, tcp_echo, udp};
+use vethbpf_tests::packet::{PacketSocket, ipv4_udp_frame};
+use vethbpf_tests::{TestNode, eth, packets, parse_mac, tcp_echo};
 
 const GW_MAC: [u8; 6] = [0xee; 6];
 
@@ -194,25 +195,14 @@ fn monitor_shows_exactly_the_drops_with_reasons_names_and_addresses() {
     // Pod a: a spoofed packet, an ARP claim for the gateway, traffic to the deleted c;
     // and some ordinary traffic to b, which must not show up as a drop.
     let frames = vec![
-        ipv4_frame(
-            GW_MAC,
-            a.mac,
-            spoofed_src,
-            b.ip,
-            17,
-            &udp(4001, 9, b"spoof"),
-        ),
+        ipv4_udp_frame(GW_MAC, a.mac, spoofed_src, b.ip, b"spoof"),
         arp_claim(&a, gateway),
-        ipv4_frame(
-            GW_MAC,
-            a.mac,
-            a.ip,
-            c.ip,
-            17,
-            &udp(4002, 9, b"to the deleted pod"),
-        ),
+        ipv4_udp_frame(GW_MAC, a.mac, a.ip, c.ip, b"to the deleted pod"),
     ];
-    assert_eq!(send_frames(&a.netns, "eth0", &frames), 3);
+    let socket = PacketSocket::open(&a.netns, "eth0", false);
+    for f in &frames {
+        socket.send(f);
+    }
     assert_eq!(node.ping_from_pod("a", &b.ip.to_string(), 3), Some(63));
     // The ring is read every 200 ms at most.
     wait_until(Duration::from_secs(5), "three drops are printed", || {
@@ -239,7 +229,8 @@ fn monitor_shows_exactly_the_drops_with_reasons_names_and_addresses() {
     assert_eq!(spoof["packet"]["src"], spoofed_src.to_string());
     assert_eq!(spoof["packet"]["dst"], b.ip.to_string());
     assert_eq!(spoof["packet"]["protocol"], "udp");
-    assert_eq!(spoof["packet"]["sport"], 4001);
+    assert_eq!(spoof["packet"]["sport"], 40000);
+    assert_eq!(spoof["packet"]["dport"], 9);
     assert_eq!(spoof["destination_endpoint"], b.name.as_str());
     assert_eq!(spoof["len"], frames[0].len());
     let claim = &records[1];
@@ -264,8 +255,8 @@ fn monitor_shows_exactly_the_drops_with_reasons_names_and_addresses() {
     // Nothing is left listening: the datapath emits nothing, a new monitor may start.
     assert!(!listening(&node), "Ctrl-C clears the listener entry");
     let monitor = Monitor::start(&node, &["--type", "drop"]);
-    let spoof = ipv4_frame(GW_MAC, a.mac, spoofed_src, b.ip, 17, &udp(4003, 9, b"x"));
-    assert_eq!(send_frames(&a.netns, "eth0", &[spoof]), 1);
+    let spoof = ipv4_udp_frame(GW_MAC, a.mac, spoofed_src, b.ip, b"x");
+    socket.send(&spoof);
     wait_until(Duration::from_secs(5), "a line is printed", || {
         !monitor.lines().is_empty()
     });
@@ -277,7 +268,7 @@ fn monitor_shows_exactly_the_drops_with_reasons_names_and_addresses() {
         "drop ",
         a.name.as_str(),
         "drop_spoof (source address is not the pod's)",
-        &format!("UDP {spoofed_src}:4003 -> {}:9", b.ip),
+        &format!("UDP {spoofed_src}:40000 -> {}:9", b.ip),
     ] {
         assert!(line.contains(part), "{part:?} in {line:?}");
     }
@@ -353,20 +344,14 @@ fn an_overflowing_ring_reports_lost_events_and_the_datapath_keeps_forwarding() {
     monitor.signal(libc::SIGSTOP);
     // Spoofed frames, each a drop event, far more than the ring holds (~3,000),
     // sent within the monitor's lease (10 s).
-    let frames: Vec<Vec<u8>> = (0..20_000u32)
-        .map(|i| {
-            ipv4_frame(
-                GW_MAC,
-                a.mac,
-                Ipv4Addr::new(10, 244, 0, 99),
-                b.ip,
-                17,
-                &udp((i % 60000) as u16 + 1, 9, b"flood"),
-            )
-        })
-        .collect();
+    let frame = ipv4_udp_frame(GW_MAC, a.mac, Ipv4Addr::new(10, 244, 0, 99), b.ip, b"flood");
+    let frames = vec![frame; 20_000];
     let start = Instant::now();
-    let sent = send_frames(&a.netns, "eth0", &frames) as u64;
+    let socket = PacketSocket::open(&a.netns, "eth0", false);
+    for f in &frames {
+        socket.send(f);
+    }
+    let sent = frames.len() as u64;
     let took = start.elapsed();
     // Forwarding goes on while the monitor sleeps and its ring is full.
     assert_eq!(node.ping_from_pod("a", &b.ip.to_string(), 3), Some(63));
@@ -430,8 +415,8 @@ fn diagnostics_come_out_with_log_and_a_killed_monitor_leaves_no_listener() {
     ];
     args.extend(key.iter().map(String::as_str));
     vethbpf_tests::must("bpftool", &args);
-    let frame = ipv4_frame(GW_MAC, a.mac, a.ip, b.ip, 17, &udp(4004, 9, b"x"));
-    assert_eq!(send_frames(&a.netns, "eth0", &[frame]), 1);
+    let frame = ipv4_udp_frame(GW_MAC, a.mac, a.ip, b.ip, b"x");
+    PacketSocket::open(&a.netns, "eth0", false).send(&frame);
     wait_until(Duration::from_secs(5), "a drop and a log line", || {
         let records = json_lines(&monitor.lines());
         !of_type(&records, "log").is_empty() && !of_type(&records, "drop").is_empty()
