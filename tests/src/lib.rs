@@ -10,7 +10,9 @@
 //! temp dir, so a failing test leaves nothing behind and tests can run in parallel; a
 //! step of that cleanup that fails fails the test ([`CleanupErrors`]).
 
+pub mod ipv6;
 pub mod packet;
+pub mod testrun;
 
 use std::collections::BTreeSet;
 use std::ffi::OsStr;
@@ -21,6 +23,14 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 /// The node namespace's own address (TEST-NET-1, on its `lo`).
 pub const NODE_IP: &str = "192.0.2.1";
+/// The node namespace's own IPv6 address (documentation prefix, on its `lo`).
+pub const NODE_IP6: &str = "2001:db8::1";
+/// The pod CIDRs of a dual-stack test node.
+pub const POD_CIDR: &str = "10.244.0.0/24";
+pub const POD_CIDR6: &str = "fd00:10:244::/64";
+/// What IPv6 pods use as their gateway: the EUI-64 link-local address of the
+/// gateway MAC.
+pub const GATEWAY6: &str = "fe80::ecee:eeff:feee:eeee";
 
 /// Path of the `vethbpf` binary: `$VETHBPF_BIN`, or the one next to the test
 /// executable's target dir (built once with `cargo build -p vethbpf --features
@@ -124,7 +134,8 @@ pub struct TestNode {
 }
 
 impl TestNode {
-    /// A fresh node namespace with `lo` up and [`NODE_IP`] on it; not yet `up`.
+    /// A fresh node namespace with `lo` up and [`NODE_IP`] and [`NODE_IP6`] on it;
+    /// not yet `up`.
     pub fn new() -> TestNode {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let prefix = format!("vbt-{}-{n}-", std::process::id());
@@ -143,6 +154,32 @@ impl TestNode {
             "ip",
             &["addr", "add", &format!("{NODE_IP}/32"), "dev", "lo"],
         );
+        node.node_must(
+            "ip",
+            &[
+                "addr",
+                "add",
+                &format!("{NODE_IP6}/128"),
+                "dev",
+                "lo",
+                "nodad",
+            ],
+        );
+        // The kernel adds an IPv6 address's local route from its addrconf work
+        // queue, even with nodad: wait for it, or a snapshot taken now differs from
+        // one taken later for no doing of the code under test.
+        let local = format!("local {NODE_IP6} ");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !node
+            .node_must("ip", &["-6", "route", "show", "table", "local"])
+            .contains(&local)
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the local route of {NODE_IP6} never appeared"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
         node
     }
 
@@ -150,6 +187,20 @@ impl TestNode {
     pub fn up() -> TestNode {
         let node = TestNode::new();
         node.ok(&["up"]);
+        node
+    }
+
+    /// A node that is `up` with both pod CIDRs ([`POD_CIDR`], [`POD_CIDR6`]).
+    pub fn dual() -> TestNode {
+        let node = TestNode::new();
+        node.ok(&["up", "--pod-cidr", POD_CIDR, "--pod-cidr", POD_CIDR6]);
+        node
+    }
+
+    /// A node that is `up` with the IPv6 pod CIDR only.
+    pub fn v6_only() -> TestNode {
+        let node = TestNode::new();
+        node.ok(&["up", "--pod-cidr", POD_CIDR6]);
         node
     }
 
@@ -251,8 +302,9 @@ impl TestNode {
         ping_ttl(&self.in_node("ping", &["-c", "1", "-W", "2", dst]))
     }
 
-    /// A snapshot of what vethbpf may change in the node namespace: links, IPv4
-    /// addresses, IPv4 routes, plus the namespaces under /run/netns and the state file.
+    /// A snapshot of what vethbpf may change in the node namespace: links,
+    /// addresses and routes of both families, plus the namespaces under /run/netns,
+    /// the state file and the pinned maps.
     pub fn snapshot(&self) -> Snapshot {
         let strip = |s: String| -> Vec<String> {
             s.lines()
@@ -264,6 +316,8 @@ impl TestNode {
             links: strip(self.node_must("ip", &["-o", "link", "show"])),
             addrs: strip(self.node_must("ip", &["-o", "-4", "addr", "show"])),
             routes: strip(self.node_must("ip", &["-4", "route", "show", "table", "all"])),
+            addrs6: strip(self.node_must("ip", &["-o", "-6", "addr", "show"])),
+            routes6: strip(self.node_must("ip", &["-6", "route", "show", "table", "all"])),
             netns: netns_list()
                 .into_iter()
                 .filter(|n| n.starts_with(&self.prefix))
@@ -273,6 +327,8 @@ impl TestNode {
             pins: list_tree(&self.bpffs),
             routes_map: self.map_dump("ROUTES"),
             endpoints_map: self.map_dump("ENDPOINTS"),
+            routes6_map: self.map_dump("ROUTES6"),
+            endpoints6_map: self.map_dump("ENDPOINTS6"),
         }
     }
 
@@ -375,6 +431,10 @@ pub struct Snapshot {
     pub pins: Vec<String>,
     pub routes_map: Vec<String>,
     pub endpoints_map: Vec<String>,
+    pub addrs6: Vec<String>,
+    pub routes6: Vec<String>,
+    pub routes6_map: Vec<String>,
+    pub endpoints6_map: Vec<String>,
 }
 
 impl Drop for TestNode {
@@ -518,7 +578,7 @@ pub fn ones_sum(bytes: &[u8]) -> u16 {
 /// back intact and returns how long it took.
 pub fn tcp_echo(
     server: &Path,
-    server_ip: std::net::Ipv4Addr,
+    server_ip: impl Into<std::net::IpAddr>,
     client: &Path,
     len: usize,
 ) -> std::time::Duration {
@@ -526,6 +586,7 @@ pub fn tcp_echo(
     use std::net::{SocketAddr, TcpListener, TcpStream};
     use std::time::{Duration, Instant};
 
+    let server_ip: std::net::IpAddr = server_ip.into();
     let listener = vethbpf::kernel::netns::run_in(server, move || {
         TcpListener::bind(SocketAddr::from((server_ip, 0)))
     })

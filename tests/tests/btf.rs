@@ -51,7 +51,8 @@ fn assert_fields(v: &Value, names: &[&str]) {
 
 #[test]
 fn bpftool_dumps_every_map_with_named_fields() {
-    let node = TestNode::up();
+    // Dual stack, so that the IPv6 maps have entries too.
+    let node = TestNode::dual();
     let a = node.add("a", &[]);
     let b = node.add("b", &[]);
     assert_eq!(
@@ -105,6 +106,11 @@ fn bpftool_dumps_every_map_with_named_fields() {
             "CONFIG" => assert_fields(value, &["gateway_ip", "flags", "gateway_mac", "_pad"]),
             "STATS" => assert_fields(value, &["packets", "bytes"]),
             "MONITOR" => assert_fields(value, &["deadline_ns", "kinds", "session", "pid", "_pad"]),
+            "ROUTES6" => {
+                assert_fields(&e["key"], &["prefix_len", "data"]);
+                assert_fields(value, &["kind", "ifindex", "endpoint_id", "mac", "_pad"]);
+            }
+            "ENDPOINTS6" => assert_fields(value, &["ip", "link_local"]),
             "EVENTS_LOST" => assert!(value.is_u64(), "{e}"),
             "TRACE_FLOWS" => {
                 assert_fields(

@@ -100,6 +100,7 @@ fn counters(node: &TestNode, pod: &str) -> Counters {
     let mut m = Counters::new();
     m.insert("forward".into(), pb(&c["forwarded"]));
     m.insert("arp_reply".into(), pb(&c["arp_replies"]));
+    m.insert("na_reply".into(), pb(&c["na_replies"]));
     m.insert("pass".into(), pb(&c["passed"]));
     m.insert("echo_reply".into(), pb(&c["echo_replies"]));
     for (k, v) in c["drops"].as_object().expect("drops") {

@@ -20,11 +20,15 @@ pub const MAP_ROUTES: &str = "ROUTES";
 pub const MAP_ENDPOINTS: &str = "ENDPOINTS";
 pub const MAP_CONFIG: &str = "CONFIG";
 pub const MAP_STATS: &str = "STATS";
-pub const ALL_MAPS: [&str; 8] = [
+pub const MAP_ROUTES6: &str = "ROUTES6";
+pub const MAP_ENDPOINTS6: &str = "ENDPOINTS6";
+pub const ALL_MAPS: [&str; 10] = [
     MAP_ROUTES,
     MAP_ENDPOINTS,
     MAP_CONFIG,
     MAP_STATS,
+    MAP_ROUTES6,
+    MAP_ENDPOINTS6,
     MAP_EVENTS,
     MAP_MONITOR,
     MAP_EVENTS_LOST,
@@ -41,7 +45,9 @@ pub const MAX_ENDPOINTS: u32 = 4096;
 /// `bpf_redirect_peer` through its host-side veth.
 pub const ROUTE_KIND_LOCAL: u32 = 1;
 
-/// Value of the LPM `ROUTES` map (key: `Key<u32>`, the IPv4 destination prefix).
+/// Value of the LPM `ROUTES` map (key: `Key<u32>`, the IPv4 destination prefix) and of
+/// `ROUTES6` (key: `Key<[u8; 16]>`, the IPv6 destination prefix, bytes in network
+/// order).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Route {
@@ -61,6 +67,8 @@ pub struct Route {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EndpointInfo {
     /// The pod's IPv4 address (network order in memory): the only source it may use.
+    /// 0 for an endpoint without IPv4 (IPv6 only): every IPv4 and ARP frame it sends
+    /// is then a spoof.
     pub ip: u32,
     /// Endpoint id: index of the endpoint's counters in `STATS`.
     pub id: u32,
@@ -94,19 +102,23 @@ pub struct Counter {
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verdict {
-    /// IPv4 to a local endpoint: MACs rewritten, TTL-1, `bpf_redirect_peer`.
+    /// IPv4 or IPv6 to a local endpoint: MACs rewritten, TTL / hop limit - 1,
+    /// `bpf_redirect_peer`.
     Forward = 0,
     /// ARP request answered with the gateway MAC.
     ArpReply = 1,
     /// Handed to the node stack (`TC_ACT_OK`): unknown destination, ARP replies,
     /// ARP for the pod's own address, ARP probes (duplicate address detection, from
-    /// 0.0.0.0), IPv4 with options, untagged non-IPv4 traffic.
+    /// 0.0.0.0), IPv4 with options, IPv6 to an address of no local endpoint, NDP the
+    /// node may see (RS, NS for the pod's own addresses or from `::`, NA for them,
+    /// MLD), untagged non-IP traffic.
     Pass = 2,
-    /// IPv4 whose source is not the pod's address.
+    /// IPv4 or IPv6 whose source is not the pod's address (for IPv6 NDP and MLD its
+    /// link-local address and `::` too).
     DropSpoof = 3,
     /// ARP whose sender address is not the pod's address (a probe's 0.0.0.0 aside).
     DropArpSpoof = 4,
-    /// IPv4 to a local endpoint with TTL <= 1.
+    /// IPv4 or IPv6 to a local endpoint with TTL / hop limit <= 1.
     DropTtl = 5,
     /// Truncated or malformed frame (short headers, IHL < 5, non-Ethernet/IPv4 ARP).
     DropMalformed = 6,
@@ -119,14 +131,22 @@ pub enum Verdict {
     DropCsum = 9,
     /// ICMP echo request to the gateway address answered with an echo reply.
     EchoReply = 10,
+    /// IPv6 neighbour solicitation answered with the gateway MAC (the twin of
+    /// `ArpReply`).
+    NaReply = 11,
+    /// Neighbour advertisement for an address that is not the pod's (the twin of
+    /// `DropArpSpoof`).
+    DropNaSpoof = 12,
+    /// Router advertisement or redirect: only routers send those, and a pod is none.
+    DropNdpRouter = 13,
     /// IPv4 to an address of the node's pod CIDR that no endpoint has (a deleted
     /// pod's, or one never given out).
-    DropUnknownDestination = 11,
+    DropUnknownDestination = 14,
 }
 
 impl Verdict {
     /// Number of verdicts: the stride of the `STATS` array.
-    pub const COUNT: u32 = 12;
+    pub const COUNT: u32 = 15;
     pub const ALL: [Verdict; Self::COUNT as usize] = [
         Verdict::Forward,
         Verdict::ArpReply,
@@ -139,6 +159,9 @@ impl Verdict {
         Verdict::DropVlan,
         Verdict::DropCsum,
         Verdict::EchoReply,
+        Verdict::NaReply,
+        Verdict::DropNaSpoof,
+        Verdict::DropNdpRouter,
         Verdict::DropUnknownDestination,
     ];
 
@@ -156,6 +179,9 @@ impl Verdict {
             Verdict::DropVlan => "drop_vlan",
             Verdict::DropCsum => "drop_csum",
             Verdict::EchoReply => "echo_reply",
+            Verdict::NaReply => "na_reply",
+            Verdict::DropNaSpoof => "drop_na_spoof",
+            Verdict::DropNdpRouter => "drop_ndp_router",
             Verdict::DropUnknownDestination => "drop_unknown_destination",
         }
     }
@@ -170,6 +196,8 @@ impl Verdict {
                 | Verdict::DropNoEndpoint
                 | Verdict::DropVlan
                 | Verdict::DropCsum
+                | Verdict::DropNaSpoof
+                | Verdict::DropNdpRouter
                 | Verdict::DropUnknownDestination
         )
     }
@@ -196,6 +224,22 @@ pub const fn ipv4_from_map(v: u32) -> [u8; 4] {
     v.to_ne_bytes()
 }
 
+/// Value of the `ENDPOINTS6` hash map (key: host-side veth ifindex, `u32`): the IPv6
+/// addresses of an endpoint that has IPv6. An endpoint without an entry has none: it
+/// gets no neighbour advertisements and may send only link-local control traffic.
+///
+/// Addresses are the 16 bytes in network order. Aligned to 4 so that the datapath
+/// reads them as four words.
+#[repr(C, align(4))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EndpointInfo6 {
+    /// The pod's IPv6 address: the only source it may use beyond link-local NDP.
+    pub ip: [u8; 16],
+    /// The pod's link-local address (on its interface): a valid source for neighbour
+    /// discovery and multicast listener reports only.
+    pub link_local: [u8; 16],
+}
+
 #[cfg(feature = "user")]
 mod user {
     // SAFETY: all four are repr(C), made only of integers and byte arrays, with
@@ -204,6 +248,8 @@ mod user {
     unsafe impl aya::Pod for super::EndpointInfo {}
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::Counter {}
+    // SAFETY: repr(C), two byte arrays whose sizes fill the alignment: no padding.
+    unsafe impl aya::Pod for super::EndpointInfo6 {}
 }
 
 #[cfg(test)]
@@ -217,6 +263,7 @@ mod tests {
         assert_eq!(size_of::<EndpointInfo>(), 4 + 4 + 6 + 2);
         assert_eq!(size_of::<Config>(), 4 + 4 + 6 + 2);
         assert_eq!(size_of::<Counter>(), 16);
+        assert_eq!(size_of::<EndpointInfo6>(), 32);
     }
 
     #[test]

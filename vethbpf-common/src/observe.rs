@@ -164,6 +164,9 @@ impl Verdict {
             Verdict::DropVlan => "VLAN-tagged frame (pods are joined untagged only)",
             Verdict::DropCsum => "IPv4 header checksum does not verify",
             Verdict::EchoReply => "ping to the gateway answered",
+            Verdict::NaReply => "IPv6 neighbour solicitation answered with the gateway MAC",
+            Verdict::DropNaSpoof => "neighbour advertisement for an address that is not the pod's",
+            Verdict::DropNdpRouter => "router advertisement or redirect from a pod",
             Verdict::DropUnknownDestination => {
                 "destination is in the pod CIDR but no endpoint has it (deleted or never created)"
             }
@@ -206,5 +209,6 @@ mod tests {
         assert_eq!(Verdict::Pass.event_kind(), 0);
         assert_eq!(Verdict::ArpReply.event_kind(), 0);
         assert_eq!(Verdict::EchoReply.event_kind(), 0);
+        assert_eq!(Verdict::NaReply.event_kind(), 0);
     }
 }

@@ -5,8 +5,8 @@ use aya_ebpf::helpers::bpf_redirect_peer;
 use vethbpf_common::{Config, Route, Verdict};
 
 use crate::{
-    hdr::{EthHdr, Ipv4Hdr, copy_mac},
-    ipv4,
+    hdr::{EthHdr, Ipv4Hdr, Ipv6Hdr, copy_mac},
+    ipv4, ipv6,
     stats::Decision,
 };
 
@@ -22,6 +22,25 @@ pub fn local_delivery(eth: &mut EthHdr, ip: &mut Ipv4Hdr, route: &Route, cfg: &C
 
     // bpf_redirect_peer does not touch L2: address the frame to the destination pod,
     // from the gateway it believes it is talking to.
+    copy_mac(&mut eth.dst_addr, &route.mac);
+    copy_mac(&mut eth.src_addr, &cfg.gateway_mac);
+    // SAFETY: a plain helper call with valid arguments.
+    let action = unsafe { bpf_redirect_peer(route.ifindex, 0) };
+    Decision::redirect(Verdict::Forward, action)
+}
+
+/// Routes the IPv6 frame to the local endpoint `route`: the same as IPv4 with the hop
+/// limit (no header checksum to patch).
+#[inline(always)]
+pub fn local_delivery6(
+    eth: &mut EthHdr,
+    ip: &mut Ipv6Hdr,
+    route: &Route,
+    cfg: &Config,
+) -> Decision {
+    if !ipv6::decrease_hop_limit(ip) {
+        return Decision::drop(Verdict::DropTtl);
+    }
     copy_mac(&mut eth.dst_addr, &route.mac);
     copy_mac(&mut eth.src_addr, &cfg.gateway_mac);
     // SAFETY: a plain helper call with valid arguments.

@@ -10,10 +10,10 @@ use crate::{
     arp,
     diag::{self, Diag},
     hdr::{
-        ETH_HLEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, ETH_P_IP, EthHdr, Ipv4Hdr, ipv4_addr,
-        linear, ptr_at,
+        ETH_HLEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, EthHdr, Ipv4Hdr,
+        ipv4_addr, linear, ptr_at,
     },
-    icmp, ipv4, l3,
+    icmp, ipv4, l3, lxc6,
     maps::{CONFIG, ENDPOINTS, ROUTES},
     stats::{self, Decision},
 };
@@ -67,12 +67,16 @@ fn handle(ctx: &TcContext, ifindex: u32, ep: &EndpointInfo, cfg: &Config) -> Dec
     // SAFETY: bounds-checked just above.
     let ether_type = unsafe { (*eth).ether_type };
     match ether_type {
+        // An endpoint without IPv4 (ip 0) owns no IPv4 source and no ARP sender.
+        ETH_P_IP if ep.ip == 0 => Decision::drop(Verdict::DropSpoof),
+        ETH_P_ARP if ep.ip == 0 => Decision::drop(Verdict::DropArpSpoof),
         ETH_P_IP => handle_ipv4(ctx, ifindex, ep, cfg),
         ETH_P_ARP => arp::handle(ctx, ifindex, ep, cfg),
+        ETH_P_IPV6 => lxc6::handle(ctx, ifindex, cfg),
         // A tag still in the frame: the inner tag of QinQ once the outer one is
         // stripped, or a tag the kernel did not strip.
         ETH_P_8021Q | ETH_P_8021AD => Decision::drop(Verdict::DropVlan),
-        // IPv6 and everything else untagged: the node stack's business.
+        // Everything else untagged: the node stack's business.
         _ => Decision::pass(),
     }
 }

@@ -10,6 +10,11 @@
 //! - [`icmp`]: answers the pod's pings to the gateway address
 //! - [`ipv4`]: IPv4 header checks and the TTL decrement
 //! - [`l3`]: local delivery to another endpoint with `bpf_redirect_peer`
+//! - [`lxc6`]: the pod side for IPv6: NDP dispatch, source check, routing
+//! - [`ipv6`]: IPv6 header checks, extension headers, the hop limit
+//! - [`ndp`]: neighbour discovery: answers solicitations, drops what only routers
+//!   and owners may send
+//! - [`icmp6`]: answers pings of the gateway's IPv6 address
 //! - [`stats`]: the verdict/action pair and per-CPU counters
 //! - [`events`]: drop and trace events for `vethbpf monitor`
 //! - [`diag`]: rare diagnostics through aya-log
@@ -22,10 +27,14 @@ mod diag;
 mod events;
 mod hdr;
 mod icmp;
+mod icmp6;
 mod ipv4;
+mod ipv6;
 mod l3;
 mod lxc;
+mod lxc6;
 mod maps;
+mod ndp;
 mod stats;
 
 use aya_ebpf::{macros::classifier, programs::TcContext};

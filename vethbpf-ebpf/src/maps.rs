@@ -10,8 +10,8 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use vethbpf_common::{
-    Config, Counter, EVENTS_RING_BYTES, EndpointInfo, Event, FlowKey, FlowSeen, MAX_ENDPOINTS,
-    MAX_ROUTES, MAX_TRACE_FLOWS, Monitor, Route, STATS_ENTRIES,
+    Config, Counter, EVENTS_RING_BYTES, EndpointInfo, EndpointInfo6, Event, FlowKey, FlowSeen,
+    MAX_ENDPOINTS, MAX_ROUTES, MAX_TRACE_FLOWS, Monitor, Route, STATS_ENTRIES,
 };
 
 // BTF map definitions (the `.maps` section, as libbpf's): the kernel gets the key and
@@ -34,6 +34,16 @@ pub static CONFIG: Array<Config, 1> = Array::new();
 /// Counters, index `stats_index(endpoint_id, verdict)`.
 #[btf_map]
 pub static STATS: PerCpuArray<Counter, { STATS_ENTRIES as usize }> = PerCpuArray::new();
+
+/// IPv6 destination prefix -> route. The key's data is the address in network order,
+/// read as four words in memory order (userspace writes `[u8; 16]`: same bytes).
+#[btf_map]
+pub static ROUTES6: LpmTrie<[u32; 4], Route, { MAX_ROUTES as usize }> = LpmTrie::new();
+
+/// Host-side veth ifindex -> the IPv6 addresses of the endpoint behind it, for
+/// endpoints that have IPv6.
+#[btf_map]
+pub static ENDPOINTS6: HashMap<u32, EndpointInfo6, { MAX_ENDPOINTS as usize }> = HashMap::new();
 
 /// Drop and trace events for `vethbpf monitor` (see `events`).
 #[btf_map]

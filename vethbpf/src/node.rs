@@ -1,9 +1,9 @@
 //! `up`, `down` and `status`: the node-wide lifecycle of the pinned datapath.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::Serialize;
 use tracing::info;
 use vethbpf_common::{Config, PROG_FROM_POD, ROUTE_KIND_POD_CIDR, Route, ipv4_to_map};
@@ -22,12 +22,24 @@ use crate::state::{Locked, NodeConfig, StateDir, StateError};
 pub enum NodeError {
     #[error("the gateway {gateway} lies inside the pod CIDR {cidr}; choose a gateway outside it")]
     GatewayInCidr { gateway: Ipv4Addr, cidr: Ipv4Net },
+    #[error("no pod CIDR given; give one per family (IPv4, IPv6 or both)")]
+    NoPodCidr,
+    #[error("two {family} pod CIDRs given ({first} and {second}); give at most one per family")]
+    TwoCidrsOfAFamily {
+        family: &'static str,
+        first: IpNet,
+        second: IpNet,
+    },
+    #[error(
+        "the IPv6 pod CIDR {cidr} is {what}; give a global or unique local prefix (e.g. fd00:10:244::/64)"
+    )]
+    BadPodCidr6 { cidr: Ipv6Net, what: &'static str },
     #[error(
         "the node is up with pod CIDR {current} and has {endpoints} endpoint(s); delete them (or `vethbpf down`) before changing it to {requested}"
     )]
     CidrChange {
-        current: Ipv4Net,
-        requested: Ipv4Net,
+        current: String,
+        requested: String,
         endpoints: usize,
     },
     #[error(
@@ -61,7 +73,10 @@ impl NodeError {
     /// What kind of failure this is.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            NodeError::GatewayInCidr { .. } => ErrorKind::Usage,
+            NodeError::GatewayInCidr { .. }
+            | NodeError::NoPodCidr
+            | NodeError::TwoCidrsOfAFamily { .. }
+            | NodeError::BadPodCidr6 { .. } => ErrorKind::Usage,
             NodeError::CidrChange { .. }
             | NodeError::GatewayChange { .. }
             | NodeError::BpffsMismatch { .. } => ErrorKind::Conflict,
@@ -76,7 +91,10 @@ impl NodeError {
 /// What `up` is asked for.
 #[derive(Clone, Debug)]
 pub struct UpRequest {
-    pub pod_cidr: Ipv4Net,
+    /// The IPv4 pod CIDR, if pods get IPv4.
+    pub pod_cidr: Option<Ipv4Net>,
+    /// The IPv6 pod CIDR, if pods get IPv6. At least one of the two.
+    pub pod_cidr6: Option<Ipv6Net>,
     pub gateway: Ipv4Addr,
     pub bpffs_dir: PathBuf,
     /// Upgrade the loaded program to this build's, atomically on every link.
@@ -106,18 +124,21 @@ fn kernel_config(node: &NodeConfig) -> Config {
     }
 }
 
-/// The `ROUTES` entry of the pod CIDR itself (kind `ROUTE_KIND_POD_CIDR`): an
+/// The `ROUTES` entry of the IPv4 pod CIDR itself (kind `ROUTE_KIND_POD_CIDR`): an
 /// address in it that no endpoint's /32 covers is no pod's, and the datapath drops
 /// what a pod sends there (`drop_unknown_destination`) instead of handing it to the
-/// node stack. Replaces the entry of the `old` CIDR.
+/// node stack. Replaces the entry of the `old` CIDR; none for a node without IPv4.
 fn set_pod_cidr_route(
     maps: &mut Maps,
     old: Option<Ipv4Net>,
-    cidr: Ipv4Net,
+    cidr: Option<Ipv4Net>,
 ) -> Result<(), MapsError> {
-    if let Some(old) = old.filter(|old| *old != cidr) {
+    if let Some(old) = old.filter(|old| Some(*old) != cidr) {
         maps.del_route(old)?;
     }
+    let Some(cidr) = cidr else {
+        return Ok(());
+    };
     maps.put_route(
         cidr,
         &Route {
@@ -130,18 +151,82 @@ fn set_pod_cidr_route(
     )
 }
 
+/// The pod CIDRs of a node, as messages show them.
+pub fn fmt_cidrs(v4: Option<Ipv4Net>, v6: Option<Ipv6Net>) -> String {
+    match (v4, v6) {
+        (Some(a), Some(b)) => format!("{a} and {b}"),
+        (Some(a), None) => a.to_string(),
+        (None, Some(b)) => b.to_string(),
+        (None, None) => "none".into(),
+    }
+}
+
+/// Pod CIDRs as given on a command line, at most one per family, as `(IPv4, IPv6)`;
+/// host bits are cleared.
+pub fn split_cidrs(cidrs: &[IpNet]) -> Result<(Option<Ipv4Net>, Option<Ipv6Net>), NodeError> {
+    let (mut v4, mut v6): (Option<Ipv4Net>, Option<Ipv6Net>) = (None, None);
+    for cidr in cidrs {
+        let (family, first) = match cidr.trunc() {
+            IpNet::V4(c) => ("IPv4", v4.replace(c).map(IpNet::V4)),
+            IpNet::V6(c) => ("IPv6", v6.replace(c).map(IpNet::V6)),
+        };
+        if let Some(first) = first {
+            return Err(NodeError::TwoCidrsOfAFamily {
+                family,
+                first,
+                second: *cidr,
+            });
+        }
+    }
+    Ok((v4, v6))
+}
+
+/// What `up` refuses in the pod CIDRs before it changes anything.
+fn check_cidrs(req: &UpRequest) -> Result<(), NodeError> {
+    if req.pod_cidr.is_none() && req.pod_cidr6.is_none() {
+        return Err(NodeError::NoPodCidr);
+    }
+    if let Some(cidr) = req.pod_cidr
+        && cidr.contains(&req.gateway)
+    {
+        return Err(NodeError::GatewayInCidr {
+            gateway: req.gateway,
+            cidr,
+        });
+    }
+    if let Some(cidr) = req.pod_cidr6 {
+        // Pods' addresses must be routable unicast ones: link-local is the gateway's
+        // scope; the others are not unicast at all.
+        let overlaps = |other: Ipv6Net| cidr.contains(&other.network()) || other.contains(&cidr);
+        let what = if overlaps(Ipv6Net::new_assert(
+            Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0),
+            10,
+        )) {
+            Some("link-local")
+        } else if overlaps(Ipv6Net::new_assert(
+            Ipv6Addr::new(0xff00, 0, 0, 0, 0, 0, 0, 0),
+            8,
+        )) {
+            Some("multicast")
+        } else if cidr.contains(&Ipv6Addr::LOCALHOST) || cidr.contains(&Ipv6Addr::UNSPECIFIED) {
+            Some("the loopback or unspecified address")
+        } else {
+            None
+        };
+        if let Some(what) = what {
+            return Err(NodeError::BadPodCidr6 { cidr, what });
+        }
+    }
+    Ok(())
+}
+
 /// Loads and pins the datapath (or checks that it is there). Running it again with
 /// the same settings changes nothing.
 pub fn up(locked: &mut Locked, req: &UpRequest, object: &[u8]) -> Result<UpReport, NodeError> {
     // Before anything is mounted or read: a binary without the datapath can do no `up`.
     datapath::check_object(object)?;
     bpffs::check_lasting(&req.bpffs_dir)?;
-    if req.pod_cidr.contains(&req.gateway) {
-        return Err(NodeError::GatewayInCidr {
-            gateway: req.gateway,
-            cidr: req.pod_cidr,
-        });
-    }
+    check_cidrs(req)?;
     let endpoints = locked.state.endpoints.len();
     if let Some(current) = locked.state.node.clone() {
         if current.bpffs_dir != req.bpffs_dir {
@@ -150,10 +235,10 @@ pub fn up(locked: &mut Locked, req: &UpRequest, object: &[u8]) -> Result<UpRepor
                 requested: req.bpffs_dir.clone(),
             });
         }
-        if current.pod_cidr != req.pod_cidr && endpoints > 0 {
+        if (current.pod_cidr, current.pod_cidr6) != (req.pod_cidr, req.pod_cidr6) && endpoints > 0 {
             return Err(NodeError::CidrChange {
-                current: current.pod_cidr,
-                requested: req.pod_cidr,
+                current: fmt_cidrs(current.pod_cidr, current.pod_cidr6),
+                requested: fmt_cidrs(req.pod_cidr, req.pod_cidr6),
                 endpoints,
             });
         }
@@ -195,6 +280,7 @@ pub fn up(locked: &mut Locked, req: &UpRequest, object: &[u8]) -> Result<UpRepor
         }
         let config = NodeConfig {
             pod_cidr: req.pod_cidr,
+            pod_cidr6: req.pod_cidr6,
             gateway: req.gateway,
             bpffs_mount,
             ..current.clone()
@@ -202,7 +288,7 @@ pub fn up(locked: &mut Locked, req: &UpRequest, object: &[u8]) -> Result<UpRepor
         let mut maps = Maps::open(&pins)?;
         if config != current || action != "unchanged" {
             maps.set_config(&kernel_config(&config))?;
-            set_pod_cidr_route(&mut maps, Some(current.pod_cidr), config.pod_cidr)?;
+            set_pod_cidr_route(&mut maps, current.pod_cidr, config.pod_cidr)?;
             locked.state.node = Some(config.clone());
             locked.save()?;
             if action == "unchanged" {
@@ -222,6 +308,7 @@ pub fn up(locked: &mut Locked, req: &UpRequest, object: &[u8]) -> Result<UpRepor
     let mounted = bpffs::ensure(pins.root())?;
     let config = NodeConfig {
         pod_cidr: req.pod_cidr,
+        pod_cidr6: req.pod_cidr6,
         gateway: req.gateway,
         gateway_mac: MacAddr::GATEWAY,
         bpffs_dir: req.bpffs_dir.clone(),

@@ -1,10 +1,10 @@
 //! The command line's grammar (clap): commands, options, their help.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use vethbpf::defaults::{
     BPFFS_DIR as DEFAULT_BPFFS_DIR, GATEWAY as DEFAULT_GATEWAY, POD_CIDR as DEFAULT_POD_CIDR,
     STATE_DIR as DEFAULT_STATE_DIR,
@@ -143,11 +143,14 @@ pub struct MetricsArgs {
 
 #[derive(Args, Debug)]
 pub struct UpArgs {
-    /// IPv4 range the pods' addresses come from.
-    #[arg(long, default_value = DEFAULT_POD_CIDR, value_name = "CIDR")]
-    pub pod_cidr: Ipv4Net,
-    /// The pods' gateway: a link-local address nobody owns; the eBPF program answers
-    /// ARP for it with the gateway MAC.
+    /// Range the pods' addresses come from, at most one per family: give it twice
+    /// (an IPv4 and an IPv6 CIDR) for dual stack, or an IPv6 one alone. Default: the
+    /// node's CIDRs if it is up, else 10.244.0.0/24.
+    #[arg(long, value_name = "CIDR", action = clap::ArgAction::Append)]
+    pub pod_cidr: Vec<IpNet>,
+    /// The pods' IPv4 gateway: a link-local address nobody owns; the eBPF program
+    /// answers ARP for it with the gateway MAC. (IPv6 pods use the gateway MAC's
+    /// link-local address, fe80::ecee:eeff:feee:eeee, answered by NDP likewise.)
     #[arg(long, default_value = DEFAULT_GATEWAY, value_name = "IP")]
     pub gateway: Ipv4Addr,
     /// On a node that is up, upgrade the loaded program to this binary's: maps and
@@ -175,9 +178,10 @@ pub struct AddArgs {
     /// Endpoint name (1-63 of [A-Za-z0-9_.-]); also the name of the namespace made
     /// for it under /run/netns.
     pub name: String,
-    /// The pod's address (default: the next free one of the pod CIDR).
-    #[arg(long, value_name = "IP")]
-    pub ip: Option<Ipv4Addr>,
+    /// The pod's address, at most one per family (default: the next free one of
+    /// each pod CIDR the node has).
+    #[arg(long, value_name = "IP", action = clap::ArgAction::Append)]
+    pub ip: Vec<IpAddr>,
     /// Use this existing namespace (a name under /run/netns, or a path) instead of
     /// making one.
     #[arg(long, value_name = "NAME|PATH")]
@@ -193,10 +197,10 @@ pub struct ReconcileArgs {
     /// and the pinned maps (the unreadable file is kept as state.json.corrupt).
     #[arg(long)]
     pub from_kernel: bool,
-    /// With --from-kernel: the pod CIDR the node was brought up with (the kernel does
-    /// not hold it).
-    #[arg(long, value_name = "CIDR", default_value = DEFAULT_POD_CIDR, requires = "from_kernel")]
-    pub pod_cidr: Ipv4Net,
+    /// With --from-kernel: the pod CIDRs the node was brought up with (the kernel
+    /// does not hold them), one per family.
+    #[arg(long, value_name = "CIDR", default_value = DEFAULT_POD_CIDR, requires = "from_kernel", action = clap::ArgAction::Append)]
+    pub pod_cidr: Vec<IpNet>,
 }
 
 #[derive(Args, Debug)]

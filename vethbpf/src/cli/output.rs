@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use vethbpf::datapath::AttachMode;
 use vethbpf::endpoint::EndpointView;
-use vethbpf::node::{DownReport, Status, UpReport};
+use vethbpf::node::{self, DownReport, Status, UpReport};
 use vethbpf::observe::record::{EventRecord, Record};
 use vethbpf::reconcile::Report;
 
@@ -67,8 +67,8 @@ pub fn up(out: Output, r: &UpReport) -> Result<()> {
     table(
         &["POD CIDR", "GATEWAY", "GATEWAY MAC", "BPFFS", "PROGRAM ID"],
         &[vec![
-            r.config.pod_cidr.to_string(),
-            r.config.gateway.to_string(),
+            node::fmt_cidrs(r.config.pod_cidr, r.config.pod_cidr6),
+            gateways(&r.config),
             r.config.gateway_mac.to_string(),
             r.config.bpffs_dir.display().to_string(),
             r.program_id.map(|i| i.to_string()).unwrap_or_default(),
@@ -93,21 +93,43 @@ pub fn endpoints(out: Output, list: &[EndpointView]) -> Result<()> {
     Ok(())
 }
 
-fn endpoint_table(list: &[EndpointView], counters: bool) {
-    let mut header = vec!["NAME", "IP", "POD MAC", "HOST VETH", "NETNS"];
-    if counters {
-        header.extend(["FORWARDED", "ARP", "ECHO", "PASSED", "DROPPED"]);
+/// The pods' gateways of a node: IPv4, and IPv6 where pods get it.
+fn gateways(node: &vethbpf::state::NodeConfig) -> String {
+    match node.pod_cidr6 {
+        Some(_) => format!("{} {}", node.gateway, node.gateway6()),
+        None => node.gateway.to_string(),
     }
+}
+
+fn endpoint_table(list: &[EndpointView], counters: bool) {
+    // The IPv6 columns only where an endpoint has IPv6: an IPv4 node's table is as
+    // it always was.
+    let v6 = list.iter().any(|e| e.ip6.is_some());
+    let mut header = vec!["NAME", "IP"];
+    if v6 {
+        header.push("IPV6");
+    }
+    header.extend(["POD MAC", "HOST VETH", "NETNS"]);
+    if counters {
+        header.extend(["FORWARDED", "ARP"]);
+        if v6 {
+            header.push("NA");
+        }
+        header.extend(["ECHO", "PASSED", "DROPPED"]);
+    }
+    let or_dash = |a: Option<String>| a.unwrap_or_else(|| "-".into());
     let rows: Vec<Vec<String>> = list
         .iter()
         .map(|e| {
-            let mut row = vec![
-                e.name.clone(),
-                e.ip.to_string(),
+            let mut row = vec![e.name.clone(), or_dash(e.ip.map(|ip| ip.to_string()))];
+            if v6 {
+                row.push(or_dash(e.ip6.map(|ip| ip.to_string())));
+            }
+            row.extend([
                 e.pod_mac.to_string(),
                 e.host_veth.clone(),
                 e.netns.display().to_string(),
-            ];
+            ]);
             if let Some(c) = e.counters.as_ref().filter(|_| counters) {
                 let drops: Vec<String> = c
                     .drops
@@ -118,6 +140,11 @@ fn endpoint_table(list: &[EndpointView], counters: bool) {
                 row.extend([
                     format!("{}p/{}B", c.forwarded.packets, c.forwarded.bytes),
                     c.arp_replies.packets.to_string(),
+                ]);
+                if v6 {
+                    row.push(c.na_replies.packets.to_string());
+                }
+                row.extend([
                     c.echo_replies.packets.to_string(),
                     format!("{}p/{}B", c.passed.packets, c.passed.bytes),
                     if drops.is_empty() {
@@ -166,8 +193,8 @@ pub fn status(out: Output, s: &Status) -> Result<()> {
     };
     println!(
         "node: up  pod CIDR {}  gateway {} ({})  bpffs {}  attach {}  endpoints {}",
-        node.pod_cidr,
-        node.gateway,
+        node::fmt_cidrs(node.pod_cidr, node.pod_cidr6),
+        gateways(node),
         node.gateway_mac,
         node.bpffs_dir.display(),
         node.attach_mode.name(),

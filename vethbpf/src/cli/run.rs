@@ -4,6 +4,7 @@
 
 use anyhow::{Context, Result};
 use vethbpf::datapath::Pins;
+use vethbpf::defaults::POD_CIDR as DEFAULT_POD_CIDR;
 use vethbpf::endpoint::{self, AddRequest, EndpointView};
 use vethbpf::kernel::bpffs;
 use vethbpf::node::{self, NodeError, UpRequest};
@@ -108,7 +109,8 @@ fn rebuild_from_kernel(
             .with_context(|| format!("moving {} to {}", file.display(), keep.display()))?;
         eprintln!("kept the unreadable state file as {}", keep.display());
     }
-    let node = reconcile::node_from_pins(&pins, args.pod_cidr.trunc())
+    let (pod_cidr, pod_cidr6) = node::split_cidrs(&args.pod_cidr)?;
+    let node = reconcile::node_from_pins(&pins, pod_cidr, pod_cidr6)
         .context("reading the node config from the pinned maps")?;
     endpoint::with_kernel(&node, |env| {
         reconcile::from_kernel(env, &mut locked, node.clone()).context("reconcile --from-kernel")
@@ -135,10 +137,18 @@ pub fn run(cli: Cli, bpffs_explicit: bool) -> Result<()> {
     match &cli.command {
         Command::Up(args) => {
             let mut locked = lock(&state_dir)?;
+            // Without --pod-cidr, `up` on a node that is up keeps its CIDRs (a reload
+            // after a reboot must not ask for them again).
+            let (pod_cidr, pod_cidr6) = match (&locked.state.node, args.pod_cidr.is_empty()) {
+                (Some(n), true) => (n.pod_cidr, n.pod_cidr6),
+                (None, true) => node::split_cidrs(&[DEFAULT_POD_CIDR.parse()?])?,
+                (_, false) => node::split_cidrs(&args.pod_cidr)?,
+            };
             let report = node::up(
                 &mut locked,
                 &UpRequest {
-                    pod_cidr: args.pod_cidr.trunc(),
+                    pod_cidr,
+                    pod_cidr6,
                     gateway: args.gateway,
                     bpffs_dir: cli.bpffs_dir.clone(),
                     replace: args.replace,
@@ -154,7 +164,7 @@ pub fn run(cli: Cli, bpffs_explicit: bool) -> Result<()> {
             check_bpffs(&locked, &cli, bpffs_explicit)?;
             let req = AddRequest {
                 name: args.name.clone(),
-                ip: args.ip,
+                ips: args.ip.clone(),
                 netns: args.netns.clone(),
                 ifname: args.ifname.clone(),
             };

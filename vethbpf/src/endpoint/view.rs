@@ -1,6 +1,6 @@
 //! Endpoints as `endpoint list` and `endpoint add` show them, with counters.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 
 use serde::Serialize;
@@ -16,7 +16,10 @@ use crate::state::{EndpointRecord, Locked, NodeConfig};
 pub struct EndpointView {
     pub name: String,
     pub id: u32,
-    pub ip: Ipv4Addr,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ip: Option<Ipv4Addr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ip6: Option<Ipv6Addr>,
     pub pod_mac: MacAddr,
     pub host_veth: String,
     pub host_ifindex: u32,
@@ -49,6 +52,8 @@ pub struct CounterView {
     pub arp_replies: Count,
     /// Pings to the gateway address answered.
     pub echo_replies: Count,
+    /// Neighbour solicitations answered (IPv6's ARP replies).
+    pub na_replies: Count,
     pub passed: Count,
     /// Total of all drop reasons.
     pub dropped: Count,
@@ -62,6 +67,7 @@ impl CounterView {
             forwarded: c[Verdict::Forward as usize].into(),
             arp_replies: c[Verdict::ArpReply as usize].into(),
             echo_replies: c[Verdict::EchoReply as usize].into(),
+            na_replies: c[Verdict::NaReply as usize].into(),
             passed: c[Verdict::Pass as usize].into(),
             ..Default::default()
         };
@@ -82,6 +88,7 @@ impl EndpointView {
             name: rec.name.clone(),
             id: rec.id,
             ip: rec.ip,
+            ip6: rec.ip6,
             pod_mac: rec.pod_mac,
             host_veth: rec.host_veth.clone(),
             host_ifindex: rec.host_ifindex,

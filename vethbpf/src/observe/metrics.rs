@@ -218,7 +218,14 @@ fn scrape(state_dir: &StateDir) -> Result<Scrape, ObserveError> {
     let mut node_info = Family::gauge("node_info", "This node's configuration (value 1)");
     node_info.add(
         labels([
-            ("pod_cidr", &node.pod_cidr.to_string()),
+            (
+                "pod_cidr",
+                &node.pod_cidr.map(|c| c.to_string()).unwrap_or_default(),
+            ),
+            (
+                "pod_cidr6",
+                &node.pod_cidr6.map(|c| c.to_string()).unwrap_or_default(),
+            ),
             ("gateway", &node.gateway.to_string()),
             ("attach_mode", node.attach_mode.name()),
         ]),

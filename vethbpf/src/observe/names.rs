@@ -3,7 +3,7 @@
 //! atomically) and the kernel's interface names.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use crate::state::{StateDir, StateError};
@@ -17,7 +17,7 @@ const RELOAD_AFTER: Duration = Duration::from_millis(500);
 pub struct Names {
     state_dir: StateDir,
     by_id: HashMap<u32, String>,
-    by_ip: HashMap<Ipv4Addr, String>,
+    by_ip: HashMap<IpAddr, String>,
     by_ifindex: HashMap<u32, String>,
     loaded: Option<Instant>,
 }
@@ -43,7 +43,14 @@ impl Names {
         self.by_ifindex.clear();
         for rec in state.endpoints.values() {
             self.by_id.insert(rec.id, rec.name.clone());
-            self.by_ip.insert(rec.ip, rec.name.clone());
+            for ip in rec
+                .ip
+                .map(IpAddr::V4)
+                .into_iter()
+                .chain(rec.ip6.map(IpAddr::V6))
+            {
+                self.by_ip.insert(ip, rec.name.clone());
+            }
             self.by_ifindex.insert(rec.host_ifindex, rec.name.clone());
         }
         self.loaded = Some(Instant::now());
@@ -73,9 +80,6 @@ impl Names {
 
     /// The endpoint that has the address `ip`.
     pub fn endpoint_of_ip(&mut self, ip: IpAddr) -> Option<String> {
-        let IpAddr::V4(ip) = ip else {
-            return None;
-        };
         self.refresh_on_miss(self.by_ip.contains_key(&ip));
         self.by_ip.get(&ip).cloned()
     }

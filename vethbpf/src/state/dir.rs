@@ -259,7 +259,8 @@ mod tests {
         EndpointRecord {
             name: name.into(),
             id: 1,
-            ip: Ipv4Addr::from(ip),
+            ip: Some(Ipv4Addr::from(ip)),
+            ip6: None,
             pod_mac: MacAddr([2, 0, 0, 0, 0, 1]),
             host_veth: "vb0".into(),
             host_ifindex: 7,
@@ -282,7 +283,10 @@ mod tests {
         l.save().unwrap();
         drop(l);
         let l = sd.lock().unwrap();
-        assert_eq!(l.state.endpoints["a"].ip, Ipv4Addr::new(10, 244, 0, 2));
+        assert_eq!(
+            l.state.endpoints["a"].ip,
+            Some(Ipv4Addr::new(10, 244, 0, 2))
+        );
         sd.remove(l).unwrap();
         assert!(!dir.exists());
     }
@@ -301,6 +305,30 @@ mod tests {
         let l = sd
             .lock_timeout(std::time::Duration::from_millis(100))
             .unwrap();
+        sd.remove(l).unwrap();
+    }
+
+    #[test]
+    fn a_state_file_written_before_ipv6_still_reads() {
+        // The shape of version 1 files from before dual stack: plain `pod_cidr` and
+        // `ip`, no `pod_cidr6`/`ip6`.
+        let dir = tempdir();
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(
+            dir.join(STATE_FILE),
+            r#"{"version":1,"node":{"pod_cidr":"10.244.0.0/24","gateway":"169.254.1.1",
+            "gateway_mac":"ee:ee:ee:ee:ee:ee","bpffs_dir":"/sys/fs/bpf/vethbpf",
+            "bpffs_mount":null,"attach_mode":"tcx"},"endpoints":{"a":{"name":"a","id":1,
+            "ip":"10.244.0.2","pod_mac":"02:00:00:00:00:01","host_veth":"vb0",
+            "host_ifindex":7,"netns":"/run/netns/x","netns_created":true,"ifname":"eth0"}}}"#,
+        )
+        .unwrap();
+        let sd = StateDir::new(&dir);
+        let l = sd.lock().unwrap();
+        let node = l.state.node.clone().unwrap();
+        assert_eq!(node.pod_cidr, Some("10.244.0.0/24".parse().unwrap()));
+        assert_eq!(node.pod_cidr6, None);
+        assert_eq!(l.state.endpoints["a"], record("a", [10, 244, 0, 2]));
         sd.remove(l).unwrap();
     }
 

@@ -1,10 +1,10 @@
 //! What the state file holds: the node config and one record per endpoint.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
 use super::ident::MacAddr;
@@ -12,10 +12,18 @@ use crate::datapath::AttachMode;
 
 pub(crate) const STATE_VERSION: u32 = 1;
 
-/// Written by `up`.
+/// Written by `up`. At least one of the pod CIDRs is set.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeConfig {
-    pub pod_cidr: Ipv4Net,
+    /// The IPv4 pod CIDR; `None` on an IPv6-only node.
+    #[serde(default)]
+    pub pod_cidr: Option<Ipv4Net>,
+    /// The IPv6 pod CIDR; `None` on an IPv4-only node (and in state files written
+    /// before IPv6).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_cidr6: Option<Ipv6Net>,
+    /// The pods' IPv4 gateway. Also written into the datapath config on an
+    /// IPv6-only node, where it is simply unused.
     pub gateway: Ipv4Addr,
     pub gateway_mac: MacAddr,
     pub bpffs_dir: PathBuf,
@@ -25,13 +33,26 @@ pub struct NodeConfig {
     pub attach_mode: AttachMode,
 }
 
+impl NodeConfig {
+    /// The pods' IPv6 gateway: the link-local address of the gateway MAC (the
+    /// EUI-64 one, as Calico), which every host-side veth of an IPv6 node carries.
+    pub fn gateway6(&self) -> Ipv6Addr {
+        self.gateway_mac.link_local()
+    }
+}
+
 /// One endpoint ("pod").
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EndpointRecord {
     pub name: String,
     /// Index of the endpoint's counters (1..MAX_ENDPOINTS).
     pub id: u32,
-    pub ip: Ipv4Addr,
+    /// The pod's IPv4 address, if the node has an IPv4 pod CIDR.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<Ipv4Addr>,
+    /// The pod's IPv6 address, if the node has an IPv6 pod CIDR.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip6: Option<Ipv6Addr>,
     pub pod_mac: MacAddr,
     pub host_veth: String,
     pub host_ifindex: u32,
@@ -58,6 +79,14 @@ pub struct CniAttachment {
     /// The delegated IPAM plugin (`ipam.type`) that gave the address, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ipam: Option<String>,
+}
+
+impl EndpointRecord {
+    /// The pod's link-local address: vethbpf gives an IPv6 pod the EUI-64 one of
+    /// its MAC (and no other), so the datapath knows it.
+    pub fn link_local(&self) -> Ipv6Addr {
+        self.pod_mac.link_local()
+    }
 }
 
 /// The whole state file.

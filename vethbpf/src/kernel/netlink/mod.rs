@@ -8,10 +8,10 @@
 //! pod's namespace (see [`crate::kernel::netns::run_in`]). The client is synchronous: it owns
 //! a current-thread tokio runtime, so no tokio worker ever calls `setns`.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::fd::BorrowedFd;
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 
 use crate::error::ErrorKind;
 
@@ -49,6 +49,16 @@ pub struct RouteSpec {
     pub scope_link: bool,
     /// `onlink`: the gateway is reachable on `oif` even without a matching prefix.
     pub onlink: bool,
+}
+
+/// An IPv6 route in the main table (IPv6 routes have no scope; a link-local gateway
+/// is reached on `oif` as it is).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Route6Spec {
+    pub dst: Ipv6Net,
+    /// Output interface index.
+    pub oif: u32,
+    pub gateway: Option<Ipv6Addr>,
 }
 
 /// A failed rtnetlink request; `Exists` and `NotFound` are the errnos callers
@@ -124,4 +134,16 @@ pub trait Netlink {
     fn del_route(&mut self, route: &RouteSpec) -> Result<(), NetlinkError>;
     /// IPv4 unicast routes of the main table.
     fn routes(&mut self) -> Result<Vec<RouteSpec>, NetlinkError>;
+    /// Adds an IPv6 address to a link, usable at once: `nodad` (no duplicate address
+    /// detection: vethbpf hands out every address, and a pod's link is point to
+    /// point).
+    fn add_address6(&mut self, index: u32, addr: Ipv6Net) -> Result<(), NetlinkError>;
+    /// IPv6 addresses, of one link or of all links: `(ifindex, address/prefix)`.
+    fn addresses6(&mut self, index: Option<u32>) -> Result<Vec<(u32, Ipv6Net)>, NetlinkError>;
+    /// Adds an IPv6 route to the main table.
+    fn add_route6(&mut self, route: &Route6Spec) -> Result<(), NetlinkError>;
+    /// Deletes an IPv6 route from the main table.
+    fn del_route6(&mut self, route: &Route6Spec) -> Result<(), NetlinkError>;
+    /// IPv6 unicast routes of the main table.
+    fn routes6(&mut self) -> Result<Vec<Route6Spec>, NetlinkError>;
 }

@@ -7,13 +7,15 @@
 //! exists that could end up in (or out of) the wrong namespace.
 
 use std::io;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd, BorrowedFd};
 
 use futures::TryStreamExt;
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use rtnetlink::packet_route::AddressFamily;
-use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
+use rtnetlink::packet_route::address::{
+    AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage,
+};
 use rtnetlink::packet_route::link::{
     AfSpecInet6, AfSpecUnspec, In6AddrGenMode, LinkAttribute, LinkFlags, LinkInfo as NlLinkInfo,
     LinkMessage,
@@ -25,7 +27,7 @@ use rtnetlink::packet_route::route::{
 use rtnetlink::{Handle, LinkUnspec, LinkVeth, RouteMessageBuilder};
 use tokio::runtime::Runtime;
 
-use super::{LinkInfo, Netlink, NetlinkError, RouteSpec};
+use super::{LinkInfo, Netlink, NetlinkError, Route6Spec, RouteSpec};
 
 /// A synchronous rtnetlink client bound to the network namespace of the thread
 /// that called [`RtNetlink::connect`].
@@ -377,6 +379,114 @@ impl Netlink for RtNetlink {
         }
         Ok(out)
     }
+
+    fn add_address6(&mut self, index: u32, addr: Ipv6Net) -> Result<(), NetlinkError> {
+        let mut request =
+            self.handle
+                .address()
+                .add(index, IpAddr::V6(addr.addr()), addr.prefix_len());
+        // `ip -6 addr add ... nodad`: the 8-bit header flag for old kernels, the
+        // 32-bit IFA_FLAGS attribute for new ones (the kernel reads the latter).
+        let message = request.message_mut();
+        message.header.flags = AddressHeaderFlags::Nodad;
+        message
+            .attributes
+            .push(AddressAttribute::Flags(AddressFlags::Nodad));
+        self.rt
+            .block_on(request.execute())
+            .map_err(|e| map_err("add address", format!("{addr} on link index {index}"), e))
+    }
+
+    fn addresses6(&mut self, index: Option<u32>) -> Result<Vec<(u32, Ipv6Net)>, NetlinkError> {
+        let op = "list IPv6 addresses";
+        let mut request = self.handle.address().get();
+        if let Some(index) = index {
+            request = request.set_link_index_filter(index);
+        }
+        let messages: Vec<AddressMessage> = self
+            .rt
+            .block_on(request.execute().try_collect())
+            .map_err(|e| {
+                let what = match index {
+                    Some(i) => format!("link index {i}"),
+                    None => "all links".into(),
+                };
+                map_err(op, what, e)
+            })?;
+        let mut out = Vec::new();
+        for m in messages
+            .iter()
+            .filter(|m| m.header.family == AddressFamily::Inet6)
+        {
+            let Some(ip) = m.attributes.iter().find_map(|a| match a {
+                AddressAttribute::Address(IpAddr::V6(ip)) => Some(*ip),
+                _ => None,
+            }) else {
+                continue;
+            };
+            let net =
+                Ipv6Net::new(ip, m.header.prefix_len).map_err(|_| NetlinkError::Protocol {
+                    op,
+                    detail: format!("address {ip} with prefix length {}", m.header.prefix_len),
+                })?;
+            out.push((m.header.index, net));
+        }
+        Ok(out)
+    }
+
+    fn add_route6(&mut self, route: &Route6Spec) -> Result<(), NetlinkError> {
+        let mut builder = RouteMessageBuilder::<Ipv6Addr>::new()
+            .table_id(RouteHeader::RT_TABLE_MAIN.into())
+            .protocol(RouteProtocol::Static)
+            .kind(RouteType::Unicast)
+            .destination_prefix(route.dst.addr(), route.dst.prefix_len())
+            .output_interface(route.oif);
+        if let Some(gw) = route.gateway {
+            builder = builder.gateway(gw);
+        }
+        let request = self.handle.route().add(builder.build());
+        self.rt
+            .block_on(request.execute())
+            .map_err(|e| map_err("add route", fmt_route6(route), e))
+    }
+
+    fn del_route6(&mut self, route: &Route6Spec) -> Result<(), NetlinkError> {
+        // As `del_route`: match destination, output interface and gateway only.
+        let mut builder = RouteMessageBuilder::<Ipv6Addr>::new()
+            .table_id(RouteHeader::RT_TABLE_MAIN.into())
+            .protocol(RouteProtocol::Unspec)
+            .kind(RouteType::Unspec)
+            .scope(RouteScope::NoWhere)
+            .destination_prefix(route.dst.addr(), route.dst.prefix_len())
+            .output_interface(route.oif);
+        if let Some(gw) = route.gateway {
+            builder = builder.gateway(gw);
+        }
+        let request = self.handle.route().del(builder.build());
+        self.rt
+            .block_on(request.execute())
+            .map_err(|e| map_err("delete route", fmt_route6(route), e))
+    }
+
+    fn routes6(&mut self) -> Result<Vec<Route6Spec>, NetlinkError> {
+        let op = "list IPv6 routes";
+        let request = self
+            .handle
+            .route()
+            .get(RouteMessageBuilder::<Ipv6Addr>::new().build())
+            .execute();
+        let messages: Vec<RouteMessage> = self
+            .rt
+            .block_on(request.try_collect())
+            .map_err(|e| map_err(op, "IPv6 main table".into(), e))?;
+        let mut out = Vec::new();
+        for m in &messages {
+            if let Some(spec) = route6_spec(op, m)? {
+                out.push(spec);
+            }
+        }
+        Ok(out)
+    }
 }
 
 /// Maps an rtnetlink error to the typed variants: the errno decides.
@@ -485,6 +595,56 @@ fn route_spec(op: &'static str, m: &RouteMessage) -> Result<Option<RouteSpec>, N
         scope_link: h.scope == RouteScope::Link,
         onlink: h.flags.contains(RouteFlags::Onlink),
     }))
+}
+
+/// Parses a dumped route back into a [`Route6Spec`]; `None` for routes that are not
+/// main-table IPv6 unicast routes through one interface.
+fn route6_spec(op: &'static str, m: &RouteMessage) -> Result<Option<Route6Spec>, NetlinkError> {
+    let h = &m.header;
+    if h.address_family != AddressFamily::Inet6 || h.kind != RouteType::Unicast {
+        return Ok(None);
+    }
+    let table = m
+        .attributes
+        .iter()
+        .find_map(|a| match a {
+            RouteAttribute::Table(t) => Some(*t),
+            _ => None,
+        })
+        .unwrap_or(h.table.into());
+    if table != u32::from(RouteHeader::RT_TABLE_MAIN) {
+        return Ok(None);
+    }
+    let mut dst = Ipv6Addr::UNSPECIFIED;
+    let mut oif = None;
+    let mut gateway = None;
+    for attr in &m.attributes {
+        match attr {
+            RouteAttribute::Destination(RouteAddress::Inet6(ip)) => dst = *ip,
+            RouteAttribute::Oif(i) => oif = Some(*i),
+            RouteAttribute::Gateway(RouteAddress::Inet6(ip)) => gateway = Some(*ip),
+            _ => {}
+        }
+    }
+    let Some(oif) = oif else {
+        return Ok(None);
+    };
+    let dst =
+        Ipv6Net::new(dst, h.destination_prefix_length).map_err(|_| NetlinkError::Protocol {
+            op,
+            detail: format!(
+                "route to {dst} with prefix length {}",
+                h.destination_prefix_length
+            ),
+        })?;
+    Ok(Some(Route6Spec { dst, oif, gateway }))
+}
+
+pub(super) fn fmt_route6(route: &Route6Spec) -> String {
+    match route.gateway {
+        Some(gw) => format!("{} via {gw} dev index {}", route.dst, route.oif),
+        None => format!("{} dev index {}", route.dst, route.oif),
+    }
 }
 
 pub(super) fn fmt_mac(mac: &[u8; 6]) -> String {
