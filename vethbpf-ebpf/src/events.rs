@@ -100,10 +100,6 @@ fn emit(skb: *mut __sk_buff, endpoint_id: u32, verdict: u32, kind: u32, segs: u3
     entry.submit(0);
 }
 
-/// Bytes of the packet the flow filter reads: Ethernet + IPv6 (the longer header) +
-/// the first 14 bytes of TCP (ports .. flags).
-const FLOW_BYTES: usize = 14 + 40 + 14;
-
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
 const IPPROTO_ICMP: u8 = 1;
@@ -115,13 +111,14 @@ const IPPROTO_ICMPV6: u8 = 58;
 /// traced yet, or it carries a SYN, FIN or RST its flow has not shown. Records it.
 #[inline(always)]
 fn new_in_flow(ctx: &TcContext, session: u32) -> bool {
-    let Some((key, tcp_flags)) = flow_of(ctx) else {
+    let mut key = FlowKey::default();
+    let Some(tcp_flags) = flow_of(ctx, &mut key) else {
         // Nothing to tell flows apart by: every such packet is news (no traced
         // verdict carries one today).
         return true;
     };
     let flags = u32::from(tcp_flags & TRACE_TCP_FLAGS);
-    if let Some(seen) = TRACE_FLOWS.get_ptr_mut(key) {
+    if let Some(seen) = TRACE_FLOWS.get_ptr_mut(&key) {
         // SAFETY: a value from a successful lookup, valid for the program run; a
         // concurrent update of the same flow on another CPU at worst repeats a trace.
         unsafe {
@@ -140,81 +137,103 @@ fn new_in_flow(ctx: &TcContext, session: u32) -> bool {
     };
     // A full LRU map evicts the least recently used flow: insert cannot fail for
     // lack of room; if it fails otherwise the event is still sent.
-    let _ = TRACE_FLOWS.insert(key, seen, 0);
+    let _ = TRACE_FLOWS.insert(&key, &seen, 0);
     true
 }
 
-/// The flow (addresses, ports, protocol) of an IPv4 or IPv6 packet and its TCP
-/// flags (0 if not TCP).
+/// Copies `out.len()` bytes of the packet at `offset` into `out`; false if the
+/// packet is shorter.
 #[inline(always)]
-fn flow_of(ctx: &TcContext) -> Option<(FlowKey, u8)> {
-    let mut b = [0u8; FLOW_BYTES];
-    let len = ctx.len();
-    if len < 14 + 20 {
+fn load<const N: usize>(ctx: &TcContext, offset: u32, out: &mut [u8; N]) -> bool {
+    // SAFETY: a helper call writing exactly N bytes into `out`.
+    unsafe {
+        bpf_skb_load_bytes(
+            ctx.skb.skb.cast(),
+            offset,
+            out.as_mut_ptr().cast(),
+            N as u32,
+        ) == 0
+    }
+}
+
+/// Fills `key` with the flow (addresses, ports, protocol) of an IPv4 or IPv6 packet
+/// and returns its TCP flags (0 if not TCP); `None` for other packets.
+///
+/// Small loads straight into the key, not a copy of the headers: this runs in a
+/// BPF function of its own below `from_pod`, and their stacks share 512 bytes.
+#[inline(always)]
+fn flow_of(ctx: &TcContext, key: &mut FlowKey) -> Option<u8> {
+    let mut ether_type = [0u8; 2];
+    if !load(ctx, 12, &mut ether_type) {
         return None;
     }
-    let n = if len > FLOW_BYTES as u32 {
-        FLOW_BYTES as u32
-    } else {
-        len
-    };
-    // SAFETY: a helper call writing at most `n` <= FLOW_BYTES bytes into `b`.
-    if unsafe { bpf_skb_load_bytes(ctx.skb.skb.cast(), 0, b.as_mut_ptr().cast(), n) } != 0 {
-        return None;
-    }
-    let n = n as usize;
-    let mut key = FlowKey::default();
-    let (proto, l4) = match u16::from_be_bytes([b[12], b[13]]) {
+    let (proto, l4) = match u16::from_be_bytes(ether_type) {
         ETH_P_IP => {
-            let ihl = usize::from(b[14] & 0x0f) * 4;
+            let mut h = [0u8; 20];
+            if !load(ctx, 14, &mut h) {
+                return None;
+            }
             key.family = 4;
-            key.saddr[..4].copy_from_slice(&b[26..30]);
-            key.daddr[..4].copy_from_slice(&b[30..34]);
+            key.saddr[..4].copy_from_slice(&h[12..16]);
+            key.daddr[..4].copy_from_slice(&h[16..20]);
             // A fragment after the first has no ports: all such count as one flow.
-            let fragment_offset = u16::from_be_bytes([b[20], b[21]]) & 0x1fff;
-            let l4 = if fragment_offset == 0 { 14 + ihl } else { 0 };
-            (b[23], l4)
+            let fragment_offset = u16::from_be_bytes([h[6], h[7]]) & 0x1fff;
+            let l4 = if fragment_offset == 0 {
+                14 + u32::from(h[0] & 0x0f) * 4
+            } else {
+                0
+            };
+            (h[9], l4)
         }
-        ETH_P_IPV6 if n >= 14 + 40 => {
+        ETH_P_IPV6 => {
+            let mut next = [0u8; 1];
+            if !load(ctx, 14 + 6, &mut next)
+                || !load(ctx, 14 + 8, &mut key.saddr)
+                || !load(ctx, 14 + 24, &mut key.daddr)
+            {
+                return None;
+            }
             key.family = 6;
-            key.saddr.copy_from_slice(&b[22..38]);
-            key.daddr.copy_from_slice(&b[38..54]);
             // Ports only when the next header is the transport (no extension header
             // walk here).
-            (b[20], 14 + 40)
+            (next[0], 14 + 40)
         }
         _ => return None,
     };
     key.proto = proto;
-    // The bytes of the transport header this protocol's fields need.
-    let need = match proto {
-        IPPROTO_TCP => 14,
-        IPPROTO_UDP => 4,
-        IPPROTO_ICMP | IPPROTO_ICMPV6 => 6,
-        _ => return Some((key, 0)),
-    };
-    if l4 == 0 || l4 + need > n {
-        return Some((key, 0));
+    if l4 == 0 {
+        return Some(0);
     }
-    let Some(h) = b.get(l4..l4 + need) else {
-        return Some((key, 0));
-    };
-    let word = |i: usize| match h.get(i..i + 2) {
-        Some(w) => u16::from_ne_bytes([w[0], w[1]]),
-        None => 0,
-    };
-    let mut tcp_flags = 0;
-    if proto == IPPROTO_TCP || proto == IPPROTO_UDP {
-        key.sport = word(0);
-        key.dport = word(2);
-        if proto == IPPROTO_TCP {
-            tcp_flags = h.get(13).copied().unwrap_or(0);
+    let word = |b: &[u8], i: usize| u16::from_ne_bytes([b[i], b[i + 1]]);
+    match proto {
+        IPPROTO_TCP => {
+            // Ports .. flags.
+            let mut t = [0u8; 14];
+            if !load(ctx, l4, &mut t) {
+                return Some(0);
+            }
+            key.sport = word(&t, 0);
+            key.dport = word(&t, 2);
+            Some(t[13])
         }
-    } else {
-        // Type and code tell requests from replies; the identifier tells one ping
-        // from another.
-        key.dport = word(0);
-        key.sport = word(4);
+        IPPROTO_UDP => {
+            let mut u = [0u8; 4];
+            if load(ctx, l4, &mut u) {
+                key.sport = word(&u, 0);
+                key.dport = word(&u, 2);
+            }
+            Some(0)
+        }
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => {
+            // Type and code tell requests from replies; the identifier tells one
+            // ping from another.
+            let mut i = [0u8; 6];
+            if load(ctx, l4, &mut i) {
+                key.dport = word(&i, 0);
+                key.sport = word(&i, 4);
+            }
+            Some(0)
+        }
+        _ => Some(0),
     }
-    Some((key, tcp_flags))
 }
