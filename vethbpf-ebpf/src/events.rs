@@ -118,7 +118,7 @@ fn new_in_flow(ctx: &TcContext, session: u32) -> bool {
         return true;
     };
     let flags = u32::from(tcp_flags & TRACE_TCP_FLAGS);
-    if let Some(seen) = TRACE_FLOWS.get_ptr_mut(&key) {
+    if let Some(seen) = TRACE_FLOWS.get_ptr_mut(key) {
         // SAFETY: a value from a successful lookup, valid for the program run; a
         // concurrent update of the same flow on another CPU at worst repeats a trace.
         unsafe {
@@ -137,7 +137,7 @@ fn new_in_flow(ctx: &TcContext, session: u32) -> bool {
     };
     // A full LRU map evicts the least recently used flow: insert cannot fail for
     // lack of room; if it fails otherwise the event is still sent.
-    let _ = TRACE_FLOWS.insert(&key, &seen, 0);
+    let _ = TRACE_FLOWS.insert(key, seen, 0);
     true
 }
 
