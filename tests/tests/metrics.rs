@@ -131,6 +131,7 @@ fn metrics_pass_promtool_and_equal_endpoint_list_after_traffic() {
             ("arp_reply", &c["arp_replies"]),
             ("pass", &c["passed"]),
             ("echo_reply", &c["echo_replies"]),
+            ("na_reply", &c["na_replies"]),
         ];
         for (k, v) in c["drops"].as_object().expect("drops") {
             views.push((k.as_str(), v));
