@@ -21,6 +21,8 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 
+pub mod cluster;
+
 /// The node namespace's own address (TEST-NET-1, on its `lo`).
 pub const NODE_IP: &str = "192.0.2.1";
 /// The node namespace's own IPv6 address (documentation prefix, on its `lo`).
@@ -324,9 +326,15 @@ impl TestNode {
                 .collect(),
             state: std::fs::read_to_string(self.state.join("state.json")).ok(),
             journal: self.state.join("intent.json").exists(),
+            node_journal: self.state.join("node-intent.json").exists(),
             pins: list_tree(&self.bpffs),
             routes_map: self.map_dump("ROUTES"),
             endpoints_map: self.map_dump("ENDPOINTS"),
+            nodes_map: self
+                .map_dump("NODES")
+                .into_iter()
+                .filter(|e| e.contains("\"value\"") && !e.contains("\"value\":[\"0x00\",\"0x00\",\"0x00\",\"0x00\",\"0x00\",\"0x00\",\"0x00\",\"0x00\"]"))
+                .collect(),
             routes6_map: self.map_dump("ROUTES6"),
             endpoints6_map: self.map_dump("ENDPOINTS6"),
         }
@@ -428,9 +436,13 @@ pub struct Snapshot {
     pub state: Option<String>,
     /// The journal of an interrupted command is there.
     pub journal: bool,
+    /// The journal of an interrupted remote-node change is there.
+    pub node_journal: bool,
     pub pins: Vec<String>,
     pub routes_map: Vec<String>,
     pub endpoints_map: Vec<String>,
+    /// NODES entries that are not all zero (remote nodes).
+    pub nodes_map: Vec<String>,
     pub addrs6: Vec<String>,
     pub routes6: Vec<String>,
     pub routes6_map: Vec<String>,
@@ -582,6 +594,17 @@ pub fn tcp_echo(
     client: &Path,
     len: usize,
 ) -> std::time::Duration {
+    tcp_echo_peer(server, server_ip, client, len).0
+}
+
+/// [`tcp_echo`], also returning the client address the server saw (to check that
+/// nothing rewrote it on the way).
+pub fn tcp_echo_peer(
+    server: &Path,
+    server_ip: impl Into<std::net::IpAddr>,
+    client: &Path,
+    len: usize,
+) -> (std::time::Duration, std::net::SocketAddr) {
     use std::io::{Read, Write};
     use std::net::{SocketAddr, TcpListener, TcpStream};
     use std::time::{Duration, Instant};
@@ -594,7 +617,7 @@ pub fn tcp_echo(
     .expect("bind in server netns");
     let port = listener.local_addr().expect("local addr").port();
     let server_thread = std::thread::spawn(move || {
-        let (mut s, _) = listener.accept().expect("accept");
+        let (mut s, peer) = listener.accept().expect("accept");
         s.set_read_timeout(Some(Duration::from_secs(20))).ok();
         let mut buf = vec![0u8; 65536];
         loop {
@@ -604,6 +627,7 @@ pub fn tcp_echo(
             }
             s.write_all(&buf[..n]).expect("server write");
         }
+        peer
     });
     let start = Instant::now();
     let mut stream = vethbpf::kernel::netns::run_in(client, move || {
@@ -624,12 +648,12 @@ pub fn tcp_echo(
     let mut back = Vec::with_capacity(len);
     stream.read_to_end(&mut back).expect("client read");
     writer.join().expect("writer");
-    server_thread.join().expect("server");
+    let peer = server_thread.join().expect("server");
     let took = start.elapsed();
     let what = format!("{} -> {}", client.display(), server.display());
     assert_eq!(back.len(), len, "echoed length {what}");
     assert!(back == data, "echoed bytes differ {what}");
-    took
+    (took, peer)
 }
 
 /// An Ethernet II frame: destination, source, EtherType, payload.
@@ -670,5 +694,159 @@ pub fn no_ipv6(netns: &Path) {
                 key,
             ],
         );
+    }
+}
+
+/// The node's address on its uplink in [`TestNode::outside`]: the masquerade
+/// address.
+pub const UPLINK_NODE_IP: &str = "172.30.0.2";
+/// The outside router's address on the uplink: the node's default gateway.
+pub const ROUTER_IP: &str = "172.30.0.1";
+/// A server address of the outside namespace (on its `lo`).
+pub const SERVER_IP: &str = "198.51.100.10";
+/// A server one hop behind the outside router (on the far namespace's `lo`).
+pub const FAR_SERVER_IP: &str = "203.0.113.10";
+/// The node's uplink interface in [`TestNode::outside`].
+pub const UPLINK: &str = "up0";
+
+/// The world outside a test node: a namespace `<prefix>out` that plays the router
+/// and hosts servers on its own addresses, joined to the node by a veth (the node's
+/// uplink, [`UPLINK`], with [`UPLINK_NODE_IP`]/24 and a default route via
+/// [`ROUTER_IP`]); optionally a namespace `<prefix>far` behind the router over a
+/// link of its own MTU. The node's guard removes the namespaces (same prefix).
+pub struct Outside {
+    pub netns: String,
+    pub far: Option<String>,
+}
+
+impl Outside {
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from(format!("/run/netns/{}", self.netns))
+    }
+    pub fn far_path(&self) -> PathBuf {
+        PathBuf::from(format!(
+            "/run/netns/{}",
+            self.far
+                .as_deref()
+                .expect("an outside made with a far namespace")
+        ))
+    }
+    /// Runs a command in the outside namespace and panics unless it succeeds.
+    pub fn must(&self, program: &str, args: &[&str]) -> String {
+        ns_must(&self.netns, program, args)
+    }
+}
+
+/// Runs a command in namespace `netns` and panics unless it succeeds; returns stdout.
+pub fn ns_must(netns: &str, program: &str, args: &[&str]) -> String {
+    let out = TestNode::in_ns(netns, program, args);
+    assert!(
+        out.status.success(),
+        "{program} {args:?} in {netns} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+impl TestNode {
+    /// Gives the node an uplink to a new outside namespace (see [`Outside`]).
+    pub fn outside(&self) -> Outside {
+        self.build_outside(None)
+    }
+
+    /// [`TestNode::outside`] plus a far namespace behind the outside router, over a
+    /// link whose router side has MTU `far_mtu` (the far side keeps 1500, so the
+    /// far server offers a full-size MSS); the router forwards between the two.
+    pub fn outside_with_far(&self, far_mtu: u32) -> Outside {
+        self.build_outside(Some(far_mtu))
+    }
+
+    fn build_outside(&self, far_mtu: Option<u32>) -> Outside {
+        let out = format!("{}out", self.prefix);
+        must("ip", ["netns", "add", &out]);
+        // Made right in both namespaces: no name in the test's own namespace.
+        must(
+            "ip",
+            [
+                "link",
+                "add",
+                UPLINK,
+                "netns",
+                &self.netns,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                &out,
+            ],
+        );
+        self.node_must(
+            "ip",
+            &[
+                "addr",
+                "add",
+                &format!("{UPLINK_NODE_IP}/24"),
+                "dev",
+                UPLINK,
+            ],
+        );
+        self.node_must("ip", &["link", "set", UPLINK, "up"]);
+        self.node_must("ip", &["route", "add", "default", "via", ROUTER_IP]);
+        ns_must(&out, "ip", &["link", "set", "lo", "up"]);
+        ns_must(
+            &out,
+            "ip",
+            &["addr", "add", &format!("{ROUTER_IP}/24"), "dev", "eth0"],
+        );
+        ns_must(&out, "ip", &["link", "set", "eth0", "up"]);
+        ns_must(
+            &out,
+            "ip",
+            &["addr", "add", &format!("{SERVER_IP}/32"), "dev", "lo"],
+        );
+        let far = far_mtu.map(|mtu| {
+            let far = format!("{}far", self.prefix);
+            must("ip", ["netns", "add", &far]);
+            let mtu = mtu.to_string();
+            must(
+                "ip",
+                [
+                    "link", "add", "eth1", "mtu", &mtu, "netns", &out, "type", "veth", "peer",
+                    "name", "eth0", "netns", &far,
+                ],
+            );
+            ns_must(&out, "ip", &["addr", "add", "172.31.0.1/24", "dev", "eth1"]);
+            ns_must(&out, "ip", &["link", "set", "eth1", "up"]);
+            ns_must(
+                &out,
+                "ip",
+                &[
+                    "route",
+                    "add",
+                    &format!("{FAR_SERVER_IP}/32"),
+                    "via",
+                    "172.31.0.2",
+                ],
+            );
+            ns_must(&out, "sysctl", &["-qw", "net.ipv4.ip_forward=1"]);
+            ns_must(&far, "ip", &["link", "set", "lo", "up"]);
+            ns_must(&far, "ip", &["addr", "add", "172.31.0.2/24", "dev", "eth0"]);
+            ns_must(&far, "ip", &["link", "set", "eth0", "up"]);
+            ns_must(
+                &far,
+                "ip",
+                &["addr", "add", &format!("{FAR_SERVER_IP}/32"), "dev", "lo"],
+            );
+            ns_must(
+                &far,
+                "ip",
+                &["route", "add", "default", "via", "172.31.0.1"],
+            );
+            far
+        });
+        Outside { netns: out, far }
     }
 }

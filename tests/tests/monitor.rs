@@ -450,3 +450,53 @@ fn diagnostics_come_out_with_log_and_a_killed_monitor_leaves_no_listener() {
 fn drop_monitor(mut m: Monitor) {
     let _ = m.wait();
 }
+
+#[test]
+fn node_keeps_the_events_of_one_remote_node() {
+    use vethbpf_tests::cluster::Cluster;
+    let c = Cluster::new(3);
+    for i in 0..3 {
+        c.up(i, "vxlan");
+    }
+    c.connect_static();
+    let ip = |i: usize, pod: &str| -> String {
+        c.nodes[i].add(pod, &[])["ip"]
+            .as_str()
+            .expect("ip")
+            .to_string()
+    };
+    ip(0, "a");
+    let (b, d) = (ip(1, "b"), ip(2, "d"));
+    let node = &c.nodes[0];
+    // A node this one does not know: refused, naming it.
+    let out = node.vethbpf(&["monitor", "--node", "nosuchnode"]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no remote node named nosuchnode"));
+
+    let monitor = Monitor::start(node, &["-o", "json", "--type", "trace", "--node", "node1"]);
+    assert_eq!(node.ping_from_pod("a", &b, 2), Some(62));
+    assert_eq!(node.ping_from_pod("a", &d, 2), Some(62));
+    wait_until(Duration::from_secs(5), "both directions traced", || {
+        monitor.lines().len() >= 2
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let (status, lines) = monitor.interrupt();
+    assert!(status.success());
+    let records = json_lines(&lines);
+    // node1's pod only: out (to_node, from a's veth) and back (from_node, from the
+    // tunnel), each the first packet of its flow.
+    let verdicts: Vec<&str> = records
+        .iter()
+        .map(|r| r["verdict"].as_str().expect("verdict"))
+        .collect();
+    assert_eq!(verdicts, ["to_node", "from_node"], "{lines:#?}");
+    for r in &records {
+        assert_eq!(r["node"], "node1", "{r}");
+        assert!(
+            r["packet"]["src"] == b.as_str() || r["packet"]["dst"] == b.as_str(),
+            "{r}"
+        );
+    }
+    assert_eq!(records[0]["endpoint"], node.pod("a").as_str());
+    assert_eq!(records[1]["destination_endpoint"], node.pod("a").as_str());
+}

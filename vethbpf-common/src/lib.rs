@@ -10,8 +10,13 @@
 //! [`ipv4_to_map`] / [`ipv4_from_map`].
 #![no_std]
 
+mod egress;
+pub use egress::*;
+
 /// Name of the tc ingress program attached to every host-side veth.
 pub const PROG_FROM_POD: &str = "from_pod";
+/// tc ingress of vethbpf's collect-metadata VXLAN device: decapsulated packets.
+pub const PROG_FROM_TUNNEL: &str = "from_tunnel";
 
 /// Map names as they appear in the eBPF object. The `#[map]` statics in
 /// `vethbpf-ebpf` carry these names (an attribute cannot take a constant); a
@@ -22,13 +27,24 @@ pub const MAP_CONFIG: &str = "CONFIG";
 pub const MAP_STATS: &str = "STATS";
 pub const MAP_ROUTES6: &str = "ROUTES6";
 pub const MAP_ENDPOINTS6: &str = "ENDPOINTS6";
-pub const ALL_MAPS: [&str; 10] = [
+pub const MAP_CLUSTER: &str = "CLUSTER";
+pub const MAP_NODES: &str = "NODES";
+pub const MAP_NODE_STATS: &str = "NODE_STATS";
+pub const ALL_MAPS: [&str; 18] = [
     MAP_ROUTES,
     MAP_ENDPOINTS,
     MAP_CONFIG,
     MAP_STATS,
+    MAP_EGRESS,
+    MAP_EGRESS_SKIP,
+    MAP_NAT,
+    MAP_NAT_STATE,
+    MAP_FRAGS,
     MAP_ROUTES6,
     MAP_ENDPOINTS6,
+    MAP_CLUSTER,
+    MAP_NODES,
+    MAP_NODE_STATS,
     MAP_EVENTS,
     MAP_MONITOR,
     MAP_EVENTS_LOST,
@@ -41,9 +57,20 @@ pub const MAX_ROUTES: u32 = 16384;
 /// interface that has no endpoint entry.
 pub const MAX_ENDPOINTS: u32 = 4096;
 
+/// Remote node ids run from 1 to `MAX_NODES - 1` (index of `NODES` and
+/// `NODE_STATS`); 0 is never given out, so an all-zero entry is no node.
+pub const MAX_NODES: u32 = 1024;
+
 /// `Route::kind`: the prefix is an endpoint on this node, reached with
 /// `bpf_redirect_peer` through its host-side veth.
 pub const ROUTE_KIND_LOCAL: u32 = 1;
+/// `Route::kind`: the prefix is a remote node's pod CIDR; `Route::endpoint_id` holds
+/// the node id (`NODES` has its underlay address). Sent there directly or tunnelled.
+pub const ROUTE_KIND_REMOTE: u32 = 2;
+/// `Route::kind`: the /32 of a remote node's own (underlay) address;
+/// `Route::endpoint_id` holds the node id. Never forwarded to by `from_pod`; used to
+/// tell known nodes from strangers on the receive side.
+pub const ROUTE_KIND_NODE: u32 = 3;
 
 /// Value of the LPM `ROUTES` map (key: `Key<u32>`, the IPv4 destination prefix) and of
 /// `ROUTES6` (key: `Key<[u8; 16]>`, the IPv6 destination prefix, bytes in network
@@ -55,7 +82,8 @@ pub struct Route {
     pub kind: u32,
     /// Host-side veth ifindex of the destination endpoint.
     pub ifindex: u32,
-    /// Endpoint id of the destination (for counters and diagnostics).
+    /// Endpoint id of the destination (for counters and diagnostics); the node id for
+    /// `ROUTE_KIND_REMOTE` and `ROUTE_KIND_NODE`.
     pub endpoint_id: u32,
     /// MAC address of the pod-side interface: the rewritten destination MAC.
     pub mac: [u8; 6],
@@ -88,6 +116,55 @@ pub struct Config {
     /// MAC address every host-side veth carries and ARP replies announce.
     pub gateway_mac: [u8; 6],
     pub _pad: [u8; 2],
+}
+
+/// `ClusterConfig::mode`: the node has no remote nodes configured.
+pub const CLUSTER_MODE_OFF: u32 = 0;
+/// Remote pod CIDRs are reached by routing to the node's address on the uplink's
+/// network (Flannel's host-gw).
+pub const CLUSTER_MODE_DIRECT: u32 = 1;
+/// Remote pod CIDRs are reached through the collect-metadata VXLAN device.
+pub const CLUSTER_MODE_VXLAN: u32 = 2;
+
+/// Value of the one-entry `CLUSTER` array: how this node reaches the others.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// One of the `CLUSTER_MODE_*` constants.
+    pub mode: u32,
+    /// The uplink's ifindex (direct routing goes out of it).
+    pub uplink_ifindex: u32,
+    /// The VXLAN device's ifindex (`CLUSTER_MODE_VXLAN`).
+    pub tunnel_ifindex: u32,
+    /// The VXLAN network identifier every node of the cluster uses.
+    pub vni: u32,
+    /// This node's underlay address (network order in memory).
+    pub node_ip: u32,
+    pub _pad: u32,
+}
+
+/// Value of the `NODES` array (index: node id).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NodeInfo {
+    /// The node's underlay address (network order in memory); 0 = no node.
+    pub ip: u32,
+    pub _pad: u32,
+}
+
+/// Traffic exchanged with one remote node (per CPU in `NODE_STATS`, index: node id).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NodeCounter {
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) of the last packet sent to the node on
+    /// this CPU; 0 = none yet.
+    pub tx_last_ns: u64,
+    /// Likewise, of the last packet delivered from the node.
+    pub rx_last_ns: u64,
 }
 
 /// One counter of the per-CPU `STATS` array.
@@ -131,22 +208,61 @@ pub enum Verdict {
     DropCsum = 9,
     /// ICMP echo request to the gateway address answered with an echo reply.
     EchoReply = 10,
+    /// IPv4 to the outside: source translated to the node address, sent out of the
+    /// uplink (`from_pod`).
+    Masquerade = 11,
+    /// IPv4 to the outside with `--no-masquerade`: tracked, sent out of the uplink
+    /// with the pod's own source (`from_pod`).
+    Egress = 12,
+    /// A reply of a pod's flow: translated back and delivered into the pod
+    /// (`from_uplink`).
+    RevNat = 13,
+    /// An ICMP error about a pod's flow: translated inside and out (RFC 5508) and
+    /// delivered into the pod (`from_uplink`).
+    RevNatIcmp = 14,
+    /// A new flow while the NAT table is at its flow limit.
+    NatTableFull = 15,
+    /// A new flow for which no free NAT port was found within the retries.
+    DropNatNoPort = 16,
+    /// A non-first fragment of a datagram whose first fragment was not seen.
+    DropFragUnknown = 17,
+    /// Egress larger than the uplink's MTU.
+    DropTooBig = 18,
+    /// `from_uplink`: traffic of the node itself, handed to its stack.
+    UplinkPass = 19,
+    /// `from_uplink`: a packet for a pod address that is no reply to a pod's flow.
+    DropUnsolicited = 20,
+    /// A packet rewrite helper failed (the packet was left half-translated).
+    DropNatError = 21,
     /// IPv6 neighbour solicitation answered with the gateway MAC (the twin of
     /// `ArpReply`).
-    NaReply = 11,
+    NaReply = 22,
     /// Neighbour advertisement for an address that is not the pod's (the twin of
     /// `DropArpSpoof`).
-    DropNaSpoof = 12,
+    DropNaSpoof = 23,
     /// Router advertisement or redirect: only routers send those, and a pod is none.
-    DropNdpRouter = 13,
-    /// IPv4 to an address of the node's pod CIDR that no endpoint has (a deleted
-    /// pod's, or one never given out).
-    DropUnknownDestination = 14,
+    DropNdpRouter = 24,
+    /// Sent to a remote node (routed out of the uplink or tunnelled), counted under
+    /// the sending endpoint.
+    ToNode = 25,
+    /// Delivered from a remote node, counted under the receiving endpoint.
+    FromNode = 26,
+    /// For a local endpoint but from a source that is neither a known node nor in a
+    /// known node's pod CIDR (or tunnelled by a stranger, or routed around the
+    /// tunnel): dropped, counted under that endpoint.
+    DropUnknownSource = 27,
+    /// For an address of this node's pods that no endpoint has: tunnelled from a
+    /// known node (counted under 0), or sent by a pod to an address of the node's pod
+    /// CIDR (a deleted pod's, or one never given out; counted under the sender).
+    DropUnknownDestination = 28,
+    /// For a remote node that cannot be reached now: no node entry, the cluster is
+    /// not configured, no route to the node's address, or the tunnel refused it.
+    DropNodeUnreachable = 29,
 }
 
 impl Verdict {
     /// Number of verdicts: the stride of the `STATS` array.
-    pub const COUNT: u32 = 15;
+    pub const COUNT: u32 = 30;
     pub const ALL: [Verdict; Self::COUNT as usize] = [
         Verdict::Forward,
         Verdict::ArpReply,
@@ -159,10 +275,25 @@ impl Verdict {
         Verdict::DropVlan,
         Verdict::DropCsum,
         Verdict::EchoReply,
+        Verdict::Masquerade,
+        Verdict::Egress,
+        Verdict::RevNat,
+        Verdict::RevNatIcmp,
+        Verdict::NatTableFull,
+        Verdict::DropNatNoPort,
+        Verdict::DropFragUnknown,
+        Verdict::DropTooBig,
+        Verdict::UplinkPass,
+        Verdict::DropUnsolicited,
+        Verdict::DropNatError,
         Verdict::NaReply,
         Verdict::DropNaSpoof,
         Verdict::DropNdpRouter,
+        Verdict::ToNode,
+        Verdict::FromNode,
+        Verdict::DropUnknownSource,
         Verdict::DropUnknownDestination,
+        Verdict::DropNodeUnreachable,
     ];
 
     /// Stable name used in CLI output and JSON.
@@ -179,10 +310,25 @@ impl Verdict {
             Verdict::DropVlan => "drop_vlan",
             Verdict::DropCsum => "drop_csum",
             Verdict::EchoReply => "echo_reply",
+            Verdict::Masquerade => "masquerade",
+            Verdict::Egress => "egress",
+            Verdict::RevNat => "rev_nat",
+            Verdict::RevNatIcmp => "rev_nat_icmp",
+            Verdict::NatTableFull => "nat_table_full",
+            Verdict::DropNatNoPort => "drop_nat_no_port",
+            Verdict::DropFragUnknown => "drop_frag_unknown",
+            Verdict::DropTooBig => "drop_too_big",
+            Verdict::UplinkPass => "uplink_pass",
+            Verdict::DropUnsolicited => "drop_unsolicited",
+            Verdict::DropNatError => "drop_nat_error",
             Verdict::NaReply => "na_reply",
             Verdict::DropNaSpoof => "drop_na_spoof",
             Verdict::DropNdpRouter => "drop_ndp_router",
+            Verdict::ToNode => "to_node",
+            Verdict::FromNode => "from_node",
+            Verdict::DropUnknownSource => "drop_unknown_source",
             Verdict::DropUnknownDestination => "drop_unknown_destination",
+            Verdict::DropNodeUnreachable => "drop_node_unreachable",
         }
     }
 
@@ -196,9 +342,17 @@ impl Verdict {
                 | Verdict::DropNoEndpoint
                 | Verdict::DropVlan
                 | Verdict::DropCsum
+                | Verdict::NatTableFull
+                | Verdict::DropNatNoPort
+                | Verdict::DropFragUnknown
+                | Verdict::DropTooBig
+                | Verdict::DropUnsolicited
+                | Verdict::DropNatError
                 | Verdict::DropNaSpoof
                 | Verdict::DropNdpRouter
+                | Verdict::DropUnknownSource
                 | Verdict::DropUnknownDestination
+                | Verdict::DropNodeUnreachable
         )
     }
 }
@@ -242,14 +396,24 @@ pub struct EndpointInfo6 {
 
 #[cfg(feature = "user")]
 mod user {
-    // SAFETY: all four are repr(C), made only of integers and byte arrays, with
+    // SAFETY: all of them are repr(C), made only of integers and byte arrays, with
     // explicit padding fields: every bit pattern is valid and none is uninitialised.
     unsafe impl aya::Pod for super::Route {}
     unsafe impl aya::Pod for super::EndpointInfo {}
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::Counter {}
+    // SAFETY: the egress types are repr(C) integers with explicit padding, too.
+    unsafe impl aya::Pod for super::EgressConfig {}
+    unsafe impl aya::Pod for super::NatKey {}
+    unsafe impl aya::Pod for super::NatEntry {}
+    unsafe impl aya::Pod for super::NatState {}
+    unsafe impl aya::Pod for super::FragKey {}
+    unsafe impl aya::Pod for super::FragEntry {}
     // SAFETY: repr(C), two byte arrays whose sizes fill the alignment: no padding.
     unsafe impl aya::Pod for super::EndpointInfo6 {}
+    unsafe impl aya::Pod for super::ClusterConfig {}
+    unsafe impl aya::Pod for super::NodeInfo {}
+    unsafe impl aya::Pod for super::NodeCounter {}
 }
 
 #[cfg(test)]
@@ -264,6 +428,9 @@ mod tests {
         assert_eq!(size_of::<Config>(), 4 + 4 + 6 + 2);
         assert_eq!(size_of::<Counter>(), 16);
         assert_eq!(size_of::<EndpointInfo6>(), 32);
+        assert_eq!(size_of::<ClusterConfig>(), 6 * 4);
+        assert_eq!(size_of::<NodeInfo>(), 8);
+        assert_eq!(size_of::<NodeCounter>(), 6 * 8);
     }
 
     #[test]

@@ -129,11 +129,21 @@ pub const ROUTE_KIND_POD_CIDR: u32 = 4;
 
 impl Verdict {
     /// Whether the verdict makes trace events: a packet the datapath carried on
-    /// itself (forwarded; NAT and tunnel verdicts belong here too). Drops make drop
+    /// itself (forwarded to a pod, masqueraded or sent out, translated back, sent to
+    /// or received from a remote node). Drops make drop
     /// events ([`Verdict::is_drop`]); verdicts that hand the packet to the node stack
     /// or answer it make none.
     pub const fn is_traced(self) -> bool {
-        matches!(self, Verdict::Forward)
+        matches!(
+            self,
+            Verdict::Forward
+                | Verdict::Masquerade
+                | Verdict::Egress
+                | Verdict::RevNat
+                | Verdict::RevNatIcmp
+                | Verdict::ToNode
+                | Verdict::FromNode
+        )
     }
 
     /// The event kind the verdict makes: `EVENT_DROP`, `EVENT_TRACE`, or 0 for none.
@@ -167,9 +177,26 @@ impl Verdict {
             Verdict::NaReply => "IPv6 neighbour solicitation answered with the gateway MAC",
             Verdict::DropNaSpoof => "neighbour advertisement for an address that is not the pod's",
             Verdict::DropNdpRouter => "router advertisement or redirect from a pod",
-            Verdict::DropUnknownDestination => {
-                "destination is in the pod CIDR but no endpoint has it (deleted or never created)"
+            Verdict::Masquerade => "sent to the outside, source translated to the node's address",
+            Verdict::Egress => "sent to the outside with the pod's own address (no masquerade)",
+            Verdict::RevNat => "reply of a pod's flow, translated back and delivered",
+            Verdict::RevNatIcmp => "ICMP error about a pod's flow, translated back and delivered",
+            Verdict::NatTableFull => "new flow refused: the NAT table is at its flow limit",
+            Verdict::DropNatNoPort => "new flow refused: no free NAT port",
+            Verdict::DropFragUnknown => "fragment of a datagram whose first fragment was not seen",
+            Verdict::DropTooBig => "larger than the uplink's MTU",
+            Verdict::UplinkPass => "the node's own traffic on the uplink, handed to its stack",
+            Verdict::DropUnsolicited => "for a pod address but no reply to a pod's flow",
+            Verdict::DropNatError => "a packet rewrite failed halfway",
+            Verdict::ToNode => "sent to a remote node (routed or tunnelled)",
+            Verdict::FromNode => "delivered from a remote node",
+            Verdict::DropUnknownSource => {
+                "for a pod here, from no known node or remote pod CIDR (or around the tunnel)"
             }
+            Verdict::DropUnknownDestination => {
+                "destination is in this node's pod CIDR but no endpoint has it (deleted or never created)"
+            }
+            Verdict::DropNodeUnreachable => "for a remote node that cannot be reached now",
         }
     }
 }
@@ -206,6 +233,9 @@ mod tests {
             assert!(!v.reason().is_empty());
         }
         assert_eq!(Verdict::Forward.event_kind(), EVENT_TRACE);
+        assert_eq!(Verdict::Masquerade.event_kind(), EVENT_TRACE);
+        assert_eq!(Verdict::FromNode.event_kind(), EVENT_TRACE);
+        assert_eq!(Verdict::UplinkPass.event_kind(), 0);
         assert_eq!(Verdict::Pass.event_kind(), 0);
         assert_eq!(Verdict::ArpReply.event_kind(), 0);
         assert_eq!(Verdict::EchoReply.event_kind(), 0);

@@ -36,6 +36,20 @@ pub fn notify(ctx: &TcContext, endpoint_id: u32, verdict: Verdict, segs: u32) {
     if monitor.kinds & kind_bit(kind) == 0 {
         return;
     }
+    // A monitor that stopped renewing its lease (killed) gets nothing more. The
+    // coarse clock (the last tick's time, no clock read) is plenty for a lease of
+    // seconds, and cheap enough for every traced packet of a known flow; events take
+    // the precise time.
+    // SAFETY: a plain helper call.
+    if unsafe { bpf_ktime_get_coarse_ns() } >= monitor.deadline_ns {
+        return;
+    }
+    // Two BPF functions called one after the other, not one inside the other: the
+    // verifier adds the stacks of a call chain (512 bytes in all, from_pod's
+    // included), and this way only the larger of the two counts.
+    if kind == EVENT_TRACE && !new_in_flow(ctx.skb.skb, monitor.session) {
+        return;
+    }
     emit(
         ctx.skb.skb,
         endpoint_id,
@@ -45,25 +59,10 @@ pub fn notify(ctx: &TcContext, endpoint_id: u32, verdict: Verdict, segs: u32) {
     );
 }
 
-/// The listener's side of [`notify`]: lease check, flow filter for traces, and the
-/// event itself. Never inlined, so the fast path carries none of it.
+/// The event itself, in the ring (or counted lost). Never inlined, so the fast path
+/// carries none of it.
 #[inline(never)]
 fn emit(skb: *mut __sk_buff, endpoint_id: u32, verdict: u32, kind: u32, segs: u32) {
-    let Some(monitor) = MONITOR.get(0) else {
-        return;
-    };
-    // A monitor that stopped renewing its lease (killed) gets nothing more. The
-    // coarse clock (the last tick's time, no clock read) is plenty for a lease of
-    // seconds, and cheap enough for every traced packet of a known flow; events take
-    // the precise time below.
-    // SAFETY: a plain helper call.
-    if unsafe { bpf_ktime_get_coarse_ns() } >= monitor.deadline_ns {
-        return;
-    }
-    let ctx = TcContext::new(skb);
-    if kind == u32::from(EVENT_TRACE) && !new_in_flow(&ctx, monitor.session) {
-        return;
-    }
     let Some(mut entry) = EVENTS.reserve(0) else {
         if let Some(lost) = EVENTS_LOST.get_ptr_mut(0) {
             // SAFETY: per-CPU value from a successful lookup; only this CPU writes it.
@@ -109,8 +108,13 @@ const IPPROTO_ICMPV6: u8 = 58;
 
 /// Whether this packet is news to the monitor session `session`: its flow was not
 /// traced yet, or it carries a SYN, FIN or RST its flow has not shown. Records it.
-#[inline(always)]
-fn new_in_flow(ctx: &TcContext, session: u32) -> bool {
+#[inline(never)]
+// The key by reference: a by-value key would be copied onto this function's stack,
+// which counts against from_pod's 512 bytes.
+#[allow(clippy::needless_borrows_for_generic_args)]
+fn new_in_flow(skb: *mut __sk_buff, session: u32) -> bool {
+    let ctx = TcContext::new(skb);
+    let ctx = &ctx;
     let mut key = FlowKey::default();
     let Some(tcp_flags) = flow_of(ctx, &mut key) else {
         // Nothing to tell flows apart by: every such packet is news (no traced
@@ -118,7 +122,7 @@ fn new_in_flow(ctx: &TcContext, session: u32) -> bool {
         return true;
     };
     let flags = u32::from(tcp_flags & TRACE_TCP_FLAGS);
-    if let Some(seen) = TRACE_FLOWS.get_ptr_mut(key) {
+    if let Some(seen) = TRACE_FLOWS.get_ptr_mut(&key) {
         // SAFETY: a value from a successful lookup, valid for the program run; a
         // concurrent update of the same flow on another CPU at worst repeats a trace.
         unsafe {
@@ -137,7 +141,7 @@ fn new_in_flow(ctx: &TcContext, session: u32) -> bool {
     };
     // A full LRU map evicts the least recently used flow: insert cannot fail for
     // lack of room; if it fails otherwise the event is still sent.
-    let _ = TRACE_FLOWS.insert(key, seen, 0);
+    let _ = TRACE_FLOWS.insert(&key, &seen, 0);
     true
 }
 

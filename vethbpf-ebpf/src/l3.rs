@@ -1,7 +1,7 @@
 //! Layer-3 delivery to an endpoint on this node (Cilium's `local_delivery`): the
 //! router's TTL, the L2 rewrite `bpf_redirect_peer` does not do, and the redirect.
 
-use aya_ebpf::helpers::bpf_redirect_peer;
+use aya_ebpf::{helpers::bpf_redirect_peer, programs::TcContext};
 use vethbpf_common::{Config, Route, Verdict};
 
 use crate::{
@@ -10,10 +10,45 @@ use crate::{
     stats::Decision,
 };
 
-/// Routes the IPv4 frame to the local endpoint `route`.
+/// `skb->pkt_type` of a frame addressed to this host (linux/if_packet.h).
+const PACKET_HOST: u32 = 0;
+
+/// Routes the IPv4 frame a local pod sent to the local endpoint `route`.
 #[inline(always)]
 pub fn local_delivery(eth: &mut EthHdr, ip: &mut Ipv4Hdr, route: &Route, cfg: &Config) -> Decision {
-    // We are the router between the two pods: a packet that would expire here is
+    deliver(eth, ip, route, cfg, Verdict::Forward)
+}
+
+/// Routes an IPv4 frame that came from another node (off the uplink or out of the
+/// tunnel) to the local endpoint `route`.
+///
+/// Such a frame was addressed to another MAC (the tunnel keeps the sender pod's
+/// frame; the uplink's may be any), so the kernel typed it PACKET_OTHERHOST, and
+/// before 6.15 `bpf_redirect_peer` keeps the type: the pod's stack would drop it.
+/// Cilium's `redirect_ep` does the same.
+#[inline(always)]
+pub fn delivery_from_node(
+    ctx: &TcContext,
+    eth: &mut EthHdr,
+    ip: &mut Ipv4Hdr,
+    route: &Route,
+    cfg: &Config,
+) -> Decision {
+    if ctx.change_type(PACKET_HOST).is_err() {
+        return Decision::drop(Verdict::DropMalformed);
+    }
+    deliver(eth, ip, route, cfg, Verdict::FromNode)
+}
+
+#[inline(always)]
+fn deliver(
+    eth: &mut EthHdr,
+    ip: &mut Ipv4Hdr,
+    route: &Route,
+    cfg: &Config,
+    verdict: Verdict,
+) -> Decision {
+    // We are the router in front of the pod: a packet that would expire here is
     // dropped, as ip_forward would (minus the ICMP time exceeded).
     if ip.ttl <= 1 {
         return Decision::drop(Verdict::DropTtl);
@@ -26,7 +61,7 @@ pub fn local_delivery(eth: &mut EthHdr, ip: &mut Ipv4Hdr, route: &Route, cfg: &C
     copy_mac(&mut eth.src_addr, &cfg.gateway_mac);
     // SAFETY: a plain helper call with valid arguments.
     let action = unsafe { bpf_redirect_peer(route.ifindex, 0) };
-    Decision::redirect(Verdict::Forward, action)
+    Decision::redirect(verdict, action)
 }
 
 /// Routes the IPv6 frame to the local endpoint `route`: the same as IPv4 with the hop

@@ -1,20 +1,25 @@
 //! What `from_pod` does with a frame a pod sent (Cilium's bpf_lxc side): find the
 //! endpoint behind the veth, refuse VLAN tags, dispatch on the EtherType, and for IPv4
 //! the endpoint's source check, the gateway's own address and the route lookup that
-//! picks a delivery.
+//! picks a delivery (local, or a remote node).
 
 use aya_ebpf::{btf_maps::lpm_trie::Key, programs::TcContext};
-use vethbpf_common::{Config, EndpointInfo, ROUTE_KIND_LOCAL, ROUTE_KIND_POD_CIDR, Verdict};
+use vethbpf_common::{
+    Config, EndpointInfo, ROUTE_KIND_LOCAL, ROUTE_KIND_NODE, ROUTE_KIND_POD_CIDR,
+    ROUTE_KIND_REMOTE, Verdict,
+};
 
 use crate::{
     arp,
     diag::{self, Diag},
+    egress,
     hdr::{
         ETH_HLEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, EthHdr, Ipv4Hdr,
         ipv4_addr, linear, ptr_at,
     },
     icmp, ipv4, l3, lxc6,
     maps::{CONFIG, ENDPOINTS, ROUTES},
+    remote,
     stats::{self, Decision},
 };
 
@@ -125,12 +130,16 @@ fn handle_ipv4(ctx: &TcContext, ifindex: u32, ep: &EndpointInfo, cfg: &Config) -
     }
 
     let Some(route) = ROUTES.get(&Key::new(32, dst)) else {
-        return Decision::pass();
+        // No route of this node: the outside world (or the node stack's business).
+        return egress::handle(ctx, ifindex);
     };
     match route.kind {
         ROUTE_KIND_LOCAL => l3::local_delivery(eth, ip, route, cfg),
+        ROUTE_KIND_REMOTE => remote::to_node(ctx, ip, route),
         // The pod CIDR's own entry: no endpoint has this address (any has a /32).
         ROUTE_KIND_POD_CIDR => Decision::drop(Verdict::DropUnknownDestination),
+        // A remote node's own address: the node stack's.
+        ROUTE_KIND_NODE => Decision::pass(),
         kind => {
             diag::report(ctx, Diag::UnknownRouteKind, kind);
             Decision::pass()

@@ -10,8 +10,10 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use vethbpf_common::{
-    Config, Counter, EVENTS_RING_BYTES, EndpointInfo, EndpointInfo6, Event, FlowKey, FlowSeen,
-    MAX_ENDPOINTS, MAX_ROUTES, MAX_TRACE_FLOWS, Monitor, Route, STATS_ENTRIES,
+    ClusterConfig, Config, Counter, EVENTS_RING_BYTES, EgressConfig, EndpointInfo, EndpointInfo6,
+    Event, FRAG_ENTRIES, FlowKey, FlowSeen, FragEntry, FragKey, MAX_EGRESS_SKIP, MAX_ENDPOINTS,
+    MAX_NODES, MAX_ROUTES, MAX_TRACE_FLOWS, Monitor, NAT_MAX_FLOWS_DEFAULT, NatEntry, NatKey,
+    NatState, NodeCounter, NodeInfo, Route, STATS_ENTRIES, nat_map_capacity,
 };
 
 // BTF map definitions (the `.maps` section, as libbpf's): the kernel gets the key and
@@ -34,6 +36,40 @@ pub static CONFIG: Array<Config, 1> = Array::new();
 /// Counters, index `stats_index(endpoint_id, verdict)`.
 #[btf_map]
 pub static STATS: PerCpuArray<Counter, { STATS_ENTRIES as usize }> = PerCpuArray::new();
+
+/// Egress configuration (uplink, NAT address and ports, flow limit), one entry.
+#[btf_map]
+pub static EGRESS: Array<EgressConfig, 1> = Array::new();
+
+/// Destinations pods reach without egress: node addresses, the cluster CIDR.
+#[btf_map]
+pub static EGRESS_SKIP: LpmTrie<u32, u32, { MAX_EGRESS_SKIP as usize }> = LpmTrie::new();
+
+/// Connection tracking and NAT: the forward and the reverse entry of every pod flow.
+/// `up` sizes it for its flow limit (this is the default).
+#[btf_map]
+pub static NAT: LruHashMap<NatKey, NatEntry, { nat_map_capacity(NAT_MAX_FLOWS_DEFAULT) as usize }> =
+    LruHashMap::new();
+
+/// The NAT table's flow count and garbage-collection state, one entry.
+#[btf_map]
+pub static NAT_STATE: Array<NatState, 1> = Array::new();
+
+/// The ports of fragmented datagrams, from their first fragment.
+#[btf_map]
+pub static FRAGS: LruHashMap<FragKey, FragEntry, { FRAG_ENTRIES as usize }> = LruHashMap::new();
+
+/// How this node reaches the others, one entry (all zero: no cluster).
+#[btf_map]
+pub static CLUSTER: Array<ClusterConfig, 1> = Array::new();
+
+/// Node id -> the remote node's underlay address.
+#[btf_map]
+pub static NODES: Array<NodeInfo, { MAX_NODES as usize }> = Array::new();
+
+/// Node id -> traffic exchanged with that node.
+#[btf_map]
+pub static NODE_STATS: PerCpuArray<NodeCounter, { MAX_NODES as usize }> = PerCpuArray::new();
 
 /// IPv6 destination prefix -> route. The key's data is the address in network order,
 /// read as four words in memory order (userspace writes `[u8; 16]`: same bytes).

@@ -42,6 +42,26 @@ pub const DEL_POINTS: &[&str] = &[
     "del.done",
 ];
 
+/// `node add` and `node del` (remote nodes), in order.
+pub const NODE_ADD_POINTS: &[&str] = &[
+    "node-add.intent",
+    "node-add.counters",
+    "node-add.node-map",
+    "node-add.address-route",
+    "node-add.cidr-route",
+    "node-add.commit",
+    "node-add.done",
+];
+
+pub const NODE_DEL_POINTS: &[&str] = &[
+    "node-del.intent",
+    "node-del.cidr-route",
+    "node-del.address-route",
+    "node-del.node-map",
+    "node-del.commit",
+    "node-del.done",
+];
+
 /// A step refused by `VETHBPF_FAULT`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("injected fault at {point} (VETHBPF_FAULT)")]

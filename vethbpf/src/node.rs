@@ -3,17 +3,24 @@
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 
+use aya::programs::ProgramInfo;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::Serialize;
 use tracing::info;
-use vethbpf_common::{Config, PROG_FROM_POD, ROUTE_KIND_POD_CIDR, Route, ipv4_to_map};
+use vethbpf_common::{
+    Config, NAT_MAX_FLOWS_DEFAULT, PROG_FROM_POD, PROG_FROM_UPLINK, ROUTE_KIND_POD_CIDR, Route,
+    Verdict, ipv4_to_map,
+};
 
 use crate::datapath::fill::map_fill;
 use crate::datapath::maps::{Maps, MapsError};
 use crate::datapath::{self, BpfError, Pins};
+use crate::egress::table::TableError;
+use crate::egress::{self, Egress, EgressCounters, EgressError, EgressRequest, EgressStatus};
 use crate::endpoint::{self, EndpointError, Env};
 use crate::error::ErrorKind;
 use crate::kernel::bpffs::{self, BpffsError};
+use crate::kernel::netlink::{Netlink, NetlinkError};
 use crate::state::ident::MacAddr;
 use crate::state::{Locked, NodeConfig, StateDir, StateError};
 
@@ -67,6 +74,12 @@ pub enum NodeError {
     State(#[from] StateError),
     #[error(transparent)]
     Endpoint(#[from] EndpointError),
+    #[error(transparent)]
+    Egress(#[from] EgressError),
+    #[error(transparent)]
+    Nat(#[from] TableError),
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
 }
 
 impl NodeError {
@@ -83,6 +96,9 @@ impl NodeError {
             NodeError::Bpf(e) => e.kind(),
             NodeError::Maps(e) => e.kind(),
             NodeError::Endpoint(e) => e.kind(),
+            NodeError::Egress(e) => e.kind(),
+            NodeError::Nat(e) => e.kind(),
+            NodeError::Netlink(e) => e.kind(),
             NodeError::Bpffs(_) | NodeError::State(_) => ErrorKind::Other,
         }
     }
@@ -99,6 +115,8 @@ pub struct UpRequest {
     pub bpffs_dir: PathBuf,
     /// Upgrade the loaded program to this build's, atomically on every link.
     pub replace: bool,
+    /// Pod egress (uplink, masquerade, NAT), as given on the command line.
+    pub egress: EgressRequest,
 }
 
 /// What `up` did.
@@ -113,6 +131,12 @@ pub struct UpReport {
     /// `config.attach_mode` netlink) were switched to the new program.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub replaced: Option<usize>,
+}
+
+/// The NAT table's flow limit: the node's, or the default (its maps exist either
+/// way).
+fn nat_flows(e: Option<&Egress>) -> u32 {
+    e.map_or(NAT_MAX_FLOWS_DEFAULT, |e| e.max_flows)
 }
 
 fn kernel_config(node: &NodeConfig) -> Config {
@@ -221,8 +245,15 @@ fn check_cidrs(req: &UpRequest) -> Result<(), NodeError> {
 }
 
 /// Loads and pins the datapath (or checks that it is there). Running it again with
-/// the same settings changes nothing.
-pub fn up(locked: &mut Locked, req: &UpRequest, object: &[u8]) -> Result<UpReport, NodeError> {
+/// the same settings changes nothing (but the list of node addresses pods reach
+/// without egress, read again). `nl` is rtnetlink in the node's namespace (the
+/// uplink, its address, the node's addresses).
+pub fn up(
+    locked: &mut Locked,
+    req: &UpRequest,
+    object: &[u8],
+    nl: &mut dyn Netlink,
+) -> Result<UpReport, NodeError> {
     // Before anything is mounted or read: a binary without the datapath can do no `up`.
     datapath::check_object(object)?;
     bpffs::check_lasting(&req.bpffs_dir)?;
@@ -249,6 +280,9 @@ pub fn up(locked: &mut Locked, req: &UpRequest, object: &[u8]) -> Result<UpRepor
                 endpoints,
             });
         }
+        // Before anything changes: egress keeps its settings, or this is refused.
+        let egress = egress::keep(nl, current.egress.as_ref(), &req.egress)?;
+        let nat_flows = nat_flows(egress.as_ref());
         let pins = Pins::new(&current.bpffs_dir);
         let mut action = "unchanged";
         let mut replaced = None;
@@ -258,7 +292,7 @@ pub fn up(locked: &mut Locked, req: &UpRequest, object: &[u8]) -> Result<UpRepor
             if let Some(m) = bpffs::ensure(pins.root())? {
                 bpffs_mount = Some(m);
             }
-            datapath::load_and_pin(&pins, object)?;
+            datapath::load_and_pin(&pins, object, nat_flows)?;
             action = "reloaded";
         } else if req.replace {
             let host_veths: Vec<String> = locked
@@ -267,8 +301,15 @@ pub fn up(locked: &mut Locked, req: &UpRequest, object: &[u8]) -> Result<UpRepor
                 .values()
                 .map(|e| e.host_veth.clone())
                 .collect();
-            let (info, swapped) =
-                datapath::replace(&pins, object, current.attach_mode, &host_veths)?;
+            let uplink = egress.as_ref().map(|e| e.uplink.as_str());
+            let (info, swapped) = datapath::replace(
+                &pins,
+                object,
+                current.attach_mode,
+                &host_veths,
+                uplink,
+                nat_flows,
+            )?;
             info!(
                 program_id = info.id(),
                 swapped,
@@ -283,9 +324,18 @@ pub fn up(locked: &mut Locked, req: &UpRequest, object: &[u8]) -> Result<UpRepor
             pod_cidr6: req.pod_cidr6,
             gateway: req.gateway,
             bpffs_mount,
+            egress,
             ..current.clone()
         };
         let mut maps = Maps::open(&pins)?;
+        // Idempotent: refreshes the node's addresses, re-attaches a lost uplink link.
+        egress::apply(
+            &pins,
+            nl,
+            config.pod_cidr,
+            config.egress.as_ref(),
+            config.attach_mode,
+        )?;
         if config != current || action != "unchanged" {
             maps.set_config(&kernel_config(&config))?;
             set_pod_cidr_route(&mut maps, current.pod_cidr, config.pod_cidr)?;
@@ -304,6 +354,8 @@ pub fn up(locked: &mut Locked, req: &UpRequest, object: &[u8]) -> Result<UpRepor
         });
     }
 
+    // Before anything is made: the uplink and NAT settings, or a clear refusal.
+    let egress = egress::resolve(nl, &req.egress, req.pod_cidr)?;
     let pins = Pins::new(&req.bpffs_dir);
     let mounted = bpffs::ensure(pins.root())?;
     let config = NodeConfig {
@@ -314,12 +366,20 @@ pub fn up(locked: &mut Locked, req: &UpRequest, object: &[u8]) -> Result<UpRepor
         bpffs_dir: req.bpffs_dir.clone(),
         bpffs_mount: mounted.clone(),
         attach_mode: datapath::attach_mode(),
+        egress,
     };
     let loaded = (|| {
-        let info = datapath::load_and_pin(&pins, object)?;
+        let info = datapath::load_and_pin(&pins, object, nat_flows(config.egress.as_ref()))?;
         let mut maps = Maps::open(&pins)?;
         maps.set_config(&kernel_config(&config))?;
         set_pod_cidr_route(&mut maps, None, config.pod_cidr)?;
+        egress::apply(
+            &pins,
+            nl,
+            config.pod_cidr,
+            config.egress.as_ref(),
+            config.attach_mode,
+        )?;
         locked.state.node = Some(config.clone());
         locked.save()?;
         Ok::<_, NodeError>(info)
@@ -336,6 +396,9 @@ pub fn up(locked: &mut Locked, req: &UpRequest, object: &[u8]) -> Result<UpRepor
         }
         Err(e) => {
             locked.state.node = None;
+            if let Some(eg) = &config.egress {
+                let _ = egress::detach_uplink(&pins, &eg.uplink, config.attach_mode);
+            }
             let _ = datapath::remove_all(&pins, mounted.as_deref());
             Err(e)
         }
@@ -367,7 +430,11 @@ pub fn down(
         endpoint::del(env, &mut locked, &name)?;
         removed.push(name);
     }
-    datapath::remove_all(&Pins::new(&node.bpffs_dir), node.bpffs_mount.as_deref())?;
+    let pins = Pins::new(&node.bpffs_dir);
+    if let Some(eg) = &node.egress {
+        egress::detach_uplink(&pins, &eg.uplink, node.attach_mode)?;
+    }
+    datapath::remove_all(&pins, node.bpffs_mount.as_deref())?;
     state_dir.remove(locked)?;
     Ok(DownReport {
         was_up: true,
@@ -427,6 +494,9 @@ pub struct Status {
     pub programs: Vec<ProgramStatus>,
     pub maps: Vec<MapStatus>,
     pub attachments: Vec<AttachmentStatus>,
+    /// Pod egress: settings, the uplink attachment, the NAT table.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub egress: Option<EgressStatus>,
 }
 
 impl Status {
@@ -439,6 +509,7 @@ impl Status {
             programs: vec![],
             maps: vec![],
             attachments: vec![],
+            egress: None,
         }
     }
 }
@@ -450,13 +521,34 @@ pub fn status(locked: &Locked) -> Result<Status, NodeError> {
     };
     let pins = Pins::new(&node.bpffs_dir);
     let info = datapath::program_info(&pins)?;
-    let programs = vec![ProgramStatus {
+    let mut programs = vec![ProgramStatus {
         id: info.id(),
         name: info.name_as_str().unwrap_or_default().to_string(),
         tag: format!("{:016x}", info.tag()),
         verified_instructions: info.verified_instruction_count(),
         pinned: pins.program(PROG_FROM_POD),
     }];
+    let uplink_prog = pins.program(PROG_FROM_UPLINK);
+    if let Ok(info) = ProgramInfo::from_pin(&uplink_prog) {
+        programs.push(ProgramStatus {
+            id: info.id(),
+            name: info.name_as_str().unwrap_or_default().to_string(),
+            tag: format!("{:016x}", info.tag()),
+            verified_instructions: info.verified_instruction_count(),
+            pinned: uplink_prog,
+        });
+    }
+    let maps = Maps::open(&pins)?;
+    // New flows the NAT refused and the node's own packets on the uplink, over the
+    // node's counters (id 0) and every pod's.
+    let mut counters = EgressCounters::default();
+    for id in std::iter::once(0).chain(locked.state.endpoints.values().map(|e| e.id)) {
+        let c = maps.counters(id)?;
+        counters.nat_table_full += c[Verdict::NatTableFull as usize].packets;
+        counters.nat_no_port += c[Verdict::DropNatNoPort as usize].packets;
+        counters.uplink_passed += c[Verdict::UplinkPass as usize].packets;
+    }
+    let egress = egress::status(&pins, node.egress.as_ref(), node.attach_mode, counters)?;
     let maps = map_fill(&pins)?
         .into_iter()
         .map(|m| MapStatus {
@@ -489,5 +581,6 @@ pub fn status(locked: &Locked) -> Result<Status, NodeError> {
         programs,
         maps,
         attachments,
+        egress: Some(egress),
     })
 }

@@ -22,6 +22,7 @@ use vethbpf_common::{EndpointInfo, EndpointInfo6, ipv4_from_map, ipv4_to_map};
 
 use crate::datapath::maps::Maps;
 use crate::datapath::{self, Pins};
+use crate::egress::{self, EgressError};
 use crate::endpoint::{self, EndpointError, Env, KernelTag, Recovered};
 use crate::error::ErrorKind;
 use crate::kernel::bpffs;
@@ -43,6 +44,8 @@ pub enum ReconcileError {
         /// The CIDR given for the address's family, or "none".
         cidr: String,
     },
+    #[error(transparent)]
+    Egress(#[from] EgressError),
 }
 
 impl ReconcileError {
@@ -51,6 +54,7 @@ impl ReconcileError {
         match self {
             ReconcileError::Endpoint(e) => e.kind(),
             ReconcileError::OutsideCidr { .. } => ErrorKind::Usage,
+            ReconcileError::Egress(e) => e.kind(),
         }
     }
 }
@@ -95,6 +99,9 @@ pub struct Report {
     pub removed_endpoint_entries: Vec<u32>,
     /// Pinned attachments that no endpoint owns.
     pub removed_pins: Vec<String>,
+    /// What was out of order with pod egress (the uplink and its program), fixed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uplink: Option<String>,
 }
 
 impl Report {
@@ -109,6 +116,7 @@ impl Report {
             || !self.removed_route_entries.is_empty()
             || !self.removed_endpoint_entries.is_empty()
             || !self.removed_pins.is_empty()
+            || self.uplink.is_some()
     }
 }
 
@@ -127,10 +135,39 @@ pub fn reconcile(env: &mut Env<'_>, locked: &mut Locked) -> Result<Report, Recon
     }
     check_records(env, locked, &mut report)?;
     remove_orphans(env, locked, &mut report)?;
+    check_uplink(env, locked, &mut report)?;
     if report.changed() {
         info!(?report, "reconciled");
     }
     Ok(report)
+}
+
+/// Pod egress: the uplink's program and configuration (see
+/// [`egress::reconcile_uplink`]).
+fn check_uplink(
+    env: &mut Env<'_>,
+    locked: &mut Locked,
+    report: &mut Report,
+) -> Result<(), ReconcileError> {
+    let Some(mut node) = locked.state.node.clone() else {
+        return Ok(());
+    };
+    // Egress is IPv4 only: a node without an IPv4 pod CIDR has none.
+    let (Some(e), Some(pod_cidr)) = (node.egress.clone(), node.pod_cidr) else {
+        return Ok(());
+    };
+    let pins = Pins::new(&node.bpffs_dir);
+    if let Some((what, now)) =
+        egress::reconcile_uplink(&pins, env.node, &e, pod_cidr, node.attach_mode)?
+    {
+        if now != e {
+            node.egress = Some(now);
+            locked.state.node = Some(node);
+            locked.save()?;
+        }
+        report.uplink = Some(what);
+    }
+    Ok(())
 }
 
 /// Repairs or removes each recorded endpoint.
@@ -285,8 +322,8 @@ fn remove_orphans(
         .collect();
     let indexes: BTreeSet<u32> = records.values().map(|r| r.host_ifindex).collect();
 
-    // Only endpoint routes can be orphans: the pod CIDR's own entry (and any other
-    // kind) is the node's.
+    // Only endpoint routes can be orphans: remote-node routes are the cluster's (see
+    // cluster::nodes::reconcile), the pod CIDR's own entry is the node's.
     for (net, _) in env
         .dp
         .route_entries()?
@@ -358,6 +395,8 @@ pub fn node_from_pins(
         bpffs_dir: pins.root().to_path_buf(),
         bpffs_mount: bpffs::mounted_on(pins.root()),
         attach_mode: datapath::attach_mode(),
+        // Needs the uplink's name: filled in by `from_kernel`.
+        egress: None,
     })
 }
 
@@ -422,7 +461,9 @@ pub fn from_kernel(
             cni: tag.cni,
         });
     }
-    locked.state.node = Some(node.clone());
+    // Egress lives in the EGRESS map but for the uplink's name.
+    let egress = egress::from_pins(&Pins::new(&node.bpffs_dir), env.node)?;
+    locked.state.node = Some(NodeConfig { egress, ..node });
     locked.state.endpoints = rebuilt
         .iter()
         .map(|r| (r.name.clone(), r.clone()))

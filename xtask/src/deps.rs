@@ -62,6 +62,16 @@ const PACKAGES: &[(&str, &str)] = &[
     ),
     ("tcpdump", "watching a pod's veth by hand when a test fails"),
     ("ethtool", "inspecting veth offloads by hand"),
+    (
+        "iptables",
+        "egress: the kernel-path comparison (MASQUERADE) and the no-rules checks",
+    ),
+    ("nftables", "egress: the empty-ruleset checks"),
+    ("etcd-server", "etcd for the cluster agent tests"),
+    (
+        "etcd-client",
+        "etcdctl: the agent tests check etcd's health and leases",
+    ),
     ("curl", "scraping `vethbpf metrics --listen` in the tests"),
 ];
 

@@ -4,7 +4,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
-use ipnet::IpNet;
+use ipnet::{IpNet, Ipv4Net};
 use vethbpf::defaults::{
     BPFFS_DIR as DEFAULT_BPFFS_DIR, GATEWAY as DEFAULT_GATEWAY, POD_CIDR as DEFAULT_POD_CIDR,
     STATE_DIR as DEFAULT_STATE_DIR,
@@ -35,8 +35,9 @@ With -o json, a failure prints one JSON object on stderr:
     long_about = "vethbpf connects network namespaces (\"pods\") on this node through veth pairs \
 and a tc ingress eBPF program on each host-side veth. The program answers ARP for the pods' \
 gateway, looks destinations up in an LPM map and hands packets straight into the destination \
-pod with bpf_redirect_peer. Programs, maps and links are pinned in bpffs, so the datapath keeps \
-running when vethbpf exits.\n\nStart with `vethbpf demo` to see it work in a throwaway namespace.\n\
+pod with bpf_redirect_peer; traffic for the outside world leaves through the node's uplink, \
+tracked and masqueraded, and a second program on the uplink translates the replies back. \
+Programs, maps and links are pinned in bpffs, so the datapath keeps running when vethbpf exits.\n\nStart with `vethbpf demo` to see it work in a throwaway namespace.\n\
 All commands act on the network namespace vethbpf runs in (the node) and need root.",
     after_help = EXIT_STATUS
 )]
@@ -76,8 +77,11 @@ pub enum Command {
     /// Add, delete or list endpoints (pods).
     #[command(subcommand)]
     Endpoint(EndpointCommand),
-    /// Show node config, programs, maps and attachments.
+    /// Show node config, programs, maps, attachments and egress (NAT table).
     Status,
+    /// The NAT table of pod egress: list its flows, or flush it.
+    #[command(subcommand)]
+    Nat(NatCommand),
     /// Delete every endpoint and every pinned object: the node as before `up`.
     Down,
     /// Make state, maps, pinned links, links and routes agree again after a crash.
@@ -92,6 +96,13 @@ pub enum Command {
     /// Run the three-pod scenario in a throwaway node namespace and show a
     /// connectivity matrix with the counters that prove the eBPF path carried it.
     Demo(DemoArgs),
+    /// Add, delete or list remote nodes (their pod CIDRs become reachable).
+    #[command(subcommand)]
+    Node(super::cluster::NodeCommand),
+    /// Lease this node's pod subnet in etcd, bring the node up with it, and keep
+    /// the remote nodes equal to the other leases (the only long-running process;
+    /// optional, and the datapath keeps forwarding without it).
+    Agent(super::cluster::AgentArgs),
     /// Show what the datapath decides, packet by packet: drops with their reason,
     /// the first packet of each forwarded flow, until Ctrl-C.
     ///
@@ -128,6 +139,10 @@ pub struct MonitorArgs {
     /// Only events from or to this endpoint.
     #[arg(long, value_name = "NAME")]
     pub endpoint: Option<String>,
+    /// Only events from or to this remote node: its pods (its pod CIDR) or the node
+    /// itself (its address).
+    #[arg(long, value_name = "NAME")]
+    pub node: Option<String>,
     /// Also show the program's diagnostics (aya-log): frames on an interface without
     /// an endpoint entry, a configuration it does not expect.
     #[arg(long)]
@@ -158,6 +173,43 @@ pub struct UpArgs {
     /// moment without a program).
     #[arg(long)]
     pub replace: bool,
+    /// The node's uplink: pod egress leaves through it, masqueraded behind its
+    /// primary IPv4 address, and other nodes of a cluster are reached through it
+    /// (that address is this node's in the cluster). Default: the device of the
+    /// node's IPv4 default route; with neither, pods reach only the node and each
+    /// other.
+    #[arg(long, value_name = "IFACE")]
+    pub uplink: Option<String>,
+    /// The cluster's pod CIDR, which every node's pod CIDR lies in: never
+    /// masqueraded, and given, the node joins a cluster whose remote nodes' pod
+    /// CIDRs pods reach (`vethbpf node add`, or `vethbpf agent`). Default: the pod
+    /// CIDR, and no cluster.
+    #[arg(long, value_name = "CIDR")]
+    pub cluster_cidr: Option<Ipv4Net>,
+    /// Send pod egress out with the pods' own addresses (for networks that route the
+    /// pod CIDR to this node): tracked, not translated.
+    #[arg(long)]
+    pub no_masquerade: bool,
+    /// Ports (and ICMP identifiers) the NAT gives pod flows; must not overlap
+    /// net.ipv4.ip_local_port_range, whose ports are the node's own (default: every
+    /// port above that range).
+    #[arg(long, value_name = "FIRST-LAST")]
+    pub nat_ports: Option<vethbpf::egress::PortRange>,
+    /// The most pod flows the NAT tracks at once; a new flow beyond is dropped and
+    /// counted (nat_table_full) until flows expire or `vethbpf nat flush`.
+    #[arg(long, value_name = "N")]
+    pub nat_max_flows: Option<u32>,
+    #[command(flatten)]
+    pub cluster: super::cluster::ClusterArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum NatCommand {
+    /// Every pod flow: protocol, pod address:port, what it was translated to, the
+    /// remote, state, age and idle time.
+    List,
+    /// Delete every flow (open connections of pods lose their mappings).
+    Flush,
 }
 
 #[derive(Subcommand, Debug)]

@@ -6,6 +6,8 @@ use clap::ValueEnum;
 use serde::Serialize;
 
 use vethbpf::datapath::AttachMode;
+use vethbpf::egress::table::Flow;
+use vethbpf::egress::{Egress, EgressStatus};
 use vethbpf::endpoint::EndpointView;
 use vethbpf::node::{self, DownReport, Status, UpReport};
 use vethbpf::observe::record::{EventRecord, Record};
@@ -53,7 +55,7 @@ pub fn up(out: Output, r: &UpReport) -> Result<()> {
         "loaded" => "datapath loaded".to_string(),
         "reloaded" => "datapath pins were missing: loaded again".to_string(),
         "replaced" => format!(
-            "program replaced on {} endpoint attachment(s) ({}); maps kept",
+            "program replaced on {} attachment(s) ({}); maps kept",
             r.replaced.unwrap_or_default(),
             match r.config.attach_mode {
                 AttachMode::Tcx => "TCX links, atomically",
@@ -74,7 +76,18 @@ pub fn up(out: Output, r: &UpReport) -> Result<()> {
             r.program_id.map(|i| i.to_string()).unwrap_or_default(),
         ]],
     );
+    println!("egress: {}", egress_line(r.config.egress.as_ref()));
     Ok(())
+}
+
+fn egress_line(e: Option<&Egress>) -> String {
+    match e {
+        Some(_) => vethbpf::egress::describe(e),
+        None => {
+            "off (no IPv4 default route and no --uplink: pods reach the node and each other only)"
+                .into()
+        }
+    }
 }
 
 pub fn endpoint(out: Output, e: &EndpointView) -> Result<()> {
@@ -115,7 +128,14 @@ fn endpoint_table(list: &[EndpointView], counters: bool) {
         if v6 {
             header.push("NA");
         }
-        header.extend(["ECHO", "PASSED", "DROPPED"]);
+        header.extend([
+            "ECHO",
+            "PASSED",
+            "EGRESS",
+            "REPLIES",
+            "NODES OUT/IN",
+            "DROPPED",
+        ]);
     }
     let or_dash = |a: Option<String>| a.unwrap_or_else(|| "-".into());
     let rows: Vec<Vec<String>> = list
@@ -147,6 +167,17 @@ fn endpoint_table(list: &[EndpointView], counters: bool) {
                 row.extend([
                     c.echo_replies.packets.to_string(),
                     format!("{}p/{}B", c.passed.packets, c.passed.bytes),
+                    format!(
+                        "{}p/{}B",
+                        c.masqueraded.packets + c.egress.packets,
+                        c.masqueraded.bytes + c.egress.bytes
+                    ),
+                    format!(
+                        "{}p/{}B",
+                        c.rev_nat.packets + c.rev_nat_icmp.packets,
+                        c.rev_nat.bytes + c.rev_nat_icmp.bytes
+                    ),
+                    format!("{}p/{}p", c.to_nodes.packets, c.from_nodes.packets),
                     if drops.is_empty() {
                         "0".into()
                     } else {
@@ -239,6 +270,9 @@ pub fn status(out: Output, s: &Status) -> Result<()> {
             .collect::<Vec<_>>(),
     );
     println!();
+    if let Some(e) = &s.egress {
+        egress_status(e);
+    }
     table(
         &["ENDPOINT", "HOST VETH", "MODE", "LINK ID", "PROGRAM ID"],
         &s.attachments
@@ -255,6 +289,89 @@ pub fn status(out: Output, s: &Status) -> Result<()> {
             })
             .collect::<Vec<_>>(),
     );
+    Ok(())
+}
+
+fn egress_status(e: &EgressStatus) {
+    println!("egress: {}", egress_line(e.settings.as_ref()));
+    if let Some(a) = &e.attachment {
+        let id = |v: Option<u32>| v.map(|i| i.to_string()).unwrap_or("-".into());
+        println!(
+            "  from_uplink on {} ({}): link {}, program {}",
+            a.uplink,
+            a.mode,
+            id(a.link_id),
+            id(a.program_id)
+        );
+    }
+    if e.enabled {
+        println!(
+            "  NAT table: {} of {} flows{}, {} entries (capacity {}), {} collections freed {} entries",
+            e.flows,
+            e.max_flows,
+            if e.table_full { " (FULL)" } else { "" },
+            e.entries,
+            e.capacity.map(|c| c.to_string()).unwrap_or("-".into()),
+            e.gc_runs,
+            e.gc_deleted
+        );
+        println!(
+            "  new flows dropped: {} table full (nat_table_full), {} no free port (drop_nat_no_port)",
+            e.nat_table_full_drops, e.nat_no_port_drops
+        );
+    }
+    if let Some(note) = &e.note {
+        println!("  note: {note}");
+    }
+    println!();
+}
+
+/// One flow of `nat list`, with the endpoint that opened it.
+#[derive(Serialize)]
+pub struct FlowView<'a> {
+    pub endpoint: Option<&'a str>,
+    #[serde(flatten)]
+    pub flow: &'a Flow,
+}
+
+pub fn nat_list(out: Output, flows: &[FlowView<'_>]) -> Result<()> {
+    if out == Output::Json {
+        return json(flows);
+    }
+    let rows: Vec<Vec<String>> = flows
+        .iter()
+        .map(|v| {
+            let f = v.flow;
+            vec![
+                v.endpoint.unwrap_or("-").to_string(),
+                f.protocol.to_string(),
+                f.pod.to_string(),
+                f.node.to_string(),
+                f.remote.to_string(),
+                if f.expired {
+                    format!("{} (expired)", f.state)
+                } else {
+                    f.state.to_string()
+                },
+                format!("{}s", f.age_secs),
+                format!("{}s", f.idle_secs),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "ENDPOINT", "PROTO", "POD", "NODE", "REMOTE", "STATE", "AGE", "IDLE",
+        ],
+        &rows,
+    );
+    Ok(())
+}
+
+pub fn nat_flushed(out: Output, flows: usize) -> Result<()> {
+    if out == Output::Json {
+        return json(&serde_json::json!({ "flushed_flows": flows }));
+    }
+    println!("NAT table flushed: {flows} flow(s) removed");
     Ok(())
 }
 
@@ -325,6 +442,9 @@ pub fn reconcile(out: Output, r: &Report) -> Result<()> {
             ]);
         }
     }
+    if let Some(what) = &r.uplink {
+        rows.push(vec!["egress".into(), String::new(), what.clone()]);
+    }
     table(&["WHAT", "NAME", "ACTION"], &rows);
     Ok(())
 }
@@ -349,13 +469,18 @@ fn event_line(e: &EventRecord) -> String {
         .as_deref()
         .map(|d| format!(" -> {d}"))
         .unwrap_or_default();
+    let node = e
+        .node
+        .as_deref()
+        .map(|n| format!(" [node {n}]"))
+        .unwrap_or_default();
     let segs = if e.segs > 1 {
         format!(" ({} segments)", e.segs)
     } else {
         String::new()
     };
     format!(
-        "{} {:<5} {who}{to} {} ({}): {} len {}{segs}",
+        "{} {:<5} {who}{to}{node} {} ({}): {} len {}{segs}",
         time_of_day(&e.time),
         e.kind,
         e.verdict,

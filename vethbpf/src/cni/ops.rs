@@ -20,6 +20,7 @@ use super::types::{
 use crate::datapath::maps::Maps;
 use crate::datapath::{self, AttachMode, Pins};
 use crate::defaults;
+use crate::egress::EgressRequest;
 use crate::endpoint::{self, AddRequest, EndpointError};
 use crate::kernel::netlink::{Netlink, Route6Spec, RouteSpec, RtNetlink};
 use crate::node::{self, UpRequest};
@@ -148,6 +149,9 @@ fn ensure_up(locked: &mut Locked, conf: &NetConf) -> Result<NodeConfig, CniError
             .or(current.as_ref().map(|n| n.bpffs_dir.clone()))
             .unwrap_or_else(default_bpffs_dir),
         replace: false,
+        // The node's egress, or on the first use the defaults (the default
+        // route's device, when there is one).
+        egress: EgressRequest::default(),
     };
     if let Some(n) = &current
         && n.pod_cidr == req.pod_cidr
@@ -158,7 +162,8 @@ fn ensure_up(locked: &mut Locked, conf: &NetConf) -> Result<NodeConfig, CniError
     {
         return Ok(n.clone());
     }
-    let report = node::up(locked, &req, crate::EBPF_OBJECT)?;
+    let mut nl = RtNetlink::connect()?;
+    let report = node::up(locked, &req, crate::EBPF_OBJECT, &mut nl)?;
     tracing::info!(
         action = report.action,
         "vethbpf up (first use by the CNI plugin)"
@@ -182,8 +187,12 @@ fn loaded_node(locked: &mut Locked) -> Result<Option<NodeConfig>, CniError> {
         gateway: n.gateway,
         bpffs_dir: n.bpffs_dir.clone(),
         replace: false,
+        egress: EgressRequest::default(),
     };
-    Ok(Some(node::up(locked, &req, crate::EBPF_OBJECT)?.config))
+    let mut nl = RtNetlink::connect()?;
+    Ok(Some(
+        node::up(locked, &req, crate::EBPF_OBJECT, &mut nl)?.config,
+    ))
 }
 
 /// The endpoint of attachment `(container_id, ifname)`, if vethbpf has one.

@@ -9,7 +9,7 @@ use aya::EbpfLoader;
 use aya::programs::ProgramInfo;
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::tc::{SchedClassifier, SchedClassifierLink};
-use vethbpf_common::{ALL_MAPS, PROG_FROM_POD};
+use vethbpf_common::{ALL_MAPS, MAP_NAT, PROG_FROM_POD, PROG_FROM_UPLINK, nat_map_capacity};
 
 use super::attach::{AttachMode, detach, pinned_links, replace_filter};
 use super::migrate::{self, Pending};
@@ -40,12 +40,18 @@ pub(crate) fn check_object(object: &[u8]) -> Result<(), BpfError> {
 /// if missing, reused if there and like this build's), and its programs through the
 /// verifier. A pinned map unlike this build's gets a new map with its entries
 /// (`migrate`): returned pending, for [`migrate::finish`] once nothing runs the old
-/// programs.
-fn load_object(pins: &Pins, object: &[u8]) -> Result<(aya::Ebpf, Vec<Pending>), BpfError> {
+/// programs. A NAT map made here holds `nat_flows` flows.
+fn load_object(
+    pins: &Pins,
+    object: &[u8],
+    nat_flows: u32,
+) -> Result<(aya::Ebpf, Vec<Pending>), BpfError> {
     check_object(object)?;
-    let plan = migrate::plan(pins, object)?;
+    let nat_capacity = nat_map_capacity(nat_flows);
+    let plan = migrate::plan(pins, object, &[(MAP_NAT, nat_capacity)])?;
     let map_paths: Vec<(&str, PathBuf)> = plan.bind.iter().map(|m| (*m, pins.map(m))).collect();
     let mut loader = EbpfLoader::new();
+    loader.map_max_entries(MAP_NAT, nat_capacity);
     for (name, path) in &map_paths {
         loader.map_pin_path(name, path.as_path());
     }
@@ -103,11 +109,15 @@ fn program<'a>(
 }
 
 /// Loads the embedded object and pins its programs and maps. Maps already pinned
-/// (a previous `up`) are reused, so their entries survive. Returns the `from_pod`
-/// program.
-pub(crate) fn load_and_pin(pins: &Pins, object: &[u8]) -> Result<ProgramInfo, BpfError> {
+/// (a previous `up`) are reused, so their entries survive; a NAT map made here
+/// holds `nat_flows` flows. Returns the `from_pod` program.
+pub(crate) fn load_and_pin(
+    pins: &Pins,
+    object: &[u8],
+    nat_flows: u32,
+) -> Result<ProgramInfo, BpfError> {
     mkdirs(pins)?;
-    let (mut ebpf, pending) = load_object(pins, object)?;
+    let (mut ebpf, pending) = load_object(pins, object, nat_flows)?;
     // Nothing runs these programs yet: the new maps can take their places now.
     finish_maps(pins, pending)?;
     for name in PROGRAMS {
@@ -134,21 +144,27 @@ pub(crate) fn load_and_pin(pins: &Pins, object: &[u8]) -> Result<ProgramInfo, Bp
 /// maps, so no entry or counter is lost), swaps the program of every attachment
 /// atomically (traffic never sees a moment without a program): each pinned TCX
 /// link with `BPF_LINK_UPDATE`, or in netlink mode the cls_bpf filter on each of
-/// `endpoints` (host veths) in place; then replaces the program pins. Returns the
-/// new `from_pod` program and how many attachments now run the new programs.
+/// `endpoints` (host veths) and on the `uplink` in place; then replaces the
+/// program pins. Returns the new `from_pod` program and how many attachments now
+/// run the new programs.
 pub(crate) fn replace(
     pins: &Pins,
     object: &[u8],
     mode: AttachMode,
     endpoints: &[String],
+    uplink: Option<&str>,
+    nat_flows: u32,
 ) -> Result<(ProgramInfo, usize), BpfError> {
-    let (mut ebpf, pending) = load_object(pins, object)?;
+    let (mut ebpf, pending) = load_object(pins, object, nat_flows)?;
+    let uplinks: Vec<String> = uplink.map(str::to_string).into_iter().collect();
     let mut updated = 0;
     for name in PROGRAMS {
-        // Netlink filters leave no pins: from_pod's are on the endpoints' host veths.
+        // Netlink filters leave no pins: from_pod's are on the endpoints' host veths,
+        // from_uplink's on the uplink.
         let attached = match mode {
             AttachMode::Tcx => Attached::Links,
             AttachMode::Netlink if *name == PROG_FROM_POD => Attached::Filters(endpoints),
+            AttachMode::Netlink if *name == PROG_FROM_UPLINK => Attached::Filters(&uplinks),
             AttachMode::Netlink => Attached::Filters(&[]),
         };
         let swapped =

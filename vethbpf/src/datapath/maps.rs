@@ -89,7 +89,7 @@ where
 
 /// A delete of a key that is not there: aya reports it as `KeyNotFound` for some
 /// map types and as the syscall's ENOENT for others (LPM tries).
-fn is_missing(e: &MapError) -> bool {
+pub(crate) fn is_missing(e: &MapError) -> bool {
     match e {
         MapError::KeyNotFound => true,
         MapError::SyscallError(s) => s.io_error.raw_os_error() == Some(libc::ENOENT),

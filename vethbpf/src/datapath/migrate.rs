@@ -66,8 +66,14 @@ fn describe(map_type: u32, key: u32, value: u32, max: u32, flags: u32, btf: bool
     )
 }
 
-/// Compares every pinned map with the object's definition.
-pub(crate) fn plan(pins: &Pins, object: &[u8]) -> Result<MapPlan, BpfError> {
+/// Compares every pinned map with the object's definition, with the capacities the
+/// loader will set (`capacities`: map name -> max_entries, e.g. the NAT table sized
+/// for the node's flow limit).
+pub(crate) fn plan(
+    pins: &Pins,
+    object: &[u8],
+    capacities: &[(&str, u32)],
+) -> Result<MapPlan, BpfError> {
     let obj = aya_obj::Object::parse(object).map_err(|e| BpfError::Parse(e.to_string()))?;
     let mut plan = MapPlan {
         bind: Vec::new(),
@@ -80,6 +86,10 @@ pub(crate) fn plan(pins: &Pins, object: &[u8]) -> Result<MapPlan, BpfError> {
             continue;
         }
         let def = obj.maps.get(name).ok_or(BpfError::MissingMap(name))?;
+        let want_max = capacities
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map_or(def.max_entries(), |(_, c)| *c);
         let old = MapData::from_pin(&path).map_err(|source| BpfError::OpenMap {
             path: path.clone(),
             source: Box::new(source),
@@ -96,52 +106,60 @@ pub(crate) fn plan(pins: &Pins, object: &[u8]) -> Result<MapPlan, BpfError> {
             && have.key_size == def.key_size()
             && have.value_size == def.value_size();
         if same_layout
-            && have.max_entries == def.max_entries()
+            && have.max_entries == want_max
             && have.map_flags == def.map_flags()
             && (has_btf || !want_btf)
         {
             plan.bind.push(name);
             continue;
         }
+        let pinned = describe(
+            have.map_type,
+            have.key_size,
+            have.value_size,
+            have.max_entries,
+            have.map_flags,
+            has_btf,
+        );
         let carry = if name == MAP_EVENTS || name == MAP_TRACE_FLOWS {
             Carry::Nothing
         } else if !same_layout {
-            return Err(BpfError::MapIncompatible {
+            return Err(BpfError::IncompatibleMap {
                 map: name,
-                pinned: describe(
-                    have.map_type,
-                    have.key_size,
-                    have.value_size,
-                    have.max_entries,
-                    have.map_flags,
-                    has_btf,
-                ),
-                wanted: describe(
-                    def.map_type(),
-                    def.key_size(),
-                    def.value_size(),
-                    def.max_entries(),
-                    def.map_flags(),
-                    want_btf,
+                detail: format!(
+                    "{pinned}; this vethbpf uses {}",
+                    describe(
+                        def.map_type(),
+                        def.key_size(),
+                        def.value_size(),
+                        want_max,
+                        def.map_flags(),
+                        want_btf,
+                    )
                 ),
             });
-        } else if name == MAP_STATS && have.max_entries != def.max_entries() {
-            if have.max_entries % MAX_ENDPOINTS != 0 {
-                return Err(BpfError::MapIncompatible {
+        } else if name == MAP_STATS && have.max_entries != want_max {
+            let old_count = have.max_entries / MAX_ENDPOINTS;
+            if !have.max_entries.is_multiple_of(MAX_ENDPOINTS)
+                || old_count == 0
+                || old_count > Verdict::COUNT
+            {
+                return Err(BpfError::IncompatibleMap {
                     map: name,
-                    pinned: format!("{} entries", have.max_entries),
-                    wanted: format!("a multiple of {MAX_ENDPOINTS} entries"),
+                    detail: format!(
+                        "{} entries: no whole number of {MAX_ENDPOINTS} endpoints x at most {} verdicts",
+                        have.max_entries,
+                        Verdict::COUNT
+                    ),
                 });
             }
-            Carry::Restride {
-                old_count: have.max_entries / MAX_ENDPOINTS,
-            }
+            Carry::Restride { old_count }
         } else {
             Carry::Copy
         };
         tracing::info!(
             map = name,
-            pinned = %describe(have.map_type, have.key_size, have.value_size, have.max_entries, have.map_flags, has_btf),
+            %pinned,
             ?carry,
             "the pinned map differs from this build's: making it new"
         );

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 
 use aya::pin::PinError;
 use aya::programs::ProgramError;
-use vethbpf_common::PROG_FROM_POD;
+use vethbpf_common::{PROG_FROM_POD, PROG_FROM_TUNNEL, PROG_FROM_UPLINK};
 
 use crate::error::ErrorKind;
 use crate::kernel::bpffs::BpffsError;
@@ -27,14 +27,16 @@ mod pins;
 mod sys;
 
 pub use attach::AttachMode;
-pub(crate) use attach::{attach, attach_mode, detach, link_ids, pinned_links};
+pub(crate) use attach::{
+    attach, attach_mode, detach, detach_filter, link_ids, pinned_links, replace_filter,
+};
 pub use load::program_info;
 pub(crate) use load::{check_object, load_and_pin, remove_all, replace};
 pub use pins::Pins;
 
 /// The object's programs: each is loaded, verified and pinned by `up`, and
 /// upgraded by `up --replace`.
-pub(crate) const PROGRAMS: &[&str] = &[PROG_FROM_POD];
+pub(crate) const PROGRAMS: &[&str] = &[PROG_FROM_POD, PROG_FROM_UPLINK, PROG_FROM_TUNNEL];
 
 /// Why loading, pinning, attaching or unpinning failed.
 #[derive(Debug, thiserror::Error)]
@@ -111,13 +113,9 @@ pub enum BpfError {
         source: io::Error,
     },
     #[error(
-        "the pinned map {map} ({pinned}) cannot be carried over to this build's ({wanted}): nothing was changed; `vethbpf down` and `vethbpf up` make the node anew (its endpoints are deleted)"
+        "the pinned map {map} was made by another vethbpf version ({detail}) and cannot be carried over: nothing was changed; `vethbpf down`, then `vethbpf up` (and add the endpoints again)"
     )]
-    MapIncompatible {
-        map: &'static str,
-        pinned: String,
-        wanted: String,
-    },
+    IncompatibleMap { map: &'static str, detail: String },
     #[error("cannot count the possible CPUs: {0}")]
     Cpus(#[source] io::Error),
     #[error("carrying the entries of {map} over ({op}): {source}")]
@@ -134,8 +132,8 @@ impl BpfError {
     /// the datapath is gone (`up` loads it again).
     pub fn kind(&self) -> ErrorKind {
         match self {
-            BpfError::OpenProgram { .. } => ErrorKind::NotUp,
-            BpfError::MapIncompatible { .. } => ErrorKind::Conflict,
+            BpfError::OpenProgram { .. } | BpfError::OpenMap { .. } => ErrorKind::NotUp,
+            BpfError::IncompatibleMap { .. } => ErrorKind::Conflict,
             _ => ErrorKind::Other,
         }
     }

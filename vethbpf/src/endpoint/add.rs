@@ -275,6 +275,12 @@ fn add_steps(
     env.node.disable_ipv6_addr_gen(host_index)?;
     fault::point("add.mac")?;
     env.node.set_link_mac(host_index, node.gateway_mac.0)?;
+    // Both ends alike: the pod's side limits what it sends, the host's what a
+    // redirect into it may carry.
+    let pod_mtu = locked.state.cluster.as_ref().map(|c| c.pod_mtu);
+    if let Some(mtu) = pod_mtu {
+        env.node.set_link_mtu(host_index, mtu)?;
+    }
     if ip6.is_some() {
         // The gateway's link-local address, and no other: the node's own neighbour
         // solicitations to the pod need a link-local source on the link (ndisc
@@ -313,6 +319,7 @@ fn add_steps(
             ip6,
             gateway6: node.gateway6(),
             lo_up: netns_created,
+            mtu: pod_mtu,
         },
     )?;
 

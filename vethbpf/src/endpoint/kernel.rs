@@ -9,6 +9,7 @@ use vethbpf_common::{EndpointInfo, EndpointInfo6, PROG_FROM_POD, Route};
 use super::{Datapath, EndpointError, Env, Namespaces, PodConfig, configure_pod_side};
 use crate::datapath::maps::{EndpointCounters, Maps};
 use crate::datapath::{self, AttachMode, Pins};
+use crate::egress::table::Table;
 use crate::kernel::bpffs;
 use crate::kernel::netlink::{Netlink, RtNetlink};
 use crate::kernel::netns;
@@ -128,7 +129,11 @@ impl Datapath for PinnedDatapath {
         Ok(self.maps.put_endpoint(ifindex, info)?)
     }
     fn del_endpoint(&mut self, ifindex: u32) -> Result<(), EndpointError> {
-        Ok(self.maps.del_endpoint(ifindex)?)
+        self.maps.del_endpoint(ifindex)?;
+        // The endpoint's NAT flows go with it: its interface index may be given to
+        // another pod, which must not inherit them.
+        Table::remove_endpoint_flows_at(&self.pins, ifindex)?;
+        Ok(())
     }
     fn put_route(&mut self, net: Ipv4Net, route: &Route) -> Result<(), EndpointError> {
         Ok(self.maps.put_route(net, route)?)

@@ -20,6 +20,9 @@ pub(crate) struct PodConfig {
     pub(crate) gateway6: Ipv6Addr,
     /// Bring `lo` up too (the namespace is vethbpf's own).
     pub(crate) lo_up: bool,
+    /// The interface's MTU when the node's cluster sets one (an overlay's headers
+    /// need room); `None` keeps the veth default.
+    pub(crate) mtu: Option<u32>,
 }
 
 /// Inside the pod: rename the peer, bring it (and `lo` if asked) up; for IPv4
@@ -37,6 +40,9 @@ pub(crate) fn configure_pod_side(
             ifname: cfg.temp_name.clone(),
         })?;
     nl.rename_link(link.index, &cfg.ifname)?;
+    if let Some(mtu) = cfg.mtu {
+        nl.set_link_mtu(link.index, mtu)?;
+    }
     // Only in a namespace vethbpf made: an existing one is its owner's, and a
     // rollback could not tell whether lo was up before.
     if cfg.lo_up

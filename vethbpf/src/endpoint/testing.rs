@@ -208,6 +208,7 @@ impl World {
             bpffs_dir: dir.join("bpffs"),
             bpffs_mount: None,
             attach_mode: AttachMode::Tcx,
+            egress: None,
         });
         l.save().unwrap();
         World {

@@ -55,6 +55,16 @@ pub struct CounterView {
     /// Neighbour solicitations answered (IPv6's ARP replies).
     pub na_replies: Count,
     pub passed: Count,
+    /// Egress: sent out of the uplink, masqueraded (or with the pod's own address).
+    pub masqueraded: Count,
+    pub egress: Count,
+    /// Replies (and ICMP errors) of its flows translated back and delivered.
+    pub rev_nat: Count,
+    pub rev_nat_icmp: Count,
+    /// Sent to pods on other nodes.
+    pub to_nodes: Count,
+    /// Delivered from pods (or nodes) elsewhere in the cluster.
+    pub from_nodes: Count,
     /// Total of all drop reasons.
     pub dropped: Count,
     /// Drops by reason, keyed by the verdict's name.
@@ -69,6 +79,12 @@ impl CounterView {
             echo_replies: c[Verdict::EchoReply as usize].into(),
             na_replies: c[Verdict::NaReply as usize].into(),
             passed: c[Verdict::Pass as usize].into(),
+            masqueraded: c[Verdict::Masquerade as usize].into(),
+            egress: c[Verdict::Egress as usize].into(),
+            rev_nat: c[Verdict::RevNat as usize].into(),
+            rev_nat_icmp: c[Verdict::RevNatIcmp as usize].into(),
+            to_nodes: c[Verdict::ToNode as usize].into(),
+            from_nodes: c[Verdict::FromNode as usize].into(),
             ..Default::default()
         };
         for verdict in Verdict::ALL.into_iter().filter(|v| v.is_drop()) {

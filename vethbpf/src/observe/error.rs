@@ -14,6 +14,8 @@ pub enum ObserveError {
     NotUp,
     #[error("no endpoint named {0}")]
     UnknownEndpoint(String),
+    #[error("no remote node named {0} (`vethbpf node list` shows them)")]
+    UnknownNode(String),
     #[error(
         "another vethbpf monitor (pid {pid}) is reading the events: the ring buffer has one reader, so stop that one first"
     )]
@@ -49,7 +51,7 @@ impl ObserveError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             ObserveError::NotUp | ObserveError::Gone => ErrorKind::NotUp,
-            ObserveError::UnknownEndpoint(_) => ErrorKind::NotFound,
+            ObserveError::UnknownEndpoint(_) | ObserveError::UnknownNode(_) => ErrorKind::NotFound,
             ObserveError::Busy { .. } => ErrorKind::Conflict,
             ObserveError::Maps(e) => e.kind(),
             ObserveError::Bpf(e) => e.kind(),

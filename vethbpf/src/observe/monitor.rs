@@ -31,6 +31,8 @@ pub struct MonitorRequest {
     pub traces: bool,
     /// Only events from or to this endpoint.
     pub endpoint: Option<String>,
+    /// Only events from or to this remote node (its pod CIDR or its address).
+    pub node: Option<String>,
     /// Also the program's diagnostics (aya-log).
     pub log: bool,
 }
@@ -157,6 +159,11 @@ impl Session {
             None
         };
         let names = Names::load(state_dir)?;
+        if let Some(name) = &req.node
+            && !names.has_node(name)
+        {
+            return Err(ObserveError::UnknownNode(name.clone()));
+        }
         drop(locked);
         Ok(Session {
             req,
@@ -248,6 +255,11 @@ impl Session {
             let rec = EventRecord::new(&ev, &mut self.names);
             if let Some(name) = &self.req.endpoint
                 && !rec.involves(name)
+            {
+                continue;
+            }
+            if let Some(name) = &self.req.node
+                && rec.node.as_deref() != Some(name.as_str())
             {
                 continue;
             }

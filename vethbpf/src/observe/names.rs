@@ -3,7 +3,9 @@
 //! atomically) and the kernel's interface names.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
+
+use ipnet::Ipv4Net;
 use std::time::{Duration, Instant};
 
 use crate::state::{StateDir, StateError};
@@ -13,12 +15,15 @@ use crate::state::{StateDir, StateError};
 /// events for unknown ids does not become a flood of reads.
 const RELOAD_AFTER: Duration = Duration::from_millis(500);
 
-/// Endpoint names by id, address and host ifindex.
+/// Endpoint names by id, address and host ifindex; remote nodes by pod CIDR and
+/// address.
 pub struct Names {
     state_dir: StateDir,
     by_id: HashMap<u32, String>,
     by_ip: HashMap<IpAddr, String>,
     by_ifindex: HashMap<u32, String>,
+    /// (name, pod CIDR, underlay address) of each remote node.
+    nodes: Vec<(String, Ipv4Net, Ipv4Addr)>,
     loaded: Option<Instant>,
 }
 
@@ -30,6 +35,7 @@ impl Names {
             by_id: HashMap::new(),
             by_ip: HashMap::new(),
             by_ifindex: HashMap::new(),
+            nodes: Vec::new(),
             loaded: None,
         };
         names.reload()?;
@@ -41,6 +47,16 @@ impl Names {
         self.by_id.clear();
         self.by_ip.clear();
         self.by_ifindex.clear();
+        self.nodes = state
+            .cluster
+            .as_ref()
+            .map(|c| {
+                c.nodes
+                    .values()
+                    .map(|n| (n.name.clone(), n.pod_cidr, n.address))
+                    .collect()
+            })
+            .unwrap_or_default();
         for rec in state.endpoints.values() {
             self.by_id.insert(rec.id, rec.name.clone());
             for ip in rec
@@ -88,6 +104,24 @@ impl Names {
     pub fn endpoint_of_ifindex(&mut self, ifindex: u32) -> Option<String> {
         self.refresh_on_miss(self.by_ifindex.contains_key(&ifindex));
         self.by_ifindex.get(&ifindex).cloned()
+    }
+}
+
+impl Names {
+    /// The remote node whose pod CIDR holds `ip`, or whose own address it is.
+    pub fn node_of_ip(&self, ip: IpAddr) -> Option<String> {
+        let IpAddr::V4(ip) = ip else {
+            return None;
+        };
+        self.nodes
+            .iter()
+            .find(|(_, cidr, address)| cidr.contains(&ip) || *address == ip)
+            .map(|(name, ..)| name.clone())
+    }
+
+    /// Whether a remote node of this name exists.
+    pub fn has_node(&self, name: &str) -> bool {
+        self.nodes.iter().any(|(n, ..)| n == name)
     }
 }
 

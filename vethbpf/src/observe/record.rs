@@ -39,6 +39,9 @@ pub struct EventRecord {
     pub interface: Option<String>,
     /// The endpoint the packet's destination address belongs to, if any.
     pub destination_endpoint: Option<String>,
+    /// The remote node the packet comes from or goes to (its pod CIDR or its own
+    /// address is the source or destination), if any.
+    pub node: Option<String>,
     /// The packet's length; a GSO packet's whole length, with `segs` segments.
     pub len: u32,
     pub segs: u32,
@@ -133,6 +136,10 @@ impl EventRecord {
                         .and_then(|a| a.target_ip)
                         .and_then(|ip| names.endpoint_of_ip(ip.into()))
                 });
+        let node = [packet.src, packet.dst]
+            .into_iter()
+            .flatten()
+            .find_map(|ip| names.node_of_ip(ip));
         EventRecord {
             time: humantime::format_rfc3339_millis(wall_time(ev.time_ns)).to_string(),
             kind: match ev.kind {
@@ -151,6 +158,7 @@ impl EventRecord {
             ifindex: ev.ifindex,
             interface: interface_name(ev.ifindex),
             destination_endpoint,
+            node,
             len: ev.len,
             segs: ev.segs,
             packet,

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use nix::fcntl::{Flock, FlockArg};
 
+use super::cluster::NODE_INTENT_FILE;
 use super::records::STATE_VERSION;
 use super::{State, StateError};
 
@@ -159,6 +160,7 @@ impl StateDir {
         };
         rm(&locked.path)?;
         rm(&locked.intent_path())?;
+        rm(&locked.path.with_file_name(NODE_INTENT_FILE))?;
         // Temp files of a write that a kill interrupted.
         rm(&locked.path.with_extension("json.tmp"))?;
         rm(&locked.intent_path().with_extension("json.tmp"))?;

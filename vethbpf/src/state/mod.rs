@@ -7,12 +7,16 @@
 use std::io;
 use std::path::PathBuf;
 
+mod cluster;
 mod dir;
 pub mod ident;
 pub mod ipam;
 mod journal;
 mod records;
 
+pub use cluster::{
+    ClusterState, NODE_INTENT_FILE, NodeIntent, NodeOrigin, Overlay, RemoteNode, VxlanDevice,
+};
 pub use dir::{Locked, STATE_FILE, StateDir};
 pub(crate) use journal::{Intent, PlannedEndpoint};
 use records::STATE_VERSION;

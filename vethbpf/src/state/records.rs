@@ -1,4 +1,5 @@
-//! What the state file holds: the node config and one record per endpoint.
+//! What the state file holds: the node config, one record per endpoint, and the
+//! cluster part (see `cluster.rs`).
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -9,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::ident::MacAddr;
 use crate::datapath::AttachMode;
+use crate::egress::Egress;
 
 pub(crate) const STATE_VERSION: u32 = 1;
 
@@ -31,6 +33,10 @@ pub struct NodeConfig {
     /// unmounts it; `None` if one was there already.
     pub bpffs_mount: Option<PathBuf>,
     pub attach_mode: AttachMode,
+    /// Pod egress, as `up` set it up; `None`: off (no uplink). Absent in the state
+    /// files of versions without egress, which read as off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress: Option<Egress>,
 }
 
 impl NodeConfig {
@@ -95,6 +101,9 @@ pub struct State {
     pub version: u32,
     pub node: Option<NodeConfig>,
     pub endpoints: BTreeMap<String, EndpointRecord>,
+    /// Set by `up --cluster-cidr`: other nodes and how to reach them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<super::ClusterState>,
 }
 
 impl Default for State {
@@ -103,6 +112,7 @@ impl Default for State {
             version: STATE_VERSION,
             node: None,
             endpoints: BTreeMap::new(),
+            cluster: None,
         }
     }
 }

@@ -9,6 +9,8 @@
 //! (TEST_RUN), `controlplane`, `stats`, `report` (tables, JSON, SVG).
 
 mod controlplane;
+mod crossnode;
+mod egress;
 mod measure;
 mod progcost;
 mod report;
@@ -54,6 +56,13 @@ pub struct BenchArgs {
     pub skip_progcost: bool,
     #[arg(long)]
     pub skip_controlplane: bool,
+    /// Skip the egress section (pod -> outside server: vethbpf, iptables, node).
+    #[arg(long)]
+    pub skip_egress: bool,
+    /// Skip the cross-node section (two nodes, five ways, and the cluster's
+    /// control plane).
+    #[arg(long)]
+    pub skip_crossnode: bool,
     /// Do not build the eBPF object and the vethbpf binary first; use what is there.
     #[arg(long)]
     pub no_build: bool,
@@ -129,6 +138,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "bpftool",
         "containernetworking-plugins",
         "util-linux",
+        "iptables",
+        "etcd-server",
+        "etcd-client",
     ])?;
     let plan = Plan::new(&args)?;
     let root = root();
@@ -172,6 +184,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
         progcost_error: None,
         controlplane: None,
         controlplane_error: None,
+        egress: None,
+        egress_error: None,
+        crossnode: None,
+        crossnode_error: None,
         targets: Vec::new(),
     };
     progress(&format!(
@@ -193,6 +209,42 @@ pub fn run(args: BenchArgs) -> Result<()> {
 
     if !args.skip_datapath {
         datapath(&plan, &env, &mut results)?;
+    }
+
+    if !args.skip_egress {
+        let eplan = egress::EgressPlan {
+            rounds: plan.rounds,
+            secs: plan.secs,
+            connect_secs: plan.connect_secs,
+            tc_runs: plan.tc_runs,
+            env: &env,
+            object: &object,
+            datapath: true,
+            testrun: !args.skip_progcost,
+        };
+        match egress::run(&eplan, &mut |m| progress(m)) {
+            Ok(e) => results.egress = Some(e),
+            Err(e) => {
+                sys::check_interrupt()?;
+                progress(&format!("  egress not measured: {e:#}"));
+                results.egress_error = Some(format!("{e:#}"));
+            }
+        }
+    }
+
+    if !args.skip_crossnode {
+        let cross = crossnode::CrossPlan {
+            rounds: plan.rounds,
+            secs: plan.secs,
+        };
+        match crossnode::run(&cross, &env, &mut |m| progress(m)) {
+            Ok(c) => results.crossnode = Some(c),
+            Err(e) => {
+                sys::check_interrupt()?;
+                progress(&format!("  cross-node not measured: {e:#}"));
+                results.crossnode_error = Some(format!("{e:#}"));
+            }
+        }
     }
 
     if !args.skip_controlplane {
@@ -220,6 +272,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
 
     results.targets = targets(&results);
+    if let Some(e) = &results.egress {
+        results.targets.extend(egress::targets(e));
+    }
     results.elapsed_s = started.elapsed().as_secs_f64();
     results.loadavg_at_end = fs::read_to_string("/proc/loadavg")
         .unwrap_or_default()
@@ -314,7 +369,7 @@ fn datapath(plan: &Plan, env: &topo::Env, results: &mut Results) -> Result<()> {
             sys::check_interrupt()?;
             let mut s = DpSample {
                 round,
-                contender: c.kind.name(),
+                contender: c.name,
                 latency: None,
                 tput_1: None,
                 tput_4: None,
@@ -347,7 +402,7 @@ fn datapath(plan: &Plan, env: &topo::Env, results: &mut Results) -> Result<()> {
             progress(&format!(
                 "  [round {round}/{}] {:<9} RTT p50 {:>6} us p99 {:>7} us | 1-stream {:>6} Gbit/s | 4-stream {:>6} Gbit/s | {:>6} conn/s | {:>5} CPU ms/Gbit{}",
                 plan.rounds,
-                c.kind.name(),
+                c.name,
                 f(s.latency.as_ref().map(|l| l.p50_us), 1),
                 f(s.latency.as_ref().map(|l| l.p99_us), 1),
                 f(s.tput_1.as_ref().map(|t| t.gbps), 2),
@@ -523,6 +578,10 @@ mod tests {
             progcost_error: None,
             controlplane,
             controlplane_error: None,
+            egress: None,
+            egress_error: None,
+            crossnode: None,
+            crossnode_error: None,
             targets: Vec::new(),
         }
     }

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use ipnet::{Ipv4Net, Ipv6Net};
 
 use super::rt::{fmt_mac, fmt_route, fmt_route6};
-use super::{LinkInfo, Netlink, NetlinkError, Route6Spec, RouteSpec};
+use super::{LinkInfo, Netlink, NetlinkError, Route6Spec, RouteSpec, VxlanSpec};
 
 /// The operation names accepted by [`FakeNetlink::fail_at`] and recorded in the log:
 /// the [`Netlink`] method names.
@@ -36,6 +36,8 @@ pub(crate) const FAKE_OPS: &[&str] = &[
     "set_link_mac",
     "set_link_alias",
     "set_link_up",
+    "set_link_mtu",
+    "add_vxlan",
     "disable_ipv6_addr_gen",
     "add_address",
     "addresses",
@@ -94,6 +96,7 @@ struct Link {
     loopback: bool,
     addr_gen_disabled: bool,
     ipv6_link_local: bool,
+    mtu: u32,
 }
 
 #[derive(Debug, Default)]
@@ -306,6 +309,7 @@ impl World {
         let uid = self.uid();
         let lo = ns.insert(uid, "lo", None, Some([0; 6]));
         lo.loopback = true;
+        lo.mtu = 65536;
         // The kernel never generates a link-local address on loopback.
         lo.addr_gen_disabled = true;
         let lo_index = lo.index;
@@ -404,6 +408,7 @@ impl Namespace {
             loopback: false,
             addr_gen_disabled: false,
             ipv6_link_local: false,
+            mtu: 1500,
         });
         let last = self.links.len() - 1;
         &mut self.links[last]
@@ -506,6 +511,7 @@ impl Link {
             kind: self.kind.clone(),
             up: self.up,
             alias: self.alias.clone(),
+            mtu: self.mtu,
         }
     }
 }
@@ -704,6 +710,44 @@ impl Netlink for FakeNetlink {
             n.link_exists(op, index)?;
             n.set_up(index);
             Ok(())
+        })
+    }
+
+    fn set_link_mtu(&mut self, index: u32, mtu: u32) -> Result<(), NetlinkError> {
+        let op = "set_link_mtu";
+        self.call(op, format!("{index}, {mtu}"), |w, ns| {
+            let n = w.ns_mut(ns);
+            n.link_exists(op, index)?;
+            // ETH_MIN_MTU..ETH_MAX_MTU of veth/vxlan.
+            if !(68..=65535).contains(&mtu) {
+                return Err(errno_error(
+                    op,
+                    format!("link index {index} mtu {mtu}"),
+                    libc::EINVAL,
+                ));
+            }
+            if let Some(link) = n.by_index_mut(index) {
+                link.mtu = mtu;
+            }
+            Ok(())
+        })
+    }
+
+    fn add_vxlan(&mut self, spec: &VxlanSpec) -> Result<u32, NetlinkError> {
+        let op = "add_vxlan";
+        self.call(op, format!("{spec:?}"), |w, ns| {
+            validate_name(op, &spec.name)?;
+            let uid = w.uid();
+            let n = w.ns_mut(ns);
+            if n.by_name(&spec.name).is_some() {
+                return Err(NetlinkError::Exists {
+                    op,
+                    what: format!("link {:?}", spec.name),
+                });
+            }
+            let link = n.insert(uid, &spec.name, Some("vxlan".into()), None);
+            link.mtu = spec.mtu;
+            Ok(link.index)
         })
     }
 

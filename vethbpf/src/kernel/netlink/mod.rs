@@ -36,6 +36,18 @@ pub struct LinkInfo {
     /// `IFLA_IFALIAS`: vethbpf writes an endpoint's identity there (see
     /// [`crate::reconcile`]), so that it can be rebuilt from the kernel alone.
     pub alias: Option<String>,
+    /// `IFLA_MTU`.
+    pub mtu: u32,
+}
+
+/// A collect-metadata ("external") VXLAN device: one for every remote node, the
+/// tunnel key of each packet says where it goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VxlanSpec {
+    pub name: String,
+    /// UDP destination port (and the one it listens on).
+    pub port: u16,
+    pub mtu: u32,
 }
 
 /// An IPv4 route in the main table.
@@ -121,6 +133,9 @@ pub trait Netlink {
     fn set_link_alias(&mut self, index: u32, alias: &str) -> Result<(), NetlinkError>;
     /// Sets a link administratively up.
     fn set_link_up(&mut self, index: u32) -> Result<(), NetlinkError>;
+    fn set_link_mtu(&mut self, index: u32, mtu: u32) -> Result<(), NetlinkError>;
+    /// Creates the VXLAN device of `spec` (down, no FDB learning); returns its index.
+    fn add_vxlan(&mut self, spec: &VxlanSpec) -> Result<u32, NetlinkError>;
     /// Stops the kernel from generating IPv6 link-local addresses on the link
     /// (`IFLA_INET6_ADDR_GEN_MODE` = none), so host-side veths carry no address at all.
     fn disable_ipv6_addr_gen(&mut self, index: u32) -> Result<(), NetlinkError>;

@@ -24,10 +24,10 @@ use rtnetlink::packet_route::route::{
     RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
     RouteType,
 };
-use rtnetlink::{Handle, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use rtnetlink::{Handle, LinkUnspec, LinkVeth, LinkVxlan, RouteMessageBuilder};
 use tokio::runtime::Runtime;
 
-use super::{LinkInfo, Netlink, NetlinkError, Route6Spec, RouteSpec};
+use super::{LinkInfo, Netlink, NetlinkError, Route6Spec, RouteSpec, VxlanSpec};
 
 /// A synchronous rtnetlink client bound to the network namespace of the thread
 /// that called [`RtNetlink::connect`].
@@ -227,6 +227,42 @@ impl Netlink for RtNetlink {
     fn set_link_up(&mut self, index: u32) -> Result<(), NetlinkError> {
         let message = LinkUnspec::new_with_index(index).up().build();
         self.change_link("set link up", || format!("link index {index}"), message)
+    }
+
+    fn set_link_mtu(&mut self, index: u32, mtu: u32) -> Result<(), NetlinkError> {
+        let message = LinkUnspec::new_with_index(index).mtu(mtu).build();
+        self.change_link(
+            "set link mtu",
+            || format!("link index {index} mtu {mtu}"),
+            message,
+        )
+    }
+
+    fn add_vxlan(&mut self, spec: &VxlanSpec) -> Result<u32, NetlinkError> {
+        let op = "add vxlan";
+        let what = || format!("vxlan {:?} external dstport {}", spec.name, spec.port);
+        // `ip link add NAME type vxlan external dstport PORT nolearning`: no VNI,
+        // no remote, no FDB; every packet's tunnel key comes from the eBPF program.
+        let message = LinkVxlan::new(&spec.name, 0)
+            .collect_metadata(true)
+            .port(spec.port)
+            .learning(false)
+            .mtu(spec.mtu)
+            .build();
+        // LinkVxlan::new always sets IFLA_VXLAN_ID; an external device must not
+        // have one (the kernel refuses VNI + external), so drop it again.
+        let message = without_vxlan_id(message);
+        let request = self.handle.link().add(message);
+        self.rt
+            .block_on(request.execute())
+            .map_err(|e| map_err(op, what(), e))?;
+        match self.link_by_name(&spec.name)? {
+            Some(link) => Ok(link.index),
+            None => Err(NetlinkError::Protocol {
+                op,
+                detail: format!("{} was created but cannot be found", what()),
+            }),
+        }
     }
 
     fn disable_ipv6_addr_gen(&mut self, index: u32) -> Result<(), NetlinkError> {
@@ -514,9 +550,11 @@ fn link_info(op: &'static str, m: &LinkMessage) -> Result<LinkInfo, NetlinkError
     let mut mac = None;
     let mut kind = None;
     let mut alias = None;
+    let mut mtu = 0;
     for attr in &m.attributes {
         match attr {
             LinkAttribute::IfName(n) => name = Some(n.clone()),
+            LinkAttribute::Mtu(m) => mtu = *m,
             LinkAttribute::IfAlias(a) if !a.is_empty() => alias = Some(a.clone()),
             // Only Ethernet-like addresses are of interest; lo has a 6-byte zero
             // address, tunnels may have 4- or 16-byte ones (left as None).
@@ -541,7 +579,23 @@ fn link_info(op: &'static str, m: &LinkMessage) -> Result<LinkInfo, NetlinkError
         kind,
         up: m.header.flags.contains(LinkFlags::Up),
         alias,
+        mtu,
     })
+}
+
+/// The message minus its `IFLA_VXLAN_ID` (see [`RtNetlink::add_vxlan`]).
+fn without_vxlan_id(mut message: LinkMessage) -> LinkMessage {
+    use rtnetlink::packet_route::link::{InfoData, InfoVxlan};
+    for attr in &mut message.attributes {
+        if let LinkAttribute::LinkInfo(infos) = attr {
+            for info in infos.iter_mut() {
+                if let NlLinkInfo::Data(InfoData::Vxlan(data)) = info {
+                    data.retain(|d| !matches!(d, InfoVxlan::Id(_)));
+                }
+            }
+        }
+    }
+    message
 }
 
 /// Parses a dumped route back into a [`RouteSpec`]; `None` for routes that are not
