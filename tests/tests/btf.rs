@@ -75,6 +75,7 @@ fn bpftool_dumps_every_map_with_named_fields() {
     assert!(monitor.wait().expect("wait").success());
 
     let mut checked = Vec::new();
+    let mut empty = Vec::new();
     for map in ALL_MAPS {
         let info = show(&node, map);
         if map == MAP_EVENTS {
@@ -86,7 +87,16 @@ fn bpftool_dumps_every_map_with_named_fields() {
         assert!(info["btf_id"].as_u64().is_some(), "{map} has BTF: {info}");
         let entries = dump(&node, map);
         let entries = entries.as_array().expect("entries");
-        assert!(!entries.is_empty(), "{map} has entries");
+        if entries.is_empty() {
+            // Tables of features this node does not use (egress, fragments): their
+            // BTF is there (above), nothing to show yet. Arrays always have entries.
+            assert!(
+                !info["type"].as_str().unwrap_or("").contains("array"),
+                "{map}: an array without entries"
+            );
+            empty.push(map);
+            continue;
+        }
         // bpftool -j prints each entry's bytes in hex, and with BTF also the entry
         // "formatted": keys and values by field. Without BTF there is no such part.
         let e = entries[0]
@@ -95,7 +105,7 @@ fn bpftool_dumps_every_map_with_named_fields() {
         let value = e.get("value").or_else(|| e["values"][0].get("value"));
         let value = value.unwrap_or_else(|| panic!("{map}: {e}"));
         match map {
-            "ROUTES" => {
+            "ROUTES" | "ROUTES6" => {
                 assert_fields(&e["key"], &["prefix_len", "data"]);
                 assert_fields(value, &["kind", "ifindex", "endpoint_id", "mac", "_pad"]);
             }
@@ -106,10 +116,6 @@ fn bpftool_dumps_every_map_with_named_fields() {
             "CONFIG" => assert_fields(value, &["gateway_ip", "flags", "gateway_mac", "_pad"]),
             "STATS" => assert_fields(value, &["packets", "bytes"]),
             "MONITOR" => assert_fields(value, &["deadline_ns", "kinds", "session", "pid", "_pad"]),
-            "ROUTES6" => {
-                assert_fields(&e["key"], &["prefix_len", "data"]);
-                assert_fields(value, &["kind", "ifindex", "endpoint_id", "mac", "_pad"]);
-            }
             "ENDPOINTS6" => assert_fields(value, &["ip", "link_local"]),
             "EVENTS_LOST" => assert!(value.is_u64(), "{e}"),
             "TRACE_FLOWS" => {
@@ -121,11 +127,32 @@ fn bpftool_dumps_every_map_with_named_fields() {
                 );
                 assert_fields(value, &["session", "tcp_flags"]);
             }
-            other => panic!("a map this test does not know: {other}"),
+            // The other features' maps: values by field, whatever the fields are.
+            _ => assert!(
+                value.is_object() || value.is_u64(),
+                "{map}: a value by field: {e}"
+            ),
         }
         checked.push(map);
     }
-    assert_eq!(checked.len(), ALL_MAPS.len() - 1);
+    // The maps of this feature set all had entries to show.
+    for map in [
+        "ROUTES",
+        "ENDPOINTS",
+        "CONFIG",
+        "STATS",
+        "ROUTES6",
+        "ENDPOINTS6",
+        "MONITOR",
+        "EVENTS_LOST",
+        "TRACE_FLOWS",
+    ] {
+        assert!(
+            checked.contains(&map),
+            "{map} was checked (empty: {empty:?})"
+        );
+    }
+    assert_eq!(checked.len() + empty.len(), ALL_MAPS.len() - 1);
     // The values are the entries: a's ENDPOINTS entry holds its id and address.
     let eps = dump(&node, MAP_ENDPOINTS);
     let a_id = a["id"].as_u64().expect("id");
