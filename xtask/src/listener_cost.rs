@@ -39,8 +39,12 @@ use crate::{ebpf, util};
 pub struct ListenerArgs {
     /// A revision (e.g. the commit before events existed) whose object is measured
     /// too, as the baseline.
-    #[arg(long, value_name = "REV")]
+    #[arg(long, value_name = "REV", conflicts_with = "baseline_object")]
     pub baseline_rev: Option<String>,
+    /// An eBPF object file measured as the baseline instead (e.g. a build with one
+    /// change taken out).
+    #[arg(long, value_name = "PATH")]
+    pub baseline_object: Option<PathBuf>,
     /// TEST_RUN calls per variant and path (250 repetitions each).
     #[arg(long, default_value_t = 4000)]
     pub calls: usize,
@@ -282,6 +286,8 @@ pub fn run(args: &ListenerArgs) -> Result<()> {
     let mut variants = Vec::new();
     if let Some(rev) = &args.baseline_rev {
         variants.push(Variant::load("baseline", &baseline_object(rev)?, false)?);
+    } else if let Some(object) = &args.baseline_object {
+        variants.push(Variant::load("baseline", object, false)?);
     }
     variants.push(Variant::load("no listener", &object, false)?);
     variants.push(Variant::load("listener", &object, true)?);
