@@ -500,3 +500,41 @@ fn node_keeps_the_events_of_one_remote_node() {
     assert_eq!(records[0]["endpoint"], node.pod("a").as_str());
     assert_eq!(records[1]["destination_endpoint"], node.pod("a").as_str());
 }
+
+#[test]
+fn a_full_nat_table_is_logged_and_each_refused_flow_is_a_drop() {
+    let node = TestNode::new();
+    let _outside = node.outside();
+    node.ok(&["up", "--nat-max-flows", "3"]);
+    let a = add_pod(&node, "a");
+    let monitor = Monitor::start(&node, &["-o", "json", "--type", "drop", "--log"]);
+    // Four UDP flows to a server outside (nothing needs to answer): a new source port
+    // each. The fourth finds the table at its limit.
+    let server: std::net::SocketAddr = format!("{}:9", vethbpf_tests::SERVER_IP)
+        .parse()
+        .expect("address");
+    for _ in 0..4 {
+        let socket =
+            vethbpf::kernel::netns::run_in(&a.netns, || std::net::UdpSocket::bind("0.0.0.0:0"))
+                .expect("enter a")
+                .expect("bind");
+        socket.send_to(b"x", server).expect("send");
+    }
+    wait_until(Duration::from_secs(5), "a drop and a log line", || {
+        let records = json_lines(&monitor.lines());
+        !of_type(&records, "log").is_empty() && !of_type(&records, "drop").is_empty()
+    });
+    let (status, lines) = monitor.interrupt();
+    assert!(status.success());
+    let records = json_lines(&lines);
+    let drops = of_type(&records, "drop");
+    assert_eq!(drops.len(), 1, "{lines:#?}");
+    assert_eq!(drops[0]["verdict"], "nat_table_full");
+    assert_eq!(drops[0]["endpoint"], a.name.as_str());
+    assert_eq!(drops[0]["packet"]["dst"], vethbpf_tests::SERVER_IP);
+    let logs = of_type(&records, "log");
+    assert_eq!(
+        logs[0]["message"],
+        "the NAT table is full (3 flows): new flow refused (nat_table_full)"
+    );
+}

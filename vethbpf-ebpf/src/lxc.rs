@@ -46,7 +46,7 @@ pub fn from_pod(ctx: &TcContext) -> i32 {
             } else {
                 Diag::NoConfig
             };
-            diag::report(ctx, what, ifindex);
+            diag::report(what, ifindex);
             stats::count(ctx, 0, Decision::drop(Verdict::DropNoEndpoint))
         }
     }
@@ -141,7 +141,7 @@ fn handle_ipv4(ctx: &TcContext, ifindex: u32, ep: &EndpointInfo, cfg: &Config) -
         // A remote node's own address: the node stack's.
         ROUTE_KIND_NODE => Decision::pass(),
         kind => {
-            diag::report(ctx, Diag::UnknownRouteKind, kind);
+            diag::report(Diag::UnknownRouteKind, kind);
             Decision::pass()
         }
     }

@@ -71,7 +71,7 @@ pub fn count(ctx: &TcContext, endpoint_id: u32, decision: Decision) -> i32 {
             (*counter).bytes += u64::from(ctx.len());
         }
     } else {
-        diag::report(ctx, Diag::NoCounters, endpoint_id);
+        diag::report(Diag::NoCounters, endpoint_id);
     }
     events::notify(ctx, endpoint_id, decision.verdict, segs);
     decision.action
