@@ -666,6 +666,37 @@ pub fn eth(dst: [u8; 6], src: [u8; 6], ether_type: u16, payload: &[u8]) -> Vec<u
     f
 }
 
+/// A MAC address written `aa:bb:cc:dd:ee:ff`.
+pub fn parse_mac(s: &str) -> [u8; 6] {
+    let mut m = [0u8; 6];
+    let parts: Vec<&str> = s.split(':').collect();
+    assert_eq!(parts.len(), 6, "MAC {s}");
+    for (b, p) in m.iter_mut().zip(parts) {
+        *b = u8::from_str_radix(p, 16).unwrap_or_else(|_| panic!("MAC {s}"));
+    }
+    m
+}
+
+/// Turns IPv6 off in the namespace at `netns`, so that a pod sends nothing on its own
+/// (router solicitations, MLD reports, DAD): tests that compare counters read at two
+/// moments need a pod that is quiet between them.
+pub fn no_ipv6(netns: &Path) {
+    for key in [
+        "net.ipv6.conf.all.disable_ipv6=1",
+        "net.ipv6.conf.default.disable_ipv6=1",
+    ] {
+        must(
+            "nsenter",
+            [
+                format!("--net={}", netns.display()).as_str(),
+                "sysctl",
+                "-qw",
+                key,
+            ],
+        );
+    }
+}
+
 /// The node's address on its uplink in [`TestNode::outside`]: the masquerade
 /// address.
 pub const UPLINK_NODE_IP: &str = "172.30.0.2";

@@ -296,7 +296,7 @@ pub fn expect(f: &Fixture, frame: &[u8], id: u32, verdict: Verdict) -> Run {
     expect_in(f, frame, f.skb(), id, verdict)
 }
 
-/// [`expect`] with the context `skb`.
+/// [`expect`] with the context `skb`; a GSO skb counts as its `gso_segs` packets.
 pub fn expect_in(f: &Fixture, frame: &[u8], skb: Skb, id: u32, verdict: Verdict) -> Run {
     let run = f
         .try_run_ctx(frame, 1, Some(&skb.bytes()))
@@ -309,7 +309,7 @@ pub fn expect_in(f: &Fixture, frame: &[u8], skb: Skb, id: u32, verdict: Verdict)
     let expected = BTreeMap::from([(
         key(id, verdict),
         Counter {
-            packets: 1,
+            packets: u64::from(skb.gso_segs.max(1)),
             bytes: frame.len() as u64,
         },
     )]);

@@ -606,3 +606,54 @@ fn errors_are_json_objects_with_o_json() {
         assert!(message.contains(expect), "{args:?}: {err}");
     }
 }
+
+#[test]
+fn monitor_and_metrics_name_what_is_wrong_and_change_nothing() {
+    let node = TestNode::new();
+    for args in [&["monitor"][..], &["metrics"]] {
+        let out = node.vethbpf(args);
+        assert_eq!(out.status.code(), Some(4), "{args:?} before up");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("the node is not up"));
+    }
+    assert!(!node.state.exists(), "no state dir may appear before up");
+    node.ok(&["up"]);
+    // (arguments, exit code, message)
+    let cases: Vec<(Vec<&str>, i32, &str)> = vec![
+        (
+            vec!["monitor", "--endpoint", "no-such-pod"],
+            3,
+            "no endpoint named no-such-pod",
+        ),
+        (
+            vec!["monitor", "--type", "everything"],
+            2,
+            "invalid value 'everything'",
+        ),
+        (
+            vec!["metrics", "--listen", "localhost"],
+            2,
+            "invalid value 'localhost'",
+        ),
+        // An address the node does not have.
+        (
+            vec!["metrics", "--listen", "198.51.100.7:9662"],
+            1,
+            "cannot serve metrics on 198.51.100.7:9662",
+        ),
+    ];
+    for (args, code, expect) in cases {
+        let before = node.snapshot();
+        let out = node.vethbpf(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {stderr}");
+        assert!(stderr.contains(expect), "{args:?}: {expect:?} in {stderr}");
+        assert_eq!(node.snapshot(), before, "{args:?} changed the node");
+    }
+    for args in [&["monitor"][..], &["metrics"]] {
+        let out = as_nobody(&node, args);
+        assert_eq!(out.status.code(), Some(1), "{args:?} as nobody");
+    }
+    // No listener was left behind by any of them.
+    let text = node.ok(&["metrics"]);
+    assert!(text.contains("vethbpf_monitor_listening 0"), "{text}");
+}

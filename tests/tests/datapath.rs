@@ -165,7 +165,8 @@ fn deleting_an_endpoint_stops_it_and_leaves_nothing_of_it() {
     assert!(!node.bpffs.join("links").join(&b_host).exists());
     let status = node.json(&["status"]);
     let entries = |name: &str| vethbpf_tests::map_entries(&status, name);
-    assert_eq!(entries("ROUTES"), 2);
+    // The two endpoints' /32s and the pod CIDR's own entry.
+    assert_eq!(entries("ROUTES"), 3);
     assert_eq!(entries("ENDPOINTS"), 2);
     let list = node.json(&["endpoint", "list"]);
     assert_eq!(list.as_array().map(Vec::len), Some(2));

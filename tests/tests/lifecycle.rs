@@ -137,7 +137,8 @@ fn concurrent_adds_and_dels_all_succeed_with_distinct_addresses() {
     assert_eq!(ips.len(), N, "every endpoint got its own address");
     let status = node.json(&["status"]);
     let entries = |name: &str| vethbpf_tests::map_entries(&status, name);
-    assert_eq!(entries("ROUTES"), N as u64);
+    // One /32 per endpoint and the pod CIDR's own entry.
+    assert_eq!(entries("ROUTES"), N as u64 + 1);
     assert_eq!(entries("ENDPOINTS"), N as u64);
     assert_eq!(status["attachments"].as_array().map(Vec::len), Some(N));
     let links = node.node_must("ip", &["-o", "link", "show", "type", "veth"]);
@@ -209,7 +210,7 @@ fn up_and_down_racing_endpoint_changes_are_serialized() {
     }
     let status = node.json(&["status"]);
     assert_eq!(status["endpoints"], 20);
-    assert_eq!(vethbpf_tests::map_entries(&status, "ROUTES"), 20);
+    assert_eq!(vethbpf_tests::map_entries(&status, "ROUTES"), 20 + 1);
     assert_eq!(vethbpf_tests::map_entries(&status, "ENDPOINTS"), 20);
     let program = status_program_id(&node);
     let attachments = status["attachments"].as_array().expect("attachments");

@@ -264,10 +264,35 @@ fn count(node: &TestNode, pod: &str, path: &[&str]) -> (u64, u64) {
     (n("packets"), n("bytes"))
 }
 
+/// tx packets and bytes of `dev` in the namespace at `netns`: skbs, as the veth
+/// counts them (a GSO packet is one).
+fn tx_skbs(netns: &Path, dev: &str) -> (u64, u64) {
+    let out = vethbpf_tests::must(
+        "nsenter",
+        [
+            format!("--net={}", netns.display()).as_str(),
+            "ip",
+            "-j",
+            "-s",
+            "link",
+            "show",
+            dev,
+        ],
+    );
+    let v: serde_json::Value = serde_json::from_str(&out).expect("ip -j");
+    let tx = &v[0]["stats64"]["tx"];
+    (
+        tx["packets"].as_u64().expect("packets"),
+        tx["bytes"].as_u64().expect("bytes"),
+    )
+}
+
 /// With BIG TCP on, a pod's TCP stack hands its veth super-packets over 64 KiB whose
 /// IPv4 total length is 0. They must be forwarded to another pod and passed to the
-/// node like any packet. The counters show they occurred: over the transfer, the
-/// sender's packets averaged more bytes than any packet can have without BIG TCP.
+/// node like any packet. The pod's veth shows they occurred: over the transfer, its
+/// skbs averaged more bytes than any packet can have without BIG TCP. The counters
+/// count them as the segments the wire would carry (`gso_segs`): no more bytes per
+/// packet than a segment has.
 #[test]
 fn big_tcp_super_packets_reach_other_pods_and_the_node() {
     const LEN: usize = 64 << 20;
@@ -279,31 +304,50 @@ fn big_tcp_super_packets_reach_other_pods_and_the_node() {
 
     // Pod to pod.
     let (p0, b0) = count(&node, "a", &["forwarded"]);
+    let (s0, sb0) = tx_skbs(&a.netns, "eth0");
     tcp_send(&b.netns, b.ip, &a.netns, LEN);
     let (p1, b1) = count(&node, "a", &["forwarded"]);
+    let (s1, sb1) = tx_skbs(&a.netns, "eth0");
+    let per_skb = (sb1 - sb0) / (s1 - s0);
     let per_packet = (b1 - b0) / (p1 - p0);
-    eprintln!("a -> b: {} packets, {per_packet} bytes on average", p1 - p0);
-    assert!(
-        per_packet > LEGACY_GSO_MAX_FRAME,
-        "a -> b: {} packets, {per_packet} bytes each on average: no BIG TCP super-packet",
+    eprintln!(
+        "a -> b: {} skbs, {per_skb} bytes on average; counted as {} packets, {per_packet} bytes on average",
+        s1 - s0,
         p1 - p0
+    );
+    assert!(
+        per_skb > LEGACY_GSO_MAX_FRAME,
+        "a -> b: {} skbs, {per_skb} bytes each on average: no BIG TCP super-packet",
+        s1 - s0
+    );
+    assert!(
+        per_packet <= 1514,
+        "a -> b counted as segments: {per_packet} B each"
     );
 
     // Pod to node.
     let node_ns = PathBuf::from(format!("/run/netns/{}", node.netns));
     let node_ip: Ipv4Addr = vethbpf_tests::NODE_IP.parse().expect("node IP");
     let (p0, b0) = count(&node, "a", &["passed"]);
+    let (s0, sb0) = tx_skbs(&a.netns, "eth0");
     tcp_send(&node_ns, node_ip, &a.netns, LEN);
     let (p1, b1) = count(&node, "a", &["passed"]);
+    let (s1, sb1) = tx_skbs(&a.netns, "eth0");
+    let per_skb = (sb1 - sb0) / (s1 - s0);
     let per_packet = (b1 - b0) / (p1 - p0);
     eprintln!(
-        "a -> node: {} packets, {per_packet} bytes on average",
+        "a -> node: {} skbs, {per_skb} bytes on average; counted as {} packets, {per_packet} bytes on average",
+        s1 - s0,
         p1 - p0
     );
     assert!(
-        per_packet > LEGACY_GSO_MAX_FRAME,
-        "a -> node: {} packets, {per_packet} bytes each on average: no BIG TCP super-packet",
-        p1 - p0
+        per_skb > LEGACY_GSO_MAX_FRAME,
+        "a -> node: {} skbs, {per_skb} bytes each on average: no BIG TCP super-packet",
+        s1 - s0
+    );
+    assert!(
+        per_packet <= 1514,
+        "a -> node counted as segments: {per_packet} B each"
     );
     assert_eq!(packets(&node, "a", &["drops", "drop_malformed"]), 0);
 }

@@ -228,7 +228,12 @@ fn assert_consistent(node: &TestNode, context: &str) -> Vec<serde_json::Value> {
         .map(str::to_string)
         .collect();
     assert_eq!(pins, hosts, "{context}: pinned links vs records");
-    assert_eq!(snap.routes_map.len(), records.len(), "{context}: ROUTES");
+    // One /32 per endpoint, and the pod CIDR's own entry.
+    assert_eq!(
+        snap.routes_map.len(),
+        records.len() + 1,
+        "{context}: ROUTES"
+    );
     assert_eq!(
         snap.endpoints_map.len(),
         records.len(),

@@ -201,9 +201,16 @@ impl Ipv4Fixture for Fixture {
 fn object_defines_the_shared_names_and_layouts() {
     let ebpf = Ebpf::load(vethbpf::EBPF_OBJECT).expect("load the eBPF object");
 
-    let mut maps: Vec<&str> = ebpf.maps().map(|(name, _)| name).collect();
+    // Global data sections (.rodata: aya-log's level) are the loader's business.
+    let mut maps: Vec<&str> = ebpf
+        .maps()
+        .map(|(name, _)| name)
+        .filter(|name| !name.starts_with('.'))
+        .collect();
     maps.sort_unstable();
+    // aya-log's ring buffer of diagnostics: one per loaded object, not pinned.
     let mut expected = ALL_MAPS.to_vec();
+    expected.push("AYA_LOGS");
     expected.sort_unstable();
     assert_eq!(maps, expected, "map names in the object");
 
@@ -253,8 +260,11 @@ fn program_size_and_verifier_cost() {
     assert!(xlated > 0);
     // A guard against a parser that balloons (e.g. memcpy loops, unrolled options):
     // ARP, IPv4 (checksum check, gateway echo), IPv6 (NDP answers, the four-header
-    // walk) and egress (conntrack, NAT, ICMP error translation, most of it).
-    assert!(xlated < 6000, "from_pod grew to {xlated} instructions");
+    // walk) and egress (conntrack, NAT, ICMP error translation, most of it); about
+    // 1,700 of it aya-log's record writers, one out-of-line function per diagnostic
+    // (vethbpf-ebpf/src/diag.rs) that no packet on a normal path enters, and the
+    // monitor's events (events.rs), out of line as well.
+    assert!(xlated < 8000, "from_pod grew to {xlated} instructions");
     assert!(verified < 300_000, "from_pod costs the verifier {verified}");
 }
 

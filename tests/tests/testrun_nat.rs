@@ -437,7 +437,9 @@ fn from_uplink_stays_small_and_cheap_to_verify() {
     let verified = info.verified_instruction_count().unwrap_or(0);
     eprintln!("from_uplink: {xlated} instructions loaded, {verified} verified");
     assert!(xlated > 0);
-    assert!(xlated < 3000, "from_uplink grew to {xlated} instructions");
+    // Of which about 800 are the monitor's events and aya-log's writer, out-of-line
+    // functions no packet enters while nobody listens (events.rs, diag.rs).
+    assert!(xlated < 4000, "from_uplink grew to {xlated} instructions");
     assert!(
         verified < 50_000,
         "from_uplink costs the verifier {verified}"

@@ -30,7 +30,7 @@ pub const MAP_ENDPOINTS6: &str = "ENDPOINTS6";
 pub const MAP_CLUSTER: &str = "CLUSTER";
 pub const MAP_NODES: &str = "NODES";
 pub const MAP_NODE_STATS: &str = "NODE_STATS";
-pub const ALL_MAPS: [&str; 14] = [
+pub const ALL_MAPS: [&str; 18] = [
     MAP_ROUTES,
     MAP_ENDPOINTS,
     MAP_CONFIG,
@@ -45,6 +45,10 @@ pub const ALL_MAPS: [&str; 14] = [
     MAP_CLUSTER,
     MAP_NODES,
     MAP_NODE_STATS,
+    MAP_EVENTS,
+    MAP_MONITOR,
+    MAP_EVENTS_LOST,
+    MAP_TRACE_FLOWS,
 ];
 
 /// Capacity of the LPM routes map.
@@ -247,7 +251,9 @@ pub enum Verdict {
     /// known node's pod CIDR (or tunnelled by a stranger, or routed around the
     /// tunnel): dropped, counted under that endpoint.
     DropUnknownSource = 27,
-    /// Tunnelled from a known node but for no endpoint here (counted under 0).
+    /// For an address of this node's pods that no endpoint has: tunnelled from a
+    /// known node (counted under 0), or sent by a pod to an address of the node's pod
+    /// CIDR (a deleted pod's, or one never given out; counted under the sender).
     DropUnknownDestination = 28,
     /// For a remote node that cannot be reached now: no node entry, the cluster is
     /// not configured, no route to the node's address, or the tunnel refused it.
@@ -442,3 +448,6 @@ mod tests {
         assert_eq!(ipv4_from_map(v), [10, 244, 0, 2]);
     }
 }
+
+mod observe;
+pub use observe::*;

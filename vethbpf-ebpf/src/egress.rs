@@ -4,7 +4,7 @@
 //! address (or, with `--no-masquerade`, tracked only), its TTL decremented as a
 //! router's would be, without the node's forwarding path.
 
-use aya_ebpf::{helpers::bpf_ktime_get_ns, maps::lpm_trie::Key, programs::TcContext};
+use aya_ebpf::{btf_maps::lpm_trie::Key, helpers::bpf_ktime_get_ns, programs::TcContext};
 use vethbpf_common::{
     EGRESS_F_ENABLED, EGRESS_F_MASQUERADE, EgressConfig, IPPROTO_ICMP, NAT_DIR_OUT, NatKey, Verdict,
 };
@@ -125,7 +125,7 @@ pub fn handle(ctx: &TcContext, ifindex: u32) -> Decision {
 /// Whether `daddr` is egress: routable, and no node address or cluster destination.
 #[inline(always)]
 fn is_egress(daddr: u32) -> bool {
-    routable(daddr) && EGRESS_SKIP.get(Key::new(32, daddr)).is_none()
+    routable(daddr) && EGRESS_SKIP.get(&Key::new(32, daddr)).is_none()
 }
 
 /// What a router checks before it sends a packet on: the TTL, and the uplink's MTU.

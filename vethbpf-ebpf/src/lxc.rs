@@ -3,11 +3,16 @@
 //! the endpoint's source check, the gateway's own address and the route lookup that
 //! picks a delivery (local, or a remote node).
 
-use aya_ebpf::{maps::lpm_trie::Key, programs::TcContext};
-use vethbpf_common::{Config, EndpointInfo, ROUTE_KIND_LOCAL, ROUTE_KIND_REMOTE, Verdict};
+use aya_ebpf::{btf_maps::lpm_trie::Key, programs::TcContext};
+use vethbpf_common::{
+    Config, EndpointInfo, ROUTE_KIND_LOCAL, ROUTE_KIND_NODE, ROUTE_KIND_POD_CIDR,
+    ROUTE_KIND_REMOTE, Verdict,
+};
 
 use crate::{
-    arp, egress,
+    arp,
+    diag::{self, Diag},
+    egress,
     hdr::{
         ETH_HLEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, EthHdr, Ipv4Hdr,
         ipv4_addr, linear, ptr_at,
@@ -35,7 +40,15 @@ pub fn from_pod(ctx: &TcContext) -> i32 {
         }
         // Not ours (or not configured): forwarding it anywhere would skip source
         // validation, so drop and count it under the reserved endpoint id 0.
-        _ => stats::count(ctx, 0, Decision::drop(Verdict::DropNoEndpoint)),
+        (ep, _) => {
+            let what = if ep.is_none() {
+                Diag::NoEndpoint
+            } else {
+                Diag::NoConfig
+            };
+            diag::report(what, ifindex);
+            stats::count(ctx, 0, Decision::drop(Verdict::DropNoEndpoint))
+        }
     }
 }
 
@@ -116,14 +129,20 @@ fn handle_ipv4(ctx: &TcContext, ifindex: u32, ep: &EndpointInfo, cfg: &Config) -
         return icmp::to_gateway(ctx, ifindex, cfg);
     }
 
-    let Some(route) = ROUTES.get(Key::new(32, dst)) else {
+    let Some(route) = ROUTES.get(&Key::new(32, dst)) else {
         // No route of this node: the outside world (or the node stack's business).
         return egress::handle(ctx, ifindex);
     };
     match route.kind {
         ROUTE_KIND_LOCAL => l3::local_delivery(eth, ip, route, cfg),
         ROUTE_KIND_REMOTE => remote::to_node(ctx, ip, route),
-        // A remote node's own address and anything else: the node stack's.
-        _ => Decision::pass(),
+        // The pod CIDR's own entry: no endpoint has this address (any has a /32).
+        ROUTE_KIND_POD_CIDR => Decision::drop(Verdict::DropUnknownDestination),
+        // A remote node's own address: the node stack's.
+        ROUTE_KIND_NODE => Decision::pass(),
+        kind => {
+            diag::report(Diag::UnknownRouteKind, kind);
+            Decision::pass()
+        }
     }
 }

@@ -2,7 +2,7 @@
 //! as ipv4/ipv6 are): header checks, neighbour discovery, source validation, and the
 //! route lookup that picks a delivery.
 
-use aya_ebpf::{maps::lpm_trie::Key, programs::TcContext};
+use aya_ebpf::{btf_maps::lpm_trie::Key, programs::TcContext};
 use vethbpf_common::{Config, ROUTE_KIND_LOCAL, Verdict};
 
 use crate::{
@@ -68,7 +68,7 @@ pub fn handle(ctx: &TcContext, ifindex: u32, cfg: &Config) -> Decision {
         return Decision::drop(Verdict::DropSpoof);
     }
 
-    let Some(route) = ROUTES6.get(Key::new(128, load_addr(&ip.dst_addr))) else {
+    let Some(route) = ROUTES6.get(&Key::new(128, load_addr(&ip.dst_addr))) else {
         return Decision::pass();
     };
     if route.kind != ROUTE_KIND_LOCAL {

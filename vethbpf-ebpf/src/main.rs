@@ -23,6 +23,8 @@
 //!   and owners may send
 //! - [`icmp6`]: answers pings of the gateway's IPv6 address
 //! - [`stats`]: the verdict/action pair and per-CPU counters
+//! - [`events`]: drop and trace events for `vethbpf monitor`
+//! - [`diag`]: rare diagnostics through aya-log
 //! - [`hdr`]: network-types header layouts, word accessors, bounds-checked access
 //! - [`egress`]: pod traffic to the outside: classification, tracking, NAT, out
 //! - [`host`]: the uplink side: replies and ICMP errors of pod flows into the pod
@@ -45,9 +47,11 @@ mod arp;
 mod atomic;
 mod conntrack;
 mod csum;
+mod diag;
 mod direct;
 mod egress;
 mod encap;
+mod events;
 mod fib;
 mod frag;
 mod hdr;

@@ -6,73 +6,95 @@
 //! attribute cannot take a constant; a userspace test compares them).
 
 use aya_ebpf::{
-    macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    macros::btf_map,
 };
-use vethbpf_common::EndpointInfo6;
 use vethbpf_common::{
-    ClusterConfig, Config, Counter, EgressConfig, EndpointInfo, FRAG_ENTRIES, FragEntry, FragKey,
-    MAX_EGRESS_SKIP, MAX_ENDPOINTS, MAX_NODES, MAX_ROUTES, NAT_MAX_FLOWS_DEFAULT, NatEntry, NatKey,
+    ClusterConfig, Config, Counter, EVENTS_RING_BYTES, EgressConfig, EndpointInfo, EndpointInfo6,
+    Event, FRAG_ENTRIES, FlowKey, FlowSeen, FragEntry, FragKey, MAX_EGRESS_SKIP, MAX_ENDPOINTS,
+    MAX_NODES, MAX_ROUTES, MAX_TRACE_FLOWS, Monitor, NAT_MAX_FLOWS_DEFAULT, NatEntry, NatKey,
     NatState, NodeCounter, NodeInfo, Route, STATS_ENTRIES, nat_map_capacity,
 };
 
-/// IPv4 destination prefix -> route. aya-ebpf adds BPF_F_NO_PREALLOC, which the kernel
-/// requires for LPM tries.
-#[map]
-pub static ROUTES: LpmTrie<u32, Route> = LpmTrie::with_max_entries(MAX_ROUTES, 0);
+// BTF map definitions (the `.maps` section, as libbpf's): the kernel gets the key and
+// value types of each map, so `bpftool map dump` and other BPF tools show field
+// names and values instead of hex.
+
+/// IPv4 destination prefix -> route. LPM tries need BPF_F_NO_PREALLOC (the type's
+/// default flags).
+#[btf_map]
+pub static ROUTES: LpmTrie<u32, Route, { MAX_ROUTES as usize }> = LpmTrie::new();
 
 /// Host-side veth ifindex -> the endpoint behind it.
-#[map]
-pub static ENDPOINTS: HashMap<u32, EndpointInfo> = HashMap::with_max_entries(MAX_ENDPOINTS, 0);
+#[btf_map]
+pub static ENDPOINTS: HashMap<u32, EndpointInfo, { MAX_ENDPOINTS as usize }> = HashMap::new();
 
 /// Node configuration, one entry.
-#[map]
-pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+#[btf_map]
+pub static CONFIG: Array<Config, 1> = Array::new();
 
 /// Counters, index `stats_index(endpoint_id, verdict)`.
-#[map]
-pub static STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(STATS_ENTRIES, 0);
+#[btf_map]
+pub static STATS: PerCpuArray<Counter, { STATS_ENTRIES as usize }> = PerCpuArray::new();
 
 /// Egress configuration (uplink, NAT address and ports, flow limit), one entry.
-#[map]
-pub static EGRESS: Array<EgressConfig> = Array::with_max_entries(1, 0);
+#[btf_map]
+pub static EGRESS: Array<EgressConfig, 1> = Array::new();
 
 /// Destinations pods reach without egress: node addresses, the cluster CIDR.
-#[map]
-pub static EGRESS_SKIP: LpmTrie<u32, u32> = LpmTrie::with_max_entries(MAX_EGRESS_SKIP, 0);
+#[btf_map]
+pub static EGRESS_SKIP: LpmTrie<u32, u32, { MAX_EGRESS_SKIP as usize }> = LpmTrie::new();
 
 /// Connection tracking and NAT: the forward and the reverse entry of every pod flow.
 /// `up` sizes it for its flow limit (this is the default).
-#[map]
-pub static NAT: LruHashMap<NatKey, NatEntry> =
-    LruHashMap::with_max_entries(nat_map_capacity(NAT_MAX_FLOWS_DEFAULT), 0);
+#[btf_map]
+pub static NAT: LruHashMap<NatKey, NatEntry, { nat_map_capacity(NAT_MAX_FLOWS_DEFAULT) as usize }> =
+    LruHashMap::new();
 
 /// The NAT table's flow count and garbage-collection state, one entry.
-#[map]
-pub static NAT_STATE: Array<NatState> = Array::with_max_entries(1, 0);
+#[btf_map]
+pub static NAT_STATE: Array<NatState, 1> = Array::new();
 
 /// The ports of fragmented datagrams, from their first fragment.
-#[map]
-pub static FRAGS: LruHashMap<FragKey, FragEntry> = LruHashMap::with_max_entries(FRAG_ENTRIES, 0);
+#[btf_map]
+pub static FRAGS: LruHashMap<FragKey, FragEntry, { FRAG_ENTRIES as usize }> = LruHashMap::new();
 
 /// How this node reaches the others, one entry (all zero: no cluster).
-#[map]
-pub static CLUSTER: Array<ClusterConfig> = Array::with_max_entries(1, 0);
+#[btf_map]
+pub static CLUSTER: Array<ClusterConfig, 1> = Array::new();
 
 /// Node id -> the remote node's underlay address.
-#[map]
-pub static NODES: Array<NodeInfo> = Array::with_max_entries(MAX_NODES, 0);
+#[btf_map]
+pub static NODES: Array<NodeInfo, { MAX_NODES as usize }> = Array::new();
 
 /// Node id -> traffic exchanged with that node.
-#[map]
-pub static NODE_STATS: PerCpuArray<NodeCounter> = PerCpuArray::with_max_entries(MAX_NODES, 0);
+#[btf_map]
+pub static NODE_STATS: PerCpuArray<NodeCounter, { MAX_NODES as usize }> = PerCpuArray::new();
 
 /// IPv6 destination prefix -> route. The key's data is the address in network order,
 /// read as four words in memory order (userspace writes `[u8; 16]`: same bytes).
-#[map]
-pub static ROUTES6: LpmTrie<[u32; 4], Route> = LpmTrie::with_max_entries(MAX_ROUTES, 0);
+#[btf_map]
+pub static ROUTES6: LpmTrie<[u32; 4], Route, { MAX_ROUTES as usize }> = LpmTrie::new();
 
 /// Host-side veth ifindex -> the IPv6 addresses of the endpoint behind it, for
 /// endpoints that have IPv6.
-#[map]
-pub static ENDPOINTS6: HashMap<u32, EndpointInfo6> = HashMap::with_max_entries(MAX_ENDPOINTS, 0);
+#[btf_map]
+pub static ENDPOINTS6: HashMap<u32, EndpointInfo6, { MAX_ENDPOINTS as usize }> = HashMap::new();
+
+/// Drop and trace events for `vethbpf monitor` (see `events`).
+#[btf_map]
+pub static EVENTS: RingBuf<Event, { EVENTS_RING_BYTES as usize }> = RingBuf::new();
+
+/// Whether a monitor listens, for which kinds of event, until when; one entry.
+#[btf_map]
+pub static MONITOR: Array<Monitor, 1> = Array::new();
+
+/// Events that found the ring full, per CPU; one entry.
+#[btf_map]
+pub static EVENTS_LOST: PerCpuArray<u64, 1> = PerCpuArray::new();
+
+/// Flows a monitor session has been told about: trace events only for the first
+/// packet of a flow and the TCP flags it has not shown yet.
+#[btf_map]
+pub static TRACE_FLOWS: LruHashMap<FlowKey, FlowSeen, { MAX_TRACE_FLOWS as usize }> =
+    LruHashMap::new();

@@ -21,6 +21,7 @@ use crate::{
     atomic,
     conntrack::{self, Pair},
     csum::{self, L4Csum},
+    diag::{self, Diag},
     l4::{DADDR_OFF, L4_OFF, SADDR_OFF, port_off},
     maps::NAT,
 };
@@ -175,6 +176,7 @@ fn create_flow(
             if conntrack::flows() >= max
                 && conntrack::flows_after_collect(now).unwrap_or(max) >= max
             {
+                diag::report(Diag::NatTableFull, max_flows);
                 return Err(Verdict::NatTableFull);
             }
         }

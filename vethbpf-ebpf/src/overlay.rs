@@ -2,10 +2,11 @@
 //! known node may send through the tunnel, only from its own pods, and only to
 //! endpoints on this node; everything else is dropped and counted.
 
-use aya_ebpf::{maps::lpm_trie::Key, programs::TcContext};
+use aya_ebpf::{btf_maps::lpm_trie::Key, programs::TcContext};
 use vethbpf_common::{CLUSTER_MODE_VXLAN, ROUTE_KIND_NODE, Verdict};
 
 use crate::{
+    diag::{self, Diag},
     encap,
     hdr::{ETH_HLEN, ETH_P_IP, EthHdr, Ipv4Hdr, ipv4_addr, linear, ptr_at},
     ipv4,
@@ -67,9 +68,12 @@ fn handle(ctx: &TcContext) -> (u32, Decision) {
         return (endpoint, Decision::drop(Verdict::DropUnknownSource));
     }
     // The outer source must be a known node's own address ...
-    let node_id = match ROUTES.get(Key::new(32, outer_src)) {
+    let node_id = match ROUTES.get(&Key::new(32, outer_src)) {
         Some(r) if r.kind == ROUTE_KIND_NODE => r.endpoint_id,
-        _ => return (endpoint, Decision::drop(Verdict::DropUnknownSource)),
+        _ => {
+            diag::report(Diag::UnknownTunnelSource, outer_src);
+            return (endpoint, Decision::drop(Verdict::DropUnknownSource));
+        }
     };
     // ... and a node speaks for its own pods (and itself) only.
     if remote::source_node(ipv4_addr(&ip.src_addr)) != Some(node_id) {

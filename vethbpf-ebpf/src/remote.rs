@@ -6,7 +6,7 @@
 //! (`ROUTE_KIND_NODE`), so one lookup answers both "where does this go" and "is this
 //! sender one of ours".
 
-use aya_ebpf::{helpers::bpf_ktime_get_ns, maps::lpm_trie::Key, programs::TcContext};
+use aya_ebpf::{btf_maps::lpm_trie::Key, helpers::bpf_ktime_get_ns, programs::TcContext};
 use vethbpf_common::{
     CLUSTER_MODE_DIRECT, CLUSTER_MODE_OFF, CLUSTER_MODE_VXLAN, Config, ROUTE_KIND_LOCAL,
     ROUTE_KIND_NODE, ROUTE_KIND_REMOTE, Route, Verdict,
@@ -57,7 +57,7 @@ pub fn in_cluster() -> bool {
 /// The id of the known node `saddr` belongs to: in its pod CIDR, or its own address.
 #[inline(always)]
 pub fn source_node(saddr: u32) -> Option<u32> {
-    let route = ROUTES.get(Key::new(32, saddr))?;
+    let route = ROUTES.get(&Key::new(32, saddr))?;
     (route.kind == ROUTE_KIND_REMOTE || route.kind == ROUTE_KIND_NODE).then_some(route.endpoint_id)
 }
 
@@ -65,7 +65,7 @@ pub fn source_node(saddr: u32) -> Option<u32> {
 #[inline(always)]
 pub fn local_endpoint(daddr: u32) -> Option<&'static Route> {
     ROUTES
-        .get(Key::new(32, daddr))
+        .get(&Key::new(32, daddr))
         .filter(|r| r.kind == ROUTE_KIND_LOCAL)
 }
 

@@ -7,7 +7,11 @@ use aya_ebpf::{
 };
 use vethbpf_common::{Verdict, stats_index};
 
-use crate::maps::STATS;
+use crate::{
+    diag::{self, Diag},
+    events,
+    maps::STATS,
+};
 
 /// What the program decided for one frame: the verdict it counts and the tc action it
 /// returns. Keeping them together is what makes every return value the one counted.
@@ -47,20 +51,28 @@ impl Decision {
     }
 }
 
-/// Adds the frame to the counter of (`endpoint_id`, verdict) on this CPU and returns
-/// the decision's tc action.
+/// Adds the frame to the counter of (`endpoint_id`, verdict) on this CPU, tells a
+/// listening monitor (see `events`), and returns the decision's tc action.
+///
+/// Packets are counted as the wire sees them: a GSO super-packet (a pod's TCP send
+/// with TSO on its veth) as its `gso_segs` segments, bytes as bytes.
 ///
 /// The array is per CPU, so plain additions are race-free. An endpoint id beyond the
 /// array (a bad map entry) finds no counter; the frame is still handled.
 #[inline(always)]
 pub fn count(ctx: &TcContext, endpoint_id: u32, decision: Decision) -> i32 {
+    // SAFETY: `ctx.skb.skb` is the program's context pointer, valid for the whole run.
+    let segs = unsafe { (*ctx.skb.skb).gso_segs }.max(1);
     if let Some(counter) = STATS.get_ptr_mut(stats_index(endpoint_id, decision.verdict)) {
         // SAFETY: the pointer comes from a successful map lookup and stays valid for
         // the whole program run; nothing else on this CPU touches it meanwhile.
         unsafe {
-            (*counter).packets += 1;
+            (*counter).packets += u64::from(segs);
             (*counter).bytes += u64::from(ctx.len());
         }
+    } else {
+        diag::report(Diag::NoCounters, endpoint_id);
     }
+    events::notify(ctx, endpoint_id, decision.verdict, segs);
     decision.action
 }

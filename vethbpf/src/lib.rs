@@ -9,7 +9,8 @@
 //!   the command line
 //! - [`cluster`]: several nodes: `up`'s cluster part, remote nodes, etcd leases and
 //!   the agent
-//! - [`node`] (`up`, `down`, `status`) and [`reconcile`]: the node's lifecycle
+//! - [`node`] (`up`, `down`, `status`) and [`reconcile`]: the node's lifecycle;
+//!   [`observe`]: `monitor` and `metrics`
 //! - [`endpoint`]: `endpoint add/del/list`, journalled, each step undone on failure
 //! - [`state`]: the state directory (lock, atomic writes, journal), IPAM, names
 //! - [`egress`]: pod egress: the uplink and NAT settings (kept in the state), the
@@ -38,6 +39,7 @@ pub mod error;
 pub mod fault;
 pub mod kernel;
 pub mod node;
+pub mod observe;
 pub mod reconcile;
 pub mod state;
 
@@ -57,6 +59,8 @@ pub fn error_kind(err: &(dyn std::error::Error + 'static)) -> Option<error::Erro
         } else if let Some(e) = e.downcast_ref::<cluster::agent::AgentError>() {
             Some(e.kind())
         } else if let Some(e) = e.downcast_ref::<node::NodeError>() {
+            Some(e.kind())
+        } else if let Some(e) = e.downcast_ref::<observe::ObserveError>() {
             Some(e.kind())
         } else if let Some(e) = e.downcast_ref::<reconcile::ReconcileError>() {
             Some(e.kind())

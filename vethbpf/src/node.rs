@@ -8,9 +8,11 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::Serialize;
 use tracing::info;
 use vethbpf_common::{
-    ALL_MAPS, Config, NAT_MAX_FLOWS_DEFAULT, PROG_FROM_POD, PROG_FROM_UPLINK, Verdict, ipv4_to_map,
+    Config, NAT_MAX_FLOWS_DEFAULT, PROG_FROM_POD, PROG_FROM_UPLINK, ROUTE_KIND_POD_CIDR, Route,
+    Verdict, ipv4_to_map,
 };
 
+use crate::datapath::fill::map_fill;
 use crate::datapath::maps::{Maps, MapsError};
 use crate::datapath::{self, BpfError, Pins};
 use crate::egress::table::TableError;
@@ -144,6 +146,33 @@ fn kernel_config(node: &NodeConfig) -> Config {
         gateway_mac: node.gateway_mac.0,
         _pad: [0; 2],
     }
+}
+
+/// The `ROUTES` entry of the IPv4 pod CIDR itself (kind `ROUTE_KIND_POD_CIDR`): an
+/// address in it that no endpoint's /32 covers is no pod's, and the datapath drops
+/// what a pod sends there (`drop_unknown_destination`) instead of handing it to the
+/// node stack. Replaces the entry of the `old` CIDR; none for a node without IPv4.
+fn set_pod_cidr_route(
+    maps: &mut Maps,
+    old: Option<Ipv4Net>,
+    cidr: Option<Ipv4Net>,
+) -> Result<(), MapsError> {
+    if let Some(old) = old.filter(|old| Some(*old) != cidr) {
+        maps.del_route(old)?;
+    }
+    let Some(cidr) = cidr else {
+        return Ok(());
+    };
+    maps.put_route(
+        cidr,
+        &Route {
+            kind: ROUTE_KIND_POD_CIDR,
+            ifindex: 0,
+            endpoint_id: 0,
+            mac: [0; 6],
+            _pad: [0; 2],
+        },
+    )
 }
 
 /// The pod CIDRs of a node, as messages show them.
@@ -309,6 +338,7 @@ pub fn up(
         )?;
         if config != current || action != "unchanged" {
             maps.set_config(&kernel_config(&config))?;
+            set_pod_cidr_route(&mut maps, current.pod_cidr, config.pod_cidr)?;
             locked.state.node = Some(config.clone());
             locked.save()?;
             if action == "unchanged" {
@@ -340,7 +370,9 @@ pub fn up(
     };
     let loaded = (|| {
         let info = datapath::load_and_pin(&pins, object, nat_flows(config.egress.as_ref()))?;
-        Maps::open(&pins)?.set_config(&kernel_config(&config))?;
+        let mut maps = Maps::open(&pins)?;
+        maps.set_config(&kernel_config(&config))?;
+        set_pod_cidr_route(&mut maps, None, config.pod_cidr)?;
         egress::apply(
             &pins,
             nl,
@@ -434,7 +466,12 @@ pub struct ProgramStatus {
 #[derive(Clone, Debug, Serialize)]
 pub struct MapStatus {
     pub name: &'static str,
+    /// The kernel's map type (hash, lpm_trie, array, ...).
+    pub kind: &'static str,
+    /// Entries now (arrays: their size; a ring buffer: 0).
     pub entries: usize,
+    /// Capacity (bytes for a ring buffer).
+    pub max_entries: u32,
     pub pinned: PathBuf,
 }
 
@@ -512,20 +549,14 @@ pub fn status(locked: &Locked) -> Result<Status, NodeError> {
         counters.uplink_passed += c[Verdict::UplinkPass as usize].packets;
     }
     let egress = egress::status(&pins, node.egress.as_ref(), node.attach_mode, counters)?;
-    let mut counts = maps.entry_counts().to_vec();
-    if pins.map(vethbpf_common::MAP_NAT).exists() {
-        counts.push((vethbpf_common::MAP_NAT, egress.entries));
-    }
-    let maps = ALL_MAPS
-        .iter()
-        .map(|name| MapStatus {
-            name,
-            entries: counts
-                .iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, c)| *c)
-                .unwrap_or(0),
-            pinned: pins.map(name),
+    let maps = map_fill(&pins)?
+        .into_iter()
+        .map(|m| MapStatus {
+            name: m.name,
+            kind: m.kind,
+            entries: m.entries.unwrap_or(0) as usize,
+            max_entries: m.max_entries,
+            pinned: pins.map(m.name),
         })
         .collect();
     let attachments = locked

@@ -322,8 +322,8 @@ fn remove_orphans(
         .collect();
     let indexes: BTreeSet<u32> = records.values().map(|r| r.host_ifindex).collect();
 
-    // Only endpoint routes: remote-node routes are the cluster's (see
-    // cluster::nodes::reconcile).
+    // Only endpoint routes can be orphans: remote-node routes are the cluster's (see
+    // cluster::nodes::reconcile), the pod CIDR's own entry is the node's.
     for (net, _) in env
         .dp
         .route_entries()?

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[&[&str]] = &[
     &["cni"],
     &["cluster"],
-    &["node", "reconcile"],
+    &["node", "reconcile", "observe"],
     &["endpoint"],
     &["state"],
     &["egress"],

@@ -72,6 +72,7 @@ const PACKAGES: &[(&str, &str)] = &[
         "etcd-client",
         "etcdctl: the agent tests check etcd's health and leases",
     ),
+    ("curl", "scraping `vethbpf metrics --listen` in the tests"),
 ];
 
 /// Installs the missing packages; does nothing (and needs no network) when all are
@@ -120,4 +121,43 @@ fn installed(name: &str) -> bool {
         && String::from_utf8_lossy(&out.stdout)
             .lines()
             .any(|l| l.trim() == "Status: install ok installed")
+}
+
+/// `promtool` (checks `vethbpf metrics` output), taken out of Debian's `prometheus`
+/// package into target/tools/ instead of installing that package: installing it
+/// would start a Prometheus server (it ships a systemd unit and an init script) and
+/// put 96 MB on the system for one 48 MB tool. Done once; the binary is kept.
+pub fn promtool() -> Result<std::path::PathBuf> {
+    let tools = crate::util::workspace_root()?.join("target").join("tools");
+    let promtool = tools.join("promtool");
+    if promtool.is_file() {
+        return Ok(promtool);
+    }
+    step("fetching promtool from Debian's prometheus package (not installing it)");
+    let dl = tools.join("prometheus-deb");
+    std::fs::create_dir_all(&dl).with_context(|| format!("creating {}", dl.display()))?;
+    let download = |dl: &std::path::Path| {
+        let mut cmd = Command::new("apt-get");
+        cmd.arg("download").arg("prometheus").current_dir(dl);
+        run(&mut cmd)
+    };
+    if download(&dl).is_err() {
+        // The package lists may be missing or stale on a fresh machine.
+        run(Command::new("apt-get").arg("update")).context("apt-get update")?;
+        download(&dl).context("apt-get download prometheus")?;
+    }
+    let deb = std::fs::read_dir(&dl)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|e| e == "deb"))
+        .context("apt-get download left no .deb")?;
+    let tree = dl.join("tree");
+    std::fs::create_dir_all(&tree)?;
+    let mut extract = Command::new("dpkg-deb");
+    extract.arg("-x").arg(&deb).arg(&tree);
+    run(&mut extract).context("unpacking the prometheus package")?;
+    std::fs::rename(tree.join("usr/bin/promtool"), &promtool)
+        .context("the prometheus package has no usr/bin/promtool")?;
+    std::fs::remove_dir_all(&dl).with_context(|| format!("removing {}", dl.display()))?;
+    step(format!("promtool: {}", promtool.display()));
+    Ok(promtool)
 }

@@ -29,7 +29,13 @@ const LLVM_MAJOR: &str = "22";
 
 /// Bootstraps the toolchain if needed, builds the eBPF object and returns its path.
 pub fn build_ebpf() -> Result<PathBuf> {
-    let root = util::workspace_root()?;
+    build_ebpf_at(&util::workspace_root()?)
+}
+
+/// Like [`build_ebpf`], for the source tree at `root` (e.g. another revision's,
+/// unpacked for a comparison), into `root`'s own target dir.
+pub fn build_ebpf_at(root: &Path) -> Result<PathBuf> {
+    let root = root.to_path_buf();
     bootstrap()?;
 
     let target_dir = target_dir(&root);

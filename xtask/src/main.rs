@@ -6,6 +6,7 @@ mod deps;
 mod ebpf;
 mod install;
 mod lint;
+mod listener_cost;
 mod test;
 mod util;
 
@@ -52,6 +53,9 @@ enum Task {
     /// Performance benchmark: vethbpf vs bridge, kernel routing, CNI ptp, veth pair
     /// and loopback, round-robin; program cost (TEST_RUN); control-plane latency (root).
     Bench(bench::BenchArgs),
+    /// What `vethbpf monitor` costs the datapath: TEST_RUN ns/packet of the forward
+    /// and drop paths with no listener, with one, and of a baseline revision (root).
+    BenchListener(listener_cost::ListenerArgs),
     /// Build vethbpf and install it as a CNI plugin (/opt/cni/bin, /usr/lib/cni),
     /// with an example network configuration in /etc/cni/net.d (root).
     Install(install::InstallArgs),
@@ -65,6 +69,7 @@ fn main() -> Result<()> {
         Task::Demo { args } => demo(&args),
         Task::Lint => lint::lint(),
         Task::Bench(args) => bench::run(args),
+        Task::BenchListener(args) => listener_cost::run(&args),
         Task::Install(args) => install::install(&args),
     }
 }

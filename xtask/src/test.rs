@@ -26,6 +26,7 @@ pub fn test(extra: &[OsString]) -> Result<()> {
         );
     }
     deps::install_deps()?;
+    let promtool = deps::promtool()?;
     ebpf::build_ebpf()?;
     // The full run is CI's and lints first; a run with arguments is someone working on
     // a few tests, who should not be stopped by a formatting nit elsewhere. (After
@@ -49,7 +50,8 @@ pub fn test(extra: &[OsString]) -> Result<()> {
     ebpf::require_object(&mut cmd)
         .current_dir(util::workspace_root()?)
         .args(["test", "--workspace"])
-        .args(with_libtest_args(extra, &libtest));
+        .args(with_libtest_args(extra, &libtest))
+        .env("VETHBPF_PROMTOOL", &promtool);
     let tests = run(&mut cmd);
     let after = Snapshot::take().context("recording the system state after the tests")?;
 

@@ -103,6 +103,57 @@ pub enum Command {
     /// the remote nodes equal to the other leases (the only long-running process;
     /// optional, and the datapath keeps forwarding without it).
     Agent(super::cluster::AgentArgs),
+    /// Show what the datapath decides, packet by packet: drops with their reason,
+    /// the first packet of each forwarded flow, until Ctrl-C.
+    ///
+    /// One line per event (time, endpoint, verdict and reason, addresses and ports or
+    /// ARP fields); with `-o json` one JSON object per line. Events the ring buffer
+    /// had no room for are reported as lost. The datapath emits events only while a
+    /// monitor runs (one at a time); stopping it turns them off again.
+    Monitor(MonitorArgs),
+    /// Print the node's metrics in the Prometheus text format (packets and bytes per
+    /// endpoint and verdict, drops by reason, map fill, programs), or serve them.
+    ///
+    /// Once, for node_exporter's textfile collector
+    /// (`vethbpf metrics > /var/lib/node_exporter/vethbpf.prom.tmp && mv ...`), or
+    /// with --listen on http://ADDR:PORT/metrics until stopped.
+    Metrics(MetricsArgs),
+}
+
+/// Which events `monitor` shows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum EventType {
+    /// Dropped packets, each with its reason.
+    Drop,
+    /// Forwarded flows: the first packet and each new SYN, FIN or RST.
+    Trace,
+    /// Both.
+    All,
+}
+
+#[derive(Args, Debug)]
+pub struct MonitorArgs {
+    /// Which events to show.
+    #[arg(long = "type", short = 't', value_enum, default_value_t = EventType::All)]
+    pub event_type: EventType,
+    /// Only events from or to this endpoint.
+    #[arg(long, value_name = "NAME")]
+    pub endpoint: Option<String>,
+    /// Only events from or to this remote node: its pods (its pod CIDR) or the node
+    /// itself (its address).
+    #[arg(long, value_name = "NAME")]
+    pub node: Option<String>,
+    /// Also show the program's diagnostics (aya-log): frames on an interface without
+    /// an endpoint entry, a configuration it does not expect.
+    #[arg(long)]
+    pub log: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct MetricsArgs {
+    /// Serve http://ADDR:PORT/metrics until stopped, instead of printing once.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Args, Debug)]

@@ -8,6 +8,7 @@
 //! - [`demo`]: the three-pod scenario in a throwaway namespace, with its prober
 //! - [`cluster`]: `up`'s cluster flags, `node`, `agent`, and the cluster parts of
 //!   `status`, `down` and `reconcile`
+//! - [`signals`]: stopping `monitor` and `metrics --listen` cleanly
 
 mod args;
 mod cluster;
@@ -15,6 +16,7 @@ mod demo;
 mod error;
 mod output;
 mod run;
+mod signals;
 #[cfg(test)]
 mod testing;
 

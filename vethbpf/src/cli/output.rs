@@ -10,6 +10,7 @@ use vethbpf::egress::table::Flow;
 use vethbpf::egress::{Egress, EgressStatus};
 use vethbpf::endpoint::EndpointView;
 use vethbpf::node::{self, DownReport, Status, UpReport};
+use vethbpf::observe::record::{EventRecord, Record};
 use vethbpf::reconcile::Report;
 
 /// How results are printed (`--output`).
@@ -250,13 +251,19 @@ pub fn status(out: Output, s: &Status) -> Result<()> {
     );
     println!();
     table(
-        &["MAP", "ENTRIES", "PINNED"],
+        &["MAP", "TYPE", "ENTRIES", "MAX", "PINNED"],
         &s.maps
             .iter()
             .map(|m| {
                 vec![
                     m.name.to_string(),
-                    m.entries.to_string(),
+                    m.kind.to_string(),
+                    if m.kind == "ringbuf" {
+                        "-".to_string()
+                    } else {
+                        m.entries.to_string()
+                    },
+                    m.max_entries.to_string(),
                     m.pinned.display().to_string(),
                 ]
             })
@@ -440,4 +447,67 @@ pub fn reconcile(out: Output, r: &Report) -> Result<()> {
     }
     table(&["WHAT", "NAME", "ACTION"], &rows);
     Ok(())
+}
+
+/// The time of day of an RFC 3339 timestamp (`03:47:12.345`): monitor lines are
+/// read as they come.
+fn time_of_day(rfc3339: &str) -> &str {
+    rfc3339
+        .split_once('T')
+        .map(|(_, t)| t.trim_end_matches('Z'))
+        .unwrap_or(rfc3339)
+}
+
+fn event_line(e: &EventRecord) -> String {
+    let who = match (&e.endpoint, &e.interface) {
+        (Some(name), _) => name.clone(),
+        (None, Some(ifname)) => format!("{ifname} (ifindex {}, no endpoint)", e.ifindex),
+        (None, None) => format!("ifindex {} (no endpoint)", e.ifindex),
+    };
+    let to = e
+        .destination_endpoint
+        .as_deref()
+        .map(|d| format!(" -> {d}"))
+        .unwrap_or_default();
+    let node = e
+        .node
+        .as_deref()
+        .map(|n| format!(" [node {n}]"))
+        .unwrap_or_default();
+    let segs = if e.segs > 1 {
+        format!(" ({} segments)", e.segs)
+    } else {
+        String::new()
+    };
+    format!(
+        "{} {:<5} {who}{to}{node} {} ({}): {} len {}{segs}",
+        time_of_day(&e.time),
+        e.kind,
+        e.verdict,
+        e.reason,
+        e.packet.summary(),
+        e.len
+    )
+}
+
+/// Writes one monitor record: a line for people, or one JSON object per line.
+/// Flushed at once, so a pipe sees each event as it happens.
+pub fn record(out: Output, r: &Record) -> std::io::Result<()> {
+    use std::io::Write;
+    let line = match (out, r) {
+        (Output::Json, r) => serde_json::to_string(r).map_err(std::io::Error::other)?,
+        (Output::Table, Record::Event(e)) => event_line(e),
+        (Output::Table, Record::Lost(l)) => format!(
+            "{} lost  {} event(s): the ring buffer was full ({} lost since the monitor started)",
+            time_of_day(&l.time),
+            l.lost,
+            l.lost_total
+        ),
+        (Output::Table, Record::Log(l)) => {
+            format!("{} log   {}: {}", time_of_day(&l.time), l.level, l.message)
+        }
+    };
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{line}")?;
+    stdout.flush()
 }

@@ -10,13 +10,17 @@ use vethbpf::egress::table::Table;
 use vethbpf::endpoint::{self, AddRequest, EndpointView};
 use vethbpf::kernel::bpffs;
 use vethbpf::node::{self, NodeError, UpRequest};
+use vethbpf::observe::monitor::{MonitorRequest, Session};
+use vethbpf::observe::{self, ObserveError};
 use vethbpf::reconcile;
 use vethbpf::state::{Locked, NodeConfig, STATE_FILE, StateDir};
 use vethbpf_common::PROG_FROM_POD;
 
-use super::args::{Cli, Command, EndpointCommand, NatCommand, ReconcileArgs};
+use super::args::{
+    Cli, Command, EndpointCommand, EventType, MetricsArgs, MonitorArgs, NatCommand, ReconcileArgs,
+};
 use super::error::RunError;
-use super::{cluster, demo, output};
+use super::{cluster, demo, output, signals};
 
 fn require_root() -> Result<()> {
     if !nix::unistd::geteuid().is_root() {
@@ -284,5 +288,58 @@ pub fn run(cli: Cli, bpffs_explicit: bool) -> Result<()> {
             cluster::node(&cli, &mut locked, cmd)
         }
         Command::Agent(args) => cluster::agent(&cli, args),
+        Command::Monitor(args) => {
+            let locked = lock_up_node(&state_dir)?;
+            check_bpffs(&locked, &cli, bpffs_explicit)?;
+            monitor(&state_dir, locked, args, out)
+        }
+        Command::Metrics(args) => {
+            // Read without the lock: a scrape never waits for a command.
+            if !state_dir.path().join(vethbpf::state::STATE_FILE).exists() {
+                return Err(RunError::NoState(state_dir.path().to_path_buf()).into());
+            }
+            metrics(&state_dir, args)
+        }
     }
+}
+
+/// `monitor`: claims the event stream (under the state lock, briefly), prints
+/// records until a signal or a closed output.
+fn monitor(
+    state_dir: &StateDir,
+    locked: Locked,
+    args: &MonitorArgs,
+    out: output::Output,
+) -> Result<()> {
+    let stop = signals::stop_flag()?;
+    let req = MonitorRequest {
+        drops: matches!(args.event_type, EventType::Drop | EventType::All),
+        traces: matches!(args.event_type, EventType::Trace | EventType::All),
+        endpoint: args.endpoint.clone(),
+        node: args.node.clone(),
+        log: args.log,
+    };
+    let mut session = Session::start(locked, state_dir, req).context("vethbpf monitor")?;
+    if out == output::Output::Table {
+        eprintln!("listening for events (Ctrl-C to stop)");
+    }
+    match session.run(stop, &mut |r| output::record(out, r)) {
+        // `vethbpf monitor | head`: the reader is done, so are we.
+        Err(ObserveError::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other.context("vethbpf monitor"),
+    }
+}
+
+/// `metrics`: the Prometheus text once, or served until a signal.
+fn metrics(state_dir: &StateDir, args: &MetricsArgs) -> Result<()> {
+    let Some(addr) = args.listen else {
+        let text = observe::metrics::render(state_dir).context("vethbpf metrics")?;
+        print!("{text}");
+        return Ok(());
+    };
+    let stop = signals::stop_flag()?;
+    observe::serve::serve(addr, state_dir, stop, &mut |bound| {
+        eprintln!("serving http://{bound}/metrics (Ctrl-C to stop)");
+    })
+    .context("vethbpf metrics --listen")
 }

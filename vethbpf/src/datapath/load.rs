@@ -12,6 +12,7 @@ use aya::programs::tc::{SchedClassifier, SchedClassifierLink};
 use vethbpf_common::{ALL_MAPS, MAP_NAT, PROG_FROM_POD, PROG_FROM_UPLINK, nat_map_capacity};
 
 use super::attach::{AttachMode, detach, pinned_links, replace_filter};
+use super::migrate::{self, Pending};
 use super::{BpfError, PROGRAMS, Pins};
 use crate::kernel::bpffs;
 
@@ -36,30 +37,62 @@ pub(crate) fn check_object(object: &[u8]) -> Result<(), BpfError> {
 }
 
 /// Loads `object` with its maps bound to the pins under `pins` (created and pinned
-/// if missing, reused if there: pins of another version are checked and migrated
-/// first), and its programs through the verifier. A NAT map made here holds
-/// `nat_flows` flows.
-fn load_object(pins: &Pins, object: &[u8], nat_flows: u32) -> Result<aya::Ebpf, BpfError> {
+/// if missing, reused if there and like this build's), and its programs through the
+/// verifier. A pinned map unlike this build's gets a new map with its entries
+/// (`migrate`): returned pending, for [`migrate::finish`] once nothing runs the old
+/// programs. A NAT map made here holds `nat_flows` flows.
+fn load_object(
+    pins: &Pins,
+    object: &[u8],
+    nat_flows: u32,
+) -> Result<(aya::Ebpf, Vec<Pending>), BpfError> {
     check_object(object)?;
-    super::upgrade::prepare(pins, object)?;
-    let map_paths: Vec<(&str, PathBuf)> = ALL_MAPS.iter().map(|m| (*m, pins.map(m))).collect();
+    let nat_capacity = nat_map_capacity(nat_flows);
+    let plan = migrate::plan(pins, object, &[(MAP_NAT, nat_capacity)])?;
+    let map_paths: Vec<(&str, PathBuf)> = plan.bind.iter().map(|m| (*m, pins.map(m))).collect();
     let mut loader = EbpfLoader::new();
-    loader.map_max_entries(MAP_NAT, nat_map_capacity(nat_flows));
+    loader.map_max_entries(MAP_NAT, nat_capacity);
     for (name, path) in &map_paths {
         loader.map_pin_path(name, path.as_path());
     }
-    let mut ebpf = loader
-        .load(object)
-        .map_err(|e| BpfError::Load(Box::new(e)))?;
-    for name in PROGRAMS {
-        program(&mut ebpf, name)?
-            .load()
-            .map_err(|source| BpfError::Program {
-                program: name,
-                source: Box::new(source),
-            })?;
+    let mut pending = plan.pending;
+    let loaded = (|| {
+        let mut ebpf = loader
+            .load(object)
+            .map_err(|e| BpfError::Load(Box::new(e)))?;
+        for name in PROGRAMS {
+            program(&mut ebpf, name)?
+                .load()
+                .map_err(|source| BpfError::Program {
+                    program: name,
+                    source: Box::new(source),
+                })?;
+        }
+        for p in &mut pending {
+            let map = ebpf.map(p.name()).ok_or(BpfError::MissingMap(p.name()))?;
+            migrate::fill(p, map)?;
+        }
+        Ok(ebpf)
+    })();
+    match loaded {
+        Ok(ebpf) => Ok((ebpf, pending)),
+        Err(e) => {
+            migrate::abandon(pending);
+            Err(e)
+        }
     }
-    Ok(ebpf)
+}
+
+/// Puts each new map in its old one's place.
+fn finish_maps(pins: &Pins, pending: Vec<Pending>) -> Result<(), BpfError> {
+    let mut rest = pending.into_iter();
+    while let Some(p) = rest.next() {
+        if let Err(e) = migrate::finish(p, pins) {
+            migrate::abandon(rest.collect());
+            return Err(e);
+        }
+    }
+    Ok(())
 }
 
 fn program<'a>(
@@ -84,7 +117,9 @@ pub(crate) fn load_and_pin(
     nat_flows: u32,
 ) -> Result<ProgramInfo, BpfError> {
     mkdirs(pins)?;
-    let mut ebpf = load_object(pins, object, nat_flows)?;
+    let (mut ebpf, pending) = load_object(pins, object, nat_flows)?;
+    // Nothing runs these programs yet: the new maps can take their places now.
+    finish_maps(pins, pending)?;
     for name in PROGRAMS {
         let prog = program(&mut ebpf, name)?;
         let path = pins.program(name);
@@ -120,7 +155,7 @@ pub(crate) fn replace(
     uplink: Option<&str>,
     nat_flows: u32,
 ) -> Result<(ProgramInfo, usize), BpfError> {
-    let mut ebpf = load_object(pins, object, nat_flows)?;
+    let (mut ebpf, pending) = load_object(pins, object, nat_flows)?;
     let uplinks: Vec<String> = uplink.map(str::to_string).into_iter().collect();
     let mut updated = 0;
     for name in PROGRAMS {
@@ -132,8 +167,24 @@ pub(crate) fn replace(
             AttachMode::Netlink if *name == PROG_FROM_UPLINK => Attached::Filters(&uplinks),
             AttachMode::Netlink => Attached::Filters(&[]),
         };
-        updated += replace_program(pins, program(&mut ebpf, name)?, name, attached)?;
+        let swapped =
+            program(&mut ebpf, name).and_then(|prog| replace_program(pins, prog, name, attached));
+        match swapped {
+            Ok(n) => updated += n,
+            Err(e) => {
+                if !pending.is_empty() {
+                    tracing::warn!(
+                        "up --replace failed halfway with maps being made new: attachments switched so far use maps not pinned yet; `vethbpf up --replace` again finishes the upgrade"
+                    );
+                }
+                migrate::abandon(pending);
+                return Err(e);
+            }
+        }
     }
+    // Every attachment runs the new programs: the new maps take the old ones' places,
+    // with what the old programs counted meanwhile.
+    finish_maps(pins, pending)?;
     let info = program(&mut ebpf, PROG_FROM_POD)?
         .info()
         .map_err(|source| BpfError::Program {
@@ -230,7 +281,7 @@ fn swap_links(
 }
 
 /// Information about the pinned `from_pod` program.
-pub(crate) fn program_info(pins: &Pins) -> Result<ProgramInfo, BpfError> {
+pub fn program_info(pins: &Pins) -> Result<ProgramInfo, BpfError> {
     let path = pins.program(PROG_FROM_POD);
     ProgramInfo::from_pin(&path).map_err(|source| BpfError::OpenProgram {
         path,
@@ -260,6 +311,8 @@ pub(crate) fn remove_all(pins: &Pins, mount: Option<&Path>) -> Result<(), BpfErr
     }
     for m in ALL_MAPS {
         rm(pins.map(m))?;
+        // A new map an interrupted upgrade left at its temporary pin.
+        rm(pins.map(&format!("{m}_new")))?;
     }
     for d in [
         pins.progs_dir(),

@@ -63,6 +63,7 @@ pub(crate) struct Maps {
     endpoints6: HashMap<MapData, u32, EndpointInfo6>,
 }
 
+/// Opens the pinned map `name` as the typed view `T`.
 pub(crate) fn open<T>(pins: &Pins, name: &'static str) -> Result<T, MapsError>
 where
     T: TryFrom<aya::maps::Map, Error = MapError>,
@@ -320,28 +321,6 @@ impl Maps {
             }
         }
         Ok(out)
-    }
-
-    /// Number of entries in each map (ROUTES, ENDPOINTS, CONFIG, STATS, ROUTES6,
-    /// ENDPOINTS6).
-    pub(crate) fn entry_counts(&self) -> [(&'static str, usize); 6] {
-        [
-            (MAP_ROUTES, self.routes.keys().filter(|k| k.is_ok()).count()),
-            (
-                MAP_ENDPOINTS,
-                self.endpoints.keys().filter(|k| k.is_ok()).count(),
-            ),
-            (MAP_CONFIG, 1),
-            (MAP_STATS, vethbpf_common::STATS_ENTRIES as usize),
-            (
-                MAP_ROUTES6,
-                self.routes6.keys().filter(|k| k.is_ok()).count(),
-            ),
-            (
-                MAP_ENDPOINTS6,
-                self.endpoints6.keys().filter(|k| k.is_ok()).count(),
-            ),
-        ]
     }
 
     /// Every route entry: (prefix, route).

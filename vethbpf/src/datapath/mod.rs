@@ -18,16 +18,20 @@ use crate::error::ErrorKind;
 use crate::kernel::bpffs::BpffsError;
 
 mod attach;
+pub mod events;
+pub mod fill;
 mod load;
 pub mod maps;
+mod migrate;
 mod pins;
-mod upgrade;
+mod sys;
 
 pub use attach::AttachMode;
 pub(crate) use attach::{
     attach, attach_mode, detach, detach_filter, link_ids, pinned_links, replace_filter,
 };
-pub(crate) use load::{check_object, load_and_pin, program_info, remove_all, replace};
+pub use load::program_info;
+pub(crate) use load::{check_object, load_and_pin, remove_all, replace};
 pub use pins::Pins;
 
 /// The object's programs: each is loaded, verified and pinned by `up`, and
@@ -92,16 +96,35 @@ pub enum BpfError {
         #[source]
         source: io::Error,
     },
+    #[error("the eBPF object cannot be parsed: {0}")]
+    Parse(String),
+    #[error("the eBPF object has no map {0}")]
+    MissingMap(&'static str),
     #[error("cannot open the pinned map {path}: {source}")]
     OpenMap {
         path: PathBuf,
         #[source]
         source: Box<aya::maps::MapError>,
     },
+    #[error("cannot read the pinned map {path}: {source}")]
+    MapInfo {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error(
-        "the pinned map {map} was made by another vethbpf version ({detail}); `vethbpf down`, then `vethbpf up` (and add the endpoints again)"
+        "the pinned map {map} was made by another vethbpf version ({detail}) and cannot be carried over: nothing was changed; `vethbpf down`, then `vethbpf up` (and add the endpoints again)"
     )]
     IncompatibleMap { map: &'static str, detail: String },
+    #[error("cannot count the possible CPUs: {0}")]
+    Cpus(#[source] io::Error),
+    #[error("carrying the entries of {map} over ({op}): {source}")]
+    Migrate {
+        map: &'static str,
+        op: &'static str,
+        #[source]
+        source: io::Error,
+    },
 }
 
 impl BpfError {
