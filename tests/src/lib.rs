@@ -265,7 +265,7 @@ impl TestNode {
                 .into_iter()
                 .filter(|n| n.starts_with(&self.prefix))
                 .collect(),
-            state: std::fs::read_to_string(self.state.join("state.json")).ok(),
+            state: read_state(&self.state),
             journal: self.state.join("intent.json").exists(),
             pins: list_tree(&self.bpffs),
             routes_map: self.map_dump("ROUTES"),
@@ -366,6 +366,8 @@ pub struct Snapshot {
     pub addrs: Vec<String>,
     pub routes: Vec<String>,
     pub netns: BTreeSet<String>,
+    /// The state as vethbpf reads it (snapshot and log), as pretty JSON; `None`
+    /// without a state file; the files' text when it cannot be read.
     pub state: Option<String>,
     /// The journal of an interrupted command is there.
     pub journal: bool,
@@ -493,4 +495,22 @@ pub fn eth(dst: [u8; 6], src: [u8; 6], ether_type: u16, payload: &[u8]) -> Vec<u
     f.extend_from_slice(&ether_type.to_be_bytes());
     f.extend_from_slice(payload);
     f
+}
+
+/// The state in the state dir `dir` as vethbpf reads it (the snapshot in
+/// `state.json` and the endpoint log `state.log` after it), as pretty JSON, so that
+/// two histories that end in the same state compare equal. `None` without any
+/// state file; the raw files when they cannot be read.
+pub fn read_state(dir: &Path) -> Option<String> {
+    let files = [vethbpf::state::STATE_FILE, vethbpf::state::LOG_FILE];
+    if !files.iter().any(|f| dir.join(f).exists()) {
+        return None;
+    }
+    Some(match vethbpf::state::StateDir::new(dir).read() {
+        Ok(state) => serde_json::to_string_pretty(&state).expect("state as JSON"),
+        Err(e) => format!(
+            "unreadable ({e}): {:?}",
+            files.map(|f| std::fs::read(dir.join(f)).unwrap_or_default())
+        ),
+    })
 }

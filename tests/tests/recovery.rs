@@ -492,16 +492,30 @@ fn a_corrupt_state_file_is_a_clear_error_and_from_kernel_rebuilds_it() {
     let ext = make_netns(&node, "ext");
     let b = node.add("b", &["--netns", &ext, "--ifname", "net1"]);
     let state_path = node.state.join("state.json");
-    let good: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&state_path).expect("state")).expect("json");
+    let logical = || -> serde_json::Value {
+        serde_json::from_str(&node.snapshot().state.expect("state")).expect("json")
+    };
+    let good = logical();
     let text = std::fs::read(&state_path).expect("state");
 
-    for (what, bytes) in [
-        ("truncated", text[..text.len() / 2].to_vec()),
-        ("garbage", b"\x00\x01not json at all".to_vec()),
-        ("empty", Vec::new()),
+    // The endpoints are in the log after the snapshot `up` wrote: a bad line
+    // there is as much a corrupt state as a bad snapshot.
+    let log_path = node.state.join("state.log");
+    let log = std::fs::read(&log_path).expect("the adds are in the log");
+    assert!(log.ends_with(b"\n"), "one line per commit");
+    for (what, path, bytes) in [
+        ("truncated", &state_path, text[..text.len() / 2].to_vec()),
+        ("garbage", &state_path, b"\x00\x01not json at all".to_vec()),
+        ("empty", &state_path, Vec::new()),
+        (
+            "bad log line",
+            &log_path,
+            [&b"{\"seq\":1,\"put\":7}\n"[..], &log].concat(),
+        ),
     ] {
-        std::fs::write(&state_path, &bytes).expect("write");
+        std::fs::write(&state_path, &text).expect("write");
+        std::fs::write(&log_path, &log).expect("write");
+        std::fs::write(path, &bytes).expect("write");
         let before = node.snapshot();
         for args in [
             &["endpoint", "list"][..],
@@ -534,12 +548,15 @@ fn a_corrupt_state_file_is_a_clear_error_and_from_kernel_rebuilds_it() {
         .collect();
     rebuilt.sort();
     assert_eq!(rebuilt, [node.pod("a"), node.pod("b")], "{r}");
-    let now: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&state_path).expect("state")).expect("json");
-    assert_eq!(now, good, "the rebuilt state is the state that was lost");
+    assert_eq!(
+        logical(),
+        good,
+        "the rebuilt state is the state that was lost"
+    );
     assert!(
-        node.state.join("state.json.corrupt").exists(),
-        "the bad file is kept"
+        node.state.join("state.json.corrupt").exists()
+            && node.state.join("state.log.corrupt").exists(),
+        "the bad files are kept"
     );
 
     // A readable file is not thrown away.

@@ -330,7 +330,8 @@ pub fn status(locked: &Locked) -> Result<Status, NodeError> {
     let info = datapath::program_info(&pins)?;
     let programs = vec![ProgramStatus {
         id: info.id(),
-        name: info.name_as_str().unwrap_or_default().to_string(),
+        // The raw bytes: `name_as_str` runs aya's kernel feature probes.
+        name: String::from_utf8_lossy(info.name()).into_owned(),
         tag: format!("{:016x}", info.tag()),
         verified_instructions: info.verified_instruction_count(),
         pinned: pins.program(PROG_FROM_POD),

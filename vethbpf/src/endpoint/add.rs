@@ -1,10 +1,11 @@
 //! `endpoint add`: a sequence of kernel changes; each one that succeeds pushes its
 //! undo step, and any failure runs the undo steps in reverse, so a failed add leaves
 //! the node as it found it. Everything that can be checked without changing
-//! anything is checked first. The state file is written last: it is the commit
-//! point.
+//! anything is checked first. The record's line in the state's log is written
+//! last: it is the commit point.
 
 use std::net::Ipv4Addr;
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 
 use ipnet::Ipv4Net;
@@ -12,12 +13,14 @@ use tracing::{debug, warn};
 use vethbpf_common::{EndpointInfo, MAX_ENDPOINTS, ROUTE_KIND_LOCAL, Route, ipv4_to_map};
 
 use super::journal::finish_pending;
-use super::{EndpointError, Env, KernelTag, PodConfig};
+use super::{EndpointError, Env, KernelTag, PodConfig, configure_pod_side};
 use crate::fault;
-use crate::kernel::netlink::RouteSpec;
+use crate::kernel::netlink::{Change, Netlink, RouteSpec};
 use crate::state::ident;
 use crate::state::ipam;
-use crate::state::{CniAttachment, EndpointRecord, Intent, Locked, NodeConfig, PlannedEndpoint};
+use crate::state::{
+    CniAttachment, EndpointRecord, Intent, Locked, LogEntry, NodeConfig, PlannedEndpoint,
+};
 
 /// What `endpoint add` is asked to make.
 #[derive(Clone, Debug)]
@@ -111,24 +114,26 @@ pub(crate) fn add_tagged(
     };
     let id = free_id(locked)?;
     let host = ident::host_veth_name(&req.name);
+    // Journalled for the rollback of older vethbpf versions, which made the pod's
+    // end under this name in the node namespace and then moved it; this one makes
+    // it in the pod's namespace directly.
     let peer = ident::temp_peer_name(&req.name);
-    for name in [&host, &peer] {
-        if env.node.link_by_name(name)?.is_some() {
-            return Err(EndpointError::HostVethExists {
-                ifname: name.clone(),
-            });
-        }
+    if env.node.link_by_name(&host)?.is_some() {
+        return Err(EndpointError::HostVethExists { ifname: host });
     }
-    let existing_netns = match &req.netns {
+    // A netlink client in the pod's namespace, opened once (on a throwaway thread)
+    // and used from here for the check and the pod's configuration.
+    let (existing_netns, pod_nl) = match &req.netns {
         Some(spec) => {
             let path = env.ns.resolve(spec)?;
-            if env.ns.link_exists(&path, &req.ifname)? {
+            let mut nl = env.ns.netlink_in(&path)?;
+            if nl.link_by_name(&req.ifname)?.is_some() {
                 return Err(EndpointError::IfnameExists {
                     ifname: req.ifname.clone(),
                     netns: path,
                 });
             }
-            Some(path)
+            (Some(path), Some(nl))
         }
         None if env.ns.named_exists(&req.name) => {
             return Err(EndpointError::NetnsExists {
@@ -137,7 +142,7 @@ pub(crate) fn add_tagged(
         }
         None => {
             env.ns.check_create(&req.name)?;
-            None
+            (None, None)
         }
     };
 
@@ -162,8 +167,8 @@ pub(crate) fn add_tagged(
             ip,
             id,
             host,
-            peer,
             existing_netns,
+            pod_nl,
             cni,
         },
         &mut undo,
@@ -187,8 +192,9 @@ struct AddPlan {
     ip: Ipv4Addr,
     id: u32,
     host: String,
-    peer: String,
     existing_netns: Option<PathBuf>,
+    /// A netlink client in the existing namespace (opened by the checks).
+    pod_nl: Option<Box<dyn Netlink>>,
     cni: Option<CniAttachment>,
 }
 
@@ -204,8 +210,8 @@ fn add_steps(
         ip,
         id,
         host,
-        peer,
         existing_netns,
+        pod_nl,
         cni,
     } = plan;
     let (netns, netns_created) = match existing_netns {
@@ -217,45 +223,47 @@ fn add_steps(
             (path, true)
         }
     };
+    let mut pod_nl = match pod_nl {
+        Some(nl) => nl,
+        None => env.ns.netlink_in(&netns)?,
+    };
 
-    // The pair is made in the node namespace; deleting the host side later takes
-    // the pod side with it, wherever it is.
+    // One request makes the pair: the host side here with the gateway MAC, the pod
+    // side in the pod's namespace under its final name. Deleting the host side
+    // later takes the pod side with it.
     fault::point("add.veth")?;
-    let host_index = env.node.add_veth(&host, &peer)?;
+    let netns_fd = env.ns.open(&netns)?;
+    let host_index =
+        env.node
+            .add_veth_into(&host, node.gateway_mac.0, &req.ifname, netns_fd.as_fd())?;
+    drop(netns_fd);
     undo.push(Undo::DeleteLink(host_index));
-    fault::point("add.ipv6")?;
-    env.node.disable_ipv6_addr_gen(host_index)?;
-    fault::point("add.mac")?;
-    env.node.set_link_mac(host_index, node.gateway_mac.0)?;
-    // Who this veth belongs to, for `reconcile --from-kernel`.
+    // Who this veth belongs to, for `reconcile --from-kernel`; and no IPv6
+    // link-local address on the host side, which must be set before it comes up.
     let tag = KernelTag {
         name: req.name.clone(),
         ifname: req.ifname.clone(),
         netns: Some(netns.clone()),
         netns_created,
         cni: cni.clone(),
-    };
-    env.node.set_link_alias(host_index, &tag.encode())?;
-    let peer_index = env
-        .node
-        .link_by_name(&peer)?
-        .ok_or_else(|| EndpointError::PeerVanished {
-            ifname: peer.clone(),
-        })?
-        .index;
-    fault::point("add.move")?;
-    env.ns.move_link(env.node, peer_index, &netns)?;
+    }
+    .encode();
+    fault::point("add.ipv6")?;
+    env.node.apply(&[
+        Change::NoIpv6AddrGen(host_index),
+        Change::Alias(host_index, &tag),
+    ])?;
     fault::point("add.pod")?;
-    let pod_mac = env.ns.configure(
-        &netns,
+    let pod_mac = configure_pod_side(
+        pod_nl.as_mut(),
         &PodConfig {
-            temp_name: peer,
             ifname: req.ifname.clone(),
             ip,
             gateway: node.gateway,
             lo_up: netns_created,
         },
     )?;
+    drop(pod_nl);
 
     // Datapath: the endpoint entry must exist before the program sees the first
     // frame (else it drops as no-endpoint); the route entry comes last because it
@@ -276,18 +284,19 @@ fn add_steps(
     fault::point("add.attach")?;
     env.dp.attach(&host)?;
     undo.push(Undo::Detach(host.clone()));
+    // Up, and node -> pod through the kernel: `IP/32 dev HOST scope link`
+    // (removed with the link, so no undo step of its own). One batch.
     fault::point("add.link-up")?;
-    env.node.set_link_up(host_index)?;
-    // Node -> pod goes through the kernel: `IP/32 dev HOST scope link` (removed
-    // with the link, so no undo step of its own).
-    fault::point("add.node-route")?;
-    env.node.add_route(&RouteSpec {
-        dst: Ipv4Net::from(ip),
-        oif: host_index,
-        gateway: None,
-        scope_link: true,
-        onlink: false,
-    })?;
+    env.node.apply(&[
+        Change::LinkUp(host_index),
+        Change::AddRoute(&RouteSpec {
+            dst: Ipv4Net::from(ip),
+            oif: host_index,
+            gateway: None,
+            scope_link: true,
+            onlink: false,
+        }),
+    ])?;
     let net = Ipv4Net::from(ip);
     fault::point("add.route-map")?;
     env.dp.put_route(
@@ -314,16 +323,7 @@ fn add_steps(
         ifname: req.ifname.clone(),
         cni,
     };
-    locked
-        .state
-        .endpoints
-        .insert(record.name.clone(), record.clone());
-    if let Err(e) = fault::point("add.commit")
-        .map_err(EndpointError::from)
-        .and_then(|()| Ok(locked.save()?))
-    {
-        locked.state.endpoints.remove(&record.name);
-        return Err(e);
-    }
+    fault::point("add.commit")?;
+    locked.commit(LogEntry::Put(record.clone()))?;
     Ok(record)
 }

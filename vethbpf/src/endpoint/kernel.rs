@@ -1,19 +1,18 @@
 //! The real kernel behind the endpoint traits.
 
-use std::os::fd::AsFd;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 use ipnet::Ipv4Net;
 use vethbpf_common::{EndpointInfo, PROG_FROM_POD, Route};
 
-use super::{Datapath, EndpointError, Env, Namespaces, PodConfig, configure_pod_side};
+use super::{Datapath, EndpointError, Env, Namespaces};
 use crate::datapath::maps::{EndpointCounters, Maps};
 use crate::datapath::{self, AttachMode, Pins};
 use crate::kernel::bpffs;
 use crate::kernel::netlink::{Netlink, RtNetlink};
 use crate::kernel::netns;
 use crate::state::NodeConfig;
-use crate::state::ident::MacAddr;
 
 /// Runs `f` with the real kernel behind the endpoint traits: rtnetlink in the
 /// calling thread's network namespace (the node's), named namespaces under
@@ -75,24 +74,11 @@ impl Namespaces for KernelNamespaces {
     fn resolve(&self, spec: &str) -> Result<PathBuf, EndpointError> {
         Ok(netns::resolve(spec)?)
     }
-    fn move_link(
-        &mut self,
-        node: &mut dyn Netlink,
-        index: u32,
-        netns: &Path,
-    ) -> Result<(), EndpointError> {
-        let fd = netns::open(netns)?;
-        Ok(node.move_link_to_netns(index, fd.as_fd())?)
+    fn open(&self, netns: &Path) -> Result<OwnedFd, EndpointError> {
+        Ok(netns::open(netns)?)
     }
-    fn link_exists(&mut self, netns: &Path, ifname: &str) -> Result<bool, EndpointError> {
-        let ifname = ifname.to_string();
-        netns::with_netlink_in(netns, move |nl| {
-            Ok::<_, EndpointError>(nl.link_by_name(&ifname)?.is_some())
-        })
-    }
-    fn configure(&mut self, netns: &Path, cfg: &PodConfig) -> Result<MacAddr, EndpointError> {
-        let cfg = cfg.clone();
-        netns::with_netlink_in(netns, move |nl| configure_pod_side(nl, &cfg))
+    fn netlink_in(&mut self, netns: &Path) -> Result<Box<dyn Netlink>, EndpointError> {
+        Ok(Box::new(netns::netlink_in::<EndpointError>(netns)?))
     }
 }
 

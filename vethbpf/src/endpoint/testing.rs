@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
 use std::net::Ipv4Addr;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use ipnet::Ipv4Net;
@@ -60,20 +60,12 @@ impl Namespaces for FakeNamespaces {
             Err(NetnsError::NotFound(p).into())
         }
     }
-    fn move_link(
-        &mut self,
-        node: &mut dyn Netlink,
-        index: u32,
-        netns: &Path,
-    ) -> Result<(), EndpointError> {
-        let f = File::open(netns).unwrap();
-        Ok(node.move_link_to_netns(index, f.as_fd())?)
+    fn open(&self, netns: &Path) -> Result<OwnedFd, EndpointError> {
+        let f = File::open(netns).map_err(|_| NetnsError::NotFound(netns.to_path_buf()))?;
+        Ok(OwnedFd::from(f))
     }
-    fn link_exists(&mut self, netns: &Path, ifname: &str) -> Result<bool, EndpointError> {
-        Ok(self.handle(netns).link_by_name(ifname)?.is_some())
-    }
-    fn configure(&mut self, netns: &Path, cfg: &PodConfig) -> Result<MacAddr, EndpointError> {
-        configure_pod_side(&mut self.handle(netns), cfg)
+    fn netlink_in(&mut self, netns: &Path) -> Result<Box<dyn Netlink>, EndpointError> {
+        Ok(Box::new(self.handle(netns)))
     }
 }
 

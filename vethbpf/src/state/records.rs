@@ -10,7 +10,10 @@ use serde::{Deserialize, Serialize};
 use super::ident::MacAddr;
 use crate::datapath::AttachMode;
 
-pub(crate) const STATE_VERSION: u32 = 1;
+/// The state file's format: 2 is a snapshot with the sequence number of the
+/// endpoint log it goes with (`log.rs`); 1, without a log, is read too.
+pub(crate) const STATE_VERSION: u32 = 2;
+pub(crate) const OLDEST_STATE_VERSION: u32 = 1;
 
 /// Written by `up`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -60,7 +63,7 @@ pub struct CniAttachment {
     pub ipam: Option<String>,
 }
 
-/// The whole state file.
+/// The whole state: the node and its endpoints.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct State {
     pub version: u32,
