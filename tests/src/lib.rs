@@ -254,7 +254,20 @@ impl TestNode {
         let strip = |s: String| -> Vec<String> {
             s.lines()
                 // Counters and timers are not state.
-                .map(|l| l.split(" qlen").next().unwrap_or(l).to_string())
+                .map(|l| l.split(" qlen").next().unwrap_or(l))
+                // Nor the operational state (`state UP`, and NO-CARRIER, which is
+                // `ip`'s word for "up but not running"): the kernel's link watcher
+                // catches up with the carrier (LOWER_UP) asynchronously, up to a
+                // second later. UP and LOWER_UP are what vethbpf sets.
+                .map(
+                    |l| match l.replace("NO-CARRIER,", "").split_once(" state ") {
+                        Some((head, tail)) => {
+                            let rest = tail.split_once(' ').map_or("", |(_, r)| r);
+                            format!("{head} {rest}")
+                        }
+                        None => l.replace("NO-CARRIER,", ""),
+                    },
+                )
                 .collect()
         };
         Snapshot {
