@@ -18,6 +18,7 @@ use crate::error::ErrorKind;
 use crate::kernel::bpffs::BpffsError;
 
 mod attach;
+mod batch;
 mod load;
 pub mod maps;
 mod pins;

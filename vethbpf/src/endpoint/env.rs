@@ -8,7 +8,6 @@ use ipnet::Ipv4Net;
 use vethbpf_common::{EndpointInfo, Route};
 
 use super::EndpointError;
-use crate::datapath::maps::EndpointCounters;
 use crate::kernel::netlink::Netlink;
 
 /// Pod namespaces: creating, deleting, resolving, and configuring the inside.
@@ -37,7 +36,6 @@ pub(crate) trait Datapath {
     fn put_route(&mut self, net: Ipv4Net, route: &Route) -> Result<(), EndpointError>;
     fn del_route(&mut self, net: Ipv4Net) -> Result<(), EndpointError>;
     fn reset_counters(&mut self, id: u32) -> Result<(), EndpointError>;
-    fn counters(&self, id: u32) -> Result<EndpointCounters, EndpointError>;
     /// Every ROUTES entry (for `reconcile`).
     fn route_entries(&self) -> Result<Vec<(Ipv4Net, Route)>, EndpointError>;
     /// Every ENDPOINTS entry, by host ifindex (for `reconcile`).

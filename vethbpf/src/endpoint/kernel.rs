@@ -90,6 +90,14 @@ pub(crate) struct PinnedDatapath {
 }
 
 impl PinnedDatapath {
+    /// The counters of endpoint ids `0..=max_id`, indexed by id.
+    pub(crate) fn counters_upto(
+        &self,
+        max_id: u32,
+    ) -> Result<Vec<EndpointCounters>, EndpointError> {
+        Ok(self.maps.counters_upto(max_id)?)
+    }
+
     pub(crate) fn open(node: &NodeConfig) -> Result<Self, EndpointError> {
         bpffs::check_lasting(&node.bpffs_dir)?;
         let pins = Pins::new(&node.bpffs_dir);
@@ -124,9 +132,6 @@ impl Datapath for PinnedDatapath {
     }
     fn reset_counters(&mut self, id: u32) -> Result<(), EndpointError> {
         Ok(self.maps.reset_counters(id)?)
-    }
-    fn counters(&self, id: u32) -> Result<EndpointCounters, EndpointError> {
-        Ok(self.maps.counters(id)?)
     }
     fn route_entries(&self) -> Result<Vec<(Ipv4Net, Route)>, EndpointError> {
         Ok(self.maps.routes())
@@ -165,9 +170,6 @@ impl Datapath for GoneDatapath {
     }
     fn reset_counters(&mut self, _id: u32) -> Result<(), EndpointError> {
         Ok(())
-    }
-    fn counters(&self, _id: u32) -> Result<EndpointCounters, EndpointError> {
-        Err(EndpointError::NotUp)
     }
     fn route_entries(&self) -> Result<Vec<(Ipv4Net, Route)>, EndpointError> {
         Ok(Vec::new())

@@ -7,11 +7,11 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use ipnet::Ipv4Net;
-use vethbpf_common::{Counter, EndpointInfo, Route, Verdict};
+use vethbpf_common::{EndpointInfo, Route};
 
 use super::*;
 use crate::datapath::AttachMode;
-use crate::datapath::maps::{EndpointCounters, MapsError};
+use crate::datapath::maps::MapsError;
 use crate::kernel::netlink::{FakeNetlink, Netlink};
 use crate::kernel::netns::NetnsError;
 use crate::state::ident::MacAddr;
@@ -122,9 +122,6 @@ impl Datapath for FakeDatapath {
     }
     fn reset_counters(&mut self, _id: u32) -> Result<(), EndpointError> {
         self.check("reset_counters")
-    }
-    fn counters(&self, _id: u32) -> Result<EndpointCounters, EndpointError> {
-        Ok([Counter::default(); Verdict::COUNT as usize])
     }
     fn route_entries(&self) -> Result<Vec<(Ipv4Net, Route)>, EndpointError> {
         Ok(self.routes.iter().map(|(k, v)| (*k, *v)).collect())
