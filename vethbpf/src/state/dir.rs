@@ -146,25 +146,23 @@ impl StateDir {
             let lock = match timeout {
                 None => Flock::lock(file, FlockArg::LockExclusive)
                     .map_err(|(_, errno)| lock_err(io::Error::from(errno)))?,
-                Some(timeout) => {
-                    let mut file = file;
-                    loop {
-                        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-                            Ok(lock) => break lock,
-                            Err((f, nix::errno::Errno::EWOULDBLOCK)) => {
-                                if start.elapsed() >= timeout {
-                                    return Err(StateError::Busy {
-                                        path: lock_path.clone(),
-                                        secs: timeout.as_secs(),
-                                    });
-                                }
-                                file = f;
-                                std::thread::sleep(std::time::Duration::from_millis(20));
+                Some(timeout) => match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+                    Ok(lock) => lock,
+                    Err((file, nix::errno::Errno::EWOULDBLOCK)) => {
+                        let left = timeout.saturating_sub(start.elapsed());
+                        match wait_for_lock(file, left) {
+                            Some(Ok(lock)) => lock,
+                            Some(Err(errno)) => return Err(lock_err(io::Error::from(errno))),
+                            None => {
+                                return Err(StateError::Busy {
+                                    path: lock_path.clone(),
+                                    secs: timeout.as_secs(),
+                                });
                             }
-                            Err((_, errno)) => return Err(lock_err(io::Error::from(errno))),
                         }
                     }
-                }
+                    Err((_, errno)) => return Err(lock_err(io::Error::from(errno))),
+                },
             };
             // `down` deletes the lock file while holding it. Whoever was waiting
             // then holds a lock on a deleted file while a newcomer locks a new
@@ -197,6 +195,29 @@ impl StateDir {
         let _ = fs::remove_dir(&self.dir);
         Ok(())
     }
+}
+
+/// A blocking `flock` on `file` that gives up after `timeout` (`None`): the kernel
+/// hands the lock over the moment it is released, where polling would add up to a
+/// poll interval to every wait. The wait runs on a thread of its own, made only
+/// when the lock is taken; one that gives up leaves it blocked, and whenever it
+/// gets the lock, nobody receives it and it is released at once.
+fn wait_for_lock(
+    file: File,
+    timeout: std::time::Duration,
+) -> Option<Result<Flock<File>, nix::errno::Errno>> {
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    let waiter = std::thread::Builder::new()
+        .name("vethbpf-lock".into())
+        .spawn(move || {
+            let _ = tx.send(Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| e));
+        });
+    if let Err(e) = waiter {
+        return Some(Err(nix::errno::Errno::from_raw(
+            e.raw_os_error().unwrap_or(libc::EAGAIN),
+        )));
+    }
+    rx.recv_timeout(timeout).ok()
 }
 
 fn same_file(file: &File, path: &Path) -> bool {
@@ -424,6 +445,29 @@ mod tests {
         let l = sd
             .lock_timeout(std::time::Duration::from_millis(100))
             .unwrap();
+        sd.remove(l).unwrap();
+    }
+
+    /// A waiter gets the lock when it is released, and one that gave up does not
+    /// keep it when its blocked wait ends later.
+    #[test]
+    fn lock_timeout_hands_over_on_release_and_a_waiter_that_gave_up_lets_go() {
+        let dir = tempdir();
+        let sd = StateDir::new(&dir);
+        let held = sd.lock().unwrap();
+        let gave_up = sd.lock_timeout(std::time::Duration::from_millis(50));
+        assert!(matches!(gave_up, Err(StateError::Busy { .. })));
+        let waiter = {
+            let sd = sd.clone();
+            std::thread::spawn(move || sd.lock_timeout(std::time::Duration::from_secs(30)))
+        };
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        drop(held);
+        let l = waiter.join().unwrap().unwrap();
+        drop(l);
+        // The thread of the waiter that gave up got the lock too at some point; it
+        // must have let go of it.
+        let l = sd.lock_timeout(std::time::Duration::from_secs(30)).unwrap();
         sd.remove(l).unwrap();
     }
 
