@@ -7,7 +7,10 @@
 //! with `lo` up and 192.0.2.1/32 on it as the node's address), its own bpffs and state
 //! dirs under a temp dir, and a name prefix for its pods. Its `Drop` runs `vethbpf
 //! down`, deletes every namespace with its prefix, unmounts the bpffs and removes the
-//! temp dir, so a failing test leaves nothing behind and tests can run in parallel.
+//! temp dir, so a failing test leaves nothing behind and tests can run in parallel; a
+//! step of that cleanup that fails fails the test ([`CleanupErrors`]).
+
+pub mod packet;
 
 use std::collections::BTreeSet;
 use std::ffi::OsStr;
@@ -390,23 +393,106 @@ pub struct Snapshot {
 }
 
 impl Drop for TestNode {
+    /// Every step runs even when an earlier one failed, in an order that works when the
+    /// test died halfway; then a failed step panics the test (a test that leaves its
+    /// namespaces or mounts behind has failed), unless it is panicking already.
     fn drop(&mut self) {
-        // Best effort, in an order that works even if the test died halfway. Only a
-        // binary that was found already: building it here could panic again while
-        // unwinding and abort before the namespaces are removed.
+        let mut errors = CleanupErrors::new(format!("test node {}", self.netns));
+        // `down` must work on any node a test leaves: up or not, with or without
+        // endpoints, with the bpffs gone. Only with a binary that was found already:
+        // building it here could panic again while unwinding.
         if BIN.get().is_some() {
-            let _ = self.vethbpf(&["down"]);
+            errors.command("vethbpf down", self.command(&["down"]).output());
         }
         for ns in netns_list() {
             if ns.starts_with(&self.prefix) && ns != self.netns {
-                let _ = run("ip", ["netns", "del", &ns]);
+                errors.command(
+                    &format!("ip netns del {ns}"),
+                    Command::new("ip").args(["netns", "del", &ns]).output(),
+                );
             }
         }
-        let _ = run("ip", ["netns", "del", &self.netns]);
+        errors.command(
+            &format!("ip netns del {}", self.netns),
+            Command::new("ip")
+                .args(["netns", "del", &self.netns])
+                .output(),
+        );
         if is_mountpoint(&self.bpffs) {
-            let _ = run("umount", ["-l", self.bpffs.to_str().unwrap_or_default()]);
+            errors.command(
+                &format!("umount {}", self.bpffs.display()),
+                Command::new("umount").arg("-l").arg(&self.bpffs).output(),
+            );
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        match std::fs::remove_dir_all(&self.dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                errors.failed(&format!("removing {}", self.dir.display()), e)
+            }
+            _ => {}
+        }
+        let left: Vec<String> = netns_list()
+            .into_iter()
+            .filter(|n| n.starts_with(&self.prefix))
+            .collect();
+        if !left.is_empty() {
+            errors.failed("removing the test's namespaces", format!("{left:?} left"));
+        }
+        errors.finish();
+    }
+}
+
+/// What went wrong while a guard cleaned up. Each step is recorded and cleaning goes
+/// on; [`CleanupErrors::finish`] then panics with all of them, as aya's `NetNsGuard`
+/// does, unless the thread is panicking already (a second panic would abort the test
+/// binary and hide the first failure; the errors are printed instead).
+pub struct CleanupErrors {
+    guard: String,
+    errors: Vec<String>,
+}
+
+impl CleanupErrors {
+    pub fn new(guard: impl Into<String>) -> Self {
+        Self {
+            guard: guard.into(),
+            errors: Vec::new(),
+        }
+    }
+
+    pub fn failed(&mut self, step: &str, error: impl std::fmt::Display) {
+        self.errors.push(format!("{step}: {error}"));
+    }
+
+    /// Records the step as failed unless the command started and exited with 0.
+    pub fn command(&mut self, step: &str, out: std::io::Result<Output>) {
+        match out {
+            Ok(out) if out.status.success() => {}
+            Ok(out) => self.failed(
+                step,
+                format!(
+                    "{}: {}{}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stdout).trim(),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
+            ),
+            Err(e) => self.failed(step, format!("cannot start: {e}")),
+        }
+    }
+
+    pub fn finish(self) {
+        if self.errors.is_empty() {
+            return;
+        }
+        let report = format!(
+            "cleaning up {} failed:\n  {}",
+            self.guard,
+            self.errors.join("\n  ")
+        );
+        if std::thread::panicking() {
+            eprintln!("{report}");
+        } else {
+            panic!("{report}");
+        }
     }
 }
 

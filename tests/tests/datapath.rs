@@ -41,14 +41,11 @@ fn three_pods_talk_through_ebpf_with_forwarding_off() {
         &["-c", "cat /proc/sys/net/ipv4/conf/*/proxy_arp | sort -u"],
     );
     assert_eq!(proxy.trim(), "0", "proxy_arp must be off everywhere");
-    if let Ok(out) = std::process::Command::new("nsenter")
-        .args([&format!("--net=/run/netns/{}", node.netns), "iptables-save"])
-        .output()
-        && out.status.success()
-    {
-        let rules = String::from_utf8_lossy(&out.stdout);
-        assert!(!rules.lines().any(|l| l.starts_with("-A")), "{rules}");
-    }
+    // iptables (Debian's is the nft backend) and nftables itself: no rule anywhere.
+    let rules = node.node_must("iptables-save", &[]);
+    assert!(!rules.lines().any(|l| l.starts_with("-A")), "{rules}");
+    let ruleset = node.node_must("nft", &["list", "ruleset"]);
+    assert!(ruleset.trim().is_empty(), "nftables ruleset: {ruleset}");
     let list = node.json(&["endpoint", "list"]);
     for ep in list.as_array().expect("list") {
         let host = ep["host_veth"].as_str().expect("host_veth");
@@ -123,8 +120,10 @@ fn spoofed_source_is_dropped_and_counted_while_real_traffic_flows() {
         !spoofed.status.success(),
         "spoofed ping must not get through"
     );
+    // Each of the 3 echo requests, and nothing else: the ARP path was not involved.
     let c = node.counters("a");
-    assert!(packets(&c, &["drops", "drop_spoof"]) >= 3, "{c}");
+    assert_eq!(packets(&c, &["drops", "drop_spoof"]), 3, "{c}");
+    assert_eq!(packets(&c, &["drops", "drop_arp_spoof"]), 0, "{c}");
     assert_eq!(node.ping_from_pod("a", &b, 2), Some(63));
 }
 
@@ -223,17 +222,44 @@ fn arp_claiming_another_address_is_dropped() {
     let node = TestNode::up();
     node.add("a", &[]);
     let b = ip_of(&node.add("b", &[]));
-    // A gratuitous ARP from pod a claiming the gateway's address, then ARP
-    // requests sent from an address a does not own: all dropped as ARP spoofs.
-    let _ = node.in_pod(
+    let drops = |c: &serde_json::Value| packets(c, &["drops", "drop_arp_spoof"]);
+
+    // A gratuitous ARP from pod a claiming the gateway's address: exactly one frame,
+    // exactly one drop, no answer. (arping binds to the address it announces, which
+    // is not a's: ip_nonlocal_bind lets it, as an attacker would.)
+    let out = node.in_pod("a", "sysctl", &["-qw", "net.ipv4.ip_nonlocal_bind=1"]);
+    assert!(out.status.success(), "ip_nonlocal_bind in a");
+    let before = node.counters("a");
+    let garp = node.in_pod(
         "a",
         "arping",
         &["-c", "1", "-U", "-I", "eth0", "169.254.1.1"],
     );
-    node.in_pod(
+    assert!(
+        garp.status.success(),
+        "arping -U: {}{}",
+        String::from_utf8_lossy(&garp.stdout),
+        String::from_utf8_lossy(&garp.stderr)
+    );
+    let after_garp = node.counters("a");
+    assert_eq!(
+        drops(&after_garp) - drops(&before),
+        1,
+        "the gratuitous ARP: {before} -> {after_garp}"
+    );
+
+    // ARP requests sent from an address a does not own (the kernel resolves the
+    // gateway for a ping from it): dropped as ARP spoofs too, so the ping never
+    // leaves.
+    let out = node.in_pod(
         "a",
         "ip",
         &["addr", "add", "10.244.0.201/32", "dev", "eth0"],
+    );
+    assert!(
+        out.status.success(),
+        "ip addr add in a: {}",
+        String::from_utf8_lossy(&out.stderr)
     );
     let spoofed = node.in_pod(
         "a",
@@ -242,7 +268,15 @@ fn arp_claiming_another_address_is_dropped() {
     );
     assert!(!spoofed.status.success());
     let c = node.counters("a");
-    assert!(packets(&c, &["drops", "drop_arp_spoof"]) >= 1, "{c}");
+    assert!(
+        drops(&c) > drops(&after_garp),
+        "the requests from 10.244.0.201: {after_garp} -> {c}"
+    );
+    assert_eq!(
+        packets(&c, &["drops", "drop_spoof"]),
+        0,
+        "no IPv4 left a without the gateway's MAC: {c}"
+    );
     assert_eq!(
         packets(&c, &["arp_replies"]),
         0,

@@ -90,11 +90,12 @@ pub enum Verdict {
     /// ARP request answered with the gateway MAC.
     ArpReply = 1,
     /// Handed to the node stack (`TC_ACT_OK`): unknown destination, ARP replies,
-    /// ARP for the pod's own address, IPv4 with options, non-IPv4 traffic.
+    /// ARP for the pod's own address, ARP probes (duplicate address detection, from
+    /// 0.0.0.0), IPv4 with options, untagged non-IPv4 traffic.
     Pass = 2,
     /// IPv4 whose source is not the pod's address.
     DropSpoof = 3,
-    /// ARP whose sender address is not the pod's address.
+    /// ARP whose sender address is not the pod's address (a probe's 0.0.0.0 aside).
     DropArpSpoof = 4,
     /// IPv4 to a local endpoint with TTL <= 1.
     DropTtl = 5,
@@ -102,11 +103,18 @@ pub enum Verdict {
     DropMalformed = 6,
     /// Frame on an interface with no endpoint entry (or no node config).
     DropNoEndpoint = 7,
+    /// VLAN-tagged frame (802.1Q or 802.1ad, tag stripped into the skb or still in the
+    /// frame, QinQ included): a pod must never put a tagged frame onto another pod.
+    DropVlan = 8,
+    /// IPv4 header (without options) whose checksum does not verify.
+    DropCsum = 9,
+    /// ICMP echo request to the gateway address answered with an echo reply.
+    EchoReply = 10,
 }
 
 impl Verdict {
     /// Number of verdicts: the stride of the `STATS` array.
-    pub const COUNT: u32 = 8;
+    pub const COUNT: u32 = 11;
     pub const ALL: [Verdict; Self::COUNT as usize] = [
         Verdict::Forward,
         Verdict::ArpReply,
@@ -116,6 +124,9 @@ impl Verdict {
         Verdict::DropTtl,
         Verdict::DropMalformed,
         Verdict::DropNoEndpoint,
+        Verdict::DropVlan,
+        Verdict::DropCsum,
+        Verdict::EchoReply,
     ];
 
     /// Stable name used in CLI output and JSON.
@@ -129,6 +140,9 @@ impl Verdict {
             Verdict::DropTtl => "drop_ttl",
             Verdict::DropMalformed => "drop_malformed",
             Verdict::DropNoEndpoint => "drop_no_endpoint",
+            Verdict::DropVlan => "drop_vlan",
+            Verdict::DropCsum => "drop_csum",
+            Verdict::EchoReply => "echo_reply",
         }
     }
 
@@ -140,6 +154,8 @@ impl Verdict {
                 | Verdict::DropTtl
                 | Verdict::DropMalformed
                 | Verdict::DropNoEndpoint
+                | Verdict::DropVlan
+                | Verdict::DropCsum
         )
     }
 }

@@ -8,7 +8,7 @@ use vethbpf_common::{Config, EndpointInfo, Verdict};
 use crate::{
     hdr::{
         ARP_HTYPE_ETHER, ARP_OP_REPLY, ARP_OP_REQUEST, ARP_PTYPE_IPV4, ArpHdr, ETH_HLEN, EthHdr,
-        MacWords, ipv4_of_words, linear, mac_words, ptr_at,
+        be16, copy_mac, ipv4_addr, linear, ptr_at, set_be16, set_ipv4_addr,
     },
     stats::Decision,
 };
@@ -31,25 +31,38 @@ pub fn handle(ctx: &TcContext, ifindex: u32, ep: &EndpointInfo, cfg: &Config) ->
 
     // Only Ethernet/IPv4 ARP has the layout of ArpHdr; anything else is not something a
     // pod on a veth has a reason to send.
-    if arp.htype != ARP_HTYPE_ETHER || arp.ptype != ARP_PTYPE_IPV4 || arp.hlen != 6 || arp.plen != 4
+    if be16(&arp.htype) != ARP_HTYPE_ETHER
+        || be16(&arp.ptype) != ARP_PTYPE_IPV4
+        || arp.hlen != 6
+        || arp.plen != 4
     {
         return Decision::drop(Verdict::DropMalformed);
     }
 
-    // A pod may only speak for its own address: this stops it from poisoning caches
-    // with gratuitous ARP for the gateway or another pod.
-    if ipv4_of_words(arp.spa) != ep.ip {
-        return Decision::drop(Verdict::DropArpSpoof);
-    }
+    let (sender, is_request) = (ipv4_addr(&arp.spa), be16(&arp.oper) == ARP_OP_REQUEST);
 
-    // Requests for the pod's own address (duplicate address detection, gratuitous ARP),
-    // replies and other operations go to the node stack, which answers none of them for
-    // a pod address.
-    if arp.op != ARP_OP_REQUEST || ipv4_of_words(arp.tpa) == ep.ip {
+    // Duplicate address detection (RFC 5227): a probe is a request from 0.0.0.0. It
+    // claims no address and updates no cache, so it is no spoof; and it must get no
+    // answer from us, for an answer means "this address is taken". The node stack
+    // gets it and answers only for the node's own addresses, never a pod's.
+    if sender == 0 && is_request {
         return Decision::pass();
     }
 
-    reply_in_place(eth, arp, mac_words(&cfg.gateway_mac));
+    // A pod may only speak for its own address: this stops it from poisoning caches
+    // with gratuitous ARP for the gateway or another pod.
+    if sender != ep.ip {
+        return Decision::drop(Verdict::DropArpSpoof);
+    }
+
+    // Requests for the pod's own address (gratuitous ARP announcements), replies and
+    // other operations go to the node stack, which answers none of them for a pod
+    // address.
+    if !is_request || ipv4_addr(&arp.tpa) == ep.ip {
+        return Decision::pass();
+    }
+
+    reply_in_place(eth, arp, &cfg.gateway_mac);
     // Egress out of the same veth: straight back to the pod.
     // SAFETY: a plain helper call with valid arguments.
     let action = unsafe { bpf_redirect(ifindex, 0) };
@@ -59,13 +72,13 @@ pub fn handle(ctx: &TcContext, ifindex: u32, ep: &EndpointInfo, cfg: &Config) ->
 /// Turns the request into the reply "requested address is at `gateway_mac`", addressed
 /// to the requester.
 #[inline(always)]
-fn reply_in_place(eth: &mut EthHdr, arp: &mut ArpHdr, gateway_mac: MacWords) {
-    let requested = arp.tpa;
-    arp.op = ARP_OP_REPLY;
-    arp.tha = arp.sha;
-    arp.tpa = arp.spa;
-    arp.sha = gateway_mac;
-    arp.spa = requested;
-    eth.dst = eth.src;
-    eth.src = gateway_mac;
+fn reply_in_place(eth: &mut EthHdr, arp: &mut ArpHdr, gateway_mac: &[u8; 6]) {
+    let (requested, requester) = (ipv4_addr(&arp.tpa), ipv4_addr(&arp.spa));
+    set_be16(&mut arp.oper, ARP_OP_REPLY);
+    copy_mac(&mut arp.tha, &arp.sha);
+    set_ipv4_addr(&mut arp.tpa, requester);
+    copy_mac(&mut arp.sha, gateway_mac);
+    set_ipv4_addr(&mut arp.spa, requested);
+    copy_mac(&mut eth.dst_addr, &eth.src_addr);
+    copy_mac(&mut eth.src_addr, gateway_mac);
 }

@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use vethbpf_common::{Verdict, stats_index};
 
-use crate::STATS;
+use crate::maps::STATS;
 
 /// What the program decided for one frame: the verdict it counts and the tc action it
 /// returns. Keeping them together is what makes every return value the one counted.

@@ -18,6 +18,11 @@
 //! The library's API is what the binary and the integration tests use; the rest is
 //! crate-private, and the fakes the unit tests run on exist only in test builds.
 
+// The command line (the binary's src/cli) uses these; a package has one dependency
+// list for its library and its binary.
+use anyhow as _;
+use clap as _;
+
 pub mod cni;
 pub mod datapath;
 pub mod defaults;

@@ -1,6 +1,9 @@
 //! The `vethbpf` binary: the command line (`cli/`) on top of the library, or the
 //! CNI plugin when a container runtime runs it as one.
 
+// The library (src/lib.rs) uses the package's dependencies; this entry point needs few.
+#![expect(unused_crate_dependencies, reason = "used by the library")]
+
 use std::process::ExitCode;
 
 use tracing_subscriber::EnvFilter;

@@ -108,6 +108,8 @@ fn kernel_config(node: &NodeConfig) -> Config {
 /// Loads and pins the datapath (or checks that it is there). Running it again with
 /// the same settings changes nothing.
 pub fn up(locked: &mut Locked, req: &UpRequest, object: &[u8]) -> Result<UpReport, NodeError> {
+    // Before anything is mounted or read: a binary without the datapath can do no `up`.
+    datapath::check_object(object)?;
     bpffs::check_lasting(&req.bpffs_dir)?;
     if req.pod_cidr.contains(&req.gateway) {
         return Err(NodeError::GatewayInCidr {

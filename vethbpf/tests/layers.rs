@@ -2,6 +2,15 @@
 //! module uses only modules of the layers below its own, never its own layer's
 //! others nor anything above. The command line (`src/cli/`, part of the binary) is
 //! above all of them; the compiler keeps the library from importing it.
+// This test reads source files; it sees the package's dependencies and uses none.
+#![allow(
+    unused_crate_dependencies,
+    reason = "a source-reading test of the package"
+)]
+#![allow(
+    clippy::expect_used,
+    reason = "a test: failing to read the sources fails it"
+)]
 
 use std::collections::BTreeSet;
 use std::fs;

@@ -6,19 +6,46 @@ use anyhow::{Context as _, Result};
 
 use crate::util::{run, step};
 
-/// Package -> what needs it.
+/// Package -> what needs it. Every program a test, the benchmark or the demo runs is
+/// here, except those of Debian's essential set (coreutils: cat, timeout; tar; dash:
+/// sh; libc-bin: ldd), which every Debian system has. A test whose tool is missing
+/// fails; it does not skip.
 const PACKAGES: &[(&str, &str)] = &[
-    ("iproute2", "ip: namespaces, veths, routes"),
+    (
+        "iproute2",
+        "ip: namespaces, veths, addresses, routes, neighbours",
+    ),
+    (
+        "util-linux",
+        "nsenter: running commands in the tests' namespaces",
+    ),
+    (
+        "mount",
+        "mount/umount: the tests' and the benchmark's bpffs",
+    ),
+    (
+        "procps",
+        "sysctl in the pods of hostile.rs and the benchmark",
+    ),
     ("iputils-ping", "ping between pods"),
+    (
+        "iputils-arping",
+        "arping: the gratuitous ARP of datapath.rs (options -U -I)",
+    ),
+    (
+        "iptables",
+        "iptables-save: datapath.rs checks there are no rules",
+    ),
+    ("nftables", "nft: datapath.rs checks there is no ruleset"),
+    (
+        "bpftool",
+        "dumping pinned maps (tests) and program info (benchmark)",
+    ),
     ("iperf3", "throughput benchmarks"),
     ("sockperf", "latency benchmarks"),
-    ("bpftool", "inspecting programs and maps"),
-    ("tcpdump", "packet captures when a test fails"),
-    ("ethtool", "veth offload settings"),
-    ("util-linux", "nsenter"),
     (
         "containernetworking-plugins",
-        "CNI reference plugins for comparisons",
+        "CNI reference plugins: ptp and host-local in cni.rs and the benchmark",
     ),
     (
         "podman",
@@ -26,12 +53,15 @@ const PACKAGES: &[(&str, &str)] = &[
     ),
     (
         "runc",
-        "podman's OCI runtime where crun refuses hybrid cgroups",
+        "the OCI runtime podman.rs runs containers with (not crun, which refuses \
+         hybrid cgroup hierarchies)",
     ),
     (
         "busybox-static",
         "the root file system of the podman test's image",
     ),
+    ("tcpdump", "watching a pod's veth by hand when a test fails"),
+    ("ethtool", "inspecting veth offloads by hand"),
 ];
 
 /// Installs the missing packages; does nothing (and needs no network) when all are

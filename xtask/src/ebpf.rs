@@ -2,8 +2,8 @@
 //! own libLLVM) and the build of `vethbpf-ebpf` for `bpfel-unknown-none`.
 //!
 //! Every step checks first and does nothing when already done, so that running it on
-//! each `cargo xtask test` costs a few process starts. The facts behind the steps are in
-//! TOOLCHAIN.md.
+//! each `cargo xtask test` costs a few process starts. Why each step is needed:
+//! docs/toolchain.md.
 
 use std::{
     env,
@@ -44,6 +44,13 @@ pub fn build_ebpf() -> Result<PathBuf> {
     Ok(object)
 }
 
+/// Makes a cargo build of vethbpf fail instead of embedding vethbpf/build.rs's empty
+/// placeholder when the object is missing: for every build xtask makes after
+/// [`build_ebpf`].
+pub fn require_object(cmd: &mut Command) -> &mut Command {
+    cmd.env("VETHBPF_REQUIRE_EBPF_OBJECT", "1")
+}
+
 /// clippy on the eBPF crate, as it is built (`-D warnings`).
 pub fn clippy_ebpf() -> Result<()> {
     let root = util::workspace_root()?;
@@ -69,7 +76,7 @@ fn ebpf_cargo(root: &Path, subcommand: &str) -> Result<Command> {
             "-Z",
             "build-std=core",
         ])
-        // Stable rustc with unstable flags (build-std): TOOLCHAIN.md.
+        // Stable rustc with unstable flags (build-std): docs/toolchain.md.
         .env("RUSTC_BOOTSTRAP", "1")
         .env("CARGO_TARGET_DIR", target_dir(root))
         // rustc finds bpf-linker on PATH; make sure a fresh install is on it.

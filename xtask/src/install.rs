@@ -73,12 +73,9 @@ pub fn install(args: &InstallArgs) -> Result<()> {
         None => {
             ebpf::build_ebpf()?;
             let root = util::workspace_root()?;
-            run(Command::new(util::cargo()).current_dir(&root).args([
-                "build",
-                "--release",
-                "-p",
-                "vethbpf",
-            ]))
+            run(ebpf::require_object(&mut Command::new(util::cargo()))
+                .current_dir(&root)
+                .args(["build", "--release", "-p", "vethbpf"]))
             .context("building vethbpf")?;
             root.join("target/release/vethbpf")
         }

@@ -5,6 +5,7 @@ mod bench;
 mod deps;
 mod ebpf;
 mod install;
+mod lint;
 mod test;
 mod util;
 
@@ -31,10 +32,12 @@ enum Task {
     BuildEbpf,
     /// Install the Debian packages the tests and benchmarks use (root).
     InstallDeps,
-    /// install-deps, build-ebpf, `cargo test --workspace [ARGS]`, then check that the
-    /// tests left no namespaces, links or bpffs entries behind (root).
+    /// What CI runs (root): install-deps; without ARGS the lint; build-ebpf;
+    /// `cargo test --workspace [ARGS]`; then a check that the tests left no
+    /// namespaces, links or bpffs entries behind.
     Test {
-        /// Passed to `cargo test --workspace` (e.g. `-- --nocapture`).
+        /// Passed to `cargo test --workspace` (e.g. `--test datapath -- --nocapture`);
+        /// a run with ARGS is a targeted one and skips the lint.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
@@ -60,7 +63,7 @@ fn main() -> Result<()> {
         Task::InstallDeps => deps::install_deps(),
         Task::Test { args } => test::test(&args),
         Task::Demo { args } => demo(&args),
-        Task::Lint => lint(),
+        Task::Lint => lint::lint(),
         Task::Bench(args) => bench::run(args),
         Task::Install(args) => install::install(&args),
     }
@@ -68,35 +71,9 @@ fn main() -> Result<()> {
 
 fn demo(args: &[OsString]) -> Result<()> {
     ebpf::build_ebpf()?;
-    run(Command::new(util::cargo())
+    run(ebpf::require_object(&mut Command::new(util::cargo()))
         .current_dir(util::workspace_root()?)
         .args(["run", "--release", "-p", "vethbpf", "--", "demo"])
         .args(args))
     .context("running the demo")
-}
-
-fn lint() -> Result<()> {
-    let root = util::workspace_root()?;
-    let cargo = || {
-        let mut cmd = Command::new(util::cargo());
-        cmd.current_dir(&root);
-        cmd
-    };
-    run(cargo().args(["fmt", "--all", "--check"])).context("rustfmt (workspace)")?;
-    run(cargo()
-        .current_dir(root.join("vethbpf-ebpf"))
-        .args(["fmt", "--check"]))
-    .context("rustfmt (vethbpf-ebpf)")?;
-    // vethbpf embeds the eBPF object at build time: clippy needs it too.
-    ebpf::build_ebpf()?;
-    run(cargo().args([
-        "clippy",
-        "--workspace",
-        "--all-targets",
-        "--",
-        "-D",
-        "warnings",
-    ]))
-    .context("clippy (workspace)")?;
-    ebpf::clippy_ebpf()
 }

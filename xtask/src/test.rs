@@ -1,14 +1,19 @@
-//! `test`: dependencies, the eBPF object, `cargo test --workspace`, and a check that
-//! the tests left no namespaces, links or bpffs entries behind.
+//! `test`, what CI runs (.ci/run): dependencies, the lint, the eBPF object, `cargo
+//! test --workspace`, and a check that the tests left no namespaces, links or bpffs
+//! entries behind.
 
-use std::{collections::BTreeSet, ffi::OsString, fs, path::Path, process::Command};
+use std::{collections::BTreeSet, env, ffi::OsString, fs, path::Path, process::Command};
 
 use anyhow::{Context as _, Result, bail};
 
 use crate::{
-    deps, ebpf,
+    deps, ebpf, lint,
     util::{self, capture, run, step},
 };
+
+/// The opt-out of tests/tests/podman.rs, for machines that cannot have podman.
+const NO_PODMAN: &str = "VETHBPF_TEST_NO_PODMAN";
+const PODMAN_TEST: &str = "podman_containers_on_a_vethbpf_network";
 
 pub fn test(extra: &[OsString]) -> Result<()> {
     // Loading programs, making namespaces and installing packages all need root; say
@@ -22,12 +27,29 @@ pub fn test(extra: &[OsString]) -> Result<()> {
     }
     deps::install_deps()?;
     ebpf::build_ebpf()?;
+    // The full run is CI's and lints first; a run with arguments is someone working on
+    // a few tests, who should not be stopped by a formatting nit elsewhere. (After
+    // build-ebpf, so that clippy sees the vethbpf that is tested, object included.)
+    if extra.is_empty() {
+        lint::lint().context("the lint failed")?;
+    } else {
+        step("lint: not part of a run with arguments (`cargo xtask test` alone runs it)");
+    }
+    let mut libtest: Vec<&str> = vec!["--include-ignored"];
+    if env::var_os(NO_PODMAN).is_some() {
+        step(format!(
+            "WARNING: {NO_PODMAN} is set: the podman test is left out (the summary \
+             counts it as filtered out); CI never sets it"
+        ));
+        libtest.extend(["--skip", PODMAN_TEST]);
+    }
 
     let before = Snapshot::take().context("recording the system state before the tests")?;
     let mut cmd = Command::new(util::cargo());
-    cmd.current_dir(util::workspace_root()?)
+    ebpf::require_object(&mut cmd)
+        .current_dir(util::workspace_root()?)
         .args(["test", "--workspace"])
-        .args(with_ignored(extra));
+        .args(with_libtest_args(extra, &libtest));
     let tests = run(&mut cmd);
     let after = Snapshot::take().context("recording the system state after the tests")?;
 
@@ -48,15 +70,16 @@ pub fn test(extra: &[OsString]) -> Result<()> {
     Ok(())
 }
 
-/// `extra` with `--include-ignored` for the test binaries: root-only unit tests are
-/// `#[ignore]`d (so a non-root `cargo test` reports them as such), and this runs as
-/// root, so they run here.
-fn with_ignored(extra: &[OsString]) -> Vec<OsString> {
+/// `cargo test` arguments: the user's, with `ours` added for the test binaries
+/// (after the user's `--`, or after a new one). `--include-ignored` runs the unit
+/// tests that are `#[ignore = "needs root: ..."]` (xtask runs as root); `--skip`
+/// leaves a test out so that the summary says so.
+fn with_libtest_args(extra: &[OsString], ours: &[&str]) -> Vec<OsString> {
     let mut args = extra.to_vec();
-    match args.iter().position(|a| a == "--") {
-        Some(i) => args.insert(i + 1, "--include-ignored".into()),
-        None => args.extend(["--".into(), "--include-ignored".into()]),
+    if !args.iter().any(|a| a == "--") {
+        args.push("--".into());
     }
+    args.extend(ours.iter().map(OsString::from));
     args
 }
 

@@ -100,7 +100,7 @@ pub fn endpoints(out: Output, list: &[EndpointView]) -> Result<()> {
 fn endpoint_table(list: &[EndpointView], counters: bool) {
     let mut header = vec!["NAME", "IP", "POD MAC", "HOST VETH", "NETNS"];
     if counters {
-        header.extend(["FORWARDED", "ARP", "PASSED", "DROPPED"]);
+        header.extend(["FORWARDED", "ARP", "ECHO", "PASSED", "DROPPED"]);
     }
     let rows: Vec<Vec<String>> = list
         .iter()
@@ -122,6 +122,7 @@ fn endpoint_table(list: &[EndpointView], counters: bool) {
                 row.extend([
                     format!("{}p/{}B", c.forwarded.packets, c.forwarded.bytes),
                     c.arp_replies.packets.to_string(),
+                    c.echo_replies.packets.to_string(),
                     format!("{}p/{}B", c.passed.packets, c.passed.bytes),
                     if drops.is_empty() {
                         "0".into()

@@ -28,7 +28,17 @@ fn mkdirs(pins: &Pins) -> Result<(), BpfError> {
 
 /// Loads `object` with its maps bound to the pins under `pins` (created and pinned
 /// if missing, reused if there), and its programs through the verifier.
+/// Fails with [`BpfError::NoObject`] when `object` is the empty placeholder that
+/// build.rs embeds in a build made before the eBPF object existed.
+pub(crate) fn check_object(object: &[u8]) -> Result<(), BpfError> {
+    if object.is_empty() {
+        return Err(BpfError::NoObject);
+    }
+    Ok(())
+}
+
 fn load_object(pins: &Pins, object: &[u8]) -> Result<aya::Ebpf, BpfError> {
+    check_object(object)?;
     let map_paths: Vec<(&str, PathBuf)> = ALL_MAPS.iter().map(|m| (*m, pins.map(m))).collect();
     let mut loader = EbpfLoader::new();
     for (name, path) in &map_paths {

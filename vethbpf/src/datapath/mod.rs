@@ -25,7 +25,7 @@ mod pins;
 
 pub use attach::AttachMode;
 pub(crate) use attach::{attach, attach_mode, detach, link_ids, pinned_links};
-pub(crate) use load::{load_and_pin, program_info, remove_all, replace};
+pub(crate) use load::{check_object, load_and_pin, program_info, remove_all, replace};
 pub use pins::Pins;
 
 /// The object's programs: each is loaded, verified and pinned by `up`, and
@@ -43,6 +43,10 @@ pub enum BpfError {
     },
     #[error(transparent)]
     Bpffs(#[from] BpffsError),
+    #[error(
+        "this vethbpf was built without the eBPF object (it was missing when vethbpf was compiled); run `cargo xtask build-ebpf`, then build vethbpf again"
+    )]
+    NoObject,
     #[error("cannot load the eBPF object: {0}")]
     Load(#[source] Box<aya::EbpfError>),
     #[error("the eBPF object has no program {0}")]

@@ -47,6 +47,8 @@ impl From<Counter> for Count {
 pub struct CounterView {
     pub forwarded: Count,
     pub arp_replies: Count,
+    /// Pings to the gateway address answered.
+    pub echo_replies: Count,
     pub passed: Count,
     /// Total of all drop reasons.
     pub dropped: Count,
@@ -59,6 +61,7 @@ impl CounterView {
         let mut v = CounterView {
             forwarded: c[Verdict::Forward as usize].into(),
             arp_replies: c[Verdict::ArpReply as usize].into(),
+            echo_replies: c[Verdict::EchoReply as usize].into(),
             passed: c[Verdict::Pass as usize].into(),
             ..Default::default()
         };

@@ -128,10 +128,21 @@ impl StateDir {
             source,
         };
         loop {
-            fs::create_dir_all(&self.dir).map_err(|source| StateError::CreateDir {
-                path: self.dir.clone(),
-                source,
-            })?;
+            match fs::create_dir_all(&self.dir) {
+                Ok(()) => {}
+                // mkdir found the directory, and `down` removed it before
+                // create_dir_all looked again: make it again. (Something that is
+                // there and no directory is an error.)
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && !self.dir.exists() => {
+                    continue;
+                }
+                Err(source) => {
+                    return Err(StateError::CreateDir {
+                        path: self.dir.clone(),
+                        source,
+                    });
+                }
+            }
             let file = match OpenOptions::new()
                 .create(true)
                 .truncate(false)

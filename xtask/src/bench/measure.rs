@@ -124,8 +124,10 @@ pub struct Throughput {
     pub gbps: f64,
     pub retransmits: u64,
     /// Machine-wide busy CPU seconds (all cores, /proc/stat user+nice+system+irq+
-    /// softirq) per gigabit received, over the iperf3 client's lifetime.
+    /// softirq) per gigabit received, both over the iperf3 client's lifetime.
     pub cpu_s_per_gbit: f64,
+    /// Bits the server's interface received over that same lifetime, Gbit.
+    pub received_gbit: f64,
     /// The softirq part of `cpu_s_per_gbit`.
     pub softirq_s_per_gbit: f64,
     /// iperf3's own getrusage figures (user+system of its processes), percent of one CPU.
@@ -147,9 +149,13 @@ pub fn throughput(c: &Contender, secs: u32, streams: u32) -> Result<Throughput> 
         "1",
     ])
     .args(["-t", &secs.to_string(), "-P", &streams.to_string()]);
+    // CPU time and received bits over one and the same interval: the client's whole
+    // lifetime (connect, the omitted warm-up second, the test, teardown).
+    let rx_before = rx_bytes(c)?;
     let before = cpu_times()?;
     let out = sys::run_limited(&mut cmd, Duration::from_secs(u64::from(secs) + 30))?;
     let after = cpu_times()?;
+    let rx_after = rx_bytes(c)?;
     let v: serde_json::Value =
         serde_json::from_str(&out).with_context(|| format!("iperf3 JSON: {out}"))?;
     if let Some(err) = v["error"].as_str() {
@@ -167,21 +173,38 @@ pub fn throughput(c: &Contender, secs: u32, streams: u32) -> Result<Throughput> 
         bail!("iperf3 moved no data");
     }
     let gbps = bytes * 8.0 / seconds / 1e9;
-    // CPU is measured over the whole client lifetime (warm-up, omitted second,
-    // teardown) and divided by all bits sent in it, so the omitted second counts.
-    let started = &v["start"]["test_start"];
-    let omit = started["omit"].as_f64().unwrap_or(1.0);
-    let total_gbit = gbps * (seconds + omit);
+    let received_gbit = rx_after.saturating_sub(rx_before) as f64 * 8.0 / 1e9;
+    if received_gbit <= 0.0 {
+        bail!("the server's interface counted no bytes received");
+    }
     let cpu = &end["cpu_utilization_percent"];
     Ok(Throughput {
         streams,
         gbps,
         retransmits: end["sum_sent"]["retransmits"].as_u64().unwrap_or(0),
-        cpu_s_per_gbit: (after.busy - before.busy) / total_gbit,
-        softirq_s_per_gbit: (after.softirq - before.softirq) / total_gbit,
+        cpu_s_per_gbit: (after.busy - before.busy) / received_gbit,
+        softirq_s_per_gbit: (after.softirq - before.softirq) / received_gbit,
+        received_gbit,
         iperf_cpu_sender_pct: cpu["host_total"].as_f64().unwrap_or(f64::NAN),
         iperf_cpu_receiver_pct: cpu["remote_total"].as_f64().unwrap_or(f64::NAN),
     })
+}
+
+/// Bytes received so far by the server's interface (frames, headers included): its
+/// `eth0`, or `lo` for the loopback contender, where the client's ACKs cross it too
+/// (a few hundredths of a percent of a bulk transfer).
+fn rx_bytes(c: &Contender) -> Result<u64> {
+    let dev = if c.client_ns == c.server_ns {
+        "lo"
+    } else {
+        "eth0"
+    };
+    let out = sys::run(in_ns(&c.server_ns, "ip").args(["-s", "-j", "link", "show", "dev", dev]))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&out).with_context(|| format!("ip -s -j link show: {out}"))?;
+    v[0]["stats64"]["rx"]["bytes"]
+        .as_u64()
+        .with_context(|| format!("no rx bytes of {dev} in {}: {out}", c.server_ns))
 }
 
 #[derive(Clone, Debug, Serialize)]

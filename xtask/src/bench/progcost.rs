@@ -9,25 +9,32 @@
 //! - local forward decrements the TTL: the frame starts at TTL 255 and a call has
 //!   [`BATCH`] (< 254) repetitions, so every repetition is a forward;
 //! - the ARP reply turns the request into a reply (the next repetition would be an
-//!   ARP spoof drop): single-repetition calls, whose mean includes the kernel's
-//!   per-call timer overhead; that overhead, measured as (pass path, 1 repetition)
-//!   minus (pass path, BATCH repetitions), is subtracted and both figures are kept.
+//!   ARP spoof drop), the gateway's echo reply likewise (its next repetition would be
+//!   from the gateway's address, a spoof): single-repetition calls, whose mean
+//!   includes the kernel's per-call timer overhead; that overhead, measured as (pass
+//!   path, 1 repetition) minus (pass path, BATCH repetitions), is subtracted and both
+//!   figures are kept.
+//!
+//! A figure is only reported for the path it names: every call must return that
+//! path's tc action, and the source endpoint's counters must show exactly one
+//! repetition per packet under that path's verdict and nothing under any other.
+//! Otherwise the path is reported as "not measured: took verdict X".
 //!
 //! An empty program (`r0 = TC_ACT_OK; exit`) measured the same way gives the test
 //! harness's own per-repetition floor.
 
-use std::{os::fd::AsRawFd, path::Path};
+use std::{collections::BTreeMap, os::fd::AsRawFd, path::Path};
 
 use anyhow::{Context, Result, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, LpmTrie, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, lpm_trie::Key},
     programs::{Program, SchedClassifier, TestRun, TestRunOptions},
 };
 use serde::Serialize;
 use vethbpf_common::{
-    Config, EndpointInfo, MAP_CONFIG, MAP_ENDPOINTS, MAP_ROUTES, PROG_FROM_POD, ROUTE_KIND_LOCAL,
-    Route, ipv4_to_map,
+    Config, Counter, EndpointInfo, MAP_CONFIG, MAP_ENDPOINTS, MAP_ROUTES, MAP_STATS, PROG_FROM_POD,
+    ROUTE_KIND_LOCAL, Route, Verdict, ipv4_to_map, stats_index,
 };
 
 use super::stats;
@@ -48,6 +55,8 @@ const SOURCE_IFINDEX: u32 = 1;
 /// Any ifindex will do for the destination: the redirect is only recorded, never
 /// carried out, under TEST_RUN.
 const DEST_IFINDEX: u32 = 1;
+/// Endpoint id of the source, whose counters each path must move.
+const SOURCE_ID: u32 = 1;
 
 /// Repetitions per TEST_RUN call for frames that survive repetition.
 pub const BATCH: u32 = 250;
@@ -55,9 +64,16 @@ pub const BATCH: u32 = 250;
 #[derive(Clone, Debug, Serialize)]
 pub struct PathCost {
     pub path: &'static str,
-    pub expected_verdict: u32,
-    /// Verdicts seen over all calls (all must equal `expected_verdict`).
-    pub verdicts: Vec<u32>,
+    /// The verdict the path is named after, and the tc action it comes with.
+    pub expected_verdict: &'static str,
+    pub expected_action: u32,
+    /// tc actions returned over all calls (all must equal `expected_action`).
+    pub actions: Vec<u32>,
+    /// Packets counted per verdict of the source endpoint over all calls (only
+    /// `expected_verdict`, once per repetition, is right).
+    pub counted: BTreeMap<&'static str, u64>,
+    /// Why the figure is not that path's, if it is not: then it is not reported.
+    pub wrong_path: Option<String>,
     /// Repetitions per call.
     pub repeat: u32,
     /// One sample per call: the kernel's mean ns per repetition.
@@ -66,8 +82,24 @@ pub struct PathCost {
     pub raw_median_ns: f64,
     /// Per-call timer overhead subtracted (single-repetition paths only).
     pub overhead_ns: f64,
-    /// The figure: raw median minus overhead.
+    /// The figure: raw median minus overhead; NaN when `wrong_path` is set.
     pub median_ns: f64,
+}
+
+impl PathCost {
+    /// The figure, only if the path taken was the one named.
+    pub fn verified_ns(&self) -> Option<f64> {
+        self.wrong_path.is_none().then_some(self.median_ns)
+    }
+}
+
+/// One timed path: a frame, what it must do, and how often it may repeat per call.
+struct PathSpec<'a> {
+    name: &'static str,
+    frame: &'a [u8],
+    verdict: Verdict,
+    action: u32,
+    repeat: u32,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -126,6 +158,7 @@ pub fn run(object: &Path, total_runs: u32, progress: &mut dyn FnMut(&str)) -> Re
     let pass = ipv4_tcp(GW_MAC, A_MAC, A_IP, [192, 0, 2, 1], 64);
     let spoof = ipv4_tcp(GW_MAC, A_MAC, [10, 244, 0, 99], B_IP, 64);
     let arp = arp_request(A_MAC, A_IP, GW_IP);
+    let echo = echo_request(GW_MAC, A_MAC, A_IP, GW_IP);
 
     // Sanity: one run of the forward rewrites the MACs.
     let mut out = [0u8; 256];
@@ -143,40 +176,71 @@ pub fn run(object: &Path, total_runs: u32, progress: &mut dyn FnMut(&str)) -> Re
         );
     }
 
+    let spec = |name, frame, verdict, action, repeat| PathSpec {
+        name,
+        frame,
+        verdict,
+        action,
+        repeat,
+    };
     let mut paths = Vec::new();
-    for (path, frame, expected) in [
-        ("local_forward", &fwd, TC_ACT_REDIRECT),
-        ("pass", &pass, TC_ACT_OK),
-        ("spoof_drop", &spoof, TC_ACT_SHOT),
+    for p in [
+        spec(
+            "local_forward",
+            &fwd,
+            Verdict::Forward,
+            TC_ACT_REDIRECT,
+            BATCH,
+        ),
+        spec("pass", &pass, Verdict::Pass, TC_ACT_OK, BATCH),
+        spec("spoof_drop", &spoof, Verdict::DropSpoof, TC_ACT_SHOT, BATCH),
     ] {
-        let (ns, verdicts) = sample(prog, frame, BATCH, batched_calls)?;
-        paths.push(path_cost(path, expected, verdicts, BATCH, ns, 0.0));
+        paths.push(measure(&ebpf, prog, &p, batched_calls, 0.0)?);
     }
     // Per-call overhead, from the pass path, which is the same at any repetition count.
-    let (pass1, _) = sample(prog, &pass, 1, single_calls)?;
-    let overhead = stats::median(&pass1) - paths[1].raw_median_ns;
-    let (ns, verdicts) = sample(prog, &arp, 1, single_calls)?;
-    paths.insert(
-        0,
-        path_cost(
-            "arp_reply",
+    let pass1 = measure(
+        &ebpf,
+        prog,
+        &spec("pass (1 repetition)", &pass, Verdict::Pass, TC_ACT_OK, 1),
+        single_calls,
+        0.0,
+    )?;
+    let overhead = match (pass1.verified_ns(), paths[1].verified_ns()) {
+        (Some(one), Some(batched)) => (one - batched).max(0.0),
+        // Without it the single-repetition figures would include the timer: refuse.
+        _ => f64::NAN,
+    };
+    for p in [
+        spec("arp_reply", &arp, Verdict::ArpReply, TC_ACT_REDIRECT, 1),
+        spec(
+            "gateway_echo",
+            &echo,
+            Verdict::EchoReply,
             TC_ACT_REDIRECT,
-            verdicts,
             1,
-            ns,
-            overhead.max(0.0),
         ),
-    );
+    ] {
+        let mut cost = measure(&ebpf, prog, &p, single_calls, overhead)?;
+        if overhead.is_nan() && cost.wrong_path.is_none() {
+            cost.wrong_path = Some("the per-call overhead (pass path) was not measured".into());
+            cost.median_ns = f64::NAN;
+        }
+        paths.push(cost);
+    }
     for p in &paths {
-        progress(&format!(
-            "  {:<14} verdicts {:?} (expected {}) {:.1} ns/packet ({} x {} repetitions)",
-            p.path,
-            p.verdicts,
-            p.expected_verdict,
-            p.median_ns,
-            p.ns_per_packet.len(),
-            p.repeat
-        ));
+        progress(&match &p.wrong_path {
+            None => format!(
+                "  {:<14} {} (action {}, counted {:?}) {:.1} ns/packet ({} x {} repetitions)",
+                p.path,
+                p.expected_verdict,
+                p.expected_action,
+                p.counted,
+                p.median_ns,
+                p.ns_per_packet.len(),
+                p.repeat
+            ),
+            Some(why) => format!("  {:<14} not measured: {why}", p.path),
+        });
     }
     let empty_program_ns = match empty_program_ns(batched_calls) {
         Ok(v) => Some(v),
@@ -193,28 +257,102 @@ pub fn run(object: &Path, total_runs: u32, progress: &mut dyn FnMut(&str)) -> Re
     })
 }
 
-fn path_cost(
-    path: &'static str,
-    expected: u32,
-    verdicts: Vec<u32>,
-    repeat: u32,
-    ns: Vec<f64>,
+/// Times `p` over `calls` calls and checks that every repetition took that path: the
+/// tc action of every call, and the source endpoint's counters (exactly one packet
+/// of the frame per repetition, under the path's verdict only).
+fn measure(
+    ebpf: &Ebpf,
+    prog: &SchedClassifier,
+    p: &PathSpec<'_>,
+    calls: usize,
     overhead_ns: f64,
-) -> PathCost {
+) -> Result<PathCost> {
+    let before = counters(ebpf)?;
+    let (ns, actions) = sample(prog, p.frame, p.repeat, calls)?;
+    let after = counters(ebpf)?;
+    let mut counted = BTreeMap::new();
+    let mut bytes = BTreeMap::new();
+    for v in Verdict::ALL {
+        let (a, b) = (after[v as usize], before[v as usize]);
+        if a.packets != b.packets {
+            counted.insert(v.name(), a.packets - b.packets);
+            bytes.insert(v.name(), a.bytes - b.bytes);
+        }
+    }
+    let runs = calls as u64 * u64::from(p.repeat);
+    let wrong_path = wrong_path(p, runs, &actions, &counted, &bytes);
     let raw = stats::median(&ns);
-    PathCost {
-        path,
-        expected_verdict: expected,
-        verdicts,
-        repeat,
+    let median_ns = if wrong_path.is_none() {
+        raw - overhead_ns
+    } else {
+        f64::NAN
+    };
+    Ok(PathCost {
+        path: p.name,
+        expected_verdict: p.verdict.name(),
+        expected_action: p.action,
+        actions,
+        counted,
+        wrong_path,
+        repeat: p.repeat,
         ns_per_packet: ns,
         raw_median_ns: raw,
         overhead_ns,
-        median_ns: raw - overhead_ns,
+        median_ns,
+    })
+}
+
+/// Why `runs` repetitions of `p` did not all take the path `p` names (`None`: they
+/// did): a call returned another tc action, or the counters moved under another
+/// verdict, or by another number of packets or bytes than one frame per repetition.
+fn wrong_path(
+    p: &PathSpec<'_>,
+    runs: u64,
+    actions: &[u32],
+    counted: &BTreeMap<&'static str, u64>,
+    bytes: &BTreeMap<&'static str, u64>,
+) -> Option<String> {
+    let expected = BTreeMap::from([(p.verdict.name(), runs)]);
+    let expected_bytes = BTreeMap::from([(p.verdict.name(), runs * p.frame.len() as u64)]);
+    if actions != [p.action] {
+        Some(format!(
+            "path {} returned tc actions {actions:?}, not {} only",
+            p.name, p.action
+        ))
+    } else if *counted != expected || *bytes != expected_bytes {
+        Some(format!(
+            "path {} took verdict(s) {counted:?} over {runs} runs, not {} only",
+            p.name,
+            p.verdict.name()
+        ))
+    } else {
+        None
     }
 }
 
-/// `calls` TEST_RUN calls of `repeat` repetitions: per-call mean ns, distinct verdicts.
+/// The source endpoint's counters by verdict, summed over CPUs.
+fn counters(ebpf: &Ebpf) -> Result<Vec<Counter>> {
+    let stats: PerCpuArray<&MapData, Counter> = ebpf
+        .map(MAP_STATS)
+        .context("no STATS map")?
+        .try_into()
+        .context("STATS is not a per-CPU array of counters")?;
+    Verdict::ALL
+        .iter()
+        .map(|&v| {
+            let per_cpu = stats
+                .get(&stats_index(SOURCE_ID, v), 0)
+                .with_context(|| format!("reading the {} counter", v.name()))?;
+            Ok(per_cpu.iter().fold(Counter::default(), |a, c| Counter {
+                packets: a.packets + c.packets,
+                bytes: a.bytes + c.bytes,
+            }))
+        })
+        .collect()
+}
+
+/// `calls` TEST_RUN calls of `repeat` repetitions: per-call mean ns, distinct tc
+/// actions returned.
 fn sample(
     prog: &SchedClassifier,
     frame: &[u8],
@@ -222,7 +360,7 @@ fn sample(
     calls: usize,
 ) -> Result<(Vec<f64>, Vec<u32>)> {
     let mut ns = Vec::with_capacity(calls);
-    let mut verdicts = Vec::new();
+    let mut actions = Vec::new();
     for i in 0..calls {
         if i % 1000 == 0 {
             super::sys::check_interrupt()?;
@@ -235,11 +373,11 @@ fn sample(
             })
             .context("TEST_RUN")?;
         ns.push(r.duration.as_nanos() as f64);
-        if !verdicts.contains(&r.return_value) {
-            verdicts.push(r.return_value);
+        if !actions.contains(&r.return_value) {
+            actions.push(r.return_value);
         }
     }
-    Ok((ns, verdicts))
+    Ok((ns, actions))
 }
 
 /// The harness floor: a two-instruction tc program (`r0 = 0; exit`) loaded with
@@ -337,7 +475,7 @@ fn fill_maps(ebpf: &mut Ebpf) -> Result<()> {
         SOURCE_IFINDEX,
         EndpointInfo {
             ip: ipv4_to_map(A_IP),
-            id: 1,
+            id: SOURCE_ID,
             mac: A_MAC,
             _pad: [0; 2],
         },
@@ -376,25 +514,49 @@ fn arp_request(sha: [u8; 6], spa: [u8; 4], tpa: [u8; 4]) -> Vec<u8> {
     f
 }
 
+/// A ping (ICMP echo request, 56 bytes of data as `ping` sends) with valid checksums.
+fn echo_request(dst_mac: [u8; 6], src_mac: [u8; 6], src: [u8; 4], dst: [u8; 4]) -> Vec<u8> {
+    let mut icmp = vec![8, 0, 0, 0, 0x12, 0x34, 0, 1];
+    icmp.extend((0..56u8).map(|i| i.wrapping_mul(7)));
+    let check = !ones_sum(&icmp);
+    icmp[2..4].copy_from_slice(&check.to_be_bytes());
+    let mut f = eth(dst_mac, src_mac, 0x0800);
+    f.extend_from_slice(&ipv4_header(src, dst, 64, 1, icmp.len()));
+    f.extend_from_slice(&icmp);
+    f
+}
+
+/// An option-less IPv4 header with a valid checksum (DF set).
+fn ipv4_header(src: [u8; 4], dst: [u8; 4], ttl: u8, protocol: u8, payload: usize) -> [u8; 20] {
+    let mut ip = [0u8; 20];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&((20 + payload) as u16).to_be_bytes());
+    ip[6] = 0x40; // DF
+    ip[8] = ttl;
+    ip[9] = protocol;
+    ip[12..16].copy_from_slice(&src);
+    ip[16..20].copy_from_slice(&dst);
+    let csum = !ones_sum(&ip);
+    ip[10..12].copy_from_slice(&csum.to_be_bytes());
+    ip
+}
+
+/// One's complement sum of big-endian 16-bit words, folded.
+fn ones_sum(bytes: &[u8]) -> u16 {
+    let mut sum: u32 = bytes
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum as u16
+}
+
 /// A minimal TCP SYN (no payload) with a valid IPv4 header checksum.
 fn ipv4_tcp(dst_mac: [u8; 6], src_mac: [u8; 6], src: [u8; 4], dst: [u8; 4], ttl: u8) -> Vec<u8> {
     let mut f = eth(dst_mac, src_mac, 0x0800);
-    let mut ip = [0u8; 20];
-    ip[0] = 0x45;
-    ip[2..4].copy_from_slice(&40u16.to_be_bytes());
-    ip[6] = 0x40; // DF
-    ip[8] = ttl;
-    ip[9] = 6;
-    ip[12..16].copy_from_slice(&src);
-    ip[16..20].copy_from_slice(&dst);
-    let sum: u32 = ip
-        .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
-        .sum();
-    let folded = (sum & 0xffff) + (sum >> 16);
-    let csum = !(((folded & 0xffff) + (folded >> 16)) as u16);
-    ip[10..12].copy_from_slice(&csum.to_be_bytes());
-    f.extend_from_slice(&ip);
+    f.extend_from_slice(&ipv4_header(src, dst, ttl, 6, 20));
     let mut tcp = [0u8; 20];
     tcp[0..2].copy_from_slice(&40000u16.to_be_bytes());
     tcp[2..4].copy_from_slice(&5201u16.to_be_bytes());
@@ -413,11 +575,45 @@ mod tests {
     #[test]
     fn ipv4_checksum_verifies() {
         let f = ipv4_tcp(GW_MAC, A_MAC, A_IP, B_IP, 255);
-        let sum: u32 = f[14..34]
-            .chunks(2)
-            .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
-            .sum();
-        let folded = (sum & 0xffff) + (sum >> 16);
-        assert_eq!((folded & 0xffff) + (folded >> 16), 0xffff);
+        assert_eq!(ones_sum(&f[14..34]), 0xffff);
+    }
+
+    #[test]
+    fn a_figure_is_only_the_named_paths() {
+        let frame = [0u8; 64];
+        let p = PathSpec {
+            name: "local_forward",
+            frame: &frame,
+            verdict: Verdict::Forward,
+            action: TC_ACT_REDIRECT,
+            repeat: BATCH,
+        };
+        let n = |v: &[(&'static str, u64)]| v.iter().copied().collect::<BTreeMap<_, _>>();
+        let (fwd, fwd_bytes) = (n(&[("forward", 500)]), n(&[("forward", 500 * 64)]));
+        assert_eq!(
+            wrong_path(&p, 500, &[TC_ACT_REDIRECT], &fwd, &fwd_bytes),
+            None
+        );
+        // Another action in some call.
+        let why = wrong_path(&p, 500, &[TC_ACT_REDIRECT, TC_ACT_OK], &fwd, &fwd_bytes);
+        assert!(why.is_some_and(|w| w.contains("tc actions")));
+        // The right action, but counted under another verdict (e.g. the redirect of
+        // an ARP reply, or a pass that also returns TC_ACT_OK).
+        let arp = (n(&[("arp_reply", 500)]), n(&[("arp_reply", 500 * 64)]));
+        let why = wrong_path(&p, 500, &[TC_ACT_REDIRECT], &arp.0, &arp.1);
+        assert!(why.is_some_and(|w| w.contains("took verdict(s) {\"arp_reply\": 500}")));
+        // Partly another verdict, or fewer packets than repetitions.
+        let mixed = n(&[("forward", 499), ("drop_ttl", 1)]);
+        assert!(wrong_path(&p, 500, &[TC_ACT_REDIRECT], &mixed, &fwd_bytes).is_some());
+        let short = n(&[("forward", 250)]);
+        assert!(wrong_path(&p, 500, &[TC_ACT_REDIRECT], &short, &fwd_bytes).is_some());
+    }
+
+    #[test]
+    fn echo_request_checksums_verify() {
+        let f = echo_request(GW_MAC, A_MAC, A_IP, GW_IP);
+        assert_eq!(ones_sum(&f[14..34]), 0xffff);
+        assert_eq!(ones_sum(&f[34..]), 0xffff);
+        assert_eq!(f[34], 8, "echo request");
     }
 }

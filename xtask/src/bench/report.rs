@@ -401,18 +401,29 @@ pub fn render(r: &Results) -> String {
         );
         let mut t = Table::new(&[
             "path",
-            "verdicts",
-            "expected",
+            "verdict (checked)",
             "ns/packet",
             "raw ns",
             "overhead ns",
             "calls x repetitions",
         ]);
+        let mut wrong = Vec::new();
         for p in &pc.paths {
+            if let Some(why) = &p.wrong_path {
+                wrong.push(format!("not measured: {why}"));
+                t.row(vec![
+                    p.path.into(),
+                    p.expected_verdict.into(),
+                    "not measured".into(),
+                    "-".into(),
+                    "-".into(),
+                    format!("{} x {}", p.ns_per_packet.len(), p.repeat),
+                ]);
+                continue;
+            }
             t.row(vec![
                 p.path.into(),
-                format!("{:?}", p.verdicts),
-                p.expected_verdict.to_string(),
+                p.expected_verdict.into(),
                 num(p.median_ns, 1),
                 num(p.raw_median_ns, 1),
                 num(p.overhead_ns, 1),
@@ -422,8 +433,7 @@ pub fn render(r: &Results) -> String {
         if let Some(e) = pc.empty_program_ns {
             t.row(vec![
                 "(empty program)".into(),
-                "[0]".into(),
-                "0".into(),
+                "-".into(),
                 num(e, 1),
                 num(e, 1),
                 "0.0".into(),
@@ -431,6 +441,13 @@ pub fn render(r: &Results) -> String {
             ]);
         }
         out.push_str(&t.render());
+        for w in &wrong {
+            let _ = writeln!(out, "{w}");
+        }
+        let _ = writeln!(
+            out,
+            "(checked: every call returned the verdict's tc action, and the source endpoint's counters moved by one packet per repetition under that verdict only)"
+        );
         let mut t = Table::new(&["program", "insns (xlated)", "insns verified", "jited bytes"]);
         for p in &pc.programs {
             let o = |v: Option<u32>| v.map(|x| x.to_string()).unwrap_or_else(|| "-".into());

@@ -101,6 +101,8 @@ struct Count {
 struct Counters {
     forwarded: Count,
     arp_replies: Count,
+    #[serde(default)]
+    echo_replies: Count,
     passed: Count,
     dropped: Count,
 }
@@ -174,6 +176,19 @@ struct Cell {
     tcp: TcpCell,
 }
 
+/// A pod pinging its gateway: the first thing a person tries, answered by from_pod
+/// itself (nothing in the node owns the link-local gateway address).
+#[derive(Clone, Debug, Serialize)]
+struct GatewayCell {
+    from: String,
+    gateway: Ipv4Addr,
+    ok: bool,
+    rtt_ms: Option<f64>,
+    ttl: Option<u8>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
 #[derive(Clone, Debug, Serialize)]
 struct Check {
     name: &'static str,
@@ -208,6 +223,8 @@ struct Report {
     node: NodeInfo,
     pods: Vec<Pod>,
     matrix: Vec<Cell>,
+    /// Each pod's ping to its gateway.
+    gateway: Vec<GatewayCell>,
     /// `endpoint list -o json`, as printed.
     counters: serde_json::Value,
     /// The same, parsed, for the table.
@@ -547,6 +564,21 @@ fn probe_cell(from: &Peer, to: &Peer) -> Cell {
     }
 }
 
+fn gateway_cell(from: &Peer, gateway: Ipv4Addr) -> GatewayCell {
+    let (ok, rtt_ms, ttl, error) = match prober::icmp_echo(&from.netns, gateway, ICMP_TIMEOUT) {
+        Ok(EchoReply { rtt, ttl }) => (true, Some(ms(rtt)), Some(ttl), None),
+        Err(e) => (false, None, None, Some(e.to_string())),
+    };
+    GatewayCell {
+        from: from.label.clone(),
+        gateway,
+        ok,
+        rtt_ms,
+        ttl,
+        error,
+    }
+}
+
 fn cell_text(c: &Cell) -> String {
     let icmp = match (&c.icmp.rtt_ms, &c.icmp.ttl) {
         (Some(rtt), Some(ttl)) => format!("ok {rtt:.2}ms ttl={ttl}"),
@@ -561,6 +593,7 @@ fn cell_text(c: &Cell) -> String {
 fn checks(
     report_pods: &[Pod],
     matrix: &[Cell],
+    gateway: &[GatewayCell],
     list: &[EndpointJson],
     node: &Path,
 ) -> Result<Vec<Check>> {
@@ -624,6 +657,23 @@ fn checks(
         detail: format!(
             "from_pod answered every pod's ARP for the gateway ({})",
             arp.iter()
+                .map(|(l, n)| format!("{l}: {n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    });
+
+    let echo: Vec<(String, u64)> = per_pod(|c| c.echo_replies.packets);
+    let gw_ok = gateway.iter().filter(|g| g.ok).count();
+    checks.push(Check {
+        name: "gateway answers ping",
+        ok: gw_ok == report_pods.len()
+            && echo.len() == report_pods.len()
+            && echo.iter().all(|(_, n)| *n > 0),
+        detail: format!(
+            "{gw_ok} of {} pods got an echo reply from the gateway, built by from_pod (echo replies: {})",
+            report_pods.len(),
+            echo.iter()
                 .map(|(l, n)| format!("{l}: {n}"))
                 .collect::<Vec<_>>()
                 .join(", ")
@@ -768,13 +818,23 @@ fn scenario(demo: &mut Demo) -> Result<Report> {
         }
     }
 
+    let gateway_ip: Ipv4Addr = vethbpf::defaults::GATEWAY
+        .parse()
+        .context("the default gateway address")?;
+    let gateway: Vec<GatewayCell> = pod_peers
+        .iter()
+        .map(|p| gateway_cell(p, gateway_ip))
+        .collect();
+    check_interrupted()?;
+
     progress(5, "reading counters and checking the node namespace");
     let counters = demo.vethbpf(&["endpoint", "list"])?;
     let list: Vec<EndpointJson> =
         serde_json::from_value(counters.clone()).context("reading what `endpoint list` printed")?;
-    let checks = checks(&pods, &matrix, &list, &node_netns)?;
+    let checks = checks(&pods, &matrix, &gateway, &list, &node_netns)?;
 
-    let ok = matrix.iter().all(|c| c.ok) && checks.iter().all(|c| c.ok);
+    let ok =
+        matrix.iter().all(|c| c.ok) && gateway.iter().all(|g| g.ok) && checks.iter().all(|c| c.ok);
     Ok(Report {
         ok,
         node: NodeInfo {
@@ -786,6 +846,7 @@ fn scenario(demo: &mut Demo) -> Result<Report> {
         },
         pods,
         matrix,
+        gateway,
         counters,
         list,
         checks,
@@ -824,6 +885,7 @@ fn print_table(r: &Report) {
     columns.push("node".into());
     let mut header = vec!["FROM \\ TO".to_string()];
     header.extend(columns.iter().cloned());
+    header.push("gateway".into());
     let rows: Vec<Vec<String>> = std::iter::once("node".to_string())
         .chain(r.pods.iter().map(|p| p.label.clone()))
         .map(|from| {
@@ -832,6 +894,16 @@ fn print_table(r: &Report) {
                 let cell = r.matrix.iter().find(|c| c.from == from && &c.to == to);
                 row.push(cell.map_or_else(|| "-".to_string(), cell_text));
             }
+            let gw = r.gateway.iter().find(|g| g.from == from);
+            row.push(match gw {
+                Some(GatewayCell {
+                    rtt_ms: Some(rtt),
+                    ttl: Some(ttl),
+                    ..
+                }) => format!("ok {rtt:.2}ms ttl={ttl}"),
+                Some(_) => "icmp FAIL".to_string(),
+                None => "-".to_string(),
+            });
             row
         })
         .collect();
@@ -839,6 +911,11 @@ fn print_table(r: &Report) {
         &header.iter().map(String::as_str).collect::<Vec<_>>(),
         &rows,
     );
+    for g in r.gateway.iter().filter(|g| !g.ok) {
+        if let Some(err) = &g.error {
+            println!("  {} -> gateway {} icmp: {err}", g.from, g.gateway);
+        }
+    }
     for c in r.matrix.iter().filter(|c| !c.ok) {
         for (what, err) in [("icmp", &c.icmp.error), ("tcp", &c.tcp.error)] {
             if let Some(err) = err {
@@ -852,7 +929,14 @@ fn print_table(r: &Report) {
 
     println!("\ncounters of from_pod (packets), per host veth:");
     table(
-        &["POD", "FORWARDED", "ARP REPLIES", "PASSED", "DROPPED"],
+        &[
+            "POD",
+            "FORWARDED",
+            "ARP REPLIES",
+            "ECHO REPLIES",
+            "PASSED",
+            "DROPPED",
+        ],
         &r.list
             .iter()
             .map(|e| {
@@ -866,6 +950,7 @@ fn print_table(r: &Report) {
                     label,
                     c.forwarded.packets.to_string(),
                     c.arp_replies.packets.to_string(),
+                    c.echo_replies.packets.to_string(),
                     c.passed.packets.to_string(),
                     c.dropped.packets.to_string(),
                 ]

@@ -1,0 +1,121 @@
+//! What `from_pod` does with a frame a pod sent (Cilium's bpf_lxc side): find the
+//! endpoint behind the veth, refuse VLAN tags, dispatch on the EtherType, and for IPv4
+//! the endpoint's source check, the gateway's own address and the route lookup that
+//! picks a delivery.
+
+use aya_ebpf::{maps::lpm_trie::Key, programs::TcContext};
+use vethbpf_common::{Config, EndpointInfo, ROUTE_KIND_LOCAL, Verdict};
+
+use crate::{
+    arp,
+    hdr::{
+        ETH_HLEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, ETH_P_IP, EthHdr, Ipv4Hdr, ipv4_addr,
+        linear, ptr_at,
+    },
+    icmp, ipv4, l3,
+    maps::{CONFIG, ENDPOINTS, ROUTES},
+    stats::{self, Decision},
+};
+
+/// The whole of `from_pod`: decides, counts, and returns the tc action.
+#[inline(always)]
+pub fn from_pod(ctx: &TcContext) -> i32 {
+    // SAFETY: `ctx.skb.skb` is the program's context pointer, valid for the whole run.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // SAFETY: map values are only read, and stay valid for the whole run.
+    let ep = unsafe { ENDPOINTS.get(ifindex) };
+    let cfg = CONFIG.get(0);
+    match (ep, cfg) {
+        // An array entry always exists; a zero gateway address means `up` has not
+        // written the configuration (0.0.0.0 is never a gateway).
+        (Some(ep), Some(cfg)) if cfg.gateway_ip != 0 => {
+            let decision = handle(ctx, ifindex, ep, cfg);
+            stats::count(ctx, ep.id, decision)
+        }
+        // Not ours (or not configured): forwarding it anywhere would skip source
+        // validation, so drop and count it under the reserved endpoint id 0.
+        _ => stats::count(ctx, 0, Decision::drop(Verdict::DropNoEndpoint)),
+    }
+}
+
+/// Dispatches on the EtherType.
+#[inline(always)]
+fn handle(ctx: &TcContext, ifindex: u32, ep: &EndpointInfo, cfg: &Config) -> Decision {
+    // Before tc ingress runs, the kernel strips a VLAN tag into the skb
+    // (`skb_vlan_untag`): the frame then shows the inner EtherType, and a redirect
+    // would carry the tag into the other pod's VLAN sub-interface. Pods are joined
+    // untagged only, so a tagged frame is dropped, whatever it carries.
+    // SAFETY: `ctx.skb.skb` is the program's context pointer, valid for the whole run.
+    if unsafe { (*ctx.skb.skb).vlan_present } != 0 {
+        return Decision::drop(Verdict::DropVlan);
+    }
+    let Some((data, data_end)) = linear(ctx, ETH_HLEN) else {
+        return Decision::drop(Verdict::DropMalformed);
+    };
+    let Some(eth) = ptr_at::<EthHdr>(data, data_end, 0) else {
+        return Decision::drop(Verdict::DropMalformed);
+    };
+    // SAFETY: bounds-checked just above.
+    let ether_type = unsafe { (*eth).ether_type };
+    match ether_type {
+        ETH_P_IP => handle_ipv4(ctx, ifindex, ep, cfg),
+        ETH_P_ARP => arp::handle(ctx, ifindex, ep, cfg),
+        // A tag still in the frame: the inner tag of QinQ once the outer one is
+        // stripped, or a tag the kernel did not strip.
+        ETH_P_8021Q | ETH_P_8021AD => Decision::drop(Verdict::DropVlan),
+        // IPv6 and everything else untagged: the node stack's business.
+        _ => Decision::pass(),
+    }
+}
+
+/// IPv4 from the pod: header checks, source validation, the gateway's own address, and
+/// the fast path to endpoints on this node.
+#[inline(always)]
+fn handle_ipv4(ctx: &TcContext, ifindex: u32, ep: &EndpointInfo, cfg: &Config) -> Decision {
+    let Some((data, data_end)) = linear(ctx, ETH_HLEN + size_of::<Ipv4Hdr>()) else {
+        return Decision::drop(Verdict::DropMalformed);
+    };
+    let (Some(eth), Some(ip)) = (
+        ptr_at::<EthHdr>(data, data_end, 0),
+        ptr_at::<Ipv4Hdr>(data, data_end, ETH_HLEN),
+    ) else {
+        return Decision::drop(Verdict::DropMalformed);
+    };
+    // SAFETY: both pointers were bounds-checked against data_end just above, and no
+    // helper that changes packet data runs while they are in use.
+    let (eth, ip) = unsafe { (&mut *eth, &mut *ip) };
+
+    let Some(hdr_len) = ipv4::valid_header_len(ctx, ip) else {
+        return Decision::drop(Verdict::DropMalformed);
+    };
+    // A header that does not verify must not be forwarded, TTL-patched (which keeps it
+    // wrong) or answered. With options, the node stack gets the packet below and its
+    // ip_rcv checks the checksum over them.
+    if hdr_len == 20 && !ipv4::checksum_ok(ip) {
+        return Decision::drop(Verdict::DropCsum);
+    }
+
+    if ipv4_addr(&ip.src_addr) != ep.ip {
+        return Decision::drop(Verdict::DropSpoof);
+    }
+
+    // Options (rare: record route, timestamps) need a router that processes them; the
+    // node stack does, the fast path does not try.
+    if hdr_len != 20 {
+        return Decision::pass();
+    }
+
+    let dst = ipv4_addr(&ip.dst_addr);
+    if dst == cfg.gateway_ip {
+        // `eth` and `ip` are not used past this call, which may pull packet data.
+        return icmp::to_gateway(ctx, ifindex, cfg);
+    }
+
+    let Some(route) = ROUTES.get(Key::new(32, dst)) else {
+        return Decision::pass();
+    };
+    if route.kind != ROUTE_KIND_LOCAL {
+        return Decision::pass();
+    }
+    l3::local_delivery(eth, ip, route, cfg)
+}
