@@ -413,6 +413,14 @@ impl Vethbpf {
         })
     }
 
+    pub fn state_dir(&self) -> &Path {
+        &self.state
+    }
+
+    pub fn bpffs_dir(&self) -> &Path {
+        &self.bpffs
+    }
+
     pub fn cmd(&self, args: &[&str]) -> Result<String> {
         let mut c = in_ns(&self.node, &self.bin);
         c.arg("--bpffs-dir")
