@@ -72,13 +72,15 @@ pub(crate) fn open_program(pins: &Pins, program: &str) -> Result<SchedClassifier
 }
 
 /// Attaches the pinned `program` to tc ingress of `ifname` (in the calling thread's
-/// namespace). With TCX the link is pinned (see [`Pins::link`]) and its id returned.
+/// namespace). With TCX the link is pinned (see [`Pins::link`]). The link's id is
+/// not asked for: a TCX link's info is read under the RTNL lock, which another
+/// command's attach or delete may hold for a whole RCU grace period.
 pub(crate) fn attach(
     pins: &Pins,
     program: &str,
     ifname: &str,
     mode: AttachMode,
-) -> Result<Option<u32>, BpfError> {
+) -> Result<(), BpfError> {
     let mut prog = open_program(pins, program)?;
     let attach_err = |source| BpfError::Attach {
         program: program.to_string(),
@@ -100,7 +102,6 @@ pub(crate) fn attach(
                 path: path.clone(),
                 source,
             })?;
-            let link_id = fd_link.info().ok().map(|i| i.id());
             if let Some(dir) = path.parent() {
                 fs::create_dir_all(dir).map_err(|source| BpfError::CreateDir {
                     path: dir.to_path_buf(),
@@ -110,7 +111,7 @@ pub(crate) fn attach(
             fd_link
                 .pin(&path)
                 .map_err(|source| BpfError::Pin { path, source })?;
-            Ok(link_id)
+            Ok(())
         }
         AttachMode::Netlink => {
             // The clsact qdisc may exist already (EEXIST): that is fine.
@@ -126,7 +127,7 @@ pub(crate) fn attach(
             // A netlink filter lives as long as the interface; dropping the link
             // object would detach it, so let it go without running its Drop.
             std::mem::forget(link);
-            Ok(None)
+            Ok(())
         }
     }
 }

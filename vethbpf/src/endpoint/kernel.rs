@@ -112,8 +112,12 @@ impl PinnedDatapath {
 
 impl Datapath for PinnedDatapath {
     fn attach(&mut self, host_veth: &str) -> Result<(), EndpointError> {
-        datapath::attach(&self.pins, PROG_FROM_POD, host_veth, self.mode)?;
-        Ok(())
+        Ok(datapath::attach(
+            &self.pins,
+            PROG_FROM_POD,
+            host_veth,
+            self.mode,
+        )?)
     }
     fn detach(&mut self, host_veth: &str) -> Result<(), EndpointError> {
         Ok(datapath::detach(&self.pins, PROG_FROM_POD, host_veth)?)
