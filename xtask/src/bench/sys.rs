@@ -157,15 +157,23 @@ pub fn run_with_input(cmd: &mut Command, input: &[u8], limit: Duration) -> Resul
             .write_all(input)
             .with_context(|| format!("writing stdin of `{desc}`"))?;
     }
+    // Read both pipes while the child runs: one that writes more than a pipe
+    // holds (64 KiB; `endpoint list` of 1000 endpoints does) would block forever
+    // on a reader that waits for it to exit first.
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        thread::spawn(move || {
+            let mut text = String::new();
+            if let Some(mut p) = pipe {
+                p.read_to_string(&mut text).ok();
+            }
+            text
+        })
+    };
+    let out = drain(child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+    let err = drain(child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
     let status = wait_limited(&mut child, limit).with_context(|| format!("`{desc}`"))?;
-    let mut stdout = String::new();
-    let mut stderr = String::new();
-    if let Some(mut s) = child.stdout.take() {
-        s.read_to_string(&mut stdout).ok();
-    }
-    if let Some(mut s) = child.stderr.take() {
-        s.read_to_string(&mut stderr).ok();
-    }
+    let stdout = out.join().unwrap_or_default();
+    let stderr = err.join().unwrap_or_default();
     if !status.success() {
         bail!(
             "`{desc}` failed ({status}): {} {}",
