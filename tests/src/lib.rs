@@ -10,7 +10,9 @@
 //! temp dir, so a failing test leaves nothing behind and tests can run in parallel; a
 //! step of that cleanup that fails fails the test ([`CleanupErrors`]).
 
+pub mod ipv6;
 pub mod packet;
+pub mod testrun;
 
 use std::collections::BTreeSet;
 use std::ffi::OsStr;
@@ -19,8 +21,18 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 
+pub mod cluster;
+
 /// The node namespace's own address (TEST-NET-1, on its `lo`).
 pub const NODE_IP: &str = "192.0.2.1";
+/// The node namespace's own IPv6 address (documentation prefix, on its `lo`).
+pub const NODE_IP6: &str = "2001:db8::1";
+/// The pod CIDRs of a dual-stack test node.
+pub const POD_CIDR: &str = "10.244.0.0/24";
+pub const POD_CIDR6: &str = "fd00:10:244::/64";
+/// What IPv6 pods use as their gateway: the EUI-64 link-local address of the
+/// gateway MAC.
+pub const GATEWAY6: &str = "fe80::ecee:eeff:feee:eeee";
 
 /// Path of the `vethbpf` binary: `$VETHBPF_BIN`, or the one next to the test
 /// executable's target dir (built once with `cargo build -p vethbpf --features
@@ -124,7 +136,8 @@ pub struct TestNode {
 }
 
 impl TestNode {
-    /// A fresh node namespace with `lo` up and [`NODE_IP`] on it; not yet `up`.
+    /// A fresh node namespace with `lo` up and [`NODE_IP`] and [`NODE_IP6`] on it;
+    /// not yet `up`.
     pub fn new() -> TestNode {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let prefix = format!("vbt-{}-{n}-", std::process::id());
@@ -143,6 +156,32 @@ impl TestNode {
             "ip",
             &["addr", "add", &format!("{NODE_IP}/32"), "dev", "lo"],
         );
+        node.node_must(
+            "ip",
+            &[
+                "addr",
+                "add",
+                &format!("{NODE_IP6}/128"),
+                "dev",
+                "lo",
+                "nodad",
+            ],
+        );
+        // The kernel adds an IPv6 address's local route from its addrconf work
+        // queue, even with nodad: wait for it, or a snapshot taken now differs from
+        // one taken later for no doing of the code under test.
+        let local = format!("local {NODE_IP6} ");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !node
+            .node_must("ip", &["-6", "route", "show", "table", "local"])
+            .contains(&local)
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the local route of {NODE_IP6} never appeared"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
         node
     }
 
@@ -150,6 +189,20 @@ impl TestNode {
     pub fn up() -> TestNode {
         let node = TestNode::new();
         node.ok(&["up"]);
+        node
+    }
+
+    /// A node that is `up` with both pod CIDRs ([`POD_CIDR`], [`POD_CIDR6`]).
+    pub fn dual() -> TestNode {
+        let node = TestNode::new();
+        node.ok(&["up", "--pod-cidr", POD_CIDR, "--pod-cidr", POD_CIDR6]);
+        node
+    }
+
+    /// A node that is `up` with the IPv6 pod CIDR only.
+    pub fn v6_only() -> TestNode {
+        let node = TestNode::new();
+        node.ok(&["up", "--pod-cidr", POD_CIDR6]);
         node
     }
 
@@ -251,8 +304,9 @@ impl TestNode {
         ping_ttl(&self.in_node("ping", &["-c", "1", "-W", "2", dst]))
     }
 
-    /// A snapshot of what vethbpf may change in the node namespace: links, IPv4
-    /// addresses, IPv4 routes, plus the namespaces under /run/netns and the state file.
+    /// A snapshot of what vethbpf may change in the node namespace: links,
+    /// addresses and routes of both families, plus the namespaces under /run/netns,
+    /// the state file and the pinned maps.
     pub fn snapshot(&self) -> Snapshot {
         let strip = |s: String| -> Vec<String> {
             s.lines()
@@ -277,15 +331,25 @@ impl TestNode {
             links: strip(self.node_must("ip", &["-o", "link", "show"])),
             addrs: strip(self.node_must("ip", &["-o", "-4", "addr", "show"])),
             routes: strip(self.node_must("ip", &["-4", "route", "show", "table", "all"])),
+            addrs6: strip(self.node_must("ip", &["-o", "-6", "addr", "show"])),
+            routes6: strip(self.node_must("ip", &["-6", "route", "show", "table", "all"])),
             netns: netns_list()
                 .into_iter()
                 .filter(|n| n.starts_with(&self.prefix))
                 .collect(),
             state: read_state(&self.state),
             journal: self.state.join("intent.json").exists(),
+            node_journal: self.state.join("node-intent.json").exists(),
             pins: list_tree(&self.bpffs),
             routes_map: self.map_dump("ROUTES"),
             endpoints_map: self.map_dump("ENDPOINTS"),
+            nodes_map: self
+                .map_dump("NODES")
+                .into_iter()
+                .filter(|e| e.contains("\"value\"") && !e.contains("\"value\":[\"0x00\",\"0x00\",\"0x00\",\"0x00\",\"0x00\",\"0x00\",\"0x00\",\"0x00\"]"))
+                .collect(),
+            routes6_map: self.map_dump("ROUTES6"),
+            endpoints6_map: self.map_dump("ENDPOINTS6"),
         }
     }
 
@@ -387,9 +451,17 @@ pub struct Snapshot {
     pub state: Option<String>,
     /// The journal of an interrupted command is there.
     pub journal: bool,
+    /// The journal of an interrupted remote-node change is there.
+    pub node_journal: bool,
     pub pins: Vec<String>,
     pub routes_map: Vec<String>,
     pub endpoints_map: Vec<String>,
+    /// NODES entries that are not all zero (remote nodes).
+    pub nodes_map: Vec<String>,
+    pub addrs6: Vec<String>,
+    pub routes6: Vec<String>,
+    pub routes6_map: Vec<String>,
+    pub endpoints6_map: Vec<String>,
 }
 
 impl Drop for TestNode {
@@ -533,14 +605,26 @@ pub fn ones_sum(bytes: &[u8]) -> u16 {
 /// back intact and returns how long it took.
 pub fn tcp_echo(
     server: &Path,
-    server_ip: std::net::Ipv4Addr,
+    server_ip: impl Into<std::net::IpAddr>,
     client: &Path,
     len: usize,
 ) -> std::time::Duration {
+    tcp_echo_peer(server, server_ip, client, len).0
+}
+
+/// [`tcp_echo`], also returning the client address the server saw (to check that
+/// nothing rewrote it on the way).
+pub fn tcp_echo_peer(
+    server: &Path,
+    server_ip: impl Into<std::net::IpAddr>,
+    client: &Path,
+    len: usize,
+) -> (std::time::Duration, std::net::SocketAddr) {
     use std::io::{Read, Write};
     use std::net::{SocketAddr, TcpListener, TcpStream};
     use std::time::{Duration, Instant};
 
+    let server_ip: std::net::IpAddr = server_ip.into();
     let listener = vethbpf::kernel::netns::run_in(server, move || {
         TcpListener::bind(SocketAddr::from((server_ip, 0)))
     })
@@ -548,7 +632,7 @@ pub fn tcp_echo(
     .expect("bind in server netns");
     let port = listener.local_addr().expect("local addr").port();
     let server_thread = std::thread::spawn(move || {
-        let (mut s, _) = listener.accept().expect("accept");
+        let (mut s, peer) = listener.accept().expect("accept");
         s.set_read_timeout(Some(Duration::from_secs(20))).ok();
         let mut buf = vec![0u8; 65536];
         loop {
@@ -558,6 +642,7 @@ pub fn tcp_echo(
             }
             s.write_all(&buf[..n]).expect("server write");
         }
+        peer
     });
     let start = Instant::now();
     let mut stream = vethbpf::kernel::netns::run_in(client, move || {
@@ -578,12 +663,12 @@ pub fn tcp_echo(
     let mut back = Vec::with_capacity(len);
     stream.read_to_end(&mut back).expect("client read");
     writer.join().expect("writer");
-    server_thread.join().expect("server");
+    let peer = server_thread.join().expect("server");
     let took = start.elapsed();
     let what = format!("{} -> {}", client.display(), server.display());
     assert_eq!(back.len(), len, "echoed length {what}");
     assert!(back == data, "echoed bytes differ {what}");
-    took
+    (took, peer)
 }
 
 /// An Ethernet II frame: destination, source, EtherType, payload.
@@ -612,4 +697,158 @@ pub fn read_state(dir: &Path) -> Option<String> {
             files.map(|f| std::fs::read(dir.join(f)).unwrap_or_default())
         ),
     })
+}
+
+/// The node's address on its uplink in [`TestNode::outside`]: the masquerade
+/// address.
+pub const UPLINK_NODE_IP: &str = "172.30.0.2";
+/// The outside router's address on the uplink: the node's default gateway.
+pub const ROUTER_IP: &str = "172.30.0.1";
+/// A server address of the outside namespace (on its `lo`).
+pub const SERVER_IP: &str = "198.51.100.10";
+/// A server one hop behind the outside router (on the far namespace's `lo`).
+pub const FAR_SERVER_IP: &str = "203.0.113.10";
+/// The node's uplink interface in [`TestNode::outside`].
+pub const UPLINK: &str = "up0";
+
+/// The world outside a test node: a namespace `<prefix>out` that plays the router
+/// and hosts servers on its own addresses, joined to the node by a veth (the node's
+/// uplink, [`UPLINK`], with [`UPLINK_NODE_IP`]/24 and a default route via
+/// [`ROUTER_IP`]); optionally a namespace `<prefix>far` behind the router over a
+/// link of its own MTU. The node's guard removes the namespaces (same prefix).
+pub struct Outside {
+    pub netns: String,
+    pub far: Option<String>,
+}
+
+impl Outside {
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from(format!("/run/netns/{}", self.netns))
+    }
+    pub fn far_path(&self) -> PathBuf {
+        PathBuf::from(format!(
+            "/run/netns/{}",
+            self.far
+                .as_deref()
+                .expect("an outside made with a far namespace")
+        ))
+    }
+    /// Runs a command in the outside namespace and panics unless it succeeds.
+    pub fn must(&self, program: &str, args: &[&str]) -> String {
+        ns_must(&self.netns, program, args)
+    }
+}
+
+/// Runs a command in namespace `netns` and panics unless it succeeds; returns stdout.
+pub fn ns_must(netns: &str, program: &str, args: &[&str]) -> String {
+    let out = TestNode::in_ns(netns, program, args);
+    assert!(
+        out.status.success(),
+        "{program} {args:?} in {netns} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+impl TestNode {
+    /// Gives the node an uplink to a new outside namespace (see [`Outside`]).
+    pub fn outside(&self) -> Outside {
+        self.build_outside(None)
+    }
+
+    /// [`TestNode::outside`] plus a far namespace behind the outside router, over a
+    /// link whose router side has MTU `far_mtu` (the far side keeps 1500, so the
+    /// far server offers a full-size MSS); the router forwards between the two.
+    pub fn outside_with_far(&self, far_mtu: u32) -> Outside {
+        self.build_outside(Some(far_mtu))
+    }
+
+    fn build_outside(&self, far_mtu: Option<u32>) -> Outside {
+        let out = format!("{}out", self.prefix);
+        must("ip", ["netns", "add", &out]);
+        // Made right in both namespaces: no name in the test's own namespace.
+        must(
+            "ip",
+            [
+                "link",
+                "add",
+                UPLINK,
+                "netns",
+                &self.netns,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                &out,
+            ],
+        );
+        self.node_must(
+            "ip",
+            &[
+                "addr",
+                "add",
+                &format!("{UPLINK_NODE_IP}/24"),
+                "dev",
+                UPLINK,
+            ],
+        );
+        self.node_must("ip", &["link", "set", UPLINK, "up"]);
+        self.node_must("ip", &["route", "add", "default", "via", ROUTER_IP]);
+        ns_must(&out, "ip", &["link", "set", "lo", "up"]);
+        ns_must(
+            &out,
+            "ip",
+            &["addr", "add", &format!("{ROUTER_IP}/24"), "dev", "eth0"],
+        );
+        ns_must(&out, "ip", &["link", "set", "eth0", "up"]);
+        ns_must(
+            &out,
+            "ip",
+            &["addr", "add", &format!("{SERVER_IP}/32"), "dev", "lo"],
+        );
+        let far = far_mtu.map(|mtu| {
+            let far = format!("{}far", self.prefix);
+            must("ip", ["netns", "add", &far]);
+            let mtu = mtu.to_string();
+            must(
+                "ip",
+                [
+                    "link", "add", "eth1", "mtu", &mtu, "netns", &out, "type", "veth", "peer",
+                    "name", "eth0", "netns", &far,
+                ],
+            );
+            ns_must(&out, "ip", &["addr", "add", "172.31.0.1/24", "dev", "eth1"]);
+            ns_must(&out, "ip", &["link", "set", "eth1", "up"]);
+            ns_must(
+                &out,
+                "ip",
+                &[
+                    "route",
+                    "add",
+                    &format!("{FAR_SERVER_IP}/32"),
+                    "via",
+                    "172.31.0.2",
+                ],
+            );
+            ns_must(&out, "sysctl", &["-qw", "net.ipv4.ip_forward=1"]);
+            ns_must(&far, "ip", &["link", "set", "lo", "up"]);
+            ns_must(&far, "ip", &["addr", "add", "172.31.0.2/24", "dev", "eth0"]);
+            ns_must(&far, "ip", &["link", "set", "eth0", "up"]);
+            ns_must(
+                &far,
+                "ip",
+                &["addr", "add", &format!("{FAR_SERVER_IP}/32"), "dev", "lo"],
+            );
+            ns_must(
+                &far,
+                "ip",
+                &["route", "add", "default", "via", "172.31.0.1"],
+            );
+            far
+        });
+        Outside { netns: out, far }
+    }
 }

@@ -252,6 +252,56 @@ fn every_command_names_what_is_wrong_and_changes_nothing() {
             2,
             "lies inside the pod CIDR",
         ),
+        // up: one CIDR per family, IPv6 ones routable.
+        (
+            vec![
+                "up",
+                "--pod-cidr",
+                "10.244.0.0/24",
+                "--pod-cidr",
+                "10.245.0.0/24",
+            ],
+            2,
+            "two IPv4 pod CIDRs given",
+        ),
+        (
+            vec!["up", "--pod-cidr", "fd00::/64", "--pod-cidr", "fd01::/64"],
+            2,
+            "two IPv6 pod CIDRs given",
+        ),
+        (
+            vec![
+                "up",
+                "--pod-cidr",
+                "10.244.0.0/24",
+                "--pod-cidr",
+                "fe80::/64",
+            ],
+            2,
+            "is link-local",
+        ),
+        (
+            vec![
+                "up",
+                "--pod-cidr",
+                "10.244.0.0/24",
+                "--pod-cidr",
+                "ff02::/16",
+            ],
+            2,
+            "is multicast",
+        ),
+        (
+            vec![
+                "up",
+                "--pod-cidr",
+                "10.244.0.0/24",
+                "--pod-cidr",
+                "fd00:10:244::/64",
+            ],
+            5,
+            "before changing it to 10.244.0.0/24 and fd00:10:244::/64",
+        ),
         // endpoint add: names, addresses, namespaces, interface names.
         (
             vec!["endpoint", "add"],
@@ -280,6 +330,24 @@ fn every_command_names_what_is_wrong_and_changes_nothing() {
             vec!["endpoint", "add", &fresh, "--ip", "10.244.0.1/32"],
             2,
             "invalid value",
+        ),
+        (
+            vec!["endpoint", "add", &fresh, "--ip", "fd00:10:244::5"],
+            2,
+            "the node has no IPv6 pod CIDR",
+        ),
+        (
+            vec![
+                "endpoint",
+                "add",
+                &fresh,
+                "--ip",
+                "10.244.0.5",
+                "--ip",
+                "10.244.0.6",
+            ],
+            2,
+            "more than one IPv4 address given",
         ),
         (
             vec!["endpoint", "add", &fresh, "--ifname", "eth/0"],

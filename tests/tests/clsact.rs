@@ -101,7 +101,7 @@ fn up_replace_swaps_the_program_of_every_cls_bpf_filter() {
         .expect("run vethbpf up --replace");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
-        text.contains("program replaced on 3 endpoint attachment(s) (cls_bpf filters, in place)"),
+        text.contains("program replaced on 3 attachment(s) (cls_bpf filters, in place)"),
         "{text}"
     );
     node.ok(&["down"]);

@@ -561,6 +561,119 @@ fn host_local_ipam_delegation() {
     }
 }
 
+/// The dual-stack part of an ADD result: one address per family on the container
+/// interface, each with its gateway, and a default route per family.
+fn assert_dual_result(r: &Value, version: &str, v4: &str, v6: &str) {
+    let ips = r["ips"].as_array().expect("ips");
+    assert_eq!(ips.len(), 2, "{r}");
+    let gw6 = vethbpf_tests::GATEWAY6;
+    for (ip, want, gw, family) in [(&ips[0], v4, GATEWAY, "4"), (&ips[1], v6, gw6, "6")] {
+        assert_eq!(ip["address"], want, "{r}");
+        assert_eq!(ip["gateway"], gw, "{r}");
+        assert_eq!(ip["interface"], 1, "{r}");
+        if version == "0.4.0" {
+            assert_eq!(ip["version"], family, "{r}");
+        } else {
+            assert!(ip.get("version").is_none(), "{r}");
+        }
+    }
+    assert_eq!(
+        r["routes"],
+        json!([{"dst": "0.0.0.0/0", "gw": GATEWAY}, {"dst": "::/0", "gw": gw6}]),
+        "{r}"
+    );
+}
+
+/// Dual stack with the built-in allocator (podCidr and podCidr6), for every
+/// cniVersion: both addresses in the result and in the pod, both families work,
+/// CHECK passes and notices a missing IPv6 address, DEL removes both.
+#[test]
+fn dual_stack_add_check_del() {
+    for version in VERSIONS {
+        let node = TestNode::new();
+        let mut conf = vethbpf_conf(&node, version, "10.244.0.0/24");
+        conf["podCidr6"] = json!("fd00:10:244::/64");
+        let mut rt = Runtime::new(vethbpf_bin(), &node.netns, conf);
+        let (na, nb) = (pod_netns(&node, "a"), pod_netns(&node, "b"));
+        let ra = rt.add("ctr-a", &na, "eth0").success().json();
+        assert_dual_result(&ra, version, "10.244.0.1/32", "fd00:10:244::1/128");
+        let rb = rt.add("ctr-b", &nb, "eth0").success().json();
+        assert_dual_result(&rb, version, "10.244.0.2/32", "fd00:10:244::2/128");
+        let (pa, pb) = (node.pod("a"), node.pod("b"));
+        for dst in ["10.244.0.1", "fd00:10:244::1"] {
+            let out = TestNode::in_ns(&pb, "ping", &["-c", "1", "-W", "2", dst]);
+            assert!(out.status.success(), "{version}: b -> {dst}");
+        }
+        rt.check("ctr-a", &na, "eth0").success();
+        // Take the pod's IPv6 address away: CHECK names it.
+        must(
+            "ip",
+            [
+                "-n",
+                &pa,
+                "-6",
+                "addr",
+                "del",
+                "fd00:10:244::1/128",
+                "dev",
+                "eth0",
+            ],
+        );
+        let bad = rt.check("ctr-a", &na, "eth0");
+        assert!(!bad.ok, "{version}: CHECK passed without the address");
+        assert!(
+            bad.stdout.contains("lacks the address fd00:10:244::1/128"),
+            "{bad:?}"
+        );
+        rt.del("ctr-a", &na, "eth0").success();
+        rt.del("ctr-b", &nb, "eth0").success();
+        assert!(endpoints(&node).is_empty());
+        let routes = node.node_must("ip", &["-6", "route", "show"]);
+        assert!(!routes.contains("fd00:10:244::"), "{version}: {routes}");
+        assert_eq!(
+            vethbpf_tests::map_entries(&node.json(&["status"]), "ROUTES6"),
+            0
+        );
+    }
+}
+
+/// host-local with a range per family: the plugin takes one address of each.
+#[test]
+fn dual_stack_host_local_ipam_delegation() {
+    for version in VERSIONS {
+        let node = TestNode::new();
+        let data = node.dir.join("ipam");
+        let mut conf = vethbpf_conf(&node, version, "10.244.0.0/24");
+        conf["podCidr6"] = json!("fd00:10:244::/64");
+        conf["ipam"] = json!({
+            "type": "host-local",
+            "ranges": [
+                [{"subnet": "10.244.0.0/24", "rangeStart": "10.244.0.100"}],
+                [{"subnet": "fd00:10:244::/64", "rangeStart": "fd00:10:244::100"}],
+            ],
+            "dataDir": data,
+        });
+        let mut rt = Runtime::new(vethbpf_bin(), &node.netns, conf);
+        let (na, nb) = (pod_netns(&node, "a"), pod_netns(&node, "b"));
+        let ra = rt.add("ctr-a", &na, "eth0").success().json();
+        assert_dual_result(&ra, version, "10.244.0.100/32", "fd00:10:244::100/128");
+        let allocated6 = data.join("vbt-net").join("fd00:10:244::100");
+        assert!(
+            allocated6.exists(),
+            "host-local recorded no IPv6 allocation"
+        );
+        rt.check("ctr-a", &na, "eth0").success();
+        rt.add("ctr-b", &nb, "eth0").success();
+        let pb = node.pod("b");
+        let out = TestNode::in_ns(&pb, "ping", &["-c", "1", "-W", "2", "fd00:10:244::100"]);
+        assert!(out.status.success(), "{version}: b -> a over IPv6");
+        rt.del("ctr-a", &na, "eth0").success();
+        assert!(!allocated6.exists(), "DEL left the IPv6 allocation");
+        rt.del("ctr-b", &nb, "eth0").success();
+        assert!(endpoints(&node).is_empty());
+    }
+}
+
 /// GC (1.1.0) removes the attachments of this network that the runtime no longer
 /// lists, and nothing else (not the CLI's endpoints).
 #[test]

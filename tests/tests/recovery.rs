@@ -41,7 +41,8 @@ fn ns_links(ns: &str) -> String {
 
 #[test]
 fn every_failing_add_step_leaves_the_node_as_it_was() {
-    let node = TestNode::up();
+    // Dual stack: every step, the IPv6 ones included, is reached.
+    let node = TestNode::dual();
     let a = node.add("a", &[]);
     let a_ip = a["ip"].as_str().expect("ip").to_string();
     let ext = make_netns(&node, "ext");
@@ -83,7 +84,8 @@ fn every_failing_add_step_leaves_the_node_as_it_was() {
 
 #[test]
 fn every_failing_del_step_is_undone_or_finished_by_the_next_command() {
-    let node = TestNode::up();
+    // Dual stack: every step, the IPv6 ones included, is reached.
+    let node = TestNode::dual();
     let a_ip = node.add("a", &[])["ip"].as_str().expect("ip").to_string();
     let without_b = node.snapshot();
     let b = node.pod("b");
@@ -151,7 +153,8 @@ fn every_failing_del_step_is_undone_or_finished_by_the_next_command() {
 
 #[test]
 fn a_crash_at_every_point_is_settled_by_the_next_command() {
-    let node = TestNode::up();
+    // Dual stack: every step, the IPv6 ones included, is reached.
+    let node = TestNode::dual();
     let a_ip = node.add("a", &[])["ip"].as_str().expect("ip").to_string();
     let without_b = node.snapshot();
     let b = node.pod("b");
@@ -577,4 +580,146 @@ fn a_corrupt_state_file_is_a_clear_error_and_from_kernel_rebuilds_it() {
     );
     assert_consistent(&node, "after rebuild and del");
     let _ = a;
+}
+
+/// `bpftool map delete` of the ROUTES6 entry of `ip`/128 (LPM key: prefix length,
+/// little endian, then the address).
+fn delete_route6(node: &TestNode, ip: std::net::Ipv6Addr) {
+    let path = node.bpffs.join("maps/ROUTES6");
+    let mut args = vec![
+        "map".to_string(),
+        "delete".into(),
+        "pinned".into(),
+        path.display().to_string(),
+        "key".into(),
+    ];
+    args.extend(["128", "0", "0", "0"].map(String::from));
+    args.extend(ip.octets().iter().map(u8::to_string));
+    vethbpf_tests::must("bpftool", &args);
+}
+
+#[test]
+fn reconcile_repairs_ipv6_damage_and_from_kernel_rebuilds_ipv6_endpoints() {
+    let node = TestNode::dual();
+    let a = node.add("a", &[]);
+    let b = node.add("b", &[]);
+    let ip6 = |e: &serde_json::Value| e["ip6"].as_str().expect("ip6").to_string();
+    let host = |e: &serde_json::Value| e["host_veth"].as_str().expect("host").to_string();
+    let state_path = node.state.join("state.json");
+    let good: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&state_path).expect("state")).expect("json");
+
+    // Damage: a's IPv6 endpoint entry and its host veth's gateway address gone, b's
+    // IPv6 route entry and node route gone, and a route entry nobody owns.
+    let a_ifindex = a["host_ifindex"].as_u64().expect("ifindex") as u32;
+    let endpoints6 = node.bpffs.join("maps/ENDPOINTS6");
+    let mut args = vec![
+        "map".to_string(),
+        "delete".into(),
+        "pinned".into(),
+        endpoints6.display().to_string(),
+        "key".into(),
+    ];
+    args.extend(a_ifindex.to_le_bytes().iter().map(u8::to_string));
+    vethbpf_tests::must("bpftool", &args);
+    node.node_must(
+        "ip",
+        &[
+            "-6",
+            "addr",
+            "del",
+            &format!("{}/64", vethbpf_tests::GATEWAY6),
+            "dev",
+            &host(&a),
+        ],
+    );
+    delete_route6(&node, ip6(&b).parse().expect("ip6"));
+    node.node_must("ip", &["-6", "route", "del", &format!("{}/128", ip6(&b))]);
+    let routes6 = node.bpffs.join("maps/ROUTES6");
+    let mut args = vec![
+        "map".to_string(),
+        "update".into(),
+        "pinned".into(),
+        routes6.display().to_string(),
+        "key".into(),
+    ];
+    args.extend(["128", "0", "0", "0"].map(String::from));
+    let orphan: std::net::Ipv6Addr = "fd00:10:244::99".parse().expect("ip6");
+    args.extend(orphan.octets().iter().map(u8::to_string));
+    args.push("value".into());
+    args.extend(
+        [1u32, 7, 9]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .chain([2, 0, 0, 0, 0, 9, 0, 0])
+            .map(|b| b.to_string()),
+    );
+    vethbpf_tests::must("bpftool", &args);
+    assert_eq!(node.ping_from_pod("a", &ip6(&b), 1), None, "damage done");
+
+    let r = node.json(&["reconcile"]);
+    let mut repaired: Vec<String> = r["repaired"]
+        .as_array()
+        .expect("repaired")
+        .iter()
+        .map(|f| {
+            format!(
+                "{} {}",
+                f["endpoint"].as_str().unwrap_or(""),
+                f["what"].as_str().unwrap_or("")
+            )
+        })
+        .collect();
+    repaired.sort();
+    let mut want = vec![
+        format!("{} IPv6 endpoint map entry", node.pod("a")),
+        format!("{} host veth gateway address", node.pod("a")),
+        format!("{} IPv6 node route", node.pod("b")),
+        format!("{} IPv6 route map entry", node.pod("b")),
+    ];
+    want.sort();
+    assert_eq!(repaired, want, "{r}");
+    assert_eq!(
+        r["removed_route_entries"],
+        serde_json::json!(["fd00:10:244::99/128"]),
+        "{r}"
+    );
+    assert_eq!(node.ping_from_pod("a", &ip6(&b), 1), Some(63));
+    assert_eq!(node.ping_from_pod("b", &ip6(&a), 1), Some(63));
+    assert_eq!(node.ping_from_node(&ip6(&a)), Some(64));
+    assert!(!node.json(&["reconcile"]).to_string().contains("IPv6"));
+
+    // The state file lost: rebuilt from the kernel with both pod CIDRs, IPv6
+    // addresses included.
+    std::fs::write(&state_path, b"garbage").expect("write");
+    let r = node.json(&[
+        "reconcile",
+        "--from-kernel",
+        "--pod-cidr",
+        vethbpf_tests::POD_CIDR,
+        "--pod-cidr",
+        vethbpf_tests::POD_CIDR6,
+    ]);
+    assert_eq!(r["rebuilt"].as_array().map(Vec::len), Some(2), "{r}");
+    let now: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&state_path).expect("state")).expect("json");
+    assert_eq!(now, good, "the rebuilt state is the state that was lost");
+    // Without the IPv6 CIDR the rebuild is refused, naming the address.
+    std::fs::write(&state_path, b"garbage").expect("write");
+    let out = node.vethbpf(&["reconcile", "--from-kernel"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&ip6(&a)) || stderr(&out).contains(&ip6(&b)),
+        "{}",
+        stderr(&out)
+    );
+    node.ok(&[
+        "reconcile",
+        "--from-kernel",
+        "--pod-cidr",
+        vethbpf_tests::POD_CIDR,
+        "--pod-cidr",
+        vethbpf_tests::POD_CIDR6,
+    ]);
+    node.ok(&["down"]);
 }

@@ -13,7 +13,12 @@
 //! constants converted by `to_be()` instead of swapping every loaded value.
 
 use aya_ebpf::programs::TcContext;
-pub use network_types::{arp::ArpHdr, eth::EthHdr, icmp::Icmpv4Hdr, ip::Ipv4Hdr};
+pub use network_types::{
+    arp::ArpHdr,
+    eth::EthHdr,
+    icmp::Icmpv4Hdr,
+    ip::{Ipv4Hdr, Ipv6Hdr},
+};
 
 // The word accessors assemble addresses in memory order as little-endian words.
 #[cfg(not(target_endian = "little"))]
@@ -24,6 +29,7 @@ pub const ETH_HLEN: usize = EthHdr::LEN;
 /// EtherTypes, in network byte order as loaded from the packet.
 pub const ETH_P_IP: u16 = network_types::eth::EtherType::Ipv4 as u16;
 pub const ETH_P_ARP: u16 = network_types::eth::EtherType::Arp as u16;
+pub const ETH_P_IPV6: u16 = network_types::eth::EtherType::Ipv6 as u16;
 /// VLAN tag protocol identifiers: 802.1Q (C-tag) and 802.1ad (S-tag, the outer tag
 /// of QinQ), the two the kernel's `eth_type_vlan` knows.
 pub const ETH_P_8021Q: u16 = network_types::eth::EtherType::Ieee8021q as u16;
@@ -95,6 +101,7 @@ const _: () = assert!(align_of::<vethbpf_common::Config>() >= 2);
 const _: () = assert!(size_of::<EthHdr>() == 14);
 const _: () = assert!(size_of::<ArpHdr>() == 28);
 const _: () = assert!(size_of::<Ipv4Hdr>() == 20);
+const _: () = assert!(size_of::<Ipv6Hdr>() == 40);
 const _: () = assert!(size_of::<Icmpv4Hdr>() == 8);
 const _: () = assert!(core::mem::offset_of!(Icmpv4Hdr, check).is_multiple_of(2));
 const _: () = assert!(core::mem::offset_of!(Ipv4Hdr, check).is_multiple_of(2));

@@ -100,7 +100,7 @@ fn type_code_word(icmp: &Icmpv4Hdr) -> u16 {
 /// (RFC 1624, eqn. 3: HC' = ~(~HC + ~m + m')). All three as stored: one's complement
 /// sums come out the same in either byte order.
 #[inline(always)]
-fn csum_replace(check: u16, old: u16, new: u16) -> u16 {
+pub(crate) fn csum_replace(check: u16, old: u16, new: u16) -> u16 {
     let mut sum = u32::from(!check) + u32::from(!old) + u32::from(new);
     sum = (sum & 0xffff) + (sum >> 16);
     sum = (sum & 0xffff) + (sum >> 16);

@@ -1,19 +1,20 @@
 //! What `from_pod` does with a frame a pod sent (Cilium's bpf_lxc side): find the
 //! endpoint behind the veth, refuse VLAN tags, dispatch on the EtherType, and for IPv4
 //! the endpoint's source check, the gateway's own address and the route lookup that
-//! picks a delivery.
+//! picks a delivery (local, or a remote node).
 
 use aya_ebpf::{maps::lpm_trie::Key, programs::TcContext};
-use vethbpf_common::{Config, EndpointInfo, ROUTE_KIND_LOCAL, Verdict};
+use vethbpf_common::{Config, EndpointInfo, ROUTE_KIND_LOCAL, ROUTE_KIND_REMOTE, Verdict};
 
 use crate::{
-    arp,
+    arp, egress,
     hdr::{
-        ETH_HLEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, ETH_P_IP, EthHdr, Ipv4Hdr, ipv4_addr,
-        linear, ptr_at,
+        ETH_HLEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, EthHdr, Ipv4Hdr,
+        ipv4_addr, linear, ptr_at,
     },
-    icmp, ipv4, l3,
+    icmp, ipv4, l3, lxc6,
     maps::{CONFIG, ENDPOINTS, ROUTES},
+    remote,
     stats::{self, Decision},
 };
 
@@ -58,12 +59,16 @@ fn handle(ctx: &TcContext, ifindex: u32, ep: &EndpointInfo, cfg: &Config) -> Dec
     // SAFETY: bounds-checked just above.
     let ether_type = unsafe { (*eth).ether_type };
     match ether_type {
+        // An endpoint without IPv4 (ip 0) owns no IPv4 source and no ARP sender.
+        ETH_P_IP if ep.ip == 0 => Decision::drop(Verdict::DropSpoof),
+        ETH_P_ARP if ep.ip == 0 => Decision::drop(Verdict::DropArpSpoof),
         ETH_P_IP => handle_ipv4(ctx, ifindex, ep, cfg),
         ETH_P_ARP => arp::handle(ctx, ifindex, ep, cfg),
+        ETH_P_IPV6 => lxc6::handle(ctx, ifindex, cfg),
         // A tag still in the frame: the inner tag of QinQ once the outer one is
         // stripped, or a tag the kernel did not strip.
         ETH_P_8021Q | ETH_P_8021AD => Decision::drop(Verdict::DropVlan),
-        // IPv6 and everything else untagged: the node stack's business.
+        // Everything else untagged: the node stack's business.
         _ => Decision::pass(),
     }
 }
@@ -112,10 +117,13 @@ fn handle_ipv4(ctx: &TcContext, ifindex: u32, ep: &EndpointInfo, cfg: &Config) -
     }
 
     let Some(route) = ROUTES.get(Key::new(32, dst)) else {
-        return Decision::pass();
+        // No route of this node: the outside world (or the node stack's business).
+        return egress::handle(ctx, ifindex);
     };
-    if route.kind != ROUTE_KIND_LOCAL {
-        return Decision::pass();
+    match route.kind {
+        ROUTE_KIND_LOCAL => l3::local_delivery(eth, ip, route, cfg),
+        ROUTE_KIND_REMOTE => remote::to_node(ctx, ip, route),
+        // A remote node's own address and anything else: the node stack's.
+        _ => Decision::pass(),
     }
-    l3::local_delivery(eth, ip, route, cfg)
 }

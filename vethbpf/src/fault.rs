@@ -17,6 +17,7 @@ pub const ADD_POINTS: &[&str] = &[
     "add.pod",
     "add.counters",
     "add.endpoint-map",
+    "add.endpoint6-map",
     "add.attach",
     "add.link-up",
     "add.route-map",
@@ -35,6 +36,26 @@ pub const DEL_POINTS: &[&str] = &[
     "del.counters",
     "del.commit",
     "del.done",
+];
+
+/// `node add` and `node del` (remote nodes), in order.
+pub const NODE_ADD_POINTS: &[&str] = &[
+    "node-add.intent",
+    "node-add.counters",
+    "node-add.node-map",
+    "node-add.address-route",
+    "node-add.cidr-route",
+    "node-add.commit",
+    "node-add.done",
+];
+
+pub const NODE_DEL_POINTS: &[&str] = &[
+    "node-del.intent",
+    "node-del.cidr-route",
+    "node-del.address-route",
+    "node-del.node-map",
+    "node-del.commit",
+    "node-del.done",
 ];
 
 /// A step refused by `VETHBPF_FAULT`.

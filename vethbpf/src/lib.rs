@@ -7,9 +7,14 @@
 //!
 //! - [`cni`]: the CNI plugin (ADD, DEL, CHECK, STATUS, GC) over the same calls as
 //!   the command line
+//! - [`cluster`]: several nodes: `up`'s cluster part, remote nodes, etcd leases and
+//!   the agent
 //! - [`node`] (`up`, `down`, `status`) and [`reconcile`]: the node's lifecycle
 //! - [`endpoint`]: `endpoint add/del/list`, journalled, each step undone on failure
 //! - [`state`]: the state directory (lock, atomic writes, journal), IPAM, names
+//! - [`egress`]: pod egress: the uplink and NAT settings (kept in the state), the
+//!   uplink program's attachment, the NAT table (`nat list`, `nat flush`, the flows
+//!   of a deleted endpoint)
 //! - [`datapath`]: the embedded eBPF object: load, pin, replace, attach, maps
 //! - [`kernel`]: rtnetlink, network namespaces, the bpf file system
 //! - [`defaults`], [`error`] (what kind of failure an error is) and [`fault`]
@@ -23,9 +28,11 @@
 use anyhow as _;
 use clap as _;
 
+pub mod cluster;
 pub mod cni;
 pub mod datapath;
 pub mod defaults;
+pub mod egress;
 pub mod endpoint;
 pub mod error;
 pub mod fault;
@@ -43,7 +50,13 @@ pub static EBPF_OBJECT: &[u8] =
 pub fn error_kind(err: &(dyn std::error::Error + 'static)) -> Option<error::ErrorKind> {
     let mut next = Some(err);
     while let Some(e) = next {
-        let kind = if let Some(e) = e.downcast_ref::<node::NodeError>() {
+        let kind = if let Some(e) = e.downcast_ref::<cluster::ClusterError>() {
+            Some(e.kind())
+        } else if let Some(e) = e.downcast_ref::<cluster::join::JoinError>() {
+            Some(e.kind())
+        } else if let Some(e) = e.downcast_ref::<cluster::agent::AgentError>() {
+            Some(e.kind())
+        } else if let Some(e) = e.downcast_ref::<node::NodeError>() {
             Some(e.kind())
         } else if let Some(e) = e.downcast_ref::<reconcile::ReconcileError>() {
             Some(e.kind())
@@ -60,6 +73,10 @@ pub fn error_kind(err: &(dyn std::error::Error + 'static)) -> Option<error::Erro
         } else if let Some(e) = e.downcast_ref::<kernel::netns::NetnsError>() {
             Some(e.kind())
         } else if let Some(e) = e.downcast_ref::<kernel::netlink::NetlinkError>() {
+            Some(e.kind())
+        } else if let Some(e) = e.downcast_ref::<egress::EgressError>() {
+            Some(e.kind())
+        } else if let Some(e) = e.downcast_ref::<egress::table::TableError>() {
             Some(e.kind())
         } else if e.is::<state::StateError>() || e.is::<kernel::bpffs::BpffsError>() {
             Some(error::ErrorKind::Other)

@@ -1,18 +1,24 @@
 //! `up`, `down` and `status`: the node-wide lifecycle of the pinned datapath.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 
-use ipnet::Ipv4Net;
+use aya::programs::ProgramInfo;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::Serialize;
 use tracing::info;
-use vethbpf_common::{ALL_MAPS, Config, PROG_FROM_POD, ipv4_to_map};
+use vethbpf_common::{
+    ALL_MAPS, Config, NAT_MAX_FLOWS_DEFAULT, PROG_FROM_POD, PROG_FROM_UPLINK, Verdict, ipv4_to_map,
+};
 
 use crate::datapath::maps::{Maps, MapsError};
 use crate::datapath::{self, BpfError, Pins};
+use crate::egress::table::TableError;
+use crate::egress::{self, Egress, EgressCounters, EgressError, EgressRequest, EgressStatus};
 use crate::endpoint::{self, EndpointError, Env};
 use crate::error::ErrorKind;
 use crate::kernel::bpffs::{self, BpffsError};
+use crate::kernel::netlink::{Netlink, NetlinkError};
 use crate::state::ident::MacAddr;
 use crate::state::{Locked, NodeConfig, StateDir, StateError};
 
@@ -21,12 +27,24 @@ use crate::state::{Locked, NodeConfig, StateDir, StateError};
 pub enum NodeError {
     #[error("the gateway {gateway} lies inside the pod CIDR {cidr}; choose a gateway outside it")]
     GatewayInCidr { gateway: Ipv4Addr, cidr: Ipv4Net },
+    #[error("no pod CIDR given; give one per family (IPv4, IPv6 or both)")]
+    NoPodCidr,
+    #[error("two {family} pod CIDRs given ({first} and {second}); give at most one per family")]
+    TwoCidrsOfAFamily {
+        family: &'static str,
+        first: IpNet,
+        second: IpNet,
+    },
+    #[error(
+        "the IPv6 pod CIDR {cidr} is {what}; give a global or unique local prefix (e.g. fd00:10:244::/64)"
+    )]
+    BadPodCidr6 { cidr: Ipv6Net, what: &'static str },
     #[error(
         "the node is up with pod CIDR {current} and has {endpoints} endpoint(s); delete them (or `vethbpf down`) before changing it to {requested}"
     )]
     CidrChange {
-        current: Ipv4Net,
-        requested: Ipv4Net,
+        current: String,
+        requested: String,
         endpoints: usize,
     },
     #[error(
@@ -54,19 +72,31 @@ pub enum NodeError {
     State(#[from] StateError),
     #[error(transparent)]
     Endpoint(#[from] EndpointError),
+    #[error(transparent)]
+    Egress(#[from] EgressError),
+    #[error(transparent)]
+    Nat(#[from] TableError),
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
 }
 
 impl NodeError {
     /// What kind of failure this is.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            NodeError::GatewayInCidr { .. } => ErrorKind::Usage,
+            NodeError::GatewayInCidr { .. }
+            | NodeError::NoPodCidr
+            | NodeError::TwoCidrsOfAFamily { .. }
+            | NodeError::BadPodCidr6 { .. } => ErrorKind::Usage,
             NodeError::CidrChange { .. }
             | NodeError::GatewayChange { .. }
             | NodeError::BpffsMismatch { .. } => ErrorKind::Conflict,
             NodeError::Bpf(e) => e.kind(),
             NodeError::Maps(e) => e.kind(),
             NodeError::Endpoint(e) => e.kind(),
+            NodeError::Egress(e) => e.kind(),
+            NodeError::Nat(e) => e.kind(),
+            NodeError::Netlink(e) => e.kind(),
             NodeError::Bpffs(_) | NodeError::State(_) => ErrorKind::Other,
         }
     }
@@ -75,11 +105,16 @@ impl NodeError {
 /// What `up` is asked for.
 #[derive(Clone, Debug)]
 pub struct UpRequest {
-    pub pod_cidr: Ipv4Net,
+    /// The IPv4 pod CIDR, if pods get IPv4.
+    pub pod_cidr: Option<Ipv4Net>,
+    /// The IPv6 pod CIDR, if pods get IPv6. At least one of the two.
+    pub pod_cidr6: Option<Ipv6Net>,
     pub gateway: Ipv4Addr,
     pub bpffs_dir: PathBuf,
     /// Upgrade the loaded program to this build's, atomically on every link.
     pub replace: bool,
+    /// Pod egress (uplink, masquerade, NAT), as given on the command line.
+    pub egress: EgressRequest,
 }
 
 /// What `up` did.
@@ -96,6 +131,12 @@ pub struct UpReport {
     pub replaced: Option<usize>,
 }
 
+/// The NAT table's flow limit: the node's, or the default (its maps exist either
+/// way).
+fn nat_flows(e: Option<&Egress>) -> u32 {
+    e.map_or(NAT_MAX_FLOWS_DEFAULT, |e| e.max_flows)
+}
+
 fn kernel_config(node: &NodeConfig) -> Config {
     Config {
         gateway_ip: ipv4_to_map(node.gateway.octets()),
@@ -105,18 +146,89 @@ fn kernel_config(node: &NodeConfig) -> Config {
     }
 }
 
+/// The pod CIDRs of a node, as messages show them.
+pub fn fmt_cidrs(v4: Option<Ipv4Net>, v6: Option<Ipv6Net>) -> String {
+    match (v4, v6) {
+        (Some(a), Some(b)) => format!("{a} and {b}"),
+        (Some(a), None) => a.to_string(),
+        (None, Some(b)) => b.to_string(),
+        (None, None) => "none".into(),
+    }
+}
+
+/// Pod CIDRs as given on a command line, at most one per family, as `(IPv4, IPv6)`;
+/// host bits are cleared.
+pub fn split_cidrs(cidrs: &[IpNet]) -> Result<(Option<Ipv4Net>, Option<Ipv6Net>), NodeError> {
+    let (mut v4, mut v6): (Option<Ipv4Net>, Option<Ipv6Net>) = (None, None);
+    for cidr in cidrs {
+        let (family, first) = match cidr.trunc() {
+            IpNet::V4(c) => ("IPv4", v4.replace(c).map(IpNet::V4)),
+            IpNet::V6(c) => ("IPv6", v6.replace(c).map(IpNet::V6)),
+        };
+        if let Some(first) = first {
+            return Err(NodeError::TwoCidrsOfAFamily {
+                family,
+                first,
+                second: *cidr,
+            });
+        }
+    }
+    Ok((v4, v6))
+}
+
+/// What `up` refuses in the pod CIDRs before it changes anything.
+fn check_cidrs(req: &UpRequest) -> Result<(), NodeError> {
+    if req.pod_cidr.is_none() && req.pod_cidr6.is_none() {
+        return Err(NodeError::NoPodCidr);
+    }
+    if let Some(cidr) = req.pod_cidr
+        && cidr.contains(&req.gateway)
+    {
+        return Err(NodeError::GatewayInCidr {
+            gateway: req.gateway,
+            cidr,
+        });
+    }
+    if let Some(cidr) = req.pod_cidr6 {
+        // Pods' addresses must be routable unicast ones: link-local is the gateway's
+        // scope; the others are not unicast at all.
+        let overlaps = |other: Ipv6Net| cidr.contains(&other.network()) || other.contains(&cidr);
+        let what = if overlaps(Ipv6Net::new_assert(
+            Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0),
+            10,
+        )) {
+            Some("link-local")
+        } else if overlaps(Ipv6Net::new_assert(
+            Ipv6Addr::new(0xff00, 0, 0, 0, 0, 0, 0, 0),
+            8,
+        )) {
+            Some("multicast")
+        } else if cidr.contains(&Ipv6Addr::LOCALHOST) || cidr.contains(&Ipv6Addr::UNSPECIFIED) {
+            Some("the loopback or unspecified address")
+        } else {
+            None
+        };
+        if let Some(what) = what {
+            return Err(NodeError::BadPodCidr6 { cidr, what });
+        }
+    }
+    Ok(())
+}
+
 /// Loads and pins the datapath (or checks that it is there). Running it again with
-/// the same settings changes nothing.
-pub fn up(locked: &mut Locked, req: &UpRequest, object: &[u8]) -> Result<UpReport, NodeError> {
+/// the same settings changes nothing (but the list of node addresses pods reach
+/// without egress, read again). `nl` is rtnetlink in the node's namespace (the
+/// uplink, its address, the node's addresses).
+pub fn up(
+    locked: &mut Locked,
+    req: &UpRequest,
+    object: &[u8],
+    nl: &mut dyn Netlink,
+) -> Result<UpReport, NodeError> {
     // Before anything is mounted or read: a binary without the datapath can do no `up`.
     datapath::check_object(object)?;
     bpffs::check_lasting(&req.bpffs_dir)?;
-    if req.pod_cidr.contains(&req.gateway) {
-        return Err(NodeError::GatewayInCidr {
-            gateway: req.gateway,
-            cidr: req.pod_cidr,
-        });
-    }
+    check_cidrs(req)?;
     let endpoints = locked.state.endpoints.len();
     if let Some(current) = locked.state.node.clone() {
         if current.bpffs_dir != req.bpffs_dir {
@@ -125,10 +237,10 @@ pub fn up(locked: &mut Locked, req: &UpRequest, object: &[u8]) -> Result<UpRepor
                 requested: req.bpffs_dir.clone(),
             });
         }
-        if current.pod_cidr != req.pod_cidr && endpoints > 0 {
+        if (current.pod_cidr, current.pod_cidr6) != (req.pod_cidr, req.pod_cidr6) && endpoints > 0 {
             return Err(NodeError::CidrChange {
-                current: current.pod_cidr,
-                requested: req.pod_cidr,
+                current: fmt_cidrs(current.pod_cidr, current.pod_cidr6),
+                requested: fmt_cidrs(req.pod_cidr, req.pod_cidr6),
                 endpoints,
             });
         }
@@ -139,6 +251,9 @@ pub fn up(locked: &mut Locked, req: &UpRequest, object: &[u8]) -> Result<UpRepor
                 endpoints,
             });
         }
+        // Before anything changes: egress keeps its settings, or this is refused.
+        let egress = egress::keep(nl, current.egress.as_ref(), &req.egress)?;
+        let nat_flows = nat_flows(egress.as_ref());
         let pins = Pins::new(&current.bpffs_dir);
         let mut action = "unchanged";
         let mut replaced = None;
@@ -148,7 +263,7 @@ pub fn up(locked: &mut Locked, req: &UpRequest, object: &[u8]) -> Result<UpRepor
             if let Some(m) = bpffs::ensure(pins.root())? {
                 bpffs_mount = Some(m);
             }
-            datapath::load_and_pin(&pins, object)?;
+            datapath::load_and_pin(&pins, object, nat_flows)?;
             action = "reloaded";
         } else if req.replace {
             let host_veths: Vec<String> = locked
@@ -157,8 +272,15 @@ pub fn up(locked: &mut Locked, req: &UpRequest, object: &[u8]) -> Result<UpRepor
                 .values()
                 .map(|e| e.host_veth.clone())
                 .collect();
-            let (info, swapped) =
-                datapath::replace(&pins, object, current.attach_mode, &host_veths)?;
+            let uplink = egress.as_ref().map(|e| e.uplink.as_str());
+            let (info, swapped) = datapath::replace(
+                &pins,
+                object,
+                current.attach_mode,
+                &host_veths,
+                uplink,
+                nat_flows,
+            )?;
             info!(
                 program_id = info.id(),
                 swapped,
@@ -170,11 +292,21 @@ pub fn up(locked: &mut Locked, req: &UpRequest, object: &[u8]) -> Result<UpRepor
         }
         let config = NodeConfig {
             pod_cidr: req.pod_cidr,
+            pod_cidr6: req.pod_cidr6,
             gateway: req.gateway,
             bpffs_mount,
+            egress,
             ..current.clone()
         };
         let mut maps = Maps::open(&pins)?;
+        // Idempotent: refreshes the node's addresses, re-attaches a lost uplink link.
+        egress::apply(
+            &pins,
+            nl,
+            config.pod_cidr,
+            config.egress.as_ref(),
+            config.attach_mode,
+        )?;
         if config != current || action != "unchanged" {
             maps.set_config(&kernel_config(&config))?;
             locked.state.node = Some(config.clone());
@@ -192,19 +324,30 @@ pub fn up(locked: &mut Locked, req: &UpRequest, object: &[u8]) -> Result<UpRepor
         });
     }
 
+    // Before anything is made: the uplink and NAT settings, or a clear refusal.
+    let egress = egress::resolve(nl, &req.egress, req.pod_cidr)?;
     let pins = Pins::new(&req.bpffs_dir);
     let mounted = bpffs::ensure(pins.root())?;
     let config = NodeConfig {
         pod_cidr: req.pod_cidr,
+        pod_cidr6: req.pod_cidr6,
         gateway: req.gateway,
         gateway_mac: MacAddr::GATEWAY,
         bpffs_dir: req.bpffs_dir.clone(),
         bpffs_mount: mounted.clone(),
         attach_mode: datapath::attach_mode(),
+        egress,
     };
     let loaded = (|| {
-        let info = datapath::load_and_pin(&pins, object)?;
+        let info = datapath::load_and_pin(&pins, object, nat_flows(config.egress.as_ref()))?;
         Maps::open(&pins)?.set_config(&kernel_config(&config))?;
+        egress::apply(
+            &pins,
+            nl,
+            config.pod_cidr,
+            config.egress.as_ref(),
+            config.attach_mode,
+        )?;
         locked.state.node = Some(config.clone());
         locked.save()?;
         Ok::<_, NodeError>(info)
@@ -221,6 +364,9 @@ pub fn up(locked: &mut Locked, req: &UpRequest, object: &[u8]) -> Result<UpRepor
         }
         Err(e) => {
             locked.state.node = None;
+            if let Some(eg) = &config.egress {
+                let _ = egress::detach_uplink(&pins, &eg.uplink, config.attach_mode);
+            }
             let _ = datapath::remove_all(&pins, mounted.as_deref());
             Err(e)
         }
@@ -252,7 +398,11 @@ pub fn down(
         endpoint::del(env, &mut locked, &name)?;
         removed.push(name);
     }
-    datapath::remove_all(&Pins::new(&node.bpffs_dir), node.bpffs_mount.as_deref())?;
+    let pins = Pins::new(&node.bpffs_dir);
+    if let Some(eg) = &node.egress {
+        egress::detach_uplink(&pins, &eg.uplink, node.attach_mode)?;
+    }
+    datapath::remove_all(&pins, node.bpffs_mount.as_deref())?;
     state_dir.remove(locked)?;
     Ok(DownReport {
         was_up: true,
@@ -307,6 +457,9 @@ pub struct Status {
     pub programs: Vec<ProgramStatus>,
     pub maps: Vec<MapStatus>,
     pub attachments: Vec<AttachmentStatus>,
+    /// Pod egress: settings, the uplink attachment, the NAT table.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub egress: Option<EgressStatus>,
 }
 
 impl Status {
@@ -319,6 +472,7 @@ impl Status {
             programs: vec![],
             maps: vec![],
             attachments: vec![],
+            egress: None,
         }
     }
 }
@@ -330,7 +484,7 @@ pub fn status(locked: &Locked) -> Result<Status, NodeError> {
     };
     let pins = Pins::new(&node.bpffs_dir);
     let info = datapath::program_info(&pins)?;
-    let programs = vec![ProgramStatus {
+    let mut programs = vec![ProgramStatus {
         id: info.id(),
         // The raw bytes: `name_as_str` runs aya's kernel feature probes.
         name: String::from_utf8_lossy(info.name()).into_owned(),
@@ -338,8 +492,31 @@ pub fn status(locked: &Locked) -> Result<Status, NodeError> {
         verified_instructions: info.verified_instruction_count(),
         pinned: pins.program(PROG_FROM_POD),
     }];
+    let uplink_prog = pins.program(PROG_FROM_UPLINK);
+    if let Ok(info) = ProgramInfo::from_pin(&uplink_prog) {
+        programs.push(ProgramStatus {
+            id: info.id(),
+            name: info.name_as_str().unwrap_or_default().to_string(),
+            tag: format!("{:016x}", info.tag()),
+            verified_instructions: info.verified_instruction_count(),
+            pinned: uplink_prog,
+        });
+    }
     let maps = Maps::open(&pins)?;
-    let counts = maps.entry_counts();
+    // New flows the NAT refused and the node's own packets on the uplink, over the
+    // node's counters (id 0) and every pod's.
+    let mut counters = EgressCounters::default();
+    for id in std::iter::once(0).chain(locked.state.endpoints.values().map(|e| e.id)) {
+        let c = maps.counters(id)?;
+        counters.nat_table_full += c[Verdict::NatTableFull as usize].packets;
+        counters.nat_no_port += c[Verdict::DropNatNoPort as usize].packets;
+        counters.uplink_passed += c[Verdict::UplinkPass as usize].packets;
+    }
+    let egress = egress::status(&pins, node.egress.as_ref(), node.attach_mode, counters)?;
+    let mut counts = maps.entry_counts().to_vec();
+    if pins.map(vethbpf_common::MAP_NAT).exists() {
+        counts.push((vethbpf_common::MAP_NAT, egress.entries));
+    }
     let maps = ALL_MAPS
         .iter()
         .map(|name| MapStatus {
@@ -374,5 +551,6 @@ pub fn status(locked: &Locked) -> Result<Status, NodeError> {
         programs,
         maps,
         attachments,
+        egress: Some(egress),
     })
 }

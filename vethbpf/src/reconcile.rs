@@ -13,19 +13,20 @@
 //! address, counter id and pod MAC.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::Serialize;
 use tracing::info;
-use vethbpf_common::{EndpointInfo, ipv4_from_map, ipv4_to_map};
+use vethbpf_common::{EndpointInfo, EndpointInfo6, ipv4_from_map, ipv4_to_map};
 
 use crate::datapath::maps::Maps;
 use crate::datapath::{self, Pins};
+use crate::egress::{self, EgressError};
 use crate::endpoint::{self, EndpointError, Env, KernelTag, Recovered};
 use crate::error::ErrorKind;
 use crate::kernel::bpffs;
-use crate::kernel::netlink::RouteSpec;
+use crate::kernel::netlink::{Route6Spec, RouteSpec};
 use crate::state::ident::{self, MacAddr};
 use crate::state::{EndpointRecord, Locked, NodeConfig, StateError};
 
@@ -35,13 +36,16 @@ pub enum ReconcileError {
     #[error(transparent)]
     Endpoint(#[from] EndpointError),
     #[error(
-        "endpoint {name} has the address {ip}, outside --pod-cidr {cidr}; pass the pod CIDR the node was brought up with"
+        "endpoint {name} has the address {ip}, outside the --pod-cidr given for its family ({cidr}); pass the pod CIDRs the node was brought up with"
     )]
     OutsideCidr {
         name: String,
-        ip: Ipv4Addr,
-        cidr: Ipv4Net,
+        ip: IpAddr,
+        /// The CIDR given for the address's family, or "none".
+        cidr: String,
     },
+    #[error(transparent)]
+    Egress(#[from] EgressError),
 }
 
 impl ReconcileError {
@@ -50,6 +54,7 @@ impl ReconcileError {
         match self {
             ReconcileError::Endpoint(e) => e.kind(),
             ReconcileError::OutsideCidr { .. } => ErrorKind::Usage,
+            ReconcileError::Egress(e) => e.kind(),
         }
     }
 }
@@ -88,11 +93,15 @@ pub struct Report {
     pub removed_endpoints: Vec<Fix>,
     /// Links with vethbpf's names that no endpoint owns.
     pub removed_links: Vec<String>,
-    pub removed_route_entries: Vec<Ipv4Net>,
-    /// ENDPOINTS entries (host ifindex) that no endpoint owns.
+    /// ROUTES and ROUTES6 entries that no endpoint owns.
+    pub removed_route_entries: Vec<IpNet>,
+    /// ENDPOINTS and ENDPOINTS6 entries (host ifindex) that no endpoint owns.
     pub removed_endpoint_entries: Vec<u32>,
     /// Pinned attachments that no endpoint owns.
     pub removed_pins: Vec<String>,
+    /// What was out of order with pod egress (the uplink and its program), fixed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uplink: Option<String>,
 }
 
 impl Report {
@@ -107,6 +116,7 @@ impl Report {
             || !self.removed_route_entries.is_empty()
             || !self.removed_endpoint_entries.is_empty()
             || !self.removed_pins.is_empty()
+            || self.uplink.is_some()
     }
 }
 
@@ -125,10 +135,39 @@ pub fn reconcile(env: &mut Env<'_>, locked: &mut Locked) -> Result<Report, Recon
     }
     check_records(env, locked, &mut report)?;
     remove_orphans(env, locked, &mut report)?;
+    check_uplink(env, locked, &mut report)?;
     if report.changed() {
         info!(?report, "reconciled");
     }
     Ok(report)
+}
+
+/// Pod egress: the uplink's program and configuration (see
+/// [`egress::reconcile_uplink`]).
+fn check_uplink(
+    env: &mut Env<'_>,
+    locked: &mut Locked,
+    report: &mut Report,
+) -> Result<(), ReconcileError> {
+    let Some(mut node) = locked.state.node.clone() else {
+        return Ok(());
+    };
+    // Egress is IPv4 only: a node without an IPv4 pod CIDR has none.
+    let (Some(e), Some(pod_cidr)) = (node.egress.clone(), node.pod_cidr) else {
+        return Ok(());
+    };
+    let pins = Pins::new(&node.bpffs_dir);
+    if let Some((what, now)) =
+        egress::reconcile_uplink(&pins, env.node, &e, pod_cidr, node.attach_mode)?
+    {
+        if now != e {
+            node.egress = Some(now);
+            locked.state.node = Some(node);
+            locked.save()?;
+        }
+        report.uplink = Some(what);
+    }
+    Ok(())
 }
 
 /// Repairs or removes each recorded endpoint.
@@ -141,8 +180,14 @@ fn check_records(
         env.dp.endpoint_entries()?.into_iter().collect();
     let route_entries: BTreeMap<Ipv4Net, vethbpf_common::Route> =
         env.dp.route_entries()?.into_iter().collect();
+    let endpoint6_entries: BTreeMap<u32, EndpointInfo6> =
+        env.dp.endpoint6_entries()?.into_iter().collect();
+    let route6_entries: BTreeMap<Ipv6Net, vethbpf_common::Route> =
+        env.dp.route6_entries()?.into_iter().collect();
     let attached = env.dp.attached();
     let node_routes = env.node.routes()?;
+    let node_routes6 = env.node.routes6()?;
+    let gateway6 = locked.state.node.as_ref().map(NodeConfig::gateway6);
     // One dump instead of a lookup per record.
     let links: BTreeMap<String, crate::kernel::netlink::LinkInfo> = env
         .node
@@ -173,7 +218,7 @@ fn check_records(
             continue;
         }
         let expected = EndpointInfo {
-            ip: ipv4_to_map(rec.ip.octets()),
+            ip: rec.ip.map_or(0, |ip| ipv4_to_map(ip.octets())),
             id: rec.id,
             mac: rec.pod_mac.0,
             _pad: [0; 2],
@@ -181,6 +226,21 @@ fn check_records(
         if endpoint_entries.get(&rec.host_ifindex) != Some(&expected) {
             env.dp.put_endpoint(rec.host_ifindex, &expected)?;
             report.repaired.push(fix("endpoint map entry"));
+        }
+        let expected6 = rec.ip6.map(|ip6| EndpointInfo6 {
+            ip: ip6.octets(),
+            link_local: rec.link_local().octets(),
+        });
+        match (expected6, endpoint6_entries.get(&rec.host_ifindex)) {
+            (Some(want), have) if have != Some(&want) => {
+                env.dp.put_endpoint6(rec.host_ifindex, &want)?;
+                report.repaired.push(fix("IPv6 endpoint map entry"));
+            }
+            (None, Some(_)) => {
+                env.dp.del_endpoint6(rec.host_ifindex)?;
+                report.repaired.push(fix("stray IPv6 endpoint map entry"));
+            }
+            _ => {}
         }
         if let Some(attached) = &attached
             && !attached.contains(&rec.host_veth)
@@ -192,24 +252,53 @@ fn check_records(
             env.node.set_link_up(rec.host_ifindex)?;
             report.repaired.push(fix("host veth up"));
         }
-        let node_route = RouteSpec {
-            dst: Ipv4Net::from(rec.ip),
-            oif: rec.host_ifindex,
-            gateway: None,
-            scope_link: true,
-            onlink: false,
-        };
-        if !node_routes
-            .iter()
-            .any(|r| r.dst == node_route.dst && r.oif == node_route.oif)
-        {
-            env.node.add_route(&node_route)?;
-            report.repaired.push(fix("node route"));
-        }
         let route = endpoint::route_of(&rec);
-        if route_entries.get(&Ipv4Net::from(rec.ip)) != Some(&route) {
-            env.dp.put_route(Ipv4Net::from(rec.ip), &route)?;
-            report.repaired.push(fix("route map entry"));
+        if let Some(ip) = rec.ip {
+            let node_route = RouteSpec {
+                dst: Ipv4Net::from(ip),
+                oif: rec.host_ifindex,
+                gateway: None,
+                scope_link: true,
+                onlink: false,
+            };
+            if !node_routes
+                .iter()
+                .any(|r| r.dst == node_route.dst && r.oif == node_route.oif)
+            {
+                env.node.add_route(&node_route)?;
+                report.repaired.push(fix("node route"));
+            }
+            if route_entries.get(&Ipv4Net::from(ip)) != Some(&route) {
+                env.dp.put_route(Ipv4Net::from(ip), &route)?;
+                report.repaired.push(fix("route map entry"));
+            }
+        }
+        if let (Some(ip6), Some(gateway6)) = (rec.ip6, gateway6) {
+            let gateway_addr = Ipv6Net::new_assert(gateway6, 64);
+            if !env
+                .node
+                .addresses6(Some(rec.host_ifindex))?
+                .contains(&(rec.host_ifindex, gateway_addr))
+            {
+                env.node.add_address6(rec.host_ifindex, gateway_addr)?;
+                report.repaired.push(fix("host veth gateway address"));
+            }
+            let node_route = Route6Spec {
+                dst: Ipv6Net::from(ip6),
+                oif: rec.host_ifindex,
+                gateway: None,
+            };
+            if !node_routes6
+                .iter()
+                .any(|r| r.dst == node_route.dst && r.oif == node_route.oif)
+            {
+                env.node.add_route6(&node_route)?;
+                report.repaired.push(fix("IPv6 node route"));
+            }
+            if route6_entries.get(&Ipv6Net::from(ip6)) != Some(&route) {
+                env.dp.put_route6(Ipv6Net::from(ip6), &route)?;
+                report.repaired.push(fix("IPv6 route map entry"));
+            }
         }
     }
     Ok(())
@@ -223,13 +312,33 @@ fn remove_orphans(
 ) -> Result<(), ReconcileError> {
     let records = &locked.state.endpoints;
     let hosts: BTreeSet<&str> = records.values().map(|r| r.host_veth.as_str()).collect();
-    let ips: BTreeSet<Ipv4Net> = records.values().map(|r| Ipv4Net::from(r.ip)).collect();
+    let ips: BTreeSet<Ipv4Net> = records
+        .values()
+        .filter_map(|r| r.ip.map(Ipv4Net::from))
+        .collect();
+    let ips6: BTreeSet<Ipv6Net> = records
+        .values()
+        .filter_map(|r| r.ip6.map(Ipv6Net::from))
+        .collect();
     let indexes: BTreeSet<u32> = records.values().map(|r| r.host_ifindex).collect();
 
-    for net in env.dp.route_entries()?.into_iter().map(|(n, _)| n) {
+    // Only endpoint routes: remote-node routes are the cluster's (see
+    // cluster::nodes::reconcile).
+    for (net, _) in env
+        .dp
+        .route_entries()?
+        .into_iter()
+        .filter(|(_, r)| r.kind == vethbpf_common::ROUTE_KIND_LOCAL)
+    {
         if !ips.contains(&net) {
             env.dp.del_route(net)?;
-            report.removed_route_entries.push(net);
+            report.removed_route_entries.push(net.into());
+        }
+    }
+    for net in env.dp.route6_entries()?.into_iter().map(|(n, _)| n) {
+        if !ips6.contains(&net) {
+            env.dp.del_route6(net)?;
+            report.removed_route_entries.push(net.into());
         }
     }
     for link in env.node.links()? {
@@ -251,6 +360,14 @@ fn remove_orphans(
             report.removed_endpoint_entries.push(index);
         }
     }
+    for (index, _) in env.dp.endpoint6_entries()? {
+        if !indexes.contains(&index) {
+            env.dp.del_endpoint6(index)?;
+            if !report.removed_endpoint_entries.contains(&index) {
+                report.removed_endpoint_entries.push(index);
+            }
+        }
+    }
     for host in env.dp.attached().unwrap_or_default() {
         if !hosts.contains(host.as_str()) {
             env.dp.detach(&host)?;
@@ -262,17 +379,24 @@ fn remove_orphans(
 
 /// The node config of a node whose state file is lost: gateway and its MAC from
 /// the CONFIG map, the bpffs mount if one sits right on the dir, the attach mode of
-/// this kernel, and the pod CIDR the user gives (the kernel does not hold it).
-pub fn node_from_pins(pins: &Pins, pod_cidr: Ipv4Net) -> Result<NodeConfig, EndpointError> {
+/// this kernel, and the pod CIDRs the user gives (the kernel does not hold them).
+pub fn node_from_pins(
+    pins: &Pins,
+    pod_cidr: Option<Ipv4Net>,
+    pod_cidr6: Option<Ipv6Net>,
+) -> Result<NodeConfig, EndpointError> {
     bpffs::check_lasting(pins.root())?;
     let config = Maps::open(pins)?.config()?;
     Ok(NodeConfig {
         pod_cidr,
+        pod_cidr6,
         gateway: Ipv4Addr::from(ipv4_from_map(config.gateway_ip)),
         gateway_mac: MacAddr(config.gateway_mac),
         bpffs_dir: pins.root().to_path_buf(),
         bpffs_mount: bpffs::mounted_on(pins.root()),
         attach_mode: datapath::attach_mode(),
+        // Needs the uplink's name: filled in by `from_kernel`.
+        egress: None,
     })
 }
 
@@ -285,6 +409,7 @@ pub fn from_kernel(
     node: NodeConfig,
 ) -> Result<Report, ReconcileError> {
     let entries: BTreeMap<u32, EndpointInfo> = env.dp.endpoint_entries()?.into_iter().collect();
+    let entries6: BTreeMap<u32, EndpointInfo6> = env.dp.endpoint6_entries()?.into_iter().collect();
     let mut rebuilt = Vec::new();
     for link in env.node.links()? {
         let (Some(tag), Some(info)) = (
@@ -304,18 +429,29 @@ pub fn from_kernel(
         }) else {
             continue;
         };
-        let ip = Ipv4Addr::from(ipv4_from_map(info.ip));
-        if !node.pod_cidr.contains(&ip) {
-            return Err(ReconcileError::OutsideCidr {
-                name: tag.name,
-                ip,
-                cidr: node.pod_cidr,
-            });
+        // 0.0.0.0: an endpoint without IPv4.
+        let ip = Some(Ipv4Addr::from(ipv4_from_map(info.ip))).filter(|ip| !ip.is_unspecified());
+        let ip6 = entries6.get(&link.index).map(|e| Ipv6Addr::from(e.ip));
+        let outside = |ip: IpAddr, cidr: Option<String>| ReconcileError::OutsideCidr {
+            name: tag.name.clone(),
+            ip,
+            cidr: cidr.unwrap_or_else(|| "none".into()),
+        };
+        if let Some(ip) = ip
+            && !node.pod_cidr.is_some_and(|c| c.contains(&ip))
+        {
+            return Err(outside(ip.into(), node.pod_cidr.map(|c| c.to_string())));
+        }
+        if let Some(ip6) = ip6
+            && !node.pod_cidr6.is_some_and(|c| c.contains(&ip6))
+        {
+            return Err(outside(ip6.into(), node.pod_cidr6.map(|c| c.to_string())));
         }
         rebuilt.push(EndpointRecord {
             name: tag.name,
             id: info.id,
             ip,
+            ip6,
             pod_mac: MacAddr(info.mac),
             host_veth: link.name,
             host_ifindex: link.index,
@@ -325,7 +461,9 @@ pub fn from_kernel(
             cni: tag.cni,
         });
     }
-    locked.state.node = Some(node.clone());
+    // Egress lives in the EGRESS map but for the uplink's name.
+    let egress = egress::from_pins(&Pins::new(&node.bpffs_dir), env.node)?;
+    locked.state.node = Some(NodeConfig { egress, ..node });
     locked.state.endpoints = rebuilt
         .iter()
         .map(|r| (r.name.clone(), r.clone()))
@@ -358,7 +496,7 @@ mod tests {
         // Damage: a's attachment and route entry gone, an orphan map entry and an
         // orphan vethbpf-named veth pair, b's namespace deleted from under it.
         w.dp.attached.remove(&a.host_veth);
-        w.dp.routes.remove(&Ipv4Net::from(a.ip));
+        w.dp.routes.remove(&Ipv4Net::from(a.ip.unwrap()));
         w.dp.routes
             .insert("10.244.0.99/32".parse().unwrap(), route_of(&a));
         w.node
@@ -382,7 +520,7 @@ mod tests {
         );
         assert_eq!(
             report.removed_route_entries,
-            ["10.244.0.99/32".parse::<Ipv4Net>().unwrap()]
+            ["10.244.0.99/32".parse::<ipnet::IpNet>().unwrap()]
         );
         assert_eq!(report.removed_links.len(), 1, "{report:?}");
         // What is left is exactly a healthy node without b.

@@ -19,9 +19,11 @@ use std::path::{Path, PathBuf};
 /// Top to bottom.
 const LAYERS: &[&[&str]] = &[
     &["cni"],
+    &["cluster"],
     &["node", "reconcile"],
     &["endpoint"],
     &["state"],
+    &["egress"],
     &["datapath"],
     &["kernel"],
     &["defaults", "error", "fault"],

@@ -70,6 +70,16 @@ const PACKAGES: &[(&str, &str)] = &[
     ),
     ("tcpdump", "watching a pod's veth by hand when a test fails"),
     ("ethtool", "inspecting veth offloads by hand"),
+    (
+        "iptables",
+        "egress: the kernel-path comparison (MASQUERADE) and the no-rules checks",
+    ),
+    ("nftables", "egress: the empty-ruleset checks"),
+    ("etcd-server", "etcd for the cluster agent tests"),
+    (
+        "etcd-client",
+        "etcdctl: the agent tests check etcd's health and leases",
+    ),
 ];
 
 /// Installs the missing packages; does nothing (and needs no network) when all are

@@ -89,7 +89,7 @@ fn ebpf_cargo(root: &Path, subcommand: &str) -> Result<Command> {
     Ok(cmd)
 }
 
-/// rust-src for `-Z build-std=core`, then bpf-linker.
+/// rust-src for `-Z build-std=core`, bpf-linker, and protoc for the userspace build.
 fn bootstrap() -> Result<()> {
     let sysroot = PathBuf::from(
         capture(Command::new("rustc").args(["--print", "sysroot"]))
@@ -97,7 +97,42 @@ fn bootstrap() -> Result<()> {
             .trim(),
     );
     ensure_rust_src(&sysroot)?;
-    ensure_bpf_linker(&sysroot)
+    ensure_bpf_linker(&sysroot)?;
+    ensure_protoc()
+}
+
+/// Debian packages the userspace build needs: etcd-client's build script runs
+/// `protoc`, which imports the well-known types (google/protobuf/*.proto).
+const PROTOC_PACKAGES: [&str; 2] = ["protobuf-compiler", "libprotobuf-dev"];
+const WELL_KNOWN_PROTO: &str = "/usr/include/google/protobuf/descriptor.proto";
+
+fn ensure_protoc() -> Result<()> {
+    let protoc_runs = Command::new("protoc")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if protoc_runs && Path::new(WELL_KNOWN_PROTO).is_file() {
+        return Ok(());
+    }
+    step(format!(
+        "protoc or {WELL_KNOWN_PROTO} is missing (etcd-client's build needs both): installing {}",
+        PROTOC_PACKAGES.join(" ")
+    ));
+    let apt = |args: &[&str]| {
+        let mut cmd = Command::new("apt-get");
+        cmd.args(args).env("DEBIAN_FRONTEND", "noninteractive");
+        cmd
+    };
+    run(&mut apt(&["update"])).context("apt-get update (this needs root)")?;
+    run(apt(&["install", "-y", "--no-install-recommends"]).args(PROTOC_PACKAGES))
+        .with_context(|| format!("installing {}", PROTOC_PACKAGES.join(" ")))?;
+    if !Path::new(WELL_KNOWN_PROTO).is_file() {
+        bail!(
+            "{} were installed but {WELL_KNOWN_PROTO} is still missing",
+            PROTOC_PACKAGES.join(" ")
+        );
+    }
+    Ok(())
 }
 
 fn ensure_rust_src(sysroot: &Path) -> Result<()> {

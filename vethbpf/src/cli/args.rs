@@ -1,10 +1,10 @@
 //! The command line's grammar (clap): commands, options, their help.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 use vethbpf::defaults::{
     BPFFS_DIR as DEFAULT_BPFFS_DIR, GATEWAY as DEFAULT_GATEWAY, POD_CIDR as DEFAULT_POD_CIDR,
     STATE_DIR as DEFAULT_STATE_DIR,
@@ -35,8 +35,9 @@ With -o json, a failure prints one JSON object on stderr:
     long_about = "vethbpf connects network namespaces (\"pods\") on this node through veth pairs \
 and a tc ingress eBPF program on each host-side veth. The program answers ARP for the pods' \
 gateway, looks destinations up in an LPM map and hands packets straight into the destination \
-pod with bpf_redirect_peer. Programs, maps and links are pinned in bpffs, so the datapath keeps \
-running when vethbpf exits.\n\nStart with `vethbpf demo` to see it work in a throwaway namespace.\n\
+pod with bpf_redirect_peer; traffic for the outside world leaves through the node's uplink, \
+tracked and masqueraded, and a second program on the uplink translates the replies back. \
+Programs, maps and links are pinned in bpffs, so the datapath keeps running when vethbpf exits.\n\nStart with `vethbpf demo` to see it work in a throwaway namespace.\n\
 All commands act on the network namespace vethbpf runs in (the node) and need root.",
     after_help = EXIT_STATUS
 )]
@@ -76,8 +77,11 @@ pub enum Command {
     /// Add, delete or list endpoints (pods).
     #[command(subcommand)]
     Endpoint(EndpointCommand),
-    /// Show node config, programs, maps and attachments.
+    /// Show node config, programs, maps, attachments and egress (NAT table).
     Status,
+    /// The NAT table of pod egress: list its flows, or flush it.
+    #[command(subcommand)]
+    Nat(NatCommand),
     /// Delete every endpoint and every pinned object: the node as before `up`.
     Down,
     /// Make state, maps, pinned links, links and routes agree again after a crash.
@@ -92,15 +96,25 @@ pub enum Command {
     /// Run the three-pod scenario in a throwaway node namespace and show a
     /// connectivity matrix with the counters that prove the eBPF path carried it.
     Demo(DemoArgs),
+    /// Add, delete or list remote nodes (their pod CIDRs become reachable).
+    #[command(subcommand)]
+    Node(super::cluster::NodeCommand),
+    /// Lease this node's pod subnet in etcd, bring the node up with it, and keep
+    /// the remote nodes equal to the other leases (the only long-running process;
+    /// optional, and the datapath keeps forwarding without it).
+    Agent(super::cluster::AgentArgs),
 }
 
 #[derive(Args, Debug)]
 pub struct UpArgs {
-    /// IPv4 range the pods' addresses come from.
-    #[arg(long, default_value = DEFAULT_POD_CIDR, value_name = "CIDR")]
-    pub pod_cidr: Ipv4Net,
-    /// The pods' gateway: a link-local address nobody owns; the eBPF program answers
-    /// ARP for it with the gateway MAC.
+    /// Range the pods' addresses come from, at most one per family: give it twice
+    /// (an IPv4 and an IPv6 CIDR) for dual stack, or an IPv6 one alone. Default: the
+    /// node's CIDRs if it is up, else 10.244.0.0/24.
+    #[arg(long, value_name = "CIDR", action = clap::ArgAction::Append)]
+    pub pod_cidr: Vec<IpNet>,
+    /// The pods' IPv4 gateway: a link-local address nobody owns; the eBPF program
+    /// answers ARP for it with the gateway MAC. (IPv6 pods use the gateway MAC's
+    /// link-local address, fe80::ecee:eeff:feee:eeee, answered by NDP likewise.)
     #[arg(long, default_value = DEFAULT_GATEWAY, value_name = "IP")]
     pub gateway: Ipv4Addr,
     /// On a node that is up, upgrade the loaded program to this binary's: maps and
@@ -108,6 +122,43 @@ pub struct UpArgs {
     /// moment without a program).
     #[arg(long)]
     pub replace: bool,
+    /// The node's uplink: pod egress leaves through it, masqueraded behind its
+    /// primary IPv4 address, and other nodes of a cluster are reached through it
+    /// (that address is this node's in the cluster). Default: the device of the
+    /// node's IPv4 default route; with neither, pods reach only the node and each
+    /// other.
+    #[arg(long, value_name = "IFACE")]
+    pub uplink: Option<String>,
+    /// The cluster's pod CIDR, which every node's pod CIDR lies in: never
+    /// masqueraded, and given, the node joins a cluster whose remote nodes' pod
+    /// CIDRs pods reach (`vethbpf node add`, or `vethbpf agent`). Default: the pod
+    /// CIDR, and no cluster.
+    #[arg(long, value_name = "CIDR")]
+    pub cluster_cidr: Option<Ipv4Net>,
+    /// Send pod egress out with the pods' own addresses (for networks that route the
+    /// pod CIDR to this node): tracked, not translated.
+    #[arg(long)]
+    pub no_masquerade: bool,
+    /// Ports (and ICMP identifiers) the NAT gives pod flows; must not overlap
+    /// net.ipv4.ip_local_port_range, whose ports are the node's own (default: every
+    /// port above that range).
+    #[arg(long, value_name = "FIRST-LAST")]
+    pub nat_ports: Option<vethbpf::egress::PortRange>,
+    /// The most pod flows the NAT tracks at once; a new flow beyond is dropped and
+    /// counted (nat_table_full) until flows expire or `vethbpf nat flush`.
+    #[arg(long, value_name = "N")]
+    pub nat_max_flows: Option<u32>,
+    #[command(flatten)]
+    pub cluster: super::cluster::ClusterArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum NatCommand {
+    /// Every pod flow: protocol, pod address:port, what it was translated to, the
+    /// remote, state, age and idle time.
+    List,
+    /// Delete every flow (open connections of pods lose their mappings).
+    Flush,
 }
 
 #[derive(Subcommand, Debug)]
@@ -128,9 +179,10 @@ pub struct AddArgs {
     /// Endpoint name (1-63 of [A-Za-z0-9_.-]); also the name of the namespace made
     /// for it under /run/netns.
     pub name: String,
-    /// The pod's address (default: the next free one of the pod CIDR).
-    #[arg(long, value_name = "IP")]
-    pub ip: Option<Ipv4Addr>,
+    /// The pod's address, at most one per family (default: the next free one of
+    /// each pod CIDR the node has).
+    #[arg(long, value_name = "IP", action = clap::ArgAction::Append)]
+    pub ip: Vec<IpAddr>,
     /// Use this existing namespace (a name under /run/netns, or a path) instead of
     /// making one.
     #[arg(long, value_name = "NAME|PATH")]
@@ -147,10 +199,10 @@ pub struct ReconcileArgs {
     /// state.log.corrupt).
     #[arg(long)]
     pub from_kernel: bool,
-    /// With --from-kernel: the pod CIDR the node was brought up with (the kernel does
-    /// not hold it).
-    #[arg(long, value_name = "CIDR", default_value = DEFAULT_POD_CIDR, requires = "from_kernel")]
-    pub pod_cidr: Ipv4Net,
+    /// With --from-kernel: the pod CIDRs the node was brought up with (the kernel
+    /// does not hold them), one per family.
+    #[arg(long, value_name = "CIDR", default_value = DEFAULT_POD_CIDR, requires = "from_kernel", action = clap::ArgAction::Append)]
+    pub pod_cidr: Vec<IpNet>,
 }
 
 #[derive(Args, Debug)]

@@ -6,8 +6,11 @@
 //! - [`output`]: tables for people, JSON for scripts
 //! - [`error`]: exit statuses, and errors as JSON with `-o json`
 //! - [`demo`]: the three-pod scenario in a throwaway namespace, with its prober
+//! - [`cluster`]: `up`'s cluster flags, `node`, `agent`, and the cluster parts of
+//!   `status`, `down` and `reconcile`
 
 mod args;
+mod cluster;
 mod demo;
 mod error;
 mod output;

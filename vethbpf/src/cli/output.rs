@@ -6,8 +6,10 @@ use clap::ValueEnum;
 use serde::Serialize;
 
 use vethbpf::datapath::AttachMode;
+use vethbpf::egress::table::Flow;
+use vethbpf::egress::{Egress, EgressStatus};
 use vethbpf::endpoint::EndpointView;
-use vethbpf::node::{DownReport, Status, UpReport};
+use vethbpf::node::{self, DownReport, Status, UpReport};
 use vethbpf::reconcile::Report;
 
 /// How results are printed (`--output`).
@@ -57,7 +59,7 @@ pub fn up(out: Output, r: &UpReport) -> Result<()> {
         "loaded" => "datapath loaded".to_string(),
         "reloaded" => "datapath pins were missing: loaded again".to_string(),
         "replaced" => format!(
-            "program replaced on {} endpoint attachment(s) ({}); maps kept",
+            "program replaced on {} attachment(s) ({}); maps kept",
             r.replaced.unwrap_or_default(),
             match r.config.attach_mode {
                 AttachMode::Tcx => "TCX links, atomically",
@@ -71,14 +73,25 @@ pub fn up(out: Output, r: &UpReport) -> Result<()> {
     table(
         &["POD CIDR", "GATEWAY", "GATEWAY MAC", "BPFFS", "PROGRAM ID"],
         &[vec![
-            r.config.pod_cidr.to_string(),
-            r.config.gateway.to_string(),
+            node::fmt_cidrs(r.config.pod_cidr, r.config.pod_cidr6),
+            gateways(&r.config),
             r.config.gateway_mac.to_string(),
             r.config.bpffs_dir.display().to_string(),
             r.program_id.map(|i| i.to_string()).unwrap_or_default(),
         ]],
     );
+    println!("egress: {}", egress_line(r.config.egress.as_ref()));
     Ok(())
+}
+
+fn egress_line(e: Option<&Egress>) -> String {
+    match e {
+        Some(_) => vethbpf::egress::describe(e),
+        None => {
+            "off (no IPv4 default route and no --uplink: pods reach the node and each other only)"
+                .into()
+        }
+    }
 }
 
 pub fn endpoint(out: Output, e: &EndpointView) -> Result<()> {
@@ -97,21 +110,50 @@ pub fn endpoints(out: Output, list: &[EndpointView]) -> Result<()> {
     Ok(())
 }
 
-fn endpoint_table(list: &[EndpointView], counters: bool) {
-    let mut header = vec!["NAME", "IP", "POD MAC", "HOST VETH", "NETNS"];
-    if counters {
-        header.extend(["FORWARDED", "ARP", "ECHO", "PASSED", "DROPPED"]);
+/// The pods' gateways of a node: IPv4, and IPv6 where pods get it.
+fn gateways(node: &vethbpf::state::NodeConfig) -> String {
+    match node.pod_cidr6 {
+        Some(_) => format!("{} {}", node.gateway, node.gateway6()),
+        None => node.gateway.to_string(),
     }
+}
+
+fn endpoint_table(list: &[EndpointView], counters: bool) {
+    // The IPv6 columns only where an endpoint has IPv6: an IPv4 node's table is as
+    // it always was.
+    let v6 = list.iter().any(|e| e.ip6.is_some());
+    let mut header = vec!["NAME", "IP"];
+    if v6 {
+        header.push("IPV6");
+    }
+    header.extend(["POD MAC", "HOST VETH", "NETNS"]);
+    if counters {
+        header.extend(["FORWARDED", "ARP"]);
+        if v6 {
+            header.push("NA");
+        }
+        header.extend([
+            "ECHO",
+            "PASSED",
+            "EGRESS",
+            "REPLIES",
+            "NODES OUT/IN",
+            "DROPPED",
+        ]);
+    }
+    let or_dash = |a: Option<String>| a.unwrap_or_else(|| "-".into());
     let rows: Vec<Vec<String>> = list
         .iter()
         .map(|e| {
-            let mut row = vec![
-                e.name.clone(),
-                e.ip.to_string(),
+            let mut row = vec![e.name.clone(), or_dash(e.ip.map(|ip| ip.to_string()))];
+            if v6 {
+                row.push(or_dash(e.ip6.map(|ip| ip.to_string())));
+            }
+            row.extend([
                 e.pod_mac.to_string(),
                 e.host_veth.clone(),
                 e.netns.display().to_string(),
-            ];
+            ]);
             if let Some(c) = e.counters.as_ref().filter(|_| counters) {
                 let drops: Vec<String> = c
                     .drops
@@ -122,8 +164,24 @@ fn endpoint_table(list: &[EndpointView], counters: bool) {
                 row.extend([
                     format!("{}p/{}B", c.forwarded.packets, c.forwarded.bytes),
                     c.arp_replies.packets.to_string(),
+                ]);
+                if v6 {
+                    row.push(c.na_replies.packets.to_string());
+                }
+                row.extend([
                     c.echo_replies.packets.to_string(),
                     format!("{}p/{}B", c.passed.packets, c.passed.bytes),
+                    format!(
+                        "{}p/{}B",
+                        c.masqueraded.packets + c.egress.packets,
+                        c.masqueraded.bytes + c.egress.bytes
+                    ),
+                    format!(
+                        "{}p/{}B",
+                        c.rev_nat.packets + c.rev_nat_icmp.packets,
+                        c.rev_nat.bytes + c.rev_nat_icmp.bytes
+                    ),
+                    format!("{}p/{}p", c.to_nodes.packets, c.from_nodes.packets),
                     if drops.is_empty() {
                         "0".into()
                     } else {
@@ -170,8 +228,8 @@ pub fn status(out: Output, s: &Status) -> Result<()> {
     };
     println!(
         "node: up  pod CIDR {}  gateway {} ({})  bpffs {}  attach {}  endpoints {}",
-        node.pod_cidr,
-        node.gateway,
+        node::fmt_cidrs(node.pod_cidr, node.pod_cidr6),
+        gateways(node),
         node.gateway_mac,
         node.bpffs_dir.display(),
         node.attach_mode.name(),
@@ -210,6 +268,9 @@ pub fn status(out: Output, s: &Status) -> Result<()> {
             .collect::<Vec<_>>(),
     );
     println!();
+    if let Some(e) = &s.egress {
+        egress_status(e);
+    }
     table(
         &["ENDPOINT", "HOST VETH", "MODE", "LINK ID", "PROGRAM ID"],
         &s.attachments
@@ -226,6 +287,89 @@ pub fn status(out: Output, s: &Status) -> Result<()> {
             })
             .collect::<Vec<_>>(),
     );
+    Ok(())
+}
+
+fn egress_status(e: &EgressStatus) {
+    println!("egress: {}", egress_line(e.settings.as_ref()));
+    if let Some(a) = &e.attachment {
+        let id = |v: Option<u32>| v.map(|i| i.to_string()).unwrap_or("-".into());
+        println!(
+            "  from_uplink on {} ({}): link {}, program {}",
+            a.uplink,
+            a.mode,
+            id(a.link_id),
+            id(a.program_id)
+        );
+    }
+    if e.enabled {
+        println!(
+            "  NAT table: {} of {} flows{}, {} entries (capacity {}), {} collections freed {} entries",
+            e.flows,
+            e.max_flows,
+            if e.table_full { " (FULL)" } else { "" },
+            e.entries,
+            e.capacity.map(|c| c.to_string()).unwrap_or("-".into()),
+            e.gc_runs,
+            e.gc_deleted
+        );
+        println!(
+            "  new flows dropped: {} table full (nat_table_full), {} no free port (drop_nat_no_port)",
+            e.nat_table_full_drops, e.nat_no_port_drops
+        );
+    }
+    if let Some(note) = &e.note {
+        println!("  note: {note}");
+    }
+    println!();
+}
+
+/// One flow of `nat list`, with the endpoint that opened it.
+#[derive(Serialize)]
+pub struct FlowView<'a> {
+    pub endpoint: Option<&'a str>,
+    #[serde(flatten)]
+    pub flow: &'a Flow,
+}
+
+pub fn nat_list(out: Output, flows: &[FlowView<'_>]) -> Result<()> {
+    if out == Output::Json {
+        return json(flows);
+    }
+    let rows: Vec<Vec<String>> = flows
+        .iter()
+        .map(|v| {
+            let f = v.flow;
+            vec![
+                v.endpoint.unwrap_or("-").to_string(),
+                f.protocol.to_string(),
+                f.pod.to_string(),
+                f.node.to_string(),
+                f.remote.to_string(),
+                if f.expired {
+                    format!("{} (expired)", f.state)
+                } else {
+                    f.state.to_string()
+                },
+                format!("{}s", f.age_secs),
+                format!("{}s", f.idle_secs),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "ENDPOINT", "PROTO", "POD", "NODE", "REMOTE", "STATE", "AGE", "IDLE",
+        ],
+        &rows,
+    );
+    Ok(())
+}
+
+pub fn nat_flushed(out: Output, flows: usize) -> Result<()> {
+    if out == Output::Json {
+        return json(&serde_json::json!({ "flushed_flows": flows }));
+    }
+    println!("NAT table flushed: {flows} flow(s) removed");
     Ok(())
 }
 
@@ -295,6 +439,9 @@ pub fn reconcile(out: Output, r: &Report) -> Result<()> {
                 "removed: no endpoint owns it".into(),
             ]);
         }
+    }
+    if let Some(what) = &r.uplink {
+        rows.push(vec!["egress".into(), String::new(), what.clone()]);
     }
     table(&["WHAT", "NAME", "ACTION"], &rows);
     Ok(())

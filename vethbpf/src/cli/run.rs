@@ -4,6 +4,9 @@
 
 use anyhow::{Context, Result};
 use vethbpf::datapath::Pins;
+use vethbpf::defaults::POD_CIDR as DEFAULT_POD_CIDR;
+use vethbpf::egress::EgressRequest;
+use vethbpf::egress::table::Table;
 use vethbpf::endpoint::{self, AddRequest, EndpointView};
 use vethbpf::kernel::bpffs;
 use vethbpf::node::{self, NodeError, UpRequest};
@@ -11,9 +14,9 @@ use vethbpf::reconcile;
 use vethbpf::state::{LOG_FILE, Locked, NodeConfig, STATE_FILE, StateDir};
 use vethbpf_common::PROG_FROM_POD;
 
-use super::args::{Cli, Command, EndpointCommand, ReconcileArgs};
+use super::args::{Cli, Command, EndpointCommand, NatCommand, ReconcileArgs};
 use super::error::RunError;
-use super::{demo, output};
+use super::{cluster, demo, output};
 
 fn require_root() -> Result<()> {
     if !nix::unistd::geteuid().is_root() {
@@ -106,7 +109,8 @@ fn rebuild_from_kernel(
             eprintln!("kept the unreadable state as {}", keep.display());
         }
     }
-    let node = reconcile::node_from_pins(&pins, args.pod_cidr.trunc())
+    let (pod_cidr, pod_cidr6) = node::split_cidrs(&args.pod_cidr)?;
+    let node = reconcile::node_from_pins(&pins, pod_cidr, pod_cidr6)
         .context("reading the node config from the pinned maps")?;
     endpoint::with_kernel(&node, |env| {
         reconcile::from_kernel(env, &mut locked, node.clone()).context("reconcile --from-kernel")
@@ -133,26 +137,36 @@ pub fn run(cli: Cli, bpffs_explicit: bool) -> Result<()> {
     match &cli.command {
         Command::Up(args) => {
             let mut locked = lock(&state_dir)?;
-            let report = node::up(
-                &mut locked,
-                &UpRequest {
-                    pod_cidr: args.pod_cidr.trunc(),
-                    gateway: args.gateway,
-                    bpffs_dir: cli.bpffs_dir.clone(),
-                    replace: args.replace,
+            // Without --pod-cidr, `up` on a node that is up keeps its CIDRs (a reload
+            // after a reboot must not ask for them again).
+            let (pod_cidr, pod_cidr6) = match (&locked.state.node, args.pod_cidr.is_empty()) {
+                (Some(n), true) => (n.pod_cidr, n.pod_cidr6),
+                (None, true) => node::split_cidrs(&[DEFAULT_POD_CIDR.parse()?])?,
+                (_, false) => node::split_cidrs(&args.pod_cidr)?,
+            };
+            let req = UpRequest {
+                pod_cidr,
+                pod_cidr6,
+                gateway: args.gateway,
+                bpffs_dir: cli.bpffs_dir.clone(),
+                replace: args.replace,
+                egress: EgressRequest {
+                    uplink: args.uplink.clone(),
+                    cluster_cidr: args.cluster_cidr,
+                    no_masquerade: args.no_masquerade,
+                    nat_ports: args.nat_ports,
+                    max_flows: args.nat_max_flows,
                 },
-                vethbpf::EBPF_OBJECT,
-            )
-            .context("vethbpf up")?;
-            settle(&mut locked)?;
-            output::up(out, &report)
+            };
+            cluster::up(out, &mut locked, &req, &args.cluster)?;
+            settle(&mut locked)
         }
         Command::Endpoint(EndpointCommand::Add(args)) => {
             let mut locked = lock_up_node(&state_dir)?;
             check_bpffs(&locked, &cli, bpffs_explicit)?;
             let req = AddRequest {
                 name: args.name.clone(),
-                ip: args.ip,
+                ips: args.ip.clone(),
                 netns: args.netns.clone(),
                 ifname: args.ifname.clone(),
             };
@@ -186,11 +200,40 @@ pub fn run(cli: Cli, bpffs_explicit: bool) -> Result<()> {
         Command::Status if !state_dir.path().join(vethbpf::state::STATE_FILE).exists() => {
             output::status(out, &node::Status::not_up())
         }
+        Command::Nat(cmd) => {
+            let locked = lock_up_node(&state_dir)?;
+            check_bpffs(&locked, &cli, bpffs_explicit)?;
+            let node = node_config(&locked)?;
+            let mut table = Table::open(&Pins::new(&node.bpffs_dir)).context("the NAT table")?;
+            match cmd {
+                NatCommand::List => {
+                    let flows = table.flows();
+                    let views: Vec<output::FlowView<'_>> = flows
+                        .iter()
+                        .map(|f| output::FlowView {
+                            endpoint: locked
+                                .state
+                                .endpoints
+                                .values()
+                                .find(|e| e.host_ifindex == f.ifindex)
+                                .map(|e| e.name.as_str()),
+                            flow: f,
+                        })
+                        .collect();
+                    output::nat_list(out, &views)
+                }
+                NatCommand::Flush => {
+                    let n = table.flush().context("vethbpf nat flush")?;
+                    output::nat_flushed(out, n)
+                }
+            }
+        }
         Command::Status => {
             let mut locked = lock_up_node(&state_dir)?;
             check_bpffs(&locked, &cli, bpffs_explicit)?;
             settle(&mut locked)?;
-            output::status(out, &node::status(&locked)?)
+            let status = node::status(&locked)?;
+            cluster::status(out, &mut locked, &status)
         }
         Command::Down if !state_dir.path().join(vethbpf::state::STATE_FILE).exists() => {
             output::down(
@@ -202,8 +245,9 @@ pub fn run(cli: Cli, bpffs_explicit: bool) -> Result<()> {
             )
         }
         Command::Down => {
-            let locked = lock_up_node(&state_dir)?;
+            let mut locked = lock_up_node(&state_dir)?;
             check_bpffs(&locked, &cli, bpffs_explicit)?;
+            cluster::down(&mut locked)?;
             let report = match locked.state.node.clone() {
                 // The pins are gone (someone unmounted the bpffs): so are the
                 // maps and attachments; `down` still removes links, namespaces
@@ -232,8 +276,15 @@ pub fn run(cli: Cli, bpffs_explicit: bool) -> Result<()> {
             let report = endpoint::with_kernel(&node, |env| {
                 reconcile::reconcile(env, &mut locked).context("vethbpf reconcile")
             })?;
-            output::reconcile(out, &report)
+            let fixes = cluster::reconcile(&mut locked)?;
+            cluster::print_reconcile(out, &report, &fixes)
         }
         Command::Demo(args) => demo::run(args.keep, out),
+        Command::Node(cmd) => {
+            let mut locked = lock_up_node(&state_dir)?;
+            check_bpffs(&locked, &cli, bpffs_explicit)?;
+            cluster::node(&cli, &mut locked, cmd)
+        }
+        Command::Agent(args) => cluster::agent(&cli, args),
     }
 }

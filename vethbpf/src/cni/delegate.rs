@@ -4,7 +4,7 @@
 //! stdin; its stderr is ours.
 
 use std::io::Write;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -117,26 +117,35 @@ impl Delegate {
         exec(&self.plugin, &self.exe, command, &self.stdin, env)
     }
 
-    /// ADD: the first IPv4 address it gives, and its result.
-    pub(crate) fn add(&self) -> Result<(Ipv4Addr, CniResult), CniError> {
+    /// ADD: the first address of each family it gives, and its result.
+    pub(crate) fn add(&self) -> Result<(Vec<IpAddr>, CniResult), CniError> {
         let out = self
             .call("ADD", &CallEnv::default())?
             .ok_or_else(|| delegate_err(&self.plugin, "ADD printed no result"))?;
         let result = CniResult::from_value(&out)
             .map_err(|e| delegate_err(&self.plugin, format!("unreadable ADD result: {e}")))?;
-        let ip = result
+        let addrs: Vec<IpAddr> = result
             .ips
             .iter()
-            .find_map(|ip| {
+            .filter_map(|ip| {
                 ip.address
                     .split('/')
                     .next()
-                    .and_then(|a| a.parse::<Ipv4Addr>().ok())
+                    .and_then(|a| a.parse::<IpAddr>().ok())
             })
-            .ok_or_else(|| {
-                delegate_err(&self.plugin, format!("ADD gave no IPv4 address: {out}"))
-            })?;
-        Ok((ip, result))
+            .collect();
+        let first_of = |v6: bool| addrs.iter().copied().find(|a| a.is_ipv6() == v6);
+        let ips: Vec<IpAddr> = [first_of(false), first_of(true)]
+            .into_iter()
+            .flatten()
+            .collect();
+        if ips.is_empty() {
+            return Err(delegate_err(
+                &self.plugin,
+                format!("ADD gave no address: {out}"),
+            ));
+        }
+        Ok((ips, result))
     }
 }
 

@@ -2,13 +2,13 @@
 //! and `endpoint::del` under the state lock, CHECK against `prevResult` and the
 //! kernel, STATUS, GC, and IPAM delegation.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde_json::{Map, Value};
-use vethbpf_common::{PROG_FROM_POD, ROUTE_KIND_LOCAL, ipv4_to_map};
+use vethbpf_common::{PROG_FROM_POD, ROUTE_KIND_LOCAL, Route, ipv4_to_map};
 
 use super::delegate::{CallEnv, Delegate};
 use super::error::CniError;
@@ -20,8 +20,9 @@ use super::types::{
 use crate::datapath::maps::Maps;
 use crate::datapath::{self, AttachMode, Pins};
 use crate::defaults;
+use crate::egress::EgressRequest;
 use crate::endpoint::{self, AddRequest, EndpointError};
-use crate::kernel::netlink::{Netlink, RouteSpec, RtNetlink};
+use crate::kernel::netlink::{Netlink, Route6Spec, RouteSpec, RtNetlink};
 use crate::node::{self, UpRequest};
 use crate::state::ident::{self, MacAddr};
 use crate::state::{CniAttachment, EndpointRecord, Locked, NodeConfig, STATE_FILE, StateDir};
@@ -128,11 +129,16 @@ fn ensure_up(locked: &mut Locked, conf: &NetConf) -> Result<NodeConfig, CniError
     let default_gw: Ipv4Addr = defaults::GATEWAY
         .parse()
         .map_err(|_| CniError::Config(format!("bad default gateway {}", defaults::GATEWAY)))?;
+    // The configuration's CIDRs if it names any (only podCidr6: IPv6-only), else the
+    // node's, else the default IPv4 one.
+    let (pod_cidr, pod_cidr6) = match (conf.pod_cidr, conf.pod_cidr6, &current) {
+        (None, None, Some(n)) => (n.pod_cidr, n.pod_cidr6),
+        (None, None, None) => (Some(default_cidr), None),
+        (v4, v6, _) => (v4, v6),
+    };
     let req = UpRequest {
-        pod_cidr: conf
-            .pod_cidr
-            .or(current.as_ref().map(|n| n.pod_cidr))
-            .unwrap_or(default_cidr),
+        pod_cidr,
+        pod_cidr6,
         gateway: conf
             .gateway
             .or(current.as_ref().map(|n| n.gateway))
@@ -143,16 +149,21 @@ fn ensure_up(locked: &mut Locked, conf: &NetConf) -> Result<NodeConfig, CniError
             .or(current.as_ref().map(|n| n.bpffs_dir.clone()))
             .unwrap_or_else(default_bpffs_dir),
         replace: false,
+        // The node's egress, or on the first use the defaults (the default
+        // route's device, when there is one).
+        egress: EgressRequest::default(),
     };
     if let Some(n) = &current
         && n.pod_cidr == req.pod_cidr
+        && n.pod_cidr6 == req.pod_cidr6
         && n.gateway == req.gateway
         && n.bpffs_dir == req.bpffs_dir
         && Pins::new(&n.bpffs_dir).is_loaded()
     {
         return Ok(n.clone());
     }
-    let report = node::up(locked, &req, crate::EBPF_OBJECT)?;
+    let mut nl = RtNetlink::connect()?;
+    let report = node::up(locked, &req, crate::EBPF_OBJECT, &mut nl)?;
     tracing::info!(
         action = report.action,
         "vethbpf up (first use by the CNI plugin)"
@@ -172,11 +183,16 @@ fn loaded_node(locked: &mut Locked) -> Result<Option<NodeConfig>, CniError> {
     }
     let req = UpRequest {
         pod_cidr: n.pod_cidr,
+        pod_cidr6: n.pod_cidr6,
         gateway: n.gateway,
         bpffs_dir: n.bpffs_dir.clone(),
         replace: false,
+        egress: EgressRequest::default(),
     };
-    Ok(Some(node::up(locked, &req, crate::EBPF_OBJECT)?.config))
+    let mut nl = RtNetlink::connect()?;
+    Ok(Some(
+        node::up(locked, &req, crate::EBPF_OBJECT, &mut nl)?.config,
+    ))
 }
 
 /// The endpoint of attachment `(container_id, ifname)`, if vethbpf has one.
@@ -208,7 +224,10 @@ pub(crate) fn add(p: &Params, conf: &NetConf) -> Result<Value, CniError> {
         .as_ref()
         .map(CniResult::from_value)
         .transpose()?;
-    let requested_ip = p.requested_ip()?.or(conf.runtime_ips.first().copied());
+    let requested_ips = match p.requested_ips()? {
+        ips if !ips.is_empty() => ips,
+        _ => conf.runtime_ips.clone(),
+    };
     // Refused before anything is made (the state dir included).
     if let (Some(cidr), Some(gw)) = (conf.pod_cidr, conf.gateway)
         && cidr.contains(&gw)
@@ -225,16 +244,16 @@ pub(crate) fn add(p: &Params, conf: &NetConf) -> Result<Value, CniError> {
         return Err(EndpointError::Duplicate { name }.into());
     }
     let delegate = delegate(p, conf)?;
-    let (ip, ipam_dns) = match &delegate {
+    let (ips, ipam_dns) = match &delegate {
         Some(d) => {
-            let (ip, result) = d.add()?;
-            (Some(ip), result.dns)
+            let (ips, result) = d.add()?;
+            (ips, result.dns)
         }
-        None => (requested_ip, Dns::default()),
+        None => (requested_ips, Dns::default()),
     };
     let req = AddRequest {
         name,
-        ip,
+        ips,
         netns: Some(netns.to_string()),
         ifname: ifname.to_string(),
     };
@@ -296,18 +315,38 @@ fn build_result(
         sandbox: Some(netns.to_string()),
         extra: Map::new(),
     });
-    r.ips.push(IpConfig {
-        version: None,
-        address: format!("{}/32", rec.ip),
-        gateway: Some(node.gateway.to_string()),
-        interface: Some(base + 1),
-        extra: Map::new(),
-    });
-    r.routes.push(RouteEntry {
-        dst: "0.0.0.0/0".into(),
-        gw: Some(node.gateway.to_string()),
-        extra: Map::new(),
-    });
+    if let Some(ip) = rec.ip {
+        r.ips.push(IpConfig {
+            version: None,
+            address: format!("{ip}/32"),
+            gateway: Some(node.gateway.to_string()),
+            interface: Some(base + 1),
+            extra: Map::new(),
+        });
+    }
+    if let Some(ip6) = rec.ip6 {
+        r.ips.push(IpConfig {
+            version: None,
+            address: format!("{ip6}/128"),
+            gateway: Some(node.gateway6().to_string()),
+            interface: Some(base + 1),
+            extra: Map::new(),
+        });
+    }
+    if rec.ip.is_some() {
+        r.routes.push(RouteEntry {
+            dst: "0.0.0.0/0".into(),
+            gw: Some(node.gateway.to_string()),
+            extra: Map::new(),
+        });
+    }
+    if rec.ip6.is_some() {
+        r.routes.push(RouteEntry {
+            dst: "::/0".into(),
+            gw: Some(node.gateway6().to_string()),
+            extra: Map::new(),
+        });
+    }
     if !dns.is_empty() {
         r.dns = dns;
     }
@@ -344,6 +383,8 @@ struct PodView {
     link: Option<crate::kernel::netlink::LinkInfo>,
     addrs: Vec<Ipv4Net>,
     routes: Vec<RouteSpec>,
+    addrs6: Vec<Ipv6Net>,
+    routes6: Vec<Route6Spec>,
 }
 
 fn parse_mac(s: Option<&str>) -> Option<MacAddr> {
@@ -381,7 +422,13 @@ pub(crate) fn check(p: &Params, conf: &NetConf) -> Result<(), CniError> {
     let mut bad = Vec::new();
 
     // prevResult against the record.
-    let expected_ip = Ipv4Net::from(rec.ip);
+    let expected_ip = rec.ip.map(Ipv4Net::from);
+    let expected_ip6 = rec.ip6.map(Ipv6Net::from);
+    let expected: Vec<IpNet> = expected_ip
+        .map(IpNet::from)
+        .into_iter()
+        .chain(expected_ip6.map(IpNet::from))
+        .collect();
     match prev
         .interfaces
         .iter()
@@ -406,10 +453,19 @@ pub(crate) fn check(p: &Params, conf: &NetConf) -> Result<(), CniError> {
                 bad.push(format!("prevResult has no address on {ifname}"));
             }
             for ip in ips {
-                if ip.address.parse::<Ipv4Net>().ok() != Some(expected_ip) {
+                if !ip
+                    .address
+                    .parse::<IpNet>()
+                    .is_ok_and(|a| expected.contains(&a))
+                {
                     bad.push(format!(
-                        "prevResult address {} is not the endpoint's {expected_ip}",
-                        ip.address
+                        "prevResult address {} is not one of the endpoint's ({})",
+                        ip.address,
+                        expected
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     ));
                 }
             }
@@ -436,20 +492,27 @@ pub(crate) fn check(p: &Params, conf: &NetConf) -> Result<(), CniError> {
     let want_ifname = rec.ifname.clone();
     let pod = crate::kernel::netns::with_netlink_in(&rec.netns, move |nl| {
         let link = nl.link_by_name(&want_ifname)?;
-        let (addrs, routes) = match &link {
+        let (addrs, routes, addrs6, routes6) = match &link {
             Some(l) => (
                 nl.addresses(Some(l.index))?
                     .into_iter()
                     .map(|(_, a)| a)
                     .collect(),
                 nl.routes()?,
+                nl.addresses6(Some(l.index))?
+                    .into_iter()
+                    .map(|(_, a)| a)
+                    .collect(),
+                nl.routes6()?,
             ),
-            None => (vec![], vec![]),
+            None => (vec![], vec![], vec![], vec![]),
         };
         Ok::<_, CniError>(PodView {
             link,
             addrs,
             routes,
+            addrs6,
+            routes6,
         })
     });
     match pod {
@@ -463,6 +526,8 @@ pub(crate) fn check(p: &Params, conf: &NetConf) -> Result<(), CniError> {
             link: Some(link),
             addrs,
             routes,
+            addrs6,
+            routes6,
         }) => {
             if !link.up {
                 bad.push(format!("{} is down in the pod", rec.ifname));
@@ -475,35 +540,58 @@ pub(crate) fn check(p: &Params, conf: &NetConf) -> Result<(), CniError> {
                     rec.pod_mac
                 ));
             }
-            if !addrs.contains(&expected_ip) {
-                bad.push(format!("{} lacks the address {expected_ip}", rec.ifname));
-            }
-            let gw = Ipv4Net::from(node.gateway);
-            if !routes
-                .iter()
-                .any(|r| r.dst == gw && r.oif == link.index && r.gateway.is_none())
-            {
-                bad.push(format!(
-                    "the pod has no route to the gateway {}",
-                    node.gateway
-                ));
-            }
             let has = |dst: Ipv4Net, via: Option<Ipv4Addr>| {
                 routes.iter().any(|r| {
                     r.dst == dst && r.oif == link.index && (via.is_none() || r.gateway == via)
                 })
             };
-            if !has(Ipv4Net::default(), Some(node.gateway)) {
-                bad.push(format!("the pod has no default route via {}", node.gateway));
+            let has6 = |dst: Ipv6Net, via: Option<Ipv6Addr>| {
+                routes6.iter().any(|r| {
+                    r.dst == dst && r.oif == link.index && (via.is_none() || r.gateway == via)
+                })
+            };
+            if let Some(expected_ip) = expected_ip {
+                if !addrs.contains(&expected_ip) {
+                    bad.push(format!("{} lacks the address {expected_ip}", rec.ifname));
+                }
+                let gw = Ipv4Net::from(node.gateway);
+                if !routes
+                    .iter()
+                    .any(|r| r.dst == gw && r.oif == link.index && r.gateway.is_none())
+                {
+                    bad.push(format!(
+                        "the pod has no route to the gateway {}",
+                        node.gateway
+                    ));
+                }
+                if !has(Ipv4Net::default(), Some(node.gateway)) {
+                    bad.push(format!("the pod has no default route via {}", node.gateway));
+                }
+            }
+            if let Some(expected_ip6) = expected_ip6 {
+                let gw6 = node.gateway6();
+                for want in [expected_ip6, Ipv6Net::new_assert(rec.link_local(), 64)] {
+                    if !addrs6.contains(&want) {
+                        bad.push(format!("{} lacks the address {want}", rec.ifname));
+                    }
+                }
+                if !has6(Ipv6Net::from(gw6), None) {
+                    bad.push(format!("the pod has no route to the gateway {gw6}"));
+                }
+                if !has6(Ipv6Net::default(), Some(gw6)) {
+                    bad.push(format!("the pod has no default route via {gw6}"));
+                }
             }
             for route in &prev.routes {
-                let (Ok(dst), via) = (
-                    route.dst.parse::<Ipv4Net>(),
-                    route.gw.as_deref().and_then(|g| g.parse().ok()),
-                ) else {
-                    continue; // IPv6: not ours
+                let via = route.gw.as_deref().and_then(|g| g.parse().ok());
+                let present = match (route.dst.parse::<IpNet>(), via) {
+                    (Ok(IpNet::V4(dst)), None) => has(dst, None),
+                    (Ok(IpNet::V4(dst)), Some(std::net::IpAddr::V4(gw))) => has(dst, Some(gw)),
+                    (Ok(IpNet::V6(dst)), None) => has6(dst, None),
+                    (Ok(IpNet::V6(dst)), Some(std::net::IpAddr::V6(gw))) => has6(dst, Some(gw)),
+                    _ => false,
                 };
-                if !has(dst, via) {
+                if !present {
                     bad.push(format!(
                         "the pod lacks the route {} of prevResult",
                         route.dst
@@ -533,15 +621,38 @@ pub(crate) fn check(p: &Params, conf: &NetConf) -> Result<(), CniError> {
             if !host.up {
                 bad.push(format!("the host veth {} is down", rec.host_veth));
             }
-            let to_pod = nl
-                .routes()?
-                .into_iter()
-                .any(|r| r.dst == expected_ip && r.oif == host.index && r.gateway.is_none());
-            if !to_pod {
+            if let Some(expected_ip) = expected_ip
+                && !nl
+                    .routes()?
+                    .into_iter()
+                    .any(|r| r.dst == expected_ip && r.oif == host.index && r.gateway.is_none())
+            {
                 bad.push(format!(
                     "the node has no route {expected_ip} dev {}",
                     rec.host_veth
                 ));
+            }
+            if let Some(expected_ip6) = expected_ip6 {
+                if !nl
+                    .routes6()?
+                    .into_iter()
+                    .any(|r| r.dst == expected_ip6 && r.oif == host.index && r.gateway.is_none())
+                {
+                    bad.push(format!(
+                        "the node has no route {expected_ip6} dev {}",
+                        rec.host_veth
+                    ));
+                }
+                let gw6 = Ipv6Net::new_assert(node.gateway6(), 64);
+                if !nl
+                    .addresses6(Some(host.index))?
+                    .contains(&(host.index, gw6))
+                {
+                    bad.push(format!(
+                        "the host veth {} lacks the gateway address {gw6}",
+                        rec.host_veth
+                    ));
+                }
             }
         }
     }
@@ -568,24 +679,48 @@ pub(crate) fn check(p: &Params, conf: &NetConf) -> Result<(), CniError> {
         match Maps::open(&pins) {
             Err(e) => bad.push(format!("cannot open the maps: {e}")),
             Ok(maps) => {
-                let ip = ipv4_to_map(rec.ip.octets());
+                let ip = rec.ip.map_or(0, |ip| ipv4_to_map(ip.octets()));
                 match maps.endpoint(rec.host_ifindex) {
                     Some(e) if e.ip == ip && e.id == rec.id && e.mac == rec.pod_mac.0 => {}
                     other => bad.push(format!(
-                        "ENDPOINTS[{}] is {other:?}, expected ip {}, id {}, mac {}",
+                        "ENDPOINTS[{}] is {other:?}, expected ip {:?}, id {}, mac {}",
                         rec.host_ifindex, rec.ip, rec.id, rec.pod_mac
                     )),
                 }
-                match maps.route(expected_ip) {
-                    Some(r)
-                        if r.kind == ROUTE_KIND_LOCAL
-                            && r.ifindex == rec.host_ifindex
-                            && r.endpoint_id == rec.id
-                            && r.mac == rec.pod_mac.0 => {}
-                    other => bad.push(format!(
-                        "ROUTES[{expected_ip}] is {other:?}, expected the local endpoint {} on ifindex {}",
-                        rec.id, rec.host_ifindex
-                    )),
+                let ours = |r: &Route| {
+                    r.kind == ROUTE_KIND_LOCAL
+                        && r.ifindex == rec.host_ifindex
+                        && r.endpoint_id == rec.id
+                        && r.mac == rec.pod_mac.0
+                };
+                if let Some(expected_ip) = expected_ip {
+                    match maps.route(expected_ip) {
+                        Some(r) if ours(&r) => {}
+                        other => bad.push(format!(
+                            "ROUTES[{expected_ip}] is {other:?}, expected the local endpoint {} on ifindex {}",
+                            rec.id, rec.host_ifindex
+                        )),
+                    }
+                }
+                if let Some(ip6) = rec.ip6 {
+                    let net = Ipv6Net::from(ip6);
+                    match maps.route6(net) {
+                        Some(r) if ours(&r) => {}
+                        other => bad.push(format!(
+                            "ROUTES6[{net}] is {other:?}, expected the local endpoint {} on ifindex {}",
+                            rec.id, rec.host_ifindex
+                        )),
+                    }
+                    match maps.endpoint6(rec.host_ifindex) {
+                        Some(e)
+                            if e.ip == ip6.octets()
+                                && e.link_local == rec.link_local().octets() => {}
+                        other => bad.push(format!(
+                            "ENDPOINTS6[{}] is {other:?}, expected {ip6} and {}",
+                            rec.host_ifindex,
+                            rec.link_local()
+                        )),
+                    }
                 }
             }
         }
@@ -616,19 +751,27 @@ pub(crate) fn status(p: &Params, conf: &NetConf) -> Result<(), CniError> {
         let locked = lock(&dir)?;
         if let Some(node) = &locked.state.node {
             let endpoints = locked.state.endpoints.len();
-            if let Some(cidr) = conf.pod_cidr
-                && cidr != node.pod_cidr
-                && endpoints > 0
+            let wanted = (conf.pod_cidr, conf.pod_cidr6);
+            if wanted != (None, None) && wanted != (node.pod_cidr, node.pod_cidr6) && endpoints > 0
             {
                 return Err(CniError::NotAvailable(format!(
-                    "the node is up with pod CIDR {} and {endpoints} endpoint(s); this network wants {cidr}",
-                    node.pod_cidr
+                    "the node is up with pod CIDR(s) {} and {endpoints} endpoint(s); this network wants {}",
+                    node::fmt_cidrs(node.pod_cidr, node.pod_cidr6),
+                    node::fmt_cidrs(wanted.0, wanted.1)
                 )));
             }
             if conf.ipam_type.is_none() {
-                let used = locked.state.endpoints.values().map(|e| e.ip);
-                crate::state::ipam::allocate(node.pod_cidr, node.gateway, used)
-                    .map_err(|e| CniError::NotAvailable(e.to_string()))?;
+                let records = || locked.state.endpoints.values();
+                if let Some(cidr) = node.pod_cidr {
+                    let used = records().filter_map(|e| e.ip);
+                    crate::state::ipam::allocate(cidr, node.gateway, used)
+                        .map_err(|e| CniError::NotAvailable(e.to_string()))?;
+                }
+                if let Some(cidr) = node.pod_cidr6 {
+                    let used = records().filter_map(|e| e.ip6);
+                    crate::state::ipam::allocate6(cidr, used)
+                        .map_err(|e| CniError::NotAvailable(e.to_string()))?;
+                }
             }
             // Lost pins (a reboot) are reloaded by the next ADD.
             return Ok(());

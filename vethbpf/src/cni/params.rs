@@ -125,13 +125,19 @@ impl Params {
         Ok(p)
     }
 
-    /// `IP=` of `CNI_ARGS` (what `podman run --ip` and Kubernetes' static IPs use).
-    pub(crate) fn requested_ip(&self) -> Result<Option<std::net::Ipv4Addr>, CniError> {
+    /// `IP=` of `CNI_ARGS` (what `podman run --ip` and Kubernetes' static IPs use):
+    /// one address, or one per family separated by commas (as host-local reads it).
+    pub(crate) fn requested_ips(&self) -> Result<Vec<std::net::IpAddr>, CniError> {
         match self.args.iter().find(|(k, _)| k == "IP") {
-            None => Ok(None),
-            Some((_, v)) => v.parse().map(Some).map_err(|_| CniError::Env {
-                msg: format!("CNI_ARGS IP={v} is not an IPv4 address"),
-            }),
+            None => Ok(Vec::new()),
+            Some((_, v)) => v
+                .split(',')
+                .map(|a| {
+                    a.trim().parse().map_err(|_| CniError::Env {
+                        msg: format!("CNI_ARGS IP={v}: {a:?} is not an IP address"),
+                    })
+                })
+                .collect(),
         }
     }
 }
@@ -186,7 +192,10 @@ mod tests {
             ("CNI_PATH", "/a:/b"),
         ])
         .unwrap();
-        assert_eq!(p.requested_ip().unwrap(), Some("10.1.2.3".parse().unwrap()));
+        assert_eq!(
+            p.requested_ips().unwrap(),
+            vec!["10.1.2.3".parse::<std::net::IpAddr>().unwrap()]
+        );
         assert_eq!(p.path, vec![PathBuf::from("/a"), PathBuf::from("/b")]);
     }
 }

@@ -5,7 +5,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -68,8 +68,11 @@ pub(crate) struct NetConf {
     pub(crate) state_dir: Option<PathBuf>,
     /// `bpffsDir`: where the datapath is pinned.
     pub(crate) bpffs_dir: Option<PathBuf>,
-    /// `podCidr`: the built-in allocator's range, given to `up`.
+    /// `podCidr`: the built-in allocator's IPv4 range, given to `up`.
     pub(crate) pod_cidr: Option<Ipv4Net>,
+    /// `podCidr6`: its IPv6 range. With only this one, pods are IPv6-only; with
+    /// neither, the node's (or the default IPv4 one).
+    pub(crate) pod_cidr6: Option<Ipv6Net>,
     /// `gateway`: the pods' link-local gateway, given to `up`.
     pub(crate) gateway: Option<Ipv4Addr>,
     /// `ipam.type`: a delegated IPAM plugin, found through `CNI_PATH`.
@@ -78,8 +81,9 @@ pub(crate) struct NetConf {
     pub(crate) dns: Dns,
     /// `prevResult` (CHECK, DEL, chained ADD).
     pub(crate) prev_result: Option<Value>,
-    /// `runtimeConfig.ips` (the `ips` capability): requested addresses.
-    pub(crate) runtime_ips: Vec<Ipv4Addr>,
+    /// `runtimeConfig.ips` (the `ips` capability): requested addresses, at most one
+    /// per family.
+    pub(crate) runtime_ips: Vec<IpAddr>,
     /// `cni.dev/valid-attachments` (GC).
     pub(crate) valid_attachments: Option<Vec<ValidAttachment>>,
     /// The configuration exactly as received, for delegated plugins.
@@ -171,11 +175,7 @@ impl NetConf {
         if let Some(Value::Object(rc)) = obj.get("runtimeConfig") {
             for s in field::<Vec<String>>(rc, "ips")?.unwrap_or_default() {
                 match s.split('/').next().unwrap_or(&s).parse::<IpAddr>() {
-                    Ok(IpAddr::V4(v4)) => runtime_ips.push(v4),
-                    // IPv4 only: an IPv6 request is not ours to serve.
-                    Ok(IpAddr::V6(_)) => {
-                        tracing::warn!(ip = %s, "ignoring an IPv6 address in runtimeConfig.ips")
-                    }
+                    Ok(ip) => runtime_ips.push(ip),
                     Err(_) => {
                         return Err(CniError::Config(format!(
                             "runtimeConfig.ips: {s:?} is not an IP address"
@@ -185,12 +185,14 @@ impl NetConf {
             }
         }
         let pod_cidr: Option<Ipv4Net> = parsed(obj, "podCidr", "an IPv4 CIDR")?;
+        let pod_cidr6: Option<Ipv6Net> = parsed(obj, "podCidr6", "an IPv6 CIDR")?;
         Ok(NetConf {
             cni_version,
             name,
             state_dir: field(obj, "stateDir")?,
             bpffs_dir: field(obj, "bpffsDir")?,
             pod_cidr: pod_cidr.map(|c| c.trunc()),
+            pod_cidr6: pod_cidr6.map(|c| c.trunc()),
             gateway: parsed(obj, "gateway", "an IPv4 address")?,
             ipam_type,
             dns: field(obj, "dns")?.unwrap_or_default(),
@@ -338,7 +340,19 @@ mod tests {
         let c = NetConf::parse(ok).unwrap();
         assert_eq!(c.pod_cidr, Some("10.9.0.0/24".parse().unwrap()));
         assert_eq!(c.ipam_type.as_deref(), Some("host-local"));
-        assert_eq!(c.runtime_ips, vec![Ipv4Addr::new(10, 9, 0, 5)]);
+        assert_eq!(
+            c.runtime_ips,
+            vec![
+                IpAddr::V4(Ipv4Addr::new(10, 9, 0, 5)),
+                "fd00::1".parse::<IpAddr>().unwrap()
+            ]
+        );
+        assert_eq!(c.pod_cidr6, None);
+        let dual = br#"{"cniVersion":"1.0.0","name":"n","podCidr6":"fd00:10:244::5/64"}"#;
+        assert_eq!(
+            NetConf::parse(dual).unwrap().pod_cidr6,
+            Some("fd00:10:244::/64".parse().unwrap())
+        );
         let code = |s: &[u8]| NetConf::parse(s).unwrap_err().code();
         assert_eq!(code(b"{not json"), 6);
         assert_eq!(code(b"[1]"), 6);
@@ -350,6 +364,10 @@ mod tests {
             7
         );
         assert_eq!(code(br#"{"cniVersion":"1.0.0","name":"n","gateway":7}"#), 7);
+        assert_eq!(
+            code(br#"{"cniVersion":"1.0.0","name":"n","podCidr6":"10.0.0.0/8"}"#),
+            7
+        );
         assert_eq!(
             code(br#"{"cniVersion":"1.0.0","name":"n","ipam":{"type":"../x"}}"#),
             7

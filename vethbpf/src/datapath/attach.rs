@@ -4,11 +4,12 @@
 
 use std::fs;
 
+use aya::programs::links::Link as _;
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::tc::{
     self, NlOptions, SchedClassifier, SchedClassifierLink, TcAttachOptions, TcAttachType, TcHandle,
 };
-use aya::programs::{LinkOrder, ProgramInfo};
+use aya::programs::{LinkOrder, ProgramError, ProgramInfo};
 use aya::util::KernelVersion;
 use serde::{Deserialize, Serialize};
 
@@ -171,6 +172,33 @@ pub(crate) fn replace_filter(prog: &mut SchedClassifier, ifname: &str) -> Result
     Ok(())
 }
 
+/// Removes the cls_bpf filter vethbpf put on tc ingress of `ifname` (a netlink
+/// attachment on an interface that outlives vethbpf: the uplink). A filter that is
+/// not there is fine.
+pub(crate) fn detach_filter(ifname: &str) -> Result<(), BpfError> {
+    let Ok(link) = SchedClassifierLink::attached(
+        ifname,
+        TcAttachType::Ingress,
+        FILTER_PRIORITY,
+        TcHandle::from(FILTER_HANDLE),
+        None,
+    ) else {
+        return Ok(());
+    };
+    match link.detach() {
+        Ok(()) => Ok(()),
+        // ENOENT: no such filter (never attached, or removed by hand).
+        Err(ProgramError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
+            Ok(())
+        }
+        Err(source) => Err(BpfError::Attach {
+            program: "from_uplink".into(),
+            ifname: ifname.to_string(),
+            source: Box::new(source),
+        }),
+    }
+}
+
 /// Removes `program`'s pinned TCX link on `ifname`: the program detaches from the
 /// interface when the last reference goes. Missing pins are fine (already
 /// detached).
@@ -198,6 +226,7 @@ pub(crate) fn pinned_links(pins: &Pins, program: &str) -> Vec<String> {
                 // Other programs' directories are not links.
                 .filter(|e| e.file_type().is_ok_and(|t| !t.is_dir()))
                 .filter_map(|e| e.file_name().into_string().ok())
+                .map(|pin| super::pins::ifname_of_pin(&pin))
                 .collect()
         })
         .unwrap_or_default()

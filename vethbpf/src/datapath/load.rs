@@ -9,7 +9,7 @@ use aya::EbpfLoader;
 use aya::programs::ProgramInfo;
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::tc::{SchedClassifier, SchedClassifierLink};
-use vethbpf_common::{ALL_MAPS, PROG_FROM_POD};
+use vethbpf_common::{ALL_MAPS, MAP_NAT, PROG_FROM_POD, PROG_FROM_UPLINK, nat_map_capacity};
 
 use super::attach::{AttachMode, detach, pinned_links, replace_filter};
 use super::{BpfError, PROGRAMS, Pins};
@@ -26,8 +26,6 @@ fn mkdirs(pins: &Pins) -> Result<(), BpfError> {
     Ok(())
 }
 
-/// Loads `object` with its maps bound to the pins under `pins` (created and pinned
-/// if missing, reused if there), and its programs through the verifier.
 /// Fails with [`BpfError::NoObject`] when `object` is the empty placeholder that
 /// build.rs embeds in a build made before the eBPF object existed.
 pub(crate) fn check_object(object: &[u8]) -> Result<(), BpfError> {
@@ -37,10 +35,16 @@ pub(crate) fn check_object(object: &[u8]) -> Result<(), BpfError> {
     Ok(())
 }
 
-fn load_object(pins: &Pins, object: &[u8]) -> Result<aya::Ebpf, BpfError> {
+/// Loads `object` with its maps bound to the pins under `pins` (created and pinned
+/// if missing, reused if there: pins of another version are checked and migrated
+/// first), and its programs through the verifier. A NAT map made here holds
+/// `nat_flows` flows.
+fn load_object(pins: &Pins, object: &[u8], nat_flows: u32) -> Result<aya::Ebpf, BpfError> {
     check_object(object)?;
+    super::upgrade::prepare(pins, object)?;
     let map_paths: Vec<(&str, PathBuf)> = ALL_MAPS.iter().map(|m| (*m, pins.map(m))).collect();
     let mut loader = EbpfLoader::new();
+    loader.map_max_entries(MAP_NAT, nat_map_capacity(nat_flows));
     for (name, path) in &map_paths {
         loader.map_pin_path(name, path.as_path());
     }
@@ -72,11 +76,15 @@ fn program<'a>(
 }
 
 /// Loads the embedded object and pins its programs and maps. Maps already pinned
-/// (a previous `up`) are reused, so their entries survive. Returns the `from_pod`
-/// program.
-pub(crate) fn load_and_pin(pins: &Pins, object: &[u8]) -> Result<ProgramInfo, BpfError> {
+/// (a previous `up`) are reused, so their entries survive; a NAT map made here
+/// holds `nat_flows` flows. Returns the `from_pod` program.
+pub(crate) fn load_and_pin(
+    pins: &Pins,
+    object: &[u8],
+    nat_flows: u32,
+) -> Result<ProgramInfo, BpfError> {
     mkdirs(pins)?;
-    let mut ebpf = load_object(pins, object)?;
+    let mut ebpf = load_object(pins, object, nat_flows)?;
     for name in PROGRAMS {
         let prog = program(&mut ebpf, name)?;
         let path = pins.program(name);
@@ -101,21 +109,27 @@ pub(crate) fn load_and_pin(pins: &Pins, object: &[u8]) -> Result<ProgramInfo, Bp
 /// maps, so no entry or counter is lost), swaps the program of every attachment
 /// atomically (traffic never sees a moment without a program): each pinned TCX
 /// link with `BPF_LINK_UPDATE`, or in netlink mode the cls_bpf filter on each of
-/// `endpoints` (host veths) in place; then replaces the program pins. Returns the
-/// new `from_pod` program and how many attachments now run the new programs.
+/// `endpoints` (host veths) and on the `uplink` in place; then replaces the
+/// program pins. Returns the new `from_pod` program and how many attachments now
+/// run the new programs.
 pub(crate) fn replace(
     pins: &Pins,
     object: &[u8],
     mode: AttachMode,
     endpoints: &[String],
+    uplink: Option<&str>,
+    nat_flows: u32,
 ) -> Result<(ProgramInfo, usize), BpfError> {
-    let mut ebpf = load_object(pins, object)?;
+    let mut ebpf = load_object(pins, object, nat_flows)?;
+    let uplinks: Vec<String> = uplink.map(str::to_string).into_iter().collect();
     let mut updated = 0;
     for name in PROGRAMS {
-        // Netlink filters leave no pins: from_pod's are on the endpoints' host veths.
+        // Netlink filters leave no pins: from_pod's are on the endpoints' host veths,
+        // from_uplink's on the uplink.
         let attached = match mode {
             AttachMode::Tcx => Attached::Links,
             AttachMode::Netlink if *name == PROG_FROM_POD => Attached::Filters(endpoints),
+            AttachMode::Netlink if *name == PROG_FROM_UPLINK => Attached::Filters(&uplinks),
             AttachMode::Netlink => Attached::Filters(&[]),
         };
         updated += replace_program(pins, program(&mut ebpf, name)?, name, attached)?;

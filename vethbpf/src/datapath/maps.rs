@@ -1,17 +1,17 @@
 //! Typed access to the pinned maps: the routes the datapath forwards by, the
 //! endpoints it validates sources against, the node config, and the counters.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 
 use aya::maps::lpm_trie::{Key, LpmTrie};
 use std::os::fd::AsFd;
 
 use aya::maps::{Array, HashMap, IterableMap, MapData, MapError, PerCpuArray, PerCpuValues};
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use vethbpf_common::{
-    Config, Counter, EndpointInfo, MAP_CONFIG, MAP_ENDPOINTS, MAP_ROUTES, MAP_STATS, Route,
-    Verdict, ipv4_to_map, stats_index,
+    Config, Counter, EndpointInfo, EndpointInfo6, MAP_CONFIG, MAP_ENDPOINTS, MAP_ENDPOINTS6,
+    MAP_ROUTES, MAP_ROUTES6, MAP_STATS, Route, Verdict, ipv4_to_map, stats_index,
 };
 
 use crate::datapath::{Pins, batch};
@@ -28,6 +28,11 @@ pub enum MapsError {
         #[source]
         source: Box<MapError>,
     },
+    #[error(
+        "the pinned map {} is missing while the others are there: the datapath was loaded by an older vethbpf (or the pin was removed); `vethbpf up --replace` loads this version and pins what is missing",
+        path.display()
+    )]
+    MissingPin { path: PathBuf },
     #[error("map {map}: {op} failed: {source}")]
     Op {
         map: &'static str,
@@ -42,7 +47,7 @@ impl MapsError {
     /// datapath is gone (`up` loads it again).
     pub fn kind(&self) -> ErrorKind {
         match self {
-            MapsError::Open { .. } => ErrorKind::NotUp,
+            MapsError::Open { .. } | MapsError::MissingPin { .. } => ErrorKind::NotUp,
             MapsError::Op { .. } => ErrorKind::Other,
         }
     }
@@ -56,13 +61,19 @@ pub(crate) struct Maps {
     endpoints: HashMap<MapData, u32, EndpointInfo>,
     config: Array<MapData, Config>,
     stats: PerCpuArray<MapData, Counter>,
+    routes6: LpmTrie<MapData, [u8; 16], Route>,
+    endpoints6: HashMap<MapData, u32, EndpointInfo6>,
 }
 
-fn open<T>(pins: &Pins, name: &'static str) -> Result<T, MapsError>
+pub(crate) fn open<T>(pins: &Pins, name: &'static str) -> Result<T, MapsError>
 where
     T: TryFrom<aya::maps::Map, Error = MapError>,
 {
     let path = pins.map(name);
+    // One map missing among present ones is an upgrade, not a lost bpffs.
+    if !path.exists() && std::fs::read_dir(pins.maps_dir()).is_ok_and(|mut d| d.next().is_some()) {
+        return Err(MapsError::MissingPin { path });
+    }
     let data = MapData::from_pin(&path).map_err(|source| MapsError::Open {
         path: path.clone(),
         source: Box::new(source),
@@ -79,12 +90,16 @@ where
 
 /// A delete of a key that is not there: aya reports it as `KeyNotFound` for some
 /// map types and as the syscall's ENOENT for others (LPM tries).
-fn is_missing(e: &MapError) -> bool {
+pub(crate) fn is_missing(e: &MapError) -> bool {
     match e {
         MapError::KeyNotFound => true,
         MapError::SyscallError(s) => s.io_error.raw_os_error() == Some(libc::ENOENT),
         _ => false,
     }
+}
+
+fn route6_key(net: Ipv6Net) -> Key<[u8; 16]> {
+    Key::new(u32::from(net.prefix_len()), net.network().octets())
 }
 
 fn route_key(net: Ipv4Net) -> Key<u32> {
@@ -101,7 +116,85 @@ impl Maps {
             endpoints: open(pins, MAP_ENDPOINTS)?,
             config: open(pins, MAP_CONFIG)?,
             stats: open(pins, MAP_STATS)?,
+            routes6: open(pins, MAP_ROUTES6)?,
+            endpoints6: open(pins, MAP_ENDPOINTS6)?,
         })
+    }
+
+    pub(crate) fn put_route6(&mut self, net: Ipv6Net, route: &Route) -> Result<(), MapsError> {
+        self.routes6
+            .insert(&route6_key(net), route, 0)
+            .map_err(|source| MapsError::Op {
+                map: MAP_ROUTES6,
+                op: "insert",
+                source: Box::new(source),
+            })
+    }
+
+    /// Deletes an IPv6 route; one that is not there is fine.
+    pub(crate) fn del_route6(&mut self, net: Ipv6Net) -> Result<(), MapsError> {
+        match self.routes6.remove(&route6_key(net)) {
+            Ok(()) => Ok(()),
+            Err(e) if is_missing(&e) => Ok(()),
+            Err(source) => Err(MapsError::Op {
+                map: MAP_ROUTES6,
+                op: "remove",
+                source: Box::new(source),
+            }),
+        }
+    }
+
+    pub(crate) fn put_endpoint6(
+        &mut self,
+        ifindex: u32,
+        info: &EndpointInfo6,
+    ) -> Result<(), MapsError> {
+        self.endpoints6
+            .insert(ifindex, info, 0)
+            .map_err(|source| MapsError::Op {
+                map: MAP_ENDPOINTS6,
+                op: "insert",
+                source: Box::new(source),
+            })
+    }
+
+    /// Deletes an IPv6 endpoint entry; one that is not there is fine.
+    pub(crate) fn del_endpoint6(&mut self, ifindex: u32) -> Result<(), MapsError> {
+        match self.endpoints6.remove(&ifindex) {
+            Ok(()) => Ok(()),
+            Err(e) if is_missing(&e) => Ok(()),
+            Err(source) => Err(MapsError::Op {
+                map: MAP_ENDPOINTS6,
+                op: "remove",
+                source: Box::new(source),
+            }),
+        }
+    }
+
+    pub(crate) fn route6(&self, net: Ipv6Net) -> Option<Route> {
+        self.routes6.get(&route6_key(net), 0).ok()
+    }
+
+    pub(crate) fn endpoint6(&self, ifindex: u32) -> Option<EndpointInfo6> {
+        self.endpoints6.get(&ifindex, 0).ok()
+    }
+
+    /// Every IPv6 route entry: (prefix, route).
+    pub(crate) fn routes6(&self) -> Vec<(Ipv6Net, Route)> {
+        self.routes6
+            .iter()
+            .filter_map(|r| r.ok())
+            .filter_map(|(k, v)| {
+                Ipv6Net::new(Ipv6Addr::from(k.data()), k.prefix_len() as u8)
+                    .ok()
+                    .map(|n| (n, v))
+            })
+            .collect()
+    }
+
+    /// Every IPv6 endpoint entry: (ifindex, info).
+    pub(crate) fn endpoints6(&self) -> Vec<(u32, EndpointInfo6)> {
+        self.endpoints6.iter().filter_map(|r| r.ok()).collect()
     }
 
     pub(crate) fn set_config(&mut self, config: &Config) -> Result<(), MapsError> {
@@ -269,8 +362,9 @@ impl Maps {
         Ok(out)
     }
 
-    /// Number of entries in each map (ROUTES, ENDPOINTS, CONFIG, STATS).
-    pub(crate) fn entry_counts(&self) -> [(&'static str, usize); 4] {
+    /// Number of entries in each map (ROUTES, ENDPOINTS, CONFIG, STATS, ROUTES6,
+    /// ENDPOINTS6).
+    pub(crate) fn entry_counts(&self) -> [(&'static str, usize); 6] {
         [
             (MAP_ROUTES, self.routes.keys().filter(|k| k.is_ok()).count()),
             (
@@ -279,6 +373,14 @@ impl Maps {
             ),
             (MAP_CONFIG, 1),
             (MAP_STATS, vethbpf_common::STATS_ENTRIES as usize),
+            (
+                MAP_ROUTES6,
+                self.routes6.keys().filter(|k| k.is_ok()).count(),
+            ),
+            (
+                MAP_ENDPOINTS6,
+                self.endpoints6.keys().filter(|k| k.is_ok()).count(),
+            ),
         ]
     }
 

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 
 use aya::pin::PinError;
 use aya::programs::ProgramError;
-use vethbpf_common::PROG_FROM_POD;
+use vethbpf_common::{PROG_FROM_POD, PROG_FROM_TUNNEL, PROG_FROM_UPLINK};
 
 use crate::error::ErrorKind;
 use crate::kernel::bpffs::BpffsError;
@@ -22,15 +22,18 @@ mod batch;
 mod load;
 pub mod maps;
 mod pins;
+mod upgrade;
 
 pub use attach::AttachMode;
-pub(crate) use attach::{attach, attach_mode, detach, link_ids, pinned_links};
+pub(crate) use attach::{
+    attach, attach_mode, detach, detach_filter, link_ids, pinned_links, replace_filter,
+};
 pub(crate) use load::{check_object, load_and_pin, program_info, remove_all, replace};
 pub use pins::Pins;
 
 /// The object's programs: each is loaded, verified and pinned by `up`, and
 /// upgraded by `up --replace`.
-pub(crate) const PROGRAMS: &[&str] = &[PROG_FROM_POD];
+pub(crate) const PROGRAMS: &[&str] = &[PROG_FROM_POD, PROG_FROM_UPLINK, PROG_FROM_TUNNEL];
 
 /// Why loading, pinning, attaching or unpinning failed.
 #[derive(Debug, thiserror::Error)]
@@ -90,6 +93,16 @@ pub enum BpfError {
         #[source]
         source: io::Error,
     },
+    #[error("cannot open the pinned map {path}: {source}")]
+    OpenMap {
+        path: PathBuf,
+        #[source]
+        source: Box<aya::maps::MapError>,
+    },
+    #[error(
+        "the pinned map {map} was made by another vethbpf version ({detail}); `vethbpf down`, then `vethbpf up` (and add the endpoints again)"
+    )]
+    IncompatibleMap { map: &'static str, detail: String },
 }
 
 impl BpfError {
@@ -97,7 +110,8 @@ impl BpfError {
     /// the datapath is gone (`up` loads it again).
     pub fn kind(&self) -> ErrorKind {
         match self {
-            BpfError::OpenProgram { .. } => ErrorKind::NotUp,
+            BpfError::OpenProgram { .. } | BpfError::OpenMap { .. } => ErrorKind::NotUp,
+            BpfError::IncompatibleMap { .. } => ErrorKind::Conflict,
             _ => ErrorKind::Other,
         }
     }

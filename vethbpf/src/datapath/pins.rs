@@ -5,11 +5,24 @@
 //! <bpffs>/maps/<MAP>                 ROUTES, ENDPOINTS, CONFIG, STATS
 //! <bpffs>/links/<host veth>          from_pod's TCX link on one endpoint's host veth
 //! <bpffs>/links/<program>/<ifname>   another program's TCX link on an interface
+//!                                    (from_uplink on the uplink, from_tunnel on the
+//!                                    VXLAN device; '.' in a name pinned as ':')
 //! ```
 
 use std::path::{Path, PathBuf};
 
 use vethbpf_common::PROG_FROM_POD;
+
+/// An interface name as a pin name: bpffs refuses '.' in names (EPERM), interface
+/// names may hold one (`eth0.100`, `flannel.1`) but never a ':', so '.' becomes ':'.
+pub(crate) fn pin_name(ifname: &str) -> String {
+    ifname.replace('.', ":")
+}
+
+/// The interface name a pin name stands for (see [`pin_name`]).
+pub(crate) fn ifname_of_pin(pin: &str) -> String {
+    pin.replace(':', ".")
+}
 
 /// Paths of the pinned objects under one bpffs dir.
 #[derive(Clone, Debug)]
@@ -52,7 +65,7 @@ impl Pins {
     }
     /// The pinned TCX link of `program` on `ifname`.
     pub(crate) fn link(&self, program: &str, ifname: &str) -> PathBuf {
-        self.links_dir(program).join(ifname)
+        self.links_dir(program).join(pin_name(ifname))
     }
     /// Whether `up` has pinned the datapath here.
     pub fn is_loaded(&self) -> bool {

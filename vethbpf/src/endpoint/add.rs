@@ -4,20 +4,23 @@
 //! anything is checked first. The record's line in the state's log is written
 //! last: it is the commit point.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsFd;
 use std::path::PathBuf;
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use tracing::{debug, warn};
-use vethbpf_common::{EndpointInfo, MAX_ENDPOINTS, ROUTE_KIND_LOCAL, Route, ipv4_to_map};
+use vethbpf_common::{
+    EndpointInfo, EndpointInfo6, MAX_ENDPOINTS, ROUTE_KIND_LOCAL, Route, ipv4_to_map,
+};
 
 use super::journal::finish_pending;
 use super::{EndpointError, Env, KernelTag, PodConfig, configure_pod_side};
 use crate::fault;
-use crate::kernel::netlink::{Change, Netlink, RouteSpec};
+use crate::kernel::netlink::{Change, Netlink, Route6Spec, RouteSpec};
 use crate::state::ident;
 use crate::state::ipam;
+use crate::state::ipam::IpamError;
 use crate::state::{
     CniAttachment, EndpointRecord, Intent, Locked, LogEntry, NodeConfig, PlannedEndpoint,
 };
@@ -26,7 +29,9 @@ use crate::state::{
 #[derive(Clone, Debug)]
 pub struct AddRequest {
     pub name: String,
-    pub ip: Option<Ipv4Addr>,
+    /// Requested addresses, at most one per family; a family of the node without
+    /// one gets the next free address of its pod CIDR.
+    pub ips: Vec<IpAddr>,
     /// An existing namespace (name under /run/netns or path); `None` makes one
     /// named after the endpoint.
     pub netns: Option<String>,
@@ -41,6 +46,8 @@ enum Undo {
     Detach(String),
     DelEndpointEntry(u32),
     DelRouteEntry(Ipv4Net),
+    DelEndpoint6Entry(u32),
+    DelRoute6Entry(Ipv6Net),
 }
 
 fn run_undo(env: &mut Env<'_>, steps: Vec<Undo>) {
@@ -52,6 +59,8 @@ fn run_undo(env: &mut Env<'_>, steps: Vec<Undo>) {
             Undo::Detach(host) => env.dp.detach(host),
             Undo::DelEndpointEntry(ifindex) => env.dp.del_endpoint(*ifindex),
             Undo::DelRouteEntry(net) => env.dp.del_route(*net),
+            Undo::DelEndpoint6Entry(ifindex) => env.dp.del_endpoint6(*ifindex),
+            Undo::DelRoute6Entry(net) => env.dp.del_route6(*net),
         };
         if let Err(e) = r {
             warn!(?step, error = %e, "rollback step failed");
@@ -65,6 +74,54 @@ fn free_id(locked: &Locked) -> Result<u32, EndpointError> {
     (1..MAX_ENDPOINTS)
         .find(|id| !used.contains(id))
         .ok_or(EndpointError::TooMany)
+}
+
+/// The endpoint's addresses, one per family the node has: the requested one
+/// (checked) or the next free one.
+fn addresses(
+    locked: &Locked,
+    node: &NodeConfig,
+    requested: &[IpAddr],
+) -> Result<(Option<Ipv4Addr>, Option<Ipv6Addr>), EndpointError> {
+    let (want4, want6) = ipam::split_by_family(requested)?;
+    let endpoints = || locked.state.endpoints.values();
+    let ip = match (node.pod_cidr, want4) {
+        (Some(cidr), Some(ip)) => {
+            let used = endpoints().filter_map(|e| Some((e.ip?, e.name.as_str())));
+            ipam::validate(cidr, node.gateway, ip, used)?;
+            Some(ip)
+        }
+        (Some(cidr), None) => Some(ipam::allocate(
+            cidr,
+            node.gateway,
+            endpoints().filter_map(|e| e.ip),
+        )?),
+        (None, Some(ip)) => {
+            return Err(IpamError::NoCidr {
+                ip: ip.into(),
+                family: "IPv4",
+            }
+            .into());
+        }
+        (None, None) => None,
+    };
+    let ip6 = match (node.pod_cidr6, want6) {
+        (Some(cidr), Some(ip)) => {
+            let used = endpoints().filter_map(|e| Some((e.ip6?, e.name.as_str())));
+            ipam::validate6(cidr, ip, used)?;
+            Some(ip)
+        }
+        (Some(cidr), None) => Some(ipam::allocate6(cidr, endpoints().filter_map(|e| e.ip6))?),
+        (None, Some(ip)) => {
+            return Err(IpamError::NoCidr {
+                ip: ip.into(),
+                family: "IPv6",
+            }
+            .into());
+        }
+        (None, None) => None,
+    };
+    Ok((ip, ip6))
 }
 
 fn node_config(locked: &Locked) -> Result<NodeConfig, EndpointError> {
@@ -98,20 +155,7 @@ pub(crate) fn add_tagged(
             name: req.name.clone(),
         });
     }
-    let used = || {
-        locked
-            .state
-            .endpoints
-            .values()
-            .map(|e| (e.ip, e.name.as_str()))
-    };
-    let ip = match req.ip {
-        Some(ip) => {
-            ipam::validate(node.pod_cidr, node.gateway, ip, used())?;
-            ip
-        }
-        None => ipam::allocate(node.pod_cidr, node.gateway, used().map(|(ip, _)| ip))?,
-    };
+    let (ip, ip6) = addresses(locked, &node, &req.ips)?;
     let id = free_id(locked)?;
     let host = ident::host_veth_name(&req.name);
     // Journalled for the rollback of older vethbpf versions, which made the pod's
@@ -152,6 +196,7 @@ pub(crate) fn add_tagged(
     locked.begin(&Intent::Add(PlannedEndpoint {
         name: req.name.clone(),
         ip,
+        ip6,
         id,
         host_veth: host.clone(),
         temp_peer: peer.clone(),
@@ -165,6 +210,7 @@ pub(crate) fn add_tagged(
         req,
         AddPlan {
             ip,
+            ip6,
             id,
             host,
             existing_netns,
@@ -189,7 +235,8 @@ pub(crate) fn add_tagged(
 }
 
 struct AddPlan {
-    ip: Ipv4Addr,
+    ip: Option<Ipv4Addr>,
+    ip6: Option<Ipv6Addr>,
     id: u32,
     host: String,
     existing_netns: Option<PathBuf>,
@@ -208,6 +255,7 @@ fn add_steps(
 ) -> Result<EndpointRecord, EndpointError> {
     let AddPlan {
         ip,
+        ip6,
         id,
         host,
         existing_netns,
@@ -229,17 +277,28 @@ fn add_steps(
     };
 
     // One request makes the pair: the host side here with the gateway MAC, the pod
-    // side in the pod's namespace under its final name. Deleting the host side
-    // later takes the pod side with it.
+    // side in the pod's namespace under its final name, both with the cluster's
+    // MTU if it sets one (the pod's side limits what it sends, the host's what a
+    // redirect into it may carry). Deleting the host side later takes the pod
+    // side with it.
+    let pod_mtu = locked.state.cluster.as_ref().map(|c| c.pod_mtu);
     fault::point("add.veth")?;
     let netns_fd = env.ns.open(&netns)?;
-    let host_index =
-        env.node
-            .add_veth_into(&host, node.gateway_mac.0, &req.ifname, netns_fd.as_fd())?;
+    let host_index = env.node.add_veth_into(
+        &host,
+        node.gateway_mac.0,
+        pod_mtu,
+        &req.ifname,
+        netns_fd.as_fd(),
+    )?;
     drop(netns_fd);
     undo.push(Undo::DeleteLink(host_index));
-    // Who this veth belongs to, for `reconcile --from-kernel`; and no IPv6
-    // link-local address on the host side, which must be set before it comes up.
+    // In one batch: no IPv6 link-local address of the kernel's on the host side
+    // (set before it comes up); with IPv6, the gateway's link-local address and no
+    // other: the node's own neighbour solicitations to the pod need a link-local
+    // source on the link (ndisc sends none without one), while the pod's
+    // solicitations for it never reach the node (from_pod answers them); and who
+    // this veth belongs to, for `reconcile --from-kernel`.
     let tag = KernelTag {
         name: req.name.clone(),
         ifname: req.ifname.clone(),
@@ -248,11 +307,16 @@ fn add_steps(
         cni: cni.clone(),
     }
     .encode();
+    let mut host_changes = vec![Change::NoIpv6AddrGen(host_index)];
+    if ip6.is_some() {
+        host_changes.push(Change::AddAddress6(
+            host_index,
+            Ipv6Net::new_assert(node.gateway6(), 64),
+        ));
+    }
+    host_changes.push(Change::Alias(host_index, &tag));
     fault::point("add.ipv6")?;
-    env.node.apply(&[
-        Change::NoIpv6AddrGen(host_index),
-        Change::Alias(host_index, &tag),
-    ])?;
+    env.node.apply(&host_changes)?;
     fault::point("add.pod")?;
     let pod_mac = configure_pod_side(
         pod_nl.as_mut(),
@@ -260,6 +324,8 @@ fn add_steps(
             ifname: req.ifname.clone(),
             ip,
             gateway: node.gateway,
+            ip6,
+            gateway6: node.gateway6(),
             lo_up: netns_created,
         },
     )?;
@@ -274,47 +340,72 @@ fn add_steps(
     env.dp.put_endpoint(
         host_index,
         &EndpointInfo {
-            ip: ipv4_to_map(ip.octets()),
+            // 0.0.0.0: no IPv4, every IPv4 and ARP source is a spoof.
+            ip: ip.map_or(0, |ip| ipv4_to_map(ip.octets())),
             id,
             mac: pod_mac.0,
             _pad: [0; 2],
         },
     )?;
     undo.push(Undo::DelEndpointEntry(host_index));
+    if let Some(ip6) = ip6 {
+        fault::point("add.endpoint6-map")?;
+        env.dp.put_endpoint6(
+            host_index,
+            &EndpointInfo6 {
+                ip: ip6.octets(),
+                link_local: pod_mac.link_local().octets(),
+            },
+        )?;
+        undo.push(Undo::DelEndpoint6Entry(host_index));
+    }
     fault::point("add.attach")?;
     env.dp.attach(&host)?;
     undo.push(Undo::Detach(host.clone()));
-    // Up, and node -> pod through the kernel: `IP/32 dev HOST scope link`
-    // (removed with the link, so no undo step of its own). One batch.
+    // Up, and node -> pod through the kernel: `IP/32 dev HOST scope link` and
+    // `IP6/128 dev HOST` (removed with the link, so no undo step of their own).
+    // One batch.
+    let node_route = ip.map(|ip| RouteSpec {
+        dst: Ipv4Net::from(ip),
+        oif: host_index,
+        gateway: None,
+        scope_link: true,
+        onlink: false,
+    });
+    let node_route6 = ip6.map(|ip6| Route6Spec {
+        dst: Ipv6Net::from(ip6),
+        oif: host_index,
+        gateway: None,
+    });
+    let mut node_changes = vec![Change::LinkUp(host_index)];
+    node_changes.extend(node_route.as_ref().map(Change::AddRoute));
+    node_changes.extend(node_route6.as_ref().map(Change::AddRoute6));
     fault::point("add.link-up")?;
-    env.node.apply(&[
-        Change::LinkUp(host_index),
-        Change::AddRoute(&RouteSpec {
-            dst: Ipv4Net::from(ip),
-            oif: host_index,
-            gateway: None,
-            scope_link: true,
-            onlink: false,
-        }),
-    ])?;
-    let net = Ipv4Net::from(ip);
+    env.node.apply(&node_changes)?;
+    let route = Route {
+        kind: ROUTE_KIND_LOCAL,
+        ifindex: host_index,
+        endpoint_id: id,
+        mac: pod_mac.0,
+        _pad: [0; 2],
+    };
     fault::point("add.route-map")?;
-    env.dp.put_route(
-        net,
-        &Route {
-            kind: ROUTE_KIND_LOCAL,
-            ifindex: host_index,
-            endpoint_id: id,
-            mac: pod_mac.0,
-            _pad: [0; 2],
-        },
-    )?;
-    undo.push(Undo::DelRouteEntry(net));
+    if let Some(ip) = ip {
+        let net = Ipv4Net::from(ip);
+        env.dp.put_route(net, &route)?;
+        undo.push(Undo::DelRouteEntry(net));
+    }
+    if let Some(ip6) = ip6 {
+        let net = Ipv6Net::from(ip6);
+        env.dp.put_route6(net, &route)?;
+        undo.push(Undo::DelRoute6Entry(net));
+    }
 
     let record = EndpointRecord {
         name: req.name.clone(),
         id,
         ip,
+        ip6,
         pod_mac,
         host_veth: host,
         host_ifindex: host_index,
@@ -324,6 +415,6 @@ fn add_steps(
         cni,
     };
     fault::point("add.commit")?;
-    locked.commit(LogEntry::Put(record.clone()))?;
+    locked.commit(LogEntry::Put(Box::new(record.clone())))?;
     Ok(record)
 }

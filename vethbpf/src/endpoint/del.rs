@@ -1,6 +1,6 @@
 //! `endpoint del`.
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use tracing::warn;
 use vethbpf_common::{ROUTE_KIND_LOCAL, Route};
 
@@ -47,10 +47,10 @@ pub fn del(
 
     let reversible = (|| {
         fault::point("del.route-map")?;
-        env.dp.del_route(Ipv4Net::from(rec.ip))?;
+        del_route_entries(env, &rec)?;
         if let Err(e) = delete_host_veth(env, &rec) {
-            if let Err(undo) = env.dp.put_route(Ipv4Net::from(rec.ip), &route_of(&rec)) {
-                warn!(error = %undo, "cannot restore the route entry");
+            if let Err(undo) = put_route_entries(env, &rec) {
+                warn!(error = %undo, "cannot restore the route entries");
             }
             return Err(e);
         }
@@ -80,6 +80,31 @@ pub fn del(
         warn!(error = %e, "cannot clear the journal; the next command will");
     }
     Ok(rec)
+}
+
+/// Takes away the route entries (one per family) that send traffic to `rec`.
+pub(crate) fn del_route_entries(
+    env: &mut Env<'_>,
+    rec: &EndpointRecord,
+) -> Result<(), EndpointError> {
+    if let Some(ip) = rec.ip {
+        env.dp.del_route(Ipv4Net::from(ip))?;
+    }
+    if let Some(ip6) = rec.ip6 {
+        env.dp.del_route6(Ipv6Net::from(ip6))?;
+    }
+    Ok(())
+}
+
+/// Puts back the route entries of `rec` (a del that could not delete the veth).
+fn put_route_entries(env: &mut Env<'_>, rec: &EndpointRecord) -> Result<(), EndpointError> {
+    if let Some(ip) = rec.ip {
+        env.dp.put_route(Ipv4Net::from(ip), &route_of(rec))?;
+    }
+    if let Some(ip6) = rec.ip6 {
+        env.dp.put_route6(Ipv6Net::from(ip6), &route_of(rec))?;
+    }
+    Ok(())
 }
 
 /// The route entry that sends traffic to `rec`.

@@ -4,8 +4,8 @@
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
-use ipnet::Ipv4Net;
-use vethbpf_common::{EndpointInfo, Route};
+use ipnet::{Ipv4Net, Ipv6Net};
+use vethbpf_common::{EndpointInfo, EndpointInfo6, Route};
 
 use super::EndpointError;
 use crate::kernel::netlink::Netlink;
@@ -40,6 +40,14 @@ pub(crate) trait Datapath {
     fn route_entries(&self) -> Result<Vec<(Ipv4Net, Route)>, EndpointError>;
     /// Every ENDPOINTS entry, by host ifindex (for `reconcile`).
     fn endpoint_entries(&self) -> Result<Vec<(u32, EndpointInfo)>, EndpointError>;
+    fn put_endpoint6(&mut self, ifindex: u32, info: &EndpointInfo6) -> Result<(), EndpointError>;
+    fn del_endpoint6(&mut self, ifindex: u32) -> Result<(), EndpointError>;
+    fn put_route6(&mut self, net: Ipv6Net, route: &Route) -> Result<(), EndpointError>;
+    fn del_route6(&mut self, net: Ipv6Net) -> Result<(), EndpointError>;
+    /// Every ROUTES6 entry (for `reconcile`).
+    fn route6_entries(&self) -> Result<Vec<(Ipv6Net, Route)>, EndpointError>;
+    /// Every ENDPOINTS6 entry, by host ifindex (for `reconcile`).
+    fn endpoint6_entries(&self) -> Result<Vec<(u32, EndpointInfo6)>, EndpointError>;
     /// The host veths with a pinned attachment; `None` when attachments are not
     /// pinned (netlink mode), so there is nothing to compare.
     fn attached(&self) -> Option<Vec<String>>;

@@ -6,6 +6,7 @@ use vethbpf_common::MAX_ENDPOINTS;
 
 use crate::datapath::BpfError;
 use crate::datapath::maps::MapsError;
+use crate::egress::table::TableError;
 use crate::error::ErrorKind;
 use crate::fault::Injected;
 use crate::kernel::bpffs::BpffsError;
@@ -54,6 +55,8 @@ pub enum EndpointError {
     #[error(transparent)]
     Maps(#[from] MapsError),
     #[error(transparent)]
+    Nat(#[from] TableError),
+    #[error(transparent)]
     State(#[from] StateError),
     #[error(transparent)]
     Injected(#[from] Injected),
@@ -84,6 +87,7 @@ impl EndpointError {
             EndpointError::Netns(e) => e.kind(),
             EndpointError::Bpf(e) => e.kind(),
             EndpointError::Maps(e) => e.kind(),
+            EndpointError::Nat(e) => e.kind(),
             EndpointError::State(_)
             | EndpointError::Bpffs(_)
             | EndpointError::PeerVanished { .. }

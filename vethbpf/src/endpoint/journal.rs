@@ -1,6 +1,6 @@
 //! Settling the journal of an endpoint change that died halfway.
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use serde::Serialize;
 use tracing::warn;
 
@@ -53,11 +53,9 @@ pub(super) fn settle(
 ) -> Result<Recovered, EndpointError> {
     let recovered = match intent {
         Intent::Add(plan) => {
-            let committed = locked
-                .state
-                .endpoints
-                .get(&plan.name)
-                .is_some_and(|r| r.host_veth == plan.host_veth && r.ip == plan.ip);
+            let committed = locked.state.endpoints.get(&plan.name).is_some_and(|r| {
+                r.host_veth == plan.host_veth && r.ip == plan.ip && r.ip6 == plan.ip6
+            });
             if !committed {
                 roll_back_add(env, locked, &plan)?;
             }
@@ -102,8 +100,15 @@ fn roll_back_add(
     let owned = |pred: &dyn Fn(&EndpointRecord) -> bool| locked.state.endpoints.values().any(pred);
     // The address was free when the add began, under the lock; an entry for it is
     // the add's.
-    if !owned(&|r| r.ip == plan.ip) {
-        env.dp.del_route(Ipv4Net::from(plan.ip))?;
+    if let Some(ip) = plan.ip
+        && !owned(&|r| r.ip == Some(ip))
+    {
+        env.dp.del_route(Ipv4Net::from(ip))?;
+    }
+    if let Some(ip6) = plan.ip6
+        && !owned(&|r| r.ip6 == Some(ip6))
+    {
+        env.dp.del_route6(Ipv6Net::from(ip6))?;
     }
     for ifname in [&plan.host_veth, &plan.temp_peer] {
         if owned(&|r| &r.host_veth == ifname) {
@@ -111,6 +116,7 @@ fn roll_back_add(
         }
         if let Some(link) = env.node.link_by_name(ifname)? {
             env.dp.del_endpoint(link.index)?;
+            env.dp.del_endpoint6(link.index)?;
             match env.node.del_link(link.index) {
                 Ok(()) | Err(NetlinkError::NotFound { .. }) => {}
                 Err(e) => return Err(e.into()),

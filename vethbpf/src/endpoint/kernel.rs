@@ -3,12 +3,13 @@
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
-use ipnet::Ipv4Net;
-use vethbpf_common::{EndpointInfo, PROG_FROM_POD, Route};
+use ipnet::{Ipv4Net, Ipv6Net};
+use vethbpf_common::{EndpointInfo, EndpointInfo6, PROG_FROM_POD, Route};
 
 use super::{Datapath, EndpointError, Env, Namespaces};
 use crate::datapath::maps::{EndpointCounters, Maps};
 use crate::datapath::{self, AttachMode, Pins};
+use crate::egress::table::Table;
 use crate::kernel::bpffs;
 use crate::kernel::netlink::{Netlink, RtNetlink};
 use crate::kernel::netns;
@@ -126,7 +127,11 @@ impl Datapath for PinnedDatapath {
         Ok(self.maps.put_endpoint(ifindex, info)?)
     }
     fn del_endpoint(&mut self, ifindex: u32) -> Result<(), EndpointError> {
-        Ok(self.maps.del_endpoint(ifindex)?)
+        self.maps.del_endpoint(ifindex)?;
+        // The endpoint's NAT flows go with it: its interface index may be given to
+        // another pod, which must not inherit them.
+        Table::remove_endpoint_flows_at(&self.pins, ifindex)?;
+        Ok(())
     }
     fn put_route(&mut self, net: Ipv4Net, route: &Route) -> Result<(), EndpointError> {
         Ok(self.maps.put_route(net, route)?)
@@ -142,6 +147,24 @@ impl Datapath for PinnedDatapath {
     }
     fn endpoint_entries(&self) -> Result<Vec<(u32, EndpointInfo)>, EndpointError> {
         Ok(self.maps.endpoints())
+    }
+    fn put_endpoint6(&mut self, ifindex: u32, info: &EndpointInfo6) -> Result<(), EndpointError> {
+        Ok(self.maps.put_endpoint6(ifindex, info)?)
+    }
+    fn del_endpoint6(&mut self, ifindex: u32) -> Result<(), EndpointError> {
+        Ok(self.maps.del_endpoint6(ifindex)?)
+    }
+    fn put_route6(&mut self, net: Ipv6Net, route: &Route) -> Result<(), EndpointError> {
+        Ok(self.maps.put_route6(net, route)?)
+    }
+    fn del_route6(&mut self, net: Ipv6Net) -> Result<(), EndpointError> {
+        Ok(self.maps.del_route6(net)?)
+    }
+    fn route6_entries(&self) -> Result<Vec<(Ipv6Net, Route)>, EndpointError> {
+        Ok(self.maps.routes6())
+    }
+    fn endpoint6_entries(&self) -> Result<Vec<(u32, EndpointInfo6)>, EndpointError> {
+        Ok(self.maps.endpoints6())
     }
     fn attached(&self) -> Option<Vec<String>> {
         (self.mode == AttachMode::Tcx).then(|| datapath::pinned_links(&self.pins, PROG_FROM_POD))
@@ -179,6 +202,24 @@ impl Datapath for GoneDatapath {
         Ok(Vec::new())
     }
     fn endpoint_entries(&self) -> Result<Vec<(u32, EndpointInfo)>, EndpointError> {
+        Ok(Vec::new())
+    }
+    fn put_endpoint6(&mut self, _ifindex: u32, _info: &EndpointInfo6) -> Result<(), EndpointError> {
+        Err(EndpointError::NotUp)
+    }
+    fn del_endpoint6(&mut self, _ifindex: u32) -> Result<(), EndpointError> {
+        Ok(())
+    }
+    fn put_route6(&mut self, _net: Ipv6Net, _route: &Route) -> Result<(), EndpointError> {
+        Err(EndpointError::NotUp)
+    }
+    fn del_route6(&mut self, _net: Ipv6Net) -> Result<(), EndpointError> {
+        Ok(())
+    }
+    fn route6_entries(&self) -> Result<Vec<(Ipv6Net, Route)>, EndpointError> {
+        Ok(Vec::new())
+    }
+    fn endpoint6_entries(&self) -> Result<Vec<(u32, EndpointInfo6)>, EndpointError> {
         Ok(Vec::new())
     }
     fn attached(&self) -> Option<Vec<String>> {

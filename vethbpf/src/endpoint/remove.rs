@@ -1,8 +1,7 @@
 //! Taking an endpoint's kernel objects away: what `del` does after its checks, and
 //! what settling an interrupted `del` and `reconcile` do.
 
-use ipnet::Ipv4Net;
-
+use super::del::del_route_entries;
 use super::{EndpointError, Env};
 use crate::fault;
 use crate::kernel::netlink::NetlinkError;
@@ -35,6 +34,7 @@ pub(super) fn remove_after_veth(
     env.dp.detach(&rec.host_veth)?;
     fault::point("del.endpoint-map")?;
     env.dp.del_endpoint(rec.host_ifindex)?;
+    env.dp.del_endpoint6(rec.host_ifindex)?;
     if rec.netns_created {
         fault::point("del.netns")?;
         match env.ns.delete(&rec.name) {
@@ -53,7 +53,7 @@ pub(crate) fn remove_endpoint(
     env: &mut Env<'_>,
     rec: &EndpointRecord,
 ) -> Result<(), EndpointError> {
-    env.dp.del_route(Ipv4Net::from(rec.ip))?;
+    del_route_entries(env, rec)?;
     delete_host_veth(env, rec)?;
     remove_after_veth(env, rec)
 }

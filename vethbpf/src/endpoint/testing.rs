@@ -6,8 +6,8 @@ use std::net::Ipv4Addr;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
-use ipnet::Ipv4Net;
-use vethbpf_common::{EndpointInfo, Route};
+use ipnet::{Ipv4Net, Ipv6Net};
+use vethbpf_common::{EndpointInfo, EndpointInfo6, Route};
 
 use super::*;
 use crate::datapath::AttachMode;
@@ -74,6 +74,8 @@ pub(crate) struct FakeDatapath {
     pub(crate) attached: BTreeSet<String>,
     pub(crate) endpoints: BTreeMap<u32, EndpointInfo>,
     pub(crate) routes: BTreeMap<Ipv4Net, Route>,
+    pub(crate) endpoints6: BTreeMap<u32, EndpointInfo6>,
+    pub(crate) routes6: BTreeMap<Ipv6Net, Route>,
     /// Datapath op that fails (name) on its first call.
     pub(crate) fail: Option<&'static str>,
 }
@@ -129,6 +131,30 @@ impl Datapath for FakeDatapath {
     fn endpoint_entries(&self) -> Result<Vec<(u32, EndpointInfo)>, EndpointError> {
         Ok(self.endpoints.iter().map(|(k, v)| (*k, *v)).collect())
     }
+    fn put_endpoint6(&mut self, i: u32, info: &EndpointInfo6) -> Result<(), EndpointError> {
+        self.check("put_endpoint6")?;
+        self.endpoints6.insert(i, *info);
+        Ok(())
+    }
+    fn del_endpoint6(&mut self, i: u32) -> Result<(), EndpointError> {
+        self.endpoints6.remove(&i);
+        Ok(())
+    }
+    fn put_route6(&mut self, net: Ipv6Net, r: &Route) -> Result<(), EndpointError> {
+        self.check("put_route6")?;
+        self.routes6.insert(net, *r);
+        Ok(())
+    }
+    fn del_route6(&mut self, net: Ipv6Net) -> Result<(), EndpointError> {
+        self.routes6.remove(&net);
+        Ok(())
+    }
+    fn route6_entries(&self) -> Result<Vec<(Ipv6Net, Route)>, EndpointError> {
+        Ok(self.routes6.iter().map(|(k, v)| (*k, *v)).collect())
+    }
+    fn endpoint6_entries(&self) -> Result<Vec<(u32, EndpointInfo6)>, EndpointError> {
+        Ok(self.endpoints6.iter().map(|(k, v)| (*k, *v)).collect())
+    }
     fn attached(&self) -> Option<Vec<String>> {
         Some(self.attached.iter().cloned().collect())
     }
@@ -143,7 +169,17 @@ pub(crate) struct World {
 }
 
 impl World {
+    /// A node with the default IPv4 pod CIDR.
     pub(crate) fn new(tag: &str) -> World {
+        Self::with_cidrs(tag, Some("10.244.0.0/24"), None)
+    }
+
+    /// A dual-stack node (10.244.0.0/24 and fd00:10:244::/64).
+    pub(crate) fn dual(tag: &str) -> World {
+        Self::with_cidrs(tag, Some("10.244.0.0/24"), Some("fd00:10:244::/64"))
+    }
+
+    pub(crate) fn with_cidrs(tag: &str, v4: Option<&str>, v6: Option<&str>) -> World {
         let dir = std::env::temp_dir().join(format!(
             "vethbpf-endpoint-test-{}-{tag}",
             std::process::id()
@@ -154,12 +190,14 @@ impl World {
         let state = StateDir::new(dir.join("state"));
         let mut l = state.lock().unwrap();
         l.state.node = Some(NodeConfig {
-            pod_cidr: "10.244.0.0/24".parse().unwrap(),
+            pod_cidr: v4.map(|c| c.parse().unwrap()),
+            pod_cidr6: v6.map(|c| c.parse().unwrap()),
             gateway: Ipv4Addr::new(169, 254, 1, 1),
             gateway_mac: MacAddr::GATEWAY,
             bpffs_dir: dir.join("bpffs"),
             bpffs_mount: None,
             attach_mode: AttachMode::Tcx,
+            egress: None,
         });
         l.save().unwrap();
         World {
@@ -176,6 +214,15 @@ impl World {
     }
 
     pub(crate) fn add(&mut self, name: &str) -> Result<EndpointRecord, EndpointError> {
+        self.add_with(name, &[])
+    }
+
+    /// `add` asking for the addresses `ips`.
+    pub(crate) fn add_with(
+        &mut self,
+        name: &str,
+        ips: &[&str],
+    ) -> Result<EndpointRecord, EndpointError> {
         let mut locked = self.state.lock().unwrap();
         let mut env = Env {
             node: &mut self.node,
@@ -187,7 +234,7 @@ impl World {
             &mut locked,
             &AddRequest {
                 name: name.into(),
-                ip: None,
+                ips: ips.iter().map(|ip| ip.parse().unwrap()).collect(),
                 netns: None,
                 ifname: "eth0".into(),
             },

@@ -2,23 +2,24 @@
 //! each time the node must hold exactly what it held before.
 
 use std::fs;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 
 use super::remove::delete_host_veth;
 use super::testing::World;
 use super::*;
 use crate::kernel::netlink::Netlink;
 use crate::state::ident::{self, MacAddr};
-use crate::state::{Intent, PlannedEndpoint};
+use crate::state::{EndpointRecord, Intent, PlannedEndpoint};
 
 #[test]
 fn add_then_del_round_trip() {
     let mut w = World::new("roundtrip");
     let empty = w.snapshot();
     let rec = w.add("web").unwrap();
-    assert_eq!(rec.ip, Ipv4Addr::new(10, 244, 0, 1));
+    assert_eq!(rec.ip, Some(Ipv4Addr::new(10, 244, 0, 1)));
+    assert_eq!(rec.ip6, None);
     assert_eq!(rec.id, 1);
     assert!(rec.netns_created);
     // Pod side: eth0 up with IP/32 and the two routes.
@@ -43,7 +44,10 @@ fn add_then_del_round_trip() {
     assert_eq!(w.dp.endpoints[&host.index].id, 1);
     // A second endpoint gets the next address and id.
     let rec2 = w.add("db").unwrap();
-    assert_eq!((rec2.ip, rec2.id), (Ipv4Addr::new(10, 244, 0, 2), 2));
+    assert_eq!((rec2.ip, rec2.id), (Some(Ipv4Addr::new(10, 244, 0, 2)), 2));
+    // IPv4 only: no IPv6 entry, no address on the host side.
+    assert!(w.dp.endpoints6.is_empty() && w.dp.routes6.is_empty());
+    assert!(w.node.addresses6(Some(host.index)).unwrap().is_empty());
     w.del("db").unwrap();
     w.del("web").unwrap();
     assert_eq!(w.snapshot(), empty);
@@ -196,6 +200,7 @@ fn an_add_that_died_before_its_commit_is_rolled_back_by_the_next_command() {
             .begin(&Intent::Add(PlannedEndpoint {
                 name: "web".into(),
                 ip: rec.ip,
+                ip6: rec.ip6,
                 id: rec.id,
                 host_veth: rec.host_veth.clone(),
                 temp_peer: ident::temp_peer_name("web"),
@@ -222,11 +227,169 @@ fn a_del_that_died_after_the_veth_is_finished_by_the_next_command() {
     // The del journaled itself, removed the route entry and the veth, and died.
     w.with(|env, locked| {
         locked.begin(&Intent::Del(rec.clone())).unwrap();
-        env.dp.del_route(Ipv4Net::from(rec.ip)).unwrap();
+        env.dp.del_route(Ipv4Net::from(rec.ip.unwrap())).unwrap();
         delete_host_veth(env, &rec).unwrap();
     });
     // Running `del web` again is the natural next command: it succeeds.
     assert_eq!(w.del("web").unwrap(), rec);
     assert_eq!(w.snapshot(), empty);
     assert!(matches!(w.del("web"), Err(EndpointError::NotFound { .. })));
+}
+
+fn ip6(s: &str) -> Ipv6Addr {
+    s.parse().unwrap()
+}
+
+#[test]
+fn dual_stack_add_then_del_round_trip() {
+    let mut w = World::dual("dual");
+    let empty = w.snapshot();
+    let rec = w.add("web").unwrap();
+    assert_eq!(rec.ip, Some(Ipv4Addr::new(10, 244, 0, 1)));
+    assert_eq!(rec.ip6, Some(ip6("fd00:10:244::1")));
+    let gw6 = ip6("fe80::ecee:eeff:feee:eeee");
+    // Pod side: no generated link-local address, the EUI-64 one and IP6/128, a
+    // route to the gateway and the default route through it.
+    let mut pod = w.ns.handle(&rec.netns);
+    let eth0 = pod.link_by_name("eth0").unwrap().unwrap();
+    let state = pod.link_state(eth0.index).unwrap();
+    assert!(state.ipv6_addr_gen_disabled && !state.ipv6_link_local);
+    let mut addrs6: Vec<Ipv6Net> = pod
+        .addresses6(Some(eth0.index))
+        .unwrap()
+        .into_iter()
+        .map(|(_, a)| a)
+        .collect();
+    addrs6.sort();
+    let lla = Ipv6Net::new(rec.link_local(), 64).unwrap();
+    assert_eq!(addrs6, vec!["fd00:10:244::1/128".parse().unwrap(), lla]);
+    assert_eq!(rec.link_local(), rec.pod_mac.link_local());
+    let routes6 = pod.routes6().unwrap();
+    assert!(
+        routes6
+            .iter()
+            .any(|r| r.dst == Ipv6Net::from(gw6) && r.gateway.is_none())
+    );
+    assert!(
+        routes6
+            .iter()
+            .any(|r| r.dst == Ipv6Net::default() && r.gateway == Some(gw6))
+    );
+    // Node side: the gateway's link-local address on the host veth (and no other
+    // IPv6 address), the /128 route, both map entries.
+    let host = w.node.link_by_name(&rec.host_veth).unwrap().unwrap();
+    assert_eq!(
+        w.node.addresses6(Some(host.index)).unwrap(),
+        vec![(host.index, Ipv6Net::new(gw6, 64).unwrap())]
+    );
+    assert!(
+        w.node.routes6().unwrap().iter().any(|r| r.dst
+            == "fd00:10:244::1/128".parse::<Ipv6Net>().unwrap()
+            && r.oif == host.index)
+    );
+    let e6 = w.dp.endpoints6[&host.index];
+    assert_eq!(
+        (e6.ip, e6.link_local),
+        (ip6("fd00:10:244::1").octets(), rec.link_local().octets())
+    );
+    assert_eq!(
+        w.dp.routes6[&"fd00:10:244::1/128".parse::<Ipv6Net>().unwrap()],
+        route_of(&rec)
+    );
+    assert_eq!(w.dp.routes.len(), 1);
+    // A second one: the next address of each family.
+    let rec2 = w.add("db").unwrap();
+    assert_eq!(rec2.ip6, Some(ip6("fd00:10:244::2")));
+    w.del("db").unwrap();
+    w.del("web").unwrap();
+    assert_eq!(w.snapshot(), empty);
+}
+
+#[test]
+fn an_ipv6_only_endpoint_has_no_ipv4() {
+    let mut w = World::with_cidrs("v6only", None, Some("fd00:10:244::/64"));
+    let rec = w.add_with("web", &["fd00:10:244::99"]).unwrap();
+    assert_eq!((rec.ip, rec.ip6), (None, Some(ip6("fd00:10:244::99"))));
+    let host = w.node.link_by_name(&rec.host_veth).unwrap().unwrap();
+    // ENDPOINTS says "no IPv4": every IPv4 and ARP frame of the pod is a spoof.
+    assert_eq!(w.dp.endpoints[&host.index].ip, 0);
+    assert!(w.dp.routes.is_empty());
+    let mut pod = w.ns.handle(&rec.netns);
+    let eth0 = pod.link_by_name("eth0").unwrap().unwrap();
+    assert!(pod.addresses(Some(eth0.index)).unwrap().is_empty());
+    assert!(pod.routes().unwrap().is_empty());
+    w.del("web").unwrap();
+    assert!(w.dp.endpoints6.is_empty() && w.dp.routes6.is_empty());
+}
+
+#[test]
+fn requested_addresses_are_checked_per_family() {
+    use crate::state::ipam::IpamError;
+    let mut w = World::dual("requested");
+    let rec = w.add_with("a", &["fd00:10:244::7", "10.244.0.7"]).unwrap();
+    assert_eq!(
+        (rec.ip, rec.ip6),
+        (
+            Some(Ipv4Addr::new(10, 244, 0, 7)),
+            Some(ip6("fd00:10:244::7"))
+        )
+    );
+    let before = w.snapshot();
+    let ipam = |r: Result<EndpointRecord, EndpointError>| match r {
+        Err(EndpointError::Ipam(e)) => e,
+        other => panic!("expected an IPAM error, got {other:?}"),
+    };
+    assert!(matches!(
+        ipam(w.add_with("b", &["fd00:10:244::7"])),
+        IpamError::InUse { .. }
+    ));
+    assert!(matches!(
+        ipam(w.add_with("b", &["fd00:10:244::"])),
+        IpamError::Anycast { .. }
+    ));
+    assert!(matches!(
+        ipam(w.add_with("b", &["fd00:10:245::1"])),
+        IpamError::OutsideCidr { .. }
+    ));
+    assert!(matches!(
+        ipam(w.add_with("b", &["fd00:10:244::8", "fd00:10:244::9"])),
+        IpamError::TwoOfAFamily { family: "IPv6", .. }
+    ));
+    assert_eq!(w.snapshot(), before);
+    let mut v4 = World::new("requested-v4");
+    assert!(matches!(
+        ipam(v4.add_with("b", &["fd00:10:244::8"])),
+        IpamError::NoCidr { family: "IPv6", .. }
+    ));
+}
+
+#[test]
+fn every_failing_ipv6_step_of_add_is_rolled_back() {
+    let netlink_steps = [
+        ("disable_ipv6_addr_gen", 2), // eth0 in the pod
+        ("add_address6", 1),          // the gateway on the host veth
+        ("add_address6", 2),          // the pod's link-local address
+        ("add_address6", 3),          // the pod's address
+        ("add_route6", 1),            // gateway route in the pod
+        ("add_route6", 2),            // default route in the pod
+        ("add_route6", 3),            // node /128 route
+    ];
+    for (op, nth) in netlink_steps {
+        let mut w = World::dual(&format!("nl6-{op}-{nth}"));
+        w.add("keep").unwrap();
+        let before = w.snapshot();
+        let node_routes6 = w.node.routes6().unwrap();
+        w.node.fail_at(op, nth);
+        let err = w.add("web").expect_err(op);
+        assert_eq!(w.snapshot(), before, "after {op} #{nth} failed: {err}");
+        assert_eq!(w.node.routes6().unwrap(), node_routes6, "{op} #{nth}");
+    }
+    for op in ["put_endpoint6", "put_route6"] {
+        let mut w = World::dual(&format!("dp6-{op}"));
+        w.add("keep").unwrap();
+        let before = w.snapshot();
+        w.dp.fail = Some(op);
+        let err = w.add("web").expect_err(op);
+        assert_eq!(w.snapshot(), before, "after {op} failed: {err}");
+    }
 }

@@ -1,6 +1,6 @@
 //! Endpoints as `endpoint list` and `endpoint add` show them, with counters.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 
 use serde::Serialize;
@@ -16,7 +16,10 @@ use crate::state::{EndpointRecord, Locked, NodeConfig};
 pub struct EndpointView {
     pub name: String,
     pub id: u32,
-    pub ip: Ipv4Addr,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ip: Option<Ipv4Addr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ip6: Option<Ipv6Addr>,
     pub pod_mac: MacAddr,
     pub host_veth: String,
     pub host_ifindex: u32,
@@ -49,7 +52,19 @@ pub struct CounterView {
     pub arp_replies: Count,
     /// Pings to the gateway address answered.
     pub echo_replies: Count,
+    /// Neighbour solicitations answered (IPv6's ARP replies).
+    pub na_replies: Count,
     pub passed: Count,
+    /// Egress: sent out of the uplink, masqueraded (or with the pod's own address).
+    pub masqueraded: Count,
+    pub egress: Count,
+    /// Replies (and ICMP errors) of its flows translated back and delivered.
+    pub rev_nat: Count,
+    pub rev_nat_icmp: Count,
+    /// Sent to pods on other nodes.
+    pub to_nodes: Count,
+    /// Delivered from pods (or nodes) elsewhere in the cluster.
+    pub from_nodes: Count,
     /// Total of all drop reasons.
     pub dropped: Count,
     /// Drops by reason, keyed by the verdict's name.
@@ -62,7 +77,14 @@ impl CounterView {
             forwarded: c[Verdict::Forward as usize].into(),
             arp_replies: c[Verdict::ArpReply as usize].into(),
             echo_replies: c[Verdict::EchoReply as usize].into(),
+            na_replies: c[Verdict::NaReply as usize].into(),
             passed: c[Verdict::Pass as usize].into(),
+            masqueraded: c[Verdict::Masquerade as usize].into(),
+            egress: c[Verdict::Egress as usize].into(),
+            rev_nat: c[Verdict::RevNat as usize].into(),
+            rev_nat_icmp: c[Verdict::RevNatIcmp as usize].into(),
+            to_nodes: c[Verdict::ToNode as usize].into(),
+            from_nodes: c[Verdict::FromNode as usize].into(),
             ..Default::default()
         };
         for verdict in Verdict::ALL.into_iter().filter(|v| v.is_drop()) {
@@ -82,6 +104,7 @@ impl EndpointView {
             name: rec.name.clone(),
             id: rec.id,
             ip: rec.ip,
+            ip6: rec.ip6,
             pod_mac: rec.pod_mac,
             host_veth: rec.host_veth.clone(),
             host_ifindex: rec.host_ifindex,

@@ -10,9 +10,10 @@ use std::path::{Path, PathBuf};
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
+use super::cluster::NODE_INTENT_FILE;
 use super::log::{self, LOG_FILE, LogEntry, LogPos};
 use super::records::{OLDEST_STATE_VERSION, STATE_VERSION};
-use super::{EndpointRecord, NodeConfig, State, StateError};
+use super::{ClusterState, EndpointRecord, NodeConfig, State, StateError};
 
 /// The state file's name in the state directory.
 pub const STATE_FILE: &str = "state.json";
@@ -47,6 +48,8 @@ struct SnapshotOut<'a> {
     seq: u64,
     node: &'a Option<NodeConfig>,
     endpoints: &'a BTreeMap<String, EndpointRecord>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cluster: &'a Option<ClusterState>,
 }
 
 /// The state file as read (version 1 has no `seq`: it had no log).
@@ -57,6 +60,8 @@ struct SnapshotIn {
     seq: u64,
     node: Option<NodeConfig>,
     endpoints: BTreeMap<String, EndpointRecord>,
+    #[serde(default)]
+    cluster: Option<ClusterState>,
 }
 
 impl StateDir {
@@ -197,6 +202,7 @@ impl StateDir {
         rm(&locked.path)?;
         rm(&locked.log_path())?;
         rm(&locked.intent_path())?;
+        rm(&locked.path.with_file_name(NODE_INTENT_FILE))?;
         // Temp files of a write that a kill interrupted.
         rm(&locked.path.with_extension("json.tmp"))?;
         rm(&locked.intent_path().with_extension("json.tmp"))?;
@@ -283,6 +289,7 @@ fn read_state(path: &Path) -> Result<(State, LogPos, SnapshotInfo), StateError> 
         version: STATE_VERSION,
         node: snap.node,
         endpoints: snap.endpoints,
+        cluster: snap.cluster,
     };
     let pos = log::replay(&path.with_file_name(LOG_FILE), &mut state, snap.seq)?;
     Ok((state, pos, info))
@@ -335,6 +342,7 @@ impl Locked {
             seq: self.pos.seq,
             node: &self.state.node,
             endpoints: &self.state.endpoints,
+            cluster: &self.state.cluster,
         };
         let mut text = serde_json::to_vec_pretty(&snapshot).map_err(|e| werr(e.into()))?;
         text.push(b'\n');
@@ -414,7 +422,8 @@ mod tests {
         EndpointRecord {
             name: name.into(),
             id: 1,
-            ip: Ipv4Addr::from(ip),
+            ip: Some(Ipv4Addr::from(ip)),
+            ip6: None,
             pod_mac: MacAddr([2, 0, 0, 0, 0, 1]),
             host_veth: "vb0".into(),
             host_ifindex: 7,
@@ -437,7 +446,10 @@ mod tests {
         l.save().unwrap();
         drop(l);
         let l = sd.lock().unwrap();
-        assert_eq!(l.state.endpoints["a"].ip, Ipv4Addr::new(10, 244, 0, 2));
+        assert_eq!(
+            l.state.endpoints["a"].ip,
+            Some(Ipv4Addr::new(10, 244, 0, 2))
+        );
         sd.remove(l).unwrap();
         assert!(!dir.exists());
     }
@@ -483,6 +495,30 @@ mod tests {
     }
 
     #[test]
+    fn a_state_file_written_before_ipv6_still_reads() {
+        // The shape of version 1 files from before dual stack: plain `pod_cidr` and
+        // `ip`, no `pod_cidr6`/`ip6`.
+        let dir = tempdir();
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(
+            dir.join(STATE_FILE),
+            r#"{"version":1,"node":{"pod_cidr":"10.244.0.0/24","gateway":"169.254.1.1",
+            "gateway_mac":"ee:ee:ee:ee:ee:ee","bpffs_dir":"/sys/fs/bpf/vethbpf",
+            "bpffs_mount":null,"attach_mode":"tcx"},"endpoints":{"a":{"name":"a","id":1,
+            "ip":"10.244.0.2","pod_mac":"02:00:00:00:00:01","host_veth":"vb0",
+            "host_ifindex":7,"netns":"/run/netns/x","netns_created":true,"ifname":"eth0"}}}"#,
+        )
+        .unwrap();
+        let sd = StateDir::new(&dir);
+        let l = sd.lock().unwrap();
+        let node = l.state.node.clone().unwrap();
+        assert_eq!(node.pod_cidr, Some("10.244.0.0/24".parse().unwrap()));
+        assert_eq!(node.pod_cidr6, None);
+        assert_eq!(l.state.endpoints["a"], record("a", [10, 244, 0, 2]));
+        sd.remove(l).unwrap();
+    }
+
+    #[test]
     fn corrupt_file_is_a_clear_error() {
         let dir = tempdir();
         fs::create_dir_all(&dir).unwrap();
@@ -517,6 +553,10 @@ mod tests {
         sd.remove(l).unwrap();
     }
 
+    fn put(rec: EndpointRecord) -> LogEntry {
+        LogEntry::Put(Box::new(rec))
+    }
+
     fn up(dir: &Path) -> StateDir {
         let sd = StateDir::new(dir);
         let mut l = sd.lock().unwrap();
@@ -537,8 +577,8 @@ mod tests {
         let sd = up(&dir);
         let snapshot = fs::read(dir.join(STATE_FILE)).unwrap();
         let mut l = sd.lock().unwrap();
-        l.commit(LogEntry::Put(record("a", [10, 0, 0, 1]))).unwrap();
-        l.commit(LogEntry::Put(record("b", [10, 0, 0, 2]))).unwrap();
+        l.commit(put(record("a", [10, 0, 0, 1]))).unwrap();
+        l.commit(put(record("b", [10, 0, 0, 2]))).unwrap();
         l.commit(LogEntry::Del("a".into())).unwrap();
         drop(l);
         // The snapshot was not rewritten: three lines were appended.
@@ -564,11 +604,8 @@ mod tests {
         for i in 0..300u32 {
             let name = format!("e{i}");
             let before = inode();
-            l.commit(LogEntry::Put(record(
-                &name,
-                (0x0a00_0000 + i).to_be_bytes(),
-            )))
-            .unwrap();
+            l.commit(put(record(&name, (0x0a00_0000 + i).to_be_bytes())))
+                .unwrap();
             let lines = log_lines(&dir);
             // Never longer than the snapshot it goes with (or COMPACT_AT).
             let snapshot = l.snapshot_endpoints;
@@ -600,10 +637,10 @@ mod tests {
         let dir = tempdir();
         let sd = up(&dir);
         let mut l = sd.lock().unwrap();
-        l.commit(LogEntry::Put(record("a", [10, 0, 0, 1]))).unwrap();
+        l.commit(put(record("a", [10, 0, 0, 1]))).unwrap();
         l.commit(LogEntry::Del("a".into())).unwrap();
         let old_log = fs::read(dir.join(LOG_FILE)).unwrap();
-        l.commit(LogEntry::Put(record("b", [10, 0, 0, 2]))).unwrap();
+        l.commit(put(record("b", [10, 0, 0, 2]))).unwrap();
         // A snapshot, and a crash before the log was emptied: the log is back.
         l.save().unwrap();
         drop(l);
@@ -611,7 +648,7 @@ mod tests {
         let mut l = sd.lock().unwrap();
         assert_eq!(l.state.endpoints.keys().collect::<Vec<_>>(), ["b"]);
         // New lines go after the stale ones and are applied.
-        l.commit(LogEntry::Put(record("c", [10, 0, 0, 3]))).unwrap();
+        l.commit(put(record("c", [10, 0, 0, 3]))).unwrap();
         drop(l);
         let l = sd.lock().unwrap();
         assert_eq!(l.state.endpoints.keys().collect::<Vec<_>>(), ["b", "c"]);
@@ -623,7 +660,7 @@ mod tests {
         let dir = tempdir();
         let sd = up(&dir);
         let mut l = sd.lock().unwrap();
-        l.commit(LogEntry::Put(record("a", [10, 0, 0, 1]))).unwrap();
+        l.commit(put(record("a", [10, 0, 0, 1]))).unwrap();
         drop(l);
         let mut f = OpenOptions::new()
             .append(true)
@@ -633,7 +670,7 @@ mod tests {
         drop(f);
         let mut l = sd.lock().unwrap();
         assert_eq!(l.state.endpoints.keys().collect::<Vec<_>>(), ["a"]);
-        l.commit(LogEntry::Put(record("b", [10, 0, 0, 2]))).unwrap();
+        l.commit(put(record("b", [10, 0, 0, 2]))).unwrap();
         drop(l);
         assert_eq!(log_lines(&dir), 2);
         let l = sd.lock().unwrap();
@@ -646,7 +683,7 @@ mod tests {
         let dir = tempdir();
         let sd = up(&dir);
         let mut l = sd.lock().unwrap();
-        l.commit(LogEntry::Put(record("a", [10, 0, 0, 1]))).unwrap();
+        l.commit(put(record("a", [10, 0, 0, 1]))).unwrap();
         drop(l);
         let log = dir.join(LOG_FILE);
         let good = fs::read(&log).unwrap();
@@ -673,12 +710,12 @@ mod tests {
         let dir = tempdir();
         let sd = up(&dir);
         let mut l = sd.lock().unwrap();
-        l.commit(LogEntry::Put(record("a", [10, 0, 0, 1]))).unwrap();
+        l.commit(put(record("a", [10, 0, 0, 1]))).unwrap();
         let before = l.state.clone();
         // The log cannot be written: a directory stands in its way.
         fs::remove_file(dir.join(LOG_FILE)).unwrap();
         fs::create_dir(dir.join(LOG_FILE)).unwrap();
-        assert!(l.commit(LogEntry::Put(record("b", [10, 0, 0, 2]))).is_err());
+        assert!(l.commit(put(record("b", [10, 0, 0, 2]))).is_err());
         assert!(l.commit(LogEntry::Del("a".into())).is_err());
         assert_eq!(l.state, before);
         drop(l);
@@ -702,7 +739,7 @@ mod tests {
         let sd = StateDir::new(&dir);
         let mut l = sd.lock().unwrap();
         assert_eq!(l.state.endpoints.keys().collect::<Vec<_>>(), ["a"]);
-        l.commit(LogEntry::Put(record("b", [10, 0, 0, 2]))).unwrap();
+        l.commit(put(record("b", [10, 0, 0, 2]))).unwrap();
         drop(l);
         let written: serde_json::Value =
             serde_json::from_slice(&fs::read(dir.join(STATE_FILE)).unwrap()).unwrap();

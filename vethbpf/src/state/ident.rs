@@ -2,6 +2,7 @@
 //! addresses, with the validation that keeps bad input from reaching the kernel.
 
 use std::fmt;
+use std::net::Ipv6Addr;
 use std::str::FromStr;
 
 use crate::error::ErrorKind;
@@ -140,6 +141,32 @@ impl MacAddr {
     /// The gateway MAC every host-side veth carries (Calico's choice): a locally
     /// administered unicast address that no real NIC uses.
     pub(crate) const GATEWAY: MacAddr = MacAddr([0xee; 6]);
+
+    /// The IPv6 link-local address of this MAC by modified EUI-64 (RFC 4291
+    /// appendix A): what the kernel's default `addr_gen_mode eui64` gives an
+    /// interface with this MAC. The gateway's, fe80::ecee:eeff:feee:eeee, is the
+    /// pods' IPv6 gateway (Calico's choice too).
+    pub fn link_local(&self) -> Ipv6Addr {
+        let m = self.0;
+        Ipv6Addr::from([
+            0xfe,
+            0x80,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            m[0] ^ 0x02,
+            m[1],
+            m[2],
+            0xff,
+            0xfe,
+            m[3],
+            m[4],
+            m[5],
+        ])
+    }
 }
 
 impl fmt::Display for MacAddr {
@@ -261,6 +288,14 @@ mod tests {
         assert_eq!(m.0, [2, 0, 0x0a, 0xf4, 0, 2]);
         assert_eq!(m.to_string(), "02:00:0a:f4:00:02");
         assert_eq!(MacAddr::GATEWAY.to_string(), "ee:ee:ee:ee:ee:ee");
+        assert_eq!(
+            MacAddr::GATEWAY.link_local(),
+            "fe80::ecee:eeff:feee:eeee".parse::<Ipv6Addr>().unwrap()
+        );
+        assert_eq!(
+            MacAddr([0x02, 0, 0, 0, 0, 0x02]).link_local(),
+            "fe80::ff:fe00:2".parse::<Ipv6Addr>().unwrap()
+        );
         assert!("02:00:0a:f4:00".parse::<MacAddr>().is_err());
         assert!("02:00:0a:f4:00:02:03".parse::<MacAddr>().is_err());
         assert!("zz:00:0a:f4:00:02".parse::<MacAddr>().is_err());

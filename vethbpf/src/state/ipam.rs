@@ -1,11 +1,11 @@
-//! Address management for the pod CIDR: validation of requested addresses and
-//! allocation of the next free one. Allocations themselves persist as the endpoint
-//! records of the state file; this module is pure and has no I/O.
+//! Address management for the pod CIDRs (one per family): validation of requested
+//! addresses and allocation of the next free one. Allocations themselves persist as
+//! the endpoint records of the state file; this module is pure and has no I/O.
 
 use std::collections::BTreeSet;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use crate::error::ErrorKind;
 
@@ -13,15 +13,29 @@ use crate::error::ErrorKind;
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum IpamError {
     #[error("{ip} is outside the pod CIDR {cidr}")]
-    OutsideCidr { ip: Ipv4Addr, cidr: Ipv4Net },
+    OutsideCidr { ip: IpAddr, cidr: IpNet },
     #[error("{ip} is the network or broadcast address of the pod CIDR {cidr}")]
-    Reserved { ip: Ipv4Addr, cidr: Ipv4Net },
+    Reserved { ip: IpAddr, cidr: IpNet },
+    #[error("{ip} is the subnet-router anycast address of the pod CIDR {cidr} (RFC 4291)")]
+    Anycast { ip: IpAddr, cidr: IpNet },
     #[error("{ip} is already used by endpoint {owner}")]
-    InUse { ip: Ipv4Addr, owner: String },
+    InUse { ip: IpAddr, owner: String },
     #[error("{ip} is the pods' gateway address")]
-    Gateway { ip: Ipv4Addr },
+    Gateway { ip: IpAddr },
     #[error("the pod CIDR {cidr} has no free address left")]
-    Exhausted { cidr: Ipv4Net },
+    Exhausted { cidr: IpNet },
+    #[error(
+        "the node has no {family} pod CIDR, so {ip} cannot be given; bring it up with one (`vethbpf up --pod-cidr ...`)"
+    )]
+    NoCidr { ip: IpAddr, family: &'static str },
+    #[error(
+        "more than one {family} address given ({first} and {second}); an endpoint has one per family"
+    )]
+    TwoOfAFamily {
+        family: &'static str,
+        first: IpAddr,
+        second: IpAddr,
+    },
 }
 
 impl IpamError {
@@ -30,7 +44,10 @@ impl IpamError {
         match self {
             IpamError::OutsideCidr { .. }
             | IpamError::Reserved { .. }
-            | IpamError::Gateway { .. } => ErrorKind::Usage,
+            | IpamError::Anycast { .. }
+            | IpamError::Gateway { .. }
+            | IpamError::NoCidr { .. }
+            | IpamError::TwoOfAFamily { .. } => ErrorKind::Usage,
             IpamError::InUse { .. } | IpamError::Exhausted { .. } => ErrorKind::Conflict,
         }
     }
@@ -55,24 +72,37 @@ pub(crate) fn validate<'a>(
     cidr: Ipv4Net,
     gateway: Ipv4Addr,
     ip: Ipv4Addr,
-    mut used: impl Iterator<Item = (Ipv4Addr, &'a str)>,
+    used: impl Iterator<Item = (Ipv4Addr, &'a str)>,
 ) -> Result<(), IpamError> {
     if !cidr.contains(&ip) {
-        return Err(IpamError::OutsideCidr { ip, cidr });
-    }
-    if cidr.prefix_len() < 31 && (ip == cidr.network() || ip == cidr.broadcast()) {
-        return Err(IpamError::Reserved { ip, cidr });
-    }
-    if ip == gateway {
-        return Err(IpamError::Gateway { ip });
-    }
-    if let Some((_, owner)) = used.find(|(u, _)| *u == ip) {
-        return Err(IpamError::InUse {
-            ip,
-            owner: owner.to_string(),
+        return Err(IpamError::OutsideCidr {
+            ip: ip.into(),
+            cidr: cidr.into(),
         });
     }
-    Ok(())
+    if cidr.prefix_len() < 31 && (ip == cidr.network() || ip == cidr.broadcast()) {
+        return Err(IpamError::Reserved {
+            ip: ip.into(),
+            cidr: cidr.into(),
+        });
+    }
+    if ip == gateway {
+        return Err(IpamError::Gateway { ip: ip.into() });
+    }
+    in_use(ip.into(), used.map(|(u, owner)| (u.into(), owner)))
+}
+
+fn in_use<'a>(
+    ip: IpAddr,
+    mut used: impl Iterator<Item = (IpAddr, &'a str)>,
+) -> Result<(), IpamError> {
+    match used.find(|(u, _)| *u == ip) {
+        Some((_, owner)) => Err(IpamError::InUse {
+            ip,
+            owner: owner.to_string(),
+        }),
+        None => Ok(()),
+    }
 }
 
 /// The lowest free address of the CIDR.
@@ -84,7 +114,85 @@ pub(crate) fn allocate(
     let used: BTreeSet<Ipv4Addr> = used.collect();
     usable(cidr)
         .find(|ip| *ip != gateway && !used.contains(ip))
-        .ok_or(IpamError::Exhausted { cidr })
+        .ok_or(IpamError::Exhausted { cidr: cidr.into() })
+}
+
+/// The addresses of an IPv6 pod CIDR that can be given to endpoints: all but the
+/// subnet-router anycast address (host bits zero, RFC 4291 2.6.1), lowest first.
+/// There is no broadcast address, and the gateway is link-local, never inside.
+fn usable6(cidr: Ipv6Net) -> impl Iterator<Item = Ipv6Addr> {
+    let (first, last) = (u128::from(cidr.network()), u128::from(cidr.broadcast()));
+    let first = if cidr.prefix_len() < 127 {
+        first + 1
+    } else {
+        first
+    };
+    (first..=last).map(Ipv6Addr::from)
+}
+
+/// Checks that `ip` may be given to a new endpoint (IPv6). `used` maps addresses in
+/// use to the endpoint names that hold them.
+pub(crate) fn validate6<'a>(
+    cidr: Ipv6Net,
+    ip: Ipv6Addr,
+    used: impl Iterator<Item = (Ipv6Addr, &'a str)>,
+) -> Result<(), IpamError> {
+    if !cidr.contains(&ip) {
+        return Err(IpamError::OutsideCidr {
+            ip: ip.into(),
+            cidr: cidr.into(),
+        });
+    }
+    if cidr.prefix_len() < 127 && ip == cidr.network() {
+        return Err(IpamError::Anycast {
+            ip: ip.into(),
+            cidr: cidr.into(),
+        });
+    }
+    in_use(ip.into(), used.map(|(u, owner)| (u.into(), owner)))
+}
+
+/// The lowest free address of the IPv6 CIDR. At most as many candidates are looked
+/// at as addresses are in use, plus one: a /64 is never scanned.
+pub(crate) fn allocate6(
+    cidr: Ipv6Net,
+    used: impl Iterator<Item = Ipv6Addr>,
+) -> Result<Ipv6Addr, IpamError> {
+    let used: BTreeSet<Ipv6Addr> = used.collect();
+    usable6(cidr)
+        .take(used.len() + 1)
+        .find(|ip| !used.contains(ip))
+        .ok_or(IpamError::Exhausted { cidr: cidr.into() })
+}
+
+/// One requested address per family at most: `(IPv4, IPv6)`.
+pub(crate) fn split_by_family(
+    ips: &[IpAddr],
+) -> Result<(Option<Ipv4Addr>, Option<Ipv6Addr>), IpamError> {
+    let (mut v4, mut v6) = (None, None);
+    for ip in ips {
+        match *ip {
+            IpAddr::V4(a) => {
+                if let Some(first) = v4.replace(a) {
+                    return Err(IpamError::TwoOfAFamily {
+                        family: "IPv4",
+                        first: IpAddr::V4(first),
+                        second: *ip,
+                    });
+                }
+            }
+            IpAddr::V6(a) => {
+                if let Some(first) = v6.replace(a) {
+                    return Err(IpamError::TwoOfAFamily {
+                        family: "IPv6",
+                        first: IpAddr::V6(first),
+                        second: *ip,
+                    });
+                }
+            }
+        }
+    }
+    Ok((v4, v6))
 }
 
 #[cfg(test)]
@@ -120,7 +228,7 @@ mod tests {
         );
         assert_eq!(
             allocate(c, gw, [Ipv4Addr::new(10, 0, 0, 2)].into_iter()),
-            Err(IpamError::Exhausted { cidr: c })
+            Err(IpamError::Exhausted { cidr: c.into() })
         );
     }
 
@@ -132,6 +240,62 @@ mod tests {
             Ipv4Addr::new(10, 1, 1, 1)
         );
         assert!(validate(c, GW, Ipv4Addr::new(10, 1, 1, 1), [].into_iter()).is_ok());
+    }
+
+    #[test]
+    fn ipv6_allocates_from_1_and_skips_the_anycast_address() {
+        let c: Ipv6Net = "fd00:10:244::/64".parse().unwrap();
+        let ip = |s: &str| s.parse::<Ipv6Addr>().unwrap();
+        assert_eq!(allocate6(c, [].into_iter()).unwrap(), ip("fd00:10:244::1"));
+        let used = [ip("fd00:10:244::1"), ip("fd00:10:244::3")];
+        assert_eq!(
+            allocate6(c, used.into_iter()).unwrap(),
+            ip("fd00:10:244::2")
+        );
+        assert_eq!(
+            validate6(c, ip("fd00:10:244::"), [].into_iter()),
+            Err(IpamError::Anycast {
+                ip: ip("fd00:10:244::").into(),
+                cidr: c.into()
+            })
+        );
+        assert!(matches!(
+            validate6(c, ip("fd00:10:245::1"), [].into_iter()),
+            Err(IpamError::OutsideCidr { .. })
+        ));
+        assert!(matches!(
+            validate6(
+                c,
+                ip("fd00:10:244::1"),
+                [(ip("fd00:10:244::1"), "web")].into_iter()
+            ),
+            Err(IpamError::InUse { .. })
+        ));
+        // A /127 has two addresses and no anycast one; a /128 one.
+        let tiny: Ipv6Net = "fd00::/127".parse().unwrap();
+        assert_eq!(allocate6(tiny, [].into_iter()).unwrap(), ip("fd00::"));
+        assert_eq!(
+            allocate6(tiny, [ip("fd00::"), ip("fd00::1")].into_iter()),
+            Err(IpamError::Exhausted { cidr: tiny.into() })
+        );
+    }
+
+    #[test]
+    fn one_address_per_family() {
+        let a: IpAddr = "10.244.0.5".parse().unwrap();
+        let b: IpAddr = "fd00::5".parse().unwrap();
+        let c: IpAddr = "10.244.0.6".parse().unwrap();
+        assert_eq!(
+            split_by_family(&[a, b]).unwrap(),
+            (
+                Some("10.244.0.5".parse().unwrap()),
+                Some("fd00::5".parse().unwrap())
+            )
+        );
+        assert!(matches!(
+            split_by_family(&[a, b, c]),
+            Err(IpamError::TwoOfAFamily { family: "IPv4", .. })
+        ));
     }
 
     #[test]
@@ -149,7 +313,7 @@ mod tests {
         assert_eq!(
             validate(c, GW, Ipv4Addr::new(10, 244, 0, 5), used.into_iter()),
             Err(IpamError::InUse {
-                ip: Ipv4Addr::new(10, 244, 0, 5),
+                ip: Ipv4Addr::new(10, 244, 0, 5).into(),
                 owner: "web".into()
             })
         );

@@ -2,7 +2,7 @@
 
 use std::fs;
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
@@ -28,7 +28,10 @@ pub(crate) enum Intent {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct PlannedEndpoint {
     pub(crate) name: String,
-    pub(crate) ip: Ipv4Addr,
+    #[serde(default)]
+    pub(crate) ip: Option<Ipv4Addr>,
+    #[serde(default)]
+    pub(crate) ip6: Option<Ipv6Addr>,
     pub(crate) id: u32,
     pub(crate) host_veth: String,
     pub(crate) temp_peer: String,

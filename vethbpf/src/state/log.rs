@@ -45,7 +45,7 @@ struct Line {
 #[serde(rename_all = "lowercase")]
 pub(crate) enum LogEntry {
     /// The endpoint was added (or its record replaced).
-    Put(EndpointRecord),
+    Put(Box<EndpointRecord>),
     /// The endpoint was deleted.
     Del(String),
 }
@@ -54,7 +54,7 @@ impl LogEntry {
     pub(crate) fn apply(self, state: &mut State) {
         match self {
             LogEntry::Put(rec) => {
-                state.endpoints.insert(rec.name.clone(), rec);
+                state.endpoints.insert(rec.name.clone(), *rec);
             }
             LogEntry::Del(name) => {
                 state.endpoints.remove(&name);

@@ -9,6 +9,7 @@
 use std::io;
 use std::path::PathBuf;
 
+mod cluster;
 mod dir;
 pub mod ident;
 pub mod ipam;
@@ -16,6 +17,9 @@ mod journal;
 mod log;
 mod records;
 
+pub use cluster::{
+    ClusterState, NODE_INTENT_FILE, NodeIntent, NodeOrigin, Overlay, RemoteNode, VxlanDevice,
+};
 pub use dir::{Locked, STATE_FILE, StateDir};
 pub(crate) use journal::{Intent, PlannedEndpoint};
 pub use log::LOG_FILE;

@@ -1,24 +1,34 @@
-//! What the state file holds: the node config and one record per endpoint.
+//! What the state file holds: the node config, one record per endpoint, and the
+//! cluster part (see `cluster.rs`).
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
 use super::ident::MacAddr;
 use crate::datapath::AttachMode;
+use crate::egress::Egress;
 
 /// The state file's format: 2 is a snapshot with the sequence number of the
 /// endpoint log it goes with (`log.rs`); 1, without a log, is read too.
 pub(crate) const STATE_VERSION: u32 = 2;
 pub(crate) const OLDEST_STATE_VERSION: u32 = 1;
 
-/// Written by `up`.
+/// Written by `up`. At least one of the pod CIDRs is set.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeConfig {
-    pub pod_cidr: Ipv4Net,
+    /// The IPv4 pod CIDR; `None` on an IPv6-only node.
+    #[serde(default)]
+    pub pod_cidr: Option<Ipv4Net>,
+    /// The IPv6 pod CIDR; `None` on an IPv4-only node (and in state files written
+    /// before IPv6).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_cidr6: Option<Ipv6Net>,
+    /// The pods' IPv4 gateway. Also written into the datapath config on an
+    /// IPv6-only node, where it is simply unused.
     pub gateway: Ipv4Addr,
     pub gateway_mac: MacAddr,
     pub bpffs_dir: PathBuf,
@@ -26,6 +36,18 @@ pub struct NodeConfig {
     /// unmounts it; `None` if one was there already.
     pub bpffs_mount: Option<PathBuf>,
     pub attach_mode: AttachMode,
+    /// Pod egress, as `up` set it up; `None`: off (no uplink). Absent in the state
+    /// files of versions without egress, which read as off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress: Option<Egress>,
+}
+
+impl NodeConfig {
+    /// The pods' IPv6 gateway: the link-local address of the gateway MAC (the
+    /// EUI-64 one, as Calico), which every host-side veth of an IPv6 node carries.
+    pub fn gateway6(&self) -> Ipv6Addr {
+        self.gateway_mac.link_local()
+    }
 }
 
 /// One endpoint ("pod").
@@ -34,7 +56,12 @@ pub struct EndpointRecord {
     pub name: String,
     /// Index of the endpoint's counters (1..MAX_ENDPOINTS).
     pub id: u32,
-    pub ip: Ipv4Addr,
+    /// The pod's IPv4 address, if the node has an IPv4 pod CIDR.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<Ipv4Addr>,
+    /// The pod's IPv6 address, if the node has an IPv6 pod CIDR.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip6: Option<Ipv6Addr>,
     pub pod_mac: MacAddr,
     pub host_veth: String,
     pub host_ifindex: u32,
@@ -63,12 +90,23 @@ pub struct CniAttachment {
     pub ipam: Option<String>,
 }
 
-/// The whole state: the node and its endpoints.
+impl EndpointRecord {
+    /// The pod's link-local address: vethbpf gives an IPv6 pod the EUI-64 one of
+    /// its MAC (and no other), so the datapath knows it.
+    pub fn link_local(&self) -> Ipv6Addr {
+        self.pod_mac.link_local()
+    }
+}
+
+/// The whole state: the node, its endpoints and its cluster.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct State {
     pub version: u32,
     pub node: Option<NodeConfig>,
     pub endpoints: BTreeMap<String, EndpointRecord>,
+    /// Set by `up --cluster-cidr`: other nodes and how to reach them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<super::ClusterState>,
 }
 
 impl Default for State {
@@ -77,6 +115,7 @@ impl Default for State {
             version: STATE_VERSION,
             node: None,
             endpoints: BTreeMap::new(),
+            cluster: None,
         }
     }
 }

@@ -9,6 +9,8 @@
 //! (TEST_RUN), `controlplane`, `stats`, `report` (tables, JSON, SVG).
 
 mod controlplane;
+mod crossnode;
+mod egress;
 mod measure;
 mod progcost;
 mod report;
@@ -42,7 +44,8 @@ pub struct BenchArgs {
     pub seconds: Option<u32>,
     /// Contenders to run, comma separated (default: all of
     /// vethbpf,bridge,routing,ptp,veth,loopback); or the parts of the run to make,
-    /// of progcost,datapath,controlplane (`--only controlplane`: that part alone).
+    /// of progcost,datapath,egress,crossnode,controlplane (`--only controlplane`:
+    /// that part alone).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// Control-plane stage sizes (default 10,100,1000; quick 10,100).
@@ -55,6 +58,13 @@ pub struct BenchArgs {
     pub skip_progcost: bool,
     #[arg(long)]
     pub skip_controlplane: bool,
+    /// Skip the egress section (pod -> outside server: vethbpf, iptables, node).
+    #[arg(long)]
+    pub skip_egress: bool,
+    /// Skip the cross-node section (two nodes, five ways, and the cluster's
+    /// control plane).
+    #[arg(long)]
+    pub skip_crossnode: bool,
     /// Do not build the eBPF object and the vethbpf binary first; use what is there.
     #[arg(long)]
     pub no_build: bool,
@@ -75,11 +85,19 @@ struct Plan {
     /// The parts of the run to make.
     progcost: bool,
     datapath: bool,
+    egress: bool,
+    crossnode: bool,
     controlplane: bool,
 }
 
 /// The parts of a run that `--only` can name (anything else names a contender).
-const PARTS: [&str; 3] = ["progcost", "datapath", "controlplane"];
+const PARTS: [&str; 5] = [
+    "progcost",
+    "datapath",
+    "egress",
+    "crossnode",
+    "controlplane",
+];
 
 impl Plan {
     fn new(a: &BenchArgs) -> Result<Self> {
@@ -111,6 +129,8 @@ impl Plan {
             tc_runs: if q { 250_000 } else { 2_500_000 },
             progcost: part("progcost") && !a.skip_progcost,
             datapath: part("datapath") && !a.skip_datapath,
+            egress: part("egress") && !a.skip_egress,
+            crossnode: part("crossnode") && !a.skip_crossnode,
             controlplane: part("controlplane") && !a.skip_controlplane,
         })
     }
@@ -143,6 +163,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "bpftool",
         "containernetworking-plugins",
         "util-linux",
+        "iptables",
+        "etcd-server",
+        "etcd-client",
     ])?;
     let plan = Plan::new(&args)?;
     let root = root();
@@ -186,6 +209,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
         progcost_error: None,
         controlplane: None,
         controlplane_error: None,
+        egress: None,
+        egress_error: None,
+        crossnode: None,
+        crossnode_error: None,
         targets: Vec::new(),
     };
     progress(&format!(
@@ -207,6 +234,42 @@ pub fn run(args: BenchArgs) -> Result<()> {
 
     if plan.datapath {
         datapath(&plan, &env, &mut results)?;
+    }
+
+    if plan.egress {
+        let eplan = egress::EgressPlan {
+            rounds: plan.rounds,
+            secs: plan.secs,
+            connect_secs: plan.connect_secs,
+            tc_runs: plan.tc_runs,
+            env: &env,
+            object: &object,
+            datapath: true,
+            testrun: plan.progcost,
+        };
+        match egress::run(&eplan, &mut |m| progress(m)) {
+            Ok(e) => results.egress = Some(e),
+            Err(e) => {
+                sys::check_interrupt()?;
+                progress(&format!("  egress not measured: {e:#}"));
+                results.egress_error = Some(format!("{e:#}"));
+            }
+        }
+    }
+
+    if plan.crossnode {
+        let cross = crossnode::CrossPlan {
+            rounds: plan.rounds,
+            secs: plan.secs,
+        };
+        match crossnode::run(&cross, &env, &mut |m| progress(m)) {
+            Ok(c) => results.crossnode = Some(c),
+            Err(e) => {
+                sys::check_interrupt()?;
+                progress(&format!("  cross-node not measured: {e:#}"));
+                results.crossnode_error = Some(format!("{e:#}"));
+            }
+        }
     }
 
     if plan.controlplane {
@@ -237,6 +300,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
 
     results.targets = targets(&results);
+    if let Some(e) = &results.egress {
+        results.targets.extend(egress::targets(e));
+    }
     if let Some(cp) = &results.controlplane {
         results.targets.extend(controlplane::targets(cp));
     }
@@ -334,7 +400,7 @@ fn datapath(plan: &Plan, env: &topo::Env, results: &mut Results) -> Result<()> {
             sys::check_interrupt()?;
             let mut s = DpSample {
                 round,
-                contender: c.kind.name(),
+                contender: c.name,
                 latency: None,
                 tput_1: None,
                 tput_4: None,
@@ -367,7 +433,7 @@ fn datapath(plan: &Plan, env: &topo::Env, results: &mut Results) -> Result<()> {
             progress(&format!(
                 "  [round {round}/{}] {:<9} RTT p50 {:>6} us p99 {:>7} us | 1-stream {:>6} Gbit/s | 4-stream {:>6} Gbit/s | {:>6} conn/s | {:>5} CPU ms/Gbit{}",
                 plan.rounds,
-                c.kind.name(),
+                c.name,
                 f(s.latency.as_ref().map(|l| l.p50_us), 1),
                 f(s.latency.as_ref().map(|l| l.p99_us), 1),
                 f(s.tput_1.as_ref().map(|t| t.gbps), 2),
@@ -543,6 +609,10 @@ mod tests {
             progcost_error: None,
             controlplane,
             controlplane_error: None,
+            egress: None,
+            egress_error: None,
+            crossnode: None,
+            crossnode_error: None,
             targets: Vec::new(),
         }
     }

@@ -353,7 +353,7 @@ fn counters(ebpf: &Ebpf) -> Result<Vec<Counter>> {
 
 /// `calls` TEST_RUN calls of `repeat` repetitions: per-call mean ns, distinct tc
 /// actions returned.
-fn sample(
+pub(super) fn sample(
     prog: &SchedClassifier,
     frame: &[u8],
     repeat: u32,
@@ -382,7 +382,7 @@ fn sample(
 
 /// The harness floor: a two-instruction tc program (`r0 = 0; exit`) loaded with
 /// the raw bpf(2) syscall (aya loads only ELF objects) and test-run like the paths.
-fn empty_program_ns(calls: usize) -> Result<f64> {
+pub(super) fn empty_program_ns(calls: usize) -> Result<f64> {
     // struct bpf_insn: code, dst:4|src:4, off, imm.
     #[repr(C)]
     struct Insn {

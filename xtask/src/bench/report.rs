@@ -241,6 +241,12 @@ pub struct Results {
     pub progcost_error: Option<String>,
     pub controlplane: Option<CpResults>,
     pub controlplane_error: Option<String>,
+    /// Pod egress (issue 10): pod to an outside server, vethbpf / iptables / node.
+    pub egress: Option<super::egress::EgressResults>,
+    pub egress_error: Option<String>,
+    /// Pod to pod across two nodes, and the cluster's control plane.
+    pub crossnode: Option<super::crossnode::CrossResults>,
+    pub crossnode_error: Option<String>,
     pub targets: Vec<Target>,
 }
 
@@ -462,6 +468,11 @@ pub fn render(r: &Results) -> String {
     } else if let Some(e) = &r.progcost_error {
         let _ = writeln!(out, "\nProgram cost: not measured: {e}");
     }
+    if let Some(e) = &r.egress {
+        out.push_str(&super::egress::render(e));
+    } else if let Some(e) = &r.egress_error {
+        let _ = writeln!(out, "\nEgress: not measured: {e}");
+    }
     if let Some(cp) = &r.controlplane {
         let _ = writeln!(
             out,
@@ -541,6 +552,11 @@ pub fn render(r: &Results) -> String {
         }
     } else if let Some(e) = &r.controlplane_error {
         let _ = writeln!(out, "\nControl plane: not measured: {e}");
+    }
+    if let Some(c) = &r.crossnode {
+        out.push_str(&super::crossnode::render(c));
+    } else if let Some(e) = &r.crossnode_error {
+        let _ = writeln!(out, "\nCross-node: not measured: {e}");
     }
     if !r.targets.is_empty() {
         let _ = writeln!(out, "\nTargets (issues 3 and 14)");

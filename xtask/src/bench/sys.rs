@@ -169,8 +169,18 @@ pub fn run_with_input(cmd: &mut Command, input: &[u8], limit: Duration) -> Resul
             text
         })
     };
-    let out = drain(child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
-    let err = drain(child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+    let out = drain(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let err = drain(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
     let status = wait_limited(&mut child, limit).with_context(|| format!("`{desc}`"))?;
     let stdout = out.join().unwrap_or_default();
     let stderr = err.join().unwrap_or_default();

@@ -32,6 +32,10 @@ pub enum Kind {
     Ptp,
     Veth,
     Loopback,
+    /// The egress section's contenders (`super::egress`), not in [`Kind::ALL`].
+    EgressVethbpf,
+    EgressIptables,
+    EgressNode,
 }
 
 impl Kind {
@@ -52,6 +56,9 @@ impl Kind {
             Kind::Ptp => "ptp",
             Kind::Veth => "veth",
             Kind::Loopback => "loopback",
+            Kind::EgressVethbpf => "egress-vethbpf",
+            Kind::EgressIptables => "egress-iptables",
+            Kind::EgressNode => "egress-node",
         }
     }
 
@@ -67,6 +74,13 @@ impl Kind {
             }
             Kind::Veth => "one veth pair straight between the two pod namespaces (floor)",
             Kind::Loopback => "127.0.0.1 inside one namespace (ceiling)",
+            Kind::EgressVethbpf => {
+                "vethbpf: from_pod masquerades out of the uplink, from_uplink translates back; ip_forward=0, no rules"
+            }
+            Kind::EgressIptables => {
+                "kernel path: proxy-ARP host veth, ip_forward=1, iptables MASQUERADE on the uplink (as CNI ipMasq)"
+            }
+            Kind::EgressNode => "the node itself to the same server (ceiling)",
         }
     }
 
@@ -78,7 +92,8 @@ impl Kind {
 /// A built contender. Dropping it stops its servers and removes its namespaces,
 /// links and mounts.
 pub struct Contender {
-    pub kind: Kind,
+    /// The contender's name in tables and samples.
+    pub name: &'static str,
     pub client_ns: String,
     pub server_ns: String,
     pub server_ip: Ipv4Addr,
@@ -204,9 +219,12 @@ pub fn build(kind: Kind, env: &Env) -> Result<Contender> {
             }
             (a, b, POD_B)
         }
+        Kind::EgressVethbpf | Kind::EgressIptables | Kind::EgressNode => {
+            return super::egress::build(kind, env);
+        }
     };
     Ok(Contender {
-        kind,
+        name: kind.name(),
         client_ns,
         server_ns,
         server_ip,
@@ -422,13 +440,18 @@ impl Vethbpf {
     }
 
     pub fn cmd(&self, args: &[&str]) -> Result<String> {
+        sys::run_limited(&mut self.command(args), Duration::from_secs(30))
+    }
+
+    /// The command line of [`Vethbpf::cmd`], to spawn a long-running one (`agent`).
+    pub fn command(&self, args: &[&str]) -> Command {
         let mut c = in_ns(&self.node, &self.bin);
         c.arg("--bpffs-dir")
             .arg(&self.bpffs)
             .arg("--state-dir")
             .arg(&self.state)
             .args(args);
-        sys::run_limited(&mut c, Duration::from_secs(30))
+        c
     }
 
     pub fn up(&self, cidr: &str) -> Result<()> {

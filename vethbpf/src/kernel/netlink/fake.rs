@@ -18,10 +18,10 @@ use std::net::Ipv4Addr;
 use std::os::fd::BorrowedFd;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 
-use super::rt::{fmt_mac, fmt_route};
-use super::{LinkInfo, Netlink, NetlinkError, RouteSpec};
+use super::rt::{fmt_mac, fmt_route, fmt_route6};
+use super::{LinkInfo, Netlink, NetlinkError, Route6Spec, RouteSpec, VxlanSpec};
 
 /// The operation names accepted by [`FakeNetlink::fail_at`] and recorded in the log:
 /// the [`Netlink`] method names.
@@ -37,12 +37,19 @@ pub(crate) const FAKE_OPS: &[&str] = &[
     "set_link_mac",
     "set_link_alias",
     "set_link_up",
+    "set_link_mtu",
+    "add_vxlan",
     "disable_ipv6_addr_gen",
     "add_address",
     "addresses",
     "add_route",
     "del_route",
     "routes",
+    "add_address6",
+    "addresses6",
+    "add_route6",
+    "del_route6",
+    "routes6",
 ];
 
 /// Linux's IFNAMSIZ - 1.
@@ -90,6 +97,7 @@ struct Link {
     loopback: bool,
     addr_gen_disabled: bool,
     ipv6_link_local: bool,
+    mtu: u32,
 }
 
 #[derive(Debug, Default)]
@@ -99,6 +107,11 @@ struct Namespace {
     addresses: Vec<(u32, Ipv4Net)>,
     /// Routes added explicitly; connected routes are derived from addresses.
     routes: Vec<RouteSpec>,
+    /// IPv6 addresses added explicitly (a generated link-local one is derived from
+    /// the link's MAC).
+    addresses6: Vec<(u32, Ipv6Net)>,
+    /// IPv6 routes added explicitly.
+    routes6: Vec<Route6Spec>,
     /// The kernel creates the local routing table lazily, with the first local
     /// address (lo going up counts: it gets 127.0.0.1). Until then every gateway's
     /// address type is "broadcast", so `onlink` gateway routes fail with EINVAL.
@@ -203,6 +216,8 @@ impl FakeNetlink {
             "links",
             "addresses",
             "routes",
+            "addresses6",
+            "routes6",
         ];
         self.lock()
             .calls
@@ -295,6 +310,7 @@ impl World {
         let uid = self.uid();
         let lo = ns.insert(uid, "lo", None, Some([0; 6]));
         lo.loopback = true;
+        lo.mtu = 65536;
         // The kernel never generates a link-local address on loopback.
         lo.addr_gen_disabled = true;
         let lo_index = lo.index;
@@ -341,6 +357,8 @@ impl World {
         let link = n.links.remove(pos);
         n.addresses.retain(|(i, _)| *i != index);
         n.routes.retain(|r| r.oif != index);
+        n.addresses6.retain(|(i, _)| *i != index);
+        n.routes6.retain(|r| r.oif != index);
         Some(link)
     }
 }
@@ -391,6 +409,7 @@ impl Namespace {
             loopback: false,
             addr_gen_disabled: false,
             ipv6_link_local: false,
+            mtu: 1500,
         });
         let last = self.links.len() - 1;
         &mut self.links[last]
@@ -414,6 +433,43 @@ impl Namespace {
             })
             .collect();
         routes.extend(self.routes.iter().cloned());
+        routes
+    }
+
+    /// IPv6 addresses as the kernel would list them: the explicit ones, and the
+    /// EUI-64 link-local address of a link that generated one.
+    fn all_addresses6(&self) -> Vec<(u32, Ipv6Net)> {
+        let mut out: Vec<(u32, Ipv6Net)> = self
+            .links
+            .iter()
+            .filter(|l| l.ipv6_link_local)
+            .filter_map(|l| {
+                let lla = crate::state::ident::MacAddr(l.mac).link_local();
+                Ipv6Net::new(lla, 64).ok().map(|n| (l.index, n))
+            })
+            .collect();
+        out.extend(self.addresses6.iter().copied());
+        out
+    }
+
+    /// The IPv6 main table: explicit routes plus the prefix route of every address
+    /// on an up link.
+    fn all_routes6(&self) -> Vec<Route6Spec> {
+        let mut routes: Vec<Route6Spec> = Vec::new();
+        for (index, net) in self.all_addresses6() {
+            if !self.by_index(index).is_some_and(|l| l.up && !l.loopback) {
+                continue;
+            }
+            let route = Route6Spec {
+                dst: net.trunc(),
+                oif: index,
+                gateway: None,
+            };
+            if !routes.contains(&route) {
+                routes.push(route);
+            }
+        }
+        routes.extend(self.routes6.iter().cloned());
         routes
     }
 
@@ -456,6 +512,7 @@ impl Link {
             kind: self.kind.clone(),
             up: self.up,
             alias: self.alias.clone(),
+            mtu: self.mtu,
         }
     }
 }
@@ -519,11 +576,15 @@ impl Netlink for FakeNetlink {
         &mut self,
         name: &str,
         mac: [u8; 6],
+        mtu: Option<u32>,
         peer: &str,
         peer_netns: BorrowedFd<'_>,
     ) -> Result<u32, NetlinkError> {
         let op = "add_veth_into";
-        let args = format!("{name:?}, {}, {peer:?}, fd {peer_netns:?}", fmt_mac(&mac));
+        let args = format!(
+            "{name:?}, {}, mtu {mtu:?}, {peer:?}, fd {peer_netns:?}",
+            fmt_mac(&mac)
+        );
         self.call(op, args, |w, ns| {
             validate_name(op, name)?;
             validate_name(op, peer)?;
@@ -554,14 +615,25 @@ impl Netlink for FakeNetlink {
                     libc::EADDRNOTAVAIL,
                 ));
             }
+            // The veth's limits (ETH_MIN_MTU, ETH_MAX_MTU).
+            if mtu.is_some_and(|m| !(68..=65535).contains(&m)) {
+                return Err(errno_error(op, format!("mtu {mtu:?}"), libc::EINVAL));
+            }
             let (uid_a, uid_b) = (w.uid(), w.uid());
-            w.ns_mut(target)
-                .insert(uid_b, peer, Some("veth".into()), None)
-                .peer = Some(uid_a);
+            let pod_end = w
+                .ns_mut(target)
+                .insert(uid_b, peer, Some("veth".into()), None);
+            pod_end.peer = Some(uid_a);
+            if let Some(m) = mtu {
+                pod_end.mtu = m;
+            }
             let link = w
                 .ns_mut(ns)
                 .insert(uid_a, name, Some("veth".into()), Some(mac));
             link.peer = Some(uid_b);
+            if let Some(m) = mtu {
+                link.mtu = m;
+            }
             Ok(link.index)
         })
     }
@@ -708,6 +780,44 @@ impl Netlink for FakeNetlink {
         })
     }
 
+    fn set_link_mtu(&mut self, index: u32, mtu: u32) -> Result<(), NetlinkError> {
+        let op = "set_link_mtu";
+        self.call(op, format!("{index}, {mtu}"), |w, ns| {
+            let n = w.ns_mut(ns);
+            n.link_exists(op, index)?;
+            // ETH_MIN_MTU..ETH_MAX_MTU of veth/vxlan.
+            if !(68..=65535).contains(&mtu) {
+                return Err(errno_error(
+                    op,
+                    format!("link index {index} mtu {mtu}"),
+                    libc::EINVAL,
+                ));
+            }
+            if let Some(link) = n.by_index_mut(index) {
+                link.mtu = mtu;
+            }
+            Ok(())
+        })
+    }
+
+    fn add_vxlan(&mut self, spec: &VxlanSpec) -> Result<u32, NetlinkError> {
+        let op = "add_vxlan";
+        self.call(op, format!("{spec:?}"), |w, ns| {
+            validate_name(op, &spec.name)?;
+            let uid = w.uid();
+            let n = w.ns_mut(ns);
+            if n.by_name(&spec.name).is_some() {
+                return Err(NetlinkError::Exists {
+                    op,
+                    what: format!("link {:?}", spec.name),
+                });
+            }
+            let link = n.insert(uid, &spec.name, Some("vxlan".into()), None);
+            link.mtu = spec.mtu;
+            Ok(link.index)
+        })
+    }
+
     fn disable_ipv6_addr_gen(&mut self, index: u32) -> Result<(), NetlinkError> {
         let op = "disable_ipv6_addr_gen";
         self.call(op, index.to_string(), |w, ns| {
@@ -818,6 +928,95 @@ impl Netlink for FakeNetlink {
 
     fn routes(&mut self) -> Result<Vec<RouteSpec>, NetlinkError> {
         self.call("routes", String::new(), |w, ns| Ok(w.ns(ns).all_routes()))
+    }
+
+    fn add_address6(&mut self, index: u32, addr: Ipv6Net) -> Result<(), NetlinkError> {
+        let op = "add_address6";
+        self.call(op, format!("{index}, {addr}"), |w, ns| {
+            let n = w.ns_mut(ns);
+            n.link_exists(op, index)?;
+            if n.all_addresses6().contains(&(index, addr)) {
+                return Err(NetlinkError::Exists {
+                    op,
+                    what: format!("{addr} on link index {index}"),
+                });
+            }
+            n.addresses6.push((index, addr));
+            Ok(())
+        })
+    }
+
+    fn addresses6(&mut self, index: Option<u32>) -> Result<Vec<(u32, Ipv6Net)>, NetlinkError> {
+        self.call("addresses6", format!("{index:?}"), |w, ns| {
+            Ok(w.ns(ns)
+                .all_addresses6()
+                .into_iter()
+                .filter(|(i, _)| index.is_none_or(|want| *i == want))
+                .collect())
+        })
+    }
+
+    fn add_route6(&mut self, route: &Route6Spec) -> Result<(), NetlinkError> {
+        let op = "add_route6";
+        self.call(op, fmt_route6(route), |w, ns| {
+            let what = || fmt_route6(route);
+            let n = w.ns(ns);
+            if route.dst.trunc() != route.dst {
+                return Err(errno_error(op, what(), libc::EINVAL));
+            }
+            let Some(dev) = n.by_index(route.oif) else {
+                return Err(NetlinkError::NotFound { op, what: what() });
+            };
+            // ip6_route_check_nh(): a link-local gateway is on the given device as it
+            // is; any other must be covered by a gatewayless route through it.
+            if let Some(gw) = route.gateway
+                && !gw.is_unicast_link_local()
+                && !n
+                    .all_routes6()
+                    .iter()
+                    .any(|r| r.oif == route.oif && r.gateway.is_none() && r.dst.contains(&gw))
+            {
+                return Err(errno_error(op, what(), libc::EHOSTUNREACH));
+            }
+            if !dev.up {
+                return Err(errno_error(op, what(), libc::ENETDOWN));
+            }
+            // NLM_F_EXCL with the same metric: one route per destination and device.
+            if n.all_routes6()
+                .iter()
+                .any(|r| r.dst == route.dst && r.oif == route.oif)
+            {
+                return Err(NetlinkError::Exists { op, what: what() });
+            }
+            w.ns_mut(ns).routes6.push(route.clone());
+            Ok(())
+        })
+    }
+
+    fn del_route6(&mut self, route: &Route6Spec) -> Result<(), NetlinkError> {
+        let op = "del_route6";
+        self.call(op, fmt_route6(route), |w, ns| {
+            let n = w.ns_mut(ns);
+            let pos = n.routes6.iter().position(|r| {
+                r.dst == route.dst
+                    && r.oif == route.oif
+                    && (route.gateway.is_none() || r.gateway == route.gateway)
+            });
+            match pos {
+                Some(p) => {
+                    n.routes6.remove(p);
+                    Ok(())
+                }
+                None => Err(NetlinkError::NotFound {
+                    op,
+                    what: fmt_route6(route),
+                }),
+            }
+        })
+    }
+
+    fn routes6(&mut self) -> Result<Vec<Route6Spec>, NetlinkError> {
+        self.call("routes6", String::new(), |w, ns| Ok(w.ns(ns).all_routes6()))
     }
 }
 

@@ -10,10 +10,10 @@
 //! and has no thread or runtime of its own (`socket.rs`), and [`Netlink::apply`]
 //! sends changes that do not depend on each other's answers in one round trip.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::fd::BorrowedFd;
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 
 use crate::error::ErrorKind;
 
@@ -39,6 +39,18 @@ pub struct LinkInfo {
     /// `IFLA_IFALIAS`: vethbpf writes an endpoint's identity there (see
     /// [`crate::reconcile`]), so that it can be rebuilt from the kernel alone.
     pub alias: Option<String>,
+    /// `IFLA_MTU`.
+    pub mtu: u32,
+}
+
+/// A collect-metadata ("external") VXLAN device: one for every remote node, the
+/// tunnel key of each packet says where it goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VxlanSpec {
+    pub name: String,
+    /// UDP destination port (and the one it listens on).
+    pub port: u16,
+    pub mtu: u32,
 }
 
 /// An IPv4 route in the main table.
@@ -52,6 +64,16 @@ pub struct RouteSpec {
     pub scope_link: bool,
     /// `onlink`: the gateway is reachable on `oif` even without a matching prefix.
     pub onlink: bool,
+}
+
+/// An IPv6 route in the main table (IPv6 routes have no scope; a link-local gateway
+/// is reached on `oif` as it is).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Route6Spec {
+    pub dst: Ipv6Net,
+    /// Output interface index.
+    pub oif: u32,
+    pub gateway: Option<Ipv6Addr>,
 }
 
 /// A failed rtnetlink request; `Exists` and `NotFound` are the errnos callers
@@ -115,6 +137,10 @@ pub enum Change<'a> {
     AddAddress(u32, Ipv4Net),
     /// [`Netlink::add_route`].
     AddRoute(&'a RouteSpec),
+    /// [`Netlink::add_address6`].
+    AddAddress6(u32, Ipv6Net),
+    /// [`Netlink::add_route6`].
+    AddRoute6(&'a Route6Spec),
 }
 
 /// The operations vethbpf performs through rtnetlink, in one network namespace.
@@ -130,13 +156,15 @@ pub trait Netlink {
     fn add_veth(&mut self, name: &str, peer: &str) -> Result<u32, NetlinkError>;
     /// Creates a veth pair in one request: `name` in this namespace with the MAC
     /// `mac`, its peer `peer` in the namespace behind `peer_netns` (an open
-    /// `/run/netns/..` or `/proc/../ns/net` file), both down. Returns `name`'s
-    /// index. Made where it belongs and named as it stays, the peer is never
-    /// moved or renamed: each of those waits for an RCU grace period in the kernel.
+    /// `/run/netns/..` or `/proc/../ns/net` file), both down and with the MTU `mtu`
+    /// if given. Returns `name`'s index. Made where it belongs and named as it
+    /// stays, the peer is never moved or renamed: each of those waits for an RCU
+    /// grace period in the kernel.
     fn add_veth_into(
         &mut self,
         name: &str,
         mac: [u8; 6],
+        mtu: Option<u32>,
         peer: &str,
         peer_netns: BorrowedFd<'_>,
     ) -> Result<u32, NetlinkError>;
@@ -154,6 +182,9 @@ pub trait Netlink {
     fn set_link_alias(&mut self, index: u32, alias: &str) -> Result<(), NetlinkError>;
     /// Sets a link administratively up.
     fn set_link_up(&mut self, index: u32) -> Result<(), NetlinkError>;
+    fn set_link_mtu(&mut self, index: u32, mtu: u32) -> Result<(), NetlinkError>;
+    /// Creates the VXLAN device of `spec` (down, no FDB learning); returns its index.
+    fn add_vxlan(&mut self, spec: &VxlanSpec) -> Result<u32, NetlinkError>;
     /// Stops the kernel from generating IPv6 link-local addresses on the link
     /// (`IFLA_INET6_ADDR_GEN_MODE` = none), so host-side veths carry no address at all.
     fn disable_ipv6_addr_gen(&mut self, index: u32) -> Result<(), NetlinkError>;
@@ -167,6 +198,18 @@ pub trait Netlink {
     fn del_route(&mut self, route: &RouteSpec) -> Result<(), NetlinkError>;
     /// IPv4 unicast routes of the main table.
     fn routes(&mut self) -> Result<Vec<RouteSpec>, NetlinkError>;
+    /// Adds an IPv6 address to a link, usable at once: `nodad` (no duplicate address
+    /// detection: vethbpf hands out every address, and a pod's link is point to
+    /// point).
+    fn add_address6(&mut self, index: u32, addr: Ipv6Net) -> Result<(), NetlinkError>;
+    /// IPv6 addresses, of one link or of all links: `(ifindex, address/prefix)`.
+    fn addresses6(&mut self, index: Option<u32>) -> Result<Vec<(u32, Ipv6Net)>, NetlinkError>;
+    /// Adds an IPv6 route to the main table.
+    fn add_route6(&mut self, route: &Route6Spec) -> Result<(), NetlinkError>;
+    /// Deletes an IPv6 route from the main table.
+    fn del_route6(&mut self, route: &Route6Spec) -> Result<(), NetlinkError>;
+    /// IPv6 unicast routes of the main table.
+    fn routes6(&mut self) -> Result<Vec<Route6Spec>, NetlinkError>;
 
     /// Makes `changes`, in order; the real client sends them in one batch (one
     /// round trip). Like the kernel with a batch, every change is tried even after
@@ -181,6 +224,8 @@ pub trait Netlink {
                 Change::NoIpv6AddrGen(index) => self.disable_ipv6_addr_gen(index),
                 Change::AddAddress(index, addr) => self.add_address(index, addr),
                 Change::AddRoute(route) => self.add_route(route),
+                Change::AddAddress6(index, addr) => self.add_address6(index, addr),
+                Change::AddRoute6(route) => self.add_route6(route),
             };
             if let Err(e) = result {
                 first.get_or_insert(e);

@@ -6,12 +6,14 @@
 //! calling thread: no runtime, no helper thread, nothing that could run in (or out
 //! of) the wrong namespace. [`Netlink::apply`] sends all its changes at once.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd, BorrowedFd};
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_DUMP, NLM_F_ECHO, NLM_F_EXCL};
-use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
+use rtnetlink::packet_route::address::{
+    AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage,
+};
 use rtnetlink::packet_route::link::{
     AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InfoData, InfoVeth, LinkAttribute, LinkExtentMask,
     LinkFlags, LinkInfo as NlLinkInfo, LinkMessage,
@@ -21,10 +23,10 @@ use rtnetlink::packet_route::route::{
     RouteType,
 };
 use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
-use rtnetlink::{AddressMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use rtnetlink::{AddressMessageBuilder, LinkUnspec, LinkVeth, LinkVxlan, RouteMessageBuilder};
 
 use super::socket::{Answer, NlSocket, Request};
-use super::{Change, LinkInfo, Netlink, NetlinkError, RouteSpec};
+use super::{Change, LinkInfo, Netlink, NetlinkError, Route6Spec, RouteSpec, VxlanSpec};
 
 /// A synchronous rtnetlink client bound to the network namespace of the thread
 /// that called [`RtNetlink::connect`].
@@ -110,6 +112,45 @@ fn change_op(change: &Change<'_>) -> Op {
                 flags: NLM_F_CREATE | NLM_F_EXCL,
             },
         },
+        Change::AddAddress6(index, addr) => {
+            let mut message = AddressMessageBuilder::<Ipv6Addr>::new()
+                .index(index)
+                .address(addr.addr(), addr.prefix_len())
+                .build();
+            // `ip -6 addr add ... nodad`: the 8-bit header flag for old kernels, the
+            // 32-bit IFA_FLAGS attribute for new ones (the kernel reads the latter).
+            message.header.flags = AddressHeaderFlags::Nodad;
+            message
+                .attributes
+                .push(AddressAttribute::Flags(AddressFlags::Nodad));
+            Op {
+                op: "add address",
+                what: format!("{addr} on link index {index}"),
+                request: Request {
+                    message: RouteNetlinkMessage::NewAddress(message),
+                    flags: NLM_F_CREATE | NLM_F_EXCL,
+                },
+            }
+        }
+        Change::AddRoute6(route) => {
+            let mut builder = RouteMessageBuilder::<Ipv6Addr>::new()
+                .table_id(RouteHeader::RT_TABLE_MAIN.into())
+                .protocol(RouteProtocol::Static)
+                .kind(RouteType::Unicast)
+                .destination_prefix(route.dst.addr(), route.dst.prefix_len())
+                .output_interface(route.oif);
+            if let Some(gw) = route.gateway {
+                builder = builder.gateway(gw);
+            }
+            Op {
+                op: "add route",
+                what: fmt_route6(route),
+                request: Request {
+                    message: RouteNetlinkMessage::NewRoute(builder.build()),
+                    flags: NLM_F_CREATE | NLM_F_EXCL,
+                },
+            }
+        }
         Change::AddRoute(route) => {
             let mut builder = RouteMessageBuilder::<Ipv4Addr>::new()
                 .table_id(RouteHeader::RT_TABLE_MAIN.into())
@@ -328,6 +369,7 @@ impl Netlink for RtNetlink {
         &mut self,
         name: &str,
         mac: [u8; 6],
+        mtu: Option<u32>,
         peer: &str,
         peer_netns: BorrowedFd<'_>,
     ) -> Result<u32, NetlinkError> {
@@ -338,12 +380,18 @@ impl Netlink for RtNetlink {
         );
         // IFLA_NET_NS_FD in the peer's message: the kernel creates the peer in that
         // namespace and resolves the fd while handling the request.
-        let mut peer_msg = LinkUnspec::new_with_name(peer).build();
+        let mut peer_link = LinkUnspec::new_with_name(peer);
+        let mut host = LinkVeth::new(name, "").address(mac.to_vec());
+        if let Some(mtu) = mtu {
+            // Both ends alike, set as they are made.
+            peer_link = peer_link.mtu(mtu);
+            host = host.mtu(mtu);
+        }
+        let mut peer_msg = peer_link.build();
         peer_msg
             .attributes
             .push(LinkAttribute::NetNsFd(peer_netns.as_raw_fd()));
-        let message = LinkVeth::new(name, peer)
-            .address(mac.to_vec())
+        let message = host
             .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg)))
             .build();
         // NLM_F_ECHO: the kernel (6.2+) sends the new link back, index included.
@@ -438,6 +486,47 @@ impl Netlink for RtNetlink {
 
     fn set_link_up(&mut self, index: u32) -> Result<(), NetlinkError> {
         self.apply(&[Change::LinkUp(index)])
+    }
+
+    fn set_link_mtu(&mut self, index: u32, mtu: u32) -> Result<(), NetlinkError> {
+        let message = LinkUnspec::new_with_index(index).mtu(mtu).build();
+        self.one(change_link(
+            "set link mtu",
+            format!("link index {index} mtu {mtu}"),
+            message,
+        ))
+        .map(drop)
+    }
+
+    fn add_vxlan(&mut self, spec: &VxlanSpec) -> Result<u32, NetlinkError> {
+        let op = "add vxlan";
+        let what = || format!("vxlan {:?} external dstport {}", spec.name, spec.port);
+        // `ip link add NAME type vxlan external dstport PORT nolearning`: no VNI,
+        // no remote, no FDB; every packet's tunnel key comes from the eBPF program.
+        let message = LinkVxlan::new(&spec.name, 0)
+            .collect_metadata(true)
+            .port(spec.port)
+            .learning(false)
+            .mtu(spec.mtu)
+            .build();
+        // LinkVxlan::new always sets IFLA_VXLAN_ID; an external device must not
+        // have one (the kernel refuses VNI + external), so drop it again.
+        let message = without_vxlan_id(message);
+        self.one(Op {
+            op,
+            what: what(),
+            request: Request {
+                message: RouteNetlinkMessage::NewLink(message),
+                flags: NLM_F_CREATE | NLM_F_EXCL,
+            },
+        })?;
+        match self.link_by_name(&spec.name)? {
+            Some(link) => Ok(link.index),
+            None => Err(NetlinkError::Protocol {
+                op,
+                detail: format!("{} was created but cannot be found", what()),
+            }),
+        }
     }
 
     fn disable_ipv6_addr_gen(&mut self, index: u32) -> Result<(), NetlinkError> {
@@ -550,6 +639,102 @@ impl Netlink for RtNetlink {
         Ok(out)
     }
 
+    fn add_address6(&mut self, index: u32, addr: Ipv6Net) -> Result<(), NetlinkError> {
+        self.apply(&[Change::AddAddress6(index, addr)])
+    }
+
+    fn addresses6(&mut self, index: Option<u32>) -> Result<Vec<(u32, Ipv6Net)>, NetlinkError> {
+        let op = "list IPv6 addresses";
+        let mut msg = AddressMessage::default();
+        msg.header.family = AddressFamily::Inet6;
+        let messages = self.one(Op {
+            op,
+            what: match index {
+                Some(i) => format!("link index {i}"),
+                None => "all links".into(),
+            },
+            request: Request {
+                message: RouteNetlinkMessage::GetAddress(msg),
+                flags: NLM_F_DUMP,
+            },
+        })?;
+        let mut out = Vec::new();
+        for m in messages.iter().filter_map(|m| match m {
+            RouteNetlinkMessage::NewAddress(a)
+                if a.header.family == AddressFamily::Inet6
+                    && index.is_none_or(|i| a.header.index == i) =>
+            {
+                Some(a)
+            }
+            _ => None,
+        }) {
+            let Some(ip) = m.attributes.iter().find_map(|a| match a {
+                AddressAttribute::Address(IpAddr::V6(ip)) => Some(*ip),
+                _ => None,
+            }) else {
+                continue;
+            };
+            let net =
+                Ipv6Net::new(ip, m.header.prefix_len).map_err(|_| NetlinkError::Protocol {
+                    op,
+                    detail: format!("address {ip} with prefix length {}", m.header.prefix_len),
+                })?;
+            out.push((m.header.index, net));
+        }
+        Ok(out)
+    }
+
+    fn add_route6(&mut self, route: &Route6Spec) -> Result<(), NetlinkError> {
+        self.apply(&[Change::AddRoute6(route)])
+    }
+
+    fn del_route6(&mut self, route: &Route6Spec) -> Result<(), NetlinkError> {
+        // As `del_route`: match destination, output interface and gateway only.
+        let mut builder = RouteMessageBuilder::<Ipv6Addr>::new()
+            .table_id(RouteHeader::RT_TABLE_MAIN.into())
+            .protocol(RouteProtocol::Unspec)
+            .kind(RouteType::Unspec)
+            .scope(RouteScope::NoWhere)
+            .destination_prefix(route.dst.addr(), route.dst.prefix_len())
+            .output_interface(route.oif);
+        if let Some(gw) = route.gateway {
+            builder = builder.gateway(gw);
+        }
+        self.one(Op {
+            op: "delete route",
+            what: fmt_route6(route),
+            request: Request {
+                message: RouteNetlinkMessage::DelRoute(builder.build()),
+                flags: 0,
+            },
+        })
+        .map(drop)
+    }
+
+    fn routes6(&mut self) -> Result<Vec<Route6Spec>, NetlinkError> {
+        let op = "list IPv6 routes";
+        let messages = self.one(Op {
+            op,
+            what: "IPv6 main table".into(),
+            request: Request {
+                message: RouteNetlinkMessage::GetRoute(
+                    RouteMessageBuilder::<Ipv6Addr>::new().build(),
+                ),
+                flags: NLM_F_DUMP,
+            },
+        })?;
+        let mut out = Vec::new();
+        for m in messages.iter().filter_map(|m| match m {
+            RouteNetlinkMessage::NewRoute(r) => Some(r),
+            _ => None,
+        }) {
+            if let Some(spec) = route6_spec(op, m)? {
+                out.push(spec);
+            }
+        }
+        Ok(out)
+    }
+
     fn apply(&mut self, changes: &[Change<'_>]) -> Result<(), NetlinkError> {
         let ops = changes.iter().map(change_op).collect();
         let mut first = None;
@@ -578,9 +763,11 @@ fn link_info(op: &'static str, m: &LinkMessage) -> Result<LinkInfo, NetlinkError
     let mut mac = None;
     let mut kind = None;
     let mut alias = None;
+    let mut mtu = 0;
     for attr in &m.attributes {
         match attr {
             LinkAttribute::IfName(n) => name = Some(n.clone()),
+            LinkAttribute::Mtu(m) => mtu = *m,
             LinkAttribute::IfAlias(a) if !a.is_empty() => alias = Some(a.clone()),
             // Only Ethernet-like addresses are of interest; lo has a 6-byte zero
             // address, tunnels may have 4- or 16-byte ones (left as None).
@@ -605,7 +792,23 @@ fn link_info(op: &'static str, m: &LinkMessage) -> Result<LinkInfo, NetlinkError
         kind,
         up: m.header.flags.contains(LinkFlags::Up),
         alias,
+        mtu,
     })
+}
+
+/// The message minus its `IFLA_VXLAN_ID` (see [`RtNetlink::add_vxlan`]).
+fn without_vxlan_id(mut message: LinkMessage) -> LinkMessage {
+    use rtnetlink::packet_route::link::{InfoData, InfoVxlan};
+    for attr in &mut message.attributes {
+        if let LinkAttribute::LinkInfo(infos) = attr {
+            for info in infos.iter_mut() {
+                if let NlLinkInfo::Data(InfoData::Vxlan(data)) = info {
+                    data.retain(|d| !matches!(d, InfoVxlan::Id(_)));
+                }
+            }
+        }
+    }
+    message
 }
 
 /// Parses a dumped route back into a [`RouteSpec`]; `None` for routes that are not
@@ -659,6 +862,56 @@ fn route_spec(op: &'static str, m: &RouteMessage) -> Result<Option<RouteSpec>, N
         scope_link: h.scope == RouteScope::Link,
         onlink: h.flags.contains(RouteFlags::Onlink),
     }))
+}
+
+/// Parses a dumped route back into a [`Route6Spec`]; `None` for routes that are not
+/// main-table IPv6 unicast routes through one interface.
+fn route6_spec(op: &'static str, m: &RouteMessage) -> Result<Option<Route6Spec>, NetlinkError> {
+    let h = &m.header;
+    if h.address_family != AddressFamily::Inet6 || h.kind != RouteType::Unicast {
+        return Ok(None);
+    }
+    let table = m
+        .attributes
+        .iter()
+        .find_map(|a| match a {
+            RouteAttribute::Table(t) => Some(*t),
+            _ => None,
+        })
+        .unwrap_or(h.table.into());
+    if table != u32::from(RouteHeader::RT_TABLE_MAIN) {
+        return Ok(None);
+    }
+    let mut dst = Ipv6Addr::UNSPECIFIED;
+    let mut oif = None;
+    let mut gateway = None;
+    for attr in &m.attributes {
+        match attr {
+            RouteAttribute::Destination(RouteAddress::Inet6(ip)) => dst = *ip,
+            RouteAttribute::Oif(i) => oif = Some(*i),
+            RouteAttribute::Gateway(RouteAddress::Inet6(ip)) => gateway = Some(*ip),
+            _ => {}
+        }
+    }
+    let Some(oif) = oif else {
+        return Ok(None);
+    };
+    let dst =
+        Ipv6Net::new(dst, h.destination_prefix_length).map_err(|_| NetlinkError::Protocol {
+            op,
+            detail: format!(
+                "route to {dst} with prefix length {}",
+                h.destination_prefix_length
+            ),
+        })?;
+    Ok(Some(Route6Spec { dst, oif, gateway }))
+}
+
+pub(super) fn fmt_route6(route: &Route6Spec) -> String {
+    match route.gateway {
+        Some(gw) => format!("{} via {gw} dev index {}", route.dst, route.oif),
+        None => format!("{} dev index {}", route.dst, route.oif),
+    }
 }
 
 pub(super) fn fmt_mac(mac: &[u8; 6]) -> String {
@@ -977,12 +1230,19 @@ mod tests {
         log("move gone", outcome(nl.move_link_to_netns(b, elsewhere)));
         // The pair made with its peer elsewhere, and what it refuses.
         let mac = [2, 0, 0, 0, 0, 9];
-        let c = nl.add_veth_into("c1", mac, "d1", elsewhere);
+        let c = nl.add_veth_into("c1", mac, Some(1400), "d1", elsewhere);
         log("into", outcome(c.as_ref().map(drop).map_err(clone_err)));
         let c = c.unwrap_or(0);
         log(
-            "into mac",
-            format!("{:?}", nl.link_by_index(c).map(|l| l.and_then(|l| l.mac))),
+            "into mac, mtu",
+            format!(
+                "{:?}",
+                nl.link_by_index(c).map(|l| l.map(|l| (l.mac, l.mtu)))
+            ),
+        );
+        log(
+            "into mtu too small",
+            outcome(nl.add_veth_into("c6", mac, Some(67), "d6", elsewhere)),
         );
         log(
             "into peer not here",
@@ -990,19 +1250,19 @@ mod tests {
         );
         log(
             "into dup peer",
-            outcome(nl.add_veth_into("c2", mac, "d1", elsewhere)),
+            outcome(nl.add_veth_into("c2", mac, None, "d1", elsewhere)),
         );
         log(
             "into dup name",
-            outcome(nl.add_veth_into("c1", mac, "d3", elsewhere)),
+            outcome(nl.add_veth_into("c1", mac, None, "d3", elsewhere)),
         );
         log(
             "into multicast mac",
-            outcome(nl.add_veth_into("c4", [1, 0, 0, 0, 0, 1], "d4", elsewhere)),
+            outcome(nl.add_veth_into("c4", [1, 0, 0, 0, 0, 1], None, "d4", elsewhere)),
         );
         log(
             "into 16 bytes",
-            outcome(nl.add_veth_into("c5", mac, "d123456789012345", elsewhere)),
+            outcome(nl.add_veth_into("c5", mac, None, "d123456789012345", elsewhere)),
         );
         // A batch goes on after a failure, and answers with the first one.
         let bad = route("10.0.0.1/24", c, None, false);
@@ -1060,15 +1320,17 @@ mod tests {
         let mut node_nl = netns::netlink_in::<anyhow::Error>(&node.path).unwrap();
         let mut pod_nl = netns::netlink_in::<anyhow::Error>(&pod.path).unwrap();
         let host = node_nl
-            .add_veth_into("vb-into0", gw_mac, "eth7", pod_fd.as_fd())
+            .add_veth_into("vb-into0", gw_mac, Some(1450), "eth7", pod_fd.as_fd())
             .unwrap();
         let link = node_nl.link_by_name("vb-into0").unwrap().unwrap();
         assert_eq!(link.index, host, "the echoed index is the link's");
         assert_eq!(link.mac, Some(gw_mac));
+        assert_eq!(link.mtu, 1450);
         assert!(!link.up);
         assert_eq!(node_nl.link_by_name("eth7").unwrap(), None);
         let eth7 = pod_nl.link_by_name("eth7").unwrap().unwrap();
         assert_eq!(eth7.kind.as_deref(), Some("veth"));
+        assert_eq!(eth7.mtu, 1450, "both ends get the MTU");
         assert!(!eth7.up);
 
         // Pod side in one batch: lo, the link, the address, then the routes that

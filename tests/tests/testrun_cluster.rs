@@ -1,0 +1,356 @@
+//! The cluster paths of the programs under BPF_PROG_TEST_RUN: `from_pod` sending to a
+//! remote node (direct and tunnelled), `from_uplink` delivering direct-routed frames
+//! only from known nodes, `from_tunnel` refusing frames without a tunnel key. Each
+//! test loads its own copy of the object and fills the maps in-process. test_run
+//! runs the skb on `lo` (ifindex 1) and never performs a redirect. Needs root.
+
+use std::collections::BTreeMap;
+
+use aya::{
+    Ebpf, TestRunOptions,
+    maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, lpm_trie::Key},
+    programs::{SchedClassifier, TestRun as _},
+};
+use vethbpf_common::{
+    CLUSTER_MODE_DIRECT, CLUSTER_MODE_OFF, CLUSTER_MODE_VXLAN, ClusterConfig, Config, Counter,
+    EndpointInfo, MAP_CLUSTER, MAP_CONFIG, MAP_ENDPOINTS, MAP_NODE_STATS, MAP_NODES, MAP_ROUTES,
+    MAP_STATS, NodeCounter, NodeInfo, PROG_FROM_POD, PROG_FROM_TUNNEL, PROG_FROM_UPLINK,
+    ROUTE_KIND_LOCAL, ROUTE_KIND_NODE, ROUTE_KIND_REMOTE, Route, Verdict, ipv4_to_map, stats_index,
+};
+use vethbpf_tests::{eth, ones_sum};
+
+const TC_ACT_OK: u32 = 0;
+const TC_ACT_SHOT: u32 = 2;
+const TC_ACT_REDIRECT: u32 = 7;
+
+const GW_IP: [u8; 4] = [169, 254, 1, 1];
+const GW_MAC: [u8; 6] = [0xee; 6];
+/// The local pod sending (behind `lo`, ifindex 1) and the local pod receiving.
+const SRC_ID: u32 = 5;
+const SRC_IP: [u8; 4] = [10, 244, 1, 2];
+const SRC_MAC: [u8; 6] = [2, 0, 0, 0, 0, 2];
+const DST_ID: u32 = 6;
+const DST_IFINDEX: u32 = 42;
+const DST_IP: [u8; 4] = [10, 244, 1, 3];
+const DST_MAC: [u8; 6] = [2, 0, 0, 0, 0, 3];
+/// The remote node 3, its pod CIDR 10.244.2.0/24 and a pod there.
+const NODE_ID: u32 = 3;
+const NODE_IP: [u8; 4] = [192, 168, 77, 2];
+const REMOTE_POD: [u8; 4] = [10, 244, 2, 7];
+const STRANGER: [u8; 4] = [10, 99, 0, 1];
+
+struct Fixture {
+    ebpf: Ebpf,
+}
+
+impl Fixture {
+    fn new(mode: u32) -> Fixture {
+        let mut ebpf = Ebpf::load(vethbpf::EBPF_OBJECT).expect("load the object");
+        for name in [PROG_FROM_POD, PROG_FROM_UPLINK, PROG_FROM_TUNNEL] {
+            let p: &mut SchedClassifier = ebpf.program_mut(name).unwrap().try_into().unwrap();
+            p.load()
+                .unwrap_or_else(|e| panic!("the verifier refuses {name}: {e}"));
+        }
+        let mut f = Fixture { ebpf };
+        let mut config: Array<&mut MapData, Config> =
+            f.ebpf.map_mut(MAP_CONFIG).unwrap().try_into().unwrap();
+        config
+            .set(
+                0,
+                Config {
+                    gateway_ip: ipv4_to_map(GW_IP),
+                    flags: 0,
+                    gateway_mac: GW_MAC,
+                    _pad: [0; 2],
+                },
+                0,
+            )
+            .unwrap();
+        let mut cluster: Array<&mut MapData, ClusterConfig> =
+            f.ebpf.map_mut(MAP_CLUSTER).unwrap().try_into().unwrap();
+        cluster
+            .set(
+                0,
+                ClusterConfig {
+                    mode,
+                    uplink_ifindex: 1,
+                    tunnel_ifindex: 1,
+                    vni: 1,
+                    node_ip: ipv4_to_map([192, 168, 77, 1]),
+                    _pad: 0,
+                },
+                0,
+            )
+            .unwrap();
+        let mut eps: HashMap<&mut MapData, u32, EndpointInfo> =
+            f.ebpf.map_mut(MAP_ENDPOINTS).unwrap().try_into().unwrap();
+        for (ifindex, id, ip, mac) in [
+            (1, SRC_ID, SRC_IP, SRC_MAC),
+            (DST_IFINDEX, DST_ID, DST_IP, DST_MAC),
+        ] {
+            eps.insert(
+                ifindex,
+                EndpointInfo {
+                    ip: ipv4_to_map(ip),
+                    id,
+                    mac,
+                    _pad: [0; 2],
+                },
+                0,
+            )
+            .unwrap();
+        }
+        f.route(DST_IP, 32, ROUTE_KIND_LOCAL, DST_IFINDEX, DST_ID, DST_MAC);
+        f.route([10, 244, 2, 0], 24, ROUTE_KIND_REMOTE, 0, NODE_ID, [0; 6]);
+        f.route(NODE_IP, 32, ROUTE_KIND_NODE, 0, NODE_ID, [0; 6]);
+        f.node(NODE_ID, NODE_IP);
+        f
+    }
+
+    fn route(&mut self, prefix: [u8; 4], len: u32, kind: u32, ifindex: u32, id: u32, mac: [u8; 6]) {
+        let mut routes: LpmTrie<&mut MapData, u32, Route> =
+            self.ebpf.map_mut(MAP_ROUTES).unwrap().try_into().unwrap();
+        routes
+            .insert(
+                &Key::new(len, ipv4_to_map(prefix)),
+                Route {
+                    kind,
+                    ifindex,
+                    endpoint_id: id,
+                    mac,
+                    _pad: [0; 2],
+                },
+                0,
+            )
+            .unwrap();
+    }
+
+    fn node(&mut self, id: u32, ip: [u8; 4]) {
+        let mut nodes: Array<&mut MapData, NodeInfo> =
+            self.ebpf.map_mut(MAP_NODES).unwrap().try_into().unwrap();
+        nodes
+            .set(
+                id,
+                NodeInfo {
+                    ip: ipv4_to_map(ip),
+                    _pad: 0,
+                },
+                0,
+            )
+            .unwrap();
+    }
+
+    /// Nonzero counters of endpoints 0, SRC, DST: (id, verdict) -> packets.
+    fn counters(&self) -> BTreeMap<(u32, &'static str), u64> {
+        let stats: PerCpuArray<&MapData, Counter> =
+            self.ebpf.map(MAP_STATS).unwrap().try_into().unwrap();
+        let mut out = BTreeMap::new();
+        for id in [0, SRC_ID, DST_ID] {
+            for v in Verdict::ALL {
+                let n: u64 = stats
+                    .get(&stats_index(id, v), 0)
+                    .unwrap()
+                    .iter()
+                    .map(|c| c.packets)
+                    .sum();
+                if n > 0 {
+                    out.insert((id, v.name()), n);
+                }
+            }
+        }
+        out
+    }
+
+    fn node_counter(&self) -> NodeCounter {
+        let stats: PerCpuArray<&MapData, NodeCounter> =
+            self.ebpf.map(MAP_NODE_STATS).unwrap().try_into().unwrap();
+        stats
+            .get(&NODE_ID, 0)
+            .unwrap()
+            .iter()
+            .fold(NodeCounter::default(), |a, c| NodeCounter {
+                tx_packets: a.tx_packets + c.tx_packets,
+                rx_packets: a.rx_packets + c.rx_packets,
+                tx_last_ns: a.tx_last_ns.max(c.tx_last_ns),
+                rx_last_ns: a.rx_last_ns.max(c.rx_last_ns),
+                ..a
+            })
+    }
+
+    /// Runs `frame` through `prog`: return value, frame out, counter changes.
+    fn run(&self, prog: &str, frame: &[u8]) -> (u32, Vec<u8>, BTreeMap<(u32, &'static str), u64>) {
+        let before = self.counters();
+        let p: &SchedClassifier = self.ebpf.program(prog).unwrap().try_into().unwrap();
+        let mut out = vec![0u8; frame.len() + 64];
+        let r = p
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                repeat: 1,
+                ..TestRunOptions::default()
+            })
+            .expect("BPF_PROG_TEST_RUN");
+        out.truncate(r.data_size_out as usize);
+        let delta = self
+            .counters()
+            .into_iter()
+            .filter_map(|(k, n)| {
+                let d = n - before.get(&k).copied().unwrap_or(0);
+                (d > 0).then_some((k, d))
+            })
+            .collect();
+        (r.return_value, out, delta)
+    }
+}
+
+/// An ICMP echo frame from `src` to `dst` with `ttl`, a valid header checksum.
+fn frame(src: [u8; 4], dst: [u8; 4], ttl: u8, eth_dst: [u8; 6], eth_src: [u8; 6]) -> Vec<u8> {
+    let mut ip = vec![0x45, 0, 0, 28, 0, 1, 0x40, 0, ttl, 1, 0, 0];
+    ip.extend_from_slice(&src);
+    ip.extend_from_slice(&dst);
+    let c = !ones_sum(&ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    ip.extend_from_slice(&[8, 0, 0xf7, 0xff, 0, 0, 0, 0]);
+    eth(eth_dst, eth_src, 0x0800, &ip)
+}
+
+fn one(id: u32, v: Verdict) -> BTreeMap<(u32, &'static str), u64> {
+    BTreeMap::from([((id, v.name()), 1)])
+}
+
+/// The frame with its TTL one lower and the header checksum still right.
+fn assert_forwarded(inp: &[u8], out: &[u8], ttl: u8) {
+    assert_eq!(out[14 + 8], ttl - 1, "TTL");
+    assert_eq!(ones_sum(&out[14..34]), 0xffff, "header checksum");
+    assert_eq!(&out[26..34], &inp[26..34], "addresses untouched: no NAT");
+}
+
+#[test]
+fn from_pod_sends_a_remote_pod_cidr_to_its_node() {
+    for mode in [CLUSTER_MODE_DIRECT, CLUSTER_MODE_VXLAN] {
+        let f = Fixture::new(mode);
+        let inp = frame(SRC_IP, REMOTE_POD, 64, GW_MAC, SRC_MAC);
+        let (ret, out, delta) = f.run(PROG_FROM_POD, &inp);
+        assert_eq!(ret, TC_ACT_REDIRECT, "mode {mode}");
+        assert_eq!(delta, one(SRC_ID, Verdict::ToNode), "mode {mode}");
+        assert_forwarded(&inp, &out, 64);
+        let n = f.node_counter();
+        assert_eq!(n.tx_packets, 1, "mode {mode}");
+        assert!(n.tx_last_ns > 0 && n.rx_packets == 0, "{n:?}");
+
+        // Expiring on this hop: dropped here, untouched.
+        let inp = frame(SRC_IP, REMOTE_POD, 1, GW_MAC, SRC_MAC);
+        let (ret, out, delta) = f.run(PROG_FROM_POD, &inp);
+        assert_eq!((ret, delta), (TC_ACT_SHOT, one(SRC_ID, Verdict::DropTtl)));
+        assert_eq!(out, inp);
+
+        // A remote node's own address is the node stack's (egress's) business.
+        let inp = frame(SRC_IP, NODE_IP, 64, GW_MAC, SRC_MAC);
+        let (ret, out, delta) = f.run(PROG_FROM_POD, &inp);
+        assert_eq!((ret, delta), (TC_ACT_OK, one(SRC_ID, Verdict::Pass)));
+        assert_eq!(out, inp);
+    }
+}
+
+#[test]
+fn from_pod_drops_for_an_unusable_node() {
+    // No cluster configured.
+    let f = Fixture::new(CLUSTER_MODE_OFF);
+    let inp = frame(SRC_IP, REMOTE_POD, 64, GW_MAC, SRC_MAC);
+    let (ret, _, delta) = f.run(PROG_FROM_POD, &inp);
+    assert_eq!(
+        (ret, delta),
+        (TC_ACT_SHOT, one(SRC_ID, Verdict::DropNodeUnreachable))
+    );
+    // A route whose node entry is gone.
+    let mut f = Fixture::new(CLUSTER_MODE_DIRECT);
+    f.node(NODE_ID, [0; 4]);
+    let (ret, _, delta) = f.run(PROG_FROM_POD, &inp);
+    assert_eq!(
+        (ret, delta),
+        (TC_ACT_SHOT, one(SRC_ID, Verdict::DropNodeUnreachable))
+    );
+}
+
+#[test]
+fn from_uplink_delivers_from_known_nodes_only() {
+    let f = Fixture::new(CLUSTER_MODE_DIRECT);
+    let node_mac = [2, 0, 0, 0, 9, 9];
+    // test_run runs on lo: its MAC (all zeros) makes the frame PACKET_HOST, as one
+    // routed to this node's uplink is (from_uplink leaves frames for other hosts).
+    let uplink_mac = [0; 6];
+    // A remote pod, and the remote node itself: delivered, TTL-1, addressed to the pod.
+    for src in [REMOTE_POD, NODE_IP] {
+        let inp = frame(src, DST_IP, 63, uplink_mac, node_mac);
+        let (ret, out, delta) = f.run(PROG_FROM_UPLINK, &inp);
+        assert_eq!(ret, TC_ACT_REDIRECT, "from {src:?}");
+        assert_eq!(delta, one(DST_ID, Verdict::FromNode), "from {src:?}");
+        assert_forwarded(&inp, &out, 63);
+        assert_eq!(&out[0..6], &DST_MAC, "to the pod's MAC");
+        assert_eq!(&out[6..12], &GW_MAC, "from the gateway's");
+    }
+    let n = f.node_counter();
+    assert_eq!(n.rx_packets, 2);
+    assert!(n.rx_last_ns > 0);
+
+    // Anyone else: dropped, counted at the pod it was meant for.
+    let inp = frame(STRANGER, DST_IP, 63, uplink_mac, node_mac);
+    let (ret, out, delta) = f.run(PROG_FROM_UPLINK, &inp);
+    assert_eq!(
+        (ret, delta),
+        (TC_ACT_SHOT, one(DST_ID, Verdict::DropUnknownSource))
+    );
+    assert_eq!(out, inp);
+    // Not for a local pod: the node stack's, counted as the node's and untouched.
+    for dst in [[192, 168, 77, 1], REMOTE_POD] {
+        let inp = frame(REMOTE_POD, dst, 63, uplink_mac, node_mac);
+        let (ret, out, delta) = f.run(PROG_FROM_UPLINK, &inp);
+        assert_eq!(
+            (ret, delta),
+            (TC_ACT_OK, one(0, Verdict::UplinkPass)),
+            "to {dst:?}"
+        );
+        assert_eq!(out, inp);
+    }
+    // A header whose checksum does not verify: ip_rcv would refuse it, so does the
+    // redirect that skips ip_rcv.
+    let mut inp = frame(REMOTE_POD, DST_IP, 63, uplink_mac, node_mac);
+    inp[14 + 10] ^= 0x55;
+    let (ret, out, delta) = f.run(PROG_FROM_UPLINK, &inp);
+    assert_eq!((ret, delta), (TC_ACT_SHOT, one(DST_ID, Verdict::DropCsum)));
+    assert_eq!(out, inp);
+    // Arriving on its last TTL: dropped at this hop.
+    let inp = frame(REMOTE_POD, DST_IP, 1, uplink_mac, node_mac);
+    let (ret, _, delta) = f.run(PROG_FROM_UPLINK, &inp);
+    assert_eq!((ret, delta), (TC_ACT_SHOT, one(DST_ID, Verdict::DropTtl)));
+
+    // With an overlay, pod traffic must come through the tunnel.
+    let f = Fixture::new(CLUSTER_MODE_VXLAN);
+    let inp = frame(REMOTE_POD, DST_IP, 63, uplink_mac, node_mac);
+    let (ret, _, delta) = f.run(PROG_FROM_UPLINK, &inp);
+    assert_eq!(
+        (ret, delta),
+        (TC_ACT_SHOT, one(DST_ID, Verdict::DropUnknownSource))
+    );
+}
+
+#[test]
+fn from_tunnel_refuses_frames_without_a_tunnel_key() {
+    // test_run frames carry no tunnel metadata: as if someone injected frames into
+    // the VXLAN device by other means.
+    let f = Fixture::new(CLUSTER_MODE_VXLAN);
+    let inp = frame(REMOTE_POD, DST_IP, 63, GW_MAC, SRC_MAC);
+    let (ret, out, delta) = f.run(PROG_FROM_TUNNEL, &inp);
+    assert_eq!(
+        (ret, delta),
+        (TC_ACT_SHOT, one(DST_ID, Verdict::DropMalformed))
+    );
+    assert_eq!(out, inp);
+    // For no endpoint here.
+    let inp = frame(REMOTE_POD, [10, 244, 1, 99], 63, GW_MAC, SRC_MAC);
+    let (ret, _, delta) = f.run(PROG_FROM_TUNNEL, &inp);
+    assert_eq!(
+        (ret, delta),
+        (TC_ACT_SHOT, one(0, Verdict::DropUnknownDestination))
+    );
+}

@@ -1,0 +1,82 @@
+//! What `from_tunnel` does with a decapsulated frame (Cilium's bpf_overlay): only a
+//! known node may send through the tunnel, only from its own pods, and only to
+//! endpoints on this node; everything else is dropped and counted.
+
+use aya_ebpf::{maps::lpm_trie::Key, programs::TcContext};
+use vethbpf_common::{CLUSTER_MODE_VXLAN, ROUTE_KIND_NODE, Verdict};
+
+use crate::{
+    encap,
+    hdr::{ETH_HLEN, ETH_P_IP, EthHdr, Ipv4Hdr, ipv4_addr, linear, ptr_at},
+    ipv4,
+    maps::{CLUSTER, CONFIG, ROUTES},
+    remote,
+    stats::{self, Decision},
+};
+
+/// The whole of `from_tunnel`: decides, counts, and returns the tc action.
+#[inline(always)]
+pub fn from_tunnel(ctx: &TcContext) -> i32 {
+    let (endpoint, decision) = handle(ctx);
+    stats::count(ctx, endpoint, decision)
+}
+
+/// The decision and the endpoint id to count it under: the local endpoint the
+/// frame is for (so a pod's counters show who tried to reach it), else 0.
+#[inline(always)]
+fn handle(ctx: &TcContext) -> (u32, Decision) {
+    let Some((data, data_end)) = linear(ctx, ETH_HLEN + size_of::<Ipv4Hdr>()) else {
+        return (0, Decision::drop(Verdict::DropMalformed));
+    };
+    let (Some(eth), Some(ip)) = (
+        ptr_at::<EthHdr>(data, data_end, 0),
+        ptr_at::<Ipv4Hdr>(data, data_end, ETH_HLEN),
+    ) else {
+        return (0, Decision::drop(Verdict::DropMalformed));
+    };
+    // SAFETY: both pointers were bounds-checked against data_end just above, and no
+    // helper that changes packet data runs while they are in use.
+    let (eth, ip) = unsafe { (&mut *eth, &mut *ip) };
+    // Nodes tunnel IPv4 between pods, nothing else (no ARP: the gateway is answered
+    // on each side).
+    if eth.ether_type != ETH_P_IP {
+        return (0, Decision::drop(Verdict::DropUnknownDestination));
+    }
+    let Some(hdr_len) = ipv4::valid_header_len(ctx, ip) else {
+        return (0, Decision::drop(Verdict::DropMalformed));
+    };
+    let Some(dst) = remote::local_endpoint(ipv4_addr(&ip.dst_addr)) else {
+        return (0, Decision::drop(Verdict::DropUnknownDestination));
+    };
+    let endpoint = dst.endpoint_id;
+    // Options need a router that processes them: the node stack's (as from a pod).
+    if hdr_len != 20 {
+        return (endpoint, Decision::pass());
+    }
+    if !ipv4::checksum_ok(ip) {
+        return (endpoint, Decision::drop(Verdict::DropCsum));
+    }
+
+    let Some((outer_src, vni)) = encap::tunnel_source(ctx) else {
+        return (endpoint, Decision::drop(Verdict::DropMalformed));
+    };
+    let (Some(cluster), Some(cfg)) = (CLUSTER.get(0), CONFIG.get(0)) else {
+        return (endpoint, Decision::drop(Verdict::DropUnknownSource));
+    };
+    if cluster.mode != CLUSTER_MODE_VXLAN || vni != cluster.vni {
+        return (endpoint, Decision::drop(Verdict::DropUnknownSource));
+    }
+    // The outer source must be a known node's own address ...
+    let node_id = match ROUTES.get(Key::new(32, outer_src)) {
+        Some(r) if r.kind == ROUTE_KIND_NODE => r.endpoint_id,
+        _ => return (endpoint, Decision::drop(Verdict::DropUnknownSource)),
+    };
+    // ... and a node speaks for its own pods (and itself) only.
+    if remote::source_node(ipv4_addr(&ip.src_addr)) != Some(node_id) {
+        return (endpoint, Decision::drop(Verdict::DropUnknownSource));
+    }
+    (
+        endpoint,
+        remote::deliver_from_node(ctx, eth, ip, dst, node_id, cfg),
+    )
+}

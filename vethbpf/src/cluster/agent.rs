@@ -1,0 +1,275 @@
+//! `vethbpf agent`: the optional long-running process of a cluster node. It leases
+//! this node's pod subnet in etcd ([`super::etcd`]), brings the node `up` with it,
+//! and keeps the remote nodes equal to the other leases, adding and removing them
+//! with the same journalled calls as `node add/del`.
+//!
+//! The datapath never depends on it: killing the agent, or etcd going away, leaves
+//! every route in place; when either comes back, the agent reads every lease again
+//! and catches up.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::mpsc;
+
+use ipnet::Ipv4Net;
+use tracing::{info, warn};
+
+use super::ClusterError;
+use super::etcd::{self, LeaseValue, RegistryConfig, Update};
+use super::join::{self, JoinError};
+use super::maps::PinnedNodeMaps;
+use super::nodes::{self, NodeSpec};
+use super::setup::{self, ClusterRequest};
+use super::subnets::{self, SubnetError};
+use crate::datapath::Pins;
+use crate::egress::EgressRequest;
+use crate::kernel::netlink::{NetlinkError, RtNetlink};
+use crate::node::UpRequest;
+use crate::state::{Locked, NodeOrigin, StateDir, StateError};
+
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    pub etcd: Vec<String>,
+    pub prefix: String,
+    pub node_name: String,
+    pub cluster: ClusterRequest,
+    pub subnet_len: u8,
+    pub ttl_secs: i64,
+    /// The pods' gateway when the agent brings a fresh node up.
+    pub gateway: Ipv4Addr,
+    pub bpffs_dir: PathBuf,
+    pub state_dir: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Subnet(#[from] SubnetError),
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("bringing the node up with the leased subnet {subnet}: {source}")]
+    Join {
+        subnet: Ipv4Net,
+        #[source]
+        source: Box<JoinError>,
+    },
+    #[error("{0}")]
+    Registry(String),
+    #[error("--lease-ttl must be at least 2 seconds, not {0}")]
+    Ttl(i64),
+}
+
+impl AgentError {
+    /// What kind of failure this is (see [`crate::error`]).
+    pub fn kind(&self) -> crate::error::ErrorKind {
+        use crate::error::ErrorKind;
+        match self {
+            AgentError::Subnet(_) | AgentError::Ttl(_) => ErrorKind::Usage,
+            AgentError::Netlink(e) => e.kind(),
+            AgentError::Cluster(e) => e.kind(),
+            AgentError::Join { source, .. } => source.kind(),
+            AgentError::State(_) | AgentError::Registry(_) => ErrorKind::Other,
+        }
+    }
+}
+
+/// Runs until the registry reports a fatal error (or the process is killed).
+pub fn run(cfg: AgentConfig) -> Result<(), AgentError> {
+    nodes::validate_name(&cfg.node_name)?;
+    subnets::check_len(cfg.cluster.cluster_cidr, cfg.subnet_len)?;
+    if cfg.ttl_secs < 2 {
+        return Err(AgentError::Ttl(cfg.ttl_secs));
+    }
+    let mut nl = RtNetlink::connect()?;
+    let uplink = setup::find_uplink(&mut nl, cfg.cluster.uplink.as_deref())?;
+    let state_dir = StateDir::new(&cfg.state_dir);
+    let prefer = current_subnet(&state_dir, &cfg)?;
+    info!(node = %cfg.node_name, address = %uplink.address, uplink = %uplink.name, ?prefer, "agent starting");
+
+    let (tx, rx) = mpsc::channel();
+    // Lives as long as this function: its thread stops when it is dropped.
+    let _registry = etcd::spawn(
+        RegistryConfig {
+            endpoints: cfg.etcd.clone(),
+            prefix: cfg.prefix.clone(),
+            node_name: cfg.node_name.clone(),
+            address: uplink.address,
+            cluster_cidr: cfg.cluster.cluster_cidr,
+            subnet_len: cfg.subnet_len,
+            overlay: cfg.cluster.overlay,
+            ttl_secs: cfg.ttl_secs,
+            prefer,
+        },
+        tx,
+    );
+    // Pin the uplink by name from now on: the default route may move.
+    let cluster = ClusterRequest {
+        uplink: Some(uplink.name.clone()),
+        ..cfg.cluster.clone()
+    };
+    let mut own: Option<Ipv4Net> = None;
+    for update in rx {
+        match update {
+            Update::Leased(subnet) => {
+                bring_up(&mut nl, &state_dir, &cfg, &cluster, subnet)?;
+                own = Some(subnet);
+            }
+            Update::Leases(leases) => {
+                if let Some(own) = own
+                    && let Err(e) = sync(&mut nl, &state_dir, &cfg, own, &leases)
+                {
+                    warn!(error = %e, "cannot apply the leases; next update tries again");
+                }
+            }
+            Update::Fatal(msg) => return Err(AgentError::Registry(msg)),
+        }
+    }
+    Err(AgentError::Registry(
+        "the etcd registry thread ended".into(),
+    ))
+}
+
+/// The pod CIDR the node has in this cluster, to keep across restarts.
+fn current_subnet(state_dir: &StateDir, cfg: &AgentConfig) -> Result<Option<Ipv4Net>, AgentError> {
+    let locked = state_dir.lock()?;
+    let keep = locked
+        .state
+        .node
+        .as_ref()
+        .and_then(|n| n.pod_cidr)
+        .filter(|c| cfg.cluster.cluster_cidr.contains(c) && c.prefix_len() == cfg.subnet_len);
+    if locked.state.node.is_none() {
+        // Taking the lock made the state dir; a node that is not up keeps none.
+        state_dir.remove(locked)?;
+    }
+    Ok(keep)
+}
+
+fn bring_up(
+    nl: &mut RtNetlink,
+    state_dir: &StateDir,
+    cfg: &AgentConfig,
+    cluster: &ClusterRequest,
+    subnet: Ipv4Net,
+) -> Result<(), AgentError> {
+    let mut locked = state_dir.lock()?;
+    let gateway = locked
+        .state
+        .node
+        .as_ref()
+        .map_or(cfg.gateway, |n| n.gateway);
+    let req = UpRequest {
+        pod_cidr: Some(subnet),
+        // The lease is IPv4; an IPv6 pod CIDR the node has stays.
+        pod_cidr6: locked.state.node.as_ref().and_then(|n| n.pod_cidr6),
+        gateway,
+        bpffs_dir: locked
+            .state
+            .node
+            .as_ref()
+            .map_or_else(|| cfg.bpffs_dir.clone(), |n| n.bpffs_dir.clone()),
+        replace: false,
+        // The cluster's uplink and CIDR are egress's too (never masqueraded).
+        egress: EgressRequest {
+            uplink: cluster.uplink.clone(),
+            cluster_cidr: Some(cluster.cluster_cidr),
+            ..EgressRequest::default()
+        },
+    };
+    let report =
+        join::up(nl, &mut locked, &req, Some(cluster), crate::EBPF_OBJECT).map_err(|e| {
+            AgentError::Join {
+                subnet,
+                source: Box::new(e),
+            }
+        })?;
+    info!(
+        %subnet,
+        node = report.node.action,
+        cluster = report.cluster.as_ref().map_or("-", |c| c.action),
+        "node up"
+    );
+    Ok(())
+}
+
+/// Makes the etcd-made remote nodes equal to the leases of the other nodes.
+fn sync(
+    nl: &mut RtNetlink,
+    state_dir: &StateDir,
+    cfg: &AgentConfig,
+    own: Ipv4Net,
+    leases: &BTreeMap<Ipv4Net, LeaseValue>,
+) -> Result<(), AgentError> {
+    let mut locked = state_dir.lock()?;
+    let node = locked.state.node.clone().ok_or(ClusterError::NotUp)?;
+    let mut maps = PinnedNodeMaps::open(&Pins::new(&node.bpffs_dir)).map_err(ClusterError::from)?;
+    nodes::finish_pending(&mut maps, &mut locked)?;
+    let desired: BTreeMap<String, NodeSpec> = leases
+        .iter()
+        .filter(|(subnet, v)| **subnet != own && v.node != cfg.node_name)
+        .map(|(subnet, v)| {
+            (
+                v.node.clone(),
+                NodeSpec {
+                    name: v.node.clone(),
+                    pod_cidr: *subnet,
+                    address: v.address,
+                    origin: NodeOrigin::Etcd,
+                },
+            )
+        })
+        .collect();
+    let stale = stale_nodes(&locked, &desired);
+    for name in stale {
+        match nodes::del(&mut maps, &mut locked, &name) {
+            Ok(n) => info!(node = %n.name, pod_cidr = %n.pod_cidr, "remote node removed"),
+            Err(e) => warn!(node = %name, error = %e, "cannot remove a remote node"),
+        }
+    }
+    let cluster = locked
+        .state
+        .cluster
+        .clone()
+        .ok_or(ClusterError::NoCluster)?;
+    let nets = setup::uplink_nets(nl, &cluster)?;
+    for spec in desired.values() {
+        if cluster.nodes.contains_key(&spec.name) {
+            continue;
+        }
+        match nodes::add(&mut maps, &mut locked, spec, &nets) {
+            Ok(n) => {
+                info!(node = %n.name, pod_cidr = %n.pod_cidr, address = %n.address, "remote node added")
+            }
+            Err(e) => {
+                warn!(node = %spec.name, pod_cidr = %spec.pod_cidr, error = %e, "cannot add a remote node")
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Remote nodes from etcd that are no longer leased, or leased differently.
+fn stale_nodes(locked: &Locked, desired: &BTreeMap<String, NodeSpec>) -> Vec<String> {
+    locked
+        .state
+        .cluster
+        .as_ref()
+        .map(|c| {
+            c.nodes
+                .values()
+                .filter(|n| n.origin == NodeOrigin::Etcd)
+                .filter(|n| {
+                    desired
+                        .get(&n.name)
+                        .is_none_or(|d| d.pod_cidr != n.pod_cidr || d.address != n.address)
+                })
+                .map(|n| n.name.clone())
+                .collect()
+        })
+        .unwrap_or_default()
+}

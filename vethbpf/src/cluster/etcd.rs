@@ -1,0 +1,479 @@
+//! Subnet leases in etcd, Flannel's model: each node holds one pod subnet of the
+//! cluster CIDR under `<prefix>/subnets/<subnet>` (value: node name and address),
+//! attached to an etcd lease with a TTL that the holder keeps renewing; a holder that
+//! stops renewing loses the key when the lease runs out, and every watcher sees it
+//! go.
+//!
+//! Claims are etcd transactions, so two nodes never hold one subnet: a free subnet
+//! is taken with "create if absent"; a node that restarts takes its own key back
+//! with "if unchanged since I read it". `<prefix>/config` holds the cluster CIDR,
+//! subnet length and overlay, written by the first agent and checked by the others.
+//!
+//! The registry runs on a thread of its own with a current-thread tokio runtime
+//! (the netlink client must not run inside one), and reports to the agent through a
+//! channel. It reconnects forever: etcd being away stops no traffic, and on return
+//! the registry claims its subnet again and sends a fresh view.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::sync::mpsc::Sender;
+use std::time::Duration;
+
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, KeyValue, PutOptions, Txn,
+    TxnOp, TxnOpResponse, WatchOptions,
+};
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+use tracing::{debug, info, warn};
+
+use super::subnets::{self, SubnetError};
+use crate::state::Overlay;
+
+/// What the registry needs to know.
+#[derive(Clone, Debug)]
+pub struct RegistryConfig {
+    pub endpoints: Vec<String>,
+    /// Key prefix of the cluster, e.g. `/vethbpf/network`.
+    pub prefix: String,
+    pub node_name: String,
+    /// This node's address, published with its lease.
+    pub address: Ipv4Addr,
+    pub cluster_cidr: Ipv4Net,
+    pub subnet_len: u8,
+    pub overlay: Overlay,
+    pub ttl_secs: i64,
+    /// The subnet the node has now (kept across agent restarts when free or ours).
+    pub prefer: Option<Ipv4Net>,
+}
+
+/// A lease as published: who holds the subnet and where to send its pods' packets.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseValue {
+    pub node: String,
+    pub address: Ipv4Addr,
+}
+
+/// `<prefix>/config`: what every agent of the cluster must agree on.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkConfig {
+    pub cluster_cidr: Ipv4Net,
+    pub subnet_len: u8,
+    pub overlay: Overlay,
+}
+
+/// What the registry tells the agent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Update {
+    /// This node holds the subnet (the first time, or again after losing it).
+    Leased(Ipv4Net),
+    /// Every lease of the cluster now, own included.
+    Leases(BTreeMap<Ipv4Net, LeaseValue>),
+    /// The cluster cannot be joined as configured; the agent stops.
+    Fatal(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EtcdError {
+    #[error("etcd: {0}")]
+    Client(#[from] etcd_client::Error),
+    #[error(
+        "the cluster in etcd is {found:?}, this agent was started with {ours:?}; start every agent with the same --cluster-cidr, --subnet-len and --overlay"
+    )]
+    ConfigMismatch {
+        found: NetworkConfig,
+        ours: NetworkConfig,
+    },
+    #[error("{key} in etcd is not valid JSON: {source}")]
+    BadValue {
+        key: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error(transparent)]
+    Subnet(#[from] SubnetError),
+    #[error("this node's lease ran out")]
+    LeaseLost,
+    #[error("the watch ended ({0})")]
+    WatchEnded(String),
+    #[error("no subnet could be claimed after {0} attempts (contention)")]
+    Contention(u32),
+    #[error("cannot start the registry's runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+}
+
+impl EtcdError {
+    /// Errors that waiting does not cure.
+    fn is_fatal(&self) -> bool {
+        matches!(
+            self,
+            EtcdError::ConfigMismatch { .. } | EtcdError::Subnet(_) | EtcdError::BadValue { .. }
+        )
+    }
+}
+
+impl RegistryConfig {
+    fn subnets_prefix(&self) -> String {
+        format!("{}/subnets/", self.prefix.trim_end_matches('/'))
+    }
+    fn subnet_key(&self, subnet: Ipv4Net) -> String {
+        format!("{}{}", self.subnets_prefix(), subnets::key_name(subnet))
+    }
+    fn config_key(&self) -> String {
+        format!("{}/config", self.prefix.trim_end_matches('/'))
+    }
+    fn network(&self) -> NetworkConfig {
+        NetworkConfig {
+            cluster_cidr: self.cluster_cidr,
+            subnet_len: self.subnet_len,
+            overlay: self.overlay,
+        }
+    }
+    fn value(&self) -> Vec<u8> {
+        serde_json::to_vec(&LeaseValue {
+            node: self.node_name.clone(),
+            address: self.address,
+        })
+        .unwrap_or_default()
+    }
+}
+
+/// The registry's thread; dropping it stops the thread (and leaves the lease to
+/// run out, as a killed agent does).
+pub struct Registry {
+    stop: Arc<Notify>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        self.stop.notify_one();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Starts the registry on its own thread (in the caller's network namespace); it
+/// runs until the [`Registry`] is dropped, the receiver of `tx` is gone, or a fatal
+/// error (reported as [`Update::Fatal`]).
+pub fn spawn(cfg: RegistryConfig, tx: Sender<Update>) -> Registry {
+    let stop = Arc::new(Notify::new());
+    let stopped = stop.clone();
+    let thread = std::thread::spawn(move || {
+        let rt = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                let _ = tx.send(Update::Fatal(EtcdError::Runtime(e).to_string()));
+                return;
+            }
+        };
+        rt.block_on(async {
+            tokio::select! {
+                () = run(cfg, tx) => {}
+                () = stopped.notified() => {}
+            }
+        });
+    });
+    Registry {
+        stop,
+        thread: Some(thread),
+    }
+}
+
+/// Sessions, one per connection, with a growing pause between failed ones.
+async fn run(cfg: RegistryConfig, tx: Sender<Update>) {
+    let mut held: Option<Ipv4Net> = cfg.prefer;
+    let mut announced: Option<Ipv4Net> = None;
+    const FIRST_PAUSE: Duration = Duration::from_millis(200);
+    let mut pause = FIRST_PAUSE;
+    loop {
+        let started = tokio::time::Instant::now();
+        let result = session(&cfg, &tx, &mut held, &mut announced).await;
+        // A session that ran a while was a working connection: start over quickly.
+        if started.elapsed() > Duration::from_secs(10) {
+            pause = FIRST_PAUSE;
+        }
+        match result {
+            Ok(()) => return,
+            Err(e) if e.is_fatal() => {
+                let _ = tx.send(Update::Fatal(e.to_string()));
+                return;
+            }
+            Err(e) => {
+                warn!(error = %e, retry_in_ms = pause.as_millis() as u64, "etcd session ended");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}
+
+/// One connection: claim the subnet, then renew the lease and follow every lease
+/// until something breaks. `Ok` only when the agent is gone.
+async fn session(
+    cfg: &RegistryConfig,
+    tx: &Sender<Update>,
+    held: &mut Option<Ipv4Net>,
+    announced: &mut Option<Ipv4Net>,
+) -> Result<(), EtcdError> {
+    let options = ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(2))
+        .with_timeout(Duration::from_secs(5))
+        .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2));
+    let mut client = Client::connect(&cfg.endpoints, Some(options)).await?;
+    check_config(&mut client, cfg).await?;
+
+    let lease = client.lease_grant(cfg.ttl_secs, None).await?.id();
+    let subnet = claim(&mut client, cfg, lease, *held).await?;
+    *held = Some(subnet);
+    if *announced != Some(subnet) {
+        info!(%subnet, lease, "leased");
+        if tx.send(Update::Leased(subnet)).is_err() {
+            return Ok(());
+        }
+        *announced = Some(subnet);
+    }
+    let own_key = cfg.subnet_key(subnet);
+    let (mut keeper, mut renewals) = client.lease_keep_alive(lease).await?;
+
+    let prefix = cfg.subnets_prefix();
+    let snapshot = client
+        .get(prefix.as_str(), Some(GetOptions::new().with_prefix()))
+        .await?;
+    let revision = snapshot.header().map_or(0, |h| h.revision());
+    let mut leases: BTreeMap<String, LeaseValue> = BTreeMap::new();
+    for kv in snapshot.kvs() {
+        if let Some((key, value)) = parse_kv(kv) {
+            leases.insert(key, value);
+        }
+    }
+    if tx.send(Update::Leases(by_subnet(cfg, &leases))).is_err() {
+        return Ok(());
+    }
+    let mut watch = client
+        .watch(
+            prefix.as_str(),
+            Some(
+                WatchOptions::new()
+                    .with_prefix()
+                    .with_start_revision(revision + 1),
+            ),
+        )
+        .await?;
+    let mut ticker = tokio::time::interval(Duration::from_secs((cfg.ttl_secs / 3).max(1) as u64));
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => keeper.keep_alive().await?,
+            renewal = renewals.message() => match renewal? {
+                Some(r) if r.ttl() > 0 => debug!(ttl = r.ttl(), "lease renewed"),
+                _ => return Err(EtcdError::LeaseLost),
+            },
+            message = watch.message() => {
+                let resp = message?.ok_or_else(|| EtcdError::WatchEnded("closed".into()))?;
+                if resp.canceled() {
+                    return Err(EtcdError::WatchEnded(resp.cancel_reason().to_string()));
+                }
+                for event in resp.events() {
+                    let Some(kv) = event.kv() else { continue };
+                    let key = String::from_utf8_lossy(kv.key()).into_owned();
+                    match event.event_type() {
+                        EventType::Put => {
+                            if let Some((key, value)) = parse_kv(kv) {
+                                leases.insert(key, value);
+                            }
+                        }
+                        EventType::Delete => {
+                            leases.remove(&key);
+                        }
+                    }
+                }
+                if leases.get(&own_key).is_none_or(|v| v.node != cfg.node_name) {
+                    // Our key went (lease ran out, or someone deleted it): claim again.
+                    *announced = None;
+                    return Err(EtcdError::LeaseLost);
+                }
+                if tx.send(Update::Leases(by_subnet(cfg, &leases))).is_err() {
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+/// Writes the network config if there is none; refuses a different one.
+async fn check_config(client: &mut Client, cfg: &RegistryConfig) -> Result<(), EtcdError> {
+    let key = cfg.config_key();
+    let ours = cfg.network();
+    let value = serde_json::to_vec(&ours).unwrap_or_default();
+    let txn = Txn::new()
+        .when([Compare::version(key.as_str(), CompareOp::Equal, 0)])
+        .and_then([TxnOp::put(key.as_str(), value, None)])
+        .or_else([TxnOp::get(key.as_str(), None)]);
+    let resp = client.txn(txn).await?;
+    if resp.succeeded() {
+        info!(key, "wrote the cluster's network config");
+        return Ok(());
+    }
+    for op in resp.op_responses() {
+        if let TxnOpResponse::Get(get) = op
+            && let Some(kv) = get.kvs().first()
+        {
+            let found: NetworkConfig =
+                serde_json::from_slice(kv.value()).map_err(|source| EtcdError::BadValue {
+                    key: key.clone(),
+                    source,
+                })?;
+            if found != ours {
+                return Err(EtcdError::ConfigMismatch { found, ours });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Claims a subnet for this node under `lease`: `want` (the one it has) if it is
+/// free or its own, else one it holds already, else the first free one. Every
+/// claim is a transaction; losing a race means reading again.
+async fn claim(
+    client: &mut Client,
+    cfg: &RegistryConfig,
+    lease: i64,
+    want: Option<Ipv4Net>,
+) -> Result<Ipv4Net, EtcdError> {
+    const ATTEMPTS: u32 = 64;
+    for _ in 0..ATTEMPTS {
+        let resp = client
+            .get(cfg.subnets_prefix(), Some(GetOptions::new().with_prefix()))
+            .await?;
+        let mut taken: BTreeMap<Ipv4Net, (Option<LeaseValue>, i64)> = BTreeMap::new();
+        for kv in resp.kvs() {
+            let Some(subnet) = subnet_of(cfg, kv) else {
+                continue;
+            };
+            let value = serde_json::from_slice::<LeaseValue>(kv.value()).ok();
+            taken.insert(subnet, (value, kv.mod_revision()));
+        }
+        let mine = |v: &Option<LeaseValue>| v.as_ref().is_some_and(|v| v.node == cfg.node_name);
+        let held: Vec<Ipv4Net> = taken
+            .iter()
+            .filter(|(_, (v, _))| mine(v))
+            .map(|(s, _)| *s)
+            .collect();
+        let fits = |s: &Ipv4Net| cfg.cluster_cidr.contains(s) && s.prefix_len() == cfg.subnet_len;
+        let mut lost_race = false;
+        for subnet in want.into_iter().chain(held).filter(fits) {
+            let overlapping = taken.keys().any(|t| {
+                *t != subnet && (t.contains(&subnet.network()) || subnet.contains(&t.network()))
+            });
+            match taken.get(&subnet) {
+                _ if overlapping => {}
+                None => {
+                    if create(client, cfg, subnet, lease).await? {
+                        return Ok(subnet);
+                    }
+                    lost_race = true;
+                    break;
+                }
+                Some((v, rev)) if mine(v) => {
+                    if take_over(client, cfg, subnet, lease, *rev).await? {
+                        return Ok(subnet);
+                    }
+                    lost_race = true;
+                    break;
+                }
+                Some((v, _)) => warn!(
+                    %subnet,
+                    holder = v.as_ref().map_or("?", |v| v.node.as_str()),
+                    "the subnet this node had is leased to another node"
+                ),
+            }
+        }
+        if lost_race {
+            continue;
+        }
+        let keys: BTreeSet<Ipv4Net> = taken.keys().copied().collect();
+        let subnet = subnets::first_free(cfg.cluster_cidr, cfg.subnet_len, &keys)?;
+        if create(client, cfg, subnet, lease).await? {
+            return Ok(subnet);
+        }
+    }
+    Err(EtcdError::Contention(ATTEMPTS))
+}
+
+/// "Create if absent": the key must not exist.
+async fn create(
+    client: &mut Client,
+    cfg: &RegistryConfig,
+    subnet: Ipv4Net,
+    lease: i64,
+) -> Result<bool, EtcdError> {
+    let key = cfg.subnet_key(subnet);
+    let txn = Txn::new()
+        .when([Compare::version(key.as_str(), CompareOp::Equal, 0)])
+        .and_then([TxnOp::put(
+            key.as_str(),
+            cfg.value(),
+            Some(PutOptions::new().with_lease(lease)),
+        )]);
+    Ok(client.txn(txn).await?.succeeded())
+}
+
+/// "If unchanged since read": re-attaches this node's own key to its new lease.
+async fn take_over(
+    client: &mut Client,
+    cfg: &RegistryConfig,
+    subnet: Ipv4Net,
+    lease: i64,
+    mod_revision: i64,
+) -> Result<bool, EtcdError> {
+    let key = cfg.subnet_key(subnet);
+    let txn = Txn::new()
+        .when([Compare::mod_revision(
+            key.as_str(),
+            CompareOp::Equal,
+            mod_revision,
+        )])
+        .and_then([TxnOp::put(
+            key.as_str(),
+            cfg.value(),
+            Some(PutOptions::new().with_lease(lease)),
+        )]);
+    Ok(client.txn(txn).await?.succeeded())
+}
+
+fn subnet_of(cfg: &RegistryConfig, kv: &KeyValue) -> Option<Ipv4Net> {
+    let key = std::str::from_utf8(kv.key()).ok()?;
+    subnets::parse_key_name(key.strip_prefix(cfg.subnets_prefix().as_str())?)
+}
+
+/// A lease key and value; `None` for keys or values that are not a lease (logged).
+fn parse_kv(kv: &KeyValue) -> Option<(String, LeaseValue)> {
+    let key = String::from_utf8_lossy(kv.key()).into_owned();
+    match serde_json::from_slice(kv.value()) {
+        Ok(v) => Some((key, v)),
+        Err(e) => {
+            warn!(key, error = %e, "ignoring a lease that is not valid JSON");
+            None
+        }
+    }
+}
+
+fn by_subnet(
+    cfg: &RegistryConfig,
+    leases: &BTreeMap<String, LeaseValue>,
+) -> BTreeMap<Ipv4Net, LeaseValue> {
+    let prefix = cfg.subnets_prefix();
+    leases
+        .iter()
+        .filter_map(|(k, v)| {
+            let subnet = subnets::parse_key_name(k.strip_prefix(prefix.as_str())?)?;
+            Some((subnet, v.clone()))
+        })
+        .collect()
+}

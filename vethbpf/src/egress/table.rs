@@ -1,0 +1,307 @@
+//! The egress maps, as userspace sees them: the uplink configuration (`EGRESS`),
+//! the destinations that are not egress (`EGRESS_SKIP`), and the NAT table with its
+//! state (`NAT`, `NAT_STATE`, `FRAGS`) for `nat list`, `nat flush` and the flows of
+//! a deleted endpoint.
+
+use std::collections::BTreeSet;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::PathBuf;
+
+use aya::maps::lpm_trie::{Key, LpmTrie};
+use aya::maps::{Array, HashMap, Map, MapData, MapError};
+use ipnet::Ipv4Net;
+use serde::Serialize;
+use vethbpf_common::{
+    CtState, EgressConfig, FragEntry, FragKey, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, MAP_EGRESS,
+    MAP_EGRESS_SKIP, MAP_FRAGS, MAP_NAT, MAP_NAT_STATE, NAT_DIR_OUT, NatEntry, NatKey, NatState,
+    ipv4_from_map, ipv4_to_map,
+};
+
+use crate::datapath::Pins;
+use crate::error::ErrorKind;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TableError {
+    #[error(
+        "cannot open the pinned map {path} ({source}); is the bpffs still mounted? `vethbpf up` loads the datapath again"
+    )]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: MapError,
+    },
+    #[error("map {map}: {op} failed: {source}")]
+    Op {
+        map: &'static str,
+        op: &'static str,
+        #[source]
+        source: MapError,
+    },
+}
+
+impl TableError {
+    /// What kind of failure this is: a map that cannot be opened means the
+    /// datapath is gone (`up` loads it again).
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            TableError::Open { .. } => ErrorKind::NotUp,
+            TableError::Op { .. } => ErrorKind::Other,
+        }
+    }
+}
+
+fn open<T>(pins: &Pins, name: &'static str) -> Result<T, TableError>
+where
+    T: TryFrom<Map, Error = MapError>,
+{
+    let path = pins.map(name);
+    let err = |source| TableError::Open {
+        path: path.clone(),
+        source,
+    };
+    let data = MapData::from_pin(&path).map_err(err)?;
+    let map = Map::from_map_data(data).map_err(err)?;
+    T::try_from(map).map_err(err)
+}
+
+fn op(map: &'static str, op: &'static str) -> impl Fn(MapError) -> TableError {
+    move |source| TableError::Op { map, op, source }
+}
+
+/// A deleted key that was already gone is fine (another deleter, the LRU).
+fn gone(e: &MapError) -> bool {
+    match e {
+        MapError::KeyNotFound => true,
+        MapError::SyscallError(s) => s.io_error.raw_os_error() == Some(libc::ENOENT),
+        _ => false,
+    }
+}
+
+/// The clock the datapath stamps entries with (`bpf_ktime_get_ns`).
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid out-pointer; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64).saturating_mul(1_000_000_000) + ts.tv_nsec as u64
+}
+
+/// One flow of the NAT table, as `nat list` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Flow {
+    pub protocol: &'static str,
+    /// The pod's address and port (ICMP: echo identifier).
+    pub pod: SocketAddrV4,
+    /// What the pod's source became (its own without masquerade).
+    pub node: SocketAddrV4,
+    pub remote: SocketAddrV4,
+    pub state: &'static str,
+    pub age_secs: u64,
+    pub idle_secs: u64,
+    /// Idle past its state's timeout: the next flow that needs its port takes it.
+    pub expired: bool,
+    /// The host veth of the pod that opened it.
+    pub ifindex: u32,
+}
+
+fn proto_name(p: u8) -> &'static str {
+    match p {
+        IPPROTO_TCP => "tcp",
+        IPPROTO_UDP => "udp",
+        IPPROTO_ICMP => "icmp",
+        _ => "other",
+    }
+}
+
+fn sock(addr: u32, port: u16) -> SocketAddrV4 {
+    SocketAddrV4::new(Ipv4Addr::from(ipv4_from_map(addr)), u16::from_be(port))
+}
+
+pub struct Table {
+    egress: Array<MapData, EgressConfig>,
+    skip: LpmTrie<MapData, u32, u32>,
+    nat: HashMap<MapData, NatKey, NatEntry>,
+    state: Array<MapData, NatState>,
+    frags: HashMap<MapData, FragKey, FragEntry>,
+    capacity: Option<u32>,
+}
+
+impl Table {
+    pub fn open(pins: &Pins) -> Result<Self, TableError> {
+        let capacity = MapData::from_pin(pins.map(MAP_NAT))
+            .and_then(|m| m.info())
+            .ok()
+            .map(|i| i.max_entries());
+        Ok(Table {
+            capacity,
+            egress: open(pins, MAP_EGRESS)?,
+            skip: open(pins, MAP_EGRESS_SKIP)?,
+            nat: open(pins, MAP_NAT)?,
+            state: open(pins, MAP_NAT_STATE)?,
+            frags: open(pins, MAP_FRAGS)?,
+        })
+    }
+
+    pub fn set_config(&mut self, cfg: &EgressConfig) -> Result<(), TableError> {
+        self.egress.set(0, cfg, 0).map_err(op(MAP_EGRESS, "set"))
+    }
+
+    pub fn config(&self) -> Result<EgressConfig, TableError> {
+        self.egress.get(&0, 0).map_err(op(MAP_EGRESS, "get"))
+    }
+
+    /// Makes `EGRESS_SKIP` hold exactly `entries` (prefix -> `SKIP_*`); whether it
+    /// changed anything.
+    pub fn sync_skip(&mut self, entries: &[(Ipv4Net, u32)]) -> Result<bool, TableError> {
+        let have: BTreeSet<(Ipv4Net, u32)> = self.skip_entries().into_iter().collect();
+        if have == entries.iter().copied().collect() {
+            return Ok(false);
+        }
+        let want: BTreeSet<Ipv4Net> = entries.iter().map(|(n, _)| *n).collect();
+        for (net, _) in have {
+            if !want.contains(&net) {
+                match self.skip.remove(&skip_key(net)) {
+                    Ok(()) => {}
+                    Err(e) if gone(&e) => {}
+                    Err(e) => return Err(op(MAP_EGRESS_SKIP, "remove")(e)),
+                }
+            }
+        }
+        for (net, why) in entries {
+            self.skip
+                .insert(&skip_key(*net), why, 0)
+                .map_err(op(MAP_EGRESS_SKIP, "insert"))?;
+        }
+        Ok(true)
+    }
+
+    pub fn skip_entries(&self) -> Vec<(Ipv4Net, u32)> {
+        self.skip
+            .iter()
+            .filter_map(Result::ok)
+            .filter_map(|(k, v)| {
+                let ip = Ipv4Addr::from(ipv4_from_map(k.data()));
+                Ipv4Net::new(ip, k.prefix_len() as u8).ok().map(|n| (n, v))
+            })
+            .collect()
+    }
+
+    fn entries(&self) -> Vec<(NatKey, NatEntry)> {
+        self.nat.iter().filter_map(Result::ok).collect()
+    }
+
+    /// Every flow (by its forward entry), oldest first.
+    pub fn flows(&self) -> Vec<Flow> {
+        let now = monotonic_ns();
+        let secs = |ns: u64| now.saturating_sub(ns) / 1_000_000_000;
+        let mut flows: Vec<Flow> = self
+            .entries()
+            .into_iter()
+            .filter(|(k, _)| k.dir == NAT_DIR_OUT)
+            .map(|(k, e)| Flow {
+                protocol: proto_name(k.proto),
+                pod: sock(k.saddr, k.sport),
+                node: sock(e.addr, e.port),
+                remote: sock(k.daddr, k.dport),
+                state: CtState::of(k.proto, e.flags).name(),
+                age_secs: secs(e.created),
+                idle_secs: secs(e.last_seen),
+                expired: e.expired(k.proto, now),
+                ifindex: e.ifindex,
+            })
+            .collect();
+        flows.sort_by(|a, b| {
+            b.age_secs
+                .cmp(&a.age_secs)
+                .then_with(|| (a.pod, a.remote).cmp(&(b.pod, b.remote)))
+        });
+        flows
+    }
+
+    /// Deletes the entries `drop` selects; then recounts the table's flows. Returns
+    /// how many flows (forward entries) went.
+    fn remove_where(
+        &mut self,
+        drop: impl Fn(&NatKey, &NatEntry) -> bool,
+    ) -> Result<usize, TableError> {
+        let mut flows = 0;
+        for (k, e) in self.entries() {
+            if !drop(&k, &e) {
+                continue;
+            }
+            match self.nat.remove(&k) {
+                Ok(()) => flows += usize::from(k.dir == NAT_DIR_OUT),
+                Err(err) if gone(&err) => {}
+                Err(err) => return Err(op(MAP_NAT, "remove")(err)),
+            }
+        }
+        self.recount()?;
+        Ok(flows)
+    }
+
+    /// Removes every flow of the pod behind host veth `ifindex` (both halves: each
+    /// entry records the pod's interface).
+    pub fn remove_endpoint_flows(&mut self, ifindex: u32) -> Result<usize, TableError> {
+        self.remove_where(|_, e| e.ifindex == ifindex)
+    }
+
+    /// [`Table::remove_endpoint_flows`] on the pinned table, if there is one (a node
+    /// brought up by a vethbpf without egress has none).
+    pub fn remove_endpoint_flows_at(pins: &Pins, ifindex: u32) -> Result<usize, TableError> {
+        if !pins.map(MAP_NAT).exists() {
+            return Ok(0);
+        }
+        Table::open(pins)?.remove_endpoint_flows(ifindex)
+    }
+
+    /// Empties the NAT and fragment tables. Returns how many flows went.
+    pub fn flush(&mut self) -> Result<usize, TableError> {
+        let n = self.remove_where(|_, _| true)?;
+        let keys: Vec<FragKey> = self.frags.keys().filter_map(Result::ok).collect();
+        for k in keys {
+            match self.frags.remove(&k) {
+                Ok(()) => {}
+                Err(e) if gone(&e) => {}
+                Err(e) => return Err(op(MAP_FRAGS, "remove")(e)),
+            }
+        }
+        Ok(n)
+    }
+
+    /// Sets the flow count to the forward entries there are (the datapath counts up
+    /// per new flow and recounts when the table is full; userspace deletions are
+    /// its to account for).
+    pub fn recount(&mut self) -> Result<(), TableError> {
+        let flows = self
+            .entries()
+            .iter()
+            .filter(|(k, _)| k.dir == NAT_DIR_OUT)
+            .count() as u64;
+        let mut st = self.state()?;
+        st.flows = flows;
+        self.state.set(0, st, 0).map_err(op(MAP_NAT_STATE, "set"))
+    }
+
+    pub fn state(&self) -> Result<NatState, TableError> {
+        self.state.get(&0, 0).map_err(op(MAP_NAT_STATE, "get"))
+    }
+
+    /// How many entries the NAT map has (two per flow).
+    pub fn entry_count(&self) -> usize {
+        self.nat.keys().filter(Result::is_ok).count()
+    }
+
+    /// The NAT map's capacity (entries; two per flow plus slack).
+    pub fn capacity(&self) -> Option<u32> {
+        self.capacity
+    }
+}
+
+fn skip_key(net: Ipv4Net) -> Key<u32> {
+    Key::new(
+        u32::from(net.prefix_len()),
+        ipv4_to_map(net.network().octets()),
+    )
+}
