@@ -606,8 +606,11 @@ fn reconcile_repairs_ipv6_damage_and_from_kernel_rebuilds_ipv6_endpoints() {
     let ip6 = |e: &serde_json::Value| e["ip6"].as_str().expect("ip6").to_string();
     let host = |e: &serde_json::Value| e["host_veth"].as_str().expect("host").to_string();
     let state_path = node.state.join("state.json");
-    let good: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&state_path).expect("state")).expect("json");
+    // The state as vethbpf reads it: the snapshot and the endpoint log after it.
+    let logical = || -> serde_json::Value {
+        serde_json::from_str(&node.snapshot().state.expect("state")).expect("json")
+    };
+    let good = logical();
 
     // Damage: a's IPv6 endpoint entry and its host veth's gateway address gone, b's
     // IPv6 route entry and node route gone, and a route entry nobody owns.
@@ -701,9 +704,11 @@ fn reconcile_repairs_ipv6_damage_and_from_kernel_rebuilds_ipv6_endpoints() {
         vethbpf_tests::POD_CIDR6,
     ]);
     assert_eq!(r["rebuilt"].as_array().map(Vec::len), Some(2), "{r}");
-    let now: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&state_path).expect("state")).expect("json");
-    assert_eq!(now, good, "the rebuilt state is the state that was lost");
+    assert_eq!(
+        logical(),
+        good,
+        "the rebuilt state is the state that was lost"
+    );
     // Without the IPv6 CIDR the rebuild is refused, naming the address.
     std::fs::write(&state_path, b"garbage").expect("write");
     let out = node.vethbpf(&["reconcile", "--from-kernel"]);
