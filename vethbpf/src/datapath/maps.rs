@@ -324,6 +324,28 @@ impl Maps {
         Ok(out)
     }
 
+    /// One verdict's packets, summed over CPUs and over the endpoint ids `ids`: one
+    /// lookup per id, where a whole batch would read every verdict of every id.
+    pub(crate) fn packets_of(
+        &self,
+        verdict: Verdict,
+        ids: impl IntoIterator<Item = u32>,
+    ) -> Result<u64, MapsError> {
+        let mut sum = 0;
+        for id in ids {
+            let per_cpu = self
+                .stats
+                .get(&stats_index(id, verdict), 0)
+                .map_err(|source| MapsError::Op {
+                    map: MAP_STATS,
+                    op: "get",
+                    source: Box::new(source),
+                })?;
+            sum += per_cpu.iter().map(|c| c.packets).sum::<u64>();
+        }
+        Ok(sum)
+    }
+
     /// The counters of endpoint ids `0..=max_id`, summed over CPUs, indexed by id:
     /// in one `bpf()` call (a batch lookup), or, where the kernel has none (before
     /// 5.6), one call per counter.
