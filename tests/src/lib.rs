@@ -311,7 +311,20 @@ impl TestNode {
         let strip = |s: String| -> Vec<String> {
             s.lines()
                 // Counters and timers are not state.
-                .map(|l| l.split(" qlen").next().unwrap_or(l).to_string())
+                .map(|l| l.split(" qlen").next().unwrap_or(l))
+                // Nor the operational state (`state UP`, and NO-CARRIER, which is
+                // `ip`'s word for "up but not running"): the kernel's link watcher
+                // catches up with the carrier (LOWER_UP) asynchronously, up to a
+                // second later. UP and LOWER_UP are what vethbpf sets.
+                .map(
+                    |l| match l.replace("NO-CARRIER,", "").split_once(" state ") {
+                        Some((head, tail)) => {
+                            let rest = tail.split_once(' ').map_or("", |(_, r)| r);
+                            format!("{head} {rest}")
+                        }
+                        None => l.replace("NO-CARRIER,", ""),
+                    },
+                )
                 .collect()
         };
         Snapshot {
@@ -324,7 +337,7 @@ impl TestNode {
                 .into_iter()
                 .filter(|n| n.starts_with(&self.prefix))
                 .collect(),
-            state: std::fs::read_to_string(self.state.join("state.json")).ok(),
+            state: read_state(&self.state),
             journal: self.state.join("intent.json").exists(),
             node_journal: self.state.join("node-intent.json").exists(),
             pins: list_tree(&self.bpffs),
@@ -433,6 +446,8 @@ pub struct Snapshot {
     pub addrs: Vec<String>,
     pub routes: Vec<String>,
     pub netns: BTreeSet<String>,
+    /// The state as vethbpf reads it (snapshot and log), as pretty JSON; `None`
+    /// without a state file; the files' text when it cannot be read.
     pub state: Option<String>,
     /// The journal of an interrupted command is there.
     pub journal: bool,
@@ -695,6 +710,24 @@ pub fn no_ipv6(netns: &Path) {
             ],
         );
     }
+}
+
+/// The state in the state dir `dir` as vethbpf reads it (the snapshot in
+/// `state.json` and the endpoint log `state.log` after it), as pretty JSON, so that
+/// two histories that end in the same state compare equal. `None` without any
+/// state file; the raw files when they cannot be read.
+pub fn read_state(dir: &Path) -> Option<String> {
+    let files = [vethbpf::state::STATE_FILE, vethbpf::state::LOG_FILE];
+    if !files.iter().any(|f| dir.join(f).exists()) {
+        return None;
+    }
+    Some(match vethbpf::state::StateDir::new(dir).read() {
+        Ok(state) => serde_json::to_string_pretty(&state).expect("state as JSON"),
+        Err(e) => format!(
+            "unreadable ({e}): {:?}",
+            files.map(|f| std::fs::read(dir.join(f)).unwrap_or_default())
+        ),
+    })
 }
 
 /// The node's address on its uplink in [`TestNode::outside`]: the masquerade

@@ -523,7 +523,8 @@ pub fn status(locked: &Locked) -> Result<Status, NodeError> {
     let info = datapath::program_info(&pins)?;
     let mut programs = vec![ProgramStatus {
         id: info.id(),
-        name: info.name_as_str().unwrap_or_default().to_string(),
+        // The raw bytes: `name_as_str` runs aya's kernel feature probes.
+        name: String::from_utf8_lossy(info.name()).into_owned(),
         tag: format!("{:016x}", info.tag()),
         verified_instructions: info.verified_instruction_count(),
         pinned: pins.program(PROG_FROM_POD),
@@ -532,7 +533,7 @@ pub fn status(locked: &Locked) -> Result<Status, NodeError> {
     if let Ok(info) = ProgramInfo::from_pin(&uplink_prog) {
         programs.push(ProgramStatus {
             id: info.id(),
-            name: info.name_as_str().unwrap_or_default().to_string(),
+            name: String::from_utf8_lossy(info.name()).into_owned(),
             tag: format!("{:016x}", info.tag()),
             verified_instructions: info.verified_instruction_count(),
             pinned: uplink_prog,
@@ -540,13 +541,13 @@ pub fn status(locked: &Locked) -> Result<Status, NodeError> {
     }
     let maps = Maps::open(&pins)?;
     // New flows the NAT refused and the node's own packets on the uplink, over the
-    // node's counters (id 0) and every pod's.
+    // node's counters (id 0) and every pod's; only a node with egress has any.
     let mut counters = EgressCounters::default();
-    for id in std::iter::once(0).chain(locked.state.endpoints.values().map(|e| e.id)) {
-        let c = maps.counters(id)?;
-        counters.nat_table_full += c[Verdict::NatTableFull as usize].packets;
-        counters.nat_no_port += c[Verdict::DropNatNoPort as usize].packets;
-        counters.uplink_passed += c[Verdict::UplinkPass as usize].packets;
+    if node.egress.is_some() {
+        let ids = || std::iter::once(0).chain(locked.state.endpoints.values().map(|e| e.id));
+        counters.nat_table_full = maps.packets_of(Verdict::NatTableFull, ids())?;
+        counters.nat_no_port = maps.packets_of(Verdict::DropNatNoPort, ids())?;
+        counters.uplink_passed = maps.packets_of(Verdict::UplinkPass, ids())?;
     }
     let egress = egress::status(&pins, node.egress.as_ref(), node.attach_mode, counters)?;
     let maps = map_fill(&pins)?

@@ -42,6 +42,14 @@ const PACKAGES: &[(&str, &str)] = &[
         "dumping pinned maps (tests) and program info (benchmark)",
     ),
     ("iperf3", "throughput benchmarks"),
+    (
+        "strace",
+        "syscall breakdowns of endpoint add/del (BENCHMARKS.md)",
+    ),
+    (
+        "linux-perf",
+        "perf stat/record/trace for the same breakdowns (BENCHMARKS.md)",
+    ),
     ("sockperf", "latency benchmarks"),
     (
         "containernetworking-plugins",

@@ -246,7 +246,8 @@ pub struct AddArgs {
 #[derive(Args, Debug)]
 pub struct ReconcileArgs {
     /// Rebuild a lost or corrupt state file from the kernel: the host veths' aliases
-    /// and the pinned maps (the unreadable file is kept as state.json.corrupt).
+    /// and the pinned maps (the unreadable state is kept as state.json.corrupt and
+    /// state.log.corrupt).
     #[arg(long)]
     pub from_kernel: bool,
     /// With --from-kernel: the pod CIDRs the node was brought up with (the kernel

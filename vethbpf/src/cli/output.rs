@@ -33,18 +33,23 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) {
             *w = (*w).max(cell.len());
         }
     }
-    let line = |cells: Vec<&str>| {
+    // One write for the whole table: stdout is line-buffered, and a thousand
+    // endpoints would be a thousand writes.
+    let mut out = String::new();
+    let mut line = |cells: Vec<&str>| {
         let s: Vec<String> = cells
             .iter()
             .zip(&width)
             .map(|(c, w)| format!("{c:<w$}"))
             .collect();
-        println!("{}", s.join("  ").trim_end());
+        out.push_str(s.join("  ").trim_end());
+        out.push('\n');
     };
     line(header.to_vec());
     for row in rows {
         line(row.iter().map(String::as_str).collect());
     }
+    print!("{out}");
 }
 
 pub fn up(out: Output, r: &UpReport) -> Result<()> {

@@ -13,7 +13,7 @@ use vethbpf::node::{self, NodeError, UpRequest};
 use vethbpf::observe::monitor::{MonitorRequest, Session};
 use vethbpf::observe::{self, ObserveError};
 use vethbpf::reconcile;
-use vethbpf::state::{Locked, NodeConfig, STATE_FILE, StateDir};
+use vethbpf::state::{LOG_FILE, Locked, NodeConfig, STATE_FILE, StateDir};
 use vethbpf_common::PROG_FROM_POD;
 
 use super::args::{
@@ -101,15 +101,17 @@ fn rebuild_from_kernel(
         .lock_to_rebuild()
         .with_context(|| format!("state directory {}", state_dir.path().display()))?;
     let file = state_dir.path().join(STATE_FILE);
-    if file.exists() {
+    if file.exists() || state_dir.path().join(LOG_FILE).exists() {
         match state_dir.read() {
             Ok(_) => return Err(RunError::StateReadable(file).into()),
             Err(e) => tracing::warn!(error = %e, "rebuilding the state file"),
         }
-        let keep = file.with_extension("json.corrupt");
-        std::fs::rename(&file, &keep)
-            .with_context(|| format!("moving {} to {}", file.display(), keep.display()))?;
-        eprintln!("kept the unreadable state file as {}", keep.display());
+        let kept = locked
+            .set_aside()
+            .with_context(|| format!("state directory {}", state_dir.path().display()))?;
+        for keep in kept {
+            eprintln!("kept the unreadable state as {}", keep.display());
+        }
     }
     let (pod_cidr, pod_cidr6) = node::split_cidrs(&args.pod_cidr)?;
     let node = reconcile::node_from_pins(&pins, pod_cidr, pod_cidr6)

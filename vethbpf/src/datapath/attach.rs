@@ -9,7 +9,7 @@ use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::tc::{
     self, NlOptions, SchedClassifier, SchedClassifierLink, TcAttachOptions, TcAttachType, TcHandle,
 };
-use aya::programs::{LinkOrder, ProgramError};
+use aya::programs::{LinkOrder, ProgramError, ProgramInfo};
 use aya::util::KernelVersion;
 use serde::{Deserialize, Serialize};
 
@@ -55,19 +55,34 @@ pub(crate) fn attach_mode() -> AttachMode {
     }
 }
 
+/// Opens the pinned program `program`.
+///
+/// Not `SchedClassifier::from_pin`: that asks the program's name through
+/// `ProgramInfo::name_as_str`, which makes aya 0.14 run its kernel feature probes
+/// (~25 `bpf()` calls loading throwaway programs and BTF) in every process that
+/// touches a pin. The name is ours already, so the program is opened from its info
+/// (`BPF_OBJ_GET`, `BPF_OBJ_GET_INFO_BY_FD`, `BPF_PROG_GET_FD_BY_ID`): no probes.
+pub(crate) fn open_program(pins: &Pins, program: &str) -> Result<SchedClassifier, BpfError> {
+    let path = pins.program(program);
+    let open_err = |source| BpfError::OpenProgram {
+        path: path.clone(),
+        source: Box::new(source),
+    };
+    let info = ProgramInfo::from_pin(&path).map_err(open_err)?;
+    SchedClassifier::from_program_info(info, program.to_string().into()).map_err(open_err)
+}
+
 /// Attaches the pinned `program` to tc ingress of `ifname` (in the calling thread's
-/// namespace). With TCX the link is pinned (see [`Pins::link`]) and its id returned.
+/// namespace). With TCX the link is pinned (see [`Pins::link`]). The link's id is
+/// not asked for: a TCX link's info is read under the RTNL lock, which another
+/// command's attach or delete may hold for a whole RCU grace period.
 pub(crate) fn attach(
     pins: &Pins,
     program: &str,
     ifname: &str,
     mode: AttachMode,
-) -> Result<Option<u32>, BpfError> {
-    let path = pins.program(program);
-    let mut prog = SchedClassifier::from_pin(&path).map_err(|source| BpfError::OpenProgram {
-        path,
-        source: Box::new(source),
-    })?;
+) -> Result<(), BpfError> {
+    let mut prog = open_program(pins, program)?;
     let attach_err = |source| BpfError::Attach {
         program: program.to_string(),
         ifname: ifname.to_string(),
@@ -88,7 +103,6 @@ pub(crate) fn attach(
                 path: path.clone(),
                 source,
             })?;
-            let link_id = fd_link.info().ok().map(|i| i.id());
             if let Some(dir) = path.parent() {
                 fs::create_dir_all(dir).map_err(|source| BpfError::CreateDir {
                     path: dir.to_path_buf(),
@@ -98,7 +112,7 @@ pub(crate) fn attach(
             fd_link
                 .pin(&path)
                 .map_err(|source| BpfError::Pin { path, source })?;
-            Ok(link_id)
+            Ok(())
         }
         AttachMode::Netlink => {
             // The clsact qdisc may exist already (EEXIST): that is fine.
@@ -114,7 +128,7 @@ pub(crate) fn attach(
             // A netlink filter lives as long as the interface; dropping the link
             // object would detach it, so let it go without running its Drop.
             std::mem::forget(link);
-            Ok(None)
+            Ok(())
         }
     }
 }
@@ -132,10 +146,11 @@ fn filter_options() -> NlOptions {
 /// which cls_bpf applies in place, so no packet sees the interface without a
 /// program.
 pub(crate) fn replace_filter(prog: &mut SchedClassifier, ifname: &str) -> Result<(), BpfError> {
+    // The name's raw bytes: `name_as_str` would run aya's feature probes.
     let program = prog
         .info()
         .ok()
-        .and_then(|i| i.name_as_str().map(str::to_string))
+        .map(|i| String::from_utf8_lossy(i.name()).into_owned())
         .unwrap_or_default();
     let attach_err = |source| BpfError::Attach {
         program: program.clone(),

@@ -5,14 +5,16 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 
 use aya::maps::lpm_trie::{Key, LpmTrie};
-use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuValues};
+use std::os::fd::AsFd;
+
+use aya::maps::{Array, HashMap, IterableMap, MapData, MapError, PerCpuArray, PerCpuValues};
 use ipnet::{Ipv4Net, Ipv6Net};
 use vethbpf_common::{
     Config, Counter, EndpointInfo, EndpointInfo6, MAP_CONFIG, MAP_ENDPOINTS, MAP_ENDPOINTS6,
     MAP_ROUTES, MAP_ROUTES6, MAP_STATS, Route, Verdict, ipv4_to_map, stats_index,
 };
 
-use crate::datapath::Pins;
+use crate::datapath::{Pins, batch};
 use crate::error::ErrorKind;
 
 /// Why a pinned map could not be opened or changed.
@@ -318,6 +320,66 @@ impl Maps {
             for c in per_cpu.iter() {
                 out[v as usize].packets += c.packets;
                 out[v as usize].bytes += c.bytes;
+            }
+        }
+        Ok(out)
+    }
+
+    /// One verdict's packets, summed over CPUs and over the endpoint ids `ids`: one
+    /// lookup per id, where a whole batch would read every verdict of every id.
+    pub(crate) fn packets_of(
+        &self,
+        verdict: Verdict,
+        ids: impl IntoIterator<Item = u32>,
+    ) -> Result<u64, MapsError> {
+        let mut sum = 0;
+        for id in ids {
+            let per_cpu = self
+                .stats
+                .get(&stats_index(id, verdict), 0)
+                .map_err(|source| MapsError::Op {
+                    map: MAP_STATS,
+                    op: "get",
+                    source: Box::new(source),
+                })?;
+            sum += per_cpu.iter().map(|c| c.packets).sum::<u64>();
+        }
+        Ok(sum)
+    }
+
+    /// The counters of endpoint ids `0..=max_id`, summed over CPUs, indexed by id:
+    /// in one `bpf()` call (a batch lookup), or, where the kernel has none (before
+    /// 5.6), one call per counter.
+    pub(crate) fn counters_upto(&self, max_id: u32) -> Result<Vec<EndpointCounters>, MapsError> {
+        let err = |source| MapsError::Op {
+            map: MAP_STATS,
+            op: "batch lookup",
+            source: Box::new(MapError::IoError(source)),
+        };
+        let ncpus = self.stats_cpus()?;
+        // The kernel copies each CPU's value rounded up to 8 bytes.
+        let slot = size_of::<Counter>().next_multiple_of(8);
+        let verdicts = Verdict::COUNT as usize;
+        let count = (max_id + 1) * Verdict::COUNT;
+        let bytes = match batch::lookup_array(self.stats.map().fd().as_fd(), count, slot * ncpus) {
+            Ok(bytes) => bytes,
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                return (0..=max_id).map(|id| self.counters(id)).collect();
+            }
+            Err(e) => return Err(err(e)),
+        };
+        let word = |b: &[u8], at: usize| -> u64 {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&b[at..at + 8]);
+            u64::from_ne_bytes(w)
+        };
+        let mut out = vec![[Counter::default(); Verdict::COUNT as usize]; max_id as usize + 1];
+        for (entry, value) in bytes.chunks_exact(slot * ncpus).enumerate() {
+            let c = &mut out[entry / verdicts][entry % verdicts];
+            for cpu in value.chunks_exact(slot) {
+                // Counter is #[repr(C)] { packets: u64, bytes: u64 }.
+                c.packets += word(cpu, 0);
+                c.bytes += word(cpu, 8);
             }
         }
         Ok(out)

@@ -18,6 +18,7 @@ use crate::error::ErrorKind;
 use crate::kernel::bpffs::BpffsError;
 
 mod attach;
+mod batch;
 pub mod events;
 pub mod fill;
 mod load;

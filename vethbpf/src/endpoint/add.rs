@@ -1,10 +1,11 @@
 //! `endpoint add`: a sequence of kernel changes; each one that succeeds pushes its
 //! undo step, and any failure runs the undo steps in reverse, so a failed add leaves
 //! the node as it found it. Everything that can be checked without changing
-//! anything is checked first. The state file is written last: it is the commit
-//! point.
+//! anything is checked first. The record's line in the state's log is written
+//! last: it is the commit point.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 
 use ipnet::{Ipv4Net, Ipv6Net};
@@ -14,13 +15,15 @@ use vethbpf_common::{
 };
 
 use super::journal::finish_pending;
-use super::{EndpointError, Env, KernelTag, PodConfig};
+use super::{EndpointError, Env, KernelTag, PodConfig, configure_pod_side};
 use crate::fault;
-use crate::kernel::netlink::{Route6Spec, RouteSpec};
+use crate::kernel::netlink::{Change, Netlink, Route6Spec, RouteSpec};
 use crate::state::ident;
 use crate::state::ipam;
 use crate::state::ipam::IpamError;
-use crate::state::{CniAttachment, EndpointRecord, Intent, Locked, NodeConfig, PlannedEndpoint};
+use crate::state::{
+    CniAttachment, EndpointRecord, Intent, Locked, LogEntry, NodeConfig, PlannedEndpoint,
+};
 
 /// What `endpoint add` is asked to make.
 #[derive(Clone, Debug)]
@@ -155,24 +158,26 @@ pub(crate) fn add_tagged(
     let (ip, ip6) = addresses(locked, &node, &req.ips)?;
     let id = free_id(locked)?;
     let host = ident::host_veth_name(&req.name);
+    // Journalled for the rollback of older vethbpf versions, which made the pod's
+    // end under this name in the node namespace and then moved it; this one makes
+    // it in the pod's namespace directly.
     let peer = ident::temp_peer_name(&req.name);
-    for name in [&host, &peer] {
-        if env.node.link_by_name(name)?.is_some() {
-            return Err(EndpointError::HostVethExists {
-                ifname: name.clone(),
-            });
-        }
+    if env.node.link_by_name(&host)?.is_some() {
+        return Err(EndpointError::HostVethExists { ifname: host });
     }
-    let existing_netns = match &req.netns {
+    // A netlink client in the pod's namespace, opened once (on a throwaway thread)
+    // and used from here for the check and the pod's configuration.
+    let (existing_netns, pod_nl) = match &req.netns {
         Some(spec) => {
             let path = env.ns.resolve(spec)?;
-            if env.ns.link_exists(&path, &req.ifname)? {
+            let mut nl = env.ns.netlink_in(&path)?;
+            if nl.link_by_name(&req.ifname)?.is_some() {
                 return Err(EndpointError::IfnameExists {
                     ifname: req.ifname.clone(),
                     netns: path,
                 });
             }
-            Some(path)
+            (Some(path), Some(nl))
         }
         None if env.ns.named_exists(&req.name) => {
             return Err(EndpointError::NetnsExists {
@@ -181,7 +186,7 @@ pub(crate) fn add_tagged(
         }
         None => {
             env.ns.check_create(&req.name)?;
-            None
+            (None, None)
         }
     };
 
@@ -208,8 +213,8 @@ pub(crate) fn add_tagged(
             ip6,
             id,
             host,
-            peer,
             existing_netns,
+            pod_nl,
             cni,
         },
         &mut undo,
@@ -234,8 +239,9 @@ struct AddPlan {
     ip6: Option<Ipv6Addr>,
     id: u32,
     host: String,
-    peer: String,
     existing_netns: Option<PathBuf>,
+    /// A netlink client in the existing namespace (opened by the checks).
+    pod_nl: Option<Box<dyn Netlink>>,
     cni: Option<CniAttachment>,
 }
 
@@ -252,8 +258,8 @@ fn add_steps(
         ip6,
         id,
         host,
-        peer,
         existing_netns,
+        pod_nl,
         cni,
     } = plan;
     let (netns, netns_created) = match existing_netns {
@@ -265,63 +271,65 @@ fn add_steps(
             (path, true)
         }
     };
+    let mut pod_nl = match pod_nl {
+        Some(nl) => nl,
+        None => env.ns.netlink_in(&netns)?,
+    };
 
-    // The pair is made in the node namespace; deleting the host side later takes
-    // the pod side with it, wherever it is.
-    fault::point("add.veth")?;
-    let host_index = env.node.add_veth(&host, &peer)?;
-    undo.push(Undo::DeleteLink(host_index));
-    fault::point("add.ipv6")?;
-    env.node.disable_ipv6_addr_gen(host_index)?;
-    fault::point("add.mac")?;
-    env.node.set_link_mac(host_index, node.gateway_mac.0)?;
-    // Both ends alike: the pod's side limits what it sends, the host's what a
-    // redirect into it may carry.
+    // One request makes the pair: the host side here with the gateway MAC, the pod
+    // side in the pod's namespace under its final name, both with the cluster's
+    // MTU if it sets one (the pod's side limits what it sends, the host's what a
+    // redirect into it may carry). Deleting the host side later takes the pod
+    // side with it.
     let pod_mtu = locked.state.cluster.as_ref().map(|c| c.pod_mtu);
-    if let Some(mtu) = pod_mtu {
-        env.node.set_link_mtu(host_index, mtu)?;
-    }
-    if ip6.is_some() {
-        // The gateway's link-local address, and no other: the node's own neighbour
-        // solicitations to the pod need a link-local source on the link (ndisc
-        // sends none without one). The pod's solicitations for it never reach the
-        // node: from_pod answers them.
-        fault::point("add.host-ipv6")?;
-        env.node
-            .add_address6(host_index, Ipv6Net::new_assert(node.gateway6(), 64))?;
-    }
-    // Who this veth belongs to, for `reconcile --from-kernel`.
+    fault::point("add.veth")?;
+    let netns_fd = env.ns.open(&netns)?;
+    let host_index = env.node.add_veth_into(
+        &host,
+        node.gateway_mac.0,
+        pod_mtu,
+        &req.ifname,
+        netns_fd.as_fd(),
+    )?;
+    drop(netns_fd);
+    undo.push(Undo::DeleteLink(host_index));
+    // In one batch: no IPv6 link-local address of the kernel's on the host side
+    // (set before it comes up); with IPv6, the gateway's link-local address and no
+    // other: the node's own neighbour solicitations to the pod need a link-local
+    // source on the link (ndisc sends none without one), while the pod's
+    // solicitations for it never reach the node (from_pod answers them); and who
+    // this veth belongs to, for `reconcile --from-kernel`.
     let tag = KernelTag {
         name: req.name.clone(),
         ifname: req.ifname.clone(),
         netns: Some(netns.clone()),
         netns_created,
         cni: cni.clone(),
-    };
-    env.node.set_link_alias(host_index, &tag.encode())?;
-    let peer_index = env
-        .node
-        .link_by_name(&peer)?
-        .ok_or_else(|| EndpointError::PeerVanished {
-            ifname: peer.clone(),
-        })?
-        .index;
-    fault::point("add.move")?;
-    env.ns.move_link(env.node, peer_index, &netns)?;
+    }
+    .encode();
+    let mut host_changes = vec![Change::NoIpv6AddrGen(host_index)];
+    if ip6.is_some() {
+        host_changes.push(Change::AddAddress6(
+            host_index,
+            Ipv6Net::new_assert(node.gateway6(), 64),
+        ));
+    }
+    host_changes.push(Change::Alias(host_index, &tag));
+    fault::point("add.ipv6")?;
+    env.node.apply(&host_changes)?;
     fault::point("add.pod")?;
-    let pod_mac = env.ns.configure(
-        &netns,
+    let pod_mac = configure_pod_side(
+        pod_nl.as_mut(),
         &PodConfig {
-            temp_name: peer,
             ifname: req.ifname.clone(),
             ip,
             gateway: node.gateway,
             ip6,
             gateway6: node.gateway6(),
             lo_up: netns_created,
-            mtu: pod_mtu,
         },
     )?;
+    drop(pod_nl);
 
     // Datapath: the endpoint entry must exist before the program sees the first
     // frame (else it drops as no-endpoint); the route entry comes last because it
@@ -354,27 +362,26 @@ fn add_steps(
     fault::point("add.attach")?;
     env.dp.attach(&host)?;
     undo.push(Undo::Detach(host.clone()));
-    fault::point("add.link-up")?;
-    env.node.set_link_up(host_index)?;
-    // Node -> pod goes through the kernel: `IP/32 dev HOST scope link` and
+    // Up, and node -> pod through the kernel: `IP/32 dev HOST scope link` and
     // `IP6/128 dev HOST` (removed with the link, so no undo step of their own).
-    fault::point("add.node-route")?;
-    if let Some(ip) = ip {
-        env.node.add_route(&RouteSpec {
-            dst: Ipv4Net::from(ip),
-            oif: host_index,
-            gateway: None,
-            scope_link: true,
-            onlink: false,
-        })?;
-    }
-    if let Some(ip6) = ip6 {
-        env.node.add_route6(&Route6Spec {
-            dst: Ipv6Net::from(ip6),
-            oif: host_index,
-            gateway: None,
-        })?;
-    }
+    // One batch.
+    let node_route = ip.map(|ip| RouteSpec {
+        dst: Ipv4Net::from(ip),
+        oif: host_index,
+        gateway: None,
+        scope_link: true,
+        onlink: false,
+    });
+    let node_route6 = ip6.map(|ip6| Route6Spec {
+        dst: Ipv6Net::from(ip6),
+        oif: host_index,
+        gateway: None,
+    });
+    let mut node_changes = vec![Change::LinkUp(host_index)];
+    node_changes.extend(node_route.as_ref().map(Change::AddRoute));
+    node_changes.extend(node_route6.as_ref().map(Change::AddRoute6));
+    fault::point("add.link-up")?;
+    env.node.apply(&node_changes)?;
     let route = Route {
         kind: ROUTE_KIND_LOCAL,
         ifindex: host_index,
@@ -407,16 +414,7 @@ fn add_steps(
         ifname: req.ifname.clone(),
         cni,
     };
-    locked
-        .state
-        .endpoints
-        .insert(record.name.clone(), record.clone());
-    if let Err(e) = fault::point("add.commit")
-        .map_err(EndpointError::from)
-        .and_then(|()| Ok(locked.save()?))
-    {
-        locked.state.endpoints.remove(&record.name);
-        return Err(e);
-    }
+    fault::point("add.commit")?;
+    locked.commit(LogEntry::Put(Box::new(record.clone())))?;
     Ok(record)
 }

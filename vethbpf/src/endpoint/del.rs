@@ -8,7 +8,7 @@ use super::journal::settle;
 use super::remove::{delete_host_veth, remove_after_veth};
 use super::{EndpointError, Env};
 use crate::fault;
-use crate::state::{EndpointRecord, Intent, Locked};
+use crate::state::{EndpointRecord, Intent, Locked, LogEntry};
 
 /// Deletes an endpoint: route entry first (nobody is sent to it any more), then the
 /// veth (the pod loses its interface and the program its hook), then the pins, map
@@ -68,12 +68,11 @@ pub fn del(
     };
     remove_after_veth(env, &rec).map_err(interrupted)?;
     fault::point("del.commit").map_err(|e| interrupted(e.into()))?;
-    locked.state.endpoints.remove(name);
-    if let Err(e) = locked.save() {
-        // The kernel side is gone; the record stays until the journal is replayed.
-        locked.state.endpoints.insert(rec.name.clone(), rec.clone());
-        return Err(interrupted(e.into()));
-    }
+    // On failure the kernel side is gone and the record stays until the journal
+    // is replayed.
+    locked
+        .commit(LogEntry::Del(name.to_string()))
+        .map_err(|e| interrupted(e.into()))?;
     if let Err(e) = fault::point("del.done")
         .map_err(EndpointError::from)
         .and_then(|()| Ok(locked.end()?))

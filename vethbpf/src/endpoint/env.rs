@@ -1,15 +1,14 @@
 //! The kernel as endpoint changes see it: three small traits, so that the logic,
 //! rollback included, is unit-tested with fakes.
 
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 use ipnet::{Ipv4Net, Ipv6Net};
 use vethbpf_common::{EndpointInfo, EndpointInfo6, Route};
 
-use super::{EndpointError, PodConfig};
-use crate::datapath::maps::EndpointCounters;
+use super::EndpointError;
 use crate::kernel::netlink::Netlink;
-use crate::state::ident::MacAddr;
 
 /// Pod namespaces: creating, deleting, resolving, and configuring the inside.
 pub(crate) trait Namespaces {
@@ -22,17 +21,10 @@ pub(crate) trait Namespaces {
     fn delete(&mut self, name: &str) -> Result<(), EndpointError>;
     /// `NAME` (under /run/netns) or a path; must exist and be a network namespace.
     fn resolve(&self, spec: &str) -> Result<PathBuf, EndpointError>;
-    /// Moves a node-side link into the namespace at `netns`.
-    fn move_link(
-        &mut self,
-        node: &mut dyn Netlink,
-        index: u32,
-        netns: &Path,
-    ) -> Result<(), EndpointError>;
-    /// Whether `ifname` exists inside the namespace.
-    fn link_exists(&mut self, netns: &Path, ifname: &str) -> Result<bool, EndpointError>;
-    /// Runs [`configure_pod_side`](super::configure_pod_side) inside the namespace.
-    fn configure(&mut self, netns: &Path, cfg: &PodConfig) -> Result<MacAddr, EndpointError>;
+    /// The namespace at `netns`, opened (for [`Netlink::add_veth_into`]).
+    fn open(&self, netns: &Path) -> Result<OwnedFd, EndpointError>;
+    /// A netlink client inside the namespace at `netns`, usable from this thread.
+    fn netlink_in(&mut self, netns: &Path) -> Result<Box<dyn Netlink>, EndpointError>;
 }
 
 /// The pinned eBPF objects, as endpoint changes use them.
@@ -44,7 +36,6 @@ pub(crate) trait Datapath {
     fn put_route(&mut self, net: Ipv4Net, route: &Route) -> Result<(), EndpointError>;
     fn del_route(&mut self, net: Ipv4Net) -> Result<(), EndpointError>;
     fn reset_counters(&mut self, id: u32) -> Result<(), EndpointError>;
-    fn counters(&self, id: u32) -> Result<EndpointCounters, EndpointError>;
     /// Every ROUTES entry (for `reconcile`).
     fn route_entries(&self) -> Result<Vec<(Ipv4Net, Route)>, EndpointError>;
     /// Every ENDPOINTS entry, by host ifindex (for `reconcile`).

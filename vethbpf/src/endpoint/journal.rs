@@ -8,7 +8,7 @@ use super::remove::remove_endpoint;
 use super::{EndpointError, Env, with_kernel};
 use crate::kernel::netlink::NetlinkError;
 use crate::kernel::netns::NetnsError;
-use crate::state::{EndpointRecord, Intent, Locked, PlannedEndpoint};
+use crate::state::{EndpointRecord, Intent, Locked, LogEntry, PlannedEndpoint};
 
 /// How the journal of an interrupted command was settled.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -72,11 +72,7 @@ pub(super) fn settle(
         Intent::Del(rec) => {
             remove_endpoint(env, &rec)?;
             if locked.state.endpoints.get(&rec.name) == Some(&rec) {
-                locked.state.endpoints.remove(&rec.name);
-                if let Err(e) = locked.save() {
-                    locked.state.endpoints.insert(rec.name.clone(), rec.clone());
-                    return Err(e.into());
-                }
+                locked.commit(LogEntry::Del(rec.name.clone()))?;
             }
             Recovered {
                 op: "del",

@@ -1,12 +1,12 @@
 //! The real kernel behind the endpoint traits.
 
-use std::os::fd::AsFd;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 use ipnet::{Ipv4Net, Ipv6Net};
 use vethbpf_common::{EndpointInfo, EndpointInfo6, PROG_FROM_POD, Route};
 
-use super::{Datapath, EndpointError, Env, Namespaces, PodConfig, configure_pod_side};
+use super::{Datapath, EndpointError, Env, Namespaces};
 use crate::datapath::maps::{EndpointCounters, Maps};
 use crate::datapath::{self, AttachMode, Pins};
 use crate::egress::table::Table;
@@ -14,7 +14,6 @@ use crate::kernel::bpffs;
 use crate::kernel::netlink::{Netlink, RtNetlink};
 use crate::kernel::netns;
 use crate::state::NodeConfig;
-use crate::state::ident::MacAddr;
 
 /// Runs `f` with the real kernel behind the endpoint traits: rtnetlink in the
 /// calling thread's network namespace (the node's), named namespaces under
@@ -76,24 +75,11 @@ impl Namespaces for KernelNamespaces {
     fn resolve(&self, spec: &str) -> Result<PathBuf, EndpointError> {
         Ok(netns::resolve(spec)?)
     }
-    fn move_link(
-        &mut self,
-        node: &mut dyn Netlink,
-        index: u32,
-        netns: &Path,
-    ) -> Result<(), EndpointError> {
-        let fd = netns::open(netns)?;
-        Ok(node.move_link_to_netns(index, fd.as_fd())?)
+    fn open(&self, netns: &Path) -> Result<OwnedFd, EndpointError> {
+        Ok(netns::open(netns)?)
     }
-    fn link_exists(&mut self, netns: &Path, ifname: &str) -> Result<bool, EndpointError> {
-        let ifname = ifname.to_string();
-        netns::with_netlink_in(netns, move |nl| {
-            Ok::<_, EndpointError>(nl.link_by_name(&ifname)?.is_some())
-        })
-    }
-    fn configure(&mut self, netns: &Path, cfg: &PodConfig) -> Result<MacAddr, EndpointError> {
-        let cfg = cfg.clone();
-        netns::with_netlink_in(netns, move |nl| configure_pod_side(nl, &cfg))
+    fn netlink_in(&mut self, netns: &Path) -> Result<Box<dyn Netlink>, EndpointError> {
+        Ok(Box::new(netns::netlink_in::<EndpointError>(netns)?))
     }
 }
 
@@ -105,6 +91,14 @@ pub(crate) struct PinnedDatapath {
 }
 
 impl PinnedDatapath {
+    /// The counters of endpoint ids `0..=max_id`, indexed by id.
+    pub(crate) fn counters_upto(
+        &self,
+        max_id: u32,
+    ) -> Result<Vec<EndpointCounters>, EndpointError> {
+        Ok(self.maps.counters_upto(max_id)?)
+    }
+
     pub(crate) fn open(node: &NodeConfig) -> Result<Self, EndpointError> {
         bpffs::check_lasting(&node.bpffs_dir)?;
         let pins = Pins::new(&node.bpffs_dir);
@@ -119,8 +113,12 @@ impl PinnedDatapath {
 
 impl Datapath for PinnedDatapath {
     fn attach(&mut self, host_veth: &str) -> Result<(), EndpointError> {
-        datapath::attach(&self.pins, PROG_FROM_POD, host_veth, self.mode)?;
-        Ok(())
+        Ok(datapath::attach(
+            &self.pins,
+            PROG_FROM_POD,
+            host_veth,
+            self.mode,
+        )?)
     }
     fn detach(&mut self, host_veth: &str) -> Result<(), EndpointError> {
         Ok(datapath::detach(&self.pins, PROG_FROM_POD, host_veth)?)
@@ -143,9 +141,6 @@ impl Datapath for PinnedDatapath {
     }
     fn reset_counters(&mut self, id: u32) -> Result<(), EndpointError> {
         Ok(self.maps.reset_counters(id)?)
-    }
-    fn counters(&self, id: u32) -> Result<EndpointCounters, EndpointError> {
-        Ok(self.maps.counters(id)?)
     }
     fn route_entries(&self) -> Result<Vec<(Ipv4Net, Route)>, EndpointError> {
         Ok(self.maps.routes())
@@ -202,9 +197,6 @@ impl Datapath for GoneDatapath {
     }
     fn reset_counters(&mut self, _id: u32) -> Result<(), EndpointError> {
         Ok(())
-    }
-    fn counters(&self, _id: u32) -> Result<EndpointCounters, EndpointError> {
-        Err(EndpointError::NotUp)
     }
     fn route_entries(&self) -> Result<Vec<(Ipv4Net, Route)>, EndpointError> {
         Ok(Vec::new())

@@ -3,15 +3,15 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
 use std::net::Ipv4Addr;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use ipnet::{Ipv4Net, Ipv6Net};
-use vethbpf_common::{Counter, EndpointInfo, EndpointInfo6, Route, Verdict};
+use vethbpf_common::{EndpointInfo, EndpointInfo6, Route};
 
 use super::*;
 use crate::datapath::AttachMode;
-use crate::datapath::maps::{EndpointCounters, MapsError};
+use crate::datapath::maps::MapsError;
 use crate::kernel::netlink::{FakeNetlink, Netlink};
 use crate::kernel::netns::NetnsError;
 use crate::state::ident::MacAddr;
@@ -60,20 +60,12 @@ impl Namespaces for FakeNamespaces {
             Err(NetnsError::NotFound(p).into())
         }
     }
-    fn move_link(
-        &mut self,
-        node: &mut dyn Netlink,
-        index: u32,
-        netns: &Path,
-    ) -> Result<(), EndpointError> {
-        let f = File::open(netns).unwrap();
-        Ok(node.move_link_to_netns(index, f.as_fd())?)
+    fn open(&self, netns: &Path) -> Result<OwnedFd, EndpointError> {
+        let f = File::open(netns).map_err(|_| NetnsError::NotFound(netns.to_path_buf()))?;
+        Ok(OwnedFd::from(f))
     }
-    fn link_exists(&mut self, netns: &Path, ifname: &str) -> Result<bool, EndpointError> {
-        Ok(self.handle(netns).link_by_name(ifname)?.is_some())
-    }
-    fn configure(&mut self, netns: &Path, cfg: &PodConfig) -> Result<MacAddr, EndpointError> {
-        configure_pod_side(&mut self.handle(netns), cfg)
+    fn netlink_in(&mut self, netns: &Path) -> Result<Box<dyn Netlink>, EndpointError> {
+        Ok(Box::new(self.handle(netns)))
     }
 }
 
@@ -132,9 +124,6 @@ impl Datapath for FakeDatapath {
     }
     fn reset_counters(&mut self, _id: u32) -> Result<(), EndpointError> {
         self.check("reset_counters")
-    }
-    fn counters(&self, _id: u32) -> Result<EndpointCounters, EndpointError> {
-        Ok([Counter::default(); Verdict::COUNT as usize])
     }
     fn route_entries(&self) -> Result<Vec<(Ipv4Net, Route)>, EndpointError> {
         Ok(self.routes.iter().map(|(k, v)| (*k, *v)).collect())

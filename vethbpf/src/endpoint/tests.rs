@@ -56,13 +56,13 @@ fn add_then_del_round_trip() {
 #[test]
 fn every_failing_step_of_add_is_rolled_back() {
     let netlink_steps = [
-        ("add_veth", 1),
+        ("link_by_name", 1),  // the host veth's name is free
+        ("add_veth_into", 1), // the pair, its pod end in the pod
         ("disable_ipv6_addr_gen", 1),
-        ("set_link_mac", 1),
-        ("move_link_to_netns", 1),
-        ("rename_link", 1),
-        ("set_link_up", 1), // lo in the pod
-        ("set_link_up", 2), // eth0 in the pod
+        ("set_link_alias", 1),
+        ("link_by_name", 2), // the pod's end, for its index and MAC
+        ("set_link_up", 1),  // lo in the pod
+        ("set_link_up", 2),  // eth0 in the pod
         ("add_address", 1),
         ("add_route", 1),   // gateway link route in the pod
         ("add_route", 2),   // default route in the pod
@@ -90,6 +90,70 @@ fn every_failing_step_of_add_is_rolled_back() {
     w.ns.fail_create = true;
     assert!(w.add("web").is_err());
     assert_eq!(w.snapshot(), before);
+}
+
+/// What one add asks of the kernel: the pair made in one call with its pod end
+/// already in the pod under its final name (nothing moved, nothing renamed, no
+/// MAC set afterwards), then batches; and what that leaves in each namespace.
+#[test]
+fn add_makes_the_pair_in_place_in_four_batches() {
+    let mut w = World::new("calls");
+    w.node.clear_calls();
+    let rec = w.add("web").unwrap();
+    assert_eq!(
+        w.node.mutations(),
+        [
+            "add_veth_into",
+            // one batch on the node: no IPv6 link-local, the alias
+            "disable_ipv6_addr_gen",
+            "set_link_alias",
+            // one batch in the pod
+            "set_link_up",
+            "set_link_up",
+            "add_address",
+            "add_route",
+            "add_route",
+            // one batch on the node: up, the /32 route
+            "set_link_up",
+            "add_route",
+        ]
+    );
+    let pod_ops: Vec<&str> = w
+        .node
+        .calls()
+        .iter()
+        .filter(|c| c.netns != w.node.netns_id())
+        .map(|c| c.op)
+        .collect();
+    assert_eq!(
+        pod_ops,
+        [
+            "link_by_name",
+            "set_link_up",
+            "set_link_up",
+            "add_address",
+            "add_route",
+            "add_route"
+        ]
+    );
+    let host = w.node.link_by_name(&rec.host_veth).unwrap().unwrap();
+    let state = w.node.link_state(host.index).unwrap();
+    assert!(state.ipv6_addr_gen_disabled && !state.ipv6_link_local);
+    assert_eq!(host.mac, Some(MacAddr::GATEWAY.0));
+    assert!(host.alias.is_some_and(|a| a.contains("web")));
+    let mut pod = w.ns.handle(&rec.netns);
+    let eth0 = pod.link_by_name("eth0").unwrap().unwrap();
+    assert_eq!(Some(rec.pod_mac.0), eth0.mac);
+    assert_eq!(state.peer.map(|(_, i)| i), Some(eth0.index));
+    // Only the host side and lo are in the node namespace.
+    let names: Vec<String> = w
+        .node
+        .links()
+        .unwrap()
+        .into_iter()
+        .map(|l| l.name)
+        .collect();
+    assert_eq!(names, ["lo", rec.host_veth.as_str()]);
 }
 
 #[test]

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use serde::Serialize;
 use vethbpf_common::{Counter, Verdict};
 
-use super::{Datapath, EndpointError, PinnedDatapath};
+use super::{EndpointError, PinnedDatapath};
 use crate::datapath::maps::EndpointCounters;
 use crate::state::ident::MacAddr;
 use crate::state::{EndpointRecord, Locked, NodeConfig};
@@ -115,13 +115,14 @@ impl EndpointView {
     }
 }
 
-/// Every endpoint of the node with its counters.
+/// Every endpoint of the node with its counters (read in one go).
 pub fn list(node: &NodeConfig, locked: &Locked) -> Result<Vec<EndpointView>, EndpointError> {
     let dp = PinnedDatapath::open(node)?;
-    locked
-        .state
-        .endpoints
+    let endpoints = &locked.state.endpoints;
+    let max_id = endpoints.values().map(|r| r.id).max().unwrap_or(0);
+    let counters = dp.counters_upto(max_id)?;
+    Ok(endpoints
         .values()
-        .map(|rec| Ok(EndpointView::new(rec, Some(&dp.counters(rec.id)?))))
-        .collect()
+        .map(|rec| EndpointView::new(rec, counters.get(rec.id as usize)))
+        .collect())
 }

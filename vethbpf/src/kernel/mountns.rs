@@ -22,7 +22,16 @@ pub(crate) fn file_id(path: &Path) -> io::Result<(u64, u64)> {
 /// cannot be looked at (some sandboxes deny it even to root), the nearest ancestor
 /// in another mount namespace than ours stands for it: the one that started us in
 /// ours (as `ip netns exec` does) lives outside it.
+///
+/// Found once per process (a command asks more than once, and where pid 1 cannot be
+/// looked at, the walk reads a `/proc` file per ancestor): the answer cannot
+/// change while we run.
 pub(crate) fn host_reference() -> Option<u32> {
+    static HOST: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
+    *HOST.get_or_init(find_host_reference)
+}
+
+fn find_host_reference() -> Option<u32> {
     let ours = file_id(Path::new("/proc/self/ns/mnt")).ok()?;
     if let Ok(init) = file_id(Path::new("/proc/1/ns/mnt")) {
         return (init != ours).then_some(1);

@@ -3,9 +3,10 @@
 //!
 //! The network namespace is a property of a *thread*. Code that must run in a pod's
 //! namespace runs on a dedicated std thread that calls `setns` and then exits
-//! ([`run_in`]), so no thread that goes back to a pool, and no tokio worker, ever
-//! changes namespace. [`with_netlink_in`] opens a netlink socket on such a thread:
-//! the socket then belongs to the pod's namespace.
+//! ([`run_in`]), so no thread that goes back to a pool ever changes namespace.
+//! [`netlink_in`] opens a netlink socket on such a thread and hands it back: the
+//! socket belongs to the pod's namespace for good, so the caller's own thread can
+//! use it, without ever entering the namespace itself.
 
 use std::any::Any;
 use std::fs::{self, DirBuilder, File};
@@ -342,6 +343,16 @@ where
         drop(fd);
         Ok(f())
     })?
+}
+
+/// An [`RtNetlink`] whose socket is in `netns`: opened on a throwaway thread that
+/// entered the namespace (see [`run_in`]), usable from any thread afterwards.
+/// Errors of both kinds convert into the caller's error type.
+pub fn netlink_in<E>(netns: &Path) -> Result<RtNetlink, E>
+where
+    E: From<NetnsError> + From<NetlinkError>,
+{
+    Ok(run_in(netns, RtNetlink::connect)??)
 }
 
 /// Opens an [`RtNetlink`] inside `netns` and runs `f` with it, on a dedicated thread

@@ -1,16 +1,19 @@
 //! The state directory itself: the lock that serialises commands, reading the
-//! state file, and writing it atomically.
+//! state (the snapshot in the state file, then the endpoint log, see `log.rs`),
+//! committing an endpoint change, and writing a new snapshot atomically.
 
+use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::{Flock, FlockArg};
+use serde::{Deserialize, Serialize};
 
 use super::cluster::NODE_INTENT_FILE;
-use super::records::STATE_VERSION;
-use super::{State, StateError};
+use super::log::{self, LOG_FILE, LogEntry, LogPos};
+use super::records::{OLDEST_STATE_VERSION, STATE_VERSION};
+use super::{ClusterState, EndpointRecord, NodeConfig, State, StateError};
 
 /// The state file's name in the state directory.
 pub const STATE_FILE: &str = "state.json";
@@ -27,6 +30,38 @@ pub struct Locked {
     _lock: Flock<File>,
     pub(super) path: PathBuf,
     pub state: State,
+    /// Where the endpoint log stands.
+    pos: LogPos,
+    /// Endpoints in the snapshot: the log is folded into a new one when it has
+    /// as many lines.
+    snapshot_endpoints: usize,
+    /// The format of the snapshot on disk: an older one is rewritten at the first
+    /// commit, so that older vethbpf versions refuse the directory rather than
+    /// miss the log they do not know.
+    snapshot_version: u32,
+}
+
+/// The state file as written: the state as of the log's sequence number `seq`.
+#[derive(Serialize)]
+struct SnapshotOut<'a> {
+    version: u32,
+    seq: u64,
+    node: &'a Option<NodeConfig>,
+    endpoints: &'a BTreeMap<String, EndpointRecord>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cluster: &'a Option<ClusterState>,
+}
+
+/// The state file as read (version 1 has no `seq`: it had no log).
+#[derive(Deserialize)]
+struct SnapshotIn {
+    version: u32,
+    #[serde(default)]
+    seq: u64,
+    node: Option<NodeConfig>,
+    endpoints: BTreeMap<String, EndpointRecord>,
+    #[serde(default)]
+    cluster: Option<ClusterState>,
 }
 
 impl StateDir {
@@ -53,29 +88,37 @@ impl StateDir {
         self.lock_within(Some(timeout))
     }
 
-    /// Reads the state file without the lock (to tell a corrupt file from a good one).
+    /// Reads the state without the lock (to tell a corrupt state from a good one,
+    /// and for tests).
     pub fn read(&self) -> Result<State, StateError> {
-        read_state(&self.dir.join(STATE_FILE))
+        read_state(&self.dir.join(STATE_FILE)).map(|(state, _, _)| state)
     }
 
-    /// Takes the lock without reading the state file (which may be corrupt): for
-    /// `reconcile --from-kernel`, which writes a new one.
+    /// Takes the lock without reading the state (which may be corrupt): for
+    /// `reconcile --from-kernel`, which writes a new one. The files of the state it
+    /// replaces must be set aside first ([`Locked::set_aside`]).
     pub fn lock_to_rebuild(&self) -> Result<Locked, StateError> {
         let (lock, path) = self.take_lock(None)?;
         Ok(Locked {
             _lock: lock,
             path,
             state: State::default(),
+            pos: LogPos::default(),
+            snapshot_endpoints: 0,
+            snapshot_version: STATE_VERSION,
         })
     }
 
     fn lock_within(&self, timeout: Option<std::time::Duration>) -> Result<Locked, StateError> {
         let (lock, path) = self.take_lock(timeout)?;
-        let state = read_state(&path)?;
+        let (state, pos, snapshot) = read_state(&path)?;
         Ok(Locked {
             _lock: lock,
             path,
             state,
+            pos,
+            snapshot_endpoints: snapshot.endpoints,
+            snapshot_version: snapshot.version,
         })
     }
 
@@ -119,25 +162,23 @@ impl StateDir {
             let lock = match timeout {
                 None => Flock::lock(file, FlockArg::LockExclusive)
                     .map_err(|(_, errno)| lock_err(io::Error::from(errno)))?,
-                Some(timeout) => {
-                    let mut file = file;
-                    loop {
-                        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-                            Ok(lock) => break lock,
-                            Err((f, nix::errno::Errno::EWOULDBLOCK)) => {
-                                if start.elapsed() >= timeout {
-                                    return Err(StateError::Busy {
-                                        path: lock_path.clone(),
-                                        secs: timeout.as_secs(),
-                                    });
-                                }
-                                file = f;
-                                std::thread::sleep(std::time::Duration::from_millis(20));
+                Some(timeout) => match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+                    Ok(lock) => lock,
+                    Err((file, nix::errno::Errno::EWOULDBLOCK)) => {
+                        let left = timeout.saturating_sub(start.elapsed());
+                        match wait_for_lock(file, left) {
+                            Some(Ok(lock)) => lock,
+                            Some(Err(errno)) => return Err(lock_err(io::Error::from(errno))),
+                            None => {
+                                return Err(StateError::Busy {
+                                    path: lock_path.clone(),
+                                    secs: timeout.as_secs(),
+                                });
                             }
-                            Err((_, errno)) => return Err(lock_err(io::Error::from(errno))),
                         }
                     }
-                }
+                    Err((_, errno)) => return Err(lock_err(io::Error::from(errno))),
+                },
             };
             // `down` deletes the lock file while holding it. Whoever was waiting
             // then holds a lock on a deleted file while a newcomer locks a new
@@ -159,6 +200,7 @@ impl StateDir {
             _ => Ok(()),
         };
         rm(&locked.path)?;
+        rm(&locked.log_path())?;
         rm(&locked.intent_path())?;
         rm(&locked.path.with_file_name(NODE_INTENT_FILE))?;
         // Temp files of a write that a kill interrupted.
@@ -172,6 +214,29 @@ impl StateDir {
     }
 }
 
+/// A blocking `flock` on `file` that gives up after `timeout` (`None`): the kernel
+/// hands the lock over the moment it is released, where polling would add up to a
+/// poll interval to every wait. The wait runs on a thread of its own, made only
+/// when the lock is taken; one that gives up leaves it blocked, and whenever it
+/// gets the lock, nobody receives it and it is released at once.
+fn wait_for_lock(
+    file: File,
+    timeout: std::time::Duration,
+) -> Option<Result<Flock<File>, nix::errno::Errno>> {
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    let waiter = std::thread::Builder::new()
+        .name("vethbpf-lock".into())
+        .spawn(move || {
+            let _ = tx.send(Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| e));
+        });
+    if let Err(e) = waiter {
+        return Some(Err(nix::errno::Errno::from_raw(
+            e.raw_os_error().unwrap_or(libc::EAGAIN),
+        )));
+    }
+    rx.recv_timeout(timeout).ok()
+}
+
 fn same_file(file: &File, path: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
     match (file.metadata(), fs::metadata(path)) {
@@ -180,10 +245,25 @@ fn same_file(file: &File, path: &Path) -> bool {
     }
 }
 
-fn read_state(path: &Path) -> Result<State, StateError> {
+/// What is known of the snapshot a state was read from.
+struct SnapshotInfo {
+    version: u32,
+    endpoints: usize,
+}
+
+/// The state: the snapshot in the state file at `path` (none: the empty state),
+/// then the log next to it. Also where the log stands, and the snapshot's format
+/// and size.
+fn read_state(path: &Path) -> Result<(State, LogPos, SnapshotInfo), StateError> {
     let text = match fs::read(path) {
         Ok(t) => t,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(State::default()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let info = SnapshotInfo {
+                version: STATE_VERSION,
+                endpoints: 0,
+            };
+            return Ok((State::default(), LogPos::default(), info));
+        }
         Err(source) => {
             return Err(StateError::Read {
                 path: path.to_path_buf(),
@@ -191,29 +271,80 @@ fn read_state(path: &Path) -> Result<State, StateError> {
             });
         }
     };
-    let state: State = serde_json::from_slice(&text).map_err(|source| StateError::Corrupt {
+    let snap: SnapshotIn = serde_json::from_slice(&text).map_err(|source| StateError::Corrupt {
         path: path.to_path_buf(),
         source,
     })?;
-    if state.version != STATE_VERSION {
+    if !(OLDEST_STATE_VERSION..=STATE_VERSION).contains(&snap.version) {
         return Err(StateError::Version {
             path: path.to_path_buf(),
-            found: state.version,
+            found: snap.version,
         });
     }
-    Ok(state)
+    let info = SnapshotInfo {
+        version: snap.version,
+        endpoints: snap.endpoints.len(),
+    };
+    let mut state = State {
+        version: STATE_VERSION,
+        node: snap.node,
+        endpoints: snap.endpoints,
+        cluster: snap.cluster,
+    };
+    let pos = log::replay(&path.with_file_name(LOG_FILE), &mut state, snap.seq)?;
+    Ok((state, pos, info))
 }
 
 impl Locked {
-    /// Writes the state atomically: a reader sees the old or the new file, never a
-    /// mix, even if vethbpf is killed halfway.
-    pub(crate) fn save(&self) -> Result<(), StateError> {
+    fn log_path(&self) -> PathBuf {
+        self.path.with_file_name(LOG_FILE)
+    }
+
+    /// Commits one endpoint change: a line appended to the log and made durable
+    /// (one `fdatasync`), or, when the log is due for it, a new snapshot. On
+    /// failure nothing is committed and `state` is as it was.
+    pub(crate) fn commit(&mut self, entry: LogEntry) -> Result<(), StateError> {
+        if self.snapshot_version == STATE_VERSION
+            && !log::compaction_due(&self.pos, self.snapshot_endpoints)
+        {
+            let path = self.log_path();
+            log::append(&path, &mut self.pos, &entry)?;
+            entry.apply(&mut self.state);
+            return Ok(());
+        }
+        let name = match &entry {
+            LogEntry::Put(rec) => rec.name.clone(),
+            LogEntry::Del(name) => name.clone(),
+        };
+        let previous = self.state.endpoints.get(&name).cloned();
+        entry.apply(&mut self.state);
+        if let Err(e) = self.save() {
+            match previous {
+                Some(rec) => self.state.endpoints.insert(name, rec),
+                None => self.state.endpoints.remove(&name),
+            };
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Writes the whole state as a new snapshot, atomically (a reader sees the old
+    /// or the new file, never a mix, even if vethbpf is killed halfway), and
+    /// empties the log, which it contains.
+    pub(crate) fn save(&mut self) -> Result<(), StateError> {
         let tmp = self.path.with_extension("json.tmp");
         let werr = |source| StateError::Write {
             path: tmp.clone(),
             source,
         };
-        let mut text = serde_json::to_vec_pretty(&self.state).map_err(|e| werr(e.into()))?;
+        let snapshot = SnapshotOut {
+            version: STATE_VERSION,
+            seq: self.pos.seq,
+            node: &self.state.node,
+            endpoints: &self.state.endpoints,
+            cluster: &self.state.cluster,
+        };
+        let mut text = serde_json::to_vec_pretty(&snapshot).map_err(|e| werr(e.into()))?;
         text.push(b'\n');
         let mut f = File::create(&tmp).map_err(werr)?;
         f.write_all(&text).map_err(werr)?;
@@ -224,12 +355,42 @@ impl Locked {
             source,
         })?;
         // Make the rename itself durable.
-        if let Some(dir) = self.path.parent()
-            && let Ok(d) = File::open(dir)
-        {
-            let _ = nix::unistd::fsync(d.as_fd());
+        log::sync_dir(&self.path);
+        self.snapshot_version = STATE_VERSION;
+        self.snapshot_endpoints = self.state.endpoints.len();
+        // The snapshot has every line of the log; lines left behind by a failure
+        // here are older than its sequence number and never applied again.
+        match fs::remove_file(self.log_path()) {
+            Ok(()) => {
+                self.pos = LogPos {
+                    seq: self.pos.seq,
+                    ..LogPos::default()
+                };
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(path = %self.log_path().display(), error = %e, "cannot empty the endpoint log");
+            }
         }
         Ok(())
+    }
+
+    /// Renames the state file and the log, if there, to `*.corrupt`, before
+    /// `reconcile --from-kernel` writes a new state; returns the new names.
+    pub fn set_aside(&mut self) -> Result<Vec<PathBuf>, StateError> {
+        let mut kept = Vec::new();
+        for file in [self.path.clone(), self.log_path()] {
+            let mut keep = file.clone().into_os_string();
+            keep.push(".corrupt");
+            let keep = PathBuf::from(keep);
+            match fs::rename(&file, &keep) {
+                Ok(()) => kept.push(keep),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(source) => return Err(StateError::Write { path: keep, source }),
+            }
+        }
+        self.pos = LogPos::default();
+        Ok(kept)
     }
 }
 
@@ -310,6 +471,29 @@ mod tests {
         sd.remove(l).unwrap();
     }
 
+    /// A waiter gets the lock when it is released, and one that gave up does not
+    /// keep it when its blocked wait ends later.
+    #[test]
+    fn lock_timeout_hands_over_on_release_and_a_waiter_that_gave_up_lets_go() {
+        let dir = tempdir();
+        let sd = StateDir::new(&dir);
+        let held = sd.lock().unwrap();
+        let gave_up = sd.lock_timeout(std::time::Duration::from_millis(50));
+        assert!(matches!(gave_up, Err(StateError::Busy { .. })));
+        let waiter = {
+            let sd = sd.clone();
+            std::thread::spawn(move || sd.lock_timeout(std::time::Duration::from_secs(30)))
+        };
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        drop(held);
+        let l = waiter.join().unwrap().unwrap();
+        drop(l);
+        // The thread of the waiter that gave up got the lock too at some point; it
+        // must have let go of it.
+        let l = sd.lock_timeout(std::time::Duration::from_secs(30)).unwrap();
+        sd.remove(l).unwrap();
+    }
+
     #[test]
     fn a_state_file_written_before_ipv6_still_reads() {
         // The shape of version 1 files from before dual stack: plain `pod_cidr` and
@@ -367,5 +551,215 @@ mod tests {
         let l = sd.lock().unwrap();
         assert_eq!(l.state.endpoints.len(), 8, "no update may be lost");
         sd.remove(l).unwrap();
+    }
+
+    fn put(rec: EndpointRecord) -> LogEntry {
+        LogEntry::Put(Box::new(rec))
+    }
+
+    fn up(dir: &Path) -> StateDir {
+        let sd = StateDir::new(dir);
+        let mut l = sd.lock().unwrap();
+        l.state.node = None;
+        l.save().unwrap();
+        sd
+    }
+
+    fn log_lines(dir: &Path) -> usize {
+        fs::read_to_string(dir.join(LOG_FILE))
+            .map(|t| t.lines().count())
+            .unwrap_or(0)
+    }
+
+    #[test]
+    fn commits_append_to_the_log_and_survive_a_reopen() {
+        let dir = tempdir();
+        let sd = up(&dir);
+        let snapshot = fs::read(dir.join(STATE_FILE)).unwrap();
+        let mut l = sd.lock().unwrap();
+        l.commit(put(record("a", [10, 0, 0, 1]))).unwrap();
+        l.commit(put(record("b", [10, 0, 0, 2]))).unwrap();
+        l.commit(LogEntry::Del("a".into())).unwrap();
+        drop(l);
+        // The snapshot was not rewritten: three lines were appended.
+        assert_eq!(fs::read(dir.join(STATE_FILE)).unwrap(), snapshot);
+        assert_eq!(log_lines(&dir), 3);
+        let l = sd.lock().unwrap();
+        assert_eq!(l.state.endpoints.keys().collect::<Vec<_>>(), ["b"]);
+        assert_eq!(sd.read().unwrap(), l.state);
+        sd.remove(l).unwrap();
+        assert!(!dir.exists(), "down removes the log too");
+    }
+
+    #[test]
+    fn the_log_is_folded_into_a_new_snapshot_once_it_is_long() {
+        let dir = tempdir();
+        let sd = up(&dir);
+        let mut l = sd.lock().unwrap();
+        let mut snapshots = 0;
+        let inode = || {
+            use std::os::unix::fs::MetadataExt;
+            fs::metadata(dir.join(STATE_FILE)).unwrap().ino()
+        };
+        for i in 0..300u32 {
+            let name = format!("e{i}");
+            let before = inode();
+            l.commit(put(record(&name, (0x0a00_0000 + i).to_be_bytes())))
+                .unwrap();
+            let lines = log_lines(&dir);
+            // Never longer than the snapshot it goes with (or COMPACT_AT).
+            let snapshot = l.snapshot_endpoints;
+            assert!(
+                lines < log::COMPACT_AT.max(snapshot),
+                "{lines} lines, {snapshot}"
+            );
+            // A new snapshot is a new file (renamed over the old one).
+            if inode() != before {
+                snapshots += 1;
+            }
+        }
+        // The snapshot doubles each time (64, 128, 256): rewritten a few times, not
+        // at every commit.
+        assert_eq!(snapshots, 3);
+        // And deletes count as lines too.
+        for i in 0..300u32 {
+            l.commit(LogEntry::Del(format!("e{i}"))).unwrap();
+            assert!(log_lines(&dir) < log::COMPACT_AT.max(l.snapshot_endpoints));
+        }
+        drop(l);
+        let l = sd.lock().unwrap();
+        assert!(l.state.endpoints.is_empty());
+        sd.remove(l).unwrap();
+    }
+
+    #[test]
+    fn lines_older_than_the_snapshot_are_not_applied_again() {
+        let dir = tempdir();
+        let sd = up(&dir);
+        let mut l = sd.lock().unwrap();
+        l.commit(put(record("a", [10, 0, 0, 1]))).unwrap();
+        l.commit(LogEntry::Del("a".into())).unwrap();
+        let old_log = fs::read(dir.join(LOG_FILE)).unwrap();
+        l.commit(put(record("b", [10, 0, 0, 2]))).unwrap();
+        // A snapshot, and a crash before the log was emptied: the log is back.
+        l.save().unwrap();
+        drop(l);
+        fs::write(dir.join(LOG_FILE), &old_log).unwrap();
+        let mut l = sd.lock().unwrap();
+        assert_eq!(l.state.endpoints.keys().collect::<Vec<_>>(), ["b"]);
+        // New lines go after the stale ones and are applied.
+        l.commit(put(record("c", [10, 0, 0, 3]))).unwrap();
+        drop(l);
+        let l = sd.lock().unwrap();
+        assert_eq!(l.state.endpoints.keys().collect::<Vec<_>>(), ["b", "c"]);
+        sd.remove(l).unwrap();
+    }
+
+    #[test]
+    fn a_cut_off_last_line_was_never_committed_and_is_cut_off_before_the_next() {
+        let dir = tempdir();
+        let sd = up(&dir);
+        let mut l = sd.lock().unwrap();
+        l.commit(put(record("a", [10, 0, 0, 1]))).unwrap();
+        drop(l);
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(dir.join(LOG_FILE))
+            .unwrap();
+        f.write_all(br#"{"seq":2,"put":{"name":"half"#).unwrap();
+        drop(f);
+        let mut l = sd.lock().unwrap();
+        assert_eq!(l.state.endpoints.keys().collect::<Vec<_>>(), ["a"]);
+        l.commit(put(record("b", [10, 0, 0, 2]))).unwrap();
+        drop(l);
+        assert_eq!(log_lines(&dir), 2);
+        let l = sd.lock().unwrap();
+        assert_eq!(l.state.endpoints.keys().collect::<Vec<_>>(), ["a", "b"]);
+        sd.remove(l).unwrap();
+    }
+
+    #[test]
+    fn a_corrupt_log_line_is_a_clear_error_naming_the_log() {
+        let dir = tempdir();
+        let sd = up(&dir);
+        let mut l = sd.lock().unwrap();
+        l.commit(put(record("a", [10, 0, 0, 1]))).unwrap();
+        drop(l);
+        let log = dir.join(LOG_FILE);
+        let good = fs::read(&log).unwrap();
+        fs::write(&log, [b"{not a record}\n".as_slice(), &good].concat()).unwrap();
+        let err = sd.lock().err().unwrap();
+        assert!(
+            matches!(&err, StateError::Corrupt { path, .. } if *path == log),
+            "{err}"
+        );
+        assert!(err.to_string().contains("reconcile --from-kernel"), "{err}");
+        assert!(sd.read().is_err());
+        // --from-kernel sets both files aside and starts over.
+        let mut l = sd.lock_to_rebuild().unwrap();
+        let kept = l.set_aside().unwrap();
+        assert_eq!(kept.len(), 2);
+        l.save().unwrap();
+        drop(l);
+        assert_eq!(sd.read().unwrap(), State::default());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_failed_commit_changes_nothing() {
+        let dir = tempdir();
+        let sd = up(&dir);
+        let mut l = sd.lock().unwrap();
+        l.commit(put(record("a", [10, 0, 0, 1]))).unwrap();
+        let before = l.state.clone();
+        // The log cannot be written: a directory stands in its way.
+        fs::remove_file(dir.join(LOG_FILE)).unwrap();
+        fs::create_dir(dir.join(LOG_FILE)).unwrap();
+        assert!(l.commit(put(record("b", [10, 0, 0, 2]))).is_err());
+        assert!(l.commit(LogEntry::Del("a".into())).is_err());
+        assert_eq!(l.state, before);
+        drop(l);
+        fs::remove_dir(dir.join(LOG_FILE)).unwrap();
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A node whose state an earlier vethbpf wrote (version 1: one file, no log)
+    /// is read as it is; its first commit rewrites it as version 2, which the
+    /// earlier versions refuse instead of missing the log.
+    #[test]
+    fn a_version_1_state_file_is_read_and_rewritten_at_the_first_commit() {
+        let dir = tempdir();
+        fs::create_dir_all(&dir).unwrap();
+        let v1 = serde_json::json!({
+            "version": 1,
+            "node": null,
+            "endpoints": { "a": record("a", [10, 0, 0, 1]) },
+        });
+        fs::write(dir.join(STATE_FILE), v1.to_string()).unwrap();
+        let sd = StateDir::new(&dir);
+        let mut l = sd.lock().unwrap();
+        assert_eq!(l.state.endpoints.keys().collect::<Vec<_>>(), ["a"]);
+        l.commit(put(record("b", [10, 0, 0, 2]))).unwrap();
+        drop(l);
+        let written: serde_json::Value =
+            serde_json::from_slice(&fs::read(dir.join(STATE_FILE)).unwrap()).unwrap();
+        assert_eq!(written["version"], 2);
+        assert_eq!(written["endpoints"].as_object().map(|o| o.len()), Some(2));
+        assert_eq!(log_lines(&dir), 0);
+        let l = sd.lock().unwrap();
+        assert_eq!(l.state.endpoints.len(), 2);
+        sd.remove(l).unwrap();
+        // A version this vethbpf does not know is refused.
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(
+            dir.join(STATE_FILE),
+            r#"{"version":3,"node":null,"endpoints":{}}"#,
+        )
+        .unwrap();
+        assert!(matches!(
+            sd.lock().err(),
+            Some(StateError::Version { found: 3, .. })
+        ));
+        fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -1,8 +1,10 @@
 //! The state directory: what the kernel does not hold for us (node config, endpoint
 //! names, namespaces, allocated addresses), and the journal of the endpoint change
-//! in progress. One JSON file, replaced atomically (temp file + fsync + rename)
-//! while an exclusive `flock` on a lock file is held, so concurrent commands
-//! serialise instead of losing each other's updates.
+//! in progress. A snapshot (`state.json`, replaced atomically: temp file + fsync +
+//! rename) and an append-only log of endpoint changes after it (`state.log`, one
+//! fdatasync'd line per commit), used only while an exclusive `flock` on a lock
+//! file is held, so concurrent commands serialise instead of losing each other's
+//! updates.
 
 use std::io;
 use std::path::PathBuf;
@@ -12,6 +14,7 @@ mod dir;
 pub mod ident;
 pub mod ipam;
 mod journal;
+mod log;
 mod records;
 
 pub use cluster::{
@@ -19,8 +22,10 @@ pub use cluster::{
 };
 pub use dir::{Locked, STATE_FILE, StateDir};
 pub(crate) use journal::{Intent, PlannedEndpoint};
-use records::STATE_VERSION;
+pub use log::LOG_FILE;
+pub(crate) use log::LogEntry;
 pub use records::{CniAttachment, EndpointRecord, NodeConfig, State};
+use records::{OLDEST_STATE_VERSION, STATE_VERSION};
 
 /// Why the state directory, its lock, the state file or the journal could not be
 /// used.
@@ -52,7 +57,9 @@ pub enum StateError {
         #[source]
         source: serde_json::Error,
     },
-    #[error("the state file {path} has version {found}; this vethbpf understands {STATE_VERSION}")]
+    #[error(
+        "the state file {path} has version {found}; this vethbpf understands versions {OLDEST_STATE_VERSION} to {STATE_VERSION}"
+    )]
     Version { path: PathBuf, found: u32 },
     #[error("{path} stayed locked by another vethbpf command for {secs} s")]
     Busy { path: PathBuf, secs: u64 },

@@ -12,7 +12,10 @@ use super::ident::MacAddr;
 use crate::datapath::AttachMode;
 use crate::egress::Egress;
 
-pub(crate) const STATE_VERSION: u32 = 1;
+/// The state file's format: 2 is a snapshot with the sequence number of the
+/// endpoint log it goes with (`log.rs`); 1, without a log, is read too.
+pub(crate) const STATE_VERSION: u32 = 2;
+pub(crate) const OLDEST_STATE_VERSION: u32 = 1;
 
 /// Written by `up`. At least one of the pod CIDRs is set.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -95,7 +98,7 @@ impl EndpointRecord {
     }
 }
 
-/// The whole state file.
+/// The whole state: the node, its endpoints and its cluster.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct State {
     pub version: u32,

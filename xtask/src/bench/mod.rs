@@ -43,7 +43,9 @@ pub struct BenchArgs {
     #[arg(long)]
     pub seconds: Option<u32>,
     /// Contenders to run, comma separated (default: all of
-    /// vethbpf,bridge,routing,ptp,veth,loopback).
+    /// vethbpf,bridge,routing,ptp,veth,loopback); or the parts of the run to make,
+    /// of progcost,datapath,egress,crossnode,controlplane (`--only controlplane`:
+    /// that part alone).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// Control-plane stage sizes (default 10,100,1000; quick 10,100).
@@ -80,18 +82,36 @@ struct Plan {
     cp_probes: usize,
     /// Total TEST_RUN repetitions per path (batched paths).
     tc_runs: u32,
+    /// The parts of the run to make.
+    progcost: bool,
+    datapath: bool,
+    egress: bool,
+    crossnode: bool,
+    controlplane: bool,
 }
+
+/// The parts of a run that `--only` can name (anything else names a contender).
+const PARTS: [&str; 5] = [
+    "progcost",
+    "datapath",
+    "egress",
+    "crossnode",
+    "controlplane",
+];
 
 impl Plan {
     fn new(a: &BenchArgs) -> Result<Self> {
-        let kinds = if a.only.is_empty() {
+        let (parts, contenders): (Vec<&String>, Vec<&String>) =
+            a.only.iter().partition(|s| PARTS.contains(&s.as_str()));
+        let kinds = if contenders.is_empty() {
             Kind::ALL.to_vec()
         } else {
-            a.only
+            contenders
                 .iter()
                 .map(|s| Kind::parse(s).with_context(|| format!("unknown contender {s}")))
                 .collect::<Result<_>>()?
         };
+        let part = |p: &str| parts.is_empty() || parts.iter().any(|x| x.as_str() == p);
         let q = a.quick;
         Ok(Self {
             rounds: a.rounds.unwrap_or(if q { 2 } else { 5 }).max(1),
@@ -107,6 +127,11 @@ impl Plan {
             },
             cp_probes: if q { 10 } else { 40 },
             tc_runs: if q { 250_000 } else { 2_500_000 },
+            progcost: part("progcost") && !a.skip_progcost,
+            datapath: part("datapath") && !a.skip_datapath,
+            egress: part("egress") && !a.skip_egress,
+            crossnode: part("crossnode") && !a.skip_crossnode,
+            controlplane: part("controlplane") && !a.skip_controlplane,
         })
     }
 }
@@ -195,7 +220,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         results.machine.cpus, results.machine.kernel, results.machine.loadavg_at_start
     ));
 
-    if !args.skip_progcost {
+    if plan.progcost {
         progress("== program cost (BPF_PROG_TEST_RUN)");
         match progcost::run(&object, plan.tc_runs, &mut |m| progress(m)) {
             Ok(pc) => results.progcost = Some(pc),
@@ -207,11 +232,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
         }
     }
 
-    if !args.skip_datapath {
+    if plan.datapath {
         datapath(&plan, &env, &mut results)?;
     }
 
-    if !args.skip_egress {
+    if plan.egress {
         let eplan = egress::EgressPlan {
             rounds: plan.rounds,
             secs: plan.secs,
@@ -220,7 +245,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             env: &env,
             object: &object,
             datapath: true,
-            testrun: !args.skip_progcost,
+            testrun: plan.progcost,
         };
         match egress::run(&eplan, &mut |m| progress(m)) {
             Ok(e) => results.egress = Some(e),
@@ -232,7 +257,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         }
     }
 
-    if !args.skip_crossnode {
+    if plan.crossnode {
         let cross = crossnode::CrossPlan {
             rounds: plan.rounds,
             secs: plan.secs,
@@ -247,7 +272,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         }
     }
 
-    if !args.skip_controlplane {
+    if plan.controlplane {
         progress(&format!(
             "== control plane: endpoint add/del at {:?} endpoints",
             plan.cp_sizes
@@ -256,6 +281,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
         let cp_plan = controlplane::CpPlan {
             sizes: &plan.cp_sizes,
             probes: plan.cp_probes,
+            burst: 20,
+            burst_rounds: if args.quick { 1 } else { 3 },
+            query_runs: 10,
             vethbpf: vethbpf.as_deref(),
             tmp: &tmp,
         };
@@ -274,6 +302,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
     results.targets = targets(&results);
     if let Some(e) = &results.egress {
         results.targets.extend(egress::targets(e));
+    }
+    if let Some(cp) = &results.controlplane {
+        results.targets.extend(controlplane::targets(cp));
     }
     results.elapsed_s = started.elapsed().as_secs_f64();
     results.loadavg_at_end = fs::read_to_string("/proc/loadavg")

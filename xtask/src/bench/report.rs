@@ -507,6 +507,46 @@ pub fn render(r: &Results) -> String {
             ]);
         }
         out.push_str(&t.render());
+        if !cp.bursts.is_empty() {
+            let _ = writeln!(
+                out,
+                "Concurrent operations (started at once; first start to last end, median over rounds)"
+            );
+            let mut t = Table::new(&[
+                "contender",
+                "endpoints",
+                "op",
+                "at once",
+                "rounds",
+                "all ms",
+                "slowest ms",
+            ]);
+            for b in &cp.bursts {
+                t.row(vec![
+                    b.contender.into(),
+                    b.endpoints.to_string(),
+                    b.op.into(),
+                    b.concurrent.to_string(),
+                    b.rounds.to_string(),
+                    num(b.total_ms, 0),
+                    num(b.slowest_ms, 0),
+                ]);
+            }
+            out.push_str(&t.render());
+        }
+        if !cp.queries.is_empty() {
+            let mut t = Table::new(&["vethbpf command", "endpoints", "runs", "p50 ms", "max ms"]);
+            for q in &cp.queries {
+                t.row(vec![
+                    q.command.into(),
+                    q.endpoints.to_string(),
+                    q.runs.to_string(),
+                    num(q.p50_ms, 1),
+                    num(q.max_ms, 1),
+                ]);
+            }
+            out.push_str(&t.render());
+        }
         for (name, why) in &cp.skipped {
             let _ = writeln!(out, "  {name} skipped: {why}");
         }
@@ -519,7 +559,7 @@ pub fn render(r: &Results) -> String {
         let _ = writeln!(out, "\nCross-node: not measured: {e}");
     }
     if !r.targets.is_empty() {
-        let _ = writeln!(out, "\nTargets (issue 3)");
+        let _ = writeln!(out, "\nTargets (issues 3 and 14)");
         let mut t = Table::new(&["target", "wanted", "measured", "result"]);
         for x in &r.targets {
             let res = match (x.pass, &x.shortfall) {

@@ -157,15 +157,33 @@ pub fn run_with_input(cmd: &mut Command, input: &[u8], limit: Duration) -> Resul
             .write_all(input)
             .with_context(|| format!("writing stdin of `{desc}`"))?;
     }
+    // Read both pipes while the child runs: one that writes more than a pipe
+    // holds (64 KiB; `endpoint list` of 1000 endpoints does) would block forever
+    // on a reader that waits for it to exit first.
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        thread::spawn(move || {
+            let mut text = String::new();
+            if let Some(mut p) = pipe {
+                p.read_to_string(&mut text).ok();
+            }
+            text
+        })
+    };
+    let out = drain(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let err = drain(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
     let status = wait_limited(&mut child, limit).with_context(|| format!("`{desc}`"))?;
-    let mut stdout = String::new();
-    let mut stderr = String::new();
-    if let Some(mut s) = child.stdout.take() {
-        s.read_to_string(&mut stdout).ok();
-    }
-    if let Some(mut s) = child.stderr.take() {
-        s.read_to_string(&mut stderr).ok();
-    }
+    let stdout = out.join().unwrap_or_default();
+    let stderr = err.join().unwrap_or_default();
     if !status.success() {
         bail!(
             "`{desc}` failed ({status}): {} {}",
@@ -181,10 +199,21 @@ pub fn run_limited(cmd: &mut Command, limit: Duration) -> Result<String> {
     run_with_input(cmd, b"", limit)
 }
 
-/// Wait for a child for at most `limit` (polling, so Ctrl-C is noticed); kill it
-/// by pid when the limit passes.
+/// Wait for a child for at most `limit`; kill it by pid when the limit passes or
+/// on Ctrl-C. The wait is on a pidfd, which becomes readable the moment the child
+/// exits: the control plane times single commands of a few ms, and polling
+/// `try_wait` every few ms would add up to a poll interval to each.
 fn wait_limited(child: &mut Child, limit: Duration) -> Result<std::process::ExitStatus> {
     let end = Instant::now() + limit;
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, child.id(), 0) };
+    let pidfd = if raw >= 0 {
+        use std::os::fd::FromRawFd;
+        // SAFETY: a descriptor the kernel just gave us, owned by nobody else.
+        Some(unsafe { std::os::fd::OwnedFd::from_raw_fd(raw as i32) })
+    } else {
+        None
+    };
     loop {
         if let Some(status) = child.try_wait().context("waiting")? {
             return Ok(status);
@@ -197,7 +226,22 @@ fn wait_limited(child: &mut Child, limit: Duration) -> Result<std::process::Exit
             }
             bail!("did not finish within {limit:?}; killed pid {}", child.id());
         }
-        thread::sleep(Duration::from_millis(5));
+        match &pidfd {
+            Some(fd) => {
+                use std::os::fd::AsRawFd;
+                let mut pfd = libc::pollfd {
+                    fd: fd.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                // At most 100 ms, to look at Ctrl-C and the limit (a signal that
+                // lands on another thread does not interrupt this poll).
+                // SAFETY: one valid pollfd for the duration of the call.
+                unsafe { libc::poll(&mut pfd, 1, 100) };
+            }
+            // No pidfd (before Linux 5.3): poll the child.
+            None => thread::sleep(Duration::from_millis(1)),
+        }
     }
 }
 

@@ -431,6 +431,14 @@ impl Vethbpf {
         })
     }
 
+    pub fn state_dir(&self) -> &Path {
+        &self.state
+    }
+
+    pub fn bpffs_dir(&self) -> &Path {
+        &self.bpffs
+    }
+
     pub fn cmd(&self, args: &[&str]) -> Result<String> {
         sys::run_limited(&mut self.command(args), Duration::from_secs(30))
     }

@@ -30,6 +30,7 @@ pub(crate) const FAKE_OPS: &[&str] = &[
     "link_by_index",
     "links",
     "add_veth",
+    "add_veth_into",
     "del_link",
     "move_link_to_netns",
     "rename_link",
@@ -571,6 +572,72 @@ impl Netlink for FakeNetlink {
         })
     }
 
+    fn add_veth_into(
+        &mut self,
+        name: &str,
+        mac: [u8; 6],
+        mtu: Option<u32>,
+        peer: &str,
+        peer_netns: BorrowedFd<'_>,
+    ) -> Result<u32, NetlinkError> {
+        let op = "add_veth_into";
+        let args = format!(
+            "{name:?}, {}, mtu {mtu:?}, {peer:?}, fd {peer_netns:?}",
+            fmt_mac(&mac)
+        );
+        self.call(op, args, |w, ns| {
+            validate_name(op, name)?;
+            validate_name(op, peer)?;
+            let key = file_identity(peer_netns).map_err(|source| NetlinkError::Kernel {
+                op,
+                what: "peer netns fd".into(),
+                source,
+            })?;
+            let target = w.namespace_for(key);
+            // The kernel registers the peer first, then this end.
+            if w.ns(target).by_name(peer).is_some() || (target == ns && name == peer) {
+                return Err(NetlinkError::Exists {
+                    op,
+                    what: format!("link {peer:?}"),
+                });
+            }
+            if w.ns(ns).by_name(name).is_some() {
+                return Err(NetlinkError::Exists {
+                    op,
+                    what: format!("link {name:?}"),
+                });
+            }
+            // is_valid_ether_addr(): not multicast, not all-zero.
+            if mac[0] & 1 != 0 || mac == [0; 6] {
+                return Err(errno_error(
+                    op,
+                    format!("address {}", fmt_mac(&mac)),
+                    libc::EADDRNOTAVAIL,
+                ));
+            }
+            // The veth's limits (ETH_MIN_MTU, ETH_MAX_MTU).
+            if mtu.is_some_and(|m| !(68..=65535).contains(&m)) {
+                return Err(errno_error(op, format!("mtu {mtu:?}"), libc::EINVAL));
+            }
+            let (uid_a, uid_b) = (w.uid(), w.uid());
+            let pod_end = w
+                .ns_mut(target)
+                .insert(uid_b, peer, Some("veth".into()), None);
+            pod_end.peer = Some(uid_a);
+            if let Some(m) = mtu {
+                pod_end.mtu = m;
+            }
+            let link = w
+                .ns_mut(ns)
+                .insert(uid_a, name, Some("veth".into()), Some(mac));
+            link.peer = Some(uid_b);
+            if let Some(m) = mtu {
+                link.mtu = m;
+            }
+            Ok(link.index)
+        })
+    }
+
     fn del_link(&mut self, index: u32) -> Result<(), NetlinkError> {
         let op = "del_link";
         self.call(op, index.to_string(), |w, ns| {
@@ -981,15 +1048,7 @@ fn validate_name(op: &'static str, name: &str) -> Result<(), NetlinkError> {
 
 /// The same errno mapping as the real client.
 fn errno_error(op: &'static str, what: String, errno: i32) -> NetlinkError {
-    match errno {
-        libc::EEXIST => NetlinkError::Exists { op, what },
-        libc::ENODEV | libc::ENOENT | libc::ESRCH => NetlinkError::NotFound { op, what },
-        _ => NetlinkError::Kernel {
-            op,
-            what,
-            source: io::Error::from_raw_os_error(errno),
-        },
-    }
+    NetlinkError::from_errno(op, what, errno)
 }
 
 fn file_identity(fd: BorrowedFd<'_>) -> io::Result<(u64, u64)> {

@@ -4,9 +4,11 @@
 //!
 //! A netlink socket belongs to the network namespace of the thread that opened it.
 //! [`RtNetlink::connect`] therefore opens the socket in the *calling thread's*
-//! namespace; to configure a pod, call it on a dedicated thread that has entered the
-//! pod's namespace (see [`crate::kernel::netns::run_in`]). The client is synchronous: it owns
-//! a current-thread tokio runtime, so no tokio worker ever calls `setns`.
+//! namespace; to configure a pod, open it on a dedicated thread that has entered the
+//! pod's namespace (see [`crate::kernel::netns::netlink_in`]): the socket stays in
+//! that namespace whichever thread uses it afterwards. The client is synchronous
+//! and has no thread or runtime of its own (`socket.rs`), and [`Netlink::apply`]
+//! sends changes that do not depend on each other's answers in one round trip.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::fd::BorrowedFd;
@@ -18,6 +20,7 @@ use crate::error::ErrorKind;
 #[cfg(test)]
 mod fake;
 mod rt;
+mod socket;
 
 #[cfg(test)]
 pub(crate) use fake::FakeNetlink;
@@ -95,6 +98,19 @@ pub enum NetlinkError {
 }
 
 impl NetlinkError {
+    /// The error for a request the kernel refused with `errno`.
+    pub(crate) fn from_errno(op: &'static str, what: String, errno: i32) -> Self {
+        match errno {
+            libc::EEXIST => NetlinkError::Exists { op, what },
+            libc::ENODEV | libc::ENOENT | libc::ESRCH => NetlinkError::NotFound { op, what },
+            _ => NetlinkError::Kernel {
+                op,
+                what,
+                source: std::io::Error::from_raw_os_error(errno),
+            },
+        }
+    }
+
     /// What kind of failure this is: something in the way is a conflict; the rest
     /// is the kernel's.
     pub fn kind(&self) -> ErrorKind {
@@ -108,6 +124,25 @@ impl NetlinkError {
     }
 }
 
+/// One change to a link, an address or a route, for [`Netlink::apply`].
+#[derive(Clone, Copy, Debug)]
+pub enum Change<'a> {
+    /// [`Netlink::set_link_up`].
+    LinkUp(u32),
+    /// [`Netlink::set_link_alias`].
+    Alias(u32, &'a str),
+    /// [`Netlink::disable_ipv6_addr_gen`].
+    NoIpv6AddrGen(u32),
+    /// [`Netlink::add_address`].
+    AddAddress(u32, Ipv4Net),
+    /// [`Netlink::add_route`].
+    AddRoute(&'a RouteSpec),
+    /// [`Netlink::add_address6`].
+    AddAddress6(u32, Ipv6Net),
+    /// [`Netlink::add_route6`].
+    AddRoute6(&'a Route6Spec),
+}
+
 /// The operations vethbpf performs through rtnetlink, in one network namespace.
 pub trait Netlink {
     /// The link named `name` in this namespace, if any.
@@ -119,6 +154,20 @@ pub trait Netlink {
     /// Creates a veth pair `name` <-> `peer`, both in this namespace and down.
     /// Returns the new link `name`'s index.
     fn add_veth(&mut self, name: &str, peer: &str) -> Result<u32, NetlinkError>;
+    /// Creates a veth pair in one request: `name` in this namespace with the MAC
+    /// `mac`, its peer `peer` in the namespace behind `peer_netns` (an open
+    /// `/run/netns/..` or `/proc/../ns/net` file), both down and with the MTU `mtu`
+    /// if given. Returns `name`'s index. Made where it belongs and named as it
+    /// stays, the peer is never moved or renamed: each of those waits for an RCU
+    /// grace period in the kernel.
+    fn add_veth_into(
+        &mut self,
+        name: &str,
+        mac: [u8; 6],
+        mtu: Option<u32>,
+        peer: &str,
+        peer_netns: BorrowedFd<'_>,
+    ) -> Result<u32, NetlinkError>;
     /// Deletes a link (a veth takes its peer with it).
     fn del_link(&mut self, index: u32) -> Result<(), NetlinkError>;
     /// Moves a link into the namespace behind `netns` (an open `/run/netns/..` or
@@ -161,4 +210,27 @@ pub trait Netlink {
     fn del_route6(&mut self, route: &Route6Spec) -> Result<(), NetlinkError>;
     /// IPv6 unicast routes of the main table.
     fn routes6(&mut self) -> Result<Vec<Route6Spec>, NetlinkError>;
+
+    /// Makes `changes`, in order; the real client sends them in one batch (one
+    /// round trip). Like the kernel with a batch, every change is tried even after
+    /// one fails, and the first failure is returned: the caller must be able to
+    /// undo them all (deleting the link they are on does).
+    fn apply(&mut self, changes: &[Change<'_>]) -> Result<(), NetlinkError> {
+        let mut first = None;
+        for change in changes {
+            let result = match *change {
+                Change::LinkUp(index) => self.set_link_up(index),
+                Change::Alias(index, alias) => self.set_link_alias(index, alias),
+                Change::NoIpv6AddrGen(index) => self.disable_ipv6_addr_gen(index),
+                Change::AddAddress(index, addr) => self.add_address(index, addr),
+                Change::AddRoute(route) => self.add_route(route),
+                Change::AddAddress6(index, addr) => self.add_address6(index, addr),
+                Change::AddRoute6(route) => self.add_route6(route),
+            };
+            if let Err(e) = result {
+                first.get_or_insert(e);
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
 }
