@@ -350,3 +350,72 @@ pub fn local_route(f: &Fixture) -> Route {
         _pad: [0; 2],
     }
 }
+
+/// The one's complement checksum of `bytes` (RFC 1071), computed here from scratch.
+pub fn inet_checksum(bytes: &[u8]) -> u16 {
+    let mut sum: u32 = bytes
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// Checks that `out` is the gateway's ICMP error (`type_`, `code`, next-hop `mtu`)
+/// about the pod's IPv4 frame `sent`: addressed back to the pod from the gateway
+/// (MACs and addresses), valid header and ICMP checksums computed independently, and
+/// the quote the first 28 bytes of the sent IP packet.
+pub fn assert_icmp_error(sent: &[u8], out: &[u8], type_: u8, code: u8, mtu: u16) {
+    assert_eq!(
+        out.len(),
+        14 + 20 + 8 + 28,
+        "error frame length: {out:02x?}"
+    );
+    assert_eq!(out[0..6], sent[6..12], "to the pod's MAC");
+    assert_eq!(out[6..12], GW_MAC, "from the gateway MAC");
+    assert_eq!(out[12..14], [0x08, 0x00], "IPv4");
+    let ip = &out[14..34];
+    assert_eq!(ip[0], 0x45, "version, header length");
+    assert_eq!(u16::from_be_bytes([ip[2], ip[3]]), 56, "total length");
+    assert_eq!(ip[9], 1, "ICMP");
+    assert!(ip[8] > 1, "a TTL that gets it home: {}", ip[8]);
+    assert_eq!(ip[12..16], GW_IP, "from the gateway address");
+    assert_eq!(ip[16..20], sent[26..30], "to the pod's address");
+    assert_eq!(inet_checksum(ip), 0, "IPv4 header checksum: {ip:02x?}");
+    let icmp = &out[34..];
+    assert_eq!((icmp[0], icmp[1]), (type_, code), "type and code");
+    assert_eq!(u16::from_be_bytes([icmp[6], icmp[7]]), mtu, "next-hop MTU");
+    assert_eq!(inet_checksum(icmp), 0, "ICMP checksum: {icmp:02x?}");
+    assert_eq!(
+        icmp[8..],
+        sent[14..42],
+        "the quote: the sent header and 8 bytes"
+    );
+}
+
+/// Runs the pod's IPv4 `frame` and checks that it was dropped, counted under
+/// `verdict` for endpoint `id`, and answered with the ICMP error (see
+/// [`assert_icmp_error`]) sent back out of the pod's veth. Bytes are counted as the
+/// pod sent them.
+pub fn expect_icmp_error(
+    f: &Fixture,
+    frame: &[u8],
+    id: u32,
+    verdict: Verdict,
+    (type_, code, mtu): (u8, u8, u16),
+) -> Run {
+    let run = f.run(frame);
+    assert_eq!(run.ret, TC_ACT_REDIRECT, "the error goes back to the pod");
+    let expected = BTreeMap::from([(
+        key(id, verdict),
+        Counter {
+            packets: 1,
+            bytes: frame.len() as u64,
+        },
+    )]);
+    assert_eq!(run.delta, expected, "counters after one {verdict:?} frame");
+    assert_icmp_error(frame, &run.out, type_, code, mtu);
+    run
+}

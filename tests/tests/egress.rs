@@ -650,40 +650,8 @@ fn path_mtu_discovery_works_through_the_nat() {
     // One way (the server acknowledges, checks every byte and says how many matched):
     // its own full-size segments would not fit back through the 1280 side.
     let w = World::with_far(&[], &["a"], 1280);
-    let len = 2 << 20;
-    let listener = in_ns(&w.out.far_path(), || {
-        TcpListener::bind((ip(FAR_SERVER_IP), 0))
-    })
-    .expect("bind");
-    let dst = SocketAddrV4::new(
-        ip(FAR_SERVER_IP),
-        listener.local_addr().expect("addr").port(),
-    );
-    let server = std::thread::spawn(move || {
-        let (mut s, peer) = listener.accept().expect("accept");
-        s.set_read_timeout(Some(Duration::from_secs(30))).ok();
-        let mut got = Vec::new();
-        s.read_to_end(&mut got).expect("read");
-        let good = got.len() == len && got == pattern(len, 5);
-        s.write_all(if good { b"good" } else { b"bad!" })
-            .expect("answer");
-        peer
-    });
-    let mut stream = in_ns(&w.pod("a"), move || {
-        TcpStream::connect_timeout(&dst.into(), Duration::from_secs(5))
-    })
-    .expect("connect");
-    stream.set_read_timeout(Some(Duration::from_secs(30))).ok();
-    stream.write_all(&pattern(len, 5)).expect("send");
-    stream
-        .shutdown(std::net::Shutdown::Write)
-        .expect("shutdown");
-    let mut answer = Vec::new();
-    stream
-        .read_to_end(&mut answer)
-        .expect("the server's answer");
-    assert_eq!(answer, b"good", "every byte arrived");
-    assert_nat_addr(server.join().expect("server"), "far TCP");
+    let peer = send_checked(&w, "a", &w.out.far_path(), ip(FAR_SERVER_IP), 2 << 20);
+    assert_nat_addr(peer, "far TCP");
     let c = w.node.counters("a");
     assert!(
         packets(&c, &["rev_nat_icmp"]) >= 1,
@@ -710,15 +678,92 @@ fn a_ttl_limited_probe_gets_the_routers_time_exceeded() {
     );
     let c = w.node.counters("a");
     assert!(packets(&c, &["rev_nat_icmp"]) >= 1, "{c}");
-    // TTL 1 ends at the node itself (dropped, counted).
+    // TTL 1 ends at the node itself: dropped, counted, and the gateway says so, as
+    // the first hop of a traceroute.
+    let before = packets(&w.node.counters("a"), &["drops", "drop_ttl"]);
+    let flows = w.flows().len();
     let out = w.node.in_pod(
         "a",
         "ping",
-        &["-c", "1", "-t", "1", "-W", "1", FAR_SERVER_IP],
+        &["-c", "1", "-t", "1", "-W", "2", FAR_SERVER_IP],
     );
-    assert!(!out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!("From {GATEWAY_IP}")) && text.contains("Time to live exceeded"),
+        "{text}"
+    );
     let c = w.node.counters("a");
-    assert!(packets(&c, &["drops", "drop_ttl"]) >= 1, "{c}");
+    assert_eq!(packets(&c, &["drops", "drop_ttl"]), before + 1, "{c}");
+    assert_eq!(w.flows().len(), flows, "an expired packet opens no flow");
+}
+
+/// The gateway's own address, which the pods' default route goes through.
+const GATEWAY_IP: &str = "169.254.1.1";
+
+/// Sends `len` patterned bytes from `pod` to a TCP server at `ip` in `server_ns`
+/// (one way: the server checks every byte and answers good or bad); returns the
+/// peer the server saw.
+fn send_checked(w: &World, pod: &str, server_ns: &Path, ip: Ipv4Addr, len: usize) -> SocketAddr {
+    let listener = in_ns(server_ns, || TcpListener::bind((ip, 0))).expect("bind");
+    let dst = SocketAddrV4::new(ip, listener.local_addr().expect("addr").port());
+    let server = std::thread::spawn(move || {
+        let (mut s, peer) = listener.accept().expect("accept");
+        s.set_read_timeout(Some(Duration::from_secs(30))).ok();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).expect("read");
+        let good = got.len() == len && got == pattern(len, 5);
+        s.write_all(if good { b"good" } else { b"bad!" })
+            .expect("answer");
+        peer
+    });
+    let mut stream = in_ns(&w.pod(pod), move || {
+        TcpStream::connect_timeout(&dst.into(), Duration::from_secs(5))
+    })
+    .expect("connect");
+    stream.set_read_timeout(Some(Duration::from_secs(30))).ok();
+    stream.write_all(&pattern(len, 5)).expect("send");
+    stream
+        .shutdown(std::net::Shutdown::Write)
+        .expect("shutdown");
+    let mut answer = Vec::new();
+    stream
+        .read_to_end(&mut answer)
+        .expect("the server's answer");
+    assert_eq!(answer, b"good", "every byte arrived");
+    server.join().expect("server")
+}
+
+#[test]
+fn a_packet_too_big_for_the_uplink_gets_the_gateways_fragmentation_needed() {
+    // The uplink link has MTU 1400 on both ends, the pod 1500, and the server
+    // advertises MSS 1460 anyway (advmss: as a server behind a larger link would), so
+    // the pod sends segments (with DF) that do not fit the uplink, and only the
+    // gateway's "fragmentation needed" can shrink them (the kernel's router would send
+    // it; a silent drop is a PMTU black hole).
+    let w = World::new(&[], &["a"]);
+    w.node
+        .node_must("ip", &["link", "set", UPLINK, "mtu", "1400"]);
+    w.out.must("ip", &["link", "set", "eth0", "mtu", "1400"]);
+    w.out.must(
+        "ip",
+        &[
+            "route",
+            "change",
+            "172.30.0.0/24",
+            "dev",
+            "eth0",
+            "advmss",
+            "1460",
+        ],
+    );
+    let peer = send_checked(&w, "a", &w.out.path(), ip(SERVER_IP), 2 << 20);
+    assert_nat_addr(peer, "TCP through the smaller uplink");
+    let c = w.node.counters("a");
+    assert!(packets(&c, &["drops", "drop_too_big"]) >= 1, "{c}");
+    // The pod learnt the uplink's MTU from the gateway.
+    let cached = w.node.in_pod("a", "ip", &["route", "get", SERVER_IP]);
+    let text = String::from_utf8_lossy(&cached.stdout);
+    assert!(text.contains("mtu 1400"), "{text}");
 }
 
 #[test]

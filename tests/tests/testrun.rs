@@ -23,7 +23,8 @@ use vethbpf_common::{
 };
 use vethbpf_tests::testrun::{
     DST_ID, DST_MAC, Fixture, GW_IP, GW_MAC, SRC_ID, SRC_MAC, Skb, TC_ACT_OK, TC_ACT_REDIRECT,
-    TC_ACT_SHOT, expect, expect_in, expect_untouched, key, local_route,
+    TC_ACT_SHOT, assert_icmp_error, expect, expect_icmp_error, expect_in, expect_untouched,
+    inet_checksum, key, local_route,
 };
 use vethbpf_tests::{Rng, eth, must, ones_sum};
 
@@ -606,15 +607,28 @@ fn fragments_are_forwarded_like_any_ipv4_packet() {
 }
 
 #[test]
-fn ipv4_with_ttl_1_or_0_drops() {
+fn ipv4_with_ttl_1_or_0_drops_and_the_gateway_says_time_exceeded() {
     let f = Fixture::new();
     for ttl in [1, 0] {
         let pkt = Ipv4 {
             ttl,
             ..Ipv4::new(SRC_IP, DST_IP)
         };
-        expect_untouched(&f, &pkt.frame(), SRC_ID, Verdict::DropTtl);
+        expect_icmp_error(&f, &pkt.frame(), SRC_ID, Verdict::DropTtl, (11, 0, 0));
     }
+    // Never an error about an ICMP error (RFC 1122): only dropped.
+    let mut unreachable = Ipv4 {
+        ttl: 1,
+        ..Ipv4::new(SRC_IP, DST_IP)
+    }
+    .frame();
+    unreachable[23] = 1; // ICMP
+    unreachable[34] = 3; // destination unreachable
+    let mut hdr = unreachable[14..34].to_vec();
+    hdr[10..12].copy_from_slice(&[0, 0]);
+    let c = inet_checksum(&hdr).to_be_bytes();
+    unreachable[24..26].copy_from_slice(&c);
+    expect_untouched(&f, &unreachable, SRC_ID, Verdict::DropTtl);
 }
 
 #[test]
@@ -1308,6 +1322,14 @@ fn random_frames_are_never_redirected_anywhere_they_were_not_addressed() {
                 assert_eq!(ip[9], IPPROTO_ICMP, "{ctx}");
                 assert_eq!(ip[20], 8, "only echo requests are answered: {ctx}");
                 assert_echo_reply(&frame, &run.out);
+            }
+            ETH_P_IP if frame[14 + 8] <= 1 => {
+                // Expiring here: only the gateway's time exceeded goes, back to the
+                // sender, about a packet it really sent to a routed destination.
+                let ip = &frame[14..];
+                assert_eq!(&ip[12..16], &SRC_IP, "spoofed source answered: {ctx}");
+                assert_eq!(&ip[16..20], &DST_IP, "{ctx}");
+                assert_icmp_error(&frame, &run.out, 11, 0, 0);
             }
             ETH_P_IP => {
                 let ip = &frame[14..];

@@ -238,11 +238,12 @@ fn from_pod_sends_a_remote_pod_cidr_to_its_node() {
         assert_eq!(n.tx_packets, 1, "mode {mode}");
         assert!(n.tx_last_ns > 0 && n.rx_packets == 0, "{n:?}");
 
-        // Expiring on this hop: dropped here, untouched.
+        // Expiring on this hop: dropped here, and the gateway says so.
         let inp = frame(SRC_IP, REMOTE_POD, 1, GW_MAC, SRC_MAC);
         let (ret, out, delta) = f.run(PROG_FROM_POD, &inp);
-        assert_eq!((ret, delta), (TC_ACT_SHOT, one(SRC_ID, Verdict::DropTtl)));
-        assert_eq!(out, inp);
+        assert_eq!(ret, TC_ACT_REDIRECT, "mode {mode}");
+        assert_eq!(delta, one(SRC_ID, Verdict::DropTtl), "mode {mode}");
+        vethbpf_tests::testrun::assert_icmp_error(&inp, &out, 11, 0, 0);
 
         // A remote node's own address is the node stack's (egress's) business.
         let inp = frame(SRC_IP, NODE_IP, 64, GW_MAC, SRC_MAC);

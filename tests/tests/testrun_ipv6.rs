@@ -354,7 +354,7 @@ fn ns_for_any_address_but_the_pods_own_is_answered_with_the_gateway_mac() {
 }
 
 /// Runs a frame whose answer changes the frame's length: verdict, action and one
-/// counter (bytes as sent back).
+/// counter (bytes as the pod sent them).
 fn expect_resized_na(f: &Fixture, frame: &[u8], asker: [u8; 16], target: [u8; 16]) {
     let run = f.run(frame);
     assert_eq!(run.ret, TC_ACT_REDIRECT);
@@ -364,7 +364,7 @@ fn expect_resized_na(f: &Fixture, frame: &[u8], asker: [u8; 16], target: [u8; 16
             key(SRC_ID, Verdict::NaReply),
             Counter {
                 packets: 1,
-                bytes: 86
+                bytes: frame.len() as u64
             }
         )])
     );

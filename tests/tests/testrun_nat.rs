@@ -629,7 +629,7 @@ fn udp_checksums_that_come_out_zero_are_sent_as_ffff() {
 }
 
 #[test]
-fn ttl_one_is_dropped_and_ttl_two_leaves_with_one() {
+fn ttl_one_gets_time_exceeded_and_ttl_two_leaves_with_one() {
     let f = Fixture::new();
     let mut sent = Ip::new(
         POD_A.ip,
@@ -638,8 +638,10 @@ fn ttl_one_is_dropped_and_ttl_two_leaves_with_one() {
         udp(POD_A.ip, REMOTE, 62002, 33434, b"probe", true),
     );
     sent.ttl = 1;
-    let run = f.pod(&from_pod_frame(POD_A, &sent));
-    assert_run(&run, TC_ACT_SHOT, POD_A.id, Verdict::DropTtl);
+    let frame = from_pod_frame(POD_A, &sent);
+    let run = f.pod(&frame);
+    assert_run(&run, TC_ACT_REDIRECT, POD_A.id, Verdict::DropTtl);
+    vethbpf_tests::testrun::assert_icmp_error(&frame, &run.out, 11, 0, 0);
     assert!(f.nat().is_empty(), "a dropped packet made no flow");
     sent.ttl = 2;
     let run = f.pod(&from_pod_frame(POD_A, &sent));

@@ -12,9 +12,10 @@ use vethbpf_common::{
 use crate::{
     conntrack,
     csum::L4Csum,
-    fib, frag,
+    fib::{self, Fit},
+    frag,
     hdr::{ETH_HLEN, Ipv4Hdr, linear, ptr_at},
-    icmp_error, ipv4,
+    icmp_error, icmp_send, ipv4,
     l4::{self, ICMP_ECHO, Ip, L4_OFF},
     maps::{EGRESS, EGRESS_SKIP},
     nat::{self, Event, Target, Xlate},
@@ -54,7 +55,7 @@ pub fn handle(ctx: &TcContext, ifindex: u32) -> Decision {
         };
         if ip.proto == IPPROTO_ICMP && l4.icmp_type != ICMP_ECHO {
             if icmp_error::is_error(l4.icmp_type) && is_egress(ip.daddr) {
-                if let Some(refused) = leave_checks(ctx, &ip, cfg) {
+                if let Some(refused) = leave_checks(ctx, ifindex, &ip, cfg) {
                     return refused;
                 }
                 return icmp_error(ctx, &ip, cfg, masq, now);
@@ -85,7 +86,7 @@ pub fn handle(ctx: &TcContext, ifindex: u32) -> Decision {
     if found.is_none() && !is_egress(ip.daddr) {
         return Decision::pass();
     }
-    if let Some(refused) = leave_checks(ctx, &ip, cfg) {
+    if let Some(refused) = leave_checks(ctx, ifindex, &ip, cfg) {
         return refused;
     }
     let target = Target {
@@ -129,15 +130,17 @@ fn is_egress(daddr: u32) -> bool {
 }
 
 /// What a router checks before it sends a packet on: the TTL, and the uplink's MTU.
-/// `Some(decision)` if the packet cannot go.
+/// `Some(decision)` if the packet cannot go: the pod behind `ifindex` is told why, as
+/// a router would (a packet without DF too: vethbpf does not fragment, and the MTU
+/// makes the pod's stack do it).
 #[inline(always)]
-fn leave_checks(ctx: &TcContext, ip: &Ip, cfg: &EgressConfig) -> Option<Decision> {
+fn leave_checks(ctx: &TcContext, ifindex: u32, ip: &Ip, cfg: &EgressConfig) -> Option<Decision> {
     if ip.ttl <= 1 {
-        return Some(Decision::drop(Verdict::DropTtl));
+        return Some(icmp_send::time_exceeded(ctx, ifindex));
     }
     match fib::fits(ctx, cfg.uplink_ifindex) {
-        Some(true) => None,
-        Some(false) => Some(Decision::drop(Verdict::DropTooBig)),
+        Some(Fit::Fits) => None,
+        Some(Fit::TooBig { mtu }) => Some(icmp_send::frag_needed(ctx, ifindex, mtu)),
         // The uplink is gone: nothing to send it out of.
         None => Some(Decision::pass()),
     }

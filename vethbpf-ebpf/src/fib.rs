@@ -13,19 +13,40 @@ use aya_ebpf::{
     programs::TcContext,
 };
 
+/// `bpf_check_mtu`'s flag: check each segment of a GSO packet.
+const BPF_MTU_CHK_SEGS: u64 = 1;
+
 /// Whether the packet fits the uplink's MTU (GSO packets: each segment does).
 /// `None` if the uplink cannot be asked (it is gone).
 #[inline(always)]
-pub fn fits(ctx: &TcContext, uplink: u32) -> Option<bool> {
+pub fn fits(ctx: &TcContext, uplink: u32) -> Option<Fit> {
     let mut mtu: u32 = 0;
     // SAFETY: a plain helper call; `mtu` is a valid out-parameter.
-    let r = unsafe { bpf_check_mtu(ctx.skb.skb.cast::<c_void>(), uplink, &mut mtu, 0, 0) };
+    // BPF_MTU_CHK_SEGS: without it the helper passes every GSO packet, whose
+    // segments the uplink would then send oversized (a veth peer takes them, a NIC
+    // drops them: a PMTU black hole).
+    let r = unsafe {
+        bpf_check_mtu(
+            ctx.skb.skb.cast::<c_void>(),
+            uplink,
+            &mut mtu,
+            0,
+            BPF_MTU_CHK_SEGS,
+        )
+    };
     match r {
-        0 => Some(true),
-        // BPF_MTU_CHK_RET_FRAG_NEEDED, BPF_MTU_CHK_RET_SEGS_TOO_BIG.
-        1 | 2 => Some(false),
+        0 => Some(Fit::Fits),
+        // BPF_MTU_CHK_RET_FRAG_NEEDED, BPF_MTU_CHK_RET_SEGS_TOO_BIG: `mtu` is the
+        // device's.
+        1 | 2 => Some(Fit::TooBig { mtu }),
         _ => None,
     }
+}
+
+/// Whether a packet fits the uplink's MTU.
+pub enum Fit {
+    Fits,
+    TooBig { mtu: u32 },
 }
 
 /// Redirects the packet out of the uplink through the kernel's route and neighbour

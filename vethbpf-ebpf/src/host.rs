@@ -34,8 +34,9 @@ use crate::{
 /// for the node's own traffic), and returns the tc action.
 #[inline(always)]
 pub fn from_uplink(ctx: &TcContext) -> i32 {
+    let seen = stats::Seen::of(ctx);
     let (id, decision) = handle(ctx);
-    stats::count(ctx, id, decision)
+    stats::count(ctx, seen, id, decision)
 }
 
 /// `skb->pkt_type` of a frame addressed to this host (linux/if_packet.h).

@@ -17,7 +17,7 @@ use crate::{
         ETH_HLEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, EthHdr, Ipv4Hdr,
         ipv4_addr, linear, ptr_at,
     },
-    icmp, ipv4, l3, lxc6,
+    icmp, icmp_send, ipv4, l3, lxc6,
     maps::{CONFIG, ENDPOINTS, ROUTES},
     remote,
     stats::{self, Decision},
@@ -31,12 +31,13 @@ pub fn from_pod(ctx: &TcContext) -> i32 {
     // SAFETY: map values are only read, and stay valid for the whole run.
     let ep = unsafe { ENDPOINTS.get(ifindex) };
     let cfg = CONFIG.get(0);
+    let seen = stats::Seen::of(ctx);
     match (ep, cfg) {
         // An array entry always exists; a zero gateway address means `up` has not
         // written the configuration (0.0.0.0 is never a gateway).
         (Some(ep), Some(cfg)) if cfg.gateway_ip != 0 => {
             let decision = handle(ctx, ifindex, ep, cfg);
-            stats::count(ctx, ep.id, decision)
+            stats::count(ctx, seen, ep.id, decision)
         }
         // Not ours (or not configured): forwarding it anywhere would skip source
         // validation, so drop and count it under the reserved endpoint id 0.
@@ -47,7 +48,7 @@ pub fn from_pod(ctx: &TcContext) -> i32 {
                 Diag::NoConfig
             };
             diag::report(what, ifindex);
-            stats::count(ctx, 0, Decision::drop(Verdict::DropNoEndpoint))
+            stats::count(ctx, seen, 0, Decision::drop(Verdict::DropNoEndpoint))
         }
     }
 }
@@ -134,6 +135,10 @@ fn handle_ipv4(ctx: &TcContext, ifindex: u32, ep: &EndpointInfo, cfg: &Config) -
         return egress::handle(ctx, ifindex);
     };
     match route.kind {
+        // A packet that would expire at this hop gets the router's answer.
+        ROUTE_KIND_LOCAL | ROUTE_KIND_REMOTE if ip.ttl <= 1 => {
+            icmp_send::time_exceeded(ctx, ifindex)
+        }
         ROUTE_KIND_LOCAL => l3::local_delivery(eth, ip, route, cfg),
         ROUTE_KIND_REMOTE => remote::to_node(ctx, ip, route),
         // The pod CIDR's own entry: no endpoint has this address (any has a /32).

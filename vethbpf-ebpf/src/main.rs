@@ -59,6 +59,7 @@ mod host;
 mod icmp;
 mod icmp6;
 mod icmp_error;
+mod icmp_send;
 mod ipv4;
 mod ipv6;
 mod l3;

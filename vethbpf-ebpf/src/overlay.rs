@@ -18,8 +18,9 @@ use crate::{
 /// The whole of `from_tunnel`: decides, counts, and returns the tc action.
 #[inline(always)]
 pub fn from_tunnel(ctx: &TcContext) -> i32 {
+    let seen = stats::Seen::of(ctx);
     let (endpoint, decision) = handle(ctx);
-    stats::count(ctx, endpoint, decision)
+    stats::count(ctx, seen, endpoint, decision)
 }
 
 /// The decision and the endpoint id to count it under: the local endpoint the
