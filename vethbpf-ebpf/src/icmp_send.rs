@@ -60,7 +60,11 @@ pub fn time_exceeded(ctx: &TcContext, ifindex: u32) -> Decision {
 #[inline(always)]
 pub fn frag_needed(ctx: &TcContext, ifindex: u32, mtu: u32) -> Decision {
     let mtu = mtu.min(u32::from(u16::MAX)) as u16;
-    let action = send(ctx, ifindex, error(ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, mtu));
+    let action = send(
+        ctx,
+        ifindex,
+        error(ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, mtu),
+    );
     Decision::redirect(Verdict::DropTooBig, action)
 }
 
@@ -151,13 +155,7 @@ fn send(ctx: &TcContext, ifindex: u32, error: u32) -> i64 {
     // SAFETY: plain helper calls; the sources are stack buffers of the given sizes and
     // the frame is REPLY_FRAME_LEN long.
     let stored = unsafe {
-        bpf_skb_store_bytes(
-            ctx.skb.skb,
-            0,
-            eth.as_ptr().cast(),
-            ETH_HLEN as u32,
-            0,
-        ) == 0
+        bpf_skb_store_bytes(ctx.skb.skb, 0, eth.as_ptr().cast(), ETH_HLEN as u32, 0) == 0
             && bpf_skb_store_bytes(
                 ctx.skb.skb,
                 ETH_HLEN as u32,
