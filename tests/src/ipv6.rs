@@ -139,3 +139,52 @@ pub fn redirect_msg(target: [u8; 16], dst: [u8; 16], tlla: [u8; 6]) -> Vec<u8> {
     m.extend_from_slice(&tlla);
     m
 }
+
+/// Checks that `out` is the gateway's ICMPv6 error (`type_`, `code`, `info`) about
+/// the pod's IPv6 frame `sent`: back to the pod's MAC and address from the gateway
+/// MAC `gw_mac` and its link-local address, hop limit 64, the checksum computed
+/// independently, and the quote the first 48 bytes of the sent packet.
+pub fn assert_icmp6_error(
+    sent: &[u8],
+    out: &[u8],
+    gw_mac: [u8; 6],
+    (type_, code, info): (u8, u8, u32),
+) {
+    assert_eq!(
+        out.len(),
+        14 + 40 + 8 + 48,
+        "error frame length: {out:02x?}"
+    );
+    assert_eq!(out[0..6], sent[6..12], "to the pod's MAC");
+    assert_eq!(out[6..12], gw_mac, "from the gateway MAC");
+    assert_eq!(u16::from_be_bytes([out[12], out[13]]), ETH_P_IPV6);
+    let ip = &out[14..54];
+    assert_eq!(ip[0..4], [0x60, 0, 0, 0], "version, class, flow label");
+    assert_eq!(u16::from_be_bytes([ip[4], ip[5]]), 56, "payload length");
+    assert_eq!((ip[6], ip[7]), (NH_ICMPV6, 64), "next header, hop limit");
+    let src: [u8; 16] = ip[8..24].try_into().expect("16 bytes");
+    let dst: [u8; 16] = ip[24..40].try_into().expect("16 bytes");
+    assert_eq!(
+        src,
+        link_local(gw_mac),
+        "from the gateway's link-local address"
+    );
+    assert_eq!(dst, sent[22..38], "to the pod's address");
+    let msg = &out[54..];
+    assert_eq!((msg[0], msg[1]), (type_, code), "type and code");
+    assert_eq!(
+        u32::from_be_bytes([msg[4], msg[5], msg[6], msg[7]]),
+        info,
+        "info"
+    );
+    assert_eq!(
+        u16::from_be_bytes([msg[2], msg[3]]),
+        icmp6_checksum(src, dst, msg),
+        "ICMPv6 checksum"
+    );
+    assert_eq!(
+        msg[8..],
+        sent[14..62],
+        "the quote: the sent header and 8 bytes"
+    );
+}

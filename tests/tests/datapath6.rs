@@ -241,6 +241,39 @@ fn pods_ping_their_ipv6_gateway() {
 }
 
 #[test]
+fn a_hop_limit_ending_at_the_gateway_gets_time_exceeded_in_both_families() {
+    // A traceroute's first probe from a pod to another: the gateway is the first
+    // hop, and says so (from its link-local address, or 169.254.1.1), as a router
+    // does; the probe itself is dropped and counted, never delivered.
+    let node = TestNode::dual();
+    node.add("a", &[]);
+    let b = node.add("b", &[]);
+    for (ip, from) in [
+        (ip6_of(&b), format!("From {GATEWAY6}")),
+        (ip_of(&b), "From 169.254.1.1".to_string()),
+    ] {
+        let before = node.counters("a");
+        let out = node.in_pod("a", "ping", &["-c", "1", "-t", "1", "-W", "2", &ip]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains(&from) && text.to_lowercase().contains("exceeded"),
+            "ping -t 1 {ip}: {text}"
+        );
+        let after = node.counters("a");
+        assert_eq!(
+            packets(&after, &["drops", "drop_ttl"]),
+            packets(&before, &["drops", "drop_ttl"]) + 1,
+            "{after}"
+        );
+        assert_eq!(
+            packets(&after, &["forwarded"]),
+            packets(&before, &["forwarded"]),
+            "{after}"
+        );
+    }
+}
+
+#[test]
 fn ns_from_an_address_the_pod_does_not_own_is_dropped_and_not_answered() {
     // The twin of the ARP spoof test: the pod's own stack solicits the gateway from
     // an address it was not given (its neighbour cache is empty, so the ping needs

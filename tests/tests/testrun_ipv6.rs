@@ -11,8 +11,8 @@ use vethbpf_common::{
     ROUTE_KIND_LOCAL, Route, Verdict,
 };
 use vethbpf_tests::ipv6::{
-    ECHO_REQUEST, ETH_P_IPV6, MLD2_REPORT, NA, NA_OVERRIDE, NH_ICMPV6, NS, RS, icmp6_checksum, ip6,
-    na_msg, ns_msg, ra_msg, redirect_msg, solicited_node,
+    ECHO_REQUEST, ETH_P_IPV6, MLD2_REPORT, NA, NA_OVERRIDE, NH_ICMPV6, NS, RS, assert_icmp6_error,
+    icmp6_checksum, ip6, na_msg, ns_msg, ra_msg, redirect_msg, solicited_node,
 };
 use vethbpf_tests::testrun::{
     DST_ID, DST_MAC, Fixture, GW_MAC, Run, SRC_ID, SRC_MAC, TC_ACT_OK, TC_ACT_REDIRECT,
@@ -631,12 +631,25 @@ fn ipv6_to_a_local_pod_is_forwarded_with_the_hop_limit_and_macs() {
 }
 
 #[test]
-fn ipv6_with_hop_limit_1_or_0_drops() {
+fn ipv6_with_hop_limit_1_or_0_drops_and_the_gateway_says_time_exceeded() {
     let f = fixture();
     for hop_limit in [1, 0] {
         let mut p = Ipv6::udp(src_ip(), dst_ip());
         p.hop_limit = hop_limit;
-        expect_untouched(&f, &p.frame(), SRC_ID, Verdict::DropTtl);
+        let frame = p.frame();
+        let run = f.run(&frame);
+        assert_eq!(run.ret, TC_ACT_REDIRECT, "the error goes back to the pod");
+        assert_eq!(
+            run.delta,
+            BTreeMap::from([(
+                key(SRC_ID, Verdict::DropTtl),
+                Counter {
+                    packets: 1,
+                    bytes: frame.len() as u64
+                }
+            )])
+        );
+        assert_icmp6_error(&frame, &run.out, GW_MAC, (3, 0, 0));
     }
 }
 
@@ -1060,6 +1073,13 @@ fn random_ipv6_frames_are_never_redirected_where_they_were_not_addressed() {
             );
             let asker_mac: [u8; 6] = frame[6..12].try_into().unwrap();
             assert_na_to(&run.out, asker_mac, src, target);
+        } else if run.delta.contains_key(&key(SRC_ID, Verdict::DropTtl)) {
+            // Expiring here: only the gateway's time exceeded goes, back to the
+            // sender, about a packet it really sent to a routed destination.
+            assert_eq!(src, src_ip(), "spoofed source answered: {ctx}");
+            assert_eq!(dst, dst_ip(), "{ctx}");
+            assert!(ip[7] <= 1, "{ctx}");
+            assert_icmp6_error(&frame, &run.out, GW_MAC, (3, 0, 0));
         } else {
             forwarded += 1;
             assert!(

@@ -116,6 +116,27 @@ pub fn diff<const N: usize>(old: &mut [u32; N], new: &mut [u32; N]) -> u32 {
     unsafe { bpf_csum_diff(old.as_mut_ptr(), size, new.as_mut_ptr(), size, 0) as u32 }
 }
 
+/// The one's complement sum of `bytes` bytes (a multiple of 4) at `words`, a stack
+/// buffer, added to `seed`: for checksums computed from scratch.
+#[inline(always)]
+pub fn sum(words: *mut u32, bytes: u32, seed: u32) -> u32 {
+    // SAFETY: callers pass stack buffers at least `bytes` long.
+    unsafe { bpf_csum_diff(core::ptr::null_mut(), 0, words, bytes, seed) as u32 }
+}
+
+/// `sum` plus the 32-bit word `word` (as stored), with the end-around carry.
+#[inline(always)]
+pub fn add(sum: u32, word: u32) -> u32 {
+    let (s, carry) = sum.overflowing_add(word);
+    s + u32::from(carry)
+}
+
+/// The checksum field for a sum from [`sum`]: folded and complemented.
+#[inline(always)]
+pub fn finish(sum: u32) -> u16 {
+    !fold(sum)
+}
+
 #[inline(always)]
 fn fold(mut sum: u32) -> u16 {
     sum = (sum & 0xffff) + (sum >> 16);

@@ -18,13 +18,14 @@
 
 use aya_ebpf::{
     bindings::TC_ACT_SHOT,
-    helpers::{bpf_csum_diff, bpf_redirect, bpf_skb_change_tail, bpf_skb_store_bytes},
+    helpers::{bpf_redirect, bpf_skb_change_tail, bpf_skb_store_bytes},
     programs::TcContext,
 };
 use vethbpf_common::Verdict;
 
 use crate::{
-    hdr::{ETH_HLEN, EthHdr, IPPROTO_ICMP, Ipv4Hdr, be16, linear, ptr_at},
+    csum,
+    hdr::{ETH_HLEN, ETH_P_IP, EthHdr, IPPROTO_ICMP, Ipv4Hdr, be16, linear, ptr_at, set_eth},
     icmp_error,
     maps::CONFIG,
     stats::Decision,
@@ -132,14 +133,18 @@ fn send(ctx: &TcContext, ifindex: u32, error: u32) -> i64 {
     hdr[9] = IPPROTO_ICMP;
     pkt[3] = cfg.gateway_ip;
     pkt[4] = pod_ip;
-    let ip_check = fold(csum(&mut pkt, 0, 5));
+    let ip_check = csum::finish(csum::sum(pkt.as_mut_ptr(), 20, 0));
     as_bytes::<20>(&mut pkt, 0)[10..12].copy_from_slice(&ip_check.to_ne_bytes());
 
     let icmp: &mut [u8; 8] = as_bytes(&mut pkt, 20);
     icmp[0] = type_;
     icmp[1] = code;
     icmp[6..8].copy_from_slice(&mtu.to_be_bytes());
-    let icmp_check = fold(csum(&mut pkt, 5, REPLY_IP_LEN / 4 - 5));
+    let icmp_check = csum::finish(csum::sum(
+        pkt.as_mut_ptr().wrapping_add(5),
+        (REPLY_IP_LEN - 20) as u32,
+        0,
+    ));
     as_bytes::<8>(&mut pkt, 20)[2..4].copy_from_slice(&icmp_check.to_ne_bytes());
 
     // Cut (or, for a short packet, pad) the frame to the reply's size; this resets a
@@ -148,22 +153,17 @@ fn send(ctx: &TcContext, ifindex: u32, error: u32) -> i64 {
     if unsafe { bpf_skb_change_tail(ctx.skb.skb, REPLY_FRAME_LEN as u32, 0) } != 0 {
         return dropped;
     }
-    let mut eth = [0u8; ETH_HLEN];
-    eth[0..6].copy_from_slice(&pod_mac);
-    eth[6..12].copy_from_slice(&cfg.gateway_mac);
-    eth[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
-    // SAFETY: plain helper calls; the sources are stack buffers of the given sizes and
+    // SAFETY: a plain helper call; the source is a stack buffer of the given size and
     // the frame is REPLY_FRAME_LEN long.
     let stored = unsafe {
-        bpf_skb_store_bytes(ctx.skb.skb, 0, eth.as_ptr().cast(), ETH_HLEN as u32, 0) == 0
-            && bpf_skb_store_bytes(
-                ctx.skb.skb,
-                ETH_HLEN as u32,
-                pkt.as_ptr().cast(),
-                REPLY_IP_LEN as u32,
-                0,
-            ) == 0
-    };
+        bpf_skb_store_bytes(
+            ctx.skb.skb,
+            ETH_HLEN as u32,
+            pkt.as_ptr().cast(),
+            REPLY_IP_LEN as u32,
+            0,
+        ) == 0
+    } && set_eth(ctx, &pod_mac, &cfg.gateway_mac, ETH_P_IP);
     if !stored {
         return dropped;
     }
@@ -177,27 +177,4 @@ fn send(ctx: &TcContext, ifindex: u32, error: u32) -> i64 {
 fn as_bytes<const N: usize>(pkt: &mut [u32; REPLY_IP_LEN / 4], at: usize) -> &mut [u8; N] {
     // SAFETY: callers ask for ranges inside the 56-byte buffer; u8 has no alignment.
     unsafe { &mut *pkt.as_mut_ptr().cast::<u8>().add(at).cast::<[u8; N]>() }
-}
-
-/// The one's complement sum of `words` words of `pkt` from word `from`.
-#[inline(always)]
-fn csum(pkt: &mut [u32; REPLY_IP_LEN / 4], from: usize, words: usize) -> u32 {
-    // SAFETY: the range is inside the stack buffer (callers pass constants).
-    unsafe {
-        bpf_csum_diff(
-            core::ptr::null_mut(),
-            0,
-            pkt.as_mut_ptr().add(from),
-            (words * 4) as u32,
-            0,
-        ) as u32
-    }
-}
-
-/// A checksum field from a sum: folded to 16 bits and complemented.
-#[inline(always)]
-fn fold(mut sum: u32) -> u16 {
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    !(sum as u16)
 }

@@ -7,7 +7,7 @@ use vethbpf_common::{Config, ROUTE_KIND_LOCAL, Verdict};
 
 use crate::{
     hdr::{ETH_HLEN, EthHdr, Ipv6Hdr, linear, ptr_at},
-    icmp6,
+    icmp6, icmp6_send,
     ipv6::{self, IPV6_HLEN, NEXTHDR_ICMPV6, load_addr},
     l3,
     maps::{ENDPOINTS6, ROUTES6},
@@ -73,6 +73,10 @@ pub fn handle(ctx: &TcContext, ifindex: u32, cfg: &Config) -> Decision {
     };
     if route.kind != ROUTE_KIND_LOCAL {
         return Decision::pass();
+    }
+    // A packet that would expire at this hop gets the router's answer.
+    if ip.hop_limit <= 1 {
+        return icmp6_send::time_exceeded(ctx, ifindex);
     }
     l3::local_delivery6(eth, ip, route, cfg)
 }

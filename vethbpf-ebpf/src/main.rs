@@ -58,6 +58,7 @@ mod hdr;
 mod host;
 mod icmp;
 mod icmp6;
+mod icmp6_send;
 mod icmp_error;
 mod icmp_send;
 mod ipv4;
