@@ -104,6 +104,20 @@ fn pods_on_three_nodes_reach_each_other(overlay: &str) {
         }
     }
 
+    // A pod reaches the other nodes' own addresses (their kubelets, host-network
+    // pods): as egress, from the sending node's address, since the other node has no
+    // route back to this node's pods other than through its own datapath.
+    for src in pods.iter().filter(|p| p.name == "a") {
+        for other in (0..3).filter(|n| *n != src.node) {
+            let addr = Cluster::node_ip(other);
+            assert_eq!(
+                c.nodes[src.node].ping_from_pod(src.name, &addr, 1),
+                Some(63),
+                "ping {src:?} -> node {other} ({addr})"
+            );
+        }
+    }
+
     for (i, node) in c.nodes.iter().enumerate() {
         assert_node_hygiene(node);
         let list = node.json(&["node", "list"]);

@@ -130,8 +130,14 @@ fn handle_ipv4(ctx: &TcContext, ifindex: u32, ep: &EndpointInfo, cfg: &Config) -
         return icmp::to_gateway(ctx, ifindex, cfg);
     }
 
-    let Some(route) = ROUTES.get(&Key::new(32, dst)) else {
-        // No route of this node: the outside world (or the node stack's business).
+    // No route of this node: the outside world (or the node stack's business). A
+    // remote node's own address too: the node stack could not forward to it
+    // (ip_forward=0), and that node has no route back to this node's pods but its
+    // datapath, so it is reached as the outside world is, from this node's address.
+    let Some(route) = ROUTES
+        .get(&Key::new(32, dst))
+        .filter(|r| r.kind != ROUTE_KIND_NODE)
+    else {
         return egress::handle(ctx, ifindex);
     };
     match route.kind {
@@ -143,8 +149,6 @@ fn handle_ipv4(ctx: &TcContext, ifindex: u32, ep: &EndpointInfo, cfg: &Config) -
         ROUTE_KIND_REMOTE => remote::to_node(ctx, ip, route),
         // The pod CIDR's own entry: no endpoint has this address (any has a /32).
         ROUTE_KIND_POD_CIDR => Decision::drop(Verdict::DropUnknownDestination),
-        // A remote node's own address: the node stack's.
-        ROUTE_KIND_NODE => Decision::pass(),
         kind => {
             diag::report(Diag::UnknownRouteKind, kind);
             Decision::pass()
