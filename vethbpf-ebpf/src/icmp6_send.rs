@@ -15,17 +15,13 @@
 //! or from a source that is not the pod's own address (the caller checks). No rate
 //! limit, as for IPv4: the reply goes only to the pod that sent the packet.
 
-use aya_ebpf::{
-    bindings::TC_ACT_SHOT,
-    helpers::{bpf_redirect, bpf_skb_change_tail, bpf_skb_store_bytes},
-    programs::TcContext,
-};
+use aya_ebpf::{bindings::TC_ACT_SHOT, programs::TcContext};
 use vethbpf_common::Verdict;
 
 use crate::{
     csum,
-    hdr::{ETH_HLEN, ETH_P_IPV6, EthHdr, Ipv6Hdr, linear, ptr_at, set_eth},
-    icmp6,
+    hdr::{ETH_HLEN, ETH_P_IPV6, EthHdr, Ipv6Hdr, linear, ptr_at},
+    icmp_send, icmp6,
     ipv6::{IPV6_HLEN, NEXTHDR_ICMPV6},
     maps::CONFIG,
     stats::Decision,
@@ -42,7 +38,6 @@ const QUOTE_LEN: usize = IPV6_HLEN + 8;
 /// The ICMPv6 message: its header and the quote.
 const MSG_LEN: usize = 8 + QUOTE_LEN;
 const REPLY_IP_LEN: usize = IPV6_HLEN + MSG_LEN;
-const REPLY_FRAME_LEN: usize = ETH_HLEN + REPLY_IP_LEN;
 /// Words of the reply's IP packet on the stack.
 const WORDS: usize = REPLY_IP_LEN / 4;
 /// Where the addresses and the message start, in words.
@@ -138,27 +133,5 @@ fn send(ctx: &TcContext, ifindex: u32, error: u32, info: u32) -> i64 {
     let check = csum::finish(sum).to_ne_bytes();
     pkt[MSG_AT] = u32::from_ne_bytes([type_, code, check[0], check[1]]);
 
-    // Cut (or pad) the frame to the reply's size; packet pointers taken before are
-    // invalid now.
-    // SAFETY: a plain helper call on the program's own skb.
-    if unsafe { bpf_skb_change_tail(ctx.skb.skb, REPLY_FRAME_LEN as u32, 0) } != 0 {
-        return dropped;
-    }
-    // SAFETY: a plain helper call; the source is a stack buffer of the given size and
-    // the frame is REPLY_FRAME_LEN long.
-    let stored = unsafe {
-        bpf_skb_store_bytes(
-            ctx.skb.skb,
-            ETH_HLEN as u32,
-            pkt.as_ptr().cast(),
-            REPLY_IP_LEN as u32,
-            0,
-        ) == 0
-    } && set_eth(ctx, &pod_mac, &cfg.gateway_mac, ETH_P_IPV6);
-    if !stored {
-        return dropped;
-    }
-    // Egress out of the pod's own veth: straight back to it.
-    // SAFETY: a plain helper call with valid arguments.
-    unsafe { bpf_redirect(ifindex, 0) }
+    icmp_send::reply_to_pod(ctx, ifindex, &pkt, &pod_mac, &cfg.gateway_mac, ETH_P_IPV6)
 }

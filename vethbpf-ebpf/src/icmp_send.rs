@@ -43,7 +43,6 @@ const REPLY_TOS: u8 = 0xc0;
 const QUOTE_LEN: usize = 28;
 /// IPv4 header, ICMP header, quote: the reply's IP packet.
 const REPLY_IP_LEN: usize = 20 + 8 + QUOTE_LEN;
-const REPLY_FRAME_LEN: usize = ETH_HLEN + REPLY_IP_LEN;
 /// The fragment offset field (without the flags), as stored.
 const IP_OFFSET_MASK: u16 = 0x1fffu16.to_be();
 
@@ -147,27 +146,34 @@ fn send(ctx: &TcContext, ifindex: u32, error: u32) -> i64 {
     ));
     as_bytes::<8>(&mut pkt, 20)[2..4].copy_from_slice(&icmp_check.to_ne_bytes());
 
-    // Cut (or, for a short packet, pad) the frame to the reply's size; this resets a
-    // GSO packet's segmentation state. Packet pointers taken before are invalid now.
-    // SAFETY: a plain helper call on the program's own skb.
-    if unsafe { bpf_skb_change_tail(ctx.skb.skb, REPLY_FRAME_LEN as u32, 0) } != 0 {
-        return dropped;
-    }
-    // SAFETY: a plain helper call; the source is a stack buffer of the given size and
-    // the frame is REPLY_FRAME_LEN long.
+    reply_to_pod(ctx, ifindex, &pkt, &pod_mac, &cfg.gateway_mac, ETH_P_IP)
+}
+
+/// Makes the frame the reply `ip` (an IP packet of `N` words on the stack) from
+/// `gateway_mac` to `pod_mac` (EtherType `proto`, as stored) and sends it out of the
+/// pod's veth `ifindex`, straight back to it; the tc action (`TC_ACT_SHOT` if the
+/// frame cannot be reshaped). The frame is cut (or, for a short packet, padded) to
+/// the reply's size, which resets a GSO packet's segmentation state.
+#[inline(always)]
+pub fn reply_to_pod<const N: usize>(
+    ctx: &TcContext,
+    ifindex: u32,
+    ip: &[u32; N],
+    pod_mac: &[u8; 6],
+    gateway_mac: &[u8; 6],
+    proto: u16,
+) -> i64 {
+    let len = (N * 4) as u32;
+    // SAFETY: plain helper calls on the program's own skb; the source is a stack
+    // buffer of `len` bytes and the frame is `ETH_HLEN + len` long once the first
+    // succeeded. Packet pointers taken before are invalid after it.
     let stored = unsafe {
-        bpf_skb_store_bytes(
-            ctx.skb.skb,
-            ETH_HLEN as u32,
-            pkt.as_ptr().cast(),
-            REPLY_IP_LEN as u32,
-            0,
-        ) == 0
-    } && set_eth(ctx, &pod_mac, &cfg.gateway_mac, ETH_P_IP);
+        bpf_skb_change_tail(ctx.skb.skb, ETH_HLEN as u32 + len, 0) == 0
+            && bpf_skb_store_bytes(ctx.skb.skb, ETH_HLEN as u32, ip.as_ptr().cast(), len, 0) == 0
+    } && set_eth(ctx, pod_mac, gateway_mac, proto);
     if !stored {
-        return dropped;
+        return i64::from(TC_ACT_SHOT);
     }
-    // Egress out of the pod's own veth: straight back to it.
     // SAFETY: a plain helper call with valid arguments.
     unsafe { bpf_redirect(ifindex, 0) }
 }
