@@ -34,6 +34,8 @@ use std::time::{Duration, Instant};
 use vethbpf_tests::{CleanupErrors, NODE_IP, TestNode, must, netns_list, vethbpf_bin};
 
 const POD_CIDR: &str = "10.246.0.0/24";
+/// The network is dual stack: every container gets an address of each family.
+const POD_CIDR6: &str = "fd00:10:246::/64";
 /// The OCI runtime: the one xtask/src/deps.rs installs.
 const RUNTIME: &str = "runc";
 /// Read by `cargo xtask test`, which then passes `--skip` for this test: for a
@@ -78,6 +80,7 @@ impl Podman {
                 "stateDir": node.state,
                 "bpffsDir": node.bpffs,
                 "podCidr": POD_CIDR,
+                "podCidr6": POD_CIDR6,
             }],
         });
         std::fs::write(
@@ -319,6 +322,12 @@ fn podman_containers_on_a_vethbpf_network() {
     }
     assert!(ip_a.starts_with("10.246.0."), "{ip_a}");
     assert!(ip_b.starts_with("10.246.0."), "{ip_b}");
+    let net6_field =
+        format!("{{{{(index .NetworkSettings.Networks \"{network}\").GlobalIPv6Address}}}}");
+    let ip6_a = pm.inspect(&a, &net6_field);
+    let ip6_b = pm.inspect(&b, &net6_field);
+    assert!(ip6_a.starts_with("fd00:10:246::"), "{ip6_a}");
+    assert!(ip6_b.starts_with("fd00:10:246::"), "{ip6_b}");
     for name in [&a, &b] {
         assert_eq!(pm.inspect(name, "{{.OCIRuntime}}"), RUNTIME, "{name}");
     }
@@ -345,6 +354,19 @@ fn podman_containers_on_a_vethbpf_network() {
         assert!(Instant::now() < deadline, "a -> b HTTP: {}", text(&out));
         std::thread::sleep(Duration::from_millis(300));
     }
+    // The same over IPv6: ICMPv6 (one eBPF hop: hop limit 63) and HTTP.
+    let ping6 = pm.cmd(&["exec", &a, "ping", "-6", "-c", "3", "-W", "2", &ip6_b]);
+    assert!(ping6.status.success(), "a -> b over IPv6: {}", text(&ping6));
+    let hops = String::from_utf8_lossy(&ping6.stdout).contains("ttl=63");
+    assert!(hops, "one eBPF hop (hop limit 63): {}", text(&ping6));
+    let get6 = format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc {ip6_b} 8080");
+    let out = pm.cmd(&["exec", &a, "sh", "-c", &get6]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("hello-from-b"),
+        "a -> b HTTP over IPv6: {}",
+        text(&out)
+    );
+    assert!(node.ping_from_node(&ip6_b).is_some(), "node -> b over IPv6");
     let to_node = pm.cmd(&["exec", &a, "ping", "-c", "1", "-W", "2", NODE_IP]);
     assert!(to_node.status.success(), "a -> node: {}", text(&to_node));
     assert!(node.ping_from_node(&ip_b).is_some(), "node -> b");
@@ -360,6 +382,12 @@ fn podman_containers_on_a_vethbpf_network() {
             .iter()
             .find(|e| e["ip"] == ip.as_str())
             .unwrap_or_else(|| panic!("no endpoint with {ip}: {list}"));
+        assert!(
+            ep["ip6"]
+                .as_str()
+                .is_some_and(|a| a.starts_with("fd00:10:246::")),
+            "{name}: {ep}"
+        );
         assert!(
             ep["name"].as_str().expect("name").starts_with(&id[..12]),
             "endpoint name {} vs container {id}",
@@ -387,6 +415,11 @@ fn podman_containers_on_a_vethbpf_network() {
     assert!(!links.contains(": vb"), "host veths left: {links}");
     let routes = node.node_must("ip", &["-4", "route", "show"]);
     assert!(!routes.contains("10.246.0."), "routes left: {routes}");
+    let routes6 = node.node_must("ip", &["-6", "route", "show"]);
+    assert!(
+        !routes6.contains("fd00:10:246:"),
+        "IPv6 routes left: {routes6}"
+    );
     let pinned = std::fs::read_dir(node.bpffs.join("links"))
         .map(|d| d.count())
         .unwrap_or(0);
