@@ -19,6 +19,7 @@ use super::ClusterError;
 use super::etcd::{self, LeaseValue, RegistryConfig, Update};
 use super::join::{self, JoinError};
 use super::maps::PinnedNodeMaps;
+use super::neigh;
 use super::nodes::{self, NodeSpec};
 use super::setup::{self, ClusterRequest};
 use super::subnets::{self, SubnetError};
@@ -35,6 +36,8 @@ pub struct AgentConfig {
     pub node_name: String,
     pub cluster: ClusterRequest,
     pub subnet_len: u8,
+    /// Prefix length of the IPv6 subnets (with `cluster.cluster_cidr6`).
+    pub subnet_len6: u8,
     pub ttl_secs: i64,
     /// The pods' gateway when the agent brings a fresh node up.
     pub gateway: Ipv4Addr,
@@ -218,6 +221,7 @@ fn sync(
                 NodeSpec {
                     name: v.node.clone(),
                     pod_cidr: *subnet,
+                    pod_cidr6: v.pod_cidr6,
                     address: v.address,
                     origin: NodeOrigin::Etcd,
                 },
@@ -241,7 +245,10 @@ fn sync(
         if cluster.nodes.contains_key(&spec.name) {
             continue;
         }
-        match nodes::add(&mut maps, &mut locked, spec, &nets) {
+        let mut learn = |c: &crate::state::ClusterState, n: &crate::state::RemoteNode| {
+            neigh::learn(nl, c.uplink_ifindex, n.address)
+        };
+        match nodes::add(&mut maps, &mut locked, spec, &nets, &mut learn) {
             Ok(n) => {
                 info!(node = %n.name, pod_cidr = %n.pod_cidr, address = %n.address, "remote node added")
             }
@@ -266,7 +273,11 @@ fn stale_nodes(locked: &Locked, desired: &BTreeMap<String, NodeSpec>) -> Vec<Str
                 .filter(|n| {
                     desired
                         .get(&n.name)
-                        .is_none_or(|d| d.pod_cidr != n.pod_cidr || d.address != n.address)
+                        .is_none_or(|d| {
+                            d.pod_cidr != n.pod_cidr
+                                || d.pod_cidr6 != n.pod_cidr6
+                                || d.address != n.address
+                        })
                 })
                 .map(|n| n.name.clone())
                 .collect()

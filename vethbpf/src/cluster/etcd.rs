@@ -24,7 +24,7 @@ use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, KeyValue, PutOptions, Txn,
     TxnOp, TxnOpResponse, WatchOptions,
 };
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
@@ -54,6 +54,10 @@ pub struct RegistryConfig {
 pub struct LeaseValue {
     pub node: String,
     pub address: Ipv4Addr,
+    /// The node's IPv6 subnet in a dual-stack cluster (leased under
+    /// `<prefix>/subnets6/`); agents that know no IPv6 ignore it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_cidr6: Option<Ipv6Net>,
 }
 
 /// `<prefix>/config`: what every agent of the cluster must agree on.
@@ -135,6 +139,7 @@ impl RegistryConfig {
         serde_json::to_vec(&LeaseValue {
             node: self.node_name.clone(),
             address: self.address,
+            pod_cidr6: None,
         })
         .unwrap_or_default()
     }
