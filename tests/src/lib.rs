@@ -417,11 +417,12 @@ pub fn packets(counters: &serde_json::Value, path: &[&str]) -> u64 {
         .unwrap_or_else(|| panic!("no counter {path:?} in {counters}"))
 }
 
-/// Whether every hex byte of a raw (non-BTF) bpftool entry's value is zero.
+/// Whether every hex byte of a bpftool entry's raw value (the last `"value"`:
+/// keys sort `formatted`, `key`, `value`) is zero.
 fn all_zero_hex(entry: &str) -> bool {
     entry
-        .split("\"value\"")
-        .nth(1)
+        .rsplit("\"value\"")
+        .next()
         .is_none_or(|v| v.split('"').filter(|w| w.starts_with("0x")).all(|w| w == "0x00"))
 }
 

@@ -163,7 +163,7 @@ fn pods_on_three_nodes_reach_each_other_over_ipv6(overlay: &str) {
             String::from_utf8_lossy(&big.stdout),
             String::from_utf8_lossy(&big.stderr)
         );
-        assert!(text.contains("mtu=1450") || text.contains("mtu = 1450"), "{text}");
+        assert!(text.contains("mtu=1450") || text.contains("mtu: 1450"), "{text}");
     }
 }
 
