@@ -1049,6 +1049,85 @@ mod tests {
         sd.remove(l).unwrap();
     }
 
+    fn spec6(name: &str, cidr: &str, cidr6: &str, addr: [u8; 4]) -> NodeSpec {
+        NodeSpec {
+            pod_cidr6: Some(net6(cidr6)),
+            ..spec(name, cidr, addr)
+        }
+    }
+
+    #[test]
+    fn a_dual_stack_node_gets_its_ipv6_route_and_macs_and_del_takes_them() {
+        let dir = tempdir("dual");
+        let (sd, mut l) = locked_node(&dir);
+        let mut maps = FakeMaps::default();
+        let lan = [net("192.168.77.0/24")];
+        let b = spec6("b", "10.244.2.0/24", "fd00:10:244:2::/64", [192, 168, 77, 2]);
+        let node = add(&mut maps, &mut l, &b, &lan, &mut learn()).unwrap();
+        let r6 = maps.routes6[&net6("fd00:10:244:2::/64")];
+        assert_eq!((r6.kind, r6.endpoint_id), (ROUTE_KIND_REMOTE, node.id));
+        assert_eq!(maps.neigh[&node.id], L2, "direct routing learns the MACs");
+        let stored = sd.read().unwrap().cluster.unwrap().nodes["b"].clone();
+        assert_eq!(stored.pod_cidr6, Some(net6("fd00:10:244:2::/64")));
+
+        // Bad IPv6 input, each named, nothing written.
+        let err = |s: NodeSpec, l: &mut Locked, maps: &mut FakeMaps| {
+            add(maps, l, &s, &lan, &mut learn()).unwrap_err().to_string()
+        };
+        let c = |cidr6| spec6("c", "10.244.3.0/24", cidr6, [192, 168, 77, 3]);
+        assert!(err(c("fd00:99::/64"), &mut l, &mut maps).contains("not inside"));
+        assert!(err(c("fd00:10:244:1::/80"), &mut l, &mut maps).contains("own pod CIDR"));
+        assert!(err(c("fd00:10:244:2:1::/80"), &mut l, &mut maps).contains("of node b"));
+        assert_eq!(maps.routes6.len(), 1);
+
+        del(&mut maps, &mut l, "b").unwrap();
+        assert!(maps.routes6.is_empty() && maps.neigh.is_empty() && maps.routes.is_empty());
+
+        // Through a tunnel nothing needs the MACs: none are learnt.
+        l.state.cluster.as_mut().unwrap().overlay = Overlay::Vxlan;
+        let mut never = |_: &ClusterState, _: &RemoteNode| -> Result<NodeNeigh, ClusterError> {
+            panic!("learnt MACs for a tunnelled node")
+        };
+        add(&mut maps, &mut l, &b, &lan, &mut never).unwrap();
+        assert_eq!(maps.routes6.len(), 1);
+        assert!(maps.neigh.is_empty());
+
+        // An IPv4-only cluster takes no IPv6 pod CIDR.
+        l.state.cluster.as_mut().unwrap().cluster_cidr6 = None;
+        assert!(
+            err(c("fd00:10:244:3::/64"), &mut l, &mut maps).contains("needs a dual-stack cluster")
+        );
+        sd.remove(l).unwrap();
+    }
+
+    #[test]
+    fn refresh_neigh_learns_late_answers_and_keeps_known_macs() {
+        let dir = tempdir("refresh");
+        let (sd, mut l) = locked_node(&dir);
+        let mut maps = FakeMaps::default();
+        let lan = [net("192.168.77.0/24")];
+        let b = spec6("b", "10.244.2.0/24", "fd00:10:244:2::/64", [192, 168, 77, 2]);
+        // The node did not answer ARP when it was added.
+        let mut silent = |_: &ClusterState, _: &RemoteNode| Ok(neigh::UNKNOWN);
+        let node = add(&mut maps, &mut l, &b, &lan, &mut silent).unwrap();
+        assert!(maps.neigh.is_empty());
+        // Still silent: nothing to fix.
+        assert!(refresh_neigh(&mut maps, &l, &mut silent).unwrap().is_empty());
+        // It answers now.
+        let fixes = refresh_neigh(&mut maps, &l, &mut learn()).unwrap();
+        assert_eq!(fixes.len(), 1, "{fixes:?}");
+        assert_eq!(maps.neigh[&node.id], L2);
+        // Silent again: what was learnt stays.
+        assert!(refresh_neigh(&mut maps, &l, &mut silent).unwrap().is_empty());
+        assert_eq!(maps.neigh[&node.id], L2);
+        // A stray entry for an id no node has goes with reconcile.
+        maps.neigh.insert(9, L2);
+        let fixes = reconcile(&mut maps, &mut l).unwrap();
+        assert_eq!(fixes.len(), 1, "{fixes:?}");
+        assert!(!maps.neigh.contains_key(&9));
+        sd.remove(l).unwrap();
+    }
+
     #[test]
     fn reachability_follows_the_last_packets() {
         let s = 1_000_000_000;
