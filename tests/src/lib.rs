@@ -420,10 +420,11 @@ pub fn packets(counters: &serde_json::Value, path: &[&str]) -> u64 {
 /// Whether every hex byte of a bpftool entry's raw value (the last `"value"`:
 /// keys sort `formatted`, `key`, `value`) is zero.
 fn all_zero_hex(entry: &str) -> bool {
-    entry
-        .rsplit("\"value\"")
-        .next()
-        .is_none_or(|v| v.split('"').filter(|w| w.starts_with("0x")).all(|w| w == "0x00"))
+    entry.rsplit("\"value\"").next().is_none_or(|v| {
+        v.split('"')
+            .filter(|w| w.starts_with("0x"))
+            .all(|w| w == "0x00")
+    })
 }
 
 fn ping_ttl(out: &Output) -> Option<u8> {

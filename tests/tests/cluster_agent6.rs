@@ -112,12 +112,7 @@ fn dual_stack_agents_lease_distinct_ipv6_subnets_and_pods_reach_each_other() {
                 );
             }
         }
-        let (_, peer) = tcp_echo_peer(
-            &c.pod_path(2, "a"),
-            pods[2],
-            &c.pod_path(0, "a"),
-            2 << 20,
-        );
+        let (_, peer) = tcp_echo_peer(&c.pod_path(2, "a"), pods[2], &c.pod_path(0, "a"), 2 << 20);
         assert_eq!(peer.ip(), std::net::IpAddr::V6(pods[0]), "{overlay}");
 
         // An IPv4-only agent joins the dual-stack cluster: it reads the dual-stack
@@ -156,7 +151,11 @@ fn dual_stack_agents_lease_distinct_ipv6_subnets_and_pods_reach_each_other() {
             .expect("node0's pod ip")
             .to_string();
         assert_eq!(c.nodes[0].ping_from_pod("a", &ip, 1), Some(62), "{overlay}");
-        assert_eq!(c.nodes[d].ping_from_pod("a", &ip0, 1), Some(62), "{overlay}");
+        assert_eq!(
+            c.nodes[d].ping_from_pod("a", &ip0, 1),
+            Some(62),
+            "{overlay}"
+        );
         for a in &mut agents {
             a.assert_running();
         }

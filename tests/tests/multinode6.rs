@@ -163,7 +163,10 @@ fn pods_on_three_nodes_reach_each_other_over_ipv6(overlay: &str) {
             String::from_utf8_lossy(&big.stdout),
             String::from_utf8_lossy(&big.stderr)
         );
-        assert!(text.contains("mtu=1450") || text.contains("mtu: 1450"), "{text}");
+        assert!(
+            text.contains("mtu=1450") || text.contains("mtu: 1450"),
+            "{text}"
+        );
     }
 }
 
@@ -192,9 +195,15 @@ fn hop_limit_expires_at_the_hop_it_runs_out() {
                 .status
                 .success()
         };
-        assert!(!ping("1"), "{overlay}: hop limit 1 dies at the sender's hop");
+        assert!(
+            !ping("1"),
+            "{overlay}: hop limit 1 dies at the sender's hop"
+        );
         assert!(packets(&c.nodes[0].counters("a"), &["drops", "drop_ttl"]) >= 1);
-        assert!(!ping("2"), "{overlay}: hop limit 2 dies at the receiver's hop");
+        assert!(
+            !ping("2"),
+            "{overlay}: hop limit 2 dies at the receiver's hop"
+        );
         assert!(packets(&c.nodes[1].counters("b"), &["drops", "drop_ttl"]) >= 1);
         assert!(ping("3"), "{overlay}: hop limit 3 is enough for two hops");
         assert_eq!(ping6_hops(&c, &b, &a, 1), Some(62), "{overlay}");
@@ -211,7 +220,11 @@ fn node_del_removes_the_ipv6_route() {
         c.up_dual(1, overlay);
         let a = add_pod(&c, 0, "a");
         let b = add_pod(&c, 1, "b");
-        assert_eq!(ping6_hops(&c, &a, &b, 1), None, "{overlay}: before node add");
+        assert_eq!(
+            ping6_hops(&c, &a, &b, 1),
+            None,
+            "{overlay}: before node add"
+        );
         let before = c.nodes[0].snapshot();
         c.connect_static_dual();
         assert_eq!(ping6_hops(&c, &a, &b, 1), Some(62), "{overlay}");
@@ -308,14 +321,33 @@ fn ipv6_from_strangers_reaches_no_pod() {
             // Its own kernel VXLAN device, VNI and port of the cluster, speaking for
             // an address in node1's IPv6 pod CIDR.
             ns(&[
-                "link", "add", "vx0", "type", "vxlan", "id", "1", "remote", "192.168.77.1",
-                "dstport", "8472", "dev", "eth0",
+                "link",
+                "add",
+                "vx0",
+                "type",
+                "vxlan",
+                "id",
+                "1",
+                "remote",
+                "192.168.77.1",
+                "dstport",
+                "8472",
+                "dev",
+                "eth0",
             ]);
             ns(&["addr", "add", "fd00:10:244:2::c8/64", "dev", "vx0", "nodad"]);
             ns(&["link", "set", "vx0", "up"]);
             ns(&["-6", "route", "add", &Cluster::pod_cidr6(0), "dev", "vx0"]);
             ns(&[
-                "-6", "neigh", "add", &a6, "lladdr", "ee:ee:ee:ee:ee:ee", "dev", "vx0", "nud",
+                "-6",
+                "neigh",
+                "add",
+                &a6,
+                "lladdr",
+                "ee:ee:ee:ee:ee:ee",
+                "dev",
+                "vx0",
+                "nud",
                 "permanent",
             ]);
             "fd00:10:244:2::c8"
@@ -331,7 +363,16 @@ fn ipv6_from_strangers_reaches_no_pod() {
             ns(&["addr", "add", "fd99::1/128", "dev", "lo"]);
             ns(&["-6", "route", "add", &Cluster::pod_cidr6(0), "dev", "eth0"]);
             ns(&[
-                "-6", "neigh", "add", &a6, "lladdr", &mac, "dev", "eth0", "nud", "permanent",
+                "-6",
+                "neigh",
+                "add",
+                &a6,
+                "lladdr",
+                &mac,
+                "dev",
+                "eth0",
+                "nud",
+                "permanent",
             ]);
             "fd99::1"
         };
@@ -364,7 +405,11 @@ fn assert_rejected(node: &TestNode, args: &[&str], expect: &str) {
     let out = node.vethbpf(args);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{args:?} must fail");
-    assert_eq!(out.status.code(), Some(2), "{args:?}: usage error: {stderr}");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{args:?}: usage error: {stderr}"
+    );
     assert!(
         stderr.contains(expect),
         "{args:?}: expected {expect:?} in the error, got: {stderr}"
@@ -387,7 +432,13 @@ fn bad_dual_stack_input_is_named_and_changes_nothing() {
     let c = Cluster::new(2);
     let fresh = &c.nodes[1];
     let up = |extra: &[&'static str]| {
-        let mut a = vec!["up", "--pod-cidr", "10.244.2.0/24", "--cluster-cidr", CLUSTER_CIDR];
+        let mut a = vec![
+            "up",
+            "--pod-cidr",
+            "10.244.2.0/24",
+            "--cluster-cidr",
+            CLUSTER_CIDR,
+        ];
         a.extend_from_slice(extra);
         a
     };
@@ -486,7 +537,13 @@ fn bad_dual_stack_input_is_named_and_changes_nothing() {
     );
 
     // An IPv4-only cluster takes no IPv6 pod CIDR for a node.
-    fresh.ok(&["up", "--pod-cidr", "10.244.2.0/24", "--cluster-cidr", CLUSTER_CIDR]);
+    fresh.ok(&[
+        "up",
+        "--pod-cidr",
+        "10.244.2.0/24",
+        "--cluster-cidr",
+        CLUSTER_CIDR,
+    ]);
     assert_rejected(
         fresh,
         &[
@@ -514,8 +571,8 @@ fn reconcile_puts_back_the_ipv6_route_and_the_macs() {
     let with = c.nodes[0].snapshot();
     let bpffs = c.nodes[0].bpffs.join("maps");
     let key = [
-        "key", "hex", "40", "00", "00", "00", "fd", "00", "00", "10", "02", "44", "00", "02",
-        "00", "00", "00", "00", "00", "00", "00", "00",
+        "key", "hex", "40", "00", "00", "00", "fd", "00", "00", "10", "02", "44", "00", "02", "00",
+        "00", "00", "00", "00", "00", "00", "00",
     ];
     let mut del = vec!["map", "delete", "pinned"];
     let routes6 = bpffs.join("ROUTES6");
@@ -554,7 +611,11 @@ fn reconcile_puts_back_the_ipv6_route_and_the_macs() {
             "0",
         ],
     );
-    assert_eq!(ping6_hops(&c, &a, &b, 1), None, "the route and MACs are gone");
+    assert_eq!(
+        ping6_hops(&c, &a, &b, 1),
+        None,
+        "the route and MACs are gone"
+    );
     let fixed = c.nodes[0].json(&["reconcile"]);
     let fixes = fixed["nodes"].to_string();
     assert!(fixes.contains("IPv6 route map entry"), "{fixed}");

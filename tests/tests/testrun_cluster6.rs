@@ -169,8 +169,12 @@ impl Fixture {
     }
 
     fn neigh(&mut self, mac: [u8; 6]) {
-        let mut neigh: Array<&mut MapData, NodeNeigh> =
-            self.ebpf.map_mut(MAP_NODE_NEIGH).unwrap().try_into().unwrap();
+        let mut neigh: Array<&mut MapData, NodeNeigh> = self
+            .ebpf
+            .map_mut(MAP_NODE_NEIGH)
+            .unwrap()
+            .try_into()
+            .unwrap();
         neigh
             .set(
                 NODE_ID,

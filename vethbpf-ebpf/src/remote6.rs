@@ -70,17 +70,15 @@ fn source_node(saddr: Addr) -> Option<u32> {
     (route.kind == ROUTE_KIND_REMOTE).then_some(route.endpoint_id)
 }
 
-/// The frame's headers, if it holds a whole fixed IPv6 header that passes
-/// `ipv6_rcv`'s checks.
+/// Pointers to the frame's headers, if it holds a whole fixed IPv6 header that
+/// passes `ipv6_rcv`'s checks (bounds-checked against the packet's end).
 #[inline(always)]
-fn headers(ctx: &TcContext) -> Option<(&mut EthHdr, &mut Ipv6Hdr)> {
+fn headers(ctx: &TcContext) -> Option<(*mut EthHdr, *mut Ipv6Hdr)> {
     let (data, data_end) = linear(ctx, ETH_HLEN + IPV6_HLEN)?;
     let eth = ptr_at::<EthHdr>(data, data_end, 0)?;
     let ip = ptr_at::<Ipv6Hdr>(data, data_end, ETH_HLEN)?;
-    // SAFETY: both pointers were bounds-checked against data_end just above; the
-    // callers run no helper that changes packet data while they hold them.
-    let (eth, ip) = unsafe { (&mut *eth, &mut *ip) };
-    ipv6::packet_end(ctx, ip)?;
+    // SAFETY: bounds-checked against data_end just above; only read here.
+    ipv6::packet_end(ctx, unsafe { &*ip })?;
     Some((eth, ip))
 }
 
@@ -111,6 +109,9 @@ fn deliver(
 pub fn from_uplink(ctx: &TcContext) -> Option<(u32, Decision)> {
     let cluster = CLUSTER.get(0).filter(|c| c.mode != CLUSTER_MODE_OFF)?;
     let (eth, ip) = headers(ctx)?;
+    // SAFETY: bounds-checked by `headers`; no helper that changes packet data runs
+    // while they are in use.
+    let (eth, ip) = unsafe { (&mut *eth, &mut *ip) };
     let dst = local_endpoint(load_addr(&ip.dst_addr))?;
     let endpoint = dst.endpoint_id;
     let Some(cfg) = CONFIG.get(0) else {
@@ -133,6 +134,9 @@ pub fn from_tunnel(ctx: &TcContext) -> (u32, Decision) {
     let Some((eth, ip)) = headers(ctx) else {
         return (0, Decision::drop(Verdict::DropMalformed));
     };
+    // SAFETY: bounds-checked by `headers`; the tunnel-key read and map lookups
+    // below leave packet data as it is.
+    let (eth, ip) = unsafe { (&mut *eth, &mut *ip) };
     let Some(dst) = local_endpoint(load_addr(&ip.dst_addr)) else {
         return (0, Decision::drop(Verdict::DropUnknownDestination));
     };

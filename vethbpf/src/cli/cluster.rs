@@ -242,8 +242,8 @@ pub fn node(cli: &Cli, locked: &mut Locked, cmd: &NodeCommand) -> Result<()> {
                 .context("the node is not part of a cluster: run `vethbpf up --pod-cidr CIDR --cluster-cidr CIDR` first")?;
             let mut nl = RtNetlink::connect().context("netlink in the node namespace")?;
             let nets = setup::uplink_nets(&mut nl, &cluster)?;
-            let (pod_cidr, pod_cidr6) = node_cidrs(&args.pod_cidr)
-                .with_context(|| format!("node add {}", args.name))?;
+            let (pod_cidr, pod_cidr6) =
+                node_cidrs(&args.pod_cidr).with_context(|| format!("node add {}", args.name))?;
             let spec = NodeSpec {
                 name: args.name.clone(),
                 pod_cidr,
@@ -284,13 +284,22 @@ pub fn node(cli: &Cli, locked: &mut Locked, cmd: &NodeCommand) -> Result<()> {
 fn node_cidrs(cidrs: &[IpNet]) -> Result<(Ipv4Net, Option<Ipv6Net>), ClusterError> {
     let (v4, v6) = setup::split_cluster_cidrs(cidrs).map_err(|e| match e {
         // The same rule, said of pod CIDRs.
-        ClusterError::TwoClusterCidrs { family, first, second } => {
-            ClusterError::TwoNodeCidrs { family, first, second }
-        }
+        ClusterError::TwoClusterCidrs {
+            family,
+            first,
+            second,
+        } => ClusterError::TwoNodeCidrs {
+            family,
+            first,
+            second,
+        },
         ClusterError::Ipv6ClusterWithoutIpv4 => ClusterError::NoIpv4NodeCidr,
         e => e,
     })?;
-    Ok((v4.ok_or(ClusterError::NoIpv4NodeCidr)?.trunc(), v6.map(|c| c.trunc())))
+    Ok((
+        v4.ok_or(ClusterError::NoIpv4NodeCidr)?.trunc(),
+        v6.map(|c| c.trunc()),
+    ))
 }
 
 fn print_nodes(out: Output, views: &[NodeView], list: bool) -> Result<()> {
@@ -459,8 +468,8 @@ pub fn agent(cli: &Cli, args: &AgentArgs) -> Result<()> {
     if args.etcd.iter().any(|e| e.is_empty()) {
         bail!("--etcd has an empty endpoint");
     }
-    let (cluster_cidr, cluster_cidr6) = setup::split_cluster_cidrs(&args.cluster_cidr)
-        .context("vethbpf agent")?;
+    let (cluster_cidr, cluster_cidr6) =
+        setup::split_cluster_cidrs(&args.cluster_cidr).context("vethbpf agent")?;
     let cluster_cidr = cluster_cidr.context("vethbpf agent: --cluster-cidr needs an IPv4 CIDR")?;
     agent::run(AgentConfig {
         etcd: args.etcd.clone(),

@@ -298,13 +298,11 @@ fn stale_nodes(locked: &Locked, desired: &BTreeMap<String, NodeSpec>) -> Vec<Str
                 .values()
                 .filter(|n| n.origin == NodeOrigin::Etcd)
                 .filter(|n| {
-                    desired
-                        .get(&n.name)
-                        .is_none_or(|d| {
-                            d.pod_cidr != n.pod_cidr
-                                || d.pod_cidr6 != n.pod_cidr6
-                                || d.address != n.address
-                        })
+                    desired.get(&n.name).is_none_or(|d| {
+                        d.pod_cidr != n.pod_cidr
+                            || d.pod_cidr6 != n.pod_cidr6
+                            || d.address != n.address
+                    })
                 })
                 .map(|n| n.name.clone())
                 .collect()

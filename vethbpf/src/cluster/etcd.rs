@@ -452,7 +452,8 @@ async fn claim<S: Subnet>(
             .filter(|(_, (v, _))| mine(v))
             .map(|(s, _)| *s)
             .collect();
-        let fits = |s: &S| c.cluster.overlaps(*s) && s.prefix() == c.len && c.len > c.cluster.prefix();
+        let fits =
+            |s: &S| c.cluster.overlaps(*s) && s.prefix() == c.len && c.len > c.cluster.prefix();
         let mut lost_race = false;
         for subnet in want.into_iter().chain(held).filter(fits) {
             let overlapping = taken.keys().any(|t| *t != subnet && t.overlaps(subnet));

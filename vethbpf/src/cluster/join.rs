@@ -60,7 +60,14 @@ pub fn up(
         Some(c) => {
             let uplink = setup::find_uplink(nl, c.uplink.as_deref())?;
             let pod_cidr = req.pod_cidr.ok_or(ClusterError::NoIpv4PodCidr)?;
-            Some(setup::plan(nl, locked, pod_cidr, req.pod_cidr6, c, &uplink)?)
+            Some(setup::plan(
+                nl,
+                locked,
+                pod_cidr,
+                req.pod_cidr6,
+                c,
+                &uplink,
+            )?)
         }
         None => None,
     };

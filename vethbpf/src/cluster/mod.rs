@@ -80,7 +80,10 @@ pub enum ClusterError {
     #[error("no remote node named {name}")]
     NotFound { name: String },
     #[error("the pod CIDR {pod_cidr} is not inside the cluster CIDR {cluster_cidr}")]
-    OutsideCluster { pod_cidr: IpNet, cluster_cidr: IpNet },
+    OutsideCluster {
+        pod_cidr: IpNet,
+        cluster_cidr: IpNet,
+    },
     #[error("the pod CIDR {pod_cidr} overlaps this node's own pod CIDR {own}")]
     OverlapsOwn { pod_cidr: IpNet, own: IpNet },
     #[error("the pod CIDR {pod_cidr} overlaps {other_cidr} of node {other}")]

@@ -44,6 +44,15 @@ pub fn learn(
     uplink: u32,
     address: Ipv4Addr,
 ) -> Result<NodeNeigh, ClusterError> {
+    learn_within(nl, uplink, address, RESOLVE_WAIT)
+}
+
+fn learn_within(
+    nl: &mut dyn Netlink,
+    uplink: u32,
+    address: Ipv4Addr,
+    wait: Duration,
+) -> Result<NodeNeigh, ClusterError> {
     let uplink_mac = nl
         .link_by_index(uplink)?
         .and_then(|l| l.mac)
@@ -58,7 +67,7 @@ pub fn learn(
     }
     nl.probe_neighbour(uplink, address)?;
     let start = Instant::now();
-    while start.elapsed() < RESOLVE_WAIT {
+    while start.elapsed() < wait {
         std::thread::sleep(POLL);
         if let Some(mac) = nl.neighbour(uplink, address)? {
             return Ok(entry(mac));
@@ -66,4 +75,31 @@ pub fn learn(
     }
     warn!(%address, "no ARP answer from the node: its IPv6 pods stay unreachable until it answers (vethbpf reconcile)");
     Ok(UNKNOWN)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel::netlink::FakeNetlink;
+
+    #[test]
+    fn learns_from_the_neighbour_table_and_probes_when_it_has_nothing() {
+        let mut nl = FakeNetlink::new();
+        let uplink = nl.seed_link("eth0", Some("veth")).unwrap();
+        let node = Ipv4Addr::new(192, 168, 77, 2);
+        // No entry, nobody answers: probed, then unknown.
+        let l2 = learn_within(&mut nl, uplink, node, Duration::ZERO).unwrap();
+        assert_eq!(l2, UNKNOWN);
+        assert!(nl.calls().iter().any(|c| c.op == "probe_neighbour" && c.ok));
+        // An entry: its MAC, with the uplink's, without a probe.
+        nl.clear_calls();
+        nl.seed_neighbour(uplink, node, [2, 0, 0, 0, 0, 2]);
+        let l2 = learn_within(&mut nl, uplink, node, Duration::ZERO).unwrap();
+        assert_eq!(l2.mac, [2, 0, 0, 0, 0, 2]);
+        let uplink_mac = nl.link_by_index(uplink).unwrap().and_then(|l| l.mac);
+        assert_eq!(Some(l2.uplink_mac), uplink_mac.or(Some([0; 6])));
+        assert!(!nl.calls().iter().any(|c| c.op == "probe_neighbour"));
+        // A missing uplink is an error, not an unknown node.
+        assert!(learn_within(&mut nl, 999, node, Duration::ZERO).is_err());
+    }
 }

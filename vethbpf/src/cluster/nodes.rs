@@ -228,11 +228,7 @@ pub fn info_of(node: &RemoteNode) -> NodeInfo {
 
 /// Writes a node's entries, the pod CIDR routes last (they make the node
 /// reachable).
-fn install(
-    maps: &mut dyn NodeMaps,
-    node: &RemoteNode,
-    l2: &NodeNeigh,
-) -> Result<(), ClusterError> {
+fn install(maps: &mut dyn NodeMaps, node: &RemoteNode, l2: &NodeNeigh) -> Result<(), ClusterError> {
     fault::point("node-add.counters")?;
     maps.reset_node_counters(node.id)?;
     fault::point("node-add.node-map")?;
@@ -914,7 +910,14 @@ mod tests {
         // The same address is fine through a tunnel, and the next free id is 2.
         c.overlay = Overlay::Vxlan;
         assert_eq!(
-            check(&c, own, None, &spec("x", "10.244.9.0/24", [10, 0, 0, 9]), &lan).unwrap(),
+            check(
+                &c,
+                own,
+                None,
+                &spec("x", "10.244.9.0/24", [10, 0, 0, 9]),
+                &lan
+            )
+            .unwrap(),
             2
         );
     }
@@ -1062,7 +1065,12 @@ mod tests {
         let (sd, mut l) = locked_node(&dir);
         let mut maps = FakeMaps::default();
         let lan = [net("192.168.77.0/24")];
-        let b = spec6("b", "10.244.2.0/24", "fd00:10:244:2::/64", [192, 168, 77, 2]);
+        let b = spec6(
+            "b",
+            "10.244.2.0/24",
+            "fd00:10:244:2::/64",
+            [192, 168, 77, 2],
+        );
         let node = add(&mut maps, &mut l, &b, &lan, &mut learn()).unwrap();
         let r6 = maps.routes6[&net6("fd00:10:244:2::/64")];
         assert_eq!((r6.kind, r6.endpoint_id), (ROUTE_KIND_REMOTE, node.id));
@@ -1072,7 +1080,9 @@ mod tests {
 
         // Bad IPv6 input, each named, nothing written.
         let err = |s: NodeSpec, l: &mut Locked, maps: &mut FakeMaps| {
-            add(maps, l, &s, &lan, &mut learn()).unwrap_err().to_string()
+            add(maps, l, &s, &lan, &mut learn())
+                .unwrap_err()
+                .to_string()
         };
         let c = |cidr6| spec6("c", "10.244.3.0/24", cidr6, [192, 168, 77, 3]);
         assert!(err(c("fd00:99::/64"), &mut l, &mut maps).contains("not inside"));
@@ -1106,19 +1116,32 @@ mod tests {
         let (sd, mut l) = locked_node(&dir);
         let mut maps = FakeMaps::default();
         let lan = [net("192.168.77.0/24")];
-        let b = spec6("b", "10.244.2.0/24", "fd00:10:244:2::/64", [192, 168, 77, 2]);
+        let b = spec6(
+            "b",
+            "10.244.2.0/24",
+            "fd00:10:244:2::/64",
+            [192, 168, 77, 2],
+        );
         // The node did not answer ARP when it was added.
         let mut silent = |_: &ClusterState, _: &RemoteNode| Ok(neigh::UNKNOWN);
         let node = add(&mut maps, &mut l, &b, &lan, &mut silent).unwrap();
         assert!(maps.neigh.is_empty());
         // Still silent: nothing to fix.
-        assert!(refresh_neigh(&mut maps, &l, &mut silent).unwrap().is_empty());
+        assert!(
+            refresh_neigh(&mut maps, &l, &mut silent)
+                .unwrap()
+                .is_empty()
+        );
         // It answers now.
         let fixes = refresh_neigh(&mut maps, &l, &mut learn()).unwrap();
         assert_eq!(fixes.len(), 1, "{fixes:?}");
         assert_eq!(maps.neigh[&node.id], L2);
         // Silent again: what was learnt stays.
-        assert!(refresh_neigh(&mut maps, &l, &mut silent).unwrap().is_empty());
+        assert!(
+            refresh_neigh(&mut maps, &l, &mut silent)
+                .unwrap()
+                .is_empty()
+        );
         assert_eq!(maps.neigh[&node.id], L2);
         // A stray entry for an id no node has goes with reconcile.
         maps.neigh.insert(9, L2);

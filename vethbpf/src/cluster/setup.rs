@@ -204,7 +204,12 @@ pub fn plan(
             && cur.uplink == uplink.name;
         if !same && (endpoints > 0 || !cur.nodes.is_empty()) {
             return Err(ClusterError::ClusterChange {
-                current: describe(cur.cluster_cidr, cur.cluster_cidr6, cur.overlay, &cur.uplink),
+                current: describe(
+                    cur.cluster_cidr,
+                    cur.cluster_cidr6,
+                    cur.overlay,
+                    &cur.uplink,
+                ),
                 requested: describe(
                     req.cluster_cidr,
                     req.cluster_cidr6,

@@ -139,7 +139,10 @@ mod tests {
 
         let cluster6 = net6("fd00:10:244::/48");
         let mut taken6 = BTreeSet::new();
-        assert_eq!(first_free(cluster6, 64, &taken6), Ok(net6("fd00:10:244::/64")));
+        assert_eq!(
+            first_free(cluster6, 64, &taken6),
+            Ok(net6("fd00:10:244::/64"))
+        );
         taken6.insert(net6("fd00:10:244::/64"));
         taken6.insert(net6("fd00:10:244:1::/80"));
         assert_eq!(

@@ -252,13 +252,13 @@ impl FakeNetlink {
             .index)
     }
 
-    /// The full state of a link of this namespace.
     /// A neighbour entry, as if ARP had resolved `ip` on link `index`.
     pub(crate) fn seed_neighbour(&self, index: u32, ip: Ipv4Addr, mac: [u8; 6]) {
         let ns = self.ns;
         self.lock().ns_mut(ns).neighbours.push((index, ip, mac));
     }
 
+    /// The full state of a link of this namespace.
     pub(crate) fn link_state(&self, index: u32) -> Option<FakeLinkState> {
         let world = self.lock();
         let link = world.ns(self.ns).by_index(index)?;
