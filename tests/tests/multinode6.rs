@@ -569,6 +569,16 @@ fn reconcile_puts_back_the_ipv6_route_and_the_macs() {
     let b = add_pod(&c, 1, "b");
     assert_eq!(ping6_hops(&c, &a, &b, 1), Some(62));
     let with = c.nodes[0].snapshot();
+    // On a healthy node there is nothing to fix: the remote IPv6 routes are the
+    // cluster's, not orphaned endpoint routes.
+    let healthy = c.nodes[0].json(&["reconcile"]);
+    assert_eq!(healthy["nodes"], serde_json::json!([]), "{healthy}");
+    assert_eq!(
+        healthy["removed_route_entries"],
+        serde_json::json!([]),
+        "{healthy}"
+    );
+    assert_eq!(c.nodes[0].snapshot(), with);
     let bpffs = c.nodes[0].bpffs.join("maps");
     let key = [
         "key", "hex", "40", "00", "00", "00", "fd", "00", "00", "10", "02", "44", "00", "02", "00",
