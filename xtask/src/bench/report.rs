@@ -355,6 +355,12 @@ pub fn render(r: &Results) -> String {
             out,
             "\nDatapath, medians over rounds (pod A -> pod B; TCP; RTT from sockperf ping-pong; iperf3; CPU = busy CPU ms per Gbit, all cores, 1 stream)"
         );
+        if r.datapath_summary.iter().any(|s| is_ipv6(s.contender)) {
+            let _ = writeln!(
+                out,
+                "(the ...6 rows are IPv6 pods; their RTT is the same 14-byte TCP ping-pong from a Rust client and server, since sockperf 3.7 has no IPv6: compare them with each other)"
+            );
+        }
         let mut t = Table::new(&[
             "contender",
             "rounds",

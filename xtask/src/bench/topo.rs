@@ -18,6 +18,8 @@ use super::sys::{self, Teardown, in_ns, ip, netns_add};
 pub const SOCKPERF_PORT: u16 = 11111;
 pub const IPERF_PORT: u16 = 5201;
 pub const CONNECT_PORT: u16 = 7001;
+/// The IPv6 latency ping-pong (`measure::pingpong`), per measurement.
+pub const PINGPONG_PORT: u16 = 7002;
 
 const POD_A: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 2);
 const POD_B: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 3);
@@ -388,21 +390,25 @@ fn build6(kind: Kind, env: &Env) -> Result<Contender> {
 }
 
 impl Contender {
-    /// Check that A reaches B, then start the long-lived sockperf and iperf3
-    /// servers in B (stopped, by pid, at teardown) and wait until they listen.
+    /// Check that A reaches B, then start the long-lived sockperf (IPv4 only: it
+    /// has no IPv6, `measure::pingpong` stands in) and iperf3 servers in B
+    /// (stopped, by pid, at teardown) and wait until they listen.
     pub fn start_servers(&mut self) -> Result<()> {
         if self.client_ns != self.server_ns {
             sys::ping(&self.client_ns, self.server_ip, 5)?;
         }
         let ip = self.server_ip.to_string();
-        let sockperf = in_ns(&self.server_ns, "sockperf")
-            .args(["sr", "--tcp", "-i", &ip, "-p", &SOCKPERF_PORT.to_string()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting the sockperf server")?;
-        self.teardown.child("sockperf server", sockperf);
+        let v4 = self.server_ip.is_ipv4();
+        if v4 {
+            let sockperf = in_ns(&self.server_ns, "sockperf")
+                .args(["sr", "--tcp", "-i", &ip, "-p", &SOCKPERF_PORT.to_string()])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("starting the sockperf server")?;
+            self.teardown.child("sockperf server", sockperf);
+        }
         let iperf = in_ns(&self.server_ns, "iperf3")
             .args(["-s", "-B", &ip, "-p", &IPERF_PORT.to_string()])
             .stdin(Stdio::null())
@@ -411,12 +417,14 @@ impl Contender {
             .spawn()
             .context("starting the iperf3 server")?;
         self.teardown.child("iperf3 server", iperf);
-        sys::wait_tcp(
-            &self.client_ns,
-            self.server_ip,
-            SOCKPERF_PORT,
-            Duration::from_secs(5),
-        )?;
+        if v4 {
+            sys::wait_tcp(
+                &self.client_ns,
+                self.server_ip,
+                SOCKPERF_PORT,
+                Duration::from_secs(5),
+            )?;
+        }
         sys::wait_tcp(
             &self.client_ns,
             self.server_ip,
