@@ -112,6 +112,39 @@ fn dual_stack_agents_lease_distinct_ipv6_subnets_and_pods_reach_each_other() {
                 );
             }
         }
+        if overlay == "none" {
+            // A node's MACs lost (as if it had not answered ARP when it was added):
+            // its IPv6 pods are unreachable, until the agent's retry learns them.
+            let neigh = c.nodes[0].bpffs.join("maps").join("NODE_NEIGH");
+            let neigh = neigh.to_str().expect("path");
+            let mut zero = vec!["map", "update", "pinned", neigh, "key", "hex"];
+            let id: u64 = c.nodes[0].json(&["node", "list"])[0]["id"]
+                .as_u64()
+                .expect("id");
+            let key = format!("{:02x}", id);
+            let target = c.nodes[0].json(&["node", "list"])[0]["name"]
+                .as_str()
+                .expect("name")
+                .to_string();
+            zero.extend_from_slice(&[key.as_str(), "00", "00", "00", "value", "hex"]);
+            zero.extend_from_slice(&["00"; 16]);
+            vethbpf_tests::must("bpftool", &zero);
+            let j: usize = target.trim_start_matches("node").parse().expect("index");
+            assert_eq!(
+                c.nodes[0].ping_from_pod("a", &pods[j].to_string(), 1),
+                None,
+                "without the MACs"
+            );
+            wait_for(
+                Duration::from_secs(15),
+                "the agent to learn the MACs again",
+                || {
+                    c.nodes[0]
+                        .ping_from_pod("a", &pods[j].to_string(), 1)
+                        .filter(|h| *h == 62)
+                },
+            );
+        }
         let (_, peer) = tcp_echo_peer(&c.pod_path(2, "a"), pods[2], &c.pod_path(0, "a"), 2 << 20);
         assert_eq!(peer.ip(), std::net::IpAddr::V6(pods[0]), "{overlay}");
 

@@ -451,7 +451,7 @@ pub fn reconcile(locked: &mut Locked) -> Result<Vec<NodeFix>> {
         let mut learn = |c: &vethbpf::state::ClusterState, n: &vethbpf::state::RemoteNode| {
             neigh::learn(&mut nl, c.uplink_ifindex, n.address)
         };
-        fixes.extend(nodes::refresh_neigh(&mut maps, locked, &mut learn)?);
+        fixes.extend(nodes::refresh_neigh(&mut maps, locked, false, &mut learn)?);
     }
     Ok(fixes)
 }

@@ -122,7 +122,19 @@ pub fn run(cfg: AgentConfig) -> Result<(), AgentError> {
         ..cfg.cluster.clone()
     };
     let mut own: Option<Ipv4Net> = None;
-    for update in rx {
+    loop {
+        let update = match rx.recv_timeout(NEIGH_RETRY) {
+            Ok(update) => update,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if own.is_some()
+                    && let Err(e) = learn_missing_macs(&mut nl, &state_dir)
+                {
+                    warn!(error = %e, "cannot learn the remote nodes' MACs; trying again later");
+                }
+                continue;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        };
         match update {
             Update::Leased(subnet, subnet6) => {
                 bring_up(&mut nl, &state_dir, &cfg, &cluster, subnet, subnet6)?;
@@ -141,6 +153,27 @@ pub fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     Err(AgentError::Registry(
         "the etcd registry thread ended".into(),
     ))
+}
+
+/// How often the agent tries again to learn the MACs of direct-routed IPv6 to
+/// nodes that did not answer ARP when they were added.
+const NEIGH_RETRY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Learns the MACs of nodes whose IPv6 pods are unreachable for want of them
+/// (see [`super::neigh`]); nodes whose MACs are known are left alone.
+fn learn_missing_macs(nl: &mut RtNetlink, state_dir: &StateDir) -> Result<(), AgentError> {
+    let locked = state_dir.lock()?;
+    let Some(node) = locked.state.node.clone() else {
+        return Ok(());
+    };
+    let mut maps = PinnedNodeMaps::open(&Pins::new(&node.bpffs_dir)).map_err(ClusterError::from)?;
+    let mut learn = |c: &crate::state::ClusterState, n: &crate::state::RemoteNode| {
+        neigh::learn(nl, c.uplink_ifindex, n.address)
+    };
+    for fix in nodes::refresh_neigh(&mut maps, &locked, true, &mut learn)? {
+        info!(node = %fix.name, "learnt the node's MAC");
+    }
+    Ok(())
 }
 
 /// The pod CIDRs the node has in this cluster, to keep across restarts.

@@ -688,10 +688,12 @@ pub fn reconcile(
 
 /// Brings every recorded node's MACs for direct-routed IPv6 up to date (a node
 /// whose ARP answer came late, or whose MAC changed); clears those no node needs.
-/// Run by `reconcile` and by the agent on each update.
+/// `only_missing`: leave the nodes whose MACs are known alone (the agent's retry,
+/// cheap when all are known); `reconcile` checks them all.
 pub fn refresh_neigh(
     maps: &mut dyn NodeMaps,
     locked: &Locked,
+    only_missing: bool,
     learn: &mut Learn<'_>,
 ) -> Result<Vec<NodeFix>, ClusterError> {
     let mut fixes = Vec::new();
@@ -700,7 +702,11 @@ pub fn refresh_neigh(
     };
     for node in cluster.nodes.values() {
         let have = maps.neigh(node.id)?;
-        let want = if neigh::needed(cluster, node) {
+        let needed = neigh::needed(cluster, node);
+        if only_missing && needed && have != neigh::UNKNOWN {
+            continue;
+        }
+        let want = if needed {
             match learn(cluster, node)? {
                 // Not answering now: keep what was learnt before.
                 l2 if l2 == neigh::UNKNOWN => have,
@@ -1128,17 +1134,26 @@ mod tests {
         assert!(maps.neigh.is_empty());
         // Still silent: nothing to fix.
         assert!(
-            refresh_neigh(&mut maps, &l, &mut silent)
+            refresh_neigh(&mut maps, &l, false, &mut silent)
                 .unwrap()
                 .is_empty()
         );
         // It answers now.
-        let fixes = refresh_neigh(&mut maps, &l, &mut learn()).unwrap();
+        let fixes = refresh_neigh(&mut maps, &l, false, &mut learn()).unwrap();
         assert_eq!(fixes.len(), 1, "{fixes:?}");
         assert_eq!(maps.neigh[&node.id], L2);
+        // The agent's retry leaves a known node alone.
+        let mut never = |_: &ClusterState, _: &RemoteNode| -> Result<NodeNeigh, ClusterError> {
+            panic!("asked about a node whose MACs are known")
+        };
+        assert!(
+            refresh_neigh(&mut maps, &l, true, &mut never)
+                .unwrap()
+                .is_empty()
+        );
         // Silent again: what was learnt stays.
         assert!(
-            refresh_neigh(&mut maps, &l, &mut silent)
+            refresh_neigh(&mut maps, &l, false, &mut silent)
                 .unwrap()
                 .is_empty()
         );
