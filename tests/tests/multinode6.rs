@@ -633,3 +633,113 @@ fn reconcile_puts_back_the_ipv6_route_and_the_macs() {
     assert_eq!(c.nodes[0].snapshot(), with);
     assert_eq!(ping6_hops(&c, &a, &b, 1), Some(62));
 }
+
+/// Every step of a dual-stack `node add` and `node del` with direct routing (an
+/// IPv6 route and the node's MACs besides the IPv4 entries) made to fail and to
+/// crash: a failed add leaves the node as it was, a crashed one is rolled back (or
+/// kept, once committed); a del is undone until its routes are gone and finished
+/// after.
+#[test]
+fn every_failing_or_crashing_dual_stack_node_change_is_undone_or_finished() {
+    use std::os::unix::process::ExitStatusExt;
+    use vethbpf::fault::{NODE_ADD_POINTS, NODE_DEL_POINTS};
+
+    let c = Cluster::new(2);
+    c.up_dual(0, "none");
+    c.up_dual(1, "none");
+    add_pod(&c, 0, "a");
+    let node = &c.nodes[0];
+    let (cidr, cidr6) = (Cluster::pod_cidr(1), Cluster::pod_cidr6(1));
+    let address = Cluster::node_ip(1);
+    let add = [
+        "node",
+        "add",
+        "node1",
+        "--pod-cidr",
+        cidr.as_str(),
+        "--pod-cidr",
+        cidr6.as_str(),
+        "--address",
+        address.as_str(),
+    ];
+    let del = ["node", "del", "node1"];
+    let with_fault = |spec: &str, args: &[&str]| {
+        node.command(args)
+            .env("VETHBPF_FAULT", spec)
+            .output()
+            .expect("run vethbpf")
+    };
+    let settle = || node.ok(&["node", "list"]);
+    let without = node.snapshot();
+    node.ok(&add);
+    let with = node.snapshot();
+    assert_eq!(with.routes6_map.len(), without.routes6_map.len() + 1);
+    assert_eq!(with.node_neigh_map.len(), 1);
+    node.ok(&del);
+    assert_eq!(node.snapshot(), without);
+
+    for point in NODE_ADD_POINTS {
+        let committed = *point == "node-add.done";
+        let out = with_fault(point, &add);
+        assert_eq!(out.status.success(), committed, "{point}: {out:?}");
+        settle();
+        let want = if committed { &with } else { &without };
+        assert_eq!(&node.snapshot(), want, "{point}: failed");
+        if committed {
+            node.ok(&del);
+        }
+        let out = with_fault(&format!("{point}:crash"), &add);
+        assert_eq!(out.status.signal(), Some(libc::SIGKILL), "{point}: {out:?}");
+        settle();
+        assert_eq!(&node.snapshot(), want, "{point}: crashed");
+        if committed {
+            node.ok(&del);
+        }
+    }
+    for point in NODE_DEL_POINTS {
+        node.ok(&add);
+        let out = with_fault(point, &del);
+        // Before the routes go, a failed del leaves the node with the remote node.
+        let undone = matches!(
+            *point,
+            "node-del.intent"
+                | "node-del.cidr-route"
+                | "node-del.address-route"
+                | "node-del.node-map"
+        );
+        assert_eq!(
+            out.status.success(),
+            *point == "node-del.done",
+            "{point}: {out:?}"
+        );
+        settle();
+        if undone {
+            assert_eq!(
+                node.snapshot(),
+                with,
+                "{point}: a failed del changed the node"
+            );
+            node.ok(&del);
+        } else {
+            assert_eq!(
+                node.snapshot(),
+                without,
+                "{point}: the del was not finished"
+            );
+        }
+        node.ok(&add);
+        let out = with_fault(&format!("{point}:crash"), &del);
+        assert_eq!(out.status.signal(), Some(libc::SIGKILL), "{point}: {out:?}");
+        settle();
+        if *point == "node-del.intent" {
+            assert_eq!(node.snapshot(), with, "{point}: nothing was journalled yet");
+            node.ok(&del);
+        } else {
+            assert_eq!(
+                node.snapshot(),
+                without,
+                "{point}: the crashed del was not finished"
+            );
+        }
+    }
+}
