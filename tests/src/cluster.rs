@@ -21,6 +21,8 @@ use crate::{TestNode, must, run};
 
 /// The cluster CIDR of every simulated cluster.
 pub const CLUSTER_CIDR: &str = "10.244.0.0/16";
+/// The IPv6 cluster CIDR of every dual-stack simulated cluster.
+pub const CLUSTER_CIDR6: &str = "fd00:10:244::/48";
 /// Where etcd listens (the underlay bridge's address).
 pub const UNDERLAY_GW: &str = "192.168.77.254";
 
@@ -148,6 +150,47 @@ impl Cluster {
     /// The pod CIDR the static tests give node `i`.
     pub fn pod_cidr(i: usize) -> String {
         format!("10.244.{}.0/24", i + 1)
+    }
+
+    /// The IPv6 pod CIDR the static dual-stack tests give node `i`.
+    pub fn pod_cidr6(i: usize) -> String {
+        format!("fd00:10:244:{}::/64", i + 1)
+    }
+
+    /// `vethbpf up` on node `i` in a dual-stack cluster, with the given overlay.
+    pub fn up_dual(&self, i: usize, overlay: &str) -> serde_json::Value {
+        self.nodes[i].json(&[
+            "up",
+            "--pod-cidr",
+            &Self::pod_cidr(i),
+            "--pod-cidr",
+            &Self::pod_cidr6(i),
+            "--cluster-cidr",
+            CLUSTER_CIDR,
+            "--cluster-cidr",
+            CLUSTER_CIDR6,
+            "--overlay",
+            overlay,
+        ])
+    }
+
+    /// Every node learns every other, with both pod CIDRs, with `node add`.
+    pub fn connect_static_dual(&self) {
+        for (i, node) in self.nodes.iter().enumerate() {
+            for j in (0..self.nodes.len()).filter(|j| *j != i) {
+                node.ok(&[
+                    "node",
+                    "add",
+                    &format!("node{j}"),
+                    "--pod-cidr",
+                    &Self::pod_cidr(j),
+                    "--pod-cidr",
+                    &Self::pod_cidr6(j),
+                    "--address",
+                    &Self::node_ip(j),
+                ]);
+            }
+        }
     }
 
     /// `vethbpf up` on node `i` in the cluster, with the given overlay.

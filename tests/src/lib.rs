@@ -350,6 +350,11 @@ impl TestNode {
                 .collect(),
             routes6_map: self.map_dump("ROUTES6"),
             endpoints6_map: self.map_dump("ENDPOINTS6"),
+            node_neigh_map: self
+                .map_dump("NODE_NEIGH")
+                .into_iter()
+                .filter(|e| e.contains("\"value\"") && !all_zero_hex(e))
+                .collect(),
         }
     }
 
@@ -412,6 +417,16 @@ pub fn packets(counters: &serde_json::Value, path: &[&str]) -> u64 {
         .unwrap_or_else(|| panic!("no counter {path:?} in {counters}"))
 }
 
+/// Whether every hex byte of a bpftool entry's raw value (the last `"value"`:
+/// keys sort `formatted`, `key`, `value`) is zero.
+fn all_zero_hex(entry: &str) -> bool {
+    entry.rsplit("\"value\"").next().is_none_or(|v| {
+        v.split('"')
+            .filter(|w| w.starts_with("0x"))
+            .all(|w| w == "0x00")
+    })
+}
+
 fn ping_ttl(out: &Output) -> Option<u8> {
     if !out.status.success() {
         return None;
@@ -462,6 +477,8 @@ pub struct Snapshot {
     pub routes6: Vec<String>,
     pub routes6_map: Vec<String>,
     pub endpoints6_map: Vec<String>,
+    /// NODE_NEIGH entries that are not all zero (direct-routed IPv6 to a node).
+    pub node_neigh_map: Vec<String>,
 }
 
 impl Drop for TestNode {

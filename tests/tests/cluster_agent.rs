@@ -252,9 +252,12 @@ fn agents_racing_never_share_a_subnet() {
                         address: Ipv4Addr::new(192, 168, 77, 100 + k as u8),
                         cluster_cidr: cidr,
                         subnet_len: 24,
+                        cluster_cidr6: None,
+                        subnet_len6: 64,
                         overlay: Overlay::None,
                         ttl_secs: 30,
                         prefer: None,
+                        prefer6: None,
                     },
                     tx.clone(),
                 )
@@ -266,7 +269,7 @@ fn agents_racing_never_share_a_subnet() {
         let deadline = Instant::now() + Duration::from_secs(30);
         while leased.len() + fatal.len() < 9 && Instant::now() < deadline {
             match rx.recv_timeout(Duration::from_secs(1)) {
-                Ok(Update::Leased(s)) => leased.push(s),
+                Ok(Update::Leased(s, _)) => leased.push(s),
                 Ok(Update::Fatal(m)) => fatal.push(m),
                 _ => {}
             }

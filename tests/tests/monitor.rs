@@ -501,6 +501,49 @@ fn node_keeps_the_events_of_one_remote_node() {
     assert_eq!(records[1]["destination_endpoint"], node.pod("a").as_str());
 }
 
+/// `--node` on a dual-stack cluster: IPv6 packets of that node's pods are its
+/// events too.
+#[test]
+fn node_keeps_the_ipv6_events_of_one_remote_node() {
+    use vethbpf_tests::cluster::Cluster;
+    let c = Cluster::new(3);
+    for i in 0..3 {
+        c.up_dual(i, "vxlan");
+    }
+    c.connect_static_dual();
+    let ip6 = |i: usize, pod: &str| {
+        c.nodes[i].add(pod, &[])["ip6"]
+            .as_str()
+            .expect("ip6")
+            .to_string()
+    };
+    ip6(0, "a");
+    let (b, d) = (ip6(1, "b"), ip6(2, "d"));
+    let node = &c.nodes[0];
+    let monitor = Monitor::start(node, &["-o", "json", "--type", "trace", "--node", "node1"]);
+    assert_eq!(node.ping_from_pod("a", &b, 2), Some(62));
+    assert_eq!(node.ping_from_pod("a", &d, 2), Some(62));
+    wait_until(Duration::from_secs(5), "both directions traced", || {
+        monitor.lines().len() >= 2
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let (status, lines) = monitor.interrupt();
+    assert!(status.success());
+    let records = json_lines(&lines);
+    let verdicts: Vec<&str> = records
+        .iter()
+        .map(|r| r["verdict"].as_str().expect("verdict"))
+        .collect();
+    assert_eq!(verdicts, ["to_node", "from_node"], "{lines:#?}");
+    for r in &records {
+        assert_eq!(r["node"], "node1", "{r}");
+        assert!(
+            r["packet"]["src"] == b.as_str() || r["packet"]["dst"] == b.as_str(),
+            "{r}"
+        );
+    }
+}
+
 #[test]
 fn a_full_nat_table_is_logged_and_each_refused_flow_is_a_drop() {
     let node = TestNode::new();

@@ -30,7 +30,8 @@ pub const MAP_ENDPOINTS6: &str = "ENDPOINTS6";
 pub const MAP_CLUSTER: &str = "CLUSTER";
 pub const MAP_NODES: &str = "NODES";
 pub const MAP_NODE_STATS: &str = "NODE_STATS";
-pub const ALL_MAPS: [&str; 18] = [
+pub const MAP_NODE_NEIGH: &str = "NODE_NEIGH";
+pub const ALL_MAPS: [&str; 19] = [
     MAP_ROUTES,
     MAP_ENDPOINTS,
     MAP_CONFIG,
@@ -49,6 +50,7 @@ pub const ALL_MAPS: [&str; 18] = [
     MAP_MONITOR,
     MAP_EVENTS_LOST,
     MAP_TRACE_FLOWS,
+    MAP_NODE_NEIGH,
 ];
 
 /// Capacity of the LPM routes map.
@@ -66,6 +68,8 @@ pub const MAX_NODES: u32 = 1024;
 pub const ROUTE_KIND_LOCAL: u32 = 1;
 /// `Route::kind`: the prefix is a remote node's pod CIDR; `Route::endpoint_id` holds
 /// the node id (`NODES` has its underlay address). Sent there directly or tunnelled.
+/// In `ROUTES6` too, for the node's IPv6 pod CIDR (carried over the same IPv4
+/// underlay).
 pub const ROUTE_KIND_REMOTE: u32 = 2;
 /// `Route::kind`: the /32 of a remote node's own (underlay) address;
 /// `Route::endpoint_id` holds the node id. Never forwarded to by `from_pod`; used to
@@ -150,6 +154,23 @@ pub struct NodeInfo {
     /// The node's underlay address (network order in memory); 0 = no node.
     pub ip: u32,
     pub _pad: u32,
+}
+
+/// Value of the `NODE_NEIGH` array (index: node id): the Ethernet addresses of a
+/// direct-routed IPv6 packet to that node. IPv6 pod traffic crosses the IPv4
+/// underlay with the node's IPv4 address as next hop, which `bpf_redirect_neigh`
+/// cannot take for an IPv6 packet (the kernel's `bpf_out_neigh_v6` reads only an
+/// IPv6 next hop), so the datapath writes both MACs itself and `bpf_redirect`s;
+/// userspace learns them from the uplink's neighbour table. All zero: not known
+/// (yet), such packets are dropped as `drop_node_unreachable`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NodeNeigh {
+    /// The remote node's MAC on the uplink's network.
+    pub mac: [u8; 6],
+    /// This node's uplink MAC: the source of those frames.
+    pub uplink_mac: [u8; 6],
+    pub _pad: [u8; 4],
 }
 
 /// Traffic exchanged with one remote node (per CPU in `NODE_STATS`, index: node id).
@@ -414,6 +435,7 @@ mod user {
     unsafe impl aya::Pod for super::ClusterConfig {}
     unsafe impl aya::Pod for super::NodeInfo {}
     unsafe impl aya::Pod for super::NodeCounter {}
+    unsafe impl aya::Pod for super::NodeNeigh {}
 }
 
 #[cfg(test)]
@@ -431,6 +453,7 @@ mod tests {
         assert_eq!(size_of::<ClusterConfig>(), 6 * 4);
         assert_eq!(size_of::<NodeInfo>(), 8);
         assert_eq!(size_of::<NodeCounter>(), 6 * 8);
+        assert_eq!(size_of::<NodeNeigh>(), 16);
     }
 
     #[test]

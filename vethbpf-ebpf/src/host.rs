@@ -21,12 +21,12 @@ use crate::{
     csum::L4Csum,
     egress::ktime,
     frag,
-    hdr::{ETH_HLEN, ETH_P_IP, EthHdr, Ipv4Hdr, copy_mac, ipv4_addr, linear, ptr_at},
+    hdr::{ETH_HLEN, ETH_P_IP, ETH_P_IPV6, EthHdr, Ipv4Hdr, copy_mac, ipv4_addr, linear, ptr_at},
     icmp_error, ipv4,
     l4::{self, ICMP_ECHO_REPLY, Ip, L4_OFF},
     maps::{CONFIG, EGRESS, ENDPOINTS},
     nat::{self, Event, Xlate},
-    remote,
+    remote, remote6,
     stats::{self, Decision},
 };
 
@@ -97,7 +97,12 @@ fn classify(ctx: &TcContext) -> Next {
         return Next::Done(PASS);
     };
     // SAFETY: bounds-checked just above.
-    if unsafe { (*eth).ether_type } != ETH_P_IP {
+    let ether_type = unsafe { (*eth).ether_type };
+    // IPv6 from other nodes' pods, routed directly: remote6's checks.
+    if ether_type == ETH_P_IPV6 {
+        return Next::Done(remote6::from_uplink(ctx).unwrap_or(PASS));
+    }
+    if ether_type != ETH_P_IP {
         return Next::Done(PASS);
     }
     let Some(cfg) = EGRESS.get(0).filter(|c| c.flags & EGRESS_F_ENABLED != 0) else {

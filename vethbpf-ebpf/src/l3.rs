@@ -73,6 +73,33 @@ pub fn local_delivery6(
     route: &Route,
     cfg: &Config,
 ) -> Decision {
+    deliver6(eth, ip, route, cfg, Verdict::Forward)
+}
+
+/// Routes an IPv6 frame that came from another node to the local endpoint `route`
+/// (the packet type as for IPv4, see [`delivery_from_node`]).
+#[inline(always)]
+pub fn delivery6_from_node(
+    ctx: &TcContext,
+    eth: &mut EthHdr,
+    ip: &mut Ipv6Hdr,
+    route: &Route,
+    cfg: &Config,
+) -> Decision {
+    if ctx.change_type(PACKET_HOST).is_err() {
+        return Decision::drop(Verdict::DropMalformed);
+    }
+    deliver6(eth, ip, route, cfg, Verdict::FromNode)
+}
+
+#[inline(always)]
+fn deliver6(
+    eth: &mut EthHdr,
+    ip: &mut Ipv6Hdr,
+    route: &Route,
+    cfg: &Config,
+    verdict: Verdict,
+) -> Decision {
     if !ipv6::decrease_hop_limit(ip) {
         return Decision::drop(Verdict::DropTtl);
     }
@@ -80,5 +107,5 @@ pub fn local_delivery6(
     copy_mac(&mut eth.src_addr, &cfg.gateway_mac);
     // SAFETY: a plain helper call with valid arguments.
     let action = unsafe { bpf_redirect_peer(route.ifindex, 0) };
-    Decision::redirect(Verdict::Forward, action)
+    Decision::redirect(verdict, action)
 }

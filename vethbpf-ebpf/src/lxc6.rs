@@ -3,7 +3,7 @@
 //! route lookup that picks a delivery.
 
 use aya_ebpf::{btf_maps::lpm_trie::Key, programs::TcContext};
-use vethbpf_common::{Config, ROUTE_KIND_LOCAL, Verdict};
+use vethbpf_common::{Config, ROUTE_KIND_LOCAL, ROUTE_KIND_REMOTE, Verdict};
 
 use crate::{
     hdr::{ETH_HLEN, EthHdr, Ipv6Hdr, linear, ptr_at},
@@ -12,6 +12,7 @@ use crate::{
     l3,
     maps::{ENDPOINTS6, ROUTES6},
     ndp::{self, Source},
+    remote6,
     stats::Decision,
 };
 
@@ -71,12 +72,16 @@ pub fn handle(ctx: &TcContext, ifindex: u32, cfg: &Config) -> Decision {
     let Some(route) = ROUTES6.get(&Key::new(128, load_addr(&ip.dst_addr))) else {
         return Decision::pass();
     };
-    if route.kind != ROUTE_KIND_LOCAL {
+    if route.kind != ROUTE_KIND_LOCAL && route.kind != ROUTE_KIND_REMOTE {
         return Decision::pass();
     }
     // A packet that would expire at this hop gets the router's answer.
     if ip.hop_limit <= 1 {
         return icmp6_send::time_exceeded(ctx, ifindex);
+    }
+    // Another node's IPv6 pods: remote6 (tunnel or uplink).
+    if route.kind == ROUTE_KIND_REMOTE {
+        return remote6::to_node(ctx, eth, ip, route);
     }
     l3::local_delivery6(eth, ip, route, cfg)
 }

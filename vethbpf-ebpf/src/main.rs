@@ -15,6 +15,7 @@
 //! - [`l3`]: local delivery to another endpoint with `bpf_redirect_peer`
 //! - [`remote`]: other nodes: sending to their pod CIDRs, checking and delivering
 //!   what they send
+//! - [`remote6`]: the same for IPv6 pods (over the IPv4 underlay)
 //! - [`direct`]: direct routing to a node out of the uplink
 //! - [`encap`]: the VXLAN tunnel key, set and read
 //! - [`lxc6`]: the pod side for IPv6: NDP dispatch, source check, routing
@@ -72,6 +73,7 @@ mod nat;
 mod ndp;
 mod overlay;
 mod remote;
+mod remote6;
 mod stats;
 
 use aya_ebpf::{macros::classifier, programs::TcContext};

@@ -13,7 +13,7 @@ use vethbpf_common::{
     ClusterConfig, Config, Counter, EVENTS_RING_BYTES, EgressConfig, EndpointInfo, EndpointInfo6,
     Event, FRAG_ENTRIES, FlowKey, FlowSeen, FragEntry, FragKey, MAX_EGRESS_SKIP, MAX_ENDPOINTS,
     MAX_NODES, MAX_ROUTES, MAX_TRACE_FLOWS, Monitor, NAT_MAX_FLOWS_DEFAULT, NatEntry, NatKey,
-    NatState, NodeCounter, NodeInfo, Route, STATS_ENTRIES, nat_map_capacity,
+    NatState, NodeCounter, NodeInfo, NodeNeigh, Route, STATS_ENTRIES, nat_map_capacity,
 };
 
 // BTF map definitions (the `.maps` section, as libbpf's): the kernel gets the key and
@@ -70,6 +70,10 @@ pub static NODES: Array<NodeInfo, { MAX_NODES as usize }> = Array::new();
 /// Node id -> traffic exchanged with that node.
 #[btf_map]
 pub static NODE_STATS: PerCpuArray<NodeCounter, { MAX_NODES as usize }> = PerCpuArray::new();
+
+/// Node id -> the MACs of a direct-routed IPv6 packet to that node.
+#[btf_map]
+pub static NODE_NEIGH: Array<NodeNeigh, { MAX_NODES as usize }> = Array::new();
 
 /// IPv6 destination prefix -> route. The key's data is the address in network order,
 /// read as four words in memory order (userspace writes `[u8; 16]`: same bytes).

@@ -8,10 +8,10 @@ use vethbpf_common::{CLUSTER_MODE_VXLAN, ROUTE_KIND_NODE, Verdict};
 use crate::{
     diag::{self, Diag},
     encap,
-    hdr::{ETH_HLEN, ETH_P_IP, EthHdr, Ipv4Hdr, ipv4_addr, linear, ptr_at},
+    hdr::{ETH_HLEN, ETH_P_IP, ETH_P_IPV6, EthHdr, Ipv4Hdr, ipv4_addr, linear, ptr_at},
     ipv4,
     maps::{CLUSTER, CONFIG, ROUTES},
-    remote,
+    remote, remote6,
     stats::{self, Decision},
 };
 
@@ -39,8 +39,11 @@ fn handle(ctx: &TcContext) -> (u32, Decision) {
     // SAFETY: both pointers were bounds-checked against data_end just above, and no
     // helper that changes packet data runs while they are in use.
     let (eth, ip) = unsafe { (&mut *eth, &mut *ip) };
-    // Nodes tunnel IPv4 between pods, nothing else (no ARP: the gateway is answered
-    // on each side).
+    // Nodes tunnel IPv4 and IPv6 between pods, nothing else (no ARP or NDP: the
+    // gateway is answered on each side).
+    if eth.ether_type == ETH_P_IPV6 {
+        return remote6::from_tunnel(ctx);
+    }
     if eth.ether_type != ETH_P_IP {
         return (0, Decision::drop(Verdict::DropUnknownDestination));
     }

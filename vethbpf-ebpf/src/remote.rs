@@ -124,7 +124,7 @@ pub fn from_uplink(
 }
 
 #[inline(always)]
-fn count_tx(node_id: u32, len: u32) {
+pub fn count_tx(node_id: u32, len: u32) {
     if let Some(c) = NODE_STATS.get_ptr_mut(node_id) {
         // SAFETY: a per-CPU slot from a successful lookup; only this CPU writes it;
         // bpf_ktime_get_ns has no preconditions.
@@ -137,7 +137,7 @@ fn count_tx(node_id: u32, len: u32) {
 }
 
 #[inline(always)]
-fn count_rx(node_id: u32, len: u32) {
+pub fn count_rx(node_id: u32, len: u32) {
     if let Some(c) = NODE_STATS.get_ptr_mut(node_id) {
         // SAFETY: as in count_tx.
         unsafe {

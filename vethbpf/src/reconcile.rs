@@ -335,7 +335,13 @@ fn remove_orphans(
             report.removed_route_entries.push(net.into());
         }
     }
-    for net in env.dp.route6_entries()?.into_iter().map(|(n, _)| n) {
+    for net in env
+        .dp
+        .route6_entries()?
+        .into_iter()
+        .filter(|(_, r)| r.kind == vethbpf_common::ROUTE_KIND_LOCAL)
+        .map(|(n, _)| n)
+    {
         if !ips6.contains(&net) {
             env.dp.del_route6(net)?;
             report.removed_route_entries.push(net.into());

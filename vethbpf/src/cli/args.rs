@@ -4,7 +4,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::IpNet;
 use vethbpf::defaults::{
     BPFFS_DIR as DEFAULT_BPFFS_DIR, GATEWAY as DEFAULT_GATEWAY, POD_CIDR as DEFAULT_POD_CIDR,
     STATE_DIR as DEFAULT_STATE_DIR,
@@ -182,10 +182,12 @@ pub struct UpArgs {
     pub uplink: Option<String>,
     /// The cluster's pod CIDR, which every node's pod CIDR lies in: never
     /// masqueraded, and given, the node joins a cluster whose remote nodes' pod
-    /// CIDRs pods reach (`vethbpf node add`, or `vethbpf agent`). Default: the pod
-    /// CIDR, and no cluster.
-    #[arg(long, value_name = "CIDR")]
-    pub cluster_cidr: Option<Ipv4Net>,
+    /// CIDRs pods reach (`vethbpf node add`, or `vethbpf agent`). At most one per
+    /// family: an IPv6 one too makes a dual-stack cluster (it needs an IPv6 pod
+    /// CIDR inside it; IPv6 between nodes crosses the IPv4 underlay). Default: the
+    /// pod CIDR, and no cluster.
+    #[arg(long, value_name = "CIDR", action = clap::ArgAction::Append)]
+    pub cluster_cidr: Vec<IpNet>,
     /// Send pod egress out with the pods' own addresses (for networks that route the
     /// pod CIDR to this node): tracked, not translated.
     #[arg(long)]

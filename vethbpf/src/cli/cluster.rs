@@ -6,13 +6,14 @@ use std::net::Ipv4Addr;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand, ValueEnum};
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::Serialize;
 
 use vethbpf::cluster::ClusterError;
 use vethbpf::cluster::agent::{self, AgentConfig};
 use vethbpf::cluster::join::{self, JoinReport};
 use vethbpf::cluster::maps::PinnedNodeMaps;
+use vethbpf::cluster::neigh;
 use vethbpf::cluster::nodes::{self, NodeFix, NodeSpec, NodeView};
 use vethbpf::cluster::setup::{self, ClusterRequest, ClusterStatus};
 use vethbpf::datapath::Pins;
@@ -54,9 +55,14 @@ pub struct ClusterArgs {
 
 impl ClusterArgs {
     /// The cluster part of `up`: a cluster is joined when `--cluster-cidr` is given.
-    pub fn request(&self, req: &UpRequest) -> Option<ClusterRequest> {
+    pub fn request(
+        &self,
+        req: &UpRequest,
+        cluster_cidr6: Option<Ipv6Net>,
+    ) -> Option<ClusterRequest> {
         req.egress.cluster_cidr.map(|cidr| ClusterRequest {
             cluster_cidr: cidr.trunc(),
+            cluster_cidr6: cluster_cidr6.map(|c| c.trunc()),
             overlay: self.overlay.into(),
             uplink: req.egress.uplink.clone(),
         })
@@ -80,11 +86,12 @@ pub enum NodeCommand {
 pub struct NodeAddArgs {
     /// The remote node's name (1-63 of [A-Za-z0-9_.-]).
     pub name: String,
-    /// Its pod CIDR (inside the cluster CIDR, overlapping no other node's).
-    #[arg(long, value_name = "CIDR")]
-    pub pod_cidr: Ipv4Net,
-    /// Its address: on the uplink's network for --overlay none, anywhere
-    /// reachable for vxlan.
+    /// Its pod CIDR (inside the cluster CIDR, overlapping no other node's); give
+    /// it twice, IPv4 and IPv6, for a node of a dual-stack cluster.
+    #[arg(long, value_name = "CIDR", required = true, action = clap::ArgAction::Append)]
+    pub pod_cidr: Vec<IpNet>,
+    /// Its (IPv4) address: on the uplink's network for --overlay none, anywhere
+    /// reachable for vxlan. IPv6 pods are reached through it too.
     #[arg(long, value_name = "IP")]
     pub address: Ipv4Addr,
 }
@@ -99,12 +106,17 @@ pub struct AgentArgs {
         value_name = "URL[,URL...]"
     )]
     pub etcd: Vec<String>,
-    /// The range pod subnets are leased from.
-    #[arg(long, default_value = "10.244.0.0/16", value_name = "CIDR")]
-    pub cluster_cidr: Ipv4Net,
+    /// The range pod subnets are leased from; give an IPv6 one too (at most one
+    /// per family) for a dual-stack cluster, each node then leasing one subnet of
+    /// each.
+    #[arg(long, default_value = "10.244.0.0/16", value_name = "CIDR", action = clap::ArgAction::Append)]
+    pub cluster_cidr: Vec<IpNet>,
     /// Prefix length of each node's pod subnet.
     #[arg(long, default_value_t = 24, value_name = "LEN")]
     pub subnet_len: u8,
+    /// Prefix length of each node's IPv6 pod subnet (with an IPv6 --cluster-cidr).
+    #[arg(long, default_value_t = 64, value_name = "LEN")]
+    pub subnet_len6: u8,
     /// How pod traffic travels to other nodes (every agent of a cluster the same).
     #[arg(long, value_enum, default_value_t = OverlayArg::None)]
     pub overlay: OverlayArg,
@@ -125,13 +137,19 @@ pub struct AgentArgs {
 }
 
 /// `vethbpf up` (with or without cluster flags).
-pub fn up(out: Output, locked: &mut Locked, req: &UpRequest, args: &ClusterArgs) -> Result<()> {
+pub fn up(
+    out: Output,
+    locked: &mut Locked,
+    req: &UpRequest,
+    cluster_cidr6: Option<Ipv6Net>,
+    args: &ClusterArgs,
+) -> Result<()> {
     let mut nl = RtNetlink::connect().context("netlink in the node namespace")?;
     let report = join::up(
         &mut nl,
         locked,
         req,
-        args.request(req).as_ref(),
+        args.request(req, cluster_cidr6).as_ref(),
         vethbpf::EBPF_OBJECT,
     )
     .context("vethbpf up")?;
@@ -154,6 +172,7 @@ fn print_up(out: Output, r: &JoinReport) -> Result<()> {
         println!("{what}");
         cluster_table(
             c.cluster.cluster_cidr,
+            c.cluster.cluster_cidr6,
             c.cluster.overlay,
             &c.cluster.uplink,
             c.cluster.node_ip,
@@ -166,6 +185,7 @@ fn print_up(out: Output, r: &JoinReport) -> Result<()> {
 
 fn cluster_table(
     cidr: Ipv4Net,
+    cidr6: Option<Ipv6Net>,
     overlay: Overlay,
     uplink: &str,
     node_ip: Ipv4Addr,
@@ -182,7 +202,7 @@ fn cluster_table(
             "TUNNEL",
         ],
         &[vec![
-            cidr.to_string(),
+            cidrs(cidr, cidr6),
             overlay.name().to_string(),
             uplink.to_string(),
             node_ip.to_string(),
@@ -190,6 +210,14 @@ fn cluster_table(
             tunnel.unwrap_or("-").to_string(),
         ]],
     );
+}
+
+/// A node's CIDRs in one table cell: `10.244.1.0/24,fd00:10:244:1::/64`.
+fn cidrs(cidr: Ipv4Net, cidr6: Option<Ipv6Net>) -> String {
+    match cidr6 {
+        Some(c6) => format!("{cidr},{c6}"),
+        None => cidr.to_string(),
+    }
 }
 
 fn open_maps(locked: &Locked) -> Result<PinnedNodeMaps> {
@@ -214,13 +242,19 @@ pub fn node(cli: &Cli, locked: &mut Locked, cmd: &NodeCommand) -> Result<()> {
                 .context("the node is not part of a cluster: run `vethbpf up --pod-cidr CIDR --cluster-cidr CIDR` first")?;
             let mut nl = RtNetlink::connect().context("netlink in the node namespace")?;
             let nets = setup::uplink_nets(&mut nl, &cluster)?;
+            let (pod_cidr, pod_cidr6) =
+                node_cidrs(&args.pod_cidr).with_context(|| format!("node add {}", args.name))?;
             let spec = NodeSpec {
                 name: args.name.clone(),
-                pod_cidr: args.pod_cidr.trunc(),
+                pod_cidr,
+                pod_cidr6,
                 address: args.address,
                 origin: NodeOrigin::Static,
             };
-            let node = nodes::add(&mut maps, locked, &spec, &nets)
+            let mut learn = |c: &vethbpf::state::ClusterState, n: &vethbpf::state::RemoteNode| {
+                neigh::learn(&mut nl, c.uplink_ifindex, n.address)
+            };
+            let node = nodes::add(&mut maps, locked, &spec, &nets, &mut learn)
                 .with_context(|| format!("node add {}", args.name))?;
             let view = nodes::list(&maps, locked)?
                 .into_iter()
@@ -246,6 +280,28 @@ pub fn node(cli: &Cli, locked: &mut Locked, cmd: &NodeCommand) -> Result<()> {
     }
 }
 
+/// `node add --pod-cidr`: one IPv4 CIDR, and at most one IPv6 one.
+fn node_cidrs(cidrs: &[IpNet]) -> Result<(Ipv4Net, Option<Ipv6Net>), ClusterError> {
+    let (v4, v6) = setup::split_cluster_cidrs(cidrs).map_err(|e| match e {
+        // The same rule, said of pod CIDRs.
+        ClusterError::TwoClusterCidrs {
+            family,
+            first,
+            second,
+        } => ClusterError::TwoNodeCidrs {
+            family,
+            first,
+            second,
+        },
+        ClusterError::Ipv6ClusterWithoutIpv4 => ClusterError::NoIpv4NodeCidr,
+        e => e,
+    })?;
+    Ok((
+        v4.ok_or(ClusterError::NoIpv4NodeCidr)?.trunc(),
+        v6.map(|c| c.trunc()),
+    ))
+}
+
 fn print_nodes(out: Output, views: &[NodeView], list: bool) -> Result<()> {
     if out == Output::Json {
         let text = if list {
@@ -261,7 +317,7 @@ fn print_nodes(out: Output, views: &[NodeView], list: bool) -> Result<()> {
         .map(|v| {
             vec![
                 v.name.clone(),
-                v.pod_cidr.to_string(),
+                cidrs(v.pod_cidr, v.pod_cidr6),
                 v.address.to_string(),
                 match v.origin {
                     NodeOrigin::Static => "static".into(),
@@ -321,6 +377,7 @@ pub fn status(out: Output, locked: &mut Locked, status: &Status) -> Result<()> {
         println!();
         cluster_table(
             c.cluster_cidr,
+            c.cluster_cidr6,
             c.overlay,
             &c.uplink,
             c.node_ip,
@@ -370,12 +427,13 @@ pub fn reconcile(locked: &mut Locked) -> Result<Vec<NodeFix>> {
         let mut nl = RtNetlink::connect().context("netlink in the node namespace")?;
         let req = ClusterRequest {
             cluster_cidr: c.cluster_cidr,
+            cluster_cidr6: c.cluster_cidr6,
             overlay: c.overlay,
             uplink: Some(c.uplink.clone()),
         };
         let uplink = setup::find_uplink(&mut nl, Some(&c.uplink))?;
         let pod_cidr = node.pod_cidr.ok_or(ClusterError::NoIpv4PodCidr)?;
-        let desired = setup::plan(&mut nl, locked, pod_cidr, &req, &uplink)?;
+        let desired = setup::plan(&mut nl, locked, pod_cidr, node.pod_cidr6, &req, &uplink)?;
         let report = setup::apply(
             &mut nl,
             &mut maps,
@@ -390,6 +448,10 @@ pub fn reconcile(locked: &mut Locked) -> Result<Vec<NodeFix>> {
                 name: c.uplink.clone(),
             });
         }
+        let mut learn = |c: &vethbpf::state::ClusterState, n: &vethbpf::state::RemoteNode| {
+            neigh::learn(&mut nl, c.uplink_ifindex, n.address)
+        };
+        fixes.extend(nodes::refresh_neigh(&mut maps, locked, false, &mut learn)?);
     }
     Ok(fixes)
 }
@@ -406,16 +468,21 @@ pub fn agent(cli: &Cli, args: &AgentArgs) -> Result<()> {
     if args.etcd.iter().any(|e| e.is_empty()) {
         bail!("--etcd has an empty endpoint");
     }
+    let (cluster_cidr, cluster_cidr6) =
+        setup::split_cluster_cidrs(&args.cluster_cidr).context("vethbpf agent")?;
+    let cluster_cidr = cluster_cidr.context("vethbpf agent: --cluster-cidr needs an IPv4 CIDR")?;
     agent::run(AgentConfig {
         etcd: args.etcd.clone(),
         prefix: args.etcd_prefix.clone(),
         node_name,
         cluster: ClusterRequest {
-            cluster_cidr: args.cluster_cidr.trunc(),
+            cluster_cidr: cluster_cidr.trunc(),
+            cluster_cidr6: cluster_cidr6.map(|c| c.trunc()),
             overlay: args.overlay.into(),
             uplink: args.uplink.clone(),
         },
         subnet_len: args.subnet_len,
+        subnet_len6: args.subnet_len6,
         ttl_secs: args.lease_ttl,
         gateway: vethbpf::defaults::GATEWAY
             .parse()

@@ -148,6 +148,9 @@ pub fn run(cli: Cli, bpffs_explicit: bool) -> Result<()> {
                 (None, true) => node::split_cidrs(&[DEFAULT_POD_CIDR.parse()?])?,
                 (_, false) => node::split_cidrs(&args.pod_cidr)?,
             };
+            let (cluster_cidr, cluster_cidr6) =
+                vethbpf::cluster::setup::split_cluster_cidrs(&args.cluster_cidr)
+                    .context("vethbpf up")?;
             let req = UpRequest {
                 pod_cidr,
                 pod_cidr6,
@@ -156,13 +159,13 @@ pub fn run(cli: Cli, bpffs_explicit: bool) -> Result<()> {
                 replace: args.replace,
                 egress: EgressRequest {
                     uplink: args.uplink.clone(),
-                    cluster_cidr: args.cluster_cidr,
+                    cluster_cidr,
                     no_masquerade: args.no_masquerade,
                     nat_ports: args.nat_ports,
                     max_flows: args.nat_max_flows,
                 },
             };
-            cluster::up(out, &mut locked, &req, &args.cluster)?;
+            cluster::up(out, &mut locked, &req, cluster_cidr6, &args.cluster)?;
             settle(&mut locked)
         }
         Command::Endpoint(EndpointCommand::Add(args)) => {

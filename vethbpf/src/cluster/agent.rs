@@ -12,13 +12,14 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::sync::mpsc;
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use tracing::{info, warn};
 
 use super::ClusterError;
 use super::etcd::{self, LeaseValue, RegistryConfig, Update};
 use super::join::{self, JoinError};
 use super::maps::PinnedNodeMaps;
+use super::neigh;
 use super::nodes::{self, NodeSpec};
 use super::setup::{self, ClusterRequest};
 use super::subnets::{self, SubnetError};
@@ -35,6 +36,8 @@ pub struct AgentConfig {
     pub node_name: String,
     pub cluster: ClusterRequest,
     pub subnet_len: u8,
+    /// Prefix length of the IPv6 subnets (with `cluster.cluster_cidr6`).
+    pub subnet_len6: u8,
     pub ttl_secs: i64,
     /// The pods' gateway when the agent brings a fresh node up.
     pub gateway: Ipv4Addr,
@@ -82,13 +85,16 @@ impl AgentError {
 pub fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     nodes::validate_name(&cfg.node_name)?;
     subnets::check_len(cfg.cluster.cluster_cidr, cfg.subnet_len)?;
+    if let Some(cluster6) = cfg.cluster.cluster_cidr6 {
+        subnets::check_len(cluster6, cfg.subnet_len6)?;
+    }
     if cfg.ttl_secs < 2 {
         return Err(AgentError::Ttl(cfg.ttl_secs));
     }
     let mut nl = RtNetlink::connect()?;
     let uplink = setup::find_uplink(&mut nl, cfg.cluster.uplink.as_deref())?;
     let state_dir = StateDir::new(&cfg.state_dir);
-    let prefer = current_subnet(&state_dir, &cfg)?;
+    let (prefer, prefer6) = current_subnets(&state_dir, &cfg)?;
     info!(node = %cfg.node_name, address = %uplink.address, uplink = %uplink.name, ?prefer, "agent starting");
 
     let (tx, rx) = mpsc::channel();
@@ -101,9 +107,12 @@ pub fn run(cfg: AgentConfig) -> Result<(), AgentError> {
             address: uplink.address,
             cluster_cidr: cfg.cluster.cluster_cidr,
             subnet_len: cfg.subnet_len,
+            cluster_cidr6: cfg.cluster.cluster_cidr6,
+            subnet_len6: cfg.subnet_len6,
             overlay: cfg.cluster.overlay,
             ttl_secs: cfg.ttl_secs,
             prefer,
+            prefer6,
         },
         tx,
     );
@@ -113,10 +122,22 @@ pub fn run(cfg: AgentConfig) -> Result<(), AgentError> {
         ..cfg.cluster.clone()
     };
     let mut own: Option<Ipv4Net> = None;
-    for update in rx {
+    loop {
+        let update = match rx.recv_timeout(NEIGH_RETRY) {
+            Ok(update) => update,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if own.is_some()
+                    && let Err(e) = learn_missing_macs(&mut nl, &state_dir)
+                {
+                    warn!(error = %e, "cannot learn the remote nodes' MACs; trying again later");
+                }
+                continue;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        };
         match update {
-            Update::Leased(subnet) => {
-                bring_up(&mut nl, &state_dir, &cfg, &cluster, subnet)?;
+            Update::Leased(subnet, subnet6) => {
+                bring_up(&mut nl, &state_dir, &cfg, &cluster, subnet, subnet6)?;
                 own = Some(subnet);
             }
             Update::Leases(leases) => {
@@ -134,8 +155,32 @@ pub fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     ))
 }
 
-/// The pod CIDR the node has in this cluster, to keep across restarts.
-fn current_subnet(state_dir: &StateDir, cfg: &AgentConfig) -> Result<Option<Ipv4Net>, AgentError> {
+/// How often the agent tries again to learn the MACs of direct-routed IPv6 to
+/// nodes that did not answer ARP when they were added.
+const NEIGH_RETRY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Learns the MACs of nodes whose IPv6 pods are unreachable for want of them
+/// (see [`super::neigh`]); nodes whose MACs are known are left alone.
+fn learn_missing_macs(nl: &mut RtNetlink, state_dir: &StateDir) -> Result<(), AgentError> {
+    let locked = state_dir.lock()?;
+    let Some(node) = locked.state.node.clone() else {
+        return Ok(());
+    };
+    let mut maps = PinnedNodeMaps::open(&Pins::new(&node.bpffs_dir)).map_err(ClusterError::from)?;
+    let mut learn = |c: &crate::state::ClusterState, n: &crate::state::RemoteNode| {
+        neigh::learn(nl, c.uplink_ifindex, n.address)
+    };
+    for fix in nodes::refresh_neigh(&mut maps, &locked, true, &mut learn)? {
+        info!(node = %fix.name, "learnt the node's MAC");
+    }
+    Ok(())
+}
+
+/// The pod CIDRs the node has in this cluster, to keep across restarts.
+fn current_subnets(
+    state_dir: &StateDir,
+    cfg: &AgentConfig,
+) -> Result<(Option<Ipv4Net>, Option<Ipv6Net>), AgentError> {
     let locked = state_dir.lock()?;
     let keep = locked
         .state
@@ -143,11 +188,20 @@ fn current_subnet(state_dir: &StateDir, cfg: &AgentConfig) -> Result<Option<Ipv4
         .as_ref()
         .and_then(|n| n.pod_cidr)
         .filter(|c| cfg.cluster.cluster_cidr.contains(c) && c.prefix_len() == cfg.subnet_len);
+    let keep6 = locked
+        .state
+        .node
+        .as_ref()
+        .and_then(|n| n.pod_cidr6)
+        .filter(|c| {
+            cfg.cluster.cluster_cidr6.is_some_and(|c6| c6.contains(c))
+                && c.prefix_len() == cfg.subnet_len6
+        });
     if locked.state.node.is_none() {
         // Taking the lock made the state dir; a node that is not up keeps none.
         state_dir.remove(locked)?;
     }
-    Ok(keep)
+    Ok((keep, keep6))
 }
 
 fn bring_up(
@@ -156,6 +210,7 @@ fn bring_up(
     cfg: &AgentConfig,
     cluster: &ClusterRequest,
     subnet: Ipv4Net,
+    subnet6: Option<Ipv6Net>,
 ) -> Result<(), AgentError> {
     let mut locked = state_dir.lock()?;
     let gateway = locked
@@ -165,8 +220,9 @@ fn bring_up(
         .map_or(cfg.gateway, |n| n.gateway);
     let req = UpRequest {
         pod_cidr: Some(subnet),
-        // The lease is IPv4; an IPv6 pod CIDR the node has stays.
-        pod_cidr6: locked.state.node.as_ref().and_then(|n| n.pod_cidr6),
+        // Without an IPv6 lease (an IPv4-only cluster), an IPv6 pod CIDR the node
+        // has stays: its pods reach local pods only.
+        pod_cidr6: subnet6.or_else(|| locked.state.node.as_ref().and_then(|n| n.pod_cidr6)),
         gateway,
         bpffs_dir: locked
             .state
@@ -190,6 +246,7 @@ fn bring_up(
         })?;
     info!(
         %subnet,
+        ?subnet6,
         node = report.node.action,
         cluster = report.cluster.as_ref().map_or("-", |c| c.action),
         "node up"
@@ -209,6 +266,12 @@ fn sync(
     let node = locked.state.node.clone().ok_or(ClusterError::NotUp)?;
     let mut maps = PinnedNodeMaps::open(&Pins::new(&node.bpffs_dir)).map_err(ClusterError::from)?;
     nodes::finish_pending(&mut maps, &mut locked)?;
+    // An IPv4-only node of a dual-stack cluster reaches the others' IPv4 pods only.
+    let dual = locked
+        .state
+        .cluster
+        .as_ref()
+        .is_some_and(|c| c.cluster_cidr6.is_some());
     let desired: BTreeMap<String, NodeSpec> = leases
         .iter()
         .filter(|(subnet, v)| **subnet != own && v.node != cfg.node_name)
@@ -218,6 +281,7 @@ fn sync(
                 NodeSpec {
                     name: v.node.clone(),
                     pod_cidr: *subnet,
+                    pod_cidr6: v.pod_cidr6.filter(|_| dual),
                     address: v.address,
                     origin: NodeOrigin::Etcd,
                 },
@@ -241,7 +305,10 @@ fn sync(
         if cluster.nodes.contains_key(&spec.name) {
             continue;
         }
-        match nodes::add(&mut maps, &mut locked, spec, &nets) {
+        let mut learn = |c: &crate::state::ClusterState, n: &crate::state::RemoteNode| {
+            neigh::learn(nl, c.uplink_ifindex, n.address)
+        };
+        match nodes::add(&mut maps, &mut locked, spec, &nets, &mut learn) {
             Ok(n) => {
                 info!(node = %n.name, pod_cidr = %n.pod_cidr, address = %n.address, "remote node added")
             }
@@ -264,9 +331,11 @@ fn stale_nodes(locked: &Locked, desired: &BTreeMap<String, NodeSpec>) -> Vec<Str
                 .values()
                 .filter(|n| n.origin == NodeOrigin::Etcd)
                 .filter(|n| {
-                    desired
-                        .get(&n.name)
-                        .is_none_or(|d| d.pod_cidr != n.pod_cidr || d.address != n.address)
+                    desired.get(&n.name).is_none_or(|d| {
+                        d.pod_cidr != n.pod_cidr
+                            || d.pod_cidr6 != n.pod_cidr6
+                            || d.address != n.address
+                    })
                 })
                 .map(|n| n.name.clone())
                 .collect()

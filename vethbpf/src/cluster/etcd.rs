@@ -1,5 +1,8 @@
 //! Subnet leases in etcd, Flannel's model: each node holds one pod subnet of the
-//! cluster CIDR under `<prefix>/subnets/<subnet>` (value: node name and address),
+//! cluster CIDR under `<prefix>/subnets/<subnet>` (value: node name and address,
+//! and in a dual-stack cluster its IPv6 subnet, held under
+//! `<prefix>/subnets6/<subnet>` with the same lease; agents that know no IPv6
+//! read the same record and ignore the field),
 //! attached to an etcd lease with a TTL that the holder keeps renewing; a holder that
 //! stops renewing loses the key when the lease runs out, and every watcher sees it
 //! go.
@@ -24,12 +27,12 @@ use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, KeyValue, PutOptions, Txn,
     TxnOp, TxnOpResponse, WatchOptions,
 };
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
-use super::subnets::{self, SubnetError};
+use super::subnets::{self, Subnet, SubnetError};
 use crate::state::Overlay;
 
 /// What the registry needs to know.
@@ -43,10 +46,16 @@ pub struct RegistryConfig {
     pub address: Ipv4Addr,
     pub cluster_cidr: Ipv4Net,
     pub subnet_len: u8,
+    /// The IPv6 cluster CIDR of a dual-stack cluster: the node leases one
+    /// /`subnet_len6` of it too.
+    pub cluster_cidr6: Option<Ipv6Net>,
+    pub subnet_len6: u8,
     pub overlay: Overlay,
     pub ttl_secs: i64,
     /// The subnet the node has now (kept across agent restarts when free or ours).
     pub prefer: Option<Ipv4Net>,
+    /// Likewise, its IPv6 subnet.
+    pub prefer6: Option<Ipv6Net>,
 }
 
 /// A lease as published: who holds the subnet and where to send its pods' packets.
@@ -54,6 +63,10 @@ pub struct RegistryConfig {
 pub struct LeaseValue {
     pub node: String,
     pub address: Ipv4Addr,
+    /// The node's IPv6 subnet in a dual-stack cluster (leased under
+    /// `<prefix>/subnets6/`); agents that know no IPv6 ignore it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_cidr6: Option<Ipv6Net>,
 }
 
 /// `<prefix>/config`: what every agent of the cluster must agree on.
@@ -62,13 +75,33 @@ pub struct NetworkConfig {
     pub cluster_cidr: Ipv4Net,
     pub subnet_len: u8,
     pub overlay: Overlay,
+    /// Dual-stack clusters only (an agent that knows no IPv6 ignores them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_cidr6: Option<Ipv6Net>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet_len6: Option<u8>,
+}
+
+impl NetworkConfig {
+    /// Whether an agent configured as `self` may join a cluster configured as
+    /// `found`: the IPv4 part the same, and the IPv6 part too if it has one (an
+    /// IPv4-only node may be part of a dual-stack cluster; its pods have no IPv6).
+    pub fn joins(&self, found: &NetworkConfig) -> bool {
+        self.cluster_cidr == found.cluster_cidr
+            && self.subnet_len == found.subnet_len
+            && self.overlay == found.overlay
+            && (self.cluster_cidr6.is_none()
+                || (self.cluster_cidr6 == found.cluster_cidr6
+                    && self.subnet_len6 == found.subnet_len6))
+    }
 }
 
 /// What the registry tells the agent.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Update {
-    /// This node holds the subnet (the first time, or again after losing it).
-    Leased(Ipv4Net),
+    /// This node holds the subnet, and in a dual-stack cluster the IPv6 one (the
+    /// first time, or again after losing them).
+    Leased(Ipv4Net, Option<Ipv6Net>),
     /// Every lease of the cluster now, own included.
     Leases(BTreeMap<Ipv4Net, LeaseValue>),
     /// The cluster cannot be joined as configured; the agent stops.
@@ -80,7 +113,7 @@ pub enum EtcdError {
     #[error("etcd: {0}")]
     Client(#[from] etcd_client::Error),
     #[error(
-        "the cluster in etcd is {found:?}, this agent was started with {ours:?}; start every agent with the same --cluster-cidr, --subnet-len and --overlay"
+        "the cluster in etcd is {found:?}, this agent was started with {ours:?}; start every agent with the same --cluster-cidr, --subnet-len, --subnet-len6 and --overlay"
     )]
     ConfigMismatch {
         found: NetworkConfig,
@@ -118,6 +151,9 @@ impl RegistryConfig {
     fn subnets_prefix(&self) -> String {
         format!("{}/subnets/", self.prefix.trim_end_matches('/'))
     }
+    fn subnets6_prefix(&self) -> String {
+        format!("{}/subnets6/", self.prefix.trim_end_matches('/'))
+    }
     fn subnet_key(&self, subnet: Ipv4Net) -> String {
         format!("{}{}", self.subnets_prefix(), subnets::key_name(subnet))
     }
@@ -129,12 +165,16 @@ impl RegistryConfig {
             cluster_cidr: self.cluster_cidr,
             subnet_len: self.subnet_len,
             overlay: self.overlay,
+            cluster_cidr6: self.cluster_cidr6,
+            subnet_len6: self.cluster_cidr6.map(|_| self.subnet_len6),
         }
     }
-    fn value(&self) -> Vec<u8> {
+    /// The lease value: this node, and its IPv6 subnet if it has one.
+    fn value(&self, pod_cidr6: Option<Ipv6Net>) -> Vec<u8> {
         serde_json::to_vec(&LeaseValue {
             node: self.node_name.clone(),
             address: self.address,
+            pod_cidr6,
         })
         .unwrap_or_default()
     }
@@ -188,8 +228,11 @@ pub fn spawn(cfg: RegistryConfig, tx: Sender<Update>) -> Registry {
 
 /// Sessions, one per connection, with a growing pause between failed ones.
 async fn run(cfg: RegistryConfig, tx: Sender<Update>) {
-    let mut held: Option<Ipv4Net> = cfg.prefer;
-    let mut announced: Option<Ipv4Net> = None;
+    let mut held = Held {
+        subnet: cfg.prefer,
+        subnet6: cfg.prefer6,
+    };
+    let mut announced: Option<(Ipv4Net, Option<Ipv6Net>)> = None;
     const FIRST_PAUSE: Duration = Duration::from_millis(200);
     let mut pause = FIRST_PAUSE;
     loop {
@@ -214,13 +257,19 @@ async fn run(cfg: RegistryConfig, tx: Sender<Update>) {
     }
 }
 
+/// The subnets this node held last (kept across sessions).
+struct Held {
+    subnet: Option<Ipv4Net>,
+    subnet6: Option<Ipv6Net>,
+}
+
 /// One connection: claim the subnet, then renew the lease and follow every lease
 /// until something breaks. `Ok` only when the agent is gone.
 async fn session(
     cfg: &RegistryConfig,
     tx: &Sender<Update>,
-    held: &mut Option<Ipv4Net>,
-    announced: &mut Option<Ipv4Net>,
+    held: &mut Held,
+    announced: &mut Option<(Ipv4Net, Option<Ipv6Net>)>,
 ) -> Result<(), EtcdError> {
     let options = ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(2))
@@ -230,14 +279,37 @@ async fn session(
     check_config(&mut client, cfg).await?;
 
     let lease = client.lease_grant(cfg.ttl_secs, None).await?.id();
-    let subnet = claim(&mut client, cfg, lease, *held).await?;
-    *held = Some(subnet);
-    if *announced != Some(subnet) {
-        info!(%subnet, lease, "leased");
-        if tx.send(Update::Leased(subnet)).is_err() {
+    // The IPv6 subnet first: the IPv4 lease's value names it, and is what the
+    // others watch.
+    let subnet6 = match cfg.cluster_cidr6 {
+        Some(cluster6) => {
+            let claim6 = Claim {
+                prefix: cfg.subnets6_prefix(),
+                cluster: cluster6,
+                len: cfg.subnet_len6,
+                node: &cfg.node_name,
+                value: cfg.value(None),
+            };
+            Some(claim(&mut client, &claim6, lease, held.subnet6).await?)
+        }
+        None => None,
+    };
+    held.subnet6 = subnet6;
+    let claim4 = Claim {
+        prefix: cfg.subnets_prefix(),
+        cluster: cfg.cluster_cidr,
+        len: cfg.subnet_len,
+        node: &cfg.node_name,
+        value: cfg.value(subnet6),
+    };
+    let subnet = claim(&mut client, &claim4, lease, held.subnet).await?;
+    held.subnet = Some(subnet);
+    if *announced != Some((subnet, subnet6)) {
+        info!(%subnet, ?subnet6, lease, "leased");
+        if tx.send(Update::Leased(subnet, subnet6)).is_err() {
             return Ok(());
         }
-        *announced = Some(subnet);
+        *announced = Some((subnet, subnet6));
     }
     let own_key = cfg.subnet_key(subnet);
     let (mut keeper, mut renewals) = client.lease_keep_alive(lease).await?;
@@ -329,7 +401,7 @@ async fn check_config(client: &mut Client, cfg: &RegistryConfig) -> Result<(), E
                     key: key.clone(),
                     source,
                 })?;
-            if found != ours {
+            if !ours.joins(&found) {
                 return Err(EtcdError::ConfigMismatch { found, ours });
             }
         }
@@ -337,51 +409,65 @@ async fn check_config(client: &mut Client, cfg: &RegistryConfig) -> Result<(), E
     Ok(())
 }
 
+/// What a claim writes: the keys of one family, under `prefix`, and this node's
+/// value.
+struct Claim<'a, S> {
+    prefix: String,
+    cluster: S,
+    len: u8,
+    node: &'a str,
+    value: Vec<u8>,
+}
+
 /// Claims a subnet for this node under `lease`: `want` (the one it has) if it is
 /// free or its own, else one it holds already, else the first free one. Every
 /// claim is a transaction; losing a race means reading again.
-async fn claim(
+async fn claim<S: Subnet>(
     client: &mut Client,
-    cfg: &RegistryConfig,
+    c: &Claim<'_, S>,
     lease: i64,
-    want: Option<Ipv4Net>,
-) -> Result<Ipv4Net, EtcdError> {
+    want: Option<S>,
+) -> Result<S, EtcdError> {
     const ATTEMPTS: u32 = 64;
+    let key = |subnet: S| format!("{}{}", c.prefix, subnets::key_name(subnet));
     for _ in 0..ATTEMPTS {
         let resp = client
-            .get(cfg.subnets_prefix(), Some(GetOptions::new().with_prefix()))
+            .get(c.prefix.as_str(), Some(GetOptions::new().with_prefix()))
             .await?;
-        let mut taken: BTreeMap<Ipv4Net, (Option<LeaseValue>, i64)> = BTreeMap::new();
+        let mut taken: BTreeMap<S, (Option<LeaseValue>, i64)> = BTreeMap::new();
         for kv in resp.kvs() {
-            let Some(subnet) = subnet_of(cfg, kv) else {
+            let Some(subnet) = std::str::from_utf8(kv.key())
+                .ok()
+                .and_then(|k| k.strip_prefix(c.prefix.as_str()))
+                .and_then(subnets::parse_key_name::<S>)
+            else {
                 continue;
             };
             let value = serde_json::from_slice::<LeaseValue>(kv.value()).ok();
             taken.insert(subnet, (value, kv.mod_revision()));
         }
-        let mine = |v: &Option<LeaseValue>| v.as_ref().is_some_and(|v| v.node == cfg.node_name);
-        let held: Vec<Ipv4Net> = taken
+        let mine = |v: &Option<LeaseValue>| v.as_ref().is_some_and(|v| v.node == c.node);
+        let held: Vec<S> = taken
             .iter()
             .filter(|(_, (v, _))| mine(v))
             .map(|(s, _)| *s)
             .collect();
-        let fits = |s: &Ipv4Net| cfg.cluster_cidr.contains(s) && s.prefix_len() == cfg.subnet_len;
+        let fits =
+            |s: &S| c.cluster.overlaps(*s) && s.prefix() == c.len && c.len > c.cluster.prefix();
         let mut lost_race = false;
         for subnet in want.into_iter().chain(held).filter(fits) {
-            let overlapping = taken.keys().any(|t| {
-                *t != subnet && (t.contains(&subnet.network()) || subnet.contains(&t.network()))
-            });
+            let overlapping = taken.keys().any(|t| *t != subnet && t.overlaps(subnet));
             match taken.get(&subnet) {
                 _ if overlapping => {}
                 None => {
-                    if create(client, cfg, subnet, lease).await? {
+                    if create(client, &key(subnet), &c.value, lease).await? {
                         return Ok(subnet);
                     }
                     lost_race = true;
                     break;
                 }
                 Some((v, rev)) if mine(v) => {
-                    if take_over(client, cfg, subnet, lease, *rev).await? {
+                    if take_over(client, &key(subnet), &c.value, lease, *rev).await? {
                         return Ok(subnet);
                     }
                     lost_race = true;
@@ -397,9 +483,9 @@ async fn claim(
         if lost_race {
             continue;
         }
-        let keys: BTreeSet<Ipv4Net> = taken.keys().copied().collect();
-        let subnet = subnets::first_free(cfg.cluster_cidr, cfg.subnet_len, &keys)?;
-        if create(client, cfg, subnet, lease).await? {
+        let keys: BTreeSet<S> = taken.keys().copied().collect();
+        let subnet = subnets::first_free(c.cluster, c.len, &keys)?;
+        if create(client, &key(subnet), &c.value, lease).await? {
             return Ok(subnet);
         }
     }
@@ -409,16 +495,15 @@ async fn claim(
 /// "Create if absent": the key must not exist.
 async fn create(
     client: &mut Client,
-    cfg: &RegistryConfig,
-    subnet: Ipv4Net,
+    key: &str,
+    value: &[u8],
     lease: i64,
 ) -> Result<bool, EtcdError> {
-    let key = cfg.subnet_key(subnet);
     let txn = Txn::new()
-        .when([Compare::version(key.as_str(), CompareOp::Equal, 0)])
+        .when([Compare::version(key, CompareOp::Equal, 0)])
         .and_then([TxnOp::put(
-            key.as_str(),
-            cfg.value(),
+            key,
+            value,
             Some(PutOptions::new().with_lease(lease)),
         )]);
     Ok(client.txn(txn).await?.succeeded())
@@ -427,29 +512,19 @@ async fn create(
 /// "If unchanged since read": re-attaches this node's own key to its new lease.
 async fn take_over(
     client: &mut Client,
-    cfg: &RegistryConfig,
-    subnet: Ipv4Net,
+    key: &str,
+    value: &[u8],
     lease: i64,
     mod_revision: i64,
 ) -> Result<bool, EtcdError> {
-    let key = cfg.subnet_key(subnet);
     let txn = Txn::new()
-        .when([Compare::mod_revision(
-            key.as_str(),
-            CompareOp::Equal,
-            mod_revision,
-        )])
+        .when([Compare::mod_revision(key, CompareOp::Equal, mod_revision)])
         .and_then([TxnOp::put(
-            key.as_str(),
-            cfg.value(),
+            key,
+            value,
             Some(PutOptions::new().with_lease(lease)),
         )]);
     Ok(client.txn(txn).await?.succeeded())
-}
-
-fn subnet_of(cfg: &RegistryConfig, kv: &KeyValue) -> Option<Ipv4Net> {
-    let key = std::str::from_utf8(kv.key()).ok()?;
-    subnets::parse_key_name(key.strip_prefix(cfg.subnets_prefix().as_str())?)
 }
 
 /// A lease key and value; `None` for keys or values that are not a lease (logged).
@@ -472,7 +547,7 @@ fn by_subnet(
     leases
         .iter()
         .filter_map(|(k, v)| {
-            let subnet = subnets::parse_key_name(k.strip_prefix(prefix.as_str())?)?;
+            let subnet = subnets::parse_key_name::<Ipv4Net>(k.strip_prefix(prefix.as_str())?)?;
             Some((subnet, v.clone()))
         })
         .collect()

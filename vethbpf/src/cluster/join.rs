@@ -51,6 +51,7 @@ pub fn up(
     // Without flags, a node in a cluster stays in it as it is.
     let recorded = locked.state.cluster.as_ref().map(|c| ClusterRequest {
         cluster_cidr: c.cluster_cidr,
+        cluster_cidr6: c.cluster_cidr6,
         overlay: c.overlay,
         uplink: Some(c.uplink.clone()),
     });
@@ -59,7 +60,14 @@ pub fn up(
         Some(c) => {
             let uplink = setup::find_uplink(nl, c.uplink.as_deref())?;
             let pod_cidr = req.pod_cidr.ok_or(ClusterError::NoIpv4PodCidr)?;
-            Some(setup::plan(nl, locked, pod_cidr, c, &uplink)?)
+            Some(setup::plan(
+                nl,
+                locked,
+                pod_cidr,
+                req.pod_cidr6,
+                c,
+                &uplink,
+            )?)
         }
         None => None,
     };

@@ -1,11 +1,12 @@
-//! Typed access to the cluster's pinned maps (CLUSTER, NODES, NODE_STATS) and to the
-//! remote-node entries of ROUTES, behind [`NodeMaps`] so that node changes are
+//! Typed access to the cluster's pinned maps (CLUSTER, NODES, NODE_STATS,
+//! NODE_NEIGH) and to the remote-node entries of ROUTES and ROUTES6, behind [`NodeMaps`] so that node changes are
 //! unit-tested with a fake.
 
 use aya::maps::{Array, MapData, MapError, PerCpuArray, PerCpuValues};
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use vethbpf_common::{
-    ClusterConfig, MAP_CLUSTER, MAP_NODE_STATS, MAP_NODES, MAX_NODES, NodeCounter, NodeInfo, Route,
+    ClusterConfig, MAP_CLUSTER, MAP_NODE_NEIGH, MAP_NODE_STATS, MAP_NODES, MAX_NODES, NodeCounter,
+    NodeInfo, NodeNeigh, Route,
 };
 
 use crate::datapath::Pins;
@@ -17,6 +18,13 @@ pub trait NodeMaps {
     /// Deletes a route entry; a missing one is fine.
     fn del_route(&mut self, net: Ipv4Net) -> Result<(), MapsError>;
     fn route_entries(&self) -> Result<Vec<(Ipv4Net, Route)>, MapsError>;
+    fn put_route6(&mut self, net: Ipv6Net, route: &Route) -> Result<(), MapsError>;
+    /// Deletes an IPv6 route entry; a missing one is fine.
+    fn del_route6(&mut self, net: Ipv6Net) -> Result<(), MapsError>;
+    fn route6_entries(&self) -> Result<Vec<(Ipv6Net, Route)>, MapsError>;
+    /// The MACs of direct-routed IPv6 to node `id` (all zero: none).
+    fn put_neigh(&mut self, id: u32, neigh: &NodeNeigh) -> Result<(), MapsError>;
+    fn neigh(&self, id: u32) -> Result<NodeNeigh, MapsError>;
     fn put_node(&mut self, id: u32, info: &NodeInfo) -> Result<(), MapsError>;
     fn node(&self, id: u32) -> Result<NodeInfo, MapsError>;
     /// Zeroes a node's counters (before its id is given out again).
@@ -37,6 +45,7 @@ pub struct PinnedNodeMaps {
     cluster: Array<MapData, ClusterConfig>,
     nodes: Array<MapData, NodeInfo>,
     stats: PerCpuArray<MapData, NodeCounter>,
+    neigh: Array<MapData, NodeNeigh>,
 }
 
 fn op(map: &'static str, op: &'static str) -> impl FnOnce(MapError) -> MapsError {
@@ -54,6 +63,7 @@ impl PinnedNodeMaps {
             cluster: maps::open(pins, MAP_CLUSTER)?,
             nodes: maps::open(pins, MAP_NODES)?,
             stats: maps::open(pins, MAP_NODE_STATS)?,
+            neigh: maps::open(pins, MAP_NODE_NEIGH)?,
         })
     }
 
@@ -75,6 +85,23 @@ impl NodeMaps for PinnedNodeMaps {
     }
     fn route_entries(&self) -> Result<Vec<(Ipv4Net, Route)>, MapsError> {
         Ok(self.maps.routes())
+    }
+    fn put_route6(&mut self, net: Ipv6Net, route: &Route) -> Result<(), MapsError> {
+        self.maps.put_route6(net, route)
+    }
+    fn del_route6(&mut self, net: Ipv6Net) -> Result<(), MapsError> {
+        self.maps.del_route6(net)
+    }
+    fn route6_entries(&self) -> Result<Vec<(Ipv6Net, Route)>, MapsError> {
+        Ok(self.maps.routes6())
+    }
+    fn put_neigh(&mut self, id: u32, neigh: &NodeNeigh) -> Result<(), MapsError> {
+        self.neigh
+            .set(id, neigh, 0)
+            .map_err(op(MAP_NODE_NEIGH, "set"))
+    }
+    fn neigh(&self, id: u32) -> Result<NodeNeigh, MapsError> {
+        self.neigh.get(&id, 0).map_err(op(MAP_NODE_NEIGH, "get"))
     }
     fn put_node(&mut self, id: u32, info: &NodeInfo) -> Result<(), MapsError> {
         self.nodes.set(id, info, 0).map_err(op(MAP_NODES, "set"))

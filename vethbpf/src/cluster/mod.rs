@@ -6,6 +6,7 @@
 //!   the cluster view of `status`
 //! - [`nodes`]: remote nodes: checked, journalled, written into the maps
 //! - [`maps`]: the cluster's pinned maps, behind a trait
+//! - [`neigh`]: the remote nodes' MACs, for direct-routed IPv6
 //! - [`join`]: `up` and the cluster part together, checked before either changes
 //! - [`subnets`]: picking a free pod subnet of the cluster CIDR
 //! - [`etcd`]: subnet leases in etcd (Flannel's model)
@@ -15,13 +16,14 @@ pub mod agent;
 pub mod etcd;
 pub mod join;
 pub mod maps;
+pub mod neigh;
 pub mod nodes;
 pub mod setup;
 pub mod subnets;
 
 use std::net::Ipv4Addr;
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv6Net};
 
 use crate::datapath::BpfError;
 use crate::datapath::maps::MapsError;
@@ -41,6 +43,32 @@ pub enum ClusterError {
         "a cluster needs an IPv4 pod CIDR (remote pod CIDRs and node addresses are IPv4): give --pod-cidr with an IPv4 CIDR"
     )]
     NoIpv4PodCidr,
+    #[error(
+        "an IPv6 cluster CIDR needs an IPv6 pod CIDR inside it: give --pod-cidr with an IPv6 CIDR too"
+    )]
+    NoIpv6PodCidr,
+    #[error(
+        "an IPv6 cluster CIDR comes with an IPv4 one (nodes reach each other over IPv4): give --cluster-cidr with an IPv4 CIDR too"
+    )]
+    Ipv6ClusterWithoutIpv4,
+    #[error(
+        "the IPv6 pod CIDR {pod_cidr6} needs a dual-stack cluster: bring the node up with an IPv6 --cluster-cidr too"
+    )]
+    NoIpv6Cluster { pod_cidr6: Ipv6Net },
+    #[error("two {family} cluster CIDRs given ({first} and {second}); give at most one per family")]
+    TwoClusterCidrs {
+        family: &'static str,
+        first: IpNet,
+        second: IpNet,
+    },
+    #[error("two {family} pod CIDRs given ({first} and {second}); give at most one per family")]
+    TwoNodeCidrs {
+        family: &'static str,
+        first: IpNet,
+        second: IpNet,
+    },
+    #[error("a remote node needs an IPv4 pod CIDR (and may have an IPv6 one too)")]
+    NoIpv4NodeCidr,
     #[error("node name is empty")]
     EmptyName,
     #[error(
@@ -53,16 +81,16 @@ pub enum ClusterError {
     NotFound { name: String },
     #[error("the pod CIDR {pod_cidr} is not inside the cluster CIDR {cluster_cidr}")]
     OutsideCluster {
-        pod_cidr: Ipv4Net,
-        cluster_cidr: Ipv4Net,
+        pod_cidr: IpNet,
+        cluster_cidr: IpNet,
     },
     #[error("the pod CIDR {pod_cidr} overlaps this node's own pod CIDR {own}")]
-    OverlapsOwn { pod_cidr: Ipv4Net, own: Ipv4Net },
+    OverlapsOwn { pod_cidr: IpNet, own: IpNet },
     #[error("the pod CIDR {pod_cidr} overlaps {other_cidr} of node {other}")]
     Overlaps {
-        pod_cidr: Ipv4Net,
+        pod_cidr: IpNet,
         other: String,
-        other_cidr: Ipv4Net,
+        other_cidr: IpNet,
     },
     #[error("{address} is this node's own address")]
     OwnAddress { address: Ipv4Addr },
@@ -71,7 +99,7 @@ pub enum ClusterError {
     #[error("the node address {address} lies inside the cluster CIDR {cluster_cidr}")]
     AddressInCluster {
         address: Ipv4Addr,
-        cluster_cidr: Ipv4Net,
+        cluster_cidr: ipnet::Ipv4Net,
     },
     #[error("the node address {address} is not a usable unicast address")]
     BadAddress { address: Ipv4Addr },
@@ -150,6 +178,12 @@ impl ClusterError {
         match self {
             ClusterError::EmptyName
             | ClusterError::NoIpv4PodCidr
+            | ClusterError::NoIpv6PodCidr
+            | ClusterError::Ipv6ClusterWithoutIpv4
+            | ClusterError::NoIpv6Cluster { .. }
+            | ClusterError::TwoClusterCidrs { .. }
+            | ClusterError::TwoNodeCidrs { .. }
+            | ClusterError::NoIpv4NodeCidr
             | ClusterError::BadName { .. }
             | ClusterError::OutsideCluster { .. }
             | ClusterError::BadAddress { .. }

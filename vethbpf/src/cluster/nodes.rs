@@ -4,7 +4,9 @@
 //! A remote node is three map entries: its id's NODES slot (its address), a
 //! `ROUTE_KIND_NODE` route for its address (so that receivers know it), and a
 //! `ROUTE_KIND_REMOTE` route for its pod CIDR (what makes it reachable, written
-//! last and removed first). Changes are journalled and committed like endpoint
+//! last and removed first); in a dual-stack cluster also a `ROUTE_KIND_REMOTE`
+//! entry of ROUTES6 for its IPv6 pod CIDR (written and removed with the IPv4 one),
+//! and with direct routing its MACs in NODE_NEIGH (see [`super::neigh`]). Changes are journalled and committed like endpoint
 //! changes: bad input changes nothing, a failure undoes what was done, an
 //! interrupted add is rolled back and an interrupted del finished by the next
 //! command.
@@ -12,15 +14,16 @@
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use serde::Serialize;
 use tracing::warn;
 use vethbpf_common::{
-    NodeCounter, NodeInfo, ROUTE_KIND_NODE, ROUTE_KIND_REMOTE, Route, ipv4_to_map,
+    NodeCounter, NodeInfo, NodeNeigh, ROUTE_KIND_NODE, ROUTE_KIND_REMOTE, Route, ipv4_to_map,
 };
 
 use super::ClusterError;
 use super::maps::{NO_NODE, NodeMaps, id_range};
+use super::neigh;
 use crate::endpoint::Count;
 use crate::fault;
 use crate::state::{ClusterState, Locked, NodeIntent, NodeOrigin, Overlay, RemoteNode};
@@ -33,9 +36,15 @@ pub const NODE_NAME_MAX: usize = 63;
 pub struct NodeSpec {
     pub name: String,
     pub pod_cidr: Ipv4Net,
+    /// Its IPv6 pod CIDR (dual-stack clusters).
+    pub pod_cidr6: Option<Ipv6Net>,
     pub address: Ipv4Addr,
     pub origin: NodeOrigin,
 }
+
+/// Learns the MACs of direct-routed IPv6 to a node that is about to be added (see
+/// [`super::neigh::learn`]); only called when [`super::neigh::needed`].
+pub type Learn<'a> = dyn FnMut(&ClusterState, &RemoteNode) -> Result<NodeNeigh, ClusterError> + 'a;
 
 /// 1 to 63 of `[A-Za-z0-9_.-]`, starting with a letter or digit (host names fit).
 pub fn validate_name(name: &str) -> Result<(), ClusterError> {
@@ -53,12 +62,55 @@ fn overlaps(a: Ipv4Net, b: Ipv4Net) -> bool {
     a.contains(&b.network()) || b.contains(&a.network())
 }
 
-/// Checks `spec` against the cluster (this node's pod CIDR `own`, the other nodes,
-/// and in direct mode the uplink's networks `uplink_nets`); returns the id the node
-/// gets. Changes nothing.
+fn overlaps6(a: Ipv6Net, b: Ipv6Net) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
+}
+
+/// Checks a node's IPv6 pod CIDR: a dual-stack cluster, inside its IPv6 cluster
+/// CIDR, overlapping neither this node's (`own6`) nor another node's.
+fn check6(
+    cluster: &ClusterState,
+    own6: Option<Ipv6Net>,
+    name: &str,
+    cidr: Ipv6Net,
+) -> Result<(), ClusterError> {
+    let Some(cluster6) = cluster.cluster_cidr6 else {
+        return Err(ClusterError::NoIpv6Cluster { pod_cidr6: cidr });
+    };
+    if !cluster6.contains(&cidr) {
+        return Err(ClusterError::OutsideCluster {
+            pod_cidr: cidr.into(),
+            cluster_cidr: cluster6.into(),
+        });
+    }
+    if let Some(own) = own6.filter(|own| overlaps6(cidr, *own)) {
+        return Err(ClusterError::OverlapsOwn {
+            pod_cidr: cidr.into(),
+            own: own.into(),
+        });
+    }
+    if let Some((other, other_cidr)) = cluster
+        .nodes
+        .values()
+        .filter(|n| n.name != name)
+        .find_map(|n| n.pod_cidr6.filter(|c| overlaps6(*c, cidr)).map(|c| (n, c)))
+    {
+        return Err(ClusterError::Overlaps {
+            pod_cidr: cidr.into(),
+            other: other.name.clone(),
+            other_cidr: other_cidr.into(),
+        });
+    }
+    Ok(())
+}
+
+/// Checks `spec` against the cluster (this node's pod CIDRs `own` and `own6`, the
+/// other nodes, and in direct mode the uplink's networks `uplink_nets`); returns
+/// the id the node gets. Changes nothing.
 pub fn check(
     cluster: &ClusterState,
     own: Ipv4Net,
+    own6: Option<Ipv6Net>,
     spec: &NodeSpec,
     uplink_nets: &[Ipv4Net],
 ) -> Result<u32, ClusterError> {
@@ -71,22 +123,25 @@ pub fn check(
     let cidr = spec.pod_cidr;
     if !cluster.cluster_cidr.contains(&cidr) {
         return Err(ClusterError::OutsideCluster {
-            pod_cidr: cidr,
-            cluster_cidr: cluster.cluster_cidr,
+            pod_cidr: cidr.into(),
+            cluster_cidr: cluster.cluster_cidr.into(),
         });
     }
     if overlaps(cidr, own) {
         return Err(ClusterError::OverlapsOwn {
-            pod_cidr: cidr,
-            own,
+            pod_cidr: cidr.into(),
+            own: own.into(),
         });
     }
     if let Some(other) = cluster.nodes.values().find(|n| overlaps(n.pod_cidr, cidr)) {
         return Err(ClusterError::Overlaps {
-            pod_cidr: cidr,
+            pod_cidr: cidr.into(),
             other: other.name.clone(),
-            other_cidr: other.pod_cidr,
+            other_cidr: other.pod_cidr.into(),
         });
+    }
+    if let Some(cidr6) = spec.pod_cidr6 {
+        check6(cluster, own6, &spec.name, cidr6)?;
     }
     let address = spec.address;
     if address.is_unspecified()
@@ -147,6 +202,22 @@ pub fn routes_of(node: &RemoteNode) -> [(Ipv4Net, Route); 2] {
     ]
 }
 
+/// The ROUTES6 entry of a node's IPv6 pod CIDR, if it has one.
+pub fn route6_of(node: &RemoteNode) -> Option<(Ipv6Net, Route)> {
+    node.pod_cidr6.map(|cidr| {
+        (
+            cidr,
+            Route {
+                kind: ROUTE_KIND_REMOTE,
+                ifindex: 0,
+                endpoint_id: node.id,
+                mac: [0; 6],
+                _pad: [0; 2],
+            },
+        )
+    })
+}
+
 /// The NODES entry of a node.
 pub fn info_of(node: &RemoteNode) -> NodeInfo {
     NodeInfo {
@@ -155,16 +226,21 @@ pub fn info_of(node: &RemoteNode) -> NodeInfo {
     }
 }
 
-/// Writes a node's entries, the pod CIDR route last (it makes the node reachable).
-fn install(maps: &mut dyn NodeMaps, node: &RemoteNode) -> Result<(), ClusterError> {
+/// Writes a node's entries, the pod CIDR routes last (they make the node
+/// reachable).
+fn install(maps: &mut dyn NodeMaps, node: &RemoteNode, l2: &NodeNeigh) -> Result<(), ClusterError> {
     fault::point("node-add.counters")?;
     maps.reset_node_counters(node.id)?;
     fault::point("node-add.node-map")?;
     maps.put_node(node.id, &info_of(node))?;
+    maps.put_neigh(node.id, l2)?;
     let [(cidr, remote), (addr, known)] = routes_of(node);
     fault::point("node-add.address-route")?;
     maps.put_route(addr, &known)?;
     fault::point("node-add.cidr-route")?;
+    if let Some((cidr6, remote6)) = route6_of(node) {
+        maps.put_route6(cidr6, &remote6)?;
+    }
     maps.put_route(cidr, &remote)?;
     Ok(())
 }
@@ -182,6 +258,12 @@ fn uninstall(
         .filter(|n| n.name != node.name)
         .flat_map(|n| routes_of(n).map(|(net, _)| net))
         .collect();
+    let owned_routes6: BTreeSet<Ipv6Net> = keep
+        .nodes
+        .values()
+        .filter(|n| n.name != node.name)
+        .filter_map(|n| n.pod_cidr6)
+        .collect();
     for ((net, _), point) in routes_of(node)
         .into_iter()
         .zip(["node-del.cidr-route", "node-del.address-route"])
@@ -189,6 +271,12 @@ fn uninstall(
         fault::point(point)?;
         if !owned_routes.contains(&net) {
             maps.del_route(net)?;
+        }
+        // The IPv6 pod CIDR goes with the IPv4 one: nothing is sent to the node.
+        if point == "node-del.cidr-route"
+            && let Some(cidr6) = node.pod_cidr6.filter(|c| !owned_routes6.contains(c))
+        {
+            maps.del_route6(cidr6)?;
         }
     }
     fault::point("node-del.node-map")?;
@@ -198,6 +286,7 @@ fn uninstall(
         .any(|n| n.id == node.id && n.name != node.name)
     {
         maps.put_node(node.id, &NO_NODE)?;
+        maps.put_neigh(node.id, &neigh::UNKNOWN)?;
     }
     Ok(())
 }
@@ -219,27 +308,32 @@ pub fn add(
     locked: &mut Locked,
     spec: &NodeSpec,
     uplink_nets: &[Ipv4Net],
+    learn: &mut Learn<'_>,
 ) -> Result<RemoteNode, ClusterError> {
     finish_pending(maps, locked)?;
-    let own = locked
-        .state
-        .node
-        .as_ref()
-        .ok_or(ClusterError::NotUp)?
-        .pod_cidr
-        .ok_or(ClusterError::NoIpv4PodCidr)?;
+    let own_node = locked.state.node.as_ref().ok_or(ClusterError::NotUp)?;
+    let own = own_node.pod_cidr.ok_or(ClusterError::NoIpv4PodCidr)?;
+    let own6 = own_node.pod_cidr6;
     let cluster = cluster_of(locked)?;
-    let id = check(cluster, own, spec, uplink_nets)?;
+    let id = check(cluster, own, own6, spec, uplink_nets)?;
     let node = RemoteNode {
         name: spec.name.clone(),
         id,
         pod_cidr: spec.pod_cidr,
+        pod_cidr6: spec.pod_cidr6,
         address: spec.address,
         origin: spec.origin,
     };
+    // Before the journal: learning changes nothing of ours (ARP fills the kernel's
+    // cache, as any packet to the node would).
+    let l2 = if neigh::needed(cluster, &node) {
+        learn(cluster, &node)?
+    } else {
+        neigh::UNKNOWN
+    };
     fault::point("node-add.intent")?;
     locked.begin_node(&NodeIntent::Add(node.clone()))?;
-    let result = install(maps, &node).and_then(|()| {
+    let result = install(maps, &node, &l2).and_then(|()| {
         fault::point("node-add.commit")?;
         cluster_mut(locked)?
             .nodes
@@ -291,12 +385,13 @@ pub fn del(
         .ok_or_else(|| ClusterError::NotFound {
             name: name.to_string(),
         })?;
+    let l2 = maps.neigh(node.id)?;
     fault::point("node-del.intent")?;
     locked.begin_node(&NodeIntent::Del(node.clone()))?;
     let keep = cluster.clone();
     if let Err(e) = uninstall(maps, &node, &keep) {
         // Put back what was removed: the node is as it was.
-        if let Err(undo) = install(maps, &node) {
+        if let Err(undo) = install(maps, &node, &l2) {
             warn!(node = %node.name, error = %undo, "cannot restore the node's entries");
         }
         if let Err(end) = locked.end_node() {
@@ -412,6 +507,7 @@ fn settle(
 fn placeholder() -> ClusterState {
     ClusterState {
         cluster_cidr: Ipv4Net::default(),
+        cluster_cidr6: None,
         overlay: Overlay::None,
         uplink: String::new(),
         uplink_ifindex: 0,
@@ -436,6 +532,8 @@ pub struct NodeView {
     pub name: String,
     pub id: u32,
     pub pod_cidr: Ipv4Net,
+    /// Its IPv6 pod CIDR (`null`: none).
+    pub pod_cidr6: Option<Ipv6Net>,
     pub address: Ipv4Addr,
     pub origin: NodeOrigin,
     pub sent: Count,
@@ -486,6 +584,7 @@ pub fn list(maps: &dyn NodeMaps, locked: &Locked) -> Result<Vec<NodeView>, Clust
                 name: n.name.clone(),
                 id: n.id,
                 pod_cidr: n.pod_cidr,
+                pod_cidr6: n.pod_cidr6,
                 address: n.address,
                 origin: n.origin,
                 sent: Count {
@@ -555,11 +654,73 @@ pub fn reconcile(
             fixes.push(fix("orphan route map entry removed", &net.to_string()));
         }
     }
+    let entries6: std::collections::BTreeMap<Ipv6Net, Route> =
+        maps.route6_entries()?.into_iter().collect();
+    let mut owned6 = BTreeSet::new();
+    for node in cluster.nodes.values() {
+        if let Some((net, route)) = route6_of(node) {
+            owned6.insert(net);
+            if entries6.get(&net) != Some(&route) {
+                maps.put_route6(net, &route)?;
+                fixes.push(fix("IPv6 route map entry", &node.name));
+            }
+        }
+    }
+    for (net, route) in &entries6 {
+        if route.kind == ROUTE_KIND_REMOTE && !owned6.contains(net) {
+            maps.del_route6(*net)?;
+            fixes.push(fix("orphan IPv6 route map entry removed", &net.to_string()));
+        }
+    }
     let ids: BTreeSet<u32> = cluster.nodes.values().map(|n| n.id).collect();
     for id in id_range().filter(|id| !ids.contains(id)) {
         if maps.node(id)? != NO_NODE {
             maps.put_node(id, &NO_NODE)?;
             fixes.push(fix("orphan node map entry removed", &format!("id {id}")));
+        }
+        if maps.neigh(id)? != neigh::UNKNOWN {
+            maps.put_neigh(id, &neigh::UNKNOWN)?;
+            fixes.push(fix("orphan neighbour entry removed", &format!("id {id}")));
+        }
+    }
+    Ok(fixes)
+}
+
+/// Brings every recorded node's MACs for direct-routed IPv6 up to date (a node
+/// whose ARP answer came late, or whose MAC changed); clears those no node needs.
+/// `only_missing`: leave the nodes whose MACs are known alone (the agent's retry,
+/// cheap when all are known); `reconcile` checks them all.
+pub fn refresh_neigh(
+    maps: &mut dyn NodeMaps,
+    locked: &Locked,
+    only_missing: bool,
+    learn: &mut Learn<'_>,
+) -> Result<Vec<NodeFix>, ClusterError> {
+    let mut fixes = Vec::new();
+    let Some(cluster) = &locked.state.cluster else {
+        return Ok(fixes);
+    };
+    for node in cluster.nodes.values() {
+        let have = maps.neigh(node.id)?;
+        let needed = neigh::needed(cluster, node);
+        if only_missing && needed && have != neigh::UNKNOWN {
+            continue;
+        }
+        let want = if needed {
+            match learn(cluster, node)? {
+                // Not answering now: keep what was learnt before.
+                l2 if l2 == neigh::UNKNOWN => have,
+                l2 => l2,
+            }
+        } else {
+            neigh::UNKNOWN
+        };
+        if want != have {
+            maps.put_neigh(node.id, &want)?;
+            fixes.push(NodeFix {
+                what: "neighbour MACs".into(),
+                name: node.name.clone(),
+            });
         }
     }
     Ok(fixes)
@@ -580,7 +741,9 @@ mod tests {
     #[derive(Default)]
     struct FakeMaps {
         routes: BTreeMap<Ipv4Net, Route>,
+        routes6: BTreeMap<Ipv6Net, Route>,
         nodes: BTreeMap<u32, NodeInfo>,
+        neigh: BTreeMap<u32, NodeNeigh>,
         puts: usize,
         fail_route: Option<usize>,
     }
@@ -608,6 +771,28 @@ mod tests {
         }
         fn route_entries(&self) -> Result<Vec<(Ipv4Net, Route)>, MapsError> {
             Ok(self.routes.iter().map(|(n, r)| (*n, *r)).collect())
+        }
+        fn put_route6(&mut self, net: Ipv6Net, route: &Route) -> Result<(), MapsError> {
+            self.routes6.insert(net, *route);
+            Ok(())
+        }
+        fn del_route6(&mut self, net: Ipv6Net) -> Result<(), MapsError> {
+            self.routes6.remove(&net);
+            Ok(())
+        }
+        fn route6_entries(&self) -> Result<Vec<(Ipv6Net, Route)>, MapsError> {
+            Ok(self.routes6.iter().map(|(n, r)| (*n, *r)).collect())
+        }
+        fn put_neigh(&mut self, id: u32, l2: &NodeNeigh) -> Result<(), MapsError> {
+            if *l2 == neigh::UNKNOWN {
+                self.neigh.remove(&id);
+            } else {
+                self.neigh.insert(id, *l2);
+            }
+            Ok(())
+        }
+        fn neigh(&self, id: u32) -> Result<NodeNeigh, MapsError> {
+            Ok(self.neigh.get(&id).copied().unwrap_or(neigh::UNKNOWN))
         }
         fn put_node(&mut self, id: u32, info: &NodeInfo) -> Result<(), MapsError> {
             if *info == NO_NODE {
@@ -641,6 +826,7 @@ mod tests {
     fn cluster(overlay: Overlay) -> ClusterState {
         ClusterState {
             cluster_cidr: net("10.244.0.0/16"),
+            cluster_cidr6: Some(net6("fd00:10:244::/48")),
             overlay,
             uplink: "eth0".into(),
             uplink_ifindex: 2,
@@ -652,9 +838,25 @@ mod tests {
         }
     }
 
+    fn net6(s: &str) -> Ipv6Net {
+        s.parse().unwrap()
+    }
+
+    /// The MACs the fake learns for every node.
+    const L2: NodeNeigh = NodeNeigh {
+        mac: [2, 0, 0, 0, 0, 2],
+        uplink_mac: [2, 0, 0, 0, 0, 1],
+        _pad: [0; 4],
+    };
+
+    fn learn() -> impl FnMut(&ClusterState, &RemoteNode) -> Result<NodeNeigh, ClusterError> {
+        |_, _| Ok(L2)
+    }
+
     fn spec(name: &str, cidr: &str, addr: [u8; 4]) -> NodeSpec {
         NodeSpec {
             name: name.into(),
+            pod_cidr6: None,
             pod_cidr: net(cidr),
             address: Ipv4Addr::from(addr),
             origin: NodeOrigin::Static,
@@ -666,7 +868,7 @@ mod tests {
         let mut l = sd.lock().unwrap();
         l.state.node = Some(NodeConfig {
             pod_cidr: Some(net("10.244.1.0/24")),
-            pod_cidr6: None,
+            pod_cidr6: Some(net6("fd00:10:244:1::/64")),
             gateway: Ipv4Addr::new(169, 254, 1, 1),
             gateway_mac: MacAddr::GATEWAY,
             bpffs_dir: "/nonexistent".into(),
@@ -694,11 +896,12 @@ mod tests {
                 name: "b".into(),
                 id: 1,
                 pod_cidr: net("10.244.2.0/24"),
+                pod_cidr6: None,
                 address: Ipv4Addr::new(192, 168, 77, 2),
                 origin: NodeOrigin::Static,
             },
         );
-        let err = |s: NodeSpec| check(&c, own, &s, &lan).unwrap_err().to_string();
+        let err = |s: NodeSpec| check(&c, own, None, &s, &lan).unwrap_err().to_string();
         assert!(err(spec("", "10.244.9.0/24", [192, 168, 77, 9])).contains("empty"));
         assert!(err(spec("-x", "10.244.9.0/24", [192, 168, 77, 9])).contains("not valid"));
         assert!(err(spec("b", "10.244.9.0/24", [192, 168, 77, 9])).contains("already exists"));
@@ -713,7 +916,14 @@ mod tests {
         // The same address is fine through a tunnel, and the next free id is 2.
         c.overlay = Overlay::Vxlan;
         assert_eq!(
-            check(&c, own, &spec("x", "10.244.9.0/24", [10, 0, 0, 9]), &lan).unwrap(),
+            check(
+                &c,
+                own,
+                None,
+                &spec("x", "10.244.9.0/24", [10, 0, 0, 9]),
+                &lan
+            )
+            .unwrap(),
             2
         );
     }
@@ -729,6 +939,7 @@ mod tests {
             &mut l,
             &spec("b", "10.244.2.0/24", [192, 168, 77, 2]),
             &lan,
+            &mut learn(),
         )
         .unwrap();
         assert_eq!(node.id, 1);
@@ -765,6 +976,7 @@ mod tests {
                 &mut l,
                 &spec("b", "10.244.2.0/24", [192, 168, 77, 2]),
                 &lan,
+                &mut learn(),
             );
             assert!(r.is_err(), "put_route #{nth}");
             assert!(maps.routes.is_empty() && maps.nodes.is_empty(), "#{nth}");
@@ -783,12 +995,13 @@ mod tests {
             name: "b".into(),
             id: 1,
             pod_cidr: net("10.244.2.0/24"),
+            pod_cidr6: None,
             address: Ipv4Addr::new(192, 168, 77, 2),
             origin: NodeOrigin::Static,
         };
         // An add that died after its entries, before its commit.
         l.begin_node(&NodeIntent::Add(node.clone())).unwrap();
-        install(&mut maps, &node).unwrap();
+        install(&mut maps, &node, &neigh::UNKNOWN).unwrap();
         let s = finish_pending(&mut maps, &mut l).unwrap().unwrap();
         assert_eq!((s.op, s.outcome), ("add", "rolled back"));
         assert!(maps.routes.is_empty() && maps.nodes.is_empty());
@@ -800,6 +1013,7 @@ mod tests {
             &mut l,
             &spec("b", "10.244.2.0/24", [192, 168, 77, 2]),
             &lan,
+            &mut learn(),
         )
         .unwrap();
         l.begin_node(&NodeIntent::Del(node.clone())).unwrap();
@@ -822,6 +1036,7 @@ mod tests {
             &mut l,
             &spec("b", "10.244.2.0/24", [192, 168, 77, 2]),
             &lan,
+            &mut learn(),
         )
         .unwrap();
         maps.routes.remove(&net("10.244.2.0/24"));
@@ -840,6 +1055,114 @@ mod tests {
         assert!(maps.routes.contains_key(&net("10.244.2.0/24")));
         assert_eq!(maps.nodes.len(), 1);
         assert!(reconcile(&mut maps, &mut l).unwrap().is_empty());
+        sd.remove(l).unwrap();
+    }
+
+    fn spec6(name: &str, cidr: &str, cidr6: &str, addr: [u8; 4]) -> NodeSpec {
+        NodeSpec {
+            pod_cidr6: Some(net6(cidr6)),
+            ..spec(name, cidr, addr)
+        }
+    }
+
+    #[test]
+    fn a_dual_stack_node_gets_its_ipv6_route_and_macs_and_del_takes_them() {
+        let dir = tempdir("dual");
+        let (sd, mut l) = locked_node(&dir);
+        let mut maps = FakeMaps::default();
+        let lan = [net("192.168.77.0/24")];
+        let b = spec6(
+            "b",
+            "10.244.2.0/24",
+            "fd00:10:244:2::/64",
+            [192, 168, 77, 2],
+        );
+        let node = add(&mut maps, &mut l, &b, &lan, &mut learn()).unwrap();
+        let r6 = maps.routes6[&net6("fd00:10:244:2::/64")];
+        assert_eq!((r6.kind, r6.endpoint_id), (ROUTE_KIND_REMOTE, node.id));
+        assert_eq!(maps.neigh[&node.id], L2, "direct routing learns the MACs");
+        let stored = sd.read().unwrap().cluster.unwrap().nodes["b"].clone();
+        assert_eq!(stored.pod_cidr6, Some(net6("fd00:10:244:2::/64")));
+
+        // Bad IPv6 input, each named, nothing written.
+        let err = |s: NodeSpec, l: &mut Locked, maps: &mut FakeMaps| {
+            add(maps, l, &s, &lan, &mut learn())
+                .unwrap_err()
+                .to_string()
+        };
+        let c = |cidr6| spec6("c", "10.244.3.0/24", cidr6, [192, 168, 77, 3]);
+        assert!(err(c("fd00:99::/64"), &mut l, &mut maps).contains("not inside"));
+        assert!(err(c("fd00:10:244:1::/80"), &mut l, &mut maps).contains("own pod CIDR"));
+        assert!(err(c("fd00:10:244:2:1::/80"), &mut l, &mut maps).contains("of node b"));
+        assert_eq!(maps.routes6.len(), 1);
+
+        del(&mut maps, &mut l, "b").unwrap();
+        assert!(maps.routes6.is_empty() && maps.neigh.is_empty() && maps.routes.is_empty());
+
+        // Through a tunnel nothing needs the MACs: none are learnt.
+        l.state.cluster.as_mut().unwrap().overlay = Overlay::Vxlan;
+        let mut never = |_: &ClusterState, _: &RemoteNode| -> Result<NodeNeigh, ClusterError> {
+            panic!("learnt MACs for a tunnelled node")
+        };
+        add(&mut maps, &mut l, &b, &lan, &mut never).unwrap();
+        assert_eq!(maps.routes6.len(), 1);
+        assert!(maps.neigh.is_empty());
+
+        // An IPv4-only cluster takes no IPv6 pod CIDR.
+        l.state.cluster.as_mut().unwrap().cluster_cidr6 = None;
+        assert!(
+            err(c("fd00:10:244:3::/64"), &mut l, &mut maps).contains("needs a dual-stack cluster")
+        );
+        sd.remove(l).unwrap();
+    }
+
+    #[test]
+    fn refresh_neigh_learns_late_answers_and_keeps_known_macs() {
+        let dir = tempdir("refresh");
+        let (sd, mut l) = locked_node(&dir);
+        let mut maps = FakeMaps::default();
+        let lan = [net("192.168.77.0/24")];
+        let b = spec6(
+            "b",
+            "10.244.2.0/24",
+            "fd00:10:244:2::/64",
+            [192, 168, 77, 2],
+        );
+        // The node did not answer ARP when it was added.
+        let mut silent = |_: &ClusterState, _: &RemoteNode| Ok(neigh::UNKNOWN);
+        let node = add(&mut maps, &mut l, &b, &lan, &mut silent).unwrap();
+        assert!(maps.neigh.is_empty());
+        // Still silent: nothing to fix.
+        assert!(
+            refresh_neigh(&mut maps, &l, false, &mut silent)
+                .unwrap()
+                .is_empty()
+        );
+        // It answers now.
+        let fixes = refresh_neigh(&mut maps, &l, false, &mut learn()).unwrap();
+        assert_eq!(fixes.len(), 1, "{fixes:?}");
+        assert_eq!(maps.neigh[&node.id], L2);
+        // The agent's retry leaves a known node alone.
+        let mut never = |_: &ClusterState, _: &RemoteNode| -> Result<NodeNeigh, ClusterError> {
+            panic!("asked about a node whose MACs are known")
+        };
+        assert!(
+            refresh_neigh(&mut maps, &l, true, &mut never)
+                .unwrap()
+                .is_empty()
+        );
+        // Silent again: what was learnt stays.
+        assert!(
+            refresh_neigh(&mut maps, &l, false, &mut silent)
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(maps.neigh[&node.id], L2);
+        // A stray entry for an id no node has goes with reconcile.
+        maps.neigh.insert(9, L2);
+        let fixes = reconcile(&mut maps, &mut l).unwrap();
+        assert_eq!(fixes.len(), 1, "{fixes:?}");
+        assert!(!maps.neigh.contains_key(&9));
         sd.remove(l).unwrap();
     }
 

@@ -7,7 +7,7 @@
 
 use std::net::Ipv4Addr;
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use serde::Serialize;
 use tracing::{info, warn};
 use vethbpf_common::{CLUSTER_MODE_DIRECT, CLUSTER_MODE_VXLAN, ClusterConfig, ipv4_to_map};
@@ -35,14 +35,45 @@ pub const DEFAULT_POD_MTU: u32 = 1500;
 /// The smallest datagram every IPv4 host must accept (RFC 791): pods get at least
 /// this.
 const MIN_POD_MTU: u32 = 576;
+/// The smallest link MTU IPv6 allows (RFC 8200): pods of a dual-stack cluster get
+/// at least this, the overlay's 50 bytes on top (the outer header is IPv4 whatever
+/// the inner family).
+const MIN_POD_MTU6: u32 = 1280;
 
 /// `up`'s cluster flags.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClusterRequest {
     pub cluster_cidr: Ipv4Net,
+    /// The IPv6 cluster CIDR of a dual-stack cluster.
+    pub cluster_cidr6: Option<Ipv6Net>,
     pub overlay: Overlay,
     /// `None`: the device of the default route.
     pub uplink: Option<String>,
+}
+
+/// `--cluster-cidr` given once per family: (IPv4, IPv6). An IPv6 one needs an
+/// IPv4 one (the underlay, node addresses and the cluster itself are IPv4).
+pub fn split_cluster_cidrs(
+    cidrs: &[ipnet::IpNet],
+) -> Result<(Option<Ipv4Net>, Option<Ipv6Net>), ClusterError> {
+    let (mut v4, mut v6): (Option<Ipv4Net>, Option<Ipv6Net>) = (None, None);
+    for cidr in cidrs {
+        let (family, first) = match cidr.trunc() {
+            ipnet::IpNet::V4(c) => ("IPv4", v4.replace(c).map(ipnet::IpNet::V4)),
+            ipnet::IpNet::V6(c) => ("IPv6", v6.replace(c).map(ipnet::IpNet::V6)),
+        };
+        if let Some(first) = first {
+            return Err(ClusterError::TwoClusterCidrs {
+                family,
+                first,
+                second: *cidr,
+            });
+        }
+    }
+    if v6.is_some() && v4.is_none() {
+        return Err(ClusterError::Ipv6ClusterWithoutIpv4);
+    }
+    Ok((v4, v6))
 }
 
 /// The node's uplink as the kernel has it.
@@ -108,20 +139,30 @@ pub fn uplink_nets(
         .collect())
 }
 
-/// Checks the request against the node (about to get `pod_cidr`) and returns the
-/// cluster state to apply; changes nothing.
+/// Checks the request against the node (about to get `pod_cidr` and `pod_cidr6`)
+/// and returns the cluster state to apply; changes nothing.
 pub fn plan(
     nl: &mut dyn Netlink,
     locked: &Locked,
     pod_cidr: Ipv4Net,
+    pod_cidr6: Option<Ipv6Net>,
     req: &ClusterRequest,
     uplink: &Uplink,
 ) -> Result<ClusterState, ClusterError> {
     if !req.cluster_cidr.contains(&pod_cidr) {
         return Err(ClusterError::OutsideCluster {
-            pod_cidr,
-            cluster_cidr: req.cluster_cidr,
+            pod_cidr: pod_cidr.into(),
+            cluster_cidr: req.cluster_cidr.into(),
         });
+    }
+    if let Some(cluster6) = req.cluster_cidr6 {
+        let own6 = pod_cidr6.ok_or(ClusterError::NoIpv6PodCidr)?;
+        if !cluster6.contains(&own6) {
+            return Err(ClusterError::OutsideCluster {
+                pod_cidr: own6.into(),
+                cluster_cidr: cluster6.into(),
+            });
+        }
     }
     if req.cluster_cidr.contains(&uplink.address) {
         return Err(ClusterError::AddressInCluster {
@@ -133,7 +174,12 @@ pub fn plan(
         Overlay::None => 0,
         Overlay::Vxlan => VXLAN_OVERHEAD,
     };
-    if uplink.mtu < MIN_POD_MTU + overhead {
+    let min_pod_mtu = if req.cluster_cidr6.is_some() {
+        MIN_POD_MTU6
+    } else {
+        MIN_POD_MTU
+    };
+    if uplink.mtu < min_pod_mtu + overhead {
         return Err(ClusterError::MtuTooSmall {
             name: uplink.name.clone(),
             mtu: uplink.mtu,
@@ -143,21 +189,33 @@ pub fn plan(
     let pod_mtu = uplink.mtu - overhead;
     let current = locked.state.cluster.as_ref();
     let endpoints = locked.state.endpoints.len();
-    let describe = |cidr: Ipv4Net, overlay: Overlay, uplink: &str| {
+    let describe = |cidr: Ipv4Net, cidr6: Option<Ipv6Net>, overlay: Overlay, uplink: &str| {
+        let cidr6 = cidr6.map_or_else(String::new, |c| format!(" --cluster-cidr {c}"));
         format!(
-            "--cluster-cidr {cidr} --overlay {} --uplink {uplink}",
+            "--cluster-cidr {cidr}{cidr6} --overlay {} --uplink {uplink}",
             overlay.name()
         )
     };
     let mut nodes = std::collections::BTreeMap::new();
     if let Some(cur) = current {
         let same = cur.cluster_cidr == req.cluster_cidr
+            && cur.cluster_cidr6 == req.cluster_cidr6
             && cur.overlay == req.overlay
             && cur.uplink == uplink.name;
         if !same && (endpoints > 0 || !cur.nodes.is_empty()) {
             return Err(ClusterError::ClusterChange {
-                current: describe(cur.cluster_cidr, cur.overlay, &cur.uplink),
-                requested: describe(req.cluster_cidr, req.overlay, &uplink.name),
+                current: describe(
+                    cur.cluster_cidr,
+                    cur.cluster_cidr6,
+                    cur.overlay,
+                    &cur.uplink,
+                ),
+                requested: describe(
+                    req.cluster_cidr,
+                    req.cluster_cidr6,
+                    req.overlay,
+                    &uplink.name,
+                ),
                 endpoints,
                 nodes: cur.nodes.len(),
             });
@@ -176,9 +234,22 @@ pub fn plan(
         n.pod_cidr.contains(&pod_cidr.network()) || pod_cidr.contains(&n.pod_cidr.network())
     }) {
         return Err(ClusterError::Overlaps {
-            pod_cidr,
+            pod_cidr: pod_cidr.into(),
             other: other.name.clone(),
-            other_cidr: other.pod_cidr,
+            other_cidr: other.pod_cidr.into(),
+        });
+    }
+    if let Some(own6) = pod_cidr6
+        && let Some((other, other6)) = nodes.values().find_map(|n| {
+            n.pod_cidr6
+                .filter(|c| c.contains(&own6.network()) || own6.contains(&c.network()))
+                .map(|c| (n, c))
+        })
+    {
+        return Err(ClusterError::Overlaps {
+            pod_cidr: own6.into(),
+            other: other.name.clone(),
+            other_cidr: other6.into(),
         });
     }
     let vxlan = match req.overlay {
@@ -203,6 +274,7 @@ pub fn plan(
     };
     Ok(ClusterState {
         cluster_cidr: req.cluster_cidr,
+        cluster_cidr6: req.cluster_cidr6,
         overlay: req.overlay,
         uplink: uplink.name.clone(),
         uplink_ifindex: uplink.index,
@@ -347,6 +419,7 @@ pub fn apply(
     let settings = |c: &ClusterState| {
         (
             c.cluster_cidr,
+            c.cluster_cidr6,
             c.overlay,
             c.uplink.clone(),
             c.node_ip,
@@ -425,6 +498,7 @@ pub struct ClusterProgram {
 #[derive(Clone, Debug, Serialize)]
 pub struct ClusterStatus {
     pub cluster_cidr: Ipv4Net,
+    pub cluster_cidr6: Option<Ipv6Net>,
     pub overlay: Overlay,
     pub uplink: String,
     pub node_ip: Ipv4Addr,
@@ -467,6 +541,7 @@ pub fn status(
     .collect();
     Ok(Some(ClusterStatus {
         cluster_cidr: c.cluster_cidr,
+        cluster_cidr6: c.cluster_cidr6,
         overlay: c.overlay,
         uplink: c.uplink.clone(),
         node_ip: c.node_ip,

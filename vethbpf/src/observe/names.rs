@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use std::time::{Duration, Instant};
 
 use crate::state::{StateDir, StateError};
@@ -22,8 +22,8 @@ pub struct Names {
     by_id: HashMap<u32, String>,
     by_ip: HashMap<IpAddr, String>,
     by_ifindex: HashMap<u32, String>,
-    /// (name, pod CIDR, underlay address) of each remote node.
-    nodes: Vec<(String, Ipv4Net, Ipv4Addr)>,
+    /// Each remote node: name, pod CIDR, IPv6 pod CIDR, underlay address.
+    nodes: Vec<(String, Ipv4Net, Option<Ipv6Net>, Ipv4Addr)>,
     loaded: Option<Instant>,
 }
 
@@ -53,7 +53,7 @@ impl Names {
             .map(|c| {
                 c.nodes
                     .values()
-                    .map(|n| (n.name.clone(), n.pod_cidr, n.address))
+                    .map(|n| (n.name.clone(), n.pod_cidr, n.pod_cidr6, n.address))
                     .collect()
             })
             .unwrap_or_default();
@@ -108,14 +108,15 @@ impl Names {
 }
 
 impl Names {
-    /// The remote node whose pod CIDR holds `ip`, or whose own address it is.
+    /// The remote node whose pod CIDR (of either family) holds `ip`, or whose own
+    /// address it is.
     pub fn node_of_ip(&self, ip: IpAddr) -> Option<String> {
-        let IpAddr::V4(ip) = ip else {
-            return None;
-        };
         self.nodes
             .iter()
-            .find(|(_, cidr, address)| cidr.contains(&ip) || *address == ip)
+            .find(|(_, cidr, cidr6, address)| match ip {
+                IpAddr::V4(ip) => cidr.contains(&ip) || *address == ip,
+                IpAddr::V6(ip) => cidr6.is_some_and(|c| c.contains(&ip)),
+            })
             .map(|(name, ..)| name.clone())
     }
 

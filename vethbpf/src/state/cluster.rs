@@ -9,7 +9,7 @@ use std::io;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
 use super::{Locked, StateError};
@@ -41,6 +41,10 @@ impl Overlay {
 pub struct ClusterState {
     /// Every node's pod CIDR lies inside it.
     pub cluster_cidr: Ipv4Net,
+    /// Every node's IPv6 pod CIDR lies inside it (a dual-stack cluster); IPv6
+    /// between nodes is carried over the same IPv4 underlay.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_cidr6: Option<Ipv6Net>,
     pub overlay: Overlay,
     /// The interface other nodes are reached through, and its index.
     pub uplink: String,
@@ -83,6 +87,10 @@ pub struct RemoteNode {
     /// Index of the node in the NODES and NODE_STATS maps (1..MAX_NODES).
     pub id: u32,
     pub pod_cidr: Ipv4Net,
+    /// Its IPv6 pod CIDR, in a dual-stack cluster (reached through the same IPv4
+    /// address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_cidr6: Option<Ipv6Net>,
     pub address: Ipv4Addr,
     #[serde(default)]
     pub origin: NodeOrigin,
@@ -156,6 +164,7 @@ mod tests {
             name: "b".into(),
             id: 1,
             pod_cidr: "10.244.2.0/24".parse().unwrap(),
+            pod_cidr6: Some("fd00:10:244:2::/64".parse().unwrap()),
             address: Ipv4Addr::new(10, 0, 0, 2),
             origin: NodeOrigin::Etcd,
         };

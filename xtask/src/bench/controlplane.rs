@@ -117,7 +117,8 @@ impl Plugin for VethbpfPlugin {
         "vethbpf"
     }
     fn add(&self, _: usize, pod: &str) -> Result<()> {
-        self.0.add(pod, None, Some(&sys::netns_path(pod)))
+        self.0
+            .add(pod, None::<std::net::IpAddr>, Some(&sys::netns_path(pod)))
     }
     fn del(&self, _: usize, pod: &str) -> Result<()> {
         self.0.del(pod)

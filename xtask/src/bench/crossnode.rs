@@ -283,7 +283,7 @@ fn build(kind: CrossKind, env: &topo::Env) -> Result<Built> {
             name: kind.name(),
             client_ns: client,
             server_ns: server,
-            server_ip,
+            server_ip: server_ip.into(),
             teardown: td,
         },
         n1,

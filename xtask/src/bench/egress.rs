@@ -230,7 +230,7 @@ pub fn build(kind: Kind, env: &topo::Env) -> Result<Contender> {
         name: kind.name(),
         client_ns: client,
         server_ns: out,
-        server_ip: SERVER,
+        server_ip: SERVER.into(),
         teardown: td,
     })
 }

@@ -1,6 +1,8 @@
 //! Datapath measurements between pod A (client) and pod B (server) of one contender:
-//! sockperf TCP ping-pong latency, iperf3 throughput with CPU accounting, and a TCP
-//! connect/accept rate from a Rust client and server on namespace threads.
+//! sockperf TCP ping-pong latency (over IPv6 the same ping-pong from a Rust client
+//! and server: Debian's sockperf 3.7 has no IPv6), iperf3 throughput with CPU
+//! accounting, and a TCP connect/accept rate from a Rust client and server on
+//! namespace threads.
 
 use std::{
     fs,
@@ -18,21 +20,26 @@ use serde::Serialize;
 
 use super::{
     sys::{self, in_ns},
-    topo::{CONNECT_PORT, Contender, IPERF_PORT, SOCKPERF_PORT},
+    topo::{CONNECT_PORT, Contender, IPERF_PORT, PINGPONG_PORT, SOCKPERF_PORT},
 };
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Latency {
-    /// Round-trip time percentiles of one sockperf run, microseconds.
+    /// Round-trip time percentiles of one run, microseconds.
     pub p50_us: f64,
     pub p99_us: f64,
     pub avg_us: f64,
     pub observations: u64,
+    /// `sockperf` (IPv4) or `pingpong` (IPv6, [`pingpong`]).
+    pub tool: &'static str,
 }
 
 /// sockperf TCP ping-pong (14-byte messages, one outstanding) for `secs` seconds,
 /// round-trip times (`--full-rtt`). sockperf spends its first 400 ms warming up.
 pub fn latency(c: &Contender, secs: u32) -> Result<Latency> {
+    if c.server_ip.is_ipv6() {
+        return pingpong(c, secs);
+    }
     let mut cmd = in_ns(&c.client_ns, "sockperf");
     cmd.args([
         "pp",
@@ -67,6 +74,77 @@ fn parse_sockperf(out: &str) -> Result<Latency> {
         p99_us: p99.context("no 99th percentile")?,
         avg_us: avg.context("no avg-rtt")?,
         observations: obs.unwrap_or(0),
+        tool: "sockperf",
+    })
+}
+
+/// Message size of the ping-pong, as sockperf's default.
+const PINGPONG_MSG: usize = 14;
+/// Not measured at the start, as sockperf's warm-up.
+const PINGPONG_WARMUP: Duration = Duration::from_millis(400);
+
+/// sockperf's TCP ping-pong, done by a Rust client in pod A and server in pod B
+/// (threads `setns`'d into their pods): one 14-byte message outstanding, Nagle
+/// off, round-trip times of every exchange after a 400 ms warm-up.
+pub fn pingpong(c: &Contender, secs: u32) -> Result<Latency> {
+    let addr = SocketAddr::from((c.server_ip, PINGPONG_PORT));
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
+    let server = sys::in_netns_thread(&c.server_ns, move || {
+        let listener = TcpListener::bind(addr).with_context(|| format!("binding {addr}"))?;
+        let _ = ready_tx.send(());
+        if !readable(&listener, 5000)? {
+            bail!("no ping-pong client within 5 s");
+        }
+        let (mut s, _) = listener.accept().context("accept")?;
+        s.set_nodelay(true)?;
+        let mut buf = [0u8; PINGPONG_MSG];
+        // Until the client closes (EOF ends read_exact with an error).
+        while s.read_exact(&mut buf).is_ok() {
+            s.write_all(&buf).context("echo")?;
+        }
+        Ok(())
+    })?;
+    ready_rx
+        .recv_timeout(Duration::from_secs(5))
+        .map_err(|_| anyhow!("ping-pong server did not start"))?;
+    let client = sys::in_netns_thread(&c.client_ns, move || {
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+            .with_context(|| format!("connecting to {addr}"))?;
+        s.set_nodelay(true)?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+        let msg = [0x5au8; PINGPONG_MSG];
+        let mut buf = [0u8; PINGPONG_MSG];
+        let mut rtts: Vec<u32> = Vec::with_capacity(1 << 20);
+        let start = Instant::now();
+        let end = PINGPONG_WARMUP + Duration::from_secs(u64::from(secs));
+        while start.elapsed() < end && !sys::interrupted() {
+            let t = Instant::now();
+            s.write_all(&msg).context("ping")?;
+            s.read_exact(&mut buf).context("pong")?;
+            if start.elapsed() > PINGPONG_WARMUP {
+                rtts.push(t.elapsed().as_nanos().min(u128::from(u32::MAX)) as u32);
+            }
+        }
+        Ok(rtts)
+    });
+    let rtts = client.and_then(|h| h.join().map_err(|_| anyhow!("client thread panicked"))?);
+    let server_res = server
+        .join()
+        .map_err(|_| anyhow!("server thread panicked"))?;
+    let mut rtts = rtts?;
+    server_res?;
+    sys::check_interrupt()?;
+    if rtts.is_empty() {
+        bail!("no ping-pong exchange completed");
+    }
+    rtts.sort_unstable();
+    let pct = |p: f64| f64::from(rtts[((rtts.len() - 1) as f64 * p) as usize]) / 1e3;
+    Ok(Latency {
+        p50_us: pct(0.5),
+        p99_us: pct(0.99),
+        avg_us: rtts.iter().map(|r| f64::from(*r)).sum::<f64>() / rtts.len() as f64 / 1e3,
+        observations: rtts.len() as u64,
+        tool: "pingpong",
     })
 }
 

@@ -83,13 +83,23 @@ pub struct Ratio {
     pub ratio: f64,
 }
 
+/// Whether a datapath contender measures IPv6 (the `...6` twins).
+pub fn is_ipv6(contender: &str) -> bool {
+    contender.ends_with('6')
+}
+
+/// Each contender against each reference of its own family (IPv4 contenders
+/// against `veth`, IPv6 ones against `veth6`).
 pub fn ratios(summaries: &[DpSummary], references: &[&'static str]) -> Vec<Ratio> {
     let mut out = Vec::new();
     for &r in references {
         let Some(rs) = summaries.iter().find(|s| s.contender == r) else {
             continue;
         };
-        for s in summaries {
+        for s in summaries
+            .iter()
+            .filter(|s| is_ipv6(s.contender) == is_ipv6(r))
+        {
             for (metric, _, lower, get) in METRICS {
                 out.push(Ratio {
                     contender: s.contender,
@@ -345,6 +355,12 @@ pub fn render(r: &Results) -> String {
             out,
             "\nDatapath, medians over rounds (pod A -> pod B; TCP; RTT from sockperf ping-pong; iperf3; CPU = busy CPU ms per Gbit, all cores, 1 stream)"
         );
+        if r.datapath_summary.iter().any(|s| is_ipv6(s.contender)) {
+            let _ = writeln!(
+                out,
+                "(the ...6 rows are IPv6 pods; their RTT is the same 14-byte TCP ping-pong from a Rust client and server, since sockperf 3.7 has no IPv6: compare them with each other)"
+            );
+        }
         let mut t = Table::new(&[
             "contender",
             "rounds",
@@ -370,7 +386,7 @@ pub fn render(r: &Results) -> String {
             ]);
         }
         out.push_str(&t.render());
-        for reference in ["veth", "bridge"] {
+        for reference in ["veth", "bridge", "veth6", "bridge6"] {
             let rs: Vec<&Ratio> = r
                 .ratios
                 .iter()
@@ -386,7 +402,11 @@ pub fn render(r: &Results) -> String {
             let mut head = vec!["contender"];
             head.extend(METRICS.iter().map(|m| m.0));
             let mut t = Table::new(&head);
-            for s in &r.datapath_summary {
+            for s in r
+                .datapath_summary
+                .iter()
+                .filter(|s| is_ipv6(s.contender) == is_ipv6(reference))
+            {
                 let mut row = vec![s.contender.to_string()];
                 for (metric, ..) in METRICS {
                     let v = rs
@@ -606,7 +626,13 @@ pub fn svg(r: &Results) -> String {
         .into_iter()
         .filter(|x| r.ratios.iter().any(|y| y.reference == *x))
         .collect();
-    let names: Vec<&str> = r.datapath_summary.iter().map(|s| s.contender).collect();
+    // The chart is the IPv4 run's; the IPv6 twins are in the tables.
+    let names: Vec<&str> = r
+        .datapath_summary
+        .iter()
+        .map(|s| s.contender)
+        .filter(|c| !is_ipv6(c))
+        .collect();
     let (bar_h, gap, label_w, plot_w) = (12.0, 10.0, 110.0, 420.0);
     let group_h = names.len() as f64 * bar_h + gap;
     let panel_h = METRICS.len() as f64 * group_h + 40.0;

@@ -7,7 +7,7 @@
 use std::{
     fs,
     io::{Read, Write},
-    net::Ipv4Addr,
+    net::IpAddr,
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
     sync::atomic::{AtomicBool, AtomicUsize, Ordering},
@@ -338,7 +338,7 @@ pub fn sysctls(ns: &str, pairs: &[(&str, &str)]) -> Result<()> {
 }
 
 /// Wait until a TCP server answers on `ip:port` from inside namespace `ns`.
-pub fn wait_tcp(ns: &str, ip: Ipv4Addr, port: u16, limit: Duration) -> Result<()> {
+pub fn wait_tcp(ns: &str, ip: IpAddr, port: u16, limit: Duration) -> Result<()> {
     in_netns(ns, move || {
         let end = Instant::now() + limit;
         let addr = std::net::SocketAddr::from((ip, port));
@@ -359,7 +359,7 @@ pub fn wait_tcp(ns: &str, ip: Ipv4Addr, port: u16, limit: Duration) -> Result<()
 
 /// Ping `ip` from namespace `ns` until it answers (proxy ARP and first-packet
 /// resolution can take a moment), at most `tries` seconds.
-pub fn ping(ns: &str, ip: Ipv4Addr, tries: u32) -> Result<()> {
+pub fn ping(ns: &str, ip: IpAddr, tries: u32) -> Result<()> {
     let mut last = anyhow!("no attempt");
     for _ in 0..tries {
         check_interrupt()?;

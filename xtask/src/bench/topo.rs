@@ -1,8 +1,9 @@
 //! The datapath contenders: the same two-pod scenario (pod A client, pod B server)
-//! built six ways, each in namespaces of its own.
+//! built six ways over IPv4, and four of them (vethbpf, bridge, kernel routing, the
+//! veth floor) again over IPv6, each in namespaces of its own.
 
 use std::{
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
     process::{Command, Stdio},
     time::Duration,
@@ -17,9 +18,17 @@ use super::sys::{self, Teardown, in_ns, ip, netns_add};
 pub const SOCKPERF_PORT: u16 = 11111;
 pub const IPERF_PORT: u16 = 5201;
 pub const CONNECT_PORT: u16 = 7001;
+/// The IPv6 latency ping-pong (`measure::pingpong`), per measurement.
+pub const PINGPONG_PORT: u16 = 7002;
 
 const POD_A: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 2);
 const POD_B: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 3);
+const POD_A6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x244, 0, 0, 0, 0, 2);
+const POD_B6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x244, 0, 0, 0, 0, 3);
+const POD_CIDR6: &str = "fd00:10:244::/64";
+/// The EUI-64 link-local address of ee:ee:ee:ee:ee:ee: vethbpf's IPv6 gateway, and
+/// the host veths' own address in the kernel-routing model (Calico's IPv6 recipe).
+const GATEWAY6: &str = "fe80::ecee:eeff:feee:eeee";
 /// The pods' gateway in the vethbpf and kernel-routing models.
 pub const GATEWAY: &str = "169.254.1.1";
 
@@ -32,6 +41,11 @@ pub enum Kind {
     Ptp,
     Veth,
     Loopback,
+    /// The IPv6 twins (pods with IPv6 only).
+    Vethbpf6,
+    Bridge6,
+    Routing6,
+    Veth6,
     /// The egress section's contenders (`super::egress`), not in [`Kind::ALL`].
     EgressVethbpf,
     EgressIptables,
@@ -39,13 +53,17 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 6] = [
+    pub const ALL: [Kind; 10] = [
         Kind::Vethbpf,
         Kind::Bridge,
         Kind::Routing,
         Kind::Ptp,
         Kind::Veth,
         Kind::Loopback,
+        Kind::Vethbpf6,
+        Kind::Bridge6,
+        Kind::Routing6,
+        Kind::Veth6,
     ];
 
     pub fn name(self) -> &'static str {
@@ -56,6 +74,10 @@ impl Kind {
             Kind::Ptp => "ptp",
             Kind::Veth => "veth",
             Kind::Loopback => "loopback",
+            Kind::Vethbpf6 => "vethbpf6",
+            Kind::Bridge6 => "bridge6",
+            Kind::Routing6 => "routing6",
+            Kind::Veth6 => "veth6",
             Kind::EgressVethbpf => "egress-vethbpf",
             Kind::EgressIptables => "egress-iptables",
             Kind::EgressNode => "egress-node",
@@ -74,6 +96,14 @@ impl Kind {
             }
             Kind::Veth => "one veth pair straight between the two pod namespaces (floor)",
             Kind::Loopback => "127.0.0.1 inside one namespace (ceiling)",
+            Kind::Vethbpf6 => {
+                "IPv6: vethbpf up (IPv6 pod CIDR) + 2x endpoint add: NDP answered in eBPF, bpf_redirect_peer"
+            }
+            Kind::Bridge6 => "IPv6: Linux bridge in a node namespace, pods on one /64",
+            Kind::Routing6 => {
+                "IPv6: host veths with the gateway's EUI-64 link-local address, /128 routes, forwarding=1, default via fe80::ecee:eeff:feee:eeee"
+            }
+            Kind::Veth6 => "IPv6: one veth pair straight between the two pod namespaces (floor)",
             Kind::EgressVethbpf => {
                 "vethbpf: from_pod masquerades out of the uplink, from_uplink translates back; ip_forward=0, no rules"
             }
@@ -96,7 +126,7 @@ pub struct Contender {
     pub name: &'static str,
     pub client_ns: String,
     pub server_ns: String,
-    pub server_ip: Ipv4Addr,
+    pub server_ip: IpAddr,
     pub teardown: Teardown,
 }
 
@@ -219,6 +249,9 @@ pub fn build(kind: Kind, env: &Env) -> Result<Contender> {
             }
             (a, b, POD_B)
         }
+        Kind::Vethbpf6 | Kind::Bridge6 | Kind::Routing6 | Kind::Veth6 => {
+            return build6(kind, env);
+        }
         Kind::EgressVethbpf | Kind::EgressIptables | Kind::EgressNode => {
             return super::egress::build(kind, env);
         }
@@ -227,27 +260,155 @@ pub fn build(kind: Kind, env: &Env) -> Result<Contender> {
         name: kind.name(),
         client_ns,
         server_ns,
-        server_ip,
+        server_ip: server_ip.into(),
+        teardown: td,
+    })
+}
+
+/// The IPv6 contenders: pods with one IPv6 address each (`nodad`: usable at once,
+/// as vethbpf makes them), no IPv4.
+fn build6(kind: Kind, env: &Env) -> Result<Contender> {
+    let p = sys::prefix();
+    let tag = kind.name();
+    let ns = |role: &str| format!("{p}{tag}-{role}");
+    let mut td = Teardown::new(tag);
+    let (a, b) = (ns("a"), ns("b"));
+    let pod_addr = |pod: &str, addr: Ipv6Addr, len: u8| -> Result<()> {
+        ip(
+            Some(pod),
+            &[
+                "-6",
+                "addr",
+                "add",
+                &format!("{addr}/{len}"),
+                "dev",
+                "eth0",
+                "nodad",
+            ],
+        )?;
+        ip(Some(pod), &["link", "set", "eth0", "up"]).map(|_| ())
+    };
+    match kind {
+        Kind::Veth6 => {
+            for n in [&a, &b] {
+                netns_add(n)?;
+                td.netns(n);
+            }
+            ip(
+                Some(&a),
+                &[
+                    "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", &b,
+                ],
+            )?;
+            pod_addr(&a, POD_A6, 64)?;
+            pod_addr(&b, POD_B6, 64)?;
+        }
+        Kind::Bridge6 => {
+            let node = ns("node");
+            for n in [&node, &a, &b] {
+                netns_add(n)?;
+                td.netns(n);
+            }
+            ip(Some(&node), &["link", "add", "br0", "type", "bridge"])?;
+            ip(Some(&node), &["link", "set", "br0", "up"])?;
+            for (i, (pod, addr)) in [(&a, POD_A6), (&b, POD_B6)].into_iter().enumerate() {
+                let host = format!("vbh{i}");
+                ip(
+                    Some(&node),
+                    &[
+                        "link", "add", &host, "type", "veth", "peer", "name", "eth0", "netns", pod,
+                    ],
+                )?;
+                ip(Some(&node), &["link", "set", &host, "master", "br0", "up"])?;
+                pod_addr(pod, addr, 64)?;
+            }
+        }
+        Kind::Routing6 => {
+            let node = ns("node");
+            for n in [&node, &a, &b] {
+                netns_add(n)?;
+                td.netns(n);
+            }
+            sys::sysctls(&node, &[("net.ipv6.conf.all.forwarding", "1")])?;
+            for (i, (pod, addr)) in [(&a, POD_A6), (&b, POD_B6)].into_iter().enumerate() {
+                let host = format!("vbh{i}");
+                ip(
+                    Some(&node),
+                    &[
+                        "link", "add", &host, "type", "veth", "peer", "name", "eth0", "netns", pod,
+                    ],
+                )?;
+                // The gateway MAC makes the host veth's own EUI-64 link-local address
+                // the pods' gateway; no duplicate address detection, so it answers
+                // neighbour solicitations at once.
+                ip(
+                    Some(&node),
+                    &["link", "set", &host, "address", "ee:ee:ee:ee:ee:ee"],
+                )?;
+                sys::sysctls(&node, &[(&format!("net.ipv6.conf.{host}.accept_dad"), "0")])?;
+                ip(Some(&node), &["link", "set", &host, "up"])?;
+                ip(
+                    Some(&node),
+                    &["-6", "route", "add", &format!("{addr}/128"), "dev", &host],
+                )?;
+                pod_addr(pod, addr, 128)?;
+                ip(
+                    Some(pod),
+                    &[
+                        "-6", "route", "add", "default", "via", GATEWAY6, "dev", "eth0",
+                    ],
+                )?;
+            }
+        }
+        Kind::Vethbpf6 => {
+            let Some(bin) = env.vethbpf.clone() else {
+                bail!("the vethbpf binary is not available");
+            };
+            let node = ns("node");
+            netns_add(&node)?;
+            td.netns(&node);
+            let vb = Vethbpf::new(bin, &node, &env.tmp.join("vethbpf6-dp"), &mut td)?;
+            vb.up(POD_CIDR6)?;
+            let vbd = vb.clone();
+            td.push("vethbpf down", move || vbd.cmd(&["down"]).map(|_| ()));
+            for (pod, addr) in [(&a, POD_A6), (&b, POD_B6)] {
+                td.netns(pod);
+                vb.add(pod, Some(addr), None)?;
+                let (v, pod2) = (vb.clone(), pod.clone());
+                td.push(format!("vethbpf endpoint del {pod}"), move || v.del(&pod2));
+            }
+        }
+        _ => bail!("{tag} is not an IPv6 contender"),
+    }
+    Ok(Contender {
+        name: kind.name(),
+        client_ns: a,
+        server_ns: b,
+        server_ip: POD_B6.into(),
         teardown: td,
     })
 }
 
 impl Contender {
-    /// Check that A reaches B, then start the long-lived sockperf and iperf3
-    /// servers in B (stopped, by pid, at teardown) and wait until they listen.
+    /// Check that A reaches B, then start the long-lived sockperf (IPv4 only: it
+    /// has no IPv6, `measure::pingpong` stands in) and iperf3 servers in B
+    /// (stopped, by pid, at teardown) and wait until they listen.
     pub fn start_servers(&mut self) -> Result<()> {
         if self.client_ns != self.server_ns {
             sys::ping(&self.client_ns, self.server_ip, 5)?;
         }
         let ip = self.server_ip.to_string();
-        let sockperf = in_ns(&self.server_ns, "sockperf")
-            .args(["sr", "--tcp", "-i", &ip, "-p", &SOCKPERF_PORT.to_string()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting the sockperf server")?;
-        self.teardown.child("sockperf server", sockperf);
+        let v4 = self.server_ip.is_ipv4();
+        if v4 {
+            let sockperf = in_ns(&self.server_ns, "sockperf")
+                .args(["sr", "--tcp", "-i", &ip, "-p", &SOCKPERF_PORT.to_string()])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("starting the sockperf server")?;
+            self.teardown.child("sockperf server", sockperf);
+        }
         let iperf = in_ns(&self.server_ns, "iperf3")
             .args(["-s", "-B", &ip, "-p", &IPERF_PORT.to_string()])
             .stdin(Stdio::null())
@@ -256,12 +417,14 @@ impl Contender {
             .spawn()
             .context("starting the iperf3 server")?;
         self.teardown.child("iperf3 server", iperf);
-        sys::wait_tcp(
-            &self.client_ns,
-            self.server_ip,
-            SOCKPERF_PORT,
-            Duration::from_secs(5),
-        )?;
+        if v4 {
+            sys::wait_tcp(
+                &self.client_ns,
+                self.server_ip,
+                SOCKPERF_PORT,
+                Duration::from_secs(5),
+            )?;
+        }
         sys::wait_tcp(
             &self.client_ns,
             self.server_ip,
@@ -460,10 +623,15 @@ impl Vethbpf {
     }
 
     /// `endpoint add NAME [--ip IP] [--netns PATH]`.
-    pub fn add(&self, name: &str, ip: Option<Ipv4Addr>, netns: Option<&Path>) -> Result<()> {
+    pub fn add(
+        &self,
+        name: &str,
+        ip: Option<impl Into<IpAddr>>,
+        netns: Option<&Path>,
+    ) -> Result<()> {
         let mut args = vec!["endpoint".to_string(), "add".into(), name.into()];
         if let Some(ip) = ip {
-            args.extend(["--ip".into(), ip.to_string()]);
+            args.extend(["--ip".into(), ip.into().to_string()]);
         }
         if let Some(p) = netns {
             args.extend(["--netns".into(), p.display().to_string()]);

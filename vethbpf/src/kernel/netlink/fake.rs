@@ -112,6 +112,8 @@ struct Namespace {
     addresses6: Vec<(u32, Ipv6Net)>,
     /// IPv6 routes added explicitly.
     routes6: Vec<Route6Spec>,
+    /// IPv4 neighbours with a link-layer address: (ifindex, address, MAC).
+    neighbours: Vec<(u32, Ipv4Addr, [u8; 6])>,
     /// The kernel creates the local routing table lazily, with the first local
     /// address (lo going up counts: it gets 127.0.0.1). Until then every gateway's
     /// address type is "broadcast", so `onlink` gateway routes fail with EINVAL.
@@ -248,6 +250,12 @@ impl FakeNetlink {
             .ns_mut(self.ns)
             .insert(uid, name, kind.map(str::to_owned), None)
             .index)
+    }
+
+    /// A neighbour entry, as if ARP had resolved `ip` on link `index`.
+    pub(crate) fn seed_neighbour(&self, index: u32, ip: Ipv4Addr, mac: [u8; 6]) {
+        let ns = self.ns;
+        self.lock().ns_mut(ns).neighbours.push((index, ip, mac));
     }
 
     /// The full state of a link of this namespace.
@@ -1017,6 +1025,24 @@ impl Netlink for FakeNetlink {
 
     fn routes6(&mut self) -> Result<Vec<Route6Spec>, NetlinkError> {
         self.call("routes6", String::new(), |w, ns| Ok(w.ns(ns).all_routes6()))
+    }
+
+    fn neighbour(&mut self, index: u32, ip: Ipv4Addr) -> Result<Option<[u8; 6]>, NetlinkError> {
+        self.call("neighbour", format!("{ip} dev {index}"), |w, ns| {
+            let n = w.ns(ns);
+            n.link_exists("neighbour", index)?;
+            Ok(n.neighbours
+                .iter()
+                .find(|(i, a, _)| *i == index && *a == ip)
+                .map(|(_, _, mac)| *mac))
+        })
+    }
+
+    fn probe_neighbour(&mut self, index: u32, ip: Ipv4Addr) -> Result<(), NetlinkError> {
+        // Nobody answers ARP in the fake: the entry stays as seeded (if at all).
+        self.call("probe_neighbour", format!("{ip} dev {index}"), |w, ns| {
+            w.ns(ns).link_exists("probe_neighbour", index)
+        })
     }
 }
 

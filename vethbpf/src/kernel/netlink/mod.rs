@@ -210,6 +210,13 @@ pub trait Netlink {
     fn del_route6(&mut self, route: &Route6Spec) -> Result<(), NetlinkError>;
     /// IPv6 unicast routes of the main table.
     fn routes6(&mut self) -> Result<Vec<Route6Spec>, NetlinkError>;
+    /// The link-layer address the kernel's neighbour table holds for the IPv4
+    /// neighbour `ip` on link `index` (in any state that has one: reachable, stale,
+    /// delay, probe, permanent); `None` if it has none.
+    fn neighbour(&mut self, index: u32, ip: Ipv4Addr) -> Result<Option<[u8; 6]>, NetlinkError>;
+    /// Has the kernel resolve `ip` on link `index` (ARP), making the neighbour entry
+    /// if it is missing: `ip neigh replace IP dev DEV use` (`NTF_USE`).
+    fn probe_neighbour(&mut self, index: u32, ip: Ipv4Addr) -> Result<(), NetlinkError>;
 
     /// Makes `changes`, in order; the real client sends them in one batch (one
     /// round trip). Like the kernel with a batch, every change is tried even after

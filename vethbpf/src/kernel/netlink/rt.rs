@@ -10,13 +10,16 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd, BorrowedFd};
 
 use ipnet::{Ipv4Net, Ipv6Net};
-use netlink_packet_core::{NLM_F_CREATE, NLM_F_DUMP, NLM_F_ECHO, NLM_F_EXCL};
+use netlink_packet_core::{NLM_F_CREATE, NLM_F_DUMP, NLM_F_ECHO, NLM_F_EXCL, NLM_F_REPLACE};
 use rtnetlink::packet_route::address::{
     AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage,
 };
 use rtnetlink::packet_route::link::{
     AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InfoData, InfoVeth, LinkAttribute, LinkExtentMask,
     LinkFlags, LinkInfo as NlLinkInfo, LinkMessage,
+};
+use rtnetlink::packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
 use rtnetlink::packet_route::route::{
     RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
@@ -733,6 +736,67 @@ impl Netlink for RtNetlink {
             }
         }
         Ok(out)
+    }
+
+    fn neighbour(&mut self, index: u32, ip: Ipv4Addr) -> Result<Option<[u8; 6]>, NetlinkError> {
+        let mut msg = NeighbourMessage::default();
+        msg.header.family = AddressFamily::Inet;
+        msg.header.ifindex = index;
+        let messages = self.one(Op {
+            op: "list neighbours",
+            what: format!("link index {index}"),
+            request: Request {
+                message: RouteNetlinkMessage::GetNeighbour(msg),
+                flags: NLM_F_DUMP,
+            },
+        })?;
+        let usable = |state: &NeighbourState| {
+            matches!(
+                state,
+                NeighbourState::Reachable
+                    | NeighbourState::Stale
+                    | NeighbourState::Delay
+                    | NeighbourState::Probe
+                    | NeighbourState::Permanent
+            )
+        };
+        Ok(messages.iter().find_map(|m| match m {
+            RouteNetlinkMessage::NewNeighbour(n)
+                if n.header.ifindex == index && usable(&n.header.state) =>
+            {
+                let dst = n.attributes.iter().any(|a| {
+                    matches!(a, NeighbourAttribute::Destination(NeighbourAddress::Inet(d)) if *d == ip)
+                });
+                let mac = n.attributes.iter().find_map(|a| match a {
+                    NeighbourAttribute::LinkLayerAddress(l) => <[u8; 6]>::try_from(&l[..]).ok(),
+                    _ => None,
+                });
+                if dst { mac } else { None }
+            }
+            _ => None,
+        }))
+    }
+
+    fn probe_neighbour(&mut self, index: u32, ip: Ipv4Addr) -> Result<(), NetlinkError> {
+        let mut msg = NeighbourMessage::default();
+        msg.header.family = AddressFamily::Inet;
+        msg.header.ifindex = index;
+        // No state: NTF_USE makes the kernel send a probe (neigh_event_send) instead
+        // of setting one; a new entry starts as NUD_NONE and is garbage-collected
+        // like any other.
+        msg.header.state = NeighbourState::None;
+        msg.header.flags = NeighbourFlags::Use;
+        msg.attributes
+            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
+        self.one(Op {
+            op: "probe neighbour",
+            what: format!("{ip} dev {index}"),
+            request: Request {
+                message: RouteNetlinkMessage::NewNeighbour(msg),
+                flags: NLM_F_CREATE | NLM_F_REPLACE,
+            },
+        })
+        .map(|_| ())
     }
 
     fn apply(&mut self, changes: &[Change<'_>]) -> Result<(), NetlinkError> {
