@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use aya::maps::{HashMap, LpmTrie, Map, MapData};
 use vethbpf_common::{
     Counter, EndpointInfo6, MAP_ENDPOINTS6, MAP_ROUTES6, MAX_ENDPOINTS, MAX_ROUTES,
-    ROUTE_KIND_LOCAL, ROUTE_KIND_NODE, Route, Verdict,
+    ROUTE_KIND_NODE, Route, Verdict,
 };
 use vethbpf_tests::ipv6::{
     ECHO_REQUEST, ETH_P_IPV6, MLD2_REPORT, NA, NA_OVERRIDE, NH_ICMPV6, NS, RS, assert_icmp6_error,
