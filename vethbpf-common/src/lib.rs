@@ -409,6 +409,9 @@ mod user {
     unsafe impl aya::Pod for super::NatState {}
     unsafe impl aya::Pod for super::FragKey {}
     unsafe impl aya::Pod for super::FragEntry {}
+    unsafe impl aya::Pod for super::EgressConfig6 {}
+    unsafe impl aya::Pod for super::NatKey6 {}
+    unsafe impl aya::Pod for super::NatEntry6 {}
     // SAFETY: repr(C), two byte arrays whose sizes fill the alignment: no padding.
     unsafe impl aya::Pod for super::EndpointInfo6 {}
     unsafe impl aya::Pod for super::ClusterConfig {}

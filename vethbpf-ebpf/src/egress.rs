@@ -11,6 +11,7 @@ use vethbpf_common::{
 
 use crate::{
     conntrack,
+    family::V4,
     csum::L4Csum,
     fib, frag,
     hdr::{ETH_HLEN, Ipv4Hdr, linear, ptr_at},
@@ -81,7 +82,7 @@ pub fn handle(ctx: &TcContext, ifindex: u32) -> Decision {
         _pad: [0; 2],
     };
     // A tracked flow was classified when it began: its packets skip the skip list.
-    let found = nat::lookup(&key);
+    let found = nat::lookup::<V4>(&key);
     if found.is_none() && !is_egress(ip.daddr) {
         return Decision::pass();
     }
@@ -96,7 +97,7 @@ pub fn handle(ctx: &TcContext, ifindex: u32) -> Decision {
         seed: cfg.hash_seed,
     };
     let create = !csum.is_none();
-    let to = match nat::egress(
+    let to = match nat::egress::<V4>(
         &key,
         found,
         &target,
@@ -163,7 +164,7 @@ fn icmp_error(ctx: &TcContext, ip: &Ip, cfg: &EgressConfig, masq: bool, now: u64
     if inner.daddr != ip.saddr {
         return Decision::pass();
     }
-    let Some(to) = nat::lookup_forward(&key, now) else {
+    let Some(to) = nat::lookup_forward::<V4>(&key, now) else {
         return Decision::pass();
     };
     if !decrease_ttl(ctx) {

@@ -18,10 +18,11 @@ use vethbpf_common::{
 
 use crate::{
     conntrack,
+    family::V4,
     csum::L4Csum,
     egress::ktime,
-    frag,
-    hdr::{ETH_HLEN, ETH_P_IP, EthHdr, Ipv4Hdr, copy_mac, ipv4_addr, linear, ptr_at},
+    frag, host6,
+    hdr::{ETH_HLEN, ETH_P_IP, ETH_P_IPV6, EthHdr, Ipv4Hdr, copy_mac, ipv4_addr, linear, ptr_at},
     icmp_error, ipv4,
     l4::{self, ICMP_ECHO_REPLY, Ip, L4_OFF},
     maps::{CONFIG, EGRESS, ENDPOINTS},
@@ -96,8 +97,10 @@ fn classify(ctx: &TcContext) -> Next {
         return Next::Done(PASS);
     };
     // SAFETY: bounds-checked just above.
-    if unsafe { (*eth).ether_type } != ETH_P_IP {
-        return Next::Done(PASS);
+    match unsafe { (*eth).ether_type } {
+        ETH_P_IP => {}
+        ETH_P_IPV6 => return Next::Done(host6::handle(ctx).unwrap_or(PASS)),
+        _ => return Next::Done(PASS),
     }
     let Some(cfg) = EGRESS.get(0).filter(|c| c.flags & EGRESS_F_ENABLED != 0) else {
         // No egress (a node without an uplink attaches no from_uplink; a test may
@@ -208,7 +211,7 @@ fn reply(ctx: &TcContext, cfg: &EgressConfig, ip: &Ip, masq: bool) -> Option<(u3
         set: conntrack::flags_in(ip.proto, tcp_flags),
         syn: false,
     };
-    let (to, ifindex) = nat::ingress(&key, Some(ev), now)?;
+    let (to, ifindex) = nat::ingress::<V4>(&key, Some(ev), now)?;
     if ip.is_first_fragment() {
         frag::record(ip, NAT_DIR_IN, sport, dport, now);
     }
@@ -252,7 +255,7 @@ fn icmp_error(
         dir: NAT_DIR_IN,
         _pad: [0; 2],
     };
-    let (to, ifindex) = nat::ingress(&key, None, now)?;
+    let (to, ifindex) = nat::ingress::<V4>(&key, None, now)?;
     let from = Xlate {
         addr: inner.saddr,
         port: inner.sport,

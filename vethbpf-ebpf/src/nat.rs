@@ -11,19 +11,22 @@
 //! flows keep their port), else a sequence that starts at a keyed hash of the tuple
 //! (the seed is random per node, so outsiders cannot predict ports) and probes
 //! upwards, a bounded number of times.
+//!
+//! Written once for both families ([`Family`]: `NAT` for IPv4, `NAT6` for IPv6); the
+//! packet rewrite is IPv4's here, IPv6's in [`crate::egress6`].
 
 use core::ffi::c_void;
 
-use aya_ebpf::{bindings::BPF_NOEXIST, helpers::generated::bpf_loop};
-use vethbpf_common::{CtState, NAT_DIR_IN, NatEntry, NatKey, Verdict};
+use aya_ebpf::helpers::generated::bpf_loop;
+use vethbpf_common::{CtState, NAT_DIR_IN, NAT_DIR_OUT, Verdict};
 
 use crate::{
     atomic,
     conntrack::{self, Pair},
     csum::{self, L4Csum},
     diag::{self, Diag},
+    family::{Family, Tuple},
     l4::{DADDR_OFF, L4_OFF, SADDR_OFF, port_off},
-    maps::NAT,
 };
 
 /// Candidate ports tried for a new flow before it is dropped (`drop_nat_no_port`).
@@ -31,15 +34,15 @@ const RETRIES: u32 = 32;
 
 /// An address and port (ICMP: identifier), as stored.
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub struct Xlate {
-    pub addr: u32,
+pub struct Xlate<A = u32> {
+    pub addr: A,
     pub port: u16,
 }
 
 /// What new flows translate to.
-pub struct Target {
+pub struct Target<A = u32> {
     /// The NAT address, or the pod's own in identity mode.
-    pub addr: u32,
+    pub addr: A,
     /// The NAT range, host order.
     pub min: u16,
     pub max: u16,
@@ -58,52 +61,73 @@ pub struct Event {
     pub syn: bool,
 }
 
-/// The reverse entry a forward entry implies (key, and value as it should be).
+/// The translation an entry holds.
+///
+/// # Safety
+/// `e` points to a NAT map value.
 #[inline(always)]
-fn reverse_of(fwd: &NatKey, e: &NatEntry) -> (NatKey, NatEntry) {
-    (
-        NatKey {
-            saddr: fwd.daddr,
-            daddr: e.addr,
-            sport: fwd.dport,
-            dport: e.port,
-            proto: fwd.proto,
-            dir: NAT_DIR_IN,
-            _pad: [0; 2],
-        },
-        NatEntry {
-            addr: fwd.saddr,
-            port: fwd.sport,
-            ..*e
-        },
-    )
+unsafe fn xlate_of<F: Family>(e: *mut F::Entry) -> Xlate<F::Addr> {
+    // SAFETY: as the caller promises.
+    unsafe {
+        Xlate {
+            addr: F::addr(e),
+            port: (*F::common(e)).port,
+        }
+    }
 }
 
-/// The forward entry a reverse entry implies.
+/// The reverse key a forward key and its translation imply.
 #[inline(always)]
-fn forward_of(rev: &NatKey, e: &NatEntry) -> (NatKey, NatEntry) {
-    (
-        NatKey {
-            saddr: e.addr,
-            daddr: rev.saddr,
-            sport: e.port,
-            dport: rev.sport,
-            proto: rev.proto,
-            dir: vethbpf_common::NAT_DIR_OUT,
-            _pad: [0; 2],
-        },
-        NatEntry {
-            addr: rev.daddr,
-            port: rev.dport,
-            ..*e
-        },
-    )
+fn reverse_key<F: Family>(fwd: &Tuple<F::Addr>, to: Xlate<F::Addr>) -> F::Key {
+    F::key(&Tuple {
+        saddr: fwd.daddr,
+        daddr: to.addr,
+        sport: fwd.dport,
+        dport: to.port,
+        proto: fwd.proto,
+        dir: NAT_DIR_IN,
+    })
+}
+
+/// The forward key a reverse key and its pod's address and port imply.
+#[inline(always)]
+fn forward_key<F: Family>(rev: &Tuple<F::Addr>, pod: Xlate<F::Addr>) -> F::Key {
+    F::key(&Tuple {
+        saddr: pod.addr,
+        daddr: rev.saddr,
+        sport: pod.port,
+        dport: rev.sport,
+        proto: rev.proto,
+        dir: NAT_DIR_OUT,
+    })
+}
+
+/// The other entry of a pair, as it should be (key and value), from one entry
+/// `e` under `key` (the forward or reverse tuple `t`) and what it maps to.
+///
+/// # Safety
+/// `e` points to a NAT map value.
+#[inline(always)]
+unsafe fn other_of<F: Family>(t: &Tuple<F::Addr>, e: *mut F::Entry) -> (F::Key, F::Entry) {
+    // SAFETY: as the caller promises.
+    unsafe {
+        let to = xlate_of::<F>(e);
+        let c = F::common(e);
+        let (key, addr, port) = if t.dir == NAT_DIR_OUT {
+            (reverse_key::<F>(t, to), t.saddr, t.sport)
+        } else {
+            (forward_key::<F>(t, to), t.daddr, t.dport)
+        };
+        let mut val = F::entry(addr, port, (*c).flags, (*c).last_seen, (*c).ifindex);
+        (*F::common(&raw mut val)).created = (*c).created;
+        (key, val)
+    }
 }
 
 /// The forward entry of the pod flow `key`, if there is one (for [`egress`]).
 #[inline(always)]
-pub fn lookup(key: &NatKey) -> Option<*mut NatEntry> {
-    NAT.get_ptr_mut(key)
+pub fn lookup<F: Family>(key: &F::Key) -> Option<*mut F::Entry> {
+    F::get(key)
 }
 
 /// The translation of a packet of the pod flow `key` (forward direction; `found` is
@@ -111,23 +135,25 @@ pub fn lookup(key: &NatKey) -> Option<*mut NatEntry> {
 /// fragments never create one).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-pub fn egress(
-    key: &NatKey,
-    found: Option<*mut NatEntry>,
-    target: &Target,
+pub fn egress<F: Family>(
+    key: &F::Key,
+    found: Option<*mut F::Entry>,
+    target: &Target<F::Addr>,
     ev: Event,
     create: bool,
     ifindex: u32,
     max_flows: u32,
     now: u64,
-) -> Result<Xlate, Verdict> {
+) -> Result<Xlate<F::Addr>, Verdict> {
+    let t = F::tuple(key);
     let mut replace = None;
     if let Some(e) = found {
+        let c = F::common(e);
         // SAFETY: a NAT map value, valid for the program run.
         let (live, closed) = unsafe {
             (
-                !(*e).expired(key.proto, now),
-                CtState::of(key.proto, (*e).flags).is_closed(),
+                !(*c).expired(t.proto, now),
+                CtState::of(t.proto, (*c).flags).is_closed(),
             )
         };
         // A new connection on the tuple of a finished one starts a new flow (it may
@@ -135,13 +161,10 @@ pub fn egress(
         if live && !(ev.syn && closed) {
             // SAFETY: as above.
             let (xlate, intact) = unsafe {
-                let xlate = Xlate {
-                    addr: (*e).addr,
-                    port: (*e).port,
-                };
-                let intact = !conntrack::touch(e, ev.set, now) || {
-                    let (rkey, rval) = reverse_of(key, &*e);
-                    conntrack::sync_pair(&rkey, &rval, (*e).flags, now) == Pair::Intact
+                let xlate = xlate_of::<F>(e);
+                let intact = !conntrack::touch(c, ev.set, now) || {
+                    let (rkey, rval) = other_of::<F>(&t, e);
+                    conntrack::sync_pair::<F>(&rkey, &rval, (*c).flags, now) == Pair::Intact
                 };
                 (xlate, intact)
             };
@@ -155,21 +178,23 @@ pub fn egress(
     if !create {
         return Err(Verdict::DropFragUnknown);
     }
-    create_flow(key, target, ev.syn, replace, ifindex, max_flows, now)
+    create_flow::<F>(key, &t, target, ev.syn, replace, ifindex, max_flows, now)
 }
 
 /// A new mapping for `key`, replacing its dead forward entry `replace` if there is
 /// one.
 #[inline(always)]
-fn create_flow(
-    key: &NatKey,
-    target: &Target,
+#[allow(clippy::too_many_arguments)]
+fn create_flow<F: Family>(
+    key: &F::Key,
+    t: &Tuple<F::Addr>,
+    target: &Target<F::Addr>,
     syn: bool,
-    replace: Option<*mut NatEntry>,
+    replace: Option<*mut F::Entry>,
     ifindex: u32,
     max_flows: u32,
     now: u64,
-) -> Result<Xlate, Verdict> {
+) -> Result<Xlate<F::Addr>, Verdict> {
     match replace {
         None => {
             let max = u64::from(max_flows);
@@ -182,19 +207,19 @@ fn create_flow(
         }
         // SAFETY: a NAT map value, valid for the program run.
         Some(e) => unsafe {
-            let seen = (*e).last_seen;
-            if !atomic::compare_exchange(&raw mut (*e).last_seen, seen, now) {
+            let c = F::common(e);
+            let seen = (*c).last_seen;
+            if !atomic::compare_exchange(&raw mut (*c).last_seen, seen, now) {
                 // Another CPU is renewing this very flow: use what it writes.
-                return Ok(Xlate {
-                    addr: (*e).addr,
-                    port: (*e).port,
-                });
+                return Ok(xlate_of::<F>(e));
             }
         },
     }
-    let Some(port) = allocate(key, target, syn, ifindex, now) else {
+    let found = allocate::<F>(t, target, syn, ifindex, now);
+    if found & FOUND == 0 {
         return Err(Verdict::DropNatNoPort);
-    };
+    }
+    let port = found as u16;
     let xlate = Xlate {
         addr: target.addr,
         port,
@@ -202,36 +227,25 @@ fn create_flow(
     match replace {
         // SAFETY: as above; the compare-and-swap made this CPU its only writer.
         Some(e) => unsafe {
-            conntrack::set_head(e, xlate.addr, xlate.port, 0);
-            (*e).created = now;
-            (*e).ifindex = ifindex;
+            F::set_head(e, xlate.addr, xlate.port, 0);
+            let c = F::common(e);
+            (*c).created = now;
+            (*c).ifindex = ifindex;
         },
         None => {
-            let entry = NatEntry {
-                addr: xlate.addr,
-                port: xlate.port,
-                flags: 0,
-                last_seen: now,
-                created: now,
-                ifindex,
-                _pad: 0,
-            };
-            if NAT.insert(key, entry, u64::from(BPF_NOEXIST)).is_ok() {
+            let entry = F::entry(xlate.addr, xlate.port, 0, now, ifindex);
+            if F::insert_new(key, &entry) {
                 conntrack::count_flow();
             } else {
                 // Another CPU created the flow first: use its mapping, and drop the
                 // reverse entry just taken if that one uses another port.
-                // SAFETY: read only.
-                let Some(won) = (unsafe { NAT.get(key) }) else {
+                let Some(won) = F::get(key) else {
                     return Err(Verdict::DropNatError);
                 };
-                let won = Xlate {
-                    addr: won.addr,
-                    port: won.port,
-                };
+                // SAFETY: a NAT map value, valid for the program run.
+                let won = unsafe { xlate_of::<F>(won) };
                 if won != xlate {
-                    let (rkey, _) = reverse_of(key, &entry);
-                    let _ = NAT.remove(rkey);
+                    F::remove(&reverse_key::<F>(t, xlate));
                 }
                 return Ok(won);
             }
@@ -242,12 +256,12 @@ fn create_flow(
 
 /// A keyed hash of the tuple: where the port search starts.
 #[inline(always)]
-fn hash(key: &NatKey, seed: u32) -> u32 {
+fn hash<F: Family>(t: &Tuple<F::Addr>, seed: u32) -> u32 {
     let mut h = seed
-        ^ key.saddr
-        ^ key.daddr.rotate_left(13)
-        ^ ((u32::from(key.sport) << 16) | u32::from(key.dport))
-        ^ u32::from(key.proto);
+        ^ F::fold(&t.saddr)
+        ^ F::fold(&t.daddr).rotate_left(13)
+        ^ ((u32::from(t.sport) << 16) | u32::from(t.dport))
+        ^ u32::from(t.proto);
     // lowbias32 (Chris Wellons' integer hash).
     h ^= h >> 16;
     h = h.wrapping_mul(0x7feb_352d);
@@ -259,9 +273,11 @@ fn hash(key: &NatKey, seed: u32) -> u32 {
 /// The port search of one new flow: its reverse entry as it will be written (the
 /// key's port is the candidate being tried), and the range.
 #[repr(C)]
-struct Search {
-    rkey: NatKey,
-    rval: NatEntry,
+struct Search<F: Family> {
+    /// The reverse tuple; its `dport` is the candidate.
+    rev: Tuple<F::Addr>,
+    rval: F::Entry,
+    now: u64,
     min: u16,
     range: u32,
     start: u32,
@@ -273,33 +289,35 @@ struct Search {
 
 const FOUND: u32 = 1 << 16;
 
-/// Takes a NAT port for the pod flow `key`: writes its reverse entry and returns the
-/// port (network order): the pod's own if it is in range (or `identity`) and free,
-/// else the first free one of up to [`RETRIES`] candidates.
-#[inline(always)]
-fn allocate(key: &NatKey, target: &Target, syn: bool, ifindex: u32, now: u64) -> Option<u16> {
-    let mut search = Search {
-        rkey: NatKey {
-            saddr: key.daddr,
+/// Takes a NAT port for the pod flow `t`: writes its reverse entry and returns the
+/// port (network order) with [`FOUND`] set: the pod's own if it is in range (or
+/// `identity`) and free, else the first free one of up to [`RETRIES`] candidates.
+/// 0: none.
+///
+/// A function of its own (new flows only): the search state would not fit the
+/// caller's stack frame next to an IPv6 flow's keys (512 bytes per call chain).
+#[inline(never)]
+fn allocate<F: Family>(
+    t: &Tuple<F::Addr>,
+    target: &Target<F::Addr>,
+    syn: bool,
+    ifindex: u32,
+    now: u64,
+) -> u32 {
+    let mut search = Search::<F> {
+        rev: Tuple {
+            saddr: t.daddr,
             daddr: target.addr,
-            sport: key.dport,
-            dport: key.sport,
-            proto: key.proto,
+            sport: t.dport,
+            dport: t.sport,
+            proto: t.proto,
             dir: NAT_DIR_IN,
-            _pad: [0; 2],
         },
-        rval: NatEntry {
-            addr: key.saddr,
-            port: key.sport,
-            flags: 0,
-            last_seen: now,
-            created: now,
-            ifindex,
-            _pad: 0,
-        },
+        rval: F::entry(t.saddr, t.sport, 0, now, ifindex),
+        now,
         min: target.min,
         range: u32::from(target.max.wrapping_sub(target.min)) + 1,
-        start: hash(key, target.seed),
+        start: hash::<F>(t, target.seed),
         syn,
         found: 0,
     };
@@ -308,13 +326,18 @@ fn allocate(key: &NatKey, target: &Target, syn: bool, ifindex: u32, now: u64) ->
     // the connection stalls until a retransmit. Only when no port is free does a new
     // TCP connection take over a finished one's (`search.syn`, second pass).
     search.syn = false;
-    let own = u16::from_be(key.sport);
+    let own = u16::from_be(t.sport);
     if target.identity || (target.min <= own && own <= target.max) {
-        if claim(&search.rkey, &search.rval, target.identity && syn, now) {
-            return Some(key.sport);
+        if claim::<F>(
+            &F::key(&search.rev),
+            &mut search.rval,
+            target.identity && syn,
+            now,
+        ) {
+            return FOUND | u32::from(t.sport);
         }
         if target.identity {
-            return None;
+            return 0;
         }
     }
     search_ports(&mut search);
@@ -322,27 +345,27 @@ fn allocate(key: &NatKey, target: &Target, syn: bool, ifindex: u32, now: u64) ->
         search.syn = true;
         search_ports(&mut search);
     }
-    (search.found & FOUND != 0).then_some(search.found as u16)
+    search.found
 }
 
 /// Up to [`RETRIES`] candidates of `search`.
 #[inline(always)]
-fn search_ports(search: &mut Search) {
+fn search_ports<F: Family>(search: &mut Search<F>) {
     // bpf_loop: the verifier checks the callback once, not once per iteration (a
     // plain loop of this many map operations costs it half a million instructions).
     // SAFETY: a plain helper call; `search` outlives it.
     unsafe {
         bpf_loop(
             RETRIES,
-            try_port as *mut c_void,
-            (search as *mut Search).cast(),
+            try_port::<F> as *mut c_void,
+            (search as *mut Search<F>).cast(),
             0,
         );
     }
 }
 
 /// One candidate of the port search (a `bpf_loop` callback): 1 stops the loop.
-extern "C" fn try_port(i: u64, search: *mut Search) -> i64 {
+extern "C" fn try_port<F: Family>(i: u64, search: *mut Search<F>) -> i64 {
     // SAFETY: `bpf_loop` hands back the context `allocate` gave it.
     let s = unsafe { &mut *search };
     // (`checked_rem`: a division that could panic would leave the function without
@@ -351,9 +374,9 @@ extern "C" fn try_port(i: u64, search: *mut Search) -> i64 {
         return 1;
     };
     let port = s.min.wrapping_add(offset as u16);
-    s.rkey.dport = port.to_be();
-    if claim(&s.rkey, &s.rval, s.syn, s.rval.last_seen) {
-        s.found = FOUND | u32::from(s.rkey.dport);
+    s.rev.dport = port.to_be();
+    if claim::<F>(&F::key(&s.rev), &mut s.rval, s.syn, s.now) {
+        s.found = FOUND | u32::from(s.rev.dport);
         return 1;
     }
     0
@@ -361,28 +384,32 @@ extern "C" fn try_port(i: u64, search: *mut Search) -> i64 {
 
 /// Makes the reverse key `rkey` ours: free, already ours, or reclaimable.
 #[inline(always)]
-fn claim(rkey: &NatKey, rval: &NatEntry, syn: bool, now: u64) -> bool {
-    let Some(r) = NAT.get_ptr_mut(rkey) else {
-        return NAT.insert(rkey, rval, u64::from(BPF_NOEXIST)).is_ok();
+fn claim<F: Family>(rkey: &F::Key, rval: &mut F::Entry, syn: bool, now: u64) -> bool {
+    let Some(r) = F::get(rkey) else {
+        return F::insert_new(rkey, rval);
     };
-    // SAFETY: a NAT map value, valid for the program run.
+    let proto = F::tuple(rkey).proto;
+    // SAFETY: a NAT map value, valid for the program run; `rval` a local entry.
     unsafe {
-        if (*r).addr == rval.addr && (*r).port == rval.port {
+        let want = xlate_of::<F>(rval);
+        let ifindex = (*F::common(rval)).ifindex;
+        let c = F::common(r);
+        if xlate_of::<F>(r) == want {
             // This flow's own, left from before its forward entry was lost or expired.
-            conntrack::set_head(r, rval.addr, rval.port, 0);
-            (*r).last_seen = now;
-            (*r).ifindex = rval.ifindex;
+            F::set_head(r, want.addr, want.port, 0);
+            (*c).last_seen = now;
+            (*c).ifindex = ifindex;
             return true;
         }
-        let seen = (*r).last_seen;
-        if !conntrack::reclaimable(&*r, rkey.proto, now, syn)
-            || !atomic::compare_exchange(&raw mut (*r).last_seen, seen, now)
+        let seen = (*c).last_seen;
+        if !conntrack::reclaimable(&*c, proto, now, syn)
+            || !atomic::compare_exchange(&raw mut (*c).last_seen, seen, now)
         {
             return false;
         }
-        conntrack::set_head(r, rval.addr, rval.port, 0);
-        (*r).created = now;
-        (*r).ifindex = rval.ifindex;
+        F::set_head(r, want.addr, want.port, 0);
+        (*c).created = now;
+        (*c).ifindex = ifindex;
     }
     true
 }
@@ -390,42 +417,45 @@ fn claim(rkey: &NatKey, rval: &NatEntry, syn: bool, now: u64) -> bool {
 /// A reply (or an ICMP error about the flow, with `ev` = None: no state change) for
 /// the reverse key `key`: where it goes, and the pod's host veth.
 #[inline(always)]
-pub fn ingress(key: &NatKey, ev: Option<Event>, now: u64) -> Option<(Xlate, u32)> {
-    let r = NAT.get_ptr_mut(key)?;
+pub fn ingress<F: Family>(
+    key: &F::Key,
+    ev: Option<Event>,
+    now: u64,
+) -> Option<(Xlate<F::Addr>, u32)> {
+    let r = F::get(key)?;
+    let t = F::tuple(key);
+    let c = F::common(r);
     // SAFETY: a NAT map value, valid for the program run.
     unsafe {
-        if (*r).expired(key.proto, now) {
+        if (*c).expired(t.proto, now) {
             return None;
         }
-        let to = Xlate {
-            addr: (*r).addr,
-            port: (*r).port,
-        };
+        let to = xlate_of::<F>(r);
         if let Some(ev) = ev
-            && conntrack::touch(r, ev.set, now)
+            && conntrack::touch(c, ev.set, now)
         {
-            let (fkey, fval) = forward_of(key, &*r);
+            let (fkey, fval) = other_of::<F>(&t, r);
             // A forward entry that maps elsewhere now (the flow was re-created with
             // another port) leaves this reply a reply of the pod's flow all the same.
-            let _ = conntrack::sync_pair(&fkey, &fval, (*r).flags, now);
+            let _ = conntrack::sync_pair::<F>(&fkey, &fval, (*c).flags, now);
         }
-        Some((to, (*r).ifindex))
+        Some((to, (*c).ifindex))
     }
 }
 
 /// The translation of a live pod flow, without creating or refreshing it (for ICMP
 /// errors the pod sends about a reply).
 #[inline(always)]
-pub fn lookup_forward(key: &NatKey, now: u64) -> Option<Xlate> {
-    // SAFETY: read only.
-    let e = unsafe { NAT.get(key) }?;
-    if e.expired(key.proto, now) {
-        return None;
+pub fn lookup_forward<F: Family>(key: &F::Key, now: u64) -> Option<Xlate<F::Addr>> {
+    let e = F::get(key)?;
+    let proto = F::tuple(key).proto;
+    // SAFETY: a NAT map value, valid for the program run; read only.
+    unsafe {
+        if (*F::common(e)).expired(proto, now) {
+            return None;
+        }
+        Some(xlate_of::<F>(e))
     }
-    Some(Xlate {
-        addr: e.addr,
-        port: e.port,
-    })
 }
 
 /// Rewrites the source (`source`) or destination address and port of the packet,
