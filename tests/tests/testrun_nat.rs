@@ -438,8 +438,10 @@ fn from_uplink_stays_small_and_cheap_to_verify() {
     eprintln!("from_uplink: {xlated} instructions loaded, {verified} verified");
     assert!(xlated > 0);
     // Of which about 800 are the monitor's events and aya-log's writer, out-of-line
-    // functions no packet enters while nobody listens (events.rs, diag.rs).
-    assert!(xlated < 4000, "from_uplink grew to {xlated} instructions");
+    // functions no packet enters while nobody listens (events.rs, diag.rs), and about
+    // 1,300 IPv6's reply path (host6.rs), which an IPv4 packet never enters: what the
+    // node's own IPv4 traffic runs is measured in BENCHMARKS.md, not by this size.
+    assert!(xlated < 5500, "from_uplink grew to {xlated} instructions");
     assert!(
         verified < 50_000,
         "from_uplink costs the verifier {verified}"

@@ -19,6 +19,13 @@ pub const MAP_FRAGS: &str = "FRAGS";
 pub const MAP_EGRESS6: &str = "EGRESS6";
 pub const MAP_EGRESS_SKIP6: &str = "EGRESS_SKIP6";
 pub const MAP_NAT6: &str = "NAT6";
+pub const MAP_NAT_SCRATCH: &str = "NAT_SCRATCH";
+
+/// Value of the per-CPU `NAT_SCRATCH` array: where the datapath searches a port for
+/// a new flow (an IPv6 search does not fit its stack). Opaque to userspace.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NatScratch(pub [u64; 16]);
 
 /// `EgressConfig::flags`: egress is configured (an uplink and its address are known).
 pub const EGRESS_F_ENABLED: u32 = 1;

@@ -30,7 +30,7 @@ pub const MAP_ENDPOINTS6: &str = "ENDPOINTS6";
 pub const MAP_CLUSTER: &str = "CLUSTER";
 pub const MAP_NODES: &str = "NODES";
 pub const MAP_NODE_STATS: &str = "NODE_STATS";
-pub const ALL_MAPS: [&str; 18] = [
+pub const ALL_MAPS: [&str; 22] = [
     MAP_ROUTES,
     MAP_ENDPOINTS,
     MAP_CONFIG,
@@ -49,6 +49,10 @@ pub const ALL_MAPS: [&str; 18] = [
     MAP_MONITOR,
     MAP_EVENTS_LOST,
     MAP_TRACE_FLOWS,
+    MAP_EGRESS6,
+    MAP_EGRESS_SKIP6,
+    MAP_NAT6,
+    MAP_NAT_SCRATCH,
 ];
 
 /// Capacity of the LPM routes map.
@@ -412,6 +416,7 @@ mod user {
     unsafe impl aya::Pod for super::EgressConfig6 {}
     unsafe impl aya::Pod for super::NatKey6 {}
     unsafe impl aya::Pod for super::NatEntry6 {}
+    unsafe impl aya::Pod for super::NatScratch {}
     // SAFETY: repr(C), two byte arrays whose sizes fill the alignment: no padding.
     unsafe impl aya::Pod for super::EndpointInfo6 {}
     unsafe impl aya::Pod for super::ClusterConfig {}

@@ -107,10 +107,11 @@ pub enum Pair {
 }
 
 /// Brings `key`, the other entry of a flow, in step with the entry just touched:
-/// refreshes it and adds `flags`, or re-creates it as `expect` if it is gone.
+/// refreshes it and adds `flags`, or re-creates it as `expect` (given `flags` and
+/// `now`) if it is gone.
 #[inline(always)]
-pub fn sync_pair<F: Family>(key: &F::Key, expect: &F::Entry, flags: u16, now: u64) -> Pair {
-    let want = F::common((expect as *const F::Entry).cast_mut());
+pub fn sync_pair<F: Family>(key: &F::Key, expect: &mut F::Entry, flags: u16, now: u64) -> Pair {
+    let want = F::common(expect);
     match F::get(key) {
         Some(p) => {
             let c = F::common(p);
@@ -128,15 +129,13 @@ pub fn sync_pair<F: Family>(key: &F::Key, expect: &F::Entry, flags: u16, now: u6
             Pair::Intact
         }
         None => {
-            let mut entry = *expect;
-            let c = F::common(&raw mut entry);
-            // SAFETY: a local entry.
+            // SAFETY: the caller's entry.
             unsafe {
-                (*c).flags = flags;
-                (*c).last_seen = now;
+                (*want).flags = flags;
+                (*want).last_seen = now;
             }
             // Lost a race with another CPU putting it back: equally good.
-            let _ = F::insert_new(key, &entry);
+            let _ = F::insert_new(key, expect);
             Pair::Intact
         }
     }
@@ -167,14 +166,14 @@ extern "C" fn gc_entry<F: Family>(
 ) -> i64 {
     // SAFETY: the kernel passes the map, a key and value of it, and our context.
     unsafe {
-        let (t, v, gc) = (F::tuple(&*key), &*F::common(value), &mut *gc);
+        let (proto, v, gc) = (F::proto(&*key), &*F::common(value), &mut *gc);
         // Under pressure, finished TCP connections go as well as expired flows (the
         // kernel's conntrack early-drops too when full).
-        if v.expired(t.proto, gc.now) || CtState::of(t.proto, v.flags).is_closed() {
+        if v.expired(proto, gc.now) || CtState::of(proto, v.flags).is_closed() {
             if aya_ebpf::helpers::generated::bpf_map_delete_elem(map, key.cast()) == 0 {
                 gc.deleted += 1;
             }
-        } else if t.dir == NAT_DIR_OUT {
+        } else if F::dir(&*key) == NAT_DIR_OUT {
             gc.live += 1;
         }
     }

@@ -9,21 +9,21 @@
 //! IPv6 senders do path MTU discovery, so a pod fragments only what it sends larger
 //! than the path MTU it was told (UDP datagrams above it, mostly).
 
-use aya_ebpf::{bindings::__sk_buff, btf_maps::lpm_trie::Key, programs::TcContext};
+use aya_ebpf::{btf_maps::lpm_trie::Key, programs::TcContext};
 use vethbpf_common::{
     EGRESS_F_ENABLED, EGRESS_F_MASQUERADE, EgressConfig6, IPPROTO_ICMPV6, IPPROTO_TCP,
-    IPPROTO_UDP, NAT_DIR_OUT, Verdict,
+    IPPROTO_UDP, NAT_DIR_OUT, NatKey6, Verdict,
 };
 
 use crate::{
     conntrack,
     csum::{self, L4Csum},
     egress::ktime,
-    family::{Family, Tuple, V6},
+    family::V6,
     fib,
-    hdr::{ETH_HLEN, Ipv6Hdr},
+    hdr::ETH_HLEN,
     icmp6_error,
-    ipv6::{self, Addr, UpperLayer, load_addr},
+    ipv6::{self, Addr, UpperLayer},
     maps::{EGRESS_SKIP6, EGRESS6},
     nat::{self, Event, Target, Xlate},
     stats::Decision,
@@ -101,51 +101,19 @@ pub fn l4(ctx: &TcContext, ul: &UpperLayer) -> Option<L4> {
 /// that no route of this node claims; `ul` is its upper layer.
 #[inline(always)]
 pub fn handle(ctx: &TcContext, ifindex: u32, ul: UpperLayer) -> Decision {
-    match EGRESS6.get(0) {
-        Some(cfg) if cfg.flags & EGRESS_F_ENABLED != 0 => {}
-        _ => return Decision::pass(),
-    }
-    let verdict = egress(ctx.skb.skb, ifindex, ul.offset, ul.proto, ul.fragmented);
-    Decision {
-        verdict: Verdict::ALL
-            .get(verdict as usize)
-            .copied()
-            .unwrap_or(Verdict::DropNatError),
-        action: (verdict >> 32) as i32,
-    }
-}
-
-/// [`handle`]'s work, in a function of its own: the IPv6 NAT's keys and entries
-/// would not fit `from_pod`'s stack frame next to everything else inlined there (the
-/// verifier allows 512 bytes per call chain, and a call gets a frame of its own).
-/// Returns the decision packed in a word (verdict in the low half, tc action in the
-/// high one): a BPF-to-BPF call returns one register.
-#[inline(never)]
-fn egress(skb: *mut __sk_buff, ifindex: u32, offset: usize, proto: u8, fragmented: bool) -> u64 {
-    let ctx = TcContext::new(skb);
-    let ul = UpperLayer {
-        proto,
-        offset,
-        plain: false,
-        fragmented,
-    };
-    let d = egress_packet(&ctx, ifindex, ul);
-    (d.verdict as u64) | ((d.action as u32 as u64) << 32)
-}
-
-#[inline(always)]
-fn egress_packet(ctx: &TcContext, ifindex: u32, ul: UpperLayer) -> Decision {
     let Some(cfg) = EGRESS6.get(0) else {
         return Decision::pass();
     };
-    let Ok(ip) = ctx.load::<Ipv6Hdr>(ETH_HLEN) else {
+    if cfg.flags & EGRESS_F_ENABLED == 0 {
+        return Decision::pass();
+    }
+    let (Ok(saddr), Ok(daddr), Ok(hop)) = (
+        ctx.load::<Addr>(SADDR6_OFF),
+        ctx.load::<Addr>(DADDR6_OFF),
+        ctx.load::<u8>(HOP_LIMIT_OFF),
+    ) else {
         return Decision::drop(Verdict::DropMalformed);
     };
-    let (saddr, daddr, hop) = (
-        load_addr(&ip.src_addr),
-        load_addr(&ip.dst_addr),
-        ip.hop_limit,
-    );
     if ul.fragmented {
         if is_egress(&daddr) {
             return Decision::drop(Verdict::DropFragUnknown);
@@ -166,15 +134,15 @@ fn egress_packet(ctx: &TcContext, ifindex: u32, ul: UpperLayer) -> Decision {
         }
         return Decision::pass();
     }
-    let t = Tuple {
+    let key = NatKey6 {
         saddr,
         daddr,
         sport: p.sport,
         dport: p.dport,
         proto: ul.proto,
         dir: NAT_DIR_OUT,
+        _pad: [0; 2],
     };
-    let key = V6::key(&t);
     // A tracked flow was classified when it began: its packets skip the skip list.
     let found = nat::lookup::<V6>(&key);
     if found.is_none() && !is_egress(&daddr) {
@@ -237,14 +205,15 @@ fn icmp_error(
     if inner.daddr != *saddr {
         return Decision::pass();
     }
-    let key = V6::key(&Tuple {
+    let key = NatKey6 {
         saddr: inner.daddr,
         daddr: inner.saddr,
         sport: inner.dport,
         dport: inner.sport,
         proto: inner.proto,
         dir: NAT_DIR_OUT,
-    });
+        _pad: [0; 2],
+    };
     let Some(to) = nat::lookup_forward::<V6>(&key, ktime()) else {
         return Decision::pass();
     };

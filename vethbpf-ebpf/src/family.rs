@@ -13,24 +13,29 @@ use crate::{
     maps::{NAT, NAT6},
 };
 
-/// One direction of a flow, whatever the family.
-#[derive(Clone, Copy)]
-pub struct Tuple<A> {
-    pub saddr: A,
-    pub daddr: A,
-    pub sport: u16,
-    pub dport: u16,
-    pub proto: u8,
-    pub dir: u8,
-}
-
 pub trait Family {
     type Addr: Copy + PartialEq;
     type Key: Copy;
     type Entry: Copy;
 
-    fn key(t: &Tuple<Self::Addr>) -> Self::Key;
-    fn tuple(k: &Self::Key) -> Tuple<Self::Addr>;
+    /// The key of one direction of a flow. Keys are read through the accessors
+    /// below, never copied into another shape: an IPv6 key is 40 bytes of a stack
+    /// that has 512.
+    fn key(
+        saddr: Self::Addr,
+        daddr: Self::Addr,
+        sport: u16,
+        dport: u16,
+        proto: u8,
+        dir: u8,
+    ) -> Self::Key;
+    fn saddr(k: &Self::Key) -> &Self::Addr;
+    fn daddr(k: &Self::Key) -> &Self::Addr;
+    fn sport(k: &Self::Key) -> u16;
+    fn dport(k: &Self::Key) -> u16;
+    fn proto(k: &Self::Key) -> u8;
+    fn dir(k: &Self::Key) -> u8;
+    fn set_dport(k: &mut Self::Key, port: u16);
     /// A new entry: `addr`/`port` are what it maps to, times `now`.
     fn entry(addr: Self::Addr, port: u16, flags: u16, now: u64, ifindex: u32) -> Self::Entry;
     fn get(k: &Self::Key) -> Option<*mut Self::Entry>;
@@ -62,27 +67,44 @@ impl Family for V4 {
     type Entry = NatEntry;
 
     #[inline(always)]
-    fn key(t: &Tuple<u32>) -> NatKey {
+    fn key(saddr: u32, daddr: u32, sport: u16, dport: u16, proto: u8, dir: u8) -> NatKey {
         NatKey {
-            saddr: t.saddr,
-            daddr: t.daddr,
-            sport: t.sport,
-            dport: t.dport,
-            proto: t.proto,
-            dir: t.dir,
+            saddr,
+            daddr,
+            sport,
+            dport,
+            proto,
+            dir,
             _pad: [0; 2],
         }
     }
     #[inline(always)]
-    fn tuple(k: &NatKey) -> Tuple<u32> {
-        Tuple {
-            saddr: k.saddr,
-            daddr: k.daddr,
-            sport: k.sport,
-            dport: k.dport,
-            proto: k.proto,
-            dir: k.dir,
-        }
+    fn saddr(k: &NatKey) -> &u32 {
+        &k.saddr
+    }
+    #[inline(always)]
+    fn daddr(k: &NatKey) -> &u32 {
+        &k.daddr
+    }
+    #[inline(always)]
+    fn sport(k: &NatKey) -> u16 {
+        k.sport
+    }
+    #[inline(always)]
+    fn dport(k: &NatKey) -> u16 {
+        k.dport
+    }
+    #[inline(always)]
+    fn proto(k: &NatKey) -> u8 {
+        k.proto
+    }
+    #[inline(always)]
+    fn dir(k: &NatKey) -> u8 {
+        k.dir
+    }
+    #[inline(always)]
+    fn set_dport(k: &mut NatKey, port: u16) {
+        k.dport = port;
     }
     #[inline(always)]
     fn entry(addr: u32, port: u16, flags: u16, now: u64, ifindex: u32) -> NatEntry {
@@ -137,27 +159,44 @@ impl Family for V6 {
     type Entry = NatEntry6;
 
     #[inline(always)]
-    fn key(t: &Tuple<[u32; 4]>) -> NatKey6 {
+    fn key(saddr: [u32; 4], daddr: [u32; 4], sport: u16, dport: u16, proto: u8, dir: u8) -> NatKey6 {
         NatKey6 {
-            saddr: t.saddr,
-            daddr: t.daddr,
-            sport: t.sport,
-            dport: t.dport,
-            proto: t.proto,
-            dir: t.dir,
+            saddr,
+            daddr,
+            sport,
+            dport,
+            proto,
+            dir,
             _pad: [0; 2],
         }
     }
     #[inline(always)]
-    fn tuple(k: &NatKey6) -> Tuple<[u32; 4]> {
-        Tuple {
-            saddr: k.saddr,
-            daddr: k.daddr,
-            sport: k.sport,
-            dport: k.dport,
-            proto: k.proto,
-            dir: k.dir,
-        }
+    fn saddr(k: &NatKey6) -> &[u32; 4] {
+        &k.saddr
+    }
+    #[inline(always)]
+    fn daddr(k: &NatKey6) -> &[u32; 4] {
+        &k.daddr
+    }
+    #[inline(always)]
+    fn sport(k: &NatKey6) -> u16 {
+        k.sport
+    }
+    #[inline(always)]
+    fn dport(k: &NatKey6) -> u16 {
+        k.dport
+    }
+    #[inline(always)]
+    fn proto(k: &NatKey6) -> u8 {
+        k.proto
+    }
+    #[inline(always)]
+    fn dir(k: &NatKey6) -> u8 {
+        k.dir
+    }
+    #[inline(always)]
+    fn set_dport(k: &mut NatKey6, port: u16) {
+        k.dport = port;
     }
     #[inline(always)]
     fn entry(addr: [u32; 4], port: u16, flags: u16, now: u64, ifindex: u32) -> NatEntry6 {

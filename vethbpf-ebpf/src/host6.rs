@@ -9,14 +9,14 @@
 
 use aya_ebpf::{helpers::bpf_redirect_peer, programs::TcContext};
 use vethbpf_common::{
-    EGRESS_F_ENABLED, EGRESS_F_MASQUERADE, EgressConfig6, IPPROTO_ICMPV6, NAT_DIR_IN, Verdict,
+    EGRESS_F_ENABLED, EGRESS_F_MASQUERADE, EgressConfig6, IPPROTO_ICMPV6, NAT_DIR_IN, NatKey6, Verdict,
 };
 
 use crate::{
     conntrack,
     egress::ktime,
     egress6::{self, ICMPV6_ECHO_REPLY},
-    family::{Family, Tuple, V6},
+    family::V6,
     hdr::{ETH_HLEN, Ipv6Hdr, linear, ptr_at},
     icmp6_error,
     ipv6::{self, Addr, IPV6_HLEN, UpperLayer, load_addr, map_addr},
@@ -102,14 +102,15 @@ fn reply(
     if masq && (port < cfg.port_min || port > cfg.port_max) {
         return None;
     }
-    let key = V6::key(&Tuple {
+    let key = NatKey6 {
         saddr,
         daddr,
         sport,
         dport,
         proto: ul.proto,
         dir: NAT_DIR_IN,
-    });
+        _pad: [0; 2],
+    };
     let ev = Event {
         set: conntrack::flags_in(ul.proto, p.tcp_flags),
         syn: false,
@@ -146,14 +147,15 @@ fn icmp_error(
             return None;
         }
     }
-    let key = V6::key(&Tuple {
+    let key = NatKey6 {
         saddr: inner.daddr,
         daddr: inner.saddr,
         sport: inner.dport,
         dport: inner.sport,
         proto: inner.proto,
         dir: NAT_DIR_IN,
-    });
+        _pad: [0; 2],
+    };
     let (to, ifindex) = nat::ingress::<V6>(&key, None, ktime())?;
     let from = Xlate {
         addr: inner.saddr,

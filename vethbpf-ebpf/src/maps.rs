@@ -13,7 +13,7 @@ use vethbpf_common::{
     ClusterConfig, Config, Counter, EVENTS_RING_BYTES, EgressConfig, EgressConfig6, EndpointInfo,
     EndpointInfo6,
     Event, FRAG_ENTRIES, FlowKey, FlowSeen, FragEntry, FragKey, MAX_EGRESS_SKIP, MAX_ENDPOINTS,
-    MAX_NODES, MAX_ROUTES, MAX_TRACE_FLOWS, Monitor, NAT_MAX_FLOWS_DEFAULT, NatEntry, NatEntry6, NatKey, NatKey6,
+    MAX_NODES, MAX_ROUTES, MAX_TRACE_FLOWS, Monitor, NAT_MAX_FLOWS_DEFAULT, NatEntry, NatEntry6, NatKey, NatKey6, NatScratch,
     NatState, NodeCounter, NodeInfo, Route, STATS_ENTRIES, nat_map_capacity,
 };
 
@@ -67,6 +67,11 @@ pub static NAT6: LruHashMap<
     NatEntry6,
     { nat_map_capacity(NAT_MAX_FLOWS_DEFAULT) as usize },
 > = LruHashMap::new();
+
+/// Room for what the NAT works on that is too large for the stack (see `nat`), per
+/// CPU: a new flow's port search, and one key/entry pair.
+#[btf_map]
+pub static NAT_SCRATCH: PerCpuArray<NatScratch, 2> = PerCpuArray::new();
 
 /// The NAT table's flow count and garbage-collection state, one entry.
 #[btf_map]

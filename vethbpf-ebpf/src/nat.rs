@@ -18,15 +18,16 @@
 use core::ffi::c_void;
 
 use aya_ebpf::helpers::generated::bpf_loop;
-use vethbpf_common::{CtState, NAT_DIR_IN, NAT_DIR_OUT, Verdict};
+use vethbpf_common::{CtState, NAT_DIR_IN, NAT_DIR_OUT, NatScratch, Verdict};
 
 use crate::{
     atomic,
-    conntrack::{self, Pair},
+    conntrack::{self, Pair as Sync},
     csum::{self, L4Csum},
     diag::{self, Diag},
-    family::{Family, Tuple},
+    family::{Family, V4, V6},
     l4::{DADDR_OFF, L4_OFF, SADDR_OFF, port_off},
+    maps::NAT_SCRATCH,
 };
 
 /// Candidate ports tried for a new flow before it is dropped (`drop_nat_no_port`).
@@ -78,50 +79,74 @@ unsafe fn xlate_of<F: Family>(e: *mut F::Entry) -> Xlate<F::Addr> {
 
 /// The reverse key a forward key and its translation imply.
 #[inline(always)]
-fn reverse_key<F: Family>(fwd: &Tuple<F::Addr>, to: Xlate<F::Addr>) -> F::Key {
-    F::key(&Tuple {
-        saddr: fwd.daddr,
-        daddr: to.addr,
-        sport: fwd.dport,
-        dport: to.port,
-        proto: fwd.proto,
-        dir: NAT_DIR_IN,
-    })
+fn reverse_key<F: Family>(fwd: &F::Key, to: Xlate<F::Addr>) -> F::Key {
+    F::key(
+        *F::daddr(fwd),
+        to.addr,
+        F::dport(fwd),
+        to.port,
+        F::proto(fwd),
+        NAT_DIR_IN,
+    )
 }
 
 /// The forward key a reverse key and its pod's address and port imply.
 #[inline(always)]
-fn forward_key<F: Family>(rev: &Tuple<F::Addr>, pod: Xlate<F::Addr>) -> F::Key {
-    F::key(&Tuple {
-        saddr: pod.addr,
-        daddr: rev.saddr,
-        sport: pod.port,
-        dport: rev.sport,
-        proto: rev.proto,
-        dir: NAT_DIR_OUT,
-    })
+fn forward_key<F: Family>(rev: &F::Key, pod: Xlate<F::Addr>) -> F::Key {
+    F::key(
+        pod.addr,
+        *F::saddr(rev),
+        pod.port,
+        F::sport(rev),
+        F::proto(rev),
+        NAT_DIR_OUT,
+    )
 }
 
-/// The other entry of a pair, as it should be (key and value), from one entry
-/// `e` under `key` (the forward or reverse tuple `t`) and what it maps to.
+/// The other entry of a pair, as it should be, written to this CPU's scratch:
+/// built from one entry `e` under the forward or reverse tuple `t` (an IPv6 key and
+/// entry on the stack too would not fit it). `None`: no scratch (never, an array).
 ///
 /// # Safety
 /// `e` points to a NAT map value.
 #[inline(always)]
-unsafe fn other_of<F: Family>(t: &Tuple<F::Addr>, e: *mut F::Entry) -> (F::Key, F::Entry) {
-    // SAFETY: as the caller promises.
+unsafe fn other_of<F: Family>(t: &F::Key, e: *mut F::Entry) -> Option<*mut Pair<F>> {
+    let p = scratch::<Pair<F>>(SCRATCH_PAIR)?;
+    // SAFETY: as the caller promises; `p` is this CPU's scratch.
     unsafe {
         let to = xlate_of::<F>(e);
         let c = F::common(e);
-        let (key, addr, port) = if t.dir == NAT_DIR_OUT {
-            (reverse_key::<F>(t, to), t.saddr, t.sport)
+        let (addr, port) = if F::dir(t) == NAT_DIR_OUT {
+            (*p).key = reverse_key::<F>(t, to);
+            (*F::saddr(t), F::sport(t))
         } else {
-            (forward_key::<F>(t, to), t.daddr, t.dport)
+            (*p).key = forward_key::<F>(t, to);
+            (*F::daddr(t), F::dport(t))
         };
-        let mut val = F::entry(addr, port, (*c).flags, (*c).last_seen, (*c).ifindex);
-        (*F::common(&raw mut val)).created = (*c).created;
-        (key, val)
+        (*p).val = F::entry(addr, port, (*c).flags, (*c).last_seen, (*c).ifindex);
+        (*F::common(&raw mut (*p).val)).created = (*c).created;
     }
+    Some(p)
+}
+
+/// A key and entry of a flow, in scratch.
+#[repr(C)]
+pub struct Pair<F: Family> {
+    pub key: F::Key,
+    pub val: F::Entry,
+}
+
+/// Scratch slots: the port search, and a key/entry pair (never both in use).
+const SCRATCH_SEARCH: u32 = 0;
+const SCRATCH_PAIR: u32 = 1;
+
+const _: () = assert!(size_of::<Pair<V6>>() <= size_of::<NatScratch>());
+const _: () = assert!(size_of::<Pair<V4>>() <= size_of::<NatScratch>());
+
+/// This CPU's scratch slot `slot`, as a `T` (every user writes what it reads).
+#[inline(always)]
+fn scratch<T>(slot: u32) -> Option<*mut T> {
+    NAT_SCRATCH.get_ptr_mut(slot).map(|p| p.cast::<T>())
 }
 
 /// The forward entry of the pod flow `key`, if there is one (for [`egress`]).
@@ -145,15 +170,16 @@ pub fn egress<F: Family>(
     max_flows: u32,
     now: u64,
 ) -> Result<Xlate<F::Addr>, Verdict> {
-    let t = F::tuple(key);
+    let t = key;
+    let proto = F::proto(t);
     let mut replace = None;
     if let Some(e) = found {
         let c = F::common(e);
         // SAFETY: a NAT map value, valid for the program run.
         let (live, closed) = unsafe {
             (
-                !(*c).expired(t.proto, now),
-                CtState::of(t.proto, (*c).flags).is_closed(),
+                !(*c).expired(proto, now),
+                CtState::of(proto, (*c).flags).is_closed(),
             )
         };
         // A new connection on the tuple of a finished one starts a new flow (it may
@@ -162,10 +188,11 @@ pub fn egress<F: Family>(
             // SAFETY: as above.
             let (xlate, intact) = unsafe {
                 let xlate = xlate_of::<F>(e);
-                let intact = !conntrack::touch(c, ev.set, now) || {
-                    let (rkey, rval) = other_of::<F>(&t, e);
-                    conntrack::sync_pair::<F>(&rkey, &rval, (*c).flags, now) == Pair::Intact
-                };
+                let intact = !conntrack::touch(c, ev.set, now)
+                    || other_of::<F>(t, e).is_none_or(|p| {
+                        conntrack::sync_pair::<F>(&(*p).key, &mut (*p).val, (*c).flags, now)
+                            == Sync::Intact
+                    });
                 (xlate, intact)
             };
             if intact {
@@ -178,7 +205,7 @@ pub fn egress<F: Family>(
     if !create {
         return Err(Verdict::DropFragUnknown);
     }
-    create_flow::<F>(key, &t, target, ev.syn, replace, ifindex, max_flows, now)
+    create_flow::<F>(key, target, ev.syn, replace, ifindex, max_flows, now)
 }
 
 /// A new mapping for `key`, replacing its dead forward entry `replace` if there is
@@ -187,7 +214,6 @@ pub fn egress<F: Family>(
 #[allow(clippy::too_many_arguments)]
 fn create_flow<F: Family>(
     key: &F::Key,
-    t: &Tuple<F::Addr>,
     target: &Target<F::Addr>,
     syn: bool,
     replace: Option<*mut F::Entry>,
@@ -215,7 +241,7 @@ fn create_flow<F: Family>(
             }
         },
     }
-    let found = allocate::<F>(t, target, syn, ifindex, now);
+    let found = allocate::<F>(key, target, syn, ifindex, now);
     if found & FOUND == 0 {
         return Err(Verdict::DropNatNoPort);
     }
@@ -233,8 +259,15 @@ fn create_flow<F: Family>(
             (*c).ifindex = ifindex;
         },
         None => {
-            let entry = F::entry(xlate.addr, xlate.port, 0, now, ifindex);
-            if F::insert_new(key, &entry) {
+            let Some(entry) = scratch::<F::Entry>(SCRATCH_PAIR) else {
+                return Err(Verdict::DropNatError);
+            };
+            // SAFETY: this CPU's scratch, written before it is read.
+            let entry = unsafe {
+                entry.write(F::entry(xlate.addr, xlate.port, 0, now, ifindex));
+                &*entry
+            };
+            if F::insert_new(key, entry) {
                 conntrack::count_flow();
             } else {
                 // Another CPU created the flow first: use its mapping, and drop the
@@ -245,7 +278,7 @@ fn create_flow<F: Family>(
                 // SAFETY: a NAT map value, valid for the program run.
                 let won = unsafe { xlate_of::<F>(won) };
                 if won != xlate {
-                    F::remove(&reverse_key::<F>(t, xlate));
+                    F::remove(&reverse_key::<F>(key, xlate));
                 }
                 return Ok(won);
             }
@@ -256,12 +289,12 @@ fn create_flow<F: Family>(
 
 /// A keyed hash of the tuple: where the port search starts.
 #[inline(always)]
-fn hash<F: Family>(t: &Tuple<F::Addr>, seed: u32) -> u32 {
+fn hash<F: Family>(t: &F::Key, seed: u32) -> u32 {
     let mut h = seed
-        ^ F::fold(&t.saddr)
-        ^ F::fold(&t.daddr).rotate_left(13)
-        ^ ((u32::from(t.sport) << 16) | u32::from(t.dport))
-        ^ u32::from(t.proto);
+        ^ F::fold(F::saddr(t))
+        ^ F::fold(F::daddr(t)).rotate_left(13)
+        ^ ((u32::from(F::sport(t)) << 16) | u32::from(F::dport(t)))
+        ^ u32::from(F::proto(t));
     // lowbias32 (Chris Wellons' integer hash).
     h ^= h >> 16;
     h = h.wrapping_mul(0x7feb_352d);
@@ -271,11 +304,13 @@ fn hash<F: Family>(t: &Tuple<F::Addr>, seed: u32) -> u32 {
 }
 
 /// The port search of one new flow: its reverse entry as it will be written (the
-/// key's port is the candidate being tried), and the range.
+/// key's port is the candidate being tried), and the range. It lives in the per-CPU
+/// `NAT_SCRATCH` map, not on the stack: an IPv6 flow's keys and entries would not
+/// fit the 512 bytes a call chain has next to the rest of `from_pod`.
 #[repr(C)]
-struct Search<F: Family> {
-    /// The reverse tuple; its `dport` is the candidate.
-    rev: Tuple<F::Addr>,
+pub struct Search<F: Family> {
+    /// The reverse key; its destination port is the candidate.
+    rkey: F::Key,
     rval: F::Entry,
     now: u64,
     min: u16,
@@ -287,96 +322,107 @@ struct Search<F: Family> {
     found: u32,
 }
 
+const _: () = assert!(size_of::<Search<V6>>() <= size_of::<NatScratch>());
+const _: () = assert!(size_of::<Search<V4>>() <= size_of::<NatScratch>());
+const _: () = assert!(align_of::<Search<V6>>() <= align_of::<NatScratch>());
+
+/// What `bpf_loop` hands the callback: it must point to the stack.
+#[repr(C)]
+struct Cursor<F: Family> {
+    search: *mut Search<F>,
+}
+
 const FOUND: u32 = 1 << 16;
 
 /// Takes a NAT port for the pod flow `t`: writes its reverse entry and returns the
 /// port (network order) with [`FOUND`] set: the pod's own if it is in range (or
 /// `identity`) and free, else the first free one of up to [`RETRIES`] candidates.
 /// 0: none.
-///
-/// A function of its own (new flows only): the search state would not fit the
-/// caller's stack frame next to an IPv6 flow's keys (512 bytes per call chain).
-#[inline(never)]
+#[inline(always)]
 fn allocate<F: Family>(
-    t: &Tuple<F::Addr>,
+    t: &F::Key,
     target: &Target<F::Addr>,
     syn: bool,
     ifindex: u32,
     now: u64,
 ) -> u32 {
-    let mut search = Search::<F> {
-        rev: Tuple {
-            saddr: t.daddr,
-            daddr: target.addr,
-            sport: t.dport,
-            dport: t.sport,
-            proto: t.proto,
-            dir: NAT_DIR_IN,
-        },
-        rval: F::entry(t.saddr, t.sport, 0, now, ifindex),
-        now,
-        min: target.min,
-        range: u32::from(target.max.wrapping_sub(target.min)) + 1,
-        start: hash::<F>(t, target.seed),
-        syn,
-        found: 0,
+    let Some(search) = scratch::<Search<F>>(SCRATCH_SEARCH) else {
+        return 0;
+    };
+    // SAFETY: the per-CPU scratch value, large and aligned enough (checked above),
+    // this CPU's alone for the program run; every field is written before use, one
+    // by one (a whole struct would be built on the stack first).
+    let s = unsafe {
+        let s = &mut *search;
+        s.rkey = F::key(
+            *F::daddr(t),
+            target.addr,
+            F::dport(t),
+            F::sport(t),
+            F::proto(t),
+            NAT_DIR_IN,
+        );
+        s.rval = F::entry(*F::saddr(t), F::sport(t), 0, now, ifindex);
+        s.now = now;
+        s.min = target.min;
+        s.range = u32::from(target.max.wrapping_sub(target.min)) + 1;
+        s.start = hash::<F>(t, target.seed);
+        s.syn = false;
+        s.found = 0;
+        s
     };
     // First a port nobody holds: one a finished connection left may still be in the
     // remote's TIME_WAIT for that tuple, where a new SYN is answered with an ACK and
     // the connection stalls until a retransmit. Only when no port is free does a new
-    // TCP connection take over a finished one's (`search.syn`, second pass).
-    search.syn = false;
-    let own = u16::from_be(t.sport);
+    // TCP connection take over a finished one's (`s.syn`, second pass).
+    let own = u16::from_be(F::sport(t));
     if target.identity || (target.min <= own && own <= target.max) {
-        if claim::<F>(
-            &F::key(&search.rev),
-            &mut search.rval,
-            target.identity && syn,
-            now,
-        ) {
-            return FOUND | u32::from(t.sport);
+        if claim::<F>(&s.rkey, &mut s.rval, target.identity && syn, now) {
+            return FOUND | u32::from(F::sport(t));
         }
         if target.identity {
             return 0;
         }
     }
-    search_ports(&mut search);
-    if search.found & FOUND == 0 && syn {
-        search.syn = true;
-        search_ports(&mut search);
+    search_ports(s);
+    if s.found & FOUND == 0 && syn {
+        s.syn = true;
+        search_ports(s);
     }
-    search.found
+    s.found
 }
 
 /// Up to [`RETRIES`] candidates of `search`.
 #[inline(always)]
 fn search_ports<F: Family>(search: &mut Search<F>) {
+    let mut cursor = Cursor::<F> { search };
     // bpf_loop: the verifier checks the callback once, not once per iteration (a
     // plain loop of this many map operations costs it half a million instructions).
-    // SAFETY: a plain helper call; `search` outlives it.
+    // SAFETY: a plain helper call; `cursor` outlives it.
     unsafe {
         bpf_loop(
             RETRIES,
             try_port::<F> as *mut c_void,
-            (search as *mut Search<F>).cast(),
+            (&raw mut cursor).cast(),
             0,
         );
     }
 }
 
 /// One candidate of the port search (a `bpf_loop` callback): 1 stops the loop.
-extern "C" fn try_port<F: Family>(i: u64, search: *mut Search<F>) -> i64 {
-    // SAFETY: `bpf_loop` hands back the context `allocate` gave it.
-    let s = unsafe { &mut *search };
+extern "C" fn try_port<F: Family>(i: u64, cursor: *mut Cursor<F>) -> i64 {
+    // SAFETY: `bpf_loop` hands back the cursor `search_ports` gave it, which points
+    // to the scratch value.
+    let s = unsafe { &mut *(*cursor).search };
     // (`checked_rem`: a division that could panic would leave the function without
     // an exit, which the verifier refuses; the range is never 0.)
     let Some(offset) = s.start.wrapping_add(i as u32).checked_rem(s.range) else {
         return 1;
     };
-    let port = s.min.wrapping_add(offset as u16);
-    s.rev.dport = port.to_be();
-    if claim::<F>(&F::key(&s.rev), &mut s.rval, s.syn, s.now) {
-        s.found = FOUND | u32::from(s.rev.dport);
+    let port = s.min.wrapping_add(offset as u16).to_be();
+    F::set_dport(&mut s.rkey, port);
+    if claim::<F>(&s.rkey, &mut s.rval, s.syn, s.now) {
+        s.found = FOUND | u32::from(port);
         return 1;
     }
     0
@@ -388,7 +434,7 @@ fn claim<F: Family>(rkey: &F::Key, rval: &mut F::Entry, syn: bool, now: u64) -> 
     let Some(r) = F::get(rkey) else {
         return F::insert_new(rkey, rval);
     };
-    let proto = F::tuple(rkey).proto;
+    let proto = F::proto(rkey);
     // SAFETY: a NAT map value, valid for the program run; `rval` a local entry.
     unsafe {
         let want = xlate_of::<F>(rval);
@@ -423,21 +469,21 @@ pub fn ingress<F: Family>(
     now: u64,
 ) -> Option<(Xlate<F::Addr>, u32)> {
     let r = F::get(key)?;
-    let t = F::tuple(key);
     let c = F::common(r);
     // SAFETY: a NAT map value, valid for the program run.
     unsafe {
-        if (*c).expired(t.proto, now) {
+        if (*c).expired(F::proto(key), now) {
             return None;
         }
         let to = xlate_of::<F>(r);
         if let Some(ev) = ev
             && conntrack::touch(c, ev.set, now)
         {
-            let (fkey, fval) = other_of::<F>(&t, r);
             // A forward entry that maps elsewhere now (the flow was re-created with
             // another port) leaves this reply a reply of the pod's flow all the same.
-            let _ = conntrack::sync_pair::<F>(&fkey, &fval, (*c).flags, now);
+            if let Some(p) = other_of::<F>(key, r) {
+                let _ = conntrack::sync_pair::<F>(&(*p).key, &mut (*p).val, (*c).flags, now);
+            }
         }
         Some((to, (*c).ifindex))
     }
@@ -448,7 +494,7 @@ pub fn ingress<F: Family>(
 #[inline(always)]
 pub fn lookup_forward<F: Family>(key: &F::Key, now: u64) -> Option<Xlate<F::Addr>> {
     let e = F::get(key)?;
-    let proto = F::tuple(key).proto;
+    let proto = F::proto(key);
     // SAFETY: a NAT map value, valid for the program run; read only.
     unsafe {
         if (*F::common(e)).expired(proto, now) {
