@@ -916,40 +916,87 @@ impl TestNode {
         );
         self.node_must(
             "ip",
-            &["-6", "route", "add", "default", "via", ROUTER_IP6, "dev", UPLINK],
+            &[
+                "-6", "route", "add", "default", "via", ROUTER_IP6, "dev", UPLINK,
+            ],
         );
         let o = &out.netns;
         ns_must(
             o,
             "ip",
-            &["-6", "addr", "add", &format!("{ROUTER_IP6}/64"), "dev", "eth0", "nodad"],
+            &[
+                "-6",
+                "addr",
+                "add",
+                &format!("{ROUTER_IP6}/64"),
+                "dev",
+                "eth0",
+                "nodad",
+            ],
         );
         ns_must(
             o,
             "ip",
-            &["-6", "addr", "add", &format!("{SERVER_IP6}/128"), "dev", "lo"],
+            &[
+                "-6",
+                "addr",
+                "add",
+                &format!("{SERVER_IP6}/128"),
+                "dev",
+                "lo",
+            ],
         );
         if let Some(far) = &out.far {
             ns_must(o, "sysctl", &["-qw", "net.ipv6.conf.all.forwarding=1"]);
             ns_must(
                 o,
                 "ip",
-                &["-6", "addr", "add", "2001:db8:31::1/64", "dev", "eth1", "nodad"],
+                &[
+                    "-6",
+                    "addr",
+                    "add",
+                    "2001:db8:31::1/64",
+                    "dev",
+                    "eth1",
+                    "nodad",
+                ],
             );
             ns_must(
                 o,
                 "ip",
-                &["-6", "route", "add", &format!("{FAR_SERVER_IP6}/128"), "via", "2001:db8:31::2"],
+                &[
+                    "-6",
+                    "route",
+                    "add",
+                    &format!("{FAR_SERVER_IP6}/128"),
+                    "via",
+                    "2001:db8:31::2",
+                ],
             );
             ns_must(
                 far,
                 "ip",
-                &["-6", "addr", "add", "2001:db8:31::2/64", "dev", "eth0", "nodad"],
+                &[
+                    "-6",
+                    "addr",
+                    "add",
+                    "2001:db8:31::2/64",
+                    "dev",
+                    "eth0",
+                    "nodad",
+                ],
             );
             ns_must(
                 far,
                 "ip",
-                &["-6", "addr", "add", &format!("{FAR_SERVER_IP6}/128"), "dev", "lo"],
+                &[
+                    "-6",
+                    "addr",
+                    "add",
+                    &format!("{FAR_SERVER_IP6}/128"),
+                    "dev",
+                    "lo",
+                ],
             );
             ns_must(
                 far,

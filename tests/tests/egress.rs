@@ -336,7 +336,10 @@ fn assert_no_kernel_path(node: &TestNode) {
     }
     for save in ["iptables-save", "ip6tables-save"] {
         let rules = node.node_must(save, &[]);
-        assert!(!rules.lines().any(|l| l.starts_with("-A")), "{save}: {rules}");
+        assert!(
+            !rules.lines().any(|l| l.starts_with("-A")),
+            "{save}: {rules}"
+        );
     }
     let nft = node.node_must("nft", &["list", "ruleset"]);
     assert!(nft.trim().is_empty(), "nftables ruleset: {nft}");
@@ -1283,7 +1286,10 @@ fn ipv6_only_pods_reach_the_outside_masqueraded() {
     let st = w.status();
     let settings = &st["egress"]["settings"];
     assert_eq!(st["egress"]["enabled"], true, "{st}");
-    assert_eq!(settings["uplink"], UPLINK, "found by the IPv6 default route");
+    assert_eq!(
+        settings["uplink"], UPLINK,
+        "found by the IPv6 default route"
+    );
     assert_eq!(settings["ipv6"]["nat_addr"], UPLINK_NODE_IP6, "{st}");
     assert_eq!(settings["ipv6"]["cluster_cidr"], POD_CIDR6, "{st}");
     assert!(settings["nat_addr"].is_null(), "no IPv4 egress: {st}");
@@ -1340,12 +1346,15 @@ fn ipv6_only_pods_reach_the_outside_masqueraded() {
 
 #[test]
 fn dual_stack_pods_reach_the_outside_over_both_families() {
-    let w = World::new6(&["--pod-cidr", POD_CIDR, "--pod-cidr", POD_CIDR6], &["a"], None);
+    let w = World::new6(
+        &["--pod-cidr", POD_CIDR, "--pod-cidr", POD_CIDR6],
+        &["a"],
+        None,
+    );
     let st = w.status();
     assert_eq!(st["egress"]["settings"]["nat_addr"], UPLINK_NODE_IP, "{st}");
     assert_eq!(
-        st["egress"]["settings"]["ipv6"]["nat_addr"],
-        UPLINK_NODE_IP6,
+        st["egress"]["settings"]["ipv6"]["nat_addr"], UPLINK_NODE_IP6,
         "{st}"
     );
     assert_eq!(w.node.ping_from_pod("a", SERVER_IP, 2), Some(63));
@@ -1501,7 +1510,10 @@ fn ipv6_packet_too_big_and_time_exceeded_are_translated() {
         .node
         .in_pod("a", "ip", &["-6", "route", "get", FAR_SERVER_IP6]);
     let text = String::from_utf8_lossy(&cached.stdout);
-    assert!(text.contains("mtu 1280"), "the pod learnt the path MTU: {text}");
+    assert!(
+        text.contains("mtu 1280"),
+        "the pod learnt the path MTU: {text}"
+    );
 
     // A hop-limited probe gets the router's time exceeded, translated.
     let before = packets(&w.node.counters("a"), &["rev_nat_icmp"]);

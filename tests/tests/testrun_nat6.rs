@@ -214,10 +214,16 @@ impl Fixture {
                 0,
             )
             .unwrap();
-        let mut skip: LpmTrie<&mut MapData, [u8; 16], u32> =
-            f.ebpf.map_mut(MAP_EGRESS_SKIP6).unwrap().try_into().unwrap();
-        for (prefix, len, why) in [(NAT, 128, SKIP_NODE_ADDRESS), ("fd00:10:244::", 64, SKIP_CLUSTER)]
-        {
+        let mut skip: LpmTrie<&mut MapData, [u8; 16], u32> = f
+            .ebpf
+            .map_mut(MAP_EGRESS_SKIP6)
+            .unwrap()
+            .try_into()
+            .unwrap();
+        for (prefix, len, why) in [
+            (NAT, 128, SKIP_NODE_ADDRESS),
+            ("fd00:10:244::", 64, SKIP_CLUSTER),
+        ] {
             skip.insert(&Key::new(len, ip6(prefix)), why, 0).unwrap();
         }
         f
@@ -466,9 +472,21 @@ fn packet_too_big_about_a_masqueraded_segment_is_translated_for_the_pod() {
     assert_eq!(f.pod(&from_pod(POD_A, &seg)).ret, TC_ACT_REDIRECT);
     let port = f.nat_port(POD_A, TCP, 40001, 443);
     // The segment that was too big, as it left the node, embedded in the error.
-    let left = pkt(NAT, REMOTE, TCP, 62, &tcp(NAT, REMOTE, port, 443, ACK, &data));
+    let left = pkt(
+        NAT,
+        REMOTE,
+        TCP,
+        62,
+        &tcp(NAT, REMOTE, port, 443, ACK, &data),
+    );
     let mtu = 1280u32.to_be_bytes();
-    let ptb = pkt(ROUTER, NAT, ICMP6, 64, &icmp6(ROUTER, NAT, 2, 0, mtu, &left));
+    let ptb = pkt(
+        ROUTER,
+        NAT,
+        ICMP6,
+        64,
+        &icmp6(ROUTER, NAT, 2, 0, mtu, &left),
+    );
     let run = f.uplink(&uplink(&ptb));
     assert_run(&run, TC_ACT_REDIRECT, POD_A.id, Verdict::RevNatIcmp);
     let inner = pkt(
@@ -489,15 +507,33 @@ fn packet_too_big_about_a_masqueraded_segment_is_translated_for_the_pod() {
 
     // A UDP datagram's and a ping's "time exceeded" too.
     let udp_port = {
-        let s = pkt(POD_A.ip, REMOTE, UDP, 64, &udp(POD_A.ip, REMOTE, 40002, 53, b"q"));
+        let s = pkt(
+            POD_A.ip,
+            REMOTE,
+            UDP,
+            64,
+            &udp(POD_A.ip, REMOTE, 40002, 53, b"q"),
+        );
         assert_eq!(f.pod(&from_pod(POD_A, &s)).ret, TC_ACT_REDIRECT);
         f.nat_port(POD_A, UDP, 40002, 53)
     };
     let left = pkt(NAT, REMOTE, UDP, 1, &udp(NAT, REMOTE, udp_port, 53, b"q"));
-    let te = pkt(ROUTER, NAT, ICMP6, 64, &icmp6(ROUTER, NAT, 3, 0, [0; 4], &left));
+    let te = pkt(
+        ROUTER,
+        NAT,
+        ICMP6,
+        64,
+        &icmp6(ROUTER, NAT, 3, 0, [0; 4], &left),
+    );
     let run = f.uplink(&uplink(&te));
     assert_run(&run, TC_ACT_REDIRECT, POD_A.id, Verdict::RevNatIcmp);
-    let inner = pkt(POD_A.ip, REMOTE, UDP, 1, &udp(POD_A.ip, REMOTE, 40002, 53, b"q"));
+    let inner = pkt(
+        POD_A.ip,
+        REMOTE,
+        UDP,
+        1,
+        &udp(POD_A.ip, REMOTE, 40002, 53, b"q"),
+    );
     let back = pkt(
         ROUTER,
         POD_A.ip,
@@ -516,7 +552,13 @@ fn what_is_no_reply_is_not_delivered() {
     let run = f.uplink(&uplink(&stray));
     assert_run(&run, TC_ACT_OK, 0, Verdict::UplinkPass);
     // Straight to a pod's address from outside: dropped.
-    let to_pod_addr = pkt(REMOTE, POD_A.ip, UDP, 64, &udp(REMOTE, POD_A.ip, 53, 62999, b"x"));
+    let to_pod_addr = pkt(
+        REMOTE,
+        POD_A.ip,
+        UDP,
+        64,
+        &udp(REMOTE, POD_A.ip, 53, 62999, b"x"),
+    );
     let run = f.uplink(&uplink(&to_pod_addr));
     assert_run(&run, TC_ACT_SHOT, 0, Verdict::DropUnsolicited);
     // The node's own traffic (another address, or the NAT address below the range).
@@ -529,7 +571,13 @@ fn what_is_no_reply_is_not_delivered() {
     let run = f.pod(&from_pod(POD_A, &fragmented));
     assert_run(&run, TC_ACT_SHOT, POD_A.id, Verdict::DropFragUnknown);
     // Hop limit 1 ends at the node.
-    let dying = pkt(POD_A.ip, REMOTE, UDP, 1, &udp(POD_A.ip, REMOTE, 62000, 53, b"x"));
+    let dying = pkt(
+        POD_A.ip,
+        REMOTE,
+        UDP,
+        1,
+        &udp(POD_A.ip, REMOTE, 62000, 53, b"x"),
+    );
     let run = f.pod(&from_pod(POD_A, &dying));
     assert_run(&run, TC_ACT_SHOT, POD_A.id, Verdict::DropTtl);
     assert!(f.nat().is_empty(), "nothing was tracked");
@@ -553,7 +601,8 @@ fn reverse_key_of(frame: &[u8]) -> Option<NatKey6> {
         off += (usize::from(*ip.get(off + 1)?) + 1) * 8;
     }
     let l4 = ip.get(off..)?;
-    let port = |o: usize| -> Option<u16> { Some(u16::from_be_bytes([*l4.get(o)?, *l4.get(o + 1)?])) };
+    let port =
+        |o: usize| -> Option<u16> { Some(u16::from_be_bytes([*l4.get(o)?, *l4.get(o + 1)?])) };
     let (saddr, daddr) = (addr(ip.get(8..)?)?, addr(ip.get(24..)?)?);
     match next {
         TCP | UDP => Some(NatKey6 {
@@ -649,18 +698,42 @@ fn random_and_mangled_ipv6_frames_reach_no_pod_they_are_no_reply_for() {
     for (i, pod) in [POD_A, POD_B, POD_A].into_iter().enumerate() {
         f.become_pod(pod);
         let sport = 42000 + i as u16;
-        let s = pkt(pod.ip, REMOTE, UDP, 64, &udp(pod.ip, REMOTE, sport, 53, b"q"));
+        let s = pkt(
+            pod.ip,
+            REMOTE,
+            UDP,
+            64,
+            &udp(pod.ip, REMOTE, sport, 53, b"q"),
+        );
         assert_eq!(f.pod(&from_pod(pod, &s)).ret, TC_ACT_REDIRECT);
-        let s = pkt(pod.ip, REMOTE, TCP, 64, &tcp(pod.ip, REMOTE, sport, 443, SYN, b""));
+        let s = pkt(
+            pod.ip,
+            REMOTE,
+            TCP,
+            64,
+            &tcp(pod.ip, REMOTE, sport, 443, SYN, b""),
+        );
         assert_eq!(f.pod(&from_pod(pod, &s)).ret, TC_ACT_REDIRECT);
-        let s = pkt(pod.ip, REMOTE, ICMP6, 64, &echo(pod.ip, REMOTE, 128, sport, 1));
+        let s = pkt(
+            pod.ip,
+            REMOTE,
+            ICMP6,
+            64,
+            &echo(pod.ip, REMOTE, 128, sport, 1),
+        );
         assert_eq!(f.pod(&from_pod(pod, &s)).ret, TC_ACT_REDIRECT);
         let (u, t, e) = (
             f.nat_port(pod, UDP, sport, 53),
             f.nat_port(pod, TCP, sport, 443),
             f.nat_port(pod, ICMP6, sport, 0),
         );
-        valid.push(uplink(&pkt(REMOTE, NAT, UDP, 64, &udp(REMOTE, NAT, 53, u, b"r"))));
+        valid.push(uplink(&pkt(
+            REMOTE,
+            NAT,
+            UDP,
+            64,
+            &udp(REMOTE, NAT, 53, u, b"r"),
+        )));
         valid.push(uplink(&pkt(
             REMOTE,
             NAT,
@@ -668,7 +741,13 @@ fn random_and_mangled_ipv6_frames_reach_no_pod_they_are_no_reply_for() {
             64,
             &tcp(REMOTE, NAT, 443, t, SYN | ACK, b""),
         )));
-        valid.push(uplink(&pkt(REMOTE, NAT, ICMP6, 64, &echo(REMOTE, NAT, 129, e, 1))));
+        valid.push(uplink(&pkt(
+            REMOTE,
+            NAT,
+            ICMP6,
+            64,
+            &echo(REMOTE, NAT, 129, e, 1),
+        )));
         let left = pkt(NAT, REMOTE, UDP, 63, &udp(NAT, REMOTE, u, 53, b"q"));
         valid.push(uplink(&pkt(
             ROUTER,
@@ -707,7 +786,9 @@ fn random_and_mangled_ipv6_frames_reach_no_pod_they_are_no_reply_for() {
                     panic!("frame {n} (seed {seed:#x}) redirected but no reply: {frame:02x?}")
                 });
                 let (_, e) = table.iter().find(|(k, _)| *k == key).unwrap_or_else(|| {
-                    panic!("frame {n} (seed {seed:#x}) redirected for no flow {key:?}: {frame:02x?}")
+                    panic!(
+                        "frame {n} (seed {seed:#x}) redirected for no flow {key:?}: {frame:02x?}"
+                    )
                 });
                 assert_eq!(
                     e.addr, pod_a,

@@ -101,13 +101,8 @@ pub fn l4_replace_addr6(
         _ => return Ok(()),
     };
     let d = diff(&mut from.clone(), &mut to.clone());
-    ctx.l4_csum_replace(
-        l4.off,
-        0,
-        u64::from(d),
-        flags | u64::from(BPF_F_PSEUDO_HDR),
-    )
-    .map_err(|_| ())
+    ctx.l4_csum_replace(l4.off, 0, u64::from(d), flags | u64::from(BPF_F_PSEUDO_HDR))
+        .map_err(|_| ())
 }
 
 /// Adjusts the L4 checksum for a 2-byte field of the L4 header that changed.

@@ -11,8 +11,8 @@ use vethbpf_common::{
 
 use crate::{
     conntrack,
-    family::V4,
     csum::L4Csum,
+    family::V4,
     fib, frag,
     hdr::{ETH_HLEN, Ipv4Hdr, linear, ptr_at},
     icmp_error, ipv4,

@@ -11,8 +11,8 @@
 
 use aya_ebpf::{btf_maps::lpm_trie::Key, programs::TcContext};
 use vethbpf_common::{
-    EGRESS_F_ENABLED, EGRESS_F_MASQUERADE, EgressConfig6, IPPROTO_ICMPV6, IPPROTO_TCP,
-    IPPROTO_UDP, NAT_DIR_OUT, NatKey6, Verdict,
+    EGRESS_F_ENABLED, EGRESS_F_MASQUERADE, EgressConfig6, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
+    NAT_DIR_OUT, NatKey6, Verdict,
 };
 
 use crate::{

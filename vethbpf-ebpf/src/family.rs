@@ -159,7 +159,14 @@ impl Family for V6 {
     type Entry = NatEntry6;
 
     #[inline(always)]
-    fn key(saddr: [u32; 4], daddr: [u32; 4], sport: u16, dport: u16, proto: u8, dir: u8) -> NatKey6 {
+    fn key(
+        saddr: [u32; 4],
+        daddr: [u32; 4],
+        sport: u16,
+        dport: u16,
+        proto: u8,
+        dir: u8,
+    ) -> NatKey6 {
         NatKey6 {
             saddr,
             daddr,

@@ -18,12 +18,12 @@ use vethbpf_common::{
 
 use crate::{
     conntrack,
-    family::V4,
     csum::L4Csum,
     egress::ktime,
-    frag, host6,
+    family::V4,
+    frag,
     hdr::{ETH_HLEN, ETH_P_IP, ETH_P_IPV6, EthHdr, Ipv4Hdr, copy_mac, ipv4_addr, linear, ptr_at},
-    icmp_error, ipv4,
+    host6, icmp_error, ipv4,
     l4::{self, ICMP_ECHO_REPLY, Ip, L4_OFF},
     maps::{CONFIG, EGRESS, ENDPOINTS},
     nat::{self, Event, Xlate},

@@ -9,7 +9,8 @@
 
 use aya_ebpf::{helpers::bpf_redirect_peer, programs::TcContext};
 use vethbpf_common::{
-    EGRESS_F_ENABLED, EGRESS_F_MASQUERADE, EgressConfig6, IPPROTO_ICMPV6, NAT_DIR_IN, NatKey6, Verdict,
+    EGRESS_F_ENABLED, EGRESS_F_MASQUERADE, EgressConfig6, IPPROTO_ICMPV6, NAT_DIR_IN, NatKey6,
+    Verdict,
 };
 
 use crate::{
@@ -196,7 +197,9 @@ fn deliver(
     if hop <= 1 {
         return (ep.id, Decision::drop(Verdict::DropTtl));
     }
-    let l2 = ctx.store(0, &ep.mac, 0).and_then(|()| ctx.store(6, &cfg.gateway_mac, 0));
+    let l2 = ctx
+        .store(0, &ep.mac, 0)
+        .and_then(|()| ctx.store(6, &cfg.gateway_mac, 0));
     if l2.is_err() || ctx.store(egress6::HOP_LIMIT_OFF, &(hop - 1), 0).is_err() {
         return (ep.id, Decision::drop(Verdict::DropMalformed));
     }

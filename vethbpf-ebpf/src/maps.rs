@@ -11,10 +11,10 @@ use aya_ebpf::{
 };
 use vethbpf_common::{
     ClusterConfig, Config, Counter, EVENTS_RING_BYTES, EgressConfig, EgressConfig6, EndpointInfo,
-    EndpointInfo6,
-    Event, FRAG_ENTRIES, FlowKey, FlowSeen, FragEntry, FragKey, MAX_EGRESS_SKIP, MAX_ENDPOINTS,
-    MAX_NODES, MAX_ROUTES, MAX_TRACE_FLOWS, Monitor, NAT_MAX_FLOWS_DEFAULT, NatEntry, NatEntry6, NatKey, NatKey6, NatScratch,
-    NatState, NodeCounter, NodeInfo, Route, STATS_ENTRIES, nat_map_capacity,
+    EndpointInfo6, Event, FRAG_ENTRIES, FlowKey, FlowSeen, FragEntry, FragKey, MAX_EGRESS_SKIP,
+    MAX_ENDPOINTS, MAX_NODES, MAX_ROUTES, MAX_TRACE_FLOWS, Monitor, NAT_MAX_FLOWS_DEFAULT,
+    NatEntry, NatEntry6, NatKey, NatKey6, NatScratch, NatState, NodeCounter, NodeInfo, Route,
+    STATS_ENTRIES, nat_map_capacity,
 };
 
 // BTF map definitions (the `.maps` section, as libbpf's): the kernel gets the key and

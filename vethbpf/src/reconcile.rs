@@ -156,16 +156,14 @@ fn check_uplink(
         return Ok(());
     };
     let pins = Pins::new(&node.bpffs_dir);
-    if let Some((what, now)) =
-        egress::reconcile_uplink(
-            &pins,
-            env.node,
-            &e,
-            node.pod_cidr,
-            node.pod_cidr6,
-            node.attach_mode,
-        )?
-    {
+    if let Some((what, now)) = egress::reconcile_uplink(
+        &pins,
+        env.node,
+        &e,
+        node.pod_cidr,
+        node.pod_cidr6,
+        node.attach_mode,
+    )? {
         if now != e {
             node.egress = Some(now);
             locked.state.node = Some(node);

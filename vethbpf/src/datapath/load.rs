@@ -9,7 +9,9 @@ use aya::EbpfLoader;
 use aya::programs::ProgramInfo;
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::tc::{SchedClassifier, SchedClassifierLink};
-use vethbpf_common::{ALL_MAPS, MAP_NAT, MAP_NAT6, PROG_FROM_POD, PROG_FROM_UPLINK, nat_map_capacity};
+use vethbpf_common::{
+    ALL_MAPS, MAP_NAT, MAP_NAT6, PROG_FROM_POD, PROG_FROM_UPLINK, nat_map_capacity,
+};
 
 use super::attach::{AttachMode, detach, pinned_links, replace_filter};
 use super::migrate::{self, Pending};

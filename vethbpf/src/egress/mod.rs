@@ -298,7 +298,11 @@ pub fn keep(
         let mut now: Vec<IpAddr> = Vec::new();
         let mut missing = None;
         if let Some(a) = cur.nat_addr {
-            now.extend(uplink::addresses(nl, &cur.uplink)?.into_iter().map(IpAddr::V4));
+            now.extend(
+                uplink::addresses(nl, &cur.uplink)?
+                    .into_iter()
+                    .map(IpAddr::V4),
+            );
             if !now.contains(&IpAddr::V4(a)) {
                 missing = Some(IpAddr::V4(a));
             }
@@ -620,9 +624,8 @@ pub fn status(
         local_ports,
     };
     let Some(e) = e else {
-        st.note = Some(
-            "off: the node had no default route at `up` and no --uplink was given".into(),
-        );
+        st.note =
+            Some("off: the node had no default route at `up` and no --uplink was given".into());
         return Ok(st);
     };
     let ids = datapath::link_ids(pins, PROG_FROM_UPLINK, &e.uplink);
@@ -792,12 +795,13 @@ mod tests {
     #[test]
     fn the_default_route_gives_the_uplink_and_its_address() {
         let mut nl = node_with_uplink();
-        let e = resolve(&mut nl, &EgressRequest::default(), Some(pod()))
+        let e = resolve(&mut nl, &EgressRequest::default(), Some(pod()), None)
             .unwrap()
             .expect("egress on");
         assert_eq!(e.uplink, "up0");
-        assert_eq!(e.nat_addr, Ipv4Addr::new(172, 30, 0, 2));
-        assert_eq!(e.cluster_cidr, pod());
+        assert_eq!(e.nat_addr, Some(Ipv4Addr::new(172, 30, 0, 2)));
+        assert_eq!(e.ipv6, None, "no IPv6 pod CIDR");
+        assert_eq!(e.cluster_cidr, Some(pod()));
         assert!(e.masquerade);
         assert_eq!(e.max_flows, NAT_MAX_FLOWS_DEFAULT);
         let local = ports::local_range().unwrap();
@@ -812,7 +816,7 @@ mod tests {
     fn no_default_route_means_no_egress_unless_asked() {
         let mut nl = FakeNetlink::default();
         assert_eq!(
-            resolve(&mut nl, &EgressRequest::default(), Some(pod())).unwrap(),
+            resolve(&mut nl, &EgressRequest::default(), Some(pod()), None).unwrap(),
             None
         );
         let req = EgressRequest {
@@ -820,7 +824,7 @@ mod tests {
             ..Default::default()
         };
         assert!(matches!(
-            resolve(&mut nl, &req, Some(pod())),
+            resolve(&mut nl, &req, Some(pod()), None),
             Err(EgressError::NoUplink)
         ));
         let req = EgressRequest {
@@ -828,7 +832,7 @@ mod tests {
             ..Default::default()
         };
         assert!(matches!(
-            resolve(&mut nl, &req, Some(pod())),
+            resolve(&mut nl, &req, Some(pod()), None),
             Err(EgressError::NoSuchUplink(u)) if u == "eth9"
         ));
     }
@@ -854,7 +858,10 @@ mod tests {
             },
         ];
         for req in cases {
-            assert!(resolve(&mut nl, &req, Some(pod())).is_err(), "{req:?}");
+            assert!(
+                resolve(&mut nl, &req, Some(pod()), None).is_err(),
+                "{req:?}"
+            );
         }
         let i = nl.add_veth("bare", "bare-peer").unwrap();
         let _ = i;
@@ -863,7 +870,7 @@ mod tests {
             ..Default::default()
         };
         assert!(matches!(
-            resolve(&mut nl, &req, Some(pod())),
+            resolve(&mut nl, &req, Some(pod()), None),
             Err(EgressError::NoAddress(u)) if u == "bare"
         ));
     }
@@ -883,6 +890,7 @@ mod tests {
                 ..Default::default()
             },
             Some(pod()),
+            None,
         )
         .unwrap();
         let skip = skip_entries(&mut nl, pod(), e.as_ref()).unwrap();
@@ -899,7 +907,7 @@ mod tests {
     #[test]
     fn a_node_keeps_its_egress_and_refuses_other_settings() {
         let mut nl = node_with_uplink();
-        let e = resolve(&mut nl, &EgressRequest::default(), Some(pod()))
+        let e = resolve(&mut nl, &EgressRequest::default(), Some(pod()), None)
             .unwrap()
             .unwrap();
         assert_eq!(
@@ -941,10 +949,107 @@ mod tests {
         assert!(keep(&mut nl, None, &same).is_err());
         // The uplink lost the address it masquerades with.
         let mut moved = e.clone();
-        moved.nat_addr = Ipv4Addr::new(172, 30, 0, 9);
+        moved.nat_addr = Some(Ipv4Addr::new(172, 30, 0, 9));
         assert!(matches!(
             keep(&mut nl, Some(&moved), &EgressRequest::default()),
             Err(EgressError::AddressChanged { .. })
         ));
+    }
+
+    fn node_with_ipv6_uplink() -> FakeNetlink {
+        use crate::kernel::netlink::Route6Spec;
+        let mut nl = FakeNetlink::default();
+        let i = nl.add_veth("up0", "peer0").unwrap();
+        nl.set_link_up(i).unwrap();
+        nl.add_address6(i, "2001:db8:30::2/64".parse().unwrap())
+            .unwrap();
+        nl.add_route6(&Route6Spec {
+            dst: "::/0".parse().unwrap(),
+            oif: i,
+            gateway: None,
+        })
+        .unwrap();
+        nl
+    }
+
+    fn pod6() -> Ipv6Net {
+        "fd00:10:244::/64".parse().unwrap()
+    }
+
+    #[test]
+    fn an_ipv6_only_node_gets_ipv6_egress_by_its_ipv6_default_route() {
+        let mut nl = node_with_ipv6_uplink();
+        let e = resolve(&mut nl, &EgressRequest::default(), None, Some(pod6()))
+            .unwrap()
+            .expect("egress on");
+        assert_eq!(e.uplink, "up0");
+        assert_eq!(e.nat_addr, None);
+        let v6 = e.ipv6.clone().expect("IPv6 egress");
+        assert_eq!(v6.nat_addr, "2001:db8:30::2".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(v6.cluster_cidr, pod6());
+        assert!(describe(Some(&e)).contains("2001:db8:30::2"));
+        assert_eq!(kernel_config(Some(&e), pod()), EgressConfig::default());
+        let k = kernel_config6(Some(&e), pod6());
+        assert_eq!(k.flags, EGRESS_F_ENABLED | EGRESS_F_MASQUERADE);
+        assert_eq!(k.nat_addr, ipv6_to_map(v6.nat_addr.octets()));
+        assert_eq!(k.port_min, e.nat_ports.first);
+        // An IPv4 cluster CIDR makes no sense without IPv4 pods.
+        let req = EgressRequest {
+            cluster_cidr: Some("10.0.0.0/8".parse().unwrap()),
+            ..Default::default()
+        };
+        assert!(matches!(
+            resolve(&mut nl, &req, None, Some(pod6())),
+            Err(EgressError::NoIpv4PodCidr)
+        ));
+        // The address went away: `up` on the node refuses, naming it.
+        let mut moved = e.clone();
+        moved.ipv6 = Some(Egress6 {
+            nat_addr: "2001:db8:30::9".parse().unwrap(),
+            cluster_cidr: pod6(),
+        });
+        assert!(matches!(
+            keep(&mut nl, Some(&moved), &EgressRequest::default()),
+            Err(EgressError::AddressChanged { .. })
+        ));
+        assert_eq!(
+            keep(&mut nl, Some(&e), &EgressRequest::default()).unwrap(),
+            Some(e)
+        );
+    }
+
+    #[test]
+    fn a_dual_stack_node_gets_both_families_and_ipv6_needs_a_global_address() {
+        let mut nl = node_with_uplink();
+        let up0 = nl.link_by_name("up0").unwrap().unwrap().index;
+        // Only link-local IPv6 on the uplink: IPv4 egress alone.
+        let e = resolve(
+            &mut nl,
+            &EgressRequest::default(),
+            Some(pod()),
+            Some(pod6()),
+        )
+        .unwrap()
+        .unwrap();
+        assert!(e.nat_addr.is_some());
+        assert_eq!(e.ipv6, None);
+        nl.add_address6(up0, "2001:db8:30::2/64".parse().unwrap())
+            .unwrap();
+        let e = resolve(
+            &mut nl,
+            &EgressRequest::default(),
+            Some(pod()),
+            Some(pod6()),
+        )
+        .unwrap()
+        .unwrap();
+        assert!(e.nat_addr.is_some());
+        assert!(e.ipv6.is_some());
+        let skip = skip_entries6(&mut nl, pod6(), Some(&e)).unwrap();
+        assert!(skip.contains(&(
+            "2001:db8:30::2/128".parse().unwrap(),
+            vethbpf_common::SKIP_NODE_ADDRESS
+        )));
+        assert!(skip.contains(&(pod6(), vethbpf_common::SKIP_CLUSTER)));
     }
 }

@@ -18,8 +18,8 @@ use serde::Serialize;
 use vethbpf_common::{
     CtState, EgressConfig, EgressConfig6, FragEntry, FragKey, IPPROTO_ICMP, IPPROTO_ICMPV6,
     IPPROTO_TCP, IPPROTO_UDP, MAP_EGRESS, MAP_EGRESS_SKIP, MAP_EGRESS_SKIP6, MAP_EGRESS6,
-    MAP_FRAGS, MAP_NAT, MAP_NAT_STATE, MAP_NAT6, NAT_DIR_OUT, NatEntry, NatEntry6, NatKey,
-    NatKey6, NatState, ipv4_from_map, ipv4_to_map, ipv6_from_map,
+    MAP_FRAGS, MAP_NAT, MAP_NAT_STATE, MAP_NAT6, NAT_DIR_OUT, NatEntry, NatEntry6, NatKey, NatKey6,
+    NatState, ipv4_from_map, ipv4_to_map, ipv6_from_map,
 };
 
 use crate::datapath::Pins;
@@ -320,7 +320,14 @@ impl Table {
             .filter(|(k, _)| k.dir == NAT_DIR_OUT)
             .map(|(k, e)| {
                 let (pod, node) = (sock6(k.saddr, k.sport), sock6(e.addr, e.port));
-                flow("ipv6", k.proto, pod, node, sock6(k.daddr, k.dport), &common(&e))
+                flow(
+                    "ipv6",
+                    k.proto,
+                    pod,
+                    node,
+                    sock6(k.daddr, k.dport),
+                    &common(&e),
+                )
             });
         let mut flows: Vec<Flow> = v4.chain(v6).collect();
         flows.sort_by(|a, b| {

@@ -956,7 +956,10 @@ impl Netlink for FakeNetlink {
         })
     }
 
-    fn usable_global_addresses6(&mut self, index: u32) -> Result<Vec<Ipv6Addr>, NetlinkError> {
+    fn usable_global_addresses6(
+        &mut self,
+        index: u32,
+    ) -> Result<Vec<std::net::Ipv6Addr>, NetlinkError> {
         self.call("usable_global_addresses6", format!("{index}"), |w, ns| {
             Ok(w.ns(ns)
                 .all_addresses6()

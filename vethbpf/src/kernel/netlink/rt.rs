@@ -679,7 +679,9 @@ impl Netlink for RtNetlink {
                     AddressAttribute::Flags(f) => Some(*f),
                     _ => None,
                 })
-                .unwrap_or_else(|| AddressFlags::from_bits_retain(u32::from(m.header.flags.bits())));
+                .unwrap_or_else(|| {
+                    AddressFlags::from_bits_retain(u32::from(m.header.flags.bits()))
+                });
             if flags.intersects(unusable) {
                 continue;
             }
