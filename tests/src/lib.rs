@@ -10,6 +10,7 @@
 //! temp dir, so a failing test leaves nothing behind and tests can run in parallel; a
 //! step of that cleanup that fails fails the test ([`CleanupErrors`]).
 
+pub mod egress_run;
 pub mod ipv6;
 pub mod packet;
 pub mod testrun;

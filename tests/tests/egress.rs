@@ -717,23 +717,15 @@ fn unsolicited_packets_reach_no_pod() {
     assert_eq!(recv(&sock).expect("the reply").0, b"reply");
 }
 
-#[test]
-fn path_mtu_discovery_works_through_the_nat() {
-    // The router's side of the far link has MTU 1280, the far server's 1500: the
-    // server's SYN-ACK offers MSS 1460, so the pod sends full-size segments (with DF,
-    // as Linux TCP does) and only the router's "fragmentation needed" can shrink them.
-    // One way (the server acknowledges, checks every byte and says how many matched):
-    // its own full-size segments would not fit back through the 1280 side.
-    let w = World::with_far(&[], &["a"], 1280);
+/// Sends 2 MiB from pod `a` to a server on `server_ip` in the far namespace, one
+/// way (the server acknowledges, checks every byte and says whether all matched:
+/// its own full-size segments would not fit back through a 1280 link); returns the
+/// peer the server saw.
+fn send_to_far(w: &World, server_ip: impl Into<IpAddr>) -> SocketAddr {
     let len = 2 << 20;
-    let listener = in_ns(&w.out.far_path(), || {
-        TcpListener::bind((ip(FAR_SERVER_IP), 0))
-    })
-    .expect("bind");
-    let dst = SocketAddrV4::new(
-        ip(FAR_SERVER_IP),
-        listener.local_addr().expect("addr").port(),
-    );
+    let server_ip = server_ip.into();
+    let listener = in_ns(&w.out.far_path(), || TcpListener::bind((server_ip, 0))).expect("bind");
+    let dst = SocketAddr::from((server_ip, listener.local_addr().expect("addr").port()));
     let server = std::thread::spawn(move || {
         let (mut s, peer) = listener.accept().expect("accept");
         s.set_read_timeout(Some(Duration::from_secs(30))).ok();
@@ -745,7 +737,7 @@ fn path_mtu_discovery_works_through_the_nat() {
         peer
     });
     let mut stream = in_ns(&w.pod("a"), move || {
-        TcpStream::connect_timeout(&dst.into(), Duration::from_secs(5))
+        TcpStream::connect_timeout(&dst, Duration::from_secs(5))
     })
     .expect("connect");
     stream.set_read_timeout(Some(Duration::from_secs(30))).ok();
@@ -758,7 +750,18 @@ fn path_mtu_discovery_works_through_the_nat() {
         .read_to_end(&mut answer)
         .expect("the server's answer");
     assert_eq!(answer, b"good", "every byte arrived");
-    assert_nat_addr(server.join().expect("server"), "far TCP");
+    server.join().expect("server")
+}
+
+#[test]
+fn path_mtu_discovery_works_through_the_nat() {
+    // The router's side of the far link has MTU 1280, the far server's 1500: the
+    // server's SYN-ACK offers MSS 1460, so the pod sends full-size segments (with DF,
+    // as Linux TCP does) and only the router's "fragmentation needed" can shrink them.
+    // One way (the server acknowledges, checks every byte and says how many matched):
+    // its own full-size segments would not fit back through the 1280 side.
+    let w = World::with_far(&[], &["a"], 1280);
+    assert_nat_addr(send_to_far(&w, ip(FAR_SERVER_IP)), "far TCP");
     let c = w.node.counters("a");
     assert!(
         packets(&c, &["rev_nat_icmp"]) >= 1,
@@ -1467,40 +1470,7 @@ fn ipv6_packet_too_big_and_time_exceeded_are_translated() {
     // minimum), the far server's 1500, the pod 1500; only the router's "packet too
     // big", translated back to the pod, lets its full-size segments through.
     let w = World::ipv6_only(&[], &["a"], Some(1280));
-    let len = 2 << 20;
-    let listener = in_ns(&w.out.far_path(), || {
-        TcpListener::bind((ip6(FAR_SERVER_IP6), 0))
-    })
-    .expect("bind");
-    let dst = SocketAddr::from((
-        ip6(FAR_SERVER_IP6),
-        listener.local_addr().expect("addr").port(),
-    ));
-    let server = std::thread::spawn(move || {
-        let (mut s, peer) = listener.accept().expect("accept");
-        s.set_read_timeout(Some(Duration::from_secs(30))).ok();
-        let mut got = Vec::new();
-        s.read_to_end(&mut got).expect("read");
-        let good = got.len() == len && got == pattern(len, 5);
-        s.write_all(if good { b"good" } else { b"bad!" })
-            .expect("answer");
-        peer
-    });
-    let mut stream = in_ns(&w.pod("a"), move || {
-        TcpStream::connect_timeout(&dst, Duration::from_secs(5))
-    })
-    .expect("connect");
-    stream.set_read_timeout(Some(Duration::from_secs(30))).ok();
-    stream.write_all(&pattern(len, 5)).expect("send");
-    stream
-        .shutdown(std::net::Shutdown::Write)
-        .expect("shutdown");
-    let mut answer = Vec::new();
-    stream
-        .read_to_end(&mut answer)
-        .expect("the server's answer");
-    assert_eq!(answer, b"good", "every byte arrived");
-    assert_nat_addr6(server.join().expect("server"), "far TCP");
+    assert_nat_addr6(send_to_far(&w, ip6(FAR_SERVER_IP6)), "far TCP");
     let c = w.node.counters("a");
     assert!(
         packets(&c, &["rev_nat_icmp"]) >= 1,

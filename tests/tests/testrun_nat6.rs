@@ -8,30 +8,19 @@
 //! endpoint under ifindex 1, and uplink frames carry lo's MAC (all zeros) so that
 //! the kernel classifies them PACKET_HOST.
 
-use std::collections::BTreeMap;
-
-use aya::{
-    Ebpf, TestRunOptions,
-    maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, lpm_trie::Key},
-    programs::{SchedClassifier, TestRun as _},
-};
+use aya::maps::{Array, HashMap, LpmTrie, MapData, lpm_trie::Key};
 use vethbpf_common::{
-    Config, Counter, EGRESS_F_ENABLED, EGRESS_F_MASQUERADE, EgressConfig6, EndpointInfo,
-    EndpointInfo6, MAP_CONFIG, MAP_EGRESS_SKIP6, MAP_EGRESS6, MAP_ENDPOINTS, MAP_ENDPOINTS6,
-    MAP_NAT6, MAP_STATS, NAT_DIR_IN, NAT_DIR_OUT, NatEntry6, NatKey6, PROG_FROM_POD,
-    PROG_FROM_UPLINK, SKIP_CLUSTER, SKIP_NODE_ADDRESS, Verdict, ipv4_to_map, ipv6_to_map,
-    stats_index,
+    EGRESS_F_ENABLED, EGRESS_F_MASQUERADE, EgressConfig6, EndpointInfo, EndpointInfo6,
+    MAP_EGRESS_SKIP6, MAP_EGRESS6, MAP_ENDPOINTS, MAP_ENDPOINTS6, MAP_NAT6, NAT_DIR_IN,
+    NAT_DIR_OUT, NatEntry6, NatKey6, PROG_FROM_UPLINK, SKIP_CLUSTER, SKIP_NODE_ADDRESS, Verdict,
+    ipv6_to_map,
+};
+use vethbpf_tests::egress_run::{
+    GW_MAC, LO_MAC, Programs, ROUTER_MAC, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, assert_run,
 };
 use vethbpf_tests::ipv6::{ip6, ipv6_packet};
 use vethbpf_tests::{Rng, eth, ones_sum};
 
-const TC_ACT_OK: u32 = 0;
-const TC_ACT_SHOT: u32 = 2;
-const TC_ACT_REDIRECT: u32 = 7;
-
-const GW_MAC: [u8; 6] = [0xee; 6];
-const LO_MAC: [u8; 6] = [0; 6];
-const ROUTER_MAC: [u8; 6] = [0x02, 0xaa, 0, 0, 0, 0x01];
 const ETH_P_IPV6: u16 = 0x86dd;
 
 #[derive(Clone, Copy)]
@@ -150,46 +139,29 @@ fn to_pod(pod: Pod, ip: &[u8]) -> Vec<u8> {
 // The programs under test.
 
 struct Fixture {
-    ebpf: Ebpf,
+    p: Programs,
 }
 
-type CounterKey = (u32, &'static str);
+impl std::ops::Deref for Fixture {
+    type Target = Programs;
+    fn deref(&self) -> &Programs {
+        &self.p
+    }
+}
 
-struct Run {
-    ret: u32,
-    out: Vec<u8>,
-    delta: BTreeMap<CounterKey, u64>,
+impl std::ops::DerefMut for Fixture {
+    fn deref_mut(&mut self) -> &mut Programs {
+        &mut self.p
+    }
 }
 
 impl Fixture {
     /// Both programs loaded; pod A (IPv6 only) behind ifindex 1; IPv6 egress on
     /// with masquerade to NAT; the NAT address and the pod CIDR are no egress.
     fn new() -> Self {
-        let mut ebpf = Ebpf::load(vethbpf::EBPF_OBJECT).expect("load the eBPF object");
-        for name in [PROG_FROM_POD, PROG_FROM_UPLINK] {
-            let prog: &mut SchedClassifier = ebpf
-                .program_mut(name)
-                .unwrap_or_else(|| panic!("program {name}"))
-                .try_into()
-                .expect("a classifier");
-            prog.load()
-                .unwrap_or_else(|e| panic!("the verifier rejects {name}: {e:?}"));
-        }
-        let mut f = Self { ebpf };
-        let mut config: Array<&mut MapData, Config> =
-            f.ebpf.map_mut(MAP_CONFIG).unwrap().try_into().unwrap();
-        config
-            .set(
-                0,
-                Config {
-                    gateway_ip: ipv4_to_map([169, 254, 1, 1]),
-                    flags: 0,
-                    gateway_mac: GW_MAC,
-                    _pad: [0; 2],
-                },
-                0,
-            )
-            .unwrap();
+        let mut f = Self {
+            p: Programs::load(&[POD_A.id, POD_B.id]),
+        };
         f.become_pod(POD_A);
         let map = |s: &str| ipv6_to_map(ip6(s));
         let mut egress: Array<&mut MapData, EgressConfig6> =
@@ -259,63 +231,6 @@ impl Fixture {
         eps6.insert(POD_IFINDEX, info6, 0).unwrap();
     }
 
-    fn counters(&self) -> BTreeMap<CounterKey, u64> {
-        let stats: PerCpuArray<&MapData, Counter> =
-            self.ebpf.map(MAP_STATS).unwrap().try_into().unwrap();
-        let mut out = BTreeMap::new();
-        for id in [0, POD_A.id, POD_B.id] {
-            for v in Verdict::ALL {
-                let n: u64 = stats
-                    .get(&stats_index(id, v), 0)
-                    .unwrap()
-                    .iter()
-                    .map(|c| c.packets)
-                    .sum();
-                if n != 0 {
-                    out.insert((id, v.name()), n);
-                }
-            }
-        }
-        out
-    }
-
-    fn try_run(&self, prog: &str, frame: &[u8]) -> Option<Run> {
-        let before = self.counters();
-        let mut out = vec![0u8; frame.len() + 256];
-        let p: &SchedClassifier = self.ebpf.program(prog).unwrap().try_into().unwrap();
-        let r = p.test_run(TestRunOptions {
-            data_in: Some(frame),
-            data_out: Some(&mut out),
-            ..TestRunOptions::default()
-        });
-        let Ok(r) = r else {
-            assert_eq!(self.counters(), before, "a refused frame moved counters");
-            return None;
-        };
-        out.truncate(r.data_size_out as usize);
-        let delta = self
-            .counters()
-            .iter()
-            .filter_map(|(k, a)| {
-                let d = a - before.get(k).copied().unwrap_or(0);
-                (d != 0).then_some((*k, d))
-            })
-            .collect();
-        Some(Run {
-            ret: r.return_value,
-            out,
-            delta,
-        })
-    }
-
-    fn pod(&self, frame: &[u8]) -> Run {
-        self.try_run(PROG_FROM_POD, frame).expect("test_run")
-    }
-
-    fn uplink(&self, frame: &[u8]) -> Run {
-        self.try_run(PROG_FROM_UPLINK, frame).expect("test_run")
-    }
-
     fn nat(&self) -> Vec<(NatKey6, NatEntry6)> {
         let nat: HashMap<&MapData, NatKey6, NatEntry6> =
             self.ebpf.map(MAP_NAT6).unwrap().try_into().unwrap();
@@ -341,15 +256,6 @@ impl Fixture {
         assert_eq!(e.addr, ipv6_to_map(ip6(NAT)));
         u16::from_be(e.port)
     }
-}
-
-fn assert_run(run: &Run, ret: u32, id: u32, v: Verdict) {
-    assert_eq!(run.ret, ret, "tc action for {v:?}");
-    assert_eq!(
-        run.delta,
-        BTreeMap::from([((id, v.name()), 1)]),
-        "counters for {v:?}"
-    );
 }
 
 // ---------------------------------------------------------------------------------
@@ -766,7 +672,7 @@ fn random_and_mangled_ipv6_frames_reach_no_pod_they_are_no_reply_for() {
     let (mut redirected, mut refused, mut unsolicited) = (0, 0, 0);
     for n in 0..5_000 {
         let frame = mangled(&mut rng, &valid);
-        let Some(run) = f.try_run(PROG_FROM_UPLINK, &frame) else {
+        let Ok(run) = f.try_run(PROG_FROM_UPLINK, &frame) else {
             refused += 1;
             continue;
         };

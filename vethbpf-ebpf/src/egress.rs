@@ -55,7 +55,7 @@ pub fn handle(ctx: &TcContext, ifindex: u32) -> Decision {
         };
         if ip.proto == IPPROTO_ICMP && l4.icmp_type != ICMP_ECHO {
             if icmp_error::is_error(l4.icmp_type) && is_egress(ip.daddr) {
-                if let Some(refused) = leave_checks(ctx, &ip, cfg) {
+                if let Some(refused) = leave_checks(ctx, ip.ttl, cfg.uplink_ifindex) {
                     return refused;
                 }
                 return icmp_error(ctx, &ip, cfg, masq, now);
@@ -86,7 +86,7 @@ pub fn handle(ctx: &TcContext, ifindex: u32) -> Decision {
     if found.is_none() && !is_egress(ip.daddr) {
         return Decision::pass();
     }
-    if let Some(refused) = leave_checks(ctx, &ip, cfg) {
+    if let Some(refused) = leave_checks(ctx, ip.ttl, cfg.uplink_ifindex) {
         return refused;
     }
     let target = Target {
@@ -120,7 +120,7 @@ pub fn handle(ctx: &TcContext, ifindex: u32) -> Decision {
     if masq && nat::rewrite(ctx, true, ip.proto, csum, from, to).is_err() {
         return Decision::drop(Verdict::DropNatError);
     }
-    send(masq, cfg)
+    send(masq, cfg.uplink_ifindex)
 }
 
 /// Whether `daddr` is egress: routable, and no node address or cluster destination.
@@ -129,14 +129,14 @@ fn is_egress(daddr: u32) -> bool {
     routable(daddr) && EGRESS_SKIP.get(&Key::new(32, daddr)).is_none()
 }
 
-/// What a router checks before it sends a packet on: the TTL, and the uplink's MTU.
-/// `Some(decision)` if the packet cannot go.
+/// What a router checks before it sends a packet on: the TTL (IPv6: hop limit), and
+/// the MTU of the uplink `uplink`. `Some(decision)` if the packet cannot go.
 #[inline(always)]
-fn leave_checks(ctx: &TcContext, ip: &Ip, cfg: &EgressConfig) -> Option<Decision> {
-    if ip.ttl <= 1 {
+pub fn leave_checks(ctx: &TcContext, ttl: u8, uplink: u32) -> Option<Decision> {
+    if ttl <= 1 {
         return Some(Decision::drop(Verdict::DropTtl));
     }
-    match fib::fits(ctx, cfg.uplink_ifindex) {
+    match fib::fits(ctx, uplink) {
         Some(true) => None,
         Some(false) => Some(Decision::drop(Verdict::DropTooBig)),
         // The uplink is gone: nothing to send it out of.
@@ -177,12 +177,13 @@ fn icmp_error(ctx: &TcContext, ip: &Ip, cfg: &EgressConfig, masq: bool, now: u64
     if masq && icmp_error::translate(ctx, &inner, false, from, to).is_err() {
         return Decision::drop(Verdict::DropNatError);
     }
-    send(masq, cfg)
+    send(masq, cfg.uplink_ifindex)
 }
 
+/// Out of the uplink `uplink`: masqueraded, or with the pod's own address.
 #[inline(always)]
-fn send(masq: bool, cfg: &EgressConfig) -> Decision {
-    let action = fib::redirect_out(cfg.uplink_ifindex);
+pub fn send(masq: bool, uplink: u32) -> Decision {
+    let action = fib::redirect_out(uplink);
     let verdict = if masq {
         Verdict::Masquerade
     } else {

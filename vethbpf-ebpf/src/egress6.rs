@@ -18,9 +18,8 @@ use vethbpf_common::{
 use crate::{
     conntrack,
     csum::{self, L4Csum},
-    egress::ktime,
+    egress::{self, ktime},
     family::V6,
-    fib,
     hdr::ETH_HLEN,
     icmp6_error,
     ipv6::{self, Addr, UpperLayer},
@@ -127,7 +126,7 @@ pub fn handle(ctx: &TcContext, ifindex: u32, ul: UpperLayer) -> Decision {
     let masq = cfg.flags & EGRESS_F_MASQUERADE != 0;
     if ul.proto == IPPROTO_ICMPV6 && p.icmp_type != ICMPV6_ECHO_REQUEST {
         if icmp6_error::is_error(p.icmp_type) && is_egress(&daddr) {
-            if let Some(refused) = leave_checks(ctx, hop, cfg) {
+            if let Some(refused) = egress::leave_checks(ctx, hop, cfg.uplink_ifindex) {
                 return refused;
             }
             return icmp_error(ctx, &saddr, &ul, cfg, masq);
@@ -148,7 +147,7 @@ pub fn handle(ctx: &TcContext, ifindex: u32, ul: UpperLayer) -> Decision {
     if found.is_none() && !is_egress(&daddr) {
         return Decision::pass();
     }
-    if let Some(refused) = leave_checks(ctx, hop, cfg) {
+    if let Some(refused) = egress::leave_checks(ctx, hop, cfg.uplink_ifindex) {
         return refused;
     }
     let target = Target {
@@ -185,7 +184,7 @@ pub fn handle(ctx: &TcContext, ifindex: u32, ul: UpperLayer) -> Decision {
     if masq && rewrite(ctx, true, &p, from, to).is_err() {
         return Decision::drop(Verdict::DropNatError);
     }
-    send(masq, cfg)
+    egress::send(masq, cfg.uplink_ifindex)
 }
 
 /// An ICMPv6 error from the pod about a reply it received (port unreachable, ...):
@@ -227,7 +226,7 @@ fn icmp_error(
     if masq && icmp6_error::translate(ctx, ul.offset, &inner, false, from, to).is_err() {
         return Decision::drop(Verdict::DropNatError);
     }
-    send(masq, cfg)
+    egress::send(masq, cfg.uplink_ifindex)
 }
 
 /// Whether `daddr` is egress: routable, and no node address or cluster destination.
@@ -245,21 +244,6 @@ fn routable(a: &Addr) -> bool {
     !(special || ipv6::is_link_local(a) || ipv6::is_multicast(a))
 }
 
-/// What a router checks before it sends a packet on: the hop limit, and the
-/// uplink's MTU. `Some(decision)` if the packet cannot go.
-#[inline(always)]
-fn leave_checks(ctx: &TcContext, hop: u8, cfg: &EgressConfig6) -> Option<Decision> {
-    if hop <= 1 {
-        return Some(Decision::drop(Verdict::DropTtl));
-    }
-    match fib::fits(ctx, cfg.uplink_ifindex) {
-        Some(true) => None,
-        Some(false) => Some(Decision::drop(Verdict::DropTooBig)),
-        // The uplink is gone: nothing to send it out of.
-        None => Some(Decision::pass()),
-    }
-}
-
 /// Decrements the hop limit in place (the caller checked it is above 1).
 #[inline(always)]
 pub fn decrease_hop_limit(ctx: &TcContext) -> bool {
@@ -269,16 +253,6 @@ pub fn decrease_hop_limit(ctx: &TcContext) -> bool {
     hop > 1 && ctx.store(HOP_LIMIT_OFF, &(hop - 1), 0).is_ok()
 }
 
-#[inline(always)]
-fn send(masq: bool, cfg: &EgressConfig6) -> Decision {
-    let action = fib::redirect_out(cfg.uplink_ifindex);
-    let verdict = if masq {
-        Verdict::Masquerade
-    } else {
-        Verdict::Egress
-    };
-    Decision::redirect(verdict, action)
-}
 
 /// Rewrites the source (`source`) or destination address and port of the packet
 /// with its L4 checksum (IPv6 has no header checksum; the L4 one covers the

@@ -58,6 +58,52 @@ pub trait Family {
     fn fold(a: &Self::Addr) -> u32;
 }
 
+/// The key constructor and accessors, alike for both key types (same fields).
+macro_rules! key_fields {
+    ($key:ident, $addr:ty) => {
+        #[inline(always)]
+        fn key(saddr: $addr, daddr: $addr, sport: u16, dport: u16, proto: u8, dir: u8) -> $key {
+            $key {
+                saddr,
+                daddr,
+                sport,
+                dport,
+                proto,
+                dir,
+                _pad: [0; 2],
+            }
+        }
+        #[inline(always)]
+        fn saddr(k: &$key) -> &$addr {
+            &k.saddr
+        }
+        #[inline(always)]
+        fn daddr(k: &$key) -> &$addr {
+            &k.daddr
+        }
+        #[inline(always)]
+        fn sport(k: &$key) -> u16 {
+            k.sport
+        }
+        #[inline(always)]
+        fn dport(k: &$key) -> u16 {
+            k.dport
+        }
+        #[inline(always)]
+        fn proto(k: &$key) -> u8 {
+            k.proto
+        }
+        #[inline(always)]
+        fn dir(k: &$key) -> u8 {
+            k.dir
+        }
+        #[inline(always)]
+        fn set_dport(k: &mut $key, port: u16) {
+            k.dport = port;
+        }
+    };
+}
+
 /// IPv4: `NAT`.
 pub struct V4;
 
@@ -66,46 +112,7 @@ impl Family for V4 {
     type Key = NatKey;
     type Entry = NatEntry;
 
-    #[inline(always)]
-    fn key(saddr: u32, daddr: u32, sport: u16, dport: u16, proto: u8, dir: u8) -> NatKey {
-        NatKey {
-            saddr,
-            daddr,
-            sport,
-            dport,
-            proto,
-            dir,
-            _pad: [0; 2],
-        }
-    }
-    #[inline(always)]
-    fn saddr(k: &NatKey) -> &u32 {
-        &k.saddr
-    }
-    #[inline(always)]
-    fn daddr(k: &NatKey) -> &u32 {
-        &k.daddr
-    }
-    #[inline(always)]
-    fn sport(k: &NatKey) -> u16 {
-        k.sport
-    }
-    #[inline(always)]
-    fn dport(k: &NatKey) -> u16 {
-        k.dport
-    }
-    #[inline(always)]
-    fn proto(k: &NatKey) -> u8 {
-        k.proto
-    }
-    #[inline(always)]
-    fn dir(k: &NatKey) -> u8 {
-        k.dir
-    }
-    #[inline(always)]
-    fn set_dport(k: &mut NatKey, port: u16) {
-        k.dport = port;
-    }
+    key_fields!(NatKey, u32);
     #[inline(always)]
     fn entry(addr: u32, port: u16, flags: u16, now: u64, ifindex: u32) -> NatEntry {
         NatEntry {
@@ -158,53 +165,7 @@ impl Family for V6 {
     type Key = NatKey6;
     type Entry = NatEntry6;
 
-    #[inline(always)]
-    fn key(
-        saddr: [u32; 4],
-        daddr: [u32; 4],
-        sport: u16,
-        dport: u16,
-        proto: u8,
-        dir: u8,
-    ) -> NatKey6 {
-        NatKey6 {
-            saddr,
-            daddr,
-            sport,
-            dport,
-            proto,
-            dir,
-            _pad: [0; 2],
-        }
-    }
-    #[inline(always)]
-    fn saddr(k: &NatKey6) -> &[u32; 4] {
-        &k.saddr
-    }
-    #[inline(always)]
-    fn daddr(k: &NatKey6) -> &[u32; 4] {
-        &k.daddr
-    }
-    #[inline(always)]
-    fn sport(k: &NatKey6) -> u16 {
-        k.sport
-    }
-    #[inline(always)]
-    fn dport(k: &NatKey6) -> u16 {
-        k.dport
-    }
-    #[inline(always)]
-    fn proto(k: &NatKey6) -> u8 {
-        k.proto
-    }
-    #[inline(always)]
-    fn dir(k: &NatKey6) -> u8 {
-        k.dir
-    }
-    #[inline(always)]
-    fn set_dport(k: &mut NatKey6, port: u16) {
-        k.dport = port;
-    }
+    key_fields!(NatKey6, [u32; 4]);
     #[inline(always)]
     fn entry(addr: [u32; 4], port: u16, flags: u16, now: u64, ifindex: u32) -> NatEntry6 {
         NatEntry6 {
