@@ -1533,3 +1533,23 @@ fn ipv6_endpoint_del_removes_its_flows_and_down_leaves_nothing() {
     assert_eq!(filters, before.0);
     assert_no_kernel_path(&w.node);
 }
+
+#[test]
+fn ipv6_without_masquerade_pods_go_out_with_their_own_address() {
+    let w = World::ipv6_only(&["--no-masquerade"], &["a"], None);
+    // The network routes the pod CIDR to the node.
+    w.out.must(
+        "ip",
+        &["-6", "route", "add", POD_CIDR6, "via", UPLINK_NODE_IP6],
+    );
+    let pod_ip = w.pod_ip6("a");
+    assert_eq!(w.node.ping_from_pod("a", SERVER_IP6, 2), Some(63));
+    let server = udp(&w.out.path(), ip6(SERVER_IP6), 0);
+    let from = udp_exchange(&w, "a", 0, &server).expect("UDP both ways");
+    assert_eq!(from.ip(), IpAddr::V6(pod_ip), "the pod's own address");
+    let c = w.node.counters("a");
+    assert!(packets(&c, &["egress"]) > 0, "{c}");
+    assert_eq!(packets(&c, &["masqueraded"]), 0, "{c}");
+    assert!(packets(&c, &["rev_nat"]) > 0, "{c}");
+    assert_no_kernel_path(&w.node);
+}

@@ -551,7 +551,13 @@ pub fn status(locked: &Locked) -> Result<Status, NodeError> {
         counters.nat_no_port = maps.packets_of(Verdict::DropNatNoPort, ids())?;
         counters.uplink_passed = maps.packets_of(Verdict::UplinkPass, ids())?;
     }
-    let egress = egress::status(&pins, node.egress.as_ref(), node.attach_mode, counters)?;
+    let egress = egress::status(
+        &pins,
+        node.egress.as_ref(),
+        node.pod_cidr6,
+        node.attach_mode,
+        counters,
+    )?;
     let maps = map_fill(&pins)?
         .into_iter()
         .map(|m| MapStatus {

@@ -602,6 +602,7 @@ pub struct EgressCounters {
 pub fn status(
     pins: &Pins,
     e: Option<&Egress>,
+    pod_cidr6: Option<Ipv6Net>,
     mode: AttachMode,
     counters: EgressCounters,
 ) -> Result<EgressStatus, EgressError> {
@@ -655,6 +656,12 @@ pub fn status(
     if mode == AttachMode::Tcx && ids.is_none() {
         notes.push(format!(
             "from_uplink is not attached to {}: `vethbpf reconcile` attaches it",
+            e.uplink
+        ));
+    }
+    if pod_cidr6.is_some() && e.ipv6.is_none() {
+        notes.push(format!(
+            "IPv6 egress is off: {} had no global IPv6 address (not temporary or deprecated) at `up`; IPv6 pods reach the node and each other only",
             e.uplink
         ));
     }
