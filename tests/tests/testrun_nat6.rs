@@ -451,6 +451,46 @@ fn packet_too_big_about_a_masqueraded_segment_is_translated_for_the_pod() {
 }
 
 #[test]
+fn a_pods_port_unreachable_about_a_reply_is_translated_on_the_way_out() {
+    let f = Fixture::new();
+    let s = pkt(
+        POD_A.ip,
+        REMOTE,
+        UDP,
+        64,
+        &udp(POD_A.ip, REMOTE, 40003, 53, b"q"),
+    );
+    assert_eq!(f.pod(&from_pod(POD_A, &s)).ret, TC_ACT_REDIRECT);
+    let port = f.nat_port(POD_A, UDP, 40003, 53);
+    // The reply as the pod got it, embedded in its error.
+    let got = pkt(
+        REMOTE,
+        POD_A.ip,
+        UDP,
+        63,
+        &udp(REMOTE, POD_A.ip, 53, 40003, b"r"),
+    );
+    let err = pkt(
+        POD_A.ip,
+        REMOTE,
+        ICMP6,
+        64,
+        &icmp6(POD_A.ip, REMOTE, 1, 4, [0; 4], &got),
+    );
+    let run = f.pod(&from_pod(POD_A, &err));
+    assert_run(&run, TC_ACT_REDIRECT, POD_A.id, Verdict::Masquerade);
+    let sent = pkt(REMOTE, NAT, UDP, 63, &udp(REMOTE, NAT, 53, port, b"r"));
+    let out = pkt(
+        NAT,
+        REMOTE,
+        ICMP6,
+        63,
+        &icmp6(NAT, REMOTE, 1, 4, [0; 4], &sent),
+    );
+    assert_eq!(run.out, from_pod(POD_A, &out));
+}
+
+#[test]
 fn what_is_no_reply_is_not_delivered() {
     let f = Fixture::new();
     // The NAT address on a NAT port nobody holds: the node's (passed, id 0).

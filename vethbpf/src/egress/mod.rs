@@ -661,7 +661,7 @@ pub fn status(
     }
     if pod_cidr6.is_some() && e.ipv6.is_none() {
         notes.push(format!(
-            "IPv6 egress is off: {} had no global IPv6 address (not temporary or deprecated) at `up`; IPv6 pods reach the node and each other only",
+            "IPv6 egress is off: {} had no global IPv6 address (not temporary or deprecated) at `up`, or a vethbpf without IPv6 egress brought the node up (`vethbpf down` and `up` turn it on); IPv6 pods reach the node and each other only",
             e.uplink
         ));
     }
