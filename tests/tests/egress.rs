@@ -1247,21 +1247,54 @@ fn reconcile_from_kernel_rebuilds_the_egress_settings() {
         &["--nat-max-flows", "5000", "--cluster-cidr", "10.0.0.0/8"],
         &["a"],
     );
+    rebuilt_from_kernel(&w, SERVER_IP, &[]);
+}
+
+#[test]
+fn reconcile_from_kernel_rebuilds_the_ipv6_egress_settings() {
+    let w = World::new6(
+        &[
+            "--pod-cidr",
+            POD_CIDR,
+            "--pod-cidr",
+            POD_CIDR6,
+            "--nat-max-flows",
+            "5000",
+        ],
+        &["a"],
+        None,
+    );
+    rebuilt_from_kernel(
+        &w,
+        SERVER_IP6,
+        &["--pod-cidr", POD_CIDR, "--pod-cidr", POD_CIDR6],
+    );
+    assert_eq!(w.node.ping_from_pod("a", SERVER_IP, 1), Some(63));
+}
+
+/// Loses the state file, rebuilds it with `reconcile --from-kernel` (and `args`),
+/// and checks the egress settings came back as they were (both families), pod `a`
+/// still reaching `server`, and the next `up` keeping them.
+fn rebuilt_from_kernel(w: &World, server: &str, args: &[&str]) {
     let state_path = w.node.state.join("state.json");
     let good: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&state_path).expect("state")).expect("json");
     assert_eq!(good["node"]["egress"]["max_flows"], 5000, "{good}");
     std::fs::write(&state_path, b"lost").expect("corrupt the state");
-    w.node.ok(&["reconcile", "--from-kernel"]);
+    let mut reconcile = vec!["reconcile", "--from-kernel"];
+    reconcile.extend_from_slice(args);
+    w.node.ok(&reconcile);
     let now: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&state_path).expect("state")).expect("json");
     assert_eq!(
         now["node"]["egress"], good["node"]["egress"],
-        "egress rebuilt from EGRESS"
+        "egress rebuilt from EGRESS and EGRESS6"
     );
-    assert_eq!(w.node.ping_from_pod("a", SERVER_IP, 1), Some(63));
+    assert_eq!(w.node.ping_from_pod("a", server, 1), Some(63));
     // And kept by the next up.
-    let again = w.node.ok(&["up"]);
+    let mut up = vec!["up"];
+    up.extend_from_slice(args);
+    let again = w.node.ok(&up);
     assert!(again.contains("max 5000 flows"), "{again}");
 }
 
