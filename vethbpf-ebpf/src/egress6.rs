@@ -253,7 +253,6 @@ pub fn decrease_hop_limit(ctx: &TcContext) -> bool {
     hop > 1 && ctx.store(HOP_LIMIT_OFF, &(hop - 1), 0).is_ok()
 }
 
-
 /// Rewrites the source (`source`) or destination address and port of the packet
 /// with its L4 checksum (IPv6 has no header checksum; the L4 one covers the
 /// addresses through the pseudo header, ICMPv6's too).
