@@ -297,6 +297,26 @@ fn udp_is_masqueraded_and_its_reply_translated_back_exactly() {
 }
 
 #[test]
+fn an_extension_header_before_the_upper_layer_is_walked_over() {
+    let f = Fixture::new();
+    // A Destination Options header (PadN only) before UDP: the ports and the
+    // checksum are found behind it, and it travels on unchanged.
+    let with_opts = |src: &str, dst: &str, hop: u8, sport: u16| {
+        let mut p = vec![UDP, 0, 1, 4, 0, 0, 0, 0];
+        p.extend_from_slice(&udp(src, dst, sport, 53, b"opts"));
+        pkt(src, dst, 60, hop, &p)
+    };
+    let run = f.pod(&from_pod(POD_A, &with_opts(POD_A.ip, REMOTE, 64, 40004)));
+    assert_run(&run, TC_ACT_REDIRECT, POD_A.id, Verdict::Masquerade);
+    let port = f.nat_port(POD_A, UDP, 40004, 53);
+    assert_eq!(
+        run.out,
+        from_pod(POD_A, &with_opts(NAT, REMOTE, 63, port)),
+        "source, port and checksum behind the extension header"
+    );
+}
+
+#[test]
 fn tcp_from_a_port_outside_the_range_gets_one_inside_and_back() {
     let f = Fixture::new();
     let syn = pkt(
