@@ -10,6 +10,7 @@
 //! temp dir, so a failing test leaves nothing behind and tests can run in parallel; a
 //! step of that cleanup that fails fails the test ([`CleanupErrors`]).
 
+pub mod egress_run;
 pub mod ipv6;
 pub mod packet;
 pub mod testrun;
@@ -898,5 +899,128 @@ impl TestNode {
             far
         });
         Outside { netns: out, far }
+    }
+}
+
+/// The node's IPv6 address on its uplink after [`TestNode::outside6`]: the IPv6
+/// masquerade address (documentation prefix, as every address of the outside).
+pub const UPLINK_NODE_IP6: &str = "2001:db8:30::2";
+/// The outside router's IPv6 address on the uplink: the node's IPv6 default gateway.
+pub const ROUTER_IP6: &str = "2001:db8:30::1";
+/// An IPv6 server address of the outside namespace (on its `lo`).
+pub const SERVER_IP6: &str = "2001:db8:100::10";
+/// An IPv6 server one hop behind the outside router (on the far namespace's `lo`).
+pub const FAR_SERVER_IP6: &str = "2001:db8:113::10";
+
+impl TestNode {
+    /// Gives the world of [`TestNode::outside`] IPv6: [`UPLINK_NODE_IP6`]/64 on the
+    /// node's uplink with an IPv6 default route via [`ROUTER_IP6`], [`SERVER_IP6`] in
+    /// the outside namespace and, with a far namespace, [`FAR_SERVER_IP6`] behind a
+    /// 2001:db8:31::/64 link that the outside (the router) forwards to. Addresses are
+    /// `nodad`: usable at once, as a configured node's would be. The node keeps
+    /// IPv6 forwarding off.
+    pub fn outside6(&self, out: &Outside) {
+        self.node_must(
+            "ip",
+            &[
+                "-6",
+                "addr",
+                "add",
+                &format!("{UPLINK_NODE_IP6}/64"),
+                "dev",
+                UPLINK,
+                "nodad",
+            ],
+        );
+        self.node_must(
+            "ip",
+            &[
+                "-6", "route", "add", "default", "via", ROUTER_IP6, "dev", UPLINK,
+            ],
+        );
+        let o = &out.netns;
+        ns_must(
+            o,
+            "ip",
+            &[
+                "-6",
+                "addr",
+                "add",
+                &format!("{ROUTER_IP6}/64"),
+                "dev",
+                "eth0",
+                "nodad",
+            ],
+        );
+        ns_must(
+            o,
+            "ip",
+            &[
+                "-6",
+                "addr",
+                "add",
+                &format!("{SERVER_IP6}/128"),
+                "dev",
+                "lo",
+            ],
+        );
+        if let Some(far) = &out.far {
+            ns_must(o, "sysctl", &["-qw", "net.ipv6.conf.all.forwarding=1"]);
+            ns_must(
+                o,
+                "ip",
+                &[
+                    "-6",
+                    "addr",
+                    "add",
+                    "2001:db8:31::1/64",
+                    "dev",
+                    "eth1",
+                    "nodad",
+                ],
+            );
+            ns_must(
+                o,
+                "ip",
+                &[
+                    "-6",
+                    "route",
+                    "add",
+                    &format!("{FAR_SERVER_IP6}/128"),
+                    "via",
+                    "2001:db8:31::2",
+                ],
+            );
+            ns_must(
+                far,
+                "ip",
+                &[
+                    "-6",
+                    "addr",
+                    "add",
+                    "2001:db8:31::2/64",
+                    "dev",
+                    "eth0",
+                    "nodad",
+                ],
+            );
+            ns_must(
+                far,
+                "ip",
+                &[
+                    "-6",
+                    "addr",
+                    "add",
+                    &format!("{FAR_SERVER_IP6}/128"),
+                    "dev",
+                    "lo",
+                ],
+            );
+            ns_must(
+                far,
+                "ip",
+                &["-6", "route", "add", "default", "via", "2001:db8:31::1"],
+            );
+        }
     }
 }

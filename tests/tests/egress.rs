@@ -7,7 +7,9 @@
 
 use std::collections::BTreeSet;
 use std::io::{ErrorKind, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
+use std::net::{
+    IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket,
+};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,13 +17,18 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use vethbpf_tests::{
-    FAR_SERVER_IP, Outside, ROUTER_IP, SERVER_IP, TestNode, UPLINK, UPLINK_NODE_IP, must, packets,
+    FAR_SERVER_IP, FAR_SERVER_IP6, Outside, POD_CIDR, POD_CIDR6, ROUTER_IP, ROUTER_IP6, SERVER_IP,
+    SERVER_IP6, TestNode, UPLINK, UPLINK_NODE_IP, UPLINK_NODE_IP6, must, packets,
 };
 
 const NAT_PORTS: std::ops::RangeInclusive<u16> = 61000..=65535;
 
 fn ip(s: &str) -> Ipv4Addr {
     s.parse().expect("IPv4 address")
+}
+
+fn ip6(s: &str) -> Ipv6Addr {
+    s.parse().expect("IPv6 address")
 }
 
 fn netns(name: &str) -> PathBuf {
@@ -40,19 +47,39 @@ struct World {
 
 impl World {
     fn new(up: &[&str], pods: &[&str]) -> World {
-        Self::build(up, pods, None)
+        Self::build(up, pods, None, false)
     }
 
     fn with_far(up: &[&str], pods: &[&str], far_mtu: u32) -> World {
-        Self::build(up, pods, Some(far_mtu))
+        Self::build(up, pods, Some(far_mtu), false)
     }
 
-    fn build(up: &[&str], pods: &[&str], far_mtu: Option<u32>) -> World {
+    /// A world whose outside has IPv6 too ([`TestNode::outside6`]); `up` must give
+    /// the pod CIDRs.
+    fn new6(up: &[&str], pods: &[&str], far_mtu: Option<u32>) -> World {
+        Self::build(up, pods, far_mtu, true)
+    }
+
+    /// An IPv6-only node ([`POD_CIDR6`] alone) in a world whose node has no IPv4
+    /// default route: its uplink is found by the IPv6 one.
+    fn ipv6_only(up: &[&str], pods: &[&str], far_mtu: Option<u32>) -> World {
+        let mut args = vec!["--pod-cidr", POD_CIDR6];
+        args.extend_from_slice(up);
+        Self::build(&args, pods, far_mtu, true)
+    }
+
+    fn build(up: &[&str], pods: &[&str], far_mtu: Option<u32>, v6: bool) -> World {
         let node = TestNode::new();
         let out = match far_mtu {
             Some(mtu) => node.outside_with_far(mtu),
             None => node.outside(),
         };
+        if v6 {
+            node.outside6(&out);
+            if !up.contains(&POD_CIDR) {
+                node.node_must("ip", &["route", "del", "default"]);
+            }
+        }
         let mut args = vec!["up"];
         args.extend_from_slice(up);
         node.ok(&args);
@@ -76,6 +103,16 @@ impl World {
         ip(ep["ip"].as_str().expect("ip"))
     }
 
+    fn pod_ip6(&self, p: &str) -> Ipv6Addr {
+        let name = self.node.pod(p);
+        let list = self.node.json(&["endpoint", "list"]);
+        let ep = list
+            .as_array()
+            .and_then(|a| a.iter().find(|e| e["name"] == name.as_str()))
+            .unwrap_or_else(|| panic!("no endpoint {name}"));
+        ip6(ep["ip6"].as_str().expect("ip6"))
+    }
+
     fn status(&self) -> serde_json::Value {
         self.node.json(&["status"])
     }
@@ -94,7 +131,12 @@ impl World {
 
 /// A TCP echo server on `ip` in `ns` for `conns` connections (a thread each);
 /// returns its port and the peers it saw.
-fn tcp_server(ns: &Path, ip: Ipv4Addr, conns: usize) -> (u16, JoinHandle<Vec<SocketAddr>>) {
+fn tcp_server(
+    ns: &Path,
+    ip: impl Into<IpAddr>,
+    conns: usize,
+) -> (u16, JoinHandle<Vec<SocketAddr>>) {
+    let ip = ip.into();
     let listener = in_ns(ns, || TcpListener::bind((ip, 0))).expect("bind the TCP server");
     let port = listener.local_addr().expect("local addr").port();
     let handle = std::thread::spawn(move || {
@@ -134,10 +176,19 @@ fn pattern(len: usize, seed: usize) -> Vec<u8> {
 
 /// Connects from `ns` (from `bind_port` if given), sends `data`, and checks the echo
 /// byte for byte; returns the connection's local address.
-fn tcp_roundtrip(ns: &Path, dst: SocketAddrV4, bind_port: Option<u16>, data: &[u8]) -> SocketAddr {
-    let stream = in_ns(ns, move || {
-        let sock = socket2_free_connect(dst, bind_port)?;
-        Ok::<_, std::io::Error>(sock)
+fn tcp_roundtrip(
+    ns: &Path,
+    dst: impl Into<SocketAddr>,
+    bind_port: Option<u16>,
+    data: &[u8],
+) -> SocketAddr {
+    let dst = dst.into();
+    let stream = in_ns(ns, move || match (dst, bind_port) {
+        (SocketAddr::V4(v4), _) => socket2_free_connect(v4, bind_port),
+        (SocketAddr::V6(_), None) => TcpStream::connect_timeout(&dst, Duration::from_secs(5)),
+        (SocketAddr::V6(_), Some(_)) => Err(std::io::Error::other(
+            "a fixed source port is for IPv4 here (IPv6 tests use UDP for that)",
+        )),
     })
     .unwrap_or_else(|e| panic!("connect to {dst} from {}: {e}", ns.display()));
     echo_over(stream, data)
@@ -218,7 +269,8 @@ fn echo_over(mut stream: TcpStream, data: &[u8]) -> SocketAddr {
 }
 
 /// A UDP socket in `ns` bound to `ip:port` (port 0: any).
-fn udp(ns: &Path, ip: Ipv4Addr, port: u16) -> UdpSocket {
+fn udp(ns: &Path, ip: impl Into<IpAddr>, port: u16) -> UdpSocket {
+    let ip = ip.into();
     let s = in_ns(ns, || UdpSocket::bind((ip, port))).expect("bind UDP");
     s.set_read_timeout(Some(Duration::from_secs(3)))
         .expect("timeout");
@@ -257,15 +309,38 @@ fn assert_nat_addr(seen: SocketAddr, what: &str) {
     );
 }
 
-/// The node is clean: no forwarding, no iptables rule, an empty nftables ruleset.
-fn assert_no_kernel_path(node: &TestNode) {
+fn assert_nat_addr6(seen: SocketAddr, what: &str) {
+    let SocketAddr::V6(v6) = seen else {
+        panic!("{what}: IPv4 peer {seen}");
+    };
     assert_eq!(
-        node.node_must("cat", &["/proc/sys/net/ipv4/ip_forward"])
-            .trim(),
-        "0"
+        *v6.ip(),
+        ip6(UPLINK_NODE_IP6),
+        "{what}: the server sees the node's IPv6 address"
     );
-    let rules = node.node_must("iptables-save", &[]);
-    assert!(!rules.lines().any(|l| l.starts_with("-A")), "{rules}");
+    assert!(
+        NAT_PORTS.contains(&v6.port()),
+        "{what}: port {} in the NAT range",
+        v6.port()
+    );
+}
+
+/// The node is clean: no forwarding (either family), no iptables or ip6tables rule,
+/// an empty nftables ruleset.
+fn assert_no_kernel_path(node: &TestNode) {
+    for sysctl in [
+        "/proc/sys/net/ipv4/ip_forward",
+        "/proc/sys/net/ipv6/conf/all/forwarding",
+    ] {
+        assert_eq!(node.node_must("cat", &[sysctl]).trim(), "0", "{sysctl}");
+    }
+    for save in ["iptables-save", "ip6tables-save"] {
+        let rules = node.node_must(save, &[]);
+        assert!(
+            !rules.lines().any(|l| l.starts_with("-A")),
+            "{save}: {rules}"
+        );
+    }
     let nft = node.node_must("nft", &["list", "ruleset"]);
     assert!(nft.trim().is_empty(), "nftables ruleset: {nft}");
 }
@@ -703,9 +778,16 @@ const GATEWAY_IP: &str = "169.254.1.1";
 /// Sends `len` patterned bytes from `pod` to a TCP server at `ip` in `server_ns`
 /// (one way: the server checks every byte and answers good or bad); returns the
 /// peer the server saw.
-fn send_checked(w: &World, pod: &str, server_ns: &Path, ip: Ipv4Addr, len: usize) -> SocketAddr {
+fn send_checked(
+    w: &World,
+    pod: &str,
+    server_ns: &Path,
+    ip: impl Into<IpAddr>,
+    len: usize,
+) -> SocketAddr {
+    let ip = ip.into();
     let listener = in_ns(server_ns, || TcpListener::bind((ip, 0))).expect("bind");
-    let dst = SocketAddrV4::new(ip, listener.local_addr().expect("addr").port());
+    let dst = SocketAddr::from((ip, listener.local_addr().expect("addr").port()));
     let server = std::thread::spawn(move || {
         let (mut s, peer) = listener.accept().expect("accept");
         s.set_read_timeout(Some(Duration::from_secs(30))).ok();
@@ -717,7 +799,7 @@ fn send_checked(w: &World, pod: &str, server_ns: &Path, ip: Ipv4Addr, len: usize
         peer
     });
     let mut stream = in_ns(&w.pod(pod), move || {
-        TcpStream::connect_timeout(&dst.into(), Duration::from_secs(5))
+        TcpStream::connect_timeout(&dst, Duration::from_secs(5))
     })
     .expect("connect");
     stream.set_read_timeout(Some(Duration::from_secs(30))).ok();
@@ -1214,20 +1296,345 @@ fn reconcile_from_kernel_rebuilds_the_egress_settings() {
         &["--nat-max-flows", "5000", "--cluster-cidr", "10.0.0.0/8"],
         &["a"],
     );
+    rebuilt_from_kernel(&w, SERVER_IP, &[]);
+}
+
+#[test]
+fn reconcile_from_kernel_rebuilds_the_ipv6_egress_settings() {
+    let w = World::new6(
+        &[
+            "--pod-cidr",
+            POD_CIDR,
+            "--pod-cidr",
+            POD_CIDR6,
+            "--nat-max-flows",
+            "5000",
+        ],
+        &["a"],
+        None,
+    );
+    rebuilt_from_kernel(
+        &w,
+        SERVER_IP6,
+        &["--pod-cidr", POD_CIDR, "--pod-cidr", POD_CIDR6],
+    );
+    assert_eq!(w.node.ping_from_pod("a", SERVER_IP, 1), Some(63));
+}
+
+/// Loses the state file, rebuilds it with `reconcile --from-kernel` (and `args`),
+/// and checks the egress settings came back as they were (both families), pod `a`
+/// still reaching `server`, and the next `up` keeping them.
+fn rebuilt_from_kernel(w: &World, server: &str, args: &[&str]) {
     let state_path = w.node.state.join("state.json");
     let good: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&state_path).expect("state")).expect("json");
     assert_eq!(good["node"]["egress"]["max_flows"], 5000, "{good}");
     std::fs::write(&state_path, b"lost").expect("corrupt the state");
-    w.node.ok(&["reconcile", "--from-kernel"]);
+    let mut reconcile = vec!["reconcile", "--from-kernel"];
+    reconcile.extend_from_slice(args);
+    w.node.ok(&reconcile);
     let now: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&state_path).expect("state")).expect("json");
     assert_eq!(
         now["node"]["egress"], good["node"]["egress"],
-        "egress rebuilt from EGRESS"
+        "egress rebuilt from EGRESS and EGRESS6"
     );
-    assert_eq!(w.node.ping_from_pod("a", SERVER_IP, 1), Some(63));
+    assert_eq!(w.node.ping_from_pod("a", server, 1), Some(63));
     // And kept by the next up.
-    let again = w.node.ok(&["up"]);
+    let mut up = vec!["up"];
+    up.extend_from_slice(args);
+    let again = w.node.ok(&up);
     assert!(again.contains("max 5000 flows"), "{again}");
+}
+
+// ---------------------------------------------------------------------------------
+// IPv6 (issue 12): the same egress for IPv6 pods, masqueraded to the node's global
+// IPv6 address on the uplink.
+
+/// A UDP exchange of pod `pod` (from `port`, 0: any) with `server`: whether the
+/// reply came back; the source the server saw.
+fn udp_exchange(w: &World, pod: &str, port: u16, server: &UdpSocket) -> Option<SocketAddr> {
+    let c = udp(&w.pod(pod), Ipv6Addr::UNSPECIFIED, port);
+    c.send_to(pod.as_bytes(), server.local_addr().expect("addr"))
+        .expect("send");
+    let (m, from) = recv(server)?;
+    assert_eq!(m, pod.as_bytes());
+    server.send_to(&m, from).expect("echo");
+    let (back, _) = recv(&c)?;
+    assert_eq!(back, pod.as_bytes());
+    Some(from)
+}
+
+#[test]
+fn ipv6_only_pods_reach_the_outside_masqueraded() {
+    let w = World::ipv6_only(&[], &["a", "b"], None);
+    let st = w.status();
+    let settings = &st["egress"]["settings"];
+    assert_eq!(st["egress"]["enabled"], true, "{st}");
+    assert_eq!(
+        settings["uplink"], UPLINK,
+        "found by the IPv6 default route"
+    );
+    assert_eq!(settings["ipv6"]["nat_addr"], UPLINK_NODE_IP6, "{st}");
+    assert_eq!(settings["ipv6"]["cluster_cidr"], POD_CIDR6, "{st}");
+    assert!(settings["nat_addr"].is_null(), "no IPv4 egress: {st}");
+    let text = w.node.ok(&["status"]);
+    assert!(text.contains(UPLINK_NODE_IP6), "{text}");
+    assert_no_kernel_path(&w.node);
+
+    // ping6: hop limit 64 from the server, minus the node's eBPF hop.
+    for p in ["a", "b"] {
+        assert_eq!(
+            w.node.ping_from_pod(p, SERVER_IP6, 3),
+            Some(63),
+            "ping from {p}"
+        );
+    }
+    // A few MiB over TCP, byte for byte; the server sees the node's IPv6 address.
+    let (port, server) = tcp_server(&w.out.path(), ip6(SERVER_IP6), 2);
+    let dst = SocketAddr::from((ip6(SERVER_IP6), port));
+    tcp_roundtrip(&w.pod("a"), dst, None, &pattern(4 << 20, 1));
+    tcp_roundtrip(&w.pod("b"), dst, None, &pattern(1 << 20, 2));
+    for peer in server.join().expect("server") {
+        assert_nat_addr6(peer, "TCP");
+    }
+    // UDP both ways.
+    let server = udp(&w.out.path(), ip6(SERVER_IP6), 0);
+    for p in ["a", "b"] {
+        let from = udp_exchange(&w, p, 0, &server).expect("UDP both ways");
+        assert_nat_addr6(from, "UDP");
+    }
+    for p in ["a", "b"] {
+        let c = w.node.counters(p);
+        assert!(packets(&c, &["masqueraded"]) > 0, "{p}: {c}");
+        assert!(packets(&c, &["rev_nat"]) > 0, "{p}: {c}");
+        assert_eq!(packets(&c, &["dropped"]), 0, "{p}: {c}");
+    }
+    let flows = w.flows();
+    assert!(flows.iter().all(|f| f["family"] == "ipv6"), "{flows:?}");
+    for proto in ["tcp", "udp", "icmpv6"] {
+        assert!(
+            flows.iter().any(|f| f["protocol"] == proto),
+            "{proto}: {flows:?}"
+        );
+    }
+    assert!(
+        flows.iter().all(|f| f["node"]
+            .as_str()
+            .is_some_and(|n| n.starts_with(&format!("[{UPLINK_NODE_IP6}]:")))),
+        "{flows:?}"
+    );
+    let text = w.node.ok(&["nat", "list"]);
+    assert!(text.contains("icmpv6"), "{text}");
+    assert_no_kernel_path(&w.node);
+}
+
+#[test]
+fn dual_stack_pods_reach_the_outside_over_both_families() {
+    let w = World::new6(
+        &["--pod-cidr", POD_CIDR, "--pod-cidr", POD_CIDR6],
+        &["a"],
+        None,
+    );
+    let st = w.status();
+    assert_eq!(st["egress"]["settings"]["nat_addr"], UPLINK_NODE_IP, "{st}");
+    assert_eq!(
+        st["egress"]["settings"]["ipv6"]["nat_addr"], UPLINK_NODE_IP6,
+        "{st}"
+    );
+    assert_eq!(w.node.ping_from_pod("a", SERVER_IP, 2), Some(63));
+    assert_eq!(w.node.ping_from_pod("a", SERVER_IP6, 2), Some(63));
+    let (port, server) = tcp_server(&w.out.path(), ip(SERVER_IP), 1);
+    tcp_roundtrip(
+        &w.pod("a"),
+        SocketAddrV4::new(ip(SERVER_IP), port),
+        None,
+        &pattern(1 << 20, 3),
+    );
+    let (port6, server6) = tcp_server(&w.out.path(), ip6(SERVER_IP6), 1);
+    tcp_roundtrip(
+        &w.pod("a"),
+        SocketAddr::from((ip6(SERVER_IP6), port6)),
+        None,
+        &pattern(1 << 20, 4),
+    );
+    for peer in server.join().expect("server") {
+        assert_nat_addr(peer, "TCP over IPv4");
+    }
+    for peer in server6.join().expect("server") {
+        assert_nat_addr6(peer, "TCP over IPv6");
+    }
+    let families: BTreeSet<String> = w
+        .flows()
+        .iter()
+        .filter_map(|f| f["family"].as_str().map(String::from))
+        .collect();
+    assert_eq!(
+        families,
+        ["ipv4", "ipv6"].map(String::from).into_iter().collect()
+    );
+    assert_no_kernel_path(&w.node);
+}
+
+#[test]
+fn ipv6_two_pods_with_the_same_source_port_both_work_and_no_stranger_gets_in() {
+    let w = World::ipv6_only(&[], &["a", "b"], None);
+    let server = udp(&w.out.path(), ip6(SERVER_IP6), 0);
+    let port = 61500;
+    let seen_a = udp_exchange(&w, "a", port, &server).expect("a");
+    let seen_b = udp_exchange(&w, "b", port, &server).expect("b");
+    assert_nat_addr6(seen_a, "a");
+    assert_nat_addr6(seen_b, "b");
+    assert_eq!(seen_a.port(), port, "the first keeps its port");
+    assert_ne!(seen_a, seen_b, "the second gets another");
+
+    // A pod's open flow: packets to its NAT port from another port, or straight to
+    // the pod's address, never reach it.
+    let pod = udp(&w.pod("a"), Ipv6Addr::UNSPECIFIED, 61600);
+    pod.set_read_timeout(Some(Duration::from_millis(800))).ok();
+    pod.send_to(b"hi", server.local_addr().expect("addr"))
+        .expect("send");
+    let (_, seen) = recv(&server).expect("server");
+    let other = udp(&w.out.path(), ip6(SERVER_IP6), 0);
+    other.send_to(b"intruder", seen).expect("send");
+    w.out.must(
+        "ip",
+        &["-6", "route", "add", POD_CIDR6, "via", UPLINK_NODE_IP6],
+    );
+    other
+        .send_to(b"intruder", (w.pod_ip6("a"), 61600))
+        .expect("send");
+    while let Some((m, from)) = recv(&pod) {
+        assert_ne!(m, b"intruder", "an unsolicited packet from {from}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while w.status()["egress"]["uplink_passed"].as_u64() < Some(1) {
+        assert!(Instant::now() < deadline, "{}", w.status());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The real reply still arrives.
+    server.send_to(b"reply", seen).expect("reply");
+    assert_eq!(recv(&pod).expect("the reply").0, b"reply");
+}
+
+#[test]
+fn ipv6_a_full_nat_table_drops_new_flows_until_flushed() {
+    const MAX: u32 = 8;
+    let w = World::ipv6_only(&["--nat-max-flows", &MAX.to_string()], &["a"], None);
+    let server = udp(&w.out.path(), ip6(SERVER_IP6), 0);
+    server.set_read_timeout(Some(Duration::from_secs(2))).ok();
+    for i in 0..MAX {
+        assert!(
+            udp_exchange(&w, "a", 0, &server).is_some(),
+            "flow {i} within the limit"
+        );
+    }
+    assert!(
+        udp_exchange(&w, "a", 0, &server).is_none(),
+        "a flow beyond the limit"
+    );
+    let c = w.node.counters("a");
+    assert!(packets(&c, &["drops", "nat_table_full"]) >= 1, "{c}");
+    let st = w.status();
+    assert_eq!(st["egress"]["table_full"], true, "{st}");
+    let flushed = w.node.json(&["nat", "flush"]);
+    assert_eq!(flushed["flushed_flows"], u64::from(MAX));
+    assert_eq!(w.node.map_dump("NAT6").len(), 0);
+    assert!(
+        udp_exchange(&w, "a", 0, &server).is_some(),
+        "a new flow after the flush"
+    );
+}
+
+#[test]
+fn ipv6_packet_too_big_and_time_exceeded_are_translated() {
+    // As the IPv4 test: the router's side of the far link has MTU 1280 (IPv6's
+    // minimum), the far server's 1500, the pod 1500; only the router's "packet too
+    // big", translated back to the pod, lets its full-size segments through.
+    let w = World::ipv6_only(&[], &["a"], Some(1280));
+    assert_nat_addr6(
+        send_checked(&w, "a", &w.out.far_path(), ip6(FAR_SERVER_IP6), 2 << 20),
+        "far TCP",
+    );
+    let c = w.node.counters("a");
+    assert!(
+        packets(&c, &["rev_nat_icmp"]) >= 1,
+        "packet too big translated: {c}"
+    );
+    let cached = w
+        .node
+        .in_pod("a", "ip", &["-6", "route", "get", FAR_SERVER_IP6]);
+    let text = String::from_utf8_lossy(&cached.stdout);
+    assert!(
+        text.contains("mtu 1280"),
+        "the pod learnt the path MTU: {text}"
+    );
+
+    // A hop-limited probe gets the router's time exceeded, translated.
+    let before = packets(&w.node.counters("a"), &["rev_nat_icmp"]);
+    let out = w.node.in_pod(
+        "a",
+        "ping",
+        &["-6", "-c", "1", "-t", "2", "-W", "2", FAR_SERVER_IP6],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!("From {ROUTER_IP6}")) && text.contains("Time exceeded"),
+        "{text}"
+    );
+    assert!(packets(&w.node.counters("a"), &["rev_nat_icmp"]) > before);
+    assert_no_kernel_path(&w.node);
+}
+
+#[test]
+fn ipv6_endpoint_del_removes_its_flows_and_down_leaves_nothing() {
+    let w = World::ipv6_only(&[], &["a", "b"], None);
+    let a_ip = w.pod_ip6("a");
+    for p in ["a", "b"] {
+        assert!(w.node.ping_from_pod(p, SERVER_IP6, 1).is_some());
+    }
+    let of_a = |f: &serde_json::Value| {
+        f["pod"]
+            .as_str()
+            .is_some_and(|s| s.starts_with(&format!("[{a_ip}]:")))
+    };
+    assert!(w.flows().iter().any(of_a));
+    w.node.ok(&["endpoint", "del", &w.node.pod("a")]);
+    let flows = w.flows();
+    assert!(!flows.iter().any(of_a), "{flows:?}");
+    assert!(!flows.is_empty(), "b's flows stay");
+    assert_eq!(
+        w.node.map_dump("NAT6").len(),
+        2 * flows.len(),
+        "both halves of b's flows only"
+    );
+    let before = uplink_state(&w.node);
+    w.node.ok(&["endpoint", "del", &w.node.pod("b")]);
+    w.node.ok(&["down"]);
+    assert!(!w.node.bpffs.join("maps").join("NAT6").exists());
+    assert!(!w.node.bpffs.join("progs").exists());
+    let (filters, net, _) = uplink_state(&w.node);
+    assert!(!net.contains("from_uplink"), "{net}");
+    assert_eq!(filters, before.0);
+    assert_no_kernel_path(&w.node);
+}
+
+#[test]
+fn ipv6_without_masquerade_pods_go_out_with_their_own_address() {
+    let w = World::ipv6_only(&["--no-masquerade"], &["a"], None);
+    // The network routes the pod CIDR to the node.
+    w.out.must(
+        "ip",
+        &["-6", "route", "add", POD_CIDR6, "via", UPLINK_NODE_IP6],
+    );
+    let pod_ip = w.pod_ip6("a");
+    assert_eq!(w.node.ping_from_pod("a", SERVER_IP6, 2), Some(63));
+    let server = udp(&w.out.path(), ip6(SERVER_IP6), 0);
+    let from = udp_exchange(&w, "a", 0, &server).expect("UDP both ways");
+    assert_eq!(from.ip(), IpAddr::V6(pod_ip), "the pod's own address");
+    let c = w.node.counters("a");
+    assert!(packets(&c, &["egress"]) > 0, "{c}");
+    assert_eq!(packets(&c, &["masqueraded"]), 0, "{c}");
+    assert!(packets(&c, &["rev_nat"]) > 0, "{c}");
+    assert_no_kernel_path(&w.node);
 }

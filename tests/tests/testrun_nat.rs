@@ -12,26 +12,17 @@
 
 use std::collections::BTreeMap;
 
-use aya::{
-    Ebpf, TestRunOptions,
-    maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, lpm_trie::Key},
-    programs::{SchedClassifier, TestRun as _},
-};
+use aya::maps::{Array, HashMap, LpmTrie, MapData, lpm_trie::Key};
 use vethbpf_common::{
-    CT_FIN_IN, CT_FIN_OUT, CT_REPLIED, Config, Counter, EGRESS_F_ENABLED, EGRESS_F_MASQUERADE,
-    EgressConfig, EndpointInfo, MAP_CONFIG, MAP_EGRESS, MAP_EGRESS_SKIP, MAP_ENDPOINTS, MAP_NAT,
-    MAP_NAT_STATE, MAP_STATS, NAT_DIR_IN, NAT_DIR_OUT, NatEntry, NatKey, NatState, PROG_FROM_POD,
-    PROG_FROM_UPLINK, SKIP_CLUSTER, SKIP_NODE_ADDRESS, Verdict, ipv4_to_map, stats_index,
+    CT_FIN_IN, CT_FIN_OUT, CT_REPLIED, EGRESS_F_ENABLED, EGRESS_F_MASQUERADE, EgressConfig,
+    EndpointInfo, MAP_EGRESS, MAP_EGRESS_SKIP, MAP_ENDPOINTS, MAP_NAT, MAP_NAT_STATE, NAT_DIR_IN,
+    NAT_DIR_OUT, NatEntry, NatKey, NatState, PROG_FROM_POD, PROG_FROM_UPLINK, SKIP_CLUSTER,
+    SKIP_NODE_ADDRESS, Verdict, ipv4_to_map,
+};
+use vethbpf_tests::egress_run::{
+    GW_MAC, LO_MAC, Programs, ROUTER_MAC, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, assert_run,
 };
 use vethbpf_tests::{Rng, eth, ones_sum};
-
-const TC_ACT_OK: u32 = 0;
-const TC_ACT_SHOT: u32 = 2;
-const TC_ACT_REDIRECT: u32 = 7;
-
-const GW_MAC: [u8; 6] = [0xee; 6];
-const LO_MAC: [u8; 6] = [0; 6];
-const ROUTER_MAC: [u8; 6] = [0x02, 0xaa, 0, 0, 0, 0x01];
 
 /// The pods. Both send through ifindex 1 (see the module comment).
 #[derive(Clone, Copy)]
@@ -205,16 +196,20 @@ fn to_pod_frame(pod: Pod, ip: &Ip) -> Vec<u8> {
 // The programs under test.
 
 struct Fixture {
-    ebpf: Ebpf,
+    p: Programs,
 }
 
-/// (endpoint id, verdict name).
-type CounterKey = (u32, &'static str);
+impl std::ops::Deref for Fixture {
+    type Target = Programs;
+    fn deref(&self) -> &Programs {
+        &self.p
+    }
+}
 
-struct Run {
-    ret: u32,
-    out: Vec<u8>,
-    delta: BTreeMap<CounterKey, u64>,
+impl std::ops::DerefMut for Fixture {
+    fn deref_mut(&mut self) -> &mut Programs {
+        &mut self.p
+    }
 }
 
 impl Fixture {
@@ -225,31 +220,9 @@ impl Fixture {
     }
 
     fn with(flags: u32, max_flows: u32) -> Self {
-        let mut ebpf = Ebpf::load(vethbpf::EBPF_OBJECT).expect("load the eBPF object");
-        for name in [PROG_FROM_POD, PROG_FROM_UPLINK] {
-            let prog: &mut SchedClassifier = ebpf
-                .program_mut(name)
-                .unwrap_or_else(|| panic!("program {name}"))
-                .try_into()
-                .expect("a classifier");
-            prog.load()
-                .unwrap_or_else(|e| panic!("the verifier rejects {name}: {e:?}"));
-        }
-        let mut f = Self { ebpf };
-        let mut config: Array<&mut MapData, Config> =
-            f.ebpf.map_mut(MAP_CONFIG).unwrap().try_into().unwrap();
-        config
-            .set(
-                0,
-                Config {
-                    gateway_ip: ipv4_to_map([169, 254, 1, 1]),
-                    flags: 0,
-                    gateway_mac: GW_MAC,
-                    _pad: [0; 2],
-                },
-                0,
-            )
-            .unwrap();
+        let mut f = Self {
+            p: Programs::load(&[POD_A.id, POD_B.id]),
+        };
         f.become_pod(POD_A);
         f.set_egress(flags, max_flows);
         let mut skip: LpmTrie<&mut MapData, u32, u32> =
@@ -311,75 +284,6 @@ impl Fixture {
         .unwrap();
     }
 
-    fn prog(&self, name: &str) -> &SchedClassifier {
-        self.ebpf.program(name).unwrap().try_into().unwrap()
-    }
-
-    fn counters(&self) -> BTreeMap<CounterKey, u64> {
-        let stats: PerCpuArray<&MapData, Counter> =
-            self.ebpf.map(MAP_STATS).unwrap().try_into().unwrap();
-        let mut out = BTreeMap::new();
-        for id in [0, POD_A.id, POD_B.id] {
-            for v in Verdict::ALL {
-                let n: u64 = stats
-                    .get(&stats_index(id, v), 0)
-                    .unwrap()
-                    .iter()
-                    .map(|c| c.packets)
-                    .sum();
-                if n != 0 {
-                    out.insert((id, v.name()), n);
-                }
-            }
-        }
-        out
-    }
-
-    fn run(&self, prog: &str, frame: &[u8]) -> Run {
-        self.try_run(prog, frame).expect("BPF_PROG_TEST_RUN")
-    }
-
-    /// A run, or the kernel's refusal to run the frame at all (EINVAL for a frame
-    /// shorter than its EtherType's header), after which no counter may have moved.
-    fn try_run(&self, prog: &str, frame: &[u8]) -> Result<Run, aya::programs::ProgramError> {
-        let before = self.counters();
-        let mut out = vec![0u8; frame.len() + 256];
-        let r = self.prog(prog).test_run(TestRunOptions {
-            data_in: Some(frame),
-            data_out: Some(&mut out),
-            ..TestRunOptions::default()
-        });
-        let r = match r {
-            Ok(r) => r,
-            Err(e) => {
-                assert_eq!(self.counters(), before, "a refused frame moved counters");
-                return Err(e);
-            }
-        };
-        out.truncate(r.data_size_out as usize);
-        let after = self.counters();
-        let delta = after
-            .iter()
-            .filter_map(|(k, a)| {
-                let d = a - before.get(k).copied().unwrap_or(0);
-                (d != 0).then_some((*k, d))
-            })
-            .collect();
-        Ok(Run {
-            ret: r.return_value,
-            out,
-            delta,
-        })
-    }
-
-    fn pod(&self, frame: &[u8]) -> Run {
-        self.run(PROG_FROM_POD, frame)
-    }
-
-    fn uplink(&self, frame: &[u8]) -> Run {
-        self.run(PROG_FROM_UPLINK, frame)
-    }
-
     fn nat(&self) -> Vec<(NatKey, NatEntry)> {
         let nat: HashMap<&MapData, NatKey, NatEntry> =
             self.ebpf.map(MAP_NAT).unwrap().try_into().unwrap();
@@ -417,15 +321,6 @@ impl Fixture {
     }
 }
 
-fn one(id: u32, v: Verdict) -> BTreeMap<CounterKey, u64> {
-    BTreeMap::from([((id, v.name()), 1)])
-}
-
-fn assert_run(run: &Run, ret: u32, id: u32, v: Verdict) {
-    assert_eq!(run.ret, ret, "tc action for {v:?}");
-    assert_eq!(run.delta, one(id, v), "counters for {v:?}");
-}
-
 // ---------------------------------------------------------------------------------
 // The programs' size.
 
@@ -438,8 +333,10 @@ fn from_uplink_stays_small_and_cheap_to_verify() {
     eprintln!("from_uplink: {xlated} instructions loaded, {verified} verified");
     assert!(xlated > 0);
     // Of which about 800 are the monitor's events and aya-log's writer, out-of-line
-    // functions no packet enters while nobody listens (events.rs, diag.rs).
-    assert!(xlated < 4000, "from_uplink grew to {xlated} instructions");
+    // functions no packet enters while nobody listens (events.rs, diag.rs), and about
+    // 1,300 IPv6's reply path (host6.rs), which an IPv4 packet never enters: what the
+    // node's own IPv4 traffic runs is measured in BENCHMARKS.md, not by this size.
+    assert!(xlated < 5500, "from_uplink grew to {xlated} instructions");
     assert!(
         verified < 50_000,
         "from_uplink costs the verifier {verified}"

@@ -16,6 +16,16 @@ pub const MAP_EGRESS_SKIP: &str = "EGRESS_SKIP";
 pub const MAP_NAT: &str = "NAT";
 pub const MAP_NAT_STATE: &str = "NAT_STATE";
 pub const MAP_FRAGS: &str = "FRAGS";
+pub const MAP_EGRESS6: &str = "EGRESS6";
+pub const MAP_EGRESS_SKIP6: &str = "EGRESS_SKIP6";
+pub const MAP_NAT6: &str = "NAT6";
+pub const MAP_NAT_SCRATCH: &str = "NAT_SCRATCH";
+
+/// Value of the per-CPU `NAT_SCRATCH` array: where the datapath searches a port for
+/// a new flow (an IPv6 search does not fit its stack). Opaque to userspace.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NatScratch(pub [u64; 16]);
 
 /// `EgressConfig::flags`: egress is configured (an uplink and its address are known).
 pub const EGRESS_F_ENABLED: u32 = 1;
@@ -72,6 +82,54 @@ pub struct EgressConfig {
     pub hash_seed: u32,
 }
 
+/// Value of the one-entry `EGRESS6` array, written by `up`: IPv6 egress, set apart
+/// from IPv4's (`EgressConfig`) so that either family can be on alone. The shared
+/// settings (uplink, ports, flow limit, seed) are the same values in both.
+///
+/// Addresses and masks are the bytes in network order read as four words (the map
+/// representation, see [`ipv6_to_map`]); ports are in host order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct EgressConfig6 {
+    /// `EGRESS_F_*`.
+    pub flags: u32,
+    pub uplink_ifindex: u32,
+    pub max_flows: u32,
+    pub port_min: u16,
+    pub port_max: u16,
+    pub hash_seed: u32,
+    pub _pad: u32,
+    /// The uplink's primary global IPv6 address: the masquerade source.
+    pub nat_addr: [u32; 4],
+    pub pod_net: [u32; 4],
+    pub pod_mask: [u32; 4],
+    pub cluster_net: [u32; 4],
+    pub cluster_mask: [u32; 4],
+}
+
+/// An IPv6 address as the datapath holds it: the 16 bytes in network order, read as
+/// four words in memory order.
+pub fn ipv6_to_map(octets: [u8; 16]) -> [u32; 4] {
+    let w = |i: usize| {
+        u32::from_ne_bytes([
+            octets[4 * i],
+            octets[4 * i + 1],
+            octets[4 * i + 2],
+            octets[4 * i + 3],
+        ])
+    };
+    [w(0), w(1), w(2), w(3)]
+}
+
+/// The inverse of [`ipv6_to_map`].
+pub fn ipv6_from_map(words: [u32; 4]) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    for (i, w) in words.iter().enumerate() {
+        out[4 * i..4 * i + 4].copy_from_slice(&w.to_ne_bytes());
+    }
+    out
+}
+
 /// `NatKey::dir`: the pod's own tuple (forward entry).
 pub const NAT_DIR_OUT: u8 = 1;
 /// `NatKey::dir`: the reply's tuple (reverse entry).
@@ -92,6 +150,46 @@ pub struct NatKey {
     pub proto: u8,
     pub dir: u8,
     pub _pad: [u8; 2],
+}
+
+/// Key of the `NAT6` map: [`NatKey`] for IPv6 (addresses as in [`ipv6_to_map`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct NatKey6 {
+    pub saddr: [u32; 4],
+    pub daddr: [u32; 4],
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub dir: u8,
+    pub _pad: [u8; 2],
+}
+
+/// Value of the `NAT6` map: [`NatEntry`] with the address moved behind it. The
+/// first 32 bytes are laid out as a `NatEntry` whose `addr` is the last word of the
+/// IPv6 address, so connection tracking reads and updates both kinds of entry as
+/// one (port, flags and their 64-bit head store, times, interface).
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct NatEntry6 {
+    /// The last word of `addr` (written with port and flags in one store).
+    pub addr_tail: u32,
+    pub port: u16,
+    pub flags: u16,
+    pub last_seen: u64,
+    pub created: u64,
+    pub ifindex: u32,
+    pub _pad: u32,
+    /// Forward: the NAT address. Reverse: the pod's address.
+    pub addr: [u32; 4],
+}
+
+impl NatEntry6 {
+    /// Whether the flow has been idle longer than its state allows at `now`.
+    #[inline(always)]
+    pub const fn expired(&self, proto: u8, now: u64) -> bool {
+        now.saturating_sub(self.last_seen) > CtState::of(proto, self.flags).timeout_ns(proto)
+    }
 }
 
 /// `NatEntry::flags`: a packet in the reply direction was seen.
@@ -131,6 +229,7 @@ pub struct NatEntry {
 pub const IPPROTO_ICMP: u8 = 1;
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_ICMPV6: u8 = 58;
 
 const SEC: u64 = 1_000_000_000;
 /// Timeouts, as the kernel's conntrack defaults (nf_conntrack_tcp_timeout_*,
@@ -198,8 +297,11 @@ impl CtState {
             CtState::CloseWait => TCP_TIMEOUT_CLOSE_WAIT,
             CtState::TimeWait => TCP_TIMEOUT_TIME_WAIT,
             CtState::Close => TCP_TIMEOUT_CLOSE,
-            CtState::Unreplied if proto == IPPROTO_ICMP => ICMP_TIMEOUT,
-            CtState::Replied if proto == IPPROTO_ICMP => ICMP_TIMEOUT,
+            CtState::Unreplied | CtState::Replied
+                if proto == IPPROTO_ICMP || proto == IPPROTO_ICMPV6 =>
+            {
+                ICMP_TIMEOUT
+            }
             CtState::Unreplied => UDP_TIMEOUT,
             CtState::Replied => UDP_TIMEOUT_STREAM,
         }
@@ -289,6 +391,16 @@ mod tests {
         assert_eq!(size_of::<NatState>(), 32);
         assert_eq!(size_of::<FragKey>(), 12);
         assert_eq!(size_of::<FragEntry>(), 16);
+        assert_eq!(size_of::<EgressConfig6>(), 6 * 4 + 5 * 16);
+        assert_eq!(size_of::<NatKey6>(), 40);
+        assert_eq!(size_of::<NatEntry6>(), 32 + 16);
+        // The head of both entries is laid out alike (see NatEntry6).
+        assert_eq!(core::mem::offset_of!(NatEntry6, port), 4);
+        assert_eq!(core::mem::offset_of!(NatEntry6, last_seen), 8);
+        assert_eq!(core::mem::offset_of!(NatEntry6, ifindex), 24);
+        assert_eq!(core::mem::offset_of!(NatEntry, ifindex), 24);
+        let a = [0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7];
+        assert_eq!(ipv6_from_map(ipv6_to_map(a)), a);
     }
 
     #[test]

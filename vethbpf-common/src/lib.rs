@@ -31,7 +31,7 @@ pub const MAP_CLUSTER: &str = "CLUSTER";
 pub const MAP_NODES: &str = "NODES";
 pub const MAP_NODE_STATS: &str = "NODE_STATS";
 pub const MAP_NODE_NEIGH: &str = "NODE_NEIGH";
-pub const ALL_MAPS: [&str; 19] = [
+pub const ALL_MAPS: [&str; 23] = [
     MAP_ROUTES,
     MAP_ENDPOINTS,
     MAP_CONFIG,
@@ -51,6 +51,10 @@ pub const ALL_MAPS: [&str; 19] = [
     MAP_EVENTS_LOST,
     MAP_TRACE_FLOWS,
     MAP_NODE_NEIGH,
+    MAP_EGRESS6,
+    MAP_EGRESS_SKIP6,
+    MAP_NAT6,
+    MAP_NAT_SCRATCH,
 ];
 
 /// Capacity of the LPM routes map.
@@ -430,6 +434,10 @@ mod user {
     unsafe impl aya::Pod for super::NatState {}
     unsafe impl aya::Pod for super::FragKey {}
     unsafe impl aya::Pod for super::FragEntry {}
+    unsafe impl aya::Pod for super::EgressConfig6 {}
+    unsafe impl aya::Pod for super::NatKey6 {}
+    unsafe impl aya::Pod for super::NatEntry6 {}
+    unsafe impl aya::Pod for super::NatScratch {}
     // SAFETY: repr(C), two byte arrays whose sizes fill the alignment: no padding.
     unsafe impl aya::Pod for super::EndpointInfo6 {}
     unsafe impl aya::Pod for super::ClusterConfig {}

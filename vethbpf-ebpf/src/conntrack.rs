@@ -14,15 +14,16 @@
 
 use core::ffi::c_void;
 
-use aya_ebpf::{bindings::BPF_NOEXIST, helpers::generated::bpf_for_each_map_elem};
+use aya_ebpf::helpers::generated::bpf_for_each_map_elem;
 use vethbpf_common::{
-    CT_FIN_IN, CT_FIN_OUT, CT_REPLIED, CT_RST, CtState, IPPROTO_TCP, NAT_DIR_OUT, NatEntry, NatKey,
+    CT_FIN_IN, CT_FIN_OUT, CT_REPLIED, CT_RST, CtState, IPPROTO_TCP, NAT_DIR_OUT, NatEntry,
 };
 
 use crate::{
     atomic,
+    family::{Family, V4, V6},
     l4::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
-    maps::{NAT, NAT_STATE},
+    maps::{NAT, NAT_STATE, NAT6},
 };
 
 /// How often a packet refreshes an entry's last-seen time (and visits the pair's
@@ -75,17 +76,7 @@ pub fn head(addr: u32, port: u16, flags: u16) -> u64 {
     u64::from(addr) | (u64::from(port) << 32) | (u64::from(flags) << 48)
 }
 
-/// Rewrites the head of `e` in one store.
-///
-/// # Safety
-/// `e` points to a NAT map value.
-#[inline(always)]
-pub unsafe fn set_head(e: *mut NatEntry, addr: u32, port: u16, flags: u16) {
-    // SAFETY: a NAT value is 8-byte aligned and starts with these 8 bytes.
-    unsafe { atomic::store(e.cast::<u64>(), head(addr, port, flags)) };
-}
-
-/// Adds `set` to the flags of `e` and refreshes it when due. Whether the flow's other
+/// Adds `set` to the flags of `e` (the common part of either family's entry) and refreshes it when due. Whether the flow's other
 /// entry must now be visited ([`sync_pair`]): the flags changed or a refresh was due.
 ///
 /// # Safety
@@ -116,32 +107,35 @@ pub enum Pair {
 }
 
 /// Brings `key`, the other entry of a flow, in step with the entry just touched:
-/// refreshes it and adds `flags`, or re-creates it as `expect` if it is gone.
+/// refreshes it and adds `flags`, or re-creates it as `expect` (given `flags` and
+/// `now`) if it is gone.
 #[inline(always)]
-pub fn sync_pair(key: &NatKey, expect: &NatEntry, flags: u16, now: u64) -> Pair {
-    match NAT.get_ptr_mut(key) {
+pub fn sync_pair<F: Family>(key: &F::Key, expect: &mut F::Entry, flags: u16, now: u64) -> Pair {
+    let want = F::common(expect);
+    match F::get(key) {
         Some(p) => {
-            // SAFETY: a NAT map value, valid for the program run.
+            let c = F::common(p);
+            // SAFETY: a NAT map value, valid for the program run; `want` is read only.
             unsafe {
-                if (*p).addr != expect.addr || (*p).port != expect.port {
+                if F::addr(p) != F::addr(expect) || (*c).port != (*want).port {
                     return Pair::Taken;
                 }
-                let new = flags & !(*p).flags;
+                let new = flags & !(*c).flags;
                 if new != 0 {
-                    atomic::or(p.cast::<u64>(), u64::from(new) << 48);
+                    atomic::or(c.cast::<u64>(), u64::from(new) << 48);
                 }
-                (*p).last_seen = now;
+                (*c).last_seen = now;
             }
             Pair::Intact
         }
         None => {
-            let entry = NatEntry {
-                flags,
-                last_seen: now,
-                ..*expect
-            };
+            // SAFETY: the caller's entry.
+            unsafe {
+                (*want).flags = flags;
+                (*want).last_seen = now;
+            }
             // Lost a race with another CPU putting it back: equally good.
-            let _ = NAT.insert(key, entry, u64::from(BPF_NOEXIST));
+            let _ = F::insert_new(key, expect);
             Pair::Intact
         }
     }
@@ -162,32 +156,33 @@ struct Gc {
     deleted: u64,
 }
 
-/// Called for each NAT entry by `bpf_for_each_map_elem`: deletes the dead, counts the
-/// live flows (by their forward entries).
-extern "C" fn gc_entry(
+/// Called for each entry of a NAT map by `bpf_for_each_map_elem`: deletes the dead,
+/// counts the live flows (by their forward entries).
+extern "C" fn gc_entry<F: Family>(
     map: *mut c_void,
-    key: *mut NatKey,
-    value: *mut NatEntry,
+    key: *mut F::Key,
+    value: *mut F::Entry,
     gc: *mut Gc,
 ) -> i64 {
     // SAFETY: the kernel passes the map, a key and value of it, and our context.
     unsafe {
-        let (k, v, gc) = (&*key, &*value, &mut *gc);
+        let (proto, v, gc) = (F::proto(&*key), &*F::common(value), &mut *gc);
         // Under pressure, finished TCP connections go as well as expired flows (the
         // kernel's conntrack early-drops too when full).
-        if v.expired(k.proto, gc.now) || CtState::of(k.proto, v.flags).is_closed() {
+        if v.expired(proto, gc.now) || CtState::of(proto, v.flags).is_closed() {
             if aya_ebpf::helpers::generated::bpf_map_delete_elem(map, key.cast()) == 0 {
                 gc.deleted += 1;
             }
-        } else if k.dir == NAT_DIR_OUT {
+        } else if F::dir(&*key) == NAT_DIR_OUT {
             gc.live += 1;
         }
     }
     0
 }
 
-/// The NAT table's flow count, and a collection if one is due; `None` if the state
-/// entry cannot be read (never, for an array).
+/// The NAT tables' flow count (both families share the limit), and a collection of
+/// both if one is due; `None` if the state entry cannot be read (never, for an
+/// array).
 #[inline(always)]
 pub fn flows_after_collect(now: u64) -> Option<u64> {
     let st = NAT_STATE.get_ptr_mut(0)?;
@@ -205,7 +200,13 @@ pub fn flows_after_collect(now: u64) -> Option<u64> {
             };
             bpf_for_each_map_elem(
                 (&raw const NAT).cast_mut().cast(),
-                gc_entry as *mut c_void,
+                gc_entry::<V4> as *mut c_void,
+                (&raw mut gc).cast(),
+                0,
+            );
+            bpf_for_each_map_elem(
+                (&raw const NAT6).cast_mut().cast(),
+                gc_entry::<V6> as *mut c_void,
                 (&raw mut gc).cast(),
                 0,
             );

@@ -86,6 +86,25 @@ pub fn l4_replace_addr(ctx: &TcContext, l4: L4Csum, from: u32, to: u32) -> Resul
         .map_err(|_| ())
 }
 
+/// Adjusts the L4 checksum for an IPv6 address of the pseudo header that changed
+/// (TCP, UDP and ICMPv6 all cover it).
+#[inline(always)]
+pub fn l4_replace_addr6(
+    ctx: &TcContext,
+    l4: L4Csum,
+    from: &[u32; 4],
+    to: &[u32; 4],
+) -> Result<(), ()> {
+    let flags = match l4.kind {
+        KIND_TCP | KIND_ICMP => 0,
+        KIND_UDP => u64::from(BPF_F_MARK_MANGLED_0),
+        _ => return Ok(()),
+    };
+    let d = diff(&mut from.clone(), &mut to.clone());
+    ctx.l4_csum_replace(l4.off, 0, u64::from(d), flags | u64::from(BPF_F_PSEUDO_HDR))
+        .map_err(|_| ())
+}
+
 /// Adjusts the L4 checksum for a 2-byte field of the L4 header that changed.
 #[inline(always)]
 pub fn l4_replace2(ctx: &TcContext, l4: L4Csum, from: u16, to: u16) -> Result<(), ()> {
@@ -116,11 +135,12 @@ pub fn diff<const N: usize>(old: &mut [u32; N], new: &mut [u32; N]) -> u32 {
     unsafe { bpf_csum_diff(old.as_mut_ptr(), size, new.as_mut_ptr(), size, 0) as u32 }
 }
 
-/// The one's complement sum of `bytes` bytes (a multiple of 4) at `words`, a stack
-/// buffer, added to `seed`: for checksums computed from scratch.
+/// The one's complement sum of `bytes` bytes (a multiple of 4) at `words` (on the
+/// stack, or in the packet, bounds-checked by the caller), added to `seed`: for
+/// checksums computed from scratch.
 #[inline(always)]
 pub fn sum(words: *mut u32, bytes: u32, seed: u32) -> u32 {
-    // SAFETY: callers pass stack buffers at least `bytes` long.
+    // SAFETY: callers pass memory at least `bytes` long.
     unsafe { bpf_csum_diff(core::ptr::null_mut(), 0, words, bytes, seed) as u32 }
 }
 

@@ -12,10 +12,11 @@ use vethbpf_common::{
 use crate::{
     conntrack,
     csum::L4Csum,
+    family::V4,
     fib::{self, Fit},
     frag,
     hdr::{ETH_HLEN, Ipv4Hdr, linear, ptr_at},
-    icmp_error, icmp_send, ipv4,
+    icmp_error, icmp_send, icmp6_send, ipv4,
     l4::{self, ICMP_ECHO, Ip, L4_OFF},
     maps::{EGRESS, EGRESS_SKIP},
     nat::{self, Event, Target, Xlate},
@@ -55,7 +56,8 @@ pub fn handle(ctx: &TcContext, ifindex: u32) -> Decision {
         };
         if ip.proto == IPPROTO_ICMP && l4.icmp_type != ICMP_ECHO {
             if icmp_error::is_error(l4.icmp_type) && is_egress(ip.daddr) {
-                if let Some(refused) = leave_checks(ctx, ifindex, &ip, cfg) {
+                if let Some(refused) = leave_checks(ctx, ifindex, ip.ttl, cfg.uplink_ifindex, false)
+                {
                     return refused;
                 }
                 return icmp_error(ctx, &ip, cfg, masq, now);
@@ -82,11 +84,11 @@ pub fn handle(ctx: &TcContext, ifindex: u32) -> Decision {
         _pad: [0; 2],
     };
     // A tracked flow was classified when it began: its packets skip the skip list.
-    let found = nat::lookup(&key);
+    let found = nat::lookup::<V4>(&key);
     if found.is_none() && !is_egress(ip.daddr) {
         return Decision::pass();
     }
-    if let Some(refused) = leave_checks(ctx, ifindex, &ip, cfg) {
+    if let Some(refused) = leave_checks(ctx, ifindex, ip.ttl, cfg.uplink_ifindex, false) {
         return refused;
     }
     let target = Target {
@@ -97,7 +99,7 @@ pub fn handle(ctx: &TcContext, ifindex: u32) -> Decision {
         seed: cfg.hash_seed,
     };
     let create = !csum.is_none();
-    let to = match nat::egress(
+    let to = match nat::egress::<V4>(
         &key,
         found,
         &target,
@@ -120,7 +122,7 @@ pub fn handle(ctx: &TcContext, ifindex: u32) -> Decision {
     if masq && nat::rewrite(ctx, true, ip.proto, csum, from, to).is_err() {
         return Decision::drop(Verdict::DropNatError);
     }
-    send(masq, cfg)
+    send(masq, cfg.uplink_ifindex)
 }
 
 /// Whether `daddr` is egress: routable, and no node address or cluster destination.
@@ -129,18 +131,33 @@ fn is_egress(daddr: u32) -> bool {
     routable(daddr) && EGRESS_SKIP.get(&Key::new(32, daddr)).is_none()
 }
 
-/// What a router checks before it sends a packet on: the TTL, and the uplink's MTU.
-/// `Some(decision)` if the packet cannot go: the pod behind `ifindex` is told why, as
-/// a router would (a packet without DF too: vethbpf does not fragment, and the MTU
-/// makes the pod's stack do it).
+/// What a router checks before it sends a packet on: the TTL (IPv6: hop limit), and
+/// the MTU of the uplink `uplink`. `Some(decision)` if the packet cannot go: the pod
+/// behind `ifindex` is told why, as a router would, in ICMPv6 if `v6` (a constant at
+/// each call site: the other branch folds away). An IPv4 packet without DF is told
+/// too: vethbpf does not fragment, and the MTU makes the pod's stack do it.
 #[inline(always)]
-fn leave_checks(ctx: &TcContext, ifindex: u32, ip: &Ip, cfg: &EgressConfig) -> Option<Decision> {
-    if ip.ttl <= 1 {
-        return Some(icmp_send::time_exceeded(ctx, ifindex));
+pub fn leave_checks(
+    ctx: &TcContext,
+    ifindex: u32,
+    ttl: u8,
+    uplink: u32,
+    v6: bool,
+) -> Option<Decision> {
+    if ttl <= 1 {
+        return Some(if v6 {
+            icmp6_send::time_exceeded(ctx, ifindex)
+        } else {
+            icmp_send::time_exceeded(ctx, ifindex)
+        });
     }
-    match fib::fits(ctx, cfg.uplink_ifindex) {
+    match fib::fits(ctx, uplink) {
         Some(Fit::Fits) => None,
-        Some(Fit::TooBig { mtu }) => Some(icmp_send::frag_needed(ctx, ifindex, mtu)),
+        Some(Fit::TooBig { mtu }) => Some(if v6 {
+            icmp6_send::packet_too_big(ctx, ifindex, mtu)
+        } else {
+            icmp_send::frag_needed(ctx, ifindex, mtu)
+        }),
         // The uplink is gone: nothing to send it out of.
         None => Some(Decision::pass()),
     }
@@ -166,7 +183,7 @@ fn icmp_error(ctx: &TcContext, ip: &Ip, cfg: &EgressConfig, masq: bool, now: u64
     if inner.daddr != ip.saddr {
         return Decision::pass();
     }
-    let Some(to) = nat::lookup_forward(&key, now) else {
+    let Some(to) = nat::lookup_forward::<V4>(&key, now) else {
         return Decision::pass();
     };
     if !decrease_ttl(ctx) {
@@ -179,12 +196,13 @@ fn icmp_error(ctx: &TcContext, ip: &Ip, cfg: &EgressConfig, masq: bool, now: u64
     if masq && icmp_error::translate(ctx, &inner, false, from, to).is_err() {
         return Decision::drop(Verdict::DropNatError);
     }
-    send(masq, cfg)
+    send(masq, cfg.uplink_ifindex)
 }
 
+/// Out of the uplink `uplink`: masqueraded, or with the pod's own address.
 #[inline(always)]
-fn send(masq: bool, cfg: &EgressConfig) -> Decision {
-    let action = fib::redirect_out(cfg.uplink_ifindex);
+pub fn send(masq: bool, uplink: u32) -> Decision {
+    let action = fib::redirect_out(uplink);
     let verdict = if masq {
         Verdict::Masquerade
     } else {

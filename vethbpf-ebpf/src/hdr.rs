@@ -91,25 +91,6 @@ pub fn copy_mac(dst: &mut [u8; 6], src: &[u8; 6]) {
     }
 }
 
-/// Writes the Ethernet header of the frame: `dst`, `src` and the EtherType `proto`
-/// (as stored). False if the frame is shorter than the header.
-#[inline(always)]
-pub fn set_eth(ctx: &TcContext, dst: &[u8; 6], src: &[u8; 6], proto: u16) -> bool {
-    let Some((data, end)) = linear(ctx, ETH_HLEN) else {
-        return false;
-    };
-    let Some(eth) = ptr_at::<EthHdr>(data, end, 0) else {
-        return false;
-    };
-    // SAFETY: bounds-checked just above; no helper runs while it is in use.
-    let eth = unsafe { &mut *eth };
-    copy_mac(&mut eth.dst_addr, dst);
-    copy_mac(&mut eth.src_addr, src);
-    // SAFETY: two writable bytes at frame offset 12 (module comment).
-    unsafe { (&raw mut eth.ether_type).cast::<u16>().write(proto) };
-    true
-}
-
 const _: () = assert!(core::mem::offset_of!(vethbpf_common::Route, mac).is_multiple_of(2));
 const _: () = assert!(core::mem::offset_of!(vethbpf_common::Config, gateway_mac).is_multiple_of(2));
 const _: () = assert!(align_of::<vethbpf_common::Route>() >= 2);

@@ -20,9 +20,10 @@ use crate::{
     conntrack,
     csum::L4Csum,
     egress::ktime,
+    family::V4,
     frag,
     hdr::{ETH_HLEN, ETH_P_IP, ETH_P_IPV6, EthHdr, Ipv4Hdr, copy_mac, ipv4_addr, linear, ptr_at},
-    icmp_error, ipv4,
+    host6, icmp_error, ipv4,
     l4::{self, ICMP_ECHO_REPLY, Ip, L4_OFF},
     maps::{CONFIG, EGRESS, ENDPOINTS},
     nat::{self, Event, Xlate},
@@ -97,13 +98,18 @@ fn classify(ctx: &TcContext) -> Next {
         return Next::Done(PASS);
     };
     // SAFETY: bounds-checked just above.
-    let ether_type = unsafe { (*eth).ether_type };
-    // IPv6 from other nodes' pods, routed directly: remote6's checks.
-    if ether_type == ETH_P_IPV6 {
-        return Next::Done(remote6::from_uplink(ctx).unwrap_or(PASS));
-    }
-    if ether_type != ETH_P_IP {
-        return Next::Done(PASS);
+    match unsafe { (*eth).ether_type } {
+        ETH_P_IP => {}
+        // IPv6: replies of pod flows first (host6), then other nodes' pods routed
+        // directly (remote6), as IPv4 checks the NAT before the cluster.
+        ETH_P_IPV6 => {
+            return Next::Done(
+                host6::handle(ctx)
+                    .or_else(|| remote6::from_uplink(ctx))
+                    .unwrap_or(PASS),
+            );
+        }
+        _ => return Next::Done(PASS),
     }
     let Some(cfg) = EGRESS.get(0).filter(|c| c.flags & EGRESS_F_ENABLED != 0) else {
         // No egress (a node without an uplink attaches no from_uplink; a test may
@@ -214,7 +220,7 @@ fn reply(ctx: &TcContext, cfg: &EgressConfig, ip: &Ip, masq: bool) -> Option<(u3
         set: conntrack::flags_in(ip.proto, tcp_flags),
         syn: false,
     };
-    let (to, ifindex) = nat::ingress(&key, Some(ev), now)?;
+    let (to, ifindex) = nat::ingress::<V4>(&key, Some(ev), now)?;
     if ip.is_first_fragment() {
         frag::record(ip, NAT_DIR_IN, sport, dport, now);
     }
@@ -258,7 +264,7 @@ fn icmp_error(
         dir: NAT_DIR_IN,
         _pad: [0; 2],
     };
-    let (to, ifindex) = nat::ingress(&key, None, now)?;
+    let (to, ifindex) = nat::ingress::<V4>(&key, None, now)?;
     let from = Xlate {
         addr: inner.saddr,
         port: inner.sport,

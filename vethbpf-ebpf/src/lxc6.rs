@@ -6,6 +6,7 @@ use aya_ebpf::{btf_maps::lpm_trie::Key, programs::TcContext};
 use vethbpf_common::{Config, ROUTE_KIND_LOCAL, ROUTE_KIND_REMOTE, Verdict};
 
 use crate::{
+    egress6,
     hdr::{ETH_HLEN, EthHdr, Ipv6Hdr, linear, ptr_at},
     icmp6, icmp6_send,
     ipv6::{self, IPV6_HLEN, NEXTHDR_ICMPV6, load_addr},
@@ -70,7 +71,8 @@ pub fn handle(ctx: &TcContext, ifindex: u32, cfg: &Config) -> Decision {
     }
 
     let Some(route) = ROUTES6.get(&Key::new(128, load_addr(&ip.dst_addr))) else {
-        return Decision::pass();
+        // No route of this node: the outside world (or the node stack's business).
+        return egress6::handle(ctx, ifindex, l4);
     };
     if route.kind != ROUTE_KIND_LOCAL && route.kind != ROUTE_KIND_REMOTE {
         return Decision::pass();

@@ -31,7 +31,11 @@
 //! - [`host`]: the uplink side: replies and ICMP errors of pod flows into the pod
 //! - [`nat`]: NAT mappings (forward/reverse entries, port allocation), rewrite
 //! - [`conntrack`]: flow state, timeouts, the pair kept in step, garbage collection
+//! - [`family`]: the IPv4 and IPv6 NAT tables the two modules above are generic over
+//! - [`egress6`]: IPv6 pod traffic to the outside: classification, NAT, rewrite, out
+//! - [`host6`]: the uplink side for IPv6: replies and ICMPv6 errors of pod flows
 //! - [`icmp_error`]: ICMP error translation (RFC 5508)
+//! - [`icmp6_error`]: ICMPv6 error translation
 //! - [`frag`]: ports of fragmented datagrams
 //! - [`fib`]: out of the uplink through the kernel's route and neighbour tables
 //! - [`l4`]: the IPv4/L4 fields tracking works on
@@ -51,14 +55,18 @@ mod csum;
 mod diag;
 mod direct;
 mod egress;
+mod egress6;
 mod encap;
 mod events;
+mod family;
 mod fib;
 mod frag;
 mod hdr;
 mod host;
+mod host6;
 mod icmp;
 mod icmp6;
+mod icmp6_error;
 mod icmp6_send;
 mod icmp_error;
 mod icmp_send;

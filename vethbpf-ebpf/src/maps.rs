@@ -10,10 +10,11 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use vethbpf_common::{
-    ClusterConfig, Config, Counter, EVENTS_RING_BYTES, EgressConfig, EndpointInfo, EndpointInfo6,
-    Event, FRAG_ENTRIES, FlowKey, FlowSeen, FragEntry, FragKey, MAX_EGRESS_SKIP, MAX_ENDPOINTS,
-    MAX_NODES, MAX_ROUTES, MAX_TRACE_FLOWS, Monitor, NAT_MAX_FLOWS_DEFAULT, NatEntry, NatKey,
-    NatState, NodeCounter, NodeInfo, NodeNeigh, Route, STATS_ENTRIES, nat_map_capacity,
+    ClusterConfig, Config, Counter, EVENTS_RING_BYTES, EgressConfig, EgressConfig6, EndpointInfo,
+    EndpointInfo6, Event, FRAG_ENTRIES, FlowKey, FlowSeen, FragEntry, FragKey, MAX_EGRESS_SKIP,
+    MAX_ENDPOINTS, MAX_NODES, MAX_ROUTES, MAX_TRACE_FLOWS, Monitor, NAT_MAX_FLOWS_DEFAULT,
+    NatEntry, NatEntry6, NatKey, NatKey6, NatScratch, NatState, NodeCounter, NodeInfo, NodeNeigh,
+    Route, STATS_ENTRIES, nat_map_capacity,
 };
 
 // BTF map definitions (the `.maps` section, as libbpf's): the kernel gets the key and
@@ -50,6 +51,27 @@ pub static EGRESS_SKIP: LpmTrie<u32, u32, { MAX_EGRESS_SKIP as usize }> = LpmTri
 #[btf_map]
 pub static NAT: LruHashMap<NatKey, NatEntry, { nat_map_capacity(NAT_MAX_FLOWS_DEFAULT) as usize }> =
     LruHashMap::new();
+
+/// IPv6 egress configuration (`EGRESS` for IPv6), one entry.
+#[btf_map]
+pub static EGRESS6: Array<EgressConfig6, 1> = Array::new();
+
+/// IPv6 destinations pods reach without egress: node addresses, pod and cluster CIDR.
+#[btf_map]
+pub static EGRESS_SKIP6: LpmTrie<[u32; 4], u32, { MAX_EGRESS_SKIP as usize }> = LpmTrie::new();
+
+/// `NAT` for IPv6 flows; its flows count against the same limit (`NAT_STATE`).
+#[btf_map]
+pub static NAT6: LruHashMap<
+    NatKey6,
+    NatEntry6,
+    { nat_map_capacity(NAT_MAX_FLOWS_DEFAULT) as usize },
+> = LruHashMap::new();
+
+/// Room for what the NAT works on that is too large for the stack (see `nat`), per
+/// CPU: a new flow's port search, and one key/entry pair.
+#[btf_map]
+pub static NAT_SCRATCH: PerCpuArray<NatScratch, 2> = PerCpuArray::new();
 
 /// The NAT table's flow count and garbage-collection state, one entry.
 #[btf_map]

@@ -11,19 +11,23 @@
 //! flows keep their port), else a sequence that starts at a keyed hash of the tuple
 //! (the seed is random per node, so outsiders cannot predict ports) and probes
 //! upwards, a bounded number of times.
+//!
+//! Written once for both families ([`Family`]: `NAT` for IPv4, `NAT6` for IPv6); the
+//! packet rewrite is IPv4's here, IPv6's in [`crate::egress6`].
 
 use core::ffi::c_void;
 
-use aya_ebpf::{bindings::BPF_NOEXIST, helpers::generated::bpf_loop};
-use vethbpf_common::{CtState, NAT_DIR_IN, NatEntry, NatKey, Verdict};
+use aya_ebpf::helpers::generated::bpf_loop;
+use vethbpf_common::{CtState, NAT_DIR_IN, NAT_DIR_OUT, NatScratch, Verdict};
 
 use crate::{
     atomic,
-    conntrack::{self, Pair},
+    conntrack::{self, Pair as Sync},
     csum::{self, L4Csum},
     diag::{self, Diag},
+    family::{Family, V4, V6},
     l4::{DADDR_OFF, L4_OFF, SADDR_OFF, port_off},
-    maps::NAT,
+    maps::NAT_SCRATCH,
 };
 
 /// Candidate ports tried for a new flow before it is dropped (`drop_nat_no_port`).
@@ -31,15 +35,15 @@ const RETRIES: u32 = 32;
 
 /// An address and port (ICMP: identifier), as stored.
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub struct Xlate {
-    pub addr: u32,
+pub struct Xlate<A = u32> {
+    pub addr: A,
     pub port: u16,
 }
 
 /// What new flows translate to.
-pub struct Target {
+pub struct Target<A = u32> {
     /// The NAT address, or the pod's own in identity mode.
-    pub addr: u32,
+    pub addr: A,
     /// The NAT range, host order.
     pub min: u16,
     pub max: u16,
@@ -58,52 +62,97 @@ pub struct Event {
     pub syn: bool,
 }
 
-/// The reverse entry a forward entry implies (key, and value as it should be).
+/// The translation an entry holds.
+///
+/// # Safety
+/// `e` points to a NAT map value.
 #[inline(always)]
-fn reverse_of(fwd: &NatKey, e: &NatEntry) -> (NatKey, NatEntry) {
-    (
-        NatKey {
-            saddr: fwd.daddr,
-            daddr: e.addr,
-            sport: fwd.dport,
-            dport: e.port,
-            proto: fwd.proto,
-            dir: NAT_DIR_IN,
-            _pad: [0; 2],
-        },
-        NatEntry {
-            addr: fwd.saddr,
-            port: fwd.sport,
-            ..*e
-        },
+unsafe fn xlate_of<F: Family>(e: *mut F::Entry) -> Xlate<F::Addr> {
+    // SAFETY: as the caller promises.
+    unsafe {
+        Xlate {
+            addr: F::addr(e),
+            port: (*F::common(e)).port,
+        }
+    }
+}
+
+/// The reverse key a forward key and its translation imply.
+#[inline(always)]
+fn reverse_key<F: Family>(fwd: &F::Key, to: Xlate<F::Addr>) -> F::Key {
+    F::key(
+        *F::daddr(fwd),
+        to.addr,
+        F::dport(fwd),
+        to.port,
+        F::proto(fwd),
+        NAT_DIR_IN,
     )
 }
 
-/// The forward entry a reverse entry implies.
+/// The forward key a reverse key and its pod's address and port imply.
 #[inline(always)]
-fn forward_of(rev: &NatKey, e: &NatEntry) -> (NatKey, NatEntry) {
-    (
-        NatKey {
-            saddr: e.addr,
-            daddr: rev.saddr,
-            sport: e.port,
-            dport: rev.sport,
-            proto: rev.proto,
-            dir: vethbpf_common::NAT_DIR_OUT,
-            _pad: [0; 2],
-        },
-        NatEntry {
-            addr: rev.daddr,
-            port: rev.dport,
-            ..*e
-        },
+fn forward_key<F: Family>(rev: &F::Key, pod: Xlate<F::Addr>) -> F::Key {
+    F::key(
+        pod.addr,
+        *F::saddr(rev),
+        pod.port,
+        F::sport(rev),
+        F::proto(rev),
+        NAT_DIR_OUT,
     )
+}
+
+/// The other entry of a pair, as it should be, written to this CPU's scratch:
+/// built from one entry `e` under the forward or reverse tuple `t` (an IPv6 key and
+/// entry on the stack too would not fit it). `None`: no scratch (never, an array).
+///
+/// # Safety
+/// `e` points to a NAT map value.
+#[inline(always)]
+unsafe fn other_of<F: Family>(t: &F::Key, e: *mut F::Entry) -> Option<*mut Pair<F>> {
+    let p = scratch::<Pair<F>>(SCRATCH_PAIR)?;
+    // SAFETY: as the caller promises; `p` is this CPU's scratch.
+    unsafe {
+        let to = xlate_of::<F>(e);
+        let c = F::common(e);
+        let (addr, port) = if F::dir(t) == NAT_DIR_OUT {
+            (*p).key = reverse_key::<F>(t, to);
+            (*F::saddr(t), F::sport(t))
+        } else {
+            (*p).key = forward_key::<F>(t, to);
+            (*F::daddr(t), F::dport(t))
+        };
+        (*p).val = F::entry(addr, port, (*c).flags, (*c).last_seen, (*c).ifindex);
+        (*F::common(&raw mut (*p).val)).created = (*c).created;
+    }
+    Some(p)
+}
+
+/// A key and entry of a flow, in scratch.
+#[repr(C)]
+pub struct Pair<F: Family> {
+    pub key: F::Key,
+    pub val: F::Entry,
+}
+
+/// Scratch slots: the port search, and a key/entry pair (never both in use).
+const SCRATCH_SEARCH: u32 = 0;
+const SCRATCH_PAIR: u32 = 1;
+
+const _: () = assert!(size_of::<Pair<V6>>() <= size_of::<NatScratch>());
+const _: () = assert!(size_of::<Pair<V4>>() <= size_of::<NatScratch>());
+
+/// This CPU's scratch slot `slot`, as a `T` (every user writes what it reads).
+#[inline(always)]
+fn scratch<T>(slot: u32) -> Option<*mut T> {
+    NAT_SCRATCH.get_ptr_mut(slot).map(|p| p.cast::<T>())
 }
 
 /// The forward entry of the pod flow `key`, if there is one (for [`egress`]).
 #[inline(always)]
-pub fn lookup(key: &NatKey) -> Option<*mut NatEntry> {
-    NAT.get_ptr_mut(key)
+pub fn lookup<F: Family>(key: &F::Key) -> Option<*mut F::Entry> {
+    F::get(key)
 }
 
 /// The translation of a packet of the pod flow `key` (forward direction; `found` is
@@ -111,23 +160,26 @@ pub fn lookup(key: &NatKey) -> Option<*mut NatEntry> {
 /// fragments never create one).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-pub fn egress(
-    key: &NatKey,
-    found: Option<*mut NatEntry>,
-    target: &Target,
+pub fn egress<F: Family>(
+    key: &F::Key,
+    found: Option<*mut F::Entry>,
+    target: &Target<F::Addr>,
     ev: Event,
     create: bool,
     ifindex: u32,
     max_flows: u32,
     now: u64,
-) -> Result<Xlate, Verdict> {
+) -> Result<Xlate<F::Addr>, Verdict> {
+    let t = key;
+    let proto = F::proto(t);
     let mut replace = None;
     if let Some(e) = found {
+        let c = F::common(e);
         // SAFETY: a NAT map value, valid for the program run.
         let (live, closed) = unsafe {
             (
-                !(*e).expired(key.proto, now),
-                CtState::of(key.proto, (*e).flags).is_closed(),
+                !(*c).expired(proto, now),
+                CtState::of(proto, (*c).flags).is_closed(),
             )
         };
         // A new connection on the tuple of a finished one starts a new flow (it may
@@ -135,14 +187,12 @@ pub fn egress(
         if live && !(ev.syn && closed) {
             // SAFETY: as above.
             let (xlate, intact) = unsafe {
-                let xlate = Xlate {
-                    addr: (*e).addr,
-                    port: (*e).port,
-                };
-                let intact = !conntrack::touch(e, ev.set, now) || {
-                    let (rkey, rval) = reverse_of(key, &*e);
-                    conntrack::sync_pair(&rkey, &rval, (*e).flags, now) == Pair::Intact
-                };
+                let xlate = xlate_of::<F>(e);
+                let intact = !conntrack::touch(c, ev.set, now)
+                    || other_of::<F>(t, e).is_none_or(|p| {
+                        conntrack::sync_pair::<F>(&(*p).key, &mut (*p).val, (*c).flags, now)
+                            == Sync::Intact
+                    });
                 (xlate, intact)
             };
             if intact {
@@ -155,21 +205,22 @@ pub fn egress(
     if !create {
         return Err(Verdict::DropFragUnknown);
     }
-    create_flow(key, target, ev.syn, replace, ifindex, max_flows, now)
+    create_flow::<F>(key, target, ev.syn, replace, ifindex, max_flows, now)
 }
 
 /// A new mapping for `key`, replacing its dead forward entry `replace` if there is
 /// one.
 #[inline(always)]
-fn create_flow(
-    key: &NatKey,
-    target: &Target,
+#[allow(clippy::too_many_arguments)]
+fn create_flow<F: Family>(
+    key: &F::Key,
+    target: &Target<F::Addr>,
     syn: bool,
-    replace: Option<*mut NatEntry>,
+    replace: Option<*mut F::Entry>,
     ifindex: u32,
     max_flows: u32,
     now: u64,
-) -> Result<Xlate, Verdict> {
+) -> Result<Xlate<F::Addr>, Verdict> {
     match replace {
         None => {
             let max = u64::from(max_flows);
@@ -182,19 +233,19 @@ fn create_flow(
         }
         // SAFETY: a NAT map value, valid for the program run.
         Some(e) => unsafe {
-            let seen = (*e).last_seen;
-            if !atomic::compare_exchange(&raw mut (*e).last_seen, seen, now) {
+            let c = F::common(e);
+            let seen = (*c).last_seen;
+            if !atomic::compare_exchange(&raw mut (*c).last_seen, seen, now) {
                 // Another CPU is renewing this very flow: use what it writes.
-                return Ok(Xlate {
-                    addr: (*e).addr,
-                    port: (*e).port,
-                });
+                return Ok(xlate_of::<F>(e));
             }
         },
     }
-    let Some(port) = allocate(key, target, syn, ifindex, now) else {
+    let found = allocate::<F>(key, target, syn, ifindex, now);
+    if found & FOUND == 0 {
         return Err(Verdict::DropNatNoPort);
-    };
+    }
+    let port = found as u16;
     let xlate = Xlate {
         addr: target.addr,
         port,
@@ -202,36 +253,32 @@ fn create_flow(
     match replace {
         // SAFETY: as above; the compare-and-swap made this CPU its only writer.
         Some(e) => unsafe {
-            conntrack::set_head(e, xlate.addr, xlate.port, 0);
-            (*e).created = now;
-            (*e).ifindex = ifindex;
+            F::set_head(e, xlate.addr, xlate.port, 0);
+            let c = F::common(e);
+            (*c).created = now;
+            (*c).ifindex = ifindex;
         },
         None => {
-            let entry = NatEntry {
-                addr: xlate.addr,
-                port: xlate.port,
-                flags: 0,
-                last_seen: now,
-                created: now,
-                ifindex,
-                _pad: 0,
+            let Some(entry) = scratch::<F::Entry>(SCRATCH_PAIR) else {
+                return Err(Verdict::DropNatError);
             };
-            if NAT.insert(key, entry, u64::from(BPF_NOEXIST)).is_ok() {
+            // SAFETY: this CPU's scratch, written before it is read.
+            let entry = unsafe {
+                entry.write(F::entry(xlate.addr, xlate.port, 0, now, ifindex));
+                &*entry
+            };
+            if F::insert_new(key, entry) {
                 conntrack::count_flow();
             } else {
                 // Another CPU created the flow first: use its mapping, and drop the
                 // reverse entry just taken if that one uses another port.
-                // SAFETY: read only.
-                let Some(won) = (unsafe { NAT.get(key) }) else {
+                let Some(won) = F::get(key) else {
                     return Err(Verdict::DropNatError);
                 };
-                let won = Xlate {
-                    addr: won.addr,
-                    port: won.port,
-                };
+                // SAFETY: a NAT map value, valid for the program run.
+                let won = unsafe { xlate_of::<F>(won) };
                 if won != xlate {
-                    let (rkey, _) = reverse_of(key, &entry);
-                    let _ = NAT.remove(rkey);
+                    F::remove(&reverse_key::<F>(key, xlate));
                 }
                 return Ok(won);
             }
@@ -242,12 +289,12 @@ fn create_flow(
 
 /// A keyed hash of the tuple: where the port search starts.
 #[inline(always)]
-fn hash(key: &NatKey, seed: u32) -> u32 {
+fn hash<F: Family>(t: &F::Key, seed: u32) -> u32 {
     let mut h = seed
-        ^ key.saddr
-        ^ key.daddr.rotate_left(13)
-        ^ ((u32::from(key.sport) << 16) | u32::from(key.dport))
-        ^ u32::from(key.proto);
+        ^ F::fold(F::saddr(t))
+        ^ F::fold(F::daddr(t)).rotate_left(13)
+        ^ ((u32::from(F::sport(t)) << 16) | u32::from(F::dport(t)))
+        ^ u32::from(F::proto(t));
     // lowbias32 (Chris Wellons' integer hash).
     h ^= h >> 16;
     h = h.wrapping_mul(0x7feb_352d);
@@ -257,11 +304,15 @@ fn hash(key: &NatKey, seed: u32) -> u32 {
 }
 
 /// The port search of one new flow: its reverse entry as it will be written (the
-/// key's port is the candidate being tried), and the range.
+/// key's port is the candidate being tried), and the range. It lives in the per-CPU
+/// `NAT_SCRATCH` map, not on the stack: an IPv6 flow's keys and entries would not
+/// fit the 512 bytes a call chain has next to the rest of `from_pod`.
 #[repr(C)]
-struct Search {
-    rkey: NatKey,
-    rval: NatEntry,
+pub struct Search<F: Family> {
+    /// The reverse key; its destination port is the candidate.
+    rkey: F::Key,
+    rval: F::Entry,
+    now: u64,
     min: u16,
     range: u32,
     start: u32,
@@ -271,89 +322,107 @@ struct Search {
     found: u32,
 }
 
+const _: () = assert!(size_of::<Search<V6>>() <= size_of::<NatScratch>());
+const _: () = assert!(size_of::<Search<V4>>() <= size_of::<NatScratch>());
+const _: () = assert!(align_of::<Search<V6>>() <= align_of::<NatScratch>());
+
+/// What `bpf_loop` hands the callback: it must point to the stack.
+#[repr(C)]
+struct Cursor<F: Family> {
+    search: *mut Search<F>,
+}
+
 const FOUND: u32 = 1 << 16;
 
-/// Takes a NAT port for the pod flow `key`: writes its reverse entry and returns the
-/// port (network order): the pod's own if it is in range (or `identity`) and free,
-/// else the first free one of up to [`RETRIES`] candidates.
+/// Takes a NAT port for the pod flow `t`: writes its reverse entry and returns the
+/// port (network order) with [`FOUND`] set: the pod's own if it is in range (or
+/// `identity`) and free, else the first free one of up to [`RETRIES`] candidates.
+/// 0: none.
 #[inline(always)]
-fn allocate(key: &NatKey, target: &Target, syn: bool, ifindex: u32, now: u64) -> Option<u16> {
-    let mut search = Search {
-        rkey: NatKey {
-            saddr: key.daddr,
-            daddr: target.addr,
-            sport: key.dport,
-            dport: key.sport,
-            proto: key.proto,
-            dir: NAT_DIR_IN,
-            _pad: [0; 2],
-        },
-        rval: NatEntry {
-            addr: key.saddr,
-            port: key.sport,
-            flags: 0,
-            last_seen: now,
-            created: now,
-            ifindex,
-            _pad: 0,
-        },
-        min: target.min,
-        range: u32::from(target.max.wrapping_sub(target.min)) + 1,
-        start: hash(key, target.seed),
-        syn,
-        found: 0,
+fn allocate<F: Family>(
+    t: &F::Key,
+    target: &Target<F::Addr>,
+    syn: bool,
+    ifindex: u32,
+    now: u64,
+) -> u32 {
+    let Some(search) = scratch::<Search<F>>(SCRATCH_SEARCH) else {
+        return 0;
+    };
+    // SAFETY: the per-CPU scratch value, large and aligned enough (checked above),
+    // this CPU's alone for the program run; every field is written before use, one
+    // by one (a whole struct would be built on the stack first).
+    let s = unsafe {
+        let s = &mut *search;
+        s.rkey = F::key(
+            *F::daddr(t),
+            target.addr,
+            F::dport(t),
+            F::sport(t),
+            F::proto(t),
+            NAT_DIR_IN,
+        );
+        s.rval = F::entry(*F::saddr(t), F::sport(t), 0, now, ifindex);
+        s.now = now;
+        s.min = target.min;
+        s.range = u32::from(target.max.wrapping_sub(target.min)) + 1;
+        s.start = hash::<F>(t, target.seed);
+        s.syn = false;
+        s.found = 0;
+        s
     };
     // First a port nobody holds: one a finished connection left may still be in the
     // remote's TIME_WAIT for that tuple, where a new SYN is answered with an ACK and
     // the connection stalls until a retransmit. Only when no port is free does a new
-    // TCP connection take over a finished one's (`search.syn`, second pass).
-    search.syn = false;
-    let own = u16::from_be(key.sport);
+    // TCP connection take over a finished one's (`s.syn`, second pass).
+    let own = u16::from_be(F::sport(t));
     if target.identity || (target.min <= own && own <= target.max) {
-        if claim(&search.rkey, &search.rval, target.identity && syn, now) {
-            return Some(key.sport);
+        if claim::<F>(&s.rkey, &mut s.rval, target.identity && syn, now) {
+            return FOUND | u32::from(F::sport(t));
         }
         if target.identity {
-            return None;
+            return 0;
         }
     }
-    search_ports(&mut search);
-    if search.found & FOUND == 0 && syn {
-        search.syn = true;
-        search_ports(&mut search);
+    search_ports(s);
+    if s.found & FOUND == 0 && syn {
+        s.syn = true;
+        search_ports(s);
     }
-    (search.found & FOUND != 0).then_some(search.found as u16)
+    s.found
 }
 
 /// Up to [`RETRIES`] candidates of `search`.
 #[inline(always)]
-fn search_ports(search: &mut Search) {
+fn search_ports<F: Family>(search: &mut Search<F>) {
+    let mut cursor = Cursor::<F> { search };
     // bpf_loop: the verifier checks the callback once, not once per iteration (a
     // plain loop of this many map operations costs it half a million instructions).
-    // SAFETY: a plain helper call; `search` outlives it.
+    // SAFETY: a plain helper call; `cursor` outlives it.
     unsafe {
         bpf_loop(
             RETRIES,
-            try_port as *mut c_void,
-            (search as *mut Search).cast(),
+            try_port::<F> as *mut c_void,
+            (&raw mut cursor).cast(),
             0,
         );
     }
 }
 
 /// One candidate of the port search (a `bpf_loop` callback): 1 stops the loop.
-extern "C" fn try_port(i: u64, search: *mut Search) -> i64 {
-    // SAFETY: `bpf_loop` hands back the context `allocate` gave it.
-    let s = unsafe { &mut *search };
+extern "C" fn try_port<F: Family>(i: u64, cursor: *mut Cursor<F>) -> i64 {
+    // SAFETY: `bpf_loop` hands back the cursor `search_ports` gave it, which points
+    // to the scratch value.
+    let s = unsafe { &mut *(*cursor).search };
     // (`checked_rem`: a division that could panic would leave the function without
     // an exit, which the verifier refuses; the range is never 0.)
     let Some(offset) = s.start.wrapping_add(i as u32).checked_rem(s.range) else {
         return 1;
     };
-    let port = s.min.wrapping_add(offset as u16);
-    s.rkey.dport = port.to_be();
-    if claim(&s.rkey, &s.rval, s.syn, s.rval.last_seen) {
-        s.found = FOUND | u32::from(s.rkey.dport);
+    let port = s.min.wrapping_add(offset as u16).to_be();
+    F::set_dport(&mut s.rkey, port);
+    if claim::<F>(&s.rkey, &mut s.rval, s.syn, s.now) {
+        s.found = FOUND | u32::from(port);
         return 1;
     }
     0
@@ -361,28 +430,32 @@ extern "C" fn try_port(i: u64, search: *mut Search) -> i64 {
 
 /// Makes the reverse key `rkey` ours: free, already ours, or reclaimable.
 #[inline(always)]
-fn claim(rkey: &NatKey, rval: &NatEntry, syn: bool, now: u64) -> bool {
-    let Some(r) = NAT.get_ptr_mut(rkey) else {
-        return NAT.insert(rkey, rval, u64::from(BPF_NOEXIST)).is_ok();
+fn claim<F: Family>(rkey: &F::Key, rval: &mut F::Entry, syn: bool, now: u64) -> bool {
+    let Some(r) = F::get(rkey) else {
+        return F::insert_new(rkey, rval);
     };
-    // SAFETY: a NAT map value, valid for the program run.
+    let proto = F::proto(rkey);
+    // SAFETY: a NAT map value, valid for the program run; `rval` a local entry.
     unsafe {
-        if (*r).addr == rval.addr && (*r).port == rval.port {
+        let want = xlate_of::<F>(rval);
+        let ifindex = (*F::common(rval)).ifindex;
+        let c = F::common(r);
+        if xlate_of::<F>(r) == want {
             // This flow's own, left from before its forward entry was lost or expired.
-            conntrack::set_head(r, rval.addr, rval.port, 0);
-            (*r).last_seen = now;
-            (*r).ifindex = rval.ifindex;
+            F::set_head(r, want.addr, want.port, 0);
+            (*c).last_seen = now;
+            (*c).ifindex = ifindex;
             return true;
         }
-        let seen = (*r).last_seen;
-        if !conntrack::reclaimable(&*r, rkey.proto, now, syn)
-            || !atomic::compare_exchange(&raw mut (*r).last_seen, seen, now)
+        let seen = (*c).last_seen;
+        if !conntrack::reclaimable(&*c, proto, now, syn)
+            || !atomic::compare_exchange(&raw mut (*c).last_seen, seen, now)
         {
             return false;
         }
-        conntrack::set_head(r, rval.addr, rval.port, 0);
-        (*r).created = now;
-        (*r).ifindex = rval.ifindex;
+        F::set_head(r, want.addr, want.port, 0);
+        (*c).created = now;
+        (*c).ifindex = ifindex;
     }
     true
 }
@@ -390,42 +463,45 @@ fn claim(rkey: &NatKey, rval: &NatEntry, syn: bool, now: u64) -> bool {
 /// A reply (or an ICMP error about the flow, with `ev` = None: no state change) for
 /// the reverse key `key`: where it goes, and the pod's host veth.
 #[inline(always)]
-pub fn ingress(key: &NatKey, ev: Option<Event>, now: u64) -> Option<(Xlate, u32)> {
-    let r = NAT.get_ptr_mut(key)?;
+pub fn ingress<F: Family>(
+    key: &F::Key,
+    ev: Option<Event>,
+    now: u64,
+) -> Option<(Xlate<F::Addr>, u32)> {
+    let r = F::get(key)?;
+    let c = F::common(r);
     // SAFETY: a NAT map value, valid for the program run.
     unsafe {
-        if (*r).expired(key.proto, now) {
+        if (*c).expired(F::proto(key), now) {
             return None;
         }
-        let to = Xlate {
-            addr: (*r).addr,
-            port: (*r).port,
-        };
+        let to = xlate_of::<F>(r);
         if let Some(ev) = ev
-            && conntrack::touch(r, ev.set, now)
+            && conntrack::touch(c, ev.set, now)
         {
-            let (fkey, fval) = forward_of(key, &*r);
             // A forward entry that maps elsewhere now (the flow was re-created with
             // another port) leaves this reply a reply of the pod's flow all the same.
-            let _ = conntrack::sync_pair(&fkey, &fval, (*r).flags, now);
+            if let Some(p) = other_of::<F>(key, r) {
+                let _ = conntrack::sync_pair::<F>(&(*p).key, &mut (*p).val, (*c).flags, now);
+            }
         }
-        Some((to, (*r).ifindex))
+        Some((to, (*c).ifindex))
     }
 }
 
 /// The translation of a live pod flow, without creating or refreshing it (for ICMP
 /// errors the pod sends about a reply).
 #[inline(always)]
-pub fn lookup_forward(key: &NatKey, now: u64) -> Option<Xlate> {
-    // SAFETY: read only.
-    let e = unsafe { NAT.get(key) }?;
-    if e.expired(key.proto, now) {
-        return None;
+pub fn lookup_forward<F: Family>(key: &F::Key, now: u64) -> Option<Xlate<F::Addr>> {
+    let e = F::get(key)?;
+    let proto = F::proto(key);
+    // SAFETY: a NAT map value, valid for the program run; read only.
+    unsafe {
+        if (*F::common(e)).expired(proto, now) {
+            return None;
+        }
+        Some(xlate_of::<F>(e))
     }
-    Some(Xlate {
-        addr: e.addr,
-        port: e.port,
-    })
 }
 
 /// Rewrites the source (`source`) or destination address and port of the packet,

@@ -333,6 +333,7 @@ pub fn up(
             &pins,
             nl,
             config.pod_cidr,
+            config.pod_cidr6,
             config.egress.as_ref(),
             config.attach_mode,
         )?;
@@ -355,7 +356,7 @@ pub fn up(
     }
 
     // Before anything is made: the uplink and NAT settings, or a clear refusal.
-    let egress = egress::resolve(nl, &req.egress, req.pod_cidr)?;
+    let egress = egress::resolve(nl, &req.egress, req.pod_cidr, req.pod_cidr6)?;
     let pins = Pins::new(&req.bpffs_dir);
     let mounted = bpffs::ensure(pins.root())?;
     let config = NodeConfig {
@@ -377,6 +378,7 @@ pub fn up(
             &pins,
             nl,
             config.pod_cidr,
+            config.pod_cidr6,
             config.egress.as_ref(),
             config.attach_mode,
         )?;
@@ -549,7 +551,13 @@ pub fn status(locked: &Locked) -> Result<Status, NodeError> {
         counters.nat_no_port = maps.packets_of(Verdict::DropNatNoPort, ids())?;
         counters.uplink_passed = maps.packets_of(Verdict::UplinkPass, ids())?;
     }
-    let egress = egress::status(&pins, node.egress.as_ref(), node.attach_mode, counters)?;
+    let egress = egress::status(
+        &pins,
+        node.egress.as_ref(),
+        node.pod_cidr6,
+        node.attach_mode,
+        counters,
+    )?;
     let maps = map_fill(&pins)?
         .into_iter()
         .map(|m| MapStatus {

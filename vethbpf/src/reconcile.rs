@@ -152,14 +152,18 @@ fn check_uplink(
     let Some(mut node) = locked.state.node.clone() else {
         return Ok(());
     };
-    // Egress is IPv4 only: a node without an IPv4 pod CIDR has none.
-    let (Some(e), Some(pod_cidr)) = (node.egress.clone(), node.pod_cidr) else {
+    let Some(e) = node.egress.clone() else {
         return Ok(());
     };
     let pins = Pins::new(&node.bpffs_dir);
-    if let Some((what, now)) =
-        egress::reconcile_uplink(&pins, env.node, &e, pod_cidr, node.attach_mode)?
-    {
+    if let Some((what, now)) = egress::reconcile_uplink(
+        &pins,
+        env.node,
+        &e,
+        node.pod_cidr,
+        node.pod_cidr6,
+        node.attach_mode,
+    )? {
         if now != e {
             node.egress = Some(now);
             locked.state.node = Some(node);

@@ -176,8 +176,8 @@ pub struct UpArgs {
     /// The node's uplink: pod egress leaves through it, masqueraded behind its
     /// primary IPv4 address, and other nodes of a cluster are reached through it
     /// (that address is this node's in the cluster). Default: the device of the
-    /// node's IPv4 default route; with neither, pods reach only the node and each
-    /// other.
+    /// node's IPv4 default route, else of its IPv6 one; with none, pods reach only
+    /// the node and each other. IPv4 and IPv6 egress both leave through it.
     #[arg(long, value_name = "IFACE")]
     pub uplink: Option<String>,
     /// The cluster's pod CIDR, which every node's pod CIDR lies in: never

@@ -89,8 +89,7 @@ fn egress_line(e: Option<&Egress>) -> String {
     match e {
         Some(_) => vethbpf::egress::describe(e),
         None => {
-            "off (no IPv4 default route and no --uplink: pods reach the node and each other only)"
-                .into()
+            "off (no default route and no --uplink: pods reach the node and each other only)".into()
         }
     }
 }

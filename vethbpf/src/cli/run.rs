@@ -160,6 +160,7 @@ pub fn run(cli: Cli, bpffs_explicit: bool) -> Result<()> {
                 egress: EgressRequest {
                     uplink: args.uplink.clone(),
                     cluster_cidr,
+                    cluster_cidr6,
                     no_masquerade: args.no_masquerade,
                     nat_ports: args.nat_ports,
                     max_flows: args.nat_max_flows,

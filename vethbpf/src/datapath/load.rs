@@ -9,7 +9,9 @@ use aya::EbpfLoader;
 use aya::programs::ProgramInfo;
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::tc::{SchedClassifier, SchedClassifierLink};
-use vethbpf_common::{ALL_MAPS, MAP_NAT, PROG_FROM_POD, PROG_FROM_UPLINK, nat_map_capacity};
+use vethbpf_common::{
+    ALL_MAPS, MAP_NAT, MAP_NAT6, PROG_FROM_POD, PROG_FROM_UPLINK, nat_map_capacity,
+};
 
 use super::attach::{AttachMode, detach, pinned_links, replace_filter};
 use super::migrate::{self, Pending};
@@ -48,10 +50,15 @@ fn load_object(
 ) -> Result<(aya::Ebpf, Vec<Pending>), BpfError> {
     check_object(object)?;
     let nat_capacity = nat_map_capacity(nat_flows);
-    let plan = migrate::plan(pins, object, &[(MAP_NAT, nat_capacity)])?;
+    let plan = migrate::plan(
+        pins,
+        object,
+        &[(MAP_NAT, nat_capacity), (MAP_NAT6, nat_capacity)],
+    )?;
     let map_paths: Vec<(&str, PathBuf)> = plan.bind.iter().map(|m| (*m, pins.map(m))).collect();
     let mut loader = EbpfLoader::new();
     loader.map_max_entries(MAP_NAT, nat_capacity);
+    loader.map_max_entries(MAP_NAT6, nat_capacity);
     for (name, path) in &map_paths {
         loader.map_pin_path(name, path.as_path());
     }

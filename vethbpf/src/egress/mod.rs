@@ -7,11 +7,14 @@
 //! - [`table`]: the egress maps: configuration, excluded destinations, NAT entries
 
 use std::io::Read;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
-use vethbpf_common::{EGRESS_F_ENABLED, EGRESS_F_MASQUERADE, EgressConfig, NAT_MAX_FLOWS_DEFAULT};
+use vethbpf_common::{
+    EGRESS_F_ENABLED, EGRESS_F_MASQUERADE, EgressConfig, EgressConfig6, NAT_MAX_FLOWS_DEFAULT,
+    ipv6_to_map,
+};
 
 pub mod ports;
 pub mod table;
@@ -35,10 +38,13 @@ pub const MAX_FLOWS_LIMIT: u32 = 1 << 22;
 /// takes its default; on a node that is up, what is given must match what it has.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct EgressRequest {
-    /// The uplink (default: the device of the IPv4 default route).
+    /// The uplink (default: the device of the IPv4 default route, else of the IPv6
+    /// one).
     pub uplink: Option<String>,
     /// Destinations never masqueraded (default: the pod CIDR).
     pub cluster_cidr: Option<Ipv4Net>,
+    /// The same for IPv6 (default: the IPv6 pod CIDR).
+    pub cluster_cidr6: Option<Ipv6Net>,
     /// Route pod traffic out with the pods' own addresses.
     pub no_masquerade: bool,
     /// NAT ports (default: those above the node's ephemeral range).
@@ -55,18 +61,38 @@ impl EgressRequest {
 }
 
 /// The node's egress, as `up` set it up; kept in the state file.
+///
+/// Either family may be off: IPv4 on a node without an IPv4 pod CIDR or an uplink
+/// without an IPv4 address, IPv6 without an IPv6 pod CIDR or a usable global IPv6
+/// address on the uplink. The uplink, ports, flow limit and seed are shared.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Egress {
     pub uplink: String,
     pub uplink_ifindex: u32,
-    /// The uplink's primary IPv4 address: the masquerade source.
-    pub nat_addr: Ipv4Addr,
-    pub cluster_cidr: Ipv4Net,
+    /// The uplink's primary IPv4 address: the masquerade source. `None`: no IPv4
+    /// egress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nat_addr: Option<Ipv4Addr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_cidr: Option<Ipv4Net>,
+    /// IPv6 egress, if on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<Egress6>,
     pub masquerade: bool,
     pub nat_ports: PortRange,
     pub max_flows: u32,
     /// Keys the NAT's port choice (see the datapath's `nat` module); random per node.
     pub hash_seed: u32,
+}
+
+/// IPv6 egress: the address pods are masqueraded behind and the destinations that
+/// are never egress.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Egress6 {
+    /// The uplink's primary global IPv6 address (not temporary, not deprecated).
+    pub nat_addr: Ipv6Addr,
+    /// Never masqueraded: the IPv6 `--cluster-cidr`, or the IPv6 pod CIDR.
+    pub cluster_cidr: Ipv6Net,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -76,17 +102,21 @@ pub enum EgressError {
     #[error("{0} cannot be the uplink: pod egress leaves through a real interface")]
     BadUplink(String),
     #[error(
-        "egress options were given, but this node has no IPv4 default route to find its uplink by; give --uplink IFACE"
+        "egress options were given, but this node has no default route to find its uplink by; give --uplink IFACE"
     )]
     NoUplink,
-    #[error("egress options were given, but this node has no IPv4 pod CIDR (egress is IPv4 only)")]
+    #[error(
+        "--cluster-cidr is an IPv4 CIDR, and this node has no IPv4 pod CIDR (IPv6 egress never masquerades its own pod CIDR)"
+    )]
     NoIpv4PodCidr,
     #[error(
-        "the uplink {0} has no IPv4 address to masquerade pods behind; add one, or give --uplink"
+        "the uplink {0} has no address to masquerade pods behind (IPv4, or a global IPv6 one that is neither temporary nor deprecated); add one, or give --uplink"
     )]
     NoAddress(String),
     #[error("the cluster CIDR {cluster} must contain the pod CIDR {pod}")]
     ClusterCidr { cluster: Ipv4Net, pod: Ipv4Net },
+    #[error("the IPv6 cluster CIDR {cluster} must contain the IPv6 pod CIDR {pod}")]
+    ClusterCidr6 { cluster: Ipv6Net, pod: Ipv6Net },
     #[error("--nat-max-flows {0}: give 1 to {MAX_FLOWS_LIMIT}")]
     MaxFlows(u32),
     #[error(transparent)]
@@ -100,7 +130,7 @@ pub enum EgressError {
     )]
     AddressChanged {
         uplink: String,
-        recorded: Ipv4Addr,
+        recorded: IpAddr,
         now: String,
     },
     #[error("cannot read random bytes for the NAT's port hash: {0}")]
@@ -122,6 +152,7 @@ impl EgressError {
             | EgressError::NoUplink
             | EgressError::NoIpv4PodCidr
             | EgressError::ClusterCidr { .. }
+            | EgressError::ClusterCidr6 { .. }
             | EgressError::MaxFlows(_) => ErrorKind::Usage,
             EgressError::Ports(e) => e.kind(),
             EgressError::NoAddress(_)
@@ -139,19 +170,34 @@ impl EgressError {
 pub fn describe(e: Option<&Egress>) -> String {
     match e {
         None => "off".into(),
-        Some(e) => format!(
-            "via {} ({}), {}, cluster CIDR {}, NAT ports {}, max {} flows",
-            e.uplink,
-            e.nat_addr,
-            if e.masquerade {
-                "masquerade"
-            } else {
-                "no masquerade"
-            },
-            e.cluster_cidr,
-            e.nat_ports,
-            e.max_flows
-        ),
+        Some(e) => {
+            let v6 = e.ipv6.as_ref();
+            let addrs: Vec<String> = e
+                .nat_addr
+                .map(|a| a.to_string())
+                .into_iter()
+                .chain(v6.map(|v| v.nat_addr.to_string()))
+                .collect();
+            let cidrs: Vec<String> = e
+                .cluster_cidr
+                .map(|c| c.to_string())
+                .into_iter()
+                .chain(v6.map(|v| v.cluster_cidr.to_string()))
+                .collect();
+            format!(
+                "via {} ({}), {}, cluster CIDR {}, NAT ports {}, max {} flows",
+                e.uplink,
+                addrs.join(", "),
+                if e.masquerade {
+                    "masquerade"
+                } else {
+                    "no masquerade"
+                },
+                cidrs.join(", "),
+                e.nat_ports,
+                e.max_flows
+            )
+        }
     }
 }
 
@@ -169,27 +215,46 @@ pub fn resolve(
     nl: &mut dyn Netlink,
     req: &EgressRequest,
     pod_cidr: Option<Ipv4Net>,
+    pod_cidr6: Option<Ipv6Net>,
 ) -> Result<Option<Egress>, EgressError> {
-    // Egress is IPv4 only: an IPv6-only node has none (and refuses options for it).
-    let Some(pod_cidr) = pod_cidr else {
-        if !req.is_empty() {
-            return Err(EgressError::NoIpv4PodCidr);
-        }
-        return Ok(None);
-    };
+    if req.cluster_cidr.is_some() && pod_cidr.is_none() {
+        return Err(EgressError::NoIpv4PodCidr);
+    }
     let Some(up) = uplink::find(nl, req.uplink.as_deref())? else {
         if !req.is_empty() {
             return Err(EgressError::NoUplink);
         }
         return Ok(None);
     };
-    let cluster_cidr = req.cluster_cidr.map_or(pod_cidr, |c| c.trunc());
-    if !cluster_cidr.contains(&pod_cidr) {
-        return Err(EgressError::ClusterCidr {
-            cluster: cluster_cidr,
-            pod: pod_cidr,
-        });
+    // Each family the node has pods of, where the uplink has an address of it.
+    let nat_addr = pod_cidr.and(up.addr);
+    let ipv6 = match pod_cidr6.zip(up.addr6) {
+        Some((pod, addr)) => {
+            let pod = pod.trunc();
+            let cluster = req.cluster_cidr6.map_or(pod, |c| c.trunc());
+            if !cluster.contains(&pod) {
+                return Err(EgressError::ClusterCidr6 { cluster, pod });
+            }
+            Some(Egress6 {
+                nat_addr: addr,
+                cluster_cidr: cluster,
+            })
+        }
+        None => None,
+    };
+    if nat_addr.is_none() && ipv6.is_none() {
+        return Err(EgressError::NoAddress(up.name));
     }
+    let cluster_cidr = match pod_cidr.filter(|_| nat_addr.is_some()) {
+        Some(pod) => {
+            let cluster = req.cluster_cidr.map_or(pod, |c| c.trunc());
+            if !cluster.contains(&pod) {
+                return Err(EgressError::ClusterCidr { cluster, pod });
+            }
+            Some(cluster)
+        }
+        None => None,
+    };
     let max_flows = req.max_flows.unwrap_or(NAT_MAX_FLOWS_DEFAULT);
     if max_flows == 0 || max_flows > MAX_FLOWS_LIMIT {
         return Err(EgressError::MaxFlows(max_flows));
@@ -198,8 +263,9 @@ pub fn resolve(
     Ok(Some(Egress {
         uplink: up.name,
         uplink_ifindex: up.index,
-        nat_addr: up.addr,
+        nat_addr,
         cluster_cidr,
+        ipv6,
         masquerade: !req.no_masquerade,
         nat_ports,
         max_flows,
@@ -227,14 +293,17 @@ pub fn keep(
     let differs = req.uplink.as_ref().is_some_and(|u| *u != cur.uplink)
         || req
             .cluster_cidr
-            .is_some_and(|c| c.trunc() != cur.cluster_cidr)
+            .is_some_and(|c| Some(c.trunc()) != cur.cluster_cidr)
+        || req
+            .cluster_cidr6
+            .is_some_and(|c| Some(c.trunc()) != cur.ipv6.as_ref().map(|v| v.cluster_cidr))
         || (req.no_masquerade && cur.masquerade)
         || req.nat_ports.is_some_and(|p| p != cur.nat_ports)
         || req.max_flows.is_some_and(|m| m != cur.max_flows);
     if differs {
         let requested = Egress {
             uplink: req.uplink.clone().unwrap_or_else(|| cur.uplink.clone()),
-            cluster_cidr: req.cluster_cidr.map_or(cur.cluster_cidr, |c| c.trunc()),
+            cluster_cidr: req.cluster_cidr.map(|c| c.trunc()).or(cur.cluster_cidr),
             masquerade: cur.masquerade && !req.no_masquerade,
             nat_ports: req.nat_ports.unwrap_or(cur.nat_ports),
             max_flows: req.max_flows.unwrap_or(cur.max_flows),
@@ -243,11 +312,29 @@ pub fn keep(
         return Err(change(describe(Some(&requested))));
     }
     if cur.masquerade {
-        let now = uplink::addresses(nl, &cur.uplink)?;
-        if !now.contains(&cur.nat_addr) {
+        let mut now: Vec<IpAddr> = Vec::new();
+        let mut missing = None;
+        if let Some(a) = cur.nat_addr {
+            now.extend(
+                uplink::addresses(nl, &cur.uplink)?
+                    .into_iter()
+                    .map(IpAddr::V4),
+            );
+            if !now.contains(&IpAddr::V4(a)) {
+                missing = Some(IpAddr::V4(a));
+            }
+        }
+        if let Some(v6) = &cur.ipv6 {
+            let have = uplink::addresses6(nl, &cur.uplink)?;
+            now.extend(have.iter().copied().map(IpAddr::V6));
+            if missing.is_none() && !have.contains(&v6.nat_addr) {
+                missing = Some(IpAddr::V6(v6.nat_addr));
+            }
+        }
+        if let Some(recorded) = missing {
             return Err(EgressError::AddressChanged {
                 uplink: cur.uplink.clone(),
-                recorded: cur.nat_addr,
+                recorded,
                 now: if now.is_empty() {
                     "none".into()
                 } else {
@@ -270,21 +357,53 @@ pub(crate) fn apply(
     pins: &Pins,
     nl: &mut dyn Netlink,
     pod_cidr: Option<Ipv4Net>,
+    pod_cidr6: Option<Ipv6Net>,
     e: Option<&Egress>,
     mode: AttachMode,
 ) -> Result<(), EgressError> {
     let mut table = Table::open(pins)?;
-    // An IPv6-only node has no IPv4 egress (`resolve` gave it none): egress off.
-    let Some(pod_cidr) = pod_cidr else {
-        table.set_config(&kernel_config(None, Ipv4Net::default()))?;
-        return Ok(());
-    };
-    table.sync_skip(&skip_entries(nl, pod_cidr, e)?)?;
-    table.set_config(&kernel_config(e, pod_cidr))?;
+    sync_kernel(&mut table, nl, pod_cidr, pod_cidr6, e)?;
     if let Some(e) = e {
         attach_uplink(pins, &e.uplink, mode)?;
     }
     Ok(())
+}
+
+/// Writes both families' skip lists and configurations for egress `e`; whether it
+/// changed anything. A family without egress gets an empty configuration (off).
+fn sync_kernel(
+    table: &mut Table,
+    nl: &mut dyn Netlink,
+    pod_cidr: Option<Ipv4Net>,
+    pod_cidr6: Option<Ipv6Net>,
+    e: Option<&Egress>,
+) -> Result<bool, EgressError> {
+    let mut changed = false;
+    let want = match pod_cidr {
+        Some(pod) => {
+            changed |= table.sync_skip(&skip_entries(nl, pod, e)?)?;
+            kernel_config(e, pod)
+        }
+        None => EgressConfig::default(),
+    };
+    if table.config()? != want {
+        table.set_config(&want)?;
+        changed = true;
+    }
+    if table.has_ipv6() {
+        let want6 = match pod_cidr6 {
+            Some(pod) => {
+                changed |= table.sync_skip6(&skip_entries6(nl, pod, e)?)?;
+                kernel_config6(e, pod)
+            }
+            None => EgressConfig6::default(),
+        };
+        if table.config6()? != want6 {
+            table.set_config6(&want6)?;
+            changed = true;
+        }
+    }
+    Ok(changed)
 }
 
 /// Attaches the pinned `from_uplink` to tc ingress of `uplink`, unless it is: a
@@ -323,7 +442,8 @@ pub(crate) fn reconcile_uplink(
     pins: &Pins,
     nl: &mut dyn Netlink,
     e: &Egress,
-    pod_cidr: Ipv4Net,
+    pod_cidr: Option<Ipv4Net>,
+    pod_cidr6: Option<Ipv6Net>,
     mode: AttachMode,
 ) -> Result<Option<(String, Egress)>, EgressError> {
     let Some(link) = nl.link_by_name(&e.uplink)? else {
@@ -342,13 +462,8 @@ pub(crate) fn reconcile_uplink(
         fixes.push("interface index followed (the uplink was re-created)");
     }
     let mut table = Table::open(pins)?;
-    if table.sync_skip(&skip_entries(nl, pod_cidr, Some(&now))?)? {
-        fixes.push("node addresses updated in EGRESS_SKIP");
-    }
-    let want = kernel_config(Some(&now), pod_cidr);
-    if table.config()? != want {
-        table.set_config(&want)?;
-        fixes.push("EGRESS configuration written again");
+    if sync_kernel(&mut table, nl, pod_cidr, pod_cidr6, Some(&now))? {
+        fixes.push("EGRESS configuration or node addresses written again");
     }
     let attached = match mode {
         AttachMode::Tcx => {
@@ -391,10 +506,24 @@ pub fn from_pins(pins: &Pins, nl: &mut dyn Netlink) -> Result<Option<Egress>, Eg
     if !pins.map(vethbpf_common::MAP_EGRESS).exists() {
         return Ok(None);
     }
-    let k = Table::open(pins)?.config()?;
-    if k.flags & EGRESS_F_ENABLED == 0 {
-        return Ok(None);
-    }
+    let table = Table::open(pins)?;
+    // The shared settings are in whichever family's configuration is on.
+    let k = match table.config()? {
+        k if k.flags & EGRESS_F_ENABLED != 0 => k,
+        _ => match table.config6() {
+            // (Without its ENABLED bit: no IPv4 egress.)
+            Ok(c) if c.flags & EGRESS_F_ENABLED != 0 => EgressConfig {
+                flags: c.flags & EGRESS_F_MASQUERADE,
+                uplink_ifindex: c.uplink_ifindex,
+                max_flows: c.max_flows,
+                port_min: c.port_min,
+                port_max: c.port_max,
+                hash_seed: c.hash_seed,
+                ..EgressConfig::default()
+            },
+            _ => return Ok(None),
+        },
+    };
     let Some(link) = nl.link_by_index(k.uplink_ifindex)? else {
         tracing::warn!(
             ifindex = k.uplink_ifindex,
@@ -404,14 +533,29 @@ pub fn from_pins(pins: &Pins, nl: &mut dyn Netlink) -> Result<Option<Egress>, Eg
     };
     let addr = |v: u32| Ipv4Addr::from(vethbpf_common::ipv4_from_map(v));
     let net = |a: u32, m: u32| Ipv4Net::with_netmask(addr(a), addr(m)).ok();
-    let Some(cluster_cidr) = net(k.cluster_net, k.cluster_mask) else {
-        return Ok(None);
+    let v4 = k.flags & EGRESS_F_ENABLED != 0;
+    let ipv6 = match table.config6() {
+        Ok(c) if c.flags & EGRESS_F_ENABLED != 0 => {
+            let a = |w: [u32; 4]| Ipv6Addr::from(vethbpf_common::ipv6_from_map(w));
+            Ipv6Net::with_netmask(a(c.cluster_net), a(c.cluster_mask))
+                .ok()
+                .map(|cluster_cidr| Egress6 {
+                    nat_addr: a(c.nat_addr),
+                    cluster_cidr,
+                })
+        }
+        _ => None,
     };
     Ok(Some(Egress {
         uplink: link.name,
         uplink_ifindex: k.uplink_ifindex,
-        nat_addr: addr(k.nat_addr),
-        cluster_cidr,
+        nat_addr: v4.then(|| addr(k.nat_addr)),
+        cluster_cidr: if v4 {
+            net(k.cluster_net, k.cluster_mask)
+        } else {
+            None
+        },
+        ipv6,
         masquerade: k.flags & EGRESS_F_MASQUERADE != 0,
         nat_ports: PortRange {
             first: k.port_min,
@@ -475,6 +619,7 @@ pub struct EgressCounters {
 pub fn status(
     pins: &Pins,
     e: Option<&Egress>,
+    pod_cidr6: Option<Ipv6Net>,
     mode: AttachMode,
     counters: EgressCounters,
 ) -> Result<EgressStatus, EgressError> {
@@ -497,9 +642,8 @@ pub fn status(
         local_ports,
     };
     let Some(e) = e else {
-        st.note = Some(
-            "off: the node had no IPv4 default route at `up` and no --uplink was given".into(),
-        );
+        st.note =
+            Some("off: the node had no default route at `up` and no --uplink was given".into());
         return Ok(st);
     };
     let ids = datapath::link_ids(pins, PROG_FROM_UPLINK, &e.uplink);
@@ -529,6 +673,12 @@ pub fn status(
     if mode == AttachMode::Tcx && ids.is_none() {
         notes.push(format!(
             "from_uplink is not attached to {}: `vethbpf reconcile` attaches it",
+            e.uplink
+        ));
+    }
+    if pod_cidr6.is_some() && e.ipv6.is_none() {
+        notes.push(format!(
+            "IPv6 egress is off: {} had no global IPv6 address (not temporary or deprecated) at `up`, or a vethbpf without IPv6 egress brought the node up (`vethbpf down` and `up` turn it on); IPv6 pods reach the node and each other only",
             e.uplink
         ));
     }
@@ -564,32 +714,80 @@ pub fn skip_entries(
         }
     }
     out.push((pod_cidr, SKIP_CLUSTER));
-    if let Some(e) = e {
-        out.push((e.cluster_cidr, SKIP_CLUSTER));
+    if let Some(c) = e.and_then(|e| e.cluster_cidr) {
+        out.push((c, SKIP_CLUSTER));
     }
     out.sort();
     out.dedup_by_key(|(n, _)| *n);
     Ok(out)
 }
 
-/// The `EGRESS` map value for a node with pod CIDR `pod_cidr` and egress `e`.
+/// What `EGRESS_SKIP6` must hold: every IPv6 address of the node, the IPv6 pod CIDR
+/// and cluster CIDR.
+pub fn skip_entries6(
+    nl: &mut dyn Netlink,
+    pod_cidr6: Ipv6Net,
+    e: Option<&Egress>,
+) -> Result<Vec<(Ipv6Net, u32)>, EgressError> {
+    use vethbpf_common::{SKIP_CLUSTER, SKIP_NODE_ADDRESS};
+    let host = |a: Ipv6Addr| Ipv6Net::new(a, 128).unwrap_or_default();
+    let mut out: Vec<(Ipv6Net, u32)> = nl
+        .addresses6(None)?
+        .into_iter()
+        .map(|(_, net)| (host(net.addr()), SKIP_NODE_ADDRESS))
+        .collect();
+    out.push((pod_cidr6.trunc(), SKIP_CLUSTER));
+    if let Some(v6) = e.and_then(|e| e.ipv6.as_ref()) {
+        out.push((v6.cluster_cidr, SKIP_CLUSTER));
+    }
+    out.sort();
+    out.dedup_by_key(|(n, _)| *n);
+    Ok(out)
+}
+
+/// The `EGRESS` map value for a node with pod CIDR `pod_cidr` and egress `e` (off
+/// without IPv4 egress).
 pub fn kernel_config(e: Option<&Egress>, pod_cidr: Ipv4Net) -> EgressConfig {
     let map = |a: Ipv4Addr| vethbpf_common::ipv4_to_map(a.octets());
-    let Some(e) = e else {
+    let Some((e, nat_addr, cluster)) = e.and_then(|e| Some((e, e.nat_addr?, e.cluster_cidr?)))
+    else {
         return EgressConfig::default();
     };
     EgressConfig {
         flags: EGRESS_F_ENABLED | if e.masquerade { EGRESS_F_MASQUERADE } else { 0 },
-        nat_addr: map(e.nat_addr),
+        nat_addr: map(nat_addr),
         uplink_ifindex: e.uplink_ifindex,
         max_flows: e.max_flows,
         port_min: e.nat_ports.first,
         port_max: e.nat_ports.last,
         pod_net: map(pod_cidr.network()),
         pod_mask: map(pod_cidr.netmask()),
-        cluster_net: map(e.cluster_cidr.network()),
-        cluster_mask: map(e.cluster_cidr.netmask()),
+        cluster_net: map(cluster.network()),
+        cluster_mask: map(cluster.netmask()),
         hash_seed: e.hash_seed,
+    }
+}
+
+/// The `EGRESS6` map value for a node with IPv6 pod CIDR `pod_cidr6` and egress `e`
+/// (off without IPv6 egress).
+pub fn kernel_config6(e: Option<&Egress>, pod_cidr6: Ipv6Net) -> EgressConfig6 {
+    let map = |a: Ipv6Addr| ipv6_to_map(a.octets());
+    let Some((e, v6)) = e.and_then(|e| Some((e, e.ipv6.as_ref()?))) else {
+        return EgressConfig6::default();
+    };
+    EgressConfig6 {
+        flags: EGRESS_F_ENABLED | if e.masquerade { EGRESS_F_MASQUERADE } else { 0 },
+        uplink_ifindex: e.uplink_ifindex,
+        max_flows: e.max_flows,
+        port_min: e.nat_ports.first,
+        port_max: e.nat_ports.last,
+        hash_seed: e.hash_seed,
+        _pad: 0,
+        nat_addr: map(v6.nat_addr),
+        pod_net: map(pod_cidr6.network()),
+        pod_mask: map(pod_cidr6.netmask()),
+        cluster_net: map(v6.cluster_cidr.network()),
+        cluster_mask: map(v6.cluster_cidr.netmask()),
     }
 }
 
@@ -621,12 +819,13 @@ mod tests {
     #[test]
     fn the_default_route_gives_the_uplink_and_its_address() {
         let mut nl = node_with_uplink();
-        let e = resolve(&mut nl, &EgressRequest::default(), Some(pod()))
+        let e = resolve(&mut nl, &EgressRequest::default(), Some(pod()), None)
             .unwrap()
             .expect("egress on");
         assert_eq!(e.uplink, "up0");
-        assert_eq!(e.nat_addr, Ipv4Addr::new(172, 30, 0, 2));
-        assert_eq!(e.cluster_cidr, pod());
+        assert_eq!(e.nat_addr, Some(Ipv4Addr::new(172, 30, 0, 2)));
+        assert_eq!(e.ipv6, None, "no IPv6 pod CIDR");
+        assert_eq!(e.cluster_cidr, Some(pod()));
         assert!(e.masquerade);
         assert_eq!(e.max_flows, NAT_MAX_FLOWS_DEFAULT);
         let local = ports::local_range().unwrap();
@@ -641,7 +840,7 @@ mod tests {
     fn no_default_route_means_no_egress_unless_asked() {
         let mut nl = FakeNetlink::default();
         assert_eq!(
-            resolve(&mut nl, &EgressRequest::default(), Some(pod())).unwrap(),
+            resolve(&mut nl, &EgressRequest::default(), Some(pod()), None).unwrap(),
             None
         );
         let req = EgressRequest {
@@ -649,7 +848,7 @@ mod tests {
             ..Default::default()
         };
         assert!(matches!(
-            resolve(&mut nl, &req, Some(pod())),
+            resolve(&mut nl, &req, Some(pod()), None),
             Err(EgressError::NoUplink)
         ));
         let req = EgressRequest {
@@ -657,7 +856,7 @@ mod tests {
             ..Default::default()
         };
         assert!(matches!(
-            resolve(&mut nl, &req, Some(pod())),
+            resolve(&mut nl, &req, Some(pod()), None),
             Err(EgressError::NoSuchUplink(u)) if u == "eth9"
         ));
     }
@@ -683,7 +882,10 @@ mod tests {
             },
         ];
         for req in cases {
-            assert!(resolve(&mut nl, &req, Some(pod())).is_err(), "{req:?}");
+            assert!(
+                resolve(&mut nl, &req, Some(pod()), None).is_err(),
+                "{req:?}"
+            );
         }
         let i = nl.add_veth("bare", "bare-peer").unwrap();
         let _ = i;
@@ -692,7 +894,7 @@ mod tests {
             ..Default::default()
         };
         assert!(matches!(
-            resolve(&mut nl, &req, Some(pod())),
+            resolve(&mut nl, &req, Some(pod()), None),
             Err(EgressError::NoAddress(u)) if u == "bare"
         ));
     }
@@ -712,6 +914,7 @@ mod tests {
                 ..Default::default()
             },
             Some(pod()),
+            None,
         )
         .unwrap();
         let skip = skip_entries(&mut nl, pod(), e.as_ref()).unwrap();
@@ -728,7 +931,7 @@ mod tests {
     #[test]
     fn a_node_keeps_its_egress_and_refuses_other_settings() {
         let mut nl = node_with_uplink();
-        let e = resolve(&mut nl, &EgressRequest::default(), Some(pod()))
+        let e = resolve(&mut nl, &EgressRequest::default(), Some(pod()), None)
             .unwrap()
             .unwrap();
         assert_eq!(
@@ -770,10 +973,107 @@ mod tests {
         assert!(keep(&mut nl, None, &same).is_err());
         // The uplink lost the address it masquerades with.
         let mut moved = e.clone();
-        moved.nat_addr = Ipv4Addr::new(172, 30, 0, 9);
+        moved.nat_addr = Some(Ipv4Addr::new(172, 30, 0, 9));
         assert!(matches!(
             keep(&mut nl, Some(&moved), &EgressRequest::default()),
             Err(EgressError::AddressChanged { .. })
         ));
+    }
+
+    fn node_with_ipv6_uplink() -> FakeNetlink {
+        use crate::kernel::netlink::Route6Spec;
+        let mut nl = FakeNetlink::default();
+        let i = nl.add_veth("up0", "peer0").unwrap();
+        nl.set_link_up(i).unwrap();
+        nl.add_address6(i, "2001:db8:30::2/64".parse().unwrap())
+            .unwrap();
+        nl.add_route6(&Route6Spec {
+            dst: "::/0".parse().unwrap(),
+            oif: i,
+            gateway: None,
+        })
+        .unwrap();
+        nl
+    }
+
+    fn pod6() -> Ipv6Net {
+        "fd00:10:244::/64".parse().unwrap()
+    }
+
+    #[test]
+    fn an_ipv6_only_node_gets_ipv6_egress_by_its_ipv6_default_route() {
+        let mut nl = node_with_ipv6_uplink();
+        let e = resolve(&mut nl, &EgressRequest::default(), None, Some(pod6()))
+            .unwrap()
+            .expect("egress on");
+        assert_eq!(e.uplink, "up0");
+        assert_eq!(e.nat_addr, None);
+        let v6 = e.ipv6.clone().expect("IPv6 egress");
+        assert_eq!(v6.nat_addr, "2001:db8:30::2".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(v6.cluster_cidr, pod6());
+        assert!(describe(Some(&e)).contains("2001:db8:30::2"));
+        assert_eq!(kernel_config(Some(&e), pod()), EgressConfig::default());
+        let k = kernel_config6(Some(&e), pod6());
+        assert_eq!(k.flags, EGRESS_F_ENABLED | EGRESS_F_MASQUERADE);
+        assert_eq!(k.nat_addr, ipv6_to_map(v6.nat_addr.octets()));
+        assert_eq!(k.port_min, e.nat_ports.first);
+        // An IPv4 cluster CIDR makes no sense without IPv4 pods.
+        let req = EgressRequest {
+            cluster_cidr: Some("10.0.0.0/8".parse().unwrap()),
+            ..Default::default()
+        };
+        assert!(matches!(
+            resolve(&mut nl, &req, None, Some(pod6())),
+            Err(EgressError::NoIpv4PodCidr)
+        ));
+        // The address went away: `up` on the node refuses, naming it.
+        let mut moved = e.clone();
+        moved.ipv6 = Some(Egress6 {
+            nat_addr: "2001:db8:30::9".parse().unwrap(),
+            cluster_cidr: pod6(),
+        });
+        assert!(matches!(
+            keep(&mut nl, Some(&moved), &EgressRequest::default()),
+            Err(EgressError::AddressChanged { .. })
+        ));
+        assert_eq!(
+            keep(&mut nl, Some(&e), &EgressRequest::default()).unwrap(),
+            Some(e)
+        );
+    }
+
+    #[test]
+    fn a_dual_stack_node_gets_both_families_and_ipv6_needs_a_global_address() {
+        let mut nl = node_with_uplink();
+        let up0 = nl.link_by_name("up0").unwrap().unwrap().index;
+        // Only link-local IPv6 on the uplink: IPv4 egress alone.
+        let e = resolve(
+            &mut nl,
+            &EgressRequest::default(),
+            Some(pod()),
+            Some(pod6()),
+        )
+        .unwrap()
+        .unwrap();
+        assert!(e.nat_addr.is_some());
+        assert_eq!(e.ipv6, None);
+        nl.add_address6(up0, "2001:db8:30::2/64".parse().unwrap())
+            .unwrap();
+        let e = resolve(
+            &mut nl,
+            &EgressRequest::default(),
+            Some(pod()),
+            Some(pod6()),
+        )
+        .unwrap()
+        .unwrap();
+        assert!(e.nat_addr.is_some());
+        assert!(e.ipv6.is_some());
+        let skip = skip_entries6(&mut nl, pod6(), Some(&e)).unwrap();
+        assert!(skip.contains(&(
+            "2001:db8:30::2/128".parse().unwrap(),
+            vethbpf_common::SKIP_NODE_ADDRESS
+        )));
+        assert!(skip.contains(&(pod6(), vethbpf_common::SKIP_CLUSTER)));
     }
 }

@@ -1,20 +1,25 @@
-//! The egress maps, as userspace sees them: the uplink configuration (`EGRESS`),
-//! the destinations that are not egress (`EGRESS_SKIP`), and the NAT table with its
-//! state (`NAT`, `NAT_STATE`, `FRAGS`) for `nat list`, `nat flush` and the flows of
-//! a deleted endpoint.
+//! The egress maps, as userspace sees them: the uplink configuration (`EGRESS`,
+//! `EGRESS6`), the destinations that are not egress (`EGRESS_SKIP`,
+//! `EGRESS_SKIP6`), and the NAT tables with their state (`NAT`, `NAT6`,
+//! `NAT_STATE`, `FRAGS`) for `nat list`, `nat flush` and the flows of a deleted
+//! endpoint.
+//!
+//! A node brought up by a vethbpf without IPv6 egress has no IPv6 maps until `up
+//! --replace`: the table then has IPv4 alone.
 
 use std::collections::BTreeSet;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 
 use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Array, HashMap, Map, MapData, MapError};
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use serde::Serialize;
 use vethbpf_common::{
-    CtState, EgressConfig, FragEntry, FragKey, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, MAP_EGRESS,
-    MAP_EGRESS_SKIP, MAP_FRAGS, MAP_NAT, MAP_NAT_STATE, NAT_DIR_OUT, NatEntry, NatKey, NatState,
-    ipv4_from_map, ipv4_to_map,
+    CtState, EgressConfig, EgressConfig6, FragEntry, FragKey, IPPROTO_ICMP, IPPROTO_ICMPV6,
+    IPPROTO_TCP, IPPROTO_UDP, MAP_EGRESS, MAP_EGRESS_SKIP, MAP_EGRESS_SKIP6, MAP_EGRESS6,
+    MAP_FRAGS, MAP_NAT, MAP_NAT_STATE, MAP_NAT6, NAT_DIR_OUT, NatEntry, NatEntry6, NatKey, NatKey6,
+    NatState, ipv4_from_map, ipv4_to_map, ipv6_from_map,
 };
 
 use crate::datapath::Pins;
@@ -91,12 +96,14 @@ pub fn monotonic_ns() -> u64 {
 /// One flow of the NAT table, as `nat list` shows it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Flow {
+    /// `ipv4` or `ipv6`.
+    pub family: &'static str,
     pub protocol: &'static str,
     /// The pod's address and port (ICMP: echo identifier).
-    pub pod: SocketAddrV4,
+    pub pod: SocketAddr,
     /// What the pod's source became (its own without masquerade).
-    pub node: SocketAddrV4,
-    pub remote: SocketAddrV4,
+    pub node: SocketAddr,
+    pub remote: SocketAddr,
     pub state: &'static str,
     pub age_secs: u64,
     pub idle_secs: u64,
@@ -111,12 +118,30 @@ fn proto_name(p: u8) -> &'static str {
         IPPROTO_TCP => "tcp",
         IPPROTO_UDP => "udp",
         IPPROTO_ICMP => "icmp",
+        IPPROTO_ICMPV6 => "icmpv6",
         _ => "other",
     }
 }
 
-fn sock(addr: u32, port: u16) -> SocketAddrV4 {
-    SocketAddrV4::new(Ipv4Addr::from(ipv4_from_map(addr)), u16::from_be(port))
+fn sock(addr: u32, port: u16) -> SocketAddr {
+    SocketAddr::new(
+        IpAddr::V4(Ipv4Addr::from(ipv4_from_map(addr))),
+        u16::from_be(port),
+    )
+}
+
+fn sock6(addr: [u32; 4], port: u16) -> SocketAddr {
+    SocketAddr::new(
+        IpAddr::V6(Ipv6Addr::from(ipv6_from_map(addr))),
+        u16::from_be(port),
+    )
+}
+
+/// The IPv6 maps, on a node that has them.
+struct Ipv6Maps {
+    egress: Array<MapData, EgressConfig6>,
+    skip: LpmTrie<MapData, [u8; 16], u32>,
+    nat: HashMap<MapData, NatKey6, NatEntry6>,
 }
 
 pub struct Table {
@@ -125,6 +150,7 @@ pub struct Table {
     nat: HashMap<MapData, NatKey, NatEntry>,
     state: Array<MapData, NatState>,
     frags: HashMap<MapData, FragKey, FragEntry>,
+    v6: Option<Ipv6Maps>,
     capacity: Option<u32>,
 }
 
@@ -141,7 +167,72 @@ impl Table {
             nat: open(pins, MAP_NAT)?,
             state: open(pins, MAP_NAT_STATE)?,
             frags: open(pins, MAP_FRAGS)?,
+            v6: if pins.map(MAP_NAT6).exists() {
+                Some(Ipv6Maps {
+                    egress: open(pins, MAP_EGRESS6)?,
+                    skip: open(pins, MAP_EGRESS_SKIP6)?,
+                    nat: open(pins, MAP_NAT6)?,
+                })
+            } else {
+                None
+            },
         })
+    }
+
+    /// Whether the node has the IPv6 egress maps.
+    pub fn has_ipv6(&self) -> bool {
+        self.v6.is_some()
+    }
+
+    pub fn set_config6(&mut self, cfg: &EgressConfig6) -> Result<(), TableError> {
+        match &mut self.v6 {
+            Some(v6) => v6.egress.set(0, cfg, 0).map_err(op(MAP_EGRESS6, "set")),
+            None => Ok(()),
+        }
+    }
+
+    /// The IPv6 configuration (all zero, egress off, on a node without it).
+    pub fn config6(&self) -> Result<EgressConfig6, TableError> {
+        match &self.v6 {
+            Some(v6) => v6.egress.get(&0, 0).map_err(op(MAP_EGRESS6, "get")),
+            None => Ok(EgressConfig6::default()),
+        }
+    }
+
+    /// Makes `EGRESS_SKIP6` hold exactly `entries`; whether it changed anything.
+    pub fn sync_skip6(&mut self, entries: &[(Ipv6Net, u32)]) -> Result<bool, TableError> {
+        let Some(v6) = &mut self.v6 else {
+            return Ok(false);
+        };
+        let have: BTreeSet<(Ipv6Net, u32)> = v6
+            .skip
+            .iter()
+            .filter_map(Result::ok)
+            .filter_map(|(k, v)| {
+                let ip = Ipv6Addr::from(k.data());
+                Ipv6Net::new(ip, k.prefix_len() as u8).ok().map(|n| (n, v))
+            })
+            .collect();
+        if have == entries.iter().copied().collect() {
+            return Ok(false);
+        }
+        let key = |n: Ipv6Net| Key::new(u32::from(n.prefix_len()), n.network().octets());
+        let want: BTreeSet<Ipv6Net> = entries.iter().map(|(n, _)| *n).collect();
+        for (net, _) in have {
+            if !want.contains(&net) {
+                match v6.skip.remove(&key(net)) {
+                    Ok(()) => {}
+                    Err(e) if gone(&e) => {}
+                    Err(e) => return Err(op(MAP_EGRESS_SKIP6, "remove")(e)),
+                }
+            }
+        }
+        for (net, why) in entries {
+            v6.skip
+                .insert(&key(*net), why, 0)
+                .map_err(op(MAP_EGRESS_SKIP6, "insert"))?;
+        }
+        Ok(true)
     }
 
     pub fn set_config(&mut self, cfg: &EgressConfig) -> Result<(), TableError> {
@@ -192,26 +283,53 @@ impl Table {
         self.nat.iter().filter_map(Result::ok).collect()
     }
 
-    /// Every flow (by its forward entry), oldest first.
+    fn entries6(&self) -> Vec<(NatKey6, NatEntry6)> {
+        match &self.v6 {
+            Some(v6) => v6.nat.iter().filter_map(Result::ok).collect(),
+            None => Vec::new(),
+        }
+    }
+
+    /// Every flow of both families (by its forward entry), oldest first.
     pub fn flows(&self) -> Vec<Flow> {
         let now = monotonic_ns();
         let secs = |ns: u64| now.saturating_sub(ns) / 1_000_000_000;
-        let mut flows: Vec<Flow> = self
+        let flow = |family, proto: u8, pod, node, remote, e: &NatEntry| Flow {
+            family,
+            protocol: proto_name(proto),
+            pod,
+            node,
+            remote,
+            state: CtState::of(proto, e.flags).name(),
+            age_secs: secs(e.created),
+            idle_secs: secs(e.last_seen),
+            expired: e.expired(proto, now),
+            ifindex: e.ifindex,
+        };
+        let v4 = self
             .entries()
             .into_iter()
             .filter(|(k, _)| k.dir == NAT_DIR_OUT)
-            .map(|(k, e)| Flow {
-                protocol: proto_name(k.proto),
-                pod: sock(k.saddr, k.sport),
-                node: sock(e.addr, e.port),
-                remote: sock(k.daddr, k.dport),
-                state: CtState::of(k.proto, e.flags).name(),
-                age_secs: secs(e.created),
-                idle_secs: secs(e.last_seen),
-                expired: e.expired(k.proto, now),
-                ifindex: e.ifindex,
-            })
-            .collect();
+            .map(|(k, e)| {
+                let (pod, node) = (sock(k.saddr, k.sport), sock(e.addr, e.port));
+                flow("ipv4", k.proto, pod, node, sock(k.daddr, k.dport), &e)
+            });
+        let v6 = self
+            .entries6()
+            .into_iter()
+            .filter(|(k, _)| k.dir == NAT_DIR_OUT)
+            .map(|(k, e)| {
+                let (pod, node) = (sock6(k.saddr, k.sport), sock6(e.addr, e.port));
+                flow(
+                    "ipv6",
+                    k.proto,
+                    pod,
+                    node,
+                    sock6(k.daddr, k.dport),
+                    &common(&e),
+                )
+            });
+        let mut flows: Vec<Flow> = v4.chain(v6).collect();
         flows.sort_by(|a, b| {
             b.age_secs
                 .cmp(&a.age_secs)
@@ -220,21 +338,29 @@ impl Table {
         flows
     }
 
-    /// Deletes the entries `drop` selects; then recounts the table's flows. Returns
-    /// how many flows (forward entries) went.
-    fn remove_where(
-        &mut self,
-        drop: impl Fn(&NatKey, &NatEntry) -> bool,
-    ) -> Result<usize, TableError> {
+    /// Deletes the entries (of either family) `drop` selects by their state; then
+    /// recounts the table's flows. Returns how many flows (forward entries) went.
+    fn remove_where(&mut self, drop: impl Fn(&NatEntry) -> bool) -> Result<usize, TableError> {
         let mut flows = 0;
         for (k, e) in self.entries() {
-            if !drop(&k, &e) {
+            if !drop(&e) {
                 continue;
             }
             match self.nat.remove(&k) {
                 Ok(()) => flows += usize::from(k.dir == NAT_DIR_OUT),
                 Err(err) if gone(&err) => {}
                 Err(err) => return Err(op(MAP_NAT, "remove")(err)),
+            }
+        }
+        for (k, e) in self.entries6() {
+            if !drop(&common(&e)) {
+                continue;
+            }
+            let Some(v6) = &mut self.v6 else { break };
+            match v6.nat.remove(&k) {
+                Ok(()) => flows += usize::from(k.dir == NAT_DIR_OUT),
+                Err(err) if gone(&err) => {}
+                Err(err) => return Err(op(MAP_NAT6, "remove")(err)),
             }
         }
         self.recount()?;
@@ -244,7 +370,7 @@ impl Table {
     /// Removes every flow of the pod behind host veth `ifindex` (both halves: each
     /// entry records the pod's interface).
     pub fn remove_endpoint_flows(&mut self, ifindex: u32) -> Result<usize, TableError> {
-        self.remove_where(|_, e| e.ifindex == ifindex)
+        self.remove_where(|e| e.ifindex == ifindex)
     }
 
     /// [`Table::remove_endpoint_flows`] on the pinned table, if there is one (a node
@@ -258,7 +384,7 @@ impl Table {
 
     /// Empties the NAT and fragment tables. Returns how many flows went.
     pub fn flush(&mut self) -> Result<usize, TableError> {
-        let n = self.remove_where(|_, _| true)?;
+        let n = self.remove_where(|_| true)?;
         let keys: Vec<FragKey> = self.frags.keys().filter_map(Result::ok).collect();
         for k in keys {
             match self.frags.remove(&k) {
@@ -274,11 +400,16 @@ impl Table {
     /// per new flow and recounts when the table is full; userspace deletions are
     /// its to account for).
     pub fn recount(&mut self) -> Result<(), TableError> {
-        let flows = self
+        let flows = (self
             .entries()
             .iter()
             .filter(|(k, _)| k.dir == NAT_DIR_OUT)
-            .count() as u64;
+            .count()
+            + self
+                .entries6()
+                .iter()
+                .filter(|(k, _)| k.dir == NAT_DIR_OUT)
+                .count()) as u64;
         let mut st = self.state()?;
         st.flows = flows;
         self.state.set(0, st, 0).map_err(op(MAP_NAT_STATE, "set"))
@@ -288,9 +419,13 @@ impl Table {
         self.state.get(&0, 0).map_err(op(MAP_NAT_STATE, "get"))
     }
 
-    /// How many entries the NAT map has (two per flow).
+    /// How many entries the NAT maps have (two per flow).
     pub fn entry_count(&self) -> usize {
         self.nat.keys().filter(Result::is_ok).count()
+            + self
+                .v6
+                .as_ref()
+                .map_or(0, |v6| v6.nat.keys().filter(Result::is_ok).count())
     }
 
     /// The NAT map's capacity (entries; two per flow plus slack).
@@ -304,4 +439,17 @@ fn skip_key(net: Ipv4Net) -> Key<u32> {
         u32::from(net.prefix_len()),
         ipv4_to_map(net.network().octets()),
     )
+}
+
+/// The part of an IPv6 entry laid out as an IPv4 one (state, times, interface).
+fn common(e: &NatEntry6) -> NatEntry {
+    NatEntry {
+        addr: e.addr_tail,
+        port: e.port,
+        flags: e.flags,
+        last_seen: e.last_seen,
+        created: e.created,
+        ifindex: e.ifindex,
+        _pad: 0,
+    }
 }

@@ -964,6 +964,20 @@ impl Netlink for FakeNetlink {
         })
     }
 
+    fn usable_global_addresses6(
+        &mut self,
+        index: u32,
+    ) -> Result<Vec<std::net::Ipv6Addr>, NetlinkError> {
+        self.call("usable_global_addresses6", format!("{index}"), |w, ns| {
+            Ok(w.ns(ns)
+                .all_addresses6()
+                .into_iter()
+                .filter(|(i, n)| *i == index && !n.addr().is_unicast_link_local())
+                .map(|(_, n)| n.addr())
+                .collect())
+        })
+    }
+
     fn add_route6(&mut self, route: &Route6Spec) -> Result<(), NetlinkError> {
         let op = "add_route6";
         self.call(op, fmt_route6(route), |w, ns| {

@@ -204,6 +204,10 @@ pub trait Netlink {
     fn add_address6(&mut self, index: u32, addr: Ipv6Net) -> Result<(), NetlinkError>;
     /// IPv6 addresses, of one link or of all links: `(ifindex, address/prefix)`.
     fn addresses6(&mut self, index: Option<u32>) -> Result<Vec<(u32, Ipv6Net)>, NetlinkError>;
+    /// The global IPv6 addresses of link `index` a node may source traffic from: scope
+    /// global, neither temporary (privacy), deprecated, tentative nor failed duplicate
+    /// address detection; in the order the kernel lists them.
+    fn usable_global_addresses6(&mut self, index: u32) -> Result<Vec<Ipv6Addr>, NetlinkError>;
     /// Adds an IPv6 route to the main table.
     fn add_route6(&mut self, route: &Route6Spec) -> Result<(), NetlinkError>;
     /// Deletes an IPv6 route from the main table.

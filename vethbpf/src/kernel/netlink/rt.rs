@@ -12,7 +12,7 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 use ipnet::{Ipv4Net, Ipv6Net};
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_DUMP, NLM_F_ECHO, NLM_F_EXCL, NLM_F_REPLACE};
 use rtnetlink::packet_route::address::{
-    AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage,
+    AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage, AddressScope,
 };
 use rtnetlink::packet_route::link::{
     AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InfoData, InfoVeth, LinkAttribute, LinkExtentMask,
@@ -644,6 +644,58 @@ impl Netlink for RtNetlink {
 
     fn add_address6(&mut self, index: u32, addr: Ipv6Net) -> Result<(), NetlinkError> {
         self.apply(&[Change::AddAddress6(index, addr)])
+    }
+
+    fn usable_global_addresses6(&mut self, index: u32) -> Result<Vec<Ipv6Addr>, NetlinkError> {
+        let op = "list IPv6 addresses";
+        let mut msg = AddressMessage::default();
+        msg.header.family = AddressFamily::Inet6;
+        let messages = self.one(Op {
+            op,
+            what: format!("link index {index}"),
+            request: Request {
+                message: RouteNetlinkMessage::GetAddress(msg),
+                flags: NLM_F_DUMP,
+            },
+        })?;
+        // IFA_F_TEMPORARY is IFA_F_SECONDARY's bit for IPv6.
+        let unusable = AddressFlags::Secondary
+            | AddressFlags::Deprecated
+            | AddressFlags::Tentative
+            | AddressFlags::Dadfailed;
+        let mut out = Vec::new();
+        for m in messages.iter().filter_map(|m| match m {
+            RouteNetlinkMessage::NewAddress(a)
+                if a.header.family == AddressFamily::Inet6
+                    && a.header.index == index
+                    && a.header.scope == AddressScope::Universe =>
+            {
+                Some(a)
+            }
+            _ => None,
+        }) {
+            // IFA_FLAGS (32 bits) when the kernel sends it, else the header's 8.
+            let flags = m
+                .attributes
+                .iter()
+                .find_map(|a| match a {
+                    AddressAttribute::Flags(f) => Some(*f),
+                    _ => None,
+                })
+                .unwrap_or_else(|| {
+                    AddressFlags::from_bits_retain(u32::from(m.header.flags.bits()))
+                });
+            if flags.intersects(unusable) {
+                continue;
+            }
+            if let Some(ip) = m.attributes.iter().find_map(|a| match a {
+                AddressAttribute::Address(IpAddr::V6(ip)) => Some(*ip),
+                _ => None,
+            }) {
+                out.push(ip);
+            }
+        }
+        Ok(out)
     }
 
     fn addresses6(&mut self, index: Option<u32>) -> Result<Vec<(u32, Ipv6Net)>, NetlinkError> {
