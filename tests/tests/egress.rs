@@ -1587,6 +1587,57 @@ fn ipv6_packet_too_big_and_time_exceeded_are_translated() {
 }
 
 #[test]
+fn ipv6_a_packet_too_big_for_the_uplink_gets_the_gateways_packet_too_big() {
+    // The IPv6 twin of the IPv4 test: the uplink link has MTU 1400 on both ends, the
+    // pod 1500, the server advertises MSS 1440 anyway (advmss), so only the gateway's
+    // "packet too big" shrinks the pod's segments (IPv6 routers never fragment).
+    let w = World::ipv6_only(&[], &["a"], None);
+    w.node
+        .node_must("ip", &["link", "set", UPLINK, "mtu", "1400"]);
+    w.out.must("ip", &["link", "set", "eth0", "mtu", "1400"]);
+    w.out.must(
+        "ip",
+        &[
+            "-6",
+            "route",
+            "replace",
+            "2001:db8:30::/64",
+            "dev",
+            "eth0",
+            "metric",
+            "256",
+            "advmss",
+            "1440",
+        ],
+    );
+    let peer = send_checked(&w, "a", &w.out.path(), ip6(SERVER_IP6), 2 << 20);
+    assert_nat_addr6(peer, "TCP through the smaller uplink");
+    let c = w.node.counters("a");
+    assert!(packets(&c, &["drops", "drop_too_big"]) >= 1, "{c}");
+    let cached = w
+        .node
+        .in_pod("a", "ip", &["-6", "route", "get", SERVER_IP6]);
+    let text = String::from_utf8_lossy(&cached.stdout);
+    assert!(
+        text.contains("mtu 1400"),
+        "the pod learnt the uplink's MTU: {text}"
+    );
+
+    // Hop limit 1 ends at the gateway, which says so (the first hop of a traceroute).
+    let out = w.node.in_pod(
+        "a",
+        "ping",
+        &["-6", "-c", "1", "-t", "1", "-W", "2", SERVER_IP6],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("From fe80::ecee:eeff:feee:eeee") && text.contains("Time exceeded"),
+        "{text}"
+    );
+    assert_no_kernel_path(&w.node);
+}
+
+#[test]
 fn ipv6_endpoint_del_removes_its_flows_and_down_leaves_nothing() {
     let w = World::ipv6_only(&[], &["a", "b"], None);
     let a_ip = w.pod_ip6("a");

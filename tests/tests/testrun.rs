@@ -262,11 +262,12 @@ fn program_size_and_verifier_cost() {
     // A guard against a parser that balloons (e.g. memcpy loops, unrolled options):
     // ARP, IPv4 (checksum check, gateway echo), IPv6 (NDP answers, the four-header
     // walk) and egress (conntrack, NAT, ICMP error translation, most of it, once per
-    // family: IPv6 egress added about 1,900); about
-    // 1,700 of it aya-log's record writers, one out-of-line function per diagnostic
-    // (vethbpf-ebpf/src/diag.rs) that no packet on a normal path enters, and the
-    // monitor's events (events.rs), out of line as well.
-    assert!(xlated < 10_000, "from_pod grew to {xlated} instructions");
+    // family: IPv6 egress added about 1,900), other nodes in both families, and the
+    // gateway's ICMP errors (two out-of-line builders, about 600 with their callers);
+    // about 1,700 of it aya-log's record writers, one out-of-line function per
+    // diagnostic (vethbpf-ebpf/src/diag.rs) that no packet on a normal path enters,
+    // and the monitor's events (events.rs), out of line as well.
+    assert!(xlated < 11_000, "from_pod grew to {xlated} instructions");
     assert!(verified < 300_000, "from_pod costs the verifier {verified}");
 }
 

@@ -544,8 +544,11 @@ fn what_is_no_reply_is_not_delivered() {
         1,
         &udp(POD_A.ip, REMOTE, 62000, 53, b"x"),
     );
-    let run = f.pod(&from_pod(POD_A, &dying));
-    assert_run(&run, TC_ACT_SHOT, POD_A.id, Verdict::DropTtl);
+    let frame = from_pod(POD_A, &dying);
+    let run = f.pod(&frame);
+    assert_run(&run, TC_ACT_REDIRECT, POD_A.id, Verdict::DropTtl);
+    // ... and the gateway says so.
+    vethbpf_tests::ipv6::assert_icmp6_error(&frame, &run.out, GW_MAC, (3, 0, 0));
     assert!(f.nat().is_empty(), "nothing was tracked");
 }
 

@@ -103,11 +103,13 @@ fn classify(ctx: &TcContext) -> Next {
         // IPv6: replies of pod flows first (host6), then other nodes' pods routed
         // directly (remote6), as IPv4 checks the NAT before the cluster.
         ETH_P_IPV6 => {
-            return Next::Done(
-                host6::handle(ctx)
-                    .or_else(|| remote6::from_uplink(ctx))
-                    .unwrap_or(PASS),
-            );
+            if let Some(r) = host6::handle(ctx) {
+                return Next::Done(r);
+            }
+            if let Some(r) = remote6::from_uplink(ctx) {
+                return Next::Done(r);
+            }
+            return Next::Done(PASS);
         }
         _ => return Next::Done(PASS),
     }
