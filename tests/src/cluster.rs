@@ -620,3 +620,82 @@ fn stream_until(stream: TcpStream, stop: &AtomicBool) -> Result<u64, String> {
     }
     Ok(result)
 }
+
+/// A namespace on the underlay that is no node of the cluster: `eth0` on the switch
+/// with 192.168.77.50/24, for tests of what a stranger cannot do. Removed when
+/// dropped, even when the test fails.
+pub struct Stranger {
+    pub netns: String,
+}
+
+impl Stranger {
+    pub fn join(c: &Cluster) -> Stranger {
+        let s = Stranger {
+            netns: format!("{}stranger", c.nodes[0].prefix),
+        };
+        must("ip", ["netns", "add", &s.netns]);
+        must(
+            "ip",
+            [
+                "link",
+                "add",
+                "nx",
+                "netns",
+                &c.underlay.netns,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                &s.netns,
+            ],
+        );
+        c.underlay.ip(&["link", "set", "nx", "master", "br0", "up"]);
+        s.ip(&["link", "set", "lo", "up"]);
+        s.ip(&["addr", "add", "192.168.77.50/24", "dev", "eth0"]);
+        s.ip(&["link", "set", "eth0", "up"]);
+        s
+    }
+
+    /// Runs `ip args` in the stranger's namespace; panics unless it succeeds.
+    pub fn ip(&self, args: &[&str]) {
+        let mut full = vec!["-n", self.netns.as_str()];
+        full.extend_from_slice(args);
+        must("ip", &full);
+    }
+
+    /// Gives the stranger a kernel VXLAN device `vx0` speaking the cluster's VNI and
+    /// port to node 0 (192.168.77.1).
+    pub fn vxlan_to_node0(&self) {
+        self.ip(&[
+            "link",
+            "add",
+            "vx0",
+            "type",
+            "vxlan",
+            "id",
+            "1",
+            "remote",
+            "192.168.77.1",
+            "dstport",
+            "8472",
+            "dev",
+            "eth0",
+        ]);
+        self.ip(&["link", "set", "vx0", "up"]);
+    }
+}
+
+impl Drop for Stranger {
+    fn drop(&mut self) {
+        let out = run("ip", ["netns", "del", &self.netns]);
+        if !out.status.success() && !std::thread::panicking() {
+            panic!(
+                "removing the stranger {}: {}",
+                self.netns,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}

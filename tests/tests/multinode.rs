@@ -5,8 +5,8 @@
 
 use std::net::Ipv4Addr;
 
-use vethbpf_tests::cluster::{CLUSTER_CIDR, Cluster, PodRef, UNDERLAY_GW};
-use vethbpf_tests::{TestNode, packets, run, tcp_echo_peer};
+use vethbpf_tests::cluster::{CLUSTER_CIDR, Cluster, PodRef, Stranger, UNDERLAY_GW};
+use vethbpf_tests::{TestNode, packets, tcp_echo_peer};
 
 fn ip_of(ep: &serde_json::Value) -> Ipv4Addr {
     ep["ip"]
@@ -538,62 +538,15 @@ fn strangers_reach_no_pod() {
         assert_eq!(c.nodes[1].ping_from_pod("b", &a.to_string(), 1), Some(62));
 
         // The stranger: a namespace on the underlay with an address of its own.
-        let stranger = format!("{}stranger", c.nodes[0].prefix);
-        let _guard = NetnsGuard(stranger.clone());
-        run("ip", ["netns", "add", &stranger]);
-        let ns = |args: &[&str]| {
-            let mut full = vec!["-n", stranger.as_str()];
-            full.extend_from_slice(args);
-            let out = run("ip", &full);
-            assert!(
-                out.status.success(),
-                "ip {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
-        run(
-            "ip",
-            [
-                "link",
-                "add",
-                "nx",
-                "netns",
-                &c.underlay.netns,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "eth0",
-                "netns",
-                &stranger,
-            ],
-        );
-        c.underlay.ip(&["link", "set", "nx", "master", "br0", "up"]);
-        ns(&["link", "set", "lo", "up"]);
-        ns(&["addr", "add", "192.168.77.50/24", "dev", "eth0"]);
-        ns(&["link", "set", "eth0", "up"]);
+        let stranger = Stranger::join(&c);
+        let ns = |args: &[&str]| stranger.ip(args);
         let before = packets(&c.nodes[0].counters("a"), &["drops", "drop_unknown_source"]);
         let from_nodes = packets(&c.nodes[0].counters("a"), &["from_nodes"]);
         let source = if overlay == "vxlan" {
             // Its own kernel VXLAN device, VNI and port of the cluster, speaking for
             // an address in node1's pod CIDR.
-            ns(&[
-                "link",
-                "add",
-                "vx0",
-                "type",
-                "vxlan",
-                "id",
-                "1",
-                "remote",
-                "192.168.77.1",
-                "dstport",
-                "8472",
-                "dev",
-                "eth0",
-            ]);
+            stranger.vxlan_to_node0();
             ns(&["addr", "add", "10.244.2.200/24", "dev", "vx0"]);
-            ns(&["link", "set", "vx0", "up"]);
             ns(&["route", "add", "10.244.1.0/24", "dev", "vx0"]);
             ns(&[
                 "neigh",
@@ -614,7 +567,7 @@ fn strangers_reach_no_pod() {
             "10.99.0.1"
         };
         let out = TestNode::in_ns(
-            &stranger,
+            &stranger.netns,
             "ping",
             &[
                 "-c",
@@ -644,15 +597,6 @@ fn strangers_reach_no_pod() {
         );
         // The cluster's own traffic still flows.
         assert_eq!(c.nodes[0].ping_from_pod("a", &b, 1), Some(62), "{overlay}");
-    }
-}
-
-/// Deletes a namespace the test made, even when it fails.
-struct NetnsGuard(String);
-
-impl Drop for NetnsGuard {
-    fn drop(&mut self) {
-        let _ = run("ip", ["netns", "del", &self.0]);
     }
 }
 

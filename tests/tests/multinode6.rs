@@ -6,8 +6,8 @@
 
 use std::net::{IpAddr, Ipv6Addr};
 
-use vethbpf_tests::cluster::{CLUSTER_CIDR, CLUSTER_CIDR6, Cluster};
-use vethbpf_tests::{TestNode, packets, run, tcp_echo_peer};
+use vethbpf_tests::cluster::{CLUSTER_CIDR, CLUSTER_CIDR6, Cluster, Stranger};
+use vethbpf_tests::{TestNode, packets, tcp_echo_peer};
 
 /// A pod: its node, short name and both addresses.
 #[derive(Clone, Debug)]
@@ -265,15 +265,6 @@ fn node_del_removes_the_ipv6_route() {
     }
 }
 
-/// Deletes a namespace the test made, even when it fails.
-struct NetnsGuard(String);
-
-impl Drop for NetnsGuard {
-    fn drop(&mut self) {
-        let _ = run("ip", ["netns", "del", &self.0]);
-    }
-}
-
 /// A VXLAN packet carrying IPv6 from an outer source that is no known node reaches
 /// no pod, even with an inner source inside a known node's IPv6 pod CIDR; an IPv6
 /// packet routed directly to a node from outside the cluster's pod CIDRs neither.
@@ -285,64 +276,16 @@ fn ipv6_from_strangers_reaches_no_pod() {
         let b = add_pod(&c, 1, "b");
         assert_eq!(ping6_hops(&c, &b, &a, 1), Some(62), "{overlay}");
 
-        let stranger = format!("{}stranger", c.nodes[0].prefix);
-        let _guard = NetnsGuard(stranger.clone());
-        assert!(run("ip", ["netns", "add", &stranger]).status.success());
-        let ns = |args: &[&str]| {
-            let mut full = vec!["-n", stranger.as_str()];
-            full.extend_from_slice(args);
-            let out = run("ip", &full);
-            assert!(
-                out.status.success(),
-                "ip {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
-        let link = run(
-            "ip",
-            [
-                "link",
-                "add",
-                "nx",
-                "netns",
-                &c.underlay.netns,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "eth0",
-                "netns",
-                &stranger,
-            ],
-        );
-        assert!(link.status.success(), "{link:?}");
-        c.underlay.ip(&["link", "set", "nx", "master", "br0", "up"]);
-        ns(&["link", "set", "lo", "up"]);
-        ns(&["addr", "add", "192.168.77.50/24", "dev", "eth0"]);
-        ns(&["link", "set", "eth0", "up"]);
+        let stranger = Stranger::join(&c);
+        let ns = |args: &[&str]| stranger.ip(args);
         let a6 = a.ip6.to_string();
         let before = packets(&c.nodes[0].counters("a"), &["drops", "drop_unknown_source"]);
         let from_nodes = packets(&c.nodes[0].counters("a"), &["from_nodes"]);
         let source = if overlay == "vxlan" {
             // Its own kernel VXLAN device, VNI and port of the cluster, speaking for
             // an address in node1's IPv6 pod CIDR.
-            ns(&[
-                "link",
-                "add",
-                "vx0",
-                "type",
-                "vxlan",
-                "id",
-                "1",
-                "remote",
-                "192.168.77.1",
-                "dstport",
-                "8472",
-                "dev",
-                "eth0",
-            ]);
+            stranger.vxlan_to_node0();
             ns(&["addr", "add", "fd00:10:244:2::c8/64", "dev", "vx0", "nodad"]);
-            ns(&["link", "set", "vx0", "up"]);
             ns(&["-6", "route", "add", &Cluster::pod_cidr6(0), "dev", "vx0"]);
             ns(&[
                 "-6",
@@ -383,7 +326,7 @@ fn ipv6_from_strangers_reaches_no_pod() {
             "fd99::1"
         };
         let out = TestNode::in_ns(
-            &stranger,
+            &stranger.netns,
             "ping",
             &["-c", "3", "-i", "0.2", "-W", "1", "-I", source, &a6],
         );
