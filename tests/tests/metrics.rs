@@ -184,7 +184,7 @@ fn metrics_pass_promtool_and_equal_endpoint_list_after_traffic() {
     assert_eq!(
         sample(
             &s,
-            "vethbpf_program_attachments{program=\"from_pod\",mode=\"tcx\"}"
+            "vethbpf_program_attachments{program=\"from_pod\",mode=\"tc\"}"
         ),
         2.0
     );

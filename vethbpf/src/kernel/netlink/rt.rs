@@ -785,7 +785,8 @@ impl Netlink for RtNetlink {
                 request: tc::get_filter(index),
             })
             .collect();
-        self.run(ops)?
+        let found: Vec<Option<TcFilter>> = self
+            .run(ops)?
             .into_iter()
             .map(|(label, answer)| match answer {
                 Ok(messages) => Ok(tc::filter_of(&messages)),
@@ -793,6 +794,30 @@ impl Netlink for RtNetlink {
                 // (EINVAL: "parent qdisc doesn't exist"), no such link (ENODEV).
                 Err(libc::ENOENT | libc::EINVAL | libc::ENODEV) => Ok(None),
                 Err(errno) => Err(label.error(errno)),
+            })
+            .collect::<Result<_, NetlinkError>>()?;
+        // Where vethbpf's filter is not, someone else's may hold its priority under
+        // another handle (a u32 filter's are never 1): a dump of those links'
+        // ingress tells. Only a broken attachment costs a dump.
+        indexes
+            .iter()
+            .zip(found)
+            .map(|(&index, f)| match f {
+                Some(f) => Ok(Some(f)),
+                None => match self.one(Op {
+                    op: "list tc filters",
+                    what: format!("tc ingress of link index {index}"),
+                    request: tc::dump_filters(index),
+                }) {
+                    Ok(messages) => Ok(tc::at_our_priority(&messages)),
+                    Err(NetlinkError::NotFound { .. }) => Ok(None),
+                    Err(NetlinkError::Kernel { source, .. })
+                        if source.raw_os_error() == Some(libc::EINVAL) =>
+                    {
+                        Ok(None)
+                    }
+                    Err(e) => Err(e),
+                },
             })
             .collect()
     }

@@ -5,7 +5,7 @@
 
 use std::os::fd::{AsRawFd, BorrowedFd};
 
-use netlink_packet_core::{NLM_F_CREATE, NLM_F_REPLACE};
+use netlink_packet_core::{NLM_F_CREATE, NLM_F_DUMP, NLM_F_REPLACE};
 use rtnetlink::packet_route::tc::{
     TcAttribute, TcBpfFlags, TcFilterBpfOption, TcHandle, TcHeader, TcMessage, TcOption,
 };
@@ -100,6 +100,30 @@ pub(super) fn get_filter(index: u32) -> Request {
         message: RouteNetlinkMessage::GetTrafficFilter(message),
         flags: 0,
     }
+}
+
+/// `tc filter show dev X ingress`: every filter on tc ingress of link `index` (a
+/// dump, so one to a datagram: only asked for where `get_filter` found nothing).
+pub(super) fn dump_filters(index: u32) -> Request {
+    let mut message = TcMessage::default();
+    message.header.index = index as i32;
+    message.header.parent = INGRESS;
+    Request {
+        message: RouteNetlinkMessage::GetTrafficFilter(message),
+        flags: NLM_F_DUMP,
+    }
+}
+
+/// The first filter at vethbpf's priority among `messages` (a dump's).
+pub(super) fn at_our_priority(messages: &[RouteNetlinkMessage]) -> Option<TcFilter> {
+    messages.iter().find_map(|m| match m {
+        RouteNetlinkMessage::NewTrafficFilter(f)
+            if f.header.info >> 16 == u32::from(TC_FILTER_PRIORITY) =>
+        {
+            filter_of(std::slice::from_ref(m))
+        }
+        _ => None,
+    })
 }
 
 /// The filter in a `get_filter` answer.
