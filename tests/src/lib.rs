@@ -359,7 +359,16 @@ impl TestNode {
     pub fn filters(&self, dev: &str) -> Vec<(u64, String, u64)> {
         let out = must(
             "tc",
-            ["-n", self.netns.as_str(), "-j", "filter", "show", "dev", dev, "ingress"],
+            [
+                "-n",
+                self.netns.as_str(),
+                "-j",
+                "filter",
+                "show",
+                "dev",
+                dev,
+                "ingress",
+            ],
         );
         let v: serde_json::Value = serde_json::from_str(&out).expect("tc JSON");
         v.as_array()
@@ -394,7 +403,11 @@ impl TestNode {
             .map(|n| n.split('@').next().unwrap_or(n))
             .filter(|n| vethbpf::state::ident::is_derived_name(n))
         {
-            let shown = TestNode::in_ns(&self.netns, "tc", &["filter", "show", "dev", name, "ingress"]);
+            let shown = TestNode::in_ns(
+                &self.netns,
+                "tc",
+                &["filter", "show", "dev", name, "ingress"],
+            );
             for line in String::from_utf8_lossy(&shown.stdout).lines() {
                 out.push(format!("{name}: {line}"));
             }

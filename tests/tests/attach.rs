@@ -41,7 +41,13 @@ fn repaired(r: &serde_json::Value) -> Vec<String> {
         .as_array()
         .expect("repaired")
         .iter()
-        .map(|f| format!("{} {}", f["endpoint"].as_str().unwrap_or(""), f["what"].as_str().unwrap_or("")))
+        .map(|f| {
+            format!(
+                "{} {}",
+                f["endpoint"].as_str().unwrap_or(""),
+                f["what"].as_str().unwrap_or("")
+            )
+        })
         .collect()
 }
 
@@ -54,7 +60,10 @@ fn pods_get_cls_bpf_filters_by_default_and_up_replace_swaps_them() {
     let node = TestNode::new();
     let loaded = up(&node, &[]);
     assert_eq!(loaded["config"]["pod_attach"], "tc", "{loaded}");
-    assert_eq!(loaded["config"]["attach_mode"], "tcx", "the node's own: TCX {loaded}");
+    assert_eq!(
+        loaded["config"]["attach_mode"], "tcx",
+        "the node's own: TCX {loaded}"
+    );
     let old = loaded["program_id"].as_u64().expect("program id");
 
     let pods: Vec<serde_json::Value> = ["a", "b", "c"].iter().map(|p| node.add(p, &[])).collect();
@@ -70,7 +79,11 @@ fn pods_get_cls_bpf_filters_by_default_and_up_replace_swaps_them() {
     let st = node.json(&["status"]);
     assert_eq!(st["node"]["pod_attach"], "tc", "{st}");
     for a in st["attachments"].as_array().expect("attachments") {
-        assert_eq!((&a["mode"], &a["state"]), (&"tc".into(), &"ok".into()), "{st}");
+        assert_eq!(
+            (&a["mode"], &a["state"]),
+            (&"tc".into(), &"ok".into()),
+            "{st}"
+        );
         assert_eq!(a["program_id"], old, "{st}");
         assert!(a["link_id"].is_null(), "{st}");
     }
@@ -126,28 +139,63 @@ fn reconcile_repairs_a_filter_with_another_program_or_of_another_kind() {
     node.node_must(
         "tc",
         &[
-            "filter", "replace", "dev", &host(&a), "ingress", "pref", "1", "handle", "1",
-            "protocol", "all", "bpf", "object-pinned", uplink_prog, "direct-action",
+            "filter",
+            "replace",
+            "dev",
+            &host(&a),
+            "ingress",
+            "pref",
+            "1",
+            "handle",
+            "1",
+            "protocol",
+            "all",
+            "bpf",
+            "object-pinned",
+            uplink_prog,
+            "direct-action",
         ],
     );
     let stale = node.filters(&host(&a));
     assert_eq!(stale.len(), 1);
     assert_ne!(stale[0].2, program, "the filter runs from_uplink now");
     assert_eq!(attach_state(&node, &host(&a)), "stale");
-    assert_eq!(node.ping_from_pod("a", &ip(&b), 1), None, "from_uplink does not forward pods");
+    assert_eq!(
+        node.ping_from_pod("a", &ip(&b), 1),
+        None,
+        "from_uplink does not forward pods"
+    );
 
     // Someone else's classifier at vethbpf's priority.
-    node.node_must("tc", &["filter", "del", "dev", &host(&b), "ingress", "pref", "1"]);
+    node.node_must(
+        "tc",
+        &["filter", "del", "dev", &host(&b), "ingress", "pref", "1"],
+    );
     node.node_must(
         "tc",
         &[
-            "filter", "add", "dev", &host(&b), "ingress", "pref", "1", "protocol", "all",
-            "u32", "match", "u32", "0", "0",
+            "filter",
+            "add",
+            "dev",
+            &host(&b),
+            "ingress",
+            "pref",
+            "1",
+            "protocol",
+            "all",
+            "u32",
+            "match",
+            "u32",
+            "0",
+            "0",
         ],
     );
     assert_eq!(attach_state(&node, &host(&b)), "foreign");
     let text = node.ok(&["status"]);
-    assert!(text.contains("2 endpoint(s) do not run the pinned program"), "{text}");
+    assert!(
+        text.contains("2 endpoint(s) do not run the pinned program"),
+        "{text}"
+    );
 
     let r = node.json(&["reconcile"]);
     let mut fixes = repaired(&r);
@@ -160,7 +208,10 @@ fn reconcile_repairs_a_filter_with_another_program_or_of_another_kind() {
                 node.pod("a"),
                 stale[0].2
             ),
-            format!("{} program attachment (a u32 filter held its place)", node.pod("b")),
+            format!(
+                "{} program attachment (a u32 filter held its place)",
+                node.pod("b")
+            ),
         ],
         "{r}"
     );
@@ -168,8 +219,12 @@ fn reconcile_repairs_a_filter_with_another_program_or_of_another_kind() {
         assert_eq!(node.filters(&host(p)), [(1, "0x1".to_string(), program)]);
         assert_eq!(attach_state(&node, &host(p)), "ok");
     }
-    assert_eq!(node.ping_from_pod("a", &ip(&b), 2), Some(63));
-    assert_eq!(node.ping_from_pod("b", &ip(&a), 2), Some(63));
+    // Traffic resumes. A pod whose gateway neighbour entry failed while its veth
+    // ran no from_pod (nobody answered its ARP) resolves it again first, which can
+    // cost a packet.
+    let resumes = |from: &str, to: &str| (0..3).find_map(|_| node.ping_from_pod(from, to, 2));
+    assert_eq!(resumes("a", &ip(&b)), Some(63));
+    assert_eq!(resumes("b", &ip(&a)), Some(63));
     let again = node.json(&["reconcile"]);
     assert!(repaired(&again).is_empty(), "{again}");
 }
@@ -186,12 +241,20 @@ fn a_node_with_pod_attach_tcx_pins_a_link_per_pod() {
     let pin = |p: &serde_json::Value| node.bpffs.join("links").join(host(p));
     for p in [&a, &b] {
         assert!(pin(p).exists(), "{} pinned", host(p));
-        assert!(node.filters(&host(p)).is_empty(), "no cls_bpf filter on {}", host(p));
+        assert!(
+            node.filters(&host(p)).is_empty(),
+            "no cls_bpf filter on {}",
+            host(p)
+        );
     }
     assert_eq!(node.ping_from_pod("a", &ip(&b), 2), Some(63));
     let st = node.json(&["status"]);
     for at in st["attachments"].as_array().expect("attachments") {
-        assert_eq!((&at["mode"], &at["state"]), (&"tcx".into(), &"ok".into()), "{st}");
+        assert_eq!(
+            (&at["mode"], &at["state"]),
+            (&"tcx".into(), &"ok".into()),
+            "{st}"
+        );
         assert_eq!(at["program_id"], program, "{st}");
         assert!(at["link_id"].as_u64().is_some(), "{st}");
     }
@@ -199,14 +262,22 @@ fn a_node_with_pod_attach_tcx_pins_a_link_per_pod() {
     // Settings are kept: another pod attach mode is refused, none keeps this one.
     let out = node.vethbpf(&["up", "--pod-attach", "tc"]);
     assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
-    assert!(stderr(&out).contains("--pod-attach tcx"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("--pod-attach tcx"),
+        "{}",
+        stderr(&out)
+    );
     assert_eq!(up(&node, &[])["action"], "unchanged");
 
     // A's link unpinned: the program leaves its veth; reconcile attaches it again.
     std::fs::remove_file(pin(&a)).expect("unpin");
     assert_eq!(attach_state(&node, &host(&a)), "missing");
     let r = node.json(&["reconcile"]);
-    assert_eq!(repaired(&r), [format!("{} program attachment", node.pod("a"))], "{r}");
+    assert_eq!(
+        repaired(&r),
+        [format!("{} program attachment", node.pod("a"))],
+        "{r}"
+    );
     assert!(pin(&a).exists());
     assert_eq!(node.ping_from_pod("a", &ip(&b), 2), Some(63));
 
@@ -218,7 +289,12 @@ fn a_node_with_pod_attach_tcx_pins_a_link_per_pod() {
     node.ok(&["endpoint", "del", &node.pod("a")]);
     assert!(!pin(&a).exists(), "a's link pin is gone");
     node.ok(&["down"]);
-    assert!(!node.bpffs.exists() || std::fs::read_dir(&node.bpffs).map(|d| d.count() == 0).unwrap_or(true));
+    assert!(
+        !node.bpffs.exists()
+            || std::fs::read_dir(&node.bpffs)
+                .map(|d| d.count() == 0)
+                .unwrap_or(true)
+    );
 }
 
 /// Without TCX (forced on this kernel, as on kernels before 6.6) pods and the
@@ -240,7 +316,10 @@ fn without_tcx_everything_gets_filters_and_tcx_is_refused() {
     assert!(out.status.success(), "{}", stderr(&out));
     let loaded: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
     assert_eq!(
-        (&loaded["config"]["attach_mode"], &loaded["config"]["pod_attach"]),
+        (
+            &loaded["config"]["attach_mode"],
+            &loaded["config"]["pod_attach"]
+        ),
         (&"tc".into(), &"tc".into()),
         "{loaded}"
     );

@@ -489,7 +489,11 @@ fn a_missing_bpffs_is_named_and_up_then_reconcile_bring_the_datapath_back() {
     // hold the program, and it its maps: pods keep talking, but vethbpf can no
     // longer reach that datapath.
     must("umount", [node.bpffs.to_str().expect("utf-8")]);
-    assert_eq!(node.ping_from_pod("a", &ip(&b), 1), Some(63), "the filters keep the datapath");
+    assert_eq!(
+        node.ping_from_pod("a", &ip(&b), 1),
+        Some(63),
+        "the filters keep the datapath"
+    );
     for args in [
         &["endpoint", "add", &node.pod("c")][..],
         &["endpoint", "list"],

@@ -411,7 +411,11 @@ fn reconcile_repairs_damage_and_removes_what_no_endpoint_owns() {
             .find(|x| x["host_veth"] == h)
             .map(|x| x["state"].clone())
     };
-    assert_eq!(state_of(&status, &host(&a)), Some("missing".into()), "{status}");
+    assert_eq!(
+        state_of(&status, &host(&a)),
+        Some("missing".into()),
+        "{status}"
+    );
     assert_eq!(state_of(&status, &host(&b)), Some("ok".into()), "{status}");
     let b_ip: std::net::Ipv4Addr = ip(&b).parse().expect("ip");
     let mut key = vec![
@@ -495,9 +499,11 @@ fn reconcile_repairs_damage_and_removes_what_no_endpoint_owns() {
     let left = node.node_must("ip", &["-o", "link", "show"]);
     assert!(!left.contains("0123456789abc"), "{left}");
 
-    // Working again, and agreeing.
-    assert_eq!(node.ping_from_pod("a", &ip(&b), 2), Some(63));
-    assert_eq!(node.ping_from_pod("b", &ip(&a), 2), Some(63));
+    // Working again, and agreeing. A's gateway neighbour entry failed while its veth
+    // had no filter (nobody answered its ARP): resolving it again can cost a packet.
+    let resumes = |from: &str, to: &str| (0..3).find_map(|_| node.ping_from_pod(from, to, 2));
+    assert_eq!(resumes("a", &ip(&b)), Some(63));
+    assert_eq!(resumes("b", &ip(&a)), Some(63));
     assert_eq!(node.ping_from_node(&ip(&c)), None);
     let records = assert_consistent(&node, "after reconcile");
     assert_eq!(records.len(), 2);

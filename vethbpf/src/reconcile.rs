@@ -264,7 +264,9 @@ fn check_records(
             _ => {}
         }
         let attachment = match pod_attach {
-            AttachMode::Tcx => repair_link(env, &rec, pod_links.get(&rec.host_veth).copied(), pinned)?,
+            AttachMode::Tcx => {
+                repair_link(env, &rec, pod_links.get(&rec.host_veth).copied(), pinned)?
+            }
             AttachMode::Tc => repair_filter(
                 env,
                 &rec,

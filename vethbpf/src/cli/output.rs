@@ -287,7 +287,14 @@ pub fn status(out: Output, s: &Status) -> Result<()> {
         egress_status(e);
     }
     table(
-        &["ENDPOINT", "HOST VETH", "MODE", "STATE", "LINK ID", "PROGRAM ID"],
+        &[
+            "ENDPOINT",
+            "HOST VETH",
+            "MODE",
+            "STATE",
+            "LINK ID",
+            "PROGRAM ID",
+        ],
         &s.attachments
             .iter()
             .map(|a| {

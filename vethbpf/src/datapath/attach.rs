@@ -32,10 +32,11 @@ use crate::kernel::netlink::{TC_FILTER_HANDLE, TC_FILTER_PRIORITY};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum AttachMode {
-    /// TCX link (kernel >= 6.6), pinned under the bpffs dir.
+    /// a TCX link, pinned under the bpffs dir (kernel 6.6+)
     Tcx,
-    /// clsact qdisc + cls_bpf filter (direct-action) through netlink, at
-    /// priority 1 handle 1. (`netlink` in the state files of earlier versions.)
+    /// a clsact qdisc and a cls_bpf filter (direct-action, priority 1, handle 1),
+    /// made through netlink (any kernel)
+    // `netlink` in the state files of earlier versions.
     #[serde(alias = "netlink")]
     Tc,
 }

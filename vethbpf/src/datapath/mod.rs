@@ -144,9 +144,9 @@ impl BpfError {
     /// the datapath is gone (`up` loads it again).
     pub fn kind(&self) -> ErrorKind {
         match self {
-            BpfError::OpenProgram { .. } | BpfError::OpenPinned { .. } | BpfError::OpenMap { .. } => {
-                ErrorKind::NotUp
-            }
+            BpfError::OpenProgram { .. }
+            | BpfError::OpenPinned { .. }
+            | BpfError::OpenMap { .. } => ErrorKind::NotUp,
             BpfError::IncompatibleMap { .. } => ErrorKind::Conflict,
             _ => ErrorKind::Other,
         }

@@ -90,7 +90,11 @@ pub(crate) fn obj_get(path: &Path) -> io::Result<OwnedFd> {
         bpf_fd: 0,
         file_flags: 0,
     };
-    let fd = bpf_ret(BPF_OBJ_GET, (&raw const attr).cast(), size_of::<ObjGetAttr>())?;
+    let fd = bpf_ret(
+        BPF_OBJ_GET,
+        (&raw const attr).cast(),
+        size_of::<ObjGetAttr>(),
+    )?;
     // SAFETY: BPF_OBJ_GET returned a new descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }

@@ -11,8 +11,7 @@ use std::path::PathBuf;
 use ipnet::{Ipv4Net, Ipv6Net};
 use tracing::{debug, warn};
 use vethbpf_common::{
-    EndpointInfo, EndpointInfo6, MAX_ENDPOINTS, PROG_FROM_POD, ROUTE_KIND_LOCAL, Route,
-    ipv4_to_map,
+    EndpointInfo, EndpointInfo6, MAX_ENDPOINTS, PROG_FROM_POD, ROUTE_KIND_LOCAL, Route, ipv4_to_map,
 };
 
 use super::journal::finish_pending;

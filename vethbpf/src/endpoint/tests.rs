@@ -450,7 +450,8 @@ fn reconcile_repairs_tc_filters() {
     let d = w.add("d").unwrap();
     let pinned = w.dp.program_id();
     w.node.seed_filter(a.host_ifindex, None);
-    w.node.seed_filter(b.host_ifindex, Some(("bpf", Some(pinned + 1))));
+    w.node
+        .seed_filter(b.host_ifindex, Some(("bpf", Some(pinned + 1))));
     w.node.seed_filter(c.host_ifindex, Some(("u32", None)));
     let report = w.with(crate::reconcile::reconcile).unwrap();
     let fixes: Vec<String> = report
@@ -462,13 +463,21 @@ fn reconcile_repairs_tc_filters() {
         fixes,
         [
             "a program attachment".to_string(),
-            format!("b program attachment (its filter ran program {}, not {pinned})", pinned + 1),
+            format!(
+                "b program attachment (its filter ran program {}, not {pinned})",
+                pinned + 1
+            ),
             "c program attachment (a u32 filter held its place)".to_string(),
         ]
     );
     for rec in [&a, &b, &c, &d] {
         let f = w.filter(rec.host_ifindex).expect("a filter");
-        assert_eq!((f.kind.as_str(), f.program_id), ("bpf", Some(pinned)), "{}", rec.name);
+        assert_eq!(
+            (f.kind.as_str(), f.program_id),
+            ("bpf", Some(pinned)),
+            "{}",
+            rec.name
+        );
     }
     let again = w.with(crate::reconcile::reconcile).unwrap();
     assert!(!again.changed(), "{again:?}");
@@ -483,7 +492,11 @@ fn reconcile_relinks_stale_tcx_links_and_removes_pod_pins_on_a_tc_node() {
     w.dp.stale.insert(a.host_veth.clone());
     let report = w.with(crate::reconcile::reconcile).unwrap();
     assert_eq!(report.repaired.len(), 1, "{report:?}");
-    assert!(report.repaired[0].what.starts_with("program attachment (its TCX link ran program 0"));
+    assert!(
+        report.repaired[0]
+            .what
+            .starts_with("program attachment (its TCX link ran program 0")
+    );
     assert!(w.dp.stale.is_empty());
     assert!(!w.with(crate::reconcile::reconcile).unwrap().changed());
 
@@ -491,6 +504,6 @@ fn reconcile_relinks_stale_tcx_links_and_removes_pod_pins_on_a_tc_node() {
     let a = w.add("a").unwrap();
     w.dp.attached.insert(a.host_veth.clone());
     let report = w.with(crate::reconcile::reconcile).unwrap();
-    assert_eq!(report.removed_pins, [a.host_veth.clone()]);
+    assert_eq!(report.removed_pins, std::slice::from_ref(&a.host_veth));
     assert!(w.dp.attached.is_empty());
 }

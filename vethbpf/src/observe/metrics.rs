@@ -216,10 +216,7 @@ fn scrape(state_dir: &StateDir) -> Result<Scrape, ObserveError> {
             .count()
     };
     attached.add(
-        labels([
-            ("program", PROG_FROM_POD),
-            ("mode", node.pod_attach.name()),
-        ]),
+        labels([("program", PROG_FROM_POD), ("mode", node.pod_attach.name())]),
         running as u64,
     );
 

@@ -564,7 +564,10 @@ mod tests {
         let sd = StateDir::new(&dir);
         let l = sd.lock().unwrap();
         let node = l.state.node.clone().unwrap();
-        assert_eq!((node.attach_mode, node.pod_attach), (AttachMode::Tcx, AttachMode::Tc));
+        assert_eq!(
+            (node.attach_mode, node.pod_attach),
+            (AttachMode::Tcx, AttachMode::Tc)
+        );
         sd.remove(l).unwrap();
     }
 
