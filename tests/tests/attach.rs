@@ -286,6 +286,17 @@ fn a_node_with_pod_attach_tcx_pins_a_link_per_pod() {
     assert_eq!(attach_state(&node, &host(&a)), "ok");
     assert_eq!(node.ping_from_pod("b", &ip(&a), 2), Some(63));
 
+    // A lost state file rebuilt from the kernel finds the pods' links: TCX again.
+    std::fs::write(node.state.join("state.json"), b"garbage").expect("break the state");
+    let rebuilt = node.json(&["reconcile", "--from-kernel"]);
+    assert_eq!(
+        rebuilt["rebuilt"].as_array().map(Vec::len),
+        Some(2),
+        "{rebuilt}"
+    );
+    assert!(repaired(&rebuilt).is_empty(), "{rebuilt}");
+    assert_eq!(node.json(&["status"])["node"]["pod_attach"], "tcx");
+
     node.ok(&["endpoint", "del", &node.pod("a")]);
     assert!(!pin(&a).exists(), "a's link pin is gone");
     node.ok(&["down"]);
