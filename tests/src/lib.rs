@@ -342,6 +342,7 @@ impl TestNode {
             journal: self.state.join("intent.json").exists(),
             node_journal: self.state.join("node-intent.json").exists(),
             pins: list_tree(&self.bpffs),
+            filters: self.host_filters(),
             routes_map: self.map_dump("ROUTES"),
             endpoints_map: self.map_dump("ENDPOINTS"),
             nodes_map: self
@@ -357,6 +358,68 @@ impl TestNode {
                 .filter(|e| e.contains("\"value\"") && !all_zero_hex(e))
                 .collect(),
         }
+    }
+
+    /// The filters with a program on tc ingress of `dev` in the node namespace, as
+    /// `tc` lists them: (pref, handle, program id) of each.
+    pub fn filters(&self, dev: &str) -> Vec<(u64, String, u64)> {
+        let out = must(
+            "tc",
+            [
+                "-n",
+                self.netns.as_str(),
+                "-j",
+                "filter",
+                "show",
+                "dev",
+                dev,
+                "ingress",
+            ],
+        );
+        let v: serde_json::Value = serde_json::from_str(&out).expect("tc JSON");
+        v.as_array()
+            .expect("tc filter list")
+            .iter()
+            .filter_map(|f| {
+                let o = f.get("options")?;
+                Some((
+                    f["pref"].as_u64().expect("pref"),
+                    o["handle"].as_str().expect("handle").to_string(),
+                    o["prog"]["id"].as_u64().expect("prog id"),
+                ))
+            })
+            .collect()
+    }
+
+    /// The pinned `from_pod` program's id (from `status`).
+    pub fn pod_program_id(&self) -> u64 {
+        self.json(&["status"])["programs"][0]["id"]
+            .as_u64()
+            .expect("program id")
+    }
+
+    /// Every filter on tc ingress of each host veth (vethbpf's names) in the node
+    /// namespace, as `tc filter show` prints them.
+    fn host_filters(&self) -> Vec<String> {
+        let links = self.node_must("ip", &["-o", "link", "show", "type", "veth"]);
+        let mut out = Vec::new();
+        for name in links
+            .lines()
+            .filter_map(|l| l.split(": ").nth(1))
+            .map(|n| n.split('@').next().unwrap_or(n))
+            .filter(|n| vethbpf::state::ident::is_derived_name(n))
+        {
+            let shown = TestNode::in_ns(
+                &self.netns,
+                "tc",
+                &["filter", "show", "dev", name, "ingress"],
+            );
+            for line in String::from_utf8_lossy(&shown.stdout).lines() {
+                out.push(format!("{name}: {line}"));
+            }
+        }
+        out.sort();
+        out
     }
 
     /// The entries of a pinned map, as bpftool prints them (sorted; empty if the
@@ -470,6 +533,9 @@ pub struct Snapshot {
     /// The journal of an interrupted remote-node change is there.
     pub node_journal: bool,
     pub pins: Vec<String>,
+    /// The tc ingress filters of the host veths (vethbpf's cls_bpf filter on each,
+    /// with the program it runs).
+    pub filters: Vec<String>,
     pub routes_map: Vec<String>,
     pub endpoints_map: Vec<String>,
     /// NODES entries that are not all zero (remote nodes).

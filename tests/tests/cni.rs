@@ -367,6 +367,18 @@ fn lifecycle(version: &str) {
         ],
     );
     rt.check("ctr-a", &na, "eth0").success();
+    // The program's filter is checked too: deleted by hand, CHECK names it;
+    // `vethbpf reconcile` puts it back.
+    node.node_must("tc", &["filter", "del", "dev", &host_a, "ingress"]);
+    let bad = rt.check("ctr-a", &na, "eth0");
+    assert_eq!(bad.code(), 104, "{bad:?}");
+    assert!(
+        bad.stdout
+            .contains(&format!("the tc attachment of {host_a} is missing")),
+        "{bad:?}"
+    );
+    node.ok(&["reconcile"]);
+    rt.check("ctr-a", &na, "eth0").success();
 
     // ADD of an interface name that exists in the container: an error, nothing
     // changed. Same attachment twice, and another container ID in b's namespace.

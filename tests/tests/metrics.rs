@@ -184,7 +184,7 @@ fn metrics_pass_promtool_and_equal_endpoint_list_after_traffic() {
     assert_eq!(
         sample(
             &s,
-            "vethbpf_program_attachments{program=\"from_pod\",mode=\"tcx\"}"
+            "vethbpf_program_attachments{program=\"from_pod\",mode=\"tc\"}"
         ),
         2.0
     );
@@ -205,6 +205,19 @@ fn metrics_pass_promtool_and_equal_endpoint_list_after_traffic() {
             "{name}"
         );
     }
+    // The attachments are read from the kernel: a filter deleted by hand is one
+    // attachment fewer, until reconcile puts it back.
+    let a_host = a["host_veth"].as_str().expect("host_veth");
+    node.node_must("tc", &["filter", "del", "dev", a_host, "ingress"]);
+    let attached = || {
+        sample(
+            &samples(&node.ok(&["metrics"])),
+            "vethbpf_program_attachments{program=\"from_pod\",mode=\"tc\"}",
+        )
+    };
+    assert_eq!(attached(), 1.0);
+    node.ok(&["reconcile"]);
+    assert_eq!(attached(), 2.0);
 }
 
 #[test]

@@ -93,13 +93,15 @@ pub(crate) fn point(_name: &'static str) -> Result<(), Injected> {
     Ok(())
 }
 
-/// `VETHBPF_TEST_ATTACH_MODE` (`netlink` or `tcx`), which makes `up` attach as
-/// asked instead of as the kernel allows: the clsact fallback is tested on kernels
-/// that have TCX. Only in test builds, like the fault points.
+/// `VETHBPF_TEST_ATTACH_MODE` (`tc` or `tcx`; `netlink` is `tc`), which makes
+/// `up` attach the node's own programs (uplink, VXLAN device) as asked instead of
+/// as the kernel allows, and makes `up` believe the kernel has no TCX when `tc`:
+/// the clsact fallback is tested on kernels that have TCX. Only in test builds,
+/// like the fault points.
 #[cfg(feature = "fault-injection")]
 pub(crate) fn forced_attach_mode() -> Option<&'static str> {
     match std::env::var("VETHBPF_TEST_ATTACH_MODE").ok()?.as_str() {
-        "netlink" => Some("netlink"),
+        "tc" | "netlink" => Some("tc"),
         "tcx" => Some("tcx"),
         _ => None,
     }

@@ -14,13 +14,14 @@ use vethbpf_common::{
 
 use crate::datapath::fill::map_fill;
 use crate::datapath::maps::{Maps, MapsError};
-use crate::datapath::{self, BpfError, Pins};
+use crate::datapath::pods::{self, AttachState};
+use crate::datapath::{self, AttachMode, BpfError, Pins};
 use crate::egress::table::TableError;
 use crate::egress::{self, Egress, EgressCounters, EgressError, EgressRequest, EgressStatus};
 use crate::endpoint::{self, EndpointError, Env};
 use crate::error::ErrorKind;
 use crate::kernel::bpffs::{self, BpffsError};
-use crate::kernel::netlink::{Netlink, NetlinkError};
+use crate::kernel::netlink::{Netlink, NetlinkError, RtNetlink};
 use crate::state::ident::MacAddr;
 use crate::state::{Locked, NodeConfig, StateDir, StateError};
 
@@ -64,6 +65,17 @@ pub enum NodeError {
         recorded: PathBuf,
         requested: PathBuf,
     },
+    #[error(
+        "the node is up with --pod-attach {current}; pods cannot change how they are attached on a node that is up: `vethbpf down` first, or leave --pod-attach out"
+    )]
+    PodAttachChange {
+        current: &'static str,
+        requested: &'static str,
+    },
+    #[error(
+        "--pod-attach tcx needs TCX links, which this kernel does not have (Linux 6.6+); use --pod-attach tc"
+    )]
+    NoTcx,
     #[error(transparent)]
     Bpffs(#[from] BpffsError),
     #[error(transparent)]
@@ -89,8 +101,10 @@ impl NodeError {
             NodeError::GatewayInCidr { .. }
             | NodeError::NoPodCidr
             | NodeError::TwoCidrsOfAFamily { .. }
-            | NodeError::BadPodCidr6 { .. } => ErrorKind::Usage,
+            | NodeError::BadPodCidr6 { .. }
+            | NodeError::NoTcx => ErrorKind::Usage,
             NodeError::CidrChange { .. }
+            | NodeError::PodAttachChange { .. }
             | NodeError::GatewayChange { .. }
             | NodeError::BpffsMismatch { .. } => ErrorKind::Conflict,
             NodeError::Bpf(e) => e.kind(),
@@ -115,6 +129,9 @@ pub struct UpRequest {
     pub bpffs_dir: PathBuf,
     /// Upgrade the loaded program to this build's, atomically on every link.
     pub replace: bool,
+    /// How pods' host veths get `from_pod` (`--pod-attach`); `None`: what the node
+    /// has if it is up, else [`AttachMode::Tc`].
+    pub pod_attach: Option<AttachMode>,
     /// Pod egress (uplink, masquerade, NAT), as given on the command line.
     pub egress: EgressRequest,
 }
@@ -127,8 +144,8 @@ pub struct UpReport {
     pub action: &'static str,
     pub config: NodeConfig,
     pub program_id: Option<u32>,
-    /// With `replaced`: how many attachments (TCX links, or netlink filters in
-    /// `config.attach_mode` netlink) were switched to the new program.
+    /// With `replaced`: how many attachments (TCX links, cls_bpf filters) were
+    /// switched to the new programs.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub replaced: Option<usize>,
 }
@@ -280,6 +297,14 @@ pub fn up(
                 endpoints,
             });
         }
+        if let Some(requested) = req.pod_attach
+            && requested != current.pod_attach
+        {
+            return Err(NodeError::PodAttachChange {
+                current: current.pod_attach.name(),
+                requested: requested.name(),
+            });
+        }
         // Before anything changes: egress keeps its settings, or this is refused.
         let egress = egress::keep(nl, current.egress.as_ref(), &req.egress)?;
         let nat_flows = nat_flows(egress.as_ref());
@@ -305,7 +330,10 @@ pub fn up(
             let (info, swapped) = datapath::replace(
                 &pins,
                 object,
-                current.attach_mode,
+                datapath::Modes {
+                    pods: current.pod_attach,
+                    node: current.attach_mode,
+                },
                 &host_veths,
                 uplink,
                 nat_flows,
@@ -313,7 +341,8 @@ pub fn up(
             info!(
                 program_id = info.id(),
                 swapped,
-                mode = current.attach_mode.name(),
+                pods = current.pod_attach.name(),
+                node = current.attach_mode.name(),
                 "program replaced"
             );
             replaced = Some(swapped);
@@ -356,6 +385,11 @@ pub fn up(
     }
 
     // Before anything is made: the uplink and NAT settings, or a clear refusal.
+    let node_attach = datapath::attach_mode();
+    let pod_attach = req.pod_attach.unwrap_or(AttachMode::Tc);
+    if pod_attach == AttachMode::Tcx && node_attach != AttachMode::Tcx {
+        return Err(NodeError::NoTcx);
+    }
     let egress = egress::resolve(nl, &req.egress, req.pod_cidr, req.pod_cidr6)?;
     let pins = Pins::new(&req.bpffs_dir);
     let mounted = bpffs::ensure(pins.root())?;
@@ -366,7 +400,8 @@ pub fn up(
         gateway_mac: MacAddr::GATEWAY,
         bpffs_dir: req.bpffs_dir.clone(),
         bpffs_mount: mounted.clone(),
-        attach_mode: datapath::attach_mode(),
+        attach_mode: node_attach,
+        pod_attach,
         egress,
     };
     let loaded = (|| {
@@ -477,12 +512,18 @@ pub struct MapStatus {
     pub pinned: PathBuf,
 }
 
-/// An endpoint's attachment, as `status` shows it (ids only for pinned TCX links).
+/// An endpoint's attachment, as `status` shows it, read from the kernel: the
+/// program it runs (and the TCX link's id), and whether that is the pinned one.
 #[derive(Clone, Debug, Serialize)]
 pub struct AttachmentStatus {
     pub endpoint: String,
     pub host_veth: String,
+    /// `tcx` or `tc` (the node's `pod_attach`).
     pub mode: &'static str,
+    /// `ok` (runs the pinned program), `missing`, `stale` (another program),
+    /// `foreign` (someone else's filter in vethbpf's place); `vethbpf reconcile`
+    /// repairs all but `ok`.
+    pub state: AttachState,
     pub link_id: Option<u32>,
     pub program_id: Option<u32>,
 }
@@ -568,19 +609,30 @@ pub fn status(locked: &Locked) -> Result<Status, NodeError> {
             pinned: pins.map(m.name),
         })
         .collect();
+    let hosts: Vec<(&str, u32)> = locked
+        .state
+        .endpoints
+        .values()
+        .map(|e| (e.host_veth.as_str(), e.host_ifindex))
+        .collect();
+    let found = if hosts.is_empty() {
+        Vec::new()
+    } else {
+        let mut nl = RtNetlink::connect()?;
+        pods::read(&pins, node.pod_attach, &mut nl, info.id(), &hosts)?
+    };
     let attachments = locked
         .state
         .endpoints
         .values()
-        .map(|e| {
-            let ids = datapath::link_ids(&pins, PROG_FROM_POD, &e.host_veth);
-            AttachmentStatus {
-                endpoint: e.name.clone(),
-                host_veth: e.host_veth.clone(),
-                mode: node.attach_mode.name(),
-                link_id: ids.map(|(l, _)| l),
-                program_id: ids.map(|(_, p)| p),
-            }
+        .zip(found)
+        .map(|(e, a)| AttachmentStatus {
+            endpoint: e.name.clone(),
+            host_veth: e.host_veth.clone(),
+            mode: node.pod_attach.name(),
+            state: a.state,
+            link_id: a.link_id,
+            program_id: a.program_id,
         })
         .collect();
     Ok(Status {

@@ -18,15 +18,16 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::Serialize;
 use tracing::info;
-use vethbpf_common::{EndpointInfo, EndpointInfo6, ipv4_from_map, ipv4_to_map};
+use vethbpf_common::{EndpointInfo, EndpointInfo6, PROG_FROM_POD, ipv4_from_map, ipv4_to_map};
 
 use crate::datapath::maps::Maps;
-use crate::datapath::{self, Pins};
+use crate::datapath::pods::{self, AttachState};
+use crate::datapath::{self, AttachMode, Pins};
 use crate::egress::{self, EgressError};
 use crate::endpoint::{self, EndpointError, Env, KernelTag, Recovered};
 use crate::error::ErrorKind;
 use crate::kernel::bpffs;
-use crate::kernel::netlink::{Route6Spec, RouteSpec};
+use crate::kernel::netlink::{Change, Route6Spec, RouteSpec, TcFilter};
 use crate::state::ident::{self, MacAddr};
 use crate::state::{EndpointRecord, Locked, NodeConfig, StateError};
 
@@ -188,7 +189,27 @@ fn check_records(
         env.dp.endpoint6_entries()?.into_iter().collect();
     let route6_entries: BTreeMap<Ipv6Net, vethbpf_common::Route> =
         env.dp.route6_entries()?.into_iter().collect();
-    let attached = env.dp.attached();
+    let pod_attach = env.dp.pod_attach();
+    let pinned = env.dp.pod_program()?.id;
+    // What from_pod runs on: TCX links by their pins, tc filters by their place on
+    // each recorded host veth (one batch of gets).
+    let pod_links: BTreeMap<String, Option<u32>> = match pod_attach {
+        AttachMode::Tcx => env.dp.links().into_iter().collect(),
+        AttachMode::Tc => BTreeMap::new(),
+    };
+    let filters: BTreeMap<u32, Option<TcFilter>> = match pod_attach {
+        AttachMode::Tc => {
+            let indexes: Vec<u32> = locked
+                .state
+                .endpoints
+                .values()
+                .map(|r| r.host_ifindex)
+                .collect();
+            let found = env.node.ingress_filters(&indexes)?;
+            indexes.into_iter().zip(found).collect()
+        }
+        AttachMode::Tcx => BTreeMap::new(),
+    };
     let node_routes = env.node.routes()?;
     let node_routes6 = env.node.routes6()?;
     let gateway6 = locked.state.node.as_ref().map(NodeConfig::gateway6);
@@ -246,11 +267,19 @@ fn check_records(
             }
             _ => {}
         }
-        if let Some(attached) = &attached
-            && !attached.contains(&rec.host_veth)
-        {
-            env.dp.attach(&rec.host_veth)?;
-            report.repaired.push(fix("program attachment"));
+        let attachment = match pod_attach {
+            AttachMode::Tcx => {
+                repair_link(env, &rec, pod_links.get(&rec.host_veth).copied(), pinned)?
+            }
+            AttachMode::Tc => repair_filter(
+                env,
+                &rec,
+                filters.get(&rec.host_ifindex).cloned().flatten(),
+                pinned,
+            )?,
+        };
+        if let Some(what) = attachment {
+            report.repaired.push(fix(&what));
         }
         if link.is_some_and(|l| !l.up) {
             env.node.set_link_up(rec.host_ifindex)?;
@@ -306,6 +335,63 @@ fn check_records(
         }
     }
     Ok(())
+}
+
+/// Gives `rec`'s host veth its TCX link running the `pinned` program, if the link
+/// is missing (`link`: `None`) or runs another one. What was repaired, if anything.
+fn repair_link(
+    env: &mut Env<'_>,
+    rec: &EndpointRecord,
+    link: Option<Option<u32>>,
+    pinned: u32,
+) -> Result<Option<String>, ReconcileError> {
+    Ok(match pods::link_state(link, pinned) {
+        AttachState::Ok => None,
+        AttachState::Missing | AttachState::Foreign => {
+            env.dp.attach(&rec.host_veth)?;
+            Some("program attachment".into())
+        }
+        AttachState::Stale => {
+            env.dp.relink(&rec.host_veth)?;
+            Some(format!(
+                "program attachment (its TCX link ran program {}, not {pinned})",
+                link.flatten().map_or("?".into(), |i| i.to_string())
+            ))
+        }
+    })
+}
+
+/// Gives `rec`'s host veth vethbpf's cls_bpf filter running the `pinned` program:
+/// made if missing (`filter`: what holds its place), its program swapped in place
+/// if it runs another, or put in place of someone else's filter there. What was
+/// repaired, if anything.
+fn repair_filter(
+    env: &mut Env<'_>,
+    rec: &EndpointRecord,
+    filter: Option<TcFilter>,
+    pinned: u32,
+) -> Result<Option<String>, ReconcileError> {
+    let index = rec.host_ifindex;
+    let what = match (pods::filter_state(filter.as_ref(), pinned), &filter) {
+        (AttachState::Ok, _) => return Ok(None),
+        (AttachState::Missing, _) | (_, None) => "program attachment".to_string(),
+        (AttachState::Foreign, Some(f)) => {
+            // Another classifier cannot be turned into cls_bpf: it goes first.
+            env.node.del_filter(index)?;
+            format!("program attachment (a {} filter held its place)", f.kind)
+        }
+        (AttachState::Stale, Some(f)) => format!(
+            "program attachment (its filter ran program {}, not {pinned})",
+            f.program_id.map_or("?".into(), |i| i.to_string())
+        ),
+    };
+    // The filter's program is swapped in place if it is there; made if not.
+    let prog = env.dp.pod_program()?;
+    env.node.apply(&[
+        Change::Clsact(index),
+        Change::BpfFilter(index, prog.fd, PROG_FROM_POD),
+    ])?;
+    Ok(Some(what))
 }
 
 /// Removes links, map entries and pins that have vethbpf's shape but no record.
@@ -378,8 +464,11 @@ fn remove_orphans(
             }
         }
     }
-    for host in env.dp.attached().unwrap_or_default() {
-        if !hosts.contains(host.as_str()) {
+    // Pods' TCX links: those no endpoint owns, and on a node whose pods have tc
+    // filters, every one (from_pod would run twice).
+    let tcx = env.dp.pod_attach() == AttachMode::Tcx;
+    for (host, _) in env.dp.links() {
+        if !tcx || !hosts.contains(host.as_str()) {
             env.dp.detach(&host)?;
             report.removed_pins.push(host);
         }
@@ -389,7 +478,9 @@ fn remove_orphans(
 
 /// The node config of a node whose state file is lost: gateway and its MAC from
 /// the CONFIG map, the bpffs mount if one sits right on the dir, the attach mode of
-/// this kernel, and the pod CIDRs the user gives (the kernel does not hold them).
+/// this kernel for the node's own programs, TCX for pods if they have pinned links
+/// (else tc filters), and the pod CIDRs the user gives (the kernel does not hold
+/// them).
 pub fn node_from_pins(
     pins: &Pins,
     pod_cidr: Option<Ipv4Net>,
@@ -405,6 +496,11 @@ pub fn node_from_pins(
         bpffs_dir: pins.root().to_path_buf(),
         bpffs_mount: bpffs::mounted_on(pins.root()),
         attach_mode: datapath::attach_mode(),
+        pod_attach: if datapath::pinned_links(pins, PROG_FROM_POD).is_empty() {
+            AttachMode::Tc
+        } else {
+            AttachMode::Tcx
+        },
         // Needs the uplink's name: filled in by `from_kernel`.
         egress: None,
     })

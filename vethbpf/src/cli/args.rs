@@ -168,11 +168,20 @@ pub struct UpArgs {
     /// link-local address, fe80::ecee:eeff:feee:eeee, answered by NDP likewise.)
     #[arg(long, default_value = DEFAULT_GATEWAY, value_name = "IP")]
     pub gateway: Ipv4Addr,
-    /// On a node that is up, upgrade the loaded program to this binary's: maps and
-    /// their entries are kept, every TCX link switches atomically (no packet sees a
-    /// moment without a program).
+    /// On a node that is up, upgrade the loaded programs to this binary's: maps and
+    /// their entries are kept, every attachment (TCX link or cls_bpf filter)
+    /// switches atomically (no packet sees a moment without a program).
     #[arg(long)]
     pub replace: bool,
+    /// How each pod's host veth gets its program. `tc`: a clsact qdisc and a
+    /// cls_bpf filter (direct-action), made in the netlink batch that sets the
+    /// veth up; any kernel. `tcx`: a TCX link pinned per pod (kernel 6.6+), which
+    /// `status` shows by link id; each attach and each veth deletion then waits for
+    /// an RCU grace period in the kernel (~10 ms). The node's own attach points
+    /// (uplink, VXLAN device) use TCX where the kernel has it either way. Default:
+    /// tc on a new node; a node that is up keeps its own (changing it needs `down`).
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub pod_attach: Option<vethbpf::datapath::AttachMode>,
     /// The node's uplink: pod egress leaves through it, masqueraded behind its
     /// primary IPv4 address, and other nodes of a cluster are reached through it
     /// (that address is this node's in the cluster). Default: the device of the

@@ -6,6 +6,7 @@ use clap::ValueEnum;
 use serde::Serialize;
 
 use vethbpf::datapath::AttachMode;
+use vethbpf::datapath::pods::AttachState;
 use vethbpf::egress::table::Flow;
 use vethbpf::egress::{Egress, EgressStatus};
 use vethbpf::endpoint::EndpointView;
@@ -60,12 +61,10 @@ pub fn up(out: Output, r: &UpReport) -> Result<()> {
         "loaded" => "datapath loaded".to_string(),
         "reloaded" => "datapath pins were missing: loaded again".to_string(),
         "replaced" => format!(
-            "program replaced on {} attachment(s) ({}); maps kept",
+            "program replaced on {} attachment(s) (pods: {}; node: {}); maps kept",
             r.replaced.unwrap_or_default(),
-            match r.config.attach_mode {
-                AttachMode::Tcx => "TCX links, atomically",
-                AttachMode::Netlink => "cls_bpf filters, in place",
-            }
+            swap_kind(r.config.pod_attach),
+            swap_kind(r.config.attach_mode),
         ),
         "reconfigured" => "node config updated".to_string(),
         _ => "node is already up; nothing changed".to_string(),
@@ -83,6 +82,14 @@ pub fn up(out: Output, r: &UpReport) -> Result<()> {
     );
     println!("egress: {}", egress_line(r.config.egress.as_ref()));
     Ok(())
+}
+
+/// How `up --replace` swaps the program of an attachment of this kind.
+fn swap_kind(mode: AttachMode) -> &'static str {
+    match mode {
+        AttachMode::Tcx => "TCX links, atomically",
+        AttachMode::Tc => "cls_bpf filters, in place",
+    }
 }
 
 fn egress_line(e: Option<&Egress>) -> String {
@@ -227,11 +234,12 @@ pub fn status(out: Output, s: &Status) -> Result<()> {
         return Ok(());
     };
     println!(
-        "node: up  pod CIDR {}  gateway {} ({})  bpffs {}  attach {}  endpoints {}",
+        "node: up  pod CIDR {}  gateway {} ({})  bpffs {}  pod attach {}  node attach {}  endpoints {}",
         node::fmt_cidrs(node.pod_cidr, node.pod_cidr6),
         gateways(node),
         node.gateway_mac,
         node.bpffs_dir.display(),
+        node.pod_attach.name(),
         node.attach_mode.name(),
         s.endpoints
     );
@@ -278,7 +286,14 @@ pub fn status(out: Output, s: &Status) -> Result<()> {
         egress_status(e);
     }
     table(
-        &["ENDPOINT", "HOST VETH", "MODE", "LINK ID", "PROGRAM ID"],
+        &[
+            "ENDPOINT",
+            "HOST VETH",
+            "MODE",
+            "STATE",
+            "LINK ID",
+            "PROGRAM ID",
+        ],
         &s.attachments
             .iter()
             .map(|a| {
@@ -287,12 +302,23 @@ pub fn status(out: Output, s: &Status) -> Result<()> {
                     a.endpoint.clone(),
                     a.host_veth.clone(),
                     a.mode.to_string(),
+                    a.state.name().to_string(),
                     id(a.link_id),
                     id(a.program_id),
                 ]
             })
             .collect::<Vec<_>>(),
     );
+    let broken = s
+        .attachments
+        .iter()
+        .filter(|a| a.state != AttachState::Ok)
+        .count();
+    if broken > 0 {
+        println!(
+            "{broken} endpoint(s) do not run the pinned program (STATE): `vethbpf reconcile` repairs them"
+        );
+    }
     Ok(())
 }
 

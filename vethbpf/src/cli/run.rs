@@ -157,6 +157,7 @@ pub fn run(cli: Cli, bpffs_explicit: bool) -> Result<()> {
                 gateway: args.gateway,
                 bpffs_dir: cli.bpffs_dir.clone(),
                 replace: args.replace,
+                pod_attach: args.pod_attach,
                 egress: EgressRequest {
                     uplink: args.uplink.clone(),
                     cluster_cidr,

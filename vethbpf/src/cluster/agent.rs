@@ -230,6 +230,8 @@ fn bring_up(
             .as_ref()
             .map_or_else(|| cfg.bpffs_dir.clone(), |n| n.bpffs_dir.clone()),
         replace: false,
+        // A new node's pods get tc filters; a node that is up keeps its own.
+        pod_attach: None,
         // The cluster's uplink and CIDR are egress's too (never masqueraded).
         egress: EgressRequest {
             uplink: cluster.uplink.clone(),

@@ -874,6 +874,7 @@ mod tests {
             bpffs_dir: "/nonexistent".into(),
             bpffs_mount: None,
             attach_mode: AttachMode::Tcx,
+            pod_attach: AttachMode::Tc,
             egress: None,
         });
         l.state.cluster = Some(cluster(Overlay::None));

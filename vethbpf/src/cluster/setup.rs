@@ -448,7 +448,7 @@ pub fn apply(
 fn attached(pins: &Pins, mode: AttachMode, program: &str, ifname: &str, known: bool) -> bool {
     match mode {
         AttachMode::Tcx => pins.link(program, ifname).exists(),
-        AttachMode::Netlink => known,
+        AttachMode::Tc => known,
     }
 }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde_json::{Map, Value};
-use vethbpf_common::{PROG_FROM_POD, ROUTE_KIND_LOCAL, Route, ipv4_to_map};
+use vethbpf_common::{ROUTE_KIND_LOCAL, Route, ipv4_to_map};
 
 use super::delegate::{CallEnv, Delegate};
 use super::error::CniError;
@@ -18,7 +18,8 @@ use super::types::{
     CniResult, Dns, Interface, IpConfig, LATEST_VERSION, RouteEntry, SUPPORTED_VERSIONS,
 };
 use crate::datapath::maps::Maps;
-use crate::datapath::{self, AttachMode, Pins};
+use crate::datapath::pods::{self, AttachState};
+use crate::datapath::{self, Pins};
 use crate::defaults;
 use crate::egress::EgressRequest;
 use crate::endpoint::{self, AddRequest, EndpointError};
@@ -149,6 +150,8 @@ fn ensure_up(locked: &mut Locked, conf: &NetConf) -> Result<NodeConfig, CniError
             .or(current.as_ref().map(|n| n.bpffs_dir.clone()))
             .unwrap_or_else(default_bpffs_dir),
         replace: false,
+        // A new node's pods get tc filters; a node that is up keeps its own.
+        pod_attach: None,
         // The node's egress, or on the first use the defaults (the default
         // route's device, when there is one).
         egress: EgressRequest::default(),
@@ -187,6 +190,8 @@ fn loaded_node(locked: &mut Locked) -> Result<Option<NodeConfig>, CniError> {
         gateway: n.gateway,
         bpffs_dir: n.bpffs_dir.clone(),
         replace: false,
+        // A new node's pods get tc filters; a node that is up keeps its own.
+        pod_attach: None,
         egress: EgressRequest::default(),
     };
     let mut nl = RtNetlink::connect()?;
@@ -665,15 +670,28 @@ pub(crate) fn check(p: &Params, conf: &NetConf) -> Result<(), CniError> {
             node.bpffs_dir.display()
         ));
     } else {
-        if node.attach_mode == AttachMode::Tcx {
-            let prog = datapath::program_info(&pins).ok().map(|i| i.id());
-            match datapath::link_ids(&pins, PROG_FROM_POD, &rec.host_veth) {
-                None => bad.push(format!("no pinned TCX link on {}", rec.host_veth)),
-                Some((_, attached)) if Some(attached) != prog => bad.push(format!(
-                    "{} runs program {attached}, not the pinned {prog:?}",
-                    rec.host_veth
-                )),
-                Some(_) => {}
+        match datapath::program_info(&pins) {
+            Err(e) => bad.push(format!("cannot open the pinned program: {e}")),
+            Ok(prog) => {
+                let found = pods::read(
+                    &pins,
+                    node.pod_attach,
+                    &mut nl,
+                    prog.id(),
+                    &[(rec.host_veth.as_str(), rec.host_ifindex)],
+                )?;
+                if let Some(a) = found.first()
+                    && a.state != AttachState::Ok
+                {
+                    bad.push(format!(
+                        "the {} attachment of {} is {} (runs program {:?}, the pinned one is {})",
+                        node.pod_attach.name(),
+                        rec.host_veth,
+                        a.state.name(),
+                        a.program_id,
+                        prog.id()
+                    ));
+                }
             }
         }
         match Maps::open(&pins) {

@@ -3,6 +3,7 @@
 //! each endpoint's host veth is one user; a program on the uplink is another.
 
 use std::fs;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use aya::programs::links::Link as _;
 use aya::programs::links::{FdLink, PinnedLink};
@@ -14,43 +15,54 @@ use aya::util::KernelVersion;
 use serde::{Deserialize, Serialize};
 
 use super::{BpfError, Pins};
+use crate::kernel::netlink::{TC_FILTER_HANDLE, TC_FILTER_PRIORITY};
 
-/// How programs are attached to interfaces.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// How a program is attached to tc ingress of an interface.
+///
+/// Both run the same program with the same verdicts (direct action); they differ
+/// in what an attachment costs and what is left to find it by. A TCX link
+/// (`BPF_LINK_CREATE`, kernel 6.6+) is pinned, so `status` and `reconcile` read
+/// its link and program ids from the pin and `up --replace` swaps its program with
+/// `BPF_LINK_UPDATE`; but making one waits for an RCU grace period under the RTNL
+/// lock, and deleting a device that has one waits for another (~11 ms each here).
+/// A clsact qdisc with a cls_bpf filter (netlink, every kernel) is made in the
+/// same netlink batch as the rest of the interface's set-up and goes with the
+/// interface at no extra cost; it is found again by its fixed priority and handle
+/// and its program swapped in place.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum AttachMode {
-    /// TCX link (kernel >= 6.6), pinned under the bpffs dir.
+    /// a TCX link, pinned under the bpffs dir (kernel 6.6+)
     Tcx,
-    /// Legacy clsact qdisc + cls_bpf filter through netlink (older kernels).
-    Netlink,
+    /// a clsact qdisc and a cls_bpf filter (direct-action, priority 1, handle 1),
+    /// made through netlink (any kernel)
+    // `netlink` in the state files of earlier versions.
+    #[serde(alias = "netlink")]
+    Tc,
 }
 
 impl AttachMode {
-    /// The name `status` and the state file use.
+    /// The name `status`, the state file and `up --pod-attach` use.
     pub const fn name(self) -> &'static str {
         match self {
             AttachMode::Tcx => "tcx",
-            AttachMode::Netlink => "netlink",
+            AttachMode::Tc => "tc",
         }
     }
 }
 
-/// The cls_bpf filter of a netlink attachment: always this priority and handle
-/// (as Cilium's), so that `up --replace` finds it and swaps its program.
-const FILTER_PRIORITY: u16 = 1;
-const FILTER_HANDLE: u32 = 1;
-
-/// Chooses TCX where the kernel has it (6.6+), the netlink clsact filter before.
-/// Test builds (the `fault-injection` feature) take `VETHBPF_TEST_ATTACH_MODE`
-/// (`netlink` or `tcx`) first, so that the fallback is tested on a TCX kernel.
+/// What the kernel allows for the node's own attach points (the uplink, the VXLAN
+/// device): TCX where it has it (6.6+), the clsact filter before. Test builds (the
+/// `fault-injection` feature) take `VETHBPF_TEST_ATTACH_MODE` (`tc` or `tcx`)
+/// first, so that the fallback is tested on a TCX kernel.
 pub(crate) fn attach_mode() -> AttachMode {
     match crate::fault::forced_attach_mode() {
-        Some("netlink") => return AttachMode::Netlink,
+        Some("tc") => return AttachMode::Tc,
         Some("tcx") => return AttachMode::Tcx,
         _ => {}
     }
     match KernelVersion::current() {
-        Ok(v) if v < KernelVersion::new(6, 6, 0) => AttachMode::Netlink,
+        Ok(v) if v < KernelVersion::new(6, 6, 0) => AttachMode::Tc,
         _ => AttachMode::Tcx,
     }
 }
@@ -70,6 +82,56 @@ pub(crate) fn open_program(pins: &Pins, program: &str) -> Result<SchedClassifier
     };
     let info = ProgramInfo::from_pin(&path).map_err(open_err)?;
     SchedClassifier::from_program_info(info, program.to_string().into()).map_err(open_err)
+}
+
+/// A pinned program opened as a bare descriptor (BPF_OBJ_GET) with its id: what a
+/// cls_bpf filter is made with (netlink takes the descriptor) and checked against
+/// (the kernel reports the id a filter runs). Two bpf() calls, no aya program.
+#[derive(Debug)]
+pub(crate) struct PinnedProgram {
+    fd: OwnedFd,
+    id: u32,
+}
+
+impl PinnedProgram {
+    pub(crate) fn open(pins: &Pins, program: &str) -> Result<Self, BpfError> {
+        let path = pins.program(program);
+        let open = || {
+            let fd = super::sys::obj_get(&path)?;
+            let id = super::sys::prog_id(fd.as_fd())?;
+            Ok::<_, std::io::Error>(PinnedProgram { fd, id })
+        };
+        open().map_err(|source| BpfError::OpenPinned { path, source })
+    }
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+    pub(crate) fn id(&self) -> u32 {
+        self.id
+    }
+}
+
+/// Points `program`'s pinned TCX link on `ifname` at the pinned program
+/// (`BPF_LINK_UPDATE`: atomic, no packet sees the interface without a program).
+pub(crate) fn relink(pins: &Pins, program: &str, ifname: &str) -> Result<(), BpfError> {
+    let mut prog = open_program(pins, program)?;
+    let path = pins.link(program, ifname);
+    let link_err = |source| BpfError::Link {
+        path: path.clone(),
+        source,
+    };
+    let attach_err = |source| BpfError::Attach {
+        program: program.to_string(),
+        ifname: ifname.to_string(),
+        source: Box::new(source),
+    };
+    let pinned = PinnedLink::from_pin(&path).map_err(link_err)?;
+    let link = SchedClassifierLink::try_from(FdLink::from(pinned)).map_err(link_err)?;
+    let id = prog.attach_to_link(link).map_err(attach_err)?;
+    // The pin keeps the link; our handle to it can go.
+    let taken = prog.take_link(id).map_err(attach_err)?;
+    let _fd: FdLink = taken.try_into().map_err(link_err)?;
+    Ok(())
 }
 
 /// Attaches the pinned `program` to tc ingress of `ifname` (in the calling thread's
@@ -114,7 +176,7 @@ pub(crate) fn attach(
                 .map_err(|source| BpfError::Pin { path, source })?;
             Ok(())
         }
-        AttachMode::Netlink => {
+        AttachMode::Tc => {
             // The clsact qdisc may exist already (EEXIST): that is fine.
             let _ = tc::qdisc_add_clsact(ifname);
             let id = prog
@@ -135,8 +197,8 @@ pub(crate) fn attach(
 
 fn filter_options() -> NlOptions {
     NlOptions {
-        priority: FILTER_PRIORITY,
-        handle: TcHandle::from(FILTER_HANDLE),
+        priority: TC_FILTER_PRIORITY,
+        handle: TcHandle::from(TC_FILTER_HANDLE),
         classid: None,
     }
 }
@@ -160,8 +222,8 @@ pub(crate) fn replace_filter(prog: &mut SchedClassifier, ifname: &str) -> Result
     let link = SchedClassifierLink::attached(
         ifname,
         TcAttachType::Ingress,
-        FILTER_PRIORITY,
-        TcHandle::from(FILTER_HANDLE),
+        TC_FILTER_PRIORITY,
+        TcHandle::from(TC_FILTER_HANDLE),
         None,
     )
     .map_err(|e| attach_err(e.into()))?;
@@ -179,8 +241,8 @@ pub(crate) fn detach_filter(ifname: &str) -> Result<(), BpfError> {
     let Ok(link) = SchedClassifierLink::attached(
         ifname,
         TcAttachType::Ingress,
-        FILTER_PRIORITY,
-        TcHandle::from(FILTER_HANDLE),
+        TC_FILTER_PRIORITY,
+        TcHandle::from(TC_FILTER_HANDLE),
         None,
     ) else {
         return Ok(());

@@ -157,7 +157,7 @@ pub(crate) fn load_and_pin(
 pub(crate) fn replace(
     pins: &Pins,
     object: &[u8],
-    mode: AttachMode,
+    modes: Modes,
     endpoints: &[String],
     uplink: Option<&str>,
     nat_flows: u32,
@@ -166,13 +166,18 @@ pub(crate) fn replace(
     let uplinks: Vec<String> = uplink.map(str::to_string).into_iter().collect();
     let mut updated = 0;
     for name in PROGRAMS {
-        // Netlink filters leave no pins: from_pod's are on the endpoints' host veths,
+        // cls_bpf filters leave no pins: from_pod's are on the endpoints' host veths,
         // from_uplink's on the uplink.
+        let mode = if *name == PROG_FROM_POD {
+            modes.pods
+        } else {
+            modes.node
+        };
         let attached = match mode {
             AttachMode::Tcx => Attached::Links,
-            AttachMode::Netlink if *name == PROG_FROM_POD => Attached::Filters(endpoints),
-            AttachMode::Netlink if *name == PROG_FROM_UPLINK => Attached::Filters(&uplinks),
-            AttachMode::Netlink => Attached::Filters(&[]),
+            AttachMode::Tc if *name == PROG_FROM_POD => Attached::Filters(endpoints),
+            AttachMode::Tc if *name == PROG_FROM_UPLINK => Attached::Filters(&uplinks),
+            AttachMode::Tc => Attached::Filters(&[]),
         };
         let swapped =
             program(&mut ebpf, name).and_then(|prog| replace_program(pins, prog, name, attached));
@@ -199,6 +204,14 @@ pub(crate) fn replace(
             source: Box::new(source),
         })?;
     Ok((info, updated))
+}
+
+/// How a node attaches its programs: `from_pod` to pods' host veths, the others
+/// to the node's own interfaces.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Modes {
+    pub(crate) pods: AttachMode,
+    pub(crate) node: AttachMode,
 }
 
 /// Where a program runs: on its pinned TCX links, or on netlink filters of these

@@ -4,7 +4,8 @@
 //!
 //! vethbpf is a command, not a daemon: `up` loads the programs and pins them and
 //! their maps under the bpffs dir ([`Pins`] has the layout); `endpoint add` opens
-//! the pinned program, attaches it to a host veth with a TCX link and pins the link.
+//! the pinned program and attaches it to a host veth: a cls_bpf filter made in the
+//! veth's netlink batch, or (`up --pod-attach tcx`) a TCX link, pinned.
 //! Nothing depends on a vethbpf process staying alive.
 
 use std::io;
@@ -25,14 +26,16 @@ mod load;
 pub mod maps;
 mod migrate;
 mod pins;
+pub mod pods;
 mod sys;
 
 pub use attach::AttachMode;
 pub(crate) use attach::{
-    attach, attach_mode, detach, detach_filter, link_ids, pinned_links, replace_filter,
+    PinnedProgram, attach, attach_mode, detach, detach_filter, link_ids, pinned_links, relink,
+    replace_filter,
 };
 pub use load::program_info;
-pub(crate) use load::{check_object, load_and_pin, remove_all, replace};
+pub(crate) use load::{Modes, check_object, load_and_pin, remove_all, replace};
 pub use pins::Pins;
 
 /// The object's programs: each is loaded, verified and pinned by `up`, and
@@ -77,6 +80,14 @@ pub enum BpfError {
         path: PathBuf,
         #[source]
         source: Box<ProgramError>,
+    },
+    #[error(
+        "the pinned program {path} cannot be opened ({source}); is the bpffs still mounted? `vethbpf up` loads the datapath again"
+    )]
+    OpenPinned {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
     },
     #[error("cannot attach {program} to {ifname}: {source}")]
     Attach {
@@ -133,7 +144,9 @@ impl BpfError {
     /// the datapath is gone (`up` loads it again).
     pub fn kind(&self) -> ErrorKind {
         match self {
-            BpfError::OpenProgram { .. } | BpfError::OpenMap { .. } => ErrorKind::NotUp,
+            BpfError::OpenProgram { .. }
+            | BpfError::OpenPinned { .. }
+            | BpfError::OpenMap { .. } => ErrorKind::NotUp,
             BpfError::IncompatibleMap { .. } => ErrorKind::Conflict,
             _ => ErrorKind::Other,
         }

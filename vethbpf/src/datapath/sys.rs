@@ -1,14 +1,19 @@
-//! The few map operations aya 0.14 has no untyped form of: a map's full info (its
-//! BTF type ids included), and walking, reading and writing entries as raw bytes of
-//! whatever size the map has. Map fill and map migration work on every map this way,
-//! without a typed view per map.
+//! The few bpf() commands used without aya: a map's full info (its BTF type ids
+//! included), and walking, reading and writing entries as raw bytes of whatever
+//! size the map has (map fill and map migration work on every map this way,
+//! without a typed view per map); a pinned object opened as a bare descriptor and
+//! a program's id (for cls_bpf filters, which netlink makes).
 
+use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
 
 const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
+const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 
 /// `union bpf_attr` for the element commands (linux/bpf.h).
@@ -53,14 +58,69 @@ pub(crate) struct MapInfoRaw {
 }
 
 fn bpf(cmd: libc::c_long, attr: *const u8, size: usize) -> io::Result<()> {
+    bpf_ret(cmd, attr, size).map(drop)
+}
+
+/// bpf(2) and its non-negative return value.
+fn bpf_ret(cmd: libc::c_long, attr: *const u8, size: usize) -> io::Result<libc::c_long> {
     // SAFETY: `attr` points at a bpf_attr prefix of `size` bytes whose pointers the
     // callers keep valid for the call.
     let ret = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr, size as u32) };
     if ret < 0 {
         Err(io::Error::last_os_error())
     } else {
-        Ok(())
+        Ok(ret)
     }
+}
+
+/// `union bpf_attr` for BPF_OBJ_GET.
+#[repr(C)]
+struct ObjGetAttr {
+    pathname: u64,
+    bpf_fd: u32,
+    file_flags: u32,
+}
+
+/// The pinned object at `path`, opened (BPF_OBJ_GET).
+pub(crate) fn obj_get(path: &Path) -> io::Result<OwnedFd> {
+    let c = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let attr = ObjGetAttr {
+        pathname: c.as_ptr() as u64,
+        bpf_fd: 0,
+        file_flags: 0,
+    };
+    let fd = bpf_ret(
+        BPF_OBJ_GET,
+        (&raw const attr).cast(),
+        size_of::<ObjGetAttr>(),
+    )?;
+    // SAFETY: BPF_OBJ_GET returned a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// The start of `struct bpf_prog_info`: the kernel fills in as much as asked for.
+#[repr(C)]
+#[derive(Default)]
+struct ProgInfoHead {
+    prog_type: u32,
+    id: u32,
+}
+
+/// The id of the program behind `fd`.
+pub(crate) fn prog_id(fd: BorrowedFd<'_>) -> io::Result<u32> {
+    let mut info = ProgInfoHead::default();
+    let attr = InfoAttr {
+        bpf_fd: fd.as_raw_fd() as u32,
+        info_len: size_of::<ProgInfoHead>() as u32,
+        info: (&raw mut info) as u64,
+    };
+    bpf(
+        BPF_OBJ_GET_INFO_BY_FD,
+        (&raw const attr).cast(),
+        size_of::<InfoAttr>(),
+    )?;
+    Ok(info.id)
 }
 
 /// The map's info, BTF type ids included.

@@ -418,7 +418,7 @@ fn attach_uplink(pins: &Pins, uplink: &str, mode: AttachMode) -> Result<(), Egre
                 datapath::attach(pins, PROG_FROM_UPLINK, uplink, mode)?;
             }
         }
-        AttachMode::Netlink => {
+        AttachMode::Tc => {
             let path = pins.program(PROG_FROM_UPLINK);
             let mut prog =
                 SchedClassifier::from_pin(&path).map_err(|source| BpfError::OpenProgram {
@@ -474,7 +474,7 @@ pub(crate) fn reconcile_uplink(
         }
         // A filter has no pin to check against; `attach_uplink` swaps its program
         // in place, or adds it.
-        AttachMode::Netlink => false,
+        AttachMode::Tc => false,
     };
     if !attached {
         if mode == AttachMode::Tcx {
@@ -494,7 +494,7 @@ pub(crate) fn detach_uplink(
 ) -> Result<(), EgressError> {
     match mode {
         AttachMode::Tcx => datapath::detach(pins, PROG_FROM_UPLINK, uplink)?,
-        AttachMode::Netlink => datapath::detach_filter(uplink)?,
+        AttachMode::Tc => datapath::detach_filter(uplink)?,
     }
     Ok(())
 }

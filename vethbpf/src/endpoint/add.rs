@@ -11,11 +11,12 @@ use std::path::PathBuf;
 use ipnet::{Ipv4Net, Ipv6Net};
 use tracing::{debug, warn};
 use vethbpf_common::{
-    EndpointInfo, EndpointInfo6, MAX_ENDPOINTS, ROUTE_KIND_LOCAL, Route, ipv4_to_map,
+    EndpointInfo, EndpointInfo6, MAX_ENDPOINTS, PROG_FROM_POD, ROUTE_KIND_LOCAL, Route, ipv4_to_map,
 };
 
 use super::journal::finish_pending;
 use super::{EndpointError, Env, KernelTag, PodConfig, configure_pod_side};
+use crate::datapath::AttachMode;
 use crate::fault;
 use crate::kernel::netlink::{Change, Netlink, Route6Spec, RouteSpec};
 use crate::state::ident;
@@ -360,8 +361,17 @@ fn add_steps(
         undo.push(Undo::DelEndpoint6Entry(host_index));
     }
     fault::point("add.attach")?;
-    env.dp.attach(&host)?;
-    undo.push(Undo::Detach(host.clone()));
+    // from_pod: a TCX link, attached and pinned here; or a clsact qdisc and a
+    // cls_bpf filter, made in the batch below, before the link comes up (a filter
+    // goes with the veth, so it has no undo step of its own).
+    let filter_program = match env.dp.pod_attach() {
+        AttachMode::Tcx => {
+            env.dp.attach(&host)?;
+            undo.push(Undo::Detach(host.clone()));
+            None
+        }
+        AttachMode::Tc => Some(env.dp.pod_program()?),
+    };
     // Up, and node -> pod through the kernel: `IP/32 dev HOST scope link` and
     // `IP6/128 dev HOST` (removed with the link, so no undo step of their own).
     // One batch.
@@ -377,7 +387,12 @@ fn add_steps(
         oif: host_index,
         gateway: None,
     });
-    let mut node_changes = vec![Change::LinkUp(host_index)];
+    let mut node_changes = Vec::with_capacity(5);
+    if let Some(prog) = filter_program {
+        node_changes.push(Change::Clsact(host_index));
+        node_changes.push(Change::BpfFilter(host_index, prog.fd, PROG_FROM_POD));
+    }
+    node_changes.push(Change::LinkUp(host_index));
     node_changes.extend(node_route.as_ref().map(Change::AddRoute));
     node_changes.extend(node_route6.as_ref().map(Change::AddRoute6));
     fault::point("add.link-up")?;

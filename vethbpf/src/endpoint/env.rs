@@ -1,13 +1,14 @@
 //! The kernel as endpoint changes see it: three small traits, so that the logic,
 //! rollback included, is unit-tested with fakes.
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use ipnet::{Ipv4Net, Ipv6Net};
 use vethbpf_common::{EndpointInfo, EndpointInfo6, Route};
 
 use super::EndpointError;
+use crate::datapath::AttachMode;
 use crate::kernel::netlink::Netlink;
 
 /// Pod namespaces: creating, deleting, resolving, and configuring the inside.
@@ -27,10 +28,30 @@ pub(crate) trait Namespaces {
     fn netlink_in(&mut self, netns: &Path) -> Result<Box<dyn Netlink>, EndpointError>;
 }
 
+/// The pinned `from_pod` program, for a cls_bpf filter: a descriptor of it (what
+/// netlink makes the filter with) and its id (what a filter that runs it reports).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct PodProgram<'a> {
+    pub(crate) fd: BorrowedFd<'a>,
+    pub(crate) id: u32,
+}
+
 /// The pinned eBPF objects, as endpoint changes use them.
 pub(crate) trait Datapath {
+    /// How pods' host veths get `from_pod` on this node. With [`AttachMode::Tc`]
+    /// the caller makes the filter through netlink with [`Datapath::pod_program`]
+    /// (in the batch that sets the veth up); with [`AttachMode::Tcx`] it calls
+    /// [`Datapath::attach`].
+    fn pod_attach(&self) -> AttachMode;
+    /// The pinned `from_pod` program, opened once per process.
+    fn pod_program(&mut self) -> Result<PodProgram<'_>, EndpointError>;
+    /// Attaches `from_pod` to the host veth with a TCX link, pinned.
     fn attach(&mut self, host_veth: &str) -> Result<(), EndpointError>;
+    /// Removes the host veth's pinned TCX link, if it has one (a tc filter goes
+    /// with the veth and needs nothing).
     fn detach(&mut self, host_veth: &str) -> Result<(), EndpointError>;
+    /// Points the host veth's pinned TCX link at the pinned program.
+    fn relink(&mut self, host_veth: &str) -> Result<(), EndpointError>;
     fn put_endpoint(&mut self, ifindex: u32, info: &EndpointInfo) -> Result<(), EndpointError>;
     fn del_endpoint(&mut self, ifindex: u32) -> Result<(), EndpointError>;
     fn put_route(&mut self, net: Ipv4Net, route: &Route) -> Result<(), EndpointError>;
@@ -48,9 +69,10 @@ pub(crate) trait Datapath {
     fn route6_entries(&self) -> Result<Vec<(Ipv6Net, Route)>, EndpointError>;
     /// Every ENDPOINTS6 entry, by host ifindex (for `reconcile`).
     fn endpoint6_entries(&self) -> Result<Vec<(u32, EndpointInfo6)>, EndpointError>;
-    /// The host veths with a pinned attachment; `None` when attachments are not
-    /// pinned (netlink mode), so there is nothing to compare.
-    fn attached(&self) -> Option<Vec<String>>;
+    /// The host veths with a pinned TCX link of `from_pod` (whatever the node's
+    /// mode: a pin no endpoint owns is removed), each with the id of the program
+    /// the link runs (`None`: the link cannot be read).
+    fn links(&self) -> Vec<(String, Option<u32>)>;
 }
 
 /// The kernel as `endpoint` commands see it.

@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 use ipnet::{Ipv4Net, Ipv6Net};
 use vethbpf_common::{EndpointInfo, EndpointInfo6, PROG_FROM_POD, Route};
 
-use super::{Datapath, EndpointError, Env, Namespaces};
+use super::{Datapath, EndpointError, Env, Namespaces, PodProgram};
 use crate::datapath::maps::{EndpointCounters, Maps};
-use crate::datapath::{self, AttachMode, Pins};
+use crate::datapath::{self, AttachMode, PinnedProgram, Pins};
 use crate::egress::table::Table;
 use crate::kernel::bpffs;
 use crate::kernel::netlink::{Netlink, RtNetlink};
@@ -88,6 +88,8 @@ pub(crate) struct PinnedDatapath {
     pins: Pins,
     maps: Maps,
     mode: AttachMode,
+    /// `from_pod`, opened the first time a filter needs it.
+    program: Option<PinnedProgram>,
 }
 
 impl PinnedDatapath {
@@ -106,22 +108,39 @@ impl PinnedDatapath {
         Ok(PinnedDatapath {
             pins,
             maps,
-            mode: node.attach_mode,
+            mode: node.pod_attach,
+            program: None,
         })
     }
 }
 
 impl Datapath for PinnedDatapath {
+    fn pod_attach(&self) -> AttachMode {
+        self.mode
+    }
+    fn pod_program(&mut self) -> Result<PodProgram<'_>, EndpointError> {
+        let program = match &mut self.program {
+            Some(p) => p,
+            slot => slot.insert(PinnedProgram::open(&self.pins, PROG_FROM_POD)?),
+        };
+        Ok(PodProgram {
+            fd: program.fd(),
+            id: program.id(),
+        })
+    }
     fn attach(&mut self, host_veth: &str) -> Result<(), EndpointError> {
         Ok(datapath::attach(
             &self.pins,
             PROG_FROM_POD,
             host_veth,
-            self.mode,
+            AttachMode::Tcx,
         )?)
     }
     fn detach(&mut self, host_veth: &str) -> Result<(), EndpointError> {
         Ok(datapath::detach(&self.pins, PROG_FROM_POD, host_veth)?)
+    }
+    fn relink(&mut self, host_veth: &str) -> Result<(), EndpointError> {
+        Ok(datapath::relink(&self.pins, PROG_FROM_POD, host_veth)?)
     }
     fn put_endpoint(&mut self, ifindex: u32, info: &EndpointInfo) -> Result<(), EndpointError> {
         Ok(self.maps.put_endpoint(ifindex, info)?)
@@ -166,8 +185,14 @@ impl Datapath for PinnedDatapath {
     fn endpoint6_entries(&self) -> Result<Vec<(u32, EndpointInfo6)>, EndpointError> {
         Ok(self.maps.endpoints6())
     }
-    fn attached(&self) -> Option<Vec<String>> {
-        (self.mode == AttachMode::Tcx).then(|| datapath::pinned_links(&self.pins, PROG_FROM_POD))
+    fn links(&self) -> Vec<(String, Option<u32>)> {
+        datapath::pinned_links(&self.pins, PROG_FROM_POD)
+            .into_iter()
+            .map(|host| {
+                let program = datapath::link_ids(&self.pins, PROG_FROM_POD, &host).map(|(_, p)| p);
+                (host, program)
+            })
+            .collect()
     }
 }
 
@@ -177,11 +202,20 @@ impl Datapath for PinnedDatapath {
 pub(crate) struct GoneDatapath;
 
 impl Datapath for GoneDatapath {
+    fn pod_attach(&self) -> AttachMode {
+        AttachMode::Tc
+    }
+    fn pod_program(&mut self) -> Result<PodProgram<'_>, EndpointError> {
+        Err(EndpointError::NotUp)
+    }
     fn attach(&mut self, _host_veth: &str) -> Result<(), EndpointError> {
         Err(EndpointError::NotUp)
     }
     fn detach(&mut self, _host_veth: &str) -> Result<(), EndpointError> {
         Ok(())
+    }
+    fn relink(&mut self, _host_veth: &str) -> Result<(), EndpointError> {
+        Err(EndpointError::NotUp)
     }
     fn put_endpoint(&mut self, _ifindex: u32, _info: &EndpointInfo) -> Result<(), EndpointError> {
         Err(EndpointError::NotUp)
@@ -222,7 +256,7 @@ impl Datapath for GoneDatapath {
     fn endpoint6_entries(&self) -> Result<Vec<(u32, EndpointInfo6)>, EndpointError> {
         Ok(Vec::new())
     }
-    fn attached(&self) -> Option<Vec<String>> {
-        None
+    fn links(&self) -> Vec<(String, Option<u32>)> {
+        Vec::new()
     }
 }

@@ -28,7 +28,7 @@ pub use add::{AddRequest, add};
 pub use del::del;
 pub(crate) use del::route_of;
 pub use env::Env;
-pub(crate) use env::{Datapath, Namespaces};
+pub(crate) use env::{Datapath, Namespaces, PodProgram};
 pub use error::EndpointError;
 pub(crate) use journal::finish_pending;
 pub use journal::{Recovered, settle_with_kernel};

@@ -5,6 +5,7 @@ use std::fs::{self, File};
 use std::net::Ipv4Addr;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use ipnet::{Ipv4Net, Ipv6Net};
 use vethbpf_common::{EndpointInfo, EndpointInfo6, Route};
@@ -69,9 +70,30 @@ impl Namespaces for FakeNamespaces {
     }
 }
 
-#[derive(Default, Debug, PartialEq, Eq, Clone)]
+/// The fake's pinned program: a file whose descriptor stands for the program (the
+/// fake netlink takes its inode number for the program id, as [`pod_program`]
+/// does). Equal to any other: it is no part of what tests compare.
+///
+/// [`pod_program`]: Datapath::pod_program
+#[derive(Default, Debug, Clone)]
+pub(crate) struct FakeProgram(Option<Arc<OwnedFd>>);
+
+impl PartialEq for FakeProgram {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+impl Eq for FakeProgram {}
+
+#[derive(Debug, PartialEq, Eq, Clone)]
 pub(crate) struct FakeDatapath {
+    /// How pods attach: TCX links (`attached`) or tc filters (in the fake netlink).
+    pub(crate) pod_attach: AttachMode,
+    pub(crate) program: FakeProgram,
+    /// Host veths with a pinned TCX link.
     pub(crate) attached: BTreeSet<String>,
+    /// Host veths whose TCX link runs another program than the pinned one.
+    pub(crate) stale: BTreeSet<String>,
     pub(crate) endpoints: BTreeMap<u32, EndpointInfo>,
     pub(crate) routes: BTreeMap<Ipv4Net, Route>,
     pub(crate) endpoints6: BTreeMap<u32, EndpointInfo6>,
@@ -80,7 +102,28 @@ pub(crate) struct FakeDatapath {
     pub(crate) fail: Option<&'static str>,
 }
 
+impl Default for FakeDatapath {
+    fn default() -> Self {
+        FakeDatapath {
+            pod_attach: AttachMode::Tcx,
+            program: FakeProgram::default(),
+            attached: BTreeSet::new(),
+            stale: BTreeSet::new(),
+            endpoints: BTreeMap::new(),
+            routes: BTreeMap::new(),
+            endpoints6: BTreeMap::new(),
+            routes6: BTreeMap::new(),
+            fail: None,
+        }
+    }
+}
+
 impl FakeDatapath {
+    /// The pinned program's id (see [`FakeProgram`]).
+    pub(crate) fn program_id(&mut self) -> u32 {
+        self.pod_program().map(|p| p.id).unwrap_or_default()
+    }
+
     fn check(&self, op: &'static str) -> Result<(), EndpointError> {
         if self.fail == Some(op) {
             return Err(MapsError::Op {
@@ -95,6 +138,22 @@ impl FakeDatapath {
 }
 
 impl Datapath for FakeDatapath {
+    fn pod_attach(&self) -> AttachMode {
+        self.pod_attach
+    }
+    fn pod_program(&mut self) -> Result<PodProgram<'_>, EndpointError> {
+        self.check("pod_program")?;
+        if self.program.0.is_none() {
+            self.program.0 = Some(Arc::new(OwnedFd::from(
+                File::open(std::env::current_exe().unwrap()).unwrap(),
+            )));
+        }
+        let Some(fd) = self.program.0.as_deref() else {
+            unreachable!("opened above")
+        };
+        let id = nix::sys::stat::fstat(fd.as_fd()).unwrap().st_ino as u32;
+        Ok(PodProgram { fd: fd.as_fd(), id })
+    }
     fn attach(&mut self, host_veth: &str) -> Result<(), EndpointError> {
         self.check("attach")?;
         self.attached.insert(host_veth.into());
@@ -102,6 +161,12 @@ impl Datapath for FakeDatapath {
     }
     fn detach(&mut self, host_veth: &str) -> Result<(), EndpointError> {
         self.attached.remove(host_veth);
+        self.stale.remove(host_veth);
+        Ok(())
+    }
+    fn relink(&mut self, host_veth: &str) -> Result<(), EndpointError> {
+        self.check("relink")?;
+        self.stale.remove(host_veth);
         Ok(())
     }
     fn put_endpoint(&mut self, i: u32, info: &EndpointInfo) -> Result<(), EndpointError> {
@@ -155,8 +220,24 @@ impl Datapath for FakeDatapath {
     fn endpoint6_entries(&self) -> Result<Vec<(u32, EndpointInfo6)>, EndpointError> {
         Ok(self.endpoints6.iter().map(|(k, v)| (*k, *v)).collect())
     }
-    fn attached(&self) -> Option<Vec<String>> {
-        Some(self.attached.iter().cloned().collect())
+    fn links(&self) -> Vec<(String, Option<u32>)> {
+        let pinned = self
+            .program
+            .0
+            .as_ref()
+            .and_then(|fd| nix::sys::stat::fstat(fd.as_fd()).ok())
+            .map(|st| st.st_ino as u32);
+        self.attached
+            .iter()
+            .map(|h| {
+                let runs = if self.stale.contains(h) {
+                    Some(0)
+                } else {
+                    pinned
+                };
+                (h.clone(), runs)
+            })
+            .collect()
     }
 }
 
@@ -172,6 +253,18 @@ impl World {
     /// A node with the default IPv4 pod CIDR.
     pub(crate) fn new(tag: &str) -> World {
         Self::with_cidrs(tag, Some("10.244.0.0/24"), None)
+    }
+
+    /// A node whose pods get tc filters (`up --pod-attach tc`, the default).
+    pub(crate) fn tc(tag: &str) -> World {
+        let mut w = Self::new(tag);
+        w.dp.pod_attach = AttachMode::Tc;
+        w
+    }
+
+    /// What holds vethbpf's filter place on the host veth `index`.
+    pub(crate) fn filter(&mut self, index: u32) -> Option<crate::kernel::netlink::TcFilter> {
+        self.node.ingress_filters(&[index]).unwrap().pop().flatten()
     }
 
     /// A dual-stack node (10.244.0.0/24 and fd00:10:244::/64).
@@ -197,6 +290,7 @@ impl World {
             bpffs_dir: dir.join("bpffs"),
             bpffs_mount: None,
             attach_mode: AttachMode::Tcx,
+            pod_attach: AttachMode::Tcx,
             egress: None,
         });
         l.save().unwrap();

@@ -393,3 +393,117 @@ fn every_failing_ipv6_step_of_add_is_rolled_back() {
         assert_eq!(w.snapshot(), before, "after {op} failed: {err}");
     }
 }
+
+/// With tc filters (the default), the filter is made in the batch that brings the
+/// host veth up, before it comes up; nothing is pinned; del leaves nothing.
+#[test]
+fn tc_mode_attaches_in_the_link_up_batch() {
+    let mut w = World::tc("tc-calls");
+    let empty = w.snapshot();
+    w.node.clear_calls();
+    let rec = w.add("web").unwrap();
+    let node_ops: Vec<&str> = w
+        .node
+        .calls()
+        .iter()
+        .filter(|c| c.netns == w.node.netns_id() && c.ok)
+        .map(|c| c.op)
+        .collect();
+    assert_eq!(
+        node_ops[node_ops.len() - 4..],
+        ["add_clsact", "set_bpf_filter", "set_link_up", "add_route"]
+    );
+    let pinned = w.dp.program_id();
+    let f = w.filter(rec.host_ifindex).expect("a filter");
+    assert_eq!((f.kind.as_str(), f.program_id), ("bpf", Some(pinned)));
+    assert!(f.direct_action);
+    assert!(w.dp.attached.is_empty(), "no TCX link pinned");
+    w.del("web").unwrap();
+    assert_eq!(w.snapshot(), empty);
+}
+
+#[test]
+fn tc_mode_failing_attach_steps_are_rolled_back() {
+    for (op, nth) in [("add_clsact", 1), ("set_bpf_filter", 1)] {
+        let mut w = World::tc(&format!("tc-nl-{op}"));
+        w.add("keep").unwrap();
+        let before = w.snapshot();
+        w.node.fail_at(op, nth);
+        let err = w.add("web").expect_err(op);
+        assert_eq!(w.snapshot(), before, "after {op} failed: {err}");
+    }
+    let mut w = World::tc("tc-dp-prog");
+    let before = w.snapshot();
+    w.dp.fail = Some("pod_program");
+    w.add("web").expect_err("pod_program");
+    assert_eq!(w.snapshot(), before);
+}
+
+/// reconcile finds a tc filter that is missing, runs an old program or was
+/// replaced by someone else's classifier, and puts vethbpf's back.
+#[test]
+fn reconcile_repairs_tc_filters() {
+    let mut w = World::tc("tc-reconcile");
+    let a = w.add("a").unwrap();
+    let b = w.add("b").unwrap();
+    let c = w.add("c").unwrap();
+    let d = w.add("d").unwrap();
+    let pinned = w.dp.program_id();
+    w.node.seed_filter(a.host_ifindex, None);
+    w.node
+        .seed_filter(b.host_ifindex, Some(("bpf", Some(pinned + 1))));
+    w.node.seed_filter(c.host_ifindex, Some(("u32", None)));
+    let report = w.with(crate::reconcile::reconcile).unwrap();
+    let fixes: Vec<String> = report
+        .repaired
+        .iter()
+        .map(|f| format!("{} {}", f.endpoint, f.what))
+        .collect();
+    assert_eq!(
+        fixes,
+        [
+            "a program attachment".to_string(),
+            format!(
+                "b program attachment (its filter ran program {}, not {pinned})",
+                pinned + 1
+            ),
+            "c program attachment (a u32 filter held its place)".to_string(),
+        ]
+    );
+    for rec in [&a, &b, &c, &d] {
+        let f = w.filter(rec.host_ifindex).expect("a filter");
+        assert_eq!(
+            (f.kind.as_str(), f.program_id),
+            ("bpf", Some(pinned)),
+            "{}",
+            rec.name
+        );
+    }
+    let again = w.with(crate::reconcile::reconcile).unwrap();
+    assert!(!again.changed(), "{again:?}");
+}
+
+/// With TCX links, a pinned link that runs another program is pointed back at the
+/// pinned one; on a tc node, a pod link pin is a stray and goes.
+#[test]
+fn reconcile_relinks_stale_tcx_links_and_removes_pod_pins_on_a_tc_node() {
+    let mut w = World::new("tcx-stale");
+    let a = w.add("a").unwrap();
+    w.dp.stale.insert(a.host_veth.clone());
+    let report = w.with(crate::reconcile::reconcile).unwrap();
+    assert_eq!(report.repaired.len(), 1, "{report:?}");
+    assert!(
+        report.repaired[0]
+            .what
+            .starts_with("program attachment (its TCX link ran program 0")
+    );
+    assert!(w.dp.stale.is_empty());
+    assert!(!w.with(crate::reconcile::reconcile).unwrap().changed());
+
+    let mut w = World::tc("tc-stray-pin");
+    let a = w.add("a").unwrap();
+    w.dp.attached.insert(a.host_veth.clone());
+    let report = w.with(crate::reconcile::reconcile).unwrap();
+    assert_eq!(report.removed_pins, std::slice::from_ref(&a.host_veth));
+    assert!(w.dp.attached.is_empty());
+}

@@ -43,6 +43,8 @@ pub enum ObserveError {
     #[error(transparent)]
     Bpf(#[from] BpfError),
     #[error(transparent)]
+    Netlink(#[from] crate::kernel::netlink::NetlinkError),
+    #[error(transparent)]
     State(#[from] StateError),
 }
 
@@ -55,6 +57,7 @@ impl ObserveError {
             ObserveError::Busy { .. } => ErrorKind::Conflict,
             ObserveError::Maps(e) => e.kind(),
             ObserveError::Bpf(e) => e.kind(),
+            ObserveError::Netlink(e) => e.kind(),
             ObserveError::Log { .. }
             | ObserveError::Poll(_)
             | ObserveError::Listen { .. }

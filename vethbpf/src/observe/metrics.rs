@@ -24,7 +24,9 @@ use super::monitor;
 use crate::datapath::events::Listener;
 use crate::datapath::fill::map_fill;
 use crate::datapath::maps::{EndpointCounters, Maps};
-use crate::datapath::{AttachMode, Pins, link_ids, pinned_links, program_info};
+use crate::datapath::pods::{self, AttachState};
+use crate::datapath::{Pins, program_info};
+use crate::kernel::netlink::RtNetlink;
 use crate::state::StateDir;
 
 type Labels = Vec<(&'static str, String)>;
@@ -195,25 +197,28 @@ fn scrape(state_dir: &StateDir) -> Result<Scrape, ObserveError> {
     );
     let mut attached = Family::gauge(
         "program_attachments",
-        "Interfaces the program runs on: pinned TCX links whose program is the pinned one",
+        "Pods' host veths whose attachment (TCX link or cls_bpf filter, by mode) runs the pinned program",
     );
-    if node.attach_mode == AttachMode::Tcx {
-        // Counted from the kernel; netlink filters leave nothing to count them by, so
-        // that mode has no series.
-        let n = pinned_links(&pins, PROG_FROM_POD)
+    // Read from the kernel: a missing filter or a link left on an old program is
+    // not counted (alert on it below vethbpf_endpoints).
+    let hosts: Vec<(&str, u32)> = state
+        .endpoints
+        .values()
+        .map(|e| (e.host_veth.as_str(), e.host_ifindex))
+        .collect();
+    let running = if hosts.is_empty() {
+        0
+    } else {
+        let mut nl = RtNetlink::connect()?;
+        pods::read(&pins, node.pod_attach, &mut nl, info.id(), &hosts)?
             .iter()
-            .filter(|ifname| {
-                link_ids(&pins, PROG_FROM_POD, ifname).is_some_and(|(_, p)| p == info.id())
-            })
-            .count();
-        attached.add(
-            labels([
-                ("program", PROG_FROM_POD),
-                ("mode", node.attach_mode.name()),
-            ]),
-            n as u64,
-        );
-    }
+            .filter(|a| a.state == AttachState::Ok)
+            .count()
+    };
+    attached.add(
+        labels([("program", PROG_FROM_POD), ("mode", node.pod_attach.name())]),
+        running as u64,
+    );
 
     let mut node_info = Family::gauge("node_info", "This node's configuration (value 1)");
     node_info.add(
@@ -228,6 +233,7 @@ fn scrape(state_dir: &StateDir) -> Result<Scrape, ObserveError> {
             ),
             ("gateway", &node.gateway.to_string()),
             ("attach_mode", node.attach_mode.name()),
+            ("pod_attach", node.pod_attach.name()),
         ]),
         1,
     );

@@ -518,6 +518,59 @@ mod tests {
         sd.remove(l).unwrap();
     }
 
+    /// State files from before pods and the node's own attach points had separate
+    /// modes hold `attach_mode` alone: their pods keep it (a node whose pods have
+    /// pinned TCX links goes on with them), `netlink` being today's `tc`; the
+    /// next write records both.
+    #[test]
+    fn a_state_file_with_one_attach_mode_gives_it_to_the_pods() {
+        use crate::datapath::AttachMode;
+        for (old, want) in [("tcx", AttachMode::Tcx), ("netlink", AttachMode::Tc)] {
+            let dir = tempdir();
+            fs::create_dir_all(&dir).unwrap();
+            fs::write(
+                dir.join(STATE_FILE),
+                format!(
+                    r#"{{"version":2,"seq":0,"node":{{"pod_cidr":"10.244.0.0/24","gateway":"169.254.1.1",
+                    "gateway_mac":"ee:ee:ee:ee:ee:ee","bpffs_dir":"/sys/fs/bpf/vethbpf",
+                    "bpffs_mount":null,"attach_mode":"{old}"}},"endpoints":{{}}}}"#
+                ),
+            )
+            .unwrap();
+            let sd = StateDir::new(&dir);
+            let mut l = sd.lock().unwrap();
+            let node = l.state.node.clone().unwrap();
+            assert_eq!((node.attach_mode, node.pod_attach), (want, want), "{old}");
+            l.save().unwrap();
+            drop(l);
+            let written: serde_json::Value =
+                serde_json::from_str(&fs::read_to_string(dir.join(STATE_FILE)).unwrap()).unwrap();
+            assert_eq!(written["node"]["attach_mode"], want.name(), "{old}");
+            assert_eq!(written["node"]["pod_attach"], want.name(), "{old}");
+            let l = sd.lock().unwrap();
+            assert_eq!(l.state.node.as_ref().unwrap().pod_attach, want);
+            sd.remove(l).unwrap();
+        }
+        // And a new one keeps the two apart.
+        let dir = tempdir();
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(
+            dir.join(STATE_FILE),
+            r#"{"version":2,"seq":0,"node":{"pod_cidr":"10.244.0.0/24","gateway":"169.254.1.1",
+            "gateway_mac":"ee:ee:ee:ee:ee:ee","bpffs_dir":"/sys/fs/bpf/vethbpf",
+            "bpffs_mount":null,"attach_mode":"tcx","pod_attach":"tc"},"endpoints":{}}"#,
+        )
+        .unwrap();
+        let sd = StateDir::new(&dir);
+        let l = sd.lock().unwrap();
+        let node = l.state.node.clone().unwrap();
+        assert_eq!(
+            (node.attach_mode, node.pod_attach),
+            (AttachMode::Tcx, AttachMode::Tc)
+        );
+        sd.remove(l).unwrap();
+    }
+
     #[test]
     fn corrupt_file_is_a_clear_error() {
         let dir = tempdir();

@@ -19,6 +19,7 @@ pub(crate) const OLDEST_STATE_VERSION: u32 = 1;
 
 /// Written by `up`. At least one of the pod CIDRs is set.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "NodeConfigFile")]
 pub struct NodeConfig {
     /// The IPv4 pod CIDR; `None` on an IPv6-only node.
     #[serde(default)]
@@ -35,11 +36,51 @@ pub struct NodeConfig {
     /// Where `up` mounted a bpffs (`bpffs_dir` or /sys/fs/bpf), so that `down`
     /// unmounts it; `None` if one was there already.
     pub bpffs_mount: Option<PathBuf>,
+    /// How the node's own programs are attached (`from_uplink` on the uplink,
+    /// `from_tunnel` on the VXLAN device): TCX where the kernel has it.
     pub attach_mode: AttachMode,
+    /// How `from_pod` is attached to each pod's host veth (`up --pod-attach`).
+    /// State files of versions that had one mode for everything have none: their
+    /// pods have the node's `attach_mode`.
+    pub pod_attach: AttachMode,
     /// Pod egress, as `up` set it up; `None`: off (no uplink). Absent in the state
     /// files of versions without egress, which read as off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub egress: Option<Egress>,
+}
+
+/// [`NodeConfig`] as the state file holds it: `pod_attach` may be missing.
+#[derive(Deserialize)]
+struct NodeConfigFile {
+    #[serde(default)]
+    pod_cidr: Option<Ipv4Net>,
+    #[serde(default)]
+    pod_cidr6: Option<Ipv6Net>,
+    gateway: Ipv4Addr,
+    gateway_mac: MacAddr,
+    bpffs_dir: PathBuf,
+    bpffs_mount: Option<PathBuf>,
+    attach_mode: AttachMode,
+    #[serde(default)]
+    pod_attach: Option<AttachMode>,
+    #[serde(default)]
+    egress: Option<Egress>,
+}
+
+impl From<NodeConfigFile> for NodeConfig {
+    fn from(f: NodeConfigFile) -> Self {
+        NodeConfig {
+            pod_cidr: f.pod_cidr,
+            pod_cidr6: f.pod_cidr6,
+            gateway: f.gateway,
+            gateway_mac: f.gateway_mac,
+            bpffs_dir: f.bpffs_dir,
+            bpffs_mount: f.bpffs_mount,
+            attach_mode: f.attach_mode,
+            pod_attach: f.pod_attach.unwrap_or(f.attach_mode),
+            egress: f.egress,
+        }
+    }
 }
 
 impl NodeConfig {

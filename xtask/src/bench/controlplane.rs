@@ -110,11 +110,13 @@ trait Plugin: Sync {
     fn del(&self, idx: usize, pod: &str) -> Result<()>;
 }
 
-struct VethbpfPlugin(Vethbpf);
+/// vethbpf's command line on a node whose pods get `.1`'s attachment: `vethbpf`
+/// the default (cls_bpf filters), `vethbpf-tcx` a TCX link per pod.
+struct VethbpfPlugin(Vethbpf, &'static str);
 
 impl Plugin for VethbpfPlugin {
     fn name(&self) -> &'static str {
-        "vethbpf"
+        self.1
     }
     fn add(&self, _: usize, pod: &str) -> Result<()> {
         self.0
@@ -243,7 +245,7 @@ struct Slot {
     next: usize,
 }
 
-const CONTENDERS: [&str; 4] = ["vethbpf", "vethbpf-cni", "ptp", "iproute2"];
+const CONTENDERS: [&str; 5] = ["vethbpf", "vethbpf-tcx", "vethbpf-cni", "ptp", "iproute2"];
 const CIDR: &str = "10.240.0.0/16";
 
 /// A pod namespace for the next endpoint of `slot` (removed by `td`).
@@ -275,24 +277,44 @@ pub fn run(plan: &CpPlan, td: &mut Teardown, progress: &mut dyn FnMut(&str)) -> 
         netns_add(&node)?;
         td.netns(&node);
         Ok(match name {
-            "vethbpf" | "vethbpf-cni" => {
+            "vethbpf" | "vethbpf-tcx" | "vethbpf-cni" => {
                 let bin = plan
                     .vethbpf
                     .context("the vethbpf binary is not available")?;
                 let dir = plan.tmp.join(format!("{name}-cp"));
                 let vb = Vethbpf::new(bin.to_path_buf(), &node, &dir, td)?;
-                // Up before the clock starts for both: a runtime's first ADD would
+                // Up before the clock starts for all: a runtime's first ADD would
                 // load the datapath, every other one finds it loaded.
-                vb.up(CIDR)?;
+                let attach = if name == "vethbpf-tcx" { "tcx" } else { "tc" };
+                vb.cmd(&[
+                    "up",
+                    "--pod-cidr",
+                    CIDR,
+                    "--gateway",
+                    topo::GATEWAY,
+                    "--pod-attach",
+                    attach,
+                ])?;
+                // The path measured is the one named.
+                let status: serde_json::Value =
+                    serde_json::from_str(&vb.cmd(&["-o", "json", "status"])?)?;
+                if status["node"]["pod_attach"] != attach {
+                    bail!(
+                        "{name}: pods attach by {}, not {attach}",
+                        status["node"]["pod_attach"]
+                    );
+                }
                 let vbd = vb.clone();
                 td.push(format!("vethbpf down ({name})"), move || {
                     vbd.cmd(&["down"]).map(|_| ())
                 });
-                if name == "vethbpf" {
-                    cli = Some(vb.clone());
-                    Box::new(VethbpfPlugin(vb))
-                } else {
-                    Box::new(VethbpfCniPlugin::new(bin, &node, &vb, CIDR))
+                match name {
+                    "vethbpf" => {
+                        cli = Some(vb.clone());
+                        Box::new(VethbpfPlugin(vb, "vethbpf"))
+                    }
+                    "vethbpf-tcx" => Box::new(VethbpfPlugin(vb, "vethbpf-tcx")),
+                    _ => Box::new(VethbpfCniPlugin::new(bin, &node, &vb, CIDR)),
                 }
             }
             "ptp" => Box::new(PtpPlugin(Cni::new(&node, &plan.tmp.join("ptp-cp"), CIDR)?)),

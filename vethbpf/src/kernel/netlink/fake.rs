@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use ipnet::{Ipv4Net, Ipv6Net};
 
 use super::rt::{fmt_mac, fmt_route, fmt_route6};
-use super::{LinkInfo, Netlink, NetlinkError, Route6Spec, RouteSpec, VxlanSpec};
+use super::{LinkInfo, Netlink, NetlinkError, Route6Spec, RouteSpec, TcFilter, VxlanSpec};
 
 /// The operation names accepted by [`FakeNetlink::fail_at`] and recorded in the log:
 /// the [`Netlink`] method names.
@@ -50,6 +50,10 @@ pub(crate) const FAKE_OPS: &[&str] = &[
     "add_route6",
     "del_route6",
     "routes6",
+    "add_clsact",
+    "set_bpf_filter",
+    "del_filter",
+    "ingress_filters",
 ];
 
 /// Linux's IFNAMSIZ - 1.
@@ -98,6 +102,12 @@ struct Link {
     addr_gen_disabled: bool,
     ipv6_link_local: bool,
     mtu: u32,
+    /// A clsact qdisc.
+    clsact: bool,
+    /// What holds vethbpf's filter place on tc ingress: the classifier's kind and,
+    /// for `bpf`, the program (the fake's program ids are the (st_ino of) the
+    /// descriptor's file).
+    filter: Option<(String, Option<u32>)>,
 }
 
 #[derive(Debug, Default)]
@@ -220,6 +230,7 @@ impl FakeNetlink {
             "routes",
             "addresses6",
             "routes6",
+            "ingress_filters",
         ];
         self.lock()
             .calls
@@ -268,6 +279,16 @@ impl FakeNetlink {
             ipv6_addr_gen_disabled: link.addr_gen_disabled,
             ipv6_link_local: link.ipv6_link_local,
         })
+    }
+
+    /// Puts a filter of another classifier (`kind`) in vethbpf's place on tc
+    /// ingress of a link, as someone else's `tc filter add` would; `None` removes
+    /// what is there, as `tc filter del` would.
+    pub(crate) fn seed_filter(&self, index: u32, kind: Option<(&str, Option<u32>)>) {
+        let mut world = self.lock();
+        if let Some(link) = world.ns_mut(self.ns).by_index_mut(index) {
+            link.filter = kind.map(|(k, id)| (k.to_owned(), id));
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, World> {
@@ -418,6 +439,8 @@ impl Namespace {
             addr_gen_disabled: false,
             ipv6_link_local: false,
             mtu: 1500,
+            clsact: false,
+            filter: None,
         });
         let last = self.links.len() - 1;
         &mut self.links[last]
@@ -1056,6 +1079,74 @@ impl Netlink for FakeNetlink {
         // Nobody answers ARP in the fake: the entry stays as seeded (if at all).
         self.call("probe_neighbour", format!("{ip} dev {index}"), |w, ns| {
             w.ns(ns).link_exists("probe_neighbour", index)
+        })
+    }
+
+    fn add_clsact(&mut self, index: u32) -> Result<(), NetlinkError> {
+        let op = "add_clsact";
+        self.call(op, index.to_string(), |w, ns| {
+            let n = w.ns_mut(ns);
+            n.link_exists(op, index)?;
+            if let Some(link) = n.by_index_mut(index) {
+                link.clsact = true;
+            }
+            Ok(())
+        })
+    }
+
+    fn set_bpf_filter(
+        &mut self,
+        index: u32,
+        prog: BorrowedFd<'_>,
+        name: &str,
+    ) -> Result<(), NetlinkError> {
+        let op = "set_bpf_filter";
+        self.call(op, format!("{index}, {name}"), |w, ns| {
+            let id = file_identity(prog)
+                .map_err(|_| errno_error(op, "program fd".into(), libc::EBADF))?
+                .1 as u32;
+            let n = w.ns_mut(ns);
+            n.link_exists(op, index)?;
+            let Some(link) = n.by_index_mut(index) else {
+                return Ok(());
+            };
+            // The kernel: no clsact, no ingress hook to put a filter on ("parent
+            // qdisc doesn't exist"); another classifier at the priority, a kind
+            // that does not match.
+            if !link.clsact || link.filter.as_ref().is_some_and(|(k, _)| k != "bpf") {
+                return Err(errno_error(op, format!("link index {index}"), libc::EINVAL));
+            }
+            link.filter = Some(("bpf".into(), Some(id)));
+            Ok(())
+        })
+    }
+
+    fn del_filter(&mut self, index: u32) -> Result<(), NetlinkError> {
+        let op = "del_filter";
+        self.call(op, index.to_string(), |w, ns| {
+            if let Some(link) = w.ns_mut(ns).by_index_mut(index) {
+                link.filter = None;
+            }
+            Ok(())
+        })
+    }
+
+    fn ingress_filters(&mut self, indexes: &[u32]) -> Result<Vec<Option<TcFilter>>, NetlinkError> {
+        self.call("ingress_filters", format!("{indexes:?}"), |w, ns| {
+            let n = w.ns(ns);
+            Ok(indexes
+                .iter()
+                .map(|&i| {
+                    let link = n.by_index(i).filter(|l| l.clsact)?;
+                    let (kind, id) = link.filter.clone()?;
+                    Some(TcFilter {
+                        program_name: id.map(|_| "from_pod".into()),
+                        direct_action: id.is_some(),
+                        kind,
+                        program_id: id,
+                    })
+                })
+                .collect())
         })
     }
 }

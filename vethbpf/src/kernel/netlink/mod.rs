@@ -21,6 +21,7 @@ use crate::error::ErrorKind;
 mod fake;
 mod rt;
 mod socket;
+mod tc;
 
 #[cfg(test)]
 pub(crate) use fake::FakeNetlink;
@@ -74,6 +75,25 @@ pub struct Route6Spec {
     /// Output interface index.
     pub oif: u32,
     pub gateway: Option<Ipv6Addr>,
+}
+
+/// vethbpf's cls_bpf filter on tc ingress of an interface is always at this
+/// priority and handle (as Cilium's), protocol all: that is how it is found again,
+/// and how `up --replace` and `reconcile` swap its program in place.
+pub const TC_FILTER_PRIORITY: u16 = 1;
+pub const TC_FILTER_HANDLE: u32 = 1;
+
+/// What holds vethbpf's place on tc ingress of a link (see [`TC_FILTER_PRIORITY`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TcFilter {
+    /// The classifier: `bpf` for cls_bpf (someone else's filter may be another).
+    pub kind: String,
+    /// The program a cls_bpf filter runs (`TCA_BPF_ID`).
+    pub program_id: Option<u32>,
+    /// Its name as the filter was given it (`TCA_BPF_NAME`).
+    pub program_name: Option<String>,
+    /// direct-action: the program's return code is the verdict.
+    pub direct_action: bool,
 }
 
 /// A failed rtnetlink request; `Exists` and `NotFound` are the errnos callers
@@ -141,6 +161,10 @@ pub enum Change<'a> {
     AddAddress6(u32, Ipv6Net),
     /// [`Netlink::add_route6`].
     AddRoute6(&'a Route6Spec),
+    /// [`Netlink::add_clsact`].
+    Clsact(u32),
+    /// [`Netlink::set_bpf_filter`]: the link index, the program, its name.
+    BpfFilter(u32, BorrowedFd<'a>, &'a str),
 }
 
 /// The operations vethbpf performs through rtnetlink, in one network namespace.
@@ -221,6 +245,24 @@ pub trait Netlink {
     /// Has the kernel resolve `ip` on link `index` (ARP), making the neighbour entry
     /// if it is missing: `ip neigh replace IP dev DEV use` (`NTF_USE`).
     fn probe_neighbour(&mut self, index: u32, ip: Ipv4Addr) -> Result<(), NetlinkError>;
+    /// Gives the link a clsact qdisc, or keeps the one it has.
+    fn add_clsact(&mut self, index: u32) -> Result<(), NetlinkError>;
+    /// Puts vethbpf's cls_bpf filter (direct-action, at [`TC_FILTER_PRIORITY`] and
+    /// [`TC_FILTER_HANDLE`]) running `prog` on tc ingress of the link, which needs
+    /// a clsact qdisc; a cls_bpf filter there already gets `prog` in place.
+    fn set_bpf_filter(
+        &mut self,
+        index: u32,
+        prog: BorrowedFd<'_>,
+        name: &str,
+    ) -> Result<(), NetlinkError>;
+    /// Removes whatever filters hold [`TC_FILTER_PRIORITY`] on tc ingress of the
+    /// link (someone else's filter in vethbpf's place). None there is fine.
+    fn del_filter(&mut self, index: u32) -> Result<(), NetlinkError>;
+    /// What holds vethbpf's filter place on tc ingress of each link of `indexes`
+    /// (in that order): `None` where nothing does, or the link has no clsact qdisc
+    /// or is gone.
+    fn ingress_filters(&mut self, indexes: &[u32]) -> Result<Vec<Option<TcFilter>>, NetlinkError>;
 
     /// Makes `changes`, in order; the real client sends them in one batch (one
     /// round trip). Like the kernel with a batch, every change is tried even after
@@ -237,6 +279,8 @@ pub trait Netlink {
                 Change::AddRoute(route) => self.add_route(route),
                 Change::AddAddress6(index, addr) => self.add_address6(index, addr),
                 Change::AddRoute6(route) => self.add_route6(route),
+                Change::Clsact(index) => self.add_clsact(index),
+                Change::BpfFilter(index, prog, name) => self.set_bpf_filter(index, prog, name),
             };
             if let Err(e) = result {
                 first.get_or_insert(e);

@@ -29,7 +29,8 @@ use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::{AddressMessageBuilder, LinkUnspec, LinkVeth, LinkVxlan, RouteMessageBuilder};
 
 use super::socket::{Answer, NlSocket, Request};
-use super::{Change, LinkInfo, Netlink, NetlinkError, Route6Spec, RouteSpec, VxlanSpec};
+use super::tc;
+use super::{Change, LinkInfo, Netlink, NetlinkError, Route6Spec, RouteSpec, TcFilter, VxlanSpec};
 
 /// A synchronous rtnetlink client bound to the network namespace of the thread
 /// that called [`RtNetlink::connect`].
@@ -77,6 +78,16 @@ fn change_link(op: &'static str, what: String, message: LinkMessage) -> Op {
 /// The request of one [`Change`].
 fn change_op(change: &Change<'_>) -> Op {
     match *change {
+        Change::Clsact(index) => Op {
+            op: "add clsact qdisc",
+            what: format!("link index {index}"),
+            request: tc::add_clsact(index),
+        },
+        Change::BpfFilter(index, prog, name) => Op {
+            op: "attach cls_bpf filter",
+            what: format!("{name} on tc ingress of link index {index}"),
+            request: tc::set_bpf_filter(index, prog, name),
+        },
         Change::LinkUp(index) => change_link(
             "set link up",
             format!("link index {index}"),
@@ -849,6 +860,82 @@ impl Netlink for RtNetlink {
             },
         })
         .map(|_| ())
+    }
+
+    fn add_clsact(&mut self, index: u32) -> Result<(), NetlinkError> {
+        self.apply(&[Change::Clsact(index)])
+    }
+
+    fn set_bpf_filter(
+        &mut self,
+        index: u32,
+        prog: BorrowedFd<'_>,
+        name: &str,
+    ) -> Result<(), NetlinkError> {
+        self.apply(&[Change::BpfFilter(index, prog, name)])
+    }
+
+    fn del_filter(&mut self, index: u32) -> Result<(), NetlinkError> {
+        match self.one(Op {
+            op: "delete tc filter",
+            what: format!("tc ingress of link index {index}"),
+            request: tc::del_filter(index),
+        }) {
+            // Nothing at that priority (ENOENT), or no clsact qdisc (EINVAL).
+            Ok(_) | Err(NetlinkError::NotFound { .. }) => Ok(()),
+            Err(NetlinkError::Kernel { source, .. })
+                if source.raw_os_error() == Some(libc::EINVAL) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn ingress_filters(&mut self, indexes: &[u32]) -> Result<Vec<Option<TcFilter>>, NetlinkError> {
+        let ops = indexes
+            .iter()
+            .map(|&index| Op {
+                op: "get tc filter",
+                what: format!("tc ingress of link index {index}"),
+                request: tc::get_filter(index),
+            })
+            .collect();
+        let found: Vec<Option<TcFilter>> = self
+            .run(ops)?
+            .into_iter()
+            .map(|(label, answer)| match answer {
+                Ok(messages) => Ok(tc::filter_of(&messages)),
+                // No filter at that place or handle (ENOENT), no clsact qdisc
+                // (EINVAL: "parent qdisc doesn't exist"), no such link (ENODEV).
+                Err(libc::ENOENT | libc::EINVAL | libc::ENODEV) => Ok(None),
+                Err(errno) => Err(label.error(errno)),
+            })
+            .collect::<Result<_, NetlinkError>>()?;
+        // Where vethbpf's filter is not, someone else's may hold its priority under
+        // another handle (a u32 filter's are never 1): a dump of those links'
+        // ingress tells. Only a broken attachment costs a dump.
+        indexes
+            .iter()
+            .zip(found)
+            .map(|(&index, f)| match f {
+                Some(f) => Ok(Some(f)),
+                None => match self.one(Op {
+                    op: "list tc filters",
+                    what: format!("tc ingress of link index {index}"),
+                    request: tc::dump_filters(index),
+                }) {
+                    Ok(messages) => Ok(tc::at_our_priority(&messages)),
+                    Err(NetlinkError::NotFound { .. }) => Ok(None),
+                    Err(NetlinkError::Kernel { source, .. })
+                        if source.raw_os_error() == Some(libc::EINVAL) =>
+                    {
+                        Ok(None)
+                    }
+                    Err(e) => Err(e),
+                },
+            })
+            .collect()
     }
 
     fn apply(&mut self, changes: &[Change<'_>]) -> Result<(), NetlinkError> {

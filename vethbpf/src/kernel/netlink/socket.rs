@@ -16,8 +16,9 @@ use netlink_packet_route::RouteNetlinkMessage;
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
 /// One request: a message and its `NLM_F_*` flags beyond `NLM_F_REQUEST` and
-/// `NLM_F_ACK`, which every request gets (dumps get no `NLM_F_ACK`: they end with
-/// `NLMSG_DONE`).
+/// `NLM_F_ACK`, which every request gets but dumps (they end with `NLMSG_DONE`)
+/// and gets of one tc filter (answered by the filter or an error: an ack would be
+/// a second datagram to read for each of a thousand host veths).
 pub(super) struct Request {
     pub(super) message: RouteNetlinkMessage,
     pub(super) flags: u16,
@@ -82,11 +83,15 @@ impl NlSocket {
         let first = self.seq.wrapping_add(1);
         let count = requests.len();
         let mut dumps = Vec::with_capacity(count);
+        let mut replies = Vec::with_capacity(count);
         self.tx.clear();
         for (i, request) in requests.into_iter().enumerate() {
             let dump = request.flags & NLM_F_DUMP == NLM_F_DUMP;
+            let reply =
+                !dump && matches!(request.message, RouteNetlinkMessage::GetTrafficFilter(_));
             let mut msg = NetlinkMessage::from(request.message);
-            msg.header.flags = request.flags | NLM_F_REQUEST | if dump { 0 } else { NLM_F_ACK };
+            msg.header.flags =
+                request.flags | NLM_F_REQUEST | if dump || reply { 0 } else { NLM_F_ACK };
             msg.header.sequence_number = first.wrapping_add(i as u32);
             msg.finalize();
             let start = self.tx.len();
@@ -94,6 +99,7 @@ impl NlSocket {
             self.tx.resize(start + align(len), 0);
             msg.serialize(&mut self.tx[start..start + len]);
             dumps.push(dump);
+            replies.push(reply);
         }
         self.seq = first.wrapping_add(count as u32);
         debug_assert!(
@@ -141,6 +147,8 @@ impl NlSocket {
                     continue;
                 }
                 let done = match msg.payload {
+                    // A get without an ack: its one message is the whole answer.
+                    NetlinkPayload::InnerMessage(m) if replies[i] => Some(Ok(vec![m])),
                     NetlinkPayload::InnerMessage(m) => {
                         got[i].push(m);
                         None
