@@ -6,25 +6,19 @@
 
 use std::collections::BTreeMap;
 
-use aya::{
-    Ebpf, TestRunOptions,
-    maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, lpm_trie::Key},
-    programs::{SchedClassifier, TestRun as _},
-};
+use aya::maps::{HashMap, LpmTrie, MapData, lpm_trie::Key};
 use vethbpf_common::{
-    CLUSTER_MODE_DIRECT, CLUSTER_MODE_OFF, CLUSTER_MODE_VXLAN, ClusterConfig, Config, Counter,
-    EndpointInfo, MAP_CLUSTER, MAP_CONFIG, MAP_ENDPOINTS, MAP_NODE_STATS, MAP_NODES, MAP_ROUTES,
-    MAP_STATS, NodeCounter, NodeInfo, PROG_FROM_POD, PROG_FROM_TUNNEL, PROG_FROM_UPLINK,
-    ROUTE_KIND_LOCAL, ROUTE_KIND_NODE, ROUTE_KIND_REMOTE, Route, Verdict, ipv4_to_map, stats_index,
+    CLUSTER_MODE_DIRECT, CLUSTER_MODE_OFF, CLUSTER_MODE_VXLAN, EndpointInfo, MAP_ENDPOINTS,
+    MAP_ROUTES, PROG_FROM_POD, PROG_FROM_TUNNEL, PROG_FROM_UPLINK, ROUTE_KIND_LOCAL,
+    ROUTE_KIND_NODE, ROUTE_KIND_REMOTE, Route, Verdict, ipv4_to_map,
 };
+use vethbpf_tests::cluster_run::{ClusterRun, GW_MAC};
 use vethbpf_tests::{eth, ones_sum};
 
 const TC_ACT_OK: u32 = 0;
 const TC_ACT_SHOT: u32 = 2;
 const TC_ACT_REDIRECT: u32 = 7;
 
-const GW_IP: [u8; 4] = [169, 254, 1, 1];
-const GW_MAC: [u8; 6] = [0xee; 6];
 /// The local pod sending (behind `lo`, ifindex 1) and the local pod receiving.
 const SRC_ID: u32 = 5;
 const SRC_IP: [u8; 4] = [10, 244, 1, 2];
@@ -39,49 +33,29 @@ const NODE_IP: [u8; 4] = [192, 168, 77, 2];
 const REMOTE_POD: [u8; 4] = [10, 244, 2, 7];
 const STRANGER: [u8; 4] = [10, 99, 0, 1];
 
+/// The shared cluster harness with this file's endpoints, routes and nodes.
 struct Fixture {
-    ebpf: Ebpf,
+    r: ClusterRun,
+}
+
+impl std::ops::Deref for Fixture {
+    type Target = ClusterRun;
+    fn deref(&self) -> &ClusterRun {
+        &self.r
+    }
+}
+
+impl std::ops::DerefMut for Fixture {
+    fn deref_mut(&mut self) -> &mut ClusterRun {
+        &mut self.r
+    }
 }
 
 impl Fixture {
     fn new(mode: u32) -> Fixture {
-        let mut ebpf = Ebpf::load(vethbpf::EBPF_OBJECT).expect("load the object");
-        for name in [PROG_FROM_POD, PROG_FROM_UPLINK, PROG_FROM_TUNNEL] {
-            let p: &mut SchedClassifier = ebpf.program_mut(name).unwrap().try_into().unwrap();
-            p.load()
-                .unwrap_or_else(|e| panic!("the verifier refuses {name}: {e}"));
-        }
-        let mut f = Fixture { ebpf };
-        let mut config: Array<&mut MapData, Config> =
-            f.ebpf.map_mut(MAP_CONFIG).unwrap().try_into().unwrap();
-        config
-            .set(
-                0,
-                Config {
-                    gateway_ip: ipv4_to_map(GW_IP),
-                    flags: 0,
-                    gateway_mac: GW_MAC,
-                    _pad: [0; 2],
-                },
-                0,
-            )
-            .unwrap();
-        let mut cluster: Array<&mut MapData, ClusterConfig> =
-            f.ebpf.map_mut(MAP_CLUSTER).unwrap().try_into().unwrap();
-        cluster
-            .set(
-                0,
-                ClusterConfig {
-                    mode,
-                    uplink_ifindex: 1,
-                    tunnel_ifindex: 1,
-                    vni: 1,
-                    node_ip: ipv4_to_map([192, 168, 77, 1]),
-                    _pad: 0,
-                },
-                0,
-            )
-            .unwrap();
+        let mut f = Fixture {
+            r: ClusterRun::load(mode, &[SRC_ID, DST_ID]),
+        };
         let mut eps: HashMap<&mut MapData, u32, EndpointInfo> =
             f.ebpf.map_mut(MAP_ENDPOINTS).unwrap().try_into().unwrap();
         for (ifindex, id, ip, mac) in [
@@ -124,83 +98,6 @@ impl Fixture {
             )
             .unwrap();
     }
-
-    fn node(&mut self, id: u32, ip: [u8; 4]) {
-        let mut nodes: Array<&mut MapData, NodeInfo> =
-            self.ebpf.map_mut(MAP_NODES).unwrap().try_into().unwrap();
-        nodes
-            .set(
-                id,
-                NodeInfo {
-                    ip: ipv4_to_map(ip),
-                    _pad: 0,
-                },
-                0,
-            )
-            .unwrap();
-    }
-
-    /// Nonzero counters of endpoints 0, SRC, DST: (id, verdict) -> packets.
-    fn counters(&self) -> BTreeMap<(u32, &'static str), u64> {
-        let stats: PerCpuArray<&MapData, Counter> =
-            self.ebpf.map(MAP_STATS).unwrap().try_into().unwrap();
-        let mut out = BTreeMap::new();
-        for id in [0, SRC_ID, DST_ID] {
-            for v in Verdict::ALL {
-                let n: u64 = stats
-                    .get(&stats_index(id, v), 0)
-                    .unwrap()
-                    .iter()
-                    .map(|c| c.packets)
-                    .sum();
-                if n > 0 {
-                    out.insert((id, v.name()), n);
-                }
-            }
-        }
-        out
-    }
-
-    fn node_counter(&self) -> NodeCounter {
-        let stats: PerCpuArray<&MapData, NodeCounter> =
-            self.ebpf.map(MAP_NODE_STATS).unwrap().try_into().unwrap();
-        stats
-            .get(&NODE_ID, 0)
-            .unwrap()
-            .iter()
-            .fold(NodeCounter::default(), |a, c| NodeCounter {
-                tx_packets: a.tx_packets + c.tx_packets,
-                rx_packets: a.rx_packets + c.rx_packets,
-                tx_last_ns: a.tx_last_ns.max(c.tx_last_ns),
-                rx_last_ns: a.rx_last_ns.max(c.rx_last_ns),
-                ..a
-            })
-    }
-
-    /// Runs `frame` through `prog`: return value, frame out, counter changes.
-    fn run(&self, prog: &str, frame: &[u8]) -> (u32, Vec<u8>, BTreeMap<(u32, &'static str), u64>) {
-        let before = self.counters();
-        let p: &SchedClassifier = self.ebpf.program(prog).unwrap().try_into().unwrap();
-        let mut out = vec![0u8; frame.len() + 64];
-        let r = p
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut out),
-                repeat: 1,
-                ..TestRunOptions::default()
-            })
-            .expect("BPF_PROG_TEST_RUN");
-        out.truncate(r.data_size_out as usize);
-        let delta = self
-            .counters()
-            .into_iter()
-            .filter_map(|(k, n)| {
-                let d = n - before.get(&k).copied().unwrap_or(0);
-                (d > 0).then_some((k, d))
-            })
-            .collect();
-        (r.return_value, out, delta)
-    }
 }
 
 /// An ICMP echo frame from `src` to `dst` with `ttl`, a valid header checksum.
@@ -234,7 +131,7 @@ fn from_pod_sends_a_remote_pod_cidr_to_its_node() {
         assert_eq!(ret, TC_ACT_REDIRECT, "mode {mode}");
         assert_eq!(delta, one(SRC_ID, Verdict::ToNode), "mode {mode}");
         assert_forwarded(&inp, &out, 64);
-        let n = f.node_counter();
+        let n = f.node_counter(NODE_ID);
         assert_eq!(n.tx_packets, 1, "mode {mode}");
         assert!(n.tx_last_ns > 0 && n.rx_packets == 0, "{n:?}");
 
@@ -290,7 +187,7 @@ fn from_uplink_delivers_from_known_nodes_only() {
         assert_eq!(&out[0..6], &DST_MAC, "to the pod's MAC");
         assert_eq!(&out[6..12], &GW_MAC, "from the gateway's");
     }
-    let n = f.node_counter();
+    let n = f.node_counter(NODE_ID);
     assert_eq!(n.rx_packets, 2);
     assert!(n.rx_last_ns > 0);
 

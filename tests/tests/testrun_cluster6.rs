@@ -8,25 +8,20 @@
 use std::collections::BTreeMap;
 use std::net::Ipv6Addr;
 
-use aya::{
-    Ebpf, TestRunOptions,
-    maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, lpm_trie::Key},
-    programs::{SchedClassifier, TestRun as _},
-};
+use aya::maps::{Array, HashMap, LpmTrie, MapData, lpm_trie::Key};
 use vethbpf_common::{
-    CLUSTER_MODE_DIRECT, CLUSTER_MODE_VXLAN, ClusterConfig, Config, Counter, EndpointInfo,
-    EndpointInfo6, MAP_CLUSTER, MAP_CONFIG, MAP_ENDPOINTS, MAP_ENDPOINTS6, MAP_NODE_NEIGH,
-    MAP_NODE_STATS, MAP_NODES, MAP_ROUTES, MAP_ROUTES6, MAP_STATS, NodeCounter, NodeInfo,
-    NodeNeigh, PROG_FROM_POD, PROG_FROM_TUNNEL, PROG_FROM_UPLINK, ROUTE_KIND_LOCAL,
-    ROUTE_KIND_NODE, ROUTE_KIND_REMOTE, Route, Verdict, ipv4_to_map, stats_index,
+    CLUSTER_MODE_DIRECT, CLUSTER_MODE_VXLAN, EndpointInfo, EndpointInfo6, MAP_ENDPOINTS,
+    MAP_ENDPOINTS6, MAP_NODE_NEIGH, MAP_ROUTES, MAP_ROUTES6, NodeNeigh, PROG_FROM_POD,
+    PROG_FROM_TUNNEL, PROG_FROM_UPLINK, ROUTE_KIND_LOCAL, ROUTE_KIND_NODE, ROUTE_KIND_REMOTE,
+    Route, Verdict, ipv4_to_map,
 };
+use vethbpf_tests::cluster_run::{ClusterRun, GW_MAC};
 use vethbpf_tests::eth;
 
 const TC_ACT_OK: u32 = 0;
 const TC_ACT_SHOT: u32 = 2;
 const TC_ACT_REDIRECT: u32 = 7;
 
-const GW_MAC: [u8; 6] = [0xee; 6];
 const SRC_ID: u32 = 5;
 const SRC_MAC: [u8; 6] = [2, 0, 0, 0, 0, 2];
 const DST_ID: u32 = 6;
@@ -52,49 +47,29 @@ fn remote_pod() -> [u8; 16] {
     ip6("fd00:10:244:2::7")
 }
 
+/// The shared cluster harness with this file's endpoints, routes and nodes.
 struct Fixture {
-    ebpf: Ebpf,
+    r: ClusterRun,
+}
+
+impl std::ops::Deref for Fixture {
+    type Target = ClusterRun;
+    fn deref(&self) -> &ClusterRun {
+        &self.r
+    }
+}
+
+impl std::ops::DerefMut for Fixture {
+    fn deref_mut(&mut self) -> &mut ClusterRun {
+        &mut self.r
+    }
 }
 
 impl Fixture {
     fn new(mode: u32) -> Fixture {
-        let mut ebpf = Ebpf::load(vethbpf::EBPF_OBJECT).expect("load the object");
-        for name in [PROG_FROM_POD, PROG_FROM_UPLINK, PROG_FROM_TUNNEL] {
-            let p: &mut SchedClassifier = ebpf.program_mut(name).unwrap().try_into().unwrap();
-            p.load()
-                .unwrap_or_else(|e| panic!("the verifier refuses {name}: {e}"));
-        }
-        let mut f = Fixture { ebpf };
-        let mut config: Array<&mut MapData, Config> =
-            f.ebpf.map_mut(MAP_CONFIG).unwrap().try_into().unwrap();
-        config
-            .set(
-                0,
-                Config {
-                    gateway_ip: ipv4_to_map([169, 254, 1, 1]),
-                    flags: 0,
-                    gateway_mac: GW_MAC,
-                    _pad: [0; 2],
-                },
-                0,
-            )
-            .unwrap();
-        let mut cluster: Array<&mut MapData, ClusterConfig> =
-            f.ebpf.map_mut(MAP_CLUSTER).unwrap().try_into().unwrap();
-        cluster
-            .set(
-                0,
-                ClusterConfig {
-                    mode,
-                    uplink_ifindex: 1,
-                    tunnel_ifindex: 1,
-                    vni: 1,
-                    node_ip: ipv4_to_map([192, 168, 77, 1]),
-                    _pad: 0,
-                },
-                0,
-            )
-            .unwrap();
+        let mut f = Fixture {
+            r: ClusterRun::load(mode, &[SRC_ID, DST_ID]),
+        };
         // The sending pod behind lo (ifindex 1), dual stack.
         let mut eps: HashMap<&mut MapData, u32, EndpointInfo> =
             f.ebpf.map_mut(MAP_ENDPOINTS).unwrap().try_into().unwrap();
@@ -152,18 +127,7 @@ impl Fixture {
                 0,
             )
             .unwrap();
-        let mut nodes: Array<&mut MapData, NodeInfo> =
-            f.ebpf.map_mut(MAP_NODES).unwrap().try_into().unwrap();
-        nodes
-            .set(
-                NODE_ID,
-                NodeInfo {
-                    ip: ipv4_to_map(NODE_IP),
-                    _pad: 0,
-                },
-                0,
-            )
-            .unwrap();
+        f.node(NODE_ID, NODE_IP);
         f.neigh(NODE_MAC);
         f
     }
@@ -186,64 +150,6 @@ impl Fixture {
                 0,
             )
             .unwrap();
-    }
-
-    fn counters(&self) -> BTreeMap<(u32, &'static str), u64> {
-        let stats: PerCpuArray<&MapData, Counter> =
-            self.ebpf.map(MAP_STATS).unwrap().try_into().unwrap();
-        let mut out = BTreeMap::new();
-        for id in [0, SRC_ID, DST_ID] {
-            for v in Verdict::ALL {
-                let n: u64 = stats
-                    .get(&stats_index(id, v), 0)
-                    .unwrap()
-                    .iter()
-                    .map(|c| c.packets)
-                    .sum();
-                if n > 0 {
-                    out.insert((id, v.name()), n);
-                }
-            }
-        }
-        out
-    }
-
-    fn node_counter(&self) -> NodeCounter {
-        let stats: PerCpuArray<&MapData, NodeCounter> =
-            self.ebpf.map(MAP_NODE_STATS).unwrap().try_into().unwrap();
-        stats
-            .get(&NODE_ID, 0)
-            .unwrap()
-            .iter()
-            .fold(NodeCounter::default(), |a, c| NodeCounter {
-                tx_packets: a.tx_packets + c.tx_packets,
-                rx_packets: a.rx_packets + c.rx_packets,
-                ..a
-            })
-    }
-
-    fn run(&self, prog: &str, frame: &[u8]) -> (u32, Vec<u8>, BTreeMap<(u32, &'static str), u64>) {
-        let before = self.counters();
-        let p: &SchedClassifier = self.ebpf.program(prog).unwrap().try_into().unwrap();
-        let mut out = vec![0u8; frame.len() + 64];
-        let r = p
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut out),
-                repeat: 1,
-                ..TestRunOptions::default()
-            })
-            .expect("BPF_PROG_TEST_RUN");
-        out.truncate(r.data_size_out as usize);
-        let delta = self
-            .counters()
-            .into_iter()
-            .filter_map(|(k, n)| {
-                let d = n - before.get(&k).copied().unwrap_or(0);
-                (d > 0).then_some((k, d))
-            })
-            .collect();
-        (r.return_value, out, delta)
     }
 }
 
@@ -281,7 +187,7 @@ fn from_pod_sends_a_remote_ipv6_pod_cidr_to_its_node() {
     assert_eq!(ret, TC_ACT_REDIRECT);
     assert_eq!(delta, one(SRC_ID, Verdict::ToNode));
     assert_eq!(out, expected(&inp, NODE_MAC, UPLINK_MAC));
-    assert_eq!(f.node_counter().tx_packets, 1);
+    assert_eq!(f.node_counter(NODE_ID).tx_packets, 1);
 
     // Expiring on this hop: dropped here, and the gateway says so.
     let inp1 = frame(src_ip(), remote_pod(), 1, GW_MAC, SRC_MAC);
@@ -299,7 +205,7 @@ fn from_pod_sends_a_remote_ipv6_pod_cidr_to_its_node() {
         (ret, delta),
         (TC_ACT_SHOT, one(SRC_ID, Verdict::DropNodeUnreachable))
     );
-    assert_eq!(f.node_counter().tx_packets, 1);
+    assert_eq!(f.node_counter(NODE_ID).tx_packets, 1);
 
     // Through the tunnel: the inner frame as the pod sent it, one hop-limit
     // decrement (the tunnel key, remote 192.168.77.2 and VNI 1, lives in skb
@@ -309,7 +215,7 @@ fn from_pod_sends_a_remote_ipv6_pod_cidr_to_its_node() {
     assert_eq!(ret, TC_ACT_REDIRECT);
     assert_eq!(delta, one(SRC_ID, Verdict::ToNode));
     assert_eq!(out, expected(&inp, GW_MAC, SRC_MAC));
-    assert_eq!(f.node_counter().tx_packets, 1);
+    assert_eq!(f.node_counter(NODE_ID).tx_packets, 1);
 }
 
 #[test]
@@ -322,7 +228,7 @@ fn from_uplink_delivers_ipv6_from_known_nodes_only() {
     assert_eq!(ret, TC_ACT_REDIRECT);
     assert_eq!(delta, one(DST_ID, Verdict::FromNode));
     assert_eq!(out, expected(&inp, DST_MAC, GW_MAC));
-    assert_eq!(f.node_counter().rx_packets, 1);
+    assert_eq!(f.node_counter(NODE_ID).rx_packets, 1);
 
     // From outside every known IPv6 pod CIDR: dropped at the pod it was meant for.
     let inp = frame(ip6("fd99::1"), dst_ip(), 63, lo, NODE_MAC);
