@@ -278,26 +278,46 @@ impl RtNetlink {
         &mut self,
         index: u32,
     ) -> Result<Vec<std::net::Ipv6Addr>, NetlinkError> {
+        Ok(self
+            .address_dump("list IPv6 addresses", AddressFamily::Inet6, Some(index))?
+            .iter()
+            .flat_map(|m| m.attributes.iter())
+            .filter_map(|a| match a {
+                AddressAttribute::Address(IpAddr::V6(ip)) => Some(*ip),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// The addresses of family `family` (on link `index`, or every link), as the
+    /// kernel dumps them: the one dump the address listings share.
+    fn address_dump(
+        &mut self,
+        op: &'static str,
+        family: AddressFamily,
+        index: Option<u32>,
+    ) -> Result<Vec<AddressMessage>, NetlinkError> {
         let mut msg = AddressMessage::default();
-        msg.header.family = AddressFamily::Inet6;
+        msg.header.family = family;
         let messages = self.one(Op {
-            op: "list IPv6 addresses",
-            what: format!("link {index}"),
+            op,
+            what: match index {
+                Some(i) => format!("link index {i}"),
+                None => "all links".into(),
+            },
             request: Request {
                 message: RouteNetlinkMessage::GetAddress(msg),
                 flags: NLM_F_DUMP,
             },
         })?;
         Ok(messages
-            .iter()
+            .into_iter()
             .filter_map(|m| match m {
-                RouteNetlinkMessage::NewAddress(a) => Some(a),
-                _ => None,
-            })
-            .filter(|m| m.header.family == AddressFamily::Inet6 && m.header.index == index)
-            .flat_map(|m| m.attributes.iter())
-            .filter_map(|a| match a {
-                AddressAttribute::Address(IpAddr::V6(ip)) => Some(*ip),
+                RouteNetlinkMessage::NewAddress(a)
+                    if a.header.family == family && index.is_none_or(|i| a.header.index == i) =>
+                {
+                    Some(a)
+                }
                 _ => None,
             })
             .collect())
@@ -553,29 +573,8 @@ impl Netlink for RtNetlink {
 
     fn addresses(&mut self, index: Option<u32>) -> Result<Vec<(u32, Ipv4Net)>, NetlinkError> {
         let op = "list addresses";
-        let mut msg = AddressMessage::default();
-        msg.header.family = AddressFamily::Inet;
-        let messages = self.one(Op {
-            op,
-            what: match index {
-                Some(i) => format!("link index {i}"),
-                None => "all links".into(),
-            },
-            request: Request {
-                message: RouteNetlinkMessage::GetAddress(msg),
-                flags: NLM_F_DUMP,
-            },
-        })?;
         let mut out = Vec::new();
-        for m in messages.iter().filter_map(|m| match m {
-            RouteNetlinkMessage::NewAddress(a)
-                if a.header.family == AddressFamily::Inet
-                    && index.is_none_or(|i| a.header.index == i) =>
-            {
-                Some(a)
-            }
-            _ => None,
-        }) {
+        for m in &self.address_dump(op, AddressFamily::Inet, index)? {
             // For IPv4, IFA_LOCAL is the interface's own address; IFA_ADDRESS is the
             // peer's on point-to-point links and equal to IFA_LOCAL otherwise.
             let local = m.attributes.iter().find_map(|a| match a {
@@ -659,32 +658,17 @@ impl Netlink for RtNetlink {
 
     fn usable_global_addresses6(&mut self, index: u32) -> Result<Vec<Ipv6Addr>, NetlinkError> {
         let op = "list IPv6 addresses";
-        let mut msg = AddressMessage::default();
-        msg.header.family = AddressFamily::Inet6;
-        let messages = self.one(Op {
-            op,
-            what: format!("link index {index}"),
-            request: Request {
-                message: RouteNetlinkMessage::GetAddress(msg),
-                flags: NLM_F_DUMP,
-            },
-        })?;
         // IFA_F_TEMPORARY is IFA_F_SECONDARY's bit for IPv6.
         let unusable = AddressFlags::Secondary
             | AddressFlags::Deprecated
             | AddressFlags::Tentative
             | AddressFlags::Dadfailed;
         let mut out = Vec::new();
-        for m in messages.iter().filter_map(|m| match m {
-            RouteNetlinkMessage::NewAddress(a)
-                if a.header.family == AddressFamily::Inet6
-                    && a.header.index == index
-                    && a.header.scope == AddressScope::Universe =>
-            {
-                Some(a)
-            }
-            _ => None,
-        }) {
+        let dump = self.address_dump(op, AddressFamily::Inet6, Some(index))?;
+        for m in dump
+            .iter()
+            .filter(|m| m.header.scope == AddressScope::Universe)
+        {
             // IFA_FLAGS (32 bits) when the kernel sends it, else the header's 8.
             let flags = m
                 .attributes
@@ -711,29 +695,8 @@ impl Netlink for RtNetlink {
 
     fn addresses6(&mut self, index: Option<u32>) -> Result<Vec<(u32, Ipv6Net)>, NetlinkError> {
         let op = "list IPv6 addresses";
-        let mut msg = AddressMessage::default();
-        msg.header.family = AddressFamily::Inet6;
-        let messages = self.one(Op {
-            op,
-            what: match index {
-                Some(i) => format!("link index {i}"),
-                None => "all links".into(),
-            },
-            request: Request {
-                message: RouteNetlinkMessage::GetAddress(msg),
-                flags: NLM_F_DUMP,
-            },
-        })?;
         let mut out = Vec::new();
-        for m in messages.iter().filter_map(|m| match m {
-            RouteNetlinkMessage::NewAddress(a)
-                if a.header.family == AddressFamily::Inet6
-                    && index.is_none_or(|i| a.header.index == i) =>
-            {
-                Some(a)
-            }
-            _ => None,
-        }) {
+        for m in &self.address_dump(op, AddressFamily::Inet6, index)? {
             let Some(ip) = m.attributes.iter().find_map(|a| match a {
                 AddressAttribute::Address(IpAddr::V6(ip)) => Some(*ip),
                 _ => None,
