@@ -289,6 +289,31 @@ impl RtNetlink {
             .collect())
     }
 
+    /// The routes of the family `request` names, as the kernel dumps them (every
+    /// table: filtered by the callers); the one dump both route listings share.
+    fn route_dump(
+        &mut self,
+        op: &'static str,
+        what: &str,
+        request: RouteMessage,
+    ) -> Result<Vec<RouteMessage>, NetlinkError> {
+        let messages = self.one(Op {
+            op,
+            what: what.into(),
+            request: Request {
+                message: RouteNetlinkMessage::GetRoute(request),
+                flags: NLM_F_DUMP,
+            },
+        })?;
+        Ok(messages
+            .into_iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewRoute(r) => Some(r),
+                _ => None,
+            })
+            .collect())
+    }
+
     /// The addresses of family `family` (on link `index`, or every link), as the
     /// kernel dumps them: the one dump the address listings share.
     fn address_dump(
@@ -630,21 +655,9 @@ impl Netlink for RtNetlink {
         let op = "list routes";
         // Without NETLINK_GET_STRICT_CHK the kernel ignores the header filters of a
         // dump, so this is every IPv4 route of every table; filter here.
-        let messages = self.one(Op {
-            op,
-            what: "IPv4 main table".into(),
-            request: Request {
-                message: RouteNetlinkMessage::GetRoute(
-                    RouteMessageBuilder::<Ipv4Addr>::new().build(),
-                ),
-                flags: NLM_F_DUMP,
-            },
-        })?;
+        let dump = RouteMessageBuilder::<Ipv4Addr>::new().build();
         let mut out = Vec::new();
-        for m in messages.iter().filter_map(|m| match m {
-            RouteNetlinkMessage::NewRoute(r) => Some(r),
-            _ => None,
-        }) {
+        for m in &self.route_dump(op, "IPv4 main table", dump)? {
             if let Some(spec) = route_spec(op, m)? {
                 out.push(spec);
             }
@@ -742,21 +755,9 @@ impl Netlink for RtNetlink {
 
     fn routes6(&mut self) -> Result<Vec<Route6Spec>, NetlinkError> {
         let op = "list IPv6 routes";
-        let messages = self.one(Op {
-            op,
-            what: "IPv6 main table".into(),
-            request: Request {
-                message: RouteNetlinkMessage::GetRoute(
-                    RouteMessageBuilder::<Ipv6Addr>::new().build(),
-                ),
-                flags: NLM_F_DUMP,
-            },
-        })?;
+        let dump = RouteMessageBuilder::<Ipv6Addr>::new().build();
         let mut out = Vec::new();
-        for m in messages.iter().filter_map(|m| match m {
-            RouteNetlinkMessage::NewRoute(r) => Some(r),
-            _ => None,
-        }) {
+        for m in &self.route_dump(op, "IPv6 main table", dump)? {
             if let Some(spec) = route6_spec(op, m)? {
                 out.push(spec);
             }
