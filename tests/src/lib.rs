@@ -340,7 +340,7 @@ impl TestNode {
                 .filter(|n| n.starts_with(&self.prefix))
                 .collect(),
             state: read_state(&self.state),
-            journal: self.state.join("intent.json").exists(),
+            journal: self.state.join("intent.json").exists() || has_deletion_journal(&self.state),
             node_journal: self.state.join("node-intent.json").exists(),
             pins: list_tree(&self.bpffs),
             filters: self.host_filters(),
@@ -1090,4 +1090,15 @@ impl TestNode {
             );
         }
     }
+}
+
+/// Whether `state_dir` holds the journal of an `endpoint del` (`del-<id>.json`).
+fn has_deletion_journal(state_dir: &std::path::Path) -> bool {
+    std::fs::read_dir(state_dir).is_ok_and(|entries| {
+        entries.filter_map(Result::ok).any(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with("del-") && n.ends_with(".json"))
+        })
+    })
 }

@@ -346,7 +346,10 @@ fn sigkill_at_random_moments_never_leaves_the_node_broken() {
             node.json(&["endpoint", "list"]);
             None
         };
-        if report.as_ref().is_some_and(|r| !r["pending"].is_null()) {
+        if report
+            .as_ref()
+            .is_some_and(|r| r["pending"].as_array().is_some_and(|p| !p.is_empty()))
+        {
             settled += 1;
         }
         let records =
@@ -755,4 +758,180 @@ fn reconcile_repairs_ipv6_damage_and_from_kernel_rebuilds_ipv6_endpoints() {
         vethbpf_tests::POD_CIDR6,
     ]);
     node.ok(&["down"]);
+}
+
+/// A vethbpf process held at a fault point with `:stop`; SIGKILLed when dropped,
+/// so a failing test leaves no stopped process behind.
+struct Held(Option<std::process::Child>);
+
+impl Held {
+    fn spawn(node: &TestNode, spec: &str, args: &[&str]) -> Held {
+        let child = node
+            .command(args)
+            .env("VETHBPF_FAULT", spec)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn vethbpf");
+        let held = Held(Some(child));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while held.state() != Some('T') {
+            assert!(Instant::now() < deadline, "{spec}: never reached its stop");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        held
+    }
+
+    fn pid(&self) -> i32 {
+        self.0.as_ref().map(|c| c.id() as i32).expect("child")
+    }
+
+    /// The process state letter from /proc (`T`: stopped).
+    fn state(&self) -> Option<char> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).ok()?;
+        stat.rsplit_once(')')?.1.trim_start().chars().next()
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on the pid of our own child, which we have not waited for.
+        assert_eq!(unsafe { libc::kill(self.pid(), sig) }, 0);
+    }
+
+    fn resume(mut self) -> Output {
+        self.signal(libc::SIGCONT);
+        self.0
+            .take()
+            .expect("child")
+            .wait_with_output()
+            .expect("wait")
+    }
+
+    fn kill(mut self) -> std::process::ExitStatus {
+        self.signal(libc::SIGKILL);
+        self.0.take().expect("child").wait().expect("wait")
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Runs vethbpf and waits at most 20 s for it (killed after that: the test fails
+/// rather than hangs).
+fn within(node: &TestNode, args: &[&str]) -> Output {
+    let mut child = node
+        .command(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn vethbpf");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().expect("try_wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("vethbpf {args:?} still running after 20 s");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.wait_with_output().expect("output")
+}
+
+fn names(list: &serde_json::Value) -> BTreeSet<String> {
+    list.as_array()
+        .expect("list")
+        .iter()
+        .map(|e| e["name"].as_str().expect("name").to_string())
+        .collect()
+}
+
+#[test]
+fn a_del_deleting_its_veth_holds_up_no_other_add_or_del_and_list_waits_for_it() {
+    let node = TestNode::up();
+    let a_ip = node.add("a", &[])["ip"].as_str().expect("ip").to_string();
+    let b_ip = node.add("b", &[])["ip"].as_str().expect("ip").to_string();
+    node.add("c", &[]);
+    let (b, c, d) = (node.pod("b"), node.pod("c"), node.pod("d"));
+    // b's del stopped just before its veth's deletion, with the state lock let go.
+    let held = Held::spawn(&node, "del.link:stop", &["endpoint", "del", &b]);
+    // Other endpoints come and go meanwhile; b keeps its record, its address and
+    // its name.
+    // (Bounded: were they to wait for b's del, they would wait forever.)
+    let add_d = within(&node, &["-o", "json", "endpoint", "add", &d]);
+    assert!(add_d.status.success(), "add d: {}", stderr(&add_d));
+    let d_json: serde_json::Value = serde_json::from_slice(&add_d.stdout).expect("json");
+    let d_ip = d_json["ip"].as_str().expect("ip").to_string();
+    assert_ne!(
+        d_ip, b_ip,
+        "b's address is not given out while b's del runs"
+    );
+    let del_c = within(&node, &["endpoint", "del", &c]);
+    assert!(del_c.status.success(), "del c: {}", stderr(&del_c));
+    let again = within(&node, &["endpoint", "add", &b]);
+    assert!(!again.status.success(), "b's name is still taken");
+    // Any other command waits until b's del is done, and then sees it done.
+    let mut list = node
+        .command(&["-o", "json", "endpoint", "list"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn list");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        list.try_wait().expect("try_wait").is_none(),
+        "endpoint list waits for the del in progress"
+    );
+    let out = held.resume();
+    assert!(out.status.success(), "held del: {}", stderr(&out));
+    let list = list.wait_with_output().expect("list");
+    assert!(list.status.success());
+    let listed: serde_json::Value = serde_json::from_slice(&list.stdout).expect("json");
+    assert_eq!(
+        names(&listed),
+        BTreeSet::from([node.pod("a"), d.clone()]),
+        "{listed}"
+    );
+    assert!(!node.snapshot().journal, "no journal left");
+    assert_eq!(node.ping_from_pod("d", &a_ip, 1), Some(63));
+    assert_eq!(node.ping_from_node(&b_ip), None, "b is gone");
+}
+
+#[test]
+fn a_del_killed_while_its_veth_goes_is_finished_by_the_next_command() {
+    let node = TestNode::up();
+    node.add("a", &[]);
+    let without_b = node.snapshot();
+    let b = node.pod("b");
+    for next in [&["endpoint", "add"][..], &["status"], &["endpoint", "del"]] {
+        let b_ip = node.add("b", &[])["ip"].as_str().expect("ip").to_string();
+        let held = Held::spawn(&node, "del.link:stop", &["endpoint", "del", &b]);
+        assert!(node.snapshot().journal, "the del's journal is there");
+        let status = held.kill();
+        assert_eq!(status.signal(), Some(9));
+        // The next command, whatever it is, finishes b's del (an add of another
+        // endpoint too, although adds do not wait for live deletions).
+        let other = node.pod("other");
+        match next {
+            ["endpoint", "add"] => {
+                node.ok(&["endpoint", "add", &other]);
+                node.ok(&["endpoint", "del", &other]);
+            }
+            ["endpoint", "del"] => {
+                node.ok(&["endpoint", "del", &b]);
+            }
+            args => {
+                node.ok(args);
+            }
+        }
+        assert_same(
+            &without_b,
+            &node.snapshot(),
+            &format!("{next:?} after the kill"),
+        );
+        assert_eq!(node.ping_from_node(&b_ip), None, "{next:?}: b is gone");
+    }
 }

@@ -1,6 +1,8 @@
 //! Fault injection for tests: `VETHBPF_FAULT=<point>` makes the step at `<point>`
-//! fail as if the kernel had refused it, and `VETHBPF_FAULT=<point>:crash` kills the
-//! process there with SIGKILL (a crash at an exact point of an operation).
+//! fail as if the kernel had refused it, `VETHBPF_FAULT=<point>:crash` kills the
+//! process there with SIGKILL (a crash at an exact point of an operation), and
+//! `VETHBPF_FAULT=<point>:stop` stops it there with SIGSTOP until it gets SIGCONT
+//! (an operation held at an exact point while the test looks around).
 //!
 //! The hook exists only in builds with the `fault-injection` feature, which the
 //! integration tests enable; in every other build `point` is an empty inline
@@ -73,6 +75,17 @@ pub(crate) fn point(name: &'static str) -> Result<(), Injected> {
     let spec = spec.to_string_lossy();
     let (target, action) = spec.split_once(':').unwrap_or((&spec, "fail"));
     if target != name {
+        return Ok(());
+    }
+    if action == "stop" {
+        // Stopped like a process the scheduler never runs again until SIGCONT: a
+        // test can then look at everything else while this step is pending, and
+        // go on (SIGCONT, and the step runs normally) or kill it.
+        tracing::warn!(point = name, "injected stop");
+        // SAFETY: kill(2) on our own pid has no memory-safety preconditions.
+        unsafe {
+            libc::kill(libc::getpid(), libc::SIGSTOP);
+        }
         return Ok(());
     }
     if action == "crash" {

@@ -82,8 +82,8 @@ pub struct Fix {
 /// What `reconcile` found and did.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Report {
-    /// The journal of an interrupted command, settled.
-    pub pending: Option<Recovered>,
+    /// The journals of interrupted commands, settled.
+    pub pending: Vec<Recovered>,
     /// A journal that could not be read was removed (the scan below cleans up).
     pub discarded_journal: bool,
     /// Endpoints rebuilt from the kernel (`--from-kernel`).
@@ -108,7 +108,7 @@ pub struct Report {
 impl Report {
     /// Whether anything was out of agreement.
     pub fn changed(&self) -> bool {
-        self.pending.is_some()
+        !self.pending.is_empty()
             || self.discarded_journal
             || !self.rebuilt.is_empty()
             || !self.repaired.is_empty()

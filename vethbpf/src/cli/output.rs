@@ -414,7 +414,7 @@ pub fn reconcile(out: Output, r: &Report) -> Result<()> {
         return Ok(());
     }
     let mut rows = Vec::new();
-    if let Some(p) = &r.pending {
+    for p in &r.pending {
         rows.push(vec![
             format!("interrupted {}", p.op),
             p.name.clone(),

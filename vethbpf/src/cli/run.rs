@@ -13,7 +13,7 @@ use vethbpf::node::{self, NodeError, UpRequest};
 use vethbpf::observe::monitor::{MonitorRequest, Session};
 use vethbpf::observe::{self, ObserveError};
 use vethbpf::reconcile;
-use vethbpf::state::{LOG_FILE, Locked, NodeConfig, STATE_FILE, StateDir};
+use vethbpf::state::{LOG_FILE, Locked, NodeConfig, STATE_FILE, StateDir, StateError};
 use vethbpf_common::PROG_FROM_POD;
 
 use super::args::{
@@ -48,10 +48,24 @@ fn check_bpffs(locked: &Locked, cli: &Cli, explicit: bool) -> Result<()> {
 /// Every command but `up` works on a node that is up; before `up` there is no
 /// state file, and such a command must not create the state dir either.
 fn lock_up_node(state_dir: &StateDir) -> Result<Locked> {
+    lock_up_node_by(state_dir, StateDir::lock)
+}
+
+/// `lock_up_node` for `endpoint add` and `del`, which do not wait for the
+/// deletions of other endpoints in progress.
+fn lock_up_node_for_endpoint_change(state_dir: &StateDir) -> Result<Locked> {
+    lock_up_node_by(state_dir, |d| d.lock_for_endpoint_change(None))
+}
+
+fn lock_up_node_by(
+    state_dir: &StateDir,
+    take: impl FnOnce(&StateDir) -> Result<Locked, StateError>,
+) -> Result<Locked> {
     if !state_dir.path().join(vethbpf::state::STATE_FILE).exists() {
         return Err(RunError::NoState(state_dir.path().to_path_buf()).into());
     }
-    let locked = lock(state_dir)?;
+    let locked = take(state_dir)
+        .with_context(|| format!("state directory {}", state_dir.path().display()))?;
     if let Some(node) = &locked.state.node {
         bpffs::check_lasting(&node.bpffs_dir)?;
     }
@@ -171,7 +185,7 @@ pub fn run(cli: Cli, bpffs_explicit: bool) -> Result<()> {
             settle(&mut locked)
         }
         Command::Endpoint(EndpointCommand::Add(args)) => {
-            let mut locked = lock_up_node(&state_dir)?;
+            let mut locked = lock_up_node_for_endpoint_change(&state_dir)?;
             check_bpffs(&locked, &cli, bpffs_explicit)?;
             let req = AddRequest {
                 name: args.name.clone(),
@@ -187,7 +201,7 @@ pub fn run(cli: Cli, bpffs_explicit: bool) -> Result<()> {
             output::endpoint(out, &EndpointView::new(&rec, None))
         }
         Command::Endpoint(EndpointCommand::Del { name }) => {
-            let mut locked = lock_up_node(&state_dir)?;
+            let mut locked = lock_up_node_for_endpoint_change(&state_dir)?;
             check_bpffs(&locked, &cli, bpffs_explicit)?;
             let node = node_config(&locked)?;
             let rec = endpoint::with_kernel(&node, |env| {

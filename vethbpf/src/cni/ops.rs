@@ -105,6 +105,12 @@ fn lock(dir: &Path) -> Result<Locked, CniError> {
     Ok(StateDir::new(dir).lock_timeout(LOCK_TIMEOUT)?)
 }
 
+/// `lock` for ADD and DEL, which do not wait for other containers' deletions in
+/// progress (see `state/deletions.rs`).
+fn lock_for_endpoint_change(dir: &Path) -> Result<Locked, CniError> {
+    Ok(StateDir::new(dir).lock_for_endpoint_change(Some(LOCK_TIMEOUT))?)
+}
+
 fn required<'a>(v: &'a Option<String>, name: &str) -> Result<&'a str, CniError> {
     v.as_deref().ok_or_else(|| CniError::Env {
         msg: format!("required environment variable {name} is missing"),
@@ -242,7 +248,7 @@ pub(crate) fn add(p: &Params, conf: &NetConf) -> Result<Value, CniError> {
         )));
     }
 
-    let mut locked = lock(&state_dir(conf))?;
+    let mut locked = lock_for_endpoint_change(&state_dir(conf))?;
     let node = ensure_up(&mut locked, conf)?;
     let name = endpoint_name(cid, ifname);
     if locked.state.endpoints.contains_key(&name) {
@@ -367,13 +373,17 @@ pub(crate) fn del(p: &Params, conf: &NetConf) -> Result<(), CniError> {
     let dir = state_dir(conf);
     // Before the first ADD there is no state dir, and DEL must not make one.
     if is_up(&dir) {
-        let mut locked = lock(&dir)?;
+        let mut locked = lock_for_endpoint_change(&dir)?;
         if let Some(rec) = attachment(&locked, cid, ifname)
             && let Some(node) = loaded_node(&mut locked)?
         {
             endpoint::with_kernel(&node, |env| {
-                endpoint::del(env, &mut locked, &rec.name)?;
-                Ok::<_, CniError>(())
+                match endpoint::del(env, &mut locked, &rec.name) {
+                    // A DEL of the same attachment ran at the same time and
+                    // finished first.
+                    Ok(_) | Err(EndpointError::NotFound { .. }) => Ok::<_, CniError>(()),
+                    Err(e) => Err(e.into()),
+                }
             })?;
         }
     }
@@ -837,8 +847,10 @@ pub(crate) fn gc(p: &Params, conf: &NetConf) -> Result<(), CniError> {
             endpoint::with_kernel(&node, |env| {
                 for rec in &stale {
                     tracing::info!(endpoint = %rec.name, "GC: removing a stale attachment");
-                    if let Err(e) = endpoint::del(env, &mut locked, &rec.name) {
-                        errors.push(format!("endpoint {}: {e}", rec.name));
+                    match endpoint::del(env, &mut locked, &rec.name) {
+                        // A DEL finished it while this del waited for the lock.
+                        Ok(_) | Err(EndpointError::NotFound { .. }) => {}
+                        Err(e) => errors.push(format!("endpoint {}: {e}", rec.name)),
                     }
                     if let (Some(d), Some(c)) = (&delegate, &rec.cni)
                         && c.ipam.is_some()

@@ -4,15 +4,21 @@ use ipnet::{Ipv4Net, Ipv6Net};
 use tracing::warn;
 use vethbpf_common::{ROUTE_KIND_LOCAL, Route};
 
-use super::journal::settle;
+use super::journal::{settle, settle_deletion};
 use super::remove::{delete_host_veth, remove_after_veth};
 use super::{EndpointError, Env};
 use crate::fault;
-use crate::state::{EndpointRecord, Intent, Locked, LogEntry};
+use crate::state::{EndpointRecord, Found, Intent, Locked, LogEntry};
 
 /// Deletes an endpoint: route entry first (nobody is sent to it any more), then the
 /// veth (the pod loses its interface and the program its hook), then the pins, map
 /// entries, the namespace if vethbpf made it, and the record.
+///
+/// The del journals itself in a deletion file of its own and deletes the veth with
+/// the state lock released (see `state/deletions.rs`): the kernel's part is most of
+/// a del, and concurrent dels then overlap in it, as other plugins' do. The record
+/// stays in the state until the commit, so its name, addresses and index are not
+/// given out meanwhile.
 ///
 /// A failure before the veth is deleted puts the route entry back: the endpoint is
 /// as it was. From the veth's deletion on there is no going back, so a failure
@@ -22,50 +28,76 @@ pub fn del(
     locked: &mut Locked,
     name: &str,
 ) -> Result<EndpointRecord, EndpointError> {
-    // `endpoint del NAME` run again after a del of NAME died: finishing that one is
-    // the answer.
-    match locked.pending()? {
-        Some(Intent::Del(rec)) if rec.name == name => {
-            settle(env, locked, Intent::Del(rec.clone()))?;
-            return Ok(rec);
-        }
-        Some(intent) => {
-            settle(env, locked, intent)?;
-        }
-        None => {}
-    }
-    let rec = locked
-        .state
-        .endpoints
-        .get(name)
-        .cloned()
-        .ok_or_else(|| EndpointError::NotFound {
-            name: name.to_string(),
-        })?;
-    fault::point("del.intent")?;
-    locked.begin(&Intent::Del(rec.clone()))?;
-
-    let reversible = (|| {
-        fault::point("del.route-map")?;
-        del_route_entries(env, &rec)?;
-        if let Err(e) = delete_host_veth(env, &rec) {
-            if let Err(undo) = put_route_entries(env, &rec) {
-                warn!(error = %undo, "cannot restore the route entries");
+    let rec = loop {
+        // `endpoint del NAME` run again after a del of NAME died: finishing that
+        // one is the answer.
+        match locked.pending()? {
+            Some(Intent::Del(rec)) if rec.name == name => {
+                settle(env, locked, Intent::Del(rec.clone()))?;
+                return Ok(rec);
             }
-            return Err(e);
+            Some(intent) => {
+                settle(env, locked, intent)?;
+            }
+            None => {}
         }
-        Ok(())
-    })();
-    if let Err(e) = reversible {
-        if let Err(end) = locked.end() {
+        let mut running = None;
+        for found in locked.deletions()? {
+            match found {
+                Found::Dead(dead) if dead.rec.name == name => {
+                    let rec = dead.rec.clone();
+                    settle_deletion(env, locked, dead)?;
+                    return Ok(rec);
+                }
+                Found::Dead(dead) => {
+                    settle_deletion(env, locked, dead)?;
+                }
+                Found::Live { name: n, file } if n == name => running = Some(file),
+                Found::Live { .. } => {}
+            }
+        }
+        // A del of the same endpoint is running: wait for it, then look again
+        // (it is gone, or that del failed and it is still there).
+        if let Some(file) = running {
+            locked.wait_while_unlocked(file)?;
+            continue;
+        }
+        break locked.state.endpoints.get(name).cloned().ok_or_else(|| {
+            EndpointError::NotFound {
+                name: name.to_string(),
+            }
+        })?;
+    };
+    fault::point("del.intent")?;
+    let deletion = locked.begin_deletion(&rec)?;
+    let undo = |locked: &Locked, deletion| {
+        if let Err(end) = locked.end_deletion(deletion) {
             warn!(error = %end, "cannot clear the journal");
         }
+    };
+    if let Err(e) = fault::point("del.route-map")
+        .map_err(EndpointError::from)
+        .and_then(|()| del_route_entries(env, &rec))
+    {
+        undo(locked, deletion);
         return Err(e);
     }
     let interrupted = |source| EndpointError::DelInterrupted {
         name: name.to_string(),
         source: Box::new(source),
     };
+    // Taking the lock again can only fail to wait (a CNI call's time is up):
+    // this del's journal is then finished by the next command.
+    let deleted = locked
+        .unlocked(|| delete_host_veth(env, &rec))
+        .map_err(|e| interrupted(e.into()))?;
+    if let Err(e) = deleted {
+        if let Err(undo) = put_route_entries(env, &rec) {
+            warn!(error = %undo, "cannot restore the route entries");
+        }
+        undo(locked, deletion);
+        return Err(e);
+    }
     remove_after_veth(env, &rec).map_err(interrupted)?;
     fault::point("del.commit").map_err(|e| interrupted(e.into()))?;
     // On failure the kernel side is gone and the record stays until the journal
@@ -75,7 +107,7 @@ pub fn del(
         .map_err(|e| interrupted(e.into()))?;
     if let Err(e) = fault::point("del.done")
         .map_err(EndpointError::from)
-        .and_then(|()| Ok(locked.end()?))
+        .and_then(|()| Ok(locked.end_deletion(deletion)?))
     {
         warn!(error = %e, "cannot clear the journal; the next command will");
     }

@@ -8,7 +8,9 @@ use super::remove::remove_endpoint;
 use super::{EndpointError, Env, with_kernel};
 use crate::kernel::netlink::NetlinkError;
 use crate::kernel::netns::NetnsError;
-use crate::state::{EndpointRecord, Intent, Locked, LogEntry, PlannedEndpoint};
+use crate::state::{
+    DeadDeletion, EndpointRecord, Found, Intent, Locked, LogEntry, PlannedEndpoint,
+};
 
 /// How the journal of an interrupted command was settled.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -21,28 +23,61 @@ pub struct Recovered {
     pub outcome: &'static str,
 }
 
-/// Settles the journal a command that died halfway left behind: an add that did
-/// not commit is rolled back, a del is finished. Cheap when there is none (one
-/// failed `open`), so every command that changes endpoints calls it first.
+/// Settles the journals commands that died halfway left behind: an add that did
+/// not commit is rolled back, a del is finished (the one in `intent.json`, and
+/// every deletion journal whose command is gone; a live deletion is its owner's).
+/// Cheap when there is none (one failed `open`, one directory read), so every
+/// command that changes endpoints calls it first.
 pub(crate) fn finish_pending(
     env: &mut Env<'_>,
     locked: &mut Locked,
-) -> Result<Option<Recovered>, EndpointError> {
-    match locked.pending()? {
-        Some(intent) => settle(env, locked, intent).map(Some),
-        None => Ok(None),
+) -> Result<Vec<Recovered>, EndpointError> {
+    let mut settled = Vec::new();
+    if let Some(intent) = locked.pending()? {
+        settled.push(settle(env, locked, intent)?);
     }
+    for found in locked.deletions()? {
+        if let Found::Dead(dead) = found {
+            settled.push(settle_deletion(env, locked, dead)?);
+        }
+    }
+    Ok(settled)
 }
 
-/// Settles the journal (see `finish_pending`) with the real kernel, opened only
+/// Settles the journals (see `finish_pending`) with the real kernel, opened only
 /// when there is a journal to settle. Commands that do not change endpoints
 /// themselves call it first.
-pub fn settle_with_kernel(locked: &mut Locked) -> Result<Option<Recovered>, EndpointError> {
-    if locked.pending()?.is_none() {
-        return Ok(None);
+pub fn settle_with_kernel(locked: &mut Locked) -> Result<Vec<Recovered>, EndpointError> {
+    let dead = locked
+        .deletions()?
+        .iter()
+        .any(|f| matches!(f, Found::Dead(_)));
+    if locked.pending()?.is_none() && !dead {
+        return Ok(Vec::new());
     }
     let node = locked.state.node.clone().ok_or(EndpointError::NotUp)?;
     with_kernel(&node, |env| finish_pending(env, locked))
+}
+
+/// Finishes a del whose command died, from its own journal (see
+/// `state/deletions.rs`).
+pub(super) fn settle_deletion(
+    env: &mut Env<'_>,
+    locked: &mut Locked,
+    dead: Box<DeadDeletion>,
+) -> Result<Recovered, EndpointError> {
+    let rec = dead.rec.clone();
+    remove_endpoint(env, &rec)?;
+    if locked.state.endpoints.get(&rec.name) == Some(&rec) {
+        locked.commit(LogEntry::Del(rec.name.clone()))?;
+    }
+    locked.end_dead_deletion(dead)?;
+    warn!(op = "del", endpoint = %rec.name, outcome = "completed", "settled a command that was interrupted");
+    Ok(Recovered {
+        op: "del",
+        name: rec.name,
+        outcome: "completed",
+    })
 }
 
 /// Settles one journaled intent (see [`finish_pending`]) and clears the journal.

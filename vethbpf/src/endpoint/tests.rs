@@ -210,13 +210,16 @@ fn an_add_that_died_before_its_commit_is_rolled_back_by_the_next_command() {
     });
     let recovered = w.with(finish_pending).unwrap();
     assert_eq!(
-        recovered.map(|r| (r.op, r.outcome)),
-        Some(("add", "rolled back"))
+        recovered
+            .iter()
+            .map(|r| (r.op, r.outcome))
+            .collect::<Vec<_>>(),
+        [("add", "rolled back")]
     );
     assert_eq!(w.snapshot(), before);
     assert!(w.with(|_, l| l.pending()).unwrap().is_none());
     // Nothing left to settle the second time.
-    assert_eq!(w.with(finish_pending).unwrap(), None);
+    assert_eq!(w.with(finish_pending).unwrap(), []);
 }
 
 #[test]

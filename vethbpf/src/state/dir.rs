@@ -6,11 +6,13 @@ use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
 use super::cluster::NODE_INTENT_FILE;
+use super::deletions::{self, Found};
 use super::log::{self, LOG_FILE, LogEntry, LogPos};
 use super::records::{OLDEST_STATE_VERSION, STATE_VERSION};
 use super::{ClusterState, EndpointRecord, NodeConfig, State, StateError};
@@ -27,7 +29,10 @@ pub struct StateDir {
 
 /// The state, read under an exclusive lock that lasts as long as this value.
 pub struct Locked {
-    _lock: Flock<File>,
+    /// `None` only while [`Locked::unlocked`] runs its closure.
+    lock: Option<Flock<File>>,
+    /// How long taking the lock again may wait (see [`StateDir::lock_timeout`]).
+    timeout: Option<Duration>,
     pub(super) path: PathBuf,
     pub state: State,
     /// Where the endpoint log stands.
@@ -75,17 +80,28 @@ impl StateDir {
         &self.dir
     }
 
-    /// Takes the exclusive lock (waiting for other vethbpf commands) and reads the
-    /// state; a missing file is an empty state.
+    /// Takes the exclusive lock (waiting for other vethbpf commands, deletions in
+    /// progress included) and reads the state; a missing file is an empty state.
     pub fn lock(&self) -> Result<Locked, StateError> {
-        self.lock_within(None)
+        self.lock_quiet(None)
     }
 
     /// Like [`StateDir::lock`], but gives up with [`StateError::Busy`] when the
     /// lock is still held by someone else after `timeout` (CNI calls answer "try
     /// again later" rather than hang a runtime).
-    pub(crate) fn lock_timeout(&self, timeout: std::time::Duration) -> Result<Locked, StateError> {
-        self.lock_within(Some(timeout))
+    pub(crate) fn lock_timeout(&self, timeout: Duration) -> Result<Locked, StateError> {
+        self.lock_quiet(Some(timeout))
+    }
+
+    /// The lock for `endpoint add` and `del`: like [`StateDir::lock_timeout`]
+    /// (`None`: no limit), but without waiting for the deletions in progress of
+    /// other endpoints (see `deletions.rs`), whose records stay in the state until
+    /// they are done, so no name, address or index of theirs is given out again.
+    pub fn lock_for_endpoint_change(
+        &self,
+        timeout: Option<Duration>,
+    ) -> Result<Locked, StateError> {
+        self.lock_within(timeout)
     }
 
     /// Reads the state without the lock (to tell a corrupt state from a good one,
@@ -100,7 +116,8 @@ impl StateDir {
     pub fn lock_to_rebuild(&self) -> Result<Locked, StateError> {
         let (lock, path) = self.take_lock(None)?;
         Ok(Locked {
-            _lock: lock,
+            lock: Some(lock),
+            timeout: None,
             path,
             state: State::default(),
             pos: LogPos::default(),
@@ -109,11 +126,41 @@ impl StateDir {
         })
     }
 
-    fn lock_within(&self, timeout: Option<std::time::Duration>) -> Result<Locked, StateError> {
+    /// The lock, once no deletion is in progress: a live one is waited for with
+    /// the lock released (it needs the lock to finish).
+    fn lock_quiet(&self, timeout: Option<Duration>) -> Result<Locked, StateError> {
+        let start = Instant::now();
+        loop {
+            let left = timeout.map(|t| t.saturating_sub(start.elapsed()));
+            let locked = self.lock_within(left)?;
+            let live = locked.deletions()?.into_iter().find_map(|f| match f {
+                Found::Live { file, .. } => Some(file),
+                Found::Dead(_) => None,
+            });
+            let Some(file) = live else {
+                return Ok(locked);
+            };
+            drop(locked);
+            let left = timeout.map(|t| t.saturating_sub(start.elapsed()));
+            wait_for(file, left).map_err(|source| StateError::Lock {
+                path: self.dir.join(LOCK_FILE),
+                source,
+            })?;
+            if timeout.is_some_and(|t| start.elapsed() >= t) {
+                return Err(StateError::Busy {
+                    path: self.dir.join(LOCK_FILE),
+                    secs: timeout.map_or(0, |t| t.as_secs()),
+                });
+            }
+        }
+    }
+
+    fn lock_within(&self, timeout: Option<Duration>) -> Result<Locked, StateError> {
         let (lock, path) = self.take_lock(timeout)?;
         let (state, pos, snapshot) = read_state(&path)?;
         Ok(Locked {
-            _lock: lock,
+            lock: Some(lock),
+            timeout,
             path,
             state,
             pos,
@@ -122,11 +169,8 @@ impl StateDir {
         })
     }
 
-    fn take_lock(
-        &self,
-        timeout: Option<std::time::Duration>,
-    ) -> Result<(Flock<File>, PathBuf), StateError> {
-        let start = std::time::Instant::now();
+    fn take_lock(&self, timeout: Option<Duration>) -> Result<(Flock<File>, PathBuf), StateError> {
+        let start = Instant::now();
         let lock_path = self.dir.join(LOCK_FILE);
         let lock_err = |source| StateError::Lock {
             path: lock_path.clone(),
@@ -206,6 +250,9 @@ impl StateDir {
         // Temp files of a write that a kill interrupted.
         rm(&locked.path.with_extension("json.tmp"))?;
         rm(&locked.intent_path().with_extension("json.tmp"))?;
+        for file in deletions::journal_files(&self.dir) {
+            rm(&file)?;
+        }
         rm(&self.dir.join(LOCK_FILE))?;
         drop(locked);
         // Not empty (a user's own files) is fine: leave it.
@@ -219,10 +266,7 @@ impl StateDir {
 /// poll interval to every wait. The wait runs on a thread of its own, made only
 /// when the lock is taken; one that gives up leaves it blocked, and whenever it
 /// gets the lock, nobody receives it and it is released at once.
-fn wait_for_lock(
-    file: File,
-    timeout: std::time::Duration,
-) -> Option<Result<Flock<File>, nix::errno::Errno>> {
+fn wait_for_lock(file: File, timeout: Duration) -> Option<Result<Flock<File>, nix::errno::Errno>> {
     let (tx, rx) = std::sync::mpsc::sync_channel(1);
     let waiter = std::thread::Builder::new()
         .name("vethbpf-lock".into())
@@ -235,6 +279,20 @@ fn wait_for_lock(
         )));
     }
     rx.recv_timeout(timeout).ok()
+}
+
+/// Waits until `file`'s lock is free (a deletion in progress ended), at most
+/// `timeout`; the lock is let go at once.
+fn wait_for(file: File, timeout: Option<Duration>) -> io::Result<()> {
+    match timeout {
+        None => Flock::lock(file, FlockArg::LockExclusive)
+            .map(drop)
+            .map_err(|(_, errno)| io::Error::from(errno)),
+        Some(t) => match wait_for_lock(file, t) {
+            Some(Err(errno)) => Err(io::Error::from(errno)),
+            Some(Ok(_)) | None => Ok(()),
+        },
+    }
 }
 
 fn same_file(file: &File, path: &Path) -> bool {
@@ -298,6 +356,34 @@ fn read_state(path: &Path) -> Result<(State, LogPos, SnapshotInfo), StateError> 
 impl Locked {
     fn log_path(&self) -> PathBuf {
         self.path.with_file_name(LOG_FILE)
+    }
+
+    /// Runs `f` with the state lock released, then takes it again (waiting no
+    /// longer than the lock was first taken with) and reads the state afresh:
+    /// other commands may have committed meanwhile. For the slow kernel work of a
+    /// deletion that is claimed in its own journal (see `deletions.rs`); `down`,
+    /// `reconcile` and the rest wait for it, so the node is still up afterwards.
+    pub(crate) fn unlocked<T>(&mut self, f: impl FnOnce() -> T) -> Result<T, StateError> {
+        drop(self.lock.take());
+        let out = f();
+        let dir = StateDir::new(self.path.parent().unwrap_or(Path::new("/")));
+        let (lock, path) = dir.take_lock(self.timeout)?;
+        let (state, pos, snapshot) = read_state(&path)?;
+        self.lock = Some(lock);
+        self.state = state;
+        self.pos = pos;
+        self.snapshot_endpoints = snapshot.endpoints;
+        self.snapshot_version = snapshot.version;
+        Ok(out)
+    }
+
+    /// Waits, with the state lock released, until `file`'s lock is free (a
+    /// deletion in progress ended), then takes the state lock again.
+    pub(crate) fn wait_while_unlocked(&mut self, file: File) -> Result<(), StateError> {
+        let timeout = self.timeout;
+        let path = self.path.with_file_name(LOCK_FILE);
+        self.unlocked(|| wait_for(file, timeout))?
+            .map_err(|source| StateError::Lock { path, source })
     }
 
     /// Commits one endpoint change: a line appended to the log and made durable
@@ -814,5 +900,79 @@ mod tests {
             Some(StateError::Version { found: 3, .. })
         ));
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_live_deletion_is_waited_for_by_lock_and_not_by_endpoint_changes() {
+        let dir = tempdir();
+        let sd = StateDir::new(&dir);
+        let l = sd.lock().unwrap();
+        let deletion = l.begin_deletion(&record("a", [10, 244, 0, 2])).unwrap();
+        match l.deletions().unwrap().as_slice() {
+            [Found::Live { name, .. }] => assert_eq!(name, "a"),
+            other => panic!("{other:?}"),
+        }
+        drop(l);
+        let waiter = {
+            let sd = sd.clone();
+            std::thread::spawn(move || {
+                let start = Instant::now();
+                let l = sd.lock().unwrap();
+                (start.elapsed(), l.deletions().unwrap().len())
+            })
+        };
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(!waiter.is_finished(), "lock() waits for the live deletion");
+        // An endpoint change takes the lock beside it, and ends it.
+        let l = sd.lock_for_endpoint_change(None).unwrap();
+        l.end_deletion(deletion).unwrap();
+        drop(l);
+        let (waited, left) = waiter.join().unwrap();
+        assert!(waited >= Duration::from_millis(300), "{waited:?}");
+        assert_eq!(left, 0, "the deletion's journal is gone");
+        sd.remove(sd.lock().unwrap()).unwrap();
+        assert!(!dir.exists());
+    }
+
+    #[test]
+    fn a_deletion_whose_owner_let_go_is_dead_and_down_removes_its_journal() {
+        let dir = tempdir();
+        let sd = StateDir::new(&dir);
+        let l = sd.lock().unwrap();
+        let rec = record("b", [10, 244, 0, 3]);
+        // Dropping the claim without ending it is what the death of its command
+        // does: the lock goes, the file stays.
+        drop(l.begin_deletion(&rec).unwrap());
+        drop(l);
+        // lock() does not wait for a dead deletion: the command settles it.
+        let l = sd
+            .lock_timeout(Duration::from_secs(5))
+            .expect("not waiting for a dead deletion");
+        match l.deletions().unwrap().as_slice() {
+            [Found::Dead(dead)] => assert_eq!(dead.rec, rec),
+            other => panic!("{other:?}"),
+        }
+        sd.remove(l).unwrap();
+        assert!(!dir.exists(), "no journal file left behind");
+    }
+
+    #[test]
+    fn unlocked_lets_another_command_commit_and_reads_its_commit() {
+        let dir = tempdir();
+        let sd = StateDir::new(&dir);
+        let mut l = sd.lock().unwrap();
+        l.save().unwrap();
+        let other = sd.clone();
+        l.unlocked(|| {
+            let mut o = other.lock_timeout(Duration::from_secs(5)).unwrap();
+            o.commit(LogEntry::Put(Box::new(record("c", [10, 244, 0, 4]))))
+                .unwrap();
+        })
+        .unwrap();
+        assert!(l.state.endpoints.contains_key("c"), "state read again");
+        l.commit(LogEntry::Del("c".into())).unwrap();
+        drop(l);
+        assert!(sd.read().unwrap().endpoints.is_empty());
+        sd.remove(sd.lock().unwrap()).unwrap();
     }
 }

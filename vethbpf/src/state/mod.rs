@@ -10,6 +10,7 @@ use std::io;
 use std::path::PathBuf;
 
 mod cluster;
+mod deletions;
 mod dir;
 pub mod ident;
 pub mod ipam;
@@ -20,6 +21,7 @@ mod records;
 pub use cluster::{
     ClusterState, NODE_INTENT_FILE, NodeIntent, NodeOrigin, Overlay, RemoteNode, VxlanDevice,
 };
+pub(crate) use deletions::{DeadDeletion, Found};
 pub use dir::{Locked, STATE_FILE, StateDir};
 pub(crate) use journal::{Intent, PlannedEndpoint};
 pub use log::LOG_FILE;
