@@ -2,9 +2,11 @@
 //! defines (the list is `vethbpf_common::ALL_MAPS`), so that a table nearing its
 //! limit is visible before packets find it full.
 //!
-//! Counting is generic over key sizes: hash, LRU hash and LPM trie maps are walked
-//! with `BPF_MAP_GET_NEXT_KEY` on raw key bytes (no typed view per map); arrays are
-//! always full by construction and report their size; a ring buffer has no entries.
+//! Counting is generic over key sizes: hash and LRU hash maps are read in batches
+//! (`BPF_MAP_LOOKUP_BATCH`, a few calls for thousands of entries), LPM tries, which
+//! have no batch operation, walked with `BPF_MAP_GET_NEXT_KEY` on raw key bytes (no
+//! typed view per map); arrays are always full by construction and report their
+//! size; a ring buffer has no entries.
 
 use std::os::fd::AsFd;
 
@@ -12,9 +14,9 @@ use aya::maps::{MapData, MapType};
 use serde::Serialize;
 use vethbpf_common::ALL_MAPS;
 
-use super::Pins;
 use super::maps::MapsError;
 use super::sys;
+use super::{Pins, batch};
 
 /// One map's fill.
 #[derive(Clone, Debug, Serialize)]
@@ -50,14 +52,8 @@ pub fn map_fill(pins: &Pins) -> Result<Vec<MapFill>, MapsError> {
                 source: Box::new(source),
             })?;
             let (kind, entries) = match map_type {
-                MapType::Hash => (
-                    "hash",
-                    Some(count_keys(&data, info.key_size(), info.max_entries())),
-                ),
-                MapType::LruHash => (
-                    "lru_hash",
-                    Some(count_keys(&data, info.key_size(), info.max_entries())),
-                ),
+                MapType::Hash => ("hash", Some(count_hash(&data, &info))),
+                MapType::LruHash => ("lru_hash", Some(count_hash(&data, &info))),
                 MapType::LpmTrie => (
                     "lpm_trie",
                     Some(count_keys(&data, info.key_size(), info.max_entries())),
@@ -75,6 +71,20 @@ pub fn map_fill(pins: &Pins) -> Result<Vec<MapFill>, MapsError> {
             })
         })
         .collect()
+}
+
+/// Number of entries in a (plain or LRU) hash map: in batches, or by walking its
+/// keys where the kernel has no batch operation.
+fn count_hash(map: &MapData, info: &aya::maps::MapInfo) -> u64 {
+    let (key_size, max_entries) = (info.key_size(), info.max_entries());
+    match batch::count_hash(map.fd().as_fd(), key_size, info.value_size(), max_entries) {
+        Ok(Some(n)) => n,
+        Ok(None) => count_keys(map, key_size, max_entries),
+        Err(e) => {
+            tracing::warn!(error = %e, "counting map entries");
+            count_keys(map, key_size, max_entries)
+        }
+    }
 }
 
 /// Number of keys in a map of any key size (capped at its capacity: see

@@ -663,7 +663,11 @@ pub fn targets(cp: &CpResults) -> Vec<Target> {
     }
     // Bursts: a node starting (and stopping) many pods at once, first start to
     // last end, against ptp's burst of the same size.
-    for b in cp.bursts.iter().filter(|b| b.contender.starts_with("vethbpf")) {
+    for b in cp
+        .bursts
+        .iter()
+        .filter(|b| b.contender.starts_with("vethbpf"))
+    {
         let Some(ptp) = cp
             .bursts
             .iter()
