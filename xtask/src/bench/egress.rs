@@ -288,52 +288,8 @@ fn datapath(
     let before: Vec<Option<u64>> = built.iter().map(|c| path_packets(c, plan).ok()).collect();
     for round in 1..=plan.rounds {
         for c in &built {
-            sys::check_interrupt()?;
-            let mut s = DpSample {
-                round,
-                contender: c.name,
-                latency: None,
-                tput_1: None,
-                tput_4: None,
-                connect: None,
-                errors: Vec::new(),
-            };
-            let mut note = |what: &str, e: anyhow::Error| s.errors.push(format!("{what}: {e:#}"));
-            let lat = measure::latency(c, plan.secs)
-                .map_err(|e| note("latency", e))
-                .ok();
-            let t1 = measure::throughput(c, plan.secs, 1)
-                .map_err(|e| note("1-stream", e))
-                .ok();
-            let t4 = measure::throughput(c, plan.secs, 4)
-                .map_err(|e| note("4-stream", e))
-                .ok();
-            let cr = measure::connect_rate(c, plan.connect_secs)
-                .map_err(|e| note("connect", e))
-                .ok();
-            sys::check_interrupt()?;
-            s.latency = lat;
-            s.tput_1 = t1;
-            s.tput_4 = t4;
-            s.connect = cr;
-            let f = |v: Option<f64>, p: usize| {
-                v.map(|x| format!("{x:.p$}")).unwrap_or_else(|| "-".into())
-            };
-            progress(&format!(
-                "  [round {round}/{}] {:<16} RTT p50 {:>6} us p99 {:>7} us | 1-stream {:>6} Gbit/s | 4-stream {:>6} Gbit/s | {:>6} conn/s{}",
-                plan.rounds,
-                c.name,
-                f(s.latency.as_ref().map(|l| l.p50_us), 1),
-                f(s.latency.as_ref().map(|l| l.p99_us), 1),
-                f(s.tput_1.as_ref().map(|t| t.gbps), 2),
-                f(s.tput_4.as_ref().map(|t| t.gbps), 2),
-                f(s.connect.as_ref().map(|x| x.per_sec), 0),
-                if s.errors.is_empty() {
-                    String::new()
-                } else {
-                    format!("  errors: {}", s.errors.join("; "))
-                }
-            ));
+            let s = measure::sample(c, round, plan.secs, plan.connect_secs)?;
+            progress(&s.progress_line(plan.rounds, 16, false));
             r.samples.push(s);
         }
     }

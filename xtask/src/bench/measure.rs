@@ -19,9 +19,36 @@ use anyhow::{Context, Result, anyhow, bail};
 use serde::Serialize;
 
 use super::{
+    report::DpSample,
     sys::{self, in_ns},
     topo::{CONNECT_PORT, Contender, IPERF_PORT, PINGPONG_PORT, SOCKPERF_PORT},
 };
+
+/// One round of contender `c`: ping-pong latency, 1- and 4-stream throughput and
+/// the connect rate. A failed measurement is recorded in the sample's `errors` and
+/// the round goes on: one flaky figure should not cost the whole run. Only an
+/// interrupt (Ctrl-C) is an error.
+pub fn sample(c: &Contender, round: u32, secs: u32, connect_secs: u32) -> Result<DpSample> {
+    sys::check_interrupt()?;
+    let mut errors = Vec::new();
+    let mut note = |what: &str, e: anyhow::Error| errors.push(format!("{what}: {e:#}"));
+    let latency = latency(c, secs).map_err(|e| note("latency", e)).ok();
+    let tput_1 = throughput(c, secs, 1).map_err(|e| note("1-stream", e)).ok();
+    let tput_4 = throughput(c, secs, 4).map_err(|e| note("4-stream", e)).ok();
+    let connect = connect_rate(c, connect_secs)
+        .map_err(|e| note("connect", e))
+        .ok();
+    sys::check_interrupt()?;
+    Ok(DpSample {
+        round,
+        contender: c.name,
+        latency,
+        tput_1,
+        tput_4,
+        connect,
+        errors,
+    })
+}
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Latency {

@@ -24,6 +24,37 @@ pub struct DpSample {
     pub errors: Vec<String>,
 }
 
+impl DpSample {
+    /// The progress line of this sample: `[round r/rounds] name  RTT ... | conn/s`,
+    /// the name padded to `width`, with the CPU cost per Gbit when `cpu`.
+    pub fn progress_line(&self, rounds: u32, width: usize, cpu: bool) -> String {
+        let f = |v: Option<f64>, p: usize| v.map_or_else(|| "-".into(), |x| format!("{x:.p$}"));
+        let cpu = if cpu {
+            format!(
+                " | {:>5} CPU ms/Gbit",
+                f(self.tput_1.as_ref().map(|t| t.cpu_s_per_gbit * 1e3), 1)
+            )
+        } else {
+            String::new()
+        };
+        let errors = if self.errors.is_empty() {
+            String::new()
+        } else {
+            format!("  errors: {}", self.errors.join("; "))
+        };
+        format!(
+            "  [round {}/{rounds}] {:<width$} RTT p50 {:>6} us p99 {:>7} us | 1-stream {:>6} Gbit/s | 4-stream {:>6} Gbit/s | {:>6} conn/s{cpu}{errors}",
+            self.round,
+            self.contender,
+            f(self.latency.as_ref().map(|l| l.p50_us), 1),
+            f(self.latency.as_ref().map(|l| l.p99_us), 1),
+            f(self.tput_1.as_ref().map(|t| t.gbps), 2),
+            f(self.tput_4.as_ref().map(|t| t.gbps), 2),
+            f(self.connect.as_ref().map(|x| x.per_sec), 0),
+        )
+    }
+}
+
 /// Medians over rounds for one contender.
 #[derive(Clone, Debug, Serialize)]
 pub struct DpSummary {
