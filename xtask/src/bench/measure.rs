@@ -63,11 +63,13 @@ pub struct Latency {
 
 /// sockperf TCP ping-pong (14-byte messages, one outstanding) for `secs` seconds,
 /// round-trip times (`--full-rtt`). sockperf spends its first 400 ms warming up.
+/// Client and server each on a CPU of their own ([`sys::latency_cpus`]).
 pub fn latency(c: &Contender, secs: u32) -> Result<Latency> {
     if c.server_ip.is_ipv6() {
         return pingpong(c, secs);
     }
-    let mut cmd = in_ns(&c.client_ns, "sockperf");
+    let cpu = sys::latency_cpus().map(|(client, _)| client);
+    let mut cmd = sys::in_ns_on_cpu(&c.client_ns, cpu, "sockperf");
     cmd.args([
         "pp",
         "--tcp",
@@ -116,7 +118,9 @@ const PINGPONG_WARMUP: Duration = Duration::from_millis(400);
 pub fn pingpong(c: &Contender, secs: u32) -> Result<Latency> {
     let addr = SocketAddr::from((c.server_ip, PINGPONG_PORT));
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
+    let cpus = sys::latency_cpus();
     let server = sys::in_netns_thread(&c.server_ns, move || {
+        sys::pin_thread(cpus.map(|(_, server)| server))?;
         let listener = TcpListener::bind(addr).with_context(|| format!("binding {addr}"))?;
         let _ = ready_tx.send(());
         if !readable(&listener, 5000)? {
@@ -135,6 +139,7 @@ pub fn pingpong(c: &Contender, secs: u32) -> Result<Latency> {
         .recv_timeout(Duration::from_secs(5))
         .map_err(|_| anyhow!("ping-pong server did not start"))?;
     let client = sys::in_netns_thread(&c.client_ns, move || {
+        sys::pin_thread(cpus.map(|(client, _)| client))?;
         let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
             .with_context(|| format!("connecting to {addr}"))?;
         s.set_nodelay(true)?;

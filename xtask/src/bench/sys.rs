@@ -268,6 +268,40 @@ pub fn in_ns(ns: &str, program: impl AsRef<std::ffi::OsStr>) -> Command {
     c
 }
 
+/// The CPUs latency is measured on: the ping-pong client on the first, its server
+/// on the second, for every contender alike. Left to the scheduler, each run lands
+/// the two on one CPU or on two, and the RTT differs by the cross-CPU wake-ups
+/// (13 us on these VMs): a 5-round median then picks a mode by chance. `None` on a
+/// machine with one CPU.
+pub fn latency_cpus() -> Option<(usize, usize)> {
+    let n = thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    (n >= 2).then_some((0, 1))
+}
+
+/// [`in_ns`], the program bound to `cpu` (`taskset`, inherited by what it starts).
+pub fn in_ns_on_cpu(ns: &str, cpu: Option<usize>, program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let Some(cpu) = cpu else {
+        return in_ns(ns, program);
+    };
+    let mut c = Command::new("taskset");
+    c.args(["-c", &cpu.to_string(), "nsenter"])
+        .arg(format!("--net={}", netns_path(ns).display()))
+        .arg("--")
+        .arg(program);
+    c
+}
+
+/// Binds the calling thread to `cpu` (for the in-process ping-pong).
+pub fn pin_thread(cpu: Option<usize>) -> Result<()> {
+    let Some(cpu) = cpu else {
+        return Ok(());
+    };
+    let mut set = nix::sched::CpuSet::new();
+    set.set(cpu).context("cpu set")?;
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
+        .with_context(|| format!("binding a thread to CPU {cpu}"))
+}
+
 /// `ip [-n ns] args...`
 pub fn ip(ns: Option<&str>, args: &[&str]) -> Result<String> {
     let mut c = Command::new("ip");

@@ -400,7 +400,8 @@ impl Contender {
         let ip = self.server_ip.to_string();
         let v4 = self.server_ip.is_ipv4();
         if v4 {
-            let sockperf = in_ns(&self.server_ns, "sockperf")
+            let cpu = sys::latency_cpus().map(|(_, server)| server);
+            let sockperf = sys::in_ns_on_cpu(&self.server_ns, cpu, "sockperf")
                 .args(["sr", "--tcp", "-i", &ip, "-p", &SOCKPERF_PORT.to_string()])
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
