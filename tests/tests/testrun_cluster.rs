@@ -252,3 +252,95 @@ fn from_tunnel_refuses_frames_without_a_tunnel_key() {
         (TC_ACT_SHOT, one(0, Verdict::DropUnknownDestination))
     );
 }
+
+/// `inner` (an Ethernet frame) in VXLAN as a vethbpf node sends it: outer IPv4
+/// from `outer_src` to this node, UDP to 8472 with a zero checksum, VNI `vni`.
+fn vxlan(outer_src: [u8; 4], vni: u32, inner: &[u8]) -> Vec<u8> {
+    let total = (20 + 8 + 8 + inner.len()) as u16;
+    let mut ip = vec![0x45, 0, 0, 0, 0, 7, 0x40, 0, 64, 17, 0, 0];
+    ip[2..4].copy_from_slice(&total.to_be_bytes());
+    ip.extend_from_slice(&outer_src);
+    ip.extend_from_slice(&vethbpf_tests::cluster_run::OWN_NODE_IP);
+    let c = !ones_sum(&ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    ip.extend_from_slice(&40000u16.to_be_bytes());
+    ip.extend_from_slice(&vethbpf_common::VXLAN_PORT.to_be_bytes());
+    ip.extend_from_slice(&((8 + 8 + inner.len()) as u16).to_be_bytes());
+    ip.extend_from_slice(&[0, 0]);
+    ip.extend_from_slice(&[0x08, 0, 0, 0]);
+    ip.extend_from_slice(&(vni << 8).to_be_bytes());
+    ip.extend_from_slice(inner);
+    eth([0; 6], [2, 0, 0, 0, 9, 9], 0x0800, &ip)
+}
+
+#[test]
+fn from_uplink_decapsulates_vxlan_from_known_nodes_for_local_pods() {
+    let f = Fixture::new(CLUSTER_MODE_VXLAN);
+    // The inner frame as the remote node's vethbpf.vx wraps it.
+    let inner = frame(REMOTE_POD, DST_IP, 63, [0xee; 6], [0xaa; 6]);
+    let inp = vxlan(NODE_IP, 1, &inner);
+    let (ret, out, delta) = f.run(PROG_FROM_UPLINK, &inp);
+    assert_eq!(ret, TC_ACT_REDIRECT);
+    assert_eq!(delta, one(DST_ID, Verdict::FromNode));
+    // Exactly the inner packet, TTL-1, in an Ethernet header to the pod.
+    assert_eq!(out.len(), inner.len(), "the 50 bytes of VXLAN are gone");
+    assert_eq!(&out[0..6], &DST_MAC, "to the pod's MAC");
+    assert_eq!(&out[6..12], &GW_MAC, "from the gateway's");
+    assert_eq!(&out[12..14], &[0x08, 0x00]);
+    assert_forwarded(&inner, &out, 63);
+    assert_eq!(&out[34..], &inner[34..], "payload untouched");
+    assert_eq!(f.node_counter(NODE_ID).rx_packets, 1);
+
+    // The same checks as through the device: an unknown outer source, a wrong VNI,
+    // a remote pod that is not the sender's: dropped, counted at the pod.
+    for (outer_src, vni, inner_src) in [
+        (STRANGER, 1, REMOTE_POD),
+        (NODE_IP, 2, REMOTE_POD),
+        (NODE_IP, 1, STRANGER),
+    ] {
+        let inp = vxlan(
+            outer_src,
+            vni,
+            &frame(inner_src, DST_IP, 63, [0xee; 6], [0xaa; 6]),
+        );
+        let (ret, _, delta) = f.run(PROG_FROM_UPLINK, &inp);
+        assert_eq!(
+            (ret, delta),
+            (TC_ACT_SHOT, one(DST_ID, Verdict::DropUnknownSource)),
+            "{outer_src:?} VNI {vni} inner {inner_src:?}"
+        );
+    }
+    // Not plainly for a pod here: left to the stack (and the VXLAN device) as it
+    // came, the node's: an inner destination that is no local pod, a UDP checksum,
+    // another port, a fragment.
+    let mut cases = vec![vxlan(
+        NODE_IP,
+        1,
+        &frame(REMOTE_POD, REMOTE_POD, 63, [0xee; 6], [0xaa; 6]),
+    )];
+    let mut with_csum = vxlan(NODE_IP, 1, &inner);
+    with_csum[14 + 20 + 6] = 0x12;
+    cases.push(with_csum);
+    let mut other_port = vxlan(NODE_IP, 1, &inner);
+    other_port[14 + 20 + 3] ^= 1;
+    cases.push(other_port);
+    let mut fragment = vxlan(NODE_IP, 1, &inner);
+    fragment[14 + 6] = 0x20; // MF
+    let c = {
+        fragment[14 + 10..14 + 12].copy_from_slice(&[0, 0]);
+        !ones_sum(&fragment[14..34])
+    };
+    fragment[14 + 10..14 + 12].copy_from_slice(&c.to_be_bytes());
+    cases.push(fragment);
+    for inp in cases {
+        let (ret, out, delta) = f.run(PROG_FROM_UPLINK, &inp);
+        assert_eq!((ret, delta), (TC_ACT_OK, one(0, Verdict::UplinkPass)));
+        assert_eq!(out, inp, "untouched");
+    }
+    // Without an overlay nothing is decapsulated.
+    let f = Fixture::new(CLUSTER_MODE_DIRECT);
+    let inp = vxlan(NODE_IP, 1, &inner);
+    let (ret, out, _) = f.run(PROG_FROM_UPLINK, &inp);
+    assert_eq!(ret, TC_ACT_OK);
+    assert_eq!(out, inp);
+}

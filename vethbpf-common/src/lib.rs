@@ -133,6 +133,9 @@ pub const CLUSTER_MODE_OFF: u32 = 0;
 pub const CLUSTER_MODE_DIRECT: u32 = 1;
 /// Remote pod CIDRs are reached through the collect-metadata VXLAN device.
 pub const CLUSTER_MODE_VXLAN: u32 = 2;
+/// The UDP port of vethbpf's VXLAN device (Flannel's and the Linux default's, not
+/// IANA's 4789): `from_uplink` decapsulates what arrives on it.
+pub const VXLAN_PORT: u16 = 8472;
 
 /// Value of the one-entry `CLUSTER` array: how this node reaches the others.
 #[repr(C)]

@@ -17,7 +17,7 @@ use vethbpf_common::{
 };
 
 use crate::{
-    conntrack,
+    conntrack, decap,
     csum::L4Csum,
     egress::ktime,
     family::V4,
@@ -87,6 +87,11 @@ fn classify(ctx: &TcContext) -> Next {
     // SAFETY: `ctx.skb.skb` is the program's context pointer.
     if unsafe { (*ctx.skb.skb).pkt_type } != PACKET_HOST {
         return Next::Done(PASS);
+    }
+    // Other nodes' VXLAN packets for pods here: decapsulated and delivered without
+    // the kernel's VXLAN receive path. First: it may pull packet data.
+    if let Some(r) = decap::from_uplink(ctx) {
+        return Next::Done(r);
     }
     let Some((data, end)) = linear(ctx, L4_OFF) else {
         return Next::Done(PASS);

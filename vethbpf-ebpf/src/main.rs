@@ -52,6 +52,7 @@ mod arp;
 mod atomic;
 mod conntrack;
 mod csum;
+mod decap;
 mod diag;
 mod direct;
 mod egress;

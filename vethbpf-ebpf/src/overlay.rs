@@ -19,14 +19,16 @@ use crate::{
 #[inline(always)]
 pub fn from_tunnel(ctx: &TcContext) -> i32 {
     let seen = stats::Seen::of(ctx);
-    let (endpoint, decision) = handle(ctx);
+    let (endpoint, decision) = handle(ctx, encap::tunnel_source);
     stats::count(ctx, seen, endpoint, decision)
 }
 
 /// The decision and the endpoint id to count it under: the local endpoint the
 /// frame is for (so a pod's counters show who tried to reach it), else 0.
+/// `tunnel` gives the outer source address and VNI (the device's tunnel key, or
+/// the headers `decap` took off).
 #[inline(always)]
-fn handle(ctx: &TcContext) -> (u32, Decision) {
+pub fn handle(ctx: &TcContext, tunnel: impl FnOnce(&TcContext) -> Option<(u32, u32)>) -> (u32, Decision) {
     let Some((data, data_end)) = linear(ctx, ETH_HLEN + size_of::<Ipv4Hdr>()) else {
         return (0, Decision::drop(Verdict::DropMalformed));
     };
@@ -62,7 +64,7 @@ fn handle(ctx: &TcContext) -> (u32, Decision) {
         return (endpoint, Decision::drop(Verdict::DropCsum));
     }
 
-    let Some((outer_src, vni)) = encap::tunnel_source(ctx) else {
+    let Some((outer_src, vni)) = tunnel(ctx) else {
         return (endpoint, Decision::drop(Verdict::DropMalformed));
     };
     let (Some(cluster), Some(cfg)) = (CLUSTER.get(0), CONFIG.get(0)) else {

@@ -24,7 +24,7 @@ use crate::state::{ClusterState, Locked, Overlay, VxlanDevice};
 /// vethbpf's VXLAN device (at most 15 bytes, like every interface name).
 pub const VXLAN_DEVICE: &str = "vethbpf.vx";
 /// The port Flannel's and the kernel's VXLAN default to on Linux.
-pub const VXLAN_PORT: u16 = 8472;
+pub use vethbpf_common::VXLAN_PORT;
 /// Every node of a cluster tunnels with the same VNI.
 pub const VXLAN_VNI: u32 = 1;
 /// Outer Ethernet (14) + IPv4 (20) + UDP (8) + VXLAN (8) headers.
