@@ -312,7 +312,7 @@ fn from_uplink_decapsulates_vxlan_from_known_nodes_for_local_pods() {
     }
     // Not plainly for a pod here: left to the stack (and the VXLAN device) as it
     // came, the node's: an inner destination that is no local pod, a UDP checksum,
-    // another port, a fragment.
+    // another port, a fragment, a large frame.
     let mut cases = vec![vxlan(
         NODE_IP,
         1,
@@ -332,6 +332,10 @@ fn from_uplink_decapsulates_vxlan_from_known_nodes_for_local_pods() {
     };
     fragment[14 + 10..14 + 12].copy_from_slice(&c.to_be_bytes());
     cases.push(fragment);
+    // A full-sized frame: a bulk segment, for the device and its GRO cell.
+    let mut big = inner.clone();
+    big.resize(600, 0);
+    cases.push(vxlan(NODE_IP, 1, &big));
     for inp in cases {
         let (ret, out, delta) = f.run(PROG_FROM_UPLINK, &inp);
         assert_eq!((ret, delta), (TC_ACT_OK, one(0, Verdict::UplinkPass)));

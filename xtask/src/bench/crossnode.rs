@@ -434,11 +434,16 @@ fn forwarded(ns: &str) -> Result<u64> {
 }
 
 fn tx_packets(ns: &str, dev: &str) -> Result<u64> {
+    link_packets(ns, dev, "tx")
+}
+
+/// A link's packet counter, `dir` "tx" or "rx".
+fn link_packets(ns: &str, dev: &str, dir: &str) -> Result<u64> {
     let out = ip(Some(ns), &["-j", "-s", "link", "show", dev])?;
     let v: serde_json::Value = serde_json::from_str(&out)?;
-    v[0]["stats64"]["tx"]["packets"]
+    v[0]["stats64"][dir]["packets"]
         .as_u64()
-        .with_context(|| format!("no tx counter of {dev}"))
+        .with_context(|| format!("no {dir} counter of {dev}"))
 }
 
 /// What proves that the measured path carried the traffic: (counter, value).
@@ -453,7 +458,13 @@ fn path_counter(b: &Built) -> Result<(String, u64)> {
                 .context("no sent counter")?;
             let fwd = forwarded(&b.n1)?;
             let extra = if b.kind == CrossKind::Vxlan {
-                format!(", vethbpf.vx tx {}", tx_packets(&b.n1, "vethbpf.vx")?)
+                // rx: what came up through the device; from_uplink decapsulates
+                // the rest (every packet but GSO bursts) itself.
+                format!(
+                    ", vethbpf.vx tx {}, rx {}",
+                    tx_packets(&b.n1, "vethbpf.vx")?,
+                    link_packets(&b.n1, "vethbpf.vx", "rx")?
+                )
             } else {
                 String::new()
             };
