@@ -42,9 +42,10 @@ struct UdpVxlan {
 /// outer Ethernet header stays and is rewritten on delivery).
 const OUTER: usize = IPV4_HLEN + size_of::<UdpVxlan>() + ETH_HLEN;
 /// Larger frames keep the device's path: they are mostly segments of bulk
-/// transfers, which the device's GRO cell merges before the pod's TCP sees them
-/// (decapsulating every frame here cost a single stream 10% of its throughput in
-/// `cargo xtask bench`); what is latency-bound (requests, replies, ACKs) is small.
+/// transfers, which the device's GRO cell merges before the pod's TCP sees them;
+/// what is latency-bound (requests, replies, ACKs) is small. (Whether this matters
+/// for throughput is not settled: BENCHMARKS.md, "VXLAN decapsulated in
+/// `from_uplink`".)
 const DECAP_MAX_LEN: u32 = 512;
 /// VXLAN's "VNI valid" flag.
 const VXLAN_F_VNI: u8 = 0x08;
