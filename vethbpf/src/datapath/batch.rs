@@ -70,33 +70,20 @@ fn lookup_range(
     // the first, the one before `start`, or none from 0).
     let mut cursor = start.wrapping_sub(1);
     while done < total {
-        // SAFETY: an all-zero bpf_attr is the kernel's "no options" value.
-        let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
-        // `batch` is the union member BPF_MAP_*_BATCH reads.
-        attr.batch.in_batch = if done == 0 && start == 0 {
-            0
-        } else {
-            &cursor as *const u32 as u64
-        };
-        attr.batch.out_batch = &mut cursor as *mut u32 as u64;
-        attr.batch.keys = keys[done..].as_mut_ptr() as u64;
-        attr.batch.values = values[done * value_len..].as_mut_ptr() as u64;
-        attr.batch.count = (total - done) as u32;
-        attr.batch.map_fd = map.as_raw_fd() as u32;
-        // SAFETY: the buffers behind `keys` and `values` hold `count` keys and
-        // values of the sizes the kernel writes, and outlive the call; `cursor`
-        // is a u32, the size of an array map's key.
-        let ret = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                bpf_cmd::BPF_MAP_LOOKUP_BATCH as libc::c_long,
-                &mut attr as *mut bpf_attr,
-                std::mem::size_of::<bpf_attr>(),
+        let from = (done > 0 || start > 0).then_some(cursor);
+        // SAFETY: the buffers behind `keys` and `values` hold `total - done` keys
+        // and values of the sizes the kernel writes from these offsets; an array
+        // map's cursor is a u32 index.
+        let (copied, err) = unsafe {
+            lookup_batch(
+                map,
+                from,
+                &mut cursor,
+                keys[done..].as_mut_ptr().cast(),
+                values[done * value_len..].as_mut_ptr(),
+                (total - done) as u32,
             )
         };
-        let err = (ret < 0).then(io::Error::last_os_error);
-        // SAFETY: the kernel wrote back how many entries it copied.
-        let copied = unsafe { attr.batch.count } as usize;
         done += copied;
         match err {
             None if copied > 0 => {}
@@ -145,28 +132,20 @@ pub(crate) fn count_hash(
     let mut cursor = 0u32;
     let mut first = true;
     loop {
-        // SAFETY: an all-zero bpf_attr is the kernel's "no options" value.
-        let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
         let next = cursor;
-        attr.batch.in_batch = if first { 0 } else { &next as *const u32 as u64 };
-        attr.batch.out_batch = &mut cursor as *mut u32 as u64;
-        attr.batch.keys = keys.as_mut_ptr() as u64;
-        attr.batch.values = values.as_mut_ptr() as u64;
-        attr.batch.count = chunk as u32;
-        attr.batch.map_fd = map.as_raw_fd() as u32;
         // SAFETY: `keys` and `values` hold `chunk` keys and values of the map's
-        // sizes and outlive the call; the cursors are u32, a hash map's batch token.
-        let ret = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                bpf_cmd::BPF_MAP_LOOKUP_BATCH as libc::c_long,
-                &mut attr as *mut bpf_attr,
-                std::mem::size_of::<bpf_attr>(),
+        // sizes; a hash map's cursor is a u32 bucket index.
+        let (copied, err) = unsafe {
+            lookup_batch(
+                map,
+                (!first).then_some(next),
+                &mut cursor,
+                keys.as_mut_ptr(),
+                values.as_mut_ptr(),
+                chunk as u32,
             )
         };
-        let err = (ret < 0).then(io::Error::last_os_error);
-        // SAFETY: the kernel wrote back how many entries it copied.
-        let copied = u64::from(unsafe { attr.batch.count });
+        let copied = copied as u64;
         match err.as_ref().and_then(io::Error::raw_os_error) {
             None => {}
             // The end of the map: the last entries came with it.
@@ -190,6 +169,46 @@ pub(crate) fn count_hash(
             return Ok(Some(u64::from(max_entries)));
         }
     }
+}
+
+/// One `BPF_MAP_LOOKUP_BATCH` call: up to `count` entries of `map` after the
+/// cursor `from` (`None`: from the start) into `keys` and `values`, the cursor for
+/// the next call into `next`. How many entries it copied, and its error if any.
+///
+/// # Safety
+///
+/// `keys` and `values` must point to room for `count` keys and values of the sizes
+/// the kernel writes for this map, and the map's batch cursor must be a `u32`.
+unsafe fn lookup_batch(
+    map: BorrowedFd<'_>,
+    from: Option<u32>,
+    next: &mut u32,
+    keys: *mut u8,
+    values: *mut u8,
+    count: u32,
+) -> (usize, Option<io::Error>) {
+    // SAFETY: an all-zero bpf_attr is the kernel's "no options" value.
+    let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+    // `batch` is the union member BPF_MAP_*_BATCH reads.
+    attr.batch.in_batch = from.as_ref().map_or(0, |c| c as *const u32 as u64);
+    attr.batch.out_batch = next as *mut u32 as u64;
+    attr.batch.keys = keys as u64;
+    attr.batch.values = values as u64;
+    attr.batch.count = count;
+    attr.batch.map_fd = map.as_raw_fd() as u32;
+    // SAFETY: the caller's contract covers the buffers; the cursors live on our
+    // caller's stack for the call.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            bpf_cmd::BPF_MAP_LOOKUP_BATCH as libc::c_long,
+            &mut attr as *mut bpf_attr,
+            std::mem::size_of::<bpf_attr>(),
+        )
+    };
+    let err = (ret < 0).then(io::Error::last_os_error);
+    // SAFETY: the kernel wrote back how many entries it copied.
+    (unsafe { attr.batch.count } as usize, err)
 }
 
 #[cfg(test)]
