@@ -236,28 +236,35 @@ mod tests {
         }
     }
 
-    /// An array map of `n` u64 values, entry i holding i * 3 + 1.
-    fn array(n: u32) -> OwnedFd {
+    /// A map of u32 keys and u64 values.
+    fn create(map_type: bpf_map_type, max_entries: u32) -> OwnedFd {
         // SAFETY: all-zero is "no options".
         let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
-        attr.__bindgen_anon_1.map_type = bpf_map_type::BPF_MAP_TYPE_ARRAY as u32;
+        attr.__bindgen_anon_1.map_type = map_type as u32;
         attr.__bindgen_anon_1.key_size = 4;
         attr.__bindgen_anon_1.value_size = 8;
-        attr.__bindgen_anon_1.max_entries = n;
+        attr.__bindgen_anon_1.max_entries = max_entries;
         let fd = bpf(bpf_cmd::BPF_MAP_CREATE, &mut attr).expect("BPF_MAP_CREATE");
         // SAFETY: the kernel just gave us this descriptor.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        unsafe { OwnedFd::from_raw_fd(fd as i32) }
+    }
+
+    fn put(map: &OwnedFd, key: u32, value: u64) {
+        // SAFETY: all-zero is "no options".
+        let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+        attr.__bindgen_anon_2.map_fd = map.as_raw_fd() as u32;
+        attr.__bindgen_anon_2.key = &key as *const u32 as u64;
+        attr.__bindgen_anon_2.__bindgen_anon_1.value = &value as *const u64 as u64;
+        bpf(bpf_cmd::BPF_MAP_UPDATE_ELEM, &mut attr).expect("update");
+    }
+
+    /// An array map of `n` u64 values, entry i holding i * 3 + 1.
+    fn array(n: u32) -> OwnedFd {
+        let map = create(bpf_map_type::BPF_MAP_TYPE_ARRAY, n);
         for i in 0..n {
-            let key = i;
-            let value = u64::from(i) * 3 + 1;
-            // SAFETY: as above.
-            let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
-            attr.__bindgen_anon_2.map_fd = fd.as_raw_fd() as u32;
-            attr.__bindgen_anon_2.key = &key as *const u32 as u64;
-            attr.__bindgen_anon_2.__bindgen_anon_1.value = &value as *const u64 as u64;
-            bpf(bpf_cmd::BPF_MAP_UPDATE_ELEM, &mut attr).expect("update");
+            put(&map, i, u64::from(i) * 3 + 1);
         }
-        fd
+        map
     }
 
     fn values(bytes: &[u8]) -> Vec<u64> {
@@ -284,28 +291,13 @@ mod tests {
         assert!(lookup_array(map.as_fd(), n + 1, 8).is_err());
     }
 
-    /// A hash map of `n` u32 -> u64 entries.
+    /// A hash map of `n` u32 -> u64 entries, room for `max`.
     fn hash(n: u32, max: u32) -> OwnedFd {
-        // SAFETY: all-zero is "no options".
-        let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
-        attr.__bindgen_anon_1.map_type = bpf_map_type::BPF_MAP_TYPE_HASH as u32;
-        attr.__bindgen_anon_1.key_size = 4;
-        attr.__bindgen_anon_1.value_size = 8;
-        attr.__bindgen_anon_1.max_entries = max;
-        let fd = bpf(bpf_cmd::BPF_MAP_CREATE, &mut attr).expect("BPF_MAP_CREATE");
-        // SAFETY: the kernel just gave us this descriptor.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        let map = create(bpf_map_type::BPF_MAP_TYPE_HASH, max);
         for i in 0..n {
-            let key = i.wrapping_mul(2_654_435_761);
-            let value = u64::from(i);
-            // SAFETY: as above.
-            let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
-            attr.__bindgen_anon_2.map_fd = fd.as_raw_fd() as u32;
-            attr.__bindgen_anon_2.key = &key as *const u32 as u64;
-            attr.__bindgen_anon_2.__bindgen_anon_1.value = &value as *const u64 as u64;
-            bpf(bpf_cmd::BPF_MAP_UPDATE_ELEM, &mut attr).expect("update");
+            put(&map, i.wrapping_mul(2_654_435_761), u64::from(i));
         }
-        fd
+        map
     }
 
     #[test]
