@@ -17,8 +17,9 @@ use vethbpf_common::{
 };
 
 use crate::{
-    conntrack, decap,
+    conntrack,
     csum::L4Csum,
+    decap,
     egress::ktime,
     family::V4,
     frag,

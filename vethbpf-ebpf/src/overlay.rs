@@ -28,7 +28,10 @@ pub fn from_tunnel(ctx: &TcContext) -> i32 {
 /// `tunnel` gives the outer source address and VNI (the device's tunnel key, or
 /// the headers `decap` took off).
 #[inline(always)]
-pub fn handle(ctx: &TcContext, tunnel: impl FnOnce(&TcContext) -> Option<(u32, u32)>) -> (u32, Decision) {
+pub fn handle(
+    ctx: &TcContext,
+    tunnel: impl FnOnce(&TcContext) -> Option<(u32, u32)>,
+) -> (u32, Decision) {
     let Some((data, data_end)) = linear(ctx, ETH_HLEN + size_of::<Ipv4Hdr>()) else {
         return (0, Decision::drop(Verdict::DropMalformed));
     };
