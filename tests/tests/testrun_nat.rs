@@ -333,10 +333,12 @@ fn from_uplink_stays_small_and_cheap_to_verify() {
     eprintln!("from_uplink: {xlated} instructions loaded, {verified} verified");
     assert!(xlated > 0);
     // Of which about 800 are the monitor's events and aya-log's writer, out-of-line
-    // functions no packet enters while nobody listens (events.rs, diag.rs), and about
-    // 1,300 IPv6's reply path (host6.rs), which an IPv4 packet never enters: what the
-    // node's own IPv4 traffic runs is measured in BENCHMARKS.md, not by this size.
-    assert!(xlated < 5500, "from_uplink grew to {xlated} instructions");
+    // functions no packet enters while nobody listens (events.rs, diag.rs), about
+    // 1,300 IPv6's reply path (host6.rs), which an IPv4 packet never enters, and
+    // about 1,100 the VXLAN decapsulation and the delivery behind it (decap.rs),
+    // which a node's own packet leaves after its first comparisons: what the node's
+    // own IPv4 traffic runs is measured in BENCHMARKS.md, not by this size.
+    assert!(xlated < 6800, "from_uplink grew to {xlated} instructions");
     assert!(
         verified < 50_000,
         "from_uplink costs the verifier {verified}"
