@@ -66,13 +66,22 @@ pub(super) fn settle_deletion(
     locked: &mut Locked,
     dead: Box<DeadDeletion>,
 ) -> Result<Recovered, EndpointError> {
-    let rec = dead.rec.clone();
+    let recovered = finish_del(env, locked, dead.rec.clone())?;
+    locked.end_dead_deletion(dead)?;
+    Ok(logged(recovered))
+}
+
+/// Finishes the del of `rec` whose command died, from either journal: its kernel
+/// objects go (each already gone is fine), then its record if it is still the one.
+fn finish_del(
+    env: &mut Env<'_>,
+    locked: &mut Locked,
+    rec: EndpointRecord,
+) -> Result<Recovered, EndpointError> {
     remove_endpoint(env, &rec)?;
     if locked.state.endpoints.get(&rec.name) == Some(&rec) {
         locked.commit(LogEntry::Del(rec.name.clone()))?;
     }
-    locked.end_dead_deletion(dead)?;
-    warn!(op = "del", endpoint = %rec.name, outcome = "completed", "settled a command that was interrupted");
     Ok(Recovered {
         op: "del",
         name: rec.name,
@@ -104,26 +113,10 @@ pub(super) fn settle(
                 },
             }
         }
-        Intent::Del(rec) => {
-            remove_endpoint(env, &rec)?;
-            if locked.state.endpoints.get(&rec.name) == Some(&rec) {
-                locked.commit(LogEntry::Del(rec.name.clone()))?;
-            }
-            Recovered {
-                op: "del",
-                name: rec.name,
-                outcome: "completed",
-            }
-        }
+        Intent::Del(rec) => finish_del(env, locked, rec)?,
     };
     locked.end()?;
-    warn!(
-        op = recovered.op,
-        endpoint = %recovered.name,
-        outcome = recovered.outcome,
-        "settled a command that was interrupted"
-    );
-    Ok(recovered)
+    Ok(logged(recovered))
 }
 
 /// Removes whatever an uncommitted add made, found by the names it planned.
@@ -168,4 +161,15 @@ fn roll_back_add(
         }
     }
     Ok(())
+}
+
+/// Says what settling a dead command's journal did, once, in the log.
+fn logged(recovered: Recovered) -> Recovered {
+    warn!(
+        op = recovered.op,
+        endpoint = %recovered.name,
+        outcome = recovered.outcome,
+        "settled a command that was interrupted"
+    );
+    recovered
 }

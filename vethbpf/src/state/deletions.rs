@@ -11,7 +11,7 @@
 //! there or gone (`StateDir::lock`).
 
 use std::fs::{self, File};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
@@ -136,12 +136,13 @@ fn inspect(path: &Path) -> Result<Option<Found>, StateError> {
         path: path.to_path_buf(),
         source,
     };
-    let file = match File::open(path) {
+    let mut file = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(rerr(e)),
     };
-    let text = fs::read(path).map_err(rerr)?;
+    let mut text = Vec::new();
+    file.read_to_end(&mut text).map_err(rerr)?;
     let rec: EndpointRecord =
         serde_json::from_slice(&text).map_err(|source| StateError::CorruptIntent {
             path: path.to_path_buf(),
