@@ -111,9 +111,10 @@ impl ClusterRun {
             .fold(NodeCounter::default(), |a, c| NodeCounter {
                 tx_packets: a.tx_packets + c.tx_packets,
                 rx_packets: a.rx_packets + c.rx_packets,
+                tx_bytes: a.tx_bytes + c.tx_bytes,
+                rx_bytes: a.rx_bytes + c.rx_bytes,
                 tx_last_ns: a.tx_last_ns.max(c.tx_last_ns),
                 rx_last_ns: a.rx_last_ns.max(c.rx_last_ns),
-                ..a
             })
     }
 
@@ -141,4 +142,44 @@ impl ClusterRun {
             .collect();
         (r.return_value, out, delta)
     }
+}
+
+/// Checks that `out` is a VXLAN frame from this node to `node` as the kernel's
+/// device would build it (outer IPv4 with DF, a right header checksum, TTL 64; UDP
+/// to the VXLAN port from an ephemeral port, no checksum; VNI 1) and returns the
+/// inner frame.
+pub fn assert_vxlan(out: &[u8], node: [u8; 4]) -> Vec<u8> {
+    assert!(
+        out.len() > 14 + 50,
+        "{} bytes: no room for VXLAN",
+        out.len()
+    );
+    assert_eq!(&out[12..14], &[0x08, 0x00], "outer EtherType IPv4");
+    let ip = &out[14..34];
+    assert_eq!(ip[0], 0x45, "IPv4, 20-byte header");
+    assert_eq!(
+        u16::from_be_bytes([ip[2], ip[3]]) as usize,
+        out.len() - 14,
+        "total length"
+    );
+    assert_eq!(&ip[6..8], &[0x40, 0], "DF, no fragment");
+    assert_eq!((ip[8], ip[9]), (64, 17), "TTL 64, UDP");
+    assert_eq!(crate::ones_sum(ip), 0xffff, "outer header checksum");
+    assert_eq!(&ip[12..16], &OWN_NODE_IP, "from this node");
+    assert_eq!(&ip[16..20], &node, "to the node");
+    let udp = &out[34..50];
+    let sport = u16::from_be_bytes([udp[0], udp[1]]);
+    assert!((32768..61000).contains(&sport), "source port {sport}");
+    assert_eq!(
+        u16::from_be_bytes([udp[2], udp[3]]),
+        vethbpf_common::VXLAN_PORT
+    );
+    assert_eq!(
+        u16::from_be_bytes([udp[4], udp[5]]) as usize,
+        out.len() - 34,
+        "UDP length"
+    );
+    assert_eq!(&udp[6..8], &[0, 0], "no UDP checksum");
+    assert_eq!(&udp[8..16], &[0x08, 0, 0, 0, 0, 0, 1, 0], "VNI 1");
+    out[50..].to_vec()
 }

@@ -12,7 +12,7 @@ use vethbpf_common::{
     MAP_ROUTES, PROG_FROM_POD, PROG_FROM_TUNNEL, PROG_FROM_UPLINK, ROUTE_KIND_LOCAL,
     ROUTE_KIND_NODE, ROUTE_KIND_REMOTE, Route, Verdict, ipv4_to_map,
 };
-use vethbpf_tests::cluster_run::{ClusterRun, GW_MAC};
+use vethbpf_tests::cluster_run::{self, ClusterRun, GW_MAC};
 use vethbpf_tests::{eth, ones_sum};
 
 const TC_ACT_OK: u32 = 0;
@@ -130,9 +130,21 @@ fn from_pod_sends_a_remote_pod_cidr_to_its_node() {
         let (ret, out, delta) = f.run(PROG_FROM_POD, &inp);
         assert_eq!(ret, TC_ACT_REDIRECT, "mode {mode}");
         assert_eq!(delta, one(SRC_ID, Verdict::ToNode), "mode {mode}");
-        assert_forwarded(&inp, &out, 64);
+        let sent = if mode == CLUSTER_MODE_VXLAN {
+            cluster_run::assert_vxlan(&out, NODE_IP)
+        } else {
+            out
+        };
+        assert_forwarded(&inp, &sent, 64);
+        assert_eq!(&sent[..12], &inp[..12], "the pod's MACs as it sent them");
+        assert_eq!(&sent[34..], &inp[34..], "payload untouched");
         let n = f.node_counter(NODE_ID);
         assert_eq!(n.tx_packets, 1, "mode {mode}");
+        assert_eq!(
+            n.tx_bytes,
+            inp.len() as u64,
+            "counted without outer headers"
+        );
         assert!(n.tx_last_ns > 0 && n.rx_packets == 0, "{n:?}");
 
         // Expiring on this hop: dropped here, and the gateway says so.
@@ -148,6 +160,64 @@ fn from_pod_sends_a_remote_pod_cidr_to_its_node() {
         assert_eq!((ret, delta), (TC_ACT_OK, one(SRC_ID, Verdict::Pass)));
         assert_eq!(out, inp);
     }
+}
+
+#[test]
+fn from_pod_encapsulation_is_what_the_other_node_decapsulates() {
+    // Node 1 (this fixture) sends to a pod of node 3; node 3 (a second fixture whose
+    // own address is NODE_IP's and which knows node 1 as its node 3) receives it.
+    let sender = Fixture::new(CLUSTER_MODE_VXLAN);
+    let inp = frame(SRC_IP, REMOTE_POD, 64, GW_MAC, SRC_MAC);
+    let (ret, wire, _) = sender.run(PROG_FROM_POD, &inp);
+    assert_eq!(ret, TC_ACT_REDIRECT);
+    let inner = cluster_run::assert_vxlan(&wire, NODE_IP);
+
+    // The receiver's view (a second fixture): its pod is REMOTE_POD, and the
+    // sender is its known node NODE_ID at NODE_IP with pod CIDR 10.244.1.0/24. The
+    // fixtures share their own address, so the wire frame's outer addresses become
+    // NODE_IP to it (header checksum fixed), and its destination MAC the receiving
+    // device's (`lo`'s, all zero: the sender's neighbour code writes it on the
+    // way out); nothing else of it changes.
+    let mut receiver = Fixture::new(CLUSTER_MODE_VXLAN);
+    let mut eps: HashMap<&mut MapData, u32, EndpointInfo> = receiver
+        .ebpf
+        .map_mut(MAP_ENDPOINTS)
+        .unwrap()
+        .try_into()
+        .unwrap();
+    eps.insert(
+        DST_IFINDEX,
+        EndpointInfo {
+            ip: ipv4_to_map(REMOTE_POD),
+            id: DST_ID,
+            mac: DST_MAC,
+            _pad: [0; 2],
+        },
+        0,
+    )
+    .unwrap();
+    receiver.route(
+        REMOTE_POD,
+        32,
+        ROUTE_KIND_LOCAL,
+        DST_IFINDEX,
+        DST_ID,
+        DST_MAC,
+    );
+    receiver.route([10, 244, 1, 0], 24, ROUTE_KIND_REMOTE, 0, NODE_ID, [0; 6]);
+    let mut frame_in = wire.clone();
+    frame_in[0..6].copy_from_slice(&[0; 6]);
+    frame_in[26..30].copy_from_slice(&NODE_IP);
+    frame_in[30..34].copy_from_slice(&cluster_run::OWN_NODE_IP);
+    frame_in[24..26].copy_from_slice(&[0, 0]);
+    let c = !ones_sum(&frame_in[14..34]);
+    frame_in[24..26].copy_from_slice(&c.to_be_bytes());
+    let (ret, out, delta) = receiver.run(PROG_FROM_UPLINK, &frame_in);
+    assert_eq!(ret, TC_ACT_REDIRECT);
+    assert_eq!(delta, one(DST_ID, Verdict::FromNode));
+    assert_eq!(out.len(), inner.len(), "the 50 bytes of VXLAN are gone");
+    assert_forwarded(&inp, &out, 63);
+    assert_eq!(&out[34..], &inp[34..], "payload untouched");
 }
 
 #[test]
@@ -260,7 +330,7 @@ fn vxlan(outer_src: [u8; 4], vni: u32, inner: &[u8]) -> Vec<u8> {
     let mut ip = vec![0x45, 0, 0, 0, 0, 7, 0x40, 0, 64, 17, 0, 0];
     ip[2..4].copy_from_slice(&total.to_be_bytes());
     ip.extend_from_slice(&outer_src);
-    ip.extend_from_slice(&vethbpf_tests::cluster_run::OWN_NODE_IP);
+    ip.extend_from_slice(&cluster_run::OWN_NODE_IP);
     let c = !ones_sum(&ip);
     ip[10..12].copy_from_slice(&c.to_be_bytes());
     ip.extend_from_slice(&40000u16.to_be_bytes());

@@ -208,13 +208,14 @@ fn from_pod_sends_a_remote_ipv6_pod_cidr_to_its_node() {
     assert_eq!(f.node_counter(NODE_ID).tx_packets, 1);
 
     // Through the tunnel: the inner frame as the pod sent it, one hop-limit
-    // decrement (the tunnel key, remote 192.168.77.2 and VNI 1, lives in skb
-    // metadata test_run does not show; multinode6.rs sees it work end to end).
+    // decrement, in VXLAN over IPv4 to the node (multinode6.rs sees it work end
+    // to end).
     let f = Fixture::new(CLUSTER_MODE_VXLAN);
     let (ret, out, delta) = f.run(PROG_FROM_POD, &inp);
     assert_eq!(ret, TC_ACT_REDIRECT);
     assert_eq!(delta, one(SRC_ID, Verdict::ToNode));
-    assert_eq!(out, expected(&inp, GW_MAC, SRC_MAC));
+    let inner = vethbpf_tests::cluster_run::assert_vxlan(&out, NODE_IP);
+    assert_eq!(inner, expected(&inp, GW_MAC, SRC_MAC));
     assert_eq!(f.node_counter(NODE_ID).tx_packets, 1);
 }
 

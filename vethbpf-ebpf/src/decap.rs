@@ -17,6 +17,7 @@ use aya_ebpf::{bindings::bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, programs::TcContex
 use vethbpf_common::{CLUSTER_MODE_VXLAN, VXLAN_PORT, Verdict};
 
 use crate::{
+    encap::{ENCAP_LEN, UdpVxlan, VXLAN_F_VNI},
     hdr::{ETH_HLEN, ETH_P_IP, EthHdr, Ipv4Hdr, be16, ipv4_addr, linear, ptr_at},
     ipv4,
     maps::CLUSTER,
@@ -26,29 +27,15 @@ use crate::{
 
 const IPPROTO_UDP: u8 = 17;
 const IPV4_HLEN: usize = 20;
-/// The UDP and VXLAN headers.
-#[repr(C)]
-struct UdpVxlan {
-    sport: [u8; 2],
-    dport: [u8; 2],
-    len: [u8; 2],
-    check: [u8; 2],
-    flags: u8,
-    _reserved: [u8; 3],
-    /// VNI (3 bytes) and a reserved byte.
-    vni: [u8; 4],
-}
 /// What comes off: outer IPv4, UDP, VXLAN and the inner Ethernet header (the
 /// outer Ethernet header stays and is rewritten on delivery).
-const OUTER: usize = IPV4_HLEN + size_of::<UdpVxlan>() + ETH_HLEN;
+const OUTER: usize = ENCAP_LEN;
 /// Larger frames keep the device's path: they are mostly segments of bulk
 /// transfers, which the device's GRO cell merges before the pod's TCP sees them;
 /// what is latency-bound (requests, replies, ACKs) is small. (Whether this matters
 /// for throughput is not settled: BENCHMARKS.md, "VXLAN decapsulated in
 /// `from_uplink`".)
 const DECAP_MAX_LEN: u32 = 512;
-/// VXLAN's "VNI valid" flag.
-const VXLAN_F_VNI: u8 = 0x08;
 
 /// Decapsulates and delivers a VXLAN frame for a local pod (see the module docs);
 /// `None` when the frame is not one: it goes on through `from_uplink` as before.

@@ -193,6 +193,12 @@ pub fn upper_layer(ctx: &TcContext, ip: &Ipv6Hdr, end: u32) -> Option<UpperLayer
     })
 }
 
+/// The traffic class (its low two bits are ECN).
+#[inline(always)]
+pub fn traffic_class(ip: &Ipv6Hdr) -> u8 {
+    (ip.vcf[0] << 4) | (ip.vcf[1] >> 4)
+}
+
 /// The router's hop limit step. `false`: the packet would expire here (hop limit
 /// <= 1) and must not be forwarded; the header is then left untouched. IPv6 has no
 /// header checksum, and the upper-layer pseudo-header does not include the hop limit.

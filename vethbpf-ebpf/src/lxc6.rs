@@ -83,7 +83,7 @@ pub fn handle(ctx: &TcContext, ifindex: u32, cfg: &Config) -> Decision {
     }
     // Another node's IPv6 pods: remote6 (tunnel or uplink).
     if route.kind == ROUTE_KIND_REMOTE {
-        return remote6::to_node(ctx, eth, ip, route);
+        return remote6::to_node(ctx, eth, ip, &l4, route);
     }
     l3::local_delivery6(eth, ip, route, cfg)
 }

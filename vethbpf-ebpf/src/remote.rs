@@ -14,15 +14,16 @@ use vethbpf_common::{
 
 use crate::{
     direct, encap,
-    hdr::{EthHdr, Ipv4Hdr, ipv4_addr},
+    hdr::{ETH_HLEN, EthHdr, Ipv4Hdr, ipv4_addr},
     ipv4, l3,
     maps::{CLUSTER, CONFIG, NODE_STATS, NODES, ROUTES},
     stats::Decision,
 };
 
 /// Sends the IPv4 frame a local pod sent to the remote node of `route` (a
-/// `ROUTE_KIND_REMOTE` route): one router hop (TTL-1), then out of the uplink to the
-/// node's address, or into the tunnel. Never masqueraded: the pod's address is what
+/// `ROUTE_KIND_REMOTE` route, its header 20 bytes: options go to the node stack):
+/// one router hop (TTL-1), then out of the uplink to the node's address, or into
+/// the tunnel. Never masqueraded: the pod's address is what
 /// the other side sees.
 #[inline(always)]
 pub fn to_node(ctx: &TcContext, ip: &mut Ipv4Hdr, route: &Route) -> Decision {
@@ -37,13 +38,22 @@ pub fn to_node(ctx: &TcContext, ip: &mut Ipv4Hdr, route: &Route) -> Decision {
         return Decision::drop(Verdict::DropTtl);
     }
     ipv4::decrease_ttl(ip);
+    // Counted as the pod sent it, before any outer headers.
+    let len = ctx.len();
     let decision = match cluster.mode {
         CLUSTER_MODE_DIRECT => direct::redirect_to_node(node.ip, cluster.uplink_ifindex),
-        CLUSTER_MODE_VXLAN => encap::redirect_tunnel(ctx, node.ip, cluster),
+        CLUSTER_MODE_VXLAN => {
+            let inner = encap::Inner {
+                l4_off: ETH_HLEN + size_of::<Ipv4Hdr>(),
+                proto: ip.proto,
+                ecn: ip.tos,
+            };
+            encap::to_node(ctx, node.ip, cluster, &inner)
+        }
         _ => Decision::drop(Verdict::DropNodeUnreachable),
     };
     if decision.verdict == Verdict::ToNode {
-        count_tx(node_id, ctx.len());
+        count_tx(node_id, len);
     }
     decision
 }

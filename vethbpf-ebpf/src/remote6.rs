@@ -19,7 +19,7 @@ use crate::{
     diag::{self, Diag},
     direct, encap,
     hdr::{ETH_HLEN, EthHdr, Ipv6Hdr, linear, ptr_at},
-    ipv6::{self, Addr, IPV6_HLEN, load_addr},
+    ipv6::{self, Addr, IPV6_HLEN, UpperLayer, load_addr},
     l3,
     maps::{CLUSTER, CONFIG, NODE_NEIGH, NODES, ROUTES, ROUTES6},
     remote,
@@ -30,7 +30,13 @@ use crate::{
 /// `ROUTE_KIND_REMOTE` entry of `ROUTES6`): one router hop (hop limit - 1), then
 /// out of the uplink to the node, or into the tunnel.
 #[inline(always)]
-pub fn to_node(ctx: &TcContext, eth: &mut EthHdr, ip: &mut Ipv6Hdr, route: &Route) -> Decision {
+pub fn to_node(
+    ctx: &TcContext,
+    eth: &mut EthHdr,
+    ip: &mut Ipv6Hdr,
+    l4: &UpperLayer,
+    route: &Route,
+) -> Decision {
     let node_id = route.endpoint_id;
     let (Some(cluster), Some(node)) = (CLUSTER.get(0), NODES.get(node_id)) else {
         return Decision::drop(Verdict::DropNodeUnreachable);
@@ -41,16 +47,25 @@ pub fn to_node(ctx: &TcContext, eth: &mut EthHdr, ip: &mut Ipv6Hdr, route: &Rout
     if !ipv6::decrease_hop_limit(ip) {
         return Decision::drop(Verdict::DropTtl);
     }
+    // Counted as the pod sent it, before any outer headers.
+    let len = ctx.len();
     let decision = match cluster.mode {
         CLUSTER_MODE_DIRECT => match NODE_NEIGH.get(node_id) {
             Some(l2) => direct::redirect_l2(eth, l2, cluster.uplink_ifindex),
             None => Decision::drop(Verdict::DropNodeUnreachable),
         },
-        CLUSTER_MODE_VXLAN => encap::redirect_tunnel(ctx, node.ip, cluster),
+        CLUSTER_MODE_VXLAN => {
+            let inner = encap::Inner {
+                l4_off: l4.offset,
+                proto: l4.proto,
+                ecn: ipv6::traffic_class(ip),
+            };
+            encap::to_node(ctx, node.ip, cluster, &inner)
+        }
         _ => Decision::drop(Verdict::DropNodeUnreachable),
     };
     if decision.verdict == Verdict::ToNode {
-        remote::count_tx(node_id, ctx.len());
+        remote::count_tx(node_id, len);
     }
     decision
 }

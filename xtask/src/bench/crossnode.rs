@@ -72,7 +72,7 @@ impl CrossKind {
                 "vethbpf --overlay none: from_pod redirect_neigh to node 2, from_uplink redirect_peer"
             }
             CrossKind::Vxlan => {
-                "vethbpf --overlay vxlan: set_tunnel_key + collect-metadata VXLAN, from_tunnel redirect_peer"
+                "vethbpf --overlay vxlan: from_pod encapsulates + redirect_neigh; from_uplink decapsulates (GSO bursts: VXLAN device, from_tunnel) + redirect_peer"
             }
             CrossKind::HostGw => {
                 "kernel host-gw: proxy_arp veths, /32 routes, pod CIDR via the node address, ip_forward=1"
@@ -458,8 +458,9 @@ fn path_counter(b: &Built) -> Result<(String, u64)> {
                 .context("no sent counter")?;
             let fwd = forwarded(&b.n1)?;
             let extra = if b.kind == CrossKind::Vxlan {
-                // rx: what came up through the device; from_uplink decapsulates
-                // the rest (every packet but GSO bursts) itself.
+                // tx: frames from_pod could not wrap itself (0 when every one
+                // fit); rx: what came up through the device (GSO bursts);
+                // from_uplink decapsulates the rest itself.
                 format!(
                     ", vethbpf.vx tx {}, rx {}",
                     tx_packets(&b.n1, "vethbpf.vx")?,
