@@ -39,6 +39,23 @@ pub const DST_VETH: &str = "vbdst";
 pub const DST_ID: u32 = 6;
 pub const DST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x03];
 
+/// Makes the endpoint `id` (IPv4 address `ip` as the datapath stores it, `mac`)
+/// the one behind `ifindex` in the object's ENDPOINTS map.
+pub fn set_endpoint(ebpf: &mut Ebpf, ifindex: u32, id: u32, ip: u32, mac: [u8; 6]) {
+    let mut eps: HashMap<&mut MapData, u32, EndpointInfo> = ebpf
+        .map_mut(MAP_ENDPOINTS)
+        .expect("the object has ENDPOINTS")
+        .try_into()
+        .expect("ENDPOINTS is a hash map");
+    let info = EndpointInfo {
+        ip,
+        id,
+        mac,
+        _pad: [0; 2],
+    };
+    eps.insert(ifindex, info, 0).expect("ENDPOINTS insert");
+}
+
 /// (endpoint id, verdict name): readable in assertion failures.
 pub type CounterKey = (u32, &'static str);
 

@@ -10,16 +10,16 @@
 
 use aya::{
     Ebpf, TestRunOptions,
-    maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf, lpm_trie::Key},
+    maps::{Array, LpmTrie, MapData, PerCpuArray, RingBuf, lpm_trie::Key},
     programs::{SchedClassifier, TestRun as _},
 };
 use vethbpf_common::{
-    Config, Counter, EVENT_DATA_LEN, EVENT_DROP, EVENT_TRACE, EVENT_VERSION, EndpointInfo, Event,
-    MAP_CONFIG, MAP_ENDPOINTS, MAP_EVENTS, MAP_EVENTS_LOST, MAP_MONITOR, MAP_ROUTES, MAP_STATS,
-    MONITOR_LEASE_NS, Monitor, PROG_FROM_POD, ROUTE_KIND_LOCAL, ROUTE_KIND_POD_CIDR, Route,
-    Verdict, ipv4_to_map, kind_bit, stats_index,
+    Config, Counter, EVENT_DATA_LEN, EVENT_DROP, EVENT_TRACE, EVENT_VERSION, Event, MAP_CONFIG,
+    MAP_EVENTS, MAP_EVENTS_LOST, MAP_MONITOR, MAP_ROUTES, MAP_STATS, MONITOR_LEASE_NS, Monitor,
+    PROG_FROM_POD, ROUTE_KIND_LOCAL, ROUTE_KIND_POD_CIDR, Route, Verdict, ipv4_to_map, kind_bit,
+    stats_index,
 };
-use vethbpf_tests::{eth, ones_sum};
+use vethbpf_tests::{eth, ones_sum, testrun::set_endpoint};
 
 const TC_ACT_SHOT: u32 = 2;
 const TC_ACT_REDIRECT: u32 = 7;
@@ -126,19 +126,11 @@ impl Fixture {
                 0,
             )
             .unwrap();
-        let mut eps: HashMap<&mut MapData, u32, EndpointInfo> =
-            ebpf.map_mut(MAP_ENDPOINTS).unwrap().try_into().unwrap();
         for (ifindex, id, ip, mac) in [
             (LO, SRC_ID, SRC_IP, SRC_MAC),
             (DST_IFINDEX, DST_ID, DST_IP, DST_MAC),
         ] {
-            let info = EndpointInfo {
-                ip: ipv4_to_map(ip),
-                id,
-                mac,
-                _pad: [0; 2],
-            };
-            eps.insert(ifindex, info, 0).unwrap();
+            set_endpoint(&mut ebpf, ifindex, id, ipv4_to_map(ip), mac);
         }
         let mut routes: LpmTrie<&mut MapData, u32, Route> =
             ebpf.map_mut(MAP_ROUTES).unwrap().try_into().unwrap();

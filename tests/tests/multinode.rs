@@ -193,6 +193,69 @@ fn pods_on_three_nodes_reach_each_other_through_vxlan() {
     pods_on_three_nodes_reach_each_other("vxlan");
 }
 
+/// A pod that runs a tunnel of its own (a VXLAN device in the pod, as a pod-hosted
+/// overlay or VPN would) over the cluster's VXLAN: its TCP bursts leave the pod as
+/// GSO packets that are encapsulated already, which `from_pod` cannot wrap again
+/// (`bpf_skb_adjust_room` refuses), so they take the VXLAN device's transmit, the
+/// path `from_pod` keeps for what it cannot wrap; a transfer through the pods'
+/// tunnel arrives byte for byte.
+#[test]
+fn a_pods_own_tunnel_is_carried_through_the_vxlan_device() {
+    let c = Cluster::new(2);
+    for i in 0..2 {
+        let up = c.up(i, "vxlan");
+        assert_eq!(up["cluster"]["action"], "joined", "{up}");
+    }
+    c.connect_static();
+    let pods = add_pods(&c);
+    let (a, b) = (&pods[0], &pods[2]);
+    assert_eq!((a.node, b.node), (0, 1));
+    let inner_a: Ipv4Addr = "172.31.0.1".parse().expect("address");
+    let inner_b: Ipv4Addr = "172.31.0.2".parse().expect("address");
+    for (pod, peer, inner) in [(a, b, inner_a), (b, a, inner_b)] {
+        let node = &c.nodes[pod.node];
+        let peer_ip = peer.ip.to_string();
+        let cidr = format!("{inner}/24");
+        let steps: [&[&str]; 3] = [
+            &[
+                "link", "add", "pv", "type", "vxlan", "id", "42", "remote", &peer_ip, "dstport",
+                "4790", "dev", "eth0",
+            ],
+            &["addr", "add", &cidr, "dev", "pv"],
+            &["link", "set", "pv", "up"],
+        ];
+        for args in steps {
+            let out = node.in_pod(pod.name, "ip", args);
+            assert!(
+                out.status.success(),
+                "ip {args:?} in pod {pod:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+    // A ping through the pods' tunnel (not a GSO packet: from_pod wraps it; its
+    // TTL is the pods' inner header's, which no eBPF hop touches).
+    assert_eq!(
+        c.nodes[0].ping_from_pod(a.name, &inner_b.to_string(), 1),
+        Some(64)
+    );
+    let before = link_packets(&c.nodes[0], "vethbpf.vx", "tx");
+    let (_, peer) = tcp_echo_peer(
+        &c.pod_path(1, b.name),
+        inner_b,
+        &c.pod_path(0, a.name),
+        3 << 20,
+    );
+    assert_eq!(peer.ip(), std::net::IpAddr::V4(inner_a));
+    let through_device = link_packets(&c.nodes[0], "vethbpf.vx", "tx") - before;
+    assert!(
+        through_device > 0,
+        "the pod's encapsulated bursts must take the device's transmit"
+    );
+    let ctr = c.nodes[0].counters(a.name);
+    assert_eq!(packets(&ctr, &["dropped"]), 0, "{ctr}");
+}
+
 /// TTL: one decrement per eBPF hop, and a packet that would expire at a hop dies
 /// there, counted.
 /// Egress and the cluster on one uplink: a pod's traffic to a pod on another node

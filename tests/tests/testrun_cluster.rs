@@ -6,14 +6,14 @@
 
 use std::collections::BTreeMap;
 
-use aya::maps::{HashMap, LpmTrie, MapData, lpm_trie::Key};
+use aya::maps::{LpmTrie, MapData, lpm_trie::Key};
 use vethbpf_common::{
-    CLUSTER_MODE_DIRECT, CLUSTER_MODE_OFF, CLUSTER_MODE_VXLAN, EndpointInfo, MAP_ENDPOINTS,
-    MAP_ROUTES, PROG_FROM_POD, PROG_FROM_TUNNEL, PROG_FROM_UPLINK, ROUTE_KIND_LOCAL,
-    ROUTE_KIND_NODE, ROUTE_KIND_REMOTE, Route, Verdict, ipv4_to_map,
+    CLUSTER_MODE_DIRECT, CLUSTER_MODE_OFF, CLUSTER_MODE_VXLAN, MAP_ROUTES, PROG_FROM_POD,
+    PROG_FROM_TUNNEL, PROG_FROM_UPLINK, ROUTE_KIND_LOCAL, ROUTE_KIND_NODE, ROUTE_KIND_REMOTE,
+    Route, Verdict, ipv4_to_map,
 };
 use vethbpf_tests::cluster_run::{self, ClusterRun, GW_MAC};
-use vethbpf_tests::{eth, ones_sum};
+use vethbpf_tests::{eth, ones_sum, testrun::set_endpoint};
 
 const TC_ACT_OK: u32 = 0;
 const TC_ACT_SHOT: u32 = 2;
@@ -56,29 +56,17 @@ impl Fixture {
         let mut f = Fixture {
             r: ClusterRun::load(mode, &[SRC_ID, DST_ID]),
         };
-        let mut eps: HashMap<&mut MapData, u32, EndpointInfo> =
-            f.ebpf.map_mut(MAP_ENDPOINTS).unwrap().try_into().unwrap();
-        for (ifindex, id, ip, mac) in [
-            (1, SRC_ID, SRC_IP, SRC_MAC),
-            (DST_IFINDEX, DST_ID, DST_IP, DST_MAC),
-        ] {
-            eps.insert(
-                ifindex,
-                EndpointInfo {
-                    ip: ipv4_to_map(ip),
-                    id,
-                    mac,
-                    _pad: [0; 2],
-                },
-                0,
-            )
-            .unwrap();
-        }
+        f.endpoint(1, SRC_ID, SRC_IP, SRC_MAC);
+        f.endpoint(DST_IFINDEX, DST_ID, DST_IP, DST_MAC);
         f.route(DST_IP, 32, ROUTE_KIND_LOCAL, DST_IFINDEX, DST_ID, DST_MAC);
         f.route([10, 244, 2, 0], 24, ROUTE_KIND_REMOTE, 0, NODE_ID, [0; 6]);
         f.route(NODE_IP, 32, ROUTE_KIND_NODE, 0, NODE_ID, [0; 6]);
         f.node(NODE_ID, NODE_IP);
         f
+    }
+
+    fn endpoint(&mut self, ifindex: u32, id: u32, ip: [u8; 4], mac: [u8; 6]) {
+        set_endpoint(&mut self.ebpf, ifindex, id, ipv4_to_map(ip), mac);
     }
 
     fn route(&mut self, prefix: [u8; 4], len: u32, kind: u32, ifindex: u32, id: u32, mac: [u8; 6]) {
@@ -179,23 +167,7 @@ fn from_pod_encapsulation_is_what_the_other_node_decapsulates() {
     // device's (`lo`'s, all zero: the sender's neighbour code writes it on the
     // way out); nothing else of it changes.
     let mut receiver = Fixture::new(CLUSTER_MODE_VXLAN);
-    let mut eps: HashMap<&mut MapData, u32, EndpointInfo> = receiver
-        .ebpf
-        .map_mut(MAP_ENDPOINTS)
-        .unwrap()
-        .try_into()
-        .unwrap();
-    eps.insert(
-        DST_IFINDEX,
-        EndpointInfo {
-            ip: ipv4_to_map(REMOTE_POD),
-            id: DST_ID,
-            mac: DST_MAC,
-            _pad: [0; 2],
-        },
-        0,
-    )
-    .unwrap();
+    receiver.endpoint(DST_IFINDEX, DST_ID, REMOTE_POD, DST_MAC);
     receiver.route(
         REMOTE_POD,
         32,
@@ -205,7 +177,7 @@ fn from_pod_encapsulation_is_what_the_other_node_decapsulates() {
         DST_MAC,
     );
     receiver.route([10, 244, 1, 0], 24, ROUTE_KIND_REMOTE, 0, NODE_ID, [0; 6]);
-    let mut frame_in = wire.clone();
+    let mut frame_in = wire;
     frame_in[0..6].copy_from_slice(&[0; 6]);
     frame_in[26..30].copy_from_slice(&NODE_IP);
     frame_in[30..34].copy_from_slice(&cluster_run::OWN_NODE_IP);

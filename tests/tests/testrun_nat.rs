@@ -15,14 +15,14 @@ use std::collections::BTreeMap;
 use aya::maps::{Array, HashMap, LpmTrie, MapData, lpm_trie::Key};
 use vethbpf_common::{
     CT_FIN_IN, CT_FIN_OUT, CT_REPLIED, EGRESS_F_ENABLED, EGRESS_F_MASQUERADE, EgressConfig,
-    EndpointInfo, MAP_EGRESS, MAP_EGRESS_SKIP, MAP_ENDPOINTS, MAP_NAT, MAP_NAT_STATE, NAT_DIR_IN,
-    NAT_DIR_OUT, NatEntry, NatKey, NatState, PROG_FROM_POD, PROG_FROM_UPLINK, SKIP_CLUSTER,
-    SKIP_NODE_ADDRESS, Verdict, ipv4_to_map,
+    MAP_EGRESS, MAP_EGRESS_SKIP, MAP_NAT, MAP_NAT_STATE, NAT_DIR_IN, NAT_DIR_OUT, NatEntry, NatKey,
+    NatState, PROG_FROM_POD, PROG_FROM_UPLINK, SKIP_CLUSTER, SKIP_NODE_ADDRESS, Verdict,
+    ipv4_to_map,
 };
 use vethbpf_tests::egress_run::{
     GW_MAC, LO_MAC, Programs, ROUTER_MAC, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, assert_run,
 };
-use vethbpf_tests::{Rng, eth, ones_sum};
+use vethbpf_tests::{Rng, eth, ones_sum, testrun::set_endpoint};
 
 /// The pods. Both send through ifindex 1 (see the module comment).
 #[derive(Clone, Copy)]
@@ -265,23 +265,13 @@ impl Fixture {
     /// Makes `pod` the endpoint behind ifindex 1: the one `from_pod` runs for, and
     /// the one `from_uplink` delivers to.
     fn become_pod(&mut self, pod: Pod) {
-        let mut eps: HashMap<&mut MapData, u32, EndpointInfo> = self
-            .ebpf
-            .map_mut(MAP_ENDPOINTS)
-            .unwrap()
-            .try_into()
-            .unwrap();
-        eps.insert(
+        set_endpoint(
+            &mut self.ebpf,
             POD_IFINDEX,
-            EndpointInfo {
-                ip: ipv4_to_map(pod.ip),
-                id: pod.id,
-                mac: pod.mac,
-                _pad: [0; 2],
-            },
-            0,
-        )
-        .unwrap();
+            pod.id,
+            ipv4_to_map(pod.ip),
+            pod.mac,
+        );
     }
 
     fn nat(&self) -> Vec<(NatKey, NatEntry)> {

@@ -10,16 +10,15 @@
 
 use aya::maps::{Array, HashMap, LpmTrie, MapData, lpm_trie::Key};
 use vethbpf_common::{
-    EGRESS_F_ENABLED, EGRESS_F_MASQUERADE, EgressConfig6, EndpointInfo, EndpointInfo6,
-    MAP_EGRESS_SKIP6, MAP_EGRESS6, MAP_ENDPOINTS, MAP_ENDPOINTS6, MAP_NAT6, NAT_DIR_IN,
-    NAT_DIR_OUT, NatEntry6, NatKey6, PROG_FROM_UPLINK, SKIP_CLUSTER, SKIP_NODE_ADDRESS, Verdict,
-    ipv6_to_map,
+    EGRESS_F_ENABLED, EGRESS_F_MASQUERADE, EgressConfig6, EndpointInfo6, MAP_EGRESS_SKIP6,
+    MAP_EGRESS6, MAP_ENDPOINTS6, MAP_NAT6, NAT_DIR_IN, NAT_DIR_OUT, NatEntry6, NatKey6,
+    PROG_FROM_UPLINK, SKIP_CLUSTER, SKIP_NODE_ADDRESS, Verdict, ipv6_to_map,
 };
 use vethbpf_tests::egress_run::{
     GW_MAC, LO_MAC, Programs, ROUTER_MAC, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, assert_run,
 };
 use vethbpf_tests::ipv6::{ip6, ipv6_packet};
-use vethbpf_tests::{Rng, eth, ones_sum};
+use vethbpf_tests::{Rng, eth, ones_sum, testrun::set_endpoint};
 
 const ETH_P_IPV6: u16 = 0x86dd;
 
@@ -203,19 +202,7 @@ impl Fixture {
 
     /// Makes `pod` the endpoint behind ifindex 1.
     fn become_pod(&mut self, pod: Pod) {
-        let mut eps: HashMap<&mut MapData, u32, EndpointInfo> = self
-            .ebpf
-            .map_mut(MAP_ENDPOINTS)
-            .unwrap()
-            .try_into()
-            .unwrap();
-        let info = EndpointInfo {
-            ip: 0,
-            id: pod.id,
-            mac: pod.mac,
-            _pad: [0; 2],
-        };
-        eps.insert(POD_IFINDEX, info, 0).unwrap();
+        set_endpoint(&mut self.ebpf, POD_IFINDEX, pod.id, 0, pod.mac);
         let mut eps6: HashMap<&mut MapData, u32, EndpointInfo6> = self
             .ebpf
             .map_mut(MAP_ENDPOINTS6)
