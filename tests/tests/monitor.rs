@@ -499,6 +499,11 @@ fn node_keeps_the_events_of_one_remote_node() {
     }
     assert_eq!(records[0]["endpoint"], node.pod("a").as_str());
     assert_eq!(records[1]["destination_endpoint"], node.pod("a").as_str());
+    // The way out is seen wrapped (the event is taken after from_pod): the pods'
+    // packet, with the outer headers to node1 beside it.
+    let tunnel = &records[0]["packet"]["tunnel"];
+    assert_eq!(tunnel["dst"], Cluster::node_ip(1).as_str(), "{tunnel}");
+    assert_eq!(tunnel["src"], Cluster::node_ip(0).as_str(), "{tunnel}");
 }
 
 /// `--node` on a dual-stack cluster: IPv6 packets of that node's pods are its

@@ -2,6 +2,11 @@
 //! look for: MACs, VLAN, addresses, protocol, ports, TCP flags, ICMP type, or the
 //! ARP fields. Decoding is done with etherparse's lax slicer, which takes what a
 //! truncated capture holds (an event has at most 128 bytes of the packet).
+//!
+//! A frame `from_pod` has wrapped in VXLAN for another node (the event is taken
+//! after the program, so it carries the outer headers) is shown as the pod's
+//! packet inside, with the outer addresses and VNI in `tunnel`: what a reader of
+//! `monitor` looks for is the pods' flow, and `--node` matches its addresses.
 
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr};
@@ -20,6 +25,14 @@ pub struct ArpView {
     pub sender_ip: Option<Ipv4Addr>,
     pub target_mac: Option<MacAddr>,
     pub target_ip: Option<Ipv4Addr>,
+}
+
+/// The outer headers of a VXLAN frame between nodes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct TunnelView {
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub vni: u32,
 }
 
 /// What the captured bytes show. Fields the capture does not reach (or that the
@@ -61,6 +74,17 @@ pub struct PacketView {
     /// A fragment after the first (no transport header).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub fragment: bool,
+    /// The frame came wrapped in VXLAN: the fields above are the inner packet's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tunnel: Option<TunnelView>,
+}
+
+/// The inner frame and VNI of a VXLAN payload (its 8-byte header with the "VNI
+/// valid" flag, then Ethernet), if that is what `udp_payload` is.
+fn vxlan_inner(udp_payload: &[u8]) -> Option<(&[u8], u32)> {
+    let (hdr, inner) = udp_payload.split_first_chunk::<8>()?;
+    let vni = u32::from_be_bytes([0, hdr[4], hdr[5], hdr[6]]);
+    (hdr[0] & 0x08 != 0 && inner.len() >= 14).then_some((inner, vni))
 }
 
 fn ether_type_name(t: EtherType) -> String {
@@ -82,8 +106,33 @@ fn ipv4(bytes: &[u8]) -> Option<Ipv4Addr> {
 }
 
 impl PacketView {
-    /// Decodes the captured bytes of an Ethernet frame.
+    /// Decodes the captured bytes of an Ethernet frame (a VXLAN frame to the
+    /// cluster's port: the frame inside, see the module docs).
     pub fn decode(frame: &[u8]) -> PacketView {
+        let outer = Self::decode_one(frame);
+        let inner = Self::udp_payload(frame)
+            .filter(|_| outer.protocol.as_deref() == Some("udp"))
+            .filter(|_| outer.dport == Some(vethbpf_common::VXLAN_PORT))
+            .and_then(vxlan_inner);
+        match (inner, outer.src, outer.dst) {
+            (Some((inner, vni)), Some(src), Some(dst)) => PacketView {
+                tunnel: Some(TunnelView { src, dst, vni }),
+                ..Self::decode_one(inner)
+            },
+            _ => outer,
+        }
+    }
+
+    /// The UDP payload of the frame, as far as captured.
+    fn udp_payload(frame: &[u8]) -> Option<&[u8]> {
+        let p = LaxSlicedPacket::from_ethernet(frame).ok()?;
+        match p.transport {
+            Some(TransportSlice::Udp(udp)) => Some(udp.payload()),
+            _ => None,
+        }
+    }
+
+    fn decode_one(frame: &[u8]) -> PacketView {
         let mut v = PacketView::default();
         let Ok(p) = LaxSlicedPacket::from_ethernet(frame) else {
             return v;
@@ -252,6 +301,9 @@ impl PacketView {
         if let Some(vlan) = self.vlan {
             let _ = write!(s, " vlan {vlan}");
         }
+        if let Some(t) = &self.tunnel {
+            let _ = write!(s, " (vxlan {} -> {} vni {})", t.src, t.dst, t.vni);
+        }
         s
     }
 }
@@ -340,6 +392,47 @@ mod tests {
             v.summary(),
             "ARP reply 10.244.0.9 is-at 02:00:00:00:00:0a (to 169.254.1.1)"
         );
+    }
+
+    #[test]
+    fn a_vxlan_frame_shows_the_pods_packet_inside() {
+        // An ICMP echo between pods, wrapped as from_pod sends it to another node,
+        // cut to the event's 128 bytes.
+        let icmp = [8, 0, 0, 0, 0, 7, 0, 1, 0xab, 0xab];
+        let inner = eth(0x0800, &ipv4(1, &icmp, 30));
+        let port = vethbpf_common::VXLAN_PORT.to_be_bytes();
+        let mut udp = vec![0xab, 0x13, port[0], port[1], 0, 0, 0, 0];
+        udp.extend_from_slice(&[0x08, 0, 0, 0, 0, 0, 1, 0]);
+        udp.extend_from_slice(&inner);
+        let len = (20 + udp.len()) as u16;
+        udp[4..6].copy_from_slice(&(len - 20).to_be_bytes());
+        let mut outer = ipv4(17, &udp, len);
+        outer[12..20].copy_from_slice(&[192, 168, 77, 1, 192, 168, 77, 2]);
+        let frame = eth(0x0800, &outer);
+        let v = PacketView::decode(&frame[..frame.len().min(128)]);
+        assert_eq!(v.src, Some("10.244.0.1".parse().unwrap()));
+        assert_eq!(v.dst, Some("10.244.0.2".parse().unwrap()));
+        assert_eq!(v.icmp_type, Some(8));
+        assert_eq!(
+            v.tunnel,
+            Some(TunnelView {
+                src: "192.168.77.1".parse().unwrap(),
+                dst: "192.168.77.2".parse().unwrap(),
+                vni: 1,
+            })
+        );
+        assert_eq!(
+            v.summary(),
+            "ICMP 10.244.0.1 -> 10.244.0.2 echo-request ttl 64 (vxlan 192.168.77.1 -> 192.168.77.2 vni 1)"
+        );
+        // UDP to another port, or without the VNI flag: an ordinary UDP packet.
+        let mut other = frame.clone();
+        other[14 + 20 + 3] ^= 1;
+        assert_eq!(PacketView::decode(&other).tunnel, None);
+        let mut no_flag = frame.clone();
+        no_flag[14 + 20 + 8] = 0;
+        let v = PacketView::decode(&no_flag);
+        assert_eq!((v.tunnel, v.protocol.as_deref()), (None, Some("udp")));
     }
 
     #[test]
