@@ -317,7 +317,12 @@ fn vxlan(outer_src: [u8; 4], vni: u32, inner: &[u8]) -> Vec<u8> {
 
 #[test]
 fn from_uplink_decapsulates_vxlan_from_known_nodes_for_local_pods() {
-    let f = Fixture::new(CLUSTER_MODE_VXLAN);
+    let mut f = Fixture::new(CLUSTER_MODE_VXLAN);
+    // Another known node, 4, with pod CIDR 10.244.4.0/24.
+    let other_node = [192, 168, 77, 4];
+    f.route([10, 244, 4, 0], 24, ROUTE_KIND_REMOTE, 0, 4, [0; 6]);
+    f.route(other_node, 32, ROUTE_KIND_NODE, 0, 4, [0; 6]);
+    f.node(4, other_node);
     // The inner frame as the remote node's vethbpf.vx wraps it.
     let inner = frame(REMOTE_POD, DST_IP, 63, [0xee; 6], [0xaa; 6]);
     let inp = vxlan(NODE_IP, 1, &inner);
@@ -334,11 +339,14 @@ fn from_uplink_decapsulates_vxlan_from_known_nodes_for_local_pods() {
     assert_eq!(f.node_counter(NODE_ID).rx_packets, 1);
 
     // The same checks as through the device: an unknown outer source, a wrong VNI,
-    // a remote pod that is not the sender's: dropped, counted at the pod.
+    // a remote pod that is not the sender's (a stranger's, or another known
+    // node's, either way round): dropped, counted at the pod.
     for (outer_src, vni, inner_src) in [
         (STRANGER, 1, REMOTE_POD),
         (NODE_IP, 2, REMOTE_POD),
         (NODE_IP, 1, STRANGER),
+        (NODE_IP, 1, [10, 244, 4, 9]),
+        (other_node, 1, REMOTE_POD),
     ] {
         let inp = vxlan(
             outer_src,

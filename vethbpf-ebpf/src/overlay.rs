@@ -10,7 +10,7 @@ use crate::{
     encap,
     hdr::{ETH_HLEN, ETH_P_IP, ETH_P_IPV6, EthHdr, Ipv4Hdr, ipv4_addr, linear, ptr_at},
     ipv4,
-    maps::{CLUSTER, CONFIG, ROUTES},
+    maps::{CLUSTER, CONFIG, NODES, ROUTES},
     remote, remote6,
     stats::{self, Decision},
 };
@@ -76,18 +76,24 @@ pub fn handle(
     if cluster.mode != CLUSTER_MODE_VXLAN || vni != cluster.vni {
         return (endpoint, Decision::drop(Verdict::DropUnknownSource));
     }
-    // The outer source must be a known node's own address ...
-    let node_id = match ROUTES.get(&Key::new(32, outer_src)) {
-        Some(r) if r.kind == ROUTE_KIND_NODE => r.endpoint_id,
-        _ => {
+    // A node speaks for its own pods (and itself) only: the inner source names the
+    // node (its pod CIDR or its address), whose own address must be the outer
+    // source. One LPM lookup and an array read per packet.
+    let node_id = remote::source_node(ipv4_addr(&ip.src_addr)).filter(|id| {
+        NODES
+            .get(*id)
+            .is_some_and(|n| n.ip != 0 && n.ip == outer_src)
+    });
+    let Some(node_id) = node_id else {
+        // Only on the way to a drop: is the sender a node at all?
+        if ROUTES
+            .get(&Key::new(32, outer_src))
+            .is_none_or(|r| r.kind != ROUTE_KIND_NODE)
+        {
             diag::report(Diag::UnknownTunnelSource, outer_src);
-            return (endpoint, Decision::drop(Verdict::DropUnknownSource));
         }
-    };
-    // ... and a node speaks for its own pods (and itself) only.
-    if remote::source_node(ipv4_addr(&ip.src_addr)) != Some(node_id) {
         return (endpoint, Decision::drop(Verdict::DropUnknownSource));
-    }
+    };
     (
         endpoint,
         remote::deliver_from_node(ctx, eth, ip, dst, node_id, cfg),
