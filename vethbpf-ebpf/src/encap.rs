@@ -3,10 +3,10 @@
 //! that skips, per packet, the VXLAN device's transmit (its route lookup for the
 //! outer header, `udp_tunnel_xmit_skb`, a queue pass through the device). Frames
 //! it cannot take (one whose segments would not fit the uplink's MTU once
-//! wrapped, one already encapsulated) go the device's way instead: the sender sets
-//! the tunnel key (remote node, VNI) and redirects the frame to the one
-//! collect-metadata device, which adds the same headers, or answers a pod whose
-//! frame is too big with "fragmentation needed" (path MTU discovery).
+//! wrapped, one already encapsulated) go the device's way instead, as every frame
+//! did before: the sender sets the tunnel key (remote node, VNI) and redirects the
+//! frame to the one collect-metadata device, which adds the same headers (and
+//! treats an oversized frame as the kernel's tunnels do).
 //!
 //! Both ways put the same bytes on the wire; the receiver reads the outer source
 //! either from the headers (`decap`) or from the key the device filled in.
