@@ -17,18 +17,16 @@ use aya_ebpf::{
         BPF_F_ADJ_ROOM_ENCAP_L4_UDP, BPF_F_ADJ_ROOM_FIXED_GSO, BPF_F_DONT_FRAGMENT,
         BPF_F_ZERO_CSUM_TX, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, bpf_tunnel_key,
     },
-    helpers::{
-        bpf_get_hash_recalc, bpf_redirect, bpf_skb_get_tunnel_key, bpf_skb_set_tunnel_key,
-        generated::bpf_check_mtu,
-    },
+    helpers::{bpf_get_hash_recalc, bpf_redirect, bpf_skb_get_tunnel_key, bpf_skb_set_tunnel_key},
     programs::TcContext,
 };
 use vethbpf_common::{ClusterConfig, VXLAN_PORT, Verdict};
 
 use crate::{
-    direct,
+    direct, fib,
     hdr::{
-        ETH_HLEN, ETH_P_IP, EthHdr, IPPROTO_TCP, Ipv4Hdr, linear, ptr_at, set_be16, set_ipv4_addr,
+        ETH_HLEN, ETH_P_IP, EthHdr, IPPROTO_TCP, Ipv4Hdr, copy_mac, linear, ptr_at, set_be16,
+        set_ipv4_addr,
     },
     stats::Decision,
 };
@@ -92,7 +90,7 @@ enum Encap {
 #[inline(always)]
 fn encapsulate(ctx: &TcContext, node_ip: u32, cluster: &ClusterConfig, inner: &Inner) -> Encap {
     let len = ctx.len() as usize;
-    let Some(mtu) = uplink_mtu(ctx, cluster.uplink_ifindex) else {
+    let Some(mtu) = fib::uplink_mtu(ctx, cluster.uplink_ifindex) else {
         return Encap::Device;
     };
     // SAFETY: `ctx.skb.skb` is the program's context pointer.
@@ -155,8 +153,8 @@ fn encapsulate(ctx: &TcContext, node_ip: u32, cluster: &ClusterConfig, inner: &I
     let (eth, ip, udp, inner_eth) = unsafe { (&mut *eth, &mut *ip, &mut *udp, &mut *inner_eth) };
     // The pod's Ethernet header goes inside unchanged (the receiving side
     // rewrites it on delivery); the outer one's MACs are the neighbour code's.
-    inner_eth.dst_addr = eth.dst_addr;
-    inner_eth.src_addr = eth.src_addr;
+    copy_mac(&mut inner_eth.dst_addr, &eth.dst_addr);
+    copy_mac(&mut inner_eth.src_addr, &eth.src_addr);
     inner_eth.ether_type = eth.ether_type;
     eth.ether_type = ETH_P_IP;
 
@@ -203,16 +201,6 @@ fn write_ipv4(ip: &mut Ipv4Hdr, ecn: u8, tot_len: u16, src: u32, dst: u32) {
     sum = (sum & 0xffff) + (sum >> 16);
     sum = (sum & 0xffff) + (sum >> 16);
     set_be16(&mut ip.check, (!(sum as u16)).to_be());
-}
-
-/// The uplink's MTU (`bpf_check_mtu` reports it whatever the verdict); `None` if
-/// the device is gone.
-#[inline(always)]
-fn uplink_mtu(ctx: &TcContext, uplink: u32) -> Option<u32> {
-    let mut mtu: u32 = 0;
-    // SAFETY: a plain helper call; `mtu` is a valid out-parameter.
-    let r = unsafe { bpf_check_mtu(ctx.skb.skb.cast(), uplink, &mut mtu, 0, 0) };
-    (r >= 0 && mtu > 0).then_some(mtu)
 }
 
 /// TTL of the outer header (the inner one is the pods' business).

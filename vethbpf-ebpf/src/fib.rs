@@ -43,6 +43,16 @@ pub fn fits(ctx: &TcContext, uplink: u32) -> Option<Fit> {
     }
 }
 
+/// The uplink's MTU (`bpf_check_mtu` reports it whatever the verdict); `None` if
+/// the device is gone.
+#[inline(always)]
+pub fn uplink_mtu(ctx: &TcContext, uplink: u32) -> Option<u32> {
+    let mut mtu: u32 = 0;
+    // SAFETY: a plain helper call; `mtu` is a valid out-parameter.
+    let r = unsafe { bpf_check_mtu(ctx.skb.skb.cast::<c_void>(), uplink, &mut mtu, 0, 0) };
+    (r >= 0 && mtu > 0).then_some(mtu)
+}
+
 /// Whether a packet fits the uplink's MTU.
 pub enum Fit {
     Fits,
