@@ -1,5 +1,6 @@
 //! VXLAN decapsulation on the uplink, before the kernel's UDP and VXLAN receive
-//! path: a frame from another node's `vethbpf.vx` for a pod here has its outer
+//! path: a frame another node wrapped (its `from_pod`, see `encap`, or its
+//! `vethbpf.vx`) for a pod here has its outer
 //! headers taken off by `bpf_skb_adjust_room` in `from_uplink` and goes through the
 //! same checks and delivery as one that came up through the VXLAN device
 //! ([`overlay::handle`]). That saves, per packet, the UDP socket lookup,
@@ -18,14 +19,13 @@ use vethbpf_common::{CLUSTER_MODE_VXLAN, VXLAN_PORT, Verdict};
 
 use crate::{
     encap::{ENCAP_LEN, UdpVxlan, VXLAN_F_VNI},
-    hdr::{ETH_HLEN, ETH_P_IP, EthHdr, Ipv4Hdr, be16, ipv4_addr, linear, ptr_at},
+    hdr::{ETH_HLEN, ETH_P_IP, EthHdr, IPPROTO_UDP, Ipv4Hdr, be16, ipv4_addr, linear, ptr_at},
     ipv4,
     maps::CLUSTER,
     overlay, remote,
     stats::Decision,
 };
 
-const IPPROTO_UDP: u8 = 17;
 const IPV4_HLEN: usize = 20;
 /// What comes off: outer IPv4, UDP, VXLAN and the inner Ethernet header (the
 /// outer Ethernet header stays and is rewritten on delivery).

@@ -25,8 +25,8 @@ use vethbpf_common::{ClusterConfig, VXLAN_PORT, Verdict};
 use crate::{
     direct, fib,
     hdr::{
-        ETH_HLEN, ETH_P_IP, EthHdr, IPPROTO_TCP, Ipv4Hdr, copy_mac, linear, ptr_at, set_be16,
-        set_ipv4_addr,
+        ETH_HLEN, ETH_P_IP, EthHdr, IPPROTO_TCP, IPPROTO_UDP, Ipv4Hdr, copy_mac, linear, ptr_at,
+        set_be16, set_ipv4_addr,
     },
     stats::Decision,
 };
@@ -50,7 +50,6 @@ const _: () = assert!(size_of::<UdpVxlan>() == 16);
 pub const ENCAP_LEN: usize = size_of::<Ipv4Hdr>() + size_of::<UdpVxlan>() + ETH_HLEN;
 /// VXLAN's "VNI valid" flag.
 pub const VXLAN_F_VNI: u8 = 0x08;
-const IPPROTO_UDP: u8 = 17;
 /// The outer source port spreads flows over the underlay's ECMP paths; the range
 /// is the kernel's default ephemeral one, as its VXLAN device picks from.
 const SPORT_MIN: u32 = 32768;

@@ -38,6 +38,7 @@ pub const ETH_P_8021AD: u16 = network_types::eth::EtherType::Ieee8021ad as u16;
 /// IP protocol numbers.
 pub const IPPROTO_ICMP: u8 = network_types::ip::IpProto::Icmp as u8;
 pub const IPPROTO_TCP: u8 = network_types::ip::IpProto::Tcp as u8;
+pub const IPPROTO_UDP: u8 = network_types::ip::IpProto::Udp as u8;
 
 pub const ARP_HTYPE_ETHER: u16 = 1u16.to_be();
 pub const ARP_PTYPE_IPV4: u16 = 0x0800u16.to_be();

@@ -2,15 +2,14 @@
 //! known node may send through the tunnel, only from its own pods, and only to
 //! endpoints on this node; everything else is dropped and counted.
 
-use aya_ebpf::{btf_maps::lpm_trie::Key, programs::TcContext};
-use vethbpf_common::{CLUSTER_MODE_VXLAN, ROUTE_KIND_NODE, Verdict};
+use aya_ebpf::programs::TcContext;
+use vethbpf_common::{CLUSTER_MODE_VXLAN, Verdict};
 
 use crate::{
-    diag::{self, Diag},
     encap,
     hdr::{ETH_HLEN, ETH_P_IP, ETH_P_IPV6, EthHdr, Ipv4Hdr, ipv4_addr, linear, ptr_at},
     ipv4,
-    maps::{CLUSTER, CONFIG, NODES, ROUTES},
+    maps::{CLUSTER, CONFIG},
     remote, remote6,
     stats::{self, Decision},
 };
@@ -76,22 +75,9 @@ pub fn handle(
     if cluster.mode != CLUSTER_MODE_VXLAN || vni != cluster.vni {
         return (endpoint, Decision::drop(Verdict::DropUnknownSource));
     }
-    // A node speaks for its own pods (and itself) only: the inner source names the
-    // node (its pod CIDR or its address), whose own address must be the outer
-    // source. One LPM lookup and an array read per packet.
-    let node_id = remote::source_node(ipv4_addr(&ip.src_addr)).filter(|id| {
-        NODES
-            .get(*id)
-            .is_some_and(|n| n.ip != 0 && n.ip == outer_src)
-    });
-    let Some(node_id) = node_id else {
-        // Only on the way to a drop: is the sender a node at all?
-        if ROUTES
-            .get(&Key::new(32, outer_src))
-            .is_none_or(|r| r.kind != ROUTE_KIND_NODE)
-        {
-            diag::report(Diag::UnknownTunnelSource, outer_src);
-        }
+    let Some(node_id) =
+        remote::tunnel_sender(remote::source_node(ipv4_addr(&ip.src_addr)), outer_src)
+    else {
         return (endpoint, Decision::drop(Verdict::DropUnknownSource));
     };
     (

@@ -13,6 +13,7 @@ use vethbpf_common::{
 };
 
 use crate::{
+    diag::{self, Diag},
     direct, encap,
     hdr::{ETH_HLEN, EthHdr, Ipv4Hdr, ipv4_addr},
     ipv4, l3,
@@ -69,6 +70,27 @@ pub fn in_cluster() -> bool {
 pub fn source_node(saddr: u32) -> Option<u32> {
     let route = ROUTES.get(&Key::new(32, saddr))?;
     (route.kind == ROUTE_KIND_REMOTE || route.kind == ROUTE_KIND_NODE).then_some(route.endpoint_id)
+}
+
+/// The node that sent a tunnelled packet: `inner_node`, the node its inner source
+/// belongs to (a node speaks for its own pods and itself only), if that node's own
+/// address is the outer source `outer_src`. One array read; on the way to a drop
+/// only, whether the sender is a node at all (for the diagnostic).
+#[inline(always)]
+pub fn tunnel_sender(inner_node: Option<u32>, outer_src: u32) -> Option<u32> {
+    let node = inner_node.filter(|id| {
+        NODES
+            .get(*id)
+            .is_some_and(|n| n.ip != 0 && n.ip == outer_src)
+    });
+    if node.is_none()
+        && ROUTES
+            .get(&Key::new(32, outer_src))
+            .is_none_or(|r| r.kind != ROUTE_KIND_NODE)
+    {
+        diag::report(Diag::UnknownTunnelSource, outer_src);
+    }
+    node
 }
 
 /// The local endpoint route for `daddr`, if it is one.

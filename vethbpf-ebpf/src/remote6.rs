@@ -12,16 +12,15 @@
 use aya_ebpf::{btf_maps::lpm_trie::Key, programs::TcContext};
 use vethbpf_common::{
     CLUSTER_MODE_DIRECT, CLUSTER_MODE_OFF, CLUSTER_MODE_VXLAN, Config, ROUTE_KIND_LOCAL,
-    ROUTE_KIND_NODE, ROUTE_KIND_REMOTE, Route, Verdict,
+    ROUTE_KIND_REMOTE, Route, Verdict,
 };
 
 use crate::{
-    diag::{self, Diag},
     direct, encap,
     hdr::{ETH_HLEN, EthHdr, Ipv6Hdr, linear, ptr_at},
     ipv6::{self, Addr, IPV6_HLEN, UpperLayer, load_addr},
     l3,
-    maps::{CLUSTER, CONFIG, NODE_NEIGH, NODES, ROUTES, ROUTES6},
+    maps::{CLUSTER, CONFIG, NODE_NEIGH, NODES, ROUTES6},
     remote,
     stats::Decision,
 };
@@ -165,17 +164,10 @@ pub fn from_tunnel(ctx: &TcContext) -> (u32, Decision) {
     if cluster.mode != CLUSTER_MODE_VXLAN || vni != cluster.vni {
         return (endpoint, Decision::drop(Verdict::DropUnknownSource));
     }
-    // The outer source must be a known node's own (IPv4) address ...
-    let node_id = match ROUTES.get(&Key::new(32, outer_src)) {
-        Some(r) if r.kind == ROUTE_KIND_NODE => r.endpoint_id,
-        _ => {
-            diag::report(Diag::UnknownTunnelSource, outer_src);
-            return (endpoint, Decision::drop(Verdict::DropUnknownSource));
-        }
-    };
-    // ... and a node speaks for its own IPv6 pods only.
-    if source_node(load_addr(&ip.src_addr)) != Some(node_id) {
+    // A node speaks for its own IPv6 pods only, from its own IPv4 address.
+    let Some(node_id) = remote::tunnel_sender(source_node(load_addr(&ip.src_addr)), outer_src)
+    else {
         return (endpoint, Decision::drop(Verdict::DropUnknownSource));
-    }
+    };
     (endpoint, deliver(ctx, eth, ip, dst, node_id, cfg))
 }
