@@ -109,34 +109,27 @@ impl PacketView {
     /// Decodes the captured bytes of an Ethernet frame (a VXLAN frame to the
     /// cluster's port: the frame inside, see the module docs).
     pub fn decode(frame: &[u8]) -> PacketView {
-        let outer = Self::decode_one(frame);
-        let inner = Self::udp_payload(frame)
-            .filter(|_| outer.protocol.as_deref() == Some("udp"))
+        let (outer, udp_payload) = Self::decode_one(frame);
+        let inner = udp_payload
             .filter(|_| outer.dport == Some(vethbpf_common::VXLAN_PORT))
             .and_then(vxlan_inner);
         match (inner, outer.src, outer.dst) {
             (Some((inner, vni)), Some(src), Some(dst)) => PacketView {
                 tunnel: Some(TunnelView { src, dst, vni }),
-                ..Self::decode_one(inner)
+                ..Self::decode_one(inner).0
             },
             _ => outer,
         }
     }
 
-    /// The UDP payload of the frame, as far as captured.
-    fn udp_payload(frame: &[u8]) -> Option<&[u8]> {
-        let p = LaxSlicedPacket::from_ethernet(frame).ok()?;
-        match p.transport {
-            Some(TransportSlice::Udp(udp)) => Some(udp.payload()),
-            _ => None,
-        }
-    }
-
-    fn decode_one(frame: &[u8]) -> PacketView {
+    /// The fields of one frame, and its UDP payload (as far as captured) if it is
+    /// UDP.
+    fn decode_one(frame: &[u8]) -> (PacketView, Option<&[u8]>) {
         let mut v = PacketView::default();
         let Ok(p) = LaxSlicedPacket::from_ethernet(frame) else {
-            return v;
+            return (v, None);
         };
+        let mut udp_payload = None;
         if let Some(LinkSlice::Ethernet2(eth)) = &p.link {
             v.src_mac = Some(MacAddr(eth.source()));
             v.dst_mac = Some(MacAddr(eth.destination()));
@@ -210,6 +203,7 @@ impl PacketView {
             Some(TransportSlice::Udp(udp)) => {
                 v.sport = Some(udp.source_port());
                 v.dport = Some(udp.destination_port());
+                udp_payload = Some(udp.payload());
             }
             Some(TransportSlice::Icmpv4(icmp)) => {
                 v.icmp_type = Some(icmp.type_u8());
@@ -221,7 +215,7 @@ impl PacketView {
             }
             _ => {}
         }
-        v
+        (v, udp_payload)
     }
 
     /// One line for people: `TCP 10.244.0.1:40000 -> 10.244.0.2:80 [SYN]`, `ARP
