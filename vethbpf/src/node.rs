@@ -464,7 +464,7 @@ pub fn down(
     let mut removed = Vec::new();
     let names: Vec<String> = locked.state.endpoints.keys().cloned().collect();
     for name in names {
-        endpoint::del(env, &mut locked, &name)?;
+        endpoint::del_holding_lock(env, &mut locked, &name)?;
         removed.push(name);
     }
     let pins = Pins::new(&node.bpffs_dir);

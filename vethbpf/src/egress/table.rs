@@ -338,32 +338,38 @@ impl Table {
         flows
     }
 
-    /// Deletes the entries (of either family) `drop` selects by their state; then
-    /// recounts the table's flows. Returns how many flows (forward entries) went.
+    /// Deletes the entries (of either family) `drop` selects by their state, and
+    /// sets the table's flow count to the forward entries that stay (from the same
+    /// walk: an empty 64k-entry LRU map takes ~0.6 ms to walk, paid by every
+    /// `endpoint del`). Returns how many flows (forward entries) went.
     fn remove_where(&mut self, drop: impl Fn(&NatEntry) -> bool) -> Result<usize, TableError> {
-        let mut flows = 0;
+        let (mut flows, mut kept) = (0, 0u64);
         for (k, e) in self.entries() {
+            let forward = k.dir == NAT_DIR_OUT;
             if !drop(&e) {
+                kept += u64::from(forward);
                 continue;
             }
             match self.nat.remove(&k) {
-                Ok(()) => flows += usize::from(k.dir == NAT_DIR_OUT),
+                Ok(()) => flows += usize::from(forward),
                 Err(err) if gone(&err) => {}
                 Err(err) => return Err(op(MAP_NAT, "remove")(err)),
             }
         }
         for (k, e) in self.entries6() {
+            let forward = k.dir == NAT_DIR_OUT;
             if !drop(&common(&e)) {
+                kept += u64::from(forward);
                 continue;
             }
             let Some(v6) = &mut self.v6 else { break };
             match v6.nat.remove(&k) {
-                Ok(()) => flows += usize::from(k.dir == NAT_DIR_OUT),
+                Ok(()) => flows += usize::from(forward),
                 Err(err) if gone(&err) => {}
                 Err(err) => return Err(op(MAP_NAT6, "remove")(err)),
             }
         }
-        self.recount()?;
+        self.set_flows(kept)?;
         Ok(flows)
     }
 
@@ -410,6 +416,10 @@ impl Table {
                 .iter()
                 .filter(|(k, _)| k.dir == NAT_DIR_OUT)
                 .count()) as u64;
+        self.set_flows(flows)
+    }
+
+    fn set_flows(&mut self, flows: u64) -> Result<(), TableError> {
         let mut st = self.state()?;
         st.flows = flows;
         self.state.set(0, st, 0).map_err(op(MAP_NAT_STATE, "set"))

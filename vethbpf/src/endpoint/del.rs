@@ -15,8 +15,10 @@ use crate::state::{EndpointRecord, Found, Intent, Locked, LogEntry};
 /// entries, the namespace if vethbpf made it, and the record.
 ///
 /// The del journals itself in a deletion file of its own and deletes the veth with
-/// the state lock released (see `state/deletions.rs`): the kernel's part is most of
-/// a del, and concurrent dels then overlap in it, as other plugins' do. The record
+/// the state lock released (see `state/deletions.rs`), so that concurrent dels
+/// overlap in the kernel's part, as other plugins' do. (That part is ~1 ms since the
+/// kernel's wait for freeing the veth is left to a detached process:
+/// `kernel/netlink/unlist.rs`.) The record
 /// stays in the state until the commit, so its name, addresses and index are not
 /// given out meanwhile.
 ///
@@ -27,6 +29,33 @@ pub fn del(
     env: &mut Env<'_>,
     locked: &mut Locked,
     name: &str,
+) -> Result<EndpointRecord, EndpointError> {
+    del_with(env, locked, name, Lock::Release)
+}
+
+/// [`del`] holding the state lock throughout, for `down`: it deletes every
+/// endpoint and the node, one step for every other command (a del of one of its
+/// endpoints runs before it, or after it and finds the node down).
+pub fn del_holding_lock(
+    env: &mut Env<'_>,
+    locked: &mut Locked,
+    name: &str,
+) -> Result<EndpointRecord, EndpointError> {
+    del_with(env, locked, name, Lock::Hold)
+}
+
+/// Whether a del lets the state lock go while the kernel deletes the veth.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Lock {
+    Release,
+    Hold,
+}
+
+fn del_with(
+    env: &mut Env<'_>,
+    locked: &mut Locked,
+    name: &str,
+    lock: Lock,
 ) -> Result<EndpointRecord, EndpointError> {
     let rec = loop {
         // `endpoint del NAME` run again after a del of NAME died: finishing that
@@ -88,9 +117,12 @@ pub fn del(
     };
     // Taking the lock again can only fail to wait (a CNI call's time is up):
     // this del's journal is then finished by the next command.
-    let deleted = locked
-        .unlocked(|| delete_host_veth(env, &rec))
-        .map_err(|e| interrupted(e.into()))?;
+    let deleted = match lock {
+        Lock::Release => locked
+            .unlocked(|| delete_host_veth(env, &rec))
+            .map_err(|e| interrupted(e.into()))?,
+        Lock::Hold => delete_host_veth(env, &rec),
+    };
     if let Err(e) = deleted {
         if let Err(undo) = put_route_entries(env, &rec) {
             warn!(error = %undo, "cannot restore the route entries");

@@ -25,8 +25,8 @@ mod tests;
 
 pub(crate) use add::add_tagged;
 pub use add::{AddRequest, add};
-pub use del::del;
 pub(crate) use del::route_of;
+pub use del::{del, del_holding_lock};
 pub use env::Env;
 pub(crate) use env::{Datapath, Namespaces, PodProgram};
 pub use error::EndpointError;

@@ -22,6 +22,7 @@ mod fake;
 mod rt;
 mod socket;
 mod tc;
+mod unlist;
 
 #[cfg(test)]
 pub(crate) use fake::FakeNetlink;
@@ -192,7 +193,9 @@ pub trait Netlink {
         peer: &str,
         peer_netns: BorrowedFd<'_>,
     ) -> Result<u32, NetlinkError>;
-    /// Deletes a link (a veth takes its peer with it).
+    /// Deletes a link (a veth takes its peer with it). Returns once the link is gone
+    /// from the namespace (name and index free, its routes, qdiscs and programs
+    /// gone); the kernel may still be freeing it.
     fn del_link(&mut self, index: u32) -> Result<(), NetlinkError>;
     /// Moves a link into the namespace behind `netns` (an open `/run/netns/..` or
     /// `/proc/../ns/net` file).

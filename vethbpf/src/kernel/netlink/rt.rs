@@ -30,12 +30,25 @@ use rtnetlink::{AddressMessageBuilder, LinkUnspec, LinkVeth, LinkVxlan, RouteMes
 
 use super::socket::{Answer, NlSocket, Request};
 use super::tc;
+use super::unlist::{self, Unlisted};
 use super::{Change, LinkInfo, Netlink, NetlinkError, Route6Spec, RouteSpec, TcFilter, VxlanSpec};
 
 /// A synchronous rtnetlink client bound to the network namespace of the thread
 /// that called [`RtNetlink::connect`].
 pub struct RtNetlink {
     socket: NlSocket,
+    /// The namespace the socket was opened in (`/proc/thread-self/ns/net`'s device
+    /// and inode), if it could be read: a detached deletion (`unlist.rs`) opens its
+    /// sockets on the calling thread, so it is used only where that is the same one.
+    netns: Option<(u64, u64)>,
+}
+
+/// The calling thread's network namespace, as device and inode.
+fn thread_netns() -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/thread-self/ns/net")
+        .ok()
+        .map(|m| (m.dev(), m.ino()))
 }
 
 impl std::fmt::Debug for RtNetlink {
@@ -218,6 +231,7 @@ impl RtNetlink {
     pub fn connect() -> Result<Self, NetlinkError> {
         Ok(RtNetlink {
             socket: NlSocket::open().map_err(NetlinkError::Connect)?,
+            netns: thread_netns(),
         })
     }
 
@@ -486,6 +500,26 @@ impl Netlink for RtNetlink {
     }
 
     fn del_link(&mut self, index: u32) -> Result<(), NetlinkError> {
+        // Returns once the link is gone, not once the kernel has freed it (10-45 ms
+        // later): `unlist.rs`. Where that cannot be used, the plain request below.
+        if self.netns.is_some() && self.netns == thread_netns() {
+            match unlist::del_link(index) {
+                Ok(Unlisted::Gone) => return Ok(()),
+                Ok(Unlisted::Refused(errno)) => {
+                    return Err(NetlinkError::from_errno(
+                        "delete link",
+                        format!("link index {index}"),
+                        errno,
+                    ));
+                }
+                Err(e) => {
+                    tracing::debug!(index, error = %e, "detached link deletion failed; deleting in place");
+                    if self.link_by_index(index)?.is_none() {
+                        return Ok(());
+                    }
+                }
+            }
+        }
         let mut msg = LinkMessage::default();
         msg.header.index = index;
         self.one(Op {
@@ -1247,6 +1281,72 @@ mod tests {
         })
         .unwrap();
         assert_eq!(left, (None, vec![]));
+    }
+
+    /// `del_link` returns once the link is gone (the kernel frees it afterwards, in a
+    /// detached process: `unlist.rs`), and that process keeps none of the caller's
+    /// descriptors: not a lock (an flock is held while any copy of its descriptor is
+    /// open: a del that dies must not look alive to the next command through its
+    /// journal's lock) and not a pipe (a CNI runtime reads the plugin's stdout to its
+    /// end).
+    #[test]
+    #[ignore = "needs root: creates network namespaces and veths"]
+    fn a_deleted_link_is_gone_at_return_and_the_deleter_keeps_no_descriptor() {
+        use nix::fcntl::{Flock, FlockArg};
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+
+        let node = TestNetns::new("nl-unl");
+        let pod = TestNetns::new("nl-unl-pod");
+        let pod_fd = netns::open(&pod.path).unwrap();
+        let lock_path = std::env::temp_dir().join(format!("vethbpf-unl-{}", std::process::id()));
+        struct Remove(std::path::PathBuf);
+        impl Drop for Remove {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_file(&self.0);
+            }
+        }
+        let _cleanup = Remove(lock_path.clone());
+        for round in 0..5 {
+            // Held as a process that dies holds it: released by closing, not unlocked.
+            let lock = File::create(&lock_path).unwrap();
+            // SAFETY: flock on a descriptor we own.
+            assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
+            let (out_r, out_w) = nix::unistd::pipe().unwrap();
+            with_netlink_in(&node.path, |nl| -> TestResult<()> {
+                let host = nl.add_veth_into("vb-unl0", [0xee; 6], None, "eth9", pod_fd.as_fd())?;
+                nl.del_link(host)?;
+                assert_eq!(nl.link_by_index(host)?, None, "round {round}");
+                assert_eq!(nl.link_by_name("vb-unl0")?, None);
+                assert!(matches!(
+                    nl.del_link(host),
+                    Err(NetlinkError::NotFound { .. })
+                ));
+                Ok(())
+            })
+            .unwrap();
+            // Both ends went: the pod's end, in the pod, too.
+            let left = with_netlink_in(&pod.path, |nl| -> TestResult<_> {
+                Ok(nl.link_by_name("eth9")?)
+            })
+            .unwrap();
+            assert_eq!(left, None);
+            // The kernel's freeing (10-45 ms) is still under way in the deleting
+            // process; our copies going must be the last ones.
+            drop(lock);
+            let again = File::open(&lock_path).unwrap();
+            assert!(
+                Flock::lock(again, FlockArg::LockExclusiveNonblock).is_ok(),
+                "round {round}: the lock is still held by a copy of its descriptor"
+            );
+            drop(out_w);
+            let mut fds = [PollFd::new(out_r.as_fd(), PollFlags::POLLIN)];
+            poll(&mut fds, PollTimeout::ZERO).unwrap();
+            let revents = fds[0].revents().unwrap();
+            assert!(
+                revents.contains(PollFlags::POLLHUP),
+                "round {round}: a copy of the pipe's write end is still open ({revents:?})"
+            );
+        }
     }
 
     /// Runs the same sequence of calls (mostly mistakes) and describes each outcome,
