@@ -874,6 +874,33 @@ mod tests {
     }
 
     #[test]
+    fn a_log_line_records_exactly_one_put_or_del() {
+        let dir = tempdir();
+        let sd = up(&dir);
+        let mut l = sd.lock().unwrap();
+        l.commit(put(record("a", [10, 0, 0, 1]))).unwrap();
+        l.commit(LogEntry::Del("a".into())).unwrap();
+        drop(l);
+        let log = dir.join(LOG_FILE);
+        let good = fs::read_to_string(&log).unwrap();
+        let (put_line, del_line) = good.split_once('\n').unwrap();
+        assert!(del_line.starts_with(r#"{"seq":2,"del":"a"}"#), "{del_line}");
+        let both = put_line.replacen(r#"{"seq":1,"#, r#"{"seq":3,"del":"a","#, 1);
+        assert_ne!(both, put_line);
+        for bad in [r#"{"seq":3}"#.to_string(), both] {
+            fs::write(&log, format!("{good}{bad}\n")).unwrap();
+            let err = sd.lock().err().unwrap();
+            assert!(
+                matches!(&err, StateError::Corrupt { path, .. } if *path == log),
+                "{bad}: {err}"
+            );
+        }
+        fs::write(&log, &good).unwrap();
+        assert_eq!(sd.read().unwrap().endpoints.len(), 0);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn a_failed_commit_changes_nothing() {
         let dir = tempdir();
         let sd = up(&dir);

@@ -32,12 +32,38 @@ pub const LOG_FILE: &str = "state.log";
 /// as the snapshot has endpoints if that is more.
 pub(crate) const COMPACT_AT: usize = 64;
 
-/// One line of the log.
-#[derive(Debug, Serialize, Deserialize)]
+/// One line of the log: `{"seq":N,"put":{record}}` or `{"seq":N,"del":"name"}`.
+#[derive(Debug, Deserialize)]
+#[serde(try_from = "LineFields")]
 struct Line {
     seq: u64,
-    #[serde(flatten)]
     change: LogEntry,
+}
+
+/// A line's fields as they are read: plain optional fields, not the
+/// `#[serde(flatten)]` that `LineRef` writes with, which took the first of a `put`
+/// and a `del` in one line and ignored the other (a corrupt line read as a good
+/// one). Exactly one of them, or the state is corrupt.
+#[derive(Deserialize)]
+struct LineFields {
+    seq: u64,
+    #[serde(default)]
+    put: Option<Box<EndpointRecord>>,
+    #[serde(default)]
+    del: Option<String>,
+}
+
+impl TryFrom<LineFields> for Line {
+    type Error = &'static str;
+
+    fn try_from(f: LineFields) -> Result<Line, Self::Error> {
+        let change = match (f.put, f.del) {
+            (Some(rec), None) => LogEntry::Put(rec),
+            (None, Some(name)) => LogEntry::Del(name),
+            _ => return Err("a log line records one put or one del"),
+        };
+        Ok(Line { seq: f.seq, change })
+    }
 }
 
 /// What one line records.
