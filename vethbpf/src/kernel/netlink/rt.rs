@@ -503,6 +503,15 @@ impl Netlink for RtNetlink {
         // Returns once the link is gone, not once the kernel has freed it (10-45 ms
         // later): `unlist.rs`. Where that cannot be used, the plain request below.
         if self.netns.is_some() && self.netns == thread_netns() {
+            // A veth's peer is unlisted with it but announced a little later: a
+            // deletion of the peer right after the first returned would see that
+            // announcement and take it for its own. Unlisted means not found.
+            if self.link_by_index(index)?.is_none() {
+                return Err(NetlinkError::NotFound {
+                    op: "delete link",
+                    what: format!("link index {index}"),
+                });
+            }
             match unlist::del_link(index) {
                 Ok(Unlisted::Gone) => return Ok(()),
                 Ok(Unlisted::Refused(errno)) => {
@@ -1321,6 +1330,18 @@ mod tests {
                     nl.del_link(host),
                     Err(NetlinkError::NotFound { .. })
                 ));
+                // Both ends here: the peer, unlisted with the first and announced
+                // just after it, is not found (not "deleted" a second time).
+                // (A race: tried 20 times a round.)
+                for _ in 0..20 {
+                    let a = nl.add_veth("vb-unl1", "vb-unl2")?;
+                    let b = nl.link_by_name("vb-unl2")?.unwrap().index;
+                    nl.del_link(a)?;
+                    assert!(
+                        matches!(nl.del_link(b), Err(NetlinkError::NotFound { .. })),
+                        "round {round}: the peer was deleted twice"
+                    );
+                }
                 Ok(())
             })
             .unwrap();
