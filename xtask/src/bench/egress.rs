@@ -31,6 +31,7 @@ use vethbpf_common::{
 };
 
 use super::{
+    gap::{self, NoGap},
     measure,
     progcost::{self, BATCH},
     report::{self, DpSample, DpSummary, Table, Target},
@@ -623,78 +624,19 @@ fn get(r: &EgressResults, name: &str, f: fn(&DpSummary) -> f64) -> f64 {
 }
 
 /// The share of the gap between the iptables path and the node itself that vethbpf
-/// closes (1 = as good as the node, 0 = as the iptables path, < 0 = worse), or
-/// `Err(NoGap)` when the node is not ahead of the iptables path by more than their
-/// rounds moved on this measure: a ratio of two differences of noise would grade
-/// anything (a fast machine puts all three at the same copy ceiling in bulk
-/// throughput: "155% of the gap closed" for a gap of 0.06 Gbit/s).
+/// closes, or `NoGap` (see `gap.rs`).
 fn gap_closed(
     r: &EgressResults,
     f: fn(&DpSummary) -> f64,
     lower_is_better: bool,
 ) -> Result<f64, NoGap> {
-    let noise = spread(r, "egress-iptables", f).max(spread(r, "egress-node", f));
-    share_of_gap(
-        get(r, "egress-vethbpf", f),
-        get(r, "egress-iptables", f),
-        get(r, "egress-node", f),
-        noise,
+    gap::closed(
+        &r.samples,
+        &r.summary,
+        ["egress-vethbpf", "egress-iptables", "egress-node"],
+        f,
         lower_is_better,
     )
-}
-
-/// The node `node` and the iptables path `iptables` are not apart by more than
-/// `noise` (half the range their rounds moved over).
-#[derive(Debug, PartialEq)]
-struct NoGap {
-    node: f64,
-    iptables: f64,
-    noise: f64,
-}
-
-fn share_of_gap(
-    vethbpf: f64,
-    iptables: f64,
-    node: f64,
-    noise: f64,
-    lower_is_better: bool,
-) -> Result<f64, NoGap> {
-    let gap = if lower_is_better {
-        iptables - node
-    } else {
-        node - iptables
-    };
-    if gap > noise || !gap.is_finite() {
-        Ok((vethbpf - iptables) / (node - iptables))
-    } else {
-        Err(NoGap {
-            node,
-            iptables,
-            noise,
-        })
-    }
-}
-
-/// Half the range of contender `c`'s per-round values of `f` (0 with fewer than
-/// two rounds).
-fn spread(r: &EgressResults, c: &'static str, f: fn(&DpSummary) -> f64) -> f64 {
-    let rounds: Vec<f64> = r
-        .samples
-        .iter()
-        .filter(|s| s.contender == c)
-        .map(|s| f(&report::summarize(c, std::slice::from_ref(s))))
-        .filter(|v| v.is_finite())
-        .collect();
-    let (lo, hi) = rounds
-        .iter()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
-            (lo.min(*v), hi.max(*v))
-        });
-    if rounds.len() < 2 {
-        0.0
-    } else {
-        (hi - lo) / 2.0
-    }
 }
 
 /// Issue 10's targets.
@@ -718,8 +660,8 @@ pub fn targets(r: &EgressResults) -> Vec<Target> {
                 format!("{:.0}% of the gap", closed * 100.0),
             ),
             Err(NoGap {
-                node,
-                iptables,
+                ceiling: node,
+                reference: iptables,
                 noise,
             }) => Target {
                 name: what,
@@ -920,23 +862,6 @@ mod tests {
 
     #[test]
     fn a_gap_is_graded_only_where_the_node_is_ahead_beyond_the_noise() {
-        assert_eq!(share_of_gap(25.0, 20.0, 30.0, 1.0, false), Ok(0.5));
-        assert_eq!(
-            share_of_gap(16.4, 18.1, 15.1, 0.6, true).map(|g| (g * 100.0).round()),
-            Ok(57.0)
-        );
-        // The node below the iptables path (40.35 vs 41.39): no gap, instead of
-        // "117% closed".
-        assert_eq!(
-            share_of_gap(40.17, 41.39, 40.35, 0.0, false),
-            Err(NoGap {
-                node: 40.35,
-                iptables: 41.39,
-                noise: 0.0
-            })
-        );
-        // Ahead by 0.06 Gbit/s while the rounds moved by 2: no gap either.
-        assert!(share_of_gap(39.84, 39.76, 39.82, 2.0, false).is_err());
         let row = targets(&results(40.17, 41.39, 40.35))
             .into_iter()
             .find(|t| t.name.contains("1-stream throughput: gap"))

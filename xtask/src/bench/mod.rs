@@ -11,6 +11,7 @@
 mod controlplane;
 mod crossnode;
 mod egress;
+mod gap;
 mod measure;
 mod progcost;
 mod report;
