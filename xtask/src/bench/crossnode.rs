@@ -1060,7 +1060,7 @@ pub fn render(r: &CrossResults) -> String {
             match x.pass {
                 Some(true) => "met".into(),
                 Some(false) => format!("short {}", x.shortfall.clone().unwrap_or_default()),
-                None => "not measured".into(),
+                None => "n/a".into(),
             },
         ]);
     }
