@@ -1073,17 +1073,8 @@ mod tests {
     use super::*;
 
     fn results(rows: &[(&'static str, f64, f64)]) -> CrossResults {
-        let row = |&(contender, gbps, p50): &(&'static str, f64, f64)| DpSummary {
-            contender,
-            rounds: 5,
-            p50_us: p50,
-            p99_us: f64::NAN,
-            gbps_1: gbps,
-            gbps_4: f64::NAN,
-            connects_per_s: f64::NAN,
-            cpu_s_per_gbit_1: f64::NAN,
-            softirq_s_per_gbit_1: f64::NAN,
-            cpu_s_per_gbit_4: f64::NAN,
+        let row = |&(contender, gbps, p50): &(&'static str, f64, f64)| {
+            DpSummary::of(contender, p50, gbps)
         };
         CrossResults {
             contenders: Vec::new(),

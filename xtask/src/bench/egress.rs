@@ -834,18 +834,7 @@ mod tests {
     use super::*;
 
     fn results(vethbpf: f64, iptables: f64, node: f64) -> EgressResults {
-        let row = |contender: &'static str, gbps: f64| DpSummary {
-            contender,
-            rounds: 5,
-            p50_us: f64::NAN,
-            p99_us: f64::NAN,
-            gbps_1: gbps,
-            gbps_4: f64::NAN,
-            connects_per_s: f64::NAN,
-            cpu_s_per_gbit_1: f64::NAN,
-            softirq_s_per_gbit_1: f64::NAN,
-            cpu_s_per_gbit_4: f64::NAN,
-        };
+        let row = |contender: &'static str, gbps: f64| DpSummary::of(contender, f64::NAN, gbps);
         EgressResults {
             contenders: Vec::new(),
             samples: Vec::new(),

@@ -71,6 +71,26 @@ pub struct DpSummary {
     pub cpu_s_per_gbit_4: f64,
 }
 
+impl DpSummary {
+    /// A row with only the p50 and one-stream figures (others NaN), for tests of the
+    /// targets.
+    #[cfg(test)]
+    pub fn of(contender: &'static str, p50_us: f64, gbps_1: f64) -> Self {
+        DpSummary {
+            contender,
+            rounds: 5,
+            p50_us,
+            p99_us: f64::NAN,
+            gbps_1,
+            gbps_4: f64::NAN,
+            connects_per_s: f64::NAN,
+            cpu_s_per_gbit_1: f64::NAN,
+            softirq_s_per_gbit_1: f64::NAN,
+            cpu_s_per_gbit_4: f64::NAN,
+        }
+    }
+}
+
 /// The datapath figures, in table order: name, unit, lower-is-better, getter.
 pub type Metric = (&'static str, &'static str, bool, fn(&DpSummary) -> f64);
 pub const METRICS: [Metric; 6] = [
