@@ -245,6 +245,14 @@ pub struct Throughput {
     pub iperf_cpu_receiver_pct: f64,
 }
 
+/// The TCP congestion control every throughput run asks for (`iperf3 -C`), and
+/// checks it got. These machines default to BBR, which without an fq qdisc paces
+/// from TCP's own timer: it held every path, the node itself included, at 42-49
+/// Gbit/s where cubic moved 62-79 (egress paths by hand, fifth session), so the
+/// figures measured BBR's pacing, not the path. Cubic is also what most nodes run
+/// (the kernel's default).
+pub const CONGESTION: &str = "cubic";
+
 /// iperf3 TCP for `secs` seconds (after a 1 s omitted warm-up) with `streams`
 /// parallel streams. Client and server are bound to the CPUs the latency runs
 /// on (iperf3's `-A client,server`; iperf3 3.12 runs all streams in one thread):
@@ -261,7 +269,8 @@ pub fn throughput(c: &Contender, secs: u32, streams: u32) -> Result<Throughput> 
         "-O",
         "1",
     ])
-    .args(["-t", &secs.to_string(), "-P", &streams.to_string()]);
+    .args(["-t", &secs.to_string(), "-P", &streams.to_string()])
+    .args(["-C", CONGESTION]);
     if let Some((client, server)) = sys::latency_cpus() {
         cmd.args(["-A", &format!("{client},{server}")]);
     }
@@ -278,6 +287,10 @@ pub fn throughput(c: &Contender, secs: u32, streams: u32) -> Result<Throughput> 
         bail!("iperf3: {err}");
     }
     let end = &v["end"];
+    let cc = end["sender_tcp_congestion"].as_str().unwrap_or("unknown");
+    if cc != CONGESTION {
+        bail!("iperf3 ran with congestion control {cc}, not {CONGESTION}");
+    }
     let recv = &end["sum_received"];
     let bytes = recv["bytes"]
         .as_f64()

@@ -218,8 +218,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
         targets: Vec::new(),
     };
     progress(&format!(
-        "machine: {} CPUs, kernel {}, load {}",
-        results.machine.cpus, results.machine.kernel, results.machine.loadavg_at_start
+        "machine: {} CPUs, kernel {}, load {}; throughput runs use TCP {} (the machine's default: {})",
+        results.machine.cpus,
+        results.machine.kernel,
+        results.machine.loadavg_at_start,
+        measure::CONGESTION,
+        results.machine.tcp_congestion_default
     ));
 
     if plan.progcost {
@@ -568,6 +572,7 @@ mod tests {
                 os: String::new(),
                 tools: Vec::new(),
                 loadavg_at_start: String::new(),
+                tcp_congestion_default: String::new(),
             },
             settings: serde_json::Value::Null,
             elapsed_s: 0.0,

@@ -225,6 +225,9 @@ pub struct Machine {
     pub tools: Vec<String>,
     /// 1-minute load average when the run started (others compiling shows here).
     pub loadavg_at_start: String,
+    /// The machine's default TCP congestion control; throughput runs ask for
+    /// `measure::CONGESTION` whatever it is.
+    pub tcp_congestion_default: String,
 }
 
 impl Machine {
@@ -280,6 +283,9 @@ impl Machine {
                 first_line("bpftool", "--version"),
             ],
             loadavg_at_start: read("/proc/loadavg").trim().to_string(),
+            tcp_congestion_default: read("/proc/sys/net/ipv4/tcp_congestion_control")
+                .trim()
+                .to_string(),
         }
     }
 }
