@@ -1172,7 +1172,7 @@ mod tests {
             if start.elapsed() > timeout {
                 return false;
             }
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep((timeout / 10).min(Duration::from_millis(50)));
         }
     }
 
@@ -1351,21 +1351,29 @@ mod tests {
             })
             .unwrap();
             assert_eq!(left, None);
-            // The kernel's freeing (10-45 ms) is still under way in the deleting
-            // process; our copies going must be the last ones.
+            // The kernel's freeing (10 ms and more) is still under way in the deleting
+            // process; our copies going must be the last ones. Checked for 5 ms: any
+            // other test thread of this process may fork meanwhile, and its child holds
+            // every descriptor until it execs or closes them (well under that); the
+            // deleting process would hold them for its whole wait.
             drop(lock);
-            let again = File::open(&lock_path).unwrap();
+            let lock_free = || {
+                let again = File::open(&lock_path).unwrap();
+                Flock::lock(again, FlockArg::LockExclusiveNonblock).is_ok()
+            };
             assert!(
-                Flock::lock(again, FlockArg::LockExclusiveNonblock).is_ok(),
+                eventually(Duration::from_millis(5), lock_free),
                 "round {round}: the lock is still held by a copy of its descriptor"
             );
             drop(out_w);
-            let mut fds = [PollFd::new(out_r.as_fd(), PollFlags::POLLIN)];
-            poll(&mut fds, PollTimeout::ZERO).unwrap();
-            let revents = fds[0].revents().unwrap();
+            let hung_up = || {
+                let mut fds = [PollFd::new(out_r.as_fd(), PollFlags::POLLIN)];
+                poll(&mut fds, PollTimeout::ZERO).unwrap();
+                fds[0].revents().unwrap().contains(PollFlags::POLLHUP)
+            };
             assert!(
-                revents.contains(PollFlags::POLLHUP),
-                "round {round}: a copy of the pipe's write end is still open ({revents:?})"
+                eventually(Duration::from_millis(5), hung_up),
+                "round {round}: a copy of the pipe's write end is still open"
             );
         }
     }
