@@ -402,23 +402,8 @@ impl Table {
         Ok(n)
     }
 
-    /// Sets the flow count to the forward entries there are (the datapath counts up
-    /// per new flow and recounts when the table is full; userspace deletions are
-    /// its to account for).
-    pub fn recount(&mut self) -> Result<(), TableError> {
-        let flows = (self
-            .entries()
-            .iter()
-            .filter(|(k, _)| k.dir == NAT_DIR_OUT)
-            .count()
-            + self
-                .entries6()
-                .iter()
-                .filter(|(k, _)| k.dir == NAT_DIR_OUT)
-                .count()) as u64;
-        self.set_flows(flows)
-    }
-
+    /// Sets the table's flow count (the datapath counts up per new flow and
+    /// recounts when the table is full; userspace deletions are its to account for).
     fn set_flows(&mut self, flows: u64) -> Result<(), TableError> {
         let mut st = self.state()?;
         st.flows = flows;
