@@ -21,6 +21,7 @@ use serde::Serialize;
 
 use super::{
     gap::{self, NoGap},
+    inplace::{self, InPlace},
     measure,
     report::{self, DpSample, DpSummary, Ratio, Table, Target, target},
     stats::median,
@@ -106,6 +107,9 @@ pub struct CrossResults {
     pub timings: Vec<Timing>,
     pub timing_errors: Vec<String>,
     pub targets: Vec<Target>,
+    /// vethbpf's programs in place, per vethbpf contender (after the rounds).
+    pub inplace: Vec<InPlace>,
+    pub inplace_errors: Vec<String>,
 }
 
 /// The two-node world of one contender; `contender` measures pod A -> pod B.
@@ -114,6 +118,8 @@ struct Built {
     contender: Contender,
     n1: String,
     vb1: Option<Vethbpf>,
+    /// Both nodes' pinned programs (vethbpf contenders only).
+    programs: Vec<(String, std::path::PathBuf)>,
 }
 
 /// Underlay namespace with `br0`, and nodes `n1`, `n2` wired to it (eth0,
@@ -199,6 +205,7 @@ fn build(kind: CrossKind, env: &topo::Env) -> Result<Built> {
     let p = sys::prefix();
     let (pa, pb) = (format!("{p}{tag}-a"), format!("{p}{tag}-b"));
     let mut vb1 = None;
+    let mut programs = Vec::new();
     let (client, server, server_ip) = match kind {
         CrossKind::NodeToNode => (n1.clone(), n2.clone(), node_ip(2).parse()?),
         CrossKind::Direct | CrossKind::Vxlan => {
@@ -245,6 +252,8 @@ fn build(kind: CrossKind, env: &topo::Env) -> Result<Built> {
                 td.netns(pod);
                 vb.add(pod, Some(addr), None)?;
             }
+            programs = inplace::node_programs("node 1", a.bpffs_dir());
+            programs.extend(inplace::node_programs("node 2", b.bpffs_dir()));
             vb1 = Some(a);
             (pa, pb, POD_B)
         }
@@ -289,6 +298,7 @@ fn build(kind: CrossKind, env: &topo::Env) -> Result<Built> {
         },
         n1,
         vb1,
+        programs,
     })
 }
 
@@ -484,6 +494,9 @@ fn path_counter(b: &Built) -> Result<(String, u64)> {
     })
 }
 
+/// Seconds of each in-place phase (ping-pong, one stream).
+const INPLACE_SECS: u32 = 3;
+
 /// Knobs from the run's plan.
 pub struct CrossPlan {
     pub rounds: u32,
@@ -579,6 +592,19 @@ pub fn run(
         };
         progress(&format!("  path check {:<14} {check}", b.kind.name()));
         r.path_checks.push((b.kind.name().into(), check));
+    }
+    for b in built.iter().filter(|b| !b.programs.is_empty()) {
+        progress(&format!(
+            "  {:<14} programs in place: {INPLACE_SECS} s ping-pong, {INPLACE_SECS} s one stream",
+            b.kind.name()
+        ));
+        match inplace::measure(&b.contender, &b.programs, INPLACE_SECS) {
+            Ok(m) => r.inplace.push(m),
+            Err(e) => {
+                sys::check_interrupt()?;
+                r.inplace_errors.push(format!("{}: {e:#}", b.kind.name()));
+            }
+        }
     }
     progress("  tearing the cross-node contenders down");
     drop(built);
@@ -1051,6 +1077,10 @@ pub fn render(r: &CrossResults) -> String {
     for e in &r.timing_errors {
         let _ = writeln!(out, "  not measured: {e}");
     }
+    out.push_str(&inplace::render(&r.inplace));
+    for e in &r.inplace_errors {
+        let _ = writeln!(out, "  programs in place not measured: {e}");
+    }
     let mut t = Table::new(&["cross-node target", "target", "measured", "result"]);
     for x in &r.targets {
         t.row(vec![
@@ -1085,6 +1115,8 @@ mod tests {
             timings: Vec::new(),
             timing_errors: Vec::new(),
             targets: Vec::new(),
+            inplace: Vec::new(),
+            inplace_errors: Vec::new(),
         }
     }
 

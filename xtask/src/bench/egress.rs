@@ -32,6 +32,7 @@ use vethbpf_common::{
 
 use super::{
     gap::{self, NoGap},
+    inplace::{self, InPlace},
     measure,
     progcost::{self, BATCH},
     report::{self, DpSample, DpSummary, Table, Target},
@@ -115,7 +116,15 @@ pub struct EgressResults {
     pub checks: Vec<PathCheck>,
     pub testrun: Option<EgressTestRun>,
     pub testrun_error: Option<String>,
+    /// vethbpf's programs in place (after the rounds).
+    pub inplace: Vec<InPlace>,
+    pub inplace_errors: Vec<String>,
 }
+
+/// The vethbpf contender's dir under the run's temp dir (bpffs, state).
+const VETHBPF_DIR: &str = "egress-vethbpf";
+/// Seconds of each in-place phase (ping-pong, one stream).
+const INPLACE_SECS: u32 = 3;
 
 /// What the egress section needs from the run.
 pub struct EgressPlan<'a> {
@@ -176,7 +185,7 @@ pub fn build(kind: Kind, env: &topo::Env) -> Result<Contender> {
             let Some(bin) = env.vethbpf.clone() else {
                 bail!("the vethbpf binary is not available");
             };
-            let vb = Vethbpf::new(bin, &node, &env.tmp.join("egress-vethbpf"), &mut td)?;
+            let vb = Vethbpf::new(bin, &node, &env.tmp.join(VETHBPF_DIR), &mut td)?;
             // The ports below the node's ephemeral range (31,744 of them, as many as
             // the kernel path's pods draw from): with the default range above it
             // (4,536 ports), a connect-rate test to one server:port reuses NAT ports
@@ -305,6 +314,25 @@ fn datapath(
             ch.check
         ));
     }
+    // vethbpf's programs in place (after the rounds: the stats slow every run).
+    let dir = plan.env.tmp.join(VETHBPF_DIR);
+    for c in built
+        .iter()
+        .filter(|c| egress_kind(c) == Some(Kind::EgressVethbpf))
+    {
+        let programs = inplace::node_programs("node", &dir.join("bpffs"));
+        progress(&format!(
+            "  {:<16} programs in place: {INPLACE_SECS} s ping-pong, {INPLACE_SECS} s one stream",
+            c.name
+        ));
+        match inplace::measure(c, &programs, INPLACE_SECS) {
+            Ok(m) => r.inplace.push(m),
+            Err(e) => {
+                sys::check_interrupt()?;
+                r.inplace_errors.push(format!("{}: {e:#}", c.name));
+            }
+        }
+    }
     progress("  tearing the egress contenders down");
     drop(built);
     r.summary = KINDS
@@ -354,7 +382,7 @@ fn path_packets(c: &Contender, plan: &EgressPlan<'_>) -> Result<u64> {
 
 fn vethbpf_json(plan: &EgressPlan<'_>, node: &str, args: &[&str]) -> Result<serde_json::Value> {
     let bin = plan.env.vethbpf.as_ref().context("no vethbpf binary")?;
-    let dir = plan.env.tmp.join("egress-vethbpf");
+    let dir = plan.env.tmp.join(VETHBPF_DIR);
     let mut cmd = in_ns(node, bin);
     cmd.arg("--bpffs-dir")
         .arg(dir.join("bpffs"))
@@ -791,6 +819,10 @@ pub fn render(r: &EgressResults) -> String {
                 c.check
             ));
         }
+        out.push_str(&inplace::render(&r.inplace));
+        for e in &r.inplace_errors {
+            out.push_str(&format!("  programs in place not measured: {e}\n"));
+        }
     }
     if let Some(tr) = &r.testrun {
         out.push_str("\nEgress program cost (BPF_PROG_TEST_RUN; median over calls)\n");
@@ -846,6 +878,8 @@ mod tests {
             checks: Vec::new(),
             testrun: None,
             testrun_error: None,
+            inplace: Vec::new(),
+            inplace_errors: Vec::new(),
         }
     }
 

@@ -12,6 +12,7 @@ mod controlplane;
 mod crossnode;
 mod egress;
 mod gap;
+mod inplace;
 mod measure;
 mod progcost;
 mod report;
