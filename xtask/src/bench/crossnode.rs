@@ -21,8 +21,7 @@ use serde::Serialize;
 
 use super::{
     gap::{self, NoGap},
-    inplace::{self, InPlace},
-    measure,
+    inplace, measure,
     report::{self, DpSample, DpSummary, Ratio, Table, Target, target},
     stats::median,
     sys::{self, Teardown, in_ns, ip, netns_add},
@@ -108,8 +107,7 @@ pub struct CrossResults {
     pub timing_errors: Vec<String>,
     pub targets: Vec<Target>,
     /// vethbpf's programs in place, per vethbpf contender (after the rounds).
-    pub inplace: Vec<InPlace>,
-    pub inplace_errors: Vec<String>,
+    pub inplace: inplace::Report,
 }
 
 /// The two-node world of one contender; `contender` measures pod A -> pod B.
@@ -494,9 +492,6 @@ fn path_counter(b: &Built) -> Result<(String, u64)> {
     })
 }
 
-/// Seconds of each in-place phase (ping-pong, one stream).
-const INPLACE_SECS: u32 = 3;
-
 /// Knobs from the run's plan.
 pub struct CrossPlan {
     pub rounds: u32,
@@ -594,17 +589,7 @@ pub fn run(
         r.path_checks.push((b.kind.name().into(), check));
     }
     for b in built.iter().filter(|b| !b.programs.is_empty()) {
-        progress(&format!(
-            "  {:<14} programs in place: {INPLACE_SECS} s ping-pong, {INPLACE_SECS} s one stream",
-            b.kind.name()
-        ));
-        match inplace::measure(&b.contender, &b.programs, INPLACE_SECS) {
-            Ok(m) => r.inplace.push(m),
-            Err(e) => {
-                sys::check_interrupt()?;
-                r.inplace_errors.push(format!("{}: {e:#}", b.kind.name()));
-            }
-        }
+        r.inplace.take(&b.contender, &b.programs, progress)?;
     }
     progress("  tearing the cross-node contenders down");
     drop(built);
@@ -1078,9 +1063,6 @@ pub fn render(r: &CrossResults) -> String {
         let _ = writeln!(out, "  not measured: {e}");
     }
     out.push_str(&inplace::render(&r.inplace));
-    for e in &r.inplace_errors {
-        let _ = writeln!(out, "  programs in place not measured: {e}");
-    }
     let mut t = Table::new(&["cross-node target", "target", "measured", "result"]);
     for x in &r.targets {
         t.row(vec![
@@ -1115,8 +1097,7 @@ mod tests {
             timings: Vec::new(),
             timing_errors: Vec::new(),
             targets: Vec::new(),
-            inplace: Vec::new(),
-            inplace_errors: Vec::new(),
+            inplace: inplace::Report::default(),
         }
     }
 

@@ -32,8 +32,7 @@ use vethbpf_common::{
 
 use super::{
     gap::{self, NoGap},
-    inplace::{self, InPlace},
-    measure,
+    inplace, measure,
     progcost::{self, BATCH},
     report::{self, DpSample, DpSummary, Table, Target},
     stats,
@@ -117,14 +116,11 @@ pub struct EgressResults {
     pub testrun: Option<EgressTestRun>,
     pub testrun_error: Option<String>,
     /// vethbpf's programs in place (after the rounds).
-    pub inplace: Vec<InPlace>,
-    pub inplace_errors: Vec<String>,
+    pub inplace: inplace::Report,
 }
 
 /// The vethbpf contender's dir under the run's temp dir (bpffs, state).
 const VETHBPF_DIR: &str = "egress-vethbpf";
-/// Seconds of each in-place phase (ping-pong, one stream).
-const INPLACE_SECS: u32 = 3;
 
 /// What the egress section needs from the run.
 pub struct EgressPlan<'a> {
@@ -321,17 +317,7 @@ fn datapath(
         .filter(|c| egress_kind(c) == Some(Kind::EgressVethbpf))
     {
         let programs = inplace::node_programs("node", &dir.join("bpffs"));
-        progress(&format!(
-            "  {:<16} programs in place: {INPLACE_SECS} s ping-pong, {INPLACE_SECS} s one stream",
-            c.name
-        ));
-        match inplace::measure(c, &programs, INPLACE_SECS) {
-            Ok(m) => r.inplace.push(m),
-            Err(e) => {
-                sys::check_interrupt()?;
-                r.inplace_errors.push(format!("{}: {e:#}", c.name));
-            }
-        }
+        r.inplace.take(c, &programs, progress)?;
     }
     progress("  tearing the egress contenders down");
     drop(built);
@@ -820,9 +806,6 @@ pub fn render(r: &EgressResults) -> String {
             ));
         }
         out.push_str(&inplace::render(&r.inplace));
-        for e in &r.inplace_errors {
-            out.push_str(&format!("  programs in place not measured: {e}\n"));
-        }
     }
     if let Some(tr) = &r.testrun {
         out.push_str("\nEgress program cost (BPF_PROG_TEST_RUN; median over calls)\n");
@@ -878,8 +861,7 @@ mod tests {
             checks: Vec::new(),
             testrun: None,
             testrun_error: None,
-            inplace: Vec::new(),
-            inplace_errors: Vec::new(),
+            inplace: inplace::Report::default(),
         }
     }
 

@@ -97,6 +97,40 @@ pub struct InPlace {
     pub programs_us_per_exchange: f64,
 }
 
+/// Seconds of each in-place phase (ping-pong, one stream).
+const SECS: u32 = 3;
+
+/// A section's in-place figures, and the contenders it could not measure (why).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Report {
+    pub results: Vec<InPlace>,
+    pub errors: Vec<String>,
+}
+
+impl Report {
+    /// [`measure`] on `c`, with a progress line; a failure is recorded, an
+    /// interrupt ends the run.
+    pub fn take(
+        &mut self,
+        c: &Contender,
+        programs: &[(String, PathBuf)],
+        progress: &mut dyn FnMut(&str),
+    ) -> Result<()> {
+        progress(&format!(
+            "  {:<16} programs in place: {SECS} s ping-pong, {SECS} s one stream",
+            c.name
+        ));
+        match measure(c, programs, SECS) {
+            Ok(m) => self.results.push(m),
+            Err(e) => {
+                sys::check_interrupt()?;
+                self.errors.push(format!("{}: {e:#}", c.name));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The pinned programs of one vethbpf node: (label, pin) for each that exists.
 pub fn node_programs(label: &str, bpffs: &Path) -> Vec<(String, PathBuf)> {
     ["from_pod", "from_uplink", "from_tunnel"]
@@ -108,7 +142,7 @@ pub fn node_programs(label: &str, bpffs: &Path) -> Vec<(String, PathBuf)> {
 
 /// Ping-pong and one stream of `secs` each on `c`, with the programs' counters read
 /// around each; programs that did not run in a phase are left out of it.
-pub fn measure(c: &Contender, programs: &[(String, PathBuf)], secs: u32) -> Result<InPlace> {
+fn measure(c: &Contender, programs: &[(String, PathBuf)], secs: u32) -> Result<InPlace> {
     let _on = StatsOn::enable()?;
     let snapshot = || -> Result<Vec<Runs>> { programs.iter().map(|(_, pin)| runs(pin)).collect() };
     sys::check_interrupt()?;
@@ -156,9 +190,13 @@ pub fn measure(c: &Contender, programs: &[(String, PathBuf)], secs: u32) -> Resu
 }
 
 /// The table printed after a section's rounds.
-pub fn render(results: &[InPlace]) -> String {
+pub fn render(report: &Report) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
+    for e in &report.errors {
+        let _ = writeln!(out, "  programs in place not measured: {e}");
+    }
+    let results = &report.results;
     if results.is_empty() {
         return out;
     }
