@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
+use vethbpf_common::{PROG_FROM_POD, PROG_FROM_TUNNEL, PROG_FROM_UPLINK};
 
 use super::{
     measure,
@@ -133,7 +134,7 @@ impl Report {
 
 /// The pinned programs of one vethbpf node: (label, pin) for each that exists.
 pub fn node_programs(label: &str, bpffs: &Path) -> Vec<(String, PathBuf)> {
-    ["from_pod", "from_uplink", "from_tunnel"]
+    [PROG_FROM_POD, PROG_FROM_UPLINK, PROG_FROM_TUNNEL]
         .iter()
         .map(|p| (format!("{label} {p}"), bpffs.join("progs").join(p)))
         .filter(|(_, pin)| pin.exists())
@@ -179,6 +180,11 @@ fn measure(c: &Contender, programs: &[(String, PathBuf)], secs: u32) -> Result<I
                 runs_per_exchange,
             });
         }
+    }
+    // The path check: a round trip crosses vethbpf's programs, or this measured
+    // something else.
+    if per_exchange_ns == 0.0 {
+        bail!("none of {} ran during the ping-pong", programs.len());
     }
     Ok(InPlace {
         contender: c.name,
