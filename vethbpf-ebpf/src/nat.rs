@@ -26,7 +26,8 @@ use crate::{
     csum::{self, L4Csum},
     diag::{self, Diag},
     family::{Family, V4, V6},
-    l4::{DADDR_OFF, L4_OFF, SADDR_OFF, port_off},
+    hdr::{ETH_HLEN, Ipv4Hdr, be16, linear, ptr_at, set_be16, set_ipv4_addr},
+    l4::{L4_OFF, port_off},
     maps::NAT_SCRATCH,
 };
 
@@ -507,6 +508,13 @@ pub fn lookup_forward<F: Family>(key: &F::Key, now: u64) -> Option<Xlate<F::Addr
 /// Rewrites the source (`source`) or destination address and port of the packet,
 /// with its IPv4 and L4 checksums. `csum` is `None` for a later fragment: the address
 /// only.
+///
+/// The address, the IPv4 header checksum and the port are written through packet
+/// pointers: the header checksum is never offloaded, and a valid header sums to the
+/// same whatever its address, so a CHECKSUM_COMPLETE `skb->csum` stays right (as with
+/// `bpf_skb_store_bytes` and `bpf_l3_csum_replace`, two helper calls a packet this
+/// saves). The L4 checksum goes through the kernel's helper, which knows the skb's
+/// checksum state (under CHECKSUM_PARTIAL the field holds the pseudo header's sum).
 #[inline(always)]
 pub fn rewrite(
     ctx: &aya_ebpf::programs::TcContext,
@@ -516,15 +524,33 @@ pub fn rewrite(
     from: Xlate,
     to: Xlate,
 ) -> Result<(), ()> {
-    if from.addr != to.addr {
-        let off = if source { SADDR_OFF } else { DADDR_OFF };
-        ctx.store(off, &to.addr, 0).map_err(|_| ())?;
-        csum::l3_replace4(ctx, from.addr, to.addr)?;
+    let addr = from.addr != to.addr;
+    let port = from.port != to.port && !csum.is_none();
+    if addr {
+        let (data, end) = linear(ctx, L4_OFF).ok_or(())?;
+        let ip = ptr_at::<Ipv4Hdr>(data, end, ETH_HLEN).ok_or(())?;
+        // SAFETY: bounds-checked just above; no helper runs while it is used.
+        let ip = unsafe { &mut *ip };
+        let check = csum::replace32(be16(&ip.check), from.addr, to.addr);
+        set_be16(&mut ip.check, check);
+        if source {
+            set_ipv4_addr(&mut ip.src_addr, to.addr);
+        } else {
+            set_ipv4_addr(&mut ip.dst_addr, to.addr);
+        }
+    }
+    if port {
+        let off = port_off(proto, L4_OFF, source);
+        let (data, end) = linear(ctx, off + 2).ok_or(())?;
+        let p = ptr_at::<u16>(data, end, off).ok_or(())?;
+        // SAFETY: bounds-checked just above; the L4 header is 2-byte aligned.
+        unsafe { p.write(to.port) };
+    }
+    // The helpers may move packet data: after every pointer above is done with.
+    if addr {
         csum::l4_replace_addr(ctx, csum, from.addr, to.addr)?;
     }
-    if from.port != to.port && !csum.is_none() {
-        ctx.store(port_off(proto, L4_OFF, source), &to.port, 0)
-            .map_err(|_| ())?;
+    if port {
         csum::l4_replace2(ctx, csum, from.port, to.port)?;
     }
     Ok(())
