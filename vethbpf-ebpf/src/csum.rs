@@ -1,6 +1,8 @@
-//! Internet checksums: the kernel's helpers for fields of the packet being rewritten
-//! (they keep `skb->csum` and CHECKSUM_PARTIAL right), and RFC 1624 incremental
-//! updates for checksums inside a payload (the inner headers of an ICMP error).
+//! Internet checksums: the kernel's helpers for the L4 checksum of the packet being
+//! rewritten (they keep `skb->csum` and CHECKSUM_PARTIAL right), and RFC 1624
+//! incremental updates for the rest: the IPv4 header checksum of a translated packet
+//! (never offloaded; `nat::rewrite` says why `skb->csum` stays right) and checksums
+//! inside a payload (the inner headers of an ICMP error).
 //!
 //! One's complement sums do not depend on byte order as long as every operand has
 //! the same one: values are used as stored (network order), never swapped.
