@@ -215,8 +215,9 @@ pub struct NatEntry {
     pub port: u16,
     /// `CT_*`, kept the same in both entries of a flow.
     pub flags: u16,
-    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) when a packet of the flow last refreshed
-    /// the entry; refreshed at most once a second per direction.
+    /// `bpf_ktime_get_coarse_ns` (CLOCK_MONOTONIC as of the last tick) when a packet
+    /// of the flow last refreshed the entry; refreshed at most once a second per
+    /// direction.
     pub last_seen: u64,
     /// When the flow was created.
     pub created: u64,
@@ -344,7 +345,7 @@ pub struct NatState {
     /// Flows counted against `max_flows`: incremented per new flow, recounted by each
     /// garbage collection.
     pub flows: u64,
-    /// `bpf_ktime_get_ns` of the last garbage collection (at most one a second, run
+    /// `bpf_ktime_get_coarse_ns` of the last garbage collection (at most one a second, run
     /// by the datapath when the table is at its limit).
     pub gc_last: u64,
     pub gc_runs: u64,

@@ -31,7 +31,8 @@ pub const MAP_CLUSTER: &str = "CLUSTER";
 pub const MAP_NODES: &str = "NODES";
 pub const MAP_NODE_STATS: &str = "NODE_STATS";
 pub const MAP_NODE_NEIGH: &str = "NODE_NEIGH";
-pub const ALL_MAPS: [&str; 23] = [
+pub const MAP_UPLINK_MTU: &str = "UPLINK_MTU";
+pub const ALL_MAPS: [&str; 24] = [
     MAP_ROUTES,
     MAP_ENDPOINTS,
     MAP_CONFIG,
@@ -55,6 +56,7 @@ pub const ALL_MAPS: [&str; 23] = [
     MAP_EGRESS_SKIP6,
     MAP_NAT6,
     MAP_NAT_SCRATCH,
+    MAP_UPLINK_MTU,
 ];
 
 /// Capacity of the LPM routes map.
@@ -188,11 +190,23 @@ pub struct NodeCounter {
     pub tx_bytes: u64,
     pub rx_packets: u64,
     pub rx_bytes: u64,
-    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) of the last packet sent to the node on
-    /// this CPU; 0 = none yet.
+    /// `bpf_ktime_get_coarse_ns` (CLOCK_MONOTONIC as of the last tick) of the last
+    /// packet sent to the node on this CPU; 0 = none yet.
     pub tx_last_ns: u64,
     /// Likewise, of the last packet delivered from the node.
     pub rx_last_ns: u64,
+}
+
+/// Value of the per-CPU `UPLINK_MTU` array: the uplink's MTU as the datapath last
+/// asked the kernel for it (see the eBPF crate's `fib`). Opaque to userspace.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UplinkMtu {
+    /// The uplink it is of; 0: never asked.
+    pub ifindex: u32,
+    pub mtu: u32,
+    /// `bpf_ktime_get_coarse_ns` when it was asked.
+    pub asked_ns: u64,
 }
 
 /// One counter of the per-CPU `STATS` array.

@@ -4,7 +4,7 @@
 //! address (or, with `--no-masquerade`, tracked only), its TTL decremented as a
 //! router's would be, without the node's forwarding path.
 
-use aya_ebpf::{btf_maps::lpm_trie::Key, helpers::bpf_ktime_get_ns, programs::TcContext};
+use aya_ebpf::{btf_maps::lpm_trie::Key, helpers::bpf_ktime_get_coarse_ns, programs::TcContext};
 use vethbpf_common::{
     EGRESS_F_ENABLED, EGRESS_F_MASQUERADE, EgressConfig, IPPROTO_ICMP, NAT_DIR_OUT, NatKey, Verdict,
 };
@@ -56,7 +56,8 @@ pub fn handle(ctx: &TcContext, ifindex: u32) -> Decision {
         };
         if ip.proto == IPPROTO_ICMP && l4.icmp_type != ICMP_ECHO {
             if icmp_error::is_error(l4.icmp_type) && is_egress(ip.daddr) {
-                if let Some(refused) = leave_checks(ctx, ifindex, ip.ttl, cfg.uplink_ifindex, false)
+                if let Some(refused) =
+                    leave_checks(ctx, ifindex, ip.ttl, cfg.uplink_ifindex, false, now)
                 {
                     return refused;
                 }
@@ -88,7 +89,7 @@ pub fn handle(ctx: &TcContext, ifindex: u32) -> Decision {
     if found.is_none() && !is_egress(ip.daddr) {
         return Decision::pass();
     }
-    if let Some(refused) = leave_checks(ctx, ifindex, ip.ttl, cfg.uplink_ifindex, false) {
+    if let Some(refused) = leave_checks(ctx, ifindex, ip.ttl, cfg.uplink_ifindex, false, now) {
         return refused;
     }
     let target = Target {
@@ -135,7 +136,8 @@ fn is_egress(daddr: u32) -> bool {
 /// the MTU of the uplink `uplink`. `Some(decision)` if the packet cannot go: the pod
 /// behind `ifindex` is told why, as a router would, in ICMPv6 if `v6` (a constant at
 /// each call site: the other branch folds away). An IPv4 packet without DF is told
-/// too: vethbpf does not fragment, and the MTU makes the pod's stack do it.
+/// too: vethbpf does not fragment, and the MTU makes the pod's stack do it. `now`:
+/// [`ktime`].
 #[inline(always)]
 pub fn leave_checks(
     ctx: &TcContext,
@@ -143,6 +145,7 @@ pub fn leave_checks(
     ttl: u8,
     uplink: u32,
     v6: bool,
+    now: u64,
 ) -> Option<Decision> {
     if ttl <= 1 {
         return Some(if v6 {
@@ -151,7 +154,7 @@ pub fn leave_checks(
             icmp_send::time_exceeded(ctx, ifindex)
         });
     }
-    match fib::fits(ctx, uplink) {
+    match fib::fits(ctx, uplink, now) {
         Some(Fit::Fits) => None,
         Some(Fit::TooBig { mtu }) => Some(if v6 {
             icmp6_send::packet_too_big(ctx, ifindex, mtu)
@@ -234,8 +237,12 @@ fn routable(daddr: u32) -> bool {
     !(a == 0 || a == 127 || a >= 224 || (a == 169 && b == 254))
 }
 
+/// The datapath's clock for flow, fragment and MTU-memo times: CLOCK_MONOTONIC as of
+/// the last tick (Cilium keeps conntrack time in jiffies too). Timeouts are seconds
+/// and more, and it costs no clock-source read, which `bpf_ktime_get_ns` does on
+/// every packet.
 #[inline(always)]
 pub fn ktime() -> u64 {
     // SAFETY: a plain helper call.
-    unsafe { bpf_ktime_get_ns() }
+    unsafe { bpf_ktime_get_coarse_ns() }
 }

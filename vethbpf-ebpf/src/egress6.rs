@@ -124,9 +124,11 @@ pub fn handle(ctx: &TcContext, ifindex: u32, ul: UpperLayer) -> Decision {
         return Decision::pass();
     };
     let masq = cfg.flags & EGRESS_F_MASQUERADE != 0;
+    let now = ktime();
     if ul.proto == IPPROTO_ICMPV6 && p.icmp_type != ICMPV6_ECHO_REQUEST {
         if icmp6_error::is_error(p.icmp_type) && is_egress(&daddr) {
-            if let Some(refused) = egress::leave_checks(ctx, ifindex, hop, cfg.uplink_ifindex, true)
+            if let Some(refused) =
+                egress::leave_checks(ctx, ifindex, hop, cfg.uplink_ifindex, true, now)
             {
                 return refused;
             }
@@ -148,7 +150,7 @@ pub fn handle(ctx: &TcContext, ifindex: u32, ul: UpperLayer) -> Decision {
     if found.is_none() && !is_egress(&daddr) {
         return Decision::pass();
     }
-    if let Some(refused) = egress::leave_checks(ctx, ifindex, hop, cfg.uplink_ifindex, true) {
+    if let Some(refused) = egress::leave_checks(ctx, ifindex, hop, cfg.uplink_ifindex, true, now) {
         return refused;
     }
     let target = Target {
@@ -162,16 +164,7 @@ pub fn handle(ctx: &TcContext, ifindex: u32, ul: UpperLayer) -> Decision {
         set: conntrack::flags_out(ul.proto, p.tcp_flags),
         syn: conntrack::is_syn(ul.proto, p.tcp_flags),
     };
-    let to = match nat::egress::<V6>(
-        &key,
-        found,
-        &target,
-        ev,
-        true,
-        ifindex,
-        cfg.max_flows,
-        ktime(),
-    ) {
+    let to = match nat::egress::<V6>(&key, found, &target, ev, true, ifindex, cfg.max_flows, now) {
         Ok(to) => to,
         Err(verdict) => return Decision::drop(verdict),
     };

@@ -14,7 +14,7 @@ use vethbpf_common::{
     EndpointInfo6, Event, FRAG_ENTRIES, FlowKey, FlowSeen, FragEntry, FragKey, MAX_EGRESS_SKIP,
     MAX_ENDPOINTS, MAX_NODES, MAX_ROUTES, MAX_TRACE_FLOWS, Monitor, NAT_MAX_FLOWS_DEFAULT,
     NatEntry, NatEntry6, NatKey, NatKey6, NatScratch, NatState, NodeCounter, NodeInfo, NodeNeigh,
-    Route, STATS_ENTRIES, nat_map_capacity,
+    Route, STATS_ENTRIES, UplinkMtu, nat_map_capacity,
 };
 
 // BTF map definitions (the `.maps` section, as libbpf's): the kernel gets the key and
@@ -72,6 +72,10 @@ pub static NAT6: LruHashMap<
 /// CPU: a new flow's port search, and one key/entry pair.
 #[btf_map]
 pub static NAT_SCRATCH: PerCpuArray<NatScratch, 2> = PerCpuArray::new();
+
+/// The uplink's MTU as last asked, per CPU; one entry (see `fib`).
+#[btf_map]
+pub static UPLINK_MTU: PerCpuArray<UplinkMtu, 1> = PerCpuArray::new();
 
 /// The NAT table's flow count and garbage-collection state, one entry.
 #[btf_map]

@@ -82,7 +82,8 @@ fn gone(e: &MapError) -> bool {
     }
 }
 
-/// The clock the datapath stamps entries with (`bpf_ktime_get_ns`).
+/// The clock the datapath stamps entries with (`bpf_ktime_get_coarse_ns`: the same
+/// clock as of the last tick, so an entry may look a tick older than it is).
 pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
