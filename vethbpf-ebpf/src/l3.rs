@@ -25,7 +25,8 @@ pub fn local_delivery(eth: &mut EthHdr, ip: &mut Ipv4Hdr, route: &Route, cfg: &C
 /// Such a frame was addressed to another MAC (the tunnel keeps the sender pod's
 /// frame; the uplink's may be any), so the kernel typed it PACKET_OTHERHOST, and
 /// before 6.15 `bpf_redirect_peer` keeps the type: the pod's stack would drop it.
-/// Cilium's `redirect_ep` does the same.
+/// Cilium's `redirect_ep` does the same. A directly routed frame was addressed to
+/// this node's uplink and is PACKET_HOST already: no helper call for it.
 #[inline(always)]
 pub fn delivery_from_node(
     ctx: &TcContext,
@@ -34,10 +35,19 @@ pub fn delivery_from_node(
     route: &Route,
     cfg: &Config,
 ) -> Decision {
-    if ctx.change_type(PACKET_HOST).is_err() {
+    if !set_host(ctx) {
         return Decision::drop(Verdict::DropMalformed);
     }
     deliver(eth, ip, route, cfg, Verdict::FromNode)
+}
+
+/// Makes the frame's packet type PACKET_HOST (see [`delivery_from_node`]); false if
+/// the kernel refused.
+#[inline(always)]
+fn set_host(ctx: &TcContext) -> bool {
+    // SAFETY: `ctx.skb.skb` is the program's context pointer, valid for the run.
+    let pkt_type = unsafe { (*ctx.skb.skb).pkt_type };
+    pkt_type == PACKET_HOST || ctx.change_type(PACKET_HOST).is_ok()
 }
 
 #[inline(always)]
@@ -86,7 +96,7 @@ pub fn delivery6_from_node(
     route: &Route,
     cfg: &Config,
 ) -> Decision {
-    if ctx.change_type(PACKET_HOST).is_err() {
+    if !set_host(ctx) {
         return Decision::drop(Verdict::DropMalformed);
     }
     deliver6(eth, ip, route, cfg, Verdict::FromNode)
