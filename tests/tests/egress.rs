@@ -825,9 +825,11 @@ fn a_packet_too_big_for_the_uplink_gets_the_gateways_fragmentation_needed() {
     let w = World::new(&[], &["a"]);
     // Traffic first, at the old MTU: the datapath remembers the uplink's MTU (per
     // CPU, for a bounded time), and a lowered MTU must still be noticed.
-    let warm = w
-        .node
-        .in_pod("a", "ping", &["-c", "3", "-i", "0.05", "-W", "2", SERVER_IP]);
+    let warm = w.node.in_pod(
+        "a",
+        "ping",
+        &["-c", "3", "-i", "0.05", "-W", "2", SERVER_IP],
+    );
     assert!(warm.status.success(), "{warm:?}");
     w.node
         .node_must("ip", &["link", "set", UPLINK, "mtu", "1400"]);
