@@ -4,13 +4,13 @@
 //! address (or, with `--no-masquerade`, tracked only), its TTL decremented as a
 //! router's would be, without the node's forwarding path.
 
-use aya_ebpf::{btf_maps::lpm_trie::Key, helpers::bpf_ktime_get_coarse_ns, programs::TcContext};
+use aya_ebpf::{btf_maps::lpm_trie::Key, programs::TcContext};
 use vethbpf_common::{
     EGRESS_F_ENABLED, EGRESS_F_MASQUERADE, EgressConfig, IPPROTO_ICMP, NAT_DIR_OUT, NatKey, Verdict,
 };
 
 use crate::{
-    conntrack,
+    clock, conntrack,
     csum::L4Csum,
     family::V4,
     fib::{self, Fit},
@@ -38,7 +38,7 @@ pub fn handle(ctx: &TcContext, ifindex: u32) -> Decision {
         return Decision::drop(Verdict::DropMalformed);
     };
     let masq = cfg.flags & EGRESS_F_MASQUERADE != 0;
-    let now = ktime();
+    let now = clock::now();
 
     let (sport, dport, csum, ev) = if ip.is_later_fragment() {
         let Some((sport, dport)) = frag::ports(&ip, NAT_DIR_OUT, now) else {
@@ -137,7 +137,7 @@ fn is_egress(daddr: u32) -> bool {
 /// behind `ifindex` is told why, as a router would, in ICMPv6 if `v6` (a constant at
 /// each call site: the other branch folds away). An IPv4 packet without DF is told
 /// too: vethbpf does not fragment, and the MTU makes the pod's stack do it. `now`:
-/// [`ktime`].
+/// [`clock::now`].
 #[inline(always)]
 pub fn leave_checks(
     ctx: &TcContext,
@@ -235,14 +235,4 @@ fn routable(daddr: u32) -> bool {
     // The address is in network order in memory: its first octet is the low byte.
     let (a, b) = (daddr as u8, (daddr >> 8) as u8);
     !(a == 0 || a == 127 || a >= 224 || (a == 169 && b == 254))
-}
-
-/// The datapath's clock for flow, fragment and MTU-memo times: CLOCK_MONOTONIC as of
-/// the last tick (Cilium keeps conntrack time in jiffies too). Timeouts are seconds
-/// and more, and it costs no clock-source read, which `bpf_ktime_get_ns` does on
-/// every packet.
-#[inline(always)]
-pub fn ktime() -> u64 {
-    // SAFETY: a plain helper call.
-    unsafe { bpf_ktime_get_coarse_ns() }
 }

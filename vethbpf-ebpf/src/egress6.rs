@@ -16,9 +16,9 @@ use vethbpf_common::{
 };
 
 use crate::{
-    conntrack,
+    clock, conntrack,
     csum::{self, L4Csum},
-    egress::{self, ktime},
+    egress,
     family::V6,
     hdr::ETH_HLEN,
     icmp6_error,
@@ -124,7 +124,7 @@ pub fn handle(ctx: &TcContext, ifindex: u32, ul: UpperLayer) -> Decision {
         return Decision::pass();
     };
     let masq = cfg.flags & EGRESS_F_MASQUERADE != 0;
-    let now = ktime();
+    let now = clock::now();
     if ul.proto == IPPROTO_ICMPV6 && p.icmp_type != ICMPV6_ECHO_REQUEST {
         if icmp6_error::is_error(p.icmp_type) && is_egress(&daddr) {
             if let Some(refused) =
@@ -207,7 +207,7 @@ fn icmp_error(
         dir: NAT_DIR_OUT,
         _pad: [0; 2],
     };
-    let Some(to) = nat::lookup_forward::<V6>(&key, ktime()) else {
+    let Some(to) = nat::lookup_forward::<V6>(&key, clock::now()) else {
         return Decision::pass();
     };
     if !decrease_hop_limit(ctx) {

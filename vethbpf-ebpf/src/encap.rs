@@ -23,7 +23,7 @@ use aya_ebpf::{
 use vethbpf_common::{ClusterConfig, VXLAN_PORT, Verdict};
 
 use crate::{
-    direct, egress, fib,
+    clock, direct, fib,
     hdr::{
         ETH_HLEN, ETH_P_IP, EthHdr, IPPROTO_TCP, IPPROTO_UDP, Ipv4Hdr, copy_mac, linear, ptr_at,
         set_be16, set_ipv4_addr,
@@ -89,7 +89,7 @@ enum Encap {
 #[inline(always)]
 fn encapsulate(ctx: &TcContext, node_ip: u32, cluster: &ClusterConfig, inner: &Inner) -> Encap {
     let len = ctx.len() as usize;
-    let Some(mtu) = fib::uplink_mtu(ctx, cluster.uplink_ifindex, egress::ktime()) else {
+    let Some(mtu) = fib::uplink_mtu(ctx, cluster.uplink_ifindex, clock::now()) else {
         return Encap::Device;
     };
     // SAFETY: `ctx.skb.skb` is the program's context pointer.

@@ -17,10 +17,9 @@ use vethbpf_common::{
 };
 
 use crate::{
-    conntrack,
+    clock, conntrack,
     csum::L4Csum,
     decap,
-    egress::ktime,
     family::V4,
     frag,
     hdr::{ETH_HLEN, ETH_P_IP, ETH_P_IPV6, EthHdr, Ipv4Hdr, copy_mac, ipv4_addr, linear, ptr_at},
@@ -192,13 +191,13 @@ fn reply(ctx: &TcContext, cfg: &EgressConfig, ip: &Ip, masq: bool) -> Option<(u3
         !masq || (cfg.port_min <= p && p <= cfg.port_max)
     };
     let (sport, dport, csum, tcp_flags) = if ip.is_later_fragment() {
-        let (sport, dport) = frag::ports(ip, NAT_DIR_IN, ktime())?;
+        let (sport, dport) = frag::ports(ip, NAT_DIR_IN, clock::now())?;
         (sport, dport, L4Csum::NONE, 0)
     } else {
         let l4 = l4::l4(ctx, ip.proto)?;
         let (sport, dport) = if ip.proto == IPPROTO_ICMP {
             if icmp_error::is_error(l4.icmp_type) {
-                return icmp_error(ctx, cfg, ip, masq, ktime());
+                return icmp_error(ctx, cfg, ip, masq, clock::now());
             }
             if l4.icmp_type != ICMP_ECHO_REPLY {
                 return None;
@@ -214,7 +213,7 @@ fn reply(ctx: &TcContext, cfg: &EgressConfig, ip: &Ip, masq: bool) -> Option<(u3
     if !in_range(dport) {
         return None;
     }
-    let now = ktime();
+    let now = clock::now();
     let key = NatKey {
         saddr: ip.saddr,
         daddr: ip.daddr,

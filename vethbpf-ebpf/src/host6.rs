@@ -14,8 +14,7 @@ use vethbpf_common::{
 };
 
 use crate::{
-    conntrack,
-    egress::ktime,
+    clock, conntrack,
     egress6::{self, ICMPV6_ECHO_REPLY},
     family::V6,
     hdr::{ETH_HLEN, Ipv6Hdr, linear, ptr_at},
@@ -116,7 +115,7 @@ fn reply(
         set: conntrack::flags_in(ul.proto, p.tcp_flags),
         syn: false,
     };
-    let (to, ifindex) = nat::ingress::<V6>(&key, Some(ev), ktime())?;
+    let (to, ifindex) = nat::ingress::<V6>(&key, Some(ev), clock::now())?;
     let from = Xlate {
         addr: daddr,
         port: dport,
@@ -157,7 +156,7 @@ fn icmp_error(
         dir: NAT_DIR_IN,
         _pad: [0; 2],
     };
-    let (to, ifindex) = nat::ingress::<V6>(&key, None, ktime())?;
+    let (to, ifindex) = nat::ingress::<V6>(&key, None, clock::now())?;
     let from = Xlate {
         addr: inner.saddr,
         port: inner.sport,

@@ -50,6 +50,7 @@
 
 mod arp;
 mod atomic;
+mod clock;
 mod conntrack;
 mod csum;
 mod decap;

@@ -6,13 +6,14 @@
 //! (`ROUTE_KIND_NODE`), so one lookup answers both "where does this go" and "is this
 //! sender one of ours".
 
-use aya_ebpf::{btf_maps::lpm_trie::Key, helpers::bpf_ktime_get_coarse_ns, programs::TcContext};
+use aya_ebpf::{btf_maps::lpm_trie::Key, programs::TcContext};
 use vethbpf_common::{
     CLUSTER_MODE_DIRECT, CLUSTER_MODE_OFF, CLUSTER_MODE_VXLAN, Config, ROUTE_KIND_LOCAL,
     ROUTE_KIND_NODE, ROUTE_KIND_REMOTE, Route, Verdict,
 };
 
 use crate::{
+    clock,
     diag::{self, Diag},
     direct, encap,
     hdr::{ETH_HLEN, EthHdr, Ipv4Hdr, ipv4_addr},
@@ -158,13 +159,12 @@ pub fn from_uplink(
 #[inline(always)]
 pub fn count_tx(node_id: u32, len: u32) {
     if let Some(c) = NODE_STATS.get_ptr_mut(node_id) {
-        // SAFETY: a per-CPU slot from a successful lookup; only this CPU writes it;
-        // the clock helper has no preconditions. The coarse clock: `status` wants
-        // seconds, and it costs no clock-source read on every packet.
+        // SAFETY: a per-CPU slot from a successful lookup; only this CPU writes it.
+        // (`status` wants seconds: the coarse clock is plenty.)
         unsafe {
             (*c).tx_packets += 1;
             (*c).tx_bytes += u64::from(len);
-            (*c).tx_last_ns = bpf_ktime_get_coarse_ns();
+            (*c).tx_last_ns = clock::now();
         }
     }
 }
@@ -176,7 +176,7 @@ pub fn count_rx(node_id: u32, len: u32) {
         unsafe {
             (*c).rx_packets += 1;
             (*c).rx_bytes += u64::from(len);
-            (*c).rx_last_ns = bpf_ktime_get_coarse_ns();
+            (*c).rx_last_ns = clock::now();
         }
     }
 }
