@@ -26,6 +26,7 @@ use super::maps::{NO_NODE, NodeMaps, id_range};
 use super::neigh;
 use crate::endpoint::Count;
 use crate::fault;
+use crate::kernel::clock::monotonic_ns;
 use crate::state::{ClusterState, Locked, NodeIntent, NodeOrigin, Overlay, RemoteNode};
 
 /// Longest node name (a host name label, like endpoint names).
@@ -564,18 +565,10 @@ pub fn reachability(c: &NodeCounter, now_ns: u64) -> &'static str {
     }
 }
 
-/// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_coarse_ns` (which lags it by
-/// at most a tick).
-pub fn monotonic_now_ns() -> u64 {
-    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
-        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
-        .unwrap_or(0)
-}
-
 /// Every remote node with its counters.
 pub fn list(maps: &dyn NodeMaps, locked: &Locked) -> Result<Vec<NodeView>, ClusterError> {
     let cluster = cluster_of(locked)?;
-    let now = monotonic_now_ns();
+    let now = monotonic_ns();
     cluster
         .nodes
         .values()

@@ -24,6 +24,7 @@ use vethbpf_common::{
 
 use crate::datapath::Pins;
 use crate::error::ErrorKind;
+use crate::kernel::clock::monotonic_ns;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TableError {
@@ -80,18 +81,6 @@ fn gone(e: &MapError) -> bool {
         MapError::SyscallError(s) => s.io_error.raw_os_error() == Some(libc::ENOENT),
         _ => false,
     }
-}
-
-/// The clock the datapath stamps entries with (`bpf_ktime_get_coarse_ns`: the same
-/// clock as of the last tick, so an entry may look a tick older than it is).
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid out-pointer; CLOCK_MONOTONIC always exists.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    (ts.tv_sec as u64).saturating_mul(1_000_000_000) + ts.tv_nsec as u64
 }
 
 /// One flow of the NAT table, as `nat list` shows it.
@@ -293,6 +282,7 @@ impl Table {
 
     /// Every flow of both families (by its forward entry), oldest first.
     pub fn flows(&self) -> Vec<Flow> {
+        // An entry may look a tick older than it is (the datapath's coarse clock).
         let now = monotonic_ns();
         let secs = |ns: u64| now.saturating_sub(ns) / 1_000_000_000;
         let flow = |family, proto: u8, pod, node, remote, e: &NatEntry| Flow {

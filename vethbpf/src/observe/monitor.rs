@@ -19,9 +19,10 @@ use vethbpf_common::{EVENT_DROP, EVENT_TRACE, MONITOR_LEASE_NS, Monitor, kind_bi
 use super::ObserveError;
 use super::log::ProgramLog;
 use super::names::Names;
-use super::record::{EventRecord, LostRecord, Record, monotonic_ns};
+use super::record::{EventRecord, LostRecord, Record};
 use crate::datapath::events::{EventRing, Listener, RawEvent};
 use crate::datapath::{Pins, program_info};
+use crate::kernel::clock::monotonic_ns;
 use crate::state::{Locked, StateDir};
 
 /// What to monitor.

@@ -9,6 +9,7 @@ use vethbpf_common::{EVENT_DROP, EVENT_TRACE, Event, Verdict};
 
 use super::decode::PacketView;
 use super::names::{Names, interface_name};
+use crate::kernel::clock::monotonic_ns;
 
 /// One line of `vethbpf monitor`.
 #[derive(Clone, Debug, Serialize)]
@@ -75,13 +76,6 @@ pub struct LogRecord {
 /// Now, as records show it.
 pub fn now() -> String {
     humantime::format_rfc3339_millis(SystemTime::now()).to_string()
-}
-
-/// CLOCK_MONOTONIC now, in nanoseconds: the datapath's clock (bpf_ktime_get_ns).
-pub fn monotonic_ns() -> u64 {
-    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
-        .map(|t| Duration::from(t).as_nanos() as u64)
-        .unwrap_or(0)
 }
 
 /// Converts the datapath's CLOCK_MONOTONIC nanoseconds to wall-clock time.
