@@ -30,7 +30,9 @@ const BPF_MTU_CHK_SEGS: u64 = 1;
 const MTU_TRUST_NS: u64 = 100_000_000;
 
 /// Whether the packet fits the uplink's MTU (GSO packets: each segment does).
-/// `None` if the uplink cannot be asked (it is gone). `now`: the coarse clock.
+/// `None` if the uplink cannot be asked (it is gone; for up to [`MTU_TRUST_NS`] after
+/// it went the memo still answers, and the redirect then finds no device and drops).
+/// `now`: the coarse clock.
 #[inline(always)]
 pub fn fits(ctx: &TcContext, uplink: u32, now: u64) -> Option<Fit> {
     let mtu = uplink_mtu(ctx, uplink, now)?;
