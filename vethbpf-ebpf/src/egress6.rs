@@ -132,7 +132,7 @@ pub fn handle(ctx: &TcContext, ifindex: u32, ul: UpperLayer) -> Decision {
             {
                 return refused;
             }
-            return icmp_error(ctx, &saddr, &ul, cfg, masq);
+            return icmp_error(ctx, &saddr, &ul, cfg, masq, now);
         }
         return Decision::pass();
     }
@@ -190,6 +190,7 @@ fn icmp_error(
     ul: &UpperLayer,
     cfg: &EgressConfig6,
     masq: bool,
+    now: u64,
 ) -> Decision {
     let Some(inner) = icmp6_error::inner(ctx, ul.offset) else {
         return Decision::pass();
@@ -207,7 +208,7 @@ fn icmp_error(
         dir: NAT_DIR_OUT,
         _pad: [0; 2],
     };
-    let Some(to) = nat::lookup_forward::<V6>(&key, clock::now()) else {
+    let Some(to) = nat::lookup_forward::<V6>(&key, now) else {
         return Decision::pass();
     };
     if !decrease_hop_limit(ctx) {
