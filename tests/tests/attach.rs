@@ -103,6 +103,11 @@ fn pods_get_cls_bpf_filters_by_default_and_up_replace_swaps_them() {
         // The same single filter, now running the new program.
         assert_eq!(node.filters(&host(p)), [(1, "0x1".to_string(), new)]);
         assert_eq!(attach_state(&node, &host(p)), "ok");
+        // Still with the endpoint id as classid (a swapped cls_bpf filter keeps
+        // only what the swap gives it): from_pod's way to the pod's slot.
+        let id = p["id"].as_u64().expect("id");
+        let shown = node.node_must("tc", &["filter", "show", "dev", &host(p), "ingress"]);
+        assert!(shown.contains(&format!("flowid :{id:x} ")), "{shown}");
     }
     // Traffic takes the new program, and the maps (counters included) were kept.
     assert_eq!(node.ping_from_pod("a", &ip(&pods[2]), 2), Some(63));

@@ -10,8 +10,8 @@ use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuValues};
 use serde_json::Value;
 use vethbpf_common::{
-    ALL_MAPS, Config, Counter, EndpointInfo, MAP_CONFIG, MAP_ENDPOINTS, MAP_EVENTS, MAP_ROUTES,
-    MAP_STATS, MAX_ENDPOINTS, Route, STATS_ENTRIES, Verdict,
+    ALL_MAPS, Config, Counter, EndpointInfo, MAP_CONFIG, MAP_ENDPOINT_SLOTS, MAP_ENDPOINTS,
+    MAP_EVENTS, MAP_ROUTES, MAP_STATS, MAX_ENDPOINTS, Route, STATS_ENTRIES, Verdict,
 };
 use vethbpf_tests::{TestNode, must, no_ipv6};
 
@@ -117,6 +117,10 @@ fn bpftool_dumps_every_map_with_named_fields() {
             "STATS" => assert_fields(value, &["packets", "bytes"]),
             "MONITOR" => assert_fields(value, &["deadline_ns", "kinds", "session", "pid", "_pad"]),
             "ENDPOINTS6" => assert_fields(value, &["ip", "link_local"]),
+            "ENDPOINT_SLOTS" => {
+                assert_fields(value, &["ifindex", "info"]);
+                assert_fields(&value["info"], &["ip", "id", "mac", "_pad"]);
+            }
             "EVENTS_LOST" => assert!(value.is_u64(), "{e}"),
             "TRACE_FLOWS" => {
                 assert_fields(
@@ -139,6 +143,7 @@ fn bpftool_dumps_every_map_with_named_fields() {
     for map in [
         "ROUTES",
         "ENDPOINTS",
+        "ENDPOINT_SLOTS",
         "CONFIG",
         "STATS",
         "ROUTES6",
@@ -296,6 +301,8 @@ fn up_replace_carries_a_node_without_btf_over_entries_and_counters_kept() {
     for map in [MAP_ROUTES, MAP_ENDPOINTS, MAP_CONFIG, MAP_STATS] {
         assert!(show(&node, map)["btf_id"].is_null(), "{map} has no BTF now");
     }
+    // And from before ENDPOINT_SLOTS: no such map.
+    std::fs::remove_file(map_path(&node, MAP_ENDPOINT_SLOTS)).expect("unpin ENDPOINT_SLOTS");
     let routes_before = dump(&node, MAP_ROUTES);
 
     let out = node.ok(&["up", "--replace"]);
@@ -324,6 +331,21 @@ fn up_replace_carries_a_node_without_btf_over_entries_and_counters_kept() {
         .map(|e| e["counters"].clone())
         .collect();
     assert_eq!(counters_after, counters_before, "counters carried over");
+    // The pods got their slots in the new ENDPOINT_SLOTS.
+    let slots = dump(&node, MAP_ENDPOINT_SLOTS);
+    for pod in [&a, &b] {
+        let id = pod["id"].as_u64().expect("id");
+        let slot = slots
+            .as_array()
+            .expect("slots")
+            .iter()
+            .find(|e| e["formatted"]["key"] == id)
+            .unwrap_or_else(|| panic!("slot {id}: {slots}"));
+        assert_eq!(
+            slot["formatted"]["value"]["ifindex"], pod["host_ifindex"],
+            "{slot}"
+        );
+    }
     // The pods talk over the new maps, counted there.
     assert_eq!(node.ping_from_pod("a", &b_ip, 2), Some(63));
     let forwarded = |c: &Value| c["forwarded"]["packets"].as_u64().expect("p");

@@ -284,3 +284,93 @@ fn arp_claiming_another_address_is_dropped() {
         "no reply to a spoofed ARP: {c}"
     );
 }
+
+/// `bpftool -j map ARGS.. pinned MAP key BYTES..` (bytes as decimal words) of one of
+/// the node's maps.
+fn bpftool_map(node: &TestNode, op: &str, map: &str, key: u32, value: Option<&[String]>) -> String {
+    let path = node.bpffs.join("maps").join(map);
+    let mut args: Vec<String> = vec!["-j".into(), "map".into(), op.into(), "pinned".into()];
+    args.push(path.to_str().expect("path").into());
+    args.push("key".into());
+    args.extend(key.to_ne_bytes().iter().map(u8::to_string));
+    if let Some(v) = value {
+        args.push("value".into());
+        args.extend_from_slice(v);
+    }
+    vethbpf_tests::must("bpftool", &args)
+}
+
+/// The raw value bytes of a `bpftool -j map lookup` answer, as bpftool takes them.
+fn value_bytes(lookup: &str) -> Vec<String> {
+    let v: serde_json::Value = serde_json::from_str(lookup).expect("bpftool JSON");
+    v["value"]
+        .as_array()
+        .expect("value bytes")
+        .iter()
+        .map(|b| b.as_str().expect("hex byte").to_string())
+        .collect()
+}
+
+/// from_pod finds a pod's endpoint by the endpoint id its cls_bpf filter carries as
+/// classid (its `ENDPOINT_SLOTS` slot), and only where the slot names the very veth
+/// the frame came in on; otherwise by `ENDPOINTS`. `endpoint del` empties the slot.
+#[test]
+fn from_pod_finds_its_endpoint_by_the_filters_classid() {
+    let node = TestNode::up();
+    let a = node.add("a", &[]);
+    let b = node.add("b", &[]);
+    let b_ip = ip_of(&b);
+    let a_host = a["host_veth"].as_str().expect("host_veth");
+    let a_id = a["id"].as_u64().expect("id") as u32;
+    let a_index = a["host_ifindex"].as_u64().expect("host_ifindex") as u32;
+    assert_eq!(node.ping_from_pod("a", &b_ip, 1), Some(63));
+
+    // tc prints the classid as the filter's flowid (minor, hex).
+    let filter = node.node_must("tc", &["filter", "show", "dev", a_host, "ingress"]);
+    assert!(
+        filter.contains(&format!("flowid :{a_id:x} ")),
+        "classid {a_id}: {filter}"
+    );
+    let slot: serde_json::Value =
+        serde_json::from_str(&bpftool_map(&node, "lookup", "ENDPOINT_SLOTS", a_id, None))
+            .expect("bpftool JSON");
+    assert_eq!(slot["formatted"]["value"]["ifindex"], a_index, "{slot}");
+    assert_eq!(slot["formatted"]["value"]["info"]["id"], a_id, "{slot}");
+
+    // The slot alone carries a's frames: its ENDPOINTS entry gone, a still reaches b.
+    let entry = value_bytes(&bpftool_map(&node, "lookup", "ENDPOINTS", a_index, None));
+    bpftool_map(&node, "delete", "ENDPOINTS", a_index, None);
+    assert_eq!(
+        node.ping_from_pod("a", &b_ip, 1),
+        Some(63),
+        "through the slot"
+    );
+
+    // A slot naming another veth is not trusted: with no ENDPOINTS entry either,
+    // a's frames find no endpoint and are dropped...
+    let mut foreign = (a_index + 1000)
+        .to_ne_bytes()
+        .map(|b| b.to_string())
+        .to_vec();
+    foreign.extend(entry.iter().cloned());
+    bpftool_map(&node, "update", "ENDPOINT_SLOTS", a_id, Some(&foreign));
+    assert_eq!(node.ping_from_pod("a", &b_ip, 1), None, "a foreign slot");
+    // ... and with the ENDPOINTS entry back, they flow through it.
+    bpftool_map(&node, "update", "ENDPOINTS", a_index, Some(&entry));
+    assert_eq!(
+        node.ping_from_pod("a", &b_ip, 1),
+        Some(63),
+        "through ENDPOINTS"
+    );
+
+    // Deleting b empties its slot.
+    let b_id = b["id"].as_u64().expect("id") as u32;
+    node.ok(&["endpoint", "del", &node.pod("b")]);
+    let gone: serde_json::Value =
+        serde_json::from_str(&bpftool_map(&node, "lookup", "ENDPOINT_SLOTS", b_id, None))
+            .expect("bpftool JSON");
+    assert!(
+        value_bytes(&gone.to_string()).iter().all(|b| b == "0x00"),
+        "b's slot after del: {gone}"
+    );
+}

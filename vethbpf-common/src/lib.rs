@@ -32,7 +32,8 @@ pub const MAP_NODES: &str = "NODES";
 pub const MAP_NODE_STATS: &str = "NODE_STATS";
 pub const MAP_NODE_NEIGH: &str = "NODE_NEIGH";
 pub const MAP_UPLINK_MTU: &str = "UPLINK_MTU";
-pub const ALL_MAPS: [&str; 24] = [
+pub const MAP_ENDPOINT_SLOTS: &str = "ENDPOINT_SLOTS";
+pub const ALL_MAPS: [&str; 25] = [
     MAP_ROUTES,
     MAP_ENDPOINTS,
     MAP_CONFIG,
@@ -57,6 +58,7 @@ pub const ALL_MAPS: [&str; 24] = [
     MAP_NAT6,
     MAP_NAT_SCRATCH,
     MAP_UPLINK_MTU,
+    MAP_ENDPOINT_SLOTS,
 ];
 
 /// Capacity of the LPM routes map.
@@ -102,7 +104,7 @@ pub struct Route {
 
 /// Value of the `ENDPOINTS` hash map (key: host-side veth ifindex, `u32`).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct EndpointInfo {
     /// The pod's IPv4 address (network order in memory): the only source it may use.
     /// 0 for an endpoint without IPv4 (IPv6 only): every IPv4 and ARP frame it sends
@@ -113,6 +115,18 @@ pub struct EndpointInfo {
     /// MAC address of the pod-side interface.
     pub mac: [u8; 6],
     pub _pad: [u8; 2],
+}
+
+/// Value of the `ENDPOINT_SLOTS` array (index: endpoint id): an endpoint's
+/// `ENDPOINTS` entry again, with the host-side veth it belongs to. `from_pod` finds
+/// it by the id its cls_bpf filter carries as classid: one array read instead of a
+/// hash lookup. Trusted only where `ifindex` is the veth the frame came in on; an
+/// empty slot (ifindex 0) or another veth's sends the program to `ENDPOINTS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EndpointSlot {
+    pub ifindex: u32,
+    pub info: EndpointInfo,
 }
 
 /// Value of the one-entry `CONFIG` array.
@@ -442,6 +456,7 @@ mod user {
     // explicit padding fields: every bit pattern is valid and none is uninitialised.
     unsafe impl aya::Pod for super::Route {}
     unsafe impl aya::Pod for super::EndpointInfo {}
+    unsafe impl aya::Pod for super::EndpointSlot {}
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::Counter {}
     // SAFETY: the egress types are repr(C) integers with explicit padding, too.

@@ -18,7 +18,7 @@ use crate::{
         ipv4_addr, linear, ptr_at,
     },
     icmp, icmp_send, ipv4, l3, lxc6,
-    maps::{CONFIG, ENDPOINTS, ROUTES},
+    maps::{CONFIG, ENDPOINT_SLOTS, ENDPOINTS, ROUTES},
     remote,
     stats::{self, Decision},
 };
@@ -28,8 +28,7 @@ use crate::{
 pub fn from_pod(ctx: &TcContext) -> i32 {
     // SAFETY: `ctx.skb.skb` is the program's context pointer, valid for the whole run.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    // SAFETY: map values are only read, and stay valid for the whole run.
-    let ep = unsafe { ENDPOINTS.get(ifindex) };
+    let ep = endpoint(ctx, ifindex);
     let cfg = CONFIG.get(0);
     let seen = stats::Seen::of(ctx);
     match (ep, cfg) {
@@ -51,6 +50,24 @@ pub fn from_pod(ctx: &TcContext) -> i32 {
             stats::count(ctx, seen, 0, Decision::drop(Verdict::DropNoEndpoint))
         }
     }
+}
+
+/// The endpoint behind the veth `ifindex`: its slot, found by the endpoint id the
+/// pod's cls_bpf filter carries as classid (cls_bpf sets `skb->tc_classid` to it
+/// before every run); else (a TCX link, which has no classid; a filter from before
+/// slots) the `ENDPOINTS` hash. The slot is trusted only if it names this very veth,
+/// so a stale or foreign classid can find nothing but the hash entry.
+#[inline(always)]
+fn endpoint(ctx: &TcContext, ifindex: u32) -> Option<&'static EndpointInfo> {
+    // SAFETY: `ctx.skb.skb` is the program's context pointer.
+    let slot = unsafe { (*ctx.skb.skb).tc_classid };
+    if let Some(s) = ENDPOINT_SLOTS.get(slot)
+        && s.ifindex == ifindex
+    {
+        return Some(&s.info);
+    }
+    // SAFETY: map values are only read, and stay valid for the whole run.
+    unsafe { ENDPOINTS.get(ifindex) }
 }
 
 /// Dispatches on the EtherType.

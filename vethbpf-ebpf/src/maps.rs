@@ -11,10 +11,10 @@ use aya_ebpf::{
 };
 use vethbpf_common::{
     ClusterConfig, Config, Counter, EVENTS_RING_BYTES, EgressConfig, EgressConfig6, EndpointInfo,
-    EndpointInfo6, Event, FRAG_ENTRIES, FlowKey, FlowSeen, FragEntry, FragKey, MAX_EGRESS_SKIP,
-    MAX_ENDPOINTS, MAX_NODES, MAX_ROUTES, MAX_TRACE_FLOWS, Monitor, NAT_MAX_FLOWS_DEFAULT,
-    NatEntry, NatEntry6, NatKey, NatKey6, NatScratch, NatState, NodeCounter, NodeInfo, NodeNeigh,
-    Route, STATS_ENTRIES, UplinkMtu, nat_map_capacity,
+    EndpointInfo6, EndpointSlot, Event, FRAG_ENTRIES, FlowKey, FlowSeen, FragEntry, FragKey,
+    MAX_EGRESS_SKIP, MAX_ENDPOINTS, MAX_NODES, MAX_ROUTES, MAX_TRACE_FLOWS, Monitor,
+    NAT_MAX_FLOWS_DEFAULT, NatEntry, NatEntry6, NatKey, NatKey6, NatScratch, NatState, NodeCounter,
+    NodeInfo, NodeNeigh, Route, STATS_ENTRIES, UplinkMtu, nat_map_capacity,
 };
 
 // BTF map definitions (the `.maps` section, as libbpf's): the kernel gets the key and
@@ -29,6 +29,12 @@ pub static ROUTES: LpmTrie<u32, Route, { MAX_ROUTES as usize }> = LpmTrie::new()
 /// Host-side veth ifindex -> the endpoint behind it.
 #[btf_map]
 pub static ENDPOINTS: HashMap<u32, EndpointInfo, { MAX_ENDPOINTS as usize }> = HashMap::new();
+
+/// Endpoint id -> the endpoint and its host veth: `ENDPOINTS` again, for `from_pod`
+/// to find through its filter's classid (an array read, where the hash lookup is
+/// the dearest part of a pod's forwarded frame in place).
+#[btf_map]
+pub static ENDPOINT_SLOTS: Array<EndpointSlot, { MAX_ENDPOINTS as usize }> = Array::new();
 
 /// Node configuration, one entry.
 #[btf_map]

@@ -320,11 +320,11 @@ pub fn up(
             datapath::load_and_pin(&pins, object, nat_flows)?;
             action = "reloaded";
         } else if req.replace {
-            let host_veths: Vec<String> = locked
+            let host_veths: Vec<(String, u32)> = locked
                 .state
                 .endpoints
                 .values()
-                .map(|e| e.host_veth.clone())
+                .map(|e| (e.host_veth.clone(), e.id))
                 .collect();
             let uplink = egress.as_ref().map(|e| e.uplink.as_str());
             let (info, swapped) = datapath::replace(
@@ -357,6 +357,14 @@ pub fn up(
             ..current.clone()
         };
         let mut maps = Maps::open(&pins)?;
+        if replaced.is_some() {
+            // Pods of a datapath from before ENDPOINT_SLOTS get theirs (their
+            // filters got their classids in the swap).
+            let filled = maps.fill_slots()?;
+            if filled > 0 {
+                info!(filled, "endpoint slots filled");
+            }
+        }
         // Idempotent: refreshes the node's addresses, re-attaches a lost uplink link.
         egress::apply(
             &pins,

@@ -389,7 +389,7 @@ fn repair_filter(
     let prog = env.dp.pod_program()?;
     env.node.apply(&[
         Change::Clsact(index),
-        Change::BpfFilter(index, prog.fd, PROG_FROM_POD),
+        Change::BpfFilter(index, prog.fd, PROG_FROM_POD, Some(rec.id)),
     ])?;
     Ok(Some(what))
 }

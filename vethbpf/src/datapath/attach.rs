@@ -206,8 +206,13 @@ fn filter_options() -> NlOptions {
 /// Swaps the program of the cls_bpf filter vethbpf put on tc ingress of `ifname`
 /// (a netlink attachment) for `prog`: one RTM_NEWTFILTER without NLM_F_CREATE,
 /// which cls_bpf applies in place, so no packet sees the interface without a
-/// program.
-pub(crate) fn replace_filter(prog: &mut SchedClassifier, ifname: &str) -> Result<(), BpfError> {
+/// program. `classid`: the filter's (a pod's endpoint id); cls_bpf makes a
+/// replacement's classid anew, so it is given again.
+pub(crate) fn replace_filter(
+    prog: &mut SchedClassifier,
+    ifname: &str,
+    classid: Option<u32>,
+) -> Result<(), BpfError> {
     // The name's raw bytes: `name_as_str` would run aya's feature probes.
     let program = prog
         .info()
@@ -224,7 +229,7 @@ pub(crate) fn replace_filter(prog: &mut SchedClassifier, ifname: &str) -> Result
         TcAttachType::Ingress,
         TC_FILTER_PRIORITY,
         TcHandle::from(TC_FILTER_HANDLE),
-        None,
+        classid.map(TcHandle::from),
     )
     .map_err(|e| attach_err(e.into()))?;
     let id = prog.attach_to_link(link).map_err(attach_err)?;

@@ -151,19 +151,25 @@ pub(crate) fn load_and_pin(
 /// maps, so no entry or counter is lost), swaps the program of every attachment
 /// atomically (traffic never sees a moment without a program): each pinned TCX
 /// link with `BPF_LINK_UPDATE`, or in netlink mode the cls_bpf filter on each of
-/// `endpoints` (host veths) and on the `uplink` in place; then replaces the
+/// `endpoints` (host veths, with their endpoint ids: the filters' classids) and on
+/// the `uplink` in place; then replaces the
 /// program pins. Returns the new `from_pod` program and how many attachments now
 /// run the new programs.
 pub(crate) fn replace(
     pins: &Pins,
     object: &[u8],
     modes: Modes,
-    endpoints: &[String],
+    endpoints: &[(String, u32)],
     uplink: Option<&str>,
     nat_flows: u32,
 ) -> Result<(ProgramInfo, usize), BpfError> {
     let (mut ebpf, pending) = load_object(pins, object, nat_flows)?;
-    let uplinks: Vec<String> = uplink.map(str::to_string).into_iter().collect();
+    let uplinks: Vec<(String, Option<u32>)> =
+        uplink.map(|u| (u.to_string(), None)).into_iter().collect();
+    let endpoints: Vec<(String, Option<u32>)> = endpoints
+        .iter()
+        .map(|(ifname, id)| (ifname.clone(), Some(*id)))
+        .collect();
     let mut updated = 0;
     for name in PROGRAMS {
         // cls_bpf filters leave no pins: from_pod's are on the endpoints' host veths,
@@ -175,7 +181,7 @@ pub(crate) fn replace(
         };
         let attached = match mode {
             AttachMode::Tcx => Attached::Links,
-            AttachMode::Tc if *name == PROG_FROM_POD => Attached::Filters(endpoints),
+            AttachMode::Tc if *name == PROG_FROM_POD => Attached::Filters(&endpoints),
             AttachMode::Tc if *name == PROG_FROM_UPLINK => Attached::Filters(&uplinks),
             AttachMode::Tc => Attached::Filters(&[]),
         };
@@ -215,10 +221,10 @@ pub(crate) struct Modes {
 }
 
 /// Where a program runs: on its pinned TCX links, or on netlink filters of these
-/// interfaces.
+/// interfaces (with the filters' classids).
 enum Attached<'a> {
     Links,
-    Filters(&'a [String]),
+    Filters(&'a [(String, Option<u32>)]),
 }
 
 /// Swaps `prog` (freshly loaded) into every attachment of the program `name`, then
@@ -243,7 +249,7 @@ fn replace_program(
         Attached::Links => swap_links(pins, prog, name),
         Attached::Filters(ifnames) => ifnames
             .iter()
-            .try_for_each(|ifname| replace_filter(prog, ifname))
+            .try_for_each(|(ifname, classid)| replace_filter(prog, ifname, *classid))
             .map(|()| ifnames.len()),
     };
     match swapped {

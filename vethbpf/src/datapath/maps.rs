@@ -10,8 +10,9 @@ use std::os::fd::AsFd;
 use aya::maps::{Array, HashMap, IterableMap, MapData, MapError, PerCpuArray, PerCpuValues};
 use ipnet::{Ipv4Net, Ipv6Net};
 use vethbpf_common::{
-    Config, Counter, EndpointInfo, EndpointInfo6, MAP_CONFIG, MAP_ENDPOINTS, MAP_ENDPOINTS6,
-    MAP_ROUTES, MAP_ROUTES6, MAP_STATS, Route, Verdict, ipv4_to_map, stats_index,
+    Config, Counter, EndpointInfo, EndpointInfo6, EndpointSlot, MAP_CONFIG, MAP_ENDPOINT_SLOTS,
+    MAP_ENDPOINTS, MAP_ENDPOINTS6, MAP_ROUTES, MAP_ROUTES6, MAP_STATS, Route, Verdict, ipv4_to_map,
+    stats_index,
 };
 
 use crate::datapath::{Pins, batch};
@@ -59,6 +60,7 @@ pub type EndpointCounters = [Counter; Verdict::COUNT as usize];
 pub(crate) struct Maps {
     routes: LpmTrie<MapData, u32, Route>,
     endpoints: HashMap<MapData, u32, EndpointInfo>,
+    slots: Array<MapData, EndpointSlot>,
     config: Array<MapData, Config>,
     stats: PerCpuArray<MapData, Counter>,
     routes6: LpmTrie<MapData, [u8; 16], Route>,
@@ -115,6 +117,7 @@ impl Maps {
         Ok(Maps {
             routes: open(pins, MAP_ROUTES)?,
             endpoints: open(pins, MAP_ENDPOINTS)?,
+            slots: open(pins, MAP_ENDPOINT_SLOTS)?,
             config: open(pins, MAP_CONFIG)?,
             stats: open(pins, MAP_STATS)?,
             routes6: open(pins, MAP_ROUTES6)?,
@@ -243,6 +246,9 @@ impl Maps {
         }
     }
 
+    /// Writes an endpoint's entry: in `ENDPOINTS` (by ifindex) and in its slot of
+    /// `ENDPOINT_SLOTS` (by id, what `from_pod` reads first). A failed slot write
+    /// leaves the `ENDPOINTS` entry for the caller's undo (`del_endpoint`).
     pub(crate) fn put_endpoint(
         &mut self,
         ifindex: u32,
@@ -254,15 +260,58 @@ impl Maps {
                 map: MAP_ENDPOINTS,
                 op: "insert",
                 source: Box::new(source),
-            })
+            })?;
+        self.set_slot(
+            info.id,
+            &EndpointSlot {
+                ifindex,
+                info: *info,
+            },
+        )
+    }
+
+    fn set_slot(&mut self, id: u32, slot: &EndpointSlot) -> Result<(), MapsError> {
+        self.slots.set(id, slot, 0).map_err(|source| MapsError::Op {
+            map: MAP_ENDPOINT_SLOTS,
+            op: "set",
+            source: Box::new(source),
+        })
+    }
+
+    /// The slot of endpoint id `id` (empty: ifindex 0).
+    pub(crate) fn slot(&self, id: u32) -> Option<EndpointSlot> {
+        self.slots.get(&id, 0).ok()
+    }
+
+    /// Fills the slot of every `ENDPOINTS` entry whose slot does not hold it (pods
+    /// of a datapath that had no slots: `up --replace` from an earlier version).
+    /// Returns how many were written.
+    pub(crate) fn fill_slots(&mut self) -> Result<usize, MapsError> {
+        let entries: Vec<(u32, EndpointInfo)> =
+            self.endpoints.iter().filter_map(|r| r.ok()).collect();
+        let mut written = 0;
+        for (ifindex, info) in entries {
+            let slot = EndpointSlot { ifindex, info };
+            if self.slot(info.id) != Some(slot) {
+                self.set_slot(info.id, &slot)?;
+                written += 1;
+            }
+        }
+        Ok(written)
     }
 
     pub(crate) fn endpoint(&self, ifindex: u32) -> Option<EndpointInfo> {
         self.endpoints.get(&ifindex, 0).ok()
     }
 
-    /// Deletes an endpoint entry; one that is not there is fine.
+    /// Deletes an endpoint entry, and its slot if the slot is still this veth's;
+    /// one that is not there is fine.
     pub(crate) fn del_endpoint(&mut self, ifindex: u32) -> Result<(), MapsError> {
+        if let Some(info) = self.endpoint(ifindex)
+            && self.slot(info.id).is_some_and(|s| s.ifindex == ifindex)
+        {
+            self.set_slot(info.id, &EndpointSlot::default())?;
+        }
         match self.endpoints.remove(&ifindex) {
             Ok(()) => Ok(()),
             Err(e) if is_missing(&e) => Ok(()),

@@ -425,7 +425,7 @@ fn attach_uplink(pins: &Pins, uplink: &str, mode: AttachMode) -> Result<(), Egre
                     path,
                     source: Box::new(source),
                 })?;
-            if datapath::replace_filter(&mut prog, uplink).is_err() {
+            if datapath::replace_filter(&mut prog, uplink, None).is_err() {
                 datapath::attach(pins, PROG_FROM_UPLINK, uplink, mode)?;
             }
         }

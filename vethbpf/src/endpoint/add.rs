@@ -390,7 +390,13 @@ fn add_steps(
     let mut node_changes = Vec::with_capacity(5);
     if let Some(prog) = filter_program {
         node_changes.push(Change::Clsact(host_index));
-        node_changes.push(Change::BpfFilter(host_index, prog.fd, PROG_FROM_POD));
+        // The classid is the endpoint id: from_pod finds its ENDPOINT_SLOTS entry by it.
+        node_changes.push(Change::BpfFilter(
+            host_index,
+            prog.fd,
+            PROG_FROM_POD,
+            Some(id),
+        ));
     }
     node_changes.push(Change::LinkUp(host_index));
     node_changes.extend(node_route.as_ref().map(Change::AddRoute));

@@ -420,6 +420,8 @@ fn tc_mode_attaches_in_the_link_up_batch() {
     let f = w.filter(rec.host_ifindex).expect("a filter");
     assert_eq!((f.kind.as_str(), f.program_id), ("bpf", Some(pinned)));
     assert!(f.direct_action);
+    // The endpoint id, which from_pod reads as skb->tc_classid to find its slot.
+    assert_eq!(f.classid, Some(rec.id));
     assert!(w.dp.attached.is_empty(), "no TCX link pinned");
     w.del("web").unwrap();
     assert_eq!(w.snapshot(), empty);
@@ -476,8 +478,8 @@ fn reconcile_repairs_tc_filters() {
     for rec in [&a, &b, &c, &d] {
         let f = w.filter(rec.host_ifindex).expect("a filter");
         assert_eq!(
-            (f.kind.as_str(), f.program_id),
-            ("bpf", Some(pinned)),
+            (f.kind.as_str(), f.program_id, f.classid),
+            ("bpf", Some(pinned), Some(rec.id)),
             "{}",
             rec.name
         );

@@ -108,6 +108,8 @@ struct Link {
     /// for `bpf`, the program (the fake's program ids are the (st_ino of) the
     /// descriptor's file).
     filter: Option<(String, Option<u32>)>,
+    /// The classid of a `bpf` filter.
+    filter_classid: Option<u32>,
 }
 
 #[derive(Debug, Default)]
@@ -288,6 +290,7 @@ impl FakeNetlink {
         let mut world = self.lock();
         if let Some(link) = world.ns_mut(self.ns).by_index_mut(index) {
             link.filter = kind.map(|(k, id)| (k.to_owned(), id));
+            link.filter_classid = None;
         }
     }
 
@@ -441,6 +444,7 @@ impl Namespace {
             mtu: 1500,
             clsact: false,
             filter: None,
+            filter_classid: None,
         });
         let last = self.links.len() - 1;
         &mut self.links[last]
@@ -1099,6 +1103,7 @@ impl Netlink for FakeNetlink {
         index: u32,
         prog: BorrowedFd<'_>,
         name: &str,
+        classid: Option<u32>,
     ) -> Result<(), NetlinkError> {
         let op = "set_bpf_filter";
         self.call(op, format!("{index}, {name}"), |w, ns| {
@@ -1117,6 +1122,7 @@ impl Netlink for FakeNetlink {
                 return Err(errno_error(op, format!("link index {index}"), libc::EINVAL));
             }
             link.filter = Some(("bpf".into(), Some(id)));
+            link.filter_classid = classid;
             Ok(())
         })
     }
@@ -1126,6 +1132,7 @@ impl Netlink for FakeNetlink {
         self.call(op, index.to_string(), |w, ns| {
             if let Some(link) = w.ns_mut(ns).by_index_mut(index) {
                 link.filter = None;
+                link.filter_classid = None;
             }
             Ok(())
         })
@@ -1144,6 +1151,7 @@ impl Netlink for FakeNetlink {
                         direct_action: id.is_some(),
                         kind,
                         program_id: id,
+                        classid: link.filter_classid,
                     })
                 })
                 .collect())

@@ -95,6 +95,8 @@ pub struct TcFilter {
     pub program_name: Option<String>,
     /// direct-action: the program's return code is the verdict.
     pub direct_action: bool,
+    /// The filter's classid (`TCA_BPF_CLASSID`): on a pod's filter, its endpoint id.
+    pub classid: Option<u32>,
 }
 
 /// A failed rtnetlink request; `Exists` and `NotFound` are the errnos callers
@@ -164,8 +166,9 @@ pub enum Change<'a> {
     AddRoute6(&'a Route6Spec),
     /// [`Netlink::add_clsact`].
     Clsact(u32),
-    /// [`Netlink::set_bpf_filter`]: the link index, the program, its name.
-    BpfFilter(u32, BorrowedFd<'a>, &'a str),
+    /// [`Netlink::set_bpf_filter`]: the link index, the program, its name, the
+    /// classid.
+    BpfFilter(u32, BorrowedFd<'a>, &'a str, Option<u32>),
 }
 
 /// The operations vethbpf performs through rtnetlink, in one network namespace.
@@ -253,11 +256,13 @@ pub trait Netlink {
     /// Puts vethbpf's cls_bpf filter (direct-action, at [`TC_FILTER_PRIORITY`] and
     /// [`TC_FILTER_HANDLE`]) running `prog` on tc ingress of the link, which needs
     /// a clsact qdisc; a cls_bpf filter there already gets `prog` in place.
+    /// `classid`: what the program reads as `skb->tc_classid` (a pod's endpoint id).
     fn set_bpf_filter(
         &mut self,
         index: u32,
         prog: BorrowedFd<'_>,
         name: &str,
+        classid: Option<u32>,
     ) -> Result<(), NetlinkError>;
     /// Removes whatever filters hold [`TC_FILTER_PRIORITY`] on tc ingress of the
     /// link (someone else's filter in vethbpf's place). None there is fine.
@@ -283,7 +288,9 @@ pub trait Netlink {
                 Change::AddAddress6(index, addr) => self.add_address6(index, addr),
                 Change::AddRoute6(route) => self.add_route6(route),
                 Change::Clsact(index) => self.add_clsact(index),
-                Change::BpfFilter(index, prog, name) => self.set_bpf_filter(index, prog, name),
+                Change::BpfFilter(index, prog, name, classid) => {
+                    self.set_bpf_filter(index, prog, name, classid)
+                }
             };
             if let Err(e) = result {
                 first.get_or_insert(e);

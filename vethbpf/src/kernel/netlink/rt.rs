@@ -96,10 +96,10 @@ fn change_op(change: &Change<'_>) -> Op {
             what: format!("link index {index}"),
             request: tc::add_clsact(index),
         },
-        Change::BpfFilter(index, prog, name) => Op {
+        Change::BpfFilter(index, prog, name, classid) => Op {
             op: "attach cls_bpf filter",
             what: format!("{name} on tc ingress of link index {index}"),
-            request: tc::set_bpf_filter(index, prog, name),
+            request: tc::set_bpf_filter(index, prog, name, classid),
         },
         Change::LinkUp(index) => change_link(
             "set link up",
@@ -878,8 +878,9 @@ impl Netlink for RtNetlink {
         index: u32,
         prog: BorrowedFd<'_>,
         name: &str,
+        classid: Option<u32>,
     ) -> Result<(), NetlinkError> {
-        self.apply(&[Change::BpfFilter(index, prog, name)])
+        self.apply(&[Change::BpfFilter(index, prog, name, classid)])
     }
 
     fn del_filter(&mut self, index: u32) -> Result<(), NetlinkError> {

@@ -59,18 +59,31 @@ pub(super) fn add_clsact(index: u32) -> Request {
 }
 
 /// `tc filter replace dev X ingress pref 1 handle 1 bpf direct-action fd PROG name
-/// NAME`: makes vethbpf's filter, or swaps the program of the one there in place
-/// (cls_bpf replaces a filter's program atomically: no packet sees none).
-pub(super) fn set_bpf_filter(index: u32, prog: BorrowedFd<'_>, name: &str) -> Request {
+/// NAME [classid ID]`: makes vethbpf's filter, or swaps the program of the one there
+/// in place (cls_bpf replaces a filter's program atomically: no packet sees none).
+/// cls_bpf hands the classid to the program in `skb->tc_classid` before each run; a
+/// replacement without one sets it to 0.
+pub(super) fn set_bpf_filter(
+    index: u32,
+    prog: BorrowedFd<'_>,
+    name: &str,
+    classid: Option<u32>,
+) -> Request {
     let mut message = TcMessage::default();
     message.header = filter_header(index);
+    let mut options = vec![
+        TcOption::Bpf(TcFilterBpfOption::ProgFd(prog.as_raw_fd() as u32)),
+        TcOption::Bpf(TcFilterBpfOption::ProgName(name.to_string())),
+        TcOption::Bpf(TcFilterBpfOption::Flags(TcBpfFlags::DirectAction)),
+    ];
+    if let Some(classid) = classid {
+        options.push(TcOption::Bpf(TcFilterBpfOption::ClassId(TcHandle::from(
+            classid,
+        ))));
+    }
     message.attributes = vec![
         TcAttribute::Kind("bpf".to_string()),
-        TcAttribute::Options(vec![
-            TcOption::Bpf(TcFilterBpfOption::ProgFd(prog.as_raw_fd() as u32)),
-            TcOption::Bpf(TcFilterBpfOption::ProgName(name.to_string())),
-            TcOption::Bpf(TcFilterBpfOption::Flags(TcBpfFlags::DirectAction)),
-        ]),
+        TcAttribute::Options(options),
     ];
     Request {
         message: RouteNetlinkMessage::NewTrafficFilter(message),
@@ -145,6 +158,9 @@ pub(super) fn filter_of(messages: &[RouteNetlinkMessage]) -> Option<TcFilter> {
                                 }
                                 TcOption::Bpf(TcFilterBpfOption::Flags(fl)) => {
                                     filter.direct_action = fl.contains(TcBpfFlags::DirectAction);
+                                }
+                                TcOption::Bpf(TcFilterBpfOption::ClassId(c)) => {
+                                    filter.classid = Some(u32::from(*c));
                                 }
                                 _ => {}
                             }
