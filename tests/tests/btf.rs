@@ -10,8 +10,9 @@ use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuValues};
 use serde_json::Value;
 use vethbpf_common::{
-    ALL_MAPS, Config, Counter, EndpointInfo, MAP_CONFIG, MAP_ENDPOINT_SLOTS, MAP_ENDPOINTS,
-    MAP_EVENTS, MAP_ROUTES, MAP_STATS, MAX_ENDPOINTS, Route, STATS_ENTRIES, Verdict,
+    ALL_MAPS, Config, Counter, EndpointInfo, MAP_CONFIG, MAP_ENDPOINT_ADDRS, MAP_ENDPOINT_SLOTS,
+    MAP_ENDPOINTS, MAP_EVENTS, MAP_ROUTES, MAP_STATS, MAX_ENDPOINTS, Route, STATS_ENTRIES, Verdict,
+    endpoint_addr_index, ipv4_to_map,
 };
 use vethbpf_tests::{TestNode, must, no_ipv6};
 
@@ -301,8 +302,10 @@ fn up_replace_carries_a_node_without_btf_over_entries_and_counters_kept() {
     for map in [MAP_ROUTES, MAP_ENDPOINTS, MAP_CONFIG, MAP_STATS] {
         assert!(show(&node, map)["btf_id"].is_null(), "{map} has no BTF now");
     }
-    // And from before ENDPOINT_SLOTS: no such map.
-    std::fs::remove_file(map_path(&node, MAP_ENDPOINT_SLOTS)).expect("unpin ENDPOINT_SLOTS");
+    // And from before ENDPOINT_SLOTS and ENDPOINT_ADDRS: no such maps.
+    for map in [MAP_ENDPOINT_SLOTS, MAP_ENDPOINT_ADDRS] {
+        std::fs::remove_file(map_path(&node, map)).expect("unpin");
+    }
     let routes_before = dump(&node, MAP_ROUTES);
 
     let out = node.ok(&["up", "--replace"]);
@@ -331,7 +334,20 @@ fn up_replace_carries_a_node_without_btf_over_entries_and_counters_kept() {
         .map(|e| e["counters"].clone())
         .collect();
     assert_eq!(counters_after, counters_before, "counters carried over");
-    // The pods got their slots in the new ENDPOINT_SLOTS.
+    // The pods got their slots in the new ENDPOINT_SLOTS, and their addresses'
+    // entries in the new ENDPOINT_ADDRS.
+    let addrs = dump(&node, MAP_ENDPOINT_ADDRS);
+    for pod in [&a, &b] {
+        let ip: std::net::Ipv4Addr = pod["ip"].as_str().expect("ip").parse().expect("ip");
+        let index = endpoint_addr_index(ipv4_to_map(ip.octets()));
+        let entry = addrs
+            .as_array()
+            .expect("entries")
+            .iter()
+            .find(|e| e["formatted"]["key"] == index)
+            .unwrap_or_else(|| panic!("entry {index}"));
+        assert_eq!(entry["formatted"]["value"], pod["id"], "{entry}");
+    }
     let slots = dump(&node, MAP_ENDPOINT_SLOTS);
     for pod in [&a, &b] {
         let id = pod["id"].as_u64().expect("id");

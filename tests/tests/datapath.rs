@@ -5,6 +5,7 @@
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
+use vethbpf_common::{endpoint_addr_index, ipv4_to_map};
 use vethbpf_tests::{NODE_IP, TestNode, netns_list, packets};
 
 fn ip_of(ep: &serde_json::Value) -> String {
@@ -311,9 +312,20 @@ fn value_bytes(lookup: &str) -> Vec<String> {
         .collect()
 }
 
+/// The endpoint id `ENDPOINT_ADDRS` holds at the index of the address `ip`.
+fn addr_entry(node: &TestNode, ip: &str) -> u32 {
+    let ip: Ipv4Addr = ip.parse().expect("ip");
+    let index = endpoint_addr_index(ipv4_to_map(ip.octets()));
+    let v: serde_json::Value =
+        serde_json::from_str(&bpftool_map(node, "lookup", "ENDPOINT_ADDRS", index, None))
+            .expect("bpftool JSON");
+    v["formatted"]["value"].as_u64().expect("a u32 value") as u32
+}
+
 /// from_pod finds a pod's endpoint by the endpoint id its cls_bpf filter carries as
 /// classid (its `ENDPOINT_SLOTS` slot), and only where the slot names the very veth
-/// the frame came in on; otherwise by `ENDPOINTS`. `endpoint del` empties the slot.
+/// the frame came in on; otherwise by `ENDPOINTS`. `endpoint del` empties the slot
+/// and the address's `ENDPOINT_ADDRS` entry.
 #[test]
 fn from_pod_finds_its_endpoint_by_the_filters_classid() {
     let node = TestNode::up();
@@ -336,6 +348,8 @@ fn from_pod_finds_its_endpoint_by_the_filters_classid() {
             .expect("bpftool JSON");
     assert_eq!(slot["formatted"]["value"]["ifindex"], a_index, "{slot}");
     assert_eq!(slot["formatted"]["value"]["info"]["id"], a_id, "{slot}");
+    // And from_uplink's way to it from a's address: ENDPOINT_ADDRS.
+    assert_eq!(addr_entry(&node, &ip_of(&a)), a_id);
 
     // The slot alone carries a's frames: its ENDPOINTS entry gone, a still reaches b.
     let entry = value_bytes(&bpftool_map(&node, "lookup", "ENDPOINTS", a_index, None));
@@ -363,9 +377,11 @@ fn from_pod_finds_its_endpoint_by_the_filters_classid() {
         "through ENDPOINTS"
     );
 
-    // Deleting b empties its slot.
+    // Deleting b empties its slot and its address entry.
     let b_id = b["id"].as_u64().expect("id") as u32;
+    assert_eq!(addr_entry(&node, &b_ip), b_id);
     node.ok(&["endpoint", "del", &node.pod("b")]);
+    assert_eq!(addr_entry(&node, &b_ip), 0, "b's address entry after del");
     let gone: serde_json::Value =
         serde_json::from_str(&bpftool_map(&node, "lookup", "ENDPOINT_SLOTS", b_id, None))
             .expect("bpftool JSON");

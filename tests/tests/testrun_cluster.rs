@@ -6,11 +6,12 @@
 
 use std::collections::BTreeMap;
 
-use aya::maps::{LpmTrie, MapData, lpm_trie::Key};
+use aya::maps::{Array, LpmTrie, MapData, lpm_trie::Key};
 use vethbpf_common::{
-    CLUSTER_MODE_DIRECT, CLUSTER_MODE_OFF, CLUSTER_MODE_VXLAN, MAP_ROUTES, PROG_FROM_POD,
-    PROG_FROM_TUNNEL, PROG_FROM_UPLINK, ROUTE_KIND_LOCAL, ROUTE_KIND_NODE, ROUTE_KIND_REMOTE,
-    Route, Verdict, ipv4_to_map,
+    CLUSTER_MODE_DIRECT, CLUSTER_MODE_OFF, CLUSTER_MODE_VXLAN, EndpointInfo, EndpointSlot,
+    MAP_ENDPOINT_ADDRS, MAP_ENDPOINT_SLOTS, MAP_ROUTES, PROG_FROM_POD, PROG_FROM_TUNNEL,
+    PROG_FROM_UPLINK, ROUTE_KIND_LOCAL, ROUTE_KIND_NODE, ROUTE_KIND_REMOTE, Route, Verdict,
+    endpoint_addr_index, ipv4_to_map,
 };
 use vethbpf_tests::cluster_run::{self, ClusterRun, GW_MAC};
 use vethbpf_tests::{eth, ones_sum, testrun::set_endpoint};
@@ -396,5 +397,82 @@ fn from_uplink_decapsulates_vxlan_from_known_nodes_for_local_pods() {
     let inp = vxlan(NODE_IP, 1, &inner);
     let (ret, out, _) = f.run(PROG_FROM_UPLINK, &inp);
     assert_eq!(ret, TC_ACT_OK);
+    assert_eq!(out, inp);
+}
+
+/// from_uplink finds a local pod through its slot, where `ENDPOINT_ADDRS` leads to
+/// one that has the address (no `ROUTES` walk), and through `ROUTES` where it leads
+/// to another endpoint's (two addresses with the same last two bytes: a pod CIDR
+/// larger than a /16) or nowhere.
+#[test]
+fn from_uplink_finds_local_pods_by_their_slot_or_route() {
+    let mut f = Fixture::new(CLUSTER_MODE_DIRECT);
+    let (node_mac, uplink_mac) = ([2, 0, 0, 0, 9, 9], [0; 6]);
+    // The destination's slot and address entry as `endpoint add` writes them, and its
+    // /32 gone from ROUTES: found by the slot alone.
+    let mut slots: Array<&mut MapData, EndpointSlot> = f
+        .ebpf
+        .map_mut(MAP_ENDPOINT_SLOTS)
+        .unwrap()
+        .try_into()
+        .unwrap();
+    let slot = EndpointSlot {
+        ifindex: DST_IFINDEX,
+        info: EndpointInfo {
+            ip: ipv4_to_map(DST_IP),
+            id: DST_ID,
+            mac: DST_MAC,
+            _pad: [0; 2],
+        },
+    };
+    slots.set(DST_ID, slot, 0).unwrap();
+    let mut addrs: Array<&mut MapData, u32> = f
+        .ebpf
+        .map_mut(MAP_ENDPOINT_ADDRS)
+        .unwrap()
+        .try_into()
+        .unwrap();
+    addrs
+        .set(endpoint_addr_index(ipv4_to_map(DST_IP)), DST_ID, 0)
+        .unwrap();
+    let mut routes: LpmTrie<&mut MapData, u32, Route> =
+        f.ebpf.map_mut(MAP_ROUTES).unwrap().try_into().unwrap();
+    routes
+        .remove(&Key::new(32, ipv4_to_map(DST_IP)))
+        .expect("the /32 was there");
+    let inp = frame(REMOTE_POD, DST_IP, 63, uplink_mac, node_mac);
+    let (ret, out, delta) = f.run(PROG_FROM_UPLINK, &inp);
+    assert_eq!(
+        (ret, delta),
+        (TC_ACT_REDIRECT, one(DST_ID, Verdict::FromNode))
+    );
+    assert_forwarded(&inp, &out, 63);
+    assert_eq!(&out[0..6], &DST_MAC, "to the pod's MAC, from its slot");
+
+    // 10.245.1.3 shares DST_IP's index: ENDPOINT_ADDRS leads to DST's slot, whose
+    // address is not this one, so its route decides (here: the source's id and MAC).
+    let shared = [10, 245, 1, 3];
+    let other_mac = [2, 0, 0, 0, 0, 0x33];
+    f.route(shared, 32, ROUTE_KIND_LOCAL, 43, SRC_ID, other_mac);
+    let inp = frame(REMOTE_POD, shared, 63, uplink_mac, node_mac);
+    let (ret, out, delta) = f.run(PROG_FROM_UPLINK, &inp);
+    assert_eq!(
+        (ret, delta),
+        (TC_ACT_REDIRECT, one(SRC_ID, Verdict::FromNode))
+    );
+    assert_eq!(&out[0..6], &other_mac, "to its own MAC, from ROUTES");
+
+    // An emptied slot (the endpoint deleted) leads nowhere: without its route either,
+    // the address is no local pod's and the frame is the node stack's.
+    let mut slots: Array<&mut MapData, EndpointSlot> = f
+        .ebpf
+        .map_mut(MAP_ENDPOINT_SLOTS)
+        .unwrap()
+        .try_into()
+        .unwrap();
+    slots.set(DST_ID, EndpointSlot::default(), 0).unwrap();
+    let inp = frame(REMOTE_POD, DST_IP, 63, uplink_mac, node_mac);
+    let (ret, out, delta) = f.run(PROG_FROM_UPLINK, &inp);
+    assert_eq!((ret, delta), (TC_ACT_OK, one(0, Verdict::UplinkPass)));
     assert_eq!(out, inp);
 }

@@ -327,8 +327,10 @@ fn from_uplink_stays_small_and_cheap_to_verify() {
     // 1,300 IPv6's reply path (host6.rs), which an IPv4 packet never enters, and
     // about 1,100 the VXLAN decapsulation and the delivery behind it (decap.rs),
     // which a node's own packet leaves after its first comparisons: what the node's
-    // own IPv4 traffic runs is measured in BENCHMARKS.md, not by this size.
-    assert!(xlated < 6800, "from_uplink grew to {xlated} instructions");
+    // own IPv4 traffic runs is measured in BENCHMARKS.md, not by this size. (About
+    // 140 are a local endpoint's route made from its slot, at the two deliveries
+    // from other nodes: endpoints.rs; 6,711 before them.)
+    assert!(xlated < 7000, "from_uplink grew to {xlated} instructions");
     assert!(
         verified < 50_000,
         "from_uplink costs the verifier {verified}"

@@ -33,7 +33,8 @@ pub const MAP_NODE_STATS: &str = "NODE_STATS";
 pub const MAP_NODE_NEIGH: &str = "NODE_NEIGH";
 pub const MAP_UPLINK_MTU: &str = "UPLINK_MTU";
 pub const MAP_ENDPOINT_SLOTS: &str = "ENDPOINT_SLOTS";
-pub const ALL_MAPS: [&str; 25] = [
+pub const MAP_ENDPOINT_ADDRS: &str = "ENDPOINT_ADDRS";
+pub const ALL_MAPS: [&str; 26] = [
     MAP_ROUTES,
     MAP_ENDPOINTS,
     MAP_CONFIG,
@@ -59,6 +60,7 @@ pub const ALL_MAPS: [&str; 25] = [
     MAP_NAT_SCRATCH,
     MAP_UPLINK_MTU,
     MAP_ENDPOINT_SLOTS,
+    MAP_ENDPOINT_ADDRS,
 ];
 
 /// Capacity of the LPM routes map.
@@ -411,6 +413,20 @@ impl Verdict {
                 | Verdict::DropNodeUnreachable
         )
     }
+}
+
+/// Size of the `ENDPOINT_ADDRS` array: one entry for each value of an IPv4
+/// address's last two bytes.
+pub const ENDPOINT_ADDRS_ENTRIES: u32 = 1 << 16;
+
+/// Index into `ENDPOINT_ADDRS` of the IPv4 address `ip` (map representation): its
+/// last two bytes. Addresses of a pod CIDR up to a /16 never share one; in a larger
+/// pod CIDR two may, and the one without the entry is found through `ROUTES`.
+#[inline(always)]
+pub const fn endpoint_addr_index(ip: u32) -> u32 {
+    // Network order in memory, read little-endian: the last two bytes are the high
+    // half of the word.
+    ip >> 16
 }
 
 /// Index into `STATS` of the counter for `endpoint_id` and `verdict`.

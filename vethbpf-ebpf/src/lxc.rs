@@ -12,13 +12,13 @@ use vethbpf_common::{
 use crate::{
     arp,
     diag::{self, Diag},
-    egress,
+    egress, endpoints,
     hdr::{
         ETH_HLEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, EthHdr, Ipv4Hdr,
         ipv4_addr, linear, ptr_at,
     },
     icmp, icmp_send, ipv4, l3, lxc6,
-    maps::{CONFIG, ENDPOINT_SLOTS, ENDPOINTS, ROUTES},
+    maps::{CONFIG, ROUTES},
     remote,
     stats::{self, Decision},
 };
@@ -28,14 +28,14 @@ use crate::{
 pub fn from_pod(ctx: &TcContext) -> i32 {
     // SAFETY: `ctx.skb.skb` is the program's context pointer, valid for the whole run.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    let ep = endpoint(ctx, ifindex);
+    let ep = endpoints::of_veth(ctx, ifindex);
     let cfg = CONFIG.get(0);
     let seen = stats::Seen::of(ctx);
     match (ep, cfg) {
         // An array entry always exists; a zero gateway address means `up` has not
         // written the configuration (0.0.0.0 is never a gateway).
         (Some(ep), Some(cfg)) if cfg.gateway_ip != 0 => {
-            let decision = handle(ctx, ifindex, ep, cfg);
+            let decision = handle(ctx, ifindex, &ep, cfg);
             stats::count(ctx, seen, ep.id, decision)
         }
         // Not ours (or not configured): forwarding it anywhere would skip source
@@ -50,24 +50,6 @@ pub fn from_pod(ctx: &TcContext) -> i32 {
             stats::count(ctx, seen, 0, Decision::drop(Verdict::DropNoEndpoint))
         }
     }
-}
-
-/// The endpoint behind the veth `ifindex`: its slot, found by the endpoint id the
-/// pod's cls_bpf filter carries as classid (cls_bpf sets `skb->tc_classid` to it
-/// before every run); else (a TCX link, which has no classid; a filter from before
-/// slots) the `ENDPOINTS` hash. The slot is trusted only if it names this very veth,
-/// so a stale or foreign classid can find nothing but the hash entry.
-#[inline(always)]
-fn endpoint(ctx: &TcContext, ifindex: u32) -> Option<&'static EndpointInfo> {
-    // SAFETY: `ctx.skb.skb` is the program's context pointer.
-    let slot = unsafe { (*ctx.skb.skb).tc_classid };
-    if let Some(s) = ENDPOINT_SLOTS.get(slot)
-        && s.ifindex == ifindex
-    {
-        return Some(&s.info);
-    }
-    // SAFETY: map values are only read, and stay valid for the whole run.
-    unsafe { ENDPOINTS.get(ifindex) }
 }
 
 /// Dispatches on the EtherType.

@@ -9,6 +9,7 @@
 //! Library modules, one concern each:
 //! - [`maps`]: every map, named as in `vethbpf-common`
 //! - [`lxc`]: the pod side: endpoint lookup, EtherType dispatch, source check, routing
+//! - [`endpoints`]: local endpoints by their veth or address, through their slots
 //! - [`arp`]: answers the pod's ARP requests with the gateway MAC
 //! - [`icmp`]: answers the pod's pings to the gateway address
 //! - [`ipv4`]: IPv4 header checks and the TTL decrement
@@ -59,6 +60,7 @@ mod direct;
 mod egress;
 mod egress6;
 mod encap;
+mod endpoints;
 mod events;
 mod family;
 mod fib;

@@ -10,11 +10,12 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use vethbpf_common::{
-    ClusterConfig, Config, Counter, EVENTS_RING_BYTES, EgressConfig, EgressConfig6, EndpointInfo,
-    EndpointInfo6, EndpointSlot, Event, FRAG_ENTRIES, FlowKey, FlowSeen, FragEntry, FragKey,
-    MAX_EGRESS_SKIP, MAX_ENDPOINTS, MAX_NODES, MAX_ROUTES, MAX_TRACE_FLOWS, Monitor,
-    NAT_MAX_FLOWS_DEFAULT, NatEntry, NatEntry6, NatKey, NatKey6, NatScratch, NatState, NodeCounter,
-    NodeInfo, NodeNeigh, Route, STATS_ENTRIES, UplinkMtu, nat_map_capacity,
+    ClusterConfig, Config, Counter, ENDPOINT_ADDRS_ENTRIES, EVENTS_RING_BYTES, EgressConfig,
+    EgressConfig6, EndpointInfo, EndpointInfo6, EndpointSlot, Event, FRAG_ENTRIES, FlowKey,
+    FlowSeen, FragEntry, FragKey, MAX_EGRESS_SKIP, MAX_ENDPOINTS, MAX_NODES, MAX_ROUTES,
+    MAX_TRACE_FLOWS, Monitor, NAT_MAX_FLOWS_DEFAULT, NatEntry, NatEntry6, NatKey, NatKey6,
+    NatScratch, NatState, NodeCounter, NodeInfo, NodeNeigh, Route, STATS_ENTRIES, UplinkMtu,
+    nat_map_capacity,
 };
 
 // BTF map definitions (the `.maps` section, as libbpf's): the kernel gets the key and
@@ -35,6 +36,12 @@ pub static ENDPOINTS: HashMap<u32, EndpointInfo, { MAX_ENDPOINTS as usize }> = H
 /// the dearest part of a pod's forwarded frame in place).
 #[btf_map]
 pub static ENDPOINT_SLOTS: Array<EndpointSlot, { MAX_ENDPOINTS as usize }> = Array::new();
+
+/// A local endpoint's IPv4 address (its last two bytes,
+/// `vethbpf_common::endpoint_addr_index`) -> its endpoint id, 0 for none: the way
+/// from an address to the endpoint's slot, written with its `ROUTES` /32.
+#[btf_map]
+pub static ENDPOINT_ADDRS: Array<u32, { ENDPOINT_ADDRS_ENTRIES as usize }> = Array::new();
 
 /// Node configuration, one entry.
 #[btf_map]

@@ -82,6 +82,6 @@ pub fn handle(
     };
     (
         endpoint,
-        remote::deliver_from_node(ctx, eth, ip, dst, node_id, cfg),
+        remote::deliver_from_node(ctx, eth, ip, &dst, node_id, cfg),
     )
 }

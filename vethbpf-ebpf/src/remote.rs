@@ -15,7 +15,7 @@ use vethbpf_common::{
 use crate::{
     clock,
     diag::{self, Diag},
-    direct, encap,
+    direct, encap, endpoints,
     hdr::{ETH_HLEN, EthHdr, Ipv4Hdr, ipv4_addr},
     ipv4, l3,
     maps::{CLUSTER, CONFIG, NODE_STATS, NODES, ROUTES},
@@ -94,12 +94,23 @@ pub fn tunnel_sender(inner_node: Option<u32>, outer_src: u32) -> Option<u32> {
     node
 }
 
-/// The local endpoint route for `daddr`, if it is one.
+/// The local endpoint route for `daddr`, if it is one: from the endpoint's slot
+/// where `ENDPOINT_ADDRS` leads to it, else from `ROUTES`.
 #[inline(always)]
-pub fn local_endpoint(daddr: u32) -> Option<&'static Route> {
+pub fn local_endpoint(daddr: u32) -> Option<Route> {
+    if let Some(s) = endpoints::slot_of_addr(daddr) {
+        return Some(Route {
+            kind: ROUTE_KIND_LOCAL,
+            ifindex: s.ifindex,
+            endpoint_id: s.info.id,
+            mac: s.info.mac,
+            _pad: [0; 2],
+        });
+    }
     ROUTES
         .get(&Key::new(32, daddr))
         .filter(|r| r.kind == ROUTE_KIND_LOCAL)
+        .copied()
 }
 
 /// Delivers a frame that node `node_id` sent to the local endpoint `dst`.
@@ -153,7 +164,10 @@ pub fn from_uplink(
     let Some(node_id) = source_node(ipv4_addr(&ip.src_addr)) else {
         return Some((endpoint, Decision::drop(Verdict::DropUnknownSource)));
     };
-    Some((endpoint, deliver_from_node(ctx, eth, ip, dst, node_id, cfg)))
+    Some((
+        endpoint,
+        deliver_from_node(ctx, eth, ip, &dst, node_id, cfg),
+    ))
 }
 
 #[inline(always)]

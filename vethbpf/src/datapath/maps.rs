@@ -10,9 +10,9 @@ use std::os::fd::AsFd;
 use aya::maps::{Array, HashMap, IterableMap, MapData, MapError, PerCpuArray, PerCpuValues};
 use ipnet::{Ipv4Net, Ipv6Net};
 use vethbpf_common::{
-    Config, Counter, EndpointInfo, EndpointInfo6, EndpointSlot, MAP_CONFIG, MAP_ENDPOINT_SLOTS,
-    MAP_ENDPOINTS, MAP_ENDPOINTS6, MAP_ROUTES, MAP_ROUTES6, MAP_STATS, Route, Verdict, ipv4_to_map,
-    stats_index,
+    Config, Counter, EndpointInfo, EndpointInfo6, EndpointSlot, MAP_CONFIG, MAP_ENDPOINT_ADDRS,
+    MAP_ENDPOINT_SLOTS, MAP_ENDPOINTS, MAP_ENDPOINTS6, MAP_ROUTES, MAP_ROUTES6, MAP_STATS,
+    ROUTE_KIND_LOCAL, Route, Verdict, endpoint_addr_index, ipv4_to_map, stats_index,
 };
 
 use crate::datapath::{Pins, batch};
@@ -61,6 +61,7 @@ pub(crate) struct Maps {
     routes: LpmTrie<MapData, u32, Route>,
     endpoints: HashMap<MapData, u32, EndpointInfo>,
     slots: Array<MapData, EndpointSlot>,
+    addrs: Array<MapData, u32>,
     config: Array<MapData, Config>,
     stats: PerCpuArray<MapData, Counter>,
     routes6: LpmTrie<MapData, [u8; 16], Route>,
@@ -105,6 +106,13 @@ fn route6_key(net: Ipv6Net) -> Key<[u8; 16]> {
     Key::new(u32::from(net.prefix_len()), net.network().octets())
 }
 
+/// The address (map representation) of a local endpoint's route, which
+/// `ENDPOINT_ADDRS` indexes; `None` for any other route.
+fn local_addr(net: Ipv4Net, route: &Route) -> Option<u32> {
+    (net.prefix_len() == 32 && route.kind == ROUTE_KIND_LOCAL)
+        .then(|| ipv4_to_map(net.addr().octets()))
+}
+
 fn route_key(net: Ipv4Net) -> Key<u32> {
     Key::new(
         u32::from(net.prefix_len()),
@@ -118,6 +126,7 @@ impl Maps {
             routes: open(pins, MAP_ROUTES)?,
             endpoints: open(pins, MAP_ENDPOINTS)?,
             slots: open(pins, MAP_ENDPOINT_SLOTS)?,
+            addrs: open(pins, MAP_ENDPOINT_ADDRS)?,
             config: open(pins, MAP_CONFIG)?,
             stats: open(pins, MAP_STATS)?,
             routes6: open(pins, MAP_ROUTES6)?,
@@ -219,6 +228,9 @@ impl Maps {
         })
     }
 
+    /// Writes a route; a local endpoint's (/32) also into `ENDPOINT_ADDRS`, the
+    /// datapath's way to its slot by address. A failed `ENDPOINT_ADDRS` write leaves
+    /// the route for the caller's undo (`del_route`).
     pub(crate) fn put_route(&mut self, net: Ipv4Net, route: &Route) -> Result<(), MapsError> {
         self.routes
             .insert(&route_key(net), route, 0)
@@ -226,15 +238,42 @@ impl Maps {
                 map: MAP_ROUTES,
                 op: "insert",
                 source: Box::new(source),
+            })?;
+        match local_addr(net, route) {
+            Some(ip) => self.set_addr(ip, route.endpoint_id),
+            None => Ok(()),
+        }
+    }
+
+    fn set_addr(&mut self, ip: u32, id: u32) -> Result<(), MapsError> {
+        self.addrs
+            .set(endpoint_addr_index(ip), id, 0)
+            .map_err(|source| MapsError::Op {
+                map: MAP_ENDPOINT_ADDRS,
+                op: "set",
+                source: Box::new(source),
             })
+    }
+
+    /// The endpoint id `ENDPOINT_ADDRS` holds at the index of `ip` (map
+    /// representation; 0: none).
+    fn addr_entry(&self, ip: u32) -> Option<u32> {
+        self.addrs.get(&endpoint_addr_index(ip), 0).ok()
     }
 
     pub(crate) fn route(&self, net: Ipv4Net) -> Option<Route> {
         self.routes.get(&route_key(net), 0).ok()
     }
 
-    /// Deletes a route; one that is not there is fine.
+    /// Deletes a route, and a local endpoint's `ENDPOINT_ADDRS` entry if it is still
+    /// this endpoint's; one that is not there is fine.
     pub(crate) fn del_route(&mut self, net: Ipv4Net) -> Result<(), MapsError> {
+        if let Some(route) = self.route(net)
+            && let Some(ip) = local_addr(net, &route)
+            && self.addr_entry(ip) == Some(route.endpoint_id)
+        {
+            self.set_addr(ip, 0)?;
+        }
         match self.routes.remove(&route_key(net)) {
             Ok(()) => Ok(()),
             Err(e) if is_missing(&e) => Ok(()),
@@ -283,9 +322,10 @@ impl Maps {
         self.slots.get(&id, 0).ok()
     }
 
-    /// Fills the slot of every `ENDPOINTS` entry whose slot does not hold it (pods
-    /// of a datapath that had no slots: `up --replace` from an earlier version).
-    /// Returns how many were written.
+    /// Fills the slot of every `ENDPOINTS` entry whose slot does not hold it, and
+    /// the `ENDPOINT_ADDRS` entry of every local endpoint route (pods of a datapath
+    /// that had neither: `up --replace` from an earlier version). Returns how many
+    /// entries were written.
     pub(crate) fn fill_slots(&mut self) -> Result<usize, MapsError> {
         let entries: Vec<(u32, EndpointInfo)> =
             self.endpoints.iter().filter_map(|r| r.ok()).collect();
@@ -294,6 +334,19 @@ impl Maps {
             let slot = EndpointSlot { ifindex, info };
             if self.slot(info.id) != Some(slot) {
                 self.set_slot(info.id, &slot)?;
+                written += 1;
+            }
+        }
+        let locals: Vec<(u32, u32)> = self
+            .routes
+            .iter()
+            .filter_map(|r| r.ok())
+            .filter(|(k, r)| k.prefix_len() == 32 && r.kind == ROUTE_KIND_LOCAL)
+            .map(|(k, r)| (k.data(), r.endpoint_id))
+            .collect();
+        for (ip, id) in locals {
+            if self.addr_entry(ip) != Some(id) {
+                self.set_addr(ip, id)?;
                 written += 1;
             }
         }
