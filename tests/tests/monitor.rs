@@ -398,8 +398,8 @@ fn diagnostics_come_out_with_log_and_a_killed_monitor_leaves_no_listener() {
     let a = add_pod(&node, "a");
     let b = add_pod(&node, "b");
     let monitor = Monitor::start(&node, &["-o", "json", "--log"]);
-    // A hand in the kernel: a's ENDPOINTS entry removed. Its frames are then dropped
-    // (drop_no_endpoint) and the program logs why.
+    // A hand in the kernel: a's ENDPOINTS entry and its slot removed. Its frames are
+    // then dropped (drop_no_endpoint) and the program logs why.
     let link: Value =
         serde_json::from_str(&node.node_must("ip", &["-j", "link", "show", &a.host_veth]))
             .expect("ip -j");
@@ -414,6 +414,27 @@ fn diagnostics_come_out_with_log_and_a_killed_monitor_leaves_no_listener() {
         "key",
     ];
     args.extend(key.iter().map(String::as_str));
+    vethbpf_tests::must("bpftool", &args);
+    let id = node
+        .json(&["endpoint", "list"])
+        .as_array()
+        .expect("list")
+        .iter()
+        .find(|e| e["name"] == a.name.as_str())
+        .and_then(|e| e["id"].as_u64())
+        .expect("a's id") as u32;
+    let slots = node.bpffs.join("maps").join("ENDPOINT_SLOTS");
+    let id_key: Vec<String> = id.to_ne_bytes().iter().map(u8::to_string).collect();
+    let mut args = vec![
+        "map",
+        "update",
+        "pinned",
+        slots.to_str().expect("path"),
+        "key",
+    ];
+    args.extend(id_key.iter().map(String::as_str));
+    args.push("value");
+    args.extend(["0"; 20]);
     vethbpf_tests::must("bpftool", &args);
     let frame = ipv4_udp_frame(GW_MAC, a.mac, a.ip, b.ip, b"x");
     PacketSocket::open(&a.netns, "eth0", false).send(&frame);
