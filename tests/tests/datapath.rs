@@ -376,6 +376,13 @@ fn from_pod_finds_its_endpoint_by_the_filters_classid() {
         Some(63),
         "through ENDPOINTS"
     );
+    // reconcile puts the slot back.
+    let report = node.json(&["reconcile"]);
+    assert!(report.to_string().contains("endpoint slot"), "{report}");
+    let slot: serde_json::Value =
+        serde_json::from_str(&bpftool_map(&node, "lookup", "ENDPOINT_SLOTS", a_id, None))
+            .expect("bpftool JSON");
+    assert_eq!(slot["formatted"]["value"]["ifindex"], a_index, "{slot}");
 
     // Deleting b empties its slot and its address entry.
     let b_id = b["id"].as_u64().expect("id") as u32;

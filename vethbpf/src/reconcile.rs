@@ -18,7 +18,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::Serialize;
 use tracing::info;
-use vethbpf_common::{EndpointInfo, EndpointInfo6, PROG_FROM_POD, ipv4_from_map, ipv4_to_map};
+use vethbpf_common::{
+    EndpointInfo, EndpointInfo6, EndpointSlot, PROG_FROM_POD, ipv4_from_map, ipv4_to_map,
+};
 
 use crate::datapath::maps::Maps;
 use crate::datapath::pods::{self, AttachState};
@@ -248,9 +250,17 @@ fn check_records(
             mac: rec.pod_mac.0,
             _pad: [0; 2],
         };
+        let slot = EndpointSlot {
+            ifindex: rec.host_ifindex,
+            info: expected,
+        };
         if endpoint_entries.get(&rec.host_ifindex) != Some(&expected) {
             env.dp.put_endpoint(rec.host_ifindex, &expected)?;
             report.repaired.push(fix("endpoint map entry"));
+        } else if env.dp.slot(rec.id).is_some_and(|s| s != slot) {
+            // Only speed is lost without it (from_pod falls back to ENDPOINTS).
+            env.dp.put_endpoint(rec.host_ifindex, &expected)?;
+            report.repaired.push(fix("endpoint slot"));
         }
         let expected6 = rec.ip6.map(|ip6| EndpointInfo6 {
             ip: ip6.octets(),
@@ -304,6 +314,11 @@ fn check_records(
             if route_entries.get(&Ipv4Net::from(ip)) != Some(&route) {
                 env.dp.put_route(Ipv4Net::from(ip), &route)?;
                 report.repaired.push(fix("route map entry"));
+            } else if env.dp.addr_entry(ip) == Some(0) {
+                // Empty only: another id there is a pod with the same last two address
+                // bytes (a pod CIDR larger than a /16), which keeps it.
+                env.dp.put_route(Ipv4Net::from(ip), &route)?;
+                report.repaired.push(fix("endpoint address entry"));
             }
         }
         if let (Some(ip6), Some(gateway6)) = (rec.ip6, gateway6) {

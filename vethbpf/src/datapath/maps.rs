@@ -257,7 +257,7 @@ impl Maps {
 
     /// The endpoint id `ENDPOINT_ADDRS` holds at the index of `ip` (map
     /// representation; 0: none).
-    fn addr_entry(&self, ip: u32) -> Option<u32> {
+    pub(crate) fn addr_entry(&self, ip: u32) -> Option<u32> {
         self.addrs.get(&endpoint_addr_index(ip), 0).ok()
     }
 

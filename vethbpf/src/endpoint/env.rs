@@ -1,11 +1,12 @@
 //! The kernel as endpoint changes see it: three small traits, so that the logic,
 //! rollback included, is unit-tested with fakes.
 
+use std::net::Ipv4Addr;
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use ipnet::{Ipv4Net, Ipv6Net};
-use vethbpf_common::{EndpointInfo, EndpointInfo6, Route};
+use vethbpf_common::{EndpointInfo, EndpointInfo6, EndpointSlot, Route};
 
 use super::EndpointError;
 use crate::datapath::AttachMode;
@@ -61,6 +62,11 @@ pub(crate) trait Datapath {
     fn route_entries(&self) -> Result<Vec<(Ipv4Net, Route)>, EndpointError>;
     /// Every ENDPOINTS entry, by host ifindex (for `reconcile`).
     fn endpoint_entries(&self) -> Result<Vec<(u32, EndpointInfo)>, EndpointError>;
+    /// The `ENDPOINT_SLOTS` slot of endpoint id `id` (for `reconcile`).
+    fn slot(&self, id: u32) -> Option<EndpointSlot>;
+    /// The endpoint id `ENDPOINT_ADDRS` holds at the index of `ip`, 0 for none (for
+    /// `reconcile`).
+    fn addr_entry(&self, ip: Ipv4Addr) -> Option<u32>;
     fn put_endpoint6(&mut self, ifindex: u32, info: &EndpointInfo6) -> Result<(), EndpointError>;
     fn del_endpoint6(&mut self, ifindex: u32) -> Result<(), EndpointError>;
     fn put_route6(&mut self, net: Ipv6Net, route: &Route) -> Result<(), EndpointError>;

@@ -1,10 +1,13 @@
 //! The real kernel behind the endpoint traits.
 
+use std::net::Ipv4Addr;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 use ipnet::{Ipv4Net, Ipv6Net};
-use vethbpf_common::{EndpointInfo, EndpointInfo6, PROG_FROM_POD, Route};
+use vethbpf_common::{
+    EndpointInfo, EndpointInfo6, EndpointSlot, PROG_FROM_POD, Route, ipv4_to_map,
+};
 
 use super::{Datapath, EndpointError, Env, Namespaces, PodProgram};
 use crate::datapath::maps::{EndpointCounters, Maps};
@@ -167,6 +170,12 @@ impl Datapath for PinnedDatapath {
     fn endpoint_entries(&self) -> Result<Vec<(u32, EndpointInfo)>, EndpointError> {
         Ok(self.maps.endpoints())
     }
+    fn slot(&self, id: u32) -> Option<EndpointSlot> {
+        self.maps.slot(id)
+    }
+    fn addr_entry(&self, ip: Ipv4Addr) -> Option<u32> {
+        self.maps.addr_entry(ipv4_to_map(ip.octets()))
+    }
     fn put_endpoint6(&mut self, ifindex: u32, info: &EndpointInfo6) -> Result<(), EndpointError> {
         Ok(self.maps.put_endpoint6(ifindex, info)?)
     }
@@ -237,6 +246,12 @@ impl Datapath for GoneDatapath {
     }
     fn endpoint_entries(&self) -> Result<Vec<(u32, EndpointInfo)>, EndpointError> {
         Ok(Vec::new())
+    }
+    fn slot(&self, _id: u32) -> Option<EndpointSlot> {
+        None
+    }
+    fn addr_entry(&self, _ip: Ipv4Addr) -> Option<u32> {
+        None
     }
     fn put_endpoint6(&mut self, _ifindex: u32, _info: &EndpointInfo6) -> Result<(), EndpointError> {
         Err(EndpointError::NotUp)

@@ -8,7 +8,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use ipnet::{Ipv4Net, Ipv6Net};
-use vethbpf_common::{EndpointInfo, EndpointInfo6, Route};
+use vethbpf_common::{
+    EndpointInfo, EndpointInfo6, EndpointSlot, ROUTE_KIND_LOCAL, Route, endpoint_addr_index,
+    ipv4_to_map,
+};
 
 use super::*;
 use crate::datapath::AttachMode;
@@ -17,6 +20,11 @@ use crate::kernel::netlink::{FakeNetlink, Netlink};
 use crate::kernel::netns::NetnsError;
 use crate::state::ident::MacAddr;
 use crate::state::{EndpointRecord, Locked, NodeConfig, State, StateDir};
+
+/// `ENDPOINT_ADDRS`'s index of `ip`.
+pub(crate) fn addr_index(ip: Ipv4Addr) -> u32 {
+    endpoint_addr_index(ipv4_to_map(ip.octets()))
+}
 
 /// Namespaces as plain files in a temp dir; the fake netlink world tells them
 /// apart by file identity.
@@ -98,6 +106,10 @@ pub(crate) struct FakeDatapath {
     pub(crate) routes: BTreeMap<Ipv4Net, Route>,
     pub(crate) endpoints6: BTreeMap<u32, EndpointInfo6>,
     pub(crate) routes6: BTreeMap<Ipv6Net, Route>,
+    /// ENDPOINT_SLOTS (by endpoint id) and ENDPOINT_ADDRS (by address index), kept
+    /// as the kernel datapath keeps them.
+    pub(crate) slots: BTreeMap<u32, EndpointSlot>,
+    pub(crate) addrs: BTreeMap<u32, u32>,
     /// Datapath op that fails (name) on its first call.
     pub(crate) fail: Option<&'static str>,
 }
@@ -113,6 +125,8 @@ impl Default for FakeDatapath {
             routes: BTreeMap::new(),
             endpoints6: BTreeMap::new(),
             routes6: BTreeMap::new(),
+            slots: BTreeMap::new(),
+            addrs: BTreeMap::new(),
             fail: None,
         }
     }
@@ -172,19 +186,39 @@ impl Datapath for FakeDatapath {
     fn put_endpoint(&mut self, i: u32, info: &EndpointInfo) -> Result<(), EndpointError> {
         self.check("put_endpoint")?;
         self.endpoints.insert(i, *info);
+        self.slots.insert(
+            info.id,
+            EndpointSlot {
+                ifindex: i,
+                info: *info,
+            },
+        );
         Ok(())
     }
     fn del_endpoint(&mut self, i: u32) -> Result<(), EndpointError> {
-        self.endpoints.remove(&i);
+        if let Some(info) = self.endpoints.remove(&i)
+            && self.slots.get(&info.id).is_some_and(|s| s.ifindex == i)
+        {
+            self.slots.remove(&info.id);
+        }
         Ok(())
     }
     fn put_route(&mut self, net: Ipv4Net, r: &Route) -> Result<(), EndpointError> {
         self.check("put_route")?;
         self.routes.insert(net, *r);
+        if net.prefix_len() == 32 && r.kind == ROUTE_KIND_LOCAL {
+            self.addrs.insert(addr_index(net.addr()), r.endpoint_id);
+        }
         Ok(())
     }
     fn del_route(&mut self, net: Ipv4Net) -> Result<(), EndpointError> {
-        self.routes.remove(&net);
+        if let Some(r) = self.routes.remove(&net)
+            && net.prefix_len() == 32
+            && r.kind == ROUTE_KIND_LOCAL
+            && self.addrs.get(&addr_index(net.addr())) == Some(&r.endpoint_id)
+        {
+            self.addrs.remove(&addr_index(net.addr()));
+        }
         Ok(())
     }
     fn reset_counters(&mut self, _id: u32) -> Result<(), EndpointError> {
@@ -195,6 +229,12 @@ impl Datapath for FakeDatapath {
     }
     fn endpoint_entries(&self) -> Result<Vec<(u32, EndpointInfo)>, EndpointError> {
         Ok(self.endpoints.iter().map(|(k, v)| (*k, *v)).collect())
+    }
+    fn slot(&self, id: u32) -> Option<EndpointSlot> {
+        Some(self.slots.get(&id).copied().unwrap_or_default())
+    }
+    fn addr_entry(&self, ip: Ipv4Addr) -> Option<u32> {
+        Some(self.addrs.get(&addr_index(ip)).copied().unwrap_or(0))
     }
     fn put_endpoint6(&mut self, i: u32, info: &EndpointInfo6) -> Result<(), EndpointError> {
         self.check("put_endpoint6")?;

@@ -512,3 +512,35 @@ fn reconcile_relinks_stale_tcx_links_and_removes_pod_pins_on_a_tc_node() {
     assert_eq!(report.removed_pins, std::slice::from_ref(&a.host_veth));
     assert!(w.dp.attached.is_empty());
 }
+
+/// reconcile puts back a lost slot and an emptied address entry (only speed is lost
+/// without them); an address entry held by another id, as two pods of a pod CIDR
+/// larger than a /16 can share one, it leaves.
+#[test]
+fn reconcile_refills_slots_and_address_entries() {
+    let mut w = World::new("slots");
+    let a = w.add("a").unwrap();
+    let b = w.add("b").unwrap();
+    let b_ip = b.ip.unwrap();
+    let a_slot = w.dp.slots.remove(&a.id).expect("a's slot");
+    assert_eq!(a_slot.ifindex, a.host_ifindex);
+    assert_eq!(
+        w.dp.addrs.remove(&super::testing::addr_index(b_ip)),
+        Some(b.id)
+    );
+    let report = w.with(crate::reconcile::reconcile).unwrap();
+    let fixes: Vec<String> = report
+        .repaired
+        .iter()
+        .map(|f| format!("{} {}", f.endpoint, f.what))
+        .collect();
+    assert_eq!(fixes, ["a endpoint slot", "b endpoint address entry"]);
+    assert_eq!(w.dp.slots.get(&a.id), Some(&a_slot));
+    assert_eq!(
+        w.dp.addrs.get(&super::testing::addr_index(b_ip)),
+        Some(&b.id)
+    );
+    w.dp.addrs.insert(super::testing::addr_index(b_ip), 999);
+    let again = w.with(crate::reconcile::reconcile).unwrap();
+    assert!(!again.changed(), "{again:?}");
+}
