@@ -400,6 +400,17 @@ fn from_uplink_decapsulates_vxlan_from_known_nodes_for_local_pods() {
     assert_eq!(out, inp);
 }
 
+/// Writes endpoint `id`'s `ENDPOINT_SLOTS` slot.
+fn set_slot(f: &mut Fixture, id: u32, slot: EndpointSlot) {
+    let mut slots: Array<&mut MapData, EndpointSlot> = f
+        .ebpf
+        .map_mut(MAP_ENDPOINT_SLOTS)
+        .unwrap()
+        .try_into()
+        .unwrap();
+    slots.set(id, slot, 0).unwrap();
+}
+
 /// from_uplink finds a local pod through its slot, where `ENDPOINT_ADDRS` leads to
 /// one that has the address (no `ROUTES` walk), and through `ROUTES` where it leads
 /// to another endpoint's (two addresses with the same last two bytes: a pod CIDR
@@ -410,12 +421,6 @@ fn from_uplink_finds_local_pods_by_their_slot_or_route() {
     let (node_mac, uplink_mac) = ([2, 0, 0, 0, 9, 9], [0; 6]);
     // The destination's slot and address entry as `endpoint add` writes them, and its
     // /32 gone from ROUTES: found by the slot alone.
-    let mut slots: Array<&mut MapData, EndpointSlot> = f
-        .ebpf
-        .map_mut(MAP_ENDPOINT_SLOTS)
-        .unwrap()
-        .try_into()
-        .unwrap();
     let slot = EndpointSlot {
         ifindex: DST_IFINDEX,
         info: EndpointInfo {
@@ -425,7 +430,7 @@ fn from_uplink_finds_local_pods_by_their_slot_or_route() {
             _pad: [0; 2],
         },
     };
-    slots.set(DST_ID, slot, 0).unwrap();
+    set_slot(&mut f, DST_ID, slot);
     let mut addrs: Array<&mut MapData, u32> = f
         .ebpf
         .map_mut(MAP_ENDPOINT_ADDRS)
@@ -464,13 +469,7 @@ fn from_uplink_finds_local_pods_by_their_slot_or_route() {
 
     // An emptied slot (the endpoint deleted) leads nowhere: without its route either,
     // the address is no local pod's and the frame is the node stack's.
-    let mut slots: Array<&mut MapData, EndpointSlot> = f
-        .ebpf
-        .map_mut(MAP_ENDPOINT_SLOTS)
-        .unwrap()
-        .try_into()
-        .unwrap();
-    slots.set(DST_ID, EndpointSlot::default(), 0).unwrap();
+    set_slot(&mut f, DST_ID, EndpointSlot::default());
     let inp = frame(REMOTE_POD, DST_IP, 63, uplink_mac, node_mac);
     let (ret, out, delta) = f.run(PROG_FROM_UPLINK, &inp);
     assert_eq!((ret, delta), (TC_ACT_OK, one(0, Verdict::UplinkPass)));

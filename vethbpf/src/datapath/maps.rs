@@ -323,9 +323,9 @@ impl Maps {
     }
 
     /// Fills the slot of every `ENDPOINTS` entry whose slot does not hold it, and
-    /// the `ENDPOINT_ADDRS` entry of every local endpoint route (pods of a datapath
-    /// that had neither: `up --replace` from an earlier version). Returns how many
-    /// entries were written.
+    /// the empty `ENDPOINT_ADDRS` entry of every local endpoint route (pods of a
+    /// datapath that had neither: `up --replace` from an earlier version). Returns
+    /// how many entries were written.
     pub(crate) fn fill_slots(&mut self) -> Result<usize, MapsError> {
         let entries: Vec<(u32, EndpointInfo)> =
             self.endpoints.iter().filter_map(|r| r.ok()).collect();
@@ -345,7 +345,9 @@ impl Maps {
             .map(|(k, r)| (k.data(), r.endpoint_id))
             .collect();
         for (ip, id) in locals {
-            if self.addr_entry(ip) != Some(id) {
+            // Empty entries only: another id there is a pod with the same last two
+            // address bytes (a pod CIDR larger than a /16), which keeps it.
+            if self.addr_entry(ip) == Some(0) {
                 self.set_addr(ip, id)?;
                 written += 1;
             }

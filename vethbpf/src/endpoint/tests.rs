@@ -459,11 +459,7 @@ fn reconcile_repairs_tc_filters() {
         .seed_filter(b.host_ifindex, Some(("bpf", Some(pinned + 1))));
     w.node.seed_filter(c.host_ifindex, Some(("u32", None)));
     let report = w.with(crate::reconcile::reconcile).unwrap();
-    let fixes: Vec<String> = report
-        .repaired
-        .iter()
-        .map(|f| format!("{} {}", f.endpoint, f.what))
-        .collect();
+    let fixes = fix_lines(&report);
     assert_eq!(
         fixes,
         [
@@ -529,11 +525,7 @@ fn reconcile_refills_slots_and_address_entries() {
         Some(b.id)
     );
     let report = w.with(crate::reconcile::reconcile).unwrap();
-    let fixes: Vec<String> = report
-        .repaired
-        .iter()
-        .map(|f| format!("{} {}", f.endpoint, f.what))
-        .collect();
+    let fixes = fix_lines(&report);
     assert_eq!(fixes, ["a endpoint slot", "b endpoint address entry"]);
     assert_eq!(w.dp.slots.get(&a.id), Some(&a_slot));
     assert_eq!(
@@ -543,4 +535,13 @@ fn reconcile_refills_slots_and_address_entries() {
     w.dp.addrs.insert(super::testing::addr_index(b_ip), 999);
     let again = w.with(crate::reconcile::reconcile).unwrap();
     assert!(!again.changed(), "{again:?}");
+}
+
+/// A reconcile report's repairs as "ENDPOINT WHAT".
+fn fix_lines(report: &crate::reconcile::Report) -> Vec<String> {
+    report
+        .repaired
+        .iter()
+        .map(|f| format!("{} {}", f.endpoint, f.what))
+        .collect()
 }
