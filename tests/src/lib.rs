@@ -423,6 +423,22 @@ impl TestNode {
         out
     }
 
+    /// `bpftool -j map OP pinned MAP key KEY [value VALUE..]` on one of the node's
+    /// pinned maps: a `u32` key (as its bytes), the value as bpftool takes it (one
+    /// word a byte). Its output (a lookup's entry as JSON).
+    pub fn map_op(&self, op: &str, map: &str, key: u32, value: Option<&[String]>) -> String {
+        let path = self.bpffs.join("maps").join(map);
+        let mut args: Vec<String> = vec!["-j".into(), "map".into(), op.into(), "pinned".into()];
+        args.push(path.to_str().unwrap_or("").into());
+        args.push("key".into());
+        args.extend(key.to_ne_bytes().iter().map(u8::to_string));
+        if let Some(v) = value {
+            args.push("value".into());
+            args.extend_from_slice(v);
+        }
+        must("bpftool", &args)
+    }
+
     /// The entries of a pinned map, as bpftool prints them (sorted; empty if the
     /// node is not up).
     pub fn map_dump(&self, map: &str) -> Vec<String> {

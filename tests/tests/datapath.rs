@@ -286,21 +286,6 @@ fn arp_claiming_another_address_is_dropped() {
     );
 }
 
-/// `bpftool -j map ARGS.. pinned MAP key BYTES..` (bytes as decimal words) of one of
-/// the node's maps.
-fn bpftool_map(node: &TestNode, op: &str, map: &str, key: u32, value: Option<&[String]>) -> String {
-    let path = node.bpffs.join("maps").join(map);
-    let mut args: Vec<String> = vec!["-j".into(), "map".into(), op.into(), "pinned".into()];
-    args.push(path.to_str().expect("path").into());
-    args.push("key".into());
-    args.extend(key.to_ne_bytes().iter().map(u8::to_string));
-    if let Some(v) = value {
-        args.push("value".into());
-        args.extend_from_slice(v);
-    }
-    vethbpf_tests::must("bpftool", &args)
-}
-
 /// The raw value bytes of a `bpftool -j map lookup` answer, as bpftool takes them.
 fn value_bytes(lookup: &str) -> Vec<String> {
     let v: serde_json::Value = serde_json::from_str(lookup).expect("bpftool JSON");
@@ -317,7 +302,7 @@ fn addr_entry(node: &TestNode, ip: &str) -> u32 {
     let ip: Ipv4Addr = ip.parse().expect("ip");
     let index = endpoint_addr_index(ipv4_to_map(ip.octets()));
     let v: serde_json::Value =
-        serde_json::from_str(&bpftool_map(node, "lookup", "ENDPOINT_ADDRS", index, None))
+        serde_json::from_str(&node.map_op("lookup", "ENDPOINT_ADDRS", index, None))
             .expect("bpftool JSON");
     v["formatted"]["value"].as_u64().expect("a u32 value") as u32
 }
@@ -344,7 +329,7 @@ fn from_pod_finds_its_endpoint_by_the_filters_classid() {
         "classid {a_id}: {filter}"
     );
     let slot: serde_json::Value =
-        serde_json::from_str(&bpftool_map(&node, "lookup", "ENDPOINT_SLOTS", a_id, None))
+        serde_json::from_str(&node.map_op("lookup", "ENDPOINT_SLOTS", a_id, None))
             .expect("bpftool JSON");
     assert_eq!(slot["formatted"]["value"]["ifindex"], a_index, "{slot}");
     assert_eq!(slot["formatted"]["value"]["info"]["id"], a_id, "{slot}");
@@ -352,8 +337,8 @@ fn from_pod_finds_its_endpoint_by_the_filters_classid() {
     assert_eq!(addr_entry(&node, &ip_of(&a)), a_id);
 
     // The slot alone carries a's frames: its ENDPOINTS entry gone, a still reaches b.
-    let entry = value_bytes(&bpftool_map(&node, "lookup", "ENDPOINTS", a_index, None));
-    bpftool_map(&node, "delete", "ENDPOINTS", a_index, None);
+    let entry = value_bytes(&node.map_op("lookup", "ENDPOINTS", a_index, None));
+    node.map_op("delete", "ENDPOINTS", a_index, None);
     assert_eq!(
         node.ping_from_pod("a", &b_ip, 1),
         Some(63),
@@ -367,10 +352,10 @@ fn from_pod_finds_its_endpoint_by_the_filters_classid() {
         .map(|b| b.to_string())
         .to_vec();
     foreign.extend(entry.iter().cloned());
-    bpftool_map(&node, "update", "ENDPOINT_SLOTS", a_id, Some(&foreign));
+    node.map_op("update", "ENDPOINT_SLOTS", a_id, Some(&foreign));
     assert_eq!(node.ping_from_pod("a", &b_ip, 1), None, "a foreign slot");
     // ... and with the ENDPOINTS entry back, they flow through it.
-    bpftool_map(&node, "update", "ENDPOINTS", a_index, Some(&entry));
+    node.map_op("update", "ENDPOINTS", a_index, Some(&entry));
     assert_eq!(
         node.ping_from_pod("a", &b_ip, 1),
         Some(63),
@@ -380,7 +365,7 @@ fn from_pod_finds_its_endpoint_by_the_filters_classid() {
     let report = node.json(&["reconcile"]);
     assert!(report.to_string().contains("endpoint slot"), "{report}");
     let slot: serde_json::Value =
-        serde_json::from_str(&bpftool_map(&node, "lookup", "ENDPOINT_SLOTS", a_id, None))
+        serde_json::from_str(&node.map_op("lookup", "ENDPOINT_SLOTS", a_id, None))
             .expect("bpftool JSON");
     assert_eq!(slot["formatted"]["value"]["ifindex"], a_index, "{slot}");
 
@@ -390,7 +375,7 @@ fn from_pod_finds_its_endpoint_by_the_filters_classid() {
     node.ok(&["endpoint", "del", &node.pod("b")]);
     assert_eq!(addr_entry(&node, &b_ip), 0, "b's address entry after del");
     let gone: serde_json::Value =
-        serde_json::from_str(&bpftool_map(&node, "lookup", "ENDPOINT_SLOTS", b_id, None))
+        serde_json::from_str(&node.map_op("lookup", "ENDPOINT_SLOTS", b_id, None))
             .expect("bpftool JSON");
     assert!(
         value_bytes(&gone.to_string()).iter().all(|b| b == "0x00"),

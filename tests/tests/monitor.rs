@@ -404,17 +404,7 @@ fn diagnostics_come_out_with_log_and_a_killed_monitor_leaves_no_listener() {
         serde_json::from_str(&node.node_must("ip", &["-j", "link", "show", &a.host_veth]))
             .expect("ip -j");
     let ifindex = link[0]["ifindex"].as_u64().expect("ifindex") as u32;
-    let key: Vec<String> = ifindex.to_ne_bytes().iter().map(u8::to_string).collect();
-    let map = node.bpffs.join("maps").join("ENDPOINTS");
-    let mut args = vec![
-        "map",
-        "delete",
-        "pinned",
-        map.to_str().expect("path"),
-        "key",
-    ];
-    args.extend(key.iter().map(String::as_str));
-    vethbpf_tests::must("bpftool", &args);
+    node.map_op("delete", "ENDPOINTS", ifindex, None);
     let id = node
         .json(&["endpoint", "list"])
         .as_array()
@@ -423,19 +413,12 @@ fn diagnostics_come_out_with_log_and_a_killed_monitor_leaves_no_listener() {
         .find(|e| e["name"] == a.name.as_str())
         .and_then(|e| e["id"].as_u64())
         .expect("a's id") as u32;
-    let slots = node.bpffs.join("maps").join("ENDPOINT_SLOTS");
-    let id_key: Vec<String> = id.to_ne_bytes().iter().map(u8::to_string).collect();
-    let mut args = vec![
-        "map",
+    node.map_op(
         "update",
-        "pinned",
-        slots.to_str().expect("path"),
-        "key",
-    ];
-    args.extend(id_key.iter().map(String::as_str));
-    args.push("value");
-    args.extend(["0"; 20]);
-    vethbpf_tests::must("bpftool", &args);
+        "ENDPOINT_SLOTS",
+        id,
+        Some(&vec!["0".to_string(); 20]),
+    );
     let frame = ipv4_udp_frame(GW_MAC, a.mac, a.ip, b.ip, b"x");
     PacketSocket::open(&a.netns, "eth0", false).send(&frame);
     wait_until(Duration::from_secs(5), "a drop and a log line", || {
